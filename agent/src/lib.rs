@@ -1,1 +1,14 @@
-pub fn x() {}
+//! lockstep: a change-data-capture agent for legacy hosts.
+//!
+//! The pipeline is the architecture: [`source`] reads changes, [`pipeline`] turns them
+//! into ordered, encoded messages and tracks their acknowledgements, [`sink`] publishes
+//! them to JetStream, [`admin`] reports on all of it. [`config`] is read once at start;
+//! [`cli`] and [`runner`] are the edges.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod runner;
+pub mod sink;
+pub mod source;

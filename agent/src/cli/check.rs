@@ -1,0 +1,171 @@
+//! `lockstep check`: validate the config and try every connection, as a table.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::config::{Config, SourceKind};
+use crate::sink::jetstream;
+use crate::source::tail;
+
+/// One row of the table.
+struct Row {
+    what: String,
+    target: String,
+    ok: Option<bool>,
+    detail: String,
+}
+
+/// Runs the checks, prints the table to `out`, and returns whether everything passed.
+pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
+    let mut rows = vec![Row {
+        what: "config".into(),
+        target: cfg.path.display().to_string(),
+        ok: Some(true),
+        detail: format!("agent {}, {} source(s)", cfg.agent.id, cfg.sources.len()),
+    }];
+    rows.push(state_dir(cfg));
+    let servers = cfg.nats.servers.join(", ");
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        jetstream::connect(&cfg.nats, false, None),
+    )
+    .await
+    {
+        Ok(Ok(client)) => {
+            rows.push(Row {
+                what: "nats".into(),
+                target: servers,
+                ok: Some(true),
+                detail: "connected".into(),
+            });
+            let js = jetstream::context(client, &cfg.nats);
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                jetstream::ensure_stream(&js, &cfg.nats),
+            )
+            .await;
+            let (ok, detail) = match r {
+                Ok(Ok(())) => (
+                    true,
+                    if cfg.nats.create_stream {
+                        "exists or created"
+                    } else {
+                        "exists"
+                    }
+                    .to_owned(),
+                ),
+                Ok(Err(e)) => (false, e.to_string()),
+                Err(_) => (
+                    false,
+                    "no answer from JetStream within 10s (is JetStream enabled on the server?)"
+                        .into(),
+                ),
+            };
+            rows.push(Row {
+                what: "stream".into(),
+                target: cfg.nats.stream.clone(),
+                ok: Some(ok),
+                detail,
+            });
+        }
+        Ok(Err(e)) => rows.push(Row {
+            what: "nats".into(),
+            target: servers,
+            ok: Some(false),
+            detail: e.to_string(),
+        }),
+        Err(_) => rows.push(Row {
+            what: "nats".into(),
+            target: servers,
+            ok: Some(false),
+            detail: "no connection within 10s".into(),
+        }),
+    }
+    for s in &cfg.sources {
+        match &s.kind {
+            SourceKind::Tail(t) => {
+                for pattern in &t.paths {
+                    rows.push(tail_path(&s.name, pattern));
+                }
+            }
+        }
+    }
+    print(out, &rows);
+    rows.iter().all(|r| r.ok != Some(false))
+}
+
+fn state_dir(cfg: &Config) -> Row {
+    let dir = &cfg.agent.state_dir;
+    let probe = dir.join(".lockstep-check");
+    let r = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"check"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    Row {
+        what: "state_dir".into(),
+        target: dir.display().to_string(),
+        ok: Some(r.is_ok()),
+        detail: match r {
+            Ok(()) => "writable".into(),
+            Err(e) => format!("not writable: {e}"),
+        },
+    }
+}
+
+fn tail_path(source: &str, pattern: &str) -> Row {
+    let what = format!("source {source}");
+    let (dir, _) = tail::watch_root(pattern);
+    let found = tail::scan(&[pattern.to_owned()]);
+    let unreadable: Vec<String> = found
+        .iter()
+        .filter(|f| std::fs::File::open(&f.path).is_err())
+        .map(|f| f.path.display().to_string())
+        .collect();
+    let (ok, detail) = if !dir.is_dir() {
+        (
+            Some(false),
+            format!("directory {} does not exist", dir.display()),
+        )
+    } else if !unreadable.is_empty() {
+        (
+            Some(false),
+            format!("cannot read {}", unreadable.join(", ")),
+        )
+    } else if found.is_empty() && !pattern.contains(['*', '?', '[']) {
+        (Some(false), "file does not exist".into())
+    } else if found.is_empty() {
+        (
+            None,
+            "no file matches yet; files are picked up when they appear".into(),
+        )
+    } else {
+        (Some(true), format!("{} file(s)", found.len()))
+    };
+    Row {
+        what,
+        target: pattern.to_owned(),
+        ok,
+        detail,
+    }
+}
+
+fn print(out: &mut impl Write, rows: &[Row]) {
+    let w1 = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
+    let w2 = rows
+        .iter()
+        .map(|r| r.target.len())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    for r in rows {
+        let status = match r.ok {
+            Some(true) => "ok",
+            Some(false) => "FAIL",
+            None => "warn",
+        };
+        let _ = writeln!(
+            out,
+            "{:<w1$}  {:<w2$}  {:<4}  {}",
+            r.what, r.target, status, r.detail
+        );
+    }
+}

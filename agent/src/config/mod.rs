@@ -1,0 +1,190 @@
+//! Configuration: the TOML file (SPEC §3), read once at start.
+//!
+//! The file is deserialized into raw structs that mirror it (unknown keys are errors),
+//! then validated into the domain types below. Nothing downstream re-checks config.
+//! Every error names the file, line and column of the value at fault.
+
+mod raw;
+mod secret;
+mod units;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockstep_formats::{Format, Op};
+
+pub use self::secret::{credential_path, Secret};
+pub use self::units::{parse_duration, parse_size};
+
+/// The default config path; `LOCKSTEP_CONFIG` overrides it.
+pub const DEFAULT_PATH: &str = "/etc/lockstep/lockstep.toml";
+
+/// The config path to use when none is given on the command line.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("LOCKSTEP_CONFIG").map_or_else(|| PathBuf::from(DEFAULT_PATH), PathBuf::from)
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub agent: AgentConfig,
+    pub nats: NatsConfig,
+    pub spool: SpoolConfig,
+    pub admin: AdminConfig,
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub id: String,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub servers: Vec<String>,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub create_stream: bool,
+    pub max_in_flight: usize,
+    /// How long a publish waits for its ack before it counts as failed and is retried.
+    pub ack_timeout: Duration,
+    pub auth: NatsAuth,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsAuth {
+    None,
+    UserPassword { user: String, password: Secret },
+    Token(Secret),
+    Creds(PathBuf),
+    Nkey(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    Block,
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    Always,
+    Batch,
+    Off,
+}
+
+/// The offline spool's settings (the spool itself is not built yet; the keys are
+/// validated so a config written for it is accepted).
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    pub fsync: FsyncPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None` when `listen = ""`: no admin endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    Tail(TailConfig),
+}
+
+impl SourceKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceKind::Tail(_) => "tail",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    pub paths: Vec<String>,
+    pub format: Format,
+    pub table: TableFrom,
+    pub key: Vec<String>,
+    pub op_field: Option<String>,
+    /// Maps values of `op_field` to ops, on top of the codes `c`, `u`, `d`, `r`.
+    pub op_map: HashMap<String, Op>,
+    pub start_at: StartAt,
+    pub max_record_bytes: usize,
+    /// How often files are stat'ed when no filesystem event arrives (NFS, missed events).
+    pub stat_interval: Duration,
+    /// How long a file that left the glob (rotated away, deleted) is still read.
+    pub rotate_wait: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableFrom {
+    Fixed(String),
+    Field(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
+}
+
+/// A config that could not be read or is not valid.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column, when the problem is at a place in the file.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.path.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            at: None,
+            message: format!(
+                "cannot read the config file: {e} (give another with --config or LOCKSTEP_CONFIG)"
+            ),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        raw::parse(path, text)
+    }
+}

@@ -1,0 +1,642 @@
+//! The config file as written, and its validation into [`super::Config`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use lockstep_formats::record::CsvOptions;
+use lockstep_formats::{Format, Op};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::secret::{credential_path, RawSecret};
+use super::units::{ConfigDuration, ConfigSize};
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent: Spanned<RawAgent>,
+    #[serde(default)]
+    nats: Option<RawNats>,
+    #[serde(default)]
+    spool: Option<RawSpool>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default, rename = "source")]
+    sources: Vec<Spanned<RawSource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: Spanned<String>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNats {
+    servers: Option<Spanned<Vec<String>>>,
+    stream: Option<Spanned<String>>,
+    subject_prefix: Option<Spanned<String>>,
+    create_stream: Option<bool>,
+    max_in_flight: Option<Spanned<i64>>,
+    ack_timeout: Option<ConfigDuration>,
+    creds: Option<Spanned<String>>,
+    nkey: Option<Spanned<RawSecret>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<RawSecret>>,
+    token: Option<Spanned<RawSecret>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    max_bytes: Option<ConfigSize>,
+    when_full: Option<Spanned<String>>,
+    fsync: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCsv {
+    delimiter: Option<Spanned<String>>,
+    quote: Option<Spanned<String>>,
+    header: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    // tail
+    paths: Option<Spanned<Vec<String>>>,
+    format: Option<Spanned<String>>,
+    table: Option<Spanned<String>>,
+    table_field: Option<Spanned<String>>,
+    key: Option<Spanned<Vec<String>>>,
+    op_field: Option<Spanned<String>>,
+    op_map: Option<Spanned<BTreeMap<String, String>>>,
+    start_at: Option<Spanned<String>>,
+    max_record_bytes: Option<Spanned<ConfigSize>>,
+    stat_interval: Option<ConfigDuration>,
+    rotate_wait: Option<ConfigDuration>,
+    csv: Option<Spanned<RawCsv>>,
+    // Keys of the trigger and poll kinds and of later features: known, so that they are
+    // refused with a clear message rather than as unknown keys.
+    odbc: Option<Spanned<toml::Value>>,
+    postgres: Option<Spanned<toml::Value>>,
+    tables: Option<Spanned<toml::Value>>,
+    capture: Option<Spanned<toml::Value>>,
+    interval: Option<Spanned<toml::Value>>,
+    columns: Option<Spanned<toml::Value>>,
+    cursor: Option<Spanned<toml::Value>>,
+    full_scan_every: Option<Spanned<toml::Value>>,
+    debounce: Option<Spanned<toml::Value>>,
+    map: Option<Spanned<toml::Value>>,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_owned(),
+            at: Some(line_col(self.text, span.start)),
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Names that become part of subjects and message ids.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let cx = Ctx { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        at: e.span().map(|s| line_col(text, s.start)),
+        message: e.message().trim().to_owned(),
+    })?;
+
+    let agent_span = raw.agent.span();
+    let agent = raw.agent.into_inner();
+    if !valid_name(agent.id.get_ref()) {
+        return Err(cx.err(
+            agent.id.span(),
+            "agent.id must be 1-64 letters, digits, `_` or `-`",
+        ));
+    }
+    let _ = agent_span;
+    let agent = AgentConfig {
+        id: agent.id.into_inner(),
+        state_dir: agent
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/lockstep")),
+    };
+
+    let nats = nats(&cx, raw.nats)?;
+    let spool = spool(&cx, raw.spool)?;
+    let admin = match raw.admin.and_then(|a| a.listen) {
+        None => AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9187))),
+        },
+        Some(l) if l.get_ref().is_empty() => AdminConfig { listen: None },
+        Some(l) => AdminConfig {
+            listen: Some(l.get_ref().parse().map_err(|_| {
+                cx.err(
+                    l.span(),
+                    format!(
+                        "admin.listen `{}` is not an address like \"127.0.0.1:9187\"",
+                        l.get_ref()
+                    ),
+                )
+            })?),
+        },
+    };
+
+    let mut names = HashSet::new();
+    let mut sources = Vec::new();
+    for s in raw.sources {
+        let s = s.into_inner();
+        if !valid_name(s.name.get_ref()) {
+            return Err(cx.err(
+                s.name.span(),
+                "source name must be 1-64 letters, digits, `_` or `-`",
+            ));
+        }
+        if !names.insert(s.name.get_ref().clone()) {
+            return Err(cx.err(
+                s.name.span(),
+                format!("a source named `{}` is already defined", s.name.get_ref()),
+            ));
+        }
+        sources.push(source(&cx, s)?);
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        agent,
+        nats,
+        spool,
+        admin,
+        sources,
+    })
+}
+
+fn nats(cx: &Ctx, raw: Option<RawNats>) -> Result<NatsConfig, ConfigError> {
+    let Some(n) = raw else {
+        return Ok(NatsConfig {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            stream: "LOCKSTEP".into(),
+            subject_prefix: "lockstep".into(),
+            create_stream: false,
+            max_in_flight: 4096,
+            ack_timeout: Duration::from_secs(5),
+            auth: NatsAuth::None,
+            tls: None,
+        });
+    };
+    let servers = match n.servers {
+        Some(s) if s.get_ref().is_empty() => return Err(cx.err(s.span(), "nats.servers is empty")),
+        Some(s) => {
+            for url in s.get_ref() {
+                let ok = url.parse::<async_nats::ServerAddr>().is_ok();
+                if !ok {
+                    return Err(cx.err(
+                        s.span(),
+                        format!("nats.servers: `{url}` is not a NATS URL like nats://host:4222"),
+                    ));
+                }
+            }
+            s.into_inner()
+        }
+        None => vec!["nats://127.0.0.1:4222".into()],
+    };
+    let stream = match n.stream {
+        Some(s) if !valid_name(s.get_ref()) => {
+            return Err(cx.err(
+                s.span(),
+                "nats.stream must be 1-64 letters, digits, `_` or `-`",
+            ))
+        }
+        Some(s) => s.into_inner(),
+        None => "LOCKSTEP".into(),
+    };
+    let subject_prefix = match n.subject_prefix {
+        Some(p) => {
+            let ok = !p.get_ref().is_empty()
+                && p.get_ref()
+                    .split('.')
+                    .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']));
+            if !ok {
+                return Err(cx.err(
+                    p.span(),
+                    "nats.subject_prefix must be dot-separated tokens without `*`, `>` or spaces",
+                ));
+            }
+            p.into_inner()
+        }
+        None => "lockstep".into(),
+    };
+    let max_in_flight = match n.max_in_flight {
+        Some(m) if !(1..=1_000_000).contains(m.get_ref()) => {
+            return Err(cx.err(m.span(), "nats.max_in_flight must be between 1 and 1000000"))
+        }
+        Some(m) => *m.get_ref() as usize,
+        None => 4096,
+    };
+    let secret = |s: Spanned<RawSecret>| s.get_ref().resolve().map_err(|e| cx.err(s.span(), e));
+    let mut auths = Vec::new();
+    if let Some(c) = n.creds {
+        let p = credential_path(c.get_ref());
+        auths.push((c.span(), NatsAuth::Creds(p)));
+    }
+    if let Some(k) = n.nkey {
+        let span = k.span();
+        auths.push((span, NatsAuth::Nkey(secret(k)?)));
+    }
+    if let Some(t) = n.token {
+        let span = t.span();
+        auths.push((span, NatsAuth::Token(secret(t)?)));
+    }
+    match (n.user, n.password) {
+        (Some(u), Some(p)) => auths.push((
+            u.span(),
+            NatsAuth::UserPassword {
+                user: u.into_inner(),
+                password: secret(p)?,
+            },
+        )),
+        (Some(u), None) => {
+            return Err(cx.err(u.span(), "nats.user is set but nats.password is not"))
+        }
+        (None, Some(p)) => {
+            return Err(cx.err(p.span(), "nats.password is set but nats.user is not"))
+        }
+        (None, None) => {}
+    }
+    if auths.len() > 1 {
+        return Err(cx.err(
+            auths[1].0.clone(),
+            "give one NATS authentication: creds, nkey, token, or user and password",
+        ));
+    }
+    Ok(NatsConfig {
+        servers,
+        stream,
+        subject_prefix,
+        create_stream: n.create_stream.unwrap_or(false),
+        max_in_flight,
+        ack_timeout: n.ack_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        auth: auths.pop().map_or(NatsAuth::None, |a| a.1),
+        tls: n.tls.map(|t| TlsConfig {
+            ca: t.ca,
+            cert: t.cert,
+            key: t.key,
+        }),
+    })
+}
+
+fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
+    let raw = raw.unwrap_or(RawSpool {
+        max_bytes: None,
+        when_full: None,
+        fsync: None,
+    });
+    let when_full = match raw.when_full {
+        None => WhenFull::Block,
+        Some(w) => match w.get_ref().as_str() {
+            "block" => WhenFull::Block,
+            "drop_oldest" => WhenFull::DropOldest,
+            other => {
+                return Err(cx.err(
+                    w.span(),
+                    format!("spool.when_full `{other}`: use \"block\" or \"drop_oldest\""),
+                ))
+            }
+        },
+    };
+    let fsync = match raw.fsync {
+        None => FsyncPolicy::Batch,
+        Some(f) => match f.get_ref().as_str() {
+            "always" => FsyncPolicy::Always,
+            "batch" => FsyncPolicy::Batch,
+            "off" => FsyncPolicy::Off,
+            other => {
+                return Err(cx.err(
+                    f.span(),
+                    format!("spool.fsync `{other}`: use \"always\", \"batch\" or \"off\""),
+                ))
+            }
+        },
+    };
+    Ok(SpoolConfig {
+        max_bytes: raw.max_bytes.map_or(1 << 30, |s| s.0),
+        when_full,
+        fsync,
+    })
+}
+
+fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
+    let name = s.name.get_ref().clone();
+    let kind = s.kind.get_ref().as_str();
+    match kind {
+        "tail" => {}
+        "trigger" | "poll" => {
+            return Err(cx.err(
+                s.kind.span(),
+                format!(
+                    "source `{name}`: kind = \"{kind}\" is not supported yet by lockstep {}; this build supports kind = \"tail\"",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ))
+        }
+        other => {
+            return Err(cx.err(s.kind.span(), format!("source `{name}`: unknown kind `{other}` (tail, trigger or poll)")))
+        }
+    }
+    let later = [("debounce", &s.debounce), ("map", &s.map)];
+    for (key, v) in later {
+        if let Some(v) = v {
+            return Err(cx.err(
+                v.span(),
+                format!("source `{name}`: `{key}` is not supported yet by this build"),
+            ));
+        }
+    }
+    let foreign = [
+        ("odbc", &s.odbc),
+        ("postgres", &s.postgres),
+        ("tables", &s.tables),
+        ("capture", &s.capture),
+        ("interval", &s.interval),
+        ("columns", &s.columns),
+        ("cursor", &s.cursor),
+        ("full_scan_every", &s.full_scan_every),
+    ];
+    for (key, v) in foreign {
+        if let Some(v) = v {
+            return Err(cx.err(
+                v.span(),
+                format!("source `{name}`: `{key}` is not a key of tail sources"),
+            ));
+        }
+    }
+
+    let paths = match s.paths {
+        None => {
+            return Err(cx.err(
+                s.name.span(),
+                format!("source `{name}`: a tail source needs `paths`"),
+            ))
+        }
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(cx.err(p.span(), format!("source `{name}`: `paths` is empty")))
+        }
+        Some(p) => {
+            for pat in p.get_ref() {
+                if let Err(e) = glob::Pattern::new(pat) {
+                    return Err(cx.err(
+                        p.span(),
+                        format!("source `{name}`: `{pat}` is not a valid glob: {e}"),
+                    ));
+                }
+                if !pat.starts_with('/') {
+                    return Err(cx.err(
+                        p.span(),
+                        format!("source `{name}`: `{pat}` must be an absolute path"),
+                    ));
+                }
+            }
+            p.into_inner()
+        }
+    };
+    let csv = s.csv.map(|c| (c.span(), c.into_inner()));
+    let format = match s.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("jsonl", _)) => Format::Jsonl,
+        Some(("lines", _)) => Format::Lines,
+        Some(("csv", _)) => {
+            let mut o = CsvOptions::default();
+            if let Some((_, c)) = &csv {
+                if let Some(d) = &c.delimiter {
+                    o.delimiter = single_byte(cx, d, "csv.delimiter")?;
+                }
+                if let Some(q) = &c.quote {
+                    o.quote = single_byte(cx, q, "csv.quote")?;
+                }
+                o.header = c.header.unwrap_or(true);
+            }
+            Format::Csv(o)
+        }
+        Some(("fixed", span)) => {
+            return Err(cx.err(
+                span,
+                format!("source `{name}`: format = \"fixed\" is not supported yet by this build"),
+            ))
+        }
+        Some((other, span)) => {
+            return Err(cx.err(
+                span,
+                format!("source `{name}`: unknown format `{other}` (jsonl, csv or lines)"),
+            ))
+        }
+    };
+    if let (Some((span, _)), false) = (&csv, matches!(format, Format::Csv(_))) {
+        return Err(cx.err(
+            span.clone(),
+            format!("source `{name}`: `csv` options need format = \"csv\""),
+        ));
+    }
+    let table = match (s.table, s.table_field) {
+        (Some(t), None) if valid_name(t.get_ref()) => TableFrom::Fixed(t.into_inner()),
+        (Some(t), None) => {
+            return Err(cx.err(
+                t.span(),
+                format!("source `{name}`: table must be 1-64 letters, digits, `_` or `-`"),
+            ))
+        }
+        (None, Some(f)) => TableFrom::Field(f.into_inner()),
+        (Some(_), Some(f)) => {
+            return Err(cx.err(
+                f.span(),
+                format!("source `{name}`: give `table` or `table_field`, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err(cx.err(
+                s.name.span(),
+                format!("source `{name}`: a tail source needs `table` or `table_field`"),
+            ))
+        }
+    };
+    let mut op_map = HashMap::new();
+    if let Some(m) = &s.op_map {
+        for (from, to) in m.get_ref() {
+            let op = Op::from_code(to).ok_or_else(|| {
+                cx.err(m.span(), format!("source `{name}`: op_map `{from}` = `{to}`: an op is \"c\", \"u\", \"d\" or \"r\""))
+            })?;
+            op_map.insert(from.clone(), op);
+        }
+        if s.op_field.is_none() {
+            return Err(cx.err(
+                m.span(),
+                format!("source `{name}`: `op_map` needs `op_field`"),
+            ));
+        }
+    }
+    let start_at = match s.start_at {
+        None => StartAt::Beginning,
+        Some(v) => match v.get_ref().as_str() {
+            "beginning" => StartAt::Beginning,
+            "end" => StartAt::End,
+            other => {
+                return Err(cx.err(
+                    v.span(),
+                    format!("source `{name}`: start_at `{other}`: use \"beginning\" or \"end\""),
+                ))
+            }
+        },
+    };
+    let max_record_bytes = match s.max_record_bytes {
+        None => 1 << 20,
+        Some(m) if m.get_ref().0 < 64 || m.get_ref().0 > (1 << 30) => {
+            return Err(cx.err(
+                m.span(),
+                format!("source `{name}`: max_record_bytes must be between 64B and 1GiB"),
+            ))
+        }
+        Some(m) => m.get_ref().0 as usize,
+    };
+    Ok(SourceConfig {
+        name,
+        kind: SourceKind::Tail(TailConfig {
+            paths,
+            format,
+            table,
+            key: s.key.map(|k| k.into_inner()).unwrap_or_default(),
+            op_field: s.op_field.map(|f| f.into_inner()),
+            op_map,
+            start_at,
+            max_record_bytes,
+            stat_interval: s.stat_interval.map_or(Duration::from_secs(1), |d| d.0),
+            rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+        }),
+    })
+}
+
+fn single_byte(cx: &Ctx, v: &Spanned<String>, what: &str) -> Result<u8, ConfigError> {
+    match v.get_ref().as_bytes() {
+        [b] if b.is_ascii() && *b != b'\n' => Ok(*b),
+        _ => Err(cx.err(v.span(), format!("{what} must be one ASCII character"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(t: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("/etc/lockstep/lockstep.toml"), t)
+    }
+
+    const MINIMAL: &str = "[agent]\nid = \"a1\"\nstate_dir = \"/tmp/x\"\n\n[[source]]\nname = \"log\"\nkind = \"tail\"\npaths = [\"/var/log/x*.log\"]\ntable = \"t\"\n";
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.nats.servers, vec!["nats://127.0.0.1:4222"]);
+        assert_eq!(c.nats.max_in_flight, 4096);
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        let SourceKind::Tail(t) = &c.sources[0].kind;
+        assert_eq!(t.format, Format::Jsonl);
+        assert_eq!(t.start_at, StartAt::Beginning);
+        assert_eq!(t.max_record_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let e = parse_str(&format!("{MINIMAL}colour = \"blue\"\n")).unwrap_err();
+        assert_eq!(e.at.map(|a| a.0), Some(10), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/lockstep/lockstep.toml:10:"),
+            "{e}"
+        );
+        assert!(e.message.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_line() {
+        let e = parse_str(&MINIMAL.replace(
+            "table = \"t\"",
+            "table = \"t\"\nstat_interval = \"5 fortnights\"",
+        ))
+        .unwrap_err();
+        assert_eq!(e.at.map(|a| a.0), Some(10), "{e}");
+        let e = parse_str(&MINIMAL.replace("kind = \"tail\"", "kind = \"poll\"")).unwrap_err();
+        assert_eq!(e.at.map(|a| a.0), Some(7));
+        assert!(e.message.contains("not supported yet"), "{e}");
+        let e = parse_str(&MINIMAL.replace("table = \"t\"", "table = \"t\"\nodbc = \"DSN=X\""))
+            .unwrap_err();
+        assert!(e.message.contains("not a key of tail sources"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_env_and_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nats-token"), "s3cret\n").unwrap();
+        // SAFETY-free: tests in this module are the only ones touching these variables.
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+        let c = parse_str(&MINIMAL.replace(
+            "[[source]]",
+            "[nats]\ntoken = { file = \"nats-token\" }\n\n[[source]]",
+        ))
+        .unwrap();
+        assert_eq!(c.nats.auth, NatsAuth::Token(Secret::for_tests("s3cret")));
+        std::env::set_var("LOCKSTEP_TEST_PW", "pw");
+        let c = parse_str(&MINIMAL.replace(
+            "[[source]]",
+            "[nats]\nuser = \"u\"\npassword = { env = \"LOCKSTEP_TEST_PW\" }\n\n[[source]]",
+        ))
+        .unwrap();
+        assert!(format!("{c:?}").contains("password: ***"));
+        let e = parse_str(&MINIMAL.replace(
+            "[[source]]",
+            "[nats]\ntoken = { env = \"LOCKSTEP_NOT_SET\" }\n\n[[source]]",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("LOCKSTEP_NOT_SET"), "{e}");
+    }
+}

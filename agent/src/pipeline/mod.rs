@@ -1,0 +1,151 @@
+//! The pipeline between sources and the sink: messages, ordering and acknowledgements.
+//!
+//! Data flows one way: a source reads, maps each change to a [`ChangeEvent`], and
+//! [`Encoder`] turns it into an [`Outgoing`] message (subject, message id, JSON payload).
+//! Sources hand messages to the sink in [`Batch`]es over a bounded channel, so a slow or
+//! absent broker stops the sources (they keep their own backlog) instead of growing
+//! memory. The sink acknowledges in publish order by raising the source's
+//! [`AckWatermark`]; the source advances its checkpoint only up to that watermark.
+
+pub mod checkpoint;
+pub mod quarantine;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lockstep_formats::json::encode_event;
+use lockstep_formats::ChangeEvent;
+
+use crate::admin::metrics::TableCounters;
+
+/// One message ready to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The source's sequence number of this message: 1, 2, 3, … in source order.
+    pub seq: u64,
+    pub subject: String,
+    /// `Nats-Msg-Id`: the same every time the same change is sent again.
+    pub msg_id: String,
+    pub payload: Bytes,
+    /// When the change was captured (ms since epoch).
+    pub captured_ms: i64,
+    pub counters: Arc<TableCounters>,
+}
+
+/// Messages of one source, in source order.
+#[derive(Debug)]
+pub struct Batch {
+    pub source: usize,
+    pub msgs: Vec<Outgoing>,
+}
+
+/// The highest sequence number of a source whose message, and every message before it,
+/// the broker has acknowledged. Written by the sink, read by the source.
+#[derive(Debug, Default)]
+pub struct AckWatermark(AtomicU64);
+
+impl AckWatermark {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Raises the watermark to `seq` (never lowers it).
+    pub fn advance(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
+/// Builds subjects, message ids and payloads for one source, reusing one buffer.
+#[derive(Debug)]
+pub struct Encoder {
+    prefix: String,
+    agent: String,
+    source: String,
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(subject_prefix: &str, agent: &str, source: &str) -> Self {
+        Self {
+            prefix: subject_prefix.to_owned(),
+            agent: agent.to_owned(),
+            source: source.to_owned(),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// `<prefix>.<source>.<table>`, each token sanitized to `[A-Za-z0-9_-]`.
+    pub fn subject(&self, table: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + self.source.len() + table.len() + 2);
+        s.push_str(&self.prefix);
+        s.push('.');
+        push_token(&mut s, &self.source);
+        s.push('.');
+        push_token(&mut s, table);
+        s
+    }
+
+    /// The deterministic message id of a position: `<agent>:<source>:<position>`.
+    pub fn msg_id(&self, position: &str) -> String {
+        let mut s =
+            String::with_capacity(self.agent.len() + self.source.len() + position.len() + 2);
+        s.push_str(&self.agent);
+        s.push(':');
+        s.push_str(&self.source);
+        s.push(':');
+        s.push_str(position);
+        s
+    }
+
+    /// Encodes an event into its wire payload.
+    pub fn payload(&mut self, ev: &ChangeEvent) -> Bytes {
+        self.buf.clear();
+        encode_event(ev, &mut self.buf);
+        Bytes::copy_from_slice(&self.buf)
+    }
+}
+
+/// Appends a subject token with every byte outside `[A-Za-z0-9_-]` replaced by `_`.
+fn push_token(s: &mut String, token: &str) {
+    if token.is_empty() {
+        s.push('_');
+    }
+    for c in token.chars() {
+        s.push(if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            c
+        } else {
+            '_'
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_sanitized_and_ids_deterministic() {
+        let e = Encoder::new("legacy", "va-01", "vista");
+        assert_eq!(e.subject("appointments"), "legacy.vista.appointments");
+        assert_eq!(e.subject("dbo.Perm its*>"), "legacy.vista.dbo_Perm_its__");
+        assert_eq!(e.subject(""), "legacy.vista._");
+        assert_eq!(e.msg_id("f1.0@10"), e.msg_id("f1.0@10"));
+        assert_eq!(e.msg_id("f1.0@10"), "va-01:vista:f1.0@10");
+    }
+
+    #[test]
+    fn watermark_never_goes_back() {
+        let w = AckWatermark::default();
+        w.advance(5);
+        w.advance(3);
+        assert_eq!(w.get(), 5);
+    }
+}

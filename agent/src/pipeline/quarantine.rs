@@ -1,0 +1,110 @@
+//! The quarantine: records that could not be turned into events (SPEC §5).
+//!
+//! Each source appends to `state_dir/quarantine/<source>.jsonl`, one JSON object per bad
+//! record: when, the file and byte offset it came from, why, and the record itself (as
+//! text when it is UTF-8, else base64; cut at `max_record_bytes`). The file is fsynced
+//! before the source's checkpoint moves past the record, so a record is never both
+//! skipped and missing from the quarantine.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use lockstep_formats::json::encode_str;
+
+#[derive(Debug)]
+pub struct Quarantine {
+    path: PathBuf,
+    file: Option<File>,
+    dirty: bool,
+    buf: Vec<u8>,
+}
+
+/// What is known about a bad record.
+#[derive(Debug)]
+pub struct BadRecord<'a> {
+    pub file: &'a Path,
+    pub offset: u64,
+    pub reason: &'a str,
+    /// The record's bytes (possibly only its beginning).
+    pub data: &'a [u8],
+    /// The record's full length, when only its beginning is in `data`.
+    pub full_len: u64,
+}
+
+impl Quarantine {
+    pub fn new(state_dir: &Path, source: &str) -> Self {
+        Self {
+            path: state_dir.join("quarantine").join(format!("{source}.jsonl")),
+            file: None,
+            dirty: false,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a bad record (not yet fsynced; see [`Quarantine::sync`]).
+    pub fn put(&mut self, r: &BadRecord) -> io::Result<()> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(b"{\"ts_ms\":");
+        b.extend_from_slice(super::now_ms().to_string().as_bytes());
+        b.extend_from_slice(b",\"file\":");
+        encode_str(&r.file.to_string_lossy(), b);
+        b.extend_from_slice(
+            format!(
+                ",\"offset\":{},\"length\":{},\"reason\":",
+                r.offset, r.full_len
+            )
+            .as_bytes(),
+        );
+        encode_str(r.reason, b);
+        match std::str::from_utf8(r.data) {
+            Ok(text) => {
+                b.extend_from_slice(b",\"record\":");
+                encode_str(text, b);
+            }
+            Err(_) => {
+                b.extend_from_slice(b",\"record_base64\":\"");
+                b.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(r.data)
+                        .as_bytes(),
+                );
+                b.push(b'"');
+            }
+        }
+        b.extend_from_slice(b"}\n");
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(b)?;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes every record put so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.dirty {
+            if let Some(f) = &self.file {
+                f.sync_data()?;
+            }
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}

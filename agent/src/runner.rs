@@ -1,0 +1,145 @@
+//! `lockstep run`: wires sources, the publisher and the admin endpoint, and stops them
+//! in order on shutdown.
+//!
+//! Shutdown (SIGTERM/SIGINT, or the `shutdown` channel in tests): sources stop reading;
+//! the publisher sends nothing new and waits up to [`DRAIN_FOR`] for the acks of what is
+//! in flight; then each source applies the last acks and writes its checkpoint. The whole
+//! sequence fits in systemd's 10 s.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::metrics::Metrics;
+use crate::admin::{self, StatusBoard};
+use crate::config::{Config, SourceKind};
+use crate::pipeline::{AckWatermark, Encoder};
+use crate::sink::jetstream::{self, Publisher, SinkError};
+use crate::source::{tail, SourceContext};
+
+/// How long the publisher waits for in-flight acks at shutdown.
+pub const DRAIN_FOR: Duration = Duration::from_secs(8);
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("cannot use the state directory {path}: {source} (it must exist or be creatable, and be writable by the agent)")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "another lockstep agent is running with the state directory {path} (it holds {path}/lock)"
+    )]
+    Locked { path: String },
+    #[error("cannot listen for the admin endpoint on {addr}: {source} (set [admin] listen to a free address, or \"\" to turn it off)")]
+    Admin {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot start source {name}: {source}")]
+    Source {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    let state_dir = &cfg.agent.state_dir;
+    let state_err = |source| RunError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(state_err)?;
+    let lock = File::create(state_dir.join("lock")).map_err(state_err)?;
+    if lock.try_lock().is_err() {
+        return Err(RunError::Locked {
+            path: state_dir.display().to_string(),
+        });
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let status = Arc::new(StatusBoard::new(&cfg.agent.id));
+
+    let admin_task = match cfg.admin.listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Admin {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!("admin endpoint on http://{addr}/ (healthz, metrics, status)");
+            Some(tokio::spawn(admin::serve(
+                l,
+                metrics.clone(),
+                status.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    let client = jetstream::connect(&cfg.nats, true, Some(metrics.clone())).await?;
+    let js = jetstream::context(client.clone(), &cfg.nats);
+    let (tx, rx) = mpsc::channel(16);
+    let watermarks: Vec<Arc<AckWatermark>> = cfg.sources.iter().map(|_| Arc::default()).collect();
+    let (sink_done_tx, sink_done) = watch::channel(false);
+
+    let mut threads = Vec::new();
+    for (index, s) in cfg.sources.iter().enumerate() {
+        let cx = SourceContext {
+            index,
+            name: s.name.clone(),
+            agent_id: cfg.agent.id.clone(),
+            state_dir: state_dir.clone(),
+            encoder: Encoder::new(&cfg.nats.subject_prefix, &cfg.agent.id, &s.name),
+            tx: tx.clone(),
+            watermark: watermarks[index].clone(),
+            metrics: metrics.clone(),
+            counters: metrics.source(&s.name),
+            status: status.clone(),
+            shutdown: shutdown.clone(),
+            sink_done: sink_done.clone(),
+            drain_for: DRAIN_FOR,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let handle = match &s.kind {
+            SourceKind::Tail(t) => tail::spawn(t.clone(), cx),
+        }
+        .map_err(|source| RunError::Source {
+            name: s.name.clone(),
+            source,
+        })?;
+        threads.push(handle);
+    }
+    drop(tx);
+    tracing::info!(
+        "lockstep {} running as agent {} with {} source(s), publishing to stream {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.agent.id,
+        cfg.sources.len(),
+        cfg.nats.stream,
+        cfg.nats.servers.join(", ")
+    );
+
+    let publisher = Publisher::new(js, cfg.nats.clone(), metrics.clone(), watermarks);
+    publisher.run(rx, shutdown.clone(), DRAIN_FOR).await;
+    let _ = sink_done_tx.send(true);
+    tracing::info!("publisher stopped; waiting for sources to write their checkpoints");
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    if let Some(a) = admin_task {
+        a.abort();
+    }
+    drop(client);
+    drop(lock);
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! Sources: where changes come from. One folder per kind; today `tail`.
+//!
+//! The contract every source keeps:
+//! - **Positions.** Each event carries the source's position of its change (for a tailed
+//!   file: the file's identity, generation and byte offset). The position makes the
+//!   `Nats-Msg-Id`, so the same change always gets the same id.
+//! - **Order.** A source hands its events to the sink in the order it read them, each
+//!   with the next sequence number (1, 2, 3, …).
+//! - **Checkpoints after the ack.** A source writes its position to disk only for events
+//!   at or below its [`AckWatermark`](crate::pipeline::AckWatermark). After a crash it
+//!   re-reads from the last checkpoint; the re-sent events carry the same ids.
+//! - **Bad input is set aside.** A record that cannot become an event is written to the
+//!   quarantine with its position, counted and logged, and the source goes on.
+//! - **Back-pressure.** When the sink's channel is full the source waits; it never buffers
+//!   without bound. On shutdown it stops reading, waits for the sink to finish its
+//!   in-flight acks, writes a last checkpoint and returns.
+
+pub mod tail;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::metrics::{Metrics, SourceCounters};
+use crate::admin::StatusBoard;
+use crate::pipeline::{AckWatermark, Batch, Encoder};
+
+/// What the agent gives a source to run with.
+pub struct SourceContext {
+    pub index: usize,
+    pub name: String,
+    pub agent_id: String,
+    pub state_dir: PathBuf,
+    pub encoder: Encoder,
+    pub tx: mpsc::Sender<Batch>,
+    pub watermark: Arc<AckWatermark>,
+    pub metrics: Arc<Metrics>,
+    pub counters: Arc<SourceCounters>,
+    pub status: Arc<StatusBoard>,
+    /// Turns true when the agent is stopping: stop reading.
+    pub shutdown: watch::Receiver<bool>,
+    /// Turns true when the sink has taken its last acks: write the final checkpoint.
+    pub sink_done: watch::Receiver<bool>,
+    /// How long to wait for `sink_done` after `shutdown`.
+    pub drain_for: Duration,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Events sent to the sink in one batch, at most.
+pub const BATCH_SIZE: usize = 512;

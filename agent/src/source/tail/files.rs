@@ -1,0 +1,167 @@
+//! Finding and recognising tailed files.
+//!
+//! A file is known by its device and inode (stable across renames) plus a fingerprint:
+//! the xxh3 hash of its first line (or first 4 KiB when that line is longer). The
+//! fingerprint tells a truncated-and-rewritten or deleted-and-recreated file from the one
+//! that was there before, when the inode is the same. A file whose first line is not yet
+//! complete has no fingerprint; it holds no complete record yet either, so it waits.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// How many leading bytes the fingerprint covers at most.
+pub const FINGERPRINT_MAX: usize = 4096;
+
+/// Device and inode of a file.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileKey {
+    pub fn of(m: &fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// The fingerprint of an open file, or `None` while its first line is incomplete.
+pub fn fingerprint(f: &File) -> io::Result<Option<u64>> {
+    let mut buf = [0u8; FINGERPRINT_MAX];
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read_at(&mut buf[n..], n as u64)?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(match buf[..n].iter().position(|&b| b == b'\n') {
+        Some(i) => Some(xxhash_rust::xxh3::xxh3_64(&buf[..=i])),
+        None if n == FINGERPRINT_MAX => Some(xxhash_rust::xxh3::xxh3_64(&buf)),
+        None => None,
+    })
+}
+
+/// The offset just past the last newline of a file: where `start_at = "end"` begins, so
+/// that a partial last line is read once it is complete.
+pub fn end_of_last_line(f: &File, size: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = size;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// A regular file matched by a source's globs.
+#[derive(Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    pub key: FileKey,
+}
+
+/// Lists the regular files matching `patterns`, in path order, without duplicates.
+pub fn scan(patterns: &[String]) -> Vec<Found> {
+    let mut out: Vec<Found> = Vec::new();
+    for p in patterns {
+        let Ok(paths) = glob::glob(p) else { continue };
+        for path in paths.flatten() {
+            if let Ok(m) = fs::metadata(&path) {
+                if m.is_file() && !out.iter().any(|f| f.path == path) {
+                    out.push(Found {
+                        key: FileKey::of(&m),
+                        path,
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Looks for a file with `key` in the directory of `was` (a file rotated to a name the
+/// globs do not match while the agent was stopped).
+pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
+    let dir = was.parent()?;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        if let Ok(m) = e.metadata() {
+            if m.is_file() && FileKey::of(&m) == key {
+                return Some(e.path());
+            }
+        }
+    }
+    None
+}
+
+/// The directories to watch for a glob: its longest leading part without wildcards.
+pub fn watch_root(pattern: &str) -> (PathBuf, bool) {
+    let mut root = PathBuf::from("/");
+    let mut recursive = false;
+    let parts: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if part.contains(['*', '?', '[']) {
+            recursive = !last;
+            break;
+        }
+        if last {
+            break;
+        }
+        root.push(part);
+    }
+    (root, recursive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn fingerprint_waits_for_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(b"{\"id\":1").unwrap();
+        let r = File::open(&p).unwrap();
+        assert_eq!(fingerprint(&r).unwrap(), None);
+        f.write_all(b"}\n{\"id\":2}").unwrap();
+        let fp = fingerprint(&r).unwrap().unwrap();
+        f.write_all(b"\n").unwrap();
+        assert_eq!(
+            fingerprint(&r).unwrap(),
+            Some(fp),
+            "growth after the first line does not change it"
+        );
+        assert_eq!(end_of_last_line(&r, 18).unwrap(), 9);
+        assert_eq!(end_of_last_line(&r, 19).unwrap(), 19);
+    }
+
+    #[test]
+    fn watch_roots() {
+        assert_eq!(
+            watch_root("/var/vista/changes*.log"),
+            (PathBuf::from("/var/vista"), false)
+        );
+        assert_eq!(watch_root("/var/*/x.log"), (PathBuf::from("/var"), true));
+        assert_eq!(
+            watch_root("/var/log/app.log"),
+            (PathBuf::from("/var/log"), false)
+        );
+    }
+}

@@ -1,0 +1,970 @@
+//! The tail source: follows change files and turns each record into an event.
+//!
+//! It runs on its own thread: file I/O is blocking and local, and keeping it off the
+//! async runtime leaves the runtime to the publisher. One loop:
+//!
+//! 1. **Scan** the globs (at start, on a create/rename/remove event from `notify`, and
+//!    every `stat_interval` as a fallback for NFS or missed events). New files are opened
+//!    and kept open, so a file renamed away or deleted can still be read to its end.
+//! 2. **Read** every file that grew, oldest modification time first, so a rotated file
+//!    is finished before the file that replaced it. A file that shrank was truncated
+//!    (copytruncate): it gets a new generation and is read again from 0.
+//! 3. **Frame and map** new bytes into records; a partial last record waits for more
+//!    bytes. Each record becomes one event whose position is
+//!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>`, so its message id is the same
+//!    every time that record is sent. Bad and over-long records go to the quarantine.
+//! 4. **Hand batches** to the sink over a bounded channel (waiting when it is full), and
+//!    **checkpoint** offsets up to the sink's ack watermark.
+//!
+//! Crash cases: everything after the checkpoint is read and sent again with the same
+//! ids; JetStream drops those it already holds (within its duplicate window). A file
+//! rotated while the agent was stopped is found by its inode (via the globs, or in its
+//! old directory) and finished before newer files. A file deleted while the agent was
+//! stopped is gone with whatever it held past the checkpoint: that is logged. A file
+//! deleted and recreated with the same inode and the same first line while the agent was
+//! stopped cannot be told from the old one, and is resumed at the old offset.
+
+mod files;
+mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use lockstep_formats::record::Decoder;
+use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use self::files::FileKey;
+use self::state::{Checkpoint, FileCp};
+use super::{SourceContext, BATCH_SIZE};
+use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
+use crate::admin::metrics::TableCounters;
+use crate::config::{StartAt, TableFrom, TailConfig};
+use crate::pipeline::quarantine::{BadRecord, Quarantine};
+use crate::pipeline::{now_ms, Batch, Outgoing};
+
+pub use self::files::{scan, watch_root};
+
+/// Most bytes read from one file before the loop looks around again (checkpoints,
+/// shutdown, other files).
+const READ_SLICE: u64 = 8 << 20;
+const CHUNK: usize = 256 * 1024;
+/// Least time between two checkpoint writes while events flow.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Starts a tail source on its own thread.
+pub fn spawn(cfg: TailConfig, cx: SourceContext) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("tail:{}", cx.name))
+        .spawn(move || {
+            let name = cx.name.clone();
+            match Tail::new(cfg, cx) {
+                Ok(t) => t.run(),
+                Err(e) => tracing::error!("source {name}: {e}"),
+            }
+        })
+}
+
+/// A file being followed.
+struct Tracked {
+    key: FileKey,
+    path: PathBuf,
+    file: File,
+    fp: Option<u64>,
+    gen: u32,
+    /// Offset of the first byte of `buf`: everything before it is framed.
+    offset: u64,
+    /// Bytes read but not yet framed (a partial record).
+    buf: Vec<u8>,
+    decoder: Decoder,
+    /// Inside an over-long record that started at this offset: discard to its newline.
+    skipping: Option<u64>,
+    size: u64,
+    mtime: SystemTime,
+    matched: bool,
+    gone_since: Option<Instant>,
+    nlink: u64,
+}
+
+impl Tracked {
+    fn read_pos(&self) -> u64 {
+        self.offset + self.buf.len() as u64
+    }
+}
+
+/// A position that becomes safe to checkpoint once the sink acknowledged `seq`.
+struct PendingPos {
+    seq: u64,
+    key: FileKey,
+    gen: u32,
+    end: u64,
+    captured_ms: i64,
+}
+
+struct TableInfo {
+    name: Arc<str>,
+    subject: String,
+    counters: Arc<TableCounters>,
+}
+
+/// Everything but the file list: what records turn into, and where positions go.
+struct Out {
+    cfg: TailConfig,
+    cx: SourceContext,
+    agent: Arc<str>,
+    name: Arc<str>,
+    kind: Arc<str>,
+    tables: HashMap<String, TableInfo>,
+    batch: Vec<Outgoing>,
+    pending: VecDeque<PendingPos>,
+    seq: u64,
+    quarantine: Quarantine,
+    cp: Checkpoint,
+    last_cp: Instant,
+    /// Files dropped from reading: retire their entry once acknowledged to this offset.
+    retiring: HashMap<FileKey, (u32, u64)>,
+    last_error: Option<String>,
+}
+
+struct Tail {
+    files: Vec<Tracked>,
+    out: Out,
+    events: Option<Receiver<bool>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    first_scan: bool,
+    rescan: bool,
+    last_scan: Instant,
+}
+
+/// The sink stopped taking batches: the agent is shutting down.
+struct Stopping;
+
+impl Tail {
+    fn new(cfg: TailConfig, cx: SourceContext) -> Result<Self, String> {
+        let cp = Checkpoint::load(&cx.state_dir, &cx.name)?;
+        let quarantine = Quarantine::new(&cx.state_dir, &cx.name);
+        let (watcher, events) = match watch(&cfg.paths) {
+            Ok((w, rx)) => (Some(w), Some(rx)),
+            Err(e) => {
+                tracing::warn!(
+                    "source {}: cannot watch for file events ({e}); checking every {:?}",
+                    cx.name,
+                    cfg.stat_interval
+                );
+                (None, None)
+            }
+        };
+        Ok(Tail {
+            files: Vec::new(),
+            out: Out {
+                agent: Arc::from(cx.agent_id.as_str()),
+                name: Arc::from(cx.name.as_str()),
+                kind: Arc::from("tail"),
+                tables: HashMap::new(),
+                batch: Vec::with_capacity(BATCH_SIZE),
+                pending: VecDeque::new(),
+                seq: 0,
+                quarantine,
+                cp,
+                last_cp: Instant::now(),
+                retiring: HashMap::new(),
+                last_error: None,
+                cfg,
+                cx,
+            },
+            events,
+            _watcher: watcher,
+            first_scan: true,
+            rescan: true,
+            last_scan: Instant::now(),
+        })
+    }
+
+    fn run(mut self) {
+        loop {
+            if *self.out.cx.shutdown.borrow() {
+                break;
+            }
+            if self.rescan || self.last_scan.elapsed() >= self.out.cfg.stat_interval {
+                self.scan();
+            }
+            let read = match self.read_round() {
+                Ok(n) => n,
+                Err(Stopping) => break,
+            };
+            if self.out.flush().is_err() {
+                break;
+            }
+            self.out.apply_acks();
+            self.out.checkpoint(false);
+            self.publish_status();
+            if read == 0 {
+                self.wait();
+            }
+        }
+        self.finish();
+    }
+
+    /// Waits for a file event, the next stat, or (while acks are pending) a short tick.
+    fn wait(&mut self) {
+        let tick = if self.out.pending.is_empty() {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_millis(20)
+        };
+        let timeout = tick.min(self.out.cfg.stat_interval);
+        let Some(rx) = &self.events else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(structural) => {
+                self.rescan |= structural;
+                // Take whatever else queued up.
+                while let Ok(s) = rx.try_recv() {
+                    self.rescan |= s;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.events = None,
+        }
+    }
+
+    /// Shutdown: wait for the sink's last acks, then write the final checkpoint.
+    fn finish(mut self) {
+        let deadline = Instant::now() + self.out.cx.drain_for + Duration::from_secs(1);
+        while Instant::now() < deadline
+            && !self.out.pending.is_empty()
+            && !*self.out.cx.sink_done.borrow()
+        {
+            self.out.apply_acks();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.out.apply_acks();
+        self.out.checkpoint(true);
+        self.publish_status();
+        tracing::info!(
+            "source {}: stopped; checkpoint written, {} event(s) not acknowledged will be sent again at the next start",
+            self.out.cx.name,
+            self.out.pending.iter().filter(|p| p.seq > self.out.cx.watermark.get()).count()
+        );
+    }
+
+    /// Finds files: new ones are opened and tracked, tracked ones that left the globs
+    /// are marked gone.
+    fn scan(&mut self) {
+        self.rescan = false;
+        self.last_scan = Instant::now();
+        let found = files::scan(&self.out.cfg.paths);
+        for t in &mut self.files {
+            t.matched = false;
+        }
+        for f in found {
+            if let Some(t) = self.files.iter_mut().find(|t| t.key == f.key) {
+                t.matched = true;
+                t.gone_since = None;
+                t.path = f.path;
+                continue;
+            }
+            self.track(&f.path, true);
+        }
+        if self.first_scan {
+            // Files from the checkpoint that the globs no longer match: rotated to another
+            // name while the agent was stopped. Finish them first.
+            let missing: Vec<FileCp> = self
+                .out
+                .cp
+                .files
+                .values()
+                .filter(|c| {
+                    c.retired_ms.is_none()
+                        && !self.files.iter().any(|t| {
+                            t.key
+                                == FileKey {
+                                    dev: c.dev,
+                                    ino: c.ino,
+                                }
+                        })
+                })
+                .cloned()
+                .collect();
+            for c in missing {
+                let key = FileKey {
+                    dev: c.dev,
+                    ino: c.ino,
+                };
+                match files::find_in_dir(&c.path, key) {
+                    Some(p) => {
+                        tracing::info!(
+                            "source {}: {} was rotated to {} while stopped; finishing it",
+                            self.out.cx.name,
+                            c.path.display(),
+                            p.display()
+                        );
+                        self.track(&p, false);
+                    }
+                    None => {
+                        tracing::warn!(
+                            "source {}: {} (checkpointed at byte {}) is gone; whatever it held after that offset was not read",
+                            self.out.cx.name,
+                            c.path.display(),
+                            c.offset
+                        );
+                        if let Some(e) = self.out.cp.files.get_mut(&key) {
+                            e.retired_ms = Some(now_ms());
+                            self.out.cp.dirty = true;
+                        }
+                    }
+                }
+            }
+            if !self.out.cp.existed {
+                // Record the starting offsets now, so that start_at applies only once.
+                self.out.cp.dirty = true;
+                self.out.checkpoint(true);
+            }
+            self.first_scan = false;
+        }
+        for t in &mut self.files {
+            if !t.matched && t.gone_since.is_none() {
+                t.gone_since = Some(Instant::now());
+                FileRotated {
+                    source: &self.out.cx.name,
+                    file: &t.path,
+                }
+                .emit(&self.out.cx.counters);
+            }
+        }
+    }
+
+    /// Opens a file and decides where reading starts.
+    fn track(&mut self, path: &Path, matched: bool) {
+        let Ok(file) = File::open(path) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        let key = FileKey::of(&meta);
+        if self.files.iter().any(|t| t.key == key) {
+            return;
+        }
+        let fp = match files::fingerprint(&file) {
+            Ok(Some(fp)) => fp,
+            // No complete first line yet: look again at the next scan.
+            _ => {
+                self.rescan_soon();
+                return;
+            }
+        };
+        let size = meta.len();
+        let name = &self.out.cx.name;
+        let (gen, offset) = match self.out.cp.files.get(&key) {
+            Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
+            Some(c) if c.fp == Some(fp) && size >= c.offset => (c.gen, c.offset),
+            Some(c) => {
+                FileTruncated {
+                    source: name,
+                    file: path,
+                    was: c.offset,
+                    now: size,
+                }
+                .emit(&self.out.cx.counters);
+                (c.gen + 1, 0)
+            }
+            None if self.first_scan
+                && !self.out.cp.existed
+                && self.out.cfg.start_at == StartAt::End =>
+            {
+                (0, files::end_of_last_line(&file, size).unwrap_or(0))
+            }
+            None => (0, 0),
+        };
+        self.out.cp.files.insert(
+            key,
+            FileCp {
+                dev: key.dev,
+                ino: key.ino,
+                path: path.to_owned(),
+                fp: Some(fp),
+                gen,
+                offset,
+                retired_ms: None,
+            },
+        );
+        self.out.cp.dirty = true;
+        self.out.retiring.remove(&key);
+        let mut decoder = Decoder::new(self.out.cfg.format.clone());
+        if decoder.needs_header() && offset > 0 {
+            read_header(&file, &mut decoder, self.out.cfg.max_record_bytes);
+        }
+        tracing::info!(
+            "source {name}: following {} from byte {offset}",
+            path.display()
+        );
+        self.files.push(Tracked {
+            key,
+            path: path.to_owned(),
+            file,
+            fp: Some(fp),
+            gen,
+            offset,
+            buf: Vec::new(),
+            decoder,
+            skipping: None,
+            size,
+            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            matched,
+            gone_since: if matched { None } else { Some(Instant::now()) },
+            nlink: meta.nlink(),
+        });
+    }
+
+    fn rescan_soon(&mut self) {
+        // A scan at the next wake-up; files appearing are rare, so this costs little.
+        self.last_scan = Instant::now() - self.out.cfg.stat_interval.min(Duration::from_secs(3600))
+            + Duration::from_millis(100);
+    }
+
+    /// Reads every file that has new bytes, oldest first. Returns the bytes read.
+    fn read_round(&mut self) -> Result<u64, Stopping> {
+        for t in &mut self.files {
+            let Ok(m) = t.file.metadata() else { continue };
+            t.size = m.len();
+            t.mtime = m.modified().unwrap_or(t.mtime);
+            t.nlink = m.nlink();
+            if t.size < t.read_pos() {
+                FileTruncated {
+                    source: &self.out.cx.name,
+                    file: &t.path,
+                    was: t.read_pos(),
+                    now: t.size,
+                }
+                .emit(&self.out.cx.counters);
+                t.gen += 1;
+                t.offset = 0;
+                t.buf.clear();
+                t.skipping = None;
+                t.fp = None;
+                t.decoder = Decoder::new(self.out.cfg.format.clone());
+                if let Some(e) = self.out.cp.files.get_mut(&t.key) {
+                    e.gen = t.gen;
+                    e.offset = 0;
+                    e.fp = None;
+                }
+                self.out.cp.dirty = true;
+            }
+            if t.fp.is_none() {
+                t.fp = files::fingerprint(&t.file).ok().flatten();
+                if let (Some(fp), Some(e)) = (t.fp, self.out.cp.files.get_mut(&t.key)) {
+                    e.fp = Some(fp);
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..self.files.len())
+            .filter(|&i| {
+                self.files[i].fp.is_some() && self.files[i].size > self.files[i].read_pos()
+            })
+            .collect();
+        order.sort_by(|&a, &b| {
+            (self.files[a].mtime, &self.files[a].path)
+                .cmp(&(self.files[b].mtime, &self.files[b].path))
+        });
+        let mut total = 0;
+        for i in order {
+            total += self.out.read_file(&mut self.files[i])?;
+        }
+        self.drop_finished();
+        Ok(total)
+    }
+
+    /// Stops following files that left the globs and are read to their end: at once when
+    /// deleted, after `rotate_wait` when renamed away (a writer may still add to them).
+    fn drop_finished(&mut self) {
+        let rotate_wait = self.out.cfg.rotate_wait;
+        let mut i = 0;
+        while i < self.files.len() {
+            let t = &self.files[i];
+            let done = match t.gone_since {
+                Some(since) => {
+                    t.size == t.read_pos() && (t.nlink == 0 || since.elapsed() >= rotate_wait)
+                }
+                None => false,
+            };
+            if !done {
+                i += 1;
+                continue;
+            }
+            let mut t = self.files.swap_remove(i);
+            if !t.buf.is_empty() {
+                let reason = "incomplete last record of a file that was rotated away or deleted";
+                let (off, len) = (t.offset, t.buf.len() as u64);
+                let buf = std::mem::take(&mut t.buf);
+                self.out.quarantine(&t, off, &buf, len, reason);
+                t.offset += len;
+                self.out.mark(&t, t.offset);
+            }
+            tracing::info!(
+                "source {}: done with {}",
+                self.out.cx.name,
+                t.path.display()
+            );
+            self.out.retiring.insert(t.key, (t.gen, t.offset));
+        }
+    }
+
+    fn publish_status(&self) {
+        let w = self.out.cx.watermark.get();
+        let mut lag_bytes = 0u64;
+        let files: Vec<serde_json::Value> = self
+            .files
+            .iter()
+            .map(|t| {
+                let acked = self.out.cp.files.get(&t.key).map_or(0, |c| {
+                    if c.gen == t.gen {
+                        c.offset
+                    } else {
+                        0
+                    }
+                });
+                lag_bytes += t.size.saturating_sub(acked);
+                serde_json::json!({
+                    "path": t.path, "size": t.size, "read": t.read_pos(), "acknowledged": acked,
+                    "generation": t.gen, "following": t.gone_since.is_none(),
+                })
+            })
+            .collect();
+        let oldest = self
+            .out
+            .pending
+            .iter()
+            .find(|p| p.seq > w)
+            .map(|p| p.captured_ms);
+        let lag_seconds = oldest.map_or(0, |ms| (now_ms() - ms).max(0) / 1000);
+        let c = &self.out.cx.counters;
+        c.lag_bytes.store(lag_bytes, Ordering::Relaxed);
+        c.lag_seconds.store(lag_seconds, Ordering::Relaxed);
+        self.out.cx.status.set(
+            &self.out.cx.name,
+            serde_json::json!({
+                "kind": "tail", "files": files, "lag_bytes": lag_bytes, "lag_seconds": lag_seconds,
+                "events_sent": self.out.seq, "events_acknowledged": w,
+                "quarantined": c.quarantined.load(Ordering::Relaxed),
+                "last_error": self.out.last_error,
+            }),
+        );
+    }
+}
+
+impl Out {
+    /// Reads one file from its position up to its end (or `READ_SLICE` bytes).
+    fn read_file(&mut self, t: &mut Tracked) -> Result<u64, Stopping> {
+        let mut read = 0u64;
+        let max = self.cfg.max_record_bytes;
+        while read < READ_SLICE {
+            let have = t.buf.len();
+            let at = t.read_pos();
+            t.buf.resize(have + CHUNK, 0);
+            let n = match t.file.read_at(&mut t.buf[have..], at) {
+                Ok(n) => n,
+                Err(e) => {
+                    t.buf.truncate(have);
+                    self.last_error = Some(format!("reading {}: {e}", t.path.display()));
+                    tracing::error!(
+                        "source {}: cannot read {}: {e}",
+                        self.cx.name,
+                        t.path.display()
+                    );
+                    break;
+                }
+            };
+            t.buf.truncate(have + n);
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            let mut pos = 0usize;
+            loop {
+                if let Some(start) = t.skipping {
+                    match t.buf[pos..].iter().position(|&b| b == b'\n') {
+                        Some(i) => {
+                            pos += i + 1;
+                            let end = t.offset + pos as u64;
+                            t.skipping = None;
+                            let reason =
+                                format!("record longer than max_record_bytes ({max} bytes)");
+                            self.quarantine_long(t, start, end - start, &reason);
+                            self.mark(t, end);
+                        }
+                        None => {
+                            pos = t.buf.len();
+                            break;
+                        }
+                    }
+                }
+                let rest = &t.buf[pos..];
+                match t.decoder.format().frame(rest) {
+                    Some(len) if len > max => {
+                        let start = t.offset + pos as u64;
+                        let reason = format!("record longer than max_record_bytes ({max} bytes)");
+                        self.quarantine_long(t, start, len as u64, &reason);
+                        pos += len;
+                        self.mark(t, t.offset + pos as u64);
+                    }
+                    Some(len) => {
+                        let at = t.offset + pos as u64;
+                        self.record(t, pos, len, at)?;
+                        pos += len;
+                    }
+                    None if rest.len() > max => {
+                        // Over-long and still no end: discard up to its newline.
+                        t.skipping = Some(t.offset + pos as u64);
+                        pos = t.buf.len();
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            // What was framed (or skipped) is consumed; a partial record stays.
+            t.buf.drain(..pos);
+            t.offset += pos as u64;
+        }
+        Ok(read)
+    }
+
+    /// Turns one framed record into an event (or a quarantine entry).
+    fn record(&mut self, t: &mut Tracked, pos: usize, len: usize, at: u64) -> Result<(), Stopping> {
+        let end = at + len as u64;
+        let bytes = &t.buf[pos..pos + len];
+        if t.decoder.needs_header() {
+            if let Err(e) = t.decoder.read_header(bytes, at) {
+                let reason = e.reason.clone();
+                let data = bytes.to_vec();
+                self.quarantine(t, at, &data, len as u64, &reason);
+            }
+            self.mark(t, end);
+            return Ok(());
+        }
+        let rec = match t.decoder.decode(bytes, at) {
+            Ok(r) => r,
+            Err(e) => {
+                let data = bytes.to_vec();
+                self.quarantine(t, at, &data, len as u64, &e.reason);
+                self.mark(t, end);
+                return Ok(());
+            }
+        };
+        match self.event(t, rec, at) {
+            Ok(()) => {
+                self.pending.push_back(PendingPos {
+                    seq: self.seq,
+                    key: t.key,
+                    gen: t.gen,
+                    end,
+                    captured_ms: now_ms(),
+                });
+                if self.batch.len() >= BATCH_SIZE {
+                    self.flush()?;
+                }
+            }
+            Err(reason) => {
+                let data = t.buf[pos..pos + len].to_vec();
+                self.quarantine(t, at, &data, len as u64, &reason);
+                self.mark(t, end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps a record to an event and queues it for the sink.
+    fn event(&mut self, t: &Tracked, mut rec: Record, at: u64) -> Result<(), String> {
+        let table = match &self.cfg.table {
+            TableFrom::Fixed(name) => name.clone(),
+            TableFrom::Field(f) => match rec.remove(f) {
+                Some(v) => {
+                    value_text(&v).ok_or_else(|| format!("table field `{f}` is not text"))?
+                }
+                None => return Err(format!("no table field `{f}`")),
+            },
+        };
+        let op = match &self.cfg.op_field {
+            None => Op::Create,
+            Some(f) => {
+                let v = rec.remove(f).ok_or_else(|| format!("no op field `{f}`"))?;
+                let code = value_text(&v).ok_or_else(|| format!("op field `{f}` is not text"))?;
+                match self
+                    .cfg
+                    .op_map
+                    .get(&code)
+                    .copied()
+                    .or_else(|| Op::from_code(&code))
+                {
+                    Some(op) => op,
+                    None => {
+                        return Err(format!(
+                            "op field `{f}` has `{code}`, which is not c, u, d, r or in op_map"
+                        ))
+                    }
+                }
+            }
+        };
+        let key = if self.cfg.key.is_empty() {
+            None
+        } else {
+            let mut k = Record::with_capacity(self.cfg.key.len());
+            for name in &self.cfg.key {
+                match rec.get(name) {
+                    Some(v) => k.push(name.clone(), v.clone()),
+                    None => return Err(format!("no key field `{name}`")),
+                }
+            }
+            Some(k)
+        };
+        let (before, after) = if op == Op::Delete {
+            (Some(rec), None)
+        } else {
+            (None, Some(rec))
+        };
+        let fp = t.fp.unwrap_or(0);
+        let position = format!("{:x}.{:x}.{fp:016x}.{}@{at}", t.key.dev, t.key.ino, t.gen);
+        let now = now_ms();
+        let info = self.table(&table);
+        let (tname, subject, counters) = (
+            info.name.clone(),
+            info.subject.clone(),
+            info.counters.clone(),
+        );
+        let ev = ChangeEvent {
+            op,
+            key,
+            before,
+            after,
+            source: SourceInfo {
+                agent: self.agent.clone(),
+                name: self.name.clone(),
+                kind: self.kind.clone(),
+                table: tname,
+                position,
+                ts_ms: now,
+                snapshot: false,
+            },
+            ts_ms: now,
+        };
+        let payload = self.cx.encoder.payload(&ev);
+        let msg_id = self.cx.encoder.msg_id(&ev.source.position);
+        counters.captured.fetch_add(1, Ordering::Relaxed);
+        self.seq += 1;
+        self.batch.push(Outgoing {
+            seq: self.seq,
+            subject,
+            msg_id,
+            payload,
+            captured_ms: now,
+            counters,
+        });
+        Ok(())
+    }
+
+    fn table(&mut self, table: &str) -> &TableInfo {
+        if !self.tables.contains_key(table) {
+            let info = TableInfo {
+                name: Arc::from(table),
+                subject: self.cx.encoder.subject(table),
+                counters: self.cx.metrics.table(&self.cx.name, table),
+            };
+            self.tables.insert(table.to_owned(), info);
+        }
+        &self.tables[table]
+    }
+
+    /// A position with no event of its own (a header, a quarantined record): safe once
+    /// everything sent before it is acknowledged.
+    fn mark(&mut self, t: &Tracked, end: u64) {
+        self.pending.push_back(PendingPos {
+            seq: self.seq,
+            key: t.key,
+            gen: t.gen,
+            end,
+            captured_ms: now_ms(),
+        });
+    }
+
+    fn quarantine(&mut self, t: &Tracked, offset: u64, data: &[u8], full_len: u64, reason: &str) {
+        let cut = &data[..data.len().min(self.cfg.max_record_bytes)];
+        let bad = BadRecord {
+            file: &t.path,
+            offset,
+            reason,
+            data: cut,
+            full_len,
+        };
+        if let Err(e) = self.quarantine.put(&bad) {
+            tracing::error!(
+                "source {}: cannot write to the quarantine {}: {e}",
+                self.cx.name,
+                self.quarantine.path().display()
+            );
+        }
+        RecordQuarantined {
+            source: &self.cx.name,
+            file: &t.path,
+            offset,
+            reason,
+        }
+        .emit(&self.cx.counters);
+    }
+
+    /// Quarantines an over-long record, keeping its first `max_record_bytes`.
+    fn quarantine_long(&mut self, t: &Tracked, offset: u64, len: u64, reason: &str) {
+        let keep = (len as usize).min(self.cfg.max_record_bytes);
+        let mut head = vec![0u8; keep];
+        let n = t.file.read_at(&mut head, offset).unwrap_or(0);
+        head.truncate(n);
+        self.quarantine(t, offset, &head, len, reason);
+    }
+
+    /// Hands the current batch to the sink, waiting while its channel is full.
+    fn flush(&mut self) -> Result<(), Stopping> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.cx.tx.clone();
+        let rt = self.cx.runtime.clone();
+        let batch = Batch {
+            source: self.cx.index,
+            msgs: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_SIZE)),
+        };
+        let mut batch = Some(batch);
+        loop {
+            if *self.cx.shutdown.borrow() {
+                return Err(Stopping);
+            }
+            let sent = rt.block_on(async {
+                match tokio::time::timeout(Duration::from_millis(100), tx.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        if let Some(b) = batch.take() {
+                            permit.send(b);
+                        }
+                        Ok(true)
+                    }
+                    Ok(Err(_)) => Err(Stopping),
+                    Err(_) => Ok(false),
+                }
+            })?;
+            if sent {
+                return Ok(());
+            }
+            // The sink is behind (or the broker is away): keep checkpointing meanwhile.
+            self.apply_acks();
+            self.checkpoint(false);
+        }
+    }
+
+    /// Moves acknowledged positions into the checkpoint.
+    fn apply_acks(&mut self) {
+        let w = self.cx.watermark.get();
+        while let Some(p) = self.pending.front() {
+            if p.seq > w {
+                break;
+            }
+            let p = self.pending.pop_front().expect("front exists");
+            self.cp.advance(p.key, p.gen, p.end);
+        }
+        if !self.retiring.is_empty() {
+            let now = now_ms();
+            let cp = &mut self.cp;
+            self.retiring
+                .retain(|key, (gen, end)| match cp.files.get_mut(key) {
+                    Some(e) if (e.gen, e.offset) >= (*gen, *end) => {
+                        e.retired_ms = Some(now);
+                        cp.dirty = true;
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                });
+        }
+    }
+
+    /// Writes the checkpoint if it changed (at most every `CHECKPOINT_EVERY`, unless forced).
+    fn checkpoint(&mut self, force: bool) {
+        if !self.cp.dirty || (!force && self.last_cp.elapsed() < CHECKPOINT_EVERY) {
+            return;
+        }
+        self.last_cp = Instant::now();
+        let r = self
+            .quarantine
+            .sync()
+            .and_then(|()| self.cp.write(now_ms()));
+        match r {
+            Ok(()) => {
+                if self
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("checkpoint"))
+                {
+                    self.last_error = None;
+                }
+            }
+            Err(e) => {
+                CheckpointFailed {
+                    source: &self.cx.name,
+                    path: &self.cp.path,
+                    error: &e,
+                }
+                .emit(&self.cx.counters);
+                self.last_error = Some(format!("checkpoint: {e}"));
+            }
+        }
+    }
+}
+
+/// A field's value as text, for table and op fields.
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Int(i) => Some(i.to_string()),
+        other => other.as_text().map(str::to_owned),
+    }
+}
+
+/// Reads a CSV file's header when reading resumes past it.
+fn read_header(file: &File, decoder: &mut Decoder, max: usize) {
+    let mut buf = vec![0u8; max.min(1 << 20)];
+    let n = file.read_at(&mut buf, 0).unwrap_or(0);
+    if let Some(len) = decoder.format().frame(&buf[..n]) {
+        let _ = decoder.read_header(&buf[..len], 0);
+    }
+}
+
+/// Watches the directories of the globs; sends `true` for events that may add or remove
+/// files (create, rename, remove) and `false` for data changes.
+fn watch(patterns: &[String]) -> notify::Result<(notify::RecommendedWatcher, Receiver<bool>)> {
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let structural = matches!(
+                ev.kind,
+                EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
+            let _ = tx.try_send(structural);
+        }
+    })?;
+    for p in patterns {
+        let (root, recursive) = files::watch_root(p);
+        let mode = if recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        if let Err(e) = w.watch(&root, mode) {
+            tracing::debug!(
+                "cannot watch {}: {e}; relying on periodic checks",
+                root.display()
+            );
+        }
+    }
+    Ok((w, rx))
+}

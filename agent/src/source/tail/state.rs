@@ -1,0 +1,108 @@
+//! The tail source's checkpoint: for each file, how far its events are acknowledged.
+//!
+//! Stored as JSON in `state_dir/checkpoints/<source>.json` (written atomically, see
+//! [`crate::pipeline::checkpoint`]). Each entry is keyed by device and inode and holds
+//! the file's fingerprint, its generation (raised each time the file is truncated or its
+//! inode is reused by a new file, so the new bytes get new message ids) and the offset
+//! up to which every record's event is acknowledged. An entry whose file is gone is kept
+//! as `retired` for a day, so a new file that reuses the inode starts a new generation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::files::FileKey;
+use crate::pipeline::checkpoint;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileCp {
+    pub dev: u64,
+    pub ino: u64,
+    /// The last path the file was seen at.
+    pub path: PathBuf,
+    pub fp: Option<u64>,
+    pub gen: u32,
+    /// Every record before this offset is acknowledged (or quarantined).
+    pub offset: u64,
+    /// When the file was found gone and fully acknowledged (ms since epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct OnDisk {
+    version: u32,
+    files: Vec<FileCp>,
+}
+
+/// How long a retired entry is kept.
+const RETIRED_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub files: BTreeMap<FileKey, FileCp>,
+    /// Whether a checkpoint existed when the source started.
+    pub existed: bool,
+    pub dirty: bool,
+}
+
+impl Checkpoint {
+    pub fn load(state_dir: &Path, source: &str) -> Result<Self, String> {
+        let path = state_dir.join("checkpoints").join(format!("{source}.json"));
+        let data = checkpoint::read(&path)
+            .map_err(|e| format!("cannot read the checkpoint {}: {e}", path.display()))?;
+        let mut files = BTreeMap::new();
+        let existed = data.is_some();
+        if let Some(data) = data {
+            let d: OnDisk = serde_json::from_slice(&data).map_err(|e| {
+                format!(
+                    "the checkpoint {} is not valid ({e}); move it aside to start source `{source}` afresh \
+                     (its files are then read again from the beginning)",
+                    path.display()
+                )
+            })?;
+            for f in d.files {
+                files.insert(
+                    FileKey {
+                        dev: f.dev,
+                        ino: f.ino,
+                    },
+                    f,
+                );
+            }
+        }
+        Ok(Self {
+            path,
+            files,
+            existed,
+            dirty: false,
+        })
+    }
+
+    /// Moves `key` to (`gen`, `offset`) if that is further than it is.
+    pub fn advance(&mut self, key: FileKey, gen: u32, offset: u64) {
+        if let Some(e) = self.files.get_mut(&key) {
+            if (gen, offset) > (e.gen, e.offset) {
+                e.gen = gen;
+                e.offset = offset;
+                self.dirty = true;
+            }
+        }
+    }
+
+    pub fn write(&mut self, now_ms: i64) -> std::io::Result<()> {
+        self.files
+            .retain(|_, f| f.retired_ms.is_none_or(|t| now_ms - t < RETIRED_KEEP_MS));
+        let d = OnDisk {
+            version: 1,
+            files: self.files.values().cloned().collect(),
+        };
+        let data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
+        checkpoint::write_atomic(&self.path, &data)?;
+        self.dirty = false;
+        self.existed = true;
+        Ok(())
+    }
+}
