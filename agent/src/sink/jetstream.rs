@@ -345,12 +345,15 @@ impl Publisher {
                 again.push((f.source, f.msg));
             }
         }
-        for f in rest {
-            if f.ack.await.is_ok() {
-                later_acked += 1;
-            }
-            again.push((f.source, f.msg));
-        }
+        // Poll the outstanding acks together: each one's timeout starts at its first poll.
+        let (acks, msgs): (Vec<AckFuture>, Vec<(usize, Outgoing)>) =
+            rest.map(|f| (f.ack, (f.source, f.msg))).unzip();
+        later_acked += futures::future::join_all(acks)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count() as u64;
+        again.extend(msgs);
         if later_acked > 0 {
             self.metrics
                 .publish_reordered

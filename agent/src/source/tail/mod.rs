@@ -90,6 +90,8 @@ struct Tracked {
     matched: bool,
     gone_since: Option<Instant>,
     nlink: u64,
+    /// Order of discovery: files found earlier (or resumed from the checkpoint) are older.
+    discovered: u64,
 }
 
 impl Tracked {
@@ -140,6 +142,7 @@ struct Tail {
     first_scan: bool,
     rescan: bool,
     last_scan: Instant,
+    discovered: u64,
 }
 
 /// The sink stopped taking batches: the agent is shutting down.
@@ -183,6 +186,7 @@ impl Tail {
             first_scan: true,
             rescan: true,
             last_scan: Instant::now(),
+            discovered: 0,
         })
     }
 
@@ -261,7 +265,10 @@ impl Tail {
     fn scan(&mut self) {
         self.rescan = false;
         self.last_scan = Instant::now();
-        let found = files::scan(&self.out.cfg.paths);
+        let mut found = files::scan(&self.out.cfg.paths);
+        // Files resumed from the checkpoint are older than files seen for the first time.
+        let cp = &self.out.cp.files;
+        found.sort_by_key(|f| !cp.get(&f.key).is_some_and(|c| c.retired_ms.is_none()));
         for t in &mut self.files {
             t.matched = false;
         }
@@ -418,7 +425,9 @@ impl Tail {
             matched,
             gone_since: if matched { None } else { Some(Instant::now()) },
             nlink: meta.nlink(),
+            discovered: self.discovered,
         });
+        self.discovered += 1;
     }
 
     fn rescan_soon(&mut self) {
@@ -467,10 +476,11 @@ impl Tail {
                 self.files[i].fp.is_some() && self.files[i].size > self.files[i].read_pos()
             })
             .collect();
-        order.sort_by(|&a, &b| {
-            (self.files[a].mtime, &self.files[a].path)
-                .cmp(&(self.files[b].mtime, &self.files[b].path))
-        });
+        // Files that left the globs first (they were rotated away), then by modification
+        // time, then by discovery (file timestamps are coarse: a rotated file and its
+        // successor often share one).
+        let rank = |t: &Tracked| (t.gone_since.is_none(), t.mtime, t.discovered);
+        order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
         let mut total = 0;
         for i in order {
             total += self.out.read_file(&mut self.files[i])?;

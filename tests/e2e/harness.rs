@@ -1,0 +1,383 @@
+//! The test harness: a throwaway nats-server, the real `lockstep` binary, and a real
+//! JetStream consumer that reads back what arrived.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+
+/// The `lockstep` binary built by `cargo build -p lockstep` (the test command does it).
+pub fn lockstep_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LOCKSTEP_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let p = target.join("debug/lockstep");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p lockstep` first (or set LOCKSTEP_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// A nats-server with JetStream on a random port, with its own store; killed on drop.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    pub fn start(dir: &Path) -> Nats {
+        let store = dir.join("nats-store");
+        std::fs::create_dir_all(&store).unwrap();
+        let mut n = Nats {
+            child: None,
+            port: 0,
+            dir: dir.to_owned(),
+        };
+        n.spawn(None);
+        n
+    }
+
+    fn spawn(&mut self, port: Option<u16>) {
+        let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+        let mut child = Command::new("/usr/sbin/nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(self.dir.join("nats-store"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start /usr/sbin/nats-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Listening for client connections on") {
+                    let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        self.port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("nats-server did not start");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): the agent sees the connection drop.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        let port = self.port;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // The port may take a moment to be free again.
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn(Some(port))));
+            if r.is_ok() || Instant::now() > deadline {
+                break;
+            }
+        }
+        assert_eq!(self.port, port);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One test's world: a temp dir, a broker, the change files and the agent's state.
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub nats: Nats,
+    pub stream: String,
+    pub prefix: String,
+}
+
+impl World {
+    pub fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("logs")).unwrap();
+        let nats = Nats::start(tmp.path());
+        World {
+            tmp,
+            nats,
+            stream: "E2E".into(),
+            prefix: "legacy".into(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.tmp.path().join("logs")
+    }
+
+    /// Writes a config with one tail source (`source_extra` is added to it) and returns its path.
+    pub fn config(&self, source_extra: &str) -> PathBuf {
+        let text = format!(
+            r#"[agent]
+id = "e2e"
+state_dir = "{state}"
+
+[nats]
+servers = ["{url}"]
+stream = "{stream}"
+subject_prefix = "{prefix}"
+create_stream = true
+ack_timeout = "2s"
+
+[admin]
+listen = ""
+
+[[source]]
+name = "vista"
+kind = "tail"
+paths = ["{logs}/*.log"]
+stat_interval = "200ms"
+rotate_wait = "1s"
+{source_extra}
+"#,
+            state = self.dir().join("state").display(),
+            url = self.nats.url(),
+            stream = self.stream,
+            prefix = self.prefix,
+            logs = self.logs().display(),
+        );
+        let p = self.dir().join("lockstep.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn agent(&self, config: &Path) -> Agent {
+        Agent::start(config, &self.dir().join("agent.log"))
+    }
+
+    pub async fn js(&self) -> jetstream::Context {
+        let c = async_nats::connect(self.nats.url()).await.unwrap();
+        jetstream::new(c)
+    }
+
+    /// How many messages the stream holds (0 while it does not exist yet).
+    pub async fn count(&self) -> u64 {
+        let js = self.js().await;
+        match js.get_stream(&self.stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Waits until the stream holds at least `n` messages.
+    pub async fn wait_count(&self, n: u64, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        let js = self.js().await;
+        loop {
+            let c = match js.get_stream(&self.stream).await {
+                Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+                Err(_) => 0,
+            };
+            if c >= n || Instant::now() > deadline {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads every message of the stream, in stream order.
+    pub async fn messages(&self) -> Vec<Msg> {
+        let js = self.js().await;
+        let stream = js
+            .get_stream(&self.stream)
+            .await
+            .expect("the stream exists");
+        let total = stream.cached_info().state.messages as usize;
+        let c = stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut out = Vec::with_capacity(total);
+        let mut msgs = c.messages().await.unwrap();
+        while out.len() < total {
+            let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+                .await
+                .expect("stream read")
+                .unwrap()
+                .unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let json: serde_json::Value =
+                serde_json::from_slice(&m.payload).expect("payload is JSON");
+            out.push(Msg {
+                subject: m.subject.to_string(),
+                id,
+                json,
+            });
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub subject: String,
+    pub id: String,
+    pub json: serde_json::Value,
+}
+
+impl Msg {
+    /// The `after` (or `before` for deletes) image's field.
+    pub fn field(&self, name: &str) -> &serde_json::Value {
+        let img = if self.json["op"] == "d" {
+            &self.json["before"]
+        } else {
+            &self.json["after"]
+        };
+        &img[name]
+    }
+}
+
+/// Asserts there are no duplicate message ids or duplicate values of `field`.
+pub fn assert_unique(msgs: &[Msg], field: &str) {
+    let mut ids = HashSet::new();
+    let mut vals = HashSet::new();
+    for m in msgs {
+        assert!(ids.insert(m.id.clone()), "duplicate Nats-Msg-Id {}", m.id);
+        assert!(
+            vals.insert(m.field(field).to_string()),
+            "duplicate {field} {}",
+            m.field(field)
+        );
+    }
+}
+
+/// The integer values of `field`, in stream order.
+pub fn ints(msgs: &[Msg], field: &str) -> Vec<i64> {
+    msgs.iter()
+        .map(|m| {
+            m.field(field)
+                .as_i64()
+                .unwrap_or_else(|| panic!("{field} in {}", m.json))
+        })
+        .collect()
+}
+
+/// The `lockstep run` process.
+pub struct Agent {
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(config: &Path, log: &Path) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(lockstep_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("LOCKSTEP_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lockstep");
+        Agent { child: Some(child) }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lockstep did not stop within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Appends lines to a file (opening it for each call, like a batch job would).
+pub fn append(path: &Path, lines: impl IntoIterator<Item = String>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let mut buf = String::new();
+    for l in lines {
+        buf.push_str(&l);
+        buf.push('\n');
+    }
+    f.write_all(buf.as_bytes()).unwrap();
+}
+
+/// A JSON change line for id `i`.
+pub fn line(i: u64) -> String {
+    format!(
+        r#"{{"id":{i},"op":"c","clinic":"CARDIOLOGY-{}","time":"16:{:02}","fee":"{}.50"}}"#,
+        i % 7,
+        i % 60,
+        i
+    )
+}
+
+/// The agent's log, for failure messages.
+pub fn agent_log(w: &World) -> String {
+    std::fs::read_to_string(w.dir().join("agent.log")).unwrap_or_default()
+}

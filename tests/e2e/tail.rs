@@ -1,0 +1,214 @@
+//! Tailing a growing change file: exactly once, in order, across restarts.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+const N: u64 = 10_000;
+
+/// Appends `N` lines in bursts while the agent runs; calls `during` once a third is in.
+async fn run_10k(w: &World, mut during: impl FnMut(&World)) {
+    let file = w.logs().join("changes.log");
+    let mut i = 0;
+    let mut interrupted = false;
+    while i < N {
+        let burst = (i..(i + 500).min(N)).map(line);
+        append(&file, burst);
+        i = (i + 500).min(N);
+        if !interrupted && i >= N / 3 {
+            w.wait_count(N / 4, Duration::from_secs(60)).await;
+            during(w);
+            interrupted = true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn check_10k(w: &World, msgs: &[Msg]) {
+    assert_eq!(msgs.len() as u64, N, "agent log:\n{}", agent_log(w));
+    assert_unique(msgs, "id");
+    let ids = ints(msgs, "id");
+    assert_eq!(ids, (0..N as i64).collect::<Vec<_>>(), "order kept");
+}
+
+#[tokio::test]
+async fn ten_thousand_lines_arrive_exactly_once_with_envelope_and_ids() {
+    let w = World::new();
+    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]\nop_field = \"op\"");
+    let mut agent = w.agent(&cfg);
+    run_10k(&w, |_| {}).await;
+    assert_eq!(w.wait_count(N, Duration::from_secs(120)).await, N);
+    // Give a late duplicate the chance to show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let msgs = w.messages().await;
+    check_10k(&w, &msgs);
+    let m = &msgs[42];
+    assert_eq!(m.subject, "legacy.vista.appointments");
+    let j = &m.json;
+    assert_eq!(j["op"], "c");
+    assert_eq!(j["key"], serde_json::json!({"id": 42}));
+    assert_eq!(j["before"], serde_json::Value::Null);
+    assert_eq!(
+        j["after"],
+        serde_json::json!({"id": 42, "clinic": "CARDIOLOGY-0", "time": "16:42", "fee": "42.50"})
+    );
+    assert!(
+        j["after"].get("op").is_none(),
+        "the op field is not part of the row"
+    );
+    assert_eq!(j["source"]["agent"], "e2e");
+    assert_eq!(j["source"]["name"], "vista");
+    assert_eq!(j["source"]["kind"], "tail");
+    assert_eq!(j["source"]["table"], "appointments");
+    assert_eq!(j["source"]["snapshot"], false);
+    assert!(j["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    let pos = j["source"]["position"].as_str().unwrap();
+    // Line 42 starts where the 42 lines before it end.
+    let offset: usize = (0..42).map(|i| line(i).len() + 1).sum();
+    assert!(pos.ends_with(&format!(".0@{offset}")), "position {pos}");
+    assert_eq!(m.id, format!("e2e:vista:{pos}"));
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_in_the_middle_then_restart_loses_and_repeats_nothing() {
+    let w = World::new();
+    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
+    let agent = std::sync::Mutex::new(w.agent(&cfg));
+    run_10k(&w, |w| {
+        let mut a = agent.lock().unwrap();
+        assert_eq!(a.stop(), Some(0), "clean exit on SIGTERM");
+        *a = w.agent(&cfg);
+    })
+    .await;
+    assert_eq!(
+        w.wait_count(N, Duration::from_secs(120)).await,
+        N,
+        "{}",
+        agent_log(&w)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    check_10k(&w, &w.messages().await);
+    agent.lock().unwrap().stop();
+}
+
+#[tokio::test]
+async fn kill_9_in_the_middle_then_restart_loses_and_repeats_nothing() {
+    let w = World::new();
+    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
+    let agent = std::sync::Mutex::new(w.agent(&cfg));
+    let mut kills = 0;
+    run_10k(&w, |w| {
+        let mut a = agent.lock().unwrap();
+        a.kill9();
+        kills += 1;
+        *a = w.agent(&cfg);
+    })
+    .await;
+    assert_eq!(kills, 1);
+    assert_eq!(
+        w.wait_count(N, Duration::from_secs(120)).await,
+        N,
+        "{}",
+        agent_log(&w)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    check_10k(&w, &w.messages().await);
+    agent.lock().unwrap().stop();
+}
+
+#[tokio::test]
+async fn partial_last_line_waits_for_its_newline() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let file = w.logs().join("a.log");
+    append(&file, [line(0)]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .map(|mut f| {
+            use std::io::Write;
+            f.write_all(br#"{"id":1,"clin"#).unwrap();
+        })
+        .unwrap();
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
+    // The half line must not be sent, even after the agent looked at it several times.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(w.count().await, 1);
+    append(&file, [r#"ic":"X"}"#.to_owned(), line(2)]);
+    assert_eq!(w.wait_count(3, Duration::from_secs(30)).await, 3);
+    let msgs = w.messages().await;
+    assert_eq!(ints(&msgs, "id"), vec![0, 1, 2]);
+    assert_eq!(
+        msgs[1].json["after"],
+        serde_json::json!({"id": 1, "clinic": "X"})
+    );
+    agent.stop();
+}
+
+#[tokio::test]
+async fn malformed_and_over_long_lines_are_quarantined_with_offsets_and_the_rest_delivered() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]\nmax_record_bytes = \"1KiB\"");
+    let file = w.logs().join("a.log");
+    let long = format!(r#"{{"id":99,"pad":"{}"}}"#, "x".repeat(5000));
+    let lines = vec![
+        line(0),
+        "this is not json".to_owned(),
+        line(1),
+        long.clone(),
+        line(2),
+        r#"{"no_id":true}"#.to_owned(),
+        line(3),
+    ];
+    let mut offsets = vec![0usize];
+    for l in &lines {
+        offsets.push(offsets.last().unwrap() + l.len() + 1);
+    }
+    append(&file, lines);
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(4, Duration::from_secs(30)).await, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let msgs = w.messages().await;
+    assert_eq!(ints(&msgs, "id"), vec![0, 1, 2, 3]);
+    agent.stop();
+    let q = std::fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap();
+    let q: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(q.len(), 3, "{q:?}");
+    assert_eq!(q[0]["offset"], offsets[1] as u64);
+    assert_eq!(q[0]["record"], "this is not json\n");
+    assert_eq!(q[1]["offset"], offsets[3] as u64);
+    assert_eq!(q[1]["length"], (long.len() + 1) as u64);
+    assert!(q[1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_record_bytes"));
+    assert_eq!(
+        q[1]["record"].as_str().unwrap().len(),
+        1024,
+        "the quarantine keeps the first max_record_bytes"
+    );
+    assert_eq!(q[2]["offset"], offsets[5] as u64);
+    assert!(
+        q[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no key field `id`"),
+        "{}",
+        q[2]
+    );
+    for e in &q {
+        assert_eq!(e["file"], file.display().to_string());
+    }
+    // A restart does not quarantine (or send) them again: the checkpoint is past them.
+    let mut agent = w.agent(&cfg);
+    append(&file, [line(4)]);
+    assert_eq!(w.wait_count(5, Duration::from_secs(30)).await, 5);
+    agent.stop();
+    let q2 = std::fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap();
+    assert_eq!(q2.lines().count(), 3);
+}
