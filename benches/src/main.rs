@@ -1,1 +1,300 @@
-fn main() {}
+//! lockstep benchmarks. Each figure is printed beside the raw limit measured in the same
+//! run, on the same machine and the same nats-server, as a ratio.
+//!
+//! ```text
+//! cargo build --release -p lockstep -p lockstep-benches
+//! target/release/lockstep-bench tail [--lines 1000000]
+//! ```
+//!
+//! `tail`: N JSON lines of about 250 bytes are written to a file; lockstep (the release
+//! binary next to this one) tails it into a JetStream stream (file storage) on a
+//! throwaway nats-server. The raw limit is a plain async-nats loop publishing the same
+//! lines with `Nats-Msg-Id`, pipelined (4096 in flight, acks awaited in order), to
+//! another stream on the same server. Peak RSS is lockstep's VmHWM.
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use bytes::Bytes;
+
+const IN_FLIGHT: usize = 4096;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let scenario = args.get(1).map(String::as_str).unwrap_or("tail");
+    let lines = args
+        .iter()
+        .position(|a| a == "--lines")
+        .and_then(|i| args.get(i + 1))
+        .map_or(Ok(1_000_000), |s| s.parse::<u64>())
+        .context("--lines takes a number")?;
+    match scenario {
+        "tail" => tail(lines).await,
+        other => bail!("unknown scenario `{other}` (scenarios: tail)"),
+    }
+}
+
+fn record(i: u64) -> String {
+    // About 250 bytes, like an appointment change written by a batch job.
+    format!(
+        r#"{{"id":{i},"op":"u","patient":"P{:08}","clinic":"CARDIOLOGY-{}","provider":"DR-{:05}","date":"2026-11-{:02}","time":"{:02}:{:02}","status":"SCHEDULED","fee":"{}.{:02}","note":"follow-up visit, bring prior imaging, referral letter and medication list"}}"#,
+        i * 7 % 100_000_000,
+        i % 12,
+        i % 977,
+        1 + i % 28,
+        8 + i % 9,
+        i % 60,
+        50 + i % 400,
+        i % 100
+    )
+}
+
+async fn tail(n: u64) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nats = NatsServer::start(tmp.path())?;
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    println!(
+        "scenario tail: {n} lines, nats-server {} (JetStream, file storage), 2 cores",
+        nats.version
+    );
+
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let file = logs.join("changes.log");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
+    let mut bytes = 0u64;
+    for i in 0..n {
+        let l = record(i);
+        bytes += l.len() as u64 + 1;
+        writeln!(w, "{l}")?;
+    }
+    w.flush()?;
+    drop(w);
+    println!(
+        "  input: {:.1} MiB, {} bytes per line on average",
+        bytes as f64 / 1048576.0,
+        bytes / n
+    );
+
+    // The raw limit: the same lines, published with ids, pipelined.
+    let client = async_nats::connect(&url).await?;
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let lines: Vec<Bytes> = (0..n).map(|i| Bytes::from(record(i))).collect();
+    let (raw_lines_secs, raw_lines_rate) = raw_publish(&js, "raw.lines", &lines).await?;
+    drop(lines);
+    // The same bytes lockstep sends: each line wrapped in its change-event envelope.
+    let envelopes: Vec<Bytes> = (0..n).map(|i| envelope(&record(i), i)).collect();
+    let env_bytes = envelopes.iter().map(|b| b.len()).sum::<usize>() as f64 / n as f64;
+    let (raw_secs, raw_rate) = raw_publish(&js, "raw.envelopes", &envelopes).await?;
+    drop(envelopes);
+
+    // lockstep, tailing the file into its own stream on the same server.
+    let state = tmp.path().join("state");
+    let cfg = tmp.path().join("lockstep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"bench\"\nstate_dir = \"{}\"\n\n[nats]\nservers = [\"{url}\"]\nstream = \"LS\"\nsubject_prefix = \"ls\"\ncreate_stream = true\n\n[admin]\nlisten = \"\"\n\n[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/*.log\"]\ntable = \"appointments\"\nkey = [\"id\"]\nop_field = \"op\"\n",
+            state.display(),
+            logs.display()
+        ),
+    )?;
+    let bin = lockstep_bin()?;
+    let t = Instant::now();
+    let mut agent = Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("LOCKSTEP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let pid = agent.id();
+    let mut peak_kib = 0u64;
+    loop {
+        peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+        let got = match js.get_stream("LS").await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if got >= n {
+            break;
+        }
+        if let Some(status) = agent.try_wait()? {
+            bail!("lockstep exited early: {status}");
+        }
+        if t.elapsed() > Duration::from_secs(1800) {
+            bail!("lockstep did not deliver {n} messages in 30 minutes (got {got})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ls_secs = t.elapsed().as_secs_f64();
+    peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+    let cpu = cpu_secs(pid).unwrap_or(0.0);
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    agent.wait()?;
+    let ls_rate = n as f64 / ls_secs;
+
+    println!("  raw async-nats, bare lines ({} B), ids, {IN_FLIGHT} in flight:   {raw_lines_rate:>9.0} msg/s  ({raw_lines_secs:.2} s)", bytes / n);
+    println!("  raw async-nats, same envelopes ({env_bytes:.0} B), ids, {IN_FLIGHT} in flight: {raw_rate:>9.0} msg/s  ({raw_secs:.2} s)");
+    println!("  lockstep tail -> JetStream:                                {ls_rate:>9.0} msg/s  ({ls_secs:.2} s from process start, {cpu:.1} CPU s)");
+    println!(
+        "  ratio lockstep / raw (same payloads): {:.2}   (goal >= 0.80)",
+        ls_rate / raw_rate
+    );
+    println!(
+        "  ratio lockstep / raw (bare lines):    {:.2}",
+        ls_rate / raw_lines_rate
+    );
+    println!(
+        "  lockstep peak RSS: {:.1} MiB   (goal <= 64 MiB)",
+        peak_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Publishes `payloads` with ids, pipelined, and waits for every ack: (seconds, msg/s).
+async fn raw_publish(
+    js: &jetstream::Context,
+    subject: &str,
+    payloads: &[Bytes],
+) -> Result<(f64, f64)> {
+    let t = Instant::now();
+    let mut q: VecDeque<PublishAckFuture> = VecDeque::with_capacity(IN_FLIGHT);
+    for (i, p) in payloads.iter().enumerate() {
+        if q.len() >= IN_FLIGHT {
+            q.pop_front().unwrap().into_future().await?;
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(p.clone())
+            .message_id(format!("{subject}:{i}"));
+        q.push_back(js.send_publish(subject.to_owned(), publish).await?);
+    }
+    for f in q {
+        f.into_future().await?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok((secs, payloads.len() as f64 / secs))
+}
+
+/// The envelope lockstep builds for a line (same shape and size as what it sends).
+fn envelope(line: &str, i: u64) -> Bytes {
+    use lockstep_formats::{json, ChangeEvent, Op, Record, SourceInfo, Value};
+    let mut after = json::parse_object(line.as_bytes()).expect("bench lines are JSON");
+    after.remove("op");
+    let mut key = Record::new();
+    key.push("id", Value::Int(i as i64));
+    let ev = ChangeEvent {
+        op: Op::Update,
+        key: Some(key),
+        before: None,
+        after: Some(after),
+        source: SourceInfo {
+            agent: "bench".into(),
+            name: "vista".into(),
+            kind: "tail".into(),
+            table: "appointments".into(),
+            position: format!("fe00.98c162.07e04db971f141eb.0@{}", i * 250),
+            ts_ms: 1_795_000_000_000,
+            snapshot: false,
+        },
+        ts_ms: 1_795_000_000_000,
+    };
+    let mut out = Vec::with_capacity(600);
+    json::encode_event(&ev, &mut out);
+    Bytes::from(out)
+}
+
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The lockstep binary next to this one (both are built by `cargo build --release`).
+fn lockstep_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LOCKSTEP_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("lockstep");
+    if !p.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p lockstep -p lockstep-benches` first",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+    version: String,
+}
+
+impl NatsServer {
+    fn start(dir: &Path) -> Result<Self> {
+        let version = Command::new("/usr/sbin/nats-server")
+            .arg("--version")
+            .output()?;
+        let version = String::from_utf8_lossy(&version.stdout)
+            .trim()
+            .replace("nats-server: ", "");
+        let mut child = Command::new("/usr/sbin/nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start /usr/sbin/nats-server")?;
+        let stderr = child.stderr.take().context("nats-server stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let port = loop {
+            let Some(line) = lines.next() else {
+                bail!("nats-server exited before listening")
+            };
+            let line = line?;
+            if line.contains("Listening for client connections on") {
+                break line.rsplit(':').next().context("port")?.trim().parse()?;
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self {
+            child,
+            port,
+            version,
+        })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -617,7 +617,7 @@ mod tests {
     fn secrets_from_env_and_credentials_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nats-token"), "s3cret\n").unwrap();
-        // SAFETY-free: tests in this module are the only ones touching these variables.
+        // Only this test touches these variables.
         std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
         let c = parse_str(&MINIMAL.replace(
             "[[source]]",

@@ -71,6 +71,13 @@ pub fn credential_path(file: &str) -> PathBuf {
 }
 
 #[cfg(test)]
+impl Secret {
+    pub fn for_tests(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -78,12 +85,5 @@ mod tests {
     fn never_printed() {
         let s = Secret("hunter2".into());
         assert_eq!(format!("{s:?} {s}"), "*** ***");
-    }
-}
-
-#[cfg(test)]
-impl Secret {
-    pub fn for_tests(s: &str) -> Self {
-        Secret(s.to_owned())
     }
 }

@@ -83,7 +83,7 @@ pub(super) fn split(
                     }
                 }
             }
-            if !matches!(rec.get(i), None) && rec.get(i) != Some(&o.delimiter) {
+            if rec.get(i).is_some_and(|&b| b != o.delimiter) {
                 return Err((i, "text after a closing quote"));
             }
         } else {

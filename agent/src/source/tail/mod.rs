@@ -268,7 +268,7 @@ impl Tail {
         let mut found = files::scan(&self.out.cfg.paths);
         // Files resumed from the checkpoint are older than files seen for the first time.
         let cp = &self.out.cp.files;
-        found.sort_by_key(|f| !cp.get(&f.key).is_some_and(|c| c.retired_ms.is_none()));
+        found.sort_by_key(|f| cp.get(&f.key).is_none_or(|c| c.retired_ms.is_some()));
         for t in &mut self.files {
             t.matched = false;
         }
