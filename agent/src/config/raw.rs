@@ -640,3 +640,26 @@ mod tests {
         assert!(e.message.contains("LOCKSTEP_NOT_SET"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The example config shipped in packaging/ must always load.
+    #[test]
+    fn packaged_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/lockstep.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.agent.id, "legacy-host-01");
+        assert_eq!(c.sources.len(), 1);
+        let SourceKind::Tail(t) = &c.sources[0].kind;
+        assert_eq!(t.op_map.get("cancel"), Some(&Op::Delete));
+    }
+
+    /// So must the demo's.
+    #[test]
+    fn demo_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/lockstep.toml");
+        Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
