@@ -33,16 +33,23 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl Nats {
     pub fn start(dir: &Path) -> Nats {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts one with extra arguments (`--auth TOKEN`, `--user U --pass P`).
+    pub fn start_with(dir: &Path, args: &[&str]) -> Nats {
         let store = dir.join("nats-store");
         std::fs::create_dir_all(&store).unwrap();
         let mut n = Nats {
             child: None,
             port: 0,
             dir: dir.to_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         n.spawn(None);
         n
@@ -51,7 +58,9 @@ impl Nats {
     fn spawn(&mut self, port: Option<u16>) {
         let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
         let mut child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js"])
+            .args(&self.args)
+            .arg("-sd")
             .arg(self.dir.join("nats-store"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -116,18 +125,35 @@ pub struct World {
     pub nats: Nats,
     pub stream: String,
     pub prefix: String,
+    /// Extra `[nats]` keys for the agent's config (authentication).
+    pub nats_extra: String,
+    /// How the test's own client authenticates.
+    pub client_auth: Option<async_nats::ConnectOptions>,
 }
 
 impl World {
     pub fn new() -> World {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("logs")).unwrap();
-        let nats = Nats::start(tmp.path());
+        Self::with(tmp, |dir| Nats::start(dir))
+    }
+
+    /// A world whose broker is started with `args`.
+    pub fn with_nats_args(args: &[&str]) -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("logs")).unwrap();
+        Self::with(tmp, |dir| Nats::start_with(dir, args))
+    }
+
+    fn with(tmp: tempfile::TempDir, start: impl FnOnce(&Path) -> Nats) -> World {
+        let nats = start(tmp.path());
         World {
             tmp,
             nats,
             stream: "E2E".into(),
             prefix: "legacy".into(),
+            nats_extra: String::new(),
+            client_auth: None,
         }
     }
 
@@ -152,6 +178,7 @@ stream = "{stream}"
 subject_prefix = "{prefix}"
 create_stream = true
 ack_timeout = "2s"
+{nats_extra}
 
 [admin]
 listen = ""
@@ -169,6 +196,7 @@ rotate_wait = "1s"
             stream = self.stream,
             prefix = self.prefix,
             logs = self.logs().display(),
+            nats_extra = self.nats_extra,
         );
         let p = self.dir().join("lockstep.toml");
         std::fs::write(&p, text).unwrap();
@@ -176,11 +204,12 @@ rotate_wait = "1s"
     }
 
     pub fn agent(&self, config: &Path) -> Agent {
-        Agent::start(config, &self.dir().join("agent.log"))
+        Agent::start(config, &self.dir().join("agent.log"), &[])
     }
 
     pub async fn js(&self) -> jetstream::Context {
-        let c = async_nats::connect(self.nats.url()).await.unwrap();
+        let opts = self.client_auth.clone().unwrap_or_default();
+        let c = opts.connect(self.nats.url()).await.unwrap();
         jetstream::new(c)
     }
 
@@ -300,7 +329,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(config: &Path, log: &Path) -> Agent {
+    pub fn start(config: &Path, log: &Path, env: &[(&str, &Path)]) -> Agent {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -309,6 +338,7 @@ impl Agent {
         let child = Command::new(lockstep_bin())
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("LOCKSTEP_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)

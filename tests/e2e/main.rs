@@ -1,6 +1,7 @@
 //! lockstep's end-to-end tests: the real binary, a real nats-server, a real consumer.
 //! Build the binary first: `cargo build -p lockstep` (the README's test command does).
 
+mod auth;
 mod broker;
 mod cli;
 mod harness;
