@@ -135,7 +135,7 @@ impl World {
     pub fn new() -> World {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("logs")).unwrap();
-        Self::with(tmp, |dir| Nats::start(dir))
+        Self::with(tmp, Nats::start)
     }
 
     /// A world whose broker is started with `args`.
