@@ -70,51 +70,36 @@ async fn ten_thousand_lines_arrive_exactly_once_with_envelope_and_ids() {
     assert_eq!(agent.stop(), Some(0));
 }
 
-#[tokio::test]
-async fn sigterm_in_the_middle_then_restart_loses_and_repeats_nothing() {
+/// Stops the agent with `stop` once a third of the lines are in, starts it again, and
+/// checks that all 10,000 arrive once, in order.
+async fn restart_in_the_middle(stop: fn(&mut Agent)) {
     let w = World::new();
     let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
     let agent = std::sync::Mutex::new(w.agent(&cfg));
+    let mut restarts = 0;
     run_10k(&w, |w| {
         let mut a = agent.lock().unwrap();
-        assert_eq!(a.stop(), Some(0), "clean exit on SIGTERM");
+        stop(&mut a);
+        restarts += 1;
         *a = w.agent(&cfg);
     })
     .await;
-    assert_eq!(
-        w.wait_count(N, Duration::from_secs(120)).await,
-        N,
-        "{}",
-        agent_log(&w)
-    );
+    assert_eq!(restarts, 1);
+    let got = w.wait_count(N, Duration::from_secs(120)).await;
+    assert_eq!(got, N, "{}", agent_log(&w));
     tokio::time::sleep(Duration::from_millis(500)).await;
     check_10k(&w, &w.messages().await);
     agent.lock().unwrap().stop();
 }
 
 #[tokio::test]
+async fn sigterm_in_the_middle_then_restart_loses_and_repeats_nothing() {
+    restart_in_the_middle(|a| assert_eq!(a.stop(), Some(0), "clean exit on SIGTERM")).await;
+}
+
+#[tokio::test]
 async fn kill_9_in_the_middle_then_restart_loses_and_repeats_nothing() {
-    let w = World::new();
-    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
-    let agent = std::sync::Mutex::new(w.agent(&cfg));
-    let mut kills = 0;
-    run_10k(&w, |w| {
-        let mut a = agent.lock().unwrap();
-        a.kill9();
-        kills += 1;
-        *a = w.agent(&cfg);
-    })
-    .await;
-    assert_eq!(kills, 1);
-    assert_eq!(
-        w.wait_count(N, Duration::from_secs(120)).await,
-        N,
-        "{}",
-        agent_log(&w)
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    check_10k(&w, &w.messages().await);
-    agent.lock().unwrap().stop();
+    restart_in_the_middle(Agent::kill9).await;
 }
 
 #[tokio::test]

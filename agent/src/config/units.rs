@@ -15,18 +15,23 @@ pub struct ConfigDuration(pub Duration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigSize(pub u64);
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
+/// Splits `"512MiB"` into its number and its unit.
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = number_and_unit(s).ok_or_else(|| {
         format!(
             "`{s}` is not a duration: write a number and a unit, like \"500ms\", \"3s\" or \"5m\""
         )
     })?;
-    let secs = match unit.trim() {
+    let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
@@ -40,14 +45,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
+    let (n, unit) = number_and_unit(s).ok_or_else(|| {
         format!("`{s}` is not a size: write a number and a unit, like \"64KiB\" or \"1GiB\"")
     })?;
-    let mult: f64 = match unit.trim() {
+    let mult: f64 = match unit {
         "" | "B" => 1.0,
         "KiB" => 1024.0,
         "MiB" => 1024.0 * 1024.0,

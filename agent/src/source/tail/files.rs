@@ -148,8 +148,9 @@ mod tests {
             Some(fp),
             "growth after the first line does not change it"
         );
-        assert_eq!(end_of_last_line(&r, 18).unwrap(), 9);
-        assert_eq!(end_of_last_line(&r, 19).unwrap(), 19);
+        // `{"id":1}\n{"id":2}\n`: with 17 bytes the second line is partial.
+        assert_eq!(end_of_last_line(&r, 17).unwrap(), 9);
+        assert_eq!(end_of_last_line(&r, 18).unwrap(), 18);
     }
 
     #[test]

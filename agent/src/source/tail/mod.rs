@@ -667,13 +667,8 @@ impl Out {
         };
         match self.event(t, rec, at) {
             Ok(()) => {
-                self.pending.push_back(PendingPos {
-                    seq: self.seq,
-                    key: t.key,
-                    gen: t.gen,
-                    end,
-                    captured_ms: now_ms(),
-                });
+                // The event's own position: safe once it is acknowledged.
+                self.mark(t, end);
                 if self.batch.len() >= BATCH_SIZE {
                     self.flush()?;
                 }
@@ -788,8 +783,9 @@ impl Out {
         &self.tables[table]
     }
 
-    /// A position with no event of its own (a header, a quarantined record): safe once
-    /// everything sent before it is acknowledged.
+    /// Queues a position to checkpoint once the last event sent so far is acknowledged:
+    /// an event's own end, or a position with no event of its own (a header, a
+    /// quarantined record), which is safe once everything before it is acknowledged.
     fn mark(&mut self, t: &Tracked, end: u64) {
         self.pending.push_back(PendingPos {
             seq: self.seq,
