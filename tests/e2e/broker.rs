@@ -15,7 +15,12 @@ async fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     w.nats.kill();
     // Changes keep coming while the broker is away; the tail source waits with them.
     append(&file, (2000..3000).map(line));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        "the agent to notice the broker is gone",
+        Duration::from_secs(30),
+        || agent_log(&w).contains("disconnected from NATS"),
+    )
+    .await;
     append(&file, (3000..3500).map(line));
     w.nats.restart();
     append(&file, (3500..4000).map(line));
@@ -25,12 +30,11 @@ async fn broker_killed_and_restarted_mid_stream_loses_nothing() {
         "{}",
         agent_log(&w)
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     assert_eq!(msgs.len(), 4000);
     assert_unique(&msgs, "id");
     let mut ids = ints(&msgs, "id");
     ids.sort_unstable();
     assert_eq!(ids, (0..4000).collect::<Vec<_>>());
-    assert_eq!(agent.stop(), Some(0));
 }

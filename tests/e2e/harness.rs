@@ -407,6 +407,24 @@ pub fn line(i: u64) -> String {
     )
 }
 
+/// Polls `cond` until it holds; panics with `what` after `within`.
+pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the agent has made its first scan (it writes its checkpoint right after).
+pub async fn wait_first_scan(w: &World) {
+    let cp = w.dir().join("state/checkpoints/vista.json");
+    wait_for("the first checkpoint", Duration::from_secs(30), || {
+        cp.exists()
+    })
+    .await;
+}
+
 /// The agent's log, for failure messages.
 pub fn agent_log(w: &World) -> String {
     std::fs::read_to_string(w.dir().join("agent.log")).unwrap_or_default()

@@ -11,7 +11,9 @@ fn lines(r: std::ops::Range<u64>) -> impl Iterator<Item = String> {
     r.map(line)
 }
 
-async fn expect_ids(w: &World, want: Vec<i64>) -> Vec<Msg> {
+/// Waits for `want.len()` messages, stops the agent (nothing more can arrive), and checks
+/// that the stream holds exactly `want`, without duplicate ids.
+async fn expect_ids(w: &World, agent: &mut Agent, want: Vec<i64>) -> Vec<Msg> {
     let n = want.len() as u64;
     assert_eq!(
         w.wait_count(n, WAIT).await,
@@ -19,7 +21,7 @@ async fn expect_ids(w: &World, want: Vec<i64>) -> Vec<Msg> {
         "agent log:\n{}",
         agent_log(w)
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     let mut ids = std::collections::HashSet::new();
     for m in &msgs {
@@ -54,8 +56,7 @@ async fn rename_rotation_finishes_the_old_file_first() {
         old.write_all(s.as_bytes()).unwrap();
     }
     append(&live, lines(400..500));
-    expect_ids(&w, range(0..500)).await;
-    agent.stop();
+    expect_ids(&w, &mut agent, range(0..500)).await;
 }
 
 #[tokio::test]
@@ -73,8 +74,7 @@ async fn rotation_while_stopped_is_finished_before_the_live_file() {
         fs::rename(&live, w.logs().join(rotated_name)).unwrap();
         append(&live, lines(300..400));
         let mut agent = w.agent(&cfg);
-        expect_ids(&w, range(0..400)).await;
-        agent.stop();
+        expect_ids(&w, &mut agent, range(0..400)).await;
     }
 }
 
@@ -94,8 +94,7 @@ async fn copytruncate_reads_the_file_again_from_the_start() {
         .set_len(0)
         .unwrap();
     append(&live, lines(100..150));
-    expect_ids(&w, range(0..150)).await;
-    agent.stop();
+    expect_ids(&w, &mut agent, range(0..150)).await;
 }
 
 #[tokio::test]
@@ -106,11 +105,10 @@ async fn truncated_and_rewritten_with_the_same_lines_sends_them_again() {
     append(&live, lines(0..50));
     let mut agent = w.agent(&cfg);
     w.wait_count(50, WAIT).await;
+    // Rewritten shorter than it was: the agent sees the truncation whenever it looks.
     fs::write(&live, "").unwrap();
-    // Let the agent see the file empty before it is written again.
-    tokio::time::sleep(Duration::from_millis(600)).await;
     append(&live, lines(0..20));
-    let msgs = expect_ids(&w, [range(0..50), range(0..20)].concat()).await;
+    let msgs = expect_ids(&w, &mut agent, [range(0..50), range(0..20)].concat()).await;
     // Same offsets, new generation: new ids.
     assert!(msgs[50].json["source"]["position"]
         .as_str()
@@ -129,13 +127,18 @@ async fn deleted_and_recreated_file_is_read_from_the_start() {
     append(&live, lines(0..40));
     let mut agent = w.agent(&cfg);
     w.wait_count(40, WAIT).await;
+    // The agent holds the deleted file open, so the new file cannot reuse its inode
+    // before the agent has finished with it.
     fs::remove_file(&live).unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
     // The same first lines again: a new file all the same.
     append(&live, lines(0..10));
     append(&live, lines(40..60));
-    expect_ids(&w, [range(0..40), range(0..10), range(40..60)].concat()).await;
-    agent.stop();
+    expect_ids(
+        &w,
+        &mut agent,
+        [range(0..40), range(0..10), range(40..60)].concat(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -145,7 +148,7 @@ async fn a_file_that_appears_after_start_is_picked_up() {
         "table_field = \"tbl\"\nkey = [\"id\"]\nop_field = \"op\"\nop_map = { cancel = \"d\" }",
     );
     let mut agent = w.agent(&cfg);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_first_scan(&w).await;
     let file = w.logs().join("late.log");
     append(
         &file,
@@ -155,7 +158,7 @@ async fn a_file_that_appears_after_start_is_picked_up() {
             r#"{"tbl":"appointments","op":"cancel","id":2,"time":"16:00"}"#.to_owned(),
         ],
     );
-    let msgs = expect_ids(&w, vec![1, 2, 2]).await;
+    let msgs = expect_ids(&w, &mut agent, vec![1, 2, 2]).await;
     assert_eq!(msgs[0].subject, "legacy.vista.clinics");
     assert_eq!(msgs[1].subject, "legacy.vista.appointments");
     assert_eq!(msgs[1].json["op"], "u");
@@ -175,15 +178,14 @@ async fn start_at_end_skips_what_was_there_once() {
     let live = w.logs().join("app.log");
     append(&live, lines(0..30));
     let mut agent = w.agent(&cfg);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_first_scan(&w).await;
     append(&live, lines(30..40));
-    expect_ids(&w, range(30..40)).await;
+    expect_ids(&w, &mut agent, range(30..40)).await;
     // After a restart the checkpoint, not start_at, decides.
     agent.stop();
     append(&live, lines(40..45));
     let mut agent = w.agent(&cfg);
-    expect_ids(&w, range(30..45)).await;
-    agent.stop();
+    expect_ids(&w, &mut agent, range(30..45)).await;
 }
 
 #[tokio::test]

@@ -20,7 +20,6 @@ async fn run_10k(w: &World, mut during: impl FnMut(&World)) {
             during(w);
             interrupted = true;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -38,8 +37,8 @@ async fn ten_thousand_lines_arrive_exactly_once_with_envelope_and_ids() {
     let mut agent = w.agent(&cfg);
     run_10k(&w, |_| {}).await;
     assert_eq!(w.wait_count(N, Duration::from_secs(120)).await, N);
-    // Give a late duplicate the chance to show up before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the agent has exited nothing more can arrive: count then.
+    assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     check_10k(&w, &msgs);
     let m = &msgs[42];
@@ -67,7 +66,6 @@ async fn ten_thousand_lines_arrive_exactly_once_with_envelope_and_ids() {
     let offset: usize = (0..42).map(|i| line(i).len() + 1).sum();
     assert!(pos.ends_with(&format!(".0@{offset}")), "position {pos}");
     assert_eq!(m.id, format!("e2e:vista:{pos}"));
-    assert_eq!(agent.stop(), Some(0));
 }
 
 /// Stops the agent with `stop` once a third of the lines are in, starts it again, and
@@ -87,9 +85,8 @@ async fn restart_in_the_middle(stop: fn(&mut Agent)) {
     assert_eq!(restarts, 1);
     let got = w.wait_count(N, Duration::from_secs(120)).await;
     assert_eq!(got, N, "{}", agent_log(&w));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    check_10k(&w, &w.messages().await);
     agent.lock().unwrap().stop();
+    check_10k(&w, &w.messages().await);
 }
 
 #[tokio::test]
@@ -118,18 +115,23 @@ async fn partial_last_line_waits_for_its_newline() {
         .unwrap();
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
-    // The half line must not be sent, even after the agent looked at it several times.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The agent read the half line with the first one (same read) but did not send it,
+    // and its checkpoint stops right before it.
+    assert_eq!(agent.stop(), Some(0));
     assert_eq!(w.count().await, 1);
+    let cp = std::fs::read_to_string(w.dir().join("state/checkpoints/vista.json")).unwrap();
+    let cp: serde_json::Value = serde_json::from_str(&cp).unwrap();
+    assert_eq!(cp["files"][0]["offset"], (line(0).len() + 1) as u64);
     append(&file, [r#"ic":"X"}"#.to_owned(), line(2)]);
+    let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(3, Duration::from_secs(30)).await, 3);
+    agent.stop();
     let msgs = w.messages().await;
     assert_eq!(ints(&msgs, "id"), vec![0, 1, 2]);
     assert_eq!(
         msgs[1].json["after"],
         serde_json::json!({"id": 1, "clinic": "X"})
     );
-    agent.stop();
 }
 
 #[tokio::test]
@@ -154,10 +156,9 @@ async fn malformed_and_over_long_lines_are_quarantined_with_offsets_and_the_rest
     append(&file, lines);
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(4, Duration::from_secs(30)).await, 4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    agent.stop();
     let msgs = w.messages().await;
     assert_eq!(ints(&msgs, "id"), vec![0, 1, 2, 3]);
-    agent.stop();
     let q = std::fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap();
     let q: Vec<serde_json::Value> = q
         .lines()

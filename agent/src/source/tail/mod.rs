@@ -224,6 +224,8 @@ impl Tail {
         };
         let timeout = tick.min(self.out.cfg.stat_interval);
         let Some(rx) = &self.events else {
+            // No filesystem events to wait on (the watch could not be set up): the periodic
+            // check is all there is, so pause until it is due.
             std::thread::sleep(timeout);
             return;
         };
@@ -248,6 +250,7 @@ impl Tail {
             && !*self.out.cx.sink_done.borrow()
         {
             self.out.apply_acks();
+            // The watermark is an atomic without a wake-up; poll it until the deadline.
             std::thread::sleep(Duration::from_millis(10));
         }
         self.out.apply_acks();
