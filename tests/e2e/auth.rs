@@ -6,6 +6,23 @@ use std::time::Duration;
 
 use crate::harness::*;
 
+/// Runs `lockstep check`, expects exit 1 with the NATS line failing, returns its output.
+fn check_fails_at_nats(cfg: &std::path::Path) -> String {
+    let o = Command::new(lockstep_bin())
+        .args(["check", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("nats") && l.contains("FAIL")),
+        "{out}"
+    );
+    out
+}
+
 #[tokio::test]
 async fn token_from_a_file_authenticates() {
     let mut w = World::with_nats_args(&["--auth", "t0ken-s3cret"]);
@@ -32,18 +49,7 @@ async fn token_from_a_file_authenticates() {
 
     // A wrong token: check names the failure and exits 1.
     std::fs::write(&token, "wrong").unwrap();
-    let o = Command::new(lockstep_bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("nats") && l.contains("FAIL")),
-        "{out}"
-    );
+    let out = check_fails_at_nats(&cfg);
     assert!(!out.contains("wrong"), "the secret is not printed: {out}");
 }
 
@@ -175,16 +181,5 @@ async fn tls_with_a_private_ca() {
         .unwrap()
         .replace(&format!("tls = {{ ca = \"{}\" }}", p("ca.pem")), "tls = {}");
     std::fs::write(&cfg, text).unwrap();
-    let o = Command::new(lockstep_bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("nats") && l.contains("FAIL")),
-        "{out}"
-    );
+    check_fails_at_nats(&cfg);
 }
