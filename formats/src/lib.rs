@@ -6,6 +6,7 @@
 //! could not read, so the agent can quarantine it with its position.
 
 pub mod event;
+pub mod frame;
 pub mod json;
 pub mod record;
 pub mod value;
