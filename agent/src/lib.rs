@@ -12,3 +12,4 @@ pub mod pipeline;
 pub mod runner;
 pub mod sink;
 pub mod source;
+pub mod spool;

@@ -248,6 +248,21 @@ impl FrameWriter {
     }
 }
 
+/// Checks that `body` starts with the whole body `h` describes, intact; returns it.
+pub fn check_body<'b>(h: &FrameHeader, body: &'b [u8]) -> Result<&'b [u8], FrameError> {
+    if (body.len() as u64) < u64::from(h.body_len) {
+        return Err(FrameError::ShortBody {
+            have: body.len() as u64,
+            want: u64::from(h.body_len),
+        });
+    }
+    let body = &body[..h.body_len as usize];
+    if xxh3_64(body) != h.body_check {
+        return Err(FrameError::BodyChecksum);
+    }
+    Ok(body)
+}
+
 /// Decodes frame bodies, reusing its buffer and its zstd context.
 pub struct FrameReader {
     raw: Vec<u8>,
@@ -275,16 +290,7 @@ impl FrameReader {
         h: &FrameHeader,
         body: &[u8],
     ) -> Result<Vec<SpoolEvent<'_>>, FrameError> {
-        if (body.len() as u64) < u64::from(h.body_len) {
-            return Err(FrameError::ShortBody {
-                have: body.len() as u64,
-                want: u64::from(h.body_len),
-            });
-        }
-        let body = &body[..h.body_len as usize];
-        if xxh3_64(body) != h.body_check {
-            return Err(FrameError::BodyChecksum);
-        }
+        let body = check_body(h, body)?;
         self.raw.clear();
         self.raw.reserve(h.raw_len as usize);
         let n = self

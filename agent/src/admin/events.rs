@@ -107,3 +107,90 @@ impl CheckpointFailed<'_> {
         );
     }
 }
+
+/// A frame cut short at the end of a spool segment (a crash during its write).
+pub struct SpoolTornTail<'a> {
+    pub path: &'a Path,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+impl SpoolTornTail<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            path = %self.path.display(),
+            offset = self.offset,
+            "spool segment {} ends in a frame cut short at byte {} ({} bytes; the agent stopped while writing it): \
+             cut off; its events were never confirmed durable, so their sources send them again",
+            self.path.display(),
+            self.offset,
+            self.bytes
+        );
+    }
+}
+
+/// A spool frame whose checksum failed: set aside in the quarantine.
+pub struct SpoolFrameCorrupt<'a> {
+    pub path: &'a Path,
+    pub offset: u64,
+    pub len: u64,
+    pub error: &'a str,
+    pub quarantined_to: &'a Path,
+    /// False when the same frame was quarantined by an earlier start (not counted again).
+    pub first_time: bool,
+}
+
+impl SpoolFrameCorrupt<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        if self.first_time {
+            m.spool_corrupt_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(
+            path = %self.path.display(),
+            offset = self.offset,
+            "damaged spool frame in {} at byte {} ({} bytes): {}; copied to {} and skipped, the rest is sent",
+            self.path.display(),
+            self.offset,
+            self.len,
+            self.error,
+            self.quarantined_to.display()
+        );
+    }
+}
+
+/// A spool segment dropped unsent to make room (`when_full = "drop_oldest"`).
+pub struct SpoolDropped<'a> {
+    pub path: &'a Path,
+    pub events: u64,
+}
+
+impl SpoolDropped<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        m.spool_dropped.fetch_add(self.events, Ordering::Relaxed);
+        tracing::error!(
+            path = %self.path.display(),
+            dropped = self.events,
+            "spool full: dropped its oldest segment {} with {} unsent event(s) (spool.when_full = \"drop_oldest\"); \
+             raise spool.max_bytes or use \"block\" to keep them",
+            self.path.display(),
+            self.events
+        );
+    }
+}
+
+/// A spool write that failed; the events stay with the publisher and it tries again.
+pub struct SpoolWriteFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub held: usize,
+}
+
+impl SpoolWriteFailed<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        m.spool_write_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "{}; holding {} event(s) in memory and taking no more from the sources until the spool can be written",
+            self.error,
+            self.held
+        );
+    }
+}

@@ -36,6 +36,16 @@ pub struct Metrics {
     /// Messages acknowledged after a failed one before it was sent again: the stream may
     /// hold those out of order (see docs/design.md, "Order across a broken connection").
     pub publish_reordered: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub spool_events: AtomicU64,
+    pub spool_segments: AtomicU64,
+    /// Capture time (ms) of the oldest spooled event; 0 when the spool is empty.
+    pub spool_oldest_ms: AtomicI64,
+    pub spool_appended: AtomicU64,
+    pub spool_drained: AtomicU64,
+    pub spool_dropped: AtomicU64,
+    pub spool_corrupt_frames: AtomicU64,
+    pub spool_write_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -139,7 +149,13 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{source=\"{}\"}} {}", esc(s), field(c));
             }
         }
-        let globals: [(&str, &str, &str, u64); 4] = [
+        let oldest = self.spool_oldest_ms.load(Ordering::Relaxed);
+        let oldest_age = if oldest > 0 {
+            (crate::pipeline::now_ms() - oldest).max(0) as u64 / 1000
+        } else {
+            0
+        };
+        let globals: [(&str, &str, &str, u64); 13] = [
             (
                 "lockstep_nats_connected",
                 "gauge",
@@ -163,6 +179,60 @@ impl Metrics {
                 "counter",
                 "Messages acknowledged ahead of an earlier one that had to be re-sent.",
                 self.publish_reordered.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_bytes",
+                "gauge",
+                "Bytes of spool segments on disk.",
+                self.spool_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_events",
+                "gauge",
+                "Events in the spool not yet acknowledged.",
+                self.spool_events.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_segments",
+                "gauge",
+                "Spool segment files.",
+                self.spool_segments.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_oldest_event_age_seconds",
+                "gauge",
+                "Age of the oldest event in the spool (0 when empty).",
+                oldest_age,
+            ),
+            (
+                "lockstep_spool_appended_events_total",
+                "counter",
+                "Events written to the spool.",
+                self.spool_appended.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_drained_events_total",
+                "counter",
+                "Spooled events acknowledged by JetStream (its rate is the drain rate).",
+                self.spool_drained.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_dropped_events_total",
+                "counter",
+                "Events dropped unsent by when_full = \"drop_oldest\".",
+                self.spool_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_corrupt_frames_total",
+                "counter",
+                "Spool frames whose checksum failed (quarantined).",
+                self.spool_corrupt_frames.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_write_errors_total",
+                "counter",
+                "Spool writes that failed (disk full, I/O error); retried.",
+                self.spool_write_errors.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, v) in globals {

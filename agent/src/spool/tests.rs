@@ -1,0 +1,348 @@
+use std::sync::atomic::Ordering;
+
+use lockstep_formats::frame::RawBytes;
+use proptest::prelude::*;
+
+use super::disk::faulty::FaultyDisk;
+use super::disk::RealDisk;
+use super::*;
+
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    spool: PathBuf,
+    quarantine: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().unwrap();
+    Dirs {
+        spool: tmp.path().join("spool"),
+        quarantine: tmp.path().join("quarantine"),
+        _tmp: tmp,
+    }
+}
+
+fn open_with(d: &Dirs, max: u64, full: WhenFull, disk: Arc<dyn Disk>) -> (Spool, Arc<Metrics>) {
+    let m = Arc::new(Metrics::default());
+    let s = Spool::open(
+        &d.spool,
+        &d.quarantine,
+        SpoolOptions::new(max, full),
+        disk,
+        m.clone(),
+    )
+    .unwrap();
+    (s, m)
+}
+
+fn open(d: &Dirs) -> (Spool, Arc<Metrics>) {
+    open_with(d, 1 << 30, WhenFull::Block, Arc::new(RealDisk))
+}
+
+/// The payload of event `i`: what tests check comes back.
+fn payload(i: u64) -> String {
+    format!(r#"{{"after":{{"id":{i},"status":"PENDING","note":"event number {i}"}},"op":"c"}}"#)
+}
+
+fn append(s: &mut Spool, ids: std::ops::Range<u64>) -> Result<u64, SpoolError> {
+    let payloads: Vec<String> = ids.clone().map(payload).collect();
+    let msg_ids: Vec<String> = ids.clone().map(|i| format!("a:s:{i}")).collect();
+    s.append(ids.clone().enumerate().map(|(k, i)| SpoolEvent {
+        source: "s",
+        table: "t",
+        subject: "legacy.s.t",
+        msg_id: &msg_ids[k],
+        captured_ms: 1_000 + i as i64,
+        payload: RawBytes(payloads[k].as_bytes()),
+    }))
+}
+
+/// Reads everything left, as (seq, event number).
+fn read_all(s: &mut Spool) -> Vec<(u64, u64)> {
+    let mut got = Vec::new();
+    while s
+        .read(1000, |seq, e| {
+            let i: u64 = e.msg_id[4..].parse().unwrap();
+            assert_eq!(e.payload.0, payload(i).as_bytes());
+            assert_eq!(e.captured_ms, 1_000 + i as i64);
+            got.push((seq, i));
+        })
+        .unwrap()
+        > 0
+    {}
+    got
+}
+
+#[test]
+fn appends_read_back_in_order_and_survive_reopen() {
+    let d = dirs();
+    let (mut s, _) = open(&d);
+    assert!(s.is_empty());
+    assert_eq!(append(&mut s, 0..10).unwrap(), 10);
+    assert_eq!(append(&mut s, 10..25).unwrap(), 25);
+    s.sync().unwrap();
+    let got = read_all(&mut s);
+    assert_eq!(got, (0..25).map(|i| (i + 1, i)).collect::<Vec<_>>());
+    assert!(s.all_read());
+    for seq in 1..=12 {
+        s.ack(seq);
+    }
+    s.maintain(true).unwrap();
+    assert_eq!(s.stats().events, 13);
+    drop(s);
+
+    let (mut s, _) = open(&d);
+    assert_eq!(s.acked(), 12);
+    let got = read_all(&mut s);
+    assert_eq!(got, (12..25).map(|i| (i + 1, i)).collect::<Vec<_>>());
+    // New appends continue the numbering.
+    assert_eq!(append(&mut s, 25..26).unwrap(), 26);
+    for seq in 13..=26 {
+        s.ack(seq);
+    }
+    s.maintain(true).unwrap();
+    assert!(s.is_empty());
+    assert_eq!(s.stats(), SpoolStats::default());
+    assert!(
+        list_segments(&d.spool).unwrap().is_empty(),
+        "acknowledged segments are deleted"
+    );
+}
+
+#[test]
+fn rewind_reads_again_from_the_first_unacknowledged() {
+    let d = dirs();
+    let (mut s, _) = open(&d);
+    append(&mut s, 0..5).unwrap();
+    append(&mut s, 5..10).unwrap();
+    assert_eq!(read_all(&mut s).len(), 10);
+    s.ack(1);
+    s.ack(2);
+    s.ack(3);
+    s.rewind();
+    let again: Vec<u64> = read_all(&mut s).into_iter().map(|(_, i)| i).collect();
+    assert_eq!(again, (3..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_a_damaged_frame_quarantined() {
+    let d = dirs();
+    let (mut s, _) = open(&d);
+    for k in 0..5 {
+        append(&mut s, k * 10..k * 10 + 10).unwrap();
+    }
+    s.sync().unwrap();
+    drop(s);
+    let (_, path) = list_segments(&d.spool).unwrap().remove(0);
+    let mut data = std::fs::read(&path).unwrap();
+    let frames = scan_segment(&data).frames;
+    assert_eq!(frames.len(), 5);
+    // A flipped byte in the middle of frame 2's body, and frame 4 cut in half.
+    let mid = frames[2].offset + frames[2].len / 2;
+    data[mid as usize] ^= 0x40;
+    data.truncate((frames[4].offset + frames[4].len / 2) as usize);
+    std::fs::write(&path, &data).unwrap();
+
+    let (mut s, m) = open(&d);
+    let got: Vec<u64> = read_all(&mut s).into_iter().map(|(_, i)| i).collect();
+    let want: Vec<u64> = (0..20).chain(30..40).collect();
+    assert_eq!(got, want);
+    assert_eq!(m.spool_corrupt_frames.load(Ordering::Relaxed), 1);
+    let q = std::fs::read_dir(&d.quarantine).unwrap().count();
+    assert_eq!(q, 1, "the damaged frame is in the quarantine");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        frames[4].offset,
+        "the torn frame is cut off"
+    );
+    drop(s);
+    // A second start does not count it again.
+    let (_, m) = open(&d);
+    assert_eq!(m.spool_corrupt_frames.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn drop_oldest_counts_exactly_what_it_drops() {
+    let d = dirs();
+    let (mut s, m) = open_with(&d, 128 << 10, WhenFull::DropOldest, Arc::new(RealDisk));
+    let mut next = 0;
+    while next < 20_000 {
+        append(&mut s, next..next + 100).unwrap();
+        next += 100;
+    }
+    assert!(s.stats().bytes <= 128 << 10, "{:?}", s.stats());
+    let dropped = m.spool_dropped.load(Ordering::Relaxed);
+    let kept = read_all(&mut s);
+    assert!(dropped > 0);
+    assert_eq!(dropped + kept.len() as u64, 20_000);
+    // What is kept is the newest, in order.
+    let first = kept[0].1;
+    assert_eq!(
+        kept.iter().map(|k| k.1).collect::<Vec<_>>(),
+        (first..20_000).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn block_reports_full_and_keeps_everything() {
+    let d = dirs();
+    let (mut s, _) = open_with(&d, 128 << 10, WhenFull::Block, Arc::new(RealDisk));
+    let mut next = 0;
+    while !s.is_full() {
+        append(&mut s, next..next + 100).unwrap();
+        next += 100;
+    }
+    assert_eq!(read_all(&mut s).len() as u64, next);
+    for seq in 1..=next {
+        s.ack(seq);
+    }
+    s.maintain(false).unwrap();
+    assert!(!s.is_full(), "acknowledged segments free room");
+}
+
+#[test]
+fn a_full_disk_fails_clearly_and_recovers() {
+    let d = dirs();
+    let disk = Arc::new(FaultyDisk::new(40_000));
+    let (mut s, m) = open_with(&d, 1 << 30, WhenFull::Block, disk.clone());
+    let mut next = 0;
+    let e = loop {
+        match append(&mut s, next..next + 50) {
+            Ok(_) => next += 50,
+            Err(e) => break e,
+        }
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("append a frame") && msg.contains("disk is full"),
+        "{msg}"
+    );
+    assert_eq!(e.source.raw_os_error(), Some(28));
+    // The partial frame was cut: the segment still reads cleanly.
+    let got = read_all(&mut s);
+    assert_eq!(got.len() as u64, next);
+    // A sync that fails with EIO says so.
+    disk.fail_sync.store(true, Ordering::SeqCst);
+    let e = s.sync().unwrap_err().to_string();
+    assert!(e.contains("fsync") && e.contains("I/O error"), "{e}");
+    drop(s);
+
+    let (mut s, m2) = open(&d);
+    assert_eq!(read_all(&mut s).len() as u64, next);
+    assert_eq!(m.spool_corrupt_frames.load(Ordering::Relaxed), 0);
+    assert_eq!(m2.spool_corrupt_frames.load(Ordering::Relaxed), 0);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(u8),
+    Ack(u8),
+    Sync,
+    Reopen,
+    /// The disk fills up during the next append, tearing it at this fraction.
+    CrashInWrite(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u8..60).prop_map(Op::Append),
+        3 => (1u8..80).prop_map(Op::Ack),
+        1 => Just(Op::Sync),
+        1 => Just(Op::Reopen),
+        1 => (0u8..=100).prop_map(Op::CrashInWrite),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Against a model: every appended event that is not acknowledged comes back, in
+    /// order, after any sequence of appends, acks, reopens and writes torn by a full
+    /// disk; acknowledged ones may come back only if the ledger had not caught up.
+    #[test]
+    fn spool_matches_a_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let d = dirs();
+        let disk = Arc::new(FaultyDisk::new(u64::MAX));
+        let (mut s, _) = open_with(&d, 1 << 30, WhenFull::Block, disk.clone());
+        let mut model: Vec<u64> = Vec::new(); // event numbers appended, in order
+        let mut acked = 0usize; // how many of `model` are acknowledged
+        let mut next = 0u64;
+        for op in ops {
+            match op {
+                Op::Append(n) | Op::CrashInWrite(n) => {
+                    let n = u64::from(n.max(1));
+                    let tear = matches!(op, Op::CrashInWrite(_));
+                    if tear {
+                        disk.space.store(u64::from(n) * 20, Ordering::SeqCst);
+                    }
+                    match append(&mut s, next..next + n) {
+                        Ok(_) => model.extend(next..next + n),
+                        Err(e) => prop_assert!(tear, "{e}"),
+                    }
+                    next += n;
+                    if tear {
+                        // The process dies here.
+                        disk.space.store(u64::MAX, Ordering::SeqCst);
+                        drop(s);
+                        let (s2, _) = open_with(&d, 1 << 30, WhenFull::Block, disk.clone());
+                        s = s2;
+                        acked = acked.min(model.len());
+                        let back = read_all(&mut s);
+                        let (ledger_acked, tail) = check(&back, &model, acked)?;
+                        acked = ledger_acked;
+                        let _ = tail;
+                        s.rewind();
+                    }
+                }
+                Op::Ack(k) => {
+                    s.rewind();
+                    let back = read_all(&mut s);
+                    let upto = (acked + usize::from(k)).min(model.len());
+                    // Ack in order by sequence number, the way the publisher does.
+                    for &(seq, i) in &back {
+                        let pos = model.iter().position(|&m| m == i).unwrap();
+                        if pos < upto {
+                            s.ack(seq);
+                        }
+                    }
+                    acked = acked.max(upto);
+                    s.maintain(false).unwrap();
+                }
+                Op::Sync => s.sync().unwrap(),
+                Op::Reopen => {
+                    s.sync().unwrap();
+                    s.maintain(false).unwrap();
+                    drop(s);
+                    let (s2, _) = open_with(&d, 1 << 30, WhenFull::Block, disk.clone());
+                    s = s2;
+                    let back = read_all(&mut s);
+                    let (ledger_acked, _) = check(&back, &model, acked)?;
+                    acked = acked.max(ledger_acked);
+                    s.rewind();
+                }
+            }
+        }
+        s.rewind();
+        let back = read_all(&mut s);
+        check(&back, &model, acked)?;
+    }
+}
+
+/// What is read back must be a suffix of `model` that holds at least everything past
+/// `acked`. Returns where the suffix starts.
+fn check(
+    back: &[(u64, u64)],
+    model: &[u64],
+    acked: usize,
+) -> Result<(usize, usize), TestCaseError> {
+    let got: Vec<u64> = back.iter().map(|b| b.1).collect();
+    let start = model.len() - got.len().min(model.len());
+    prop_assert!(
+        start <= acked,
+        "lost events: read {got:?}, model {model:?}, acked {acked}"
+    );
+    prop_assert_eq!(&got[..], &model[start..], "order or content differs");
+    let seqs: Vec<u64> = back.iter().map(|b| b.0).collect();
+    prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    Ok((start, got.len()))
+}
