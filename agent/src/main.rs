@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lockstep::cli::{check, Cli, Command};
+use lockstep::cli::{check, Cli, Command, SpoolCommand};
 use lockstep::config::{self, Config};
 use tokio::sync::watch;
 
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         }
     };
     let path = match &cli.command {
-        Command::Run { config } | Command::Check { config } => {
+        Command::Run { config } | Command::Check { config } | Command::Spool { config, .. } => {
             config.clone().unwrap_or_else(config::default_path)
         }
     };
@@ -36,6 +36,31 @@ fn main() -> ExitCode {
         Command::Check { .. } => {
             let ok = rt.block_on(check::check(&cfg, &mut std::io::stdout()));
             ExitCode::from(if ok { 0 } else { 1 })
+        }
+        Command::Spool { command, .. } => {
+            let dir = cfg.agent.state_dir.join("spool");
+            let mut out = std::io::stdout().lock();
+            let r = match command {
+                SpoolCommand::Inspect => lockstep::spool::inspect::summarize(&dir).and_then(|s| {
+                    lockstep::spool::inspect::print_summary(
+                        &dir,
+                        &s,
+                        lockstep::pipeline::now_ms(),
+                        &mut out,
+                    )
+                }),
+                SpoolCommand::Export { all } => {
+                    lockstep::spool::inspect::export(&dir, all, &mut out).map(|_| ())
+                }
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lockstep: spool {}: {e}", dir.display());
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Run { .. } => {
             let r = rt.block_on(async {

@@ -18,8 +18,11 @@ use crate::admin::metrics::Metrics;
 use crate::admin::{self, StatusBoard};
 use crate::config::{Config, SourceKind};
 use crate::pipeline::{AckWatermark, Encoder};
-use crate::sink::jetstream::{self, Publisher, SinkError};
+use crate::sink::jetstream::{self, SinkError};
+use crate::sink::publisher::Publisher;
 use crate::source::{tail, SourceContext};
+use crate::spool::disk::RealDisk;
+use crate::spool::{Spool, SpoolError, SpoolOptions};
 
 /// How long the publisher waits for in-flight acks at shutdown.
 pub const DRAIN_FOR: Duration = Duration::from_secs(8);
@@ -42,6 +45,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("{0}; stopping so that nothing is reported durable that is not (the sources send again from their checkpoints on the next start)")]
+    Spool(#[from] SpoolError),
     #[error("cannot start source {name}: {source}")]
     Source {
         name: String,
@@ -49,8 +54,8 @@ pub enum RunError {
     },
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+/// Runs the agent until `shutdown` turns true (or the spool fails for good).
+pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(), RunError> {
     let state_dir = &cfg.agent.state_dir;
     let state_err = |source| RunError::StateDir {
         path: state_dir.display().to_string(),
@@ -65,6 +70,22 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Run
     }
 
     let metrics = Arc::new(Metrics::default());
+    let spool = Spool::open(
+        &state_dir.join("spool"),
+        &state_dir.join("quarantine"),
+        SpoolOptions::new(cfg.spool.max_bytes, cfg.spool.when_full),
+        Arc::new(RealDisk),
+        metrics.clone(),
+    )?;
+    // One stop signal for everything: the caller's, or the publisher's when it fails.
+    let (stop, shutdown) = watch::channel(false);
+    let forward = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = external.wait_for(|s| *s).await;
+            let _ = stop.send(true);
+        })
+    };
     let status = Arc::new(StatusBoard::new(&cfg.agent.id));
 
     let admin_task = match cfg.admin.listen {
@@ -129,8 +150,17 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Run
         cfg.nats.servers.join(", ")
     );
 
-    let publisher = Publisher::new(js, cfg.nats.clone(), metrics.clone(), watermarks);
-    publisher.run(rx, shutdown.clone(), DRAIN_FOR).await;
+    let publisher = Publisher::new(
+        js,
+        cfg.nats.clone(),
+        &cfg.spool,
+        spool,
+        metrics.clone(),
+        watermarks,
+    );
+    let result = publisher.run(rx, shutdown.clone(), DRAIN_FOR).await;
+    let _ = stop.send(true);
+    forward.abort();
     let _ = sink_done_tx.send(true);
     tracing::info!("publisher stopped; waiting for sources to write their checkpoints");
     for t in threads {
@@ -141,5 +171,5 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Run
     }
     drop(client);
     drop(lock);
-    Ok(())
+    Ok(result?)
 }

@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Counters of one (source, table).
+/// Counters of one (source, table), and the names they are counted under.
 #[derive(Debug, Default)]
 pub struct TableCounters {
+    pub source: Arc<str>,
+    pub table: Arc<str>,
     pub captured: AtomicU64,
     pub published: AtomicU64,
     pub failed: AtomicU64,
@@ -52,7 +54,13 @@ impl Metrics {
     pub fn table(&self, source: &str, table: &str) -> Arc<TableCounters> {
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         t.entry((source.to_owned(), table.to_owned()))
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(TableCounters {
+                    source: source.into(),
+                    table: table.into(),
+                    ..Default::default()
+                })
+            })
             .clone()
     }
 

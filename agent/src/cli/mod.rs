@@ -31,4 +31,24 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Look into the offline spool (read-only; safe while the agent runs).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+        /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Segments, frames, events waiting, bytes on disk, compression, oldest event's age.
+    Inspect,
+    /// The spooled events as JSON lines on stdout.
+    Export {
+        /// Also events already acknowledged whose segment is not deleted yet.
+        #[arg(long)]
+        all: bool,
+    },
 }

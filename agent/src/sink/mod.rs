@@ -14,3 +14,4 @@
 
 pub mod backoff;
 pub mod jetstream;
+pub mod publisher;

@@ -273,7 +273,7 @@ proptest! {
                     let n = u64::from(n.max(1));
                     let tear = matches!(op, Op::CrashInWrite(_));
                     if tear {
-                        disk.space.store(u64::from(n) * 20, Ordering::SeqCst);
+                        disk.space.store(n * 20, Ordering::SeqCst);
                     }
                     match append(&mut s, next..next + n) {
                         Ok(_) => model.extend(next..next + n),

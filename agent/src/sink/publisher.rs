@@ -1,0 +1,548 @@
+//! The publisher: sends each batch straight to JetStream or into the spool, drains the
+//! spool first when the broker is back, and acknowledges sources through their
+//! watermarks.
+//!
+//! # Routing
+//!
+//! - **Live**: the broker took the last attempt and every spooled event has been read
+//!   back out. Batches are published at once, up to `max_in_flight` awaiting acks;
+//!   acks are taken in publish order and raise the source's watermark.
+//! - **Spooling**: a publish failed, or its ack did not come within `nats.ack_timeout`
+//!   (default 5 s). The publisher waits for the acks still outstanding, appends every
+//!   unacknowledged live message (and everything received after) to the spool, in
+//!   order, and checks the stream again with backoff. A source's watermark rises once
+//!   the frame holding its event is fsynced (`spool.fsync` `always` or `batch`), or,
+//!   with `off`, once the event is acknowledged after the drain.
+//! - **Draining**: the stream answers again. Events are read from the spool in order and
+//!   published pipelined like live ones; new batches keep going into the spool behind
+//!   them until the reader catches up, then the publisher is live again. A failure while
+//!   draining rewinds the reader to the first unacknowledged spooled event.
+//!
+//! Order: in flight, spooled events always precede live ones (live ones are taken only
+//! once the reader has caught up), and a failure puts unacknowledged live events behind
+//! the spooled ones; so events leave in the order they arrived.
+
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use bytes::Bytes;
+use lockstep_formats::frame::{RawBytes, SpoolEvent};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::backoff;
+use super::jetstream::{ensure_stream, SinkError};
+use crate::admin::events::{PublishFailed, SpoolWriteFailed};
+use crate::admin::metrics::{Metrics, TableCounters};
+use crate::config::{FsyncPolicy, NatsConfig, SpoolConfig, WhenFull};
+use crate::pipeline::{AckWatermark, Batch, Outgoing};
+use crate::spool::{Spool, SpoolError};
+
+/// How often the spool is fsynced (with `fsync = "batch"`) and its ledger kept.
+const TICK: Duration = Duration::from_millis(50);
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+type Probe = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+/// Where a message in flight came from.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// Straight from a source (index); `Outgoing::seq` is the source's sequence number.
+    Live(usize),
+    /// From the spool, with its spool sequence number.
+    Spooled(u64),
+}
+
+struct InFlight {
+    origin: Origin,
+    msg: Outgoing,
+    ack: AckFuture,
+}
+
+/// The publisher stopped because the spool could not be made durable.
+pub type Fatal = SpoolError;
+
+pub struct Publisher {
+    js: jetstream::Context,
+    cfg: NatsConfig,
+    fsync: FsyncPolicy,
+    when_full: WhenFull,
+    metrics: Arc<Metrics>,
+    watermarks: Vec<Arc<AckWatermark>>,
+    spool: Spool,
+    in_flight: VecDeque<InFlight>,
+    /// To publish next, in order.
+    pending: VecDeque<(Origin, Outgoing)>,
+    /// Live messages the spool could not take (disk full, I/O error), and the source
+    /// sequence numbers that advance with them.
+    held: Vec<(usize, Outgoing)>,
+    held_upto: Vec<(usize, u64)>,
+    held_retry: Option<Instant>,
+    /// Watermark rises waiting for the spool: (spool sequence number, source, source
+    /// sequence number), released by an fsync or (with `fsync = "off"`) by the ack.
+    promises: VecDeque<(u64, usize, u64)>,
+    /// The stream answered and nothing failed since.
+    healthy: bool,
+    retry_at: Option<Instant>,
+    probe: Option<Probe>,
+    failures: usize,
+    spool_failures: usize,
+    counters: Option<Arc<TableCounters>>,
+}
+
+impl Publisher {
+    pub fn new(
+        js: jetstream::Context,
+        cfg: NatsConfig,
+        spool_cfg: &SpoolConfig,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        watermarks: Vec<Arc<AckWatermark>>,
+    ) -> Self {
+        Self {
+            js,
+            cfg,
+            fsync: spool_cfg.fsync,
+            when_full: spool_cfg.when_full,
+            metrics,
+            watermarks,
+            spool,
+            in_flight: VecDeque::new(),
+            pending: VecDeque::new(),
+            held: Vec::new(),
+            held_upto: Vec::new(),
+            held_retry: None,
+            promises: VecDeque::new(),
+            healthy: false,
+            retry_at: None,
+            probe: None,
+            failures: 0,
+            spool_failures: 0,
+            counters: None,
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then waits up to `drain_for` for the acks of
+    /// what is in flight, spools what is still unacknowledged, and returns. Returns an
+    /// error when the spool cannot be made durable (fsync failed): the agent must stop,
+    /// and the sources re-send from their checkpoints on the next start.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Batch>,
+        mut shutdown: watch::Receiver<bool>,
+        drain_for: Duration,
+    ) -> Result<(), Fatal> {
+        let mut open = true;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if self.healthy {
+                self.fill_from_spool();
+                if let Err((subject, msg_id, error)) = self.publish_pending().await {
+                    self.fail(false, &subject, &msg_id, &error).await?;
+                }
+            } else if self.probe.is_none() && self.retry_at.is_none_or(|t| t <= Instant::now()) {
+                let (js, cfg) = (self.js.clone(), self.cfg.clone());
+                self.probe = Some(Box::pin(async move { ensure_stream(&js, &cfg).await }));
+            }
+            let intake = open && self.can_take();
+            let retry_at = self.retry_at.unwrap_or_else(Instant::now);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {}
+                r = async { (&mut self.in_flight.front_mut().expect("checked non-empty").ack).await }, if !self.in_flight.is_empty() => {
+                    match r {
+                        Ok(_) => self.acked(),
+                        Err(e) => {
+                            let front = self.in_flight.front().expect("checked non-empty");
+                            let (subject, id) = (front.msg.subject.clone(), front.msg.msg_id.clone());
+                            self.fail(true, &subject, &id, &e.to_string()).await?;
+                        }
+                    }
+                }
+                r = async { self.probe.as_mut().expect("checked").await }, if self.probe.is_some() => {
+                    self.probe = None;
+                    match r {
+                        Ok(()) => {
+                            if self.failures > 0 || !self.spool.is_empty() {
+                                tracing::info!(
+                                    "JetStream stream {} answers; sending {} spooled event(s) first",
+                                    self.cfg.stream,
+                                    self.spool.stats().events
+                                );
+                            }
+                            self.healthy = true;
+                            self.retry_at = None;
+                        }
+                        Err(e) => {
+                            self.failures += 1;
+                            tracing::error!("{e}; events go to the spool meanwhile");
+                            self.retry_at = Some(Instant::now() + backoff::delay(self.failures, Duration::from_secs(10)));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at), if !self.healthy && self.probe.is_none() && self.retry_at.is_some() => {}
+                b = rx.recv(), if intake => match b {
+                    Some(b) => self.take(b)?,
+                    None => open = false,
+                },
+                _ = tick.tick() => self.housekeeping()?,
+            }
+            if !open && self.pending.is_empty() && self.in_flight.is_empty() && self.held.is_empty()
+            {
+                break;
+            }
+        }
+        // Shutting down: take the acks that arrive in time; send nothing new.
+        let deadline = Instant::now() + drain_for;
+        while let Some(front) = self.in_flight.front_mut() {
+            match tokio::time::timeout_at(deadline, &mut front.ack).await {
+                Ok(Ok(_)) => self.acked(),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        // Spool what is still unacknowledged, so the sources can checkpoint past it.
+        let live = self.unacked_live();
+        self.spool_live(live, Vec::new());
+        self.metrics.in_flight.store(0, Ordering::Relaxed);
+        self.sync_spool()?;
+        let r = tokio::task::block_in_place(|| self.spool.maintain(true));
+        if let Err(e) = r {
+            tracing::error!("{e}");
+        }
+        Ok(())
+    }
+
+    /// Live when the broker answers, nothing is held, and the spool has been read out.
+    fn live(&self) -> bool {
+        self.healthy && self.held.is_empty() && self.spool.all_read()
+    }
+
+    fn can_take(&self) -> bool {
+        if !self.held.is_empty() {
+            return false;
+        }
+        if self.live() {
+            self.pending.is_empty() && self.in_flight.len() < self.cfg.max_in_flight
+        } else {
+            !(self.when_full == WhenFull::Block && self.spool.is_full())
+        }
+    }
+
+    fn take(&mut self, b: Batch) -> Result<(), Fatal> {
+        if self.live() {
+            self.pending
+                .extend(b.msgs.into_iter().map(|m| (Origin::Live(b.source), m)));
+            return Ok(());
+        }
+        let entries = b.msgs.into_iter().map(|m| (b.source, m)).collect();
+        self.spool_live(entries, Vec::new());
+        if self.fsync == FsyncPolicy::Always {
+            self.sync_spool()?;
+        }
+        Ok(())
+    }
+
+    /// Appends live messages to the spool and promises their sources (and `upto`, the
+    /// sequence numbers that were acknowledged out of order) a watermark rise once the
+    /// frame is durable. What the spool cannot take is held and retried.
+    fn spool_live(&mut self, entries: Vec<(usize, Outgoing)>, mut upto: Vec<(usize, u64)>) {
+        if entries.is_empty() {
+            for (source, seq) in upto {
+                self.watermarks[source].advance(seq);
+            }
+            return;
+        }
+        upto.extend(entries.iter().map(|(s, m)| (*s, m.seq)));
+        let spool = &mut self.spool;
+        let r = tokio::task::block_in_place(|| {
+            spool.append(entries.iter().map(|(_, m)| SpoolEvent {
+                source: &m.counters.source,
+                table: &m.counters.table,
+                subject: &m.subject,
+                msg_id: &m.msg_id,
+                captured_ms: m.captured_ms,
+                payload: RawBytes(&m.payload),
+            }))
+        });
+        match r {
+            Ok(last) => {
+                self.spool_failures = 0;
+                upto.sort_unstable();
+                for (i, &(source, seq)) in upto.iter().enumerate() {
+                    if upto.get(i + 1).is_none_or(|n| n.0 != source) {
+                        self.promises.push_back((last, source, seq));
+                    }
+                }
+            }
+            Err(e) => {
+                self.spool_failures += 1;
+                SpoolWriteFailed {
+                    error: &e,
+                    held: self.held.len() + entries.len(),
+                }
+                .emit(&self.metrics);
+                self.held.extend(entries);
+                self.held_upto.extend(upto);
+                self.held_retry = Some(
+                    Instant::now() + backoff::delay(self.spool_failures, Duration::from_secs(10)),
+                );
+            }
+        }
+    }
+
+    /// Makes the spool durable and releases the promises it covers. A failed fsync is
+    /// fatal: after one, the kernel may have dropped the pages, and a later fsync that
+    /// succeeds would not say so.
+    fn sync_spool(&mut self) -> Result<(), Fatal> {
+        if self.fsync == FsyncPolicy::Off {
+            return Ok(());
+        }
+        if self.spool.unsynced() {
+            let spool = &mut self.spool;
+            if let Err(e) = tokio::task::block_in_place(|| spool.sync()) {
+                SpoolWriteFailed { error: &e, held: 0 }.emit(&self.metrics);
+                return Err(e);
+            }
+        }
+        for (_, source, seq) in self.promises.drain(..) {
+            self.watermarks[source].advance(seq);
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&mut self) -> Result<(), Fatal> {
+        if self.fsync == FsyncPolicy::Batch {
+            self.sync_spool()?;
+        }
+        let spool = &mut self.spool;
+        if let Err(e) = tokio::task::block_in_place(|| spool.maintain(false)) {
+            tracing::error!("{e}; retrying");
+        }
+        if !self.held.is_empty() {
+            if self.healthy && self.spool.all_read() {
+                // The spool is read out: the held messages can go live, in order.
+                let held = std::mem::take(&mut self.held);
+                self.held_upto.clear();
+                self.pending
+                    .extend(held.into_iter().map(|(s, m)| (Origin::Live(s), m)));
+            } else if self.held_retry.is_none_or(|t| t <= Instant::now()) {
+                let held = std::mem::take(&mut self.held);
+                let upto = std::mem::take(&mut self.held_upto);
+                self.spool_live(held, upto);
+            }
+        }
+        Ok(())
+    }
+
+    /// While draining: moves spooled events into `pending`, as many as may be in flight.
+    fn fill_from_spool(&mut self) {
+        let room = self
+            .cfg
+            .max_in_flight
+            .saturating_sub(self.in_flight.len() + self.pending.len());
+        if room == 0 || self.spool.all_read() {
+            return;
+        }
+        let Self {
+            spool,
+            pending,
+            counters,
+            metrics,
+            ..
+        } = self;
+        let r = tokio::task::block_in_place(|| {
+            spool.read(room, |seq, e| {
+                let c = match counters {
+                    Some(c) if *c.source == *e.source && *c.table == *e.table => c.clone(),
+                    _ => {
+                        let c = metrics.table(e.source, e.table);
+                        *counters = Some(c.clone());
+                        c
+                    }
+                };
+                pending.push_back((
+                    Origin::Spooled(seq),
+                    Outgoing {
+                        seq: 0,
+                        subject: e.subject.to_owned(),
+                        msg_id: e.msg_id.to_owned(),
+                        payload: Bytes::copy_from_slice(e.payload.0),
+                        captured_ms: e.captured_ms,
+                        counters: c,
+                    },
+                ))
+            })
+        });
+        if let Err(e) = r {
+            tracing::error!("{e}; retrying");
+        }
+    }
+
+    /// Publishes pending messages while there is room in flight.
+    async fn publish_pending(&mut self) -> Result<(), (String, String, String)> {
+        while self.in_flight.len() < self.cfg.max_in_flight {
+            let Some((origin, msg)) = self.pending.pop_front() else {
+                break;
+            };
+            let publish = PublishMessage::build()
+                .payload(msg.payload.clone())
+                .message_id(&msg.msg_id);
+            match self.js.send_publish(msg.subject.clone(), publish).await {
+                Ok(ack) => self.in_flight.push_back(InFlight {
+                    origin,
+                    msg,
+                    ack: ack.into_future(),
+                }),
+                Err(e) => {
+                    let err = (msg.subject.clone(), msg.msg_id.clone(), e.to_string());
+                    self.pending.push_front((origin, msg));
+                    return Err(err);
+                }
+            }
+        }
+        self.metrics
+            .in_flight
+            .store(self.in_flight.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn acked(&mut self) {
+        let done = self
+            .in_flight
+            .pop_front()
+            .expect("an ack is for the front message");
+        done.msg.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.failures = 0;
+        match done.origin {
+            Origin::Live(source) => self.watermarks[source].advance(done.msg.seq),
+            Origin::Spooled(seq) => {
+                self.spool.ack(seq);
+                if self.fsync == FsyncPolicy::Off {
+                    while let Some(&(s, source, seq)) = self.promises.front() {
+                        if s > self.spool.acked() {
+                            break;
+                        }
+                        self.watermarks[source].advance(seq);
+                        self.promises.pop_front();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The live messages not yet acknowledged, in order, taken out of flight and out of
+    /// `pending`; spooled ones are dropped (they are still in the spool).
+    fn unacked_live(&mut self) -> Vec<(usize, Outgoing)> {
+        let flying = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .map(|f| (f.origin, f.msg));
+        let waiting = std::mem::take(&mut self.pending);
+        flying
+            .chain(waiting)
+            .filter_map(|(o, m)| match o {
+                Origin::Live(s) => Some((s, m)),
+                Origin::Spooled(_) => None,
+            })
+            .collect()
+    }
+
+    /// After a failed publish: take the acks that still come, spool every live message
+    /// not acknowledged (behind what the spool holds), rewind the spool's reader, and
+    /// check the stream again after a backoff. `front_failed` says the front's ack
+    /// future already completed with an error (it must not be polled again); otherwise
+    /// the failure was in sending the first pending message.
+    async fn fail(
+        &mut self,
+        mut front_failed: bool,
+        subject: &str,
+        msg_id: &str,
+        error: &str,
+    ) -> Result<(), Fatal> {
+        if !front_failed {
+            while let Some(f) = self.in_flight.front_mut() {
+                match (&mut f.ack).await {
+                    Ok(_) => self.acked(),
+                    Err(_) => {
+                        front_failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        self.failures += 1;
+        let counters = if front_failed {
+            self.in_flight.front().map(|f| f.msg.counters.clone())
+        } else {
+            self.pending.front().map(|p| p.1.counters.clone())
+        };
+        if let Some(c) = counters {
+            PublishFailed {
+                subject,
+                msg_id,
+                error,
+            }
+            .emit(&self.metrics, &c);
+        }
+        let mut again: Vec<(usize, Outgoing)> = Vec::with_capacity(self.in_flight.len());
+        let mut upto = Vec::new();
+        let mut rest = std::mem::take(&mut self.in_flight).into_iter();
+        if front_failed {
+            if let Some(InFlight {
+                origin: Origin::Live(s),
+                msg,
+                ..
+            }) = rest.next()
+            {
+                again.push((s, msg));
+            }
+        }
+        // Poll the outstanding acks together: each one's timeout starts at its first poll.
+        let (acks, msgs): (Vec<AckFuture>, Vec<(Origin, Outgoing)>) =
+            rest.map(|f| (f.ack, (f.origin, f.msg))).unzip();
+        let results = futures::future::join_all(acks).await;
+        let mut later_acked = 0u64;
+        for (r, (origin, msg)) in results.into_iter().zip(msgs) {
+            match (origin, r.is_ok()) {
+                (Origin::Live(s), true) => {
+                    later_acked += 1;
+                    msg.counters.published.fetch_add(1, Ordering::Relaxed);
+                    upto.push((s, msg.seq));
+                }
+                (Origin::Live(s), false) => again.push((s, msg)),
+                (Origin::Spooled(_), ok) => later_acked += u64::from(ok),
+            }
+        }
+        if later_acked > 0 {
+            self.metrics
+                .publish_reordered
+                .fetch_add(later_acked, Ordering::Relaxed);
+            tracing::warn!(
+                "{later_acked} message(s) after the failed one were acknowledged before it could be sent again; \
+                 if the failed one was not stored, the stream holds them ahead of it"
+            );
+        }
+        again.extend(self.unacked_live());
+        self.spool.rewind();
+        self.spool_live(again, upto);
+        if self.fsync == FsyncPolicy::Always {
+            self.sync_spool()?;
+        }
+        self.metrics.in_flight.store(0, Ordering::Relaxed);
+        self.healthy = false;
+        self.retry_at =
+            Some(Instant::now() + backoff::delay(self.failures, Duration::from_secs(10)));
+        Ok(())
+    }
+}
