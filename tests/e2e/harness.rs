@@ -129,6 +129,10 @@ pub struct World {
     pub nats_extra: String,
     /// How the test's own client authenticates.
     pub client_auth: Option<async_nats::ConnectOptions>,
+    /// Extra top-level sections for the agent's config (`[spool]`).
+    pub agent_extra: String,
+    /// The admin endpoint's port, when the test reads metrics.
+    pub admin_port: Option<u16>,
 }
 
 impl World {
@@ -154,6 +158,8 @@ impl World {
             prefix: "legacy".into(),
             nats_extra: String::new(),
             client_auth: None,
+            agent_extra: String::new(),
+            admin_port: None,
         }
     }
 
@@ -180,8 +186,10 @@ create_stream = true
 ack_timeout = "2s"
 {nats_extra}
 
+{agent_extra}
+
 [admin]
-listen = ""
+listen = "{admin}"
 
 [[source]]
 name = "vista"
@@ -197,10 +205,60 @@ rotate_wait = "1s"
             prefix = self.prefix,
             logs = self.logs().display(),
             nats_extra = self.nats_extra,
+            agent_extra = self.agent_extra,
+            admin = self
+                .admin_port
+                .map_or(String::new(), |p| format!("127.0.0.1:{p}")),
         );
         let p = self.dir().join("lockstep.toml");
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// Turns on the admin endpoint on a free port.
+    pub fn with_admin(&mut self) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        self.admin_port = Some(l.local_addr().unwrap().port());
+    }
+
+    /// A metric's value from the running agent's `/metrics` (0 when it cannot be read).
+    pub fn metric(&self, name: &str) -> u64 {
+        use std::io::Read;
+        let port = self.admin_port.expect("with_admin() first");
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return 0;
+        };
+        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut body = String::new();
+        let _ = c.read_to_string(&mut body);
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `lockstep spool <args>` against this world's config: its stdout.
+    pub fn spool_cli(&self, config: &Path, args: &[&str]) -> String {
+        let out = Command::new(lockstep_bin())
+            .arg("spool")
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lockstep spool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Events waiting in the spool, as `lockstep spool inspect` reports them.
+    pub fn spool_waiting(&self, config: &Path) -> u64 {
+        let out = self.spool_cli(config, &["inspect"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("events")?.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no events line in {out}"))
     }
 
     pub fn agent(&self, config: &Path) -> Agent {

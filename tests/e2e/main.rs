@@ -6,4 +6,5 @@ mod broker;
 mod cli;
 mod harness;
 mod rotation;
+mod spool;
 mod tail;

@@ -147,7 +147,11 @@ impl Publisher {
             if *shutdown.borrow() {
                 break;
             }
-            if self.healthy {
+            if self.healthy && !self.metrics.nats_connected.load(Ordering::Relaxed) {
+                // Do not hand more to a client that has lost its connection: it would
+                // send them on reconnecting, ahead of what the spool holds.
+                self.fail(false, "", "", "disconnected from NATS").await?;
+            } else if self.healthy {
                 self.fill_from_spool();
                 if let Err((subject, msg_id, error)) = self.publish_pending().await {
                     self.fail(false, &subject, &msg_id, &error).await?;
