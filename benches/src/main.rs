@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release -p lockstep -p lockstep-benches
 //! target/release/lockstep-bench tail [--lines 1000000]
+//! target/release/lockstep-bench spool [--lines 1000000]
 //! ```
 //!
 //! `tail`: N JSON lines of about 250 bytes are written to a file; lockstep (the release
@@ -11,6 +12,12 @@
 //! throwaway nats-server. The raw limit is a plain async-nats loop publishing the same
 //! lines with `Nats-Msg-Id`, pipelined (4096 in flight, acks awaited in order), to
 //! another stream on the same server. Peak RSS is lockstep's VmHWM.
+//!
+//! `spool`: the broker is down; lockstep tails N lines into its spool (ingest: events/s
+//! until all N are appended, MB/s written, compression ratio). Then the broker starts
+//! and the spool drains into JetStream (events/s until the stream holds N), beside the
+//! raw pipelined publish rate of the same envelopes measured right after on the same
+//! server.
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
@@ -37,7 +44,8 @@ async fn main() -> Result<()> {
         .context("--lines takes a number")?;
     match scenario {
         "tail" => tail(lines).await,
-        other => bail!("unknown scenario `{other}` (scenarios: tail)"),
+        "spool" => spool(lines).await,
+        other => bail!("unknown scenario `{other}` (scenarios: tail, spool)"),
     }
 }
 
@@ -54,6 +62,164 @@ fn record(i: u64) -> String {
         50 + i % 400,
         i % 100
     )
+}
+
+/// Writes `n` records to `logs/changes.log`; returns the bytes written.
+fn write_lines(logs: &Path, n: u64) -> Result<u64> {
+    std::fs::create_dir_all(logs)?;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(logs.join("changes.log"))?);
+    let mut bytes = 0u64;
+    for i in 0..n {
+        let l = record(i);
+        bytes += l.len() as u64 + 1;
+        writeln!(w, "{l}")?;
+    }
+    w.flush()?;
+    Ok(bytes)
+}
+
+fn agent_config(dir: &Path, url: &str, admin: &str) -> Result<PathBuf> {
+    let cfg = dir.join("lockstep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"bench\"\nstate_dir = \"{}\"\n\n[nats]\nservers = [\"{url}\"]\nstream = \"LS\"\nsubject_prefix = \"ls\"\ncreate_stream = true\n\n[spool]\nmax_bytes = \"4GiB\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/*.log\"]\ntable = \"appointments\"\nkey = [\"id\"]\nop_field = \"op\"\n",
+            dir.join("state").display(),
+            dir.join("logs").display()
+        ),
+    )?;
+    Ok(cfg)
+}
+
+fn start_agent(cfg: &Path) -> Result<std::process::Child> {
+    let bin = lockstep_bin()?;
+    Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("LOCKSTEP_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))
+}
+
+/// A metric from the agent's `/metrics`.
+fn metric(admin: &str, name: &str) -> Option<u64> {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(admin).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn spool(n: u64) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let port = free_port()?;
+    let url = format!("nats://127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let bytes = write_lines(&tmp.path().join("logs"), n)?;
+    println!(
+        "scenario spool: {n} lines ({:.1} MiB, {} B per line), broker down while they are captured, 2 cores",
+        bytes as f64 / 1048576.0,
+        bytes / n
+    );
+    let cfg = agent_config(tmp.path(), &url, &admin)?;
+
+    // Ingest: the broker is down; everything goes to the spool.
+    let t = Instant::now();
+    let mut agent = start_agent(&cfg)?;
+    let pid = agent.id();
+    let mut peak_kib = 0u64;
+    loop {
+        peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+        if metric(&admin, "lockstep_spool_appended_events_total").unwrap_or(0) >= n {
+            break;
+        }
+        if let Some(status) = agent.try_wait()? {
+            bail!("lockstep exited early: {status}");
+        }
+        if t.elapsed() > Duration::from_secs(1800) {
+            bail!("lockstep did not spool {n} events in 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ingest_secs = t.elapsed().as_secs_f64();
+    let spool_bytes = metric(&admin, "lockstep_spool_bytes").unwrap_or(0);
+    let inspect = Command::new(lockstep_bin()?)
+        .args(["spool", "inspect", "--config"])
+        .arg(&cfg)
+        .output()?;
+    let inspect = String::from_utf8_lossy(&inspect.stdout).into_owned();
+
+    // Drain: the broker comes up.
+    let nats = NatsServer::start_on(tmp.path(), port)?;
+    let client = async_nats::connect(&url).await?;
+    let js = jetstream::new(client.clone());
+    let t = Instant::now();
+    loop {
+        peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+        let got = match js.get_stream("LS").await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if got >= n {
+            break;
+        }
+        if let Some(status) = agent.try_wait()? {
+            bail!("lockstep exited early: {status}");
+        }
+        if t.elapsed() > Duration::from_secs(1800) {
+            bail!("lockstep did not drain {n} events in 30 minutes (got {got})");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain_secs = t.elapsed().as_secs_f64();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    agent.wait()?;
+
+    // The raw limit, right after, on the same server.
+    js.create_stream(stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let envelopes: Vec<Bytes> = (0..n).map(|i| envelope(&record(i), i)).collect();
+    let env_bytes = envelopes.iter().map(|b| b.len() as u64).sum::<u64>();
+    let (raw_secs, raw_rate) = raw_publish(&js, "raw.envelopes", &envelopes).await?;
+    drop(envelopes);
+
+    let ingest_rate = n as f64 / ingest_secs;
+    let drain_rate = n as f64 / drain_secs;
+    println!("  nats-server {}", nats.version);
+    for l in inspect.lines() {
+        println!("  | {l}");
+    }
+    println!("  ingest (tail -> spool, from process start): {ingest_rate:>9.0} events/s  ({ingest_secs:.2} s; {:.1} MB/s of events in, {:.1} MB/s written)   (goal >= 300000)",
+        env_bytes as f64 / 1e6 / ingest_secs, spool_bytes as f64 / 1e6 / ingest_secs);
+    println!(
+        "  compression: {:.1} MB of envelopes in {:.1} MB of spool: {:.1}x   (goal >= 5)",
+        env_bytes as f64 / 1e6,
+        spool_bytes as f64 / 1e6,
+        env_bytes as f64 / spool_bytes.max(1) as f64
+    );
+    println!("  drain (spool -> JetStream, from broker start): {drain_rate:>9.0} events/s  ({drain_secs:.2} s)");
+    println!("  raw async-nats, same envelopes, ids, {IN_FLIGHT} in flight: {raw_rate:>9.0} msg/s  ({raw_secs:.2} s)");
+    println!(
+        "  ratio drain / raw publish: {:.2}   (goal >= 0.80)",
+        drain_rate / raw_rate
+    );
+    println!("  lockstep peak RSS: {:.1} MiB", peak_kib as f64 / 1024.0);
+    Ok(())
 }
 
 async fn tail(n: u64) -> Result<()> {
@@ -259,6 +425,14 @@ struct NatsServer {
 
 impl NatsServer {
     fn start(dir: &Path) -> Result<Self> {
+        Self::start_args(dir, "-1")
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Result<Self> {
+        Self::start_args(dir, &port.to_string())
+    }
+
+    fn start_args(dir: &Path, port: &str) -> Result<Self> {
         let version = Command::new("/usr/sbin/nats-server")
             .arg("--version")
             .output()?;
@@ -266,7 +440,7 @@ impl NatsServer {
             .trim()
             .replace("nats-server: ", "");
         let mut child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
             .arg(dir.join("nats"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
