@@ -292,3 +292,51 @@ async fn drop_oldest_counts_exactly_what_is_missing_downstream() {
     assert_exactly(&msgs, dropped as i64..total as i64);
     assert!(agent_log(&w).contains("dropped its oldest segment"));
 }
+
+/// An outage longer than the stream's duplicate window: what was acknowledged before it
+/// is not sent again, and what waited in the spool is sent once (see docs/design.md,
+/// "Duplicates after a long outage").
+#[tokio::test]
+async fn an_outage_longer_than_the_duplicate_window_sends_nothing_twice() {
+    use async_nats::jetstream::stream;
+    let mut w = World::new();
+    w.with_admin();
+    w.js()
+        .await
+        .create_stream(stream::Config {
+            name: w.stream.clone(),
+            subjects: vec![format!("{}.>", w.prefix)],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let file = w.logs().join("app.log");
+    let mut agent = w.agent(&cfg);
+    append(&file, (0..1000).map(line));
+    w.wait_count(1000, Duration::from_secs(60)).await;
+    wait_for("the acks of the first 1000", Duration::from_secs(30), || {
+        w.metric("lockstep_events_published_total{source=\"vista\",table=\"t\"}") == 1000
+    })
+    .await;
+    w.nats.kill();
+    append(&file, (1000..2000).map(line));
+    wait_for("the second 1000 to be spooled", Duration::from_secs(30), || {
+        w.spool_waiting(&cfg) == 1000
+    })
+    .await;
+    // Three windows long; the agent is restarted meanwhile, so it starts from its
+    // checkpoint and its spool.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(agent.stop(), Some(0));
+    let mut agent = w.agent(&cfg);
+    w.nats.restart();
+    assert_eq!(w.wait_count(2000, Duration::from_secs(60)).await, 2000);
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_eq!(msgs.len(), 2000);
+    assert_exactly(&msgs, 0..2000);
+    assert_per_key_order(&msgs);
+}
