@@ -107,7 +107,8 @@ fn start_agent(cfg: &Path) -> Result<std::process::Child> {
 fn metric(admin: &str, name: &str) -> Option<u64> {
     use std::io::Read;
     let mut c = std::net::TcpStream::connect(admin).ok()?;
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     c.read_to_string(&mut body).ok()?;
     body.lines()
@@ -115,7 +116,9 @@ fn metric(admin: &str, name: &str) -> Option<u64> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn spool(n: u64) -> Result<()> {

@@ -257,7 +257,13 @@ rotate_wait = "1s"
     pub fn spool_waiting(&self, config: &Path) -> u64 {
         let out = self.spool_cli(config, &["inspect"]);
         out.lines()
-            .find_map(|l| l.strip_prefix("events")?.split_whitespace().next()?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix("events")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no events line in {out}"))
     }
 

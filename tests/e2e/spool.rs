@@ -32,7 +32,11 @@ fn assert_exactly(msgs: &[Msg], want: impl Iterator<Item = i64>) {
 }
 
 /// Appends `line(i)` in small bursts from a thread until told to stop; returns how many.
-fn steady_writer(file: &Path, stop: Arc<AtomicBool>, written: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+fn steady_writer(
+    file: &Path,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
     let file = file.to_owned();
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
@@ -65,7 +69,10 @@ async fn a_30s_outage_under_steady_load_loses_and_repeats_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let spooled = w.spool_waiting(&cfg);
-    assert!(spooled > 500, "only {spooled} events spooled during the outage");
+    assert!(
+        spooled > 500,
+        "only {spooled} events spooled during the outage"
+    );
     w.nats.restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
@@ -91,7 +98,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % below
     }
 }
@@ -239,7 +249,10 @@ async fn block_stops_the_source_and_resumes_when_the_spool_drains() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let b = w.metric("lockstep_spool_appended_events_total");
     assert_eq!(a, b, "the spool kept taking events while full");
-    assert!(b < total, "everything fit; the test needs a smaller max_bytes");
+    assert!(
+        b < total,
+        "everything fit; the test needs a smaller max_bytes"
+    );
     assert_eq!(w.metric("lockstep_spool_dropped_events_total"), 0);
 
     w.nats.restart();
@@ -266,12 +279,17 @@ async fn drop_oldest_counts_exactly_what_is_missing_downstream() {
     let mut agent = w.agent(&cfg);
     let total = 30_000u64;
     append(&file, (0..total).map(line));
-    wait_for("every event to reach the spool", Duration::from_secs(60), || {
-        w.metric("lockstep_spool_appended_events_total") == total
-    })
+    wait_for(
+        "every event to reach the spool",
+        Duration::from_secs(60),
+        || w.metric("lockstep_spool_appended_events_total") == total,
+    )
     .await;
     let dropped = w.metric("lockstep_spool_dropped_events_total");
-    assert!(dropped > 0, "nothing was dropped; the test needs a smaller max_bytes");
+    assert!(
+        dropped > 0,
+        "nothing was dropped; the test needs a smaller max_bytes"
+    );
 
     w.nats.restart();
     let want = total - dropped;
@@ -317,15 +335,19 @@ async fn an_outage_longer_than_the_duplicate_window_sends_nothing_twice() {
     let mut agent = w.agent(&cfg);
     append(&file, (0..1000).map(line));
     w.wait_count(1000, Duration::from_secs(60)).await;
-    wait_for("the acks of the first 1000", Duration::from_secs(30), || {
-        w.metric("lockstep_events_published_total{source=\"vista\",table=\"t\"}") == 1000
-    })
+    wait_for(
+        "the acks of the first 1000",
+        Duration::from_secs(30),
+        || w.metric("lockstep_events_published_total{source=\"vista\",table=\"t\"}") == 1000,
+    )
     .await;
     w.nats.kill();
     append(&file, (1000..2000).map(line));
-    wait_for("the second 1000 to be spooled", Duration::from_secs(30), || {
-        w.spool_waiting(&cfg) == 1000
-    })
+    wait_for(
+        "the second 1000 to be spooled",
+        Duration::from_secs(30),
+        || w.spool_waiting(&cfg) == 1000,
+    )
     .await;
     // Three windows long; the agent is restarted meanwhile, so it starts from its
     // checkpoint and its spool.

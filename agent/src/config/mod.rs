@@ -85,8 +85,7 @@ pub enum FsyncPolicy {
     Off,
 }
 
-/// The offline spool's settings (the spool itself is not built yet; the keys are
-/// validated so a config written for it is accepted).
+/// The offline spool's settings (see `crate::spool`).
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub max_bytes: u64,

@@ -363,8 +363,16 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
             }
         },
     };
+    let max_bytes = raw.max_bytes.map_or(1 << 30, |s| s.0);
+    if max_bytes < 64 << 10 {
+        return Err(ConfigError {
+            path: cx.path.to_owned(),
+            at: None,
+            message: format!("spool.max_bytes must be at least 64KiB (it is {max_bytes} bytes)"),
+        });
+    }
     Ok(SpoolConfig {
-        max_bytes: raw.max_bytes.map_or(1 << 30, |s| s.0),
+        max_bytes,
         when_full,
         fsync,
     })
