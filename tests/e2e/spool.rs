@@ -108,11 +108,10 @@ impl Lcg {
 
 #[tokio::test]
 async fn kill_9_while_spooling_and_draining_20_times_loses_and_repeats_nothing() {
-    let w = World::new();
-    let mut w = w;
+    let mut w = World::new();
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
     let file = w.logs().join("app.log");
-    let mut rng = Lcg(0x10c5_7e9);
+    let mut rng = Lcg(0x010c_57e9);
     let mut next = 0u64;
     let mut broker_up = true;
     let mut agent = w.agent(&cfg);

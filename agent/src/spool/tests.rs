@@ -288,9 +288,8 @@ proptest! {
                         s = s2;
                         acked = acked.min(model.len());
                         let back = read_all(&mut s);
-                        let (ledger_acked, tail) = check(&back, &model, acked)?;
+                        let (ledger_acked, _) = check(&back, &model, acked)?;
                         acked = ledger_acked;
-                        let _ = tail;
                         s.rewind();
                     }
                 }
