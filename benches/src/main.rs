@@ -103,6 +103,33 @@ fn start_agent(cfg: &Path) -> Result<std::process::Child> {
         .with_context(|| format!("start {}", bin.display()))
 }
 
+/// Waits until stream `LS` holds `n` messages, tracking the agent's peak RSS.
+async fn wait_stream(
+    js: &jetstream::Context,
+    n: u64,
+    agent: &mut std::process::Child,
+    peak_kib: &mut u64,
+) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        *peak_kib = (*peak_kib).max(vm_hwm_kib(agent.id()).unwrap_or(0));
+        let got = match js.get_stream("LS").await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if got >= n {
+            return Ok(());
+        }
+        if let Some(status) = agent.try_wait()? {
+            bail!("lockstep exited early: {status}");
+        }
+        if t.elapsed() > Duration::from_secs(1800) {
+            bail!("lockstep did not deliver {n} messages in 30 minutes (got {got})");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A metric from the agent's `/metrics`.
 fn metric(admin: &str, name: &str) -> Option<u64> {
     use std::io::Read;
@@ -165,23 +192,7 @@ async fn spool(n: u64) -> Result<()> {
     let client = async_nats::connect(&url).await?;
     let js = jetstream::new(client.clone());
     let t = Instant::now();
-    loop {
-        peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
-        let got = match js.get_stream("LS").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        };
-        if got >= n {
-            break;
-        }
-        if let Some(status) = agent.try_wait()? {
-            bail!("lockstep exited early: {status}");
-        }
-        if t.elapsed() > Duration::from_secs(1800) {
-            bail!("lockstep did not drain {n} events in 30 minutes (got {got})");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_stream(&js, n, &mut agent, &mut peak_kib).await?;
     let drain_secs = t.elapsed().as_secs_f64();
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -294,23 +305,7 @@ async fn tail(n: u64) -> Result<()> {
         .with_context(|| format!("start {}", bin.display()))?;
     let pid = agent.id();
     let mut peak_kib = 0u64;
-    loop {
-        peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
-        let got = match js.get_stream("LS").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        };
-        if got >= n {
-            break;
-        }
-        if let Some(status) = agent.try_wait()? {
-            bail!("lockstep exited early: {status}");
-        }
-        if t.elapsed() > Duration::from_secs(1800) {
-            bail!("lockstep did not deliver {n} messages in 30 minutes (got {got})");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stream(&js, n, &mut agent, &mut peak_kib).await?;
     let ls_secs = t.elapsed().as_secs_f64();
     peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
     let cpu = cpu_secs(pid).unwrap_or(0.0);

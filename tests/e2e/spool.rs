@@ -228,17 +228,22 @@ async fn a_torn_last_frame_and_a_flipped_byte_are_found_and_the_rest_delivered()
     assert_eq!(q.len(), 1, "{q:?}");
 }
 
-#[tokio::test]
-async fn block_stops_the_source_and_resumes_when_the_spool_drains() {
+/// A 64 KiB spool with `when_full = mode`, the broker down, and `total` lines written.
+fn small_spool_with_broker_down(mode: &str, total: u64) -> (World, Agent) {
     let mut w = World::new();
     w.with_admin();
-    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\nwhen_full = \"block\"".into();
+    w.agent_extra = format!("[spool]\nmax_bytes = \"64KiB\"\nwhen_full = \"{mode}\"");
     w.nats.kill();
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
-    let file = w.logs().join("app.log");
-    let mut agent = w.agent(&cfg);
+    let agent = w.agent(&cfg);
+    append(&w.logs().join("app.log"), (0..total).map(line));
+    (w, agent)
+}
+
+#[tokio::test]
+async fn block_stops_the_source_and_resumes_when_the_spool_drains() {
     let total = 30_000u64;
-    append(&file, (0..total).map(line));
+    let (mut w, mut agent) = small_spool_with_broker_down("block", total);
     wait_for("the spool to fill", Duration::from_secs(60), || {
         w.metric("lockstep_spool_bytes") >= 64 << 10
     })
@@ -269,15 +274,8 @@ async fn block_stops_the_source_and_resumes_when_the_spool_drains() {
 
 #[tokio::test]
 async fn drop_oldest_counts_exactly_what_is_missing_downstream() {
-    let mut w = World::new();
-    w.with_admin();
-    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\nwhen_full = \"drop_oldest\"".into();
-    w.nats.kill();
-    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
-    let file = w.logs().join("app.log");
-    let mut agent = w.agent(&cfg);
     let total = 30_000u64;
-    append(&file, (0..total).map(line));
+    let (mut w, mut agent) = small_spool_with_broker_down("drop_oldest", total);
     wait_for(
         "every event to reach the spool",
         Duration::from_secs(60),
