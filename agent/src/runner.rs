@@ -45,7 +45,7 @@ pub enum RunError {
     },
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("{0}; stopping so that nothing is reported durable that is not (the sources send again from their checkpoints on the next start)")]
+    #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("cannot start source {name}: {source}")]
     Source {

@@ -246,17 +246,7 @@ async fn tail(n: u64) -> Result<()> {
     );
 
     let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let file = logs.join("changes.log");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
-    let mut bytes = 0u64;
-    for i in 0..n {
-        let l = record(i);
-        bytes += l.len() as u64 + 1;
-        writeln!(w, "{l}")?;
-    }
-    w.flush()?;
-    drop(w);
+    let bytes = write_lines(&logs, n)?;
     println!(
         "  input: {:.1} MiB, {} bytes per line on average",
         bytes as f64 / 1048576.0,

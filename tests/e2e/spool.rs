@@ -79,18 +79,25 @@ async fn a_30s_outage_under_steady_load_loses_and_repeats_nothing() {
     writer.join().unwrap();
     let total = written.load(Ordering::SeqCst);
 
-    assert_eq!(
-        w.wait_count(total, Duration::from_secs(120)).await,
-        total,
-        "{}",
-        agent_log(&w)
-    );
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    assert_eq!(msgs.len() as u64, total);
+    let msgs = delivered(&w, &mut agent, total).await;
     assert_exactly(&msgs, 0..total as i64);
     assert_per_key_order(&msgs);
     assert_eq!(w.spool_waiting(&cfg), 0, "the spool is empty afterwards");
+}
+
+/// Waits until the stream holds `n` messages, stops the agent (it must exit 0), and
+/// returns what arrived, checking there is nothing beyond `n`.
+async fn delivered(w: &World, agent: &mut Agent, n: u64) -> Vec<Msg> {
+    assert_eq!(
+        w.wait_count(n, Duration::from_secs(120)).await,
+        n,
+        "{}",
+        agent_log(w)
+    );
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_eq!(msgs.len() as u64, n);
+    msgs
 }
 
 /// A small deterministic generator for the kill schedule.
@@ -136,15 +143,7 @@ async fn kill_9_while_spooling_and_draining_20_times_loses_and_repeats_nothing()
     if !broker_up {
         w.nats.restart();
     }
-    assert_eq!(
-        w.wait_count(next, Duration::from_secs(120)).await,
-        next,
-        "{}",
-        agent_log(&w)
-    );
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    assert_eq!(msgs.len() as u64, next);
+    let msgs = delivered(&w, &mut agent, next).await;
     assert_exactly(&msgs, 0..next as i64);
     assert!(
         agent_log(&w).contains("sending"),
@@ -208,14 +207,7 @@ async fn a_torn_last_frame_and_a_flipped_byte_are_found_and_the_rest_delivered()
     w.nats.restart();
     let mut agent = w.agent(&cfg);
     let want = 500 - lost.len() as u64;
-    assert_eq!(
-        w.wait_count(want, Duration::from_secs(60)).await,
-        want,
-        "{}",
-        agent_log(&w)
-    );
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
+    let msgs = delivered(&w, &mut agent, want).await;
     assert_exactly(&msgs, (0..500).filter(|i| !lost.contains(i)));
     let log = agent_log(&w);
     assert!(log.contains("damaged spool frame"), "{log}");
@@ -260,14 +252,7 @@ async fn block_stops_the_source_and_resumes_when_the_spool_drains() {
     assert_eq!(w.metric("lockstep_spool_dropped_events_total"), 0);
 
     w.nats.restart();
-    assert_eq!(
-        w.wait_count(total, Duration::from_secs(120)).await,
-        total,
-        "{}",
-        agent_log(&w)
-    );
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
+    let msgs = delivered(&w, &mut agent, total).await;
     assert_exactly(&msgs, 0..total as i64);
     assert_per_key_order(&msgs);
 }
@@ -352,10 +337,7 @@ async fn an_outage_longer_than_the_duplicate_window_sends_nothing_twice() {
     assert_eq!(agent.stop(), Some(0));
     let mut agent = w.agent(&cfg);
     w.nats.restart();
-    assert_eq!(w.wait_count(2000, Duration::from_secs(60)).await, 2000);
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    assert_eq!(msgs.len(), 2000);
+    let msgs = delivered(&w, &mut agent, 2000).await;
     assert_exactly(&msgs, 0..2000);
     assert_per_key_order(&msgs);
 }

@@ -150,7 +150,14 @@ impl Publisher {
             if self.healthy && !self.metrics.nats_connected.load(Ordering::Relaxed) {
                 // Do not hand more to a client that has lost its connection: it would
                 // send them on reconnecting, ahead of what the spool holds.
-                self.fail(false, "", "", "disconnected from NATS").await?;
+                let (subject, id) = self
+                    .in_flight
+                    .front()
+                    .map(|f| &f.msg)
+                    .or(self.pending.front().map(|p| &p.1))
+                    .map_or_else(Default::default, |m| (m.subject.clone(), m.msg_id.clone()));
+                self.fail(false, &subject, &id, "disconnected from NATS")
+                    .await?;
             } else if self.healthy {
                 self.fill_from_spool();
                 if let Err((subject, msg_id, error)) = self.publish_pending().await {
