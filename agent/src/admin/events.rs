@@ -178,7 +178,8 @@ impl SpoolDropped<'_> {
     }
 }
 
-/// A spool write that failed; the events stay with the publisher and it tries again.
+/// A spool write that failed: with events `held`, the publisher keeps them and tries
+/// again; with none held, it was the fsync, and the agent stops.
 pub struct SpoolWriteFailed<'a> {
     pub error: &'a dyn std::fmt::Display,
     pub held: usize,
@@ -187,10 +188,18 @@ pub struct SpoolWriteFailed<'a> {
 impl SpoolWriteFailed<'_> {
     pub fn emit(&self, m: &Metrics) {
         m.spool_write_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            "{}; holding {} event(s) in memory and taking no more from the sources until the spool can be written",
-            self.error,
-            self.held
-        );
+        if self.held == 0 {
+            tracing::error!(
+                "{}; stopping: what was spooled since the last fsync may not be on disk, so no source \
+                 position moves past it, and the sources send it again on the next start",
+                self.error
+            );
+        } else {
+            tracing::error!(
+                "{}; holding {} event(s) in memory and taking no more from the sources until the spool can be written",
+                self.error,
+                self.held
+            );
+        }
     }
 }
