@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::connection::State;
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::message::PublishMessage;
@@ -72,6 +73,7 @@ pub type Fatal = SpoolError;
 
 pub struct Publisher {
     js: jetstream::Context,
+    client: async_nats::Client,
     cfg: NatsConfig,
     fsync: FsyncPolicy,
     when_full: WhenFull,
@@ -108,6 +110,7 @@ impl Publisher {
         watermarks: Vec<Arc<AckWatermark>>,
     ) -> Self {
         Self {
+            client: js.client(),
             js,
             cfg,
             fsync: spool_cfg.fsync,
@@ -147,7 +150,7 @@ impl Publisher {
             if *shutdown.borrow() {
                 break;
             }
-            if self.healthy && !self.metrics.nats_connected.load(Ordering::Relaxed) {
+            if self.healthy && self.client.connection_state() != State::Connected {
                 // Do not hand more to a client that has lost its connection: it would
                 // send them on reconnecting, ahead of what the spool holds.
                 let (subject, id) = self
