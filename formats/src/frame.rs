@@ -92,7 +92,20 @@ impl FrameHeader {
         self.first_seq + u64::from(self.count).saturating_sub(1)
     }
 
-    fn to_bytes(self) -> [u8; HEADER_LEN] {
+    /// The header of a frame whose compressed body is `body` (the checksum is computed).
+    pub fn for_body(first_seq: u64, count: u32, raw_len: u32, first_ms: i64, body: &[u8]) -> Self {
+        FrameHeader {
+            body_len: body.len() as u32,
+            raw_len,
+            count,
+            first_seq,
+            first_ms,
+            body_check: xxh3_64(body),
+        }
+    }
+
+    /// The header's 48 bytes, with its own checksum.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
         b[4..8].copy_from_slice(&self.body_len.to_le_bytes());
