@@ -220,11 +220,13 @@ async fn a_torn_last_frame_and_a_flipped_byte_are_found_and_the_rest_delivered()
     assert_eq!(q.len(), 1, "{q:?}");
 }
 
-/// A 64 KiB spool with `when_full = mode`, the broker down, and `total` lines written.
-fn small_spool_with_broker_down(mode: &str, total: u64) -> (World, Agent) {
+/// A 64 KiB spool with `when_full = mode` and `fsync`, the broker down, and `total`
+/// lines written.
+fn small_spool_with_broker_down(mode: &str, fsync: &str, total: u64) -> (World, Agent) {
     let mut w = World::new();
     w.with_admin();
-    w.agent_extra = format!("[spool]\nmax_bytes = \"64KiB\"\nwhen_full = \"{mode}\"");
+    w.agent_extra =
+        format!("[spool]\nmax_bytes = \"64KiB\"\nwhen_full = \"{mode}\"\nfsync = \"{fsync}\"");
     w.nats.kill();
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
     let agent = w.agent(&cfg);
@@ -235,7 +237,7 @@ fn small_spool_with_broker_down(mode: &str, total: u64) -> (World, Agent) {
 #[tokio::test]
 async fn block_stops_the_source_and_resumes_when_the_spool_drains() {
     let total = 30_000u64;
-    let (mut w, mut agent) = small_spool_with_broker_down("block", total);
+    let (mut w, mut agent) = small_spool_with_broker_down("block", "off", total);
     wait_for("the spool to fill", Duration::from_secs(60), || {
         w.metric("lockstep_spool_bytes") >= 64 << 10
     })
@@ -260,7 +262,7 @@ async fn block_stops_the_source_and_resumes_when_the_spool_drains() {
 #[tokio::test]
 async fn drop_oldest_counts_exactly_what_is_missing_downstream() {
     let total = 30_000u64;
-    let (mut w, mut agent) = small_spool_with_broker_down("drop_oldest", total);
+    let (mut w, mut agent) = small_spool_with_broker_down("drop_oldest", "batch", total);
     wait_for(
         "every event to reach the spool",
         Duration::from_secs(60),
@@ -301,6 +303,8 @@ async fn an_outage_longer_than_the_duplicate_window_sends_nothing_twice() {
     use async_nats::jetstream::stream;
     let mut w = World::new();
     w.with_admin();
+    // Every frame fsynced before a position moves (the default is "batch").
+    w.agent_extra = "[spool]\nfsync = \"always\"".into();
     w.js()
         .await
         .create_stream(stream::Config {
