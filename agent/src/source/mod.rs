@@ -16,6 +16,7 @@
 //!   in-flight acks, writes a last checkpoint and returns.
 
 pub mod tail;
+pub mod trigger;
 
 use std::path::PathBuf;
 use std::sync::Arc;

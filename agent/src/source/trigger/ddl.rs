@@ -1,0 +1,634 @@
+//! The DDL of trigger capture: the capture table `lockstep_changes` and the triggers
+//! that fill it, in each database's dialect.
+//!
+//! Every dialect records the same thing: one row per changed row, with the table name,
+//! the op (`c`, `u`, `d`), the key as a JSON object (`pk`), with `capture = "rows"` the
+//! before and after images as JSON, the time, and the origin marker of the session that
+//! made the change (NULL for ordinary sessions). An update that changes the key is
+//! recorded as a delete of the old key and an insert of the new one.
+//!
+//! The origin marker, per dialect: PostgreSQL `SET lockstep.origin = '…'`; MariaDB/MySQL
+//! `SET @lockstep_origin = '…'`; SQL Server `sp_set_session_context 'lockstep.origin'`;
+//! Oracle `DBMS_SESSION.SET_CONTEXT('CLIENTCONTEXT', 'lockstep_origin', '…')`; DB2 the
+//! client application name (`CURRENT CLIENT_APPLNAME`) when it starts with `lockstep`.
+//! SQLite has no session state a trigger can read: its origin is always NULL.
+//!
+//! Statements are generated in the order they must run; each `install` statement is
+//! idempotent (create-if-missing, or drop-and-create for triggers), so running
+//! `install` again upgrades the triggers to the table's current columns.
+
+use std::fmt::Write as _;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The capture table's name in every dialect.
+pub const CAPTURE_TABLE: &str = "lockstep_changes";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MariaDb,
+    Sqlite,
+    SqlServer,
+    Oracle,
+    Db2,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 6] = [
+        Dialect::Postgres,
+        Dialect::MariaDb,
+        Dialect::Sqlite,
+        Dialect::SqlServer,
+        Dialect::Oracle,
+        Dialect::Db2,
+    ];
+
+    /// The config name (`dialect = "…"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::MariaDb => "mariadb",
+            Dialect::Sqlite => "sqlite",
+            Dialect::SqlServer => "sqlserver",
+            Dialect::Oracle => "oracle",
+            Dialect::Db2 => "db2",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Dialect> {
+        Self::ALL.into_iter().find(|d| d.name() == s)
+    }
+
+    /// From the DBMS name a driver reports (ODBC `SQL_DBMS_NAME`).
+    pub fn from_dbms_name(s: &str) -> Option<Dialect> {
+        let s = s.to_ascii_lowercase();
+        Some(if s.contains("postgres") {
+            Dialect::Postgres
+        } else if s.contains("mariadb") || s.contains("mysql") {
+            Dialect::MariaDb
+        } else if s.contains("sqlite") {
+            Dialect::Sqlite
+        } else if s.contains("sql server") {
+            Dialect::SqlServer
+        } else if s.contains("oracle") {
+            Dialect::Oracle
+        } else if s.contains("db2") {
+            Dialect::Db2
+        } else {
+            return None;
+        })
+    }
+
+    /// An identifier, quoted.
+    pub fn ident(self, name: &str) -> String {
+        match self {
+            Dialect::MariaDb => format!("`{}`", name.replace('`', "``")),
+            Dialect::SqlServer => format!("[{}]", name.replace(']', "]]")),
+            _ => format!("\"{}\"", name.replace('"', "\"\"")),
+        }
+    }
+}
+
+/// A string literal.
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Only the key; the agent reads the current row when it drains.
+    Keys,
+    /// Before and after images as JSON.
+    Rows,
+}
+
+/// A captured table as the database describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDef {
+    pub name: String,
+    pub key: Vec<String>,
+    /// Every column, key included, in table order.
+    pub columns: Vec<String>,
+}
+
+/// One statement, and whether it is a compound block (a body with its own `;`s) that
+/// a command-line client needs a different terminator for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub compound: bool,
+}
+
+fn simple(sql: String) -> Statement {
+    Statement {
+        sql,
+        compound: false,
+    }
+}
+
+fn compound(sql: String) -> Statement {
+    Statement {
+        sql,
+        compound: true,
+    }
+}
+
+/// A trigger's name: `lockstep_<table>_<suffix>`, safe in every dialect and at most 60
+/// characters (longer names end in a hash of the whole).
+pub fn trigger_name(table: &str, suffix: &str) -> String {
+    let mut n = String::from("lockstep_");
+    n.extend(
+        table
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+    );
+    if !suffix.is_empty() {
+        n.push('_');
+        n.push_str(suffix);
+    }
+    if n.len() > 60 {
+        let h = xxh3_64(n.as_bytes());
+        n.truncate(51);
+        let _ = write!(n, "_{:08x}", h as u32);
+    }
+    n
+}
+
+/// Statements that create the capture table (and, on PostgreSQL, its trigger function
+/// and the statement-level NOTIFY).
+pub fn create_capture_table(d: Dialect) -> Vec<Statement> {
+    let t = d.ident(CAPTURE_TABLE);
+    match d {
+        Dialect::Postgres => vec![
+            simple(format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\n    seq bigserial PRIMARY KEY,\n    tbl text NOT NULL,\n    op char(1) NOT NULL,\n    pk json NOT NULL,\n    before json,\n    after json,\n    changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),\n    origin text\n)"
+            )),
+            compound(format!(
+                "CREATE OR REPLACE FUNCTION lockstep_capture() RETURNS trigger LANGUAGE plpgsql AS $lockstep$\n\
+                 DECLARE\n\
+                 \x20   rows boolean := TG_ARGV[0] = 'rows';\n\
+                 \x20   tbl text := TG_ARGV[1];\n\
+                 \x20   origin text := NULLIF(current_setting('lockstep.origin', true), '');\n\
+                 \x20   old_pk json;\n\
+                 \x20   new_pk json;\n\
+                 BEGIN\n\
+                 \x20   IF TG_OP <> 'INSERT' THEN\n\
+                 \x20       old_pk := (SELECT json_object_agg(k, row_to_json(OLD) -> k) FROM unnest(TG_ARGV[2:]) AS k);\n\
+                 \x20   END IF;\n\
+                 \x20   IF TG_OP <> 'DELETE' THEN\n\
+                 \x20       new_pk := (SELECT json_object_agg(k, row_to_json(NEW) -> k) FROM unnest(TG_ARGV[2:]) AS k);\n\
+                 \x20   END IF;\n\
+                 \x20   IF TG_OP = 'INSERT' THEN\n\
+                 \x20       INSERT INTO {t} (tbl, op, pk, after, origin)\n\
+                 \x20       VALUES (tbl, 'c', new_pk, CASE WHEN rows THEN row_to_json(NEW) END, origin);\n\
+                 \x20   ELSIF TG_OP = 'DELETE' THEN\n\
+                 \x20       INSERT INTO {t} (tbl, op, pk, before, origin)\n\
+                 \x20       VALUES (tbl, 'd', old_pk, CASE WHEN rows THEN row_to_json(OLD) END, origin);\n\
+                 \x20   ELSIF old_pk::text IS DISTINCT FROM new_pk::text THEN\n\
+                 \x20       INSERT INTO {t} (tbl, op, pk, before, origin)\n\
+                 \x20       VALUES (tbl, 'd', old_pk, CASE WHEN rows THEN row_to_json(OLD) END, origin);\n\
+                 \x20       INSERT INTO {t} (tbl, op, pk, after, origin)\n\
+                 \x20       VALUES (tbl, 'c', new_pk, CASE WHEN rows THEN row_to_json(NEW) END, origin);\n\
+                 \x20   ELSE\n\
+                 \x20       INSERT INTO {t} (tbl, op, pk, before, after, origin)\n\
+                 \x20       VALUES (tbl, 'u', new_pk, CASE WHEN rows THEN row_to_json(OLD) END, CASE WHEN rows THEN row_to_json(NEW) END, origin);\n\
+                 \x20   END IF;\n\
+                 \x20   RETURN NULL;\n\
+                 END\n\
+                 $lockstep$"
+            )),
+            compound(
+                "CREATE OR REPLACE FUNCTION lockstep_notify() RETURNS trigger LANGUAGE plpgsql AS $lockstep$\n\
+                 BEGIN\n\
+                 \x20   PERFORM pg_notify('lockstep_changes', '');\n\
+                 \x20   RETURN NULL;\n\
+                 END\n\
+                 $lockstep$"
+                    .to_owned(),
+            ),
+            simple(format!("DROP TRIGGER IF EXISTS lockstep_notify ON {t}")),
+            simple(format!(
+                "CREATE TRIGGER lockstep_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION lockstep_notify()"
+            )),
+        ],
+        Dialect::MariaDb => vec![simple(format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\n    `seq` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,\n    `tbl` VARCHAR(128) NOT NULL,\n    `op` CHAR(1) NOT NULL,\n    `pk` LONGTEXT NOT NULL,\n    `before` LONGTEXT NULL,\n    `after` LONGTEXT NULL,\n    `changed_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n    `origin` VARCHAR(64) NULL\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        ))],
+        Dialect::Sqlite => vec![simple(format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\n    \"seq\" INTEGER PRIMARY KEY AUTOINCREMENT,\n    \"tbl\" TEXT NOT NULL,\n    \"op\" TEXT NOT NULL,\n    \"pk\" TEXT NOT NULL,\n    \"before\" TEXT,\n    \"after\" TEXT,\n    \"changed_at\" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),\n    \"origin\" TEXT\n)"
+        ))],
+        Dialect::SqlServer => vec![compound(format!(
+            "IF OBJECT_ID(N'{CAPTURE_TABLE}', N'U') IS NULL\nCREATE TABLE {t} (\n    [seq] BIGINT IDENTITY(1,1) NOT NULL PRIMARY KEY,\n    [tbl] NVARCHAR(128) NOT NULL,\n    [op] CHAR(1) NOT NULL,\n    [pk] NVARCHAR(MAX) NOT NULL,\n    [before] NVARCHAR(MAX) NULL,\n    [after] NVARCHAR(MAX) NULL,\n    [changed_at] DATETIME2(6) NOT NULL DEFAULT SYSUTCDATETIME(),\n    [origin] NVARCHAR(64) NULL\n)"
+        ))],
+        Dialect::Oracle => vec![compound(format!(
+            "DECLARE\n    n NUMBER;\nBEGIN\n    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = 'LOCKSTEP_CHANGES';\n    IF n = 0 THEN\n        EXECUTE IMMEDIATE 'CREATE TABLE {t} (\n            \"seq\" NUMBER(19) GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n            \"tbl\" VARCHAR2(128) NOT NULL,\n            \"op\" CHAR(1) NOT NULL,\n            \"pk\" CLOB NOT NULL,\n            \"before\" CLOB,\n            \"after\" CLOB,\n            \"changed_at\" TIMESTAMP(6) DEFAULT SYSTIMESTAMP NOT NULL,\n            \"origin\" VARCHAR2(64)\n        )';\n    END IF;\nEND;"
+        ))],
+        Dialect::Db2 => vec![simple(format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\n    \"seq\" BIGINT NOT NULL GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n    \"tbl\" VARCHAR(128) NOT NULL,\n    \"op\" CHAR(1) NOT NULL,\n    \"pk\" CLOB(1M) NOT NULL,\n    \"before\" CLOB(16M),\n    \"after\" CLOB(16M),\n    \"changed_at\" TIMESTAMP(6) NOT NULL DEFAULT CURRENT TIMESTAMP,\n    \"origin\" VARCHAR(64)\n)"
+        ))],
+    }
+}
+
+/// Statements that drop the capture table (and PostgreSQL's functions).
+pub fn drop_capture_table(d: Dialect) -> Vec<Statement> {
+    let t = d.ident(CAPTURE_TABLE);
+    match d {
+        Dialect::Postgres => vec![
+            simple(format!("DROP TABLE IF EXISTS {t}")),
+            simple("DROP FUNCTION IF EXISTS lockstep_notify()".into()),
+            simple("DROP FUNCTION IF EXISTS lockstep_capture()".into()),
+        ],
+        Dialect::SqlServer => vec![simple(format!(
+            "IF OBJECT_ID(N'{CAPTURE_TABLE}', N'U') IS NOT NULL DROP TABLE {t}"
+        ))],
+        Dialect::Oracle => vec![compound(format!(
+            "BEGIN\n    EXECUTE IMMEDIATE 'DROP TABLE {t}';\nEXCEPTION\n    WHEN OTHERS THEN IF SQLCODE <> -942 THEN RAISE; END IF;\nEND;"
+        ))],
+        _ => vec![simple(format!("DROP TABLE IF EXISTS {t}"))],
+    }
+}
+
+/// A JSON object of `cols` of the row `row` (`NEW`/`OLD` or a table alias), in the
+/// dialect's JSON function.
+fn json_object(d: Dialect, row: &str, cols: &[String]) -> String {
+    let pairs: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            let v = format!("{row}.{}", d.ident(c));
+            match d {
+                Dialect::Oracle => format!("{} VALUE {v}", lit(c)),
+                Dialect::Db2 => format!("KEY {} VALUE {v}", lit(c)),
+                _ => format!("{}, {v}", lit(c)),
+            }
+        })
+        .collect();
+    match d {
+        Dialect::Sqlite => format!("json_object({})", pairs.join(", ")),
+        Dialect::Oracle => format!("JSON_OBJECT({} NULL ON NULL)", pairs.join(", ")),
+        Dialect::Db2 => format!("JSON_OBJECT({} NULL ON NULL)", pairs.join(", ")),
+        _ => format!("JSON_OBJECT({})", pairs.join(", ")),
+    }
+}
+
+/// Statements that (re)create the triggers of one table.
+pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statement> {
+    let mut out = drop_triggers(d, t);
+    let tbl = d.ident(&t.name);
+    let ct = d.ident(CAPTURE_TABLE);
+    let name = lit(&t.name);
+    let rows = capture == Capture::Rows;
+    match d {
+        Dialect::Postgres => {
+            let args: Vec<String> = [if rows { "rows" } else { "keys" }, &t.name]
+                .into_iter()
+                .chain(t.key.iter().map(String::as_str))
+                .map(lit)
+                .collect();
+            out.push(simple(format!(
+                "CREATE TRIGGER lockstep_capture AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION lockstep_capture({})",
+                args.join(", ")
+            )));
+        }
+        Dialect::MariaDb | Dialect::Sqlite => {
+            let origin = if d == Dialect::MariaDb {
+                "@lockstep_origin"
+            } else {
+                "NULL"
+            };
+            let img = |row: &str| {
+                if rows {
+                    json_object(d, row, &t.columns)
+                } else {
+                    "NULL".to_owned()
+                }
+            };
+            let ins = |op: &str, row: &str, image_col: &str| {
+                format!(
+                    "INSERT INTO {ct} ({}, {}, {}, {}, {}) VALUES ({name}, '{op}', {}, {}, {origin})",
+                    d.ident("tbl"),
+                    d.ident("op"),
+                    d.ident("pk"),
+                    d.ident(image_col),
+                    d.ident("origin"),
+                    json_object(d, row, &t.key),
+                    img(row)
+                )
+            };
+            let upd = format!(
+                "INSERT INTO {ct} ({}, {}, {}, {}, {}, {}) VALUES ({name}, 'u', {}, {}, {}, {origin})",
+                d.ident("tbl"),
+                d.ident("op"),
+                d.ident("pk"),
+                d.ident("before"),
+                d.ident("after"),
+                d.ident("origin"),
+                json_object(d, "NEW", &t.key),
+                img("OLD"),
+                img("NEW")
+            );
+            let same_key = t
+                .key
+                .iter()
+                .map(|k| {
+                    let (o, n) = (format!("OLD.{}", d.ident(k)), format!("NEW.{}", d.ident(k)));
+                    if d == Dialect::MariaDb {
+                        format!("{o} <=> {n}")
+                    } else {
+                        format!("{o} IS {n}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let trig = |suffix: &str| d.ident(&trigger_name(&t.name, suffix));
+            if d == Dialect::MariaDb {
+                out.push(simple(format!(
+                    "CREATE TRIGGER {} AFTER INSERT ON {tbl} FOR EACH ROW\n{}",
+                    trig("ins"),
+                    ins("c", "NEW", "after")
+                )));
+                out.push(compound(format!(
+                    "CREATE TRIGGER {} AFTER UPDATE ON {tbl} FOR EACH ROW\nBEGIN\n    IF {same_key} THEN\n        {upd};\n    ELSE\n        {};\n        {};\n    END IF;\nEND",
+                    trig("upd"),
+                    ins("d", "OLD", "before"),
+                    ins("c", "NEW", "after")
+                )));
+                out.push(simple(format!(
+                    "CREATE TRIGGER {} AFTER DELETE ON {tbl} FOR EACH ROW\n{}",
+                    trig("del"),
+                    ins("d", "OLD", "before")
+                )));
+            } else {
+                out.push(compound(format!(
+                    "CREATE TRIGGER {} AFTER INSERT ON {tbl} BEGIN\n    {};\nEND",
+                    trig("ins"),
+                    ins("c", "NEW", "after")
+                )));
+                out.push(compound(format!(
+                    "CREATE TRIGGER {} AFTER UPDATE ON {tbl} WHEN {same_key} BEGIN\n    {upd};\nEND",
+                    trig("upd")
+                )));
+                out.push(compound(format!(
+                    "CREATE TRIGGER {} AFTER UPDATE ON {tbl} WHEN NOT ({same_key}) BEGIN\n    {};\n    {};\nEND",
+                    trig("updk"),
+                    ins("d", "OLD", "before"),
+                    ins("c", "NEW", "after")
+                )));
+                out.push(compound(format!(
+                    "CREATE TRIGGER {} AFTER DELETE ON {tbl} BEGIN\n    {};\nEND",
+                    trig("del"),
+                    ins("d", "OLD", "before")
+                )));
+            }
+        }
+        Dialect::SqlServer => out.push(sqlserver_trigger(t, rows)),
+        Dialect::Oracle => out.push(oracle_trigger(t, rows)),
+        Dialect::Db2 => out.extend(db2_triggers(t, rows)),
+    }
+    out
+}
+
+fn sqlserver_trigger(t: &TableDef, rows: bool) -> Statement {
+    let d = Dialect::SqlServer;
+    let ct = d.ident(CAPTURE_TABLE);
+    let join = t
+        .key
+        .iter()
+        .map(|k| format!("i.{0} = d.{0}", d.ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let k0 = d.ident(&t.key[0]);
+    // Per row: the key and images as JSON, built with FOR JSON from the joined row.
+    let obj = |alias: &str, cols: &[String]| {
+        let sel = cols
+            .iter()
+            .map(|c| format!("{alias}.{} AS {}", d.ident(c), d.ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("(SELECT {sel} FOR JSON PATH, WITHOUT_ARRAY_WRAPPER, INCLUDE_NULL_VALUES)")
+    };
+    let img = |alias: &str| {
+        if rows {
+            format!(
+                "CASE WHEN {alias}.{k0} IS NULL THEN NULL ELSE {} END",
+                obj(alias, &t.columns)
+            )
+        } else {
+            "NULL".to_owned()
+        }
+    };
+    compound(format!(
+        "CREATE OR ALTER TRIGGER {} ON {} AFTER INSERT, UPDATE, DELETE AS\nBEGIN\n    SET NOCOUNT ON;\n    INSERT INTO {ct} ([tbl], [op], [pk], [before], [after], [origin])\n    SELECT {},\n           CASE WHEN d.{k0} IS NULL THEN 'c' WHEN i.{k0} IS NULL THEN 'd' ELSE 'u' END,\n           CASE WHEN i.{k0} IS NULL THEN {} ELSE {} END,\n           {},\n           {},\n           CAST(SESSION_CONTEXT(N'lockstep.origin') AS NVARCHAR(64))\n    FROM inserted i FULL OUTER JOIN deleted d ON {join};\nEND",
+        d.ident(&trigger_name(&t.name, "")),
+        d.ident(&t.name),
+        lit(&t.name).replacen('\'', "N'", 1),
+        obj("d", &t.key),
+        obj("i", &t.key),
+        img("d"),
+        img("i"),
+    ))
+}
+
+fn oracle_trigger(t: &TableDef, rows: bool) -> Statement {
+    let d = Dialect::Oracle;
+    let ct = d.ident(CAPTURE_TABLE);
+    let img = |row: &str| {
+        if rows {
+            json_object(d, row, &t.columns)
+        } else {
+            "NULL".to_owned()
+        }
+    };
+    let same_key = t
+        .key
+        .iter()
+        .map(|k| {
+            let k = d.ident(k);
+            format!("(:OLD.{k} = :NEW.{k} OR (:OLD.{k} IS NULL AND :NEW.{k} IS NULL))")
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let ins = |op: &str, row: &str, col: &str| {
+        format!(
+            "INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"{col}\", \"origin\") VALUES ({}, '{op}', {}, {}, origin)",
+            lit(&t.name),
+            json_object(d, row, &t.key),
+            img(row)
+        )
+    };
+    compound(format!(
+        "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW\nDECLARE\n    origin VARCHAR2(64) := SYS_CONTEXT('CLIENTCONTEXT', 'lockstep_origin');\nBEGIN\n    IF INSERTING THEN\n        {};\n    ELSIF DELETING THEN\n        {};\n    ELSIF {same_key} THEN\n        INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"before\", \"after\", \"origin\") VALUES ({}, 'u', {}, {}, {}, origin);\n    ELSE\n        {};\n        {};\n    END IF;\nEND;",
+        d.ident(&trigger_name(&t.name, "")),
+        d.ident(&t.name),
+        ins("c", ":NEW", "after"),
+        ins("d", ":OLD", "before"),
+        lit(&t.name),
+        json_object(d, ":NEW", &t.key),
+        img(":OLD"),
+        img(":NEW"),
+        ins("d", ":OLD", "before"),
+        ins("c", ":NEW", "after"),
+    ))
+}
+
+fn db2_triggers(t: &TableDef, rows: bool) -> Vec<Statement> {
+    let d = Dialect::Db2;
+    let ct = d.ident(CAPTURE_TABLE);
+    let tbl = d.ident(&t.name);
+    let origin =
+        "CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END";
+    let img = |row: &str| {
+        if rows {
+            json_object(d, row, &t.columns)
+        } else {
+            "CAST(NULL AS CLOB)".to_owned()
+        }
+    };
+    let ins = |op: &str, row: &str, col: &str| {
+        format!(
+            "INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"{col}\", \"origin\") VALUES ({}, '{op}', {}, {}, {origin})",
+            lit(&t.name),
+            json_object(d, row, &t.key),
+            img(row)
+        )
+    };
+    let same_key = t
+        .key
+        .iter()
+        .map(|k| {
+            let k = d.ident(k);
+            format!("O.{k} IS NOT DISTINCT FROM N.{k}")
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let trig = |s: &str| d.ident(&trigger_name(&t.name, s));
+    vec![
+        simple(format!(
+            "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {tbl} REFERENCING NEW AS N FOR EACH ROW\n{}",
+            trig("ins"),
+            ins("c", "N", "after")
+        )),
+        compound(format!(
+            "CREATE OR REPLACE TRIGGER {} AFTER UPDATE ON {tbl} REFERENCING OLD AS O NEW AS N FOR EACH ROW\nBEGIN ATOMIC\n    IF {same_key} THEN\n        INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"before\", \"after\", \"origin\") VALUES ({}, 'u', {}, {}, {}, {origin});\n    ELSE\n        {};\n        {};\n    END IF;\nEND",
+            trig("upd"),
+            lit(&t.name),
+            json_object(d, "N", &t.key),
+            img("O"),
+            img("N"),
+            ins("d", "O", "before"),
+            ins("c", "N", "after"),
+        )),
+        simple(format!(
+            "CREATE OR REPLACE TRIGGER {} AFTER DELETE ON {tbl} REFERENCING OLD AS O FOR EACH ROW\n{}",
+            trig("del"),
+            ins("d", "O", "before")
+        )),
+    ]
+}
+
+/// Statements that drop one table's triggers (none fail when they are missing).
+pub fn drop_triggers(d: Dialect, t: &TableDef) -> Vec<Statement> {
+    match d {
+        Dialect::Postgres => vec![simple(format!(
+            "DROP TRIGGER IF EXISTS lockstep_capture ON {}",
+            d.ident(&t.name)
+        ))],
+        Dialect::MariaDb | Dialect::Sqlite => {
+            let suffixes: &[&str] = if d == Dialect::Sqlite {
+                &["ins", "upd", "updk", "del"]
+            } else {
+                &["ins", "upd", "del"]
+            };
+            suffixes
+                .iter()
+                .map(|s| {
+                    simple(format!(
+                        "DROP TRIGGER IF EXISTS {}",
+                        d.ident(&trigger_name(&t.name, s))
+                    ))
+                })
+                .collect()
+        }
+        // CREATE OR ALTER / CREATE OR REPLACE replace in place; uninstall drops.
+        Dialect::SqlServer | Dialect::Oracle | Dialect::Db2 => Vec::new(),
+    }
+}
+
+/// Statements that remove one table's triggers for `uninstall`.
+pub fn uninstall_triggers(d: Dialect, t: &TableDef) -> Vec<Statement> {
+    let drop_named = |names: &[String]| -> Vec<Statement> {
+        names
+            .iter()
+            .map(|n| match d {
+                Dialect::SqlServer => simple(format!(
+                    "IF OBJECT_ID(N'{n}', N'TR') IS NOT NULL DROP TRIGGER {}",
+                    d.ident(n)
+                )),
+                Dialect::Oracle => compound(format!(
+                    "BEGIN\n    EXECUTE IMMEDIATE 'DROP TRIGGER {}';\nEXCEPTION\n    WHEN OTHERS THEN IF SQLCODE <> -4080 THEN RAISE; END IF;\nEND;",
+                    d.ident(n)
+                )),
+                _ => simple(format!("DROP TRIGGER IF EXISTS {}", d.ident(n))),
+            })
+            .collect()
+    };
+    match d {
+        Dialect::SqlServer | Dialect::Oracle => drop_named(&[trigger_name(&t.name, "")]),
+        Dialect::Db2 => drop_named(&["ins", "upd", "del"].map(|s| trigger_name(&t.name, s))),
+        _ => drop_triggers(d, t),
+    }
+}
+
+/// Everything `install` runs, in order.
+pub fn install(d: Dialect, tables: &[TableDef], capture: Capture) -> Vec<Statement> {
+    let mut out = create_capture_table(d);
+    for t in tables {
+        out.extend(create_triggers(d, t, capture));
+    }
+    out
+}
+
+/// Everything `uninstall` runs, in order: triggers first, then the capture table.
+pub fn uninstall(d: Dialect, tables: &[TableDef]) -> Vec<Statement> {
+    let mut out: Vec<Statement> = tables
+        .iter()
+        .flat_map(|t| uninstall_triggers(d, t))
+        .collect();
+    out.extend(drop_capture_table(d));
+    out
+}
+
+/// Statements as a script for the database's own command-line client (what
+/// `triggers show` prints): `;` after each, `DELIMITER` around MariaDB compound
+/// statements, `/` after Oracle blocks, `GO` after SQL Server batches, `@` as DB2's
+/// terminator for compound ones.
+pub fn script(d: Dialect, stmts: &[Statement]) -> String {
+    let mut s = String::new();
+    for st in stmts {
+        match (d, st.compound) {
+            (Dialect::MariaDb, true) => {
+                let _ = write!(s, "DELIMITER $$\n{}$$\nDELIMITER ;\n\n", st.sql);
+            }
+            (Dialect::SqlServer, _) => {
+                let _ = write!(s, "{}\nGO\n\n", st.sql);
+            }
+            (Dialect::Oracle, true) => {
+                let _ = write!(s, "{}\n/\n\n", st.sql);
+            }
+            (Dialect::Db2, true) => {
+                let _ = write!(
+                    s,
+                    "--#SET TERMINATOR @\n{}@\n--#SET TERMINATOR ;\n\n",
+                    st.sql
+                );
+            }
+            _ => {
+                let _ = write!(s, "{};\n\n", st.sql);
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,77 @@
+-- lockstep triggers install (mariadb, capture = "rows")
+
+CREATE TABLE IF NOT EXISTS `lockstep_changes` (
+    `seq` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    `tbl` VARCHAR(128) NOT NULL,
+    `op` CHAR(1) NOT NULL,
+    `pk` LONGTEXT NOT NULL,
+    `before` LONGTEXT NULL,
+    `after` LONGTEXT NULL,
+    `changed_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    `origin` VARCHAR(64) NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+DROP TRIGGER IF EXISTS `lockstep_appointments_ins`;
+
+DROP TRIGGER IF EXISTS `lockstep_appointments_upd`;
+
+DROP TRIGGER IF EXISTS `lockstep_appointments_del`;
+
+CREATE TRIGGER `lockstep_appointments_ins` AFTER INSERT ON `appointments` FOR EACH ROW
+INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('appointments', 'c', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', NEW.`id`, 'clinic', NEW.`clinic`, 'fee', NEW.`fee`), @lockstep_origin);
+
+DELIMITER $$
+CREATE TRIGGER `lockstep_appointments_upd` AFTER UPDATE ON `appointments` FOR EACH ROW
+BEGIN
+    IF OLD.`id` <=> NEW.`id` THEN
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('appointments', 'u', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', OLD.`id`, 'clinic', OLD.`clinic`, 'fee', OLD.`fee`), JSON_OBJECT('id', NEW.`id`, 'clinic', NEW.`clinic`, 'fee', NEW.`fee`), @lockstep_origin);
+    ELSE
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('appointments', 'd', JSON_OBJECT('id', OLD.`id`), JSON_OBJECT('id', OLD.`id`, 'clinic', OLD.`clinic`, 'fee', OLD.`fee`), @lockstep_origin);
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('appointments', 'c', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', NEW.`id`, 'clinic', NEW.`clinic`, 'fee', NEW.`fee`), @lockstep_origin);
+    END IF;
+END$$
+DELIMITER ;
+
+CREATE TRIGGER `lockstep_appointments_del` AFTER DELETE ON `appointments` FOR EACH ROW
+INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('appointments', 'd', JSON_OBJECT('id', OLD.`id`), JSON_OBJECT('id', OLD.`id`, 'clinic', OLD.`clinic`, 'fee', OLD.`fee`), @lockstep_origin);
+
+DROP TRIGGER IF EXISTS `lockstep_clinics_ins`;
+
+DROP TRIGGER IF EXISTS `lockstep_clinics_upd`;
+
+DROP TRIGGER IF EXISTS `lockstep_clinics_del`;
+
+CREATE TRIGGER `lockstep_clinics_ins` AFTER INSERT ON `clinics` FOR EACH ROW
+INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('clinics', 'c', JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`), JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`, 'name', NEW.`name`), @lockstep_origin);
+
+DELIMITER $$
+CREATE TRIGGER `lockstep_clinics_upd` AFTER UPDATE ON `clinics` FOR EACH ROW
+BEGIN
+    IF OLD.`region` <=> NEW.`region` AND OLD.`code` <=> NEW.`code` THEN
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('clinics', 'u', JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`), JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`, 'name', OLD.`name`), JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`, 'name', NEW.`name`), @lockstep_origin);
+    ELSE
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('clinics', 'd', JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`), JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`, 'name', OLD.`name`), @lockstep_origin);
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('clinics', 'c', JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`), JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`, 'name', NEW.`name`), @lockstep_origin);
+    END IF;
+END$$
+DELIMITER ;
+
+CREATE TRIGGER `lockstep_clinics_del` AFTER DELETE ON `clinics` FOR EACH ROW
+INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('clinics', 'd', JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`), JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`, 'name', OLD.`name`), @lockstep_origin);
+
+-- lockstep triggers uninstall
+
+DROP TRIGGER IF EXISTS `lockstep_appointments_ins`;
+
+DROP TRIGGER IF EXISTS `lockstep_appointments_upd`;
+
+DROP TRIGGER IF EXISTS `lockstep_appointments_del`;
+
+DROP TRIGGER IF EXISTS `lockstep_clinics_ins`;
+
+DROP TRIGGER IF EXISTS `lockstep_clinics_upd`;
+
+DROP TRIGGER IF EXISTS `lockstep_clinics_del`;
+
+DROP TABLE IF EXISTS `lockstep_changes`;
+
