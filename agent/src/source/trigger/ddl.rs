@@ -80,6 +80,14 @@ impl Dialect {
         })
     }
 
+    /// A table name, each dot-separated part quoted (`schema.table`).
+    pub fn table(self, name: &str) -> String {
+        name.split('.')
+            .map(|p| self.ident(p))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
     /// An identifier, quoted.
     pub fn ident(self, name: &str) -> String {
         match self {
@@ -274,7 +282,7 @@ fn json_object(d: Dialect, row: &str, cols: &[String]) -> String {
 /// Statements that (re)create the triggers of one table.
 pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statement> {
     let mut out = drop_triggers(d, t);
-    let tbl = d.ident(&t.name);
+    let tbl = d.table(&t.name);
     let ct = d.ident(CAPTURE_TABLE);
     let name = lit(&t.name);
     let rows = capture == Capture::Rows;
@@ -420,7 +428,7 @@ fn sqlserver_trigger(t: &TableDef, rows: bool) -> Statement {
     compound(format!(
         "CREATE OR ALTER TRIGGER {} ON {} AFTER INSERT, UPDATE, DELETE AS\nBEGIN\n    SET NOCOUNT ON;\n    INSERT INTO {ct} ([tbl], [op], [pk], [before], [after], [origin])\n    SELECT {},\n           CASE WHEN d.{k0} IS NULL THEN 'c' WHEN i.{k0} IS NULL THEN 'd' ELSE 'u' END,\n           CASE WHEN i.{k0} IS NULL THEN {} ELSE {} END,\n           {},\n           {},\n           CAST(SESSION_CONTEXT(N'lockstep.origin') AS NVARCHAR(64))\n    FROM inserted i FULL OUTER JOIN deleted d ON {join};\nEND",
         d.ident(&trigger_name(&t.name, "")),
-        d.ident(&t.name),
+        d.table(&t.name),
         lit(&t.name).replacen('\'', "N'", 1),
         obj("d", &t.key),
         obj("i", &t.key),
@@ -459,7 +467,7 @@ fn oracle_trigger(t: &TableDef, rows: bool) -> Statement {
     compound(format!(
         "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW\nDECLARE\n    origin VARCHAR2(64) := SYS_CONTEXT('CLIENTCONTEXT', 'lockstep_origin');\nBEGIN\n    IF INSERTING THEN\n        {};\n    ELSIF DELETING THEN\n        {};\n    ELSIF {same_key} THEN\n        INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"before\", \"after\", \"origin\") VALUES ({}, 'u', {}, {}, {}, origin);\n    ELSE\n        {};\n        {};\n    END IF;\nEND;",
         d.ident(&trigger_name(&t.name, "")),
-        d.ident(&t.name),
+        d.table(&t.name),
         ins("c", ":NEW", "after"),
         ins("d", ":OLD", "before"),
         lit(&t.name),
@@ -474,7 +482,7 @@ fn oracle_trigger(t: &TableDef, rows: bool) -> Statement {
 fn db2_triggers(t: &TableDef, rows: bool) -> Vec<Statement> {
     let d = Dialect::Db2;
     let ct = d.ident(CAPTURE_TABLE);
-    let tbl = d.ident(&t.name);
+    let tbl = d.table(&t.name);
     let origin =
         "CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END";
     let img = |row: &str| {
@@ -531,7 +539,7 @@ pub fn drop_triggers(d: Dialect, t: &TableDef) -> Vec<Statement> {
     match d {
         Dialect::Postgres => vec![simple(format!(
             "DROP TRIGGER IF EXISTS lockstep_capture ON {}",
-            d.ident(&t.name)
+            d.table(&t.name)
         ))],
         Dialect::MariaDb | Dialect::Sqlite => {
             let suffixes: &[&str] = if d == Dialect::Sqlite {

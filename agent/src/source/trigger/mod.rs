@@ -5,3 +5,4 @@
 //! `lockstep triggers` command come next.
 
 pub mod ddl;
+pub mod postgres;

@@ -68,6 +68,7 @@ fn names_and_quoting() {
     assert_eq!(Dialect::SqlServer.ident("a]b"), "[a]]b]");
     assert_eq!(Dialect::Postgres.ident("a\"b"), "\"a\"\"b\"");
     assert_eq!(lit("it's"), "'it''s'");
+    assert_eq!(Dialect::Postgres.table("dbo.visits"), "\"dbo\".\"visits\"");
     assert_eq!(
         Dialect::from_dbms_name("Microsoft SQL Server"),
         Some(Dialect::SqlServer)
