@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lockstep::cli::{check, Cli, Command, SpoolCommand};
+use lockstep::cli::{check, triggers, Cli, Command, SpoolCommand};
 use lockstep::config::{self, Config};
 use tokio::sync::watch;
 
@@ -21,9 +21,10 @@ fn main() -> ExitCode {
         }
     };
     let path = match &cli.command {
-        Command::Run { config } | Command::Check { config } | Command::Spool { config, .. } => {
-            config.clone().unwrap_or_else(config::default_path)
-        }
+        Command::Run { config }
+        | Command::Check { config }
+        | Command::Spool { config, .. }
+        | Command::Triggers { config, .. } => config.clone().unwrap_or_else(config::default_path),
     };
     let cfg = match Config::load(&path) {
         Ok(c) => c,
@@ -36,6 +37,23 @@ fn main() -> ExitCode {
         Command::Check { .. } => {
             let ok = rt.block_on(check::check(&cfg, &mut std::io::stdout()));
             ExitCode::from(if ok { 0 } else { 1 })
+        }
+        Command::Triggers {
+            command, source, ..
+        } => {
+            let r = rt.block_on(triggers::run(
+                &cfg,
+                source.as_deref(),
+                &command,
+                &mut std::io::stdout().lock(),
+            ));
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lockstep: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Spool { command, .. } => {
             let dir = cfg.agent.state_dir.join("spool");

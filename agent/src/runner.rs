@@ -47,6 +47,11 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(
+        "source `{0}`: kind = \"trigger\" cannot run in this build yet (its drain is not built); \
+         `lockstep triggers show|install|uninstall --source {0}` already work"
+    )]
+    NotBuilt(String),
     #[error("cannot start source {name}: {source}")]
     Source {
         name: String,
@@ -56,6 +61,13 @@ pub enum RunError {
 
 /// Runs the agent until `shutdown` turns true (or the spool fails for good).
 pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(), RunError> {
+    if let Some(s) = cfg
+        .sources
+        .iter()
+        .find(|s| matches!(s.kind, SourceKind::Trigger(_)))
+    {
+        return Err(RunError::NotBuilt(s.name.clone()));
+    }
     let state_dir = &cfg.agent.state_dir;
     let state_err = |source| RunError::StateDir {
         path: state_dir.display().to_string(),
@@ -133,6 +145,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         };
         let handle = match &s.kind {
             SourceKind::Tail(t) => tail::spawn(t.clone(), cx),
+            SourceKind::Trigger(_) => unreachable!("refused at the start of run"),
         }
         .map_err(|source| RunError::Source {
             name: s.name.clone(),

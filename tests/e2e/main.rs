@@ -8,3 +8,4 @@ mod harness;
 mod rotation;
 mod spool;
 mod tail;
+mod triggers;

@@ -3,9 +3,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, SourceKind, TriggerConfig, TriggerDb};
 use crate::sink::jetstream;
 use crate::source::tail;
+use crate::source::trigger::postgres;
 
 /// One row of the table.
 struct Row {
@@ -88,10 +89,67 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
                     rows.push(tail_path(&s.name, pattern));
                 }
             }
+            SourceKind::Trigger(t) => rows.extend(trigger_tables(&s.name, t).await),
         }
     }
     print(out, &rows);
     rows.iter().all(|r| r.ok != Some(false))
+}
+
+/// For a PostgreSQL trigger source: the connection, and each table with its key and
+/// whether its capture trigger is installed.
+async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
+    let what = format!("source {source}");
+    let TriggerDb::Postgres(conn) = &t.db else {
+        return vec![Row {
+            what,
+            target: "odbc".into(),
+            ok: None,
+            detail: "ODBC trigger sources are not checked by this build yet".into(),
+        }];
+    };
+    let client =
+        match tokio::time::timeout(Duration::from_secs(10), postgres::connect(conn.expose())).await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return vec![Row {
+                    what,
+                    target: "postgres".into(),
+                    ok: Some(false),
+                    detail: e.to_string(),
+                }]
+            }
+            Err(_) => {
+                return vec![Row {
+                    what,
+                    target: "postgres".into(),
+                    ok: Some(false),
+                    detail: "no connection within 10s".into(),
+                }]
+            }
+        };
+    let mut rows = Vec::new();
+    for table in &t.tables {
+        let (ok, detail) = match postgres::table_def(&client, table).await {
+            Err(e) => (Some(false), e.to_string()),
+            Ok(def) => match postgres::has_capture_trigger(&client, table).await {
+                Ok(true) => (Some(true), format!("key ({}), triggers installed", def.key.join(", "))),
+                Ok(false) => (
+                    Some(false),
+                    format!("key ({}), triggers not installed: run `lockstep triggers install --source {source}`", def.key.join(", ")),
+                ),
+                Err(e) => (Some(false), e.to_string()),
+            },
+        };
+        rows.push(Row {
+            what: what.clone(),
+            target: table.clone(),
+            ok,
+            detail,
+        });
+    }
+    rows
 }
 
 fn state_dir(cfg: &Config) -> Row {

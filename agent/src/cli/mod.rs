@@ -1,6 +1,7 @@
 //! The command line (SPEC §2).
 
 pub mod check;
+pub mod triggers;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,17 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show, install or remove the capture triggers of a trigger source.
+    Triggers {
+        #[command(subcommand)]
+        command: TriggersCommand,
+        /// The source (its `name` in the config).
+        #[arg(long, global = true)]
+        source: Option<String>,
+        /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Look into the offline spool (read-only; safe while the agent runs).
     Spool {
         #[command(subcommand)]
@@ -39,6 +51,16 @@ pub enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TriggersCommand {
+    /// Print the capture table and trigger DDL for the source's tables; change nothing.
+    Show,
+    /// Create the capture table and the triggers (again: upgrades them), in one transaction.
+    Install,
+    /// Drop the triggers and the capture table.
+    Uninstall,
 }
 
 #[derive(Debug, Subcommand)]

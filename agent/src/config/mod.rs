@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use lockstep_formats::{Format, Op};
 
+pub use crate::source::trigger::ddl::{Capture, Dialect};
+
 pub use self::secret::{credential_path, Secret};
 pub use self::units::{parse_duration, parse_size};
 
@@ -108,14 +110,36 @@ pub struct SourceConfig {
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     Tail(TailConfig),
+    Trigger(TriggerConfig),
 }
 
 impl SourceKind {
     pub fn name(&self) -> &'static str {
         match self {
             SourceKind::Tail(_) => "tail",
+            SourceKind::Trigger(_) => "trigger",
         }
     }
+}
+
+/// A trigger-table source (SPEC §6 "trigger").
+#[derive(Debug, Clone)]
+pub struct TriggerConfig {
+    pub db: TriggerDb,
+    pub tables: Vec<String>,
+    pub capture: Capture,
+    /// Idle poll of the capture table.
+    pub interval: Duration,
+    /// The SQL dialect, when it is not to be asked of the database.
+    pub dialect: Option<Dialect>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TriggerDb {
+    /// A tokio-postgres connection string.
+    Postgres(Secret),
+    /// An ODBC connection string (`DSN=…`).
+    Odbc(Secret),
 }
 
 #[derive(Debug, Clone)]

@@ -101,11 +101,12 @@ struct RawSource {
     csv: Option<Spanned<RawCsv>>,
     // Keys of the trigger and poll kinds and of later features: known, so that they are
     // refused with a clear message rather than as unknown keys.
-    odbc: Option<Spanned<toml::Value>>,
-    postgres: Option<Spanned<toml::Value>>,
-    tables: Option<Spanned<toml::Value>>,
-    capture: Option<Spanned<toml::Value>>,
-    interval: Option<Spanned<toml::Value>>,
+    odbc: Option<Spanned<RawSecret>>,
+    postgres: Option<Spanned<RawSecret>>,
+    tables: Option<Spanned<Vec<String>>>,
+    capture: Option<Spanned<String>>,
+    interval: Option<ConfigDuration>,
+    dialect: Option<Spanned<String>>,
     columns: Option<Spanned<toml::Value>>,
     cursor: Option<Spanned<toml::Value>>,
     full_scan_every: Option<Spanned<toml::Value>>,
@@ -378,12 +379,113 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
     })
 }
 
+fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, ConfigError> {
+    let tail_keys = [
+        ("paths", s.paths.as_ref().map(|v| v.span())),
+        ("format", s.format.as_ref().map(|v| v.span())),
+        ("table", s.table.as_ref().map(|v| v.span())),
+        ("table_field", s.table_field.as_ref().map(|v| v.span())),
+        ("key", s.key.as_ref().map(|v| v.span())),
+        ("op_field", s.op_field.as_ref().map(|v| v.span())),
+        ("op_map", s.op_map.as_ref().map(|v| v.span())),
+        ("start_at", s.start_at.as_ref().map(|v| v.span())),
+        (
+            "max_record_bytes",
+            s.max_record_bytes.as_ref().map(|v| v.span()),
+        ),
+        ("csv", s.csv.as_ref().map(|v| v.span())),
+        ("columns", s.columns.as_ref().map(|v| v.span())),
+        ("cursor", s.cursor.as_ref().map(|v| v.span())),
+        (
+            "full_scan_every",
+            s.full_scan_every.as_ref().map(|v| v.span()),
+        ),
+        ("debounce", s.debounce.as_ref().map(|v| v.span())),
+        ("map", s.map.as_ref().map(|v| v.span())),
+    ];
+    for (key, span) in tail_keys {
+        if let Some(span) = span {
+            return Err(cx.err(
+                span,
+                format!("source `{name}`: `{key}` is not a key of trigger sources"),
+            ));
+        }
+    }
+    let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
+    let db = match (&s.postgres, &s.odbc) {
+        (Some(p), None) => TriggerDb::Postgres(secret(p)?),
+        (None, Some(o)) => TriggerDb::Odbc(secret(o)?),
+        (Some(p), Some(_)) => {
+            return Err(cx.err(
+                p.span(),
+                format!("source `{name}`: give either `postgres` or `odbc`, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err(cx.err(
+                s.name.span(),
+                format!("source `{name}`: a trigger source needs `postgres = \"host=… dbname=…\"` or `odbc = \"DSN=…\"`"),
+            ))
+        }
+    };
+    let tables = match s.tables {
+        Some(t) if !t.get_ref().is_empty() => t.into_inner(),
+        Some(t) => return Err(cx.err(t.span(), format!("source `{name}`: `tables` is empty"))),
+        None => {
+            return Err(cx.err(
+                s.name.span(),
+                format!("source `{name}`: a trigger source needs `tables = [...]`"),
+            ))
+        }
+    };
+    let capture = match s.capture.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
+        None | Some(("keys", _)) => Capture::Keys,
+        Some(("rows", _)) => Capture::Rows,
+        Some((other, span)) => {
+            return Err(cx.err(
+                span,
+                format!("source `{name}`: capture `{other}`: use \"keys\" or \"rows\""),
+            ))
+        }
+    };
+    let dialect = match &s.dialect {
+        None => None,
+        Some(d) => Some(Dialect::from_name(d.get_ref()).ok_or_else(|| {
+            cx.err(
+                d.span(),
+                format!(
+                    "source `{name}`: dialect `{}`: use postgres, mariadb, sqlite, sqlserver, oracle or db2",
+                    d.get_ref()
+                ),
+            )
+        })?),
+    };
+    if matches!(db, TriggerDb::Postgres(_)) && dialect.is_some_and(|d| d != Dialect::Postgres) {
+        let d = s.dialect.as_ref().expect("checked");
+        return Err(cx.err(
+            d.span(),
+            format!("source `{name}`: a `postgres` source speaks the postgres dialect"),
+        ));
+    }
+    Ok(SourceConfig {
+        name,
+        kind: SourceKind::Trigger(TriggerConfig {
+            db,
+            tables,
+            capture,
+            interval: s.interval.map_or(Duration::from_millis(500), |d| d.0),
+            dialect,
+        }),
+    })
+}
+
 fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
     let name = s.name.get_ref().clone();
     let kind = s.kind.get_ref().as_str();
     match kind {
         "tail" => {}
-        "trigger" | "poll" => {
+        "trigger" => return trigger_source(cx, s, name),
+        "poll" => {
             return Err(cx.err(
                 s.kind.span(),
                 format!(
@@ -405,12 +507,28 @@ fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
             ));
         }
     }
+    let trigger_keys = [
+        ("odbc", s.odbc.as_ref().map(|v| v.span())),
+        ("postgres", s.postgres.as_ref().map(|v| v.span())),
+        ("tables", s.tables.as_ref().map(|v| v.span())),
+        ("capture", s.capture.as_ref().map(|v| v.span())),
+        ("dialect", s.dialect.as_ref().map(|v| v.span())),
+    ];
+    for (key, span) in trigger_keys {
+        if let Some(span) = span {
+            return Err(cx.err(
+                span,
+                format!("source `{name}`: `{key}` is not a key of tail sources"),
+            ));
+        }
+    }
+    if s.interval.is_some() {
+        return Err(cx.err(
+            s.name.span(),
+            format!("source `{name}`: `interval` is not a key of tail sources"),
+        ));
+    }
     let foreign = [
-        ("odbc", &s.odbc),
-        ("postgres", &s.postgres),
-        ("tables", &s.tables),
-        ("capture", &s.capture),
-        ("interval", &s.interval),
         ("columns", &s.columns),
         ("cursor", &s.cursor),
         ("full_scan_every", &s.full_scan_every),
@@ -588,7 +706,9 @@ mod tests {
         assert_eq!(c.nats.servers, vec!["nats://127.0.0.1:4222"]);
         assert_eq!(c.nats.max_in_flight, 4096);
         assert_eq!(c.admin.listen, Some("127.0.0.1:9187".parse().unwrap()));
-        let SourceKind::Tail(t) = &c.sources[0].kind;
+        let SourceKind::Tail(t) = &c.sources[0].kind else {
+            panic!("a tail source")
+        };
         assert_eq!(t.format, Format::Jsonl);
         assert_eq!(t.start_at, StartAt::Beginning);
         assert_eq!(t.max_record_bytes, 1 << 20);
@@ -619,6 +739,53 @@ mod tests {
         let e = parse_str(&MINIMAL.replace("table = \"t\"", "table = \"t\"\nodbc = \"DSN=X\""))
             .unwrap_err();
         assert!(e.message.contains("not a key of tail sources"), "{e}");
+    }
+
+    #[test]
+    fn trigger_sources() {
+        let base = "[agent]\nid = \"a\"\nstate_dir = \"/tmp/x\"\n[nats]\nservers = [\"nats://127.0.0.1:4222\"]\nstream = \"S\"\n[[source]]\nname = \"vista\"\nkind = \"trigger\"\n";
+        let c = parse_str(&format!(
+            "{base}postgres = \"host=db dbname=vista\"\ntables = [\"appointments\"]\ncapture = \"rows\"\ninterval = \"200ms\""
+        ))
+        .unwrap();
+        let SourceKind::Trigger(t) = &c.sources[0].kind else {
+            panic!("a trigger source")
+        };
+        assert!(matches!(&t.db, TriggerDb::Postgres(p) if p.expose() == "host=db dbname=vista"));
+        assert_eq!(t.tables, ["appointments"]);
+        assert_eq!(t.capture, Capture::Rows);
+        assert_eq!(t.interval, Duration::from_millis(200));
+        let c = parse_str(&format!(
+            "{base}odbc = \"DSN=VISTA\"\ntables = [\"a\"]\ndialect = \"db2\""
+        ))
+        .unwrap();
+        let SourceKind::Trigger(t) = &c.sources[0].kind else {
+            panic!("a trigger source")
+        };
+        assert_eq!((t.capture, t.dialect), (Capture::Keys, Some(Dialect::Db2)));
+        for (extra, msg) in [
+            ("tables = [\"a\"]", "needs `postgres"),
+            ("postgres = \"x\"", "needs `tables"),
+            (
+                "postgres = \"x\"\nodbc = \"y\"\ntables = [\"a\"]",
+                "not both",
+            ),
+            (
+                "postgres = \"x\"\ntables = [\"a\"]\ncapture = \"all\"",
+                "capture `all`",
+            ),
+            (
+                "odbc = \"x\"\ntables = [\"a\"]\ndialect = \"informix\"",
+                "dialect `informix`",
+            ),
+            (
+                "postgres = \"x\"\ntables = [\"a\"]\npaths = [\"/x\"]",
+                "not a key of trigger sources",
+            ),
+        ] {
+            let e = parse_str(&format!("{base}{extra}")).unwrap_err();
+            assert!(e.message.contains(msg), "{extra}: {e}");
+        }
     }
 
     #[test]
@@ -660,7 +827,9 @@ mod shipped {
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.agent.id, "legacy-host-01");
         assert_eq!(c.sources.len(), 1);
-        let SourceKind::Tail(t) = &c.sources[0].kind;
+        let SourceKind::Tail(t) = &c.sources[0].kind else {
+            panic!("a tail source")
+        };
         assert_eq!(t.op_map.get("cancel"), Some(&Op::Delete));
     }
 

@@ -13,6 +13,10 @@
 //! client application name (`CURRENT CLIENT_APPLNAME`) when it starts with `lockstep`.
 //! SQLite has no session state a trigger can read: its origin is always NULL.
 //!
+//! On PostgreSQL the trigger functions keep the search_path of the session that installed
+//! them (`SET search_path FROM CURRENT`), so changes made by sessions with any other
+//! search_path still land in the same capture table.
+//!
 //! Statements are generated in the order they must run; each `install` statement is
 //! idempotent (create-if-missing, or drop-and-create for triggers), so running
 //! `install` again upgrades the triggers to the table's current columns.
@@ -173,7 +177,8 @@ pub fn create_capture_table(d: Dialect) -> Vec<Statement> {
                 "CREATE TABLE IF NOT EXISTS {t} (\n    seq bigserial PRIMARY KEY,\n    tbl text NOT NULL,\n    op char(1) NOT NULL,\n    pk json NOT NULL,\n    before json,\n    after json,\n    changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),\n    origin text\n)"
             )),
             compound(format!(
-                "CREATE OR REPLACE FUNCTION lockstep_capture() RETURNS trigger LANGUAGE plpgsql AS $lockstep$\n\
+                "CREATE OR REPLACE FUNCTION lockstep_capture() RETURNS trigger LANGUAGE plpgsql\n\
+                 SET search_path FROM CURRENT AS $lockstep$\n\
                  DECLARE\n\
                  \x20   rows boolean := TG_ARGV[0] = 'rows';\n\
                  \x20   tbl text := TG_ARGV[1];\n\
@@ -207,7 +212,8 @@ pub fn create_capture_table(d: Dialect) -> Vec<Statement> {
                  $lockstep$"
             )),
             compound(
-                "CREATE OR REPLACE FUNCTION lockstep_notify() RETURNS trigger LANGUAGE plpgsql AS $lockstep$\n\
+                "CREATE OR REPLACE FUNCTION lockstep_notify() RETURNS trigger LANGUAGE plpgsql\n\
+                 SET search_path FROM CURRENT AS $lockstep$\n\
                  BEGIN\n\
                  \x20   PERFORM pg_notify('lockstep_changes', '');\n\
                  \x20   RETURN NULL;\n\

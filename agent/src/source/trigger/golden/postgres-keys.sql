@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS "lockstep_changes" (
     origin text
 );
 
-CREATE OR REPLACE FUNCTION lockstep_capture() RETURNS trigger LANGUAGE plpgsql AS $lockstep$
+CREATE OR REPLACE FUNCTION lockstep_capture() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $lockstep$
 DECLARE
     rows boolean := TG_ARGV[0] = 'rows';
     tbl text := TG_ARGV[1];
@@ -44,7 +45,8 @@ BEGIN
 END
 $lockstep$;
 
-CREATE OR REPLACE FUNCTION lockstep_notify() RETURNS trigger LANGUAGE plpgsql AS $lockstep$
+CREATE OR REPLACE FUNCTION lockstep_notify() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $lockstep$
 BEGIN
     PERFORM pg_notify('lockstep_changes', '');
     RETURN NULL;

@@ -1,0 +1,110 @@
+//! `lockstep triggers show|install|uninstall --source NAME`.
+
+use std::io::Write;
+
+use crate::config::{Config, Dialect, SourceKind, TriggerDb};
+use crate::source::trigger::{ddl, postgres};
+
+use super::TriggersCommand;
+
+/// Runs the command; the error is the message for the operator.
+pub async fn run(
+    cfg: &Config,
+    source: Option<&str>,
+    command: &TriggersCommand,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let triggers: Vec<_> = cfg
+        .sources
+        .iter()
+        .filter(|s| matches!(s.kind, SourceKind::Trigger(_)))
+        .collect();
+    let s = match source {
+        Some(name) => cfg
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no source named `{name}` in {}", cfg.path.display()))?,
+        None if triggers.len() == 1 => triggers[0],
+        None => {
+            return Err(format!(
+                "say which source with --source (trigger sources in {}: {})",
+                cfg.path.display(),
+                triggers
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    };
+    let SourceKind::Trigger(t) = &s.kind else {
+        return Err(format!(
+            "source `{}` is of kind `{}`; triggers are for kind = \"trigger\"",
+            s.name,
+            s.kind.name()
+        ));
+    };
+    let TriggerDb::Postgres(conn) = &t.db else {
+        return Err(format!(
+            "source `{}`: trigger sources over ODBC are not in this build yet (PostgreSQL sources are)",
+            s.name
+        ));
+    };
+    let mut client = postgres::connect(conn.expose())
+        .await
+        .map_err(|e| format!("source `{}`: {e}", s.name))?;
+    let d = Dialect::Postgres;
+    match command {
+        TriggersCommand::Uninstall => {
+            let defs: Vec<ddl::TableDef> = t
+                .tables
+                .iter()
+                .map(|name| ddl::TableDef {
+                    name: name.clone(),
+                    key: Vec::new(),
+                    columns: Vec::new(),
+                })
+                .collect();
+            postgres::apply(&mut client, &ddl::uninstall(d, &defs))
+                .await
+                .map_err(|e| format!("source `{}`: {e}", s.name))?;
+            let _ = writeln!(
+                out,
+                "source {}: removed the capture triggers of {} table(s) and {}",
+                s.name,
+                defs.len(),
+                ddl::CAPTURE_TABLE
+            );
+        }
+        TriggersCommand::Show | TriggersCommand::Install => {
+            let mut defs = Vec::with_capacity(t.tables.len());
+            for name in &t.tables {
+                defs.push(
+                    postgres::table_def(&client, name)
+                        .await
+                        .map_err(|e| format!("source `{}`: {e}", s.name))?,
+                );
+            }
+            let stmts = ddl::install(d, &defs, t.capture);
+            if matches!(command, TriggersCommand::Show) {
+                let _ = write!(out, "{}", ddl::script(d, &stmts));
+                return Ok(());
+            }
+            postgres::apply(&mut client, &stmts)
+                .await
+                .map_err(|e| format!("source `{}`: {e}", s.name))?;
+            let _ = writeln!(
+                out,
+                "source {}: {} and capture triggers installed on {}",
+                s.name,
+                ddl::CAPTURE_TABLE,
+                defs.iter()
+                    .map(|d| format!("{} (key {})", d.name, d.key.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(())
+}
