@@ -1,17 +1,5 @@
 //! `lockstep check` and config errors, through the real binary.
-
-use std::process::Command;
-
 use crate::harness::*;
-
-fn lockstep(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(lockstep_bin()).args(args).output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn check_passes_against_a_live_broker_and_existing_files() {

@@ -28,6 +28,16 @@ pub fn lockstep_bin() -> PathBuf {
     p
 }
 
+/// Runs the `lockstep` binary with `args`: (exit code, stdout, stderr).
+pub fn lockstep(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(lockstep_bin()).args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// A nats-server with JetStream on a random port, with its own store; killed on drop.
 pub struct Nats {
     child: Option<Child>,

@@ -5,15 +5,6 @@ use std::process::Command;
 
 use crate::harness::*;
 
-fn lockstep(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(lockstep_bin()).args(args).output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// Runs SQL with psql; returns its unaligned output.
 fn psql(sql: &str) -> String {
     let o = Command::new("psql")

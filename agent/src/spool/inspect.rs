@@ -35,13 +35,8 @@ pub fn summarize(dir: &Path) -> io::Result<Summary> {
         Some(Err(why)) => s.ledger_problem = Some(why),
         None => {}
     }
-    for (_, path) in list_segments(dir)? {
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            // Deleted by the agent since the listing: it was fully acknowledged.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
+    for (_, data) in segments(dir)? {
+        let data = data?;
         let scan = scan_segment(&data);
         s.segments += 1;
         s.bytes_on_disk += data.len() as u64;
@@ -119,12 +114,8 @@ pub fn export(dir: &Path, all: bool, out: &mut dyn Write) -> io::Result<u64> {
     let mut reader = FrameReader::new()?;
     let mut line = Vec::with_capacity(1024);
     let mut n = 0;
-    for (_, path) in list_segments(dir)? {
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
+    for (path, data) in segments(dir)? {
+        let data = data?;
         for f in scan_segment(&data).frames {
             if f.last_seq() <= acked {
                 continue;
@@ -164,6 +155,19 @@ pub fn export(dir: &Path, all: bool, out: &mut dyn Write) -> io::Result<u64> {
         }
     }
     Ok(n)
+}
+
+/// Each segment file with its bytes, oldest first; files the agent deleted since the
+/// listing (fully acknowledged) are left out.
+fn segments(
+    dir: &Path,
+) -> io::Result<impl Iterator<Item = (std::path::PathBuf, io::Result<Vec<u8>>)>> {
+    Ok(list_segments(dir)?
+        .into_iter()
+        .filter_map(|(_, path)| match std::fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            r => Some((path, r)),
+        }))
 }
 
 fn human_bytes(b: u64) -> String {
