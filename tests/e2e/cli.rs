@@ -1,4 +1,5 @@
 //! `lockstep check` and config errors, through the real binary.
+
 use crate::harness::*;
 
 #[test]
