@@ -20,7 +20,7 @@ use crate::config::{Config, SourceKind};
 use crate::pipeline::{AckWatermark, Encoder};
 use crate::sink::jetstream::{self, SinkError};
 use crate::sink::publisher::Publisher;
-use crate::source::{tail, SourceContext};
+use crate::source::{tail, trigger, SourceContext};
 use crate::spool::disk::RealDisk;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 
@@ -47,11 +47,6 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error(
-        "source `{0}`: kind = \"trigger\" cannot run in this build yet (its drain is not built); \
-         `lockstep triggers show|install|uninstall --source {0}` already work"
-    )]
-    NotBuilt(String),
     #[error("cannot start source {name}: {source}")]
     Source {
         name: String,
@@ -61,13 +56,6 @@ pub enum RunError {
 
 /// Runs the agent until `shutdown` turns true (or the spool fails for good).
 pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(), RunError> {
-    if let Some(s) = cfg
-        .sources
-        .iter()
-        .find(|s| matches!(s.kind, SourceKind::Trigger(_)))
-    {
-        return Err(RunError::NotBuilt(s.name.clone()));
-    }
     let state_dir = &cfg.agent.state_dir;
     let state_err = |source| RunError::StateDir {
         path: state_dir.display().to_string(),
@@ -145,7 +133,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         };
         let handle = match &s.kind {
             SourceKind::Tail(t) => tail::spawn(t.clone(), cx),
-            SourceKind::Trigger(_) => unreachable!("refused at the start of run"),
+            SourceKind::Trigger(t) => trigger::spawn(t.clone(), cx),
         }
         .map_err(|source| RunError::Source {
             name: s.name.clone(),

@@ -183,6 +183,15 @@ impl World {
 
     /// Writes a config with one tail source (`source_extra` is added to it) and returns its path.
     pub fn config(&self, source_extra: &str) -> PathBuf {
+        self.config_with(&format!(
+            "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/*.log\"]\n\
+             stat_interval = \"200ms\"\nrotate_wait = \"1s\"\n{source_extra}\n",
+            self.logs().display()
+        ))
+    }
+
+    /// Writes a config with `sources` (TOML `[[source]]` tables) and returns its path.
+    pub fn config_with(&self, sources: &str) -> PathBuf {
         let text = format!(
             r#"[agent]
 id = "e2e"
@@ -201,19 +210,12 @@ ack_timeout = "2s"
 [admin]
 listen = "{admin}"
 
-[[source]]
-name = "vista"
-kind = "tail"
-paths = ["{logs}/*.log"]
-stat_interval = "200ms"
-rotate_wait = "1s"
-{source_extra}
+{sources}
 "#,
             state = self.dir().join("state").display(),
             url = self.nats.url(),
             stream = self.stream,
             prefix = self.prefix,
-            logs = self.logs().display(),
             nats_extra = self.nats_extra,
             agent_extra = self.agent_extra,
             admin = self

@@ -3,6 +3,7 @@
 
 mod auth;
 mod broker;
+mod capture;
 mod cli;
 mod harness;
 mod rotation;

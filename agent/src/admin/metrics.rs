@@ -26,6 +26,10 @@ pub struct SourceCounters {
     /// Seconds since the oldest event not yet acknowledged was captured.
     pub lag_seconds: AtomicI64,
     pub checkpoint_errors: AtomicU64,
+    /// 1 while a database source is connected (trigger, poll); 1 for sources without one.
+    pub db_up: AtomicU64,
+    /// Connections to the source's database lost (or refused) since start.
+    pub db_errors: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +117,7 @@ impl Metrics {
             }
         }
         type SourceField = fn(&SourceCounters) -> u64;
-        let per_source: [(&str, &str, &str, SourceField); 6] = [
+        let per_source: [(&str, &str, &str, SourceField); 8] = [
             (
                 "lockstep_quarantined_records_total",
                 "counter",
@@ -149,6 +153,18 @@ impl Metrics {
                 "gauge",
                 "Age of the oldest event not yet acknowledged.",
                 |c| c.lag_seconds.load(Ordering::Relaxed).max(0) as u64,
+            ),
+            (
+                "lockstep_source_db_connected",
+                "gauge",
+                "1 while the source's database connection is up (trigger sources).",
+                |c| c.db_up.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_source_db_errors_total",
+                "counter",
+                "Database connections of the source lost or refused (each retried with backoff).",
+                |c| c.db_errors.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, field) in per_source {

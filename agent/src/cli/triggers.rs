@@ -62,8 +62,7 @@ pub async fn run(
                 .iter()
                 .map(|name| ddl::TableDef {
                     name: name.clone(),
-                    key: Vec::new(),
-                    columns: Vec::new(),
+                    ..ddl::TableDef::default()
                 })
                 .collect();
             postgres::apply(&mut client, &ddl::uninstall(d, &defs))

@@ -116,12 +116,17 @@ pub enum Capture {
 }
 
 /// A captured table as the database describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableDef {
     pub name: String,
     pub key: Vec<String>,
     /// Every column, key included, in table order.
     pub columns: Vec<String>,
+    /// Binary columns: their JSON values arrive as hex text and are sent as binary.
+    pub binary: Vec<String>,
+    /// Date and time columns whose JSON text separates date and time with a space
+    /// (MariaDB): sent as ISO-8601, with a `T`.
+    pub timestamps: Vec<String>,
 }
 
 /// One statement, and whether it is a compound block (a body with its own `;`s) that
@@ -265,11 +270,15 @@ pub fn drop_capture_table(d: Dialect) -> Vec<Statement> {
 
 /// A JSON object of `cols` of the row `row` (`NEW`/`OLD` or a table alias), in the
 /// dialect's JSON function.
-fn json_object(d: Dialect, row: &str, cols: &[String]) -> String {
+pub(crate) fn json_object(d: Dialect, row: &str, cols: &[String]) -> String {
     let pairs: Vec<String> = cols
         .iter()
         .map(|c| {
-            let v = format!("{row}.{}", d.ident(c));
+            let mut v = format!("{row}.{}", d.ident(c));
+            if d == Dialect::Sqlite {
+                // json_object refuses BLOBs (and the write that fired the trigger with it).
+                v = format!("CASE WHEN typeof({v}) = 'blob' THEN hex({v}) ELSE {v} END");
+            }
             match d {
                 Dialect::Oracle => format!("{} VALUE {v}", lit(c)),
                 Dialect::Db2 => format!("KEY {} VALUE {v}", lit(c)),

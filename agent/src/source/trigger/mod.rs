@@ -1,8 +1,44 @@
 //! Trigger-table capture (SPEC §6 "trigger"): triggers write each change into the
 //! capture table `lockstep_changes`, and the source drains it in `seq` order.
 //!
-//! Built so far: the DDL in every dialect ([`ddl`]). The draining source and the
-//! `lockstep triggers` command come next.
+//! [`ddl`] makes the capture table and triggers in each dialect; [`drain`] reads,
+//! publishes and deletes, over a [`postgres`] connection (woken by `NOTIFY`) or an
+//! [`odbc`] one (polled).
 
 pub mod ddl;
+pub mod drain;
+pub mod odbc;
 pub mod postgres;
+
+use crate::config::{TriggerConfig, TriggerDb};
+use crate::source::SourceContext;
+
+/// Starts a trigger source on its own thread.
+pub fn spawn(
+    cfg: TriggerConfig,
+    cx: SourceContext,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let name = cx.name.clone();
+    let tables = cfg.tables.clone();
+    let connect: drain::Connect = match &cfg.db {
+        TriggerDb::Postgres(conn) => {
+            let conn = conn.clone();
+            let rt = cx.runtime.clone();
+            Box::new(move || {
+                postgres::PgCapture::open(&rt, conn.expose(), &name, &tables)
+                    .map(|c| Box::new(c) as Box<dyn drain::CaptureDb>)
+            })
+        }
+        TriggerDb::Odbc(conn) => {
+            let conn = conn.clone();
+            let dialect = cfg.dialect;
+            Box::new(move || {
+                odbc::OdbcCapture::open(conn.expose(), dialect, &name, &tables)
+                    .map(|c| Box::new(c) as Box<dyn drain::CaptureDb>)
+            })
+        }
+    };
+    std::thread::Builder::new()
+        .name(format!("trigger:{}", cx.name))
+        .spawn(move || drain::Drain::new(cfg, cx, connect).run())
+}

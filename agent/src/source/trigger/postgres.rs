@@ -1,10 +1,17 @@
 //! PostgreSQL, natively (tokio-postgres): connecting, reading table definitions from the
 //! catalog, and applying capture DDL in one transaction.
 
-use thiserror::Error;
-use tokio_postgres::{Client, NoTls};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::ddl::{Statement, TableDef};
+use thiserror::Error;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
+
+use super::ddl::{Dialect, Statement, TableDef, CAPTURE_TABLE};
+use super::drain::{CaptureDb, ChangeRow, DbError};
 
 #[derive(Debug, Error)]
 pub enum PgError {
@@ -17,6 +24,11 @@ pub enum PgError {
          (add a primary key, or capture this table with kind = \"poll\" and a configured `key`)"
     )]
     NoKey(String),
+    #[error(
+        "the capture table lockstep_changes does not exist (or is not visible with the connection's \
+         search_path): run `lockstep triggers install --source {0}`"
+    )]
+    NoCaptureTable(String),
     #[error("PostgreSQL: {what}: {}", describe(.source))]
     Query {
         what: String,
@@ -45,15 +57,35 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 
 /// Connects; the connection runs on a task of its own until the client is dropped.
 pub async fn connect(conn: &str) -> Result<Client, PgError> {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls)
+    connect_woken(conn).await.map(|(client, _)| client)
+}
+
+/// Connects, and wakes the returned `Notify` on each notification (after `LISTEN`) and
+/// when the connection closes.
+async fn connect_woken(conn: &str) -> Result<(Client, Arc<Notify>), PgError> {
+    let (client, mut connection) = tokio_postgres::connect(conn, NoTls)
         .await
         .map_err(PgError::Connect)?;
+    let wake = Arc::new(Notify::new());
+    let w = wake.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("PostgreSQL connection closed: {e}");
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => w.notify_one(),
+                Some(Ok(AsyncMessage::Notice(n))) => {
+                    tracing::debug!("PostgreSQL notice: {}", n.message())
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!("PostgreSQL connection closed: {e}");
+                    break;
+                }
+                None => break,
+            }
         }
+        w.notify_one();
     });
-    Ok(client)
+    Ok((client, wake))
 }
 
 /// The columns and primary key of `table` (a name or `schema.name`, as in SQL).
@@ -68,15 +100,18 @@ pub async fn table_def(client: &Client, table: &str) -> Result<TableDef, PgError
         .map_err(q("look up"))?
         .get(0);
     let oid = oid.ok_or_else(|| PgError::NoTable(table.to_owned()))?;
-    let columns: Vec<String> = client
+    let rows = client
         .query(
-            "SELECT attname::text FROM pg_attribute \
+            "SELECT attname::text, atttypid = 'bytea'::regtype FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&oid],
         )
         .await
-        .map_err(q("read the columns"))?
+        .map_err(q("read the columns"))?;
+    let columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let binary: Vec<String> = rows
         .iter()
+        .filter(|r| r.get::<_, bool>(1))
         .map(|r| r.get(0))
         .collect();
     let key: Vec<String> = client
@@ -99,6 +134,8 @@ pub async fn table_def(client: &Client, table: &str) -> Result<TableDef, PgError
         name: table.to_owned(),
         key,
         columns,
+        binary,
+        timestamps: Vec::new(),
     })
 }
 
@@ -138,6 +175,197 @@ pub async fn apply(client: &mut Client, stmts: &[Statement]) -> Result<(), PgErr
         what: "commit".into(),
         source,
     })
+}
+
+/// A drain connection: reads the capture table, woken by `NOTIFY lockstep_changes`.
+pub struct PgCapture {
+    client: Client,
+    rt: Handle,
+    wake: Arc<Notify>,
+    tables: Vec<TableDef>,
+    epoch: String,
+    sweep: tokio_postgres::Statement,
+    fresh: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+    current: HashMap<String, tokio_postgres::Statement>,
+}
+
+impl PgCapture {
+    /// Connects, checks the capture table, reads the tables' definitions and listens.
+    pub fn open(rt: &Handle, conn: &str, source: &str, tables: &[String]) -> Result<Self, DbError> {
+        rt.block_on(Self::open_async(rt, conn, source, tables))
+            .map_err(|e| DbError(e.to_string()))
+    }
+
+    async fn open_async(
+        rt: &Handle,
+        conn: &str,
+        source: &str,
+        tables: &[String],
+    ) -> Result<Self, PgError> {
+        let (client, wake) = connect_woken(conn).await?;
+        let q = |what: &'static str| move |source| PgError::Query {
+            what: what.into(),
+            source,
+        };
+        let oid: Option<u32> = client
+            .query_one("SELECT to_regclass($1)::oid", &[&CAPTURE_TABLE])
+            .await
+            .map_err(q("look up the capture table"))?
+            .get(0);
+        let Some(oid) = oid else {
+            return Err(PgError::NoCaptureTable(source.to_owned()));
+        };
+        let mut defs = Vec::with_capacity(tables.len());
+        for t in tables {
+            defs.push(table_def(&client, t).await?);
+        }
+        client
+            .batch_execute(&format!("LISTEN {CAPTURE_TABLE}"))
+            .await
+            .map_err(q("listen for changes"))?;
+        let ct = Dialect::Postgres.ident(CAPTURE_TABLE);
+        let sweep = client
+            .prepare(&format!("SELECT seq FROM {ct} WHERE seq <= $1 ORDER BY seq"))
+            .await
+            .map_err(q("prepare reading the capture table"))?;
+        let fresh = client
+            .prepare(&format!(
+                "SELECT seq, tbl, op, pk::text, before::text, after::text, \
+                 (extract(epoch FROM changed_at) * 1000)::int8, origin \
+                 FROM {ct} WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"
+            ))
+            .await
+            .map_err(q("prepare reading the capture table"))?;
+        let delete = client
+            .prepare(&format!("DELETE FROM {ct} WHERE seq = ANY($1)"))
+            .await
+            .map_err(q("prepare deleting from the capture table"))?;
+        Ok(PgCapture {
+            client,
+            rt: rt.clone(),
+            wake,
+            tables: defs,
+            epoch: format!("pg{oid}"),
+            sweep,
+            fresh,
+            delete,
+            current: HashMap::new(),
+        })
+    }
+}
+
+fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> DbError + '_ {
+    move |e| DbError(format!("PostgreSQL: {what}: {}", describe(&e)))
+}
+
+impl CaptureDb for PgCapture {
+    fn tables(&self) -> &[TableDef] {
+        &self.tables
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn read(
+        &mut self,
+        cursor: i64,
+        in_flight: &HashSet<i64>,
+        limit: usize,
+        out: &mut Vec<ChangeRow>,
+    ) -> Result<(), DbError> {
+        let (client, sweep, fresh) = (&mut self.client, &self.sweep, &self.fresh);
+        self.rt.block_on(async {
+            let what = "read the capture table";
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(db_err(what))?;
+            let late: Vec<i64> = if cursor > 0 {
+                tx.query(sweep, &[&cursor])
+                    .await
+                    .map_err(db_err(what))?
+                    .iter()
+                    .map(|r| r.get::<_, i64>(0))
+                    .filter(|s| !in_flight.contains(s))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let n = (limit + late.len()) as i64;
+            let rows = tx
+                .query(fresh, &[&cursor, &late, &n])
+                .await
+                .map_err(db_err(what))?;
+            tx.commit().await.map_err(db_err(what))?;
+            out.extend(rows.iter().map(|r| ChangeRow {
+                seq: r.get(0),
+                table: r.get(1),
+                op: r.get(2),
+                pk: r.get(3),
+                before: r.get(4),
+                after: r.get(5),
+                changed_ms: r.get(6),
+                origin: r.get(7),
+            }));
+            Ok(())
+        })
+    }
+
+    fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError> {
+        let mut arg = String::with_capacity(pks.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
+        arg.push('[');
+        arg.push_str(&pks.join(","));
+        arg.push(']');
+        let (client, cache) = (&self.client, &mut self.current);
+        self.rt.block_on(async {
+            let what = format!("read the current rows of `{}`", table.name);
+            if !cache.contains_key(&table.name) {
+                let d = Dialect::Postgres;
+                let t = d.table(&table.name);
+                let keys = table
+                    .key
+                    .iter()
+                    .map(|k| d.ident(k))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let st = client
+                    .prepare(&format!(
+                        "SELECT row_to_json(t)::text FROM {t} t WHERE ({keys}) IN \
+                         (SELECT {keys} FROM json_populate_recordset(NULL::{t}, $1::text::json))"
+                    ))
+                    .await
+                    .map_err(db_err(&what))?;
+                cache.insert(table.name.clone(), st);
+            }
+            let rows = client
+                .query(&cache[&table.name], &[&arg])
+                .await
+                .map_err(db_err(&what))?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {
+        self.rt
+            .block_on(self.client.execute(&self.delete, &[&seqs]))
+            .map(|_| ())
+            .map_err(db_err("delete drained rows from the capture table"))
+    }
+
+    fn wait(&mut self, timeout: Duration) -> bool {
+        if self.client.is_closed() {
+            return true;
+        }
+        let wake = self.wake.clone();
+        self.rt
+            .block_on(async { tokio::time::timeout(timeout, wake.notified()).await })
+            .is_ok()
+    }
 }
 
 fn first_line(sql: &str) -> &str {

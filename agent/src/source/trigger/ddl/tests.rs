@@ -12,11 +12,13 @@ fn tables() -> Vec<TableDef> {
             name: "appointments".into(),
             key: vec!["id".into()],
             columns: vec!["id".into(), "clinic".into(), "fee".into()],
+            ..TableDef::default()
         },
         TableDef {
             name: "clinics".into(),
             key: vec!["region".into(), "code".into()],
             columns: vec!["region".into(), "code".into(), "name".into()],
+            ..TableDef::default()
         },
     ]
 }

@@ -1,0 +1,797 @@
+//! The drain: reads `lockstep_changes` in `seq` order, publishes one event per change
+//! (or, with `capture = "keys"`, one per changed key of a batch), and deletes exactly the
+//! rows it read once the sink has acknowledged (or durably spooled) their events.
+//!
+//! **Late commits.** `seq` is taken when a trigger fires, but transactions commit in
+//! their own order: a row with a lower `seq` can appear after higher ones were read. So
+//! the drain never deletes or skips by range. It remembers the highest `seq` it has read
+//! (the cursor) and every row it has read but not yet deleted (in flight); each read is
+//! one snapshot of the table that returns the rows above the cursor *and* any row at or
+//! below it that is not in flight — a late commit. Late rows are published as soon as
+//! they are seen, before the newer rows of the same read.
+//!
+//! **Exactly once.** An event's position is the capture table's identity and the `seq`
+//! of its (last) row, so its `Nats-Msg-Id` is the same every time it is sent. Rows are
+//! deleted only after the watermark passes their event; a crash between the ack and the
+//! delete re-reads them at the next start and JetStream drops the repeats.
+//!
+//! **Keys mode.** Rows of the same key in one read become one event carrying the row as
+//! it is now (one read of the table per batch); a key whose row is gone becomes a delete.
+//!
+//! **Origin.** Rows written by a session that set lockstep's origin marker are deleted
+//! without being published.
+//!
+//! **Connection loss.** Any database error drops the connection; the drain reconnects
+//! with backoff, reports it in `/status` and in `lockstep_source_db_connected`, and goes
+//! on from where it was: rows not yet deleted are still in the table.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockstep_formats::json::{encode_value, parse_object};
+use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
+
+use super::ddl::{Capture, TableDef};
+use crate::admin::metrics::TableCounters;
+use crate::config::TriggerConfig;
+use crate::pipeline::quarantine::{BadRecord, Quarantine};
+use crate::pipeline::{now_ms, Batch, Outgoing};
+use crate::sink::backoff;
+use crate::source::{SourceContext, BATCH_SIZE};
+
+/// Rows read but not yet deleted, at most: past this the drain waits for acks.
+const MAX_IN_FLIGHT: usize = 8 * BATCH_SIZE;
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One row of `lockstep_changes`.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub table: String,
+    pub op: String,
+    pub pk: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// When the trigger fired (ms since epoch), where the database can say.
+    pub changed_ms: Option<i64>,
+    pub origin: Option<String>,
+}
+
+/// A database error, already worded for the operator.
+#[derive(Debug)]
+pub struct DbError(pub String);
+
+/// One connection to the captured database, in its dialect.
+pub trait CaptureDb: Send {
+    /// The definitions of the captured tables, read when the connection was made.
+    fn tables(&self) -> &[TableDef];
+    /// Identifies this capture table (it changes when the table is dropped and made
+    /// again, so that its restarted `seq`s do not repeat message ids).
+    fn epoch(&self) -> &str;
+    /// In one snapshot: the rows with `seq > cursor` (at most `limit`) and the rows with
+    /// `seq <= cursor` that are not in `in_flight`, all in `seq` order.
+    fn read(
+        &mut self,
+        cursor: i64,
+        in_flight: &HashSet<i64>,
+        limit: usize,
+        out: &mut Vec<ChangeRow>,
+    ) -> Result<(), DbError>;
+    /// The current rows (as JSON objects) of the keys `pks` (JSON objects) of `table`;
+    /// keys without a row are left out.
+    fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError>;
+    /// Deletes the rows with these `seq`s.
+    fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
+    /// Waits up to `timeout` for news of a change; true when woken by one.
+    fn wait(&mut self, timeout: Duration) -> bool;
+}
+
+/// Opens a connection (and reads the table definitions).
+pub type Connect = Box<dyn FnMut() -> Result<Box<dyn CaptureDb>, DbError> + Send>;
+
+struct TableOut {
+    def: TableDef,
+    name: Arc<str>,
+    subject: String,
+    counters: Arc<TableCounters>,
+}
+
+/// Capture rows whose event is `seq`: deleted once the watermark reaches it.
+struct Pending {
+    seq: u64,
+    rows: Vec<i64>,
+    captured_ms: i64,
+}
+
+/// A changed key of one read (`capture = "keys"`).
+struct Group {
+    table: usize,
+    pk: String,
+    first_op: String,
+    last_seq: i64,
+    changed_ms: Option<i64>,
+    rows: Vec<i64>,
+}
+
+pub struct Drain {
+    cfg: TriggerConfig,
+    cx: SourceContext,
+    connect: Connect,
+    db: Option<Box<dyn CaptureDb>>,
+    tables: Vec<TableOut>,
+    by_name: HashMap<String, usize>,
+    epoch: String,
+    cursor: i64,
+    in_flight: HashSet<i64>,
+    pending: VecDeque<Pending>,
+    to_delete: Vec<i64>,
+    seq: u64,
+    batch: Vec<Outgoing>,
+    rows: Vec<ChangeRow>,
+    quarantine: Quarantine,
+    agent: Arc<str>,
+    name: Arc<str>,
+    kind: Arc<str>,
+    attempt: usize,
+    retry_at: Instant,
+    last_read: Option<Instant>,
+    /// The last read was a full batch: read again at once.
+    backlog: bool,
+    woken: bool,
+    last_error: Option<String>,
+    status_at: Instant,
+}
+
+/// The sink stopped taking batches: the agent is shutting down.
+struct Stopping;
+
+enum Fail {
+    Stopping,
+    Db(DbError),
+}
+
+impl From<DbError> for Fail {
+    fn from(e: DbError) -> Self {
+        Fail::Db(e)
+    }
+}
+
+impl Drain {
+    pub fn new(cfg: TriggerConfig, cx: SourceContext, connect: Connect) -> Self {
+        Drain {
+            quarantine: Quarantine::new(&cx.state_dir, &cx.name),
+            agent: Arc::from(cx.agent_id.as_str()),
+            name: Arc::from(cx.name.as_str()),
+            kind: Arc::from("trigger"),
+            cfg,
+            cx,
+            connect,
+            db: None,
+            tables: Vec::new(),
+            by_name: HashMap::new(),
+            epoch: String::new(),
+            cursor: 0,
+            in_flight: HashSet::new(),
+            pending: VecDeque::new(),
+            to_delete: Vec::new(),
+            seq: 0,
+            batch: Vec::with_capacity(BATCH_SIZE),
+            rows: Vec::with_capacity(BATCH_SIZE),
+            attempt: 0,
+            retry_at: Instant::now(),
+            last_read: None,
+            backlog: false,
+            woken: false,
+            last_error: None,
+            status_at: Instant::now(),
+        }
+    }
+
+    pub fn run(mut self) {
+        self.cx.counters.db_up.store(0, Ordering::Relaxed);
+        loop {
+            if *self.cx.shutdown.borrow() {
+                break;
+            }
+            self.apply_acks();
+            if self.db.is_none() {
+                if Instant::now() < self.retry_at {
+                    std::thread::sleep(Duration::from_millis(20));
+                    self.publish_status(false);
+                    continue;
+                }
+                self.open();
+                continue;
+            }
+            match self.step() {
+                Ok(()) => {}
+                Err(Fail::Stopping) => break,
+                Err(Fail::Db(e)) => self.lost(e),
+            }
+            self.publish_status(false);
+        }
+        self.finish();
+    }
+
+    fn open(&mut self) {
+        match (self.connect)() {
+            Ok(db) => {
+                if !self.epoch.is_empty() && self.epoch != db.epoch() {
+                    tracing::warn!(
+                        "source {}: the capture table was made anew (it was {}, now {}); reading it from the start",
+                        self.name,
+                        self.epoch,
+                        db.epoch()
+                    );
+                    self.cursor = 0;
+                    self.in_flight.clear();
+                    self.to_delete.clear();
+                }
+                self.epoch = db.epoch().to_owned();
+                self.set_tables(db.tables());
+                if self.attempt > 0 {
+                    tracing::info!("source {}: connected to the database again", self.name);
+                } else {
+                    tracing::info!(
+                        "source {}: draining the capture table of {} table(s)",
+                        self.name,
+                        self.tables.len()
+                    );
+                }
+                self.attempt = 0;
+                self.last_error = None;
+                self.db = Some(db);
+                self.woken = true;
+                self.cx.counters.db_up.store(1, Ordering::Relaxed);
+            }
+            Err(e) => self.lost(e),
+        }
+    }
+
+    /// Drops the connection and schedules the next attempt.
+    fn lost(&mut self, e: DbError) {
+        self.db = None;
+        self.attempt += 1;
+        let wait = backoff::delay(self.attempt, MAX_BACKOFF);
+        self.retry_at = Instant::now() + wait;
+        self.cx.counters.db_up.store(0, Ordering::Relaxed);
+        self.cx.counters.db_errors.fetch_add(1, Ordering::Relaxed);
+        // Log the first failure of an outage and then every tenth, not each retry.
+        if self.attempt == 1 || self.attempt % 10 == 0 {
+            tracing::warn!(
+                source = &*self.name,
+                "source {}: {}; retrying in {:.1} s (attempt {})",
+                self.name,
+                e.0,
+                wait.as_secs_f64(),
+                self.attempt
+            );
+        }
+        self.last_error = Some(e.0);
+        self.publish_status(true);
+    }
+
+    fn set_tables(&mut self, defs: &[TableDef]) {
+        for def in defs {
+            match self.by_name.get(&def.name) {
+                Some(&i) => self.tables[i].def = def.clone(),
+                None => {
+                    self.by_name.insert(def.name.clone(), self.tables.len());
+                    self.tables.push(TableOut {
+                        def: def.clone(),
+                        name: Arc::from(def.name.as_str()),
+                        subject: self.cx.encoder.subject(&def.name),
+                        counters: self.cx.metrics.table(&self.cx.name, &def.name),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Deletes what is acknowledged, reads what is new, and waits when there is nothing.
+    fn step(&mut self) -> Result<(), Fail> {
+        self.delete_acked()?;
+        let due = self.backlog
+            || self.woken
+            || self
+                .last_read
+                .is_none_or(|t| t.elapsed() >= self.cfg.interval);
+        if due && self.in_flight.len() < MAX_IN_FLIGHT {
+            self.read()?;
+            if self.flush().is_err() {
+                return Err(Fail::Stopping);
+            }
+            if self.backlog {
+                return Ok(());
+            }
+        }
+        let timeout = if !self.pending.is_empty() || !self.to_delete.is_empty() {
+            Duration::from_millis(5)
+        } else {
+            let since = self.last_read.map_or(Duration::ZERO, |t| t.elapsed());
+            self.cfg.interval.saturating_sub(since)
+        };
+        let db = self.db.as_mut().expect("connected");
+        self.woken |= db.wait(timeout);
+        Ok(())
+    }
+
+    fn delete_acked(&mut self) -> Result<(), DbError> {
+        if self.to_delete.is_empty() {
+            return Ok(());
+        }
+        // Quarantined rows must be on disk before their capture rows go.
+        if let Err(e) = self.quarantine.sync() {
+            return Err(DbError(format!(
+                "cannot sync the quarantine {}: {e}",
+                self.quarantine.path().display()
+            )));
+        }
+        let db = self.db.as_mut().expect("connected");
+        db.delete(&self.to_delete)?;
+        for s in self.to_delete.drain(..) {
+            self.in_flight.remove(&s);
+        }
+        Ok(())
+    }
+
+    fn read(&mut self) -> Result<(), DbError> {
+        self.woken = false;
+        self.last_read = Some(Instant::now());
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.clear();
+        let db = self.db.as_mut().expect("connected");
+        let r = db.read(self.cursor, &self.in_flight, BATCH_SIZE, &mut rows);
+        if let Err(e) = r {
+            self.rows = rows;
+            return Err(e);
+        }
+        let fresh = rows.iter().filter(|r| r.seq > self.cursor).count();
+        self.backlog = fresh >= BATCH_SIZE;
+        let late = rows.len() - fresh;
+        if late > 0 {
+            tracing::debug!(
+                "source {}: {late} row(s) committed late (seq at or below {})",
+                self.name,
+                self.cursor
+            );
+        }
+        let cursor = self.cursor;
+        for r in &rows {
+            self.in_flight.insert(r.seq);
+            self.cursor = self.cursor.max(r.seq);
+        }
+        let out = match self.cfg.capture {
+            Capture::Rows => {
+                for r in &rows {
+                    self.row_event(r);
+                }
+                Ok(())
+            }
+            Capture::Keys => self.key_events(&rows),
+        };
+        if out.is_err() {
+            // Nothing of this read was published: read it again after reconnecting.
+            self.cursor = cursor;
+            for r in &rows {
+                self.in_flight.remove(&r.seq);
+            }
+        }
+        self.rows = rows;
+        out
+    }
+
+    /// `capture = "rows"`: one event per row, with the images the trigger recorded.
+    fn row_event(&mut self, r: &ChangeRow) {
+        if r.origin.is_some() {
+            self.to_delete.push(r.seq);
+            return;
+        }
+        let built = (|| {
+            let t = self.table_index(&r.table)?;
+            let op = row_op(&r.op)?;
+            let def = &self.tables[t].def;
+            let key = parse_image(def, "pk", &r.pk)?;
+            let image = |name: &str, v: &Option<String>| -> Result<Option<Record>, String> {
+                v.as_deref().map(|j| parse_image(def, name, j)).transpose()
+            };
+            let before = image("before", &r.before)?;
+            let after = image("after", &r.after)?;
+            Ok::<_, String>((t, op, key, before, after))
+        })();
+        match built {
+            Ok((t, op, key, before, after)) => {
+                self.push(t, op, key, before, after, r.seq, r.changed_ms, vec![r.seq])
+            }
+            Err(reason) => self.set_aside(r, &reason),
+        }
+    }
+
+    /// `capture = "keys"`: one event per changed key, with the row as it is now.
+    fn key_events(&mut self, rows: &[ChangeRow]) -> Result<(), DbError> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<(usize, String), usize> = HashMap::new();
+        for r in rows {
+            if r.origin.is_some() {
+                self.to_delete.push(r.seq);
+                continue;
+            }
+            let found = self.table_index(&r.table).and_then(|t| {
+                row_op(&r.op)?;
+                let key = parse_image(&self.tables[t].def, "pk", &r.pk)?;
+                Ok((t, key_text(&self.tables[t].def, &key)?))
+            });
+            let (t, canon) = match found {
+                Ok(v) => v,
+                Err(reason) => {
+                    self.set_aside(r, &reason);
+                    continue;
+                }
+            };
+            match index.get(&(t, canon.clone())) {
+                Some(&g) => {
+                    let g = &mut groups[g];
+                    g.last_seq = r.seq;
+                    g.changed_ms = r.changed_ms.or(g.changed_ms);
+                    g.rows.push(r.seq);
+                }
+                None => {
+                    index.insert((t, canon), groups.len());
+                    groups.push(Group {
+                        table: t,
+                        pk: r.pk.clone(),
+                        first_op: r.op.clone(),
+                        last_seq: r.seq,
+                        changed_ms: r.changed_ms,
+                        rows: vec![r.seq],
+                    });
+                }
+            }
+        }
+        // One read of each table for the keys of this batch.
+        let mut current: HashMap<(usize, String), Record> = HashMap::new();
+        for t in 0..self.tables.len() {
+            let pks: Vec<&str> = groups
+                .iter()
+                .filter(|g| g.table == t)
+                .map(|g| g.pk.as_str())
+                .collect();
+            if pks.is_empty() {
+                continue;
+            }
+            let db = self.db.as_mut().expect("connected");
+            let def = &self.tables[t].def;
+            for json in db.current(def, &pks)? {
+                match parse_image(def, "row", &json).and_then(|row| {
+                    let k = key_text(def, &row)?;
+                    Ok((k, row))
+                }) {
+                    Ok((k, row)) => {
+                        current.insert((t, k), row);
+                    }
+                    Err(reason) => {
+                        return Err(DbError(format!(
+                            "reading the current rows of `{}`: {reason}",
+                            def.name
+                        )))
+                    }
+                }
+            }
+        }
+        groups.sort_by_key(|g| g.last_seq);
+        for g in groups {
+            let def = &self.tables[g.table].def;
+            let key = parse_image(def, "pk", &g.pk).expect("parsed above");
+            let canon = key_text(def, &key).expect("parsed above");
+            let (op, after) = match current.remove(&(g.table, canon)) {
+                Some(row) if g.first_op == "c" => (Op::Create, Some(row)),
+                Some(row) => (Op::Update, Some(row)),
+                None => (Op::Delete, None),
+            };
+            self.push(
+                g.table,
+                op,
+                key,
+                None,
+                after,
+                g.last_seq,
+                g.changed_ms,
+                g.rows,
+            );
+        }
+        Ok(())
+    }
+
+    fn table_index(&self, table: &str) -> Result<usize, String> {
+        self.by_name.get(table).copied().ok_or_else(|| {
+            format!("table `{table}` is not one of this source's tables (`tables` in the config)")
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        t: usize,
+        op: Op,
+        key: Record,
+        before: Option<Record>,
+        after: Option<Record>,
+        seq: i64,
+        changed_ms: Option<i64>,
+        rows: Vec<i64>,
+    ) {
+        let now = now_ms();
+        let table = &self.tables[t];
+        let ev = ChangeEvent {
+            op,
+            key: Some(key),
+            before,
+            after,
+            source: SourceInfo {
+                agent: self.agent.clone(),
+                name: self.name.clone(),
+                kind: self.kind.clone(),
+                table: table.name.clone(),
+                position: format!("{}.{seq}", self.epoch),
+                ts_ms: changed_ms.unwrap_or(now),
+                snapshot: false,
+            },
+            ts_ms: now,
+        };
+        let payload = self.cx.encoder.payload(&ev);
+        let msg_id = self.cx.encoder.msg_id(&ev.source.position);
+        table.counters.captured.fetch_add(1, Ordering::Relaxed);
+        self.seq += 1;
+        self.batch.push(Outgoing {
+            seq: self.seq,
+            subject: table.subject.clone(),
+            msg_id,
+            payload,
+            captured_ms: now,
+            counters: table.counters.clone(),
+        });
+        self.pending.push_back(Pending {
+            seq: self.seq,
+            rows,
+            captured_ms: changed_ms.unwrap_or(now),
+        });
+    }
+
+    /// A capture row that cannot become an event: quarantined, then deleted.
+    fn set_aside(&mut self, r: &ChangeRow, reason: &str) {
+        let reason = format!("capture row seq {}: {reason}", r.seq);
+        let data = serde_json::json!({
+            "seq": r.seq, "tbl": r.table, "op": r.op, "pk": r.pk,
+            "before": r.before, "after": r.after,
+        })
+        .to_string();
+        let bad = BadRecord {
+            file: Path::new(super::ddl::CAPTURE_TABLE),
+            offset: r.seq.max(0) as u64,
+            reason: &reason,
+            data: data.as_bytes(),
+            full_len: data.len() as u64,
+        };
+        if let Err(e) = self.quarantine.put(&bad) {
+            // Keep the row in the table: it is read again after a restart.
+            tracing::error!(
+                "source {}: cannot write to the quarantine {}: {e}; the capture row stays",
+                self.name,
+                self.quarantine.path().display()
+            );
+            return;
+        }
+        self.cx.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            source = &*self.name,
+            seq = r.seq,
+            "record quarantined: source {}, {}",
+            self.name,
+            reason
+        );
+        self.to_delete.push(r.seq);
+    }
+
+    /// Hands the current batch to the sink, waiting while its channel is full.
+    fn flush(&mut self) -> Result<(), Stopping> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = Batch {
+            source: self.cx.index,
+            msgs: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_SIZE)),
+        };
+        let mut batch = Some(batch);
+        let tx = self.cx.tx.clone();
+        loop {
+            if *self.cx.shutdown.borrow() {
+                return Err(Stopping);
+            }
+            let sent = self.cx.runtime.block_on(async {
+                match tokio::time::timeout(Duration::from_millis(100), tx.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        if let Some(b) = batch.take() {
+                            permit.send(b);
+                        }
+                        Ok(true)
+                    }
+                    Ok(Err(_)) => Err(Stopping),
+                    Err(_) => Ok(false),
+                }
+            })?;
+            if sent {
+                return Ok(());
+            }
+            // The sink is behind (or the broker is away): delete what is acknowledged.
+            self.apply_acks();
+            if self.db.is_some() {
+                if let Err(e) = self.delete_acked() {
+                    self.lost(e);
+                }
+            }
+        }
+    }
+
+    /// Moves the rows of acknowledged events to the delete list.
+    fn apply_acks(&mut self) {
+        let w = self.cx.watermark.get();
+        while self.pending.front().is_some_and(|p| p.seq <= w) {
+            let p = self.pending.pop_front().expect("front exists");
+            self.to_delete.extend(p.rows);
+        }
+    }
+
+    /// Shutdown: wait for the sink's last acks and delete what they cover.
+    fn finish(mut self) {
+        let deadline = Instant::now() + self.cx.drain_for + Duration::from_secs(1);
+        while Instant::now() < deadline && !self.pending.is_empty() && !*self.cx.sink_done.borrow()
+        {
+            self.apply_acks();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.apply_acks();
+        if self.db.is_some() {
+            if let Err(e) = self.delete_acked() {
+                tracing::warn!(
+                    "source {}: could not delete the acknowledged capture rows ({}); they are read again at the next start and their repeats dropped by the stream",
+                    self.name,
+                    e.0
+                );
+            }
+        }
+        self.publish_status(true);
+        tracing::info!(
+            "source {}: stopped; {} event(s) not acknowledged will be sent again at the next start",
+            self.name,
+            self.pending.len()
+        );
+    }
+
+    fn publish_status(&mut self, force: bool) {
+        if !force && self.status_at.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.status_at = Instant::now();
+        let w = self.cx.watermark.get();
+        let oldest = self.pending.front().map(|p| p.captured_ms);
+        let lag_seconds = oldest.map_or(0, |ms| (now_ms() - ms).max(0) / 1000);
+        let c = &self.cx.counters;
+        c.lag_seconds.store(lag_seconds, Ordering::Relaxed);
+        self.cx.status.set(
+            &self.cx.name,
+            serde_json::json!({
+                "kind": "trigger", "connected": self.db.is_some(),
+                "capture": match self.cfg.capture { Capture::Keys => "keys", Capture::Rows => "rows" },
+                "tables": self.tables.iter().map(|t| t.def.name.clone()).collect::<Vec<_>>(),
+                "last_seq_read": self.cursor, "rows_in_flight": self.in_flight.len(),
+                "lag_seconds": lag_seconds,
+                "events_sent": self.seq, "events_acknowledged": w,
+                "quarantined": c.quarantined.load(Ordering::Relaxed),
+                "last_error": self.last_error,
+            }),
+        );
+    }
+}
+
+fn row_op(op: &str) -> Result<Op, String> {
+    match op {
+        "c" => Ok(Op::Create),
+        "u" => Ok(Op::Update),
+        "d" => Ok(Op::Delete),
+        other => Err(format!("op `{other}` is not c, u or d")),
+    }
+}
+
+/// Parses a JSON image of a row of `def`, giving binary and date-time columns their types.
+fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String> {
+    let mut r = parse_object(json.as_bytes()).map_err(|e| format!("{what} is not a JSON object: {e}"))?;
+    for col in &def.binary {
+        if let Some(Value::Text(t)) = r.get(col) {
+            let hex = t.strip_prefix("\\x").unwrap_or(t);
+            let bytes = decode_hex(hex)
+                .ok_or_else(|| format!("{what}: binary column `{col}` is not hex text"))?;
+            r.push(col.clone(), Value::Bytes(bytes));
+        }
+    }
+    for col in &def.timestamps {
+        if let Some(Value::Text(t)) = r.get(col) {
+            let iso = t.replacen(' ', "T", 1);
+            r.push(col.clone(), Value::Timestamp(iso));
+        }
+    }
+    Ok(r)
+}
+
+/// The key columns of `row` as one comparable text.
+fn key_text(def: &TableDef, row: &Record) -> Result<String, String> {
+    let mut buf = Vec::with_capacity(32);
+    for k in &def.key {
+        let v = row
+            .get(k)
+            .ok_or_else(|| format!("key column `{k}` is missing"))?;
+        encode_value(v, &mut buf);
+        buf.push(0);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> TableDef {
+        TableDef {
+            name: "t".into(),
+            key: vec!["id".into()],
+            columns: vec!["id".into(), "b".into(), "at".into()],
+            binary: vec!["b".into()],
+            timestamps: vec!["at".into()],
+        }
+    }
+
+    #[test]
+    fn images_get_binary_and_timestamp_types() {
+        let r = parse_image(
+            &def(),
+            "after",
+            r#"{"id": 1.50, "b": "\\x00ff", "at": "2026-11-21 10:00:00.5"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.get("id"), Some(&Value::Decimal("1.50".into())));
+        assert_eq!(r.get("b"), Some(&Value::Bytes(vec![0, 255])));
+        assert_eq!(
+            r.get("at"),
+            Some(&Value::Timestamp("2026-11-21T10:00:00.5".into()))
+        );
+        let r = parse_image(&def(), "after", r#"{"id": 1, "b": "0A"}"#).unwrap();
+        assert_eq!(r.get("b"), Some(&Value::Bytes(vec![10])));
+        let e = parse_image(&def(), "after", r#"{"id": 1, "b": "xyz"}"#).unwrap_err();
+        assert!(e.contains("binary column `b`"), "{e}");
+        let e = parse_image(&def(), "pk", "[1]").unwrap_err();
+        assert!(e.starts_with("pk is not a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn key_text_is_the_same_for_the_same_key() {
+        let a = parse_image(&def(), "pk", r#"{"id": 7}"#).unwrap();
+        let b = parse_image(&def(), "row", r#"{"b": null, "id": 7, "at": null}"#).unwrap();
+        assert_eq!(key_text(&def(), &a).unwrap(), key_text(&def(), &b).unwrap());
+        let c = parse_image(&def(), "pk", r#"{"id": 8}"#).unwrap();
+        assert_ne!(key_text(&def(), &a).unwrap(), key_text(&def(), &c).unwrap());
+        assert!(key_text(&def(), &Record::new()).is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! Databases reached through ODBC (odbc-api over unixODBC): connecting, the dialect from
+//! the driver's DBMS name, table definitions from the ODBC catalog, applying DDL, and the
+//! drain's reads of the capture table, polled at the source's `interval`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lockstep_formats::json::parse_object;
+use lockstep_formats::Value;
+use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
+
+use super::ddl::{json_object, Dialect, Statement, TableDef, CAPTURE_TABLE};
+use super::drain::{CaptureDb, ChangeRow, DbError};
+
+/// Keys per statement when reading current rows, seqs per `DELETE`.
+const IN_LIST: usize = 200;
+
+fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
+    move |e| DbError(format!("ODBC: {what}: {e}"))
+}
+
+/// Opens a connection (autocommit on).
+pub fn connect(conn: &str) -> Result<Connection<'static>, DbError> {
+    let env = odbc_api::environment().map_err(odbc_err("set up the ODBC environment"))?;
+    env.connect_with_connection_string(conn, ConnectionOptions::default())
+        .map_err(|e| {
+            DbError(format!(
+                "cannot connect through ODBC: {e} (check the DSN or connection string, \
+                 and that its driver is in odbcinst.ini)"
+            ))
+        })
+}
+
+/// The configured dialect, or the one the driver names.
+pub fn dialect(conn: &Connection<'_>, configured: Option<Dialect>) -> Result<Dialect, DbError> {
+    if let Some(d) = configured {
+        return Ok(d);
+    }
+    let name = conn
+        .database_management_system_name()
+        .map_err(odbc_err("ask the driver for the DBMS name"))?;
+    Dialect::from_dbms_name(&name).ok_or_else(|| {
+        DbError(format!(
+            "the ODBC driver names the database `{name}`, which is not a dialect lockstep knows: \
+             set `dialect` on the source (postgres, mariadb, sqlite, sqlserver, oracle or db2)"
+        ))
+    })
+}
+
+/// Runs one statement and returns every row as text columns (NULL as `None`).
+fn query(
+    conn: &Connection<'_>,
+    sql: &str,
+    what: &str,
+) -> Result<Vec<Vec<Option<String>>>, DbError> {
+    let mut out = Vec::new();
+    let Some(mut cursor) = conn.execute(sql, (), None).map_err(odbc_err(what))? else {
+        return Ok(out);
+    };
+    let cols = cursor.num_result_cols().map_err(odbc_err(what))? as u16;
+    let mut buf = Vec::new();
+    while let Some(mut row) = cursor.next_row().map_err(odbc_err(what))? {
+        let mut r = Vec::with_capacity(cols as usize);
+        for c in 1..=cols {
+            buf.clear();
+            let some = row.get_text(c, &mut buf).map_err(odbc_err(what))?;
+            r.push(some.then(|| String::from_utf8_lossy(&buf).into_owned()));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).trim_end().to_owned()
+}
+
+/// The columns, primary key and column types of `table` (`name` or `schema.name`).
+pub fn table_def(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError> {
+    let (schema, name) = match table.rsplit_once('.') {
+        Some((s, n)) => (s, n),
+        None => ("", table),
+    };
+    let what = format!("read the columns of `{table}`");
+    let mut def = TableDef {
+        name: table.to_owned(),
+        ..TableDef::default()
+    };
+    for row in conn
+        .columns("", schema, name, "")
+        .map_err(odbc_err(&what))?
+    {
+        let row = row.map_err(odbc_err(&what))?;
+        let col = text(row.column_name.as_bytes().unwrap_or_default());
+        // SQL_BINARY, SQL_VARBINARY, SQL_LONGVARBINARY; SQL_TYPE_TIMESTAMP, SQL_TIMESTAMP.
+        match row.data_type {
+            -4..=-2 => def.binary.push(col.clone()),
+            93 | 11 => def.timestamps.push(col.clone()),
+            _ => {}
+        }
+        def.columns.push(col);
+    }
+    if def.columns.is_empty() {
+        return Err(DbError(format!(
+            "table `{table}` does not exist (the ODBC catalog lists no columns for it)"
+        )));
+    }
+    let what = format!("read the primary key of `{table}`");
+    let mut key: Vec<(i16, String)> = Vec::new();
+    for row in conn
+        .primary_keys(None, (!schema.is_empty()).then_some(schema), name)
+        .map_err(odbc_err(&what))?
+    {
+        let row = row.map_err(odbc_err(&what))?;
+        key.push((row.key_seq, text(row.column.as_bytes().unwrap_or_default())));
+    }
+    if key.is_empty() {
+        return Err(DbError(format!(
+            "table `{table}` has no primary key: trigger capture needs one to name each changed row \
+             (add a primary key, or capture this table with kind = \"poll\" and a configured `key`)"
+        )));
+    }
+    key.sort();
+    def.key = key.into_iter().map(|(_, k)| k).collect();
+    Ok(def)
+}
+
+/// Runs `stmts` one by one (DDL commits on its own in most databases).
+pub fn apply(conn: &Connection<'_>, stmts: &[Statement]) -> Result<(), DbError> {
+    for s in stmts {
+        let first = s.sql.lines().next().unwrap_or_default();
+        conn.execute(&s.sql, (), None)
+            .map_err(odbc_err(&format!("run `{first}`")))?;
+    }
+    Ok(())
+}
+
+/// A drain connection, polled.
+pub struct OdbcCapture {
+    conn: Connection<'static>,
+    dialect: Dialect,
+    tables: Vec<TableDef>,
+    epoch: String,
+    sql: String,
+}
+
+impl OdbcCapture {
+    pub fn open(
+        conn: &str,
+        configured: Option<Dialect>,
+        source: &str,
+        tables: &[String],
+    ) -> Result<Self, DbError> {
+        let c = connect(conn)?;
+        let dialect = dialect(&c, configured)?;
+        let ct = dialect.ident(CAPTURE_TABLE);
+        if c
+            .execute(&format!("SELECT seq FROM {ct} WHERE 1 = 0"), (), None)
+            .is_err()
+        {
+            return Err(DbError(format!(
+                "the capture table {CAPTURE_TABLE} does not exist: run `lockstep triggers install --source {source}`"
+            )));
+        }
+        let epoch = match dialect {
+            Dialect::MariaDb => query(
+                &c,
+                "SELECT UNIX_TIMESTAMP(create_time) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = 'lockstep_changes'",
+                "read when the capture table was made",
+            )?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+            .map(|t| format!("my{}", t.split('.').next().unwrap_or_default()))
+            .unwrap_or_else(|| "my".into()),
+            d => d.name().to_owned(),
+        };
+        let mut defs = Vec::with_capacity(tables.len());
+        for t in tables {
+            defs.push(table_def(&c, t)?);
+        }
+        c.set_autocommit(false)
+            .map_err(odbc_err("turn autocommit off"))?;
+        Ok(OdbcCapture {
+            conn: c,
+            dialect,
+            tables: defs,
+            epoch,
+            sql: String::new(),
+        })
+    }
+
+    fn finish(&self, r: Result<(), DbError>) -> Result<(), DbError> {
+        match r {
+            Ok(()) => self
+                .conn
+                .commit()
+                .map_err(odbc_err("commit reading the capture table")),
+            Err(e) => {
+                let _ = self.conn.rollback();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The capture-row time as ms since the epoch, where the dialect can say.
+fn changed_ms(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Postgres => "(extract(epoch FROM changed_at) * 1000)::int8",
+        Dialect::MariaDb => "CAST(UNIX_TIMESTAMP(changed_at) * 1000 AS SIGNED)",
+        Dialect::Sqlite => "CAST((julianday(changed_at) - 2440587.5) * 86400000 AS INTEGER)",
+        Dialect::SqlServer => "DATEDIFF_BIG(millisecond, '1970-01-01', changed_at)",
+        Dialect::Oracle | Dialect::Db2 => "NULL",
+    }
+}
+
+/// A key value as an SQL literal.
+fn literal(d: Dialect, v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Bool(b) => match (d, b) {
+            (Dialect::Postgres, true) => "TRUE".into(),
+            (Dialect::Postgres, false) => "FALSE".into(),
+            (_, b) => (*b as u8).to_string(),
+        },
+        Value::Int(i) => i.to_string(),
+        Value::Decimal(s) => s.clone(),
+        Value::Float(f) => format!("{f:?}"),
+        Value::Text(s) | Value::Timestamp(s) | Value::Json(s) => {
+            let mut q = s.replace('\'', "''");
+            if d == Dialect::MariaDb {
+                q = q.replace('\\', "\\\\");
+            }
+            format!("'{q}'")
+        }
+        Value::Bytes(b) => {
+            let hex: String = b.iter().map(|x| format!("{x:02X}")).collect();
+            format!("X'{hex}'")
+        }
+    }
+}
+
+impl CaptureDb for OdbcCapture {
+    fn tables(&self) -> &[TableDef] {
+        &self.tables
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn read(
+        &mut self,
+        cursor: i64,
+        in_flight: &HashSet<i64>,
+        limit: usize,
+        out: &mut Vec<ChangeRow>,
+    ) -> Result<(), DbError> {
+        let d = self.dialect;
+        let ct = d.ident(CAPTURE_TABLE);
+        let what = "read the capture table";
+        let r = (|| {
+            let late: Vec<i64> = if cursor > 0 {
+                query(
+                    &self.conn,
+                    &format!("SELECT seq FROM {ct} WHERE seq <= {cursor} ORDER BY seq"),
+                    what,
+                )?
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten()?.trim().parse().ok())
+                .filter(|s| !in_flight.contains(s))
+                .collect()
+            } else {
+                Vec::new()
+            };
+            let n = limit + late.len();
+            let sql = &mut self.sql;
+            sql.clear();
+            sql.push_str("SELECT ");
+            if d == Dialect::SqlServer {
+                sql.push_str(&format!("TOP {n} "));
+            }
+            sql.push_str(&format!(
+                "seq, tbl, op, pk, {}, {}, {}, origin FROM {ct} WHERE seq > {cursor}",
+                d.ident("before"),
+                d.ident("after"),
+                changed_ms(d)
+            ));
+            if !late.is_empty() {
+                let list: Vec<String> = late.iter().map(|s| s.to_string()).collect();
+                sql.push_str(&format!(" OR seq IN ({})", list.join(", ")));
+            }
+            sql.push_str(" ORDER BY seq");
+            match d {
+                Dialect::SqlServer => {}
+                Dialect::Oracle | Dialect::Db2 => {
+                    sql.push_str(&format!(" FETCH FIRST {n} ROWS ONLY"))
+                }
+                _ => sql.push_str(&format!(" LIMIT {n}")),
+            }
+            for r in query(&self.conn, &self.sql, what)? {
+                let mut c = r.into_iter();
+                let mut next = || c.next().flatten();
+                let seq = next().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+                    DbError("the capture table returned a row without a seq".into())
+                })?;
+                out.push(ChangeRow {
+                    seq,
+                    table: next().unwrap_or_default(),
+                    op: next().unwrap_or_default().trim().to_owned(),
+                    pk: next().unwrap_or_default(),
+                    before: next(),
+                    after: next(),
+                    changed_ms: next().and_then(|s| s.trim().parse().ok()),
+                    origin: next(),
+                });
+            }
+            Ok(())
+        })();
+        self.finish(r)
+    }
+
+    fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError> {
+        let d = self.dialect;
+        let what = format!("read the current rows of `{}`", table.name);
+        let image = match d {
+            Dialect::Postgres => "row_to_json(t)::text".to_owned(),
+            _ => json_object(d, "t", &table.columns),
+        };
+        let mut rows = Vec::with_capacity(pks.len());
+        let r = (|| {
+            for chunk in pks.chunks(IN_LIST) {
+                let mut cond = Vec::with_capacity(chunk.len());
+                for pk in chunk {
+                    let key = parse_object(pk.as_bytes())
+                        .map_err(|e| DbError(format!("{what}: a key is not JSON: {e}")))?;
+                    let parts: Vec<String> = table
+                        .key
+                        .iter()
+                        .map(|k| {
+                            let v = key.get(k).unwrap_or(&Value::Null);
+                            format!("t.{} = {}", d.ident(k), literal(d, v))
+                        })
+                        .collect();
+                    cond.push(format!("({})", parts.join(" AND ")));
+                }
+                let sql = format!(
+                    "SELECT {image} FROM {} t WHERE {}",
+                    d.table(&table.name),
+                    cond.join(" OR ")
+                );
+                for r in query(&self.conn, &sql, &what)? {
+                    if let Some(j) = r.into_iter().next().flatten() {
+                        rows.push(j);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.finish(r)?;
+        Ok(rows)
+    }
+
+    fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {
+        let ct = self.dialect.ident(CAPTURE_TABLE);
+        let r = (|| {
+            for chunk in seqs.chunks(IN_LIST) {
+                let list: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
+                self.conn
+                    .execute(
+                        &format!("DELETE FROM {ct} WHERE seq IN ({})", list.join(", ")),
+                        (),
+                        None,
+                    )
+                    .map_err(odbc_err("delete drained rows from the capture table"))?;
+            }
+            Ok(())
+        })();
+        self.finish(r)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> bool {
+        std::thread::sleep(timeout);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_quoted_per_dialect() {
+        let t = Value::Text("O'Brien \\ co".into());
+        assert_eq!(literal(Dialect::Sqlite, &t), "'O''Brien \\ co'");
+        assert_eq!(literal(Dialect::MariaDb, &t), "'O''Brien \\\\ co'");
+        assert_eq!(literal(Dialect::MariaDb, &Value::Int(-4)), "-4");
+        assert_eq!(
+            literal(Dialect::MariaDb, &Value::Decimal("12.50".into())),
+            "12.50"
+        );
+        assert_eq!(literal(Dialect::Sqlite, &Value::Bytes(vec![0, 171])), "X'00AB'");
+        assert_eq!(literal(Dialect::Postgres, &Value::Bool(true)), "TRUE");
+    }
+}

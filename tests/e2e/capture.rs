@@ -1,0 +1,699 @@
+//! Trigger capture end to end: the real binary drains `lockstep_changes` on a live
+//! PostgreSQL (natively), MariaDB and SQLite (over their ODBC drivers) into a real
+//! nats-server; a real consumer replays the stream and compares it with the tables.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Pg,
+    Maria,
+    Lite,
+}
+
+/// A throwaway schema (PostgreSQL), database (MariaDB) or file (SQLite), dropped at the end.
+pub struct Db {
+    pub kind: Kind,
+    pub name: String,
+    path: PathBuf,
+}
+
+const NULL: &str = "∅";
+
+impl Db {
+    pub fn new(kind: Kind, w: &World, tag: &str) -> Db {
+        let name = format!("lockstep_{tag}_{}", std::process::id());
+        let db = Db {
+            kind,
+            name: name.clone(),
+            path: w.dir().join(format!("{name}.sqlite")),
+        };
+        match kind {
+            Kind::Pg => db.admin(&format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"
+            )),
+            Kind::Maria => db.admin(&format!(
+                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name} CHARACTER SET utf8mb4;"
+            )),
+            Kind::Lite => {}
+        }
+        db
+    }
+
+    fn admin(&self, sql: &str) {
+        let mut c = match self.kind {
+            Kind::Pg => self.cli(),
+            _ => {
+                let mut c = Command::new("mariadb");
+                c.args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-r"]);
+                c
+            }
+        };
+        let flag = if self.kind == Kind::Pg { "-c" } else { "-e" };
+        let o = c.arg(flag).arg(sql).output().unwrap();
+        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn cli(&self) -> Command {
+        match self.kind {
+            Kind::Pg => {
+                let mut c = Command::new("psql");
+                c.args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-A", "-t"])
+                    .args(["-F", "|", "-v", "ON_ERROR_STOP=1"])
+                    .env("PGOPTIONS", format!("-c search_path={}", self.name));
+                c
+            }
+            Kind::Maria => {
+                let mut c = Command::new("mariadb");
+                c.args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-r", "-D", &self.name]);
+                c
+            }
+            Kind::Lite => {
+                let mut c = Command::new("sqlite3");
+                c.args(["-bail", "-cmd", ".timeout 10000"]).arg(&self.path);
+                c
+            }
+        }
+    }
+
+    /// Runs SQL (any number of statements); returns the output, one row a line, columns
+    /// separated by `|`.
+    pub fn sql(&self, sql: &str) -> String {
+        let mut child = self
+            .cli()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{:?}: {}: {}",
+            self.kind,
+            &sql[..sql.len().min(300)],
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8(o.stdout).unwrap();
+        if self.kind == Kind::Maria {
+            out.replace('\t', "|")
+        } else {
+            out
+        }
+    }
+
+    /// A session kept open, fed statements on its stdin.
+    pub fn session(&self) -> Session {
+        let child = self
+            .cli()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Session(child)
+    }
+
+    /// The `[[source]]` of a trigger source on this database.
+    pub fn source(&self, tables: &[&str], capture: &str, extra: &str) -> String {
+        let conn = match self.kind {
+            Kind::Pg => format!(
+                "postgres = \"host=127.0.0.1 user=postgres dbname=test options='-c search_path={}'\"",
+                self.name
+            ),
+            Kind::Maria => format!(
+                "odbc = \"DRIVER={{MariaDB Unicode}};SERVER=127.0.0.1;PORT=3306;DATABASE={};USER=root;PASSWORD=;CHARSET=utf8mb4\"",
+                self.name
+            ),
+            Kind::Lite => format!("odbc = \"DRIVER={{SQLite3}};Database={}\"", self.path.display()),
+        };
+        let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
+        format!(
+            "[[source]]\nname = \"vista\"\nkind = \"trigger\"\n{conn}\ntables = [{}]\ncapture = \"{capture}\"\ninterval = \"200ms\"\n{extra}\n",
+            tables.join(", ")
+        )
+    }
+
+    /// The two test tables.
+    pub fn create_tables(&self) {
+        self.sql(match self.kind {
+            Kind::Pg => {
+                "CREATE TABLE appointments (id int PRIMARY KEY, clinic text, fee numeric(30,5), at timestamptz, note text);
+                 CREATE TABLE clinics (region text, code int, name text, PRIMARY KEY (region, code));"
+            }
+            Kind::Maria => {
+                "CREATE TABLE appointments (id int PRIMARY KEY, clinic text, fee decimal(30,5), at datetime(6), note text) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+                 CREATE TABLE clinics (region varchar(20), code int, name text, PRIMARY KEY (region, code)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;"
+            }
+            Kind::Lite => {
+                "PRAGMA journal_mode=WAL;
+                 CREATE TABLE appointments (id INTEGER PRIMARY KEY, clinic TEXT, fee REAL, at TEXT, note TEXT);
+                 CREATE TABLE clinics (region TEXT, code INTEGER, name TEXT, PRIMARY KEY (region, code));"
+            }
+        });
+    }
+
+    /// Each row of `appointments` and `clinics` as `table/key` → its columns, `|`-joined.
+    pub fn dump(&self) -> BTreeMap<String, String> {
+        let (a, c) = match self.kind {
+            Kind::Pg => (
+                "SELECT id, coalesce(clinic, '∅'), coalesce(fee::text, '∅'), coalesce(to_json(at) #>> '{}', '∅'), coalesce(note, '∅') FROM appointments",
+                "SELECT region, code, coalesce(name, '∅') FROM clinics",
+            ),
+            Kind::Maria => (
+                "SELECT id, ifnull(clinic, '∅'), ifnull(CAST(fee AS char), '∅'), ifnull(DATE_FORMAT(at, '%Y-%m-%dT%H:%i:%s.%f'), '∅'), ifnull(note, '∅') FROM appointments",
+                "SELECT region, code, ifnull(name, '∅') FROM clinics",
+            ),
+            Kind::Lite => (
+                "SELECT id, ifnull(clinic, '∅'), ifnull(fee, '∅'), ifnull(at, '∅'), ifnull(note, '∅') FROM appointments",
+                "SELECT region, code, ifnull(name, '∅') FROM clinics",
+            ),
+        };
+        let mut out = BTreeMap::new();
+        for (table, sql, nkey) in [("appointments", a, 1), ("clinics", c, 2)] {
+            for line in self.sql(&format!("{sql};")).lines() {
+                let cols: Vec<String> = line.split('|').map(norm).collect();
+                let key = cols[..nkey].join("|");
+                out.insert(format!("{table}/{key}"), cols.join("|"));
+            }
+        }
+        out
+    }
+
+    /// A literal timestamp in this dialect.
+    fn ts(&self, minute: u64, second: u64) -> String {
+        match self.kind {
+            Kind::Pg => format!("'2026-11-21 10:{minute:02}:{second:02}+00'"),
+            _ => format!("'2026-11-21 10:{minute:02}:{second:02}'"),
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        match self.kind {
+            Kind::Pg => self.admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)),
+            Kind::Maria => self.admin(&format!("DROP DATABASE IF EXISTS {}", self.name)),
+            Kind::Lite => {}
+        }
+    }
+}
+
+/// An open database session (a client reading statements from its stdin).
+pub struct Session(Child);
+
+impl Session {
+    pub fn send(&mut self, sql: &str) {
+        let stdin = self.0.stdin.as_mut().unwrap();
+        stdin.write_all(sql.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes its stdin (the client runs what is left and exits) and waits.
+    pub fn finish(mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Numbers with a fractional part lose trailing zeros, so `12.50000` (a database's text)
+/// and `12.5` (a JSON number) compare equal; everything else is kept.
+fn norm(s: &str) -> String {
+    let t = s.trim_end_matches('\r');
+    let numeric = t.contains('.')
+        && t.trim_start_matches('-').chars().all(|c| c.is_ascii_digit() || c == '.');
+    if numeric {
+        t.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        t.to_owned()
+    }
+}
+
+fn value_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => NULL.to_owned(),
+        serde_json::Value::String(s) => norm(s),
+        other => norm(&other.to_string()),
+    }
+}
+
+/// Replays the stream: `table/key` → the columns of the row as the last event left it.
+fn replay(msgs: &[Msg]) -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for m in msgs {
+        let j = &m.json;
+        let table = j["source"]["table"].as_str().unwrap().to_owned();
+        let (key_cols, cols): (&[&str], &[&str]) = if table == "appointments" {
+            (&["id"], &["id", "clinic", "fee", "at", "note"])
+        } else {
+            (&["region", "code"], &["region", "code", "name"])
+        };
+        let key: Vec<String> = key_cols.iter().map(|k| value_text(&j["key"][k])).collect();
+        let id = format!("{table}/{}", key.join("|"));
+        match j["op"].as_str().unwrap() {
+            "d" => {
+                state.remove(&id);
+            }
+            _ => {
+                let after = &j["after"];
+                assert!(after.is_object(), "no after image in {j}");
+                let row: Vec<String> = cols.iter().map(|c| value_text(&after[c])).collect();
+                state.insert(id, row.join("|"));
+            }
+        }
+    }
+    state
+}
+
+/// A seeded random mix of inserts, updates and deletes on both tables, in transactions
+/// of 1 to 8 statements. With NULLs, big decimals, unicode and timestamps.
+fn workload(db: &Db, seed: u64, ops: usize) -> String {
+    let mut r = seed;
+    let mut next = move |n: u64| {
+        r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (r >> 33) % n
+    };
+    let notes = ["Zürich — 東京 ✓", "O''Brien", "plain", "emoji 🚑", "back\\slash"];
+    let fees = match db.kind {
+        Kind::Lite => vec!["12.5", "0.25", "-3.75"],
+        _ => vec!["12.5", "12345678901234567890.12345", "-0.5", "99999.99999"],
+    };
+    let mut ids: Vec<u64> = Vec::new();
+    let mut clinics: Vec<(u64, u64)> = Vec::new();
+    let mut next_id = seed * 100_000 + 1;
+    let mut sql = String::new();
+    let begin = if db.kind == Kind::Maria { "START TRANSACTION;" } else { "BEGIN;" };
+    let mut i = 0;
+    while i < ops {
+        sql.push_str(begin);
+        for _ in 0..=next(8) {
+            i += 1;
+            let fee = if next(5) == 0 {
+                "NULL".to_owned()
+            } else {
+                fees[next(fees.len() as u64) as usize].to_owned()
+            };
+            let at = if next(5) == 0 { "NULL".to_owned() } else { db.ts(next(60), next(60)) };
+            let note = if next(4) == 0 {
+                "NULL".to_owned()
+            } else {
+                format!("'{}'", notes[next(notes.len() as u64) as usize])
+            };
+            match next(10) {
+                0..=3 => {
+                    let id = next_id;
+                    next_id += 1;
+                    ids.push(id);
+                    sql.push_str(&format!(
+                        "INSERT INTO appointments VALUES ({id}, 'CLINIC-{}', {fee}, {at}, {note});",
+                        next(5)
+                    ));
+                }
+                4..=5 if !ids.is_empty() => {
+                    let id = ids[next(ids.len() as u64) as usize];
+                    sql.push_str(&format!(
+                        "UPDATE appointments SET fee = {fee}, at = {at}, note = {note} WHERE id = {id};"
+                    ));
+                }
+                6 if !ids.is_empty() => {
+                    let id = ids.swap_remove(next(ids.len() as u64) as usize);
+                    sql.push_str(&format!("DELETE FROM appointments WHERE id = {id};"));
+                }
+                7 => {
+                    let k = (next(3), next(1000));
+                    if !clinics.contains(&k) {
+                        clinics.push(k);
+                        sql.push_str(&format!(
+                            "INSERT INTO clinics VALUES ('R{seed}x{}', {}, {note});",
+                            k.0, k.1
+                        ));
+                    }
+                }
+                8 if !clinics.is_empty() => {
+                    let k = clinics[next(clinics.len() as u64) as usize];
+                    sql.push_str(&format!(
+                        "UPDATE clinics SET name = {note} WHERE region = 'R{seed}x{}' AND code = {};",
+                        k.0, k.1
+                    ));
+                }
+                _ if !clinics.is_empty() => {
+                    let k = clinics.swap_remove(next(clinics.len() as u64) as usize);
+                    sql.push_str(&format!(
+                        "DELETE FROM clinics WHERE region = 'R{seed}x{}' AND code = {};",
+                        k.0, k.1
+                    ));
+                }
+                _ => {}
+            }
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    sql
+}
+
+fn install(w: &World, cfg: &std::path::Path) {
+    let (code, out, err) = lockstep(&["triggers", "install", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let _ = w;
+}
+
+/// Rows left in the capture table.
+fn capture_rows(db: &Db) -> u64 {
+    db.sql("SELECT count(*) FROM lockstep_changes;").trim().parse().unwrap()
+}
+
+/// Waits until the capture table is empty (everything drained and deleted).
+async fn drained(db: &Db, w: &World) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while capture_rows(db) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture table was not drained: {} rows left\n{}",
+            capture_rows(db),
+            agent_log(w)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_no_duplicate_ids(msgs: &[Msg]) {
+    let mut ids = HashSet::new();
+    for m in msgs {
+        assert!(ids.insert(m.id.clone()), "duplicate Nats-Msg-Id {}", m.id);
+    }
+}
+
+async fn random_workload_replays_to_the_tables(kind: Kind, capture: &str) {
+    let w = World::new();
+    let db = Db::new(kind, &w, &format!("mix_{capture}"));
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments", "clinics"], capture, ""));
+    install(&w, &cfg);
+    // Rows there before the agent starts, and rows written while it runs.
+    db.sql(&workload(&db, 7, 150));
+    let mut agent = w.agent(&cfg);
+    db.sql(&workload(&db, 11, 450));
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert!(msgs.len() > 100, "only {} events", msgs.len());
+    assert_no_duplicate_ids(&msgs);
+    let expected = db.dump();
+    assert!(expected.len() > 50, "the workload left {} rows", expected.len());
+    assert_eq!(replay(&msgs), expected, "replaying the stream gives the tables");
+    for m in &msgs {
+        assert_eq!(m.json["source"]["kind"], "trigger");
+        assert_eq!(m.subject, format!("legacy.vista.{}", m.json["source"]["table"].as_str().unwrap()));
+    }
+    if capture == "rows" {
+        assert!(msgs.iter().any(|m| m.json["op"] == "u" && m.json["before"].is_object()));
+    }
+    if kind != Kind::Lite {
+        // A decimal no f64 holds arrives with every digit, as a string.
+        assert!(
+            msgs.iter().any(|m| m.json["after"]["fee"] == "12345678901234567890.12345"),
+            "no exact big decimal"
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_random_workload_replays_to_the_tables_keys() {
+    random_workload_replays_to_the_tables(Kind::Pg, "keys").await;
+}
+
+#[tokio::test]
+async fn postgres_random_workload_replays_to_the_tables_rows() {
+    random_workload_replays_to_the_tables(Kind::Pg, "rows").await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_random_workload_replays_to_the_tables_keys() {
+    random_workload_replays_to_the_tables(Kind::Maria, "keys").await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_random_workload_replays_to_the_tables_rows() {
+    random_workload_replays_to_the_tables(Kind::Maria, "rows").await;
+}
+
+#[tokio::test]
+async fn sqlite_odbc_random_workload_replays_to_the_tables_rows() {
+    random_workload_replays_to_the_tables(Kind::Lite, "rows").await;
+}
+
+#[tokio::test]
+async fn sqlite_odbc_random_workload_replays_to_the_tables_keys() {
+    random_workload_replays_to_the_tables(Kind::Lite, "keys").await;
+}
+
+/// Transaction A writes first (lower seq) and stays open; B writes and commits; the
+/// agent drains B; then A commits and must still arrive.
+async fn a_late_commit_is_delivered(kind: Kind) {
+    let w = World::new();
+    let db = Db::new(kind, &w, "late");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "rows", ""));
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    let mut a = db.session();
+    let begin = if kind == Kind::Maria { "START TRANSACTION;" } else { "BEGIN;" };
+    a.send(&format!("{begin} INSERT INTO appointments (id, clinic) VALUES (1, 'A');"));
+    // A's capture row exists (uncommitted) once its seq is taken: B's is higher.
+    wait_for_open_insert(&db).await;
+    db.sql("INSERT INTO appointments (id, clinic) VALUES (2, 'B');");
+    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1, "{}", agent_log(&w));
+    drained(&db, &w).await;
+    a.send("COMMIT;");
+    a.finish();
+    assert_eq!(w.wait_count(2, Duration::from_secs(30)).await, 2, "{}", agent_log(&w));
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let clinics: Vec<&str> = msgs.iter().map(|m| m.json["after"]["clinic"].as_str().unwrap()).collect();
+    assert_eq!(clinics, ["B", "A"]);
+    let seqs: Vec<i64> = msgs
+        .iter()
+        .map(|m| {
+            let p = m.json["source"]["position"].as_str().unwrap();
+            p.rsplit('.').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(seqs[1] < seqs[0], "A has the lower seq: {seqs:?}");
+}
+
+/// Waits until another session holds an uncommitted row in the capture table.
+async fn wait_for_open_insert(db: &Db) {
+    let sql = match db.kind {
+        Kind::Pg => "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%VALUES (1, ''A'')%';",
+        _ => "SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE() AND t.trx_rows_modified > 0;",
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while db.sql(sql).trim() != "1" {
+        assert!(std::time::Instant::now() < deadline, "the open transaction did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_late_commit_with_a_lower_seq_is_delivered() {
+    a_late_commit_is_delivered(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_a_late_commit_with_a_lower_seq_is_delivered() {
+    a_late_commit_is_delivered(Kind::Maria).await;
+}
+
+/// 1,000 updates of one key in a burst: keys mode sends the final state (at least once,
+/// far fewer than 1,000 times); rows mode sends all 1,000, in order.
+#[tokio::test]
+async fn postgres_a_burst_on_one_key_keys_vs_rows() {
+    for capture in ["keys", "rows"] {
+        let w = World::new();
+        let db = Db::new(Kind::Pg, &w, &format!("burst_{capture}"));
+        db.create_tables();
+        db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'v0');");
+        let cfg = w.config_with(&db.source(&["appointments"], capture, ""));
+        install(&w, &cfg);
+        let mut burst = String::new();
+        for i in 1..=1000 {
+            burst.push_str(&format!("UPDATE appointments SET clinic = 'v{i}' WHERE id = 1;\n"));
+        }
+        db.sql(&burst);
+        let mut agent = w.agent(&cfg);
+        drained(&db, &w).await;
+        assert_eq!(agent.stop(), Some(0));
+        let msgs = w.messages().await;
+        assert_no_duplicate_ids(&msgs);
+        let values: Vec<String> = msgs
+            .iter()
+            .map(|m| m.json["after"]["clinic"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(values.last().map(String::as_str), Some("v1000"), "{capture}");
+        if capture == "rows" {
+            let want: Vec<String> = (1..=1000).map(|i| format!("v{i}")).collect();
+            assert_eq!(values, want, "every update, in order");
+            assert!(msgs.iter().all(|m| m.json["op"] == "u"));
+        } else {
+            assert!(values.len() <= 4, "keys mode sent {} events for one key", values.len());
+            assert!(msgs.iter().all(|m| m.json["op"] == "u"));
+        }
+    }
+}
+
+/// kill -9 of the agent while it drains: nothing lost, nothing twice in the stream.
+#[tokio::test]
+async fn postgres_kill_9_while_draining_loses_and_repeats_nothing() {
+    let w = World::new();
+    let db = Db::new(Kind::Pg, &w, "kill");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "rows", ""));
+    install(&w, &cfg);
+    let n = 20_000u64;
+    let mut sql = String::new();
+    for from in (1..=n).step_by(1000) {
+        sql.push_str(&format!(
+            "INSERT INTO appointments (id, clinic) SELECT g, 'c' || g FROM generate_series({from}, {}) g;\n",
+            from + 999
+        ));
+    }
+    db.sql(&sql);
+    for round in 0..3 {
+        let mut agent = w.agent(&cfg);
+        let target = (round + 1) * n / 5;
+        w.wait_count(target, Duration::from_secs(60)).await;
+        agent.kill9();
+    }
+    let mut agent = w.agent(&cfg);
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    let mut ids = ints(&msgs, "id");
+    assert_eq!(ids.len() as u64, n, "every insert exactly once");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, n);
+}
+
+/// The database connection is cut and refused for a while under the agent: it says so,
+/// reconnects, and loses nothing written before, during and after.
+#[tokio::test]
+async fn postgres_connection_lost_and_refused_loses_nothing() {
+    let mut w = World::new();
+    w.with_admin();
+    let dbname = format!("lockstep_outage_{}", std::process::id());
+    let admin = |sql: &str| {
+        let o = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-A", "-t", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    admin(&format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"));
+    admin(&format!("CREATE DATABASE {dbname}"));
+    let run = |sql: &str| {
+        let o = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &dbname, "-X", "-q", "-A", "-t"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    run("CREATE TABLE appointments (id int PRIMARY KEY, clinic text)");
+    let source = format!(
+        "[[source]]\nname = \"vista\"\nkind = \"trigger\"\npostgres = \"host=127.0.0.1 user=postgres dbname={dbname}\"\ntables = [\"appointments\"]\ncapture = \"keys\"\n"
+    );
+    let cfg = w.config_with(&source);
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    let insert = |from: u64, to: u64| {
+        run(&format!(
+            "INSERT INTO appointments SELECT g, 'c' || g FROM generate_series({from}, {to}) g"
+        ))
+    };
+    insert(1, 500);
+    w.wait_count(500, Duration::from_secs(30)).await;
+    // Writes the agent has not seen, then the connection is cut and refused.
+    insert(501, 1000);
+    admin(&format!("ALTER DATABASE {dbname} ALLOW_CONNECTIONS false"));
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
+    ));
+    wait_for("the agent to report the database down", Duration::from_secs(30), || {
+        w.metric("lockstep_source_db_errors_total{source=\"vista\"}") >= 2
+    })
+    .await;
+    assert_eq!(w.metric("lockstep_source_db_connected{source=\"vista\"}"), 0);
+    admin(&format!("ALTER DATABASE {dbname} ALLOW_CONNECTIONS true"));
+    insert(1001, 1500);
+    w.wait_count(1500, Duration::from_secs(60)).await;
+    wait_for("the agent to report the database up", Duration::from_secs(30), || {
+        w.metric("lockstep_source_db_connected{source=\"vista\"}") == 1
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    let mut ids = ints(&msgs, "id");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=1500).collect::<Vec<i64>>(), "{}", agent_log(&w));
+    assert_eq!(run("SELECT count(*) FROM lockstep_changes"), "0");
+    assert!(agent_log(&w).contains("connected to the database again"));
+    admin(&format!("DROP DATABASE {dbname} WITH (FORCE)"));
+}
+
+/// Changes made by a session that set lockstep's origin marker are not published.
+async fn origin_marked_changes_are_not_published(kind: Kind) {
+    let w = World::new();
+    let db = Db::new(kind, &w, "origin");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "keys", ""));
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    let mark = match kind {
+        Kind::Pg => "SET lockstep.origin = 'apply';",
+        _ => "SET @lockstep_origin = 'apply';",
+    };
+    db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'plain');");
+    w.wait_count(1, Duration::from_secs(30)).await;
+    drained(&db, &w).await;
+    db.sql(&format!(
+        "{mark} INSERT INTO appointments (id, clinic) VALUES (2, 'marked'); UPDATE appointments SET clinic = 'marked' WHERE id = 1;"
+    ));
+    db.sql("INSERT INTO appointments (id, clinic) VALUES (3, 'plain');");
+    drained(&db, &w).await;
+    w.wait_count(2, Duration::from_secs(30)).await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let ids = ints(&msgs, "id");
+    assert_eq!(ids, [1, 3], "only the unmarked changes");
+    assert_eq!(msgs[0].json["after"]["clinic"], "plain");
+}
+
+#[tokio::test]
+async fn postgres_origin_marked_changes_are_not_published() {
+    origin_marked_changes_are_not_published(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_origin_marked_changes_are_not_published() {
+    origin_marked_changes_are_not_published(Kind::Maria).await;
+}
