@@ -71,7 +71,7 @@ impl Db {
             }
             Kind::Maria => {
                 let mut c = Command::new("mariadb");
-                c.args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-r", "-D", &self.name]);
+                c.args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-r", "--default-character-set=utf8mb4", "-D", &self.name]);
                 c
             }
             Kind::Lite => {
@@ -129,7 +129,7 @@ impl Db {
                 self.name
             ),
             Kind::Maria => format!(
-                "odbc = \"DRIVER={{MariaDB Unicode}};SERVER=127.0.0.1;PORT=3306;DATABASE={};USER=root;PASSWORD=;CHARSET=utf8mb4\"",
+                "odbc = \"DRIVER={{MariaDB Unicode}};SERVER=127.0.0.1;PORT=3306;DATABASE={};USER=root;CHARSET=utf8mb4\"",
                 self.name
             ),
             Kind::Lite => format!("odbc = \"DRIVER={{SQLite3}};Database={}\"", self.path.display()),
@@ -504,8 +504,15 @@ async fn wait_for_open_insert(db: &Db) {
         _ => "SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE() AND t.trx_rows_modified > 0;",
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while db.sql(sql).trim() != "1" {
-        assert!(std::time::Instant::now() < deadline, "the open transaction did not start");
+    loop {
+        let n = db.sql(sql);
+        if n.trim() == "1" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the open transaction did not start: {n}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

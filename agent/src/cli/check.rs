@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::{Config, SourceKind, TriggerConfig, TriggerDb};
 use crate::sink::jetstream;
 use crate::source::tail;
-use crate::source::trigger::postgres;
+use crate::source::trigger::admin::AdminDb;
 
 /// One row of the table.
 struct Row {
@@ -96,51 +96,54 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
     rows.iter().all(|r| r.ok != Some(false))
 }
 
-/// For a PostgreSQL trigger source: the connection, and each table with its key and
-/// whether its capture trigger is installed.
+/// For a trigger source: the connection, and each table with its key and whether its
+/// capture triggers are installed.
 async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
     let what = format!("source {source}");
-    let TriggerDb::Postgres(conn) = &t.db else {
-        return vec![Row {
-            what,
-            target: "odbc".into(),
-            ok: None,
-            detail: "ODBC trigger sources are not checked by this build yet".into(),
-        }];
+    let target = match t.db {
+        TriggerDb::Postgres(_) => "postgres",
+        TriggerDb::Odbc(_) => "odbc",
     };
-    let client =
-        match tokio::time::timeout(Duration::from_secs(10), postgres::connect(conn.expose())).await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return vec![Row {
-                    what,
-                    target: "postgres".into(),
-                    ok: Some(false),
-                    detail: e.to_string(),
-                }]
-            }
-            Err(_) => {
-                return vec![Row {
-                    what,
-                    target: "postgres".into(),
-                    ok: Some(false),
-                    detail: "no connection within 10s".into(),
-                }]
-            }
-        };
-    let mut rows = Vec::new();
+    let db = match tokio::time::timeout(Duration::from_secs(10), AdminDb::open(t)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return vec![Row {
+                what,
+                target: target.into(),
+                ok: Some(false),
+                detail: e,
+            }]
+        }
+        Err(_) => {
+            return vec![Row {
+                what,
+                target: target.into(),
+                ok: Some(false),
+                detail: "no connection within 10s".into(),
+            }]
+        }
+    };
+    let mut rows = vec![Row {
+        what: what.clone(),
+        target: db.describe(),
+        ok: Some(true),
+        detail: "connected".into(),
+    }];
     for table in &t.tables {
-        let (ok, detail) = match postgres::table_def(&client, table).await {
-            Err(e) => (Some(false), e.to_string()),
-            Ok(def) => match postgres::has_capture_trigger(&client, table).await {
-                Ok(true) => (Some(true), format!("key ({}), triggers installed", def.key.join(", "))),
-                Ok(false) => (
-                    Some(false),
-                    format!("key ({}), triggers not installed: run `lockstep triggers install --source {source}`", def.key.join(", ")),
-                ),
-                Err(e) => (Some(false), e.to_string()),
-            },
+        let (ok, detail) = match db.table_def(table).await {
+            Err(e) => (Some(false), e),
+            Ok(def) => {
+                let key = def.key.join(", ");
+                match db.has_capture_trigger(table).await {
+                    Ok(Some(true)) => (Some(true), format!("key ({key}), triggers installed")),
+                    Ok(Some(false)) => (
+                        Some(false),
+                        format!("key ({key}), triggers not installed: run `lockstep triggers install --source {source}`"),
+                    ),
+                    Ok(None) => (None, format!("key ({key}); triggers not checked in this dialect")),
+                    Err(e) => (Some(false), e),
+                }
+            }
         };
         rows.push(Row {
             what: what.clone(),

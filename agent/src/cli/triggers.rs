@@ -2,8 +2,9 @@
 
 use std::io::Write;
 
-use crate::config::{Config, Dialect, SourceKind, TriggerDb};
-use crate::source::trigger::{ddl, postgres};
+use crate::config::{Config, SourceKind};
+use crate::source::trigger::admin::AdminDb;
+use crate::source::trigger::ddl;
 
 use super::TriggersCommand;
 
@@ -45,16 +46,9 @@ pub async fn run(
             s.kind.name()
         ));
     };
-    let TriggerDb::Postgres(conn) = &t.db else {
-        return Err(format!(
-            "source `{}`: trigger sources over ODBC are not in this build yet (PostgreSQL sources are)",
-            s.name
-        ));
-    };
-    let mut client = postgres::connect(conn.expose())
-        .await
-        .map_err(|e| format!("source `{}`: {e}", s.name))?;
-    let d = Dialect::Postgres;
+    let fail = |e: String| format!("source `{}`: {e}", s.name);
+    let mut db = AdminDb::open(t).await.map_err(fail)?;
+    let d = db.dialect();
     match command {
         TriggersCommand::Uninstall => {
             let defs: Vec<ddl::TableDef> = t
@@ -65,9 +59,7 @@ pub async fn run(
                     ..ddl::TableDef::default()
                 })
                 .collect();
-            postgres::apply(&mut client, &ddl::uninstall(d, &defs))
-                .await
-                .map_err(|e| format!("source `{}`: {e}", s.name))?;
+            db.apply(&ddl::uninstall(d, &defs)).await.map_err(fail)?;
             let _ = writeln!(
                 out,
                 "source {}: removed the capture triggers of {} table(s) and {}",
@@ -79,20 +71,14 @@ pub async fn run(
         TriggersCommand::Show | TriggersCommand::Install => {
             let mut defs = Vec::with_capacity(t.tables.len());
             for name in &t.tables {
-                defs.push(
-                    postgres::table_def(&client, name)
-                        .await
-                        .map_err(|e| format!("source `{}`: {e}", s.name))?,
-                );
+                defs.push(db.table_def(name).await.map_err(fail)?);
             }
             let stmts = ddl::install(d, &defs, t.capture);
             if matches!(command, TriggersCommand::Show) {
                 let _ = write!(out, "{}", ddl::script(d, &stmts));
                 return Ok(());
             }
-            postgres::apply(&mut client, &stmts)
-                .await
-                .map_err(|e| format!("source `{}`: {e}", s.name))?;
+            db.apply(&stmts).await.map_err(fail)?;
             let _ = writeln!(
                 out,
                 "source {}: {} and capture triggers installed on {}",

@@ -5,6 +5,7 @@
 //! publishes and deletes, over a [`postgres`] connection (woken by `NOTIFY`) or an
 //! [`odbc`] one (polled).
 
+pub mod admin;
 pub mod ddl;
 pub mod drain;
 pub mod odbc;

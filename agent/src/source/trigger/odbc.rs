@@ -22,11 +22,24 @@ fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
 /// Opens a connection (autocommit on).
 pub fn connect(conn: &str) -> Result<Connection<'static>, DbError> {
     let env = odbc_api::environment().map_err(odbc_err("set up the ODBC environment"))?;
-    env.connect_with_connection_string(conn, ConnectionOptions::default())
+    // Some drivers (MariaDB Connector/ODBC 3.1) read the string up to a NUL whatever
+    // length they are given: end it with one.
+    let terminated = format!("{}\0", conn.trim_end_matches('\0'));
+    env.connect_with_connection_string(&terminated, ConnectionOptions::default())
         .map_err(|e| {
+            let empty = conn
+                .split(';')
+                .any(|kv| kv.split_once('=').is_some_and(|(_, v)| v.trim().is_empty()));
+            let hint = if empty {
+                "; the connection string has a key with an empty value (like `PASSWORD=;`), \
+                 which some drivers refuse (MariaDB Connector/ODBC says `Memory allocation error`): \
+                 leave the key out"
+            } else {
+                ""
+            };
             DbError(format!(
                 "cannot connect through ODBC: {e} (check the DSN or connection string, \
-                 and that its driver is in odbcinst.ini)"
+                 and that its driver is in odbcinst.ini{hint})"
             ))
         })
 }
@@ -125,14 +138,53 @@ pub fn table_def(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError
     Ok(def)
 }
 
-/// Runs `stmts` one by one (DDL commits on its own in most databases).
+/// Runs `stmts` in one transaction (where the database's DDL is transactional; MariaDB
+/// and Oracle commit each DDL statement on their own).
 pub fn apply(conn: &Connection<'_>, stmts: &[Statement]) -> Result<(), DbError> {
-    for s in stmts {
+    conn.set_autocommit(false)
+        .map_err(odbc_err("turn autocommit off"))?;
+    let r = stmts.iter().try_for_each(|s| {
         let first = s.sql.lines().next().unwrap_or_default();
         conn.execute(&s.sql, (), None)
-            .map_err(odbc_err(&format!("run `{first}`")))?;
-    }
-    Ok(())
+            .map(|_| ())
+            .map_err(odbc_err(&format!("run `{first}`")))
+    });
+    let r = match r {
+        Ok(()) => conn.commit().map_err(odbc_err("commit")),
+        Err(e) => {
+            let _ = conn.rollback();
+            Err(e)
+        }
+    };
+    let _ = conn.set_autocommit(true);
+    r
+}
+
+/// Whether lockstep's triggers are on `table`; `None` where the dialect is not checked.
+pub fn has_capture_trigger(
+    conn: &Connection<'_>,
+    d: Dialect,
+    table: &str,
+) -> Result<Option<bool>, DbError> {
+    let name = table.rsplit('.').next().unwrap_or(table).replace('\'', "''");
+    let sql = match d {
+        Dialect::MariaDb => format!(
+            "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+             AND event_object_table = '{name}' AND trigger_name LIKE 'lockstep%'"
+        ),
+        Dialect::Sqlite => format!(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{name}' \
+             AND name LIKE 'lockstep%'"
+        ),
+        _ => return Ok(None),
+    };
+    let rows = query(conn, &sql, "look for the capture triggers")?;
+    let n: u64 = rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(Some(n > 0))
 }
 
 /// A drain connection, polled.

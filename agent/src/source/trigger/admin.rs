@@ -1,0 +1,71 @@
+//! One connection for the commands that look at or change a trigger source's database
+//! (`lockstep triggers`, `lockstep check`), PostgreSQL or ODBC alike.
+
+use super::ddl::{Dialect, Statement, TableDef};
+use super::{odbc, postgres};
+use crate::config::{TriggerConfig, TriggerDb};
+
+pub enum AdminDb {
+    Postgres(tokio_postgres::Client),
+    Odbc(odbc_api::Connection<'static>, Dialect),
+}
+
+impl AdminDb {
+    /// Connects; the error is worded for the operator.
+    pub async fn open(t: &TriggerConfig) -> Result<AdminDb, String> {
+        match &t.db {
+            TriggerDb::Postgres(conn) => postgres::connect(conn.expose())
+                .await
+                .map(AdminDb::Postgres)
+                .map_err(|e| e.to_string()),
+            TriggerDb::Odbc(conn) => {
+                let c = odbc::connect(conn.expose()).map_err(|e| e.0)?;
+                let d = odbc::dialect(&c, t.dialect).map_err(|e| e.0)?;
+                Ok(AdminDb::Odbc(c, d))
+            }
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            AdminDb::Postgres(_) => Dialect::Postgres,
+            AdminDb::Odbc(_, d) => *d,
+        }
+    }
+
+    /// `postgres` or `odbc (<dialect>)`, for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            AdminDb::Postgres(_) => "postgres".into(),
+            AdminDb::Odbc(_, d) => format!("odbc ({})", d.name()),
+        }
+    }
+
+    pub async fn table_def(&self, table: &str) -> Result<TableDef, String> {
+        match self {
+            AdminDb::Postgres(c) => postgres::table_def(c, table)
+                .await
+                .map_err(|e| e.to_string()),
+            AdminDb::Odbc(c, _) => odbc::table_def(c, table).map_err(|e| e.0),
+        }
+    }
+
+    /// Whether lockstep's triggers are on `table`; `None` where this dialect cannot say.
+    pub async fn has_capture_trigger(&self, table: &str) -> Result<Option<bool>, String> {
+        match self {
+            AdminDb::Postgres(c) => postgres::has_capture_trigger(c, table)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            AdminDb::Odbc(c, d) => odbc::has_capture_trigger(c, *d, table).map_err(|e| e.0),
+        }
+    }
+
+    /// Runs `stmts`: in one transaction where the database has transactional DDL.
+    pub async fn apply(&mut self, stmts: &[Statement]) -> Result<(), String> {
+        match self {
+            AdminDb::Postgres(c) => postgres::apply(c, stmts).await.map_err(|e| e.to_string()),
+            AdminDb::Odbc(c, _) => odbc::apply(c, stmts).map_err(|e| e.0),
+        }
+    }
+}
