@@ -57,21 +57,47 @@ impl Db {
         };
         let flag = if self.kind == Kind::Pg { "-c" } else { "-e" };
         let o = c.arg(flag).arg(sql).output().unwrap();
-        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     fn cli(&self) -> Command {
         match self.kind {
             Kind::Pg => {
                 let mut c = Command::new("psql");
-                c.args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-A", "-t"])
-                    .args(["-F", "|", "-v", "ON_ERROR_STOP=1"])
-                    .env("PGOPTIONS", format!("-c search_path={}", self.name));
+                c.args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "test",
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                ])
+                .args(["-F", "|", "-v", "ON_ERROR_STOP=1"])
+                .env("PGOPTIONS", format!("-c search_path={}", self.name));
                 c
             }
             Kind::Maria => {
                 let mut c = Command::new("mariadb");
-                c.args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-r", "--default-character-set=utf8mb4", "-D", &self.name]);
+                c.args([
+                    "-h",
+                    "127.0.0.1",
+                    "-u",
+                    "root",
+                    "-N",
+                    "-B",
+                    "-r",
+                    "--default-character-set=utf8mb4",
+                    "-D",
+                    &self.name,
+                ]);
                 c
             }
             Kind::Lite => {
@@ -92,7 +118,12 @@ impl Db {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(sql.as_bytes())
+            .unwrap();
         let o = child.wait_with_output().unwrap();
         assert!(
             o.status.success(),
@@ -236,7 +267,9 @@ impl Drop for Session {
 fn norm(s: &str) -> String {
     let t = s.trim_end_matches('\r');
     let numeric = t.contains('.')
-        && t.trim_start_matches('-').chars().all(|c| c.is_ascii_digit() || c == '.');
+        && t.trim_start_matches('-')
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.');
     if numeric {
         t.trim_end_matches('0').trim_end_matches('.').to_owned()
     } else {
@@ -285,10 +318,18 @@ fn replay(msgs: &[Msg]) -> BTreeMap<String, String> {
 fn workload(db: &Db, seed: u64, ops: usize) -> String {
     let mut r = seed;
     let mut next = move |n: u64| {
-        r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        r = r
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (r >> 33) % n
     };
-    let notes = ["Zürich — 東京 ✓", "O''Brien", "plain", "emoji 🚑", "back\\slash"];
+    let notes = [
+        "Zürich — 東京 ✓",
+        "O''Brien",
+        "plain",
+        "emoji 🚑",
+        "back\\slash",
+    ];
     let fees = match db.kind {
         Kind::Lite => vec!["12.5", "0.25", "-3.75"],
         _ => vec!["12.5", "12345678901234567890.12345", "-0.5", "99999.99999"],
@@ -297,7 +338,11 @@ fn workload(db: &Db, seed: u64, ops: usize) -> String {
     let mut clinics: Vec<(u64, u64)> = Vec::new();
     let mut next_id = seed * 100_000 + 1;
     let mut sql = String::new();
-    let begin = if db.kind == Kind::Maria { "START TRANSACTION;" } else { "BEGIN;" };
+    let begin = if db.kind == Kind::Maria {
+        "START TRANSACTION;"
+    } else {
+        "BEGIN;"
+    };
     let mut i = 0;
     while i < ops {
         sql.push_str(begin);
@@ -308,7 +353,11 @@ fn workload(db: &Db, seed: u64, ops: usize) -> String {
             } else {
                 fees[next(fees.len() as u64) as usize].to_owned()
             };
-            let at = if next(5) == 0 { "NULL".to_owned() } else { db.ts(next(60), next(60)) };
+            let at = if next(5) == 0 {
+                "NULL".to_owned()
+            } else {
+                db.ts(next(60), next(60))
+            };
             let note = if next(4) == 0 {
                 "NULL".to_owned()
             } else {
@@ -374,17 +423,24 @@ fn install(w: &World, cfg: &std::path::Path) {
 
 /// Rows left in the capture table.
 fn capture_rows(db: &Db) -> u64 {
-    db.sql("SELECT count(*) FROM lockstep_changes;").trim().parse().unwrap()
+    db.sql("SELECT count(*) FROM lockstep_changes;")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
-/// Waits until the capture table is empty (everything drained and deleted).
+/// Waits until the capture table is empty and the spool sent (everything drained,
+/// deleted and in the stream: a capture row is deleted once its event is in the stream
+/// *or durably spooled*).
 async fn drained(db: &Db, w: &World) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while capture_rows(db) > 0 {
+    let cfg = w.dir().join("lockstep.toml");
+    while capture_rows(db) > 0 || w.spool_waiting(&cfg) > 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the capture table was not drained: {} rows left\n{}",
+            "not drained: {} capture rows and {} spooled events left\n{}",
             capture_rows(db),
+            w.spool_waiting(&cfg),
             agent_log(w)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -414,19 +470,36 @@ async fn random_workload_replays_to_the_tables(kind: Kind, capture: &str) {
     assert!(msgs.len() > 100, "only {} events", msgs.len());
     assert_no_duplicate_ids(&msgs);
     let expected = db.dump();
-    assert!(expected.len() > 50, "the workload left {} rows", expected.len());
-    assert_eq!(replay(&msgs), expected, "replaying the stream gives the tables");
+    assert!(
+        expected.len() > 50,
+        "the workload left {} rows",
+        expected.len()
+    );
+    assert_eq!(
+        replay(&msgs),
+        expected,
+        "replaying the stream gives the tables"
+    );
     for m in &msgs {
         assert_eq!(m.json["source"]["kind"], "trigger");
-        assert_eq!(m.subject, format!("legacy.vista.{}", m.json["source"]["table"].as_str().unwrap()));
+        assert_eq!(
+            m.subject,
+            format!(
+                "legacy.vista.{}",
+                m.json["source"]["table"].as_str().unwrap()
+            )
+        );
     }
     if capture == "rows" {
-        assert!(msgs.iter().any(|m| m.json["op"] == "u" && m.json["before"].is_object()));
+        assert!(msgs
+            .iter()
+            .any(|m| m.json["op"] == "u" && m.json["before"].is_object()));
     }
     if kind != Kind::Lite {
         // A decimal no f64 holds arrives with every digit, as a string.
         assert!(
-            msgs.iter().any(|m| m.json["after"]["fee"] == "12345678901234567890.12345"),
+            msgs.iter()
+                .any(|m| m.json["after"]["fee"] == "12345678901234567890.12345"),
             "no exact big decimal"
         );
     }
@@ -472,20 +545,39 @@ async fn a_late_commit_is_delivered(kind: Kind) {
     install(&w, &cfg);
     let mut agent = w.agent(&cfg);
     let mut a = db.session();
-    let begin = if kind == Kind::Maria { "START TRANSACTION;" } else { "BEGIN;" };
-    a.send(&format!("{begin} INSERT INTO appointments (id, clinic) VALUES (1, 'A');"));
+    let begin = if kind == Kind::Maria {
+        "START TRANSACTION;"
+    } else {
+        "BEGIN;"
+    };
+    a.send(&format!(
+        "{begin} INSERT INTO appointments (id, clinic) VALUES (1, 'A');"
+    ));
     // A's capture row exists (uncommitted) once its seq is taken: B's is higher.
     wait_for_open_insert(&db).await;
     db.sql("INSERT INTO appointments (id, clinic) VALUES (2, 'B');");
-    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1, "{}", agent_log(&w));
+    assert_eq!(
+        w.wait_count(1, Duration::from_secs(30)).await,
+        1,
+        "{}",
+        agent_log(&w)
+    );
     drained(&db, &w).await;
     a.send("COMMIT;");
     a.finish();
-    assert_eq!(w.wait_count(2, Duration::from_secs(30)).await, 2, "{}", agent_log(&w));
+    assert_eq!(
+        w.wait_count(2, Duration::from_secs(30)).await,
+        2,
+        "{}",
+        agent_log(&w)
+    );
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
-    let clinics: Vec<&str> = msgs.iter().map(|m| m.json["after"]["clinic"].as_str().unwrap()).collect();
+    let clinics: Vec<&str> = msgs
+        .iter()
+        .map(|m| m.json["after"]["clinic"].as_str().unwrap())
+        .collect();
     assert_eq!(clinics, ["B", "A"]);
     let seqs: Vec<i64> = msgs
         .iter()
@@ -540,7 +632,9 @@ async fn postgres_a_burst_on_one_key_keys_vs_rows() {
         install(&w, &cfg);
         let mut burst = String::new();
         for i in 1..=1000 {
-            burst.push_str(&format!("UPDATE appointments SET clinic = 'v{i}' WHERE id = 1;\n"));
+            burst.push_str(&format!(
+                "UPDATE appointments SET clinic = 'v{i}' WHERE id = 1;\n"
+            ));
         }
         db.sql(&burst);
         let mut agent = w.agent(&cfg);
@@ -552,13 +646,21 @@ async fn postgres_a_burst_on_one_key_keys_vs_rows() {
             .iter()
             .map(|m| m.json["after"]["clinic"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(values.last().map(String::as_str), Some("v1000"), "{capture}");
+        assert_eq!(
+            values.last().map(String::as_str),
+            Some("v1000"),
+            "{capture}"
+        );
         if capture == "rows" {
             let want: Vec<String> = (1..=1000).map(|i| format!("v{i}")).collect();
             assert_eq!(values, want, "every update, in order");
             assert!(msgs.iter().all(|m| m.json["op"] == "u"));
         } else {
-            assert!(values.len() <= 4, "keys mode sent {} events for one key", values.len());
+            assert!(
+                values.len() <= 4,
+                "keys mode sent {} events for one key",
+                values.len()
+            );
             assert!(msgs.iter().all(|m| m.json["op"] == "u"));
         }
     }
@@ -593,7 +695,16 @@ async fn postgres_kill_9_while_draining_loses_and_repeats_nothing() {
     let msgs = w.messages().await;
     assert_no_duplicate_ids(&msgs);
     let mut ids = ints(&msgs, "id");
-    assert_eq!(ids.len() as u64, n, "every insert exactly once");
+    assert_eq!(
+        ids.len() as u64,
+        n,
+        "every insert exactly once\n{}",
+        agent_log(&w)
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len() as u64, n);
@@ -608,20 +719,52 @@ async fn postgres_connection_lost_and_refused_loses_nothing() {
     let dbname = format!("lockstep_outage_{}", std::process::id());
     let admin = |sql: &str| {
         let o = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-A", "-t", "-c", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-c",
+                sql,
+            ])
             .output()
             .unwrap();
-        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     admin(&format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"));
     admin(&format!("CREATE DATABASE {dbname}"));
     let run = |sql: &str| {
         let o = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &dbname, "-X", "-q", "-A", "-t"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                &dbname,
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+            ])
             .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .unwrap();
-        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).trim().to_owned()
     };
     run("CREATE TABLE appointments (id int PRIMARY KEY, clinic text)");
@@ -644,17 +787,24 @@ async fn postgres_connection_lost_and_refused_loses_nothing() {
     admin(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
     ));
-    wait_for("the agent to report the database down", Duration::from_secs(30), || {
-        w.metric("lockstep_source_db_errors_total{source=\"vista\"}") >= 2
-    })
+    wait_for(
+        "the agent to report the database down",
+        Duration::from_secs(30),
+        || w.metric("lockstep_source_db_errors_total{source=\"vista\"}") >= 2,
+    )
     .await;
-    assert_eq!(w.metric("lockstep_source_db_connected{source=\"vista\"}"), 0);
+    assert_eq!(
+        w.metric("lockstep_source_db_connected{source=\"vista\"}"),
+        0
+    );
     admin(&format!("ALTER DATABASE {dbname} ALLOW_CONNECTIONS true"));
     insert(1001, 1500);
     w.wait_count(1500, Duration::from_secs(60)).await;
-    wait_for("the agent to report the database up", Duration::from_secs(30), || {
-        w.metric("lockstep_source_db_connected{source=\"vista\"}") == 1
-    })
+    wait_for(
+        "the agent to report the database up",
+        Duration::from_secs(30),
+        || w.metric("lockstep_source_db_connected{source=\"vista\"}") == 1,
+    )
     .await;
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;

@@ -261,7 +261,7 @@ impl Drain {
         self.cx.counters.db_up.store(0, Ordering::Relaxed);
         self.cx.counters.db_errors.fetch_add(1, Ordering::Relaxed);
         // Log the first failure of an outage and then every tenth, not each retry.
-        if self.attempt == 1 || self.attempt % 10 == 0 {
+        if self.attempt == 1 || self.attempt.is_multiple_of(10) {
             tracing::warn!(
                 source = &*self.name,
                 "source {}: {}; retrying in {:.1} s (attempt {})",
@@ -708,7 +708,8 @@ fn row_op(op: &str) -> Result<Op, String> {
 
 /// Parses a JSON image of a row of `def`, giving binary and date-time columns their types.
 fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String> {
-    let mut r = parse_object(json.as_bytes()).map_err(|e| format!("{what} is not a JSON object: {e}"))?;
+    let mut r =
+        parse_object(json.as_bytes()).map_err(|e| format!("{what} is not a JSON object: {e}"))?;
     for col in &def.binary {
         if let Some(Value::Text(t)) = r.get(col) {
             let hex = t.strip_prefix("\\x").unwrap_or(t);
@@ -740,7 +741,7 @@ fn key_text(def: &TableDef, row: &Record) -> Result<String, String> {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -166,7 +166,11 @@ pub fn has_capture_trigger(
     d: Dialect,
     table: &str,
 ) -> Result<Option<bool>, DbError> {
-    let name = table.rsplit('.').next().unwrap_or(table).replace('\'', "''");
+    let name = table
+        .rsplit('.')
+        .next()
+        .unwrap_or(table)
+        .replace('\'', "''");
     let sql = match d {
         Dialect::MariaDb => format!(
             "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
@@ -206,8 +210,7 @@ impl OdbcCapture {
         let c = connect(conn)?;
         let dialect = dialect(&c, configured)?;
         let ct = dialect.ident(CAPTURE_TABLE);
-        if c
-            .execute(&format!("SELECT seq FROM {ct} WHERE 1 = 0"), (), None)
+        if c.execute(&format!("SELECT seq FROM {ct} WHERE 1 = 0"), (), None)
             .is_err()
         {
             return Err(DbError(format!(
@@ -453,7 +456,10 @@ mod tests {
             literal(Dialect::MariaDb, &Value::Decimal("12.50".into())),
             "12.50"
         );
-        assert_eq!(literal(Dialect::Sqlite, &Value::Bytes(vec![0, 171])), "X'00AB'");
+        assert_eq!(
+            literal(Dialect::Sqlite, &Value::Bytes(vec![0, 171])),
+            "X'00AB'"
+        );
         assert_eq!(literal(Dialect::Postgres, &Value::Bool(true)), "TRUE");
     }
 }

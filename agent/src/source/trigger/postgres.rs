@@ -204,9 +204,11 @@ impl PgCapture {
         tables: &[String],
     ) -> Result<Self, PgError> {
         let (client, wake) = connect_woken(conn).await?;
-        let q = |what: &'static str| move |source| PgError::Query {
-            what: what.into(),
-            source,
+        let q = |what: &'static str| {
+            move |source| PgError::Query {
+                what: what.into(),
+                source,
+            }
         };
         let oid: Option<u32> = client
             .query_one("SELECT to_regclass($1)::oid", &[&CAPTURE_TABLE])
@@ -226,7 +228,9 @@ impl PgCapture {
             .map_err(q("listen for changes"))?;
         let ct = Dialect::Postgres.ident(CAPTURE_TABLE);
         let sweep = client
-            .prepare(&format!("SELECT seq FROM {ct} WHERE seq <= $1 ORDER BY seq"))
+            .prepare(&format!(
+                "SELECT seq FROM {ct} WHERE seq <= $1 ORDER BY seq"
+            ))
             .await
             .map_err(q("prepare reading the capture table"))?;
         let fresh = client

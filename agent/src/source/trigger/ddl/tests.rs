@@ -314,3 +314,22 @@ fn sqlite_triggers_capture_live() {
     exercise(&sqlite(&dir.path().join("keys.db")), Capture::Keys, None);
     exercise(&sqlite(&dir.path().join("rows.db")), Capture::Rows, None);
 }
+
+#[test]
+fn sqlite_blobs_do_not_break_the_write_that_fires_the_trigger() {
+    // json_object() refuses BLOBs: without the hex() wrap the application's INSERT fails.
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite(&dir.path().join("blob.db"));
+    (db.run)(
+        "CREATE TABLE appointments (id INTEGER PRIMARY KEY, clinic BLOB, fee NUMERIC);\n\
+         CREATE TABLE clinics (region TEXT, code INTEGER, name TEXT, PRIMARY KEY (region, code));\n",
+    );
+    (db.run)(&script(
+        Dialect::Sqlite,
+        &install(Dialect::Sqlite, &tables(), Capture::Rows),
+    ));
+    (db.run)("INSERT INTO appointments (id, clinic, fee) VALUES (1, X'00FF', 2);\n");
+    let got = captured(&db);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].3["clinic"], "00FF", "{got:?}");
+}

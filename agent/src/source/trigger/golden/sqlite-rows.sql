@@ -20,20 +20,20 @@ DROP TRIGGER IF EXISTS "lockstep_appointments_updk";
 DROP TRIGGER IF EXISTS "lockstep_appointments_del";
 
 CREATE TRIGGER "lockstep_appointments_ins" AFTER INSERT ON "appointments" BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('appointments', 'c', json_object('id', NEW."id"), json_object('id', NEW."id", 'clinic', NEW."clinic", 'fee', NEW."fee"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('appointments', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END, 'clinic', CASE WHEN typeof(NEW."clinic") = 'blob' THEN hex(NEW."clinic") ELSE NEW."clinic" END, 'fee', CASE WHEN typeof(NEW."fee") = 'blob' THEN hex(NEW."fee") ELSE NEW."fee" END), NULL);
 END;
 
 CREATE TRIGGER "lockstep_appointments_upd" AFTER UPDATE ON "appointments" WHEN OLD."id" IS NEW."id" BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('appointments', 'u', json_object('id', NEW."id"), json_object('id', OLD."id", 'clinic', OLD."clinic", 'fee', OLD."fee"), json_object('id', NEW."id", 'clinic', NEW."clinic", 'fee', NEW."fee"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('appointments', 'u', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END, 'clinic', CASE WHEN typeof(OLD."clinic") = 'blob' THEN hex(OLD."clinic") ELSE OLD."clinic" END, 'fee', CASE WHEN typeof(OLD."fee") = 'blob' THEN hex(OLD."fee") ELSE OLD."fee" END), json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END, 'clinic', CASE WHEN typeof(NEW."clinic") = 'blob' THEN hex(NEW."clinic") ELSE NEW."clinic" END, 'fee', CASE WHEN typeof(NEW."fee") = 'blob' THEN hex(NEW."fee") ELSE NEW."fee" END), NULL);
 END;
 
 CREATE TRIGGER "lockstep_appointments_updk" AFTER UPDATE ON "appointments" WHEN NOT (OLD."id" IS NEW."id") BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('appointments', 'd', json_object('id', OLD."id"), json_object('id', OLD."id", 'clinic', OLD."clinic", 'fee', OLD."fee"), NULL);
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('appointments', 'c', json_object('id', NEW."id"), json_object('id', NEW."id", 'clinic', NEW."clinic", 'fee', NEW."fee"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('appointments', 'd', json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END), json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END, 'clinic', CASE WHEN typeof(OLD."clinic") = 'blob' THEN hex(OLD."clinic") ELSE OLD."clinic" END, 'fee', CASE WHEN typeof(OLD."fee") = 'blob' THEN hex(OLD."fee") ELSE OLD."fee" END), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('appointments', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END, 'clinic', CASE WHEN typeof(NEW."clinic") = 'blob' THEN hex(NEW."clinic") ELSE NEW."clinic" END, 'fee', CASE WHEN typeof(NEW."fee") = 'blob' THEN hex(NEW."fee") ELSE NEW."fee" END), NULL);
 END;
 
 CREATE TRIGGER "lockstep_appointments_del" AFTER DELETE ON "appointments" BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('appointments', 'd', json_object('id', OLD."id"), json_object('id', OLD."id", 'clinic', OLD."clinic", 'fee', OLD."fee"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('appointments', 'd', json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END), json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END, 'clinic', CASE WHEN typeof(OLD."clinic") = 'blob' THEN hex(OLD."clinic") ELSE OLD."clinic" END, 'fee', CASE WHEN typeof(OLD."fee") = 'blob' THEN hex(OLD."fee") ELSE OLD."fee" END), NULL);
 END;
 
 DROP TRIGGER IF EXISTS "lockstep_clinics_ins";
@@ -45,20 +45,20 @@ DROP TRIGGER IF EXISTS "lockstep_clinics_updk";
 DROP TRIGGER IF EXISTS "lockstep_clinics_del";
 
 CREATE TRIGGER "lockstep_clinics_ins" AFTER INSERT ON "clinics" BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('clinics', 'c', json_object('region', NEW."region", 'code', NEW."code"), json_object('region', NEW."region", 'code', NEW."code", 'name', NEW."name"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('clinics', 'c', json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END), json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END, 'name', CASE WHEN typeof(NEW."name") = 'blob' THEN hex(NEW."name") ELSE NEW."name" END), NULL);
 END;
 
 CREATE TRIGGER "lockstep_clinics_upd" AFTER UPDATE ON "clinics" WHEN OLD."region" IS NEW."region" AND OLD."code" IS NEW."code" BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('clinics', 'u', json_object('region', NEW."region", 'code', NEW."code"), json_object('region', OLD."region", 'code', OLD."code", 'name', OLD."name"), json_object('region', NEW."region", 'code', NEW."code", 'name', NEW."name"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('clinics', 'u', json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END), json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END, 'name', CASE WHEN typeof(OLD."name") = 'blob' THEN hex(OLD."name") ELSE OLD."name" END), json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END, 'name', CASE WHEN typeof(NEW."name") = 'blob' THEN hex(NEW."name") ELSE NEW."name" END), NULL);
 END;
 
 CREATE TRIGGER "lockstep_clinics_updk" AFTER UPDATE ON "clinics" WHEN NOT (OLD."region" IS NEW."region" AND OLD."code" IS NEW."code") BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('clinics', 'd', json_object('region', OLD."region", 'code', OLD."code"), json_object('region', OLD."region", 'code', OLD."code", 'name', OLD."name"), NULL);
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('clinics', 'c', json_object('region', NEW."region", 'code', NEW."code"), json_object('region', NEW."region", 'code', NEW."code", 'name', NEW."name"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('clinics', 'd', json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END), json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END, 'name', CASE WHEN typeof(OLD."name") = 'blob' THEN hex(OLD."name") ELSE OLD."name" END), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('clinics', 'c', json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END), json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END, 'name', CASE WHEN typeof(NEW."name") = 'blob' THEN hex(NEW."name") ELSE NEW."name" END), NULL);
 END;
 
 CREATE TRIGGER "lockstep_clinics_del" AFTER DELETE ON "clinics" BEGIN
-    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('clinics', 'd', json_object('region', OLD."region", 'code', OLD."code"), json_object('region', OLD."region", 'code', OLD."code", 'name', OLD."name"), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('clinics', 'd', json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END), json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END, 'name', CASE WHEN typeof(OLD."name") = 'blob' THEN hex(OLD."name") ELSE OLD."name" END), NULL);
 END;
 
 -- lockstep triggers uninstall
