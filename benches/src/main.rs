@@ -5,6 +5,7 @@
 //! cargo build --release -p lockstep -p lockstep-benches
 //! target/release/lockstep-bench tail [--lines 1000000]
 //! target/release/lockstep-bench spool [--lines 1000000]
+//! target/release/lockstep-bench trigger [--db postgres|mariadb] [--updates 100000]
 //! ```
 //!
 //! `tail`: N JSON lines of about 250 bytes are written to a file; lockstep (the release
@@ -18,6 +19,8 @@
 //! and the spool drains into JetStream (events/s until the stream holds N), beside the
 //! raw pipelined publish rate of the same envelopes measured right after on the same
 //! server.
+
+mod trigger;
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
@@ -42,10 +45,23 @@ async fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .map_or(Ok(1_000_000), |s| s.parse::<u64>())
         .context("--lines takes a number")?;
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     match scenario {
         "tail" => tail(lines).await,
         "spool" => spool(lines).await,
-        other => bail!("unknown scenario `{other}` (scenarios: tail, spool)"),
+        "trigger" => {
+            let db = flag("--db").unwrap_or_else(|| "postgres".into());
+            let updates = flag("--updates")
+                .map_or(Ok(100_000), |s| s.parse::<u64>())
+                .context("--updates takes a number")?;
+            trigger::trigger(&db, updates).await
+        }
+        other => bail!("unknown scenario `{other}` (scenarios: tail, spool, trigger)"),
     }
 }
 

@@ -42,8 +42,10 @@ use crate::pipeline::{now_ms, Batch, Outgoing};
 use crate::sink::backoff;
 use crate::source::{SourceContext, BATCH_SIZE};
 
+/// Rows read in one snapshot, at most.
+const READ_ROWS: usize = 4 * BATCH_SIZE;
 /// Rows read but not yet deleted, at most: past this the drain waits for acks.
-const MAX_IN_FLIGHT: usize = 8 * BATCH_SIZE;
+const MAX_IN_FLIGHT: usize = 32 * BATCH_SIZE;
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -345,13 +347,13 @@ impl Drain {
         let mut rows = std::mem::take(&mut self.rows);
         rows.clear();
         let db = self.db.as_mut().expect("connected");
-        let r = db.read(self.cursor, &self.in_flight, BATCH_SIZE, &mut rows);
+        let r = db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows);
         if let Err(e) = r {
             self.rows = rows;
             return Err(e);
         }
         let fresh = rows.iter().filter(|r| r.seq > self.cursor).count();
-        self.backlog = fresh >= BATCH_SIZE;
+        self.backlog = fresh >= READ_ROWS;
         let late = rows.len() - fresh;
         if late > 0 {
             tracing::debug!(
@@ -596,14 +598,25 @@ impl Drain {
         self.to_delete.push(r.seq);
     }
 
-    /// Hands the current batch to the sink, waiting while its channel is full.
+    /// Hands the read's events to the sink in batches of at most `BATCH_SIZE`, waiting
+    /// while its channel is full.
     fn flush(&mut self) -> Result<(), Stopping> {
-        if self.batch.is_empty() {
-            return Ok(());
+        while !self.batch.is_empty() {
+            let rest = if self.batch.len() > BATCH_SIZE {
+                self.batch.split_off(BATCH_SIZE)
+            } else {
+                Vec::with_capacity(BATCH_SIZE)
+            };
+            let msgs = std::mem::replace(&mut self.batch, rest);
+            self.send(msgs)?;
         }
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<Outgoing>) -> Result<(), Stopping> {
         let batch = Batch {
             source: self.cx.index,
-            msgs: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_SIZE)),
+            msgs,
         };
         let mut batch = Some(batch);
         let tx = self.cx.tx.clone();

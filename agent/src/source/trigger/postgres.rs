@@ -186,6 +186,7 @@ pub struct PgCapture {
     epoch: String,
     sweep: tokio_postgres::Statement,
     fresh: tokio_postgres::Statement,
+    fresh_late: tokio_postgres::Statement,
     delete: tokio_postgres::Statement,
     current: HashMap<String, tokio_postgres::Statement>,
 }
@@ -233,11 +234,17 @@ impl PgCapture {
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
+        let columns = "seq, tbl, op, pk::text, before::text, after::text, \
+                       (extract(epoch FROM changed_at) * 1000)::int8, origin";
         let fresh = client
             .prepare(&format!(
-                "SELECT seq, tbl, op, pk::text, before::text, after::text, \
-                 (extract(epoch FROM changed_at) * 1000)::int8, origin \
-                 FROM {ct} WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"
+                "SELECT {columns} FROM {ct} WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ))
+            .await
+            .map_err(q("prepare reading the capture table"))?;
+        let fresh_late = client
+            .prepare(&format!(
+                "SELECT {columns} FROM {ct} WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
@@ -253,6 +260,7 @@ impl PgCapture {
             epoch: format!("pg{oid}"),
             sweep,
             fresh,
+            fresh_late,
             delete,
             current: HashMap::new(),
         })
@@ -279,7 +287,8 @@ impl CaptureDb for PgCapture {
         limit: usize,
         out: &mut Vec<ChangeRow>,
     ) -> Result<(), DbError> {
-        let (client, sweep, fresh) = (&mut self.client, &self.sweep, &self.fresh);
+        let (client, sweep, fresh, fresh_late) =
+            (&mut self.client, &self.sweep, &self.fresh, &self.fresh_late);
         self.rt.block_on(async {
             let what = "read the capture table";
             let tx = client
@@ -301,10 +310,14 @@ impl CaptureDb for PgCapture {
                 Vec::new()
             };
             let n = (limit + late.len()) as i64;
-            let rows = tx
-                .query(fresh, &[&cursor, &late, &n])
-                .await
-                .map_err(db_err(what))?;
+            // Without late rows, a plain range: the index scan starts at the cursor
+            // instead of walking the deleted rows below it.
+            let rows = if late.is_empty() {
+                tx.query(fresh, &[&cursor, &n]).await
+            } else {
+                tx.query(fresh_late, &[&cursor, &late, &n]).await
+            }
+            .map_err(db_err(what))?;
             tx.commit().await.map_err(db_err(what))?;
             out.extend(rows.iter().map(|r| ChangeRow {
                 seq: r.get(0),

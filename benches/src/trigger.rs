@@ -1,0 +1,360 @@
+//! Scenario `trigger`: trigger capture on a live database.
+//!
+//! 1. **Drain throughput.** N single-row UPDATEs (each its own transaction) from 4
+//!    concurrent clients fill `lockstep_changes` (`capture = "rows"`: one event per
+//!    update) while the agent is stopped; then lockstep starts and drains the backlog
+//!    into JetStream. Events/s until the stream holds N, beside the raw pipelined publish
+//!    rate of envelopes of the same size measured on the same server right after.
+//! 2. **Latency.** With the agent running, one client issues UPDATEs at a steady
+//!    1,000/s for 10 s; a core NATS subscriber on the subject notes when each change
+//!    reaches the broker. Latency = arrival − the moment the statement was handed to the
+//!    client (so it includes the statement and its commit): p50/p99/max after a 1 s
+//!    warm-up.
+//!
+//! PostgreSQL is read natively (woken by NOTIFY); MariaDB over ODBC, polled every 200 ms.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{cpu_secs, lockstep_bin, raw_publish, vm_hwm_kib, wait_stream, NatsServer};
+
+const ROWS: u64 = 10_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Postgres,
+    MariaDb,
+}
+
+fn client(db: Db, name: &str) -> Command {
+    match db {
+        Db::Postgres => {
+            let mut c = Command::new("psql");
+            c.args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-A", "-t"])
+                .args(["-v", "ON_ERROR_STOP=1"])
+                .env("PGOPTIONS", format!("-c search_path={name}"));
+            c
+        }
+        Db::MariaDb => {
+            let mut c = Command::new("mariadb");
+            c.args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-D", name]);
+            c
+        }
+    }
+}
+
+fn run_sql(db: Db, name: &str, sql: &str) -> Result<String> {
+    let mut child = client(db, name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start the database client")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(sql.as_bytes())?;
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!("{}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+fn admin(db: Db, sql: &str) -> Result<()> {
+    let o = match db {
+        Db::Postgres => Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-c", sql])
+            .output()?,
+        Db::MariaDb => Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "-e", sql])
+            .output()?,
+    };
+    if !o.status.success() {
+        bail!("{sql}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
+}
+
+fn update(i: u64) -> String {
+    format!(
+        "UPDATE appointments SET n = {i}, status = 'S{}' WHERE id = {};\n",
+        i % 7,
+        i % ROWS + 1
+    )
+}
+
+pub async fn trigger(db_name: &str, n: u64) -> Result<()> {
+    let db = match db_name {
+        "postgres" => Db::Postgres,
+        "mariadb" => Db::MariaDb,
+        other => bail!("--db takes postgres or mariadb, not `{other}`"),
+    };
+    let tmp = tempfile::tempdir()?;
+    let nats = NatsServer::start(tmp.path())?;
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let name = format!("lockstep_bench_{}", std::process::id());
+    println!(
+        "scenario trigger on {db_name}: {n} single-row updates, nats-server {} (JetStream, file storage), 2 cores",
+        nats.version
+    );
+    let (create, conn, interval) = match db {
+        Db::Postgres => {
+            admin(db, &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))?;
+            (
+                format!(
+                    "CREATE TABLE appointments (id int PRIMARY KEY, clinic text, status text, fee numeric(12,2), at timestamptz, n bigint);
+                     INSERT INTO appointments SELECT g, 'CARDIOLOGY-' || g % 12, 'NEW', 50 + g % 400, '2026-11-21 10:00+00', 0 FROM generate_series(1, {ROWS}) g;"
+                ),
+                format!("postgres = \"host=127.0.0.1 user=postgres dbname=test options='-c search_path={name}'\""),
+                "500ms",
+            )
+        }
+        Db::MariaDb => {
+            admin(db, &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+            let mut rows = String::new();
+            for g in 1..=ROWS {
+                if g > 1 {
+                    rows.push(',');
+                }
+                rows.push_str(&format!(
+                    "({g}, 'CARDIOLOGY-{}', 'NEW', {}, '2026-11-21 10:00:00', 0)",
+                    g % 12,
+                    50 + g % 400
+                ));
+            }
+            (
+                format!(
+                    "CREATE TABLE appointments (id int PRIMARY KEY, clinic text, status text, fee decimal(12,2), at datetime(6), n bigint) ENGINE=InnoDB;
+                     INSERT INTO appointments VALUES {rows};"
+                ),
+                format!("odbc = \"DRIVER={{MariaDB Unicode}};SERVER=127.0.0.1;PORT=3306;DATABASE={name};USER=root\""),
+                "200ms",
+            )
+        }
+    };
+    let result = run(db, &name, &create, &conn, interval, n, tmp.path(), &url).await;
+    let _ = match db {
+        Db::Postgres => admin(db, &format!("DROP SCHEMA IF EXISTS {name} CASCADE")),
+        Db::MariaDb => admin(db, &format!("DROP DATABASE IF EXISTS {name}")),
+    };
+    drop(nats);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    db: Db,
+    name: &str,
+    create: &str,
+    conn: &str,
+    interval: &str,
+    n: u64,
+    dir: &Path,
+    url: &str,
+) -> Result<()> {
+    run_sql(db, name, create)?;
+    let cfg = dir.join("lockstep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"bench\"\nstate_dir = \"{}\"\n\n[nats]\nservers = [\"{url}\"]\nstream = \"LS\"\nsubject_prefix = \"ls\"\ncreate_stream = true\n\n[admin]\nlisten = \"\"\n\n[[source]]\nname = \"vista\"\nkind = \"trigger\"\n{conn}\ntables = [\"appointments\"]\ncapture = \"rows\"\ninterval = \"{interval}\"\n",
+            dir.join("state").display()
+        ),
+    )?;
+    let bin = lockstep_bin()?;
+    let o = Command::new(&bin)
+        .args(["triggers", "install", "--config"])
+        .arg(&cfg)
+        .output()?;
+    if !o.status.success() {
+        bail!("triggers install: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    // 1. The backlog: N updates from 4 clients, each statement its own transaction.
+    let t = Instant::now();
+    let writers: Vec<std::thread::JoinHandle<Result<String>>> = (0..4u64)
+        .map(|w| {
+            let name = name.to_owned();
+            std::thread::spawn(move || {
+                let mut sql = String::new();
+                for i in (0..n).filter(|i| i % 4 == w) {
+                    sql.push_str(&update(i));
+                }
+                run_sql(db, &name, &sql)
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer thread")?;
+    }
+    let write_secs = t.elapsed().as_secs_f64();
+    println!(
+        "  database: {n} single-row update transactions from 4 clients in {write_secs:.1} s ({:.0}/s)",
+        n as f64 / write_secs
+    );
+
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client.clone());
+    let t = Instant::now();
+    let mut agent = start(&bin, &cfg)?;
+    let pid = agent.id();
+    let mut peak = 0u64;
+    wait_stream(&js, n, &mut agent, &mut peak).await?;
+    let drain_secs = t.elapsed().as_secs_f64();
+    let drain_cpu = cpu_secs(pid).unwrap_or(0.0);
+    let drain_rate = n as f64 / drain_secs;
+    let left = run_sql(db, name, "SELECT count(*) FROM lockstep_changes;")?;
+
+    // The raw limit: envelopes of the same size, pipelined, to another stream.
+    let sizes = sample_sizes(&js).await?;
+    let avg = sizes.iter().sum::<usize>() / sizes.len().max(1);
+    js.create_stream(stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payloads: Vec<Bytes> = (0..n).map(|i| filler(avg, i)).collect();
+    let (raw_secs, raw_rate) = raw_publish(&js, "raw.trigger", &payloads).await?;
+    drop(payloads);
+
+    println!("  raw async-nats, {avg} B payloads, ids, 4096 in flight:  {raw_rate:>9.0} msg/s  ({raw_secs:.2} s)");
+    println!("  lockstep drain of the backlog -> JetStream:      {drain_rate:>9.0} events/s  ({drain_secs:.2} s from process start, {drain_cpu:.2} lockstep CPU s; {left} capture rows left)");
+    println!(
+        "  ratio drain / raw publish: {:.2}   (goal >= 0.80)",
+        drain_rate / raw_rate
+    );
+
+    // 2. Latency at a steady 1,000 changes/s.
+    let sub_subject = "ls.vista.appointments";
+    let mut sub = client.subscribe(sub_subject).await?;
+    client.flush().await?;
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let total = 10_000u64;
+    let base = n + 1_000_000;
+    let writer = {
+        let sent = sent.clone();
+        let mut c = client_proc(db, name)?;
+        std::thread::spawn(move || -> Result<()> {
+            let mut stdin = c.stdin.take().context("stdin")?;
+            let start = Instant::now();
+            for k in 0..total {
+                let due = start + Duration::from_micros(k * 1000);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let i = base + k;
+                let line = update(i);
+                sent.lock().unwrap().insert(i, Instant::now());
+                stdin.write_all(line.as_bytes())?;
+                stdin.flush()?;
+            }
+            drop(stdin);
+            c.wait()?;
+            Ok(())
+        })
+    };
+    let mut lat: Vec<(u64, f64)> = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (lat.len() as u64) < total && Instant::now() < deadline {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await else {
+            break;
+        };
+        let now = Instant::now();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
+        let Some(i) = v["after"]["n"].as_u64() else {
+            continue;
+        };
+        if i < base {
+            continue;
+        }
+        if let Some(t) = sent.lock().unwrap().get(&i) {
+            lat.push((i - base, now.duration_since(*t).as_secs_f64() * 1000.0));
+        }
+    }
+    writer.join().expect("writer thread")?;
+    peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    agent.wait()?;
+    let mut ms: Vec<f64> = lat
+        .iter()
+        .filter(|(k, _)| *k >= 1000)
+        .map(|(_, l)| *l)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        bail!("no latency samples arrived");
+    }
+    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    let goal = if db == Db::Postgres { 100 } else { 300 };
+    println!(
+        "  latency, statement handed to the client -> change at the broker, 1,000 updates/s ({} samples after 1 s warm-up, {} of {total} arrived):",
+        ms.len(),
+        lat.len()
+    );
+    println!(
+        "    p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   (goal p99 <= {goal} ms; idle poll interval {interval})",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!("  lockstep peak RSS: {:.1} MiB", peak as f64 / 1024.0);
+    Ok(())
+}
+
+fn client_proc(db: Db, name: &str) -> Result<Child> {
+    client(db, name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start the database client")
+}
+
+fn start(bin: &Path, cfg: &Path) -> Result<Child> {
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("LOCKSTEP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))
+}
+
+/// Sizes of the first 1,000 messages lockstep stored.
+async fn sample_sizes(js: &jetstream::Context) -> Result<Vec<usize>> {
+    let s = js.get_stream("LS").await?;
+    let mut out = Vec::with_capacity(1000);
+    for seq in 1..=1000u64 {
+        match s.get_raw_message(seq).await {
+            Ok(m) => out.push(m.payload.len()),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+/// A payload of `len` bytes, distinct per `i`.
+fn filler(len: usize, i: u64) -> Bytes {
+    let mut s = format!("{{\"i\":{i},\"pad\":\"");
+    while s.len() + 2 < len {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    Bytes::from(s)
+}
