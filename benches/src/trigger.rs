@@ -39,9 +39,20 @@ fn client(db: Db, name: &str) -> Command {
     match db {
         Db::Postgres => {
             let mut c = Command::new("psql");
-            c.args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-A", "-t"])
-                .args(["-v", "ON_ERROR_STOP=1"])
-                .env("PGOPTIONS", format!("-c search_path={name}"));
+            c.args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1"])
+            .env("PGOPTIONS", format!("-c search_path={name}"));
             c
         }
         Db::MariaDb => {
@@ -74,7 +85,18 @@ fn run_sql(db: Db, name: &str, sql: &str) -> Result<String> {
 fn admin(db: Db, sql: &str) -> Result<()> {
     let o = match db {
         Db::Postgres => Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-c", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-X",
+                "-q",
+                "-c",
+                sql,
+            ])
             .output()?,
         Db::MariaDb => Command::new("mariadb")
             .args(["-h", "127.0.0.1", "-u", "root", "-e", sql])
@@ -110,7 +132,10 @@ pub async fn trigger(db_name: &str, n: u64) -> Result<()> {
     );
     let (create, conn, interval) = match db {
         Db::Postgres => {
-            admin(db, &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))?;
+            admin(
+                db,
+                &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"),
+            )?;
             (
                 format!(
                     "CREATE TABLE appointments (id int PRIMARY KEY, clinic text, status text, fee numeric(12,2), at timestamptz, n bigint);
@@ -121,7 +146,10 @@ pub async fn trigger(db_name: &str, n: u64) -> Result<()> {
             )
         }
         Db::MariaDb => {
-            admin(db, &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+            admin(
+                db,
+                &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"),
+            )?;
             let mut rows = String::new();
             for g in 1..=ROWS {
                 if g > 1 {

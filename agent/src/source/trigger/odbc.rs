@@ -317,7 +317,22 @@ impl CaptureDb for OdbcCapture {
         let ct = d.ident(CAPTURE_TABLE);
         let what = "read the capture table";
         let r = (|| {
-            let late: Vec<i64> = if cursor > 0 {
+            // Rows at or below the cursor are the ones in flight, unless a transaction
+            // committed late: count first, list only when the count says so.
+            let below: usize = if cursor > 0 {
+                query(
+                    &self.conn,
+                    &format!("SELECT count(*) FROM {ct} WHERE seq <= {cursor}"),
+                    what,
+                )?
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+            } else {
+                0
+            };
+            let late: Vec<i64> = if below > in_flight.len() {
                 query(
                     &self.conn,
                     &format!("SELECT seq FROM {ct} WHERE seq <= {cursor} ORDER BY seq"),

@@ -184,6 +184,7 @@ pub struct PgCapture {
     wake: Arc<Notify>,
     tables: Vec<TableDef>,
     epoch: String,
+    count: tokio_postgres::Statement,
     sweep: tokio_postgres::Statement,
     fresh: tokio_postgres::Statement,
     fresh_late: tokio_postgres::Statement,
@@ -228,6 +229,10 @@ impl PgCapture {
             .await
             .map_err(q("listen for changes"))?;
         let ct = Dialect::Postgres.ident(CAPTURE_TABLE);
+        let count = client
+            .prepare(&format!("SELECT count(*) FROM {ct} WHERE seq <= $1"))
+            .await
+            .map_err(q("prepare reading the capture table"))?;
         let sweep = client
             .prepare(&format!(
                 "SELECT seq FROM {ct} WHERE seq <= $1 ORDER BY seq"
@@ -258,6 +263,7 @@ impl PgCapture {
             wake,
             tables: defs,
             epoch: format!("pg{oid}"),
+            count,
             sweep,
             fresh,
             fresh_late,
@@ -287,8 +293,8 @@ impl CaptureDb for PgCapture {
         limit: usize,
         out: &mut Vec<ChangeRow>,
     ) -> Result<(), DbError> {
-        let (client, sweep, fresh, fresh_late) =
-            (&mut self.client, &self.sweep, &self.fresh, &self.fresh_late);
+        let (client, count, sweep) = (&mut self.client, &self.count, &self.sweep);
+        let (fresh, fresh_late) = (&self.fresh, &self.fresh_late);
         self.rt.block_on(async {
             let what = "read the capture table";
             let tx = client
@@ -298,7 +304,17 @@ impl CaptureDb for PgCapture {
                 .start()
                 .await
                 .map_err(db_err(what))?;
-            let late: Vec<i64> = if cursor > 0 {
+            // Rows at or below the cursor are the ones in flight, unless a transaction
+            // committed late: count first, list only when the count says so.
+            let below: i64 = if cursor > 0 {
+                tx.query_one(count, &[&cursor])
+                    .await
+                    .map_err(db_err(what))?
+                    .get(0)
+            } else {
+                0
+            };
+            let late: Vec<i64> = if below as usize > in_flight.len() {
                 tx.query(sweep, &[&cursor])
                     .await
                     .map_err(db_err(what))?
