@@ -718,55 +718,11 @@ async fn postgres_connection_lost_and_refused_loses_nothing() {
     w.with_admin();
     let dbname = format!("lockstep_outage_{}", std::process::id());
     let admin = |sql: &str| {
-        let o = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "test",
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        psql_on("test", sql);
     };
     admin(&format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"));
     admin(&format!("CREATE DATABASE {dbname}"));
-    let run = |sql: &str| {
-        let o = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                &dbname,
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_owned()
-    };
+    let run = |sql: &str| psql_on(&dbname, sql);
     run("CREATE TABLE appointments (id int PRIMARY KEY, clinic text)");
     let source = format!(
         "[[source]]\nname = \"vista\"\nkind = \"trigger\"\npostgres = \"host=127.0.0.1 user=postgres dbname={dbname}\"\ntables = [\"appointments\"]\ncapture = \"keys\"\n"

@@ -505,3 +505,30 @@ pub async fn wait_first_scan(w: &World) {
 pub fn agent_log(w: &World) -> String {
     std::fs::read_to_string(w.dir().join("agent.log")).unwrap_or_default()
 }
+
+/// Runs SQL with psql on database `db` of the local PostgreSQL; returns its unaligned
+/// output.
+pub fn psql_on(db: &str, sql: &str) -> String {
+    let o = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        o.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}

@@ -1,34 +1,10 @@
 //! `lockstep triggers show|install|uninstall` against a live PostgreSQL, through the
 //! real binary, checked with psql.
 
-use std::process::Command;
-
 use crate::harness::*;
 
-/// Runs SQL with psql; returns its unaligned output.
 fn psql(sql: &str) -> String {
-    let o = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql");
-    assert!(
-        o.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    psql_on("test", sql)
 }
 
 #[test]
