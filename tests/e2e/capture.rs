@@ -593,7 +593,8 @@ async fn a_late_commit_is_delivered(kind: Kind) {
 async fn wait_for_open_insert(db: &Db) {
     let sql = match db.kind {
         Kind::Pg => "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%VALUES (1, ''A'')%';",
-        _ => "SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE() AND t.trx_rows_modified > 0;",
+        // A dirty read sees A's uncommitted capture row.
+        _ => "SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; SELECT count(*) FROM lockstep_changes;",
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

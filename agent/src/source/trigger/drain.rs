@@ -113,6 +113,8 @@ struct Pending {
 struct Group {
     table: usize,
     pk: String,
+    key: Record,
+    canon: String,
     first_op: String,
     last_seq: i64,
     changed_ms: Option<i64>,
@@ -202,6 +204,7 @@ impl Drain {
             self.apply_acks();
             if self.db.is_none() {
                 if Instant::now() < self.retry_at {
+                    // Backing off; short naps so that a shutdown is seen at once.
                     std::thread::sleep(Duration::from_millis(20));
                     self.publish_status(false);
                     continue;
@@ -425,9 +428,10 @@ impl Drain {
             let found = self.table_index(&r.table).and_then(|t| {
                 row_op(&r.op)?;
                 let key = parse_image(&self.tables[t].def, "pk", &r.pk)?;
-                Ok((t, key_text(&self.tables[t].def, &key)?))
+                let canon = key_text(&self.tables[t].def, &key)?;
+                Ok((t, key, canon))
             });
-            let (t, canon) = match found {
+            let (t, key, canon) = match found {
                 Ok(v) => v,
                 Err(reason) => {
                     self.set_aside(r, &reason);
@@ -442,10 +446,12 @@ impl Drain {
                     g.rows.push(r.seq);
                 }
                 None => {
-                    index.insert((t, canon), groups.len());
+                    index.insert((t, canon.clone()), groups.len());
                     groups.push(Group {
                         table: t,
                         pk: r.pk.clone(),
+                        key,
+                        canon,
                         first_op: r.op.clone(),
                         last_seq: r.seq,
                         changed_ms: r.changed_ms,
@@ -486,10 +492,7 @@ impl Drain {
         }
         groups.sort_by_key(|g| g.last_seq);
         for g in groups {
-            let def = &self.tables[g.table].def;
-            let key = parse_image(def, "pk", &g.pk).expect("parsed above");
-            let canon = key_text(def, &key).expect("parsed above");
-            let (op, after) = match current.remove(&(g.table, canon)) {
+            let (op, after) = match current.remove(&(g.table, g.canon)) {
                 Some(row) if g.first_op == "c" => (Op::Create, Some(row)),
                 Some(row) => (Op::Update, Some(row)),
                 None => (Op::Delete, None),
@@ -497,7 +500,7 @@ impl Drain {
             self.push(
                 g.table,
                 op,
-                key,
+                g.key,
                 None,
                 after,
                 g.last_seq,
@@ -664,6 +667,7 @@ impl Drain {
         while Instant::now() < deadline && !self.pending.is_empty() && !*self.cx.sink_done.borrow()
         {
             self.apply_acks();
+            // The watermark is an atomic without a wake-up; poll it until the deadline.
             std::thread::sleep(Duration::from_millis(10));
         }
         self.apply_acks();

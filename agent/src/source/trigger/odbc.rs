@@ -452,6 +452,7 @@ impl CaptureDb for OdbcCapture {
     }
 
     fn wait(&mut self, timeout: Duration) -> bool {
+        // ODBC has no notifications: this is the idle poll interval.
         std::thread::sleep(timeout);
         false
     }
