@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lockstep::cli::{check, triggers, Cli, Command, SpoolCommand};
+use lockstep::cli::{check, snapshot, triggers, Cli, Command, SpoolCommand};
 use lockstep::config::{self, Config};
 use tokio::sync::watch;
 
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Run { config }
         | Command::Check { config }
         | Command::Spool { config, .. }
+        | Command::Snapshot { config, .. }
         | Command::Triggers { config, .. } => config.clone().unwrap_or_else(config::default_path),
     };
     let cfg = match Config::load(&path) {
@@ -52,6 +53,21 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("lockstep: {e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Snapshot { source, table, .. } => {
+            let r = snapshot::run(
+                &cfg,
+                source.as_deref(),
+                table.as_deref(),
+                &mut std::io::stdout().lock(),
+            );
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lockstep: {}", e.message);
+                    ExitCode::from(e.code)
                 }
             }
         }

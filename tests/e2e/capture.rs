@@ -219,7 +219,7 @@ impl Db {
     }
 
     /// A literal timestamp in this dialect.
-    fn ts(&self, minute: u64, second: u64) -> String {
+    pub fn ts(&self, minute: u64, second: u64) -> String {
         match self.kind {
             Kind::Pg => format!("'2026-11-21 10:{minute:02}:{second:02}+00'"),
             _ => format!("'2026-11-21 10:{minute:02}:{second:02}'"),
@@ -264,7 +264,7 @@ impl Drop for Session {
 
 /// Numbers with a fractional part lose trailing zeros, so `12.50000` (a database's text)
 /// and `12.5` (a JSON number) compare equal; everything else is kept.
-fn norm(s: &str) -> String {
+pub fn norm(s: &str) -> String {
     let t = s.trim_end_matches('\r');
     let numeric = t.contains('.')
         && t.trim_start_matches('-')
@@ -277,7 +277,7 @@ fn norm(s: &str) -> String {
     }
 }
 
-fn value_text(v: &serde_json::Value) -> String {
+pub fn value_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => NULL.to_owned(),
         serde_json::Value::String(s) => norm(s),
@@ -286,7 +286,7 @@ fn value_text(v: &serde_json::Value) -> String {
 }
 
 /// Replays the stream: `table/key` → the columns of the row as the last event left it.
-fn replay(msgs: &[Msg]) -> BTreeMap<String, String> {
+pub fn replay(msgs: &[Msg]) -> BTreeMap<String, String> {
     let mut state = BTreeMap::new();
     for m in msgs {
         let j = &m.json;
@@ -315,7 +315,7 @@ fn replay(msgs: &[Msg]) -> BTreeMap<String, String> {
 
 /// A seeded random mix of inserts, updates and deletes on both tables, in transactions
 /// of 1 to 8 statements. With NULLs, big decimals, unicode and timestamps.
-fn workload(db: &Db, seed: u64, ops: usize) -> String {
+pub fn workload(db: &Db, seed: u64, ops: usize) -> String {
     let mut r = seed;
     let mut next = move |n: u64| {
         r = r
@@ -415,14 +415,14 @@ fn workload(db: &Db, seed: u64, ops: usize) -> String {
     sql
 }
 
-fn install(w: &World, cfg: &std::path::Path) {
+pub fn install(w: &World, cfg: &std::path::Path) {
     let (code, out, err) = lockstep(&["triggers", "install", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     let _ = w;
 }
 
 /// Rows left in the capture table.
-fn capture_rows(db: &Db) -> u64 {
+pub fn capture_rows(db: &Db) -> u64 {
     db.sql("SELECT count(*) FROM lockstep_changes;")
         .trim()
         .parse()
@@ -432,7 +432,7 @@ fn capture_rows(db: &Db) -> u64 {
 /// Waits until the capture table is empty and the spool sent (everything drained,
 /// deleted and in the stream: a capture row is deleted once its event is in the stream
 /// *or durably spooled*).
-async fn drained(db: &Db, w: &World) {
+pub async fn drained(db: &Db, w: &World) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let cfg = w.dir().join("lockstep.toml");
     while capture_rows(db) > 0 || w.spool_waiting(&cfg) > 0 {
@@ -447,7 +447,7 @@ async fn drained(db: &Db, w: &World) {
     }
 }
 
-fn assert_no_duplicate_ids(msgs: &[Msg]) {
+pub fn assert_no_duplicate_ids(msgs: &[Msg]) {
     let mut ids = HashSet::new();
     for m in msgs {
         assert!(ids.insert(m.id.clone()), "duplicate Nats-Msg-Id {}", m.id);

@@ -7,6 +7,7 @@ mod capture;
 mod cli;
 mod harness;
 mod rotation;
+mod snapshot;
 mod spool;
 mod tail;
 mod triggers;

@@ -1,11 +1,55 @@
 //! The command line (SPEC §2).
 
 pub mod check;
+pub mod snapshot;
 pub mod triggers;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::config::{Config, SourceConfig, SourceKind, TriggerConfig};
+
+/// The trigger source named `source`, or the only one; `what` names the command's
+/// subject for the error.
+pub fn trigger_source<'a>(
+    cfg: &'a Config,
+    source: Option<&str>,
+    what: &str,
+) -> Result<(&'a SourceConfig, &'a TriggerConfig), String> {
+    let triggers: Vec<_> = cfg
+        .sources
+        .iter()
+        .filter(|s| matches!(s.kind, SourceKind::Trigger(_)))
+        .collect();
+    let s = match source {
+        Some(name) => cfg
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no source named `{name}` in {}", cfg.path.display()))?,
+        None if triggers.len() == 1 => triggers[0],
+        None => {
+            return Err(format!(
+                "say which source with --source (trigger sources in {}: {})",
+                cfg.path.display(),
+                triggers
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    };
+    match &s.kind {
+        SourceKind::Trigger(t) => Ok((s, t)),
+        other => Err(format!(
+            "source `{}` is of kind `{}`; {what} are for kind = \"trigger\"",
+            s.name,
+            other.name()
+        )),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +85,19 @@ pub enum Command {
         source: Option<String>,
         /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
         #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Queue a snapshot of a trigger source's tables (every row as op "r") and follow its
+    /// progress while the agent takes it.
+    Snapshot {
+        /// The source (its `name` in the config).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this table of the source [default: all of them]
+        #[arg(long)]
+        table: Option<String>,
+        /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
+        #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Look into the offline spool (read-only; safe while the agent runs).

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::config::{Config, SourceKind};
+use crate::config::Config;
 use crate::source::trigger::admin::AdminDb;
 use crate::source::trigger::ddl;
 
@@ -15,37 +15,7 @@ pub async fn run(
     command: &TriggersCommand,
     out: &mut impl Write,
 ) -> Result<(), String> {
-    let triggers: Vec<_> = cfg
-        .sources
-        .iter()
-        .filter(|s| matches!(s.kind, SourceKind::Trigger(_)))
-        .collect();
-    let s = match source {
-        Some(name) => cfg
-            .sources
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| format!("no source named `{name}` in {}", cfg.path.display()))?,
-        None if triggers.len() == 1 => triggers[0],
-        None => {
-            return Err(format!(
-                "say which source with --source (trigger sources in {}: {})",
-                cfg.path.display(),
-                triggers
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        }
-    };
-    let SourceKind::Trigger(t) = &s.kind else {
-        return Err(format!(
-            "source `{}` is of kind `{}`; triggers are for kind = \"trigger\"",
-            s.name,
-            s.kind.name()
-        ));
-    };
+    let (s, t) = super::trigger_source(cfg, source, "triggers")?;
     let fail = |e: String| format!("source `{}`: {e}", s.name);
     let mut db = AdminDb::open(t).await.map_err(fail)?;
     let d = db.dialect();

@@ -132,6 +132,9 @@ pub struct TriggerConfig {
     pub interval: Duration,
     /// The SQL dialect, when it is not to be asked of the database.
     pub dialect: Option<Dialect>,
+    /// `snapshot = "initial"`: read every row of the tables (op `r`) when the source
+    /// first starts.
+    pub snapshot_initial: bool,
 }
 
 #[derive(Debug, Clone)]

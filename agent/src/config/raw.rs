@@ -107,6 +107,7 @@ struct RawSource {
     capture: Option<Spanned<String>>,
     interval: Option<ConfigDuration>,
     dialect: Option<Spanned<String>>,
+    snapshot: Option<Spanned<String>>,
     columns: Option<Spanned<toml::Value>>,
     cursor: Option<Spanned<toml::Value>>,
     full_scan_every: Option<Spanned<toml::Value>>,
@@ -460,6 +461,20 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             )
         })?),
     };
+    let snapshot_initial = match s
+        .snapshot
+        .as_ref()
+        .map(|c| (c.get_ref().as_str(), c.span()))
+    {
+        None | Some(("never", _)) => false,
+        Some(("initial", _)) => true,
+        Some((other, span)) => {
+            return Err(cx.err(
+                span,
+                format!("source `{name}`: snapshot `{other}`: use \"initial\" or \"never\""),
+            ))
+        }
+    };
     if matches!(db, TriggerDb::Postgres(_)) && dialect.is_some_and(|d| d != Dialect::Postgres) {
         let d = s.dialect.as_ref().expect("checked");
         return Err(cx.err(
@@ -475,6 +490,7 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             capture,
             interval: s.interval.map_or(Duration::from_millis(500), |d| d.0),
             dialect,
+            snapshot_initial,
         }),
     })
 }
@@ -513,6 +529,7 @@ fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
         ("tables", s.tables.as_ref().map(|v| v.span())),
         ("capture", s.capture.as_ref().map(|v| v.span())),
         ("dialect", s.dialect.as_ref().map(|v| v.span())),
+        ("snapshot", s.snapshot.as_ref().map(|v| v.span())),
     ];
     for (key, span) in trigger_keys {
         if let Some(span) = span {
@@ -755,15 +772,21 @@ mod tests {
         assert_eq!(t.tables, ["appointments"]);
         assert_eq!(t.capture, Capture::Rows);
         assert_eq!(t.interval, Duration::from_millis(200));
+        assert!(!t.snapshot_initial);
         let c = parse_str(&format!(
-            "{base}odbc = \"DSN=VISTA\"\ntables = [\"a\"]\ndialect = \"db2\""
+            "{base}odbc = \"DSN=VISTA\"\ntables = [\"a\"]\ndialect = \"db2\"\nsnapshot = \"initial\""
         ))
         .unwrap();
         let SourceKind::Trigger(t) = &c.sources[0].kind else {
             panic!("a trigger source")
         };
         assert_eq!((t.capture, t.dialect), (Capture::Keys, Some(Dialect::Db2)));
+        assert!(t.snapshot_initial);
         for (extra, msg) in [
+            (
+                "postgres = \"x\"\ntables = [\"a\"]\nsnapshot = \"always\"",
+                "snapshot `always`",
+            ),
             ("tables = [\"a\"]", "needs `postgres"),
             ("postgres = \"x\"", "needs `tables"),
             (

@@ -21,6 +21,9 @@
 //! **Origin.** Rows written by a session that set lockstep's origin marker are deleted
 //! without being published.
 //!
+//! **Snapshots.** Between reads of the capture table the drain reads the chunks of a
+//! running snapshot (see [`super::snapshot`] for how the two are interleaved).
+//!
 //! **Connection loss.** Any database error drops the connection; the drain reconnects
 //! with backoff, reports it in `/status` and in `lockstep_source_db_connected`, and goes
 //! on from where it was: rows not yet deleted are still in the table.
@@ -35,6 +38,7 @@ use lockstep_formats::json::{encode_value, parse_object};
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
 
 use super::ddl::{Capture, TableDef};
+use super::snapshot::{Snapshots, CHUNK_ROWS};
 use crate::admin::metrics::TableCounters;
 use crate::config::TriggerConfig;
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
@@ -86,6 +90,16 @@ pub trait CaptureDb: Send {
     /// The current rows (as JSON objects) of the keys `pks` (JSON objects) of `table`;
     /// keys without a row are left out.
     fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError>;
+    /// Up to `limit` rows of `table` as JSON objects, in key order: from the first, or
+    /// those whose key is greater than that of `after` (a row this method returned).
+    fn chunk(
+        &mut self,
+        table: &TableDef,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, DbError>;
+    /// How many rows `table` has.
+    fn count(&mut self, table: &TableDef) -> Result<u64, DbError>;
     /// Deletes the rows with these `seq`s.
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
     /// Waits up to `timeout` for news of a change; true when woken by one.
@@ -137,6 +151,7 @@ pub struct Drain {
     batch: Vec<Outgoing>,
     rows: Vec<ChangeRow>,
     quarantine: Quarantine,
+    snapshots: Snapshots,
     agent: Arc<str>,
     name: Arc<str>,
     kind: Arc<str>,
@@ -168,6 +183,7 @@ impl Drain {
     pub fn new(cfg: TriggerConfig, cx: SourceContext, connect: Connect) -> Self {
         Drain {
             quarantine: Quarantine::new(&cx.state_dir, &cx.name),
+            snapshots: Snapshots::open(&cx.state_dir, &cx.name, &cfg.tables, cfg.snapshot_initial),
             agent: Arc::from(cx.agent_id.as_str()),
             name: Arc::from(cx.name.as_str()),
             kind: Arc::from("trigger"),
@@ -314,6 +330,12 @@ impl Drain {
                 return Ok(());
             }
         }
+        if self.snapshot_chunk()? {
+            // More to read at once; only look whether a change was notified meanwhile.
+            let db = self.db.as_mut().expect("connected");
+            self.woken |= db.wait(Duration::ZERO);
+            return Ok(());
+        }
         let timeout = if !self.pending.is_empty() || !self.to_delete.is_empty() {
             Duration::from_millis(5)
         } else {
@@ -390,6 +412,72 @@ impl Drain {
         out
     }
 
+    /// Reads the next chunk of a running snapshot, if one is due; true when the next can
+    /// be read at once.
+    fn snapshot_chunk(&mut self) -> Result<bool, Fail> {
+        self.snapshots.poll_request();
+        if let Some(tables) = self.snapshots.to_count() {
+            let mut total = 0;
+            for name in tables {
+                if let Some(&t) = self.by_name.get(name) {
+                    let db = self.db.as_mut().expect("connected");
+                    total += db.count(&self.tables[t].def)?;
+                }
+            }
+            self.snapshots.set_total(total);
+        }
+        let Some((name, after)) = self.snapshots.want() else {
+            return Ok(false);
+        };
+        let Some(&t) = self.by_name.get(name) else {
+            tracing::warn!(
+                "source {}: snapshot {}: `{name}` is no longer one of the source's tables; skipping it",
+                self.name,
+                self.snapshots.id()
+            );
+            self.snapshots.read(0, None, false, self.seq);
+            return Ok(true);
+        };
+        let after = after.map(str::to_owned);
+        let db = self.db.as_mut().expect("connected");
+        let def = &self.tables[t].def;
+        let mut rows = db.chunk(def, after.as_deref(), CHUNK_ROWS)?;
+        // Every row is understood before any event is made, so a failed chunk is simply
+        // read again.
+        let mut events = Vec::with_capacity(rows.len());
+        for json in &rows {
+            let row = parse_image(def, "row", json)
+                .map_err(|r| DbError(format!("reading a snapshot chunk of `{}`: {r}", def.name)))?;
+            let (key, text) = key_of(def, &row)
+                .map_err(|r| DbError(format!("reading a snapshot chunk of `{}`: {r}", def.name)))?;
+            events.push((key, text, row));
+        }
+        let position = |text: &str| format!("snapshot{}.{name}.{text}", self.snapshots.id());
+        let events: Vec<_> = events
+            .into_iter()
+            .map(|(key, text, row)| (position(&text), key, row))
+            .collect();
+        for (position, key, row) in events {
+            self.push(
+                t,
+                Op::Read,
+                key,
+                None,
+                Some(row),
+                position,
+                None,
+                Vec::new(),
+            );
+        }
+        let full = rows.len() >= CHUNK_ROWS;
+        let n = rows.len();
+        self.snapshots.read(n, rows.pop(), full, self.seq);
+        if self.flush().is_err() {
+            return Err(Fail::Stopping);
+        }
+        Ok(self.snapshots.want().is_some())
+    }
+
     /// `capture = "rows"`: one event per row, with the images the trigger recorded.
     fn row_event(&mut self, r: &ChangeRow) {
         if r.origin.is_some() {
@@ -410,7 +498,17 @@ impl Drain {
         })();
         match built {
             Ok((t, op, key, before, after)) => {
-                self.push(t, op, key, before, after, r.seq, r.changed_ms, vec![r.seq])
+                let position = self.position(r.seq);
+                self.push(
+                    t,
+                    op,
+                    key,
+                    before,
+                    after,
+                    position,
+                    r.changed_ms,
+                    vec![r.seq],
+                )
             }
             Err(reason) => self.set_aside(r, &reason),
         }
@@ -497,13 +595,14 @@ impl Drain {
                 Some(row) => (Op::Update, Some(row)),
                 None => (Op::Delete, None),
             };
+            let position = self.position(g.last_seq);
             self.push(
                 g.table,
                 op,
                 g.key,
                 None,
                 after,
-                g.last_seq,
+                position,
                 g.changed_ms,
                 g.rows,
             );
@@ -517,6 +616,12 @@ impl Drain {
         })
     }
 
+    /// The position of the change event whose (last) capture row is `seq`.
+    fn position(&self, seq: i64) -> String {
+        format!("{}.{seq}", self.epoch)
+    }
+
+    /// Makes an event and queues it; `rows` are the capture rows it stands for.
     #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
@@ -525,7 +630,7 @@ impl Drain {
         key: Record,
         before: Option<Record>,
         after: Option<Record>,
-        seq: i64,
+        position: String,
         changed_ms: Option<i64>,
         rows: Vec<i64>,
     ) {
@@ -541,9 +646,9 @@ impl Drain {
                 name: self.name.clone(),
                 kind: self.kind.clone(),
                 table: table.name.clone(),
-                position: format!("{}.{seq}", self.epoch),
+                position,
                 ts_ms: changed_ms.unwrap_or(now),
-                snapshot: false,
+                snapshot: op == Op::Read,
             },
             ts_ms: now,
         };
@@ -659,6 +764,7 @@ impl Drain {
             let p = self.pending.pop_front().expect("front exists");
             self.to_delete.extend(p.rows);
         }
+        self.snapshots.acked(w);
     }
 
     /// Shutdown: wait for the sink's last acks and delete what they cover.
@@ -709,6 +815,7 @@ impl Drain {
                 "events_sent": self.seq, "events_acknowledged": w,
                 "quarantined": c.quarantined.load(Ordering::Relaxed),
                 "last_error": self.last_error,
+                "snapshot": self.snapshots.status(),
             }),
         );
     }
@@ -755,6 +862,24 @@ fn key_text(def: &TableDef, row: &Record) -> Result<String, String> {
         buf.push(0);
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The key columns of `row`, and their values as text for a position (`445`,
+/// `"R1",7`).
+fn key_of(def: &TableDef, row: &Record) -> Result<(Record, String), String> {
+    let mut key = Record::with_capacity(def.key.len());
+    let mut text = Vec::with_capacity(16);
+    for (i, k) in def.key.iter().enumerate() {
+        let v = row
+            .get(k)
+            .ok_or_else(|| format!("key column `{k}` is missing"))?;
+        if i > 0 {
+            text.push(b',');
+        }
+        encode_value(v, &mut text);
+        key.push(k.clone(), v.clone());
+    }
+    Ok((key, String::from_utf8_lossy(&text).into_owned()))
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -3,13 +3,14 @@
 //!
 //! [`ddl`] makes the capture table and triggers in each dialect; [`drain`] reads,
 //! publishes and deletes, over a [`postgres`] connection (woken by `NOTIFY`) or an
-//! [`odbc`] one (polled).
+//! [`odbc`] one (polled); [`snapshot`] reads the tables themselves, as op `r`.
 
 pub mod admin;
 pub mod ddl;
 pub mod drain;
 pub mod odbc;
 pub mod postgres;
+pub mod snapshot;
 
 use crate::config::{TriggerConfig, TriggerDb};
 use crate::source::SourceContext;

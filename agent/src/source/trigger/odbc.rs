@@ -260,6 +260,14 @@ impl OdbcCapture {
     }
 }
 
+/// A row of `table` as one JSON object.
+fn row_image(d: Dialect, table: &TableDef) -> String {
+    match d {
+        Dialect::Postgres => "row_to_json(t)::text".to_owned(),
+        _ => json_object(d, "t", &table.columns),
+    }
+}
+
 /// The capture-row time as ms since the epoch, where the dialect can say.
 fn changed_ms(d: Dialect) -> &'static str {
     match d {
@@ -269,6 +277,44 @@ fn changed_ms(d: Dialect) -> &'static str {
         Dialect::SqlServer => "DATEDIFF_BIG(millisecond, '1970-01-01', changed_at)",
         Dialect::Oracle | Dialect::Db2 => "NULL",
     }
+}
+
+/// `SELECT <body> ORDER BY <order>`, at most `n` rows, in the dialect's words.
+fn limited(d: Dialect, body: &str, order: &str, n: usize, sql: &mut String) {
+    sql.clear();
+    match d {
+        Dialect::SqlServer => sql.push_str(&format!("SELECT TOP {n} {body} ORDER BY {order}")),
+        Dialect::Oracle | Dialect::Db2 => sql.push_str(&format!(
+            "SELECT {body} ORDER BY {order} FETCH FIRST {n} ROWS ONLY"
+        )),
+        _ => sql.push_str(&format!("SELECT {body} ORDER BY {order} LIMIT {n}")),
+    }
+}
+
+/// The rows of `t` whose key comes after the key of `row`:
+/// `k1 > v1 OR (k1 = v1 AND k2 > v2) OR …`.
+fn after_key(d: Dialect, key: &[String], row: &lockstep_formats::Record) -> String {
+    let mut any = Vec::with_capacity(key.len());
+    for i in 0..key.len() {
+        let mut all: Vec<String> = key[..i]
+            .iter()
+            .map(|k| {
+                format!(
+                    "t.{} = {}",
+                    d.ident(k),
+                    literal(d, row.get(k).unwrap_or(&Value::Null))
+                )
+            })
+            .collect();
+        let k = &key[i];
+        all.push(format!(
+            "t.{} > {}",
+            d.ident(k),
+            literal(d, row.get(k).unwrap_or(&Value::Null))
+        ));
+        any.push(format!("({})", all.join(" AND ")));
+    }
+    any.join(" OR ")
 }
 
 /// A key value as an SQL literal.
@@ -346,30 +392,17 @@ impl CaptureDb for OdbcCapture {
                 Vec::new()
             };
             let n = limit + late.len();
-            let sql = &mut self.sql;
-            sql.clear();
-            sql.push_str("SELECT ");
-            if d == Dialect::SqlServer {
-                sql.push_str(&format!("TOP {n} "));
-            }
-            sql.push_str(&format!(
+            let mut body = format!(
                 "seq, tbl, op, pk, {}, {}, {}, origin FROM {ct} WHERE seq > {cursor}",
                 d.ident("before"),
                 d.ident("after"),
                 changed_ms(d)
-            ));
+            );
             if !late.is_empty() {
                 let list: Vec<String> = late.iter().map(|s| s.to_string()).collect();
-                sql.push_str(&format!(" OR seq IN ({})", list.join(", ")));
+                body.push_str(&format!(" OR seq IN ({})", list.join(", ")));
             }
-            sql.push_str(" ORDER BY seq");
-            match d {
-                Dialect::SqlServer => {}
-                Dialect::Oracle | Dialect::Db2 => {
-                    sql.push_str(&format!(" FETCH FIRST {n} ROWS ONLY"))
-                }
-                _ => sql.push_str(&format!(" LIMIT {n}")),
-            }
+            limited(d, &body, "seq", n, &mut self.sql);
             for r in query(&self.conn, &self.sql, what)? {
                 let mut c = r.into_iter();
                 let mut next = || c.next().flatten();
@@ -395,10 +428,7 @@ impl CaptureDb for OdbcCapture {
     fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError> {
         let d = self.dialect;
         let what = format!("read the current rows of `{}`", table.name);
-        let image = match d {
-            Dialect::Postgres => "row_to_json(t)::text".to_owned(),
-            _ => json_object(d, "t", &table.columns),
-        };
+        let image = row_image(d, table);
         let mut rows = Vec::with_capacity(pks.len());
         let r = (|| {
             for chunk in pks.chunks(IN_LIST) {
@@ -431,6 +461,53 @@ impl CaptureDb for OdbcCapture {
         })();
         self.finish(r)?;
         Ok(rows)
+    }
+
+    fn chunk(
+        &mut self,
+        table: &TableDef,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, DbError> {
+        let d = self.dialect;
+        let what = format!("read a snapshot chunk of `{}`", table.name);
+        let mut body = format!("{} FROM {} t", row_image(d, table), d.table(&table.name));
+        if let Some(after) = after {
+            let row = parse_object(after.as_bytes())
+                .map_err(|e| DbError(format!("{what}: the last row read is not JSON: {e}")))?;
+            body.push_str(" WHERE ");
+            body.push_str(&after_key(d, &table.key, &row));
+        }
+        let order: Vec<String> = table
+            .key
+            .iter()
+            .map(|k| format!("t.{}", d.ident(k)))
+            .collect();
+        limited(d, &body, &order.join(", "), limit, &mut self.sql);
+        let mut rows = Vec::with_capacity(limit);
+        let r = query(&self.conn, &self.sql, &what).map(|found| {
+            rows.extend(
+                found
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten()),
+            );
+        });
+        self.finish(r)?;
+        Ok(rows)
+    }
+
+    fn count(&mut self, table: &TableDef) -> Result<u64, DbError> {
+        let what = format!("count the rows of `{}`", table.name);
+        let sql = format!("SELECT count(*) FROM {}", self.dialect.table(&table.name));
+        let mut n = 0;
+        let r = query(&self.conn, &sql, &what).map(|rows| {
+            n = rows
+                .first()
+                .and_then(|r| r.first()?.as_deref()?.trim().parse().ok())
+                .unwrap_or(0);
+        });
+        self.finish(r)?;
+        Ok(n)
     }
 
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {

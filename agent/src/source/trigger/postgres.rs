@@ -189,7 +189,8 @@ pub struct PgCapture {
     fresh: tokio_postgres::Statement,
     fresh_late: tokio_postgres::Statement,
     delete: tokio_postgres::Statement,
-    current: HashMap<String, tokio_postgres::Statement>,
+    /// Statements per table: reading current rows, snapshot chunks, counting.
+    per_table: HashMap<(String, &'static str), tokio_postgres::Statement>,
 }
 
 impl PgCapture {
@@ -268,7 +269,36 @@ impl PgCapture {
             fresh,
             fresh_late,
             delete,
-            current: HashMap::new(),
+            per_table: HashMap::new(),
+        })
+    }
+
+    /// Runs the statement `kind` of `table` (prepared once, from `sql`) with `params`.
+    fn query_table(
+        &mut self,
+        table: &TableDef,
+        kind: &'static str,
+        sql: impl FnOnce(&str, &str) -> String,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        let (client, cache) = (&self.client, &mut self.per_table);
+        self.rt.block_on(async {
+            let id = (table.name.clone(), kind);
+            let st = match cache.get(&id) {
+                Some(st) => st.clone(),
+                None => {
+                    let d = Dialect::Postgres;
+                    let keys: Vec<String> = table.key.iter().map(|k| d.ident(k)).collect();
+                    let st = client
+                        .prepare(&sql(&d.table(&table.name), &keys.join(", ")))
+                        .await
+                        .map_err(db_err(what))?;
+                    cache.insert(id, st.clone());
+                    st
+                }
+            };
+            client.query(&st, params).await.map_err(db_err(what))
         })
     }
 }
@@ -354,33 +384,68 @@ impl CaptureDb for PgCapture {
         arg.push('[');
         arg.push_str(&pks.join(","));
         arg.push(']');
-        let (client, cache) = (&self.client, &mut self.current);
-        self.rt.block_on(async {
-            let what = format!("read the current rows of `{}`", table.name);
-            if !cache.contains_key(&table.name) {
-                let d = Dialect::Postgres;
-                let t = d.table(&table.name);
-                let keys = table
-                    .key
-                    .iter()
-                    .map(|k| d.ident(k))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let st = client
-                    .prepare(&format!(
-                        "SELECT row_to_json(t)::text FROM {t} t WHERE ({keys}) IN \
-                         (SELECT {keys} FROM json_populate_recordset(NULL::{t}, $1::text::json))"
-                    ))
-                    .await
-                    .map_err(db_err(&what))?;
-                cache.insert(table.name.clone(), st);
-            }
-            let rows = client
-                .query(&cache[&table.name], &[&arg])
-                .await
-                .map_err(db_err(&what))?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
+        let what = format!("read the current rows of `{}`", table.name);
+        let rows = self.query_table(
+            table,
+            "current",
+            |t, keys| {
+                format!(
+                    "SELECT row_to_json(t)::text FROM {t} t WHERE ({keys}) IN \
+                     (SELECT {keys} FROM json_populate_recordset(NULL::{t}, $1::text::json))"
+                )
+            },
+            &[&arg],
+            &what,
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn chunk(
+        &mut self,
+        table: &TableDef,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, DbError> {
+        let what = format!("read a snapshot chunk of `{}`", table.name);
+        let limit = limit as i64;
+        // The key of `after` is taken from the row itself, so it keeps its SQL type.
+        let rows = match after {
+            None => self.query_table(
+                table,
+                "first chunk",
+                |t, keys| {
+                    format!("SELECT row_to_json(t)::text FROM {t} t ORDER BY {keys} LIMIT $1")
+                },
+                &[&limit],
+                &what,
+            )?,
+            Some(after) => self.query_table(
+                table,
+                "next chunk",
+                |t, keys| {
+                    format!(
+                        "SELECT row_to_json(t)::text FROM {t} t WHERE ({keys}) > \
+                         (SELECT {keys} FROM json_populate_record(NULL::{t}, $2::text::json)) \
+                         ORDER BY {keys} LIMIT $1"
+                    )
+                },
+                &[&limit, &after],
+                &what,
+            )?,
+        };
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn count(&mut self, table: &TableDef) -> Result<u64, DbError> {
+        let what = format!("count the rows of `{}`", table.name);
+        let rows = self.query_table(
+            table,
+            "count",
+            |t, _| format!("SELECT count(*) FROM {t}"),
+            &[],
+            &what,
+        )?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64)
     }
 
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {

@@ -1,0 +1,486 @@
+//! Snapshots of a trigger source's tables: every existing row as an event with op `r`
+//! and `source.snapshot = true`.
+//!
+//! **Chunks.** A table is read in key order, [`CHUNK_ROWS`] rows at a time: the first
+//! chunk from the start, each next one from the rows whose key is greater than the last
+//! key of the chunk before. A chunk is one statement, so one consistent view of its rows.
+//!
+//! **Interleaving with the change stream.** The drain thread reads chunks between its
+//! reads of the capture table, and a chunk's events go to the sink in the same sequence
+//! as change events. A chunk read at moment T shows every change committed before T. A
+//! change committed after T has its capture row committed after T too, so the drain
+//! reads it after the chunk and its event follows the chunk's in the stream. So for each
+//! key the last event in the stream is either its snapshot row (nothing changed it after
+//! T) or its latest change: replaying the stream ends at the table as it is. A row may be
+//! shown by both (a change event before its snapshot row, or a snapshot row of a key
+//! whose insert is also in the stream); the stream converges, and nothing is lost. While
+//! the capture table has a backlog the drain reads changes first; chunks fill the gaps.
+//!
+//! **Resuming.** Progress is a checkpoint, `state_dir/snapshot/<source>.json`: the table
+//! being read and the last row of the last chunk whose events are all acknowledged (or
+//! spooled), written at most every 250 ms and at the end of each table. After a crash
+//! the snapshot goes on from there. A snapshot row's position is the snapshot's number,
+//! the table and the row's key, so a row read again after a crash has the same
+//! `Nats-Msg-Id` as before and JetStream drops the repeat. (If the row changed in
+//! between, the repeat being dropped is harmless: the change's own event follows.)
+//!
+//! **Requests.** `snapshot = "initial"` starts snapshot 1 when the source has no
+//! snapshot checkpoint. `lockstep snapshot` writes `state_dir/snapshot/<source>.request`;
+//! the drain takes it when no snapshot is running, gives it the next number, writes its
+//! checkpoint and only then deletes the request, so a crash in between repeats nothing
+//! worse than the request.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::{checkpoint, now_ms};
+
+/// Rows per chunk.
+pub const CHUNK_ROWS: usize = 1024;
+/// Chunks read but not yet acknowledged, at most.
+const MAX_CHUNKS: usize = 8;
+/// Checkpoints are written at most this often (and at the end of every table).
+const WRITE_EVERY: Duration = Duration::from_millis(250);
+/// How often the drain looks for a request from `lockstep snapshot`.
+const REQUEST_EVERY: Duration = Duration::from_secs(1);
+
+/// A snapshot's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 1 for the first snapshot of the source, then one more for each.
+    pub id: u64,
+    pub tables: Vec<String>,
+    /// The index in `tables` of the table being read; `tables.len()` once finished.
+    pub table: usize,
+    /// The last row (a JSON object, as the database gave it) of the last finished chunk
+    /// of `table`; `None` at the start of a table.
+    pub after: Option<String>,
+    pub rows_done: u64,
+    /// The rows of all its tables when it started, for progress bars.
+    pub rows_total: Option<u64>,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+impl Progress {
+    pub fn done(&self) -> bool {
+        self.table >= self.tables.len()
+    }
+}
+
+/// What `lockstep snapshot` asks of the running agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The tables to read; empty: every table of the source.
+    pub tables: Vec<String>,
+    pub requested_ms: i64,
+}
+
+pub fn progress_path(state_dir: &Path, source: &str) -> PathBuf {
+    state_dir.join("snapshot").join(format!("{source}.json"))
+}
+
+pub fn request_path(state_dir: &Path, source: &str) -> PathBuf {
+    state_dir.join("snapshot").join(format!("{source}.request"))
+}
+
+/// The source's last snapshot checkpoint, if any.
+pub fn load(state_dir: &Path, source: &str) -> Result<Option<Progress>, String> {
+    let path = progress_path(state_dir, source);
+    let Some(data) = checkpoint::read(&path).map_err(|e| format!("{}: {e}", path.display()))?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&data)
+        .map(Some)
+        .map_err(|e| format!("{} is not a snapshot checkpoint: {e}", path.display()))
+}
+
+/// Queues a snapshot of `tables` (all, when empty), merged with one already queued.
+pub fn request(state_dir: &Path, source: &str, tables: &[String]) -> io::Result<PathBuf> {
+    let path = request_path(state_dir, source);
+    let mut req = match checkpoint::read(&path)? {
+        Some(d) => serde_json::from_slice::<Request>(&d).unwrap_or_default(),
+        None => Request::default(),
+    };
+    let all = tables.is_empty() || (req.requested_ms > 0 && req.tables.is_empty());
+    if all {
+        req.tables.clear();
+    } else {
+        for t in tables {
+            if !req.tables.contains(t) {
+                req.tables.push(t.clone());
+            }
+        }
+    }
+    req.requested_ms = now_ms();
+    let data = serde_json::to_vec(&req).expect("a request serializes");
+    checkpoint::write_atomic(&path, &data)?;
+    Ok(path)
+}
+
+/// A chunk whose events are out: once `last_event` is acknowledged, the checkpoint can
+/// move past it.
+struct Chunk {
+    last_event: u64,
+    table: usize,
+    after: Option<String>,
+    rows: u64,
+    /// The chunk was the table's last.
+    table_done: bool,
+}
+
+/// The snapshot side of one trigger source's drain.
+pub struct Snapshots {
+    state_dir: PathBuf,
+    source: String,
+    /// The source's tables, for requests of all of them.
+    all: Vec<String>,
+    /// The running snapshot, or the last one.
+    progress: Option<Progress>,
+    /// Where the next chunk is read: a table index and the row it follows. Ahead of the
+    /// checkpoint by the chunks in flight.
+    next: Option<(usize, Option<String>)>,
+    chunks: VecDeque<Chunk>,
+    written: Instant,
+    request_checked: Option<Instant>,
+    started: Instant,
+}
+
+impl Snapshots {
+    /// Loads the checkpoint; with `initial`, starts snapshot 1 if the source never had one.
+    pub fn open(state_dir: &Path, source: &str, all: &[String], initial: bool) -> Self {
+        let mut s = Snapshots {
+            state_dir: state_dir.to_owned(),
+            source: source.to_owned(),
+            all: all.to_vec(),
+            progress: None,
+            next: None,
+            chunks: VecDeque::new(),
+            written: Instant::now(),
+            request_checked: None,
+            started: Instant::now(),
+        };
+        match load(state_dir, source) {
+            Ok(Some(p)) => {
+                if !p.done() {
+                    tracing::info!(
+                        "source {source}: resuming snapshot {} at table `{}` ({} of {}), {} row(s) done",
+                        p.id,
+                        p.tables[p.table],
+                        p.table + 1,
+                        p.tables.len(),
+                        p.rows_done
+                    );
+                    s.next = Some((p.table, p.after.clone()));
+                }
+                s.progress = Some(p);
+            }
+            Ok(None) if initial => s.start(1, all.to_vec()),
+            Ok(None) => {}
+            Err(e) => {
+                // Repeating a snapshot is harmless; skipping one is not.
+                tracing::error!("source {source}: {e}; taking the snapshot again from the start");
+                let id = 1 + now_ms().max(0) as u64 / 1000;
+                s.start(id, all.to_vec());
+            }
+        }
+        s
+    }
+
+    fn start(&mut self, id: u64, tables: Vec<String>) {
+        tracing::info!(
+            "source {}: starting snapshot {id} of {} table(s): {}",
+            self.source,
+            tables.len(),
+            tables.join(", ")
+        );
+        let p = Progress {
+            id,
+            tables,
+            table: 0,
+            after: None,
+            rows_done: 0,
+            rows_total: None,
+            started_ms: now_ms(),
+            finished_ms: None,
+        };
+        self.next = (!p.done()).then_some((0, None));
+        self.progress = Some(p);
+        self.chunks.clear();
+        self.started = Instant::now();
+        self.save();
+    }
+
+    /// Takes a queued request when no snapshot is running (looked for once a second).
+    pub fn poll_request(&mut self) {
+        if self.running()
+            || self
+                .request_checked
+                .is_some_and(|t| t.elapsed() < REQUEST_EVERY)
+        {
+            return;
+        }
+        self.request_checked = Some(Instant::now());
+        let path = request_path(&self.state_dir, &self.source);
+        let req = match checkpoint::read(&path) {
+            Ok(None) => return,
+            Ok(Some(d)) => serde_json::from_slice::<Request>(&d).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "source {}: {} is not a snapshot request ({e}); snapshotting every table",
+                    self.source,
+                    path.display()
+                );
+                Request::default()
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "source {}: cannot read {}: {e}",
+                    self.source,
+                    path.display()
+                );
+                return;
+            }
+        };
+        let mut tables = Vec::new();
+        for t in &req.tables {
+            if self.all.contains(t) {
+                tables.push(t.clone());
+            } else {
+                tracing::warn!(
+                    "source {}: a snapshot of `{t}` was asked for, but it is not one of the source's tables",
+                    self.source
+                );
+            }
+        }
+        if req.tables.is_empty() {
+            tables = self.all.clone();
+        }
+        let id = self.progress.as_ref().map_or(0, |p| p.id) + 1;
+        self.start(id, tables);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(
+                "source {}: cannot remove {}: {e}",
+                self.source,
+                path.display()
+            );
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.progress.as_ref().is_some_and(|p| !p.done())
+    }
+
+    pub fn id(&self) -> u64 {
+        self.progress.as_ref().map_or(0, |p| p.id)
+    }
+
+    /// The snapshot's tables, when their rows have not been counted yet.
+    pub fn to_count(&self) -> Option<&[String]> {
+        let p = self.progress.as_ref()?;
+        (!p.done() && p.rows_total.is_none()).then_some(&p.tables)
+    }
+
+    pub fn set_total(&mut self, rows: u64) {
+        if let Some(p) = &mut self.progress {
+            p.rows_total = Some(rows);
+            tracing::info!(
+                "source {}: snapshot {} has {rows} row(s) to read",
+                self.source,
+                p.id
+            );
+            self.save();
+        }
+    }
+
+    /// The next chunk to read: its table and the row it follows, unless enough chunks are
+    /// in flight already.
+    pub fn want(&self) -> Option<(&str, Option<&str>)> {
+        if self.chunks.len() >= MAX_CHUNKS {
+            return None;
+        }
+        let (t, after) = self.next.as_ref()?;
+        let p = self.progress.as_ref()?;
+        Some((p.tables[*t].as_str(), after.as_deref()))
+    }
+
+    /// A chunk of `rows` rows was read (the last one `last`) and its events handed on, up
+    /// to `last_event`; `full` when the table may have more.
+    pub fn read(&mut self, rows: usize, last: Option<String>, full: bool, last_event: u64) {
+        let Some((t, after)) = self.next.take() else {
+            return;
+        };
+        let tables = self.progress.as_ref().map_or(0, |p| p.tables.len());
+        let chunk_after = last.or(after);
+        self.chunks.push_back(Chunk {
+            last_event,
+            table: t,
+            after: chunk_after.clone(),
+            rows: rows as u64,
+            table_done: !full,
+        });
+        self.next = if full {
+            Some((t, chunk_after))
+        } else if t + 1 < tables {
+            Some((t + 1, None))
+        } else {
+            None
+        };
+    }
+
+    /// Moves the checkpoint past the chunks whose events are all acknowledged.
+    pub fn acked(&mut self, watermark: u64) {
+        let mut moved = false;
+        let mut table_done = false;
+        while self
+            .chunks
+            .front()
+            .is_some_and(|c| c.last_event <= watermark)
+        {
+            let c = self.chunks.pop_front().expect("front exists");
+            let Some(p) = &mut self.progress else {
+                continue;
+            };
+            p.rows_done += c.rows;
+            moved = true;
+            if c.table_done {
+                table_done = true;
+                tracing::info!(
+                    "source {}: snapshot {}: table `{}` read ({} row(s) so far)",
+                    self.source,
+                    p.id,
+                    p.tables[c.table],
+                    p.rows_done
+                );
+                p.table = c.table + 1;
+                p.after = None;
+            } else {
+                p.table = c.table;
+                p.after = c.after;
+            }
+        }
+        let Some(p) = &mut self.progress else {
+            return;
+        };
+        if moved && p.done() && p.finished_ms.is_none() {
+            p.finished_ms = Some(now_ms());
+            tracing::info!(
+                "source {}: snapshot {} finished: {} row(s) of {} table(s) in {:.1} s",
+                self.source,
+                p.id,
+                p.rows_done,
+                p.tables.len(),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+        if moved && (table_done || self.written.elapsed() >= WRITE_EVERY) {
+            self.save();
+        }
+    }
+
+    fn save(&mut self) {
+        let Some(p) = &self.progress else {
+            return;
+        };
+        self.written = Instant::now();
+        let path = progress_path(&self.state_dir, &self.source);
+        let data = serde_json::to_vec(p).expect("progress serializes");
+        if let Err(e) = checkpoint::write_atomic(&path, &data) {
+            // The snapshot goes on; after a crash it resumes from an older checkpoint.
+            tracing::error!(
+                "source {}: cannot write the snapshot checkpoint {}: {e}",
+                self.source,
+                path.display()
+            );
+        }
+    }
+
+    /// For `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        match &self.progress {
+            None => serde_json::Value::Null,
+            Some(p) => serde_json::json!({
+                "id": p.id, "running": !p.done(),
+                "table": p.tables.get(p.table), "rows_done": p.rows_done,
+                "rows_total": p.rows_total, "finished_ms": p.finished_ms,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn the_checkpoint_follows_acknowledged_chunks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Snapshots::open(dir.path(), "src", &tables(), true);
+        assert!(s.running());
+        assert_eq!(s.want(), Some(("a", None)));
+        s.read(2, Some("{\"id\":2}".into()), true, 2);
+        assert_eq!(s.want(), Some(("a", Some("{\"id\":2}"))));
+        s.read(1, Some("{\"id\":3}".into()), false, 3);
+        assert_eq!(s.want(), Some(("b", None)));
+        s.read(0, None, false, 3);
+        assert_eq!(s.want(), None, "nothing after the last table");
+        s.acked(2);
+        s.save();
+        let p = load(dir.path(), "src").unwrap().unwrap();
+        assert_eq!(
+            (p.table, p.after.as_deref(), p.rows_done),
+            (0, Some("{\"id\":2}"), 2)
+        );
+        // A crash here resumes after the first chunk.
+        let again = Snapshots::open(dir.path(), "src", &tables(), true);
+        assert_eq!(again.want(), Some(("a", Some("{\"id\":2}"))));
+        s.acked(3);
+        let p = load(dir.path(), "src").unwrap().unwrap();
+        assert!(p.done(), "{p:?}");
+        assert_eq!(p.rows_done, 3);
+        assert!(p.finished_ms.is_some());
+        // A finished snapshot is not taken again at the next start.
+        let again = Snapshots::open(dir.path(), "src", &tables(), true);
+        assert!(!again.running());
+        assert_eq!(again.want(), None);
+    }
+
+    #[test]
+    fn requests_are_numbered_merged_and_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Snapshots::open(dir.path(), "src", &tables(), false);
+        assert!(!s.running(), "no snapshot without `initial` or a request");
+        request(dir.path(), "src", &["b".into()]).unwrap();
+        request(dir.path(), "src", &["b".into(), "zz".into()]).unwrap();
+        s.poll_request();
+        assert_eq!(s.id(), 1);
+        assert_eq!(s.want(), Some(("b", None)));
+        assert!(!request_path(dir.path(), "src").exists());
+        s.read(0, None, false, 0);
+        s.acked(0);
+        assert!(!s.running());
+        request(dir.path(), "src", &[]).unwrap();
+        s.request_checked = None;
+        s.poll_request();
+        assert_eq!(s.id(), 2);
+        assert_eq!(s.to_count(), Some(&tables()[..]));
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_means_a_new_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("snapshot")).unwrap();
+        std::fs::write(progress_path(dir.path(), "src"), b"{not json").unwrap();
+        let s = Snapshots::open(dir.path(), "src", &tables(), false);
+        assert!(s.running());
+        assert_eq!(s.want(), Some(("a", None)));
+    }
+}
