@@ -121,7 +121,7 @@ fn follow(state_dir: &Path, source: &str, last_id: u64) -> Result<Progress, Fail
                     bar.set_length(total);
                     bar.set_style(
                         ProgressStyle::with_template(
-                            "{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}  {msg}",
+                            "{bar:40} {human_pos}/{human_len} rows  {elapsed}  eta {eta}  {msg}",
                         )
                         .expect("a valid template"),
                     );
