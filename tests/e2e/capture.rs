@@ -811,3 +811,229 @@ async fn postgres_origin_marked_changes_are_not_published() {
 async fn mariadb_odbc_origin_marked_changes_are_not_published() {
     origin_marked_changes_are_not_published(Kind::Maria).await;
 }
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory, on a free
+/// port), so that it can be stopped and started under the agent without disturbing the
+/// shared one. Run as the `postgres` user when the tests run as root.
+struct PrivatePg {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn start() -> PrivatePg {
+        let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .map(|e| e.unwrap().path().join("bin"))
+            .filter(|b| b.join("pg_ctl").exists())
+            .collect();
+        bins.sort();
+        let bin = bins.pop().expect("pg_ctl");
+        let dir = std::env::temp_dir().join(format!(
+            "lockstep-pg-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePg { bin, dir, port };
+        if pg.as_root() {
+            let uid = |flag: &str| -> u32 {
+                let o = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+            };
+            std::os::unix::fs::chown(&pg.dir, Some(uid("-u")), Some(uid("-g"))).unwrap();
+        }
+        let data = pg.dir.join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        pg.up();
+        pg
+    }
+
+    fn as_root(&self) -> bool {
+        let o = Command::new("id").arg("-u").output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim() == "0"
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut c = if self.as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let o = c.args(args).current_dir(&self.dir).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server the way a crash would (no checkpoint, connections cut).
+    fn crash(&self) {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        let o = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-d",
+                "postgres",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let exe = self.bin.join("pg_ctl");
+        let mut c = if self.as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let _ = c
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The database server crashes and comes back while the agent drains: it reconnects and
+/// every change arrives exactly once.
+#[tokio::test]
+async fn postgres_server_restarted_under_the_agent_loses_nothing() {
+    let mut w = World::new();
+    w.with_admin();
+    let pg = PrivatePg::start();
+    pg.sql("CREATE TABLE appointments (id int PRIMARY KEY, clinic text)");
+    let source = format!(
+        "[[source]]\nname = \"vista\"\nkind = \"trigger\"\npostgres = \"host=127.0.0.1 port={} user=postgres dbname=postgres\"\ntables = [\"appointments\"]\ncapture = \"rows\"\n",
+        pg.port
+    );
+    let cfg = w.config_with(&source);
+    install(&w, &cfg);
+    let insert = |from: u64, to: u64| {
+        pg.sql(&format!(
+            "INSERT INTO appointments SELECT g, 'c' || g FROM generate_series({from}, {to}) g"
+        ))
+    };
+    insert(1, 50_000);
+    let mut agent = w.agent(&cfg);
+    w.wait_count(1_000, Duration::from_secs(60)).await;
+    // Crashed part-way through the drain.
+    pg.crash();
+    wait_for(
+        "the agent to report the database down",
+        Duration::from_secs(30),
+        || w.metric("lockstep_source_db_errors_total{source=\"vista\"}") >= 2,
+    )
+    .await;
+    assert_eq!(
+        w.metric("lockstep_source_db_connected{source=\"vista\"}"),
+        0
+    );
+    pg.up();
+    insert(50_001, 51_000);
+    w.wait_count(51_000, Duration::from_secs(120)).await;
+    wait_for(
+        "the agent to report the database up",
+        Duration::from_secs(30),
+        || w.metric("lockstep_source_db_connected{source=\"vista\"}") == 1,
+    )
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    let mut ids = ints(&msgs, "id");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=51_000).collect::<Vec<i64>>());
+    assert_eq!(pg.sql("SELECT count(*) FROM lockstep_changes"), "0");
+    assert!(agent_log(&w).contains("connected to the database again"));
+}
