@@ -10,6 +10,11 @@
 //!    reaches the broker. Latency = arrival − the moment the statement was handed to the
 //!    client (so it includes the statement and its commit): p50/p99/max after a 1 s
 //!    warm-up.
+//! 3. **Snapshot.** 200,000 more rows, written by a session with lockstep's origin
+//!    marker (so the drain does not publish them); then `lockstep snapshot` of the
+//!    table while the agent runs, timed from request to done, beside the raw rate of
+//!    fetching the same rows as JSON through the database's own client and the raw
+//!    publish rate.
 //!
 //! PostgreSQL is read natively (woken by NOTIFY); MariaDB over ODBC, polled every 200 ms.
 
@@ -25,7 +30,9 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{cpu_secs, lockstep_bin, raw_publish, vm_hwm_kib, wait_stream, NatsServer};
+use super::{
+    cpu_secs, cpu_secs_of, lockstep_bin, raw_publish, vm_hwm_kib, wait_stream, NatsServer,
+};
 
 const ROWS: u64 = 10_000;
 
@@ -234,6 +241,12 @@ async fn run(
 
     let client = async_nats::connect(url).await?;
     let js = jetstream::new(client.clone());
+    // Where the machine's CPU goes: the agent, the broker and the database share it.
+    let server = match db {
+        Db::Postgres => "postgres",
+        Db::MariaDb => "mariadbd",
+    };
+    let (nats0, db0) = (cpu_secs_of(&["nats-server"]), cpu_secs_of(&[server]));
     let t = Instant::now();
     let mut agent = start(&bin, &cfg)?;
     let pid = agent.id();
@@ -241,6 +254,8 @@ async fn run(
     wait_stream(&js, n, &mut agent, &mut peak).await?;
     let drain_secs = t.elapsed().as_secs_f64();
     let drain_cpu = cpu_secs(pid).unwrap_or(0.0);
+    let drain_nats = cpu_secs_of(&["nats-server"]) - nats0;
+    let drain_db = cpu_secs_of(&[server]) - db0;
     let drain_rate = n as f64 / drain_secs;
     let left = run_sql(db, name, "SELECT count(*) FROM lockstep_changes;")?;
 
@@ -255,7 +270,13 @@ async fn run(
     })
     .await?;
     let payloads: Vec<Bytes> = (0..n).map(|i| filler(avg, i)).collect();
+    let (nats0, me0) = (
+        cpu_secs_of(&["nats-server"]),
+        cpu_secs(std::process::id()).unwrap_or(0.0),
+    );
     let (raw_secs, raw_rate) = raw_publish(&js, "raw.trigger", &payloads).await?;
+    let raw_nats = cpu_secs_of(&["nats-server"]) - nats0;
+    let raw_me = cpu_secs(std::process::id()).unwrap_or(0.0) - me0;
     drop(payloads);
 
     println!("  raw async-nats, {avg} B payloads, ids, 4096 in flight:  {raw_rate:>9.0} msg/s  ({raw_secs:.2} s)");
@@ -263,6 +284,17 @@ async fn run(
     println!(
         "  ratio drain / raw publish: {:.2}   (goal >= 0.80)",
         drain_rate / raw_rate
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "  CPU during the drain: lockstep {drain_cpu:.2} s + nats-server {drain_nats:.2} s + {server} {drain_db:.2} s = {:.2} of {:.2} core-seconds",
+        drain_cpu + drain_nats + drain_db,
+        cores * drain_secs
+    );
+    println!(
+        "  CPU during the raw publish: client {raw_me:.2} s + nats-server {raw_nats:.2} s = {:.2} of {:.2} core-seconds",
+        raw_me + raw_nats,
+        cores * raw_secs
     );
 
     // 2. Latency at a steady 1,000 changes/s.
@@ -314,6 +346,69 @@ async fn run(
     }
     writer.join().expect("writer thread")?;
     peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+
+    // 3. Snapshot: rows written by a session with the origin marker (so the drain does
+    // not publish them), then `lockstep snapshot` of the table while the agent runs.
+    let extra = 200_000u64;
+    let from = ROWS + 1;
+    let to = ROWS + extra;
+    run_sql(
+        db,
+        name,
+        &match db {
+            Db::Postgres => format!(
+                "SET lockstep.origin = 'bench';
+                 INSERT INTO appointments SELECT g, 'CARDIOLOGY-' || g % 12, 'NEW', 50 + g % 400, '2026-11-21 10:00+00', 0 FROM generate_series({from}, {to}) g;"
+            ),
+            Db::MariaDb => format!(
+                "SET @lockstep_origin = 'bench';
+                 INSERT INTO appointments SELECT seq, CONCAT('CARDIOLOGY-', seq % 12), 'NEW', 50 + seq % 400, '2026-11-21 10:00:00', 0 FROM seq_{from}_to_{to};"
+            ),
+        },
+    )?;
+    let rows: u64 = run_sql(db, name, "SELECT count(*) FROM appointments;")?.parse()?;
+    wait_drained(db, name).await?;
+    let before = js.get_stream("LS").await?.info().await?.state.messages;
+    let t = Instant::now();
+    let o = Command::new(&bin)
+        .args(["snapshot", "--config"])
+        .arg(&cfg)
+        .output()?;
+    if !o.status.success() {
+        bail!("lockstep snapshot: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let asked_secs = t.elapsed().as_secs_f64();
+    // The snapshot's own time, from its checkpoint (the agent looks for requests once a
+    // second, which the request-to-done time includes).
+    let progress: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/snapshot/vista.json"))?)?;
+    let ms = |k: &str| progress[k].as_i64().unwrap_or(0);
+    let snap_secs = (ms("finished_ms") - ms("started_ms")) as f64 / 1000.0;
+    peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+    let sent = js.get_stream("LS").await?.info().await?.state.messages - before;
+    // The raw limit of reading: the same rows as JSON through the database's own client.
+    let image = match db {
+        Db::Postgres => "row_to_json(t)::text",
+        Db::MariaDb => "JSON_OBJECT('id', id, 'clinic', clinic, 'status', status, 'fee', fee, 'at', at, 'n', n)",
+    };
+    let t = Instant::now();
+    let fetched = run_sql(
+        db,
+        name,
+        &format!("SELECT {image} FROM appointments t ORDER BY id;"),
+    )?
+    .lines()
+    .count();
+    let fetch_secs = t.elapsed().as_secs_f64();
+    let snap_rate = rows as f64 / snap_secs;
+    let fetch_rate = fetched as f64 / fetch_secs;
+    println!(
+        "  snapshot of {rows} rows, started to finished: {snap_rate:>9.0} rows/s ({snap_secs:.2} s; `lockstep snapshot` request to done {asked_secs:.2} s; {sent} events stored)"
+    );
+    println!(
+        "  raw: fetch of the same rows as JSON by the database's client {fetch_rate:>9.0} rows/s; publish {raw_rate:>9.0} msg/s; ratio to the lower: {:.2}",
+        snap_rate / fetch_rate.min(raw_rate)
+    );
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()?;
@@ -362,6 +457,18 @@ fn start(bin: &Path, cfg: &Path) -> Result<Child> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("start {}", bin.display()))
+}
+
+/// Waits until the capture table is empty (origin-marked rows are deleted unpublished).
+async fn wait_drained(db: Db, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run_sql(db, name, "SELECT count(*) FROM lockstep_changes;")? != "0" {
+        if Instant::now() > deadline {
+            bail!("the capture table was not drained within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// Sizes of the first 1,000 messages lockstep stored.
