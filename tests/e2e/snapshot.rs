@@ -340,3 +340,57 @@ async fn mariadb_odbc_snapshot_command_queues_and_follows() {
 async fn sqlite_odbc_snapshot_command_queues_and_follows() {
     snapshot_command(Kind::Lite).await;
 }
+
+/// A row the snapshot cannot turn into an event (SQLite lets text into a BLOB column,
+/// which is not the hex its binary values become) is quarantined with where it came
+/// from; the other rows and the changes go on.
+#[tokio::test]
+async fn sqlite_odbc_a_snapshot_row_that_cannot_be_read_is_quarantined() {
+    let w = World::new();
+    let db = Db::new(Kind::Lite, &w, "snapbad");
+    db.sql(
+        "CREATE TABLE scans (id INTEGER PRIMARY KEY, image BLOB);
+         INSERT INTO scans VALUES (1, X'00'), (2, 'not hex'), (3, X'01');",
+    );
+    let cfg = w.config_with(&db.source(&["scans"], "rows", "snapshot = \"initial\""));
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    db.sql("INSERT INTO scans VALUES (4, X'02');");
+    wait_finished(&w, 1).await;
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    let mut ids: Vec<(String, i64)> = msgs
+        .iter()
+        .map(|m| {
+            (
+                m.json["op"].as_str().unwrap().to_owned(),
+                m.json["key"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    ids.sort();
+    // Row 4, inserted after the triggers, may also be read by the snapshot.
+    ids.retain(|e| *e != ("r".to_owned(), 4));
+    assert_eq!(
+        ids,
+        [
+            ("c".to_owned(), 4),
+            ("r".to_owned(), 1),
+            ("r".to_owned(), 3)
+        ]
+    );
+    let q = std::fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{q}");
+    let reason = lines[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("snapshot 1 of `scans`") && reason.contains("binary column `image`"),
+        "{reason}"
+    );
+    assert_eq!(lines[0]["file"], "scans");
+    assert!(q.contains("not hex"), "{q}");
+}

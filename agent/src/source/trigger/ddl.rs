@@ -269,16 +269,25 @@ pub fn drop_capture_table(d: Dialect) -> Vec<Statement> {
 }
 
 /// A JSON object of `cols` of the row `row` (`NEW`/`OLD` or a table alias), in the
-/// dialect's JSON function.
-pub(crate) fn json_object(d: Dialect, row: &str, cols: &[String]) -> String {
+/// dialect's JSON function. Binary columns are written as hex text: the JSON functions
+/// would otherwise put raw bytes in a JSON string (MariaDB) or refuse them (SQLite).
+pub(crate) fn json_object(d: Dialect, row: &str, cols: &[String], binary: &[String]) -> String {
     let pairs: Vec<String> = cols
         .iter()
         .map(|c| {
             let mut v = format!("{row}.{}", d.ident(c));
-            if d == Dialect::Sqlite {
-                // json_object refuses BLOBs (and the write that fired the trigger with it).
-                v = format!("CASE WHEN typeof({v}) = 'blob' THEN hex({v}) ELSE {v} END");
-            }
+            let bin = binary.contains(c);
+            v = match d {
+                // json_object refuses BLOBs (and the write that fired the trigger with
+                // it); SQLite's columns hold any type, so every column is checked.
+                Dialect::Sqlite => {
+                    format!("CASE WHEN typeof({v}) = 'blob' THEN hex({v}) ELSE {v} END")
+                }
+                Dialect::MariaDb | Dialect::Db2 if bin => format!("HEX({v})"),
+                Dialect::SqlServer if bin => format!("CONVERT(varchar(max), {v}, 2)"),
+                Dialect::Oracle if bin => format!("RAWTOHEX({v})"),
+                _ => v,
+            };
             match d {
                 Dialect::Oracle => format!("{} VALUE {v}", lit(c)),
                 Dialect::Db2 => format!("KEY {} VALUE {v}", lit(c)),
@@ -321,7 +330,7 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
             };
             let img = |row: &str| {
                 if rows {
-                    json_object(d, row, &t.columns)
+                    json_object(d, row, &t.columns, &t.binary)
                 } else {
                     "NULL".to_owned()
                 }
@@ -334,7 +343,7 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
                     d.ident("pk"),
                     d.ident(image_col),
                     d.ident("origin"),
-                    json_object(d, row, &t.key),
+                    json_object(d, row, &t.key, &t.binary),
                     img(row)
                 )
             };
@@ -346,7 +355,7 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
                 d.ident("before"),
                 d.ident("after"),
                 d.ident("origin"),
-                json_object(d, "NEW", &t.key),
+                json_object(d, "NEW", &t.key, &t.binary),
                 img("OLD"),
                 img("NEW")
             );
@@ -457,7 +466,7 @@ fn oracle_trigger(t: &TableDef, rows: bool) -> Statement {
     let ct = d.ident(CAPTURE_TABLE);
     let img = |row: &str| {
         if rows {
-            json_object(d, row, &t.columns)
+            json_object(d, row, &t.columns, &t.binary)
         } else {
             "NULL".to_owned()
         }
@@ -475,7 +484,7 @@ fn oracle_trigger(t: &TableDef, rows: bool) -> Statement {
         format!(
             "INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"{col}\", \"origin\") VALUES ({}, '{op}', {}, {}, origin)",
             lit(&t.name),
-            json_object(d, row, &t.key),
+            json_object(d, row, &t.key, &t.binary),
             img(row)
         )
     };
@@ -486,7 +495,7 @@ fn oracle_trigger(t: &TableDef, rows: bool) -> Statement {
         ins("c", ":NEW", "after"),
         ins("d", ":OLD", "before"),
         lit(&t.name),
-        json_object(d, ":NEW", &t.key),
+        json_object(d, ":NEW", &t.key, &t.binary),
         img(":OLD"),
         img(":NEW"),
         ins("d", ":OLD", "before"),
@@ -502,7 +511,7 @@ fn db2_triggers(t: &TableDef, rows: bool) -> Vec<Statement> {
         "CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END";
     let img = |row: &str| {
         if rows {
-            json_object(d, row, &t.columns)
+            json_object(d, row, &t.columns, &t.binary)
         } else {
             "CAST(NULL AS CLOB)".to_owned()
         }
@@ -511,7 +520,7 @@ fn db2_triggers(t: &TableDef, rows: bool) -> Vec<Statement> {
         format!(
             "INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"{col}\", \"origin\") VALUES ({}, '{op}', {}, {}, {origin})",
             lit(&t.name),
-            json_object(d, row, &t.key),
+            json_object(d, row, &t.key, &t.binary),
             img(row)
         )
     };
@@ -535,7 +544,7 @@ fn db2_triggers(t: &TableDef, rows: bool) -> Vec<Statement> {
             "CREATE OR REPLACE TRIGGER {} AFTER UPDATE ON {tbl} REFERENCING OLD AS O NEW AS N FOR EACH ROW\nBEGIN ATOMIC\n    IF {same_key} THEN\n        INSERT INTO {ct} (\"tbl\", \"op\", \"pk\", \"before\", \"after\", \"origin\") VALUES ({}, 'u', {}, {}, {}, {origin});\n    ELSE\n        {};\n        {};\n    END IF;\nEND",
             trig("upd"),
             lit(&t.name),
-            json_object(d, "N", &t.key),
+            json_object(d, "N", &t.key, &t.binary),
             img("O"),
             img("N"),
             ins("d", "O", "before"),

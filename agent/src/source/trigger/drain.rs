@@ -439,24 +439,40 @@ impl Drain {
             return Ok(true);
         };
         let after = after.map(str::to_owned);
+        let table = name.to_owned();
+        let id = self.snapshots.id();
         let db = self.db.as_mut().expect("connected");
         let def = &self.tables[t].def;
         let mut rows = db.chunk(def, after.as_deref(), CHUNK_ROWS)?;
-        // Every row is understood before any event is made, so a failed chunk is simply
-        // read again.
         let mut events = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
         for json in &rows {
-            let row = parse_image(def, "row", json)
-                .map_err(|r| DbError(format!("reading a snapshot chunk of `{}`: {r}", def.name)))?;
-            let (key, text) = key_of(def, &row)
-                .map_err(|r| DbError(format!("reading a snapshot chunk of `{}`: {r}", def.name)))?;
-            events.push((key, text, row));
+            let event = parse_image(def, "row", json).and_then(|row| {
+                let (key, text) = key_of(def, &row)?;
+                Ok((format!("snapshot{id}.{table}.{text}"), key, row))
+            });
+            match event {
+                Ok(e) => events.push(e),
+                Err(reason) => bad.push((json, reason)),
+            }
         }
-        let position = |text: &str| format!("snapshot{}.{name}.{text}", self.snapshots.id());
-        let events: Vec<_> = events
-            .into_iter()
-            .map(|(key, text, row)| (position(&text), key, row))
-            .collect();
+        if !bad.is_empty() {
+            for (json, reason) in bad {
+                let reason = format!("snapshot {id} of `{table}`: {reason}");
+                if !self.set_aside_row(Path::new(&table), 0, &reason, json) {
+                    return Err(Fail::Db(DbError(format!(
+                        "snapshot {id} of `{table}`: a row that cannot be read could not be quarantined"
+                    ))));
+                }
+            }
+            // On disk before the snapshot's checkpoint can pass the row.
+            self.quarantine.sync().map_err(|e| {
+                DbError(format!(
+                    "cannot sync the quarantine {}: {e}",
+                    self.quarantine.path().display()
+                ))
+            })?;
+        }
         for (position, key, row) in events {
             self.push(
                 t,
@@ -679,31 +695,39 @@ impl Drain {
             "before": r.before, "after": r.after,
         })
         .to_string();
+        let file = Path::new(super::ddl::CAPTURE_TABLE);
+        if self.set_aside_row(file, r.seq.max(0) as u64, &reason, &data) {
+            self.to_delete.push(r.seq);
+        }
+    }
+
+    /// Writes a row that cannot become an event to the quarantine; false (and the row
+    /// is kept) when the quarantine cannot be written.
+    fn set_aside_row(&mut self, file: &Path, offset: u64, reason: &str, data: &str) -> bool {
         let bad = BadRecord {
-            file: Path::new(super::ddl::CAPTURE_TABLE),
-            offset: r.seq.max(0) as u64,
-            reason: &reason,
+            file,
+            offset,
+            reason,
             data: data.as_bytes(),
             full_len: data.len() as u64,
         };
         if let Err(e) = self.quarantine.put(&bad) {
-            // Keep the row in the table: it is read again after a restart.
+            // Kept: it is read again after a restart.
             tracing::error!(
-                "source {}: cannot write to the quarantine {}: {e}; the capture row stays",
+                "source {}: cannot write to the quarantine {}: {e}; the row is kept",
                 self.name,
                 self.quarantine.path().display()
             );
-            return;
+            return false;
         }
         self.cx.counters.quarantined.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             source = &*self.name,
-            seq = r.seq,
             "record quarantined: source {}, {}",
             self.name,
             reason
         );
-        self.to_delete.push(r.seq);
+        true
     }
 
     /// Hands the read's events to the sink in batches of at most `BATCH_SIZE`, waiting

@@ -264,7 +264,7 @@ impl OdbcCapture {
 fn row_image(d: Dialect, table: &TableDef) -> String {
     match d {
         Dialect::Postgres => "row_to_json(t)::text".to_owned(),
-        _ => json_object(d, "t", &table.columns),
+        _ => json_object(d, "t", &table.columns, &table.binary),
     }
 }
 

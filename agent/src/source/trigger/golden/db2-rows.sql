@@ -47,6 +47,24 @@ END@
 CREATE OR REPLACE TRIGGER "lockstep_clinics_del" AFTER DELETE ON "clinics" REFERENCING OLD AS O FOR EACH ROW
 INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('clinics', 'd', JSON_OBJECT(KEY 'region' VALUE O."region", KEY 'code' VALUE O."code" NULL ON NULL), JSON_OBJECT(KEY 'region' VALUE O."region", KEY 'code' VALUE O."code", KEY 'name' VALUE O."name" NULL ON NULL), CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END);
 
+CREATE OR REPLACE TRIGGER "lockstep_scans_ins" AFTER INSERT ON "scans" REFERENCING NEW AS N FOR EACH ROW
+INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', JSON_OBJECT(KEY 'id' VALUE N."id" NULL ON NULL), JSON_OBJECT(KEY 'id' VALUE N."id", KEY 'image' VALUE HEX(N."image") NULL ON NULL), CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END);
+
+--#SET TERMINATOR @
+CREATE OR REPLACE TRIGGER "lockstep_scans_upd" AFTER UPDATE ON "scans" REFERENCING OLD AS O NEW AS N FOR EACH ROW
+BEGIN ATOMIC
+    IF O."id" IS NOT DISTINCT FROM N."id" THEN
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('scans', 'u', JSON_OBJECT(KEY 'id' VALUE N."id" NULL ON NULL), JSON_OBJECT(KEY 'id' VALUE O."id", KEY 'image' VALUE HEX(O."image") NULL ON NULL), JSON_OBJECT(KEY 'id' VALUE N."id", KEY 'image' VALUE HEX(N."image") NULL ON NULL), CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END);
+    ELSE
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', JSON_OBJECT(KEY 'id' VALUE O."id" NULL ON NULL), JSON_OBJECT(KEY 'id' VALUE O."id", KEY 'image' VALUE HEX(O."image") NULL ON NULL), CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END);
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', JSON_OBJECT(KEY 'id' VALUE N."id" NULL ON NULL), JSON_OBJECT(KEY 'id' VALUE N."id", KEY 'image' VALUE HEX(N."image") NULL ON NULL), CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END);
+    END IF;
+END@
+--#SET TERMINATOR ;
+
+CREATE OR REPLACE TRIGGER "lockstep_scans_del" AFTER DELETE ON "scans" REFERENCING OLD AS O FOR EACH ROW
+INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', JSON_OBJECT(KEY 'id' VALUE O."id" NULL ON NULL), JSON_OBJECT(KEY 'id' VALUE O."id", KEY 'image' VALUE HEX(O."image") NULL ON NULL), CASE WHEN CURRENT CLIENT_APPLNAME LIKE 'lockstep%' THEN CURRENT CLIENT_APPLNAME END);
+
 -- lockstep triggers uninstall
 
 DROP TRIGGER IF EXISTS "lockstep_appointments_ins";
@@ -60,6 +78,12 @@ DROP TRIGGER IF EXISTS "lockstep_clinics_ins";
 DROP TRIGGER IF EXISTS "lockstep_clinics_upd";
 
 DROP TRIGGER IF EXISTS "lockstep_clinics_del";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_ins";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_upd";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_del";
 
 DROP TABLE IF EXISTS "lockstep_changes";
 

@@ -59,6 +59,30 @@ DELIMITER ;
 CREATE TRIGGER `lockstep_clinics_del` AFTER DELETE ON `clinics` FOR EACH ROW
 INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('clinics', 'd', JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`), JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`, 'name', OLD.`name`), @lockstep_origin);
 
+DROP TRIGGER IF EXISTS `lockstep_scans_ins`;
+
+DROP TRIGGER IF EXISTS `lockstep_scans_upd`;
+
+DROP TRIGGER IF EXISTS `lockstep_scans_del`;
+
+CREATE TRIGGER `lockstep_scans_ins` AFTER INSERT ON `scans` FOR EACH ROW
+INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('scans', 'c', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', NEW.`id`, 'image', HEX(NEW.`image`)), @lockstep_origin);
+
+DELIMITER $$
+CREATE TRIGGER `lockstep_scans_upd` AFTER UPDATE ON `scans` FOR EACH ROW
+BEGIN
+    IF OLD.`id` <=> NEW.`id` THEN
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('scans', 'u', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', OLD.`id`, 'image', HEX(OLD.`image`)), JSON_OBJECT('id', NEW.`id`, 'image', HEX(NEW.`image`)), @lockstep_origin);
+    ELSE
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('scans', 'd', JSON_OBJECT('id', OLD.`id`), JSON_OBJECT('id', OLD.`id`, 'image', HEX(OLD.`image`)), @lockstep_origin);
+        INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('scans', 'c', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', NEW.`id`, 'image', HEX(NEW.`image`)), @lockstep_origin);
+    END IF;
+END$$
+DELIMITER ;
+
+CREATE TRIGGER `lockstep_scans_del` AFTER DELETE ON `scans` FOR EACH ROW
+INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('scans', 'd', JSON_OBJECT('id', OLD.`id`), JSON_OBJECT('id', OLD.`id`, 'image', HEX(OLD.`image`)), @lockstep_origin);
+
 -- lockstep triggers uninstall
 
 DROP TRIGGER IF EXISTS `lockstep_appointments_ins`;
@@ -72,6 +96,12 @@ DROP TRIGGER IF EXISTS `lockstep_clinics_ins`;
 DROP TRIGGER IF EXISTS `lockstep_clinics_upd`;
 
 DROP TRIGGER IF EXISTS `lockstep_clinics_del`;
+
+DROP TRIGGER IF EXISTS `lockstep_scans_ins`;
+
+DROP TRIGGER IF EXISTS `lockstep_scans_upd`;
+
+DROP TRIGGER IF EXISTS `lockstep_scans_del`;
 
 DROP TABLE IF EXISTS `lockstep_changes`;
 

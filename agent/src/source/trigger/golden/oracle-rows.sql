@@ -53,6 +53,23 @@ BEGIN
 END;
 /
 
+CREATE OR REPLACE TRIGGER "lockstep_scans" AFTER INSERT OR UPDATE OR DELETE ON "scans" FOR EACH ROW
+DECLARE
+    origin VARCHAR2(64) := SYS_CONTEXT('CLIENTCONTEXT', 'lockstep_origin');
+BEGIN
+    IF INSERTING THEN
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', JSON_OBJECT('id' VALUE :NEW."id" NULL ON NULL), JSON_OBJECT('id' VALUE :NEW."id", 'image' VALUE RAWTOHEX(:NEW."image") NULL ON NULL), origin);
+    ELSIF DELETING THEN
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', JSON_OBJECT('id' VALUE :OLD."id" NULL ON NULL), JSON_OBJECT('id' VALUE :OLD."id", 'image' VALUE RAWTOHEX(:OLD."image") NULL ON NULL), origin);
+    ELSIF (:OLD."id" = :NEW."id" OR (:OLD."id" IS NULL AND :NEW."id" IS NULL)) THEN
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('scans', 'u', JSON_OBJECT('id' VALUE :NEW."id" NULL ON NULL), JSON_OBJECT('id' VALUE :OLD."id", 'image' VALUE RAWTOHEX(:OLD."image") NULL ON NULL), JSON_OBJECT('id' VALUE :NEW."id", 'image' VALUE RAWTOHEX(:NEW."image") NULL ON NULL), origin);
+    ELSE
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', JSON_OBJECT('id' VALUE :OLD."id" NULL ON NULL), JSON_OBJECT('id' VALUE :OLD."id", 'image' VALUE RAWTOHEX(:OLD."image") NULL ON NULL), origin);
+        INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', JSON_OBJECT('id' VALUE :NEW."id" NULL ON NULL), JSON_OBJECT('id' VALUE :NEW."id", 'image' VALUE RAWTOHEX(:NEW."image") NULL ON NULL), origin);
+    END IF;
+END;
+/
+
 -- lockstep triggers uninstall
 
 BEGIN
@@ -64,6 +81,13 @@ END;
 
 BEGIN
     EXECUTE IMMEDIATE 'DROP TRIGGER "lockstep_clinics"';
+EXCEPTION
+    WHEN OTHERS THEN IF SQLCODE <> -4080 THEN RAISE; END IF;
+END;
+/
+
+BEGIN
+    EXECUTE IMMEDIATE 'DROP TRIGGER "lockstep_scans"';
 EXCEPTION
     WHEN OTHERS THEN IF SQLCODE <> -4080 THEN RAISE; END IF;
 END;

@@ -65,11 +65,17 @@ DROP TRIGGER IF EXISTS lockstep_capture ON "clinics";
 
 CREATE TRIGGER lockstep_capture AFTER INSERT OR UPDATE OR DELETE ON "clinics" FOR EACH ROW EXECUTE FUNCTION lockstep_capture('rows', 'clinics', 'region', 'code');
 
+DROP TRIGGER IF EXISTS lockstep_capture ON "scans";
+
+CREATE TRIGGER lockstep_capture AFTER INSERT OR UPDATE OR DELETE ON "scans" FOR EACH ROW EXECUTE FUNCTION lockstep_capture('rows', 'scans', 'id');
+
 -- lockstep triggers uninstall
 
 DROP TRIGGER IF EXISTS lockstep_capture ON "appointments";
 
 DROP TRIGGER IF EXISTS lockstep_capture ON "clinics";
+
+DROP TRIGGER IF EXISTS lockstep_capture ON "scans";
 
 DROP TABLE IF EXISTS "lockstep_changes";
 

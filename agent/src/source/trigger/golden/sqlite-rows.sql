@@ -61,6 +61,31 @@ CREATE TRIGGER "lockstep_clinics_del" AFTER DELETE ON "clinics" BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('clinics', 'd', json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END), json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END, 'name', CASE WHEN typeof(OLD."name") = 'blob' THEN hex(OLD."name") ELSE OLD."name" END), NULL);
 END;
 
+DROP TRIGGER IF EXISTS "lockstep_scans_ins";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_upd";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_updk";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_del";
+
+CREATE TRIGGER "lockstep_scans_ins" AFTER INSERT ON "scans" BEGIN
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END, 'image', CASE WHEN typeof(NEW."image") = 'blob' THEN hex(NEW."image") ELSE NEW."image" END), NULL);
+END;
+
+CREATE TRIGGER "lockstep_scans_upd" AFTER UPDATE ON "scans" WHEN OLD."id" IS NEW."id" BEGIN
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('scans', 'u', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END, 'image', CASE WHEN typeof(OLD."image") = 'blob' THEN hex(OLD."image") ELSE OLD."image" END), json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END, 'image', CASE WHEN typeof(NEW."image") = 'blob' THEN hex(NEW."image") ELSE NEW."image" END), NULL);
+END;
+
+CREATE TRIGGER "lockstep_scans_updk" AFTER UPDATE ON "scans" WHEN NOT (OLD."id" IS NEW."id") BEGIN
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END), json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END, 'image', CASE WHEN typeof(OLD."image") = 'blob' THEN hex(OLD."image") ELSE OLD."image" END), NULL);
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END, 'image', CASE WHEN typeof(NEW."image") = 'blob' THEN hex(NEW."image") ELSE NEW."image" END), NULL);
+END;
+
+CREATE TRIGGER "lockstep_scans_del" AFTER DELETE ON "scans" BEGIN
+    INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END), json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END, 'image', CASE WHEN typeof(OLD."image") = 'blob' THEN hex(OLD."image") ELSE OLD."image" END), NULL);
+END;
+
 -- lockstep triggers uninstall
 
 DROP TRIGGER IF EXISTS "lockstep_appointments_ins";
@@ -78,6 +103,14 @@ DROP TRIGGER IF EXISTS "lockstep_clinics_upd";
 DROP TRIGGER IF EXISTS "lockstep_clinics_updk";
 
 DROP TRIGGER IF EXISTS "lockstep_clinics_del";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_ins";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_upd";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_updk";
+
+DROP TRIGGER IF EXISTS "lockstep_scans_del";
 
 DROP TABLE IF EXISTS "lockstep_changes";
 

@@ -41,12 +41,29 @@ BEGIN
 END
 GO
 
+CREATE OR ALTER TRIGGER [lockstep_scans] ON [scans] AFTER INSERT, UPDATE, DELETE AS
+BEGIN
+    SET NOCOUNT ON;
+    INSERT INTO [lockstep_changes] ([tbl], [op], [pk], [before], [after], [origin])
+    SELECT N'scans',
+           CASE WHEN d.[id] IS NULL THEN 'c' WHEN i.[id] IS NULL THEN 'd' ELSE 'u' END,
+           CASE WHEN i.[id] IS NULL THEN (SELECT d.[id] AS [id] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER, INCLUDE_NULL_VALUES) ELSE (SELECT i.[id] AS [id] FOR JSON PATH, WITHOUT_ARRAY_WRAPPER, INCLUDE_NULL_VALUES) END,
+           NULL,
+           NULL,
+           CAST(SESSION_CONTEXT(N'lockstep.origin') AS NVARCHAR(64))
+    FROM inserted i FULL OUTER JOIN deleted d ON i.[id] = d.[id];
+END
+GO
+
 -- lockstep triggers uninstall
 
 IF OBJECT_ID(N'lockstep_appointments', N'TR') IS NOT NULL DROP TRIGGER [lockstep_appointments]
 GO
 
 IF OBJECT_ID(N'lockstep_clinics', N'TR') IS NOT NULL DROP TRIGGER [lockstep_clinics]
+GO
+
+IF OBJECT_ID(N'lockstep_scans', N'TR') IS NOT NULL DROP TRIGGER [lockstep_scans]
 GO
 
 IF OBJECT_ID(N'lockstep_changes', N'U') IS NOT NULL DROP TABLE [lockstep_changes]
