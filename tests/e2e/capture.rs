@@ -711,6 +711,39 @@ async fn postgres_kill_9_while_draining_loses_and_repeats_nothing() {
     assert_eq!(ids.len() as u64, n);
 }
 
+/// Waits until the agent reports its database lost and a reconnect refused.
+async fn wait_db_down(w: &World) {
+    wait_for(
+        "the agent to report the database down",
+        Duration::from_secs(30),
+        || w.metric("lockstep_source_db_errors_total{source=\"vista\"}") >= 2,
+    )
+    .await;
+    assert_eq!(
+        w.metric("lockstep_source_db_connected{source=\"vista\"}"),
+        0
+    );
+}
+
+/// After a database outage: the agent says it is back, and the stream holds ids 1..=n,
+/// each exactly once.
+async fn back_with_every_id(w: &World, agent: &mut Agent, n: i64) {
+    w.wait_count(n as u64, Duration::from_secs(120)).await;
+    wait_for(
+        "the agent to report the database up",
+        Duration::from_secs(30),
+        || w.metric("lockstep_source_db_connected{source=\"vista\"}") == 1,
+    )
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    let mut ids = ints(&msgs, "id");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=n).collect::<Vec<i64>>(), "{}", agent_log(w));
+    assert!(agent_log(w).contains("connected to the database again"));
+}
+
 /// The database connection is cut and refused for a while under the agent: it says so,
 /// reconnects, and loses nothing written before, during and after.
 #[tokio::test]
@@ -744,33 +777,11 @@ async fn postgres_connection_lost_and_refused_loses_nothing() {
     admin(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
     ));
-    wait_for(
-        "the agent to report the database down",
-        Duration::from_secs(30),
-        || w.metric("lockstep_source_db_errors_total{source=\"vista\"}") >= 2,
-    )
-    .await;
-    assert_eq!(
-        w.metric("lockstep_source_db_connected{source=\"vista\"}"),
-        0
-    );
+    wait_db_down(&w).await;
     admin(&format!("ALTER DATABASE {dbname} ALLOW_CONNECTIONS true"));
     insert(1001, 1500);
-    w.wait_count(1500, Duration::from_secs(60)).await;
-    wait_for(
-        "the agent to report the database up",
-        Duration::from_secs(30),
-        || w.metric("lockstep_source_db_connected{source=\"vista\"}") == 1,
-    )
-    .await;
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    assert_no_duplicate_ids(&msgs);
-    let mut ids = ints(&msgs, "id");
-    ids.sort_unstable();
-    assert_eq!(ids, (1..=1500).collect::<Vec<i64>>(), "{}", agent_log(&w));
+    back_with_every_id(&w, &mut agent, 1500).await;
     assert_eq!(run("SELECT count(*) FROM lockstep_changes"), "0");
-    assert!(agent_log(&w).contains("connected to the database again"));
     admin(&format!("DROP DATABASE {dbname} WITH (FORCE)"));
 }
 
@@ -877,16 +888,25 @@ impl PrivatePg {
         String::from_utf8_lossy(&o.stdout).trim() == "0"
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A server tool, run as `postgres` when the tests run as root.
+    fn tool(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
-        let mut c = if self.as_root() {
+        if self.as_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(exe);
             c
         } else {
             Command::new(exe)
-        };
-        let o = c.args(args).current_dir(&self.dir).output().unwrap();
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let o = self
+            .tool(tool)
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
         assert!(
             o.status.success(),
             "{tool} {args:?}: {}{}",
@@ -970,15 +990,8 @@ impl PrivatePg {
 impl Drop for PrivatePg {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let exe = self.bin.join("pg_ctl");
-        let mut c = if self.as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
-        let _ = c
+        let _ = self
+            .tool("pg_ctl")
             .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -1009,33 +1022,11 @@ async fn postgres_server_restarted_under_the_agent_loses_nothing() {
     w.wait_count(1_000, Duration::from_secs(60)).await;
     // Crashed part-way through the drain.
     pg.crash();
-    wait_for(
-        "the agent to report the database down",
-        Duration::from_secs(30),
-        || w.metric("lockstep_source_db_errors_total{source=\"vista\"}") >= 2,
-    )
-    .await;
-    assert_eq!(
-        w.metric("lockstep_source_db_connected{source=\"vista\"}"),
-        0
-    );
+    wait_db_down(&w).await;
     pg.up();
     insert(50_001, 51_000);
-    w.wait_count(51_000, Duration::from_secs(120)).await;
-    wait_for(
-        "the agent to report the database up",
-        Duration::from_secs(30),
-        || w.metric("lockstep_source_db_connected{source=\"vista\"}") == 1,
-    )
-    .await;
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    assert_no_duplicate_ids(&msgs);
-    let mut ids = ints(&msgs, "id");
-    ids.sort_unstable();
-    assert_eq!(ids, (1..=51_000).collect::<Vec<i64>>());
+    back_with_every_id(&w, &mut agent, 51_000).await;
     assert_eq!(pg.sql("SELECT count(*) FROM lockstep_changes"), "0");
-    assert!(agent_log(&w).contains("connected to the database again"));
 }
 
 /// Binary columns (bytea, VARBINARY, BLOB) arrive as base64, through the triggers'
@@ -1064,11 +1055,7 @@ async fn binary_values_arrive_as_base64(kind: Kind, capture: &str) {
         bytes(""),
         bytes("0102")
     ));
-    let snapshot = w.dir().join("state/snapshot/vista.json");
-    wait_for("the snapshot to finish", Duration::from_secs(60), || {
-        std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("\"finished_ms\":1"))
-    })
-    .await;
+    crate::snapshot::wait_finished(&w, 1).await;
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
     let msgs = w.messages().await;

@@ -40,7 +40,8 @@ async fn wait_progress(w: &World, rows: u64) -> serde_json::Value {
     last.unwrap()
 }
 
-async fn wait_finished(w: &World, id: u64) {
+/// Waits until snapshot `id` of source `vista` has finished.
+pub async fn wait_finished(w: &World, id: u64) {
     wait_for(
         &format!("snapshot {id} to finish"),
         Duration::from_secs(180),
