@@ -342,26 +342,27 @@ async fn sqlite_odbc_snapshot_command_queues_and_follows() {
     snapshot_command(Kind::Lite).await;
 }
 
-/// A row the snapshot cannot turn into an event (SQLite lets text into a BLOB column,
-/// which is not the hex its binary values become) is quarantined with where it came
-/// from; the other rows and the changes go on.
+/// A row that cannot become an event (SQLite lets text into a BLOB column, which is not
+/// the hex its binary values become) is quarantined with where it came from, whether the
+/// snapshot read it or a change named it; the other rows and changes go on.
 #[tokio::test]
-async fn sqlite_odbc_a_snapshot_row_that_cannot_be_read_is_quarantined() {
+async fn sqlite_odbc_rows_that_cannot_be_read_are_quarantined() {
     let w = World::new();
     let db = Db::new(Kind::Lite, &w, "snapbad");
     db.sql(
         "CREATE TABLE scans (id INTEGER PRIMARY KEY, image BLOB);
          INSERT INTO scans VALUES (1, X'00'), (2, 'not hex'), (3, X'01');",
     );
-    let cfg = w.config_with(&db.source(&["scans"], "rows", "snapshot = \"initial\""));
+    let cfg = w.config_with(&db.source(&["scans"], "keys", "snapshot = \"initial\""));
     install(&w, &cfg);
     let mut agent = w.agent(&cfg);
-    db.sql("INSERT INTO scans VALUES (4, X'02');");
     wait_finished(&w, 1).await;
+    db.sql("INSERT INTO scans VALUES (4, X'02'); INSERT INTO scans VALUES (5, 'also not hex');");
+    db.sql("INSERT INTO scans VALUES (6, X'03');");
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
     let msgs = w.messages().await;
-    let mut ids: Vec<(String, i64)> = msgs
+    let ids: Vec<(String, i64)> = msgs
         .iter()
         .map(|m| {
             (
@@ -370,28 +371,32 @@ async fn sqlite_odbc_a_snapshot_row_that_cannot_be_read_is_quarantined() {
             )
         })
         .collect();
-    ids.sort();
-    // Row 4, inserted after the triggers, may also be read by the snapshot.
-    ids.retain(|e| *e != ("r".to_owned(), 4));
-    assert_eq!(
-        ids,
-        [
-            ("c".to_owned(), 4),
-            ("r".to_owned(), 1),
-            ("r".to_owned(), 3)
-        ]
-    );
+    let want = [("r", 1), ("r", 3), ("c", 4), ("c", 6)].map(|(o, i)| (o.to_owned(), i));
+    assert_eq!(ids, want);
     let q = std::fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = q
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 1, "{q}");
+    assert_eq!(lines.len(), 2, "{q}");
     let reason = lines[0]["reason"].as_str().unwrap();
     assert!(
         reason.contains("snapshot 1 of `scans`") && reason.contains("binary column `image`"),
         "{reason}"
     );
     assert_eq!(lines[0]["file"], "scans");
-    assert!(q.contains("not hex"), "{q}");
+    assert!(
+        lines[0]["record"].as_str().unwrap().contains("not hex"),
+        "{q}"
+    );
+    let reason = lines[1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("of `scans`, key {\"id\":5}") && reason.contains("binary column `image`"),
+        "{reason}"
+    );
+    assert_eq!(lines[1]["file"], "lockstep_changes");
+    assert!(
+        lines[1]["record"].as_str().unwrap().contains("also not hex"),
+        "{q}"
+    );
 }

@@ -575,7 +575,8 @@ impl Drain {
             }
         }
         // One read of each table for the keys of this batch.
-        let mut current: HashMap<(usize, String), Record> = HashMap::new();
+        let mut current: HashMap<(usize, String), Result<Record, (String, String)>> =
+            HashMap::new();
         for t in 0..self.tables.len() {
             let pks: Vec<&str> = groups
                 .iter()
@@ -593,13 +594,19 @@ impl Drain {
                     Ok((k, row))
                 }) {
                     Ok((k, row)) => {
-                        current.insert((t, k), row);
+                        current.insert((t, k), Ok(row));
                     }
                     Err(reason) => {
-                        return Err(DbError(format!(
-                            "reading the current rows of `{}`: {reason}",
-                            def.name
-                        )))
+                        // A row that cannot become an event: found by its key as the
+                        // database gave it, and set aside with its capture rows.
+                        let raw = parse_object(json.as_bytes()).ok();
+                        let Some(k) = raw.and_then(|r| key_text(def, &r).ok()) else {
+                            return Err(DbError(format!(
+                                "reading the current rows of `{}`: {reason}",
+                                def.name
+                            )));
+                        };
+                        current.insert((t, k), Err((reason, json)));
                     }
                 }
             }
@@ -607,8 +614,19 @@ impl Drain {
         groups.sort_by_key(|g| g.last_seq);
         for g in groups {
             let (op, after) = match current.remove(&(g.table, g.canon)) {
-                Some(row) if g.first_op == "c" => (Op::Create, Some(row)),
-                Some(row) => (Op::Update, Some(row)),
+                Some(Err((reason, json))) => {
+                    let reason = format!(
+                        "capture rows seq {:?} of `{}`, key {}: the current row: {reason}",
+                        g.rows, self.tables[g.table].def.name, g.pk
+                    );
+                    let file = Path::new(super::ddl::CAPTURE_TABLE);
+                    if self.set_aside_row(file, g.last_seq.max(0) as u64, &reason, &json) {
+                        self.to_delete.extend(g.rows);
+                    }
+                    continue;
+                }
+                Some(Ok(row)) if g.first_op == "c" => (Op::Create, Some(row)),
+                Some(Ok(row)) => (Op::Update, Some(row)),
                 None => (Op::Delete, None),
             };
             let position = self.position(g.last_seq);
