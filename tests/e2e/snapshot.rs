@@ -396,7 +396,10 @@ async fn sqlite_odbc_rows_that_cannot_be_read_are_quarantined() {
     );
     assert_eq!(lines[1]["file"], "lockstep_changes");
     assert!(
-        lines[1]["record"].as_str().unwrap().contains("also not hex"),
+        lines[1]["record"]
+            .as_str()
+            .unwrap()
+            .contains("also not hex"),
         "{q}"
     );
 }
