@@ -114,6 +114,7 @@ fn follow(state_dir: &Path, source: &str, last_id: u64) -> Result<Progress, Fail
     let mut sized = false;
     let mut checked = Instant::now();
     loop {
+        // The agent reports progress only through its checkpoint file: poll it.
         std::thread::sleep(Duration::from_millis(200));
         match snapshot::load(state_dir, source) {
             Ok(Some(p)) if p.id > last_id => {

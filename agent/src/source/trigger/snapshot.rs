@@ -148,7 +148,6 @@ pub struct Snapshots {
     chunks: VecDeque<Chunk>,
     written: Instant,
     request_checked: Option<Instant>,
-    started: Instant,
 }
 
 impl Snapshots {
@@ -163,7 +162,6 @@ impl Snapshots {
             chunks: VecDeque::new(),
             written: Instant::now(),
             request_checked: None,
-            started: Instant::now(),
         };
         match load(state_dir, source) {
             Ok(Some(p)) => {
@@ -212,7 +210,6 @@ impl Snapshots {
         self.next = (!p.done()).then_some((0, None));
         self.progress = Some(p);
         self.chunks.clear();
-        self.started = Instant::now();
         self.save();
     }
 
@@ -367,14 +364,15 @@ impl Snapshots {
             return;
         };
         if moved && p.done() && p.finished_ms.is_none() {
-            p.finished_ms = Some(now_ms());
+            let now = now_ms();
+            p.finished_ms = Some(now);
             tracing::info!(
                 "source {}: snapshot {} finished: {} row(s) of {} table(s) in {:.1} s",
                 self.source,
                 p.id,
                 p.rows_done,
                 p.tables.len(),
-                self.started.elapsed().as_secs_f64()
+                (now - p.started_ms) as f64 / 1000.0
             );
         }
         if moved && (table_done || self.written.elapsed() >= WRITE_EVERY) {
