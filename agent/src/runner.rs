@@ -20,7 +20,7 @@ use crate::config::{Config, SourceKind};
 use crate::pipeline::{AckWatermark, Encoder};
 use crate::sink::jetstream::{self, SinkError};
 use crate::sink::publisher::Publisher;
-use crate::source::{tail, trigger, SourceContext};
+use crate::source::{poll, tail, trigger, SourceContext};
 use crate::spool::disk::RealDisk;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 
@@ -134,6 +134,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         let handle = match &s.kind {
             SourceKind::Tail(t) => tail::spawn(t.clone(), cx),
             SourceKind::Trigger(t) => trigger::spawn(t.clone(), cx),
+            SourceKind::Poll(p) => poll::spawn(p.clone(), cx),
         }
         .map_err(|source| RunError::Source {
             name: s.name.clone(),

@@ -30,6 +30,16 @@ pub struct SourceCounters {
     pub db_up: AtomicU64,
     /// Connections to the source's database lost (or refused) since start.
     pub db_errors: AtomicU64,
+    /// A poll source: the `lockstep_poll_*` metrics below are rendered for it.
+    pub is_poll: AtomicBool,
+    /// Rows read by the poll source's scans.
+    pub rows_scanned: AtomicU64,
+    /// How long the last scan took, scan and compare (ms).
+    pub scan_ms: AtomicU64,
+    /// When the last scan finished (ms since epoch); 0 before the first.
+    pub last_scan_ms: AtomicI64,
+    /// Changes found by the poll source's scans, by op: c, u, d, r.
+    pub changes: [AtomicU64; 4],
 }
 
 #[derive(Debug, Default)]
@@ -157,7 +167,7 @@ impl Metrics {
             (
                 "lockstep_source_db_connected",
                 "gauge",
-                "1 while the source's database connection is up (trigger sources).",
+                "1 while the source's database connection is up (trigger and poll sources).",
                 |c| c.db_up.load(Ordering::Relaxed),
             ),
             (
@@ -171,6 +181,55 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (s, c) in &sources {
                 let _ = writeln!(o, "{name}{{source=\"{}\"}} {}", esc(s), field(c));
+            }
+        }
+        let polls: Vec<_> = sources
+            .iter()
+            .filter(|(_, c)| c.is_poll.load(Ordering::Relaxed))
+            .collect();
+        let per_poll: [(&str, &str, &str, SourceField); 2] = [
+            (
+                "lockstep_poll_rows_scanned_total",
+                "counter",
+                "Rows read by the scans of a poll source.",
+                |c| c.rows_scanned.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_poll_last_scan_timestamp_seconds",
+                "gauge",
+                "When the last scan finished (Unix time); 0 before the first.",
+                |c| (c.last_scan_ms.load(Ordering::Relaxed).max(0) / 1000) as u64,
+            ),
+        ];
+        for (name, kind, help, field) in per_poll {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (s, c) in &polls {
+                let _ = writeln!(o, "{name}{{source=\"{}\"}} {}", esc(s), field(c));
+            }
+        }
+        let name = "lockstep_poll_scan_duration_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} How long the last scan took, reading and comparing.\n# TYPE {name} gauge"
+        );
+        for (s, c) in &polls {
+            let ms = c.scan_ms.load(Ordering::Relaxed);
+            let _ = writeln!(
+                o,
+                "{name}{{source=\"{}\"}} {:.3}",
+                esc(s),
+                ms as f64 / 1000.0
+            );
+        }
+        let name = "lockstep_poll_changes_total";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Changes found by the scans of a poll source, by op.\n# TYPE {name} counter"
+        );
+        for (s, c) in &polls {
+            for (i, op) in ["c", "u", "d", "r"].iter().enumerate() {
+                let n = c.changes[i].load(Ordering::Relaxed);
+                let _ = writeln!(o, "{name}{{source=\"{}\",op=\"{op}\"}} {n}", esc(s));
             }
         }
         let oldest = self.spool_oldest_ms.load(Ordering::Relaxed);

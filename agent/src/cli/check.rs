@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::config::{Config, SourceKind, TriggerConfig, TriggerDb};
+use crate::config::{Config, PollConfig, SourceKind, TriggerConfig, TriggerDb};
 use crate::sink::jetstream;
+use crate::source::poll::scan::PollDb;
 use crate::source::tail;
 use crate::source::trigger::admin::AdminDb;
 
@@ -90,6 +91,7 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
                 }
             }
             SourceKind::Trigger(t) => rows.extend(trigger_tables(&s.name, t).await),
+            SourceKind::Poll(p) => rows.push(poll_table(&s.name, p).await),
         }
     }
     print(out, &rows);
@@ -153,6 +155,42 @@ async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
         });
     }
     rows
+}
+
+/// For a poll source: the table (or query) with its key and columns, as a scan would
+/// read them.
+async fn poll_table(source: &str, p: &PollConfig) -> Row {
+    let cfg = p.clone();
+    let name = source.to_owned();
+    let opened = tokio::task::spawn_blocking(move || PollDb::open(&cfg, &name));
+    let (ok, detail) = match tokio::time::timeout(Duration::from_secs(10), opened).await {
+        Ok(Ok(Ok(db))) => {
+            let l = &db.plan.layout;
+            let key: Vec<&str> = l.key.iter().map(|&i| l.columns[i].as_str()).collect();
+            (
+                true,
+                format!(
+                    "key ({}), {} column(s){}",
+                    key.join(", "),
+                    l.columns.len(),
+                    if p.cursor.is_some() {
+                        ", incremental by cursor"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
+        Ok(Ok(Err(e))) => (false, e.0),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(_) => (false, "no connection within 10s".into()),
+    };
+    Row {
+        what: format!("source {source}"),
+        target: p.table.clone(),
+        ok: Some(ok),
+        detail,
+    }
 }
 
 fn state_dir(cfg: &Config) -> Row {

@@ -111,6 +111,7 @@ pub struct SourceConfig {
 pub enum SourceKind {
     Tail(TailConfig),
     Trigger(TriggerConfig),
+    Poll(PollConfig),
 }
 
 impl SourceKind {
@@ -118,6 +119,7 @@ impl SourceKind {
         match self {
             SourceKind::Tail(_) => "tail",
             SourceKind::Trigger(_) => "trigger",
+            SourceKind::Poll(_) => "poll",
         }
     }
 }
@@ -135,6 +137,41 @@ pub struct TriggerConfig {
     /// `snapshot = "initial"`: read every row of the tables (op `r`) when the source
     /// first starts.
     pub snapshot_initial: bool,
+}
+
+/// A polled table (SPEC §6 "poll"): scanned and compared with the previous scan.
+#[derive(Debug, Clone)]
+pub struct PollConfig {
+    /// The ODBC connection string (`DSN=…`).
+    pub odbc: Secret,
+    /// The table scanned, and the table named in subjects and events.
+    pub table: String,
+    /// A `SELECT` scanned instead of the table.
+    pub query: Option<String>,
+    /// The columns that identify a row; empty: the table's primary key.
+    pub key: Vec<String>,
+    /// The columns read; empty: all.
+    pub columns: Vec<String>,
+    pub interval: Duration,
+    /// Incremental mode: only rows whose cursor column is past the last value seen
+    /// (minus `lookback`) are read between full scans.
+    pub cursor: Option<String>,
+    pub lookback: Lookback,
+    pub full_scan_every: Duration,
+    /// `initial = "skip"`: the first scan only records the table, sending nothing.
+    pub initial_skip: bool,
+    pub dialect: Option<Dialect>,
+    /// Values longer than this are not read whole: their row is quarantined.
+    pub max_value_bytes: usize,
+}
+
+/// How far behind the last cursor value an incremental scan starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookback {
+    /// For date-time cursors.
+    Time(Duration),
+    /// For numeric cursors.
+    Count(u64),
 }
 
 #[derive(Debug, Clone)]

@@ -108,9 +108,14 @@ struct RawSource {
     interval: Option<ConfigDuration>,
     dialect: Option<Spanned<String>>,
     snapshot: Option<Spanned<String>>,
-    columns: Option<Spanned<toml::Value>>,
-    cursor: Option<Spanned<toml::Value>>,
-    full_scan_every: Option<Spanned<toml::Value>>,
+    // poll
+    query: Option<Spanned<String>>,
+    columns: Option<Spanned<Vec<String>>>,
+    cursor: Option<Spanned<String>>,
+    lookback: Option<Spanned<toml::Value>>,
+    full_scan_every: Option<Spanned<ConfigDuration>>,
+    initial: Option<Spanned<String>>,
+    max_value_bytes: Option<Spanned<ConfigSize>>,
     debounce: Option<Spanned<toml::Value>>,
     map: Option<Spanned<toml::Value>>,
 }
@@ -381,7 +386,7 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
 }
 
 fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, ConfigError> {
-    let tail_keys = [
+    let foreign = [
         ("paths", s.paths.as_ref().map(|v| v.span())),
         ("format", s.format.as_ref().map(|v| v.span())),
         ("table", s.table.as_ref().map(|v| v.span())),
@@ -395,23 +400,11 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             s.max_record_bytes.as_ref().map(|v| v.span()),
         ),
         ("csv", s.csv.as_ref().map(|v| v.span())),
-        ("columns", s.columns.as_ref().map(|v| v.span())),
-        ("cursor", s.cursor.as_ref().map(|v| v.span())),
-        (
-            "full_scan_every",
-            s.full_scan_every.as_ref().map(|v| v.span()),
-        ),
         ("debounce", s.debounce.as_ref().map(|v| v.span())),
         ("map", s.map.as_ref().map(|v| v.span())),
     ];
-    for (key, span) in tail_keys {
-        if let Some(span) = span {
-            return Err(cx.err(
-                span,
-                format!("source `{name}`: `{key}` is not a key of trigger sources"),
-            ));
-        }
-    }
+    refuse(cx, &name, "trigger", &foreign)?;
+    refuse(cx, &name, "trigger", &poll_keys(&s))?;
     let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
     let db = match (&s.postgres, &s.odbc) {
         (Some(p), None) => TriggerDb::Postgres(secret(p)?),
@@ -495,23 +488,220 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
     })
 }
 
+/// Refuses keys that belong to other kinds of source.
+fn refuse(
+    cx: &Ctx,
+    name: &str,
+    kind: &str,
+    keys: &[(&str, Option<Range<usize>>)],
+) -> Result<(), ConfigError> {
+    for (key, span) in keys {
+        if let Some(span) = span {
+            return Err(cx.err(
+                span.clone(),
+                format!("source `{name}`: `{key}` is not a key of {kind} sources"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The keys only poll sources have.
+fn poll_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 7] {
+    [
+        ("query", s.query.as_ref().map(|v| v.span())),
+        ("columns", s.columns.as_ref().map(|v| v.span())),
+        ("cursor", s.cursor.as_ref().map(|v| v.span())),
+        ("lookback", s.lookback.as_ref().map(|v| v.span())),
+        (
+            "full_scan_every",
+            s.full_scan_every.as_ref().map(|v| v.span()),
+        ),
+        ("initial", s.initial.as_ref().map(|v| v.span())),
+        (
+            "max_value_bytes",
+            s.max_value_bytes.as_ref().map(|v| v.span()),
+        ),
+    ]
+}
+
+fn poll_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, ConfigError> {
+    let foreign = [
+        ("paths", s.paths.as_ref().map(|v| v.span())),
+        ("format", s.format.as_ref().map(|v| v.span())),
+        ("table_field", s.table_field.as_ref().map(|v| v.span())),
+        ("op_field", s.op_field.as_ref().map(|v| v.span())),
+        ("op_map", s.op_map.as_ref().map(|v| v.span())),
+        ("start_at", s.start_at.as_ref().map(|v| v.span())),
+        (
+            "max_record_bytes",
+            s.max_record_bytes.as_ref().map(|v| v.span()),
+        ),
+        ("csv", s.csv.as_ref().map(|v| v.span())),
+        ("tables", s.tables.as_ref().map(|v| v.span())),
+        ("capture", s.capture.as_ref().map(|v| v.span())),
+        ("snapshot", s.snapshot.as_ref().map(|v| v.span())),
+        ("debounce", s.debounce.as_ref().map(|v| v.span())),
+        ("map", s.map.as_ref().map(|v| v.span())),
+    ];
+    refuse(cx, &name, "poll", &foreign)?;
+    let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
+    let odbc = match (&s.odbc, &s.postgres) {
+        (Some(o), _) => secret(o)?,
+        (None, Some(p)) => {
+            return Err(cx.err(
+                p.span(),
+                format!("source `{name}`: poll sources read through ODBC: give `odbc = \"Driver=PostgreSQL Unicode;Server=…;Database=…\"` instead of `postgres`"),
+            ))
+        }
+        (None, None) => {
+            return Err(cx.err(
+                s.name.span(),
+                format!("source `{name}`: a poll source needs `odbc = \"DSN=…\"`"),
+            ))
+        }
+    };
+    let table = match s.table {
+        Some(t) if !t.get_ref().trim().is_empty() => t.into_inner(),
+        Some(t) => return Err(cx.err(t.span(), format!("source `{name}`: `table` is empty"))),
+        None => {
+            return Err(cx.err(
+                s.name.span(),
+                format!("source `{name}`: a poll source needs `table` (with `query`, the name its events carry)"),
+            ))
+        }
+    };
+    let names = |v: Option<Spanned<Vec<String>>>, what: &str| -> Result<Vec<String>, ConfigError> {
+        match v {
+            Some(l) if l.get_ref().is_empty() => {
+                Err(cx.err(l.span(), format!("source `{name}`: `{what}` is empty")))
+            }
+            Some(l) => Ok(l.into_inner()),
+            None => Ok(Vec::new()),
+        }
+    };
+    let query = match s.query {
+        Some(q)
+            if !q
+                .get_ref()
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("select") =>
+        {
+            return Err(cx.err(
+                q.span(),
+                format!("source `{name}`: `query` must be a SELECT"),
+            ))
+        }
+        Some(q) => Some(q.into_inner()),
+        None => None,
+    };
+    let key_span = s.name.span();
+    let key = names(s.key, "key")?;
+    if query.is_some() && key.is_empty() {
+        return Err(cx.err(
+            key_span,
+            format!("source `{name}`: a poll source with `query` needs `key`: the columns of the query that identify a row"),
+        ));
+    }
+    let columns = names(s.columns, "columns")?;
+    let dialect = match &s.dialect {
+        None => None,
+        Some(d) => Some(Dialect::from_name(d.get_ref()).ok_or_else(|| {
+            cx.err(
+                d.span(),
+                format!(
+                    "source `{name}`: dialect `{}`: use postgres, mariadb, sqlite, sqlserver, oracle or db2",
+                    d.get_ref()
+                ),
+            )
+        })?),
+    };
+    let lookback = match &s.lookback {
+        None => Lookback::Time(Duration::from_secs(60)),
+        Some(l) => match l.get_ref() {
+            toml::Value::String(d) => {
+                Lookback::Time(parse_duration(d).map_err(|e| cx.err(l.span(), e))?)
+            }
+            toml::Value::Integer(n) if *n >= 0 => Lookback::Count(*n as u64),
+            _ => {
+                return Err(cx.err(
+                    l.span(),
+                    format!("source `{name}`: `lookback` is a duration like \"1m\" (date-time cursors) or a whole number (numeric cursors)"),
+                ))
+            }
+        },
+    };
+    if s.cursor.is_none() {
+        let extra = [
+            ("lookback", s.lookback.as_ref().map(|v| v.span())),
+            (
+                "full_scan_every",
+                s.full_scan_every.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (key, span) in extra {
+            if let Some(span) = span {
+                return Err(cx.err(
+                    span,
+                    format!("source `{name}`: `{key}` needs `cursor` (incremental scans)"),
+                ));
+            }
+        }
+    }
+    let initial_skip = match s.initial.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
+        None | Some(("snapshot", _)) => false,
+        Some(("skip", _)) => true,
+        Some((other, span)) => {
+            return Err(cx.err(
+                span,
+                format!("source `{name}`: initial `{other}`: use \"snapshot\" or \"skip\""),
+            ))
+        }
+    };
+    let max_value_bytes = match s.max_value_bytes {
+        Some(m) if !(1..=(64 << 20)).contains(&m.get_ref().0) => {
+            return Err(cx.err(
+                m.span(),
+                format!("source `{name}`: `max_value_bytes` must be between 1 byte and 64MiB"),
+            ))
+        }
+        Some(m) => m.get_ref().0 as usize,
+        None => 64 << 10,
+    };
+    Ok(SourceConfig {
+        name,
+        kind: SourceKind::Poll(PollConfig {
+            odbc,
+            table,
+            query,
+            key,
+            columns,
+            interval: s.interval.map_or(Duration::from_secs(30), |d| d.0),
+            cursor: s.cursor.map(Spanned::into_inner),
+            lookback,
+            full_scan_every: s
+                .full_scan_every
+                .map_or(Duration::from_secs(3600), |d| d.get_ref().0),
+            initial_skip,
+            dialect,
+            max_value_bytes,
+        }),
+    })
+}
+
 fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
     let name = s.name.get_ref().clone();
     let kind = s.kind.get_ref().as_str();
     match kind {
         "tail" => {}
         "trigger" => return trigger_source(cx, s, name),
-        "poll" => {
+        "poll" => return poll_source(cx, s, name),
+        other => {
             return Err(cx.err(
                 s.kind.span(),
-                format!(
-                    "source `{name}`: kind = \"{kind}\" is not supported yet by lockstep {}; this build supports kind = \"tail\"",
-                    env!("CARGO_PKG_VERSION")
-                ),
+                format!("source `{name}`: unknown kind `{other}` (tail, trigger or poll)"),
             ))
-        }
-        other => {
-            return Err(cx.err(s.kind.span(), format!("source `{name}`: unknown kind `{other}` (tail, trigger or poll)")))
         }
     }
     let later = [("debounce", &s.debounce), ("map", &s.map)];
@@ -545,19 +735,7 @@ fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
             format!("source `{name}`: `interval` is not a key of tail sources"),
         ));
     }
-    let foreign = [
-        ("columns", &s.columns),
-        ("cursor", &s.cursor),
-        ("full_scan_every", &s.full_scan_every),
-    ];
-    for (key, v) in foreign {
-        if let Some(v) = v {
-            return Err(cx.err(
-                v.span(),
-                format!("source `{name}`: `{key}` is not a key of tail sources"),
-            ));
-        }
-    }
+    refuse(cx, &name, "tail", &poll_keys(&s))?;
 
     let paths = match s.paths {
         None => {
@@ -751,10 +929,66 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.at.map(|a| a.0), Some(10), "{e}");
         let e = parse_str(&MINIMAL.replace("kind = \"tail\"", "kind = \"poll\"")).unwrap_err();
-        assert_eq!(e.at.map(|a| a.0), Some(7));
-        assert!(e.message.contains("not supported yet"), "{e}");
+        assert_eq!(e.at.map(|a| a.0), Some(8));
+        assert!(
+            e.message.contains("`paths` is not a key of poll sources"),
+            "{e}"
+        );
         let e = parse_str(&MINIMAL.replace("table = \"t\"", "table = \"t\"\nodbc = \"DSN=X\""))
             .unwrap_err();
+        assert!(e.message.contains("not a key of tail sources"), "{e}");
+    }
+
+    const POLL: &str = "[agent]\nid = \"a1\"\n\n[[source]]\nname = \"permits\"\nkind = \"poll\"\nodbc = \"DSN=P\"\ntable = \"PERMIT\"\n";
+
+    #[test]
+    fn poll_sources() {
+        let c = parse_str(POLL).unwrap();
+        let SourceKind::Poll(p) = &c.sources[0].kind else {
+            panic!("a poll source")
+        };
+        assert_eq!(p.interval, Duration::from_secs(30));
+        assert!(p.key.is_empty() && p.columns.is_empty() && p.cursor.is_none());
+        assert!(!p.initial_skip);
+        assert_eq!(p.max_value_bytes, 64 << 10);
+        let c = parse_str(&format!(
+            "{POLL}key = [\"ID\"]\ncolumns = [\"ID\", \"STAT\"]\ncursor = \"TS\"\nlookback = \"2m\"\nfull_scan_every = \"10m\"\ninitial = \"skip\"\ninterval = \"5s\"\n"
+        ))
+        .unwrap();
+        let SourceKind::Poll(p) = &c.sources[0].kind else {
+            panic!("a poll source")
+        };
+        assert_eq!(p.key, ["ID"]);
+        assert_eq!(p.cursor.as_deref(), Some("TS"));
+        assert_eq!(p.lookback, Lookback::Time(Duration::from_secs(120)));
+        assert_eq!(p.full_scan_every, Duration::from_secs(600));
+        assert!(p.initial_skip);
+        let c = parse_str(&format!("{POLL}cursor = \"SEQ\"\nlookback = 500\n")).unwrap();
+        let SourceKind::Poll(p) = &c.sources[0].kind else {
+            panic!("a poll source")
+        };
+        assert_eq!(p.lookback, Lookback::Count(500));
+
+        let bad = [
+            ("lookback = \"1m\"\n", 9, "`lookback` needs `cursor`"),
+            ("initial = \"all\"\n", 9, "use \"snapshot\" or \"skip\""),
+            ("query = \"SELECT * FROM v\"\n", 5, "needs `key`"),
+            ("query = \"DELETE FROM v\"\n", 9, "must be a SELECT"),
+            (
+                "tables = [\"a\"]\n",
+                9,
+                "`tables` is not a key of poll sources",
+            ),
+            ("key = []\n", 9, "`key` is empty"),
+        ];
+        for (extra, line, msg) in bad {
+            let e = parse_str(&format!("{POLL}{extra}")).unwrap_err();
+            assert!(e.message.contains(msg), "{extra}: {e}");
+            assert_eq!(e.at.map(|a| a.0), Some(line), "{extra}: {e}");
+        }
+        let e = parse_str(&POLL.replace("odbc = \"DSN=P\"", "postgres = \"host=x\"")).unwrap_err();
+        assert!(e.message.contains("read through ODBC"), "{e}");
+        let e = parse_str(&format!("{MINIMAL}cursor = \"TS\"\n")).unwrap_err();
         assert!(e.message.contains("not a key of tail sources"), "{e}");
     }
 

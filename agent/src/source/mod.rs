@@ -1,4 +1,4 @@
-//! Sources: where changes come from. One folder per kind; today `tail`.
+//! Sources: where changes come from. One folder per kind: `tail`, `trigger`, `poll`.
 //!
 //! The contract every source keeps:
 //! - **Positions.** Each event carries the source's position of its change (for a tailed
@@ -15,6 +15,7 @@
 //!   without bound. On shutdown it stops reading, waits for the sink to finish its
 //!   in-flight acks, writes a last checkpoint and returns.
 
+pub mod poll;
 pub mod tail;
 pub mod trigger;
 
@@ -51,3 +52,30 @@ pub struct SourceContext {
 
 /// Events sent to the sink in one batch, at most.
 pub const BATCH_SIZE: usize = 512;
+
+/// The sink stopped taking batches: the agent is shutting down.
+#[derive(Debug)]
+pub struct Stopping;
+
+impl SourceContext {
+    /// Offers `batch` to the sink for up to 100 ms; true once it is taken. The caller
+    /// does its housekeeping (acks, checkpoints) between offers.
+    pub fn offer(&self, batch: &mut Option<Batch>) -> Result<bool, Stopping> {
+        if *self.shutdown.borrow() {
+            return Err(Stopping);
+        }
+        let tx = self.tx.clone();
+        self.runtime.block_on(async {
+            match tokio::time::timeout(Duration::from_millis(100), tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    if let Some(b) = batch.take() {
+                        permit.send(b);
+                    }
+                    Ok(true)
+                }
+                Ok(Err(_)) => Err(Stopping),
+                Err(_) => Ok(false),
+            }
+        })
+    }
+}

@@ -42,7 +42,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use self::files::FileKey;
 use self::state::{Checkpoint, FileCp};
-use super::{SourceContext, BATCH_SIZE};
+use super::{SourceContext, Stopping, BATCH_SIZE};
 use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
 use crate::admin::metrics::TableCounters;
 use crate::config::{StartAt, TableFrom, TailConfig};
@@ -144,9 +144,6 @@ struct Tail {
     last_scan: Instant,
     discovered: u64,
 }
-
-/// The sink stopped taking batches: the agent is shutting down.
-struct Stopping;
 
 impl Tail {
     fn new(cfg: TailConfig, cx: SourceContext) -> Result<Self, String> {
@@ -838,30 +835,13 @@ impl Out {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let tx = self.cx.tx.clone();
-        let rt = self.cx.runtime.clone();
         let batch = Batch {
             source: self.cx.index,
             msgs: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_SIZE)),
         };
         let mut batch = Some(batch);
         loop {
-            if *self.cx.shutdown.borrow() {
-                return Err(Stopping);
-            }
-            let sent = rt.block_on(async {
-                match tokio::time::timeout(Duration::from_millis(100), tx.reserve()).await {
-                    Ok(Ok(permit)) => {
-                        if let Some(b) = batch.take() {
-                            permit.send(b);
-                        }
-                        Ok(true)
-                    }
-                    Ok(Err(_)) => Err(Stopping),
-                    Err(_) => Ok(false),
-                }
-            })?;
-            if sent {
+            if self.cx.offer(&mut batch)? {
                 return Ok(());
             }
             // The sink is behind (or the broker is away): keep checkpointing meanwhile.

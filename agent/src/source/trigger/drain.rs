@@ -44,7 +44,7 @@ use crate::config::TriggerConfig;
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{now_ms, Batch, Outgoing};
 use crate::sink::backoff;
-use crate::source::{SourceContext, BATCH_SIZE};
+use crate::source::{SourceContext, Stopping, BATCH_SIZE};
 
 /// Rows read in one snapshot, at most.
 const READ_ROWS: usize = 4 * BATCH_SIZE;
@@ -164,9 +164,6 @@ pub struct Drain {
     last_error: Option<String>,
     status_at: Instant,
 }
-
-/// The sink stopped taking batches: the agent is shutting down.
-struct Stopping;
 
 enum Fail {
     Stopping,
@@ -769,24 +766,8 @@ impl Drain {
             msgs,
         };
         let mut batch = Some(batch);
-        let tx = self.cx.tx.clone();
         loop {
-            if *self.cx.shutdown.borrow() {
-                return Err(Stopping);
-            }
-            let sent = self.cx.runtime.block_on(async {
-                match tokio::time::timeout(Duration::from_millis(100), tx.reserve()).await {
-                    Ok(Ok(permit)) => {
-                        if let Some(b) = batch.take() {
-                            permit.send(b);
-                        }
-                        Ok(true)
-                    }
-                    Ok(Err(_)) => Err(Stopping),
-                    Err(_) => Ok(false),
-                }
-            })?;
-            if sent {
+            if self.cx.offer(&mut batch)? {
                 return Ok(());
             }
             // The sink is behind (or the broker is away): delete what is acknowledged.

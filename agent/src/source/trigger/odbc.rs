@@ -15,7 +15,7 @@ use super::drain::{CaptureDb, ChangeRow, DbError};
 /// Keys per statement when reading current rows, seqs per `DELETE`.
 const IN_LIST: usize = 200;
 
-fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
+pub fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
     move |e| DbError(format!("ODBC: {what}: {e}"))
 }
 
@@ -61,7 +61,7 @@ pub fn dialect(conn: &Connection<'_>, configured: Option<Dialect>) -> Result<Dia
 }
 
 /// Runs one statement and returns every row as text columns (NULL as `None`).
-fn query(
+pub fn query(
     conn: &Connection<'_>,
     sql: &str,
     what: &str,
@@ -90,10 +90,27 @@ fn text(v: &[u8]) -> String {
 
 /// The columns, primary key and column types of `table` (`name` or `schema.name`).
 pub fn table_def(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError> {
-    let (schema, name) = match table.rsplit_once('.') {
+    let mut def = table_columns(conn, table)?;
+    def.key = primary_key(conn, table)?;
+    if def.key.is_empty() {
+        return Err(DbError(format!(
+            "table `{table}` has no primary key: trigger capture needs one to name each changed row \
+             (add a primary key, or capture this table with kind = \"poll\" and a configured `key`)"
+        )));
+    }
+    Ok(def)
+}
+
+fn split_table(table: &str) -> (&str, &str) {
+    match table.rsplit_once('.') {
         Some((s, n)) => (s, n),
         None => ("", table),
-    };
+    }
+}
+
+/// The columns and column types of `table`, from the ODBC catalog; no key.
+pub fn table_columns(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError> {
+    let (schema, name) = split_table(table);
     let what = format!("read the columns of `{table}`");
     let mut def = TableDef {
         name: table.to_owned(),
@@ -118,6 +135,12 @@ pub fn table_def(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError
             "table `{table}` does not exist (the ODBC catalog lists no columns for it)"
         )));
     }
+    Ok(def)
+}
+
+/// The primary key columns of `table`, in key order; empty when it has none.
+pub fn primary_key(conn: &Connection<'_>, table: &str) -> Result<Vec<String>, DbError> {
+    let (schema, name) = split_table(table);
     let what = format!("read the primary key of `{table}`");
     let mut key: Vec<(i16, String)> = Vec::new();
     for row in conn
@@ -127,15 +150,8 @@ pub fn table_def(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError
         let row = row.map_err(odbc_err(&what))?;
         key.push((row.key_seq, text(row.column.as_bytes().unwrap_or_default())));
     }
-    if key.is_empty() {
-        return Err(DbError(format!(
-            "table `{table}` has no primary key: trigger capture needs one to name each changed row \
-             (add a primary key, or capture this table with kind = \"poll\" and a configured `key`)"
-        )));
-    }
     key.sort();
-    def.key = key.into_iter().map(|(_, k)| k).collect();
-    Ok(def)
+    Ok(key.into_iter().map(|(_, k)| k).collect())
 }
 
 /// Runs `stmts` in one transaction (where the database's DDL is transactional; MariaDB
@@ -280,7 +296,7 @@ fn changed_ms(d: Dialect) -> &'static str {
 }
 
 /// `SELECT <body> ORDER BY <order>`, at most `n` rows, in the dialect's words.
-fn limited(d: Dialect, body: &str, order: &str, n: usize, sql: &mut String) {
+pub fn limited(d: Dialect, body: &str, order: &str, n: usize, sql: &mut String) {
     sql.clear();
     match d {
         Dialect::SqlServer => sql.push_str(&format!("SELECT TOP {n} {body} ORDER BY {order}")),
@@ -318,7 +334,7 @@ fn after_key(d: Dialect, key: &[String], row: &lockstep_formats::Record) -> Stri
 }
 
 /// A key value as an SQL literal.
-fn literal(d: Dialect, v: &Value) -> String {
+pub fn literal(d: Dialect, v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),
         Value::Bool(b) => match (d, b) {

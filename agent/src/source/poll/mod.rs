@@ -1,0 +1,830 @@
+//! Polling with row hashing (SPEC §6 "poll"): every `interval` the table is scanned
+//! through ODBC and compared with the previous scan, to find inserts (`c`), updates
+//! (`u`) and deletes (`d`) in tables that have neither triggers nor timestamps.
+//!
+//! # Design
+//!
+//! **A scan** reads `key` + `columns` with a bulk (columnar) fetch ([`scan`]). Each row
+//! is encoded canonically (per column: NULL, or length and bytes as the driver gave
+//! them) and hashed: xxh3-128 of the key, xxh3-64 of the row. The row goes to a spill
+//! file and its hashes to an in-memory run that is sorted by key hash and written out
+//! every [`store::RUN_ENTRIES`] rows. Memory is the run and the fetch buffer, whatever
+//! the table's size.
+//!
+//! **The compare** merges the sorted runs with the previous scan's snapshot, which is a
+//! file sorted by key hash, read front to back through a moving memory map
+//! ([`store::merge`]). A key only in the scan is `c`, a key in both with another row
+//! hash is `u`, a key only in the snapshot is `d` (the snapshot keeps each key, so the
+//! delete names it). The merge writes the next snapshot (`snapshot.next`) and the
+//! scan's changes (`changes`: the row for `c`/`u`, the key for `d`).
+//!
+//! **Positions.** An event's position is `<generation>.<key>`. The generation is the
+//! scan's start time in ms, above every earlier generation, so a row that goes A→B→A
+//! over three scans is sent three times with three ids, and a scan's events keep their
+//! ids however often they are sent.
+//!
+//! **The swap.** Only when every event of the scan is acknowledged by JetStream or
+//! written to the spool is `snapshot.next` renamed over `snapshot`.
+//!
+//! # Crash cases
+//!
+//! The order of writes is: spill and runs (not synced) → `snapshot.next` and `changes`,
+//! fsynced → `pending.json` (atomic, the commit point) → events → swap (rename, fsync of
+//! the directory) → `changes` and `pending.json` removed.
+//!
+//! - **Crash during the scan or the merge** (before `pending.json`): no event was sent.
+//!   The leftovers are removed at start and the next scan compares with `snapshot` as if
+//!   the lost scan never happened.
+//! - **Crash while sending, or after the last ack but before the swap** (`pending.json`
+//!   names a generation that `snapshot` does not have): the agent sends the whole of
+//!   `changes` again, with the same ids (JetStream drops those it already has), then
+//!   swaps. It does not scan again: a row that went back to its old value since the lost
+//!   scan (A→B→A) would then look unchanged while the stream says B. Sending the scan's
+//!   changes as they were and letting the next scan compare with that scan's snapshot
+//!   sends the way back as a change of its own.
+//! - **Crash between the swap and removing `pending.json`**: `snapshot` has the pending
+//!   generation; the leftovers are removed.
+//! - **A damaged snapshot** (its checksum is checked at start) is set aside as
+//!   `snapshot.damaged` and the next scan is a first scan: every row is sent again as
+//!   `r` (repeats are harmless, skips are not); deletes since the damaged snapshot are not
+//!   seen.
+//!
+//! **Incremental mode.** With `cursor`, scans between full scans read only the rows whose
+//! cursor is at or past the highest value seen minus `lookback`; the rows they do not read
+//! keep their snapshot entries. Rows re-read inside the lookback have the same hash and
+//! send nothing. A full scan every `full_scan_every` finds the deletes.
+
+pub mod scan;
+pub mod store;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockstep_formats::json::encode_value;
+use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo};
+use serde::{Deserialize, Serialize};
+
+use self::scan::{cursor_less, decode_key, decode_row, Layout, PollDb, ScanError};
+use self::store::{
+    ChangeOp, ChangesReader, ChangesWriter, MergeCounts, MergeMode, SnapshotMeta, SnapshotReader,
+    SnapshotWriter, Spill,
+};
+use crate::admin::metrics::TableCounters;
+use crate::config::PollConfig;
+use crate::pipeline::checkpoint;
+use crate::pipeline::quarantine::{BadRecord, Quarantine};
+use crate::pipeline::{now_ms, Batch, Outgoing};
+use crate::source::{SourceContext, Stopping, BATCH_SIZE};
+
+/// Starts a poll source on its own thread.
+pub fn spawn(cfg: PollConfig, cx: SourceContext) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("poll:{}", cx.name))
+        .spawn(move || Poller::new(cfg, cx).run())
+}
+
+/// The commit point of a scan: its changes are on disk and are being sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    gen: u64,
+    changes: u64,
+    layout: Layout,
+    /// When the scan started (ms since epoch): the events' `source.ts_ms`.
+    scan_ms: i64,
+}
+
+/// A scan's changes being sent.
+struct Sending {
+    pending: Pending,
+    reader: ChangesReader,
+    /// All changes are handed to the sink.
+    read_all: bool,
+    /// The sequence number of the scan's last event so far.
+    last_seq: u64,
+}
+
+/// What the last scan did, for `/status`.
+#[derive(Debug, Default, Clone, Serialize)]
+struct LastScan {
+    generation: u64,
+    full: bool,
+    rows: u64,
+    created: u64,
+    updated: u64,
+    deleted: u64,
+    read: u64,
+    repeated_keys: u64,
+    seconds: f64,
+    finished_ms: i64,
+}
+
+struct Poller {
+    cfg: PollConfig,
+    cx: SourceContext,
+    dir: PathBuf,
+    db: Option<PollDb>,
+    quarantine: Quarantine,
+    agent: Arc<str>,
+    name: Arc<str>,
+    kind: Arc<str>,
+    table: Arc<str>,
+    subject: String,
+    counters: Arc<TableCounters>,
+    seq: u64,
+    sending: Option<Sending>,
+    /// Meta of the current snapshot (`None`: no snapshot yet).
+    meta: Option<SnapshotMeta>,
+    next_scan: Instant,
+    attempt: usize,
+    last_error: Option<String>,
+    last_scan: Option<LastScan>,
+    status_at: Instant,
+}
+
+fn io_msg(what: &str, path: &Path, e: &io::Error) -> String {
+    format!("cannot {what} {}: {e}", path.display())
+}
+
+impl Poller {
+    fn new(cfg: PollConfig, cx: SourceContext) -> Poller {
+        let dir = cx.state_dir.join("poll").join(&cx.name);
+        cx.counters.is_poll.store(true, Ordering::Relaxed);
+        Poller {
+            quarantine: Quarantine::new(&cx.state_dir, &cx.name),
+            agent: Arc::from(cx.agent_id.as_str()),
+            name: Arc::from(cx.name.as_str()),
+            kind: Arc::from("poll"),
+            table: Arc::from(cfg.table.as_str()),
+            subject: cx.encoder.subject(&cfg.table),
+            counters: cx.metrics.table(&cx.name, &cfg.table),
+            dir,
+            cfg,
+            cx,
+            db: None,
+            seq: 0,
+            sending: None,
+            meta: None,
+            next_scan: Instant::now(),
+            attempt: 0,
+            last_error: None,
+            last_scan: None,
+            status_at: Instant::now(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn run(mut self) {
+        self.cx.counters.db_up.store(0, Ordering::Relaxed);
+        if let Err(e) = self.recover() {
+            tracing::error!("source {}: {e}", self.name);
+            self.last_error = Some(e);
+        }
+        loop {
+            if *self.cx.shutdown.borrow() {
+                break;
+            }
+            let r = if self.sending.is_some() {
+                self.send_step()
+            } else if Instant::now() >= self.next_scan {
+                self.scan_once();
+                Ok(())
+            } else {
+                // Short naps, so that a shutdown is seen at once.
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(())
+            };
+            if r.is_err() {
+                break;
+            }
+            self.publish_status(false);
+        }
+        self.finish();
+    }
+
+    /// At start: reads the snapshot, and finishes a scan whose changes were committed.
+    fn recover(&mut self) -> Result<(), String> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| io_msg("create the poll directory", &self.dir, &e))?;
+        let snap = self.path("snapshot");
+        match SnapshotReader::open(&snap).and_then(|r| match r {
+            Some(mut r) => r.verify().map(|()| Some(r.meta)),
+            None => Ok(None),
+        }) {
+            Ok(m) => self.meta = m,
+            Err(e) => {
+                let aside = self.path("snapshot.damaged");
+                let _ = fs::rename(&snap, &aside);
+                tracing::error!(
+                    "source {}: the snapshot of the previous scan is damaged ({e}); it is set aside as {} and the next scan starts over, sending every row as op r",
+                    self.name,
+                    aside.display()
+                );
+            }
+        }
+        for leftover in ["scan.rows", "scan.runs"] {
+            let _ = fs::remove_file(self.path(leftover));
+        }
+        let pending_path = self.path("pending.json");
+        let pending: Option<Pending> = match checkpoint::read(&pending_path) {
+            Ok(Some(b)) => serde_json::from_slice(&b).ok(),
+            Ok(None) => None,
+            Err(e) => return Err(io_msg("read", &pending_path, &e)),
+        };
+        let Some(p) = pending else {
+            self.clean_pending();
+            return Ok(());
+        };
+        if self.meta.as_ref().is_some_and(|m| m.gen == p.gen) {
+            // The swap was done; only the leftovers remain.
+            self.clean_pending();
+            return Ok(());
+        }
+        let next_ok = SnapshotReader::open(&self.path("snapshot.next"))
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.meta.gen == p.gen);
+        match ChangesReader::open(&self.path("changes")) {
+            Ok(reader) if next_ok => {
+                tracing::info!(
+                    "source {}: sending again the {} change(s) of scan {} that the last run did not see acknowledged",
+                    self.name,
+                    p.changes,
+                    p.gen
+                );
+                self.sending = Some(Sending {
+                    pending: p,
+                    reader,
+                    read_all: false,
+                    last_seq: 0,
+                });
+                Ok(())
+            }
+            _ => {
+                self.clean_pending();
+                Err(format!(
+                    "the changes of scan {} were committed but their files are missing; the next scan compares with the scan before it",
+                    p.gen
+                ))
+            }
+        }
+    }
+
+    fn clean_pending(&self) {
+        for f in ["snapshot.next", "changes", "pending.json"] {
+            let _ = fs::remove_file(self.path(f));
+        }
+    }
+
+    /// Connects if needed, scans, compares and commits the changes.
+    fn scan_once(&mut self) {
+        let started = Instant::now();
+        let started_ms = now_ms();
+        self.next_scan = started + self.cfg.interval;
+        if self.db.is_none() {
+            match PollDb::open(&self.cfg, &self.name) {
+                Ok(db) => {
+                    if self.attempt > 0 {
+                        tracing::info!("source {}: connected to the database again", self.name);
+                    } else {
+                        tracing::info!(
+                            "source {}: polling `{}` every {:.1} s ({} column(s), key {})",
+                            self.name,
+                            self.cfg.table,
+                            self.cfg.interval.as_secs_f64(),
+                            db.plan.layout.columns.len(),
+                            db.plan
+                                .layout
+                                .key
+                                .iter()
+                                .map(|&i| db.plan.layout.columns[i].as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    self.cx.counters.db_up.store(1, Ordering::Relaxed);
+                    self.db = Some(db);
+                }
+                Err(e) => return self.failed(e.0, true),
+            }
+        }
+        match self.scan_and_merge(started_ms) {
+            Ok(Some((counts, full))) => {
+                self.attempt = 0;
+                self.last_error = None;
+                let secs = started.elapsed().as_secs_f64();
+                let c = &self.cx.counters;
+                c.scan_ms.store((secs * 1000.0) as u64, Ordering::Relaxed);
+                c.last_scan_ms.store(now_ms(), Ordering::Relaxed);
+                for (i, n) in [counts.created, counts.updated, counts.deleted, counts.read]
+                    .into_iter()
+                    .enumerate()
+                {
+                    c.changes[i].fetch_add(n, Ordering::Relaxed);
+                }
+                if counts.repeated_keys > 0 {
+                    tracing::warn!(
+                        "source {}: {} row(s) of the scan repeat the key of another row; only the first of each is compared: `key` must name columns that identify one row",
+                        self.name,
+                        counts.repeated_keys
+                    );
+                }
+                tracing::debug!(
+                    "source {}: scan of {} row(s) in {secs:.2} s: {} created, {} updated, {} deleted, {} read",
+                    self.name,
+                    counts.rows,
+                    counts.created,
+                    counts.updated,
+                    counts.deleted,
+                    counts.read
+                );
+                self.last_scan = Some(LastScan {
+                    generation: self.sending.as_ref().map_or(0, |s| s.pending.gen),
+                    full,
+                    rows: counts.rows,
+                    created: counts.created,
+                    updated: counts.updated,
+                    deleted: counts.deleted,
+                    read: counts.read,
+                    repeated_keys: counts.repeated_keys,
+                    seconds: secs,
+                    finished_ms: now_ms(),
+                });
+            }
+            Ok(None) => {}
+            Err((e, db)) => self.failed(e, db),
+        }
+        self.publish_status(true);
+    }
+
+    /// A scan or connection failed: log it, and try again after a backoff.
+    fn failed(&mut self, e: String, db: bool) {
+        self.attempt += 1;
+        if db {
+            self.db = None;
+            self.cx.counters.db_up.store(0, Ordering::Relaxed);
+            self.cx.counters.db_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let wait =
+            scan::retry_after(self.attempt).min(self.cfg.interval.max(Duration::from_secs(1)));
+        self.next_scan = Instant::now() + wait;
+        if self.attempt == 1 || self.attempt.is_multiple_of(10) {
+            tracing::warn!(
+                source = &*self.name,
+                "source {}: {e}; retrying in {:.1} s (attempt {})",
+                self.name,
+                wait.as_secs_f64(),
+                self.attempt
+            );
+        }
+        self.last_error = Some(e);
+    }
+
+    /// One scan and merge; `Ok(None)` when stopped. An error says whether the
+    /// connection is to be dropped.
+    fn scan_and_merge(
+        &mut self,
+        started_ms: i64,
+    ) -> Result<Option<(MergeCounts, bool)>, (String, bool)> {
+        let db = self.db.as_mut().expect("connected");
+        let shape = db.plan.shape(&self.cfg);
+        let layout = db.plan.layout.clone();
+        let old_meta = match &self.meta {
+            Some(m) if m.shape != shape => {
+                tracing::warn!(
+                    "source {}: the previous scan was of {}, this source now scans {}: starting over with a first scan",
+                    self.name,
+                    m.shape,
+                    shape
+                );
+                None
+            }
+            Some(m) => Some(m.clone()),
+            None => None,
+        };
+        if let Some(m) = &old_meta {
+            if m.columns != layout.columns {
+                tracing::warn!(
+                    "source {}: the columns read changed ({} → {}); every row whose values read differently is sent as an update",
+                    self.name,
+                    m.columns.join(", "),
+                    layout.columns.join(", ")
+                );
+            }
+        }
+        let full = match (&self.cfg.cursor, &old_meta) {
+            (Some(_), Some(m)) => {
+                m.cursor.is_none()
+                    || started_ms - m.full_ms >= self.cfg.full_scan_every.as_millis() as i64
+            }
+            _ => true,
+        };
+        let since = if full {
+            None
+        } else {
+            old_meta.as_ref().and_then(|m| m.cursor.clone())
+        };
+        let gen = (started_ms.max(0) as u64).max(old_meta.as_ref().map_or(0, |m| m.gen + 1));
+        let io_err = |what: &str, path: &Path, e: io::Error| (io_msg(what, path, &e), false);
+        let mut spill = Spill::create(&self.dir)
+            .map_err(|e| io_err("create the scan files in", &self.dir, e))?;
+        let shutdown = self.cx.shutdown.clone();
+        let stop = move || *shutdown.borrow();
+        let max_cursor = match db.scan(since.as_deref(), self.cfg.lookback, &mut spill, &stop) {
+            Ok(c) => c,
+            Err(ScanError::Stopped) => {
+                drop(spill);
+                self.clean_scan();
+                return Ok(None);
+            }
+            Err(ScanError::Db(e)) => {
+                drop(spill);
+                self.clean_scan();
+                return Err((e.0, true));
+            }
+            Err(ScanError::Spill(e)) => {
+                drop(spill);
+                self.clean_scan();
+                return Err(io_err("write the scan to", &self.dir, e));
+            }
+        };
+        let scanned = spill
+            .finish()
+            .map_err(|e| io_err("write the scan to", &self.dir, e))?;
+        self.cx
+            .counters
+            .rows_scanned
+            .fetch_add(scanned.rows, Ordering::Relaxed);
+        let kind = db.plan.cursor.map(|c| layout.kinds[c]);
+        let cursor = match (max_cursor, old_meta.as_ref().and_then(|m| m.cursor.clone())) {
+            (Some(new), Some(old)) if !full => {
+                if cursor_less(
+                    kind.expect("a cursor has a kind"),
+                    old.as_bytes(),
+                    new.as_bytes(),
+                ) {
+                    Some(new)
+                } else {
+                    Some(old)
+                }
+            }
+            (new, old) => new.or(if full { None } else { old }),
+        };
+        let mode = match &old_meta {
+            None => MergeMode::First {
+                emit: !self.cfg.initial_skip,
+            },
+            Some(_) if full => MergeMode::Full,
+            Some(_) => MergeMode::Partial,
+        };
+        let meta = SnapshotMeta {
+            gen,
+            full_ms: if full {
+                started_ms
+            } else {
+                old_meta.as_ref().map_or(started_ms, |m| m.full_ms)
+            },
+            rows: 0,
+            cursor,
+            shape,
+            columns: layout.columns.clone(),
+        };
+        let next_path = self.path("snapshot.next");
+        let changes_path = self.path("changes");
+        let r = (|| -> io::Result<(MergeCounts, u64)> {
+            let next = SnapshotWriter::create(&next_path, &meta)?;
+            let mut changes = ChangesWriter::create(&changes_path)?;
+            let mut old = match old_meta {
+                Some(_) => SnapshotReader::open(&self.path("snapshot"))?,
+                None => None,
+            };
+            let counts = store::merge(&scanned, old.as_mut(), mode, next, &mut changes, &stop)?;
+            let n = changes.finish()?;
+            Ok((counts, n))
+        })();
+        scanned.remove();
+        let (counts, n) = match r {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.clean_pending();
+                return Ok(None);
+            }
+            Err(e) => {
+                self.clean_pending();
+                return Err((
+                    format!("cannot compare the scan with the previous one: {e}"),
+                    false,
+                ));
+            }
+        };
+        let pending = Pending {
+            gen,
+            changes: n,
+            layout,
+            scan_ms: started_ms,
+        };
+        let pending_path = self.path("pending.json");
+        let json = serde_json::to_vec(&pending).expect("serializable");
+        if let Err(e) = checkpoint::write_atomic(&pending_path, &json) {
+            self.clean_pending();
+            return Err(io_err("write", &pending_path, e));
+        }
+        let reader =
+            ChangesReader::open(&changes_path).map_err(|e| io_err("read", &changes_path, e))?;
+        self.sending = Some(Sending {
+            pending,
+            reader,
+            read_all: false,
+            last_seq: self.seq,
+        });
+        Ok(Some((counts, full)))
+    }
+
+    fn clean_scan(&self) {
+        for f in ["scan.rows", "scan.runs"] {
+            let _ = fs::remove_file(self.path(f));
+        }
+    }
+
+    /// Hands the next changes to the sink; once all are acknowledged, swaps.
+    fn send_step(&mut self) -> Result<(), Stopping> {
+        let s = self.sending.as_mut().expect("sending");
+        if s.read_all {
+            if self.cx.watermark.get() >= s.last_seq {
+                self.swap();
+            } else {
+                // The watermark is an atomic without a wake-up: poll it.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return Ok(());
+        }
+        let mut msgs = Vec::with_capacity(BATCH_SIZE);
+        while msgs.len() < BATCH_SIZE {
+            let s = self.sending.as_mut().expect("sending");
+            let index = s.reader.index;
+            match s.reader.next() {
+                Ok(Some(op)) => {
+                    let data = std::mem::take(&mut s.reader.data);
+                    if let Some(m) = self.event(op, &data, index) {
+                        msgs.push(m);
+                    }
+                    self.sending.as_mut().expect("sending").reader.data = data;
+                }
+                Ok(None) => {
+                    self.sending.as_mut().expect("sending").read_all = true;
+                    break;
+                }
+                Err(e) => {
+                    // The changes file was fsynced: reading it fails only if the disk does.
+                    tracing::error!(
+                        "source {}: cannot read the changes of scan {}: {e}; the scan is dropped and the next one compares with the scan before it",
+                        self.name,
+                        s.pending.gen
+                    );
+                    self.sending = None;
+                    self.clean_pending();
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(last) = msgs.last() {
+            self.sending.as_mut().expect("sending").last_seq = last.seq;
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Some(Batch {
+            source: self.cx.index,
+            msgs,
+        });
+        while !self.cx.offer(&mut batch)? {
+            self.publish_status(false);
+        }
+        Ok(())
+    }
+
+    /// The event of one change, or `None` when it is quarantined.
+    fn event(&mut self, op: ChangeOp, data: &[u8], index: u64) -> Option<Outgoing> {
+        let s = self.sending.as_ref().expect("sending");
+        let layout = &s.pending.layout;
+        let is_row = op != ChangeOp::Delete;
+        let built = (|| -> Result<(Record, Option<Record>), String> {
+            let key = decode_key(layout, data, is_row)?;
+            let after = if is_row {
+                Some(decode_row(layout, data)?)
+            } else {
+                None
+            };
+            Ok((key, after))
+        })();
+        let gen = s.pending.gen;
+        let scan_ms = s.pending.scan_ms;
+        let (key, after) = match built {
+            Ok(x) => x,
+            Err(reason) => {
+                self.set_aside(gen, index, &reason, layout.clone(), data, is_row);
+                return None;
+            }
+        };
+        let mut position = Vec::with_capacity(32);
+        position.extend_from_slice(gen.to_string().as_bytes());
+        position.push(b'.');
+        for (i, (_, v)) in key.iter().enumerate() {
+            if i > 0 {
+                position.push(b',');
+            }
+            encode_value(v, &mut position);
+        }
+        let op = match op {
+            ChangeOp::Create => Op::Create,
+            ChangeOp::Update => Op::Update,
+            ChangeOp::Delete => Op::Delete,
+            ChangeOp::Read => Op::Read,
+        };
+        let now = now_ms();
+        let ev = ChangeEvent {
+            op,
+            key: Some(key),
+            before: None,
+            after,
+            source: SourceInfo {
+                agent: self.agent.clone(),
+                name: self.name.clone(),
+                kind: self.kind.clone(),
+                table: self.table.clone(),
+                position: String::from_utf8_lossy(&position).into_owned(),
+                ts_ms: scan_ms,
+                snapshot: op == Op::Read,
+            },
+            ts_ms: now,
+        };
+        let payload = self.cx.encoder.payload(&ev);
+        let msg_id = self.cx.encoder.msg_id(&ev.source.position);
+        self.counters.captured.fetch_add(1, Ordering::Relaxed);
+        self.seq += 1;
+        Some(Outgoing {
+            seq: self.seq,
+            subject: self.subject.clone(),
+            msg_id,
+            payload,
+            captured_ms: scan_ms,
+            counters: self.counters.clone(),
+        })
+    }
+
+    /// A change that cannot become an event: written to the quarantine.
+    fn set_aside(
+        &mut self,
+        gen: u64,
+        index: u64,
+        reason: &str,
+        layout: Layout,
+        data: &[u8],
+        is_row: bool,
+    ) {
+        let vals = if is_row {
+            scan::split_row(data).1
+        } else {
+            data
+        };
+        let shown: Vec<serde_json::Value> = store::values(vals)
+            .map(|v| match v {
+                Ok(Some(b)) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+                _ => serde_json::Value::Null,
+            })
+            .collect();
+        let names: Vec<&String> = if is_row {
+            layout.columns.iter().collect()
+        } else {
+            layout.key.iter().map(|&i| &layout.columns[i]).collect()
+        };
+        let record: serde_json::Map<String, serde_json::Value> =
+            names.into_iter().map(String::clone).zip(shown).collect();
+        let text = serde_json::Value::Object(record).to_string();
+        let reason = format!(
+            "scan {gen} of `{}`, change {index}: {reason}",
+            self.cfg.table
+        );
+        let file = Path::new(&*self.table);
+        let bad = BadRecord {
+            file,
+            offset: index,
+            reason: &reason,
+            data: text.as_bytes(),
+            full_len: text.len() as u64,
+        };
+        match self.quarantine.put(&bad).and_then(|()| self.quarantine.sync()) {
+            Ok(()) => {
+                self.cx.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    source = &*self.name,
+                    "record quarantined: source {}, {}",
+                    self.name,
+                    reason
+                );
+            }
+            Err(e) => tracing::error!(
+                "source {}: cannot write to the quarantine {}: {e}; lost from the quarantine: {reason}",
+                self.name,
+                self.quarantine.path().display()
+            ),
+        }
+    }
+
+    /// Every event of the scan is acknowledged: its snapshot becomes the current one.
+    fn swap(&mut self) {
+        let Some(s) = self.sending.take() else {
+            return;
+        };
+        let next = self.path("snapshot.next");
+        let snap = self.path("snapshot");
+        let r = fs::rename(&next, &snap).and_then(|()| fs::File::open(&self.dir)?.sync_all());
+        match r {
+            Ok(()) => {
+                self.meta = SnapshotReader::open(&snap).ok().flatten().map(|r| r.meta);
+                self.clean_pending();
+            }
+            Err(e) => {
+                // Kept pending: the next start sends the changes again and swaps.
+                tracing::error!(
+                    "source {}: {}; scan {} is sent again at the next start",
+                    self.name,
+                    io_msg("replace the snapshot", &snap, &e),
+                    s.pending.gen
+                );
+                self.sending = Some(s);
+                self.next_scan = Instant::now() + self.cfg.interval;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Shutdown: waits for the sink's last acks and swaps if the scan is all acknowledged.
+    fn finish(mut self) {
+        let deadline = Instant::now() + self.cx.drain_for + Duration::from_secs(1);
+        while let Some(s) = &self.sending {
+            let acked = s.read_all && self.cx.watermark.get() >= s.last_seq;
+            if acked {
+                self.swap();
+                break;
+            }
+            if Instant::now() >= deadline || *self.cx.sink_done.borrow() {
+                if s.read_all && self.cx.watermark.get() >= s.last_seq {
+                    self.swap();
+                }
+                break;
+            }
+            // The watermark is an atomic without a wake-up; poll it until the deadline.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.clean_scan();
+        self.publish_status(true);
+        match &self.sending {
+            Some(s) => tracing::info!(
+                "source {}: stopped; the changes of scan {} are sent again at the next start",
+                self.name,
+                s.pending.gen
+            ),
+            None => tracing::info!("source {}: stopped", self.name),
+        }
+    }
+
+    fn publish_status(&mut self, force: bool) {
+        if !force && self.status_at.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.status_at = Instant::now();
+        let w = self.cx.watermark.get();
+        let lag_seconds = match &self.sending {
+            Some(s) if w < self.seq || !s.read_all => (now_ms() - s.pending.scan_ms).max(0) / 1000,
+            _ => 0,
+        };
+        let c = &self.cx.counters;
+        c.lag_seconds.store(lag_seconds, Ordering::Relaxed);
+        self.cx.status.set(
+            &self.cx.name,
+            serde_json::json!({
+                "kind": "poll", "connected": self.db.is_some(),
+                "table": self.cfg.table,
+                "snapshot_generation": self.meta.as_ref().map(|m| m.gen),
+                "cursor": self.meta.as_ref().and_then(|m| m.cursor.clone()),
+                "sending": self.sending.as_ref().map(|s| serde_json::json!({
+                    "generation": s.pending.gen, "changes": s.pending.changes,
+                    "read": s.reader.index,
+                })),
+                "last_scan": self.last_scan,
+                "lag_seconds": lag_seconds,
+                "events_sent": self.seq, "events_acknowledged": w,
+                "rows_scanned": c.rows_scanned.load(Ordering::Relaxed),
+                "quarantined": c.quarantined.load(Ordering::Relaxed),
+                "last_error": self.last_error,
+            }),
+        );
+    }
+}
