@@ -159,17 +159,28 @@ impl Db {
                 "postgres = \"host=127.0.0.1 user=postgres dbname=test options='-c search_path={}'\"",
                 self.name
             ),
-            Kind::Maria => format!(
-                "odbc = \"DRIVER={{MariaDB Unicode}};SERVER=127.0.0.1;PORT=3306;DATABASE={};USER=root;CHARSET=utf8mb4\"",
-                self.name
-            ),
-            Kind::Lite => format!("odbc = \"DRIVER={{SQLite3}};Database={}\"", self.path.display()),
+            _ => format!("odbc = \"{}\"", self.odbc()),
         };
         let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
         format!(
             "[[source]]\nname = \"vista\"\nkind = \"trigger\"\n{conn}\ntables = [{}]\ncapture = \"{capture}\"\ninterval = \"200ms\"\n{extra}\n",
             tables.join(", ")
         )
+    }
+
+    /// An ODBC connection string to this database (PostgreSQL through psqlODBC).
+    pub fn odbc(&self) -> String {
+        match self.kind {
+            Kind::Pg => format!(
+                "DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT=5432;DATABASE=test;UID=postgres;ConnSettings=SET search_path TO {}",
+                self.name
+            ),
+            Kind::Maria => format!(
+                "DRIVER={{MariaDB Unicode}};SERVER=127.0.0.1;PORT=3306;DATABASE={};USER=root;CHARSET=utf8mb4",
+                self.name
+            ),
+            Kind::Lite => format!("DRIVER={{SQLite3}};Database={}", self.path.display()),
+        }
     }
 
     /// The two test tables.
@@ -266,6 +277,10 @@ impl Drop for Session {
 /// and `12.5` (a JSON number) compare equal; everything else is kept.
 pub fn norm(s: &str) -> String {
     let t = s.trim_end_matches('\r');
+    // UTC is UTC however it is written.
+    if let Some(utc) = t.strip_suffix("+00:00") {
+        return format!("{utc}Z");
+    }
     let numeric = t.contains('.')
         && t.trim_start_matches('-')
             .chars()

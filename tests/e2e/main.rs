@@ -6,6 +6,7 @@ mod broker;
 mod capture;
 mod cli;
 mod harness;
+mod poll;
 mod rotation;
 mod snapshot;
 mod spool;

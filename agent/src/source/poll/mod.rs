@@ -143,6 +143,8 @@ struct Poller {
     last_error: Option<String>,
     last_scan: Option<LastScan>,
     status_at: Instant,
+    /// A config problem stopped the source.
+    stopped: bool,
 }
 
 fn io_msg(what: &str, path: &Path, e: &io::Error) -> String {
@@ -173,6 +175,7 @@ impl Poller {
             last_error: None,
             last_scan: None,
             status_at: Instant::now(),
+            stopped: false,
         }
     }
 
@@ -192,7 +195,7 @@ impl Poller {
             }
             let r = if self.sending.is_some() {
                 self.send_step()
-            } else if Instant::now() >= self.next_scan {
+            } else if Instant::now() >= self.next_scan && !self.stopped {
                 self.scan_once();
                 Ok(())
             } else {
@@ -310,6 +313,17 @@ impl Poller {
                     }
                     self.cx.counters.db_up.store(1, Ordering::Relaxed);
                     self.db = Some(db);
+                }
+                Err(e) if e.0.starts_with(scan::NOT_CONFIGURED) => {
+                    tracing::error!(
+                        source = &*self.name,
+                        "source {}: {}; the source stops until the agent is restarted",
+                        self.name,
+                        e.0
+                    );
+                    self.last_error = Some(e.0);
+                    self.stopped = true;
+                    return;
                 }
                 Err(e) => return self.failed(e.0, true),
             }

@@ -20,6 +20,9 @@ const FETCH_BYTES: usize = 8 << 20;
 /// Rows per fetch, at most.
 const MAX_FETCH_ROWS: usize = 2048;
 
+/// Starts the message of an error that only a change of config (or schema) mends.
+pub const NOT_CONFIGURED: &str = "cannot poll: ";
+
 /// How a column's text becomes a typed value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,6 +34,8 @@ pub enum Kind {
     Text,
     Bytes,
     Timestamp,
+    /// A PostgreSQL `timestamptz`, read as UTC: sent with a `Z`.
+    TimestampUtc,
 }
 
 impl Kind {
@@ -148,6 +153,8 @@ fn find(names: &[String], want: &str) -> Option<usize> {
 
 impl PollDb {
     /// Connects, works out the plan and checks it against the table.
+    /// A [`DbError`] whose message starts with [`NOT_CONFIGURED`] is a config problem:
+    /// connecting again does not help.
     pub fn open(cfg: &PollConfig, source: &str) -> Result<PollDb, DbError> {
         let conn = odbc::connect(cfg.odbc.expose())?;
         let dialect = odbc::dialect(&conn, cfg.dialect)?;
@@ -175,7 +182,7 @@ impl PollDb {
                 let pk = odbc::primary_key(&conn, &cfg.table)?;
                 if pk.is_empty() {
                     return Err(DbError(format!(
-                        "table `{}` has no primary key, so lockstep cannot tell its rows apart: \
+                        "{NOT_CONFIGURED}table `{}` has no primary key, so lockstep cannot tell its rows apart: \
                          set `key = [\"COL\", …]` on source `{source}` to the columns that identify a row",
                         cfg.table
                     )));
@@ -237,15 +244,50 @@ impl PollDb {
             }),
         };
         columns = chosen;
-        let list: Vec<String> = columns.iter().map(|c| dialect.ident(c)).collect();
+        // psqlODBC gives a timestamptz in the session's time zone without its offset:
+        // read those columns as UTC, and say so.
+        let utc = match (&cfg.query, dialect) {
+            (None, Dialect::Postgres) => {
+                let lit = odbc::literal(dialect, &Value::Text(t.clone()));
+                odbc::query(
+                    &conn,
+                    &format!(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass({lit}) \
+                         AND atttypid = 'timestamptz'::regtype AND NOT attisdropped"
+                    ),
+                    "read which columns are timestamptz",
+                )?
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect()
+            }
+            _ => Vec::new(),
+        };
+        let list: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let id = dialect.ident(c);
+                if utc.contains(c) {
+                    format!("({id} AT TIME ZONE 'UTC') AS {id}")
+                } else {
+                    id
+                }
+            })
+            .collect();
         let select = match &cfg.query {
             Some(q) => format!("SELECT {} FROM ({q}) q", list.join(", ")),
             None => format!("SELECT {} FROM {t}", list.join(", ")),
         };
         // The kinds and lengths come from the result set itself.
-        let (kinds, lengths) = describe(&conn, &format!("{select} WHERE 1 = 0"), dialect, cfg)?;
+        let (mut kinds, lengths) =
+            describe(&conn, &format!("{select} WHERE 1 = 0"), dialect, cfg)?;
+        for (c, k) in columns.iter().zip(kinds.iter_mut()) {
+            if utc.contains(c) && *k == Kind::Timestamp {
+                *k = Kind::TimestampUtc;
+            }
+        }
         if let (Some(c), Lookback::Time(_)) = (cursor, cfg.lookback) {
-            if !matches!(kinds[c], Kind::Timestamp | Kind::Text) {
+            if !matches!(kinds[c], Kind::Timestamp | Kind::TimestampUtc | Kind::Text) {
                 return Err(DbError(format!(
                     "source `{source}`: cursor column `{}` is a number: give `lookback` as a whole number of values, not a duration",
                     columns[c]
@@ -435,9 +477,10 @@ fn lower_bound(d: Dialect, kind: Kind, last: &str, lookback: Lookback) -> String
             let lit = odbc::literal(d, &Value::Text(last.to_owned()));
             let s = t.as_secs();
             match d {
-                Dialect::Postgres => {
-                    format!("(CAST({lit} AS timestamptz) - INTERVAL '{s} seconds')")
+                Dialect::Postgres if kind == Kind::TimestampUtc => {
+                    format!("(CAST({lit} AS timestamp) AT TIME ZONE 'UTC' - INTERVAL '{s} seconds')")
                 }
+                Dialect::Postgres => format!("(CAST({lit} AS timestamp) - INTERVAL '{s} seconds')"),
                 Dialect::MariaDb => format!("DATE_SUB({lit}, INTERVAL {s} SECOND)"),
                 Dialect::Sqlite => format!("datetime({lit}, '-{s} seconds')"),
                 Dialect::SqlServer => format!("DATEADD(second, -{s}, {lit})"),
@@ -539,6 +582,7 @@ fn typed(kind: Kind, v: Option<&[u8]>, col: &str) -> Result<Value, String> {
             _ => Value::Text(s.to_owned()),
         },
         Kind::Timestamp => Value::Timestamp(s.trim().replacen(' ', "T", 1)),
+        Kind::TimestampUtc => Value::Timestamp(format!("{}Z", s.trim().replacen(' ', "T", 1))),
         Kind::Text | Kind::Bytes => Value::Text(s.to_owned()),
     })
 }
