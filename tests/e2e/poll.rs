@@ -226,6 +226,7 @@ async fn poll_a_b_a_is_three_events() {
         if i > 0 {
             db.sql(&format!("UPDATE appointments SET note = '{note}' WHERE id = 1;"));
         }
+        w.wait_count(1, Duration::from_secs(30)).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let n = notes(&w.messages().await).len();

@@ -173,6 +173,9 @@ impl PollDb {
         let t = dialect.table(&cfg.table);
         let mut columns: Vec<String>;
         let key_names: Vec<String>;
+        // Binary columns by the catalog: some drivers (SQLite's) describe a result
+        // column by its values rather than its declared type.
+        let mut binary: Vec<String> = Vec::new();
         if let Some(q) = &cfg.query {
             columns = result_columns(&conn, &format!("SELECT * FROM ({q}) q WHERE 1 = 0"))?;
             key_names = cfg.key.clone();
@@ -192,6 +195,7 @@ impl PollDb {
                 cfg.key.clone()
             };
             columns = def.columns;
+            binary = def.binary;
         }
         let mut chosen: Vec<String> = Vec::new();
         if cfg.columns.is_empty() {
@@ -284,6 +288,9 @@ impl PollDb {
         for (c, k) in columns.iter().zip(kinds.iter_mut()) {
             if utc.contains(c) && *k == Kind::Timestamp {
                 *k = Kind::TimestampUtc;
+            }
+            if binary.contains(c) {
+                *k = Kind::Bytes;
             }
         }
         if let (Some(c), Lookback::Time(_)) = (cursor, cfg.lookback) {
