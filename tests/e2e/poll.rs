@@ -11,8 +11,13 @@ use crate::harness::*;
 
 /// A poll source on `table` of `db`.
 fn poll_source(db: &Db, name: &str, table: &str, extra: &str) -> String {
+    let interval = if extra.contains("interval") {
+        ""
+    } else {
+        "interval = \"300ms\"\n"
+    };
     format!(
-        "[[source]]\nname = \"{name}\"\nkind = \"poll\"\nodbc = \"{}\"\ntable = \"{table}\"\ninterval = \"300ms\"\n{extra}\n\n",
+        "[[source]]\nname = \"{name}\"\nkind = \"poll\"\nodbc = \"{}\"\ntable = \"{table}\"\n{interval}{extra}\n\n",
         db.odbc()
     )
 }
@@ -26,7 +31,11 @@ async fn wait_replayed(w: &World, db: &Db, what: &str) -> Vec<Msg> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if w.count().await == 0 {
-            assert!(Instant::now() < deadline, "{what}: no events\n{}", agent_log(w));
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no events\n{}",
+                agent_log(w)
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         }
@@ -37,8 +46,16 @@ async fn wait_replayed(w: &World, db: &Db, what: &str) -> Vec<Msg> {
             return msgs;
         }
         if Instant::now() > deadline {
-            let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).take(5).collect();
-            let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(v)).take(5).collect();
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|(k, v)| want.get(*k) != Some(v))
+                .take(5)
+                .collect();
             panic!(
                 "{what}: the stream does not replay to the tables ({} events)\nwanted, not got: {missing:?}\ngot, not wanted: {extra:?}\n{}",
                 msgs.len(),
@@ -58,7 +75,11 @@ fn assert_no_repeated_changes(msgs: &[Msg]) {
         let id = format!("{}/{}", j["source"]["table"], j["key"]);
         let now = format!("{}{}", j["op"] == "d", j["after"]);
         if let Some(prev) = last.insert(id.clone(), now.clone()) {
-            assert_ne!(prev, now, "{id}: the same change twice in the stream ({})", m.id);
+            assert_ne!(
+                prev, now,
+                "{id}: the same change twice in the stream ({})",
+                m.id
+            );
         }
     }
 }
@@ -66,7 +87,8 @@ fn assert_no_repeated_changes(msgs: &[Msg]) {
 fn ops(msgs: &[Msg]) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();
     for m in msgs {
-        *n.entry(m.json["op"].as_str().unwrap().to_owned()).or_default() += 1;
+        *n.entry(m.json["op"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     n
 }
@@ -80,7 +102,10 @@ async fn random_workload_replays_over_many_scans(kind: Kind) {
     let cfg = w.config_with(&both_tables(&db, ""));
     let _agent = w.agent(&cfg);
     let first = wait_replayed(&w, &db, "first scan").await;
-    assert!(first.iter().all(|m| m.json["op"] == "r"), "a first scan sends op r");
+    assert!(
+        first.iter().all(|m| m.json["op"] == "r"),
+        "a first scan sends op r"
+    );
     assert!(first.iter().all(|m| m.json["source"]["snapshot"] == true));
     for round in 2..=6 {
         // Rows of earlier rounds change and go too, not only this round's.
@@ -110,7 +135,8 @@ async fn random_workload_replays_over_many_scans(kind: Kind) {
             .filter_map(|m| Some(m.json["after"]["fee"].as_str()?.to_owned()))
             .collect();
         assert!(
-            fees.iter().any(|f| f.starts_with("12345678901234567890.12345")),
+            fees.iter()
+                .any(|f| f.starts_with("12345678901234567890.12345")),
             "no exact big decimal in {fees:?}"
         );
     }
@@ -162,15 +188,26 @@ async fn kill9_during_and_after_a_scan(kind: Kind) {
         if dir.join("pending.json").exists() && n > 1000 && n < ROWS - 1000 {
             break;
         }
-        assert!(Instant::now() < deadline, "never caught the scan mid-send ({n} events)\n{}", agent_log(&w));
+        assert!(
+            Instant::now() < deadline,
+            "never caught the scan mid-send ({n} events)\n{}",
+            agent_log(&w)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     agent.kill9();
     let sent = w.count().await;
     agent = w.agent(&cfg);
     let msgs = wait_replayed(&w, &db, "after kill -9 mid-send").await;
-    assert!(sent < msgs.len() as u64, "the kill came after the last event");
-    assert!(agent_log(&w).contains("sending again the"), "{}", agent_log(&w));
+    assert!(
+        sent < msgs.len() as u64,
+        "the kill came after the last event"
+    );
+    assert!(
+        agent_log(&w).contains("sending again the"),
+        "{}",
+        agent_log(&w)
+    );
     let r: Vec<i64> = msgs
         .iter()
         .filter(|m| m.json["source"]["table"] == "appointments")
@@ -182,7 +219,11 @@ async fn kill9_during_and_after_a_scan(kind: Kind) {
     db.sql(&workload(&db, 7, 300));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !(dir.join("scan.rows").exists() && !dir.join("pending.json").exists()) {
-        assert!(Instant::now() < deadline, "never caught a scan\n{}", agent_log(&w));
+        assert!(
+            Instant::now() < deadline,
+            "never caught a scan\n{}",
+            agent_log(&w)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     agent.kill9();
@@ -224,7 +265,9 @@ async fn poll_a_b_a_is_three_events() {
     };
     for (i, (note, want)) in [("A", 1), ("B", 2), ("A", 3)].into_iter().enumerate() {
         if i > 0 {
-            db.sql(&format!("UPDATE appointments SET note = '{note}' WHERE id = 1;"));
+            db.sql(&format!(
+                "UPDATE appointments SET note = '{note}' WHERE id = 1;"
+            ));
         }
         w.wait_count(1, Duration::from_secs(30)).await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -233,7 +276,12 @@ async fn poll_a_b_a_is_three_events() {
             if n >= want {
                 break;
             }
-            assert!(Instant::now() < deadline, "{} of {want} events\n{}", n, agent_log(&w));
+            assert!(
+                Instant::now() < deadline,
+                "{} of {want} events\n{}",
+                n,
+                agent_log(&w)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -274,7 +322,9 @@ async fn poll_cursor_late_commit_within_lookback_and_delete_by_full_scan() {
     w.wait_count(100, Duration::from_secs(30)).await;
 
     let mut late = db.session();
-    late.send("BEGIN; INSERT INTO permits VALUES (1001, 'LATE', localtimestamp - interval '20 seconds');");
+    late.send(
+        "BEGIN; INSERT INTO permits VALUES (1001, 'LATE', localtimestamp - interval '20 seconds');",
+    );
     // Make sure the late row's transaction has its snapshot time before the next row.
     tokio::time::sleep(Duration::from_millis(300)).await;
     db.sql("INSERT INTO permits VALUES (1002, 'ON TIME', localtimestamp);");
@@ -299,7 +349,10 @@ async fn poll_cursor_late_commit_within_lookback_and_delete_by_full_scan() {
     };
     assert_eq!(by_op(&msgs, "c"), [1001, 1002], "{}", agent_log(&w));
     assert_eq!(by_op(&msgs, "u"), [7]);
-    assert!(by_op(&msgs, "d").is_empty(), "an incremental scan saw a delete");
+    assert!(
+        by_op(&msgs, "d").is_empty(),
+        "an incremental scan saw a delete"
+    );
     let late_ev = msgs.iter().find(|m| m.json["key"]["id"] == 1001).unwrap();
     assert_eq!(late_ev.json["after"]["stat"], "LATE");
 
@@ -326,7 +379,10 @@ async fn poll_table_without_key_is_refused_clearly() {
     assert_eq!(code, 1, "{out}{err}");
     let text = format!("{out}{err}");
     assert!(text.contains("table `visits` has no primary key"), "{text}");
-    assert!(text.contains("set `key = [\"COL\", …]` on source `visits`"), "{text}");
+    assert!(
+        text.contains("set `key = [\"COL\", …]` on source `visits`"),
+        "{text}"
+    );
     {
         let _agent = w.agent(&cfg);
         wait_for("the refusal in the log", Duration::from_secs(20), || {
@@ -344,6 +400,9 @@ async fn poll_table_without_key_is_refused_clearly() {
     let msgs = w.messages().await;
     let one = msgs.iter().find(|m| m.json["key"]["patient"] == 1).unwrap();
     assert_eq!(one.json["key"], serde_json::json!({"patient": 1}));
-    assert_eq!(one.json["after"]["note"], "AP8Q", "binary arrives as base64");
+    assert_eq!(
+        one.json["after"]["note"], "AP8Q",
+        "binary arrives as base64"
+    );
     assert_eq!(one.json["after"]["clinic"], "A");
 }

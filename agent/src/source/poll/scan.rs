@@ -283,8 +283,7 @@ impl PollDb {
             None => format!("SELECT {} FROM {t}", list.join(", ")),
         };
         // The kinds and lengths come from the result set itself.
-        let (mut kinds, lengths) =
-            describe(&conn, &format!("{select} WHERE 1 = 0"), dialect, cfg)?;
+        let (mut kinds, lengths) = describe(&conn, &format!("{select} WHERE 1 = 0"), dialect, cfg)?;
         for (c, k) in columns.iter().zip(kinds.iter_mut()) {
             if utc.contains(c) && *k == Kind::Timestamp {
                 *k = Kind::TimestampUtc;
@@ -485,7 +484,9 @@ fn lower_bound(d: Dialect, kind: Kind, last: &str, lookback: Lookback) -> String
             let s = t.as_secs();
             match d {
                 Dialect::Postgres if kind == Kind::TimestampUtc => {
-                    format!("(CAST({lit} AS timestamp) AT TIME ZONE 'UTC' - INTERVAL '{s} seconds')")
+                    format!(
+                        "(CAST({lit} AS timestamp) AT TIME ZONE 'UTC' - INTERVAL '{s} seconds')"
+                    )
                 }
                 Dialect::Postgres => format!("(CAST({lit} AS timestamp) - INTERVAL '{s} seconds')"),
                 Dialect::MariaDb => format!("DATE_SUB({lit}, INTERVAL {s} SECOND)"),
