@@ -6,6 +6,7 @@
 //! target/release/lockstep-bench tail [--lines 1000000]
 //! target/release/lockstep-bench spool [--lines 1000000]
 //! target/release/lockstep-bench trigger [--db postgres|mariadb] [--updates 100000]
+//! target/release/lockstep-bench poll [--db postgres|mariadb] [--rows 1000000]
 //! ```
 //!
 //! `tail`: N JSON lines of about 250 bytes are written to a file; lockstep (the release
@@ -20,6 +21,7 @@
 //! raw pipelined publish rate of the same envelopes measured right after on the same
 //! server.
 
+mod poll;
 mod trigger;
 
 use std::collections::VecDeque;
@@ -61,7 +63,14 @@ async fn main() -> Result<()> {
                 .context("--updates takes a number")?;
             trigger::trigger(&db, updates).await
         }
-        other => bail!("unknown scenario `{other}` (scenarios: tail, spool, trigger)"),
+        "poll" => {
+            let db = flag("--db").unwrap_or_else(|| "postgres".into());
+            let rows = flag("--rows")
+                .map_or(Ok(1_000_000), |s| s.parse::<u64>())
+                .context("--rows takes a number")?;
+            poll::poll(&db, rows).await
+        }
+        other => bail!("unknown scenario `{other}` (scenarios: tail, spool, trigger, poll)"),
     }
 }
 

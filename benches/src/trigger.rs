@@ -37,12 +37,12 @@ use super::{
 const ROWS: u64 = 10_000;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Db {
+pub enum Db {
     Postgres,
     MariaDb,
 }
 
-fn client(db: Db, name: &str) -> Command {
+pub fn client(db: Db, name: &str) -> Command {
     match db {
         Db::Postgres => {
             let mut c = Command::new("psql");
@@ -70,7 +70,7 @@ fn client(db: Db, name: &str) -> Command {
     }
 }
 
-fn run_sql(db: Db, name: &str, sql: &str) -> Result<String> {
+pub fn run_sql(db: Db, name: &str, sql: &str) -> Result<String> {
     let mut child = client(db, name)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -89,7 +89,7 @@ fn run_sql(db: Db, name: &str, sql: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-fn admin(db: Db, sql: &str) -> Result<()> {
+pub fn admin(db: Db, sql: &str) -> Result<()> {
     let o = match db {
         Db::Postgres => Command::new("psql")
             .args([
