@@ -42,7 +42,10 @@ pub async fn poll(db_name: &str, n: u64) -> Result<()> {
     );
     let (create, odbc) = match db {
         Db::Postgres => {
-            admin(db, &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))?;
+            admin(
+                db,
+                &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"),
+            )?;
             (
                 format!(
                     "CREATE TABLE permits (id bigint PRIMARY KEY, holder varchar(40), stat varchar(12), note varchar(80), changed timestamp, fee numeric(12,2));
@@ -53,7 +56,10 @@ pub async fn poll(db_name: &str, n: u64) -> Result<()> {
             )
         }
         Db::MariaDb => {
-            admin(db, &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+            admin(
+                db,
+                &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"),
+            )?;
             (
                 format!(
                     "CREATE TABLE permits (id bigint PRIMARY KEY, holder varchar(40), stat varchar(12), note varchar(80), changed datetime, fee decimal(12,2)) ENGINE=InnoDB;
@@ -85,7 +91,8 @@ fn streaming(db: Db, odbc: &str) -> String {
 /// A plain odbc-api bulk fetch of every row: rows, seconds.
 fn raw_fetch(conn: &str, sql: &str) -> Result<(u64, f64)> {
     let env = odbc_api::environment()?;
-    let c = env.connect_with_connection_string(&format!("{conn}\0"), ConnectionOptions::default())?;
+    let c =
+        env.connect_with_connection_string(&format!("{conn}\0"), ConnectionOptions::default())?;
     let t = Instant::now();
     let mut cursor = c.execute(sql, (), None)?.context("a result set")?;
     let buf = TextRowSet::for_cursor(FETCH_ROWS, &mut cursor, Some(65536))?;
@@ -108,12 +115,15 @@ fn raw_fetch(conn: &str, sql: &str) -> Result<(u64, f64)> {
 fn status(admin: &str) -> Option<serde_json::Value> {
     use std::io::Write;
     let mut c = std::net::TcpStream::connect(admin).ok()?;
-    c.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    c.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     c.read_to_string(&mut body).ok()?;
     let json = body.split_once("\r\n\r\n")?.1;
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    v["sources"]["permits"].as_object().map(|o| serde_json::Value::Object(o.clone()))
+    v["sources"]["permits"]
+        .as_object()
+        .map(|o| serde_json::Value::Object(o.clone()))
 }
 
 async fn run(
@@ -249,7 +259,10 @@ async fn run(
     println!(
         "  lockstep scan-and-diff, {changed} updates found: {rate:>10.0} rows/s  ({secs:.2} s)"
     );
-    println!("  ratio scan-and-diff / raw fetch: {:.2}   (goal >= 0.80)", rate / raw_rate);
+    println!(
+        "  ratio scan-and-diff / raw fetch: {:.2}   (goal >= 0.80)",
+        rate / raw_rate
+    );
     println!("  update commit -> {changed} events in the stream: {delivered:.2} s (includes the wait for the next scan)");
     println!(
         "  lockstep peak RSS: {:.1} MiB   (goal <= 64 MiB)",

@@ -19,6 +19,8 @@ use crate::source::trigger::odbc::{self, odbc_err};
 const FETCH_BYTES: usize = 8 << 20;
 /// Rows per fetch, at most.
 const MAX_FETCH_ROWS: usize = 2048;
+/// Rows per statement where a scan is read in chunks.
+const CHUNK_ROWS: usize = 50_000;
 
 /// Starts the message of an error that only a change of config (or schema) mends.
 pub const NOT_CONFIGURED: &str = "cannot poll: ";
@@ -79,6 +81,9 @@ pub struct Plan {
     /// `SELECT <columns> FROM <table>` (or the configured query).
     select: String,
     rows_per_fetch: usize,
+    /// Read in key order, this many rows a statement (drivers that hold a whole result
+    /// set in memory).
+    chunk_rows: Option<usize>,
 }
 
 impl Plan {
@@ -101,8 +106,9 @@ pub struct PollDb {
 }
 
 /// Adds the options that make a driver stream a result set, unless the operator set
-/// them: psqlODBC reads a whole result set into memory unless `UseDeclareFetch=1`, and
-/// MariaDB Connector/ODBC does unless `NO_CACHE=1`.
+/// them: psqlODBC reads a whole result set into memory unless `UseDeclareFetch=1`.
+/// (MariaDB Connector/ODBC streams only from 3.1.17 on, with `NO_CACHE=1`: MariaDB
+/// tables are read in key-ordered chunks instead, which bounds memory with any driver.)
 fn streaming_options(
     conn: &str,
     dialect: Dialect,
@@ -128,11 +134,6 @@ fn streaming_options(
             }
             if !has("MaxLongVarcharSize") {
                 extra.push(format!("MaxLongVarcharSize={max_value}"));
-            }
-        }
-        Dialect::MariaDb => {
-            if !has("NO_CACHE") {
-                extra.push("NO_CACHE=1".to_owned());
             }
         }
         _ => {}
@@ -279,8 +280,8 @@ impl PollDb {
             })
             .collect();
         let select = match &cfg.query {
-            Some(q) => format!("SELECT {} FROM ({q}) q", list.join(", ")),
-            None => format!("SELECT {} FROM {t}", list.join(", ")),
+            Some(q) => format!("SELECT {} FROM ({q}) t", list.join(", ")),
+            None => format!("SELECT {} FROM {t} t", list.join(", ")),
         };
         // The kinds and lengths come from the result set itself.
         let (mut kinds, lengths) = describe(&conn, &format!("{select} WHERE 1 = 0"), dialect, cfg)?;
@@ -324,6 +325,7 @@ impl PollDb {
                 cursor,
                 select,
                 rows_per_fetch,
+                chunk_rows: (dialect == Dialect::MariaDb).then_some(CHUNK_ROWS),
             },
             sql: String::new(),
         })
@@ -338,15 +340,83 @@ impl PollDb {
         spill: &mut Spill,
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<String>, ScanError> {
-        let p = &self.plan;
+        let plan = self.plan.clone();
+        let p = &plan;
         let l = &p.layout;
-        self.sql.clear();
-        self.sql.push_str(&p.select);
+        let mut cond = Vec::new();
         if let (Some(c), Some(since)) = (p.cursor, since) {
             let col = p.dialect.ident(&l.columns[c]);
             let bound = lower_bound(p.dialect, l.kinds[c], since, lookback);
-            self.sql.push_str(&format!(" WHERE {col} >= {bound}"));
+            cond.push(format!("{col} >= {bound}"));
         }
+        let mut max_cursor: Option<Vec<u8>> = None;
+        let mut last = Vec::new();
+        let Some(chunk) = p.chunk_rows else {
+            self.sql.clear();
+            self.sql.push_str(&p.select);
+            if !cond.is_empty() {
+                self.sql.push_str(" WHERE ");
+                self.sql.push_str(&cond[0]);
+            }
+            self.read(spill, stop, &mut max_cursor, &mut last)?;
+            return Ok(max_cursor.map(|m| String::from_utf8_lossy(&m).into_owned()));
+        };
+        // In key order, a chunk at a time, in one transaction (one snapshot of the
+        // table where the database gives repeatable reads).
+        let what = format!("scan `{}`", p.table);
+        let order: Vec<String> = l
+            .key
+            .iter()
+            .map(|&k| format!("t.{}", p.dialect.ident(&l.columns[k])))
+            .collect();
+        let key_names: Vec<String> = l.key.iter().map(|&k| l.columns[k].clone()).collect();
+        self.conn
+            .set_autocommit(false)
+            .map_err(|e| ScanError::Db(odbc_err(&what)(e)))?;
+        let r = (|| loop {
+            let mut all = cond.clone();
+            if !last.is_empty() {
+                let key = decode_key(l, &last, true).map_err(|e| {
+                    ScanError::Db(DbError(format!("{what}: the last key read: {e}")))
+                })?;
+                all.push(format!(
+                    "({})",
+                    odbc::after_key(p.dialect, &key_names, &key)
+                ));
+            }
+            let body = if all.is_empty() {
+                p.select.trim_start_matches("SELECT ").to_owned()
+            } else {
+                format!(
+                    "{} WHERE {}",
+                    p.select.trim_start_matches("SELECT "),
+                    all.join(" AND ")
+                )
+            };
+            let mut sql = String::new();
+            odbc::limited(p.dialect, &body, &order.join(", "), chunk, &mut sql);
+            self.sql = sql;
+            let n = self.read(spill, stop, &mut max_cursor, &mut last)?;
+            if n < chunk as u64 {
+                return Ok(());
+            }
+        })();
+        let _ = self.conn.rollback();
+        let _ = self.conn.set_autocommit(true);
+        r?;
+        Ok(max_cursor.map(|m| String::from_utf8_lossy(&m).into_owned()))
+    }
+
+    /// Runs `self.sql` and spills its rows; returns how many. `last` gets the last row.
+    fn read(
+        &mut self,
+        spill: &mut Spill,
+        stop: &dyn Fn() -> bool,
+        max_cursor: &mut Option<Vec<u8>>,
+        last: &mut Vec<u8>,
+    ) -> Result<u64, ScanError> {
+        let p = &self.plan;
+        let l = &p.layout;
         let what = format!("scan `{}`", p.table);
         let cursor = self
             .conn
@@ -367,9 +437,9 @@ impl PollDb {
             .bind_buffer(buffer)
             .map_err(|e| ScanError::Db(odbc_err(&what)(e)))?;
         let ncols = l.columns.len();
-        let mut row = Vec::with_capacity(256);
+        let row = last;
         let mut key = Vec::with_capacity(32);
-        let mut max_cursor: Option<Vec<u8>> = None;
+        let mut n = 0u64;
         loop {
             if stop() {
                 return Err(ScanError::Stopped);
@@ -419,7 +489,7 @@ impl PollDb {
                     }
                 }
                 for v in &views {
-                    put_value(&mut row, *v);
+                    put_value(row, *v);
                 }
                 key.clear();
                 for &k in &l.key {
@@ -431,14 +501,15 @@ impl PollDb {
                             .as_deref()
                             .is_none_or(|m| cursor_less(l.kinds[c], m, v))
                         {
-                            max_cursor = Some(v.to_vec());
+                            *max_cursor = Some(v.to_vec());
                         }
                     }
                 }
-                spill.push(&key, &row).map_err(ScanError::Spill)?;
+                spill.push(&key, row).map_err(ScanError::Spill)?;
+                n += 1;
             }
         }
-        Ok(max_cursor.map(|m| String::from_utf8_lossy(&m).into_owned()))
+        Ok(n)
     }
 }
 

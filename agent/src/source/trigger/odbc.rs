@@ -309,7 +309,7 @@ pub fn limited(d: Dialect, body: &str, order: &str, n: usize, sql: &mut String) 
 
 /// The rows of `t` whose key comes after the key of `row`:
 /// `k1 > v1 OR (k1 = v1 AND k2 > v2) OR …`.
-fn after_key(d: Dialect, key: &[String], row: &lockstep_formats::Record) -> String {
+pub fn after_key(d: Dialect, key: &[String], row: &lockstep_formats::Record) -> String {
     let mut any = Vec::with_capacity(key.len());
     for i in 0..key.len() {
         let mut all: Vec<String> = key[..i]
