@@ -218,7 +218,8 @@ async fn kill9_during_and_after_a_scan(kind: Kind) {
     // During a scan: its spill exists and nothing of it is committed yet.
     db.sql(&workload(&db, 7, 300));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !(dir.join("scan.rows").exists() && !dir.join("pending.json").exists()) {
+    let scanning = || dir.join("scan.rows").exists() && !dir.join("pending.json").exists();
+    while !scanning() {
         assert!(
             Instant::now() < deadline,
             "never caught a scan\n{}",

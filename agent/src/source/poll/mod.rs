@@ -582,7 +582,7 @@ impl Poller {
         while msgs.len() < BATCH_SIZE {
             let s = self.sending.as_mut().expect("sending");
             let index = s.reader.index;
-            match s.reader.next() {
+            match s.reader.next_change() {
                 Ok(Some(op)) => {
                     let data = std::mem::take(&mut s.reader.data);
                     if let Some(m) = self.event(op, &data, index) {
@@ -719,7 +719,7 @@ impl Poller {
             layout.key.iter().map(|&i| &layout.columns[i]).collect()
         };
         let record: serde_json::Map<String, serde_json::Value> =
-            names.into_iter().map(String::clone).zip(shown).collect();
+            names.into_iter().cloned().zip(shown).collect();
         let text = serde_json::Value::Object(record).to_string();
         let reason = format!(
             "scan {gen} of `{}`, change {index}: {reason}",

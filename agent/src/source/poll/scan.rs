@@ -118,25 +118,22 @@ fn streaming_options(
     let lower = conn.to_ascii_lowercase();
     let has = |k: &str| lower.contains(&k.to_ascii_lowercase());
     let mut extra = Vec::new();
-    match dialect {
-        Dialect::Postgres => {
-            if !has("UseDeclareFetch") {
-                extra.push("UseDeclareFetch=1".to_owned());
-                if !has("Fetch=") {
-                    extra.push(format!("Fetch={rows}"));
-                }
-            }
-            if !has("BoolsAsChar") {
-                extra.push("BoolsAsChar=0".to_owned());
-            }
-            if !has("MaxVarcharSize") {
-                extra.push(format!("MaxVarcharSize={max_value}"));
-            }
-            if !has("MaxLongVarcharSize") {
-                extra.push(format!("MaxLongVarcharSize={max_value}"));
+    if dialect == Dialect::Postgres {
+        if !has("UseDeclareFetch") {
+            extra.push("UseDeclareFetch=1".to_owned());
+            if !has("Fetch=") {
+                extra.push(format!("Fetch={rows}"));
             }
         }
-        _ => {}
+        if !has("BoolsAsChar") {
+            extra.push("BoolsAsChar=0".to_owned());
+        }
+        if !has("MaxVarcharSize") {
+            extra.push(format!("MaxVarcharSize={max_value}"));
+        }
+        if !has("MaxLongVarcharSize") {
+            extra.push(format!("MaxLongVarcharSize={max_value}"));
+        }
     }
     if extra.is_empty() {
         return None;

@@ -478,7 +478,7 @@ impl SnapshotReader {
         let start = self.pos;
         let mut hash = Xxh3::new();
         let mut n = 0u64;
-        while let Some(e) = self.next()? {
+        while let Some(e) = self.next_entry()? {
             hash.update(&e.key_hash.to_le_bytes());
             hash.update(&e.row_hash.to_le_bytes());
             hash.update(&(self.key.len() as u32).to_le_bytes());
@@ -526,7 +526,7 @@ impl SnapshotReader {
     }
 
     /// The next entry (its key in `self.key`), or `None` at the end.
-    pub fn next(&mut self) -> io::Result<Option<Entry>> {
+    pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
         if self.pos >= self.end {
             return Ok(None);
         }
@@ -611,7 +611,7 @@ impl ChangesReader {
     }
 
     /// The next change (its bytes in `self.data`), or `None` at the end.
-    pub fn next(&mut self) -> io::Result<Option<ChangeOp>> {
+    pub fn next_change(&mut self) -> io::Result<Option<ChangeOp>> {
         if self.r.fill_buf()?.is_empty() {
             return Ok(None);
         }
@@ -678,7 +678,7 @@ pub fn merge(
     let mut next = next;
     let mut counts = MergeCounts::default();
     let mut o = match old.as_deref_mut() {
-        Some(r) => r.next()?,
+        Some(r) => r.next_entry()?,
         None => None,
     };
     let mut last: Option<u128> = None;
@@ -736,7 +736,7 @@ pub fn merge(
                 o = old
                     .as_deref_mut()
                     .expect("an old entry came from it")
-                    .next()?;
+                    .next_entry()?;
             }
             (_, Some(oe)) => {
                 // A key the scan does not have.
@@ -748,7 +748,7 @@ pub fn merge(
                     changes.push(ChangeOp::Delete, &r.key)?;
                     counts.deleted += 1;
                 }
-                o = r.next()?;
+                o = r.next_entry()?;
             }
             (Some(_), None) => unreachable!("handled by the guard above"),
         }

@@ -27,13 +27,16 @@ fn scan(dir: &Path, table: &BTreeMap<u32, Option<String>>, repeat: Option<u32>) 
     s.finish().unwrap()
 }
 
+/// Changes as (op, the values of the row or key).
+type Changes = Vec<(ChangeOp, Vec<Option<Vec<u8>>>)>;
+
 /// Runs one merge and returns the changes as (op, first value of the row or key).
 fn run(
     dir: &Path,
     gen: u64,
     table: &BTreeMap<u32, Option<String>>,
     mode: MergeMode,
-) -> (MergeCounts, Vec<(ChangeOp, Vec<Option<Vec<u8>>>)>) {
+) -> (MergeCounts, Changes) {
     let scanned = scan(dir, table, None);
     let snap = dir.join("snapshot");
     let next_path = dir.join("snapshot.next");
@@ -54,7 +57,7 @@ fn run(
     fs::rename(&next_path, &snap).unwrap();
     let mut r = ChangesReader::open(&changes_path).unwrap();
     let mut out = Vec::new();
-    while let Some(op) = r.next().unwrap() {
+    while let Some(op) = r.next_change().unwrap() {
         let vals = values(&r.data)
             .map(|v| v.unwrap().map(<[u8]>::to_vec))
             .collect();
