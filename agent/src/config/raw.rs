@@ -385,13 +385,12 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
     })
 }
 
-fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, ConfigError> {
-    let foreign = [
+/// The keys only tail sources have, and those of features this build refuses.
+fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 10] {
+    [
         ("paths", s.paths.as_ref().map(|v| v.span())),
         ("format", s.format.as_ref().map(|v| v.span())),
-        ("table", s.table.as_ref().map(|v| v.span())),
         ("table_field", s.table_field.as_ref().map(|v| v.span())),
-        ("key", s.key.as_ref().map(|v| v.span())),
         ("op_field", s.op_field.as_ref().map(|v| v.span())),
         ("op_map", s.op_map.as_ref().map(|v| v.span())),
         ("start_at", s.start_at.as_ref().map(|v| v.span())),
@@ -402,8 +401,16 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
         ("csv", s.csv.as_ref().map(|v| v.span())),
         ("debounce", s.debounce.as_ref().map(|v| v.span())),
         ("map", s.map.as_ref().map(|v| v.span())),
+    ]
+}
+
+fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, ConfigError> {
+    let foreign = [
+        ("table", s.table.as_ref().map(|v| v.span())),
+        ("key", s.key.as_ref().map(|v| v.span())),
     ];
     refuse(cx, &name, "trigger", &foreign)?;
+    refuse(cx, &name, "trigger", &tail_keys(&s))?;
     refuse(cx, &name, "trigger", &poll_keys(&s))?;
     let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
     let db = match (&s.postgres, &s.odbc) {
@@ -527,23 +534,11 @@ fn poll_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 7] {
 
 fn poll_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, ConfigError> {
     let foreign = [
-        ("paths", s.paths.as_ref().map(|v| v.span())),
-        ("format", s.format.as_ref().map(|v| v.span())),
-        ("table_field", s.table_field.as_ref().map(|v| v.span())),
-        ("op_field", s.op_field.as_ref().map(|v| v.span())),
-        ("op_map", s.op_map.as_ref().map(|v| v.span())),
-        ("start_at", s.start_at.as_ref().map(|v| v.span())),
-        (
-            "max_record_bytes",
-            s.max_record_bytes.as_ref().map(|v| v.span()),
-        ),
-        ("csv", s.csv.as_ref().map(|v| v.span())),
         ("tables", s.tables.as_ref().map(|v| v.span())),
         ("capture", s.capture.as_ref().map(|v| v.span())),
         ("snapshot", s.snapshot.as_ref().map(|v| v.span())),
-        ("debounce", s.debounce.as_ref().map(|v| v.span())),
-        ("map", s.map.as_ref().map(|v| v.span())),
     ];
+    refuse(cx, &name, "poll", &tail_keys(&s))?;
     refuse(cx, &name, "poll", &foreign)?;
     let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
     let odbc = match (&s.odbc, &s.postgres) {

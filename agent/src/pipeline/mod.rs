@@ -98,6 +98,29 @@ impl Encoder {
         s
     }
 
+    /// The message of event `ev`, the source's `seq`-th, counted as captured on
+    /// `counters`.
+    pub fn outgoing(
+        &mut self,
+        ev: &ChangeEvent,
+        seq: u64,
+        subject: &str,
+        counters: &Arc<TableCounters>,
+        captured_ms: i64,
+    ) -> Outgoing {
+        counters
+            .captured
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Outgoing {
+            seq,
+            subject: subject.to_owned(),
+            msg_id: self.msg_id(&ev.source.position),
+            payload: self.payload(ev),
+            captured_ms,
+            counters: counters.clone(),
+        }
+    }
+
     /// Encodes an event into its wire payload.
     pub fn payload(&mut self, ev: &ChangeEvent) -> Bytes {
         self.buf.clear();

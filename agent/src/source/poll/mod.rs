@@ -678,18 +678,12 @@ impl Poller {
             },
             ts_ms: now,
         };
-        let payload = self.cx.encoder.payload(&ev);
-        let msg_id = self.cx.encoder.msg_id(&ev.source.position);
-        self.counters.captured.fetch_add(1, Ordering::Relaxed);
         self.seq += 1;
-        Some(Outgoing {
-            seq: self.seq,
-            subject: self.subject.clone(),
-            msg_id,
-            payload,
-            captured_ms: scan_ms,
-            counters: self.counters.clone(),
-        })
+        Some(
+            self.cx
+                .encoder
+                .outgoing(&ev, self.seq, &self.subject, &self.counters, scan_ms),
+        )
     }
 
     /// A change that cannot become an event: written to the quarantine.

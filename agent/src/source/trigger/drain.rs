@@ -683,18 +683,12 @@ impl Drain {
             },
             ts_ms: now,
         };
-        let payload = self.cx.encoder.payload(&ev);
-        let msg_id = self.cx.encoder.msg_id(&ev.source.position);
-        table.counters.captured.fetch_add(1, Ordering::Relaxed);
         self.seq += 1;
-        self.batch.push(Outgoing {
-            seq: self.seq,
-            subject: table.subject.clone(),
-            msg_id,
-            payload,
-            captured_ms: now,
-            counters: table.counters.clone(),
-        });
+        let msg = self
+            .cx
+            .encoder
+            .outgoing(&ev, self.seq, &table.subject, &table.counters, now);
+        self.batch.push(msg);
         self.pending.push_back(Pending {
             seq: self.seq,
             rows,
