@@ -407,3 +407,46 @@ async fn poll_table_without_key_is_refused_clearly() {
     );
     assert_eq!(one.json["after"]["clinic"], "A");
 }
+
+/// A configured query is scanned instead of the table: its rows and columns only, and a
+/// row that leaves the query's result is a delete.
+#[tokio::test]
+async fn poll_query_scans_what_the_query_returns() {
+    let w = World::new();
+    let db = Db::new(Kind::Lite, &w, "poll_query");
+    db.sql("CREATE TABLE visits (patient INTEGER PRIMARY KEY, clinic TEXT, secret TEXT); INSERT INTO visits VALUES (1, 'A', 's1'), (2, 'B', 's2'), (3, 'A', 's3');");
+    let cfg = w.config_with(&poll_source(
+        &db,
+        "visits",
+        "clinic_a",
+        "query = \"SELECT patient, clinic FROM visits WHERE clinic = 'A'\"\nkey = [\"patient\"]",
+    ));
+    let _agent = w.agent(&cfg);
+    w.wait_count(2, Duration::from_secs(30)).await;
+    db.sql("UPDATE visits SET clinic = 'B' WHERE patient = 3; INSERT INTO visits VALUES (4, 'A', 's4');");
+    w.wait_count(4, Duration::from_secs(30)).await;
+    let msgs = w.messages().await;
+    let seen: Vec<(String, i64)> = msgs
+        .iter()
+        .map(|m| {
+            (
+                m.json["op"].as_str().unwrap().to_owned(),
+                m.json["key"]["patient"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut first: Vec<_> = seen[..2].to_vec();
+    first.sort();
+    assert_eq!(first, [("r".to_owned(), 1), ("r".to_owned(), 3)]);
+    let mut next: Vec<_> = seen[2..].to_vec();
+    next.sort();
+    assert_eq!(next, [("c".to_owned(), 4), ("d".to_owned(), 3)]);
+    for m in &msgs {
+        assert_eq!(m.json["source"]["table"], "clinic_a");
+        if m.json["op"] != "d" {
+            let mut cols: Vec<&String> = m.json["after"].as_object().unwrap().keys().collect();
+            cols.sort();
+            assert_eq!(cols, ["clinic", "patient"], "only the query's columns");
+        }
+    }
+}
