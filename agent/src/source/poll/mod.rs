@@ -768,6 +768,8 @@ impl Poller {
                 );
                 self.sending = Some(s);
                 self.next_scan = Instant::now() + self.cfg.interval;
+                // The rename is retried by the next `send_step`: do not spin on a
+                // failing disk.
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
