@@ -84,6 +84,18 @@ fn assert_no_repeated_changes(msgs: &[Msg]) {
     }
 }
 
+/// Waits until source `source` has finished `n` more scans than now.
+async fn wait_scans(w: &World, source: &str, n: u64) {
+    let name = format!("lockstep_poll_scans_total{{source=\"{source}\"}}");
+    let target = w.metric(&name) + n;
+    wait_for(
+        &format!("{n} more scans of {source}"),
+        Duration::from_secs(60),
+        || w.metric(&name) >= target,
+    )
+    .await;
+}
+
 fn ops(msgs: &[Msg]) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();
     for m in msgs {
@@ -247,7 +259,8 @@ async fn poll_mariadb_kill9_during_and_after_a_scan_loses_and_repeats_nothing() 
 /// A row that goes A→B→A over three scans is three events, each with an id of its own.
 #[tokio::test]
 async fn poll_a_b_a_is_three_events() {
-    let w = World::new();
+    let mut w = World::new();
+    w.with_admin();
     let db = Db::new(Kind::Maria, &w, "poll_aba");
     db.create_tables();
     db.sql("INSERT INTO appointments VALUES (1, 'A', 1.5, NULL, 'A'), (2, 'x', NULL, NULL, '');");
@@ -286,7 +299,8 @@ async fn poll_a_b_a_is_three_events() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Two more scans send nothing more.
+    wait_scans(&w, "pa", 2).await;
     let msgs = w.messages().await;
     assert_eq!(
         notes(&msgs),
@@ -304,7 +318,8 @@ async fn poll_a_b_a_is_three_events() {
 /// seen by incremental scans and is found by the next full scan.
 #[tokio::test]
 async fn poll_cursor_late_commit_within_lookback_and_delete_by_full_scan() {
-    let w = World::new();
+    let mut w = World::new();
+    w.with_admin();
     let db = Db::new(Kind::Pg, &w, "poll_cursor");
     db.sql(
         "CREATE TABLE permits (id int PRIMARY KEY, stat text, changed timestamp NOT NULL);
@@ -326,18 +341,18 @@ async fn poll_cursor_late_commit_within_lookback_and_delete_by_full_scan() {
     late.send(
         "BEGIN; INSERT INTO permits VALUES (1001, 'LATE', localtimestamp - interval '20 seconds');",
     );
-    // Make sure the late row's transaction has its snapshot time before the next row.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The late row's cursor value is 20 s behind the next row's, whenever its
+    // statement runs; it stays uncommitted until the COMMIT below.
     db.sql("INSERT INTO permits VALUES (1002, 'ON TIME', localtimestamp);");
     w.wait_count(101, Duration::from_secs(30)).await;
     // A few incremental scans pass with the late row still uncommitted.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_scans(&w, "permits", 2).await;
     late.send("COMMIT;");
     late.finish();
     db.sql("UPDATE permits SET stat = 'CLOSED', changed = localtimestamp WHERE id = 7; DELETE FROM permits WHERE id = 8;");
     w.wait_count(103, Duration::from_secs(30)).await;
     // Incremental scans do not see the delete.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_scans(&w, "permits", 3).await;
     let msgs = w.messages().await;
     let by_op = |msgs: &[Msg], op: &str| -> Vec<i64> {
         let mut v: Vec<i64> = msgs

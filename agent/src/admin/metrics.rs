@@ -32,6 +32,8 @@ pub struct SourceCounters {
     pub db_errors: AtomicU64,
     /// A poll source: the `lockstep_poll_*` metrics below are rendered for it.
     pub is_poll: AtomicBool,
+    /// Scans the poll source finished (read and compared).
+    pub scans: AtomicU64,
     /// Rows read by the poll source's scans.
     pub rows_scanned: AtomicU64,
     /// How long the last scan took, scan and compare (ms).
@@ -187,7 +189,13 @@ impl Metrics {
             .iter()
             .filter(|(_, c)| c.is_poll.load(Ordering::Relaxed))
             .collect();
-        let per_poll: [(&str, &str, &str, SourceField); 2] = [
+        let per_poll: [(&str, &str, &str, SourceField); 3] = [
+            (
+                "lockstep_poll_scans_total",
+                "counter",
+                "Scans of a poll source read and compared with the previous one.",
+                |c| c.scans.load(Ordering::Relaxed),
+            ),
             (
                 "lockstep_poll_rows_scanned_total",
                 "counter",

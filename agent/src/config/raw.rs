@@ -449,18 +449,7 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             ))
         }
     };
-    let dialect = match &s.dialect {
-        None => None,
-        Some(d) => Some(Dialect::from_name(d.get_ref()).ok_or_else(|| {
-            cx.err(
-                d.span(),
-                format!(
-                    "source `{name}`: dialect `{}`: use postgres, mariadb, sqlite, sqlserver, oracle or db2",
-                    d.get_ref()
-                ),
-            )
-        })?),
-    };
+    let dialect = dialect_of(cx, &name, &s.dialect)?;
     let snapshot_initial = match s
         .snapshot
         .as_ref()
@@ -492,6 +481,26 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             dialect,
             snapshot_initial,
         }),
+    })
+}
+
+/// The `dialect` of a database source, when given.
+fn dialect_of(
+    cx: &Ctx,
+    name: &str,
+    d: &Option<Spanned<String>>,
+) -> Result<Option<Dialect>, ConfigError> {
+    let Some(d) = d else {
+        return Ok(None);
+    };
+    Dialect::from_name(d.get_ref()).map(Some).ok_or_else(|| {
+        cx.err(
+            d.span(),
+            format!(
+                "source `{name}`: dialect `{}`: use postgres, mariadb, sqlite, sqlserver, oracle or db2",
+                d.get_ref()
+            ),
+        )
     })
 }
 
@@ -600,18 +609,7 @@ fn poll_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
         ));
     }
     let columns = names(s.columns, "columns")?;
-    let dialect = match &s.dialect {
-        None => None,
-        Some(d) => Some(Dialect::from_name(d.get_ref()).ok_or_else(|| {
-            cx.err(
-                d.span(),
-                format!(
-                    "source `{name}`: dialect `{}`: use postgres, mariadb, sqlite, sqlserver, oracle or db2",
-                    d.get_ref()
-                ),
-            )
-        })?),
-    };
+    let dialect = dialect_of(cx, &name, &s.dialect)?;
     let lookback = match &s.lookback {
         None => Lookback::Time(Duration::from_secs(60)),
         Some(l) => match l.get_ref() {

@@ -336,6 +336,7 @@ impl Poller {
                 let c = &self.cx.counters;
                 c.scan_ms.store((secs * 1000.0) as u64, Ordering::Relaxed);
                 c.last_scan_ms.store(now_ms(), Ordering::Relaxed);
+                c.scans.fetch_add(1, Ordering::Relaxed);
                 for (i, n) in [counts.created, counts.updated, counts.deleted, counts.read]
                     .into_iter()
                     .enumerate()
