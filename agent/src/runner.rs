@@ -130,6 +130,8 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
             sink_done: sink_done.clone(),
             drain_for: DRAIN_FOR,
             runtime: tokio::runtime::Handle::current(),
+            map: Arc::new(s.map.clone()),
+            debounce: s.debounce,
         };
         let handle = match &s.kind {
             SourceKind::Tail(t) => tail::spawn(t.clone(), cx),

@@ -60,6 +60,11 @@ impl Record {
         Some(self.fields.remove(i).1)
     }
 
+    /// The fields, in order, by value.
+    pub fn into_fields(self) -> impl Iterator<Item = (String, Value)> {
+        self.fields.into_iter()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.fields.iter().map(|(n, v)| (n.as_str(), v))
     }

@@ -42,6 +42,15 @@ pub struct SourceCounters {
     pub last_scan_ms: AtomicI64,
     /// Changes found by the poll source's scans, by op: c, u, d, r.
     pub changes: [AtomicU64; 4],
+    /// The source debounces: the `lockstep_debounce_*` metrics below are rendered for it.
+    pub debounced: AtomicBool,
+    /// Changes that did not become an event of their own (merged into another, or
+    /// cancelled out by an insert and a delete).
+    pub merged: AtomicU64,
+    /// Keys held by the debouncer now.
+    pub held_keys: AtomicU64,
+    /// Held keys released before their time because `max_keys` were held.
+    pub early_flushes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -209,10 +218,36 @@ impl Metrics {
                 |c| (c.last_scan_ms.load(Ordering::Relaxed).max(0) / 1000) as u64,
             ),
         ];
-        for (name, kind, help, field) in per_poll {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (s, c) in &polls {
-                let _ = writeln!(o, "{name}{{source=\"{}\"}} {}", esc(s), field(c));
+        let debounced: Vec<_> = sources
+            .iter()
+            .filter(|(_, c)| c.debounced.load(Ordering::Relaxed))
+            .collect();
+        let per_debounced: [(&str, &str, &str, SourceField); 3] = [
+            (
+                "lockstep_debounce_merged_total",
+                "counter",
+                "Changes that did not become an event of their own: merged into a later change of the same key, or cancelled out (insert then delete).",
+                |c| c.merged.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_debounce_held_keys",
+                "gauge",
+                "Keys whose changes the debouncer holds now.",
+                |c| c.held_keys.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_debounce_early_flushes_total",
+                "counter",
+                "Held keys sent before their window passed because max_keys were held.",
+                |c| c.early_flushes.load(Ordering::Relaxed),
+            ),
+        ];
+        for (list, families) in [(&polls, &per_poll[..]), (&debounced, &per_debounced[..])] {
+            for (name, kind, help, field) in families {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (s, c) in list.iter() {
+                    let _ = writeln!(o, "{name}{{source=\"{}\"}} {}", esc(s), field(c));
+                }
             }
         }
         let name = "lockstep_poll_scan_duration_seconds";

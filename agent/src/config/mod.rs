@@ -20,6 +20,8 @@ pub use crate::source::trigger::ddl::{Capture, Dialect};
 
 pub use self::secret::{credential_path, Secret};
 pub use self::units::{parse_duration, parse_size};
+pub use crate::pipeline::debounce::DebounceConfig;
+pub use crate::pipeline::map::{Mapping, Unknown};
 
 /// The default config path; `LOCKSTEP_CONFIG` overrides it.
 pub const DEFAULT_PATH: &str = "/etc/lockstep/lockstep.toml";
@@ -105,6 +107,10 @@ pub struct AdminConfig {
 pub struct SourceConfig {
     pub name: String,
     pub kind: SourceKind,
+    /// `[source.map]`: applied to every event of the source first.
+    pub map: Mapping,
+    /// `debounce = { … }`: `None` sends every change as it comes.
+    pub debounce: Option<DebounceConfig>,
 }
 
 #[derive(Debug, Clone)]

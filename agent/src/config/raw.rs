@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use lockstep_formats::record::CsvOptions;
-use lockstep_formats::{Format, Op};
+use lockstep_formats::{Format, Op, Value};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -116,8 +116,27 @@ struct RawSource {
     full_scan_every: Option<Spanned<ConfigDuration>>,
     initial: Option<Spanned<String>>,
     max_value_bytes: Option<Spanned<ConfigSize>>,
-    debounce: Option<Spanned<toml::Value>>,
-    map: Option<Spanned<toml::Value>>,
+    debounce: Option<Spanned<RawDebounce>>,
+    map: Option<Spanned<RawMap>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDebounce {
+    window: Spanned<ConfigDuration>,
+    max_delay: Option<Spanned<ConfigDuration>>,
+    max_keys: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMap {
+    tables: Option<Spanned<BTreeMap<String, String>>>,
+    rename: Option<Spanned<BTreeMap<String, String>>>,
+    values: Option<Spanned<BTreeMap<String, BTreeMap<String, toml::Value>>>>,
+    unknown: Option<Spanned<toml::Value>>,
+    drop: Option<Spanned<Vec<String>>>,
+    add: Option<Spanned<BTreeMap<String, toml::Value>>>,
 }
 
 struct Ctx<'a> {
@@ -385,8 +404,8 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
     })
 }
 
-/// The keys only tail sources have, and those of features this build refuses.
-fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 10] {
+/// The keys only tail sources have.
+fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 8] {
     [
         ("paths", s.paths.as_ref().map(|v| v.span())),
         ("format", s.format.as_ref().map(|v| v.span())),
@@ -399,8 +418,6 @@ fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 10] {
             s.max_record_bytes.as_ref().map(|v| v.span()),
         ),
         ("csv", s.csv.as_ref().map(|v| v.span())),
-        ("debounce", s.debounce.as_ref().map(|v| v.span())),
-        ("map", s.map.as_ref().map(|v| v.span())),
     ]
 }
 
@@ -473,6 +490,8 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
     }
     Ok(SourceConfig {
         name,
+        map: Mapping::default(),
+        debounce: None,
         kind: SourceKind::Trigger(TriggerConfig {
             db,
             tables,
@@ -664,6 +683,8 @@ fn poll_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
     };
     Ok(SourceConfig {
         name,
+        map: Mapping::default(),
+        debounce: None,
         kind: SourceKind::Poll(PollConfig {
             odbc,
             table,
@@ -683,29 +704,233 @@ fn poll_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
     })
 }
 
-fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
+fn source(cx: &Ctx, mut s: RawSource) -> Result<SourceConfig, ConfigError> {
     let name = s.name.get_ref().clone();
+    let keys = s
+        .key
+        .as_ref()
+        .map(|k| k.get_ref().clone())
+        .unwrap_or_default();
+    let map = match s.map.take() {
+        Some(m) => mapping(cx, &name, m, &keys)?,
+        None => Mapping::default(),
+    };
+    let debounce = match s.debounce.take() {
+        Some(d) if s.kind.get_ref() == "poll" => {
+            return Err(cx.err(
+                d.span(),
+                format!("source `{name}`: a poll source already sends one event per changed row per scan; to merge more changes into one, make `interval` longer instead of `debounce`"),
+            ))
+        }
+        Some(d) => Some(debounce(cx, &name, d)?),
+        None => None,
+    };
     let kind = s.kind.get_ref().as_str();
-    match kind {
-        "tail" => {}
-        "trigger" => return trigger_source(cx, s, name),
-        "poll" => return poll_source(cx, s, name),
+    let mut sc = match kind {
+        "tail" => tail_source(cx, s, name)?,
+        "trigger" => trigger_source(cx, s, name)?,
+        "poll" => poll_source(cx, s, name)?,
         other => {
             return Err(cx.err(
                 s.kind.span(),
                 format!("source `{name}`: unknown kind `{other}` (tail, trigger or poll)"),
             ))
         }
+    };
+    sc.map = map;
+    sc.debounce = debounce;
+    Ok(sc)
+}
+
+fn debounce(cx: &Ctx, name: &str, d: Spanned<RawDebounce>) -> Result<DebounceConfig, ConfigError> {
+    let d = d.into_inner();
+    let window = d.window.get_ref().0;
+    if window.is_zero() {
+        return Err(cx.err(
+            d.window.span(),
+            format!("source `{name}`: debounce window must be longer than 0"),
+        ));
     }
-    let later = [("debounce", &s.debounce), ("map", &s.map)];
-    for (key, v) in later {
-        if let Some(v) = v {
+    let max_delay = match d.max_delay {
+        Some(m) if m.get_ref().0 < window => {
             return Err(cx.err(
-                v.span(),
-                format!("source `{name}`: `{key}` is not supported yet by this build"),
-            ));
+                m.span(),
+                format!("source `{name}`: debounce max_delay must be at least the window"),
+            ))
+        }
+        Some(m) => m.get_ref().0,
+        None => window * 10,
+    };
+    let max_keys = match d.max_keys {
+        Some(k) if !(1..=10_000_000).contains(k.get_ref()) => {
+            return Err(cx.err(
+                k.span(),
+                format!("source `{name}`: debounce max_keys must be between 1 and 10000000"),
+            ))
+        }
+        Some(k) => *k.get_ref() as usize,
+        None => 100_000,
+    };
+    Ok(DebounceConfig {
+        window,
+        max_delay,
+        max_keys,
+    })
+}
+
+/// A constant of `values` or `add` as a value.
+fn constant(v: &toml::Value) -> Option<Value> {
+    Some(match v {
+        toml::Value::String(s) => Value::Text(s.clone()),
+        toml::Value::Integer(i) => Value::Int(*i),
+        toml::Value::Float(f) => Value::Float(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::Timestamp(d.to_string()),
+        toml::Value::Array(_) | toml::Value::Table(_) => return None,
+    })
+}
+
+/// `[source.map]`. `keys` are the source's configured key fields (tail, poll).
+fn mapping(
+    cx: &Ctx,
+    name: &str,
+    m: Spanned<RawMap>,
+    keys: &[String],
+) -> Result<Mapping, ConfigError> {
+    let m = m.into_inner();
+    let mut out = Mapping::default();
+    let err =
+        |span: Range<usize>, what: String| cx.err(span, format!("source `{name}`: map: {what}"));
+    if let Some(d) = &m.drop {
+        for f in d.get_ref() {
+            if f.is_empty() {
+                return Err(err(d.span(), "`drop` lists an empty name".into()));
+            }
+            if keys.contains(f) {
+                return Err(err(
+                    d.span(),
+                    format!(
+                        "`{f}` is a key field: consumers could not tell the rows apart without it"
+                    ),
+                ));
+            }
+            out.drop.insert(f.clone());
         }
     }
+    if let Some(t) = &m.tables {
+        for (from, to) in t.get_ref() {
+            if to.trim().is_empty() {
+                return Err(err(
+                    t.span(),
+                    format!("`tables`: `{from}` is renamed to an empty name"),
+                ));
+            }
+            out.tables.insert(from.clone(), to.clone());
+        }
+    }
+    if let Some(r) = &m.rename {
+        let mut targets = HashSet::new();
+        for (from, to) in r.get_ref() {
+            if to.is_empty() {
+                return Err(err(
+                    r.span(),
+                    format!("`rename`: `{from}` is renamed to an empty name"),
+                ));
+            }
+            if out.drop.contains(from) {
+                return Err(err(
+                    r.span(),
+                    format!("`{from}` is both dropped and renamed"),
+                ));
+            }
+            if !targets.insert(to.clone()) {
+                return Err(err(
+                    r.span(),
+                    format!("`rename`: two fields are renamed to `{to}`"),
+                ));
+            }
+            out.rename.insert(from.clone(), to.clone());
+        }
+    }
+    if let Some(v) = &m.values {
+        for (field, codes) in v.get_ref() {
+            if out.drop.contains(field) {
+                return Err(err(
+                    v.span(),
+                    format!("`{field}` is both dropped and translated"),
+                ));
+            }
+            let mut table = HashMap::new();
+            for (code, to) in codes {
+                let to = constant(to).ok_or_else(|| {
+                    err(v.span(), format!("`values.{field}.{code}` must be a string, number, boolean or date-time"))
+                })?;
+                table.insert(code.clone(), to);
+            }
+            out.values.insert(field.clone(), table);
+        }
+    }
+    if let Some(u) = &m.unknown {
+        let rule = |s: &str| {
+            Unknown::from_name(s).ok_or_else(|| {
+                err(
+                    u.span(),
+                    format!("`unknown` `{s}`: use \"keep\", \"null\" or \"quarantine\""),
+                )
+            })
+        };
+        match u.get_ref() {
+            toml::Value::String(s) => {
+                let r = rule(s)?;
+                for f in out.values.keys() {
+                    out.unknown.insert(f.clone(), r);
+                }
+            }
+            toml::Value::Table(t) => {
+                for (f, v) in t {
+                    if !out.values.contains_key(f) {
+                        return Err(err(
+                            u.span(),
+                            format!("`unknown.{f}`: `{f}` has no `values` table"),
+                        ));
+                    }
+                    let s = v.as_str().ok_or_else(|| {
+                        err(
+                            u.span(),
+                            format!("`unknown.{f}` must be \"keep\", \"null\" or \"quarantine\""),
+                        )
+                    })?;
+                    out.unknown.insert(f.clone(), rule(s)?);
+                }
+            }
+            _ => return Err(err(
+                u.span(),
+                "`unknown` is \"keep\", \"null\" or \"quarantine\", or a table of those by field"
+                    .into(),
+            )),
+        }
+    }
+    if let Some(a) = &m.add {
+        for (field, v) in a.get_ref() {
+            let v = constant(v).ok_or_else(|| {
+                err(
+                    a.span(),
+                    format!("`add.{field}` must be a string, number, boolean or date-time"),
+                )
+            })?;
+            if out.drop.contains(field) || out.rename.values().any(|t| t == field) {
+                return Err(err(
+                    a.span(),
+                    format!("`add.{field}`: `{field}` is also dropped or a renamed field"),
+                ));
+            }
+            out.add.push((field.clone(), v));
+        }
+    }
+    Ok(out)
+}
+
+fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, ConfigError> {
     let trigger_keys = [
         ("odbc", s.odbc.as_ref().map(|v| v.span())),
         ("postgres", s.postgres.as_ref().map(|v| v.span())),
@@ -856,6 +1081,8 @@ fn source(cx: &Ctx, s: RawSource) -> Result<SourceConfig, ConfigError> {
     };
     Ok(SourceConfig {
         name,
+        map: Mapping::default(),
+        debounce: None,
         kind: SourceKind::Tail(TailConfig {
             paths,
             format,

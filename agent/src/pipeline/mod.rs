@@ -8,6 +8,8 @@
 //! [`AckWatermark`]; the source advances its checkpoint only up to that watermark.
 
 pub mod checkpoint;
+pub mod debounce;
+pub mod map;
 pub mod quarantine;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,6 +5,10 @@
 //! text when it is UTF-8, else base64; cut at `max_record_bytes`). The file is fsynced
 //! before the source's checkpoint moves past the record, so a record is never both
 //! skipped and missing from the quarantine.
+//!
+//! A source whose mapping drops fields (data that must not leave the host, nor be
+//! copied on it) quarantines without the record: `record_withheld` says so, and the
+//! file, offset and length say where the original is.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -18,6 +22,7 @@ pub struct Quarantine {
     path: PathBuf,
     file: Option<File>,
     dirty: bool,
+    withhold: bool,
     buf: Vec<u8>,
 }
 
@@ -39,8 +44,14 @@ impl Quarantine {
             path: state_dir.join("quarantine").join(format!("{source}.jsonl")),
             file: None,
             dirty: false,
+            withhold: false,
             buf: Vec::new(),
         }
+    }
+
+    /// With `true`, records are written without their data.
+    pub fn withhold_data(&mut self, on: bool) {
+        self.withhold = on;
     }
 
     pub fn path(&self) -> &Path {
@@ -75,6 +86,9 @@ impl Quarantine {
         );
         encode_str(r.reason, b);
         match std::str::from_utf8(r.data) {
+            _ if self.withhold => {
+                b.extend_from_slice(b",\"record_withheld\":\"the source's map drops fields\"");
+            }
             Ok(text) => {
                 b.extend_from_slice(b",\"record\":");
                 encode_str(text, b);

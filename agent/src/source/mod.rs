@@ -27,6 +27,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::metrics::{Metrics, SourceCounters};
 use crate::admin::StatusBoard;
+use crate::pipeline::debounce::{Absorb, DebounceConfig, Debouncer};
+use crate::pipeline::map::Mapping;
+use crate::pipeline::quarantine::Quarantine;
 use crate::pipeline::{AckWatermark, Batch, Encoder};
 
 /// What the agent gives a source to run with.
@@ -48,6 +51,10 @@ pub struct SourceContext {
     /// How long to wait for `sink_done` after `shutdown`.
     pub drain_for: Duration,
     pub runtime: tokio::runtime::Handle,
+    /// The source's `[source.map]`, applied to each event as it is built.
+    pub map: Arc<Mapping>,
+    /// The source's `debounce`, if any.
+    pub debounce: Option<DebounceConfig>,
 }
 
 /// Events sent to the sink in one batch, at most.
@@ -58,6 +65,19 @@ pub const BATCH_SIZE: usize = 512;
 pub struct Stopping;
 
 impl SourceContext {
+    /// The source's quarantine; it keeps no record data when the mapping drops fields.
+    pub fn quarantine(&self) -> Quarantine {
+        let mut q = Quarantine::new(&self.state_dir, &self.name);
+        q.withhold_data(self.map.drops_fields());
+        q
+    }
+
+    /// The source's debouncer (a pass-through without `debounce`), merging off until
+    /// the source has caught up after its start.
+    pub fn debouncer<T: Absorb>(&self) -> Debouncer<T> {
+        Debouncer::new(self.debounce, self.counters.clone())
+    }
+
     /// Offers `batch` to the sink for up to 100 ms; true once it is taken. The caller
     /// does its housekeeping (acks, checkpoints) between offers.
     pub fn offer(&self, batch: &mut Option<Batch>) -> Result<bool, Stopping> {

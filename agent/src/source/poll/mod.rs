@@ -156,13 +156,13 @@ impl Poller {
         let dir = cx.state_dir.join("poll").join(&cx.name);
         cx.counters.is_poll.store(true, Ordering::Relaxed);
         Poller {
-            quarantine: Quarantine::new(&cx.state_dir, &cx.name),
+            quarantine: cx.quarantine(),
             agent: Arc::from(cx.agent_id.as_str()),
             name: Arc::from(cx.name.as_str()),
             kind: Arc::from("poll"),
-            table: Arc::from(cfg.table.as_str()),
-            subject: cx.encoder.subject(&cfg.table),
-            counters: cx.metrics.table(&cx.name, &cfg.table),
+            table: Arc::from(cx.map.table(&cfg.table)),
+            subject: cx.encoder.subject(cx.map.table(&cfg.table)),
+            counters: cx.metrics.table(&cx.name, cx.map.table(&cfg.table)),
             dir,
             cfg,
             cx,
@@ -663,7 +663,7 @@ impl Poller {
             ChangeOp::Read => Op::Read,
         };
         let now = now_ms();
-        let ev = ChangeEvent {
+        let mut ev = ChangeEvent {
             op,
             key: Some(key),
             before: None,
@@ -679,6 +679,10 @@ impl Poller {
             },
             ts_ms: now,
         };
+        if let Err(reason) = self.cx.map.apply(&mut ev) {
+            self.set_aside(gen, index, &reason, layout.clone(), data, is_row);
+            return None;
+        }
         self.seq += 1;
         Some(
             self.cx

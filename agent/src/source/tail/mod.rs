@@ -46,6 +46,7 @@ use super::{SourceContext, Stopping, BATCH_SIZE};
 use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
 use crate::admin::metrics::TableCounters;
 use crate::config::{StartAt, TableFrom, TailConfig};
+use crate::pipeline::debounce::{Debouncer, Released};
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{now_ms, Batch, Outgoing};
 
@@ -100,8 +101,10 @@ impl Tracked {
     }
 }
 
-/// A position that becomes safe to checkpoint once the sink acknowledged `seq`.
+/// A position that becomes safe to checkpoint once the debouncer has released every
+/// change up to `ord` and the sink acknowledged `seq`, the last event sent by then.
 struct PendingPos {
+    ord: u64,
     seq: u64,
     key: FileKey,
     gen: u32,
@@ -122,8 +125,13 @@ struct Out {
     agent: Arc<str>,
     name: Arc<str>,
     kind: Arc<str>,
-    tables: HashMap<String, TableInfo>,
+    tables: HashMap<String, Arc<TableInfo>>,
     batch: Vec<Outgoing>,
+    deb: Debouncer<Arc<TableInfo>>,
+    released: Vec<Released<Arc<TableInfo>>>,
+    /// Positions waiting for the debouncer to release their changes, in order.
+    held: VecDeque<PendingPos>,
+    /// Positions waiting for their events' acks, in order.
     pending: VecDeque<PendingPos>,
     seq: u64,
     quarantine: Quarantine,
@@ -148,7 +156,7 @@ struct Tail {
 impl Tail {
     fn new(cfg: TailConfig, cx: SourceContext) -> Result<Self, String> {
         let cp = Checkpoint::load(&cx.state_dir, &cx.name)?;
-        let quarantine = Quarantine::new(&cx.state_dir, &cx.name);
+        let quarantine = cx.quarantine();
         let (watcher, events) = match watch(&cfg.paths) {
             Ok((w, rx)) => (Some(w), Some(rx)),
             Err(e) => {
@@ -168,6 +176,9 @@ impl Tail {
                 kind: Arc::from("tail"),
                 tables: HashMap::new(),
                 batch: Vec::with_capacity(BATCH_SIZE),
+                deb: cx.debouncer(),
+                released: Vec::new(),
+                held: VecDeque::new(),
                 pending: VecDeque::new(),
                 seq: 0,
                 quarantine,
@@ -199,6 +210,12 @@ impl Tail {
                 Ok(n) => n,
                 Err(Stopping) => break,
             };
+            if read == 0 && self.out.deb.is_enabled() && !self.out.deb.is_merging() {
+                // Caught up with what waited at the start: merge from here on (see
+                // `pipeline::debounce`, "After a restart").
+                self.out.deb.set_merging(true);
+            }
+            self.out.tick();
             if self.out.flush().is_err() {
                 break;
             }
@@ -219,7 +236,12 @@ impl Tail {
         } else {
             Duration::from_millis(20)
         };
-        let timeout = tick.min(self.out.cfg.stat_interval);
+        let due = self
+            .out
+            .deb
+            .next_due()
+            .map_or(tick, |t| t.saturating_duration_since(Instant::now()));
+        let timeout = tick.min(due).min(self.out.cfg.stat_interval);
         let Some(rx) = &self.events else {
             // No filesystem events to wait on (the watch could not be set up): the periodic
             // check is all there is, so pause until it is due.
@@ -254,9 +276,10 @@ impl Tail {
         self.out.checkpoint(true);
         self.publish_status();
         tracing::info!(
-            "source {}: stopped; checkpoint written, {} event(s) not acknowledged will be sent again at the next start",
+            "source {}: stopped; checkpoint written, {} event(s) not acknowledged and {} held key(s) will be read and sent again at the next start",
             self.out.cx.name,
-            self.out.pending.iter().filter(|p| p.seq > self.out.cx.watermark.get()).count()
+            self.out.pending.iter().filter(|p| p.seq > self.out.cx.watermark.get()).count(),
+            self.out.deb.held()
         );
     }
 
@@ -550,6 +573,7 @@ impl Tail {
             .pending
             .iter()
             .find(|p| p.seq > w)
+            .or(self.out.held.front())
             .map(|p| p.captured_ms);
         let lag_seconds = oldest.map_or(0, |ms| (now_ms() - ms).max(0) / 1000);
         let c = &self.out.cx.counters;
@@ -560,6 +584,7 @@ impl Tail {
             serde_json::json!({
                 "kind": "tail", "files": files, "lag_bytes": lag_bytes, "lag_seconds": lag_seconds,
                 "events_sent": self.out.seq, "events_acknowledged": w,
+                "held_keys": self.out.deb.held(),
                 "quarantined": c.quarantined.load(Ordering::Relaxed),
                 "last_error": self.out.last_error,
             }),
@@ -734,13 +759,8 @@ impl Out {
         let fp = t.fp.unwrap_or(0);
         let position = format!("{:x}.{:x}.{fp:016x}.{}@{at}", t.key.dev, t.key.ino, t.gen);
         let now = now_ms();
-        let info = self.table(&table);
-        let (tname, subject, counters) = (
-            info.name.clone(),
-            info.subject.clone(),
-            info.counters.clone(),
-        );
-        let ev = ChangeEvent {
+        let info = self.table(&table).clone();
+        let mut ev = ChangeEvent {
             op,
             key,
             before,
@@ -749,46 +769,94 @@ impl Out {
                 agent: self.agent.clone(),
                 name: self.name.clone(),
                 kind: self.kind.clone(),
-                table: tname,
+                table: info.name.clone(),
                 position,
                 ts_ms: now,
                 snapshot: false,
             },
             ts_ms: now,
         };
-        let payload = self.cx.encoder.payload(&ev);
-        let msg_id = self.cx.encoder.msg_id(&ev.source.position);
-        counters.captured.fetch_add(1, Ordering::Relaxed);
-        self.seq += 1;
-        self.batch.push(Outgoing {
-            seq: self.seq,
-            subject,
-            msg_id,
-            payload,
-            captured_ms: now,
-            counters,
-        });
+        self.cx.map.apply(&mut ev)?;
+        self.deb
+            .push(ev, info, now, Instant::now(), &mut self.released);
+        self.emit();
         Ok(())
     }
 
-    fn table(&mut self, table: &str) -> &TableInfo {
+    /// Encodes what the debouncer released into the batch.
+    fn emit(&mut self) {
+        for r in self.released.drain(..) {
+            let Some(ev) = r.event else { continue };
+            self.seq += 1;
+            let info = &r.extra;
+            let msg = self.cx.encoder.outgoing(
+                &ev,
+                self.seq,
+                &info.subject,
+                &info.counters,
+                r.captured_ms,
+            );
+            self.batch.push(msg);
+        }
+    }
+
+    /// Releases held keys that are due and the positions the debouncer no longer holds.
+    fn tick(&mut self) {
+        if self.deb.held() > 0 {
+            self.deb.due(Instant::now(), &mut self.released);
+            self.emit();
+        }
+        let low = self.deb.low();
+        while self.held.front().is_some_and(|p| p.ord < low) {
+            let mut p = self.held.pop_front().expect("front exists");
+            p.seq = self.seq;
+            self.pending.push_back(p);
+        }
+    }
+
+    /// A table's name after mapping, subject and counters.
+    fn table(&mut self, table: &str) -> &Arc<TableInfo> {
         if !self.tables.contains_key(table) {
+            let name = self.cx.map.table(table);
             let info = TableInfo {
-                name: Arc::from(table),
-                subject: self.cx.encoder.subject(table),
-                counters: self.cx.metrics.table(&self.cx.name, table),
+                name: Arc::from(name),
+                subject: self.cx.encoder.subject(name),
+                counters: self.cx.metrics.table(&self.cx.name, name),
             };
-            self.tables.insert(table.to_owned(), info);
+            self.tables.insert(table.to_owned(), Arc::new(info));
         }
         &self.tables[table]
     }
 
-    /// Queues a position to checkpoint once the last event sent so far is acknowledged:
-    /// an event's own end, or a position with no event of its own (a header, a
-    /// quarantined record), which is safe once everything before it is acknowledged.
+    /// Queues a position to checkpoint once every change read so far has left the
+    /// debouncer and its event is acknowledged: an event's own end, or a position with no
+    /// event of its own (a header, a quarantined record), which is safe once everything
+    /// before it is.
     fn mark(&mut self, t: &Tracked, end: u64) {
-        self.pending.push_back(PendingPos {
-            seq: self.seq,
+        let ord = self.deb.pushed();
+        if self.held.is_empty() && ord < self.deb.low() {
+            self.pending.push_back(PendingPos {
+                ord,
+                seq: self.seq,
+                key: t.key,
+                gen: t.gen,
+                end,
+                captured_ms: now_ms(),
+            });
+            return;
+        }
+        // Held: one entry per 1,024 changes of a file is enough, and keeps this queue
+        // small while a key is held for `max_delay`.
+        if let Some(b) = self.held.back_mut() {
+            if (b.key, b.gen) == (t.key, t.gen) && b.ord / 1024 == ord / 1024 {
+                b.ord = ord;
+                b.end = end;
+                return;
+            }
+        }
+        self.held.push_back(PendingPos {
+            ord,
+            seq: 0,
             key: t.key,
             gen: t.gen,
             end,

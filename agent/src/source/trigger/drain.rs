@@ -41,6 +41,7 @@ use super::ddl::{Capture, TableDef};
 use super::snapshot::{Snapshots, CHUNK_ROWS};
 use crate::admin::metrics::TableCounters;
 use crate::config::TriggerConfig;
+use crate::pipeline::debounce::{Absorb, Debouncer, Released};
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{now_ms, Batch, Outgoing};
 use crate::sink::backoff;
@@ -123,6 +124,18 @@ struct Pending {
     captured_ms: i64,
 }
 
+/// What a change carries through the debouncer: its table and capture rows.
+struct Rows {
+    table: usize,
+    rows: Vec<i64>,
+}
+
+impl Absorb for Rows {
+    fn absorb(&mut self, later: Rows) {
+        self.rows.extend(later.rows);
+    }
+}
+
 /// A changed key of one read (`capture = "keys"`).
 struct Group {
     table: usize,
@@ -149,6 +162,8 @@ pub struct Drain {
     to_delete: Vec<i64>,
     seq: u64,
     batch: Vec<Outgoing>,
+    deb: Debouncer<Rows>,
+    released: Vec<Released<Rows>>,
     rows: Vec<ChangeRow>,
     quarantine: Quarantine,
     snapshots: Snapshots,
@@ -179,7 +194,8 @@ impl From<DbError> for Fail {
 impl Drain {
     pub fn new(cfg: TriggerConfig, cx: SourceContext, connect: Connect) -> Self {
         Drain {
-            quarantine: Quarantine::new(&cx.state_dir, &cx.name),
+            deb: cx.debouncer(),
+            quarantine: cx.quarantine(),
             snapshots: Snapshots::open(&cx.state_dir, &cx.name, &cfg.tables, cfg.snapshot_initial),
             agent: Arc::from(cx.agent_id.as_str()),
             name: Arc::from(cx.name.as_str()),
@@ -197,6 +213,7 @@ impl Drain {
             to_delete: Vec::new(),
             seq: 0,
             batch: Vec::with_capacity(BATCH_SIZE),
+            released: Vec::new(),
             rows: Vec::with_capacity(BATCH_SIZE),
             attempt: 0,
             retry_at: Instant::now(),
@@ -215,6 +232,9 @@ impl Drain {
                 break;
             }
             self.apply_acks();
+            if self.tick().is_err() {
+                break;
+            }
             if self.db.is_none() {
                 if Instant::now() < self.retry_at {
                     // Backing off; short naps so that a shutdown is seen at once.
@@ -299,11 +319,12 @@ impl Drain {
                 Some(&i) => self.tables[i].def = def.clone(),
                 None => {
                     self.by_name.insert(def.name.clone(), self.tables.len());
+                    let name = self.cx.map.table(&def.name);
                     self.tables.push(TableOut {
                         def: def.clone(),
-                        name: Arc::from(def.name.as_str()),
-                        subject: self.cx.encoder.subject(&def.name),
-                        counters: self.cx.metrics.table(&self.cx.name, &def.name),
+                        name: Arc::from(name),
+                        subject: self.cx.encoder.subject(name),
+                        counters: self.cx.metrics.table(&self.cx.name, name),
                     });
                 }
             }
@@ -339,6 +360,9 @@ impl Drain {
             let since = self.last_read.map_or(Duration::ZERO, |t| t.elapsed());
             self.cfg.interval.saturating_sub(since)
         };
+        let timeout = self.deb.next_due().map_or(timeout, |t| {
+            timeout.min(t.saturating_duration_since(Instant::now()))
+        });
         let db = self.db.as_mut().expect("connected");
         self.woken |= db.wait(timeout);
         Ok(())
@@ -376,6 +400,9 @@ impl Drain {
         }
         let fresh = rows.iter().filter(|r| r.seq > self.cursor).count();
         self.backlog = fresh >= READ_ROWS;
+        // Caught up with what waited at the start: merge from the next read on (see
+        // `pipeline::debounce`, "After a restart").
+        let caught_up = !self.backlog;
         let late = rows.len() - fresh;
         if late > 0 {
             tracing::debug!(
@@ -404,6 +431,8 @@ impl Drain {
             for r in &rows {
                 self.in_flight.remove(&r.seq);
             }
+        } else if caught_up && !self.deb.is_merging() {
+            self.deb.set_merging(true);
         }
         self.rows = rows;
         out
@@ -652,7 +681,8 @@ impl Drain {
         format!("{}.{seq}", self.epoch)
     }
 
-    /// Makes an event and queues it; `rows` are the capture rows it stands for.
+    /// Makes an event, maps it and hands it to the debouncer; `rows` are the capture rows
+    /// it stands for.
     #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
@@ -667,7 +697,7 @@ impl Drain {
     ) {
         let now = now_ms();
         let table = &self.tables[t];
-        let ev = ChangeEvent {
+        let mut ev = ChangeEvent {
             op,
             key: Some(key),
             before,
@@ -683,17 +713,70 @@ impl Drain {
             },
             ts_ms: now,
         };
-        self.seq += 1;
-        let msg = self
-            .cx
-            .encoder
-            .outgoing(&ev, self.seq, &table.subject, &table.counters, now);
-        self.batch.push(msg);
-        self.pending.push_back(Pending {
-            seq: self.seq,
-            rows,
-            captured_ms: changed_ms.unwrap_or(now),
-        });
+        if let Err(reason) = self.cx.map.apply(&mut ev) {
+            let data = self.cx.encoder.payload(&ev);
+            let data = String::from_utf8_lossy(&data).into_owned();
+            let first = rows.first().copied().unwrap_or(0);
+            let reason = format!(
+                "capture rows seq {rows:?} of `{}`: {reason}",
+                table.def.name
+            );
+            let file = Path::new(super::ddl::CAPTURE_TABLE);
+            if self.set_aside_row(file, first.max(0) as u64, &reason, &data) {
+                self.to_delete.extend(rows);
+            }
+            return;
+        }
+        let extra = Rows { table: t, rows };
+        let captured = changed_ms.unwrap_or(now);
+        if op == Op::Read {
+            // Snapshot rows are never held: the snapshot's progress follows what was sent.
+            self.deb.pass(ev, extra, captured, &mut self.released);
+        } else {
+            self.deb
+                .push(ev, extra, captured, Instant::now(), &mut self.released);
+        }
+        self.emit();
+    }
+
+    /// Encodes what the debouncer released; capture rows of changes that cancelled out
+    /// are deleted once everything sent before them is acknowledged.
+    fn emit(&mut self) {
+        for r in self.released.drain(..) {
+            let Some(ev) = r.event else {
+                self.pending.push_back(Pending {
+                    seq: self.seq,
+                    rows: r.extra.rows,
+                    captured_ms: r.captured_ms,
+                });
+                continue;
+            };
+            self.seq += 1;
+            let table = &self.tables[r.extra.table];
+            let msg = self.cx.encoder.outgoing(
+                &ev,
+                self.seq,
+                &table.subject,
+                &table.counters,
+                r.captured_ms,
+            );
+            self.batch.push(msg);
+            self.pending.push_back(Pending {
+                seq: self.seq,
+                rows: r.extra.rows,
+                captured_ms: r.captured_ms,
+            });
+        }
+    }
+
+    /// Sends the held keys whose time has come.
+    fn tick(&mut self) -> Result<(), Stopping> {
+        if self.deb.held() == 0 {
+            return Ok(());
+        }
+        self.deb.due(Instant::now(), &mut self.released);
+        self.emit();
+        self.flush()
     }
 
     /// A capture row that cannot become an event: quarantined, then deleted.
@@ -805,9 +888,10 @@ impl Drain {
         }
         self.publish_status(true);
         tracing::info!(
-            "source {}: stopped; {} event(s) not acknowledged will be sent again at the next start",
+            "source {}: stopped; {} event(s) not acknowledged and {} held key(s) will be read and sent again at the next start",
             self.name,
-            self.pending.len()
+            self.pending.len(),
+            self.deb.held()
         );
     }
 
@@ -830,6 +914,7 @@ impl Drain {
                 "last_seq_read": self.cursor, "rows_in_flight": self.in_flight.len(),
                 "lag_seconds": lag_seconds,
                 "events_sent": self.seq, "events_acknowledged": w,
+                "held_keys": self.deb.held(),
                 "quarantined": c.quarantined.load(Ordering::Relaxed),
                 "last_error": self.last_error,
                 "snapshot": self.snapshots.status(),
