@@ -233,19 +233,49 @@ listen = "{admin}"
         self.admin_port = Some(l.local_addr().unwrap().port());
     }
 
-    /// A metric's value from the running agent's `/metrics` (0 when it cannot be read).
-    pub fn metric(&self, name: &str) -> u64 {
+    /// The body of `GET <path>` on the running agent's admin endpoint ("" when it cannot
+    /// be read).
+    fn admin_get(&self, path: &str) -> String {
         use std::io::Read;
         let port = self.admin_port.expect("with_admin() first");
         let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return 0;
+            return String::new();
         };
-        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
         let mut body = String::new();
         let _ = c.read_to_string(&mut body);
-        body.lines()
+        body
+    }
+
+    /// A metric's value from the running agent's `/metrics` (0 when it cannot be read).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.admin_get("/metrics")
+            .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// A metric's value summed over its labels (0 when it cannot be read).
+    pub fn metric_sum(&self, name: &str) -> u64 {
+        self.admin_get("/metrics")
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let rest = match rest.strip_prefix('{') {
+                    Some(r) => r.split_once('}')?.1,
+                    None => rest,
+                };
+                rest.strip_prefix(' ')?.trim().parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    /// The running agent's `/status` (null when it cannot be read).
+    pub fn status(&self) -> serde_json::Value {
+        let body = self.admin_get("/status");
+        body.split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(serde_json::Value::Null)
     }
 
     /// `lockstep spool <args>` against this world's config: its stdout.

@@ -1266,6 +1266,106 @@ mod tests {
     }
 
     #[test]
+    fn debounce_and_map() {
+        let c = parse_str(&format!(
+            "{MINIMAL}key = [\"ID\"]\ndebounce = {{ window = \"3s\", max_delay = \"30s\", max_keys = 500 }}\n\n[source.map]\ntables = {{ t = \"permits\" }}\nrename = {{ BRG_ID = \"bridgeId\" }}\nvalues = {{ CODE_STS = {{ A = \"ACTIVE\", 9 = 90 }} }}\nunknown = {{ CODE_STS = \"quarantine\" }}\ndrop = [\"SSN\"]\nadd = {{ region = \"VA-NE\", v = 2 }}\n"
+        ))
+        .unwrap();
+        let s = &c.sources[0];
+        assert_eq!(
+            s.debounce,
+            Some(DebounceConfig {
+                window: Duration::from_secs(3),
+                max_delay: Duration::from_secs(30),
+                max_keys: 500
+            })
+        );
+        let m = &s.map;
+        assert_eq!(m.table("t"), "permits");
+        assert_eq!(m.rename["BRG_ID"], "bridgeId");
+        assert_eq!(m.values["CODE_STS"]["A"], Value::Text("ACTIVE".into()));
+        assert_eq!(m.values["CODE_STS"]["9"], Value::Int(90));
+        assert_eq!(m.unknown["CODE_STS"], Unknown::Quarantine);
+        assert!(m.drop.contains("SSN") && m.drops_fields());
+        assert_eq!(m.add[0], ("region".into(), Value::Text("VA-NE".into())));
+        // Defaults: max_delay ten windows, 100,000 keys; no map, no debounce.
+        let c = parse_str(&format!("{MINIMAL}debounce = {{ window = \"2s\" }}\n")).unwrap();
+        let d = c.sources[0].debounce.unwrap();
+        assert_eq!(
+            (d.max_delay, d.max_keys),
+            (Duration::from_secs(20), 100_000)
+        );
+        let c = parse_str(MINIMAL).unwrap();
+        assert!(c.sources[0].debounce.is_none() && c.sources[0].map.is_identity());
+
+        // Errors name the line of the value at fault.
+        let bad = [
+            ("debounce = { window = \"0s\" }\n", 11, "longer than 0"),
+            (
+                "debounce = { window = \"5s\", max_delay = \"1s\" }\n",
+                11,
+                "at least the window",
+            ),
+            (
+                "debounce = { window = \"5s\", hold = \"1s\" }\n",
+                11,
+                "unknown field `hold`",
+            ),
+            (
+                "debounce = { window = \"1s\", max_keys = 0 }\n",
+                11,
+                "max_keys",
+            ),
+            (
+                "\n[source.map]\ndrop = [\"ID\"]\n",
+                13,
+                "`ID` is a key field",
+            ),
+            (
+                "\n[source.map]\ndrop = [\"A\"]\nrename = { A = \"b\" }\n",
+                14,
+                "both dropped and renamed",
+            ),
+            (
+                "\n[source.map]\nrename = { A = \"x\", B = \"x\" }\n",
+                13,
+                "two fields are renamed to `x`",
+            ),
+            (
+                "\n[source.map]\nvalues = { S = { A = [1] } }\n",
+                13,
+                "`values.S.A` must be",
+            ),
+            (
+                "\n[source.map]\nvalues = { S = { A = \"B\" } }\nunknown = \"drop\"\n",
+                14,
+                "`unknown` `drop`",
+            ),
+            (
+                "\n[source.map]\nunknown = { S = \"null\" }\n",
+                13,
+                "`S` has no `values` table",
+            ),
+            (
+                "\n[source.map]\nrenames = { A = \"b\" }\n",
+                13,
+                "unknown field `renames`",
+            ),
+        ];
+        for (extra, line, msg) in bad {
+            let e = parse_str(&format!("{MINIMAL}key = [\"ID\"]\n{extra}")).unwrap_err();
+            assert!(e.message.contains(msg), "{extra}: {e}");
+            assert_eq!(e.at.map(|a| a.0), Some(line), "{extra}: {e}");
+        }
+        // A poll source already sends one event per changed row per scan.
+        let e = parse_str(&format!("{POLL}debounce = {{ window = \"1s\" }}\n")).unwrap_err();
+        assert!(e.message.contains("make `interval` longer"), "{e}");
+        assert_eq!(e.at.map(|a| a.0), Some(9));
+        let c = parse_str(&format!("{POLL}[source.map]\ndrop = [\"SSN\"]\n")).unwrap();
+        assert!(c.sources[0].map.drops_fields());
+    }
+
+    #[test]
     fn secrets_from_env_and_credentials_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nats-token"), "s3cret\n").unwrap();

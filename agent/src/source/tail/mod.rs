@@ -56,6 +56,8 @@ pub use self::files::{scan, watch_root};
 /// shutdown, other files).
 const READ_SLICE: u64 = 8 << 20;
 const CHUNK: usize = 256 * 1024;
+/// Positions kept one by one while the debouncer holds changes before them.
+const HELD_MARKS: usize = 4096;
 /// Least time between two checkpoint writes while events flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -845,13 +847,16 @@ impl Out {
             });
             return;
         }
-        // Held: one entry per 1,024 changes of a file is enough, and keeps this queue
-        // small while a key is held for `max_delay`.
-        if let Some(b) = self.held.back_mut() {
-            if (b.key, b.gen) == (t.key, t.gen) && b.ord / 1024 == ord / 1024 {
-                b.ord = ord;
-                b.end = end;
-                return;
+        // Held. Past HELD_MARKS entries a position replaces the last one of its file:
+        // the checkpoint then moves in coarser steps, but this queue stays small however
+        // many records arrive while a key is held for `max_delay`.
+        if self.held.len() >= HELD_MARKS {
+            if let Some(b) = self.held.back_mut() {
+                if (b.key, b.gen) == (t.key, t.gen) {
+                    b.ord = ord;
+                    b.end = end;
+                    return;
+                }
             }
         }
         self.held.push_back(PendingPos {
