@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use lockstep_formats::frame::scan;
 
+use crate::capture::{capture_rows, drained, install, workload_replays, Db, Kind};
 use crate::harness::*;
 
 /// A change line of appointment `id`.
@@ -392,4 +393,74 @@ async fn maps_rename_translate_drop_and_move_the_subject() {
         assert_eq!(a["region"], "VA-NE");
         assert_eq!(m.json["key"], serde_json::json!({ "id": i }));
     }
+}
+
+/// The random workload of the trigger tests, debounced: replaying the stream still gives
+/// the tables, with fewer events than changes.
+async fn debounced_workload_replays(kind: Kind, capture: &str) {
+    let (msgs, merged) = workload_replays(
+        kind,
+        capture,
+        "debounce = { window = \"2s\", max_delay = \"5s\" }",
+    )
+    .await;
+    assert!(merged > 0, "nothing merged in {} events", msgs.len());
+}
+
+#[tokio::test]
+async fn postgres_debounced_workload_replays_to_the_tables_rows() {
+    debounced_workload_replays(Kind::Pg, "rows").await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_debounced_workload_replays_to_the_tables_keys() {
+    debounced_workload_replays(Kind::Maria, "keys").await;
+}
+
+#[tokio::test]
+async fn postgres_trigger_source_merges_and_maps() {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(Kind::Pg, &w, "debounce_map");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(
+        &["appointments"],
+        "rows",
+        "debounce = { window = \"1s\" }\n\n[source.map]\ntables = { appointments = \"appts\" }\n\
+         rename = { clinic = \"clinicName\" }\ndrop = [\"note\"]",
+    ));
+    install(&w, &cfg);
+    let _agent = w.agent(&cfg);
+    db.sql("INSERT INTO appointments (id, clinic, note) VALUES (1, 'North', 'private');");
+    drained(&db, &w).await;
+    // Caught up: from here changes merge. Three statements, three transactions.
+    db.sql(
+        "INSERT INTO appointments (id, clinic, note) VALUES (445, 'A', 'x');
+         UPDATE appointments SET clinic = 'B' WHERE id = 445;
+         UPDATE appointments SET clinic = 'C' WHERE id = 445;
+         UPDATE appointments SET clinic = 'South' WHERE id = 1;
+         UPDATE appointments SET clinic = 'East', note = 'secret' WHERE id = 1;",
+    );
+    drained(&db, &w).await;
+    let msgs = settled(&w, 3).await;
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    for m in &msgs {
+        assert_eq!(m.subject, "legacy.vista.appts");
+        assert_eq!(m.json["source"]["table"], "appts");
+        let text = m.json.to_string();
+        assert!(!text.contains("note") && !text.contains("secret") && !text.contains("private"));
+    }
+    let e445 = of(&msgs, 445);
+    assert_eq!(e445.len(), 1);
+    assert_eq!(e445[0].json["op"], "c");
+    assert_eq!(e445[0].json["after"]["clinicName"], "C");
+    let e1 = of(&msgs, 1);
+    assert_eq!(e1.len(), 2);
+    assert_eq!(e1[1].json["op"], "u");
+    assert_eq!(
+        e1[1].json["before"]["clinicName"], "North",
+        "the first before"
+    );
+    assert_eq!(e1[1].json["after"]["clinicName"], "East", "the last after");
+    assert_eq!(capture_rows(&db), 0);
 }
