@@ -21,6 +21,7 @@
 //! raw pipelined publish rate of the same envelopes measured right after on the same
 //! server.
 
+mod debounce;
 mod poll;
 mod trigger;
 
@@ -54,6 +55,7 @@ async fn main() -> Result<()> {
             .cloned()
     };
     match scenario {
+        "tail" if args.iter().any(|a| a == "--debounce") => debounce::debounce(lines).await,
         "tail" => tail(lines).await,
         "spool" => spool(lines).await,
         "trigger" => {
@@ -75,9 +77,14 @@ async fn main() -> Result<()> {
 }
 
 fn record(i: u64) -> String {
+    record_of(i, i)
+}
+
+/// Change `i`, to appointment `id`.
+fn record_of(i: u64, id: u64) -> String {
     // About 250 bytes, like an appointment change written by a batch job.
     format!(
-        r#"{{"id":{i},"op":"u","patient":"P{:08}","clinic":"CARDIOLOGY-{}","provider":"DR-{:05}","date":"2026-11-{:02}","time":"{:02}:{:02}","status":"SCHEDULED","fee":"{}.{:02}","note":"follow-up visit, bring prior imaging, referral letter and medication list"}}"#,
+        r#"{{"id":{id},"op":"u","patient":"P{:08}","clinic":"CARDIOLOGY-{}","provider":"DR-{:05}","date":"2026-11-{:02}","time":"{:02}:{:02}","status":"SCHEDULED","fee":"{}.{:02}","note":"follow-up visit, bring prior imaging, referral letter and medication list"}}"#,
         i * 7 % 100_000_000,
         i % 12,
         i % 977,
@@ -91,11 +98,16 @@ fn record(i: u64) -> String {
 
 /// Writes `n` records to `logs/changes.log`; returns the bytes written.
 fn write_lines(logs: &Path, n: u64) -> Result<u64> {
+    write_lines_over(logs, n, n)
+}
+
+/// Writes `n` change lines over `keys` appointments (line `i` changes `i % keys`).
+fn write_lines_over(logs: &Path, n: u64, keys: u64) -> Result<u64> {
     std::fs::create_dir_all(logs)?;
     let mut w = std::io::BufWriter::new(std::fs::File::create(logs.join("changes.log"))?);
     let mut bytes = 0u64;
     for i in 0..n {
-        let l = record(i);
+        let l = record_of(i, i % keys);
         bytes += l.len() as u64 + 1;
         writeln!(w, "{l}")?;
     }
@@ -165,6 +177,21 @@ fn metric(admin: &str, name: &str) -> Option<u64> {
     c.read_to_string(&mut body).ok()?;
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A source's part of the agent's `/status`.
+fn source_status(admin: &str, source: &str) -> Option<serde_json::Value> {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(admin).ok()?;
+    c.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).ok()?;
+    let json = body.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v["sources"][source]
+        .as_object()
+        .map(|o| serde_json::Value::Object(o.clone()))
 }
 
 fn free_port() -> Result<u16> {

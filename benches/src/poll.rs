@@ -12,7 +12,6 @@
 //!   run, right before the agent starts.
 //! - **Peak RSS**: lockstep's VmHWM over the whole run.
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -112,20 +111,6 @@ fn raw_fetch(conn: &str, sql: &str) -> Result<(u64, f64)> {
     Ok((rows, t.elapsed().as_secs_f64()))
 }
 
-fn status(admin: &str) -> Option<serde_json::Value> {
-    use std::io::Write;
-    let mut c = std::net::TcpStream::connect(admin).ok()?;
-    c.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    c.read_to_string(&mut body).ok()?;
-    let json = body.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    v["sources"]["permits"]
-        .as_object()
-        .map(|o| serde_json::Value::Object(o.clone()))
-}
-
 async fn run(
     db: Db,
     name: &str,
@@ -189,7 +174,7 @@ async fn run(
     // The first scan: the baseline.
     let first = loop {
         watch(&mut agent, &mut peak)?;
-        if let Some(s) = status(&admin_addr) {
+        if let Some(s) = crate::source_status(&admin_addr, "permits") {
             if s["last_scan"]["rows"].as_u64() == Some(n) && s["sending"].is_null() {
                 break s["last_scan"].clone();
             }
@@ -213,7 +198,7 @@ async fn run(
     let js = jetstream::new(client);
     let found = loop {
         watch(&mut agent, &mut peak)?;
-        if let Some(s) = status(&admin_addr) {
+        if let Some(s) = crate::source_status(&admin_addr, "permits") {
             if s["last_scan"]["updated"].as_u64() == Some(changed) {
                 break s["last_scan"].clone();
             }
@@ -234,10 +219,12 @@ async fn run(
     let delivered = committed.elapsed().as_secs_f64();
     // A few more scans with nothing changed, for the steady-state RSS.
     for _ in 0..2 {
-        let before = status(&admin_addr).map(|s| s["last_scan"]["finished_ms"].clone());
+        let before = crate::source_status(&admin_addr, "permits")
+            .map(|s| s["last_scan"]["finished_ms"].clone());
         loop {
             watch(&mut agent, &mut peak)?;
-            let now = status(&admin_addr).map(|s| s["last_scan"]["finished_ms"].clone());
+            let now = crate::source_status(&admin_addr, "permits")
+                .map(|s| s["last_scan"]["finished_ms"].clone());
             if now != before {
                 break;
             }

@@ -170,6 +170,10 @@ impl Tail {
                 (None, None)
             }
         };
+        let mut deb = cx.debouncer();
+        // A first start: nothing of these files was ever sent, so merging is safe from
+        // the first record (see `pipeline::debounce`, "After a restart").
+        deb.set_merging(!cp.existed);
         Ok(Tail {
             files: Vec::new(),
             out: Out {
@@ -178,7 +182,7 @@ impl Tail {
                 kind: Arc::from("tail"),
                 tables: HashMap::new(),
                 batch: Vec::with_capacity(BATCH_SIZE),
-                deb: cx.debouncer(),
+                deb,
                 released: Vec::new(),
                 held: VecDeque::new(),
                 pending: VecDeque::new(),
