@@ -103,17 +103,19 @@ pub struct Released<T> {
 enum Start {
     /// The first change was an insert.
     Absent,
-    /// An update or a delete; its `before`, when known.
-    Present(Option<Record>),
+    /// An update or a delete; its `before`, when known (postcard).
+    Present(Option<Vec<u8>>),
     /// A snapshot read: the row exists, whatever the consumer knew of it.
     Snapshot,
 }
 
+/// A held key. Its last change is kept serialized (postcard): a third to a quarter of
+/// the memory of the decoded event, which `max_keys` multiplies.
 #[derive(Debug)]
 struct Group<T> {
     key: u128,
     start: Start,
-    last: ChangeEvent,
+    last: Vec<u8>,
     n: u32,
     first_at: Instant,
     deadline: Instant,
@@ -121,18 +123,28 @@ struct Group<T> {
     extra: T,
 }
 
+fn pack<S: serde::Serialize>(value: &S, mut buf: Vec<u8>) -> Vec<u8> {
+    buf.clear();
+    postcard::to_extend(value, buf).expect("events serialize to memory")
+}
+
+fn unpack<D: serde::de::DeserializeOwned>(bytes: &[u8]) -> D {
+    postcard::from_bytes(bytes).expect("held changes deserialize as they were serialized")
+}
+
 impl<T> Group<T> {
     fn release(self) -> Released<T> {
         let captured_ms = self.captured_ms;
+        let mut ev: ChangeEvent = unpack(&self.last);
         if self.n == 1 {
             return Released {
-                event: Some(self.last),
+                event: Some(ev),
                 extra: self.extra,
                 captured_ms,
             };
         }
-        let mut ev = self.last;
         let exists = ev.op != Op::Delete;
+        let first_before = |b: Option<Vec<u8>>| b.map(|b| unpack::<Record>(&b));
         let (op, before, after) = match (self.start, exists) {
             (Start::Absent, false) => {
                 return Released {
@@ -142,8 +154,8 @@ impl<T> Group<T> {
                 }
             }
             (Start::Absent, true) => (Op::Create, None, ev.after.take()),
-            (Start::Present(b), true) => (Op::Update, b, ev.after.take()),
-            (Start::Present(b), false) => (Op::Delete, b.or(ev.before.take()), None),
+            (Start::Present(b), true) => (Op::Update, first_before(b), ev.after.take()),
+            (Start::Present(b), false) => (Op::Delete, first_before(b).or(ev.before.take()), None),
             (Start::Snapshot, true) => (Op::Read, None, ev.after.take()),
             (Start::Snapshot, false) => (Op::Delete, ev.before.take(), None),
         };
@@ -258,7 +270,7 @@ impl<T: Absorb> Debouncer<T> {
             let g = self.held.get_mut(&o).expect("a key's group is held");
             g.deadline = (now + cfg.window).min(g.first_at + cfg.max_delay);
             g.n += 1;
-            g.last = ev;
+            g.last = pack(&ev, std::mem::take(&mut g.last));
             g.extra.absorb(extra);
             return;
         }
@@ -270,7 +282,9 @@ impl<T: Absorb> Debouncer<T> {
         }
         let start = match ev.op {
             Op::Create => Start::Absent,
-            Op::Update | Op::Delete => Start::Present(ev.before.clone()),
+            Op::Update | Op::Delete => {
+                Start::Present(ev.before.as_ref().map(|b| pack(b, Vec::new())))
+            }
             Op::Read => Start::Snapshot,
         };
         let deadline = now + cfg.window.min(cfg.max_delay);
@@ -279,7 +293,7 @@ impl<T: Absorb> Debouncer<T> {
             Group {
                 key,
                 start,
-                last: ev,
+                last: pack(&ev, Vec::new()),
                 n: 1,
                 first_at: now,
                 deadline,

@@ -307,7 +307,7 @@ proptest! {
                 (None, 0) => change(ord, s.id, Op::Read, None, Some(v)),
                 (None, _) => change(ord, s.id, Op::Create, None, Some(v)),
                 (Some(b), 0 | 1) => change(ord, s.id, Op::Delete, Some(b), None),
-                (Some(b), 2) => change(ord, s.id, Op::Read, None, Some(v)),
+                (Some(_), 2) => change(ord, s.id, Op::Read, None, Some(v)),
                 (Some(b), _) => change(ord, s.id, Op::Update, Some(b), Some(v)),
             };
             apply(&mut raw, &ev);
