@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use async_nats::jetstream;
 
 use crate::{
-    cpu_secs, free_port, lockstep_bin, source_status, vm_hwm_kib, write_lines_over, NatsServer,
+    cpu_secs, free_port, source_status, start_agent, vm_hwm_kib, write_lines_over, NatsServer,
 };
 
 const KEYS: u64 = 100_000;
@@ -101,15 +101,8 @@ async fn run(
             dir.join("logs").display()
         ),
     )?;
-    let bin = lockstep_bin()?;
     let t = Instant::now();
-    let mut agent = std::process::Command::new(&bin)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("LOCKSTEP_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()?;
+    let mut agent = start_agent(&cfg)?;
     let pid = agent.id();
     let mut peak_kib = 0;
     loop {
