@@ -8,8 +8,10 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod logging;
 pub mod pipeline;
 pub mod runner;
+pub mod service;
 pub mod sink;
 pub mod source;
 pub mod spool;

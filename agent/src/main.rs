@@ -1,14 +1,13 @@
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lockstep::cli::{check, snapshot, triggers, Cli, Command, SpoolCommand};
+use lockstep::cli::{check, snapshot, status, triggers, Cli, Command, SpoolCommand};
 use lockstep::config::{self, Config};
+use lockstep::{logging, service};
 use tokio::sync::watch;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -25,6 +24,7 @@ fn main() -> ExitCode {
         | Command::Check { config }
         | Command::Spool { config, .. }
         | Command::Snapshot { config, .. }
+        | Command::Status { config, .. }
         | Command::Triggers { config, .. } => config.clone().unwrap_or_else(config::default_path),
     };
     let cfg = match Config::load(&path) {
@@ -34,7 +34,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let filter = match std::env::var("LOCKSTEP_LOG") {
+        Ok(spec) => match logging::parse_filter(&spec) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("lockstep: LOCKSTEP_LOG: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        // Checked when the config was read.
+        Err(_) => logging::parse_filter(&cfg.agent.log).unwrap_or_default(),
+    };
+    logging::init(filter, logging::detect());
     match cli.command {
+        Command::Status { json, .. } => {
+            let r = status::run(&cfg, json, &mut std::io::stdout().lock());
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lockstep: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { .. } => {
             let ok = rt.block_on(check::check(&cfg, &mut std::io::stdout()));
             ExitCode::from(if ok { 0 } else { 1 })
@@ -101,6 +123,7 @@ fn main() -> ExitCode {
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {
                     wait_for_signal().await;
+                    service::notify("STOPPING=1\nSTATUS=stopping: flushing in-flight events and writing checkpoints");
                     tracing::info!("stopping: finishing in-flight work and writing checkpoints");
                     let _ = tx.send(true);
                 });
@@ -130,21 +153,5 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-/// Human lines on a terminal, JSON lines otherwise; the level from `LOCKSTEP_LOG`.
-fn init_logging() {
-    let level = std::env::var("LOCKSTEP_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    let b = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        b.with_target(false).init();
-    } else {
-        b.json().flatten_event(true).with_current_span(false).init();
     }
 }

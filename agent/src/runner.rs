@@ -18,6 +18,7 @@ use crate::admin::metrics::Metrics;
 use crate::admin::{self, StatusBoard};
 use crate::config::{Config, SourceKind};
 use crate::pipeline::{AckWatermark, Encoder};
+use crate::service::{self, Liveness};
 use crate::sink::jetstream::{self, SinkError};
 use crate::sink::publisher::Publisher;
 use crate::source::{poll, tail, trigger, SourceContext};
@@ -111,6 +112,8 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
     let js = jetstream::context(client.clone(), &cfg.nats);
     let (tx, rx) = mpsc::channel(16);
     let watermarks: Vec<Arc<AckWatermark>> = cfg.sources.iter().map(|_| Arc::default()).collect();
+    let liveness = Arc::new(Liveness::default());
+    let publisher_beat = liveness.register("the publisher");
     let (sink_done_tx, sink_done) = watch::channel(false);
 
     let mut threads = Vec::new();
@@ -132,6 +135,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
             runtime: tokio::runtime::Handle::current(),
             map: Arc::new(s.map.clone()),
             debounce: s.debounce,
+            beat: liveness.register(&format!("source {}", s.name)),
         };
         let handle = match &s.kind {
             SourceKind::Tail(t) => tail::spawn(t.clone(), cx),
@@ -162,7 +166,31 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         metrics.clone(),
         watermarks,
     );
-    let result = publisher.run(rx, shutdown.clone(), DRAIN_FOR).await;
+    let watchdog = service::spawn_watchdog(
+        liveness,
+        status.clone(),
+        shutdown.clone(),
+        cfg.sources.len(),
+    )
+    .map_err(|source| RunError::Source {
+        name: "watchdog".into(),
+        source,
+    })?;
+    let sampler = {
+        let (status, metrics, mut shutdown) = (status.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => status.sample(&metrics),
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    };
+    let result = publisher
+        .run(rx, shutdown.clone(), DRAIN_FOR, publisher_beat)
+        .await;
     let _ = stop.send(true);
     forward.abort();
     let _ = sink_done_tx.send(true);
@@ -173,6 +201,8 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
     if let Some(a) = admin_task {
         a.abort();
     }
+    sampler.abort();
+    let _ = tokio::task::spawn_blocking(move || watchdog.join()).await;
     drop(client);
     drop(lock);
     Ok(result?)

@@ -9,6 +9,7 @@ mod debounce;
 mod harness;
 mod poll;
 mod rotation;
+mod service;
 mod snapshot;
 mod spool;
 mod tail;

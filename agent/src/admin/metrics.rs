@@ -89,6 +89,23 @@ impl Metrics {
             .clone()
     }
 
+    /// Events acknowledged so far, summed over each source's tables.
+    pub fn published_by_source(&self) -> BTreeMap<String, u64> {
+        let mut by = BTreeMap::new();
+        for s in self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
+            by.insert(s.clone(), 0);
+        }
+        for ((s, _), c) in self.tables.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            *by.entry(s.clone()).or_insert(0) += c.published.load(Ordering::Relaxed);
+        }
+        by
+    }
+
     pub fn source(&self, source: &str) -> Arc<SourceCounters> {
         let mut s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         s.entry(source.to_owned()).or_default().clone()

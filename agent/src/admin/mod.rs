@@ -6,9 +6,10 @@
 pub mod events;
 pub mod metrics;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -21,13 +22,61 @@ use self::metrics::Metrics;
 pub struct StatusBoard {
     pub agent: String,
     sources: Mutex<BTreeMap<String, serde_json::Value>>,
+    /// Loops the watchdog found stuck (see [`crate::service`]).
+    stalled: Mutex<Vec<String>>,
+    /// Per source: (when, events acknowledged) samples over the last [`RATE_WINDOW`].
+    rates: Mutex<BTreeMap<String, VecDeque<(Instant, u64)>>>,
 }
+
+/// The window `events_per_second` is measured over.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 impl StatusBoard {
     pub fn new(agent: &str) -> Self {
         Self {
             agent: agent.to_owned(),
-            sources: Mutex::default(),
+            ..Default::default()
+        }
+    }
+
+    pub fn set_stalled(&self, names: Vec<String>) {
+        *self.stalled.lock().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
+    pub fn stalled(&self) -> Vec<String> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes a sample of each source's acknowledged events, for `events_per_second`.
+    /// Called about once a second.
+    pub fn sample(&self, metrics: &Metrics) {
+        let now = Instant::now();
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        for (source, published) in metrics.published_by_source() {
+            let q = rates.entry(source).or_default();
+            q.push_back((now, published));
+            while q.len() > 2 && now.duration_since(q[1].0) >= RATE_WINDOW {
+                q.pop_front();
+            }
+        }
+    }
+
+    fn rate(&self, source: &str) -> f64 {
+        let rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        match rates.get(source) {
+            Some(q) if q.len() >= 2 => {
+                let ((t0, n0), (t1, n1)) = (q[0], q[q.len() - 1]);
+                let dt = t1.duration_since(t0).as_secs_f64();
+                if dt > 0.0 {
+                    n1.saturating_sub(n0) as f64 / dt
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
         }
     }
 
@@ -39,18 +88,32 @@ impl StatusBoard {
     }
 
     pub fn render(&self, metrics: &Metrics) -> String {
-        let sources = self
+        let mut sources = self
             .sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        for (name, s) in sources.iter_mut() {
+            if let Some(o) = s.as_object_mut() {
+                let rate = (self.rate(name) * 10.0).round() / 10.0;
+                o.insert("events_per_second".into(), rate.into());
+            }
+        }
+        let oldest = metrics.spool_oldest_ms.load(Ordering::Relaxed);
         serde_json::json!({
             "agent": self.agent,
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "nats": {
                 "connected": metrics.nats_connected.load(Ordering::Relaxed),
                 "in_flight": metrics.in_flight.load(Ordering::Relaxed),
             },
+            "spool": {
+                "events": metrics.spool_events.load(Ordering::Relaxed),
+                "bytes": metrics.spool_bytes.load(Ordering::Relaxed),
+                "oldest_age_seconds": (oldest > 0).then(|| (crate::pipeline::now_ms() - oldest).max(0) / 1000),
+            },
+            "stalled": self.stalled(),
             "sources": sources,
         })
         .to_string()
@@ -94,7 +157,14 @@ pub async fn serve(
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (code, ctype, body) = match (method, path) {
-                ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+                ("GET", "/healthz") => match status.stalled() {
+                    s if s.is_empty() => ("200 OK", "text/plain", "ok\n".to_owned()),
+                    s => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!("stuck: {}\n", s.join(", ")),
+                    ),
+                },
                 ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 ("GET", "/status") => ("200 OK", "application/json", status.render(&metrics)),
                 ("GET", _) => (

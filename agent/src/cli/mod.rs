@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod snapshot;
+pub mod status;
 pub mod triggers;
 
 use std::path::PathBuf;
@@ -96,6 +97,16 @@ pub enum Command {
         /// Only this table of the source [default: all of them]
         #[arg(long)]
         table: Option<String>,
+        /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Positions, lag, events/s and last error of each source of the running agent, its
+    /// spool and its NATS connection (read from the agent's admin endpoint).
+    Status {
+        /// Print the agent's `/status` JSON as it is.
+        #[arg(long)]
+        json: bool,
         /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,

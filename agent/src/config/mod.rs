@@ -45,6 +45,8 @@ pub struct Config {
 pub struct AgentConfig {
     pub id: String,
     pub state_dir: PathBuf,
+    /// The log filter (`RUST_LOG` syntax); `LOCKSTEP_LOG` overrides it.
+    pub log: String,
 }
 
 #[derive(Debug, Clone)]

@@ -32,6 +32,7 @@ struct RawConfig {
 struct RawAgent {
     id: Spanned<String>,
     state_dir: Option<PathBuf>,
+    log: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -187,11 +188,20 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
     let _ = agent_span;
+    let log = match agent.log {
+        Some(l) => {
+            crate::logging::parse_filter(l.get_ref())
+                .map_err(|e| cx.err(l.span(), format!("agent.log: {e}")))?;
+            l.into_inner()
+        }
+        None => crate::logging::DEFAULT_FILTER.to_owned(),
+    };
     let agent = AgentConfig {
         id: agent.id.into_inner(),
         state_dir: agent
             .state_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/lockstep")),
+        log,
     };
 
     let nats = nats(&cx, raw.nats)?;

@@ -45,6 +45,7 @@ use crate::admin::events::{PublishFailed, SpoolWriteFailed};
 use crate::admin::metrics::{Metrics, TableCounters};
 use crate::config::{FsyncPolicy, NatsConfig, SpoolConfig, WhenFull};
 use crate::pipeline::{AckWatermark, Batch, Outgoing};
+use crate::service::Beat;
 use crate::spool::{Spool, SpoolError};
 
 /// How often the spool is fsynced (with `fsync = "batch"`) and its ledger kept.
@@ -142,11 +143,14 @@ impl Publisher {
         mut rx: mpsc::Receiver<Batch>,
         mut shutdown: watch::Receiver<bool>,
         drain_for: Duration,
+        beat: Arc<Beat>,
     ) -> Result<(), Fatal> {
         let mut open = true;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Comes round at least every TICK; the watchdog is fed from here.
+            beat.beat();
             if *shutdown.borrow() {
                 break;
             }

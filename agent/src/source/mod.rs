@@ -31,6 +31,7 @@ use crate::pipeline::debounce::{Absorb, DebounceConfig, Debouncer};
 use crate::pipeline::map::Mapping;
 use crate::pipeline::quarantine::Quarantine;
 use crate::pipeline::{AckWatermark, Batch, Encoder};
+use crate::service::Beat;
 
 /// What the agent gives a source to run with.
 pub struct SourceContext {
@@ -55,6 +56,8 @@ pub struct SourceContext {
     pub map: Arc<Mapping>,
     /// The source's `debounce`, if any.
     pub debounce: Option<DebounceConfig>,
+    /// Beaten on every turn of the source's loop; the systemd watchdog is fed from it.
+    pub beat: Arc<Beat>,
 }
 
 /// Events sent to the sink in one batch, at most.
@@ -81,6 +84,9 @@ impl SourceContext {
     /// Offers `batch` to the sink for up to 100 ms; true once it is taken. The caller
     /// does its housekeeping (acks, checkpoints) between offers.
     pub fn offer(&self, batch: &mut Option<Batch>) -> Result<bool, Stopping> {
+        // Waiting here for the sink (a full spool with `when_full = "block"`) is by
+        // design, not a stuck loop.
+        self.beat.beat();
         if *self.shutdown.borrow() {
             return Err(Stopping);
         }

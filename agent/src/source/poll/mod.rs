@@ -190,6 +190,7 @@ impl Poller {
             self.last_error = Some(e);
         }
         loop {
+            self.cx.beat.beat();
             if *self.cx.shutdown.borrow() {
                 break;
             }
@@ -449,8 +450,12 @@ impl Poller {
         let io_err = |what: &str, path: &Path, e: io::Error| (io_msg(what, path, &e), false);
         let mut spill = Spill::create(&self.dir)
             .map_err(|e| io_err("create the scan files in", &self.dir, e))?;
-        let shutdown = self.cx.shutdown.clone();
-        let stop = move || *shutdown.borrow();
+        let (shutdown, beat) = (self.cx.shutdown.clone(), self.cx.beat.clone());
+        // Asked between fetches: a long scan that still fetches is not stuck.
+        let stop = move || {
+            beat.beat();
+            *shutdown.borrow()
+        };
         let max_cursor = match db.scan(since.as_deref(), self.cfg.lookback, &mut spill, &stop) {
             Ok(c) => c,
             Err(ScanError::Stopped) => {

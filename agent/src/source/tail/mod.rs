@@ -206,6 +206,7 @@ impl Tail {
 
     fn run(mut self) {
         loop {
+            self.out.cx.beat.beat();
             if *self.out.cx.shutdown.borrow() {
                 break;
             }

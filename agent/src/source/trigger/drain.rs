@@ -228,6 +228,7 @@ impl Drain {
     pub fn run(mut self) {
         self.cx.counters.db_up.store(0, Ordering::Relaxed);
         loop {
+            self.cx.beat.beat();
             if *self.cx.shutdown.borrow() {
                 break;
             }

@@ -1,0 +1,174 @@
+//! Where log lines go, and in what form.
+//!
+//! - On a terminal: human lines.
+//! - Under systemd (stderr is the journal stream named by `JOURNAL_STREAM`): JSON lines,
+//!   each behind a `<N>` syslog priority prefix, which journald takes off and keeps as
+//!   the entry's `PRIORITY` (so `journalctl -p err -u lockstep` works).
+//! - Anywhere else (a file, a pipe): JSON lines.
+//!
+//! Which lines: a `RUST_LOG`-style filter (`info`, `warn,lockstep::source=debug`), from
+//! `LOCKSTEP_LOG` if set, else `[agent] log` in the config, else `info`. Secrets never
+//! reach a log line: they are [`crate::config::Secret`]s, which print as `***`.
+
+use std::io::{IsTerminal, Write};
+use std::str::FromStr;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The filter used when neither the environment nor the config sets one.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Parses a filter, with an error an operator can act on.
+pub fn parse_filter(spec: &str) -> Result<Targets, String> {
+    Targets::from_str(spec).map_err(|e| {
+        format!("`{spec}` is not a log filter ({e}); write e.g. \"info\" or \"warn,lockstep::source=debug\"")
+    })
+}
+
+/// How the lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Human,
+    Json,
+    /// JSON lines with a syslog priority prefix, for journald.
+    Journal,
+}
+
+/// The form for this process's stderr.
+pub fn detect() -> Form {
+    if std::io::stderr().is_terminal() {
+        Form::Human
+    } else if stderr_is_journal() {
+        Form::Journal
+    } else {
+        Form::Json
+    }
+}
+
+/// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for a service's stdout/stderr stream.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// Installs the global subscriber.
+pub fn init(filter: Targets, form: Form) {
+    let fmt = tracing_subscriber::fmt::layer();
+    let registry = tracing_subscriber::registry().with(filter);
+    match form {
+        Form::Human => registry
+            .with(fmt.with_target(false).with_writer(std::io::stderr))
+            .init(),
+        Form::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        Form::Journal => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(JournalStderr),
+            )
+            .init(),
+    }
+}
+
+/// The syslog priority journald reads from a line's `<N>` prefix.
+pub fn priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// Stderr, each line behind its level's syslog priority prefix.
+struct JournalStderr;
+
+impl<'a> MakeWriter<'a> for JournalStderr {
+    type Writer = PrefixedLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        PrefixedLine::new(&Level::INFO)
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        PrefixedLine::new(meta.level())
+    }
+}
+
+/// One event's line: the prefix goes out with its first bytes, in the same write.
+struct PrefixedLine {
+    prefix: Option<[u8; 3]>,
+}
+
+impl PrefixedLine {
+    fn new(level: &Level) -> Self {
+        Self {
+            prefix: Some([b'<', b'0' + priority(level), b'>']),
+        }
+    }
+}
+
+impl Write for PrefixedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        match self.prefix.take() {
+            Some(p) => {
+                let mut line = Vec::with_capacity(p.len() + buf.len());
+                line.extend_from_slice(&p);
+                line.extend_from_slice(buf);
+                err.write_all(&line)?;
+            }
+            None => err.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_like_rust_log_and_a_bad_one_says_what_to_write() {
+        let t = parse_filter("warn,lockstep::source=debug").unwrap();
+        assert!(t.would_enable("lockstep::source::tail", &Level::DEBUG));
+        assert!(!t.would_enable("lockstep::sink", &Level::INFO));
+        assert!(t.would_enable("async_nats", &Level::WARN));
+        let e = parse_filter("lockstep=loud").unwrap_err();
+        assert!(e.contains("lockstep=loud") && e.contains("\"info\""), "{e}");
+    }
+
+    #[test]
+    fn journal_priorities_follow_syslog() {
+        assert_eq!(priority(&Level::ERROR), 3);
+        assert_eq!(priority(&Level::WARN), 4);
+        assert_eq!(priority(&Level::INFO), 6);
+        assert_eq!(priority(&Level::DEBUG), 7);
+        assert_eq!(priority(&Level::TRACE), 7);
+    }
+}
