@@ -73,6 +73,54 @@ pub struct Metrics {
     pub spool_dropped: AtomicU64,
     pub spool_corrupt_frames: AtomicU64,
     pub spool_write_errors: AtomicU64,
+    /// From capture to JetStream's ack, per event.
+    pub capture_to_ack: Histogram,
+}
+
+/// Upper bounds (seconds) of the capture-to-ack histogram's buckets: from a live
+/// pipeline's milliseconds to an hour-long outage drained from the spool.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0,
+];
+
+/// A Prometheus histogram over [`LATENCY_BUCKETS`], in atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last is +Inf.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ms: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_ms(&self, ms: i64) {
+        let ms = ms.max(0) as u64;
+        let secs = ms as f64 / 1000.0;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut total = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Ordering::Relaxed);
+            match LATENCY_BUCKETS.get(i) {
+                Some(b) => {
+                    let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {total}");
+    }
 }
 
 impl Metrics {
@@ -381,7 +429,56 @@ impl Metrics {
         for (name, kind, help, v) in globals {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        self.capture_to_ack.render(
+            &mut o,
+            "lockstep_capture_to_ack_seconds",
+            "From an event's capture to JetStream's ack (spooled events included).",
+        );
         o
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_documented_in_operations_md() {
+        let docs = include_str!("../../../docs/operations.md");
+        let m = Metrics::default();
+        m.table("s", "t");
+        let c = m.source("s");
+        c.is_poll.store(true, Ordering::Relaxed);
+        c.debounced.store(true, Ordering::Relaxed);
+        let text = m.render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 33, "{names:?}");
+        for n in names {
+            assert!(
+                docs.contains(&format!("| `{n}` |")),
+                "{n} is not in the metrics table of docs/operations.md"
+            );
+        }
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_sum_in_seconds() {
+        let h = Histogram::default();
+        for ms in [3, 40, 40, 2_000, 7_200_000] {
+            h.observe_ms(ms);
+        }
+        let mut o = String::new();
+        h.render(&mut o, "x", "help");
+        assert!(o.contains("x_bucket{le=\"0.005\"} 1\n"), "{o}");
+        assert!(o.contains("x_bucket{le=\"0.05\"} 3\n"), "{o}");
+        assert!(o.contains("x_bucket{le=\"2.5\"} 4\n"), "{o}");
+        assert!(o.contains("x_bucket{le=\"3600\"} 4\n"), "{o}");
+        assert!(o.contains("x_bucket{le=\"+Inf\"} 5\n"), "{o}");
+        assert!(o.contains("x_sum 7202.083\nx_count 5\n"), "{o}");
     }
 }
 

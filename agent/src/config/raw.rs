@@ -1387,6 +1387,20 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.nats.auth, NatsAuth::Token(Secret::for_tests("s3cret")));
+        // The packaged unit loads /etc/lockstep/credentials as `lockstep_<file>`.
+        std::fs::write(dir.path().join("lockstep_nats-password"), "pa55\n").unwrap();
+        let c = parse_str(&MINIMAL.replace(
+            "[[source]]",
+            "[nats]\nuser = \"u\"\npassword = { file = \"nats-password\" }\n\n[[source]]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.nats.auth,
+            NatsAuth::UserPassword {
+                user: "u".into(),
+                password: Secret::for_tests("pa55")
+            }
+        );
         std::env::set_var("LOCKSTEP_TEST_PW", "pw");
         let c = parse_str(&MINIMAL.replace(
             "[[source]]",

@@ -60,15 +60,27 @@ impl RawSecret {
     }
 }
 
-/// Where a secret file lives: a bare name is looked up in `$CREDENTIALS_DIRECTORY`.
+/// Where a secret file lives: a bare name is looked up in `$CREDENTIALS_DIRECTORY`, as
+/// `<name>` or, when the packaged unit loaded the directory /etc/lockstep/credentials
+/// under the ID `lockstep`, as `lockstep_<name>`.
 pub fn credential_path(file: &str) -> PathBuf {
     if !file.contains('/') {
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-            return PathBuf::from(dir).join(file);
+            let dir = PathBuf::from(dir);
+            let plain = dir.join(file);
+            let loaded = dir.join(format!("{CREDENTIAL_ID}_{file}"));
+            return if !plain.exists() && loaded.exists() {
+                loaded
+            } else {
+                plain
+            };
         }
     }
     PathBuf::from(file)
 }
+
+/// The credential ID the packaged unit loads /etc/lockstep/credentials under.
+pub const CREDENTIAL_ID: &str = "lockstep";
 
 #[cfg(test)]
 impl Secret {

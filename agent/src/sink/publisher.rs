@@ -442,6 +442,9 @@ impl Publisher {
             .pop_front()
             .expect("an ack is for the front message");
         done.msg.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .capture_to_ack
+            .observe_ms(crate::pipeline::now_ms() - done.msg.captured_ms);
         self.failures = 0;
         match done.origin {
             Origin::Live(source) => self.watermarks[source].advance(done.msg.seq),

@@ -1,0 +1,4 @@
+/usr/share/lockstep/setup
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || :
+fi
