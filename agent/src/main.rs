@@ -42,8 +42,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        // Checked when the config was read.
-        Err(_) => logging::parse_filter(&cfg.agent.log).unwrap_or_default(),
+        // The agent logs as configured (checked when the config was read); the other
+        // commands print their own answers, and only warnings and errors besides.
+        Err(_) => match cli.command {
+            Command::Run { .. } => logging::parse_filter(&cfg.agent.log).unwrap_or_default(),
+            _ => logging::parse_filter("warn").unwrap_or_default(),
+        },
     };
     logging::init(filter, logging::detect());
     match cli.command {

@@ -7,6 +7,7 @@
 //! target/release/lockstep-bench spool [--lines 1000000]
 //! target/release/lockstep-bench trigger [--db postgres|mariadb] [--updates 100000]
 //! target/release/lockstep-bench poll [--db postgres|mariadb] [--rows 1000000]
+//! target/release/lockstep-bench idle [--seconds 60]
 //! ```
 //!
 //! `tail`: N JSON lines of about 250 bytes are written to a file; lockstep (the release
@@ -22,6 +23,7 @@
 //! server.
 
 mod debounce;
+mod idle;
 mod poll;
 mod trigger;
 
@@ -72,7 +74,13 @@ async fn main() -> Result<()> {
                 .context("--rows takes a number")?;
             poll::poll(&db, rows).await
         }
-        other => bail!("unknown scenario `{other}` (scenarios: tail, spool, trigger, poll)"),
+        "idle" => {
+            let secs = flag("--seconds")
+                .map_or(Ok(60), |s| s.parse::<u64>())
+                .context("--seconds takes a number")?;
+            idle::idle(secs).await
+        }
+        other => bail!("unknown scenario `{other}` (scenarios: tail, spool, trigger, poll, idle)"),
     }
 }
 

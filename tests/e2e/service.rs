@@ -79,8 +79,8 @@ async fn notify_socket_hears_ready_watchdog_and_stopping_and_no_watchdog_while_a
         &w.dir().join("agent.log"),
         &[
             ("NOTIFY_SOCKET", &sock),
-            // 2 s: pings every second; a loop quiet for 2 s is stuck.
-            ("WATCHDOG_USEC", Path::new("2000000")),
+            // 3 s: pings every 1.5 s; a loop quiet for 3 s is stuck.
+            ("WATCHDOG_USEC", Path::new("3000000")),
         ],
     );
     wait_for("READY=1", Duration::from_secs(30), || {
@@ -126,7 +126,7 @@ async fn notify_socket_hears_ready_watchdog_and_stopping_and_no_watchdog_while_a
     assert_eq!(code, 0);
     assert!(out.contains("STUCK        source vista"), "{out}");
     // Three ping periods with no ping: systemd would now kill and restart the agent.
-    let quiet_until = stuck_at + Duration::from_secs(3);
+    let quiet_until = stuck_at + Duration::from_millis(4500);
     while Instant::now() < quiet_until {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

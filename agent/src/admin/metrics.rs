@@ -80,8 +80,7 @@ pub struct Metrics {
 /// Upper bounds (seconds) of the capture-to-ack histogram's buckets: from a live
 /// pipeline's milliseconds to an hour-long outage drained from the spool.
 pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-    3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
 /// A Prometheus histogram over [`LATENCY_BUCKETS`], in atomics.
