@@ -360,3 +360,46 @@ async fn secrets_never_reach_logs_status_metrics_or_check() {
         }
     }
 }
+
+#[tokio::test]
+async fn under_systemd_log_lines_are_json_behind_journald_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
+    // A line the source cannot read: a warning in the log.
+    append(&w.logs().join("a.log"), ["not json".to_owned(), line(1)]);
+    // systemd names the journal stream it connects stderr to: here, the log file.
+    let log = w.dir().join("agent.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let m = file.metadata().unwrap();
+    let mut child = std::process::Command::new(lockstep_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut levels = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let (prio, json) = l.split_at(3);
+        let v: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {l}"));
+        let level = v["level"].as_str().unwrap();
+        let want = match level {
+            "ERROR" => "<3>",
+            "WARN" => "<4>",
+            "INFO" => "<6>",
+            _ => "<7>",
+        };
+        assert_eq!(prio, want, "{l}");
+        levels.insert(level.to_owned());
+    }
+    assert!(levels.contains("INFO") && levels.contains("WARN"), "{text}");
+    // The default filter is `info`: no debug lines.
+    assert!(!levels.contains("DEBUG"), "{text}");
+}
