@@ -127,6 +127,7 @@ async fn notify_socket_hears_ready_watchdog_and_stopping_and_no_watchdog_while_a
     assert!(out.contains("STUCK        source vista"), "{out}");
     // Three ping periods with no ping: systemd would now kill and restart the agent.
     let quiet_until = stuck_at + Duration::from_millis(4500);
+    // Absence is asserted over a window, so the test waits it out.
     while Instant::now() < quiet_until {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -186,6 +187,7 @@ async fn status_shows_positions_rates_spool_and_nats_and_says_when_the_agent_is_
     while Instant::now() < until {
         append(&file, (next..next + 20).map(line));
         next += 20;
+        // Pacing the workload (20 lines every 100 ms), not waiting for a result.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (code, out, err) = lockstep(&["status", "--json", "--config", cfg_s]);
