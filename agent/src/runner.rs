@@ -48,6 +48,8 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("cannot start the watchdog thread: {0}")]
+    Watchdog(std::io::Error),
     #[error("cannot start source {name}: {source}")]
     Source {
         name: String,
@@ -172,10 +174,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         shutdown.clone(),
         cfg.sources.len(),
     )
-    .map_err(|source| RunError::Source {
-        name: "watchdog".into(),
-        source,
-    })?;
+    .map_err(RunError::Watchdog)?;
     let sampler = {
         let (status, metrics, mut shutdown) = (status.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {

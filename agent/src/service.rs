@@ -52,11 +52,6 @@ impl Beat {
     pub fn beat(&self) {
         self.last.store(mono_ms(), Ordering::Relaxed);
     }
-
-    /// A beat for a loop no watchdog looks at (tools and tests that drive one part).
-    pub fn detached(name: &str) -> Arc<Beat> {
-        Liveness::default().register(name)
-    }
 }
 
 /// Every loop's [`Beat`].
