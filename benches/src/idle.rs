@@ -65,9 +65,10 @@ pub async fn idle(window_secs: u64) -> Result<()> {
         "scenario idle: one tail source, no changes, nats-server {}; {window_secs} s window after a 10 s warm-up, 2 cores",
         nats.version
     );
-    // Warm-up: connect, create the stream, settle.
+    // Warm-up: connect, create the stream, settle. The waits are the measurement itself.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (a0, n0) = (sample(pid), sample(npid));
+    // The measured window: the agent is left alone for it.
     tokio::time::sleep(Duration::from_secs(window_secs)).await;
     let (a1, n1) = (sample(pid), sample(npid));
     if let Some(status) = agent.try_wait()? {

@@ -233,18 +233,28 @@ listen = "{admin}"
         self.admin_port = Some(l.local_addr().unwrap().port());
     }
 
-    /// The body of `GET <path>` on the running agent's admin endpoint ("" when it cannot
-    /// be read).
-    fn admin_get(&self, path: &str) -> String {
+    /// `GET <path>` on the running agent's admin endpoint: the status code and the body
+    /// ((0, "") when it cannot be read).
+    pub fn admin(&self, path: &str) -> (u16, String) {
         use std::io::Read;
         let port = self.admin_port.expect("with_admin() first");
         let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return String::new();
+            return (0, String::new());
         };
         let _ = c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-        let mut body = String::new();
-        let _ = c.read_to_string(&mut body);
-        body
+        let mut resp = String::new();
+        let _ = c.read_to_string(&mut resp);
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (code, body.to_owned())
+    }
+
+    fn admin_get(&self, path: &str) -> String {
+        self.admin(path).1
     }
 
     /// A metric's value from the running agent's `/metrics` (0 when it cannot be read).
@@ -272,10 +282,7 @@ listen = "{admin}"
 
     /// The running agent's `/status` (null when it cannot be read).
     pub fn status(&self) -> serde_json::Value {
-        let body = self.admin_get("/status");
-        body.split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(&self.admin_get("/status")).unwrap_or(serde_json::Value::Null)
     }
 
     /// `lockstep spool <args>` against this world's config: its stdout.

@@ -51,17 +51,6 @@ impl FakeSystemd {
     }
 }
 
-fn admin(w: &World, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", w.admin_port.unwrap())).unwrap();
-    c.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut r = String::new();
-    c.read_to_string(&mut r).unwrap();
-    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, r.split_once("\r\n\r\n").unwrap().1.to_owned())
-}
-
 #[tokio::test]
 async fn notify_socket_hears_ready_watchdog_and_stopping_and_no_watchdog_while_a_source_is_stuck() {
     let mut w = World::new();
@@ -107,11 +96,11 @@ async fn notify_socket_hears_ready_watchdog_and_stopping_and_no_watchdog_while_a
     wait_for(
         "the stuck source on /healthz",
         Duration::from_secs(20),
-        || admin(&w, "/healthz").0 == 503,
+        || w.admin("/healthz").0 == 503,
     )
     .await;
     let stuck_at = Instant::now();
-    let (_, body) = admin(&w, "/healthz");
+    let (_, body) = w.admin("/healthz");
     assert_eq!(body, "stuck: source vista\n");
     assert!(
         agent_log(&w).contains("source vista has not moved for"),
@@ -144,7 +133,7 @@ async fn notify_socket_hears_ready_watchdog_and_stopping_and_no_watchdog_while_a
         systemd.pings_since(released) >= 2
     })
     .await;
-    assert_eq!(admin(&w, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(w.admin("/healthz"), (200, "ok\n".to_owned()));
     assert!(agent_log(&w).contains("source vista is moving again"));
     db.sql("UPDATE appointments SET clinic = 'East' WHERE id = 1;");
     assert_eq!(w.wait_count(3, Duration::from_secs(30)).await, 3);
@@ -334,8 +323,8 @@ async fn secrets_never_reach_logs_status_metrics_or_check() {
         seen.contains("down-pg"),
         "check and status name the sources: {seen}"
     );
-    seen.push_str(&admin(&w, "/metrics").1);
-    seen.push_str(&admin(&w, "/status").1);
+    seen.push_str(&w.admin("/metrics").1);
+    seen.push_str(&w.admin("/status").1);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
