@@ -300,22 +300,12 @@ async fn drop_oldest_counts_exactly_what_is_missing_downstream() {
 /// "Duplicates after a long outage").
 #[tokio::test]
 async fn an_outage_longer_than_the_duplicate_window_sends_nothing_twice() {
-    use async_nats::jetstream::stream;
     let mut w = World::new();
     w.with_admin();
     // Every frame fsynced before a position moves (the default is "batch").
     w.agent_extra = "[spool]\nfsync = \"always\"".into();
-    w.js()
-        .await
-        .create_stream(stream::Config {
-            name: w.stream.clone(),
-            subjects: vec![format!("{}.>", w.prefix)],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    w.create_stream(|c| c.duplicate_window = Duration::from_secs(1))
+        .await;
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
     let file = w.logs().join("app.log");
     let mut agent = w.agent(&cfg);
