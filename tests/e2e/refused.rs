@@ -115,6 +115,10 @@ async fn a_line_over_max_payload_is_quarantined_and_the_rest_arrives() {
     })
     .await;
     assert_eq!(w.metric_sum("lockstep_events_refused_total"), 2);
+    assert!(
+        agent_log(&w).contains("max_record_bytes = 1048576 bytes, but the NATS server takes messages of at most max_payload = 1048576"),
+        "a warning at connect: the default max_record_bytes is too close to max_payload"
+    );
     assert_eq!(w.admin("/healthz").0, 200, "healthy again");
     assert_eq!(agent.stop(), Some(0));
 
