@@ -258,3 +258,36 @@ async fn poll_a_huge_row_is_quarantined_and_the_rest_arrives() {
         .to_owned();
     assert_refused(&refused[0], &position, "max_payload", &agent_log(&w));
 }
+
+/// A stream deleted under the running agent (as while an operator re-creates it): the
+/// publishes meet no responders, which is transient — retried until the stream is back
+/// (the agent re-creates it), never quarantined.
+#[tokio::test]
+async fn a_stream_re_created_under_the_agent_is_retried_not_refused() {
+    let mut w = World::new();
+    w.with_admin();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let file = w.logs().join("app.log");
+    let mut agent = w.agent(&cfg);
+    append(&file, (0..300).map(line));
+    assert_eq!(w.wait_count(300, Duration::from_secs(60)).await, 300);
+    w.js().await.delete_stream(&w.stream).await.unwrap();
+    append(&file, (300..600).map(line));
+    wait_for(
+        "the stream to be re-created",
+        Duration::from_secs(30),
+        || agent_log(&w).contains("sending"),
+    )
+    .await;
+    assert_eq!(
+        w.wait_count(300, Duration::from_secs(60)).await,
+        300,
+        "{}",
+        agent_log(&w)
+    );
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_eq!(ids_in(&msgs), (300..600).collect());
+    assert!(w.refused("vista").is_empty());
+    assert!(agent_log(&w).contains("retrying with backoff"));
+}
