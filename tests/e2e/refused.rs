@@ -276,7 +276,7 @@ async fn a_stream_re_created_under_the_agent_is_retried_not_refused() {
     wait_for(
         "the stream to be re-created",
         Duration::from_secs(30),
-        || agent_log(&w).contains("sending"),
+        || agent_log(&w).contains("spooled event(s) first"),
     )
     .await;
     assert_eq!(
