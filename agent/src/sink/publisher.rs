@@ -783,3 +783,34 @@ impl Publisher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_message_per_key_in_flight() {
+        let mut k = KeysInFlight::default();
+        assert!(k.may_send(7, 0));
+        k.add(7);
+        assert!(!k.may_send(7, 1), "a key waits for its ack");
+        assert!(k.may_send(8, 1), "other keys go on");
+        assert!(k.may_send(KEY_NONE, 1), "events without a key are not held");
+        assert!(
+            !k.may_send(KEY_UNKNOWN, 1),
+            "an unknown key waits for everything"
+        );
+        k.remove(7);
+        assert!(k.may_send(7, 0));
+        k.add(KEY_UNKNOWN);
+        assert!(
+            !k.may_send(8, 1) && !k.may_send(KEY_NONE, 1),
+            "nothing passes an unknown key"
+        );
+        k.remove(KEY_UNKNOWN);
+        assert!(k.may_send(8, 0));
+        k.add(9);
+        k.clear();
+        assert!(k.may_send(9, 0));
+    }
+}
