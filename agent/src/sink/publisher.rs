@@ -53,8 +53,10 @@
 //! The cost: a key changed faster than one ack round trip waits for the round trip
 //! each time; with K keys changing in turn, at most K messages are in flight. Locally
 //! (an ack in well under a millisecond) that is invisible; over a WAN link with 50 ms
-//! round trips, 20 hot keys go at about 20 / 0.05 s = 400 events/s. Debouncing
-//! (`debounce`) merges such bursts before they reach the publisher.
+//! round trips, 20 hot keys go at about 20 / 0.05 s = 400 events/s. As the line is
+//! held at its head, events of other keys queued behind a waiting one wait too (that
+//! keeps source order across keys). Debouncing (`debounce`) merges such bursts before
+//! they reach the publisher.
 //!
 //! # Refused events
 //!
