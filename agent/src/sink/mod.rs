@@ -19,5 +19,6 @@
 
 pub mod backoff;
 pub mod jetstream;
+pub mod keys;
 pub mod publisher;
 pub mod refusal;

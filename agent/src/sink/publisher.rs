@@ -67,9 +67,8 @@
 //! after it goes on. If the quarantine cannot be written, it is treated as a transient
 //! failure and tried again.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -82,12 +81,13 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
-use lockstep_formats::frame::{RawBytes, SpoolEvent, KEY_NONE, KEY_UNKNOWN};
+use lockstep_formats::frame::{RawBytes, SpoolEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::backoff;
 use super::jetstream::{ensure_stream, SinkError};
+use super::keys::KeysInFlight;
 use super::refusal::{check_record_limits, classify, Failure, Refusals};
 use crate::admin::events::{EventRefused, PublishFailed, SpoolWriteFailed};
 use crate::admin::metrics::{Metrics, TableCounters};
@@ -120,69 +120,6 @@ struct InFlight {
 
 /// The publisher stopped because the spool could not be made durable.
 pub type Fatal = SpoolError;
-
-/// Key hashes are xxh3 already: hashed again as they are.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// The keys with a message awaiting its ack (one each at most), and how many messages
-/// of unknown key are in flight.
-#[derive(Default)]
-struct KeysInFlight {
-    keys: HashSet<u64, BuildHasherDefault<KeyHasher>>,
-    unknown: usize,
-}
-
-impl KeysInFlight {
-    /// May a message of `key` be handed to the client, with `flying` messages in flight?
-    fn may_send(&self, key: u64, flying: usize) -> bool {
-        match key {
-            KEY_UNKNOWN => flying == 0,
-            _ if self.unknown > 0 => false,
-            KEY_NONE => true,
-            k => !self.keys.contains(&k),
-        }
-    }
-
-    fn add(&mut self, key: u64) {
-        match key {
-            KEY_UNKNOWN => self.unknown += 1,
-            KEY_NONE => {}
-            k => {
-                self.keys.insert(k);
-            }
-        }
-    }
-
-    fn remove(&mut self, key: u64) {
-        match key {
-            KEY_UNKNOWN => self.unknown = self.unknown.saturating_sub(1),
-            KEY_NONE => {}
-            k => {
-                self.keys.remove(&k);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.keys.clear();
-        self.unknown = 0;
-    }
-}
 
 pub struct Publisher {
     js: jetstream::Context,
@@ -783,36 +720,5 @@ impl Publisher {
         self.retry_at =
             Some(Instant::now() + backoff::delay(self.failures, Duration::from_secs(10)));
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_message_per_key_in_flight() {
-        let mut k = KeysInFlight::default();
-        assert!(k.may_send(7, 0));
-        k.add(7);
-        assert!(!k.may_send(7, 1), "a key waits for its ack");
-        assert!(k.may_send(8, 1), "other keys go on");
-        assert!(k.may_send(KEY_NONE, 1), "events without a key are not held");
-        assert!(
-            !k.may_send(KEY_UNKNOWN, 1),
-            "an unknown key waits for everything"
-        );
-        k.remove(7);
-        assert!(k.may_send(7, 0));
-        k.add(KEY_UNKNOWN);
-        assert!(
-            !k.may_send(8, 1) && !k.may_send(KEY_NONE, 1),
-            "nothing passes an unknown key"
-        );
-        k.remove(KEY_UNKNOWN);
-        assert!(k.may_send(8, 0));
-        k.add(9);
-        k.clear();
-        assert!(k.may_send(9, 0));
     }
 }
