@@ -167,6 +167,16 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         spool,
         metrics.clone(),
         watermarks,
+        state_dir,
+    )
+    .check_record_limits(
+        cfg.sources
+            .iter()
+            .filter_map(|s| match &s.kind {
+                SourceKind::Tail(t) => Some((s.name.clone(), t.max_record_bytes)),
+                _ => None,
+            })
+            .collect(),
     );
     let watchdog = service::spawn_watchdog(
         liveness,

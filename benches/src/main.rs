@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p lockstep -p lockstep-benches
-//! target/release/lockstep-bench tail [--lines 1000000]
+//! target/release/lockstep-bench tail [--lines 1000000] [--keys K] [--latency 50ms]
 //! target/release/lockstep-bench spool [--lines 1000000]
 //! target/release/lockstep-bench trigger [--db postgres|mariadb] [--updates 100000]
 //! target/release/lockstep-bench poll [--db postgres|mariadb] [--rows 1000000]
@@ -14,7 +14,12 @@
 //! binary next to this one) tails it into a JetStream stream (file storage) on a
 //! throwaway nats-server. The raw limit is a plain async-nats loop publishing the same
 //! lines with `Nats-Msg-Id`, pipelined (4096 in flight, acks awaited in order), to
-//! another stream on the same server. Peak RSS is lockstep's VmHWM.
+//! another stream on the same server. Peak RSS is lockstep's VmHWM. `--keys K`: line
+//! `i` changes appointment `i % K` (a hot set of K keys; by default every line is its
+//! own key). `--latency 50ms`: lockstep and the raw publisher reach the server through
+//! a TCP proxy that adds that much to every round trip, as over a WAN; with hot keys
+//! this measures the cost of keeping each key's order (one ack round trip per event of
+//! a key), e.g. `tail --lines 20000 --keys 20 --latency 50ms`.
 //!
 //! `spool`: the broker is down; lockstep tails N lines into its spool (ingest: events/s
 //! until all N are appended, MB/s written, compression ratio). Then the broker starts
@@ -25,6 +30,7 @@
 mod debounce;
 mod idle;
 mod poll;
+mod proxy;
 mod trigger;
 
 use std::collections::VecDeque;
@@ -58,7 +64,17 @@ async fn main() -> Result<()> {
     };
     match scenario {
         "tail" if args.iter().any(|a| a == "--debounce") => debounce::debounce(lines).await,
-        "tail" => tail(lines).await,
+        "tail" => {
+            let keys = flag("--keys")
+                .map(|s| s.parse::<u64>())
+                .transpose()
+                .context("--keys takes a number")?;
+            let latency = flag("--latency")
+                .map(|s| parse_ms(&s))
+                .transpose()
+                .context("--latency takes milliseconds, e.g. 50ms")?;
+            tail(lines, keys, latency).await
+        }
         "spool" => spool(lines).await,
         "trigger" => {
             let db = flag("--db").unwrap_or_else(|| "postgres".into());
@@ -82,6 +98,13 @@ async fn main() -> Result<()> {
         }
         other => bail!("unknown scenario `{other}` (scenarios: tail, spool, trigger, poll, idle)"),
     }
+}
+
+/// `50ms` or `50`: a duration in milliseconds.
+fn parse_ms(s: &str) -> Result<Duration> {
+    Ok(Duration::from_millis(
+        s.trim_end_matches("ms").parse::<u64>()?,
+    ))
 }
 
 fn record(i: u64) -> String {
@@ -296,17 +319,25 @@ async fn spool(n: u64) -> Result<()> {
     Ok(())
 }
 
-async fn tail(n: u64) -> Result<()> {
+async fn tail(n: u64, keys: Option<u64>, latency: Option<Duration>) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let nats = NatsServer::start(tmp.path())?;
-    let url = format!("nats://127.0.0.1:{}", nats.port);
+    // The bench's own reads go straight to the server; lockstep and the raw publisher
+    // go through the proxy when there is one.
+    let direct = format!("nats://127.0.0.1:{}", nats.port);
+    let url = match latency {
+        Some(l) => format!("nats://127.0.0.1:{}", proxy::start(nats.port, l).await?),
+        None => direct.clone(),
+    };
+    let keys_n = keys.unwrap_or(n).max(1);
     println!(
-        "scenario tail: {n} lines, nats-server {} (JetStream, file storage), 2 cores",
-        nats.version
+        "scenario tail: {n} lines over {keys_n} keys, nats-server {} (JetStream, file storage), {}, 2 cores",
+        nats.version,
+        latency.map_or("no added latency".to_owned(), |l| format!("{} ms added to each round trip (TCP proxy)", l.as_millis()))
     );
 
     let logs = tmp.path().join("logs");
-    let bytes = write_lines(&logs, n)?;
+    let bytes = write_lines_over(&logs, n, keys_n)?;
     println!(
         "  input: {:.1} MiB, {} bytes per line on average",
         bytes as f64 / 1048576.0,
@@ -315,7 +346,8 @@ async fn tail(n: u64) -> Result<()> {
 
     // The raw limit: the same lines, published with ids, pipelined.
     let client = async_nats::connect(&url).await?;
-    let js = jetstream::new(client.clone());
+    let raw_js = jetstream::new(client.clone());
+    let js = jetstream::new(async_nats::connect(&direct).await?);
     js.create_stream(stream::Config {
         name: "RAW".into(),
         subjects: vec!["raw.>".into()],
@@ -323,13 +355,17 @@ async fn tail(n: u64) -> Result<()> {
         ..Default::default()
     })
     .await?;
-    let lines: Vec<Bytes> = (0..n).map(|i| Bytes::from(record(i))).collect();
-    let (raw_lines_secs, raw_lines_rate) = raw_publish(&js, "raw.lines", &lines).await?;
+    let lines: Vec<Bytes> = (0..n)
+        .map(|i| Bytes::from(record_of(i, i % keys_n)))
+        .collect();
+    let (raw_lines_secs, raw_lines_rate) = raw_publish(&raw_js, "raw.lines", &lines).await?;
     drop(lines);
     // The same bytes lockstep sends: each line wrapped in its change-event envelope.
-    let envelopes: Vec<Bytes> = (0..n).map(|i| envelope(&record(i), i)).collect();
+    let envelopes: Vec<Bytes> = (0..n)
+        .map(|i| envelope(&record_of(i, i % keys_n), i % keys_n))
+        .collect();
     let env_bytes = envelopes.iter().map(|b| b.len()).sum::<usize>() as f64 / n as f64;
-    let (raw_secs, raw_rate) = raw_publish(&js, "raw.envelopes", &envelopes).await?;
+    let (raw_secs, raw_rate) = raw_publish(&raw_js, "raw.envelopes", &envelopes).await?;
     drop(envelopes);
 
     // lockstep, tailing the file into its own stream on the same server.

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! offset size field
-//!      0    4 magic "LSF1"
+//!      0    4 magic "LSF2" (or "LSF1": the version before events carried a key hash)
 //!      4    4 body_len      compressed body length (u32 LE)
 //!      8    4 raw_len       body length before compression
 //!     12    4 count         events in the frame
@@ -19,13 +19,23 @@
 //! past the header, so a flipped bit in a length can never send a reader off to a wrong
 //! offset; `body_check` catches damage in the body. A reader that meets a bad header
 //! looks for the next offset where a valid header starts ([`find_header`]).
+//!
+//! Versions: `LSF2` frames hold [`SpoolEvent`]s with their `key_hash`; `LSF1` frames,
+//! written by lockstep before it ordered publishes by key, hold the same events without
+//! it. Both are read (an `LSF1` event gets [`KEY_UNKNOWN`]); only `LSF2` is written.
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
-pub const MAGIC: [u8; 4] = *b"LSF1";
+pub const MAGIC: [u8; 4] = *b"LSF2";
+/// The magic of version 1 frames (events without `key_hash`): read, never written.
+pub const MAGIC_V1: [u8; 4] = *b"LSF1";
+/// `key_hash` of an event without a key.
+pub const KEY_NONE: u64 = 0;
+/// `key_hash` of an event whose key is not known (read from a version 1 frame).
+pub const KEY_UNKNOWN: u64 = u64::MAX;
 pub const HEADER_LEN: usize = 48;
 /// No frame body, compressed or not, is larger than this; a header that says otherwise
 /// is damaged.
@@ -42,6 +52,48 @@ pub struct SpoolEvent<'a> {
     pub captured_ms: i64,
     #[serde(borrow)]
     pub payload: RawBytes<'a>,
+    /// The event's key identity for ordering (see the agent's `pipeline::Outgoing`);
+    /// [`KEY_NONE`] without a key.
+    pub key_hash: u64,
+}
+
+/// An event of a version 1 frame: a [`SpoolEvent`] without `key_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SpoolEventV1<'a> {
+    source: &'a str,
+    table: &'a str,
+    subject: &'a str,
+    msg_id: &'a str,
+    captured_ms: i64,
+    #[serde(borrow)]
+    payload: RawBytes<'a>,
+}
+
+impl<'a> From<SpoolEventV1<'a>> for SpoolEvent<'a> {
+    fn from(e: SpoolEventV1<'a>) -> Self {
+        SpoolEvent {
+            source: e.source,
+            table: e.table,
+            subject: e.subject,
+            msg_id: e.msg_id,
+            captured_ms: e.captured_ms,
+            payload: e.payload,
+            key_hash: KEY_UNKNOWN,
+        }
+    }
+}
+
+impl<'a> From<SpoolEvent<'a>> for SpoolEventV1<'a> {
+    fn from(e: SpoolEvent<'a>) -> Self {
+        SpoolEventV1 {
+            source: e.source,
+            table: e.table,
+            subject: e.subject,
+            msg_id: e.msg_id,
+            captured_ms: e.captured_ms,
+            payload: e.payload,
+        }
+    }
 }
 
 /// Bytes written with serde's `bytes` type, so postcard copies them in one piece.
@@ -73,6 +125,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawBytes<'a> {
 /// A frame header, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// 2, or 1 for a frame written before events carried a key hash.
+    pub version: u8,
     pub body_len: u32,
     pub raw_len: u32,
     pub count: u32,
@@ -95,6 +149,7 @@ impl FrameHeader {
     /// The header of a frame whose compressed body is `body` (the checksum is computed).
     pub fn for_body(first_seq: u64, count: u32, raw_len: u32, first_ms: i64, body: &[u8]) -> Self {
         FrameHeader {
+            version: 2,
             body_len: body.len() as u32,
             raw_len,
             count,
@@ -107,7 +162,7 @@ impl FrameHeader {
     /// The header's 48 bytes, with its own checksum.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        b[0..4].copy_from_slice(&MAGIC);
+        b[0..4].copy_from_slice(if self.version == 1 { &MAGIC_V1 } else { &MAGIC });
         b[4..8].copy_from_slice(&self.body_len.to_le_bytes());
         b[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
         b[12..16].copy_from_slice(&self.count.to_le_bytes());
@@ -147,15 +202,18 @@ pub fn parse_header(b: &[u8]) -> Result<FrameHeader, FrameError> {
     if b.len() < HEADER_LEN {
         return Err(FrameError::ShortHeader(b.len()));
     }
-    if b[0..4] != MAGIC {
-        return Err(FrameError::BadMagic);
-    }
+    let version = match b[0..4].try_into().expect("4 bytes") {
+        MAGIC => 2,
+        MAGIC_V1 => 1,
+        _ => return Err(FrameError::BadMagic),
+    };
     let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
     if xxh3_64(&b[0..40]) != u64_at(40) {
         return Err(FrameError::HeaderChecksum);
     }
     let h = FrameHeader {
+        version,
         body_len: u32_at(4),
         raw_len: u32_at(8),
         count: u32_at(12),
@@ -178,7 +236,7 @@ pub fn find_header(b: &[u8], from: usize) -> Option<usize> {
     while i + HEADER_LEN <= b.len() {
         let at = b[i..b.len() - HEADER_LEN + 4]
             .windows(4)
-            .position(|w| w == MAGIC)?;
+            .position(|w| w == MAGIC || w == MAGIC_V1)?;
         i += at;
         if parse_header(&b[i..]).is_ok() {
             return Some(i);
@@ -224,6 +282,22 @@ impl FrameWriter {
     where
         I: IntoIterator<Item = SpoolEvent<'a>>,
     {
+        self.encode_version(2, first_seq, events, out)
+    }
+
+    /// As [`FrameWriter::encode`], in frame version `version`: 1 writes what lockstep
+    /// wrote before events carried a key hash (dropping `key_hash`), for tests that an
+    /// old spool is still read.
+    pub fn encode_version<'a, I>(
+        &mut self,
+        version: u8,
+        first_seq: u64,
+        events: I,
+        out: &mut Vec<u8>,
+    ) -> Result<FrameHeader, std::io::Error>
+    where
+        I: IntoIterator<Item = SpoolEvent<'a>>,
+    {
         self.raw.clear();
         let mut count = 0u32;
         let mut first_ms = 0;
@@ -233,7 +307,12 @@ impl FrameWriter {
             }
             count += 1;
             let raw = std::mem::take(&mut self.raw);
-            self.raw = postcard::to_extend(&e, raw).map_err(std::io::Error::other)?;
+            self.raw = if version == 1 {
+                postcard::to_extend(&SpoolEventV1::from(e), raw)
+            } else {
+                postcard::to_extend(&e, raw)
+            }
+            .map_err(std::io::Error::other)?;
         }
         if count == 0 || self.raw.len() > MAX_BODY as usize {
             return Err(std::io::Error::other(format!(
@@ -248,6 +327,7 @@ impl FrameWriter {
             .reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
         self.zstd.compress_to_buffer(&self.raw, &mut self.packed)?;
         let h = FrameHeader {
+            version: if version == 1 { 1 } else { 2 },
             body_len: self.packed.len() as u32,
             raw_len: self.raw.len() as u32,
             count,
@@ -320,11 +400,15 @@ impl FrameReader {
         // A postcard event takes at least 7 bytes; never trust `count` for a capacity.
         let mut events = Vec::with_capacity((h.count as usize).min(rest.len() / 7 + 1));
         for index in 0..h.count {
-            let (e, r) = postcard::take_from_bytes::<SpoolEvent<'_>>(rest).map_err(|e| {
-                FrameError::Decode {
-                    index,
-                    error: e.to_string(),
-                }
+            let decoded = if h.version == 1 {
+                postcard::take_from_bytes::<SpoolEventV1<'_>>(rest)
+                    .map(|(e, r)| (SpoolEvent::from(e), r))
+            } else {
+                postcard::take_from_bytes::<SpoolEvent<'_>>(rest)
+            };
+            let (e, r) = decoded.map_err(|e| FrameError::Decode {
+                index,
+                error: e.to_string(),
             })?;
             events.push(e);
             rest = r;

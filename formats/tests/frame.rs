@@ -2,6 +2,7 @@
 
 use lockstep_formats::frame::{
     parse_header, scan, FrameError, FrameReader, FrameWriter, RawBytes, SpoolEvent, HEADER_LEN,
+    KEY_UNKNOWN,
 };
 use proptest::prelude::*;
 
@@ -34,21 +35,23 @@ fn ev() -> impl Strategy<Value = Ev> {
         })
 }
 
-/// Encodes `frames` (each a batch) numbering events from 1; returns the bytes and each
+/// Encodes `frames` (each a batch) numbering events from 1, every second frame in the
+/// old version 1 (no key hashes: an old spool being read); returns the bytes and each
 /// frame's (offset, length).
 fn encode(frames: &[Vec<Ev>]) -> (Vec<u8>, Vec<(usize, usize)>) {
     let mut w = FrameWriter::new().unwrap();
     let mut out = Vec::new();
     let mut spans = Vec::new();
     let mut seq = 1;
-    for batch in frames {
+    for (n, batch) in frames.iter().enumerate() {
         let ids: Vec<String> = (0..batch.len())
             .map(|i| batch[i].id(seq + i as u64))
             .collect();
         let subjects: Vec<String> = batch.iter().map(|e| format!("p.s.{}", e.key)).collect();
         let start = out.len();
         let h = w
-            .encode(
+            .encode_version(
+                if n % 2 == 1 { 1 } else { 2 },
                 seq,
                 batch.iter().enumerate().map(|(i, e)| SpoolEvent {
                     source: "s",
@@ -57,10 +60,12 @@ fn encode(frames: &[Vec<Ev>]) -> (Vec<u8>, Vec<(usize, usize)>) {
                     msg_id: &ids[i],
                     captured_ms: e.ms,
                     payload: RawBytes(&e.payload),
+                    key_hash: u64::from(e.key) + 1,
                 }),
                 &mut out,
             )
             .unwrap();
+        assert_eq!(h.version, if n % 2 == 1 { 1 } else { 2 });
         assert_eq!(h.first_seq, seq);
         assert_eq!(h.count as usize, batch.len());
         assert_eq!(h.first_ms, batch[0].ms);
@@ -85,6 +90,13 @@ fn scanned(b: &[u8]) -> Scanned {
                 .map(|(i, e)| {
                     assert_eq!(e.source, "s");
                     assert_eq!(e.msg_id, format!("a:s:{}", h.first_seq + i as u64));
+                    let key: u32 = e.subject[4..].parse().unwrap();
+                    let want = if h.version == 1 {
+                        KEY_UNKNOWN
+                    } else {
+                        u64::from(key) + 1
+                    };
+                    assert_eq!(e.key_hash, want, "version {}", h.version);
                     Ev {
                         table: e.table.to_owned(),
                         key: e.subject[4..].parse().unwrap(),
@@ -193,6 +205,7 @@ fn compresses_json_events_well() {
                 msg_id: &ids[i],
                 captured_ms: 1_790_000_000_000 + i as i64,
                 payload: RawBytes(&payloads[i]),
+                key_hash: i as u64 + 1,
             }),
             &mut out,
         )

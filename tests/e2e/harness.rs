@@ -351,6 +351,34 @@ listen = "{admin}"
         }
     }
 
+    /// Creates the stream before the agent does, from the config lockstep would use
+    /// (subjects `<prefix>.>`, file storage, a 2-minute duplicate window) as changed by
+    /// `edit`; the agent then finds it and leaves it as it is.
+    pub async fn create_stream(&self, edit: impl FnOnce(&mut jetstream::stream::Config)) {
+        let mut c = jetstream::stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.prefix)],
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        edit(&mut c);
+        self.js().await.create_stream(c).await.unwrap();
+    }
+
+    /// The events the broker refused for good, as the agent quarantined them
+    /// (`state_dir/quarantine/<source>.refused.jsonl`), in order.
+    pub fn refused(&self, source: &str) -> Vec<serde_json::Value> {
+        let p = self
+            .dir()
+            .join(format!("state/quarantine/{source}.refused.jsonl"));
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a quarantine line is JSON"))
+            .collect()
+    }
+
     /// Reads every message of the stream, in stream order.
     pub async fn messages(&self) -> Vec<Msg> {
         let js = self.js().await;

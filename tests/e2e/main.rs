@@ -8,6 +8,7 @@ mod cli;
 mod debounce;
 mod harness;
 mod poll;
+mod refused;
 mod rotation;
 mod service;
 mod snapshot;

@@ -10,7 +10,7 @@ use crate::capture::*;
 use crate::harness::*;
 
 /// A poll source on `table` of `db`.
-fn poll_source(db: &Db, name: &str, table: &str, extra: &str) -> String {
+pub fn poll_source(db: &Db, name: &str, table: &str, extra: &str) -> String {
     let interval = if extra.contains("interval") {
         ""
     } else {

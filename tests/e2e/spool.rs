@@ -300,22 +300,12 @@ async fn drop_oldest_counts_exactly_what_is_missing_downstream() {
 /// "Duplicates after a long outage").
 #[tokio::test]
 async fn an_outage_longer_than_the_duplicate_window_sends_nothing_twice() {
-    use async_nats::jetstream::stream;
     let mut w = World::new();
     w.with_admin();
     // Every frame fsynced before a position moves (the default is "batch").
     w.agent_extra = "[spool]\nfsync = \"always\"".into();
-    w.js()
-        .await
-        .create_stream(stream::Config {
-            name: w.stream.clone(),
-            subjects: vec![format!("{}.>", w.prefix)],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    w.create_stream(|c| c.duplicate_window = Duration::from_secs(1))
+        .await;
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
     let file = w.logs().join("app.log");
     let mut agent = w.agent(&cfg);
@@ -344,4 +334,56 @@ async fn an_outage_longer_than_the_duplicate_window_sends_nothing_twice() {
     let msgs = delivered(&w, &mut agent, 2000).await;
     assert_exactly(&msgs, 0..2000);
     assert_per_key_order(&msgs);
+}
+
+/// A spool left by the version before key hashes (frames `LSF1`) is still drained
+/// after an upgrade: every event once, in order, and then live events as usual.
+#[tokio::test]
+async fn a_spool_written_before_key_hashes_drains_in_order() {
+    use lockstep_formats::frame::{FrameWriter, RawBytes, SpoolEvent};
+    let w = World::new();
+    let spool = w.dir().join("state/spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let payloads: Vec<String> = (0..600)
+        .map(|i| {
+            format!(
+                r#"{{"op":"u","key":{{"id":{k}}},"before":null,"after":{{"id":{k},"v":{i}}},"source":{{"agent":"e2e","name":"vista","kind":"tail","table":"t","position":"old@{i}","ts_ms":0,"snapshot":false}},"ts_ms":0}}"#,
+                k = i % 20
+            )
+        })
+        .collect();
+    let ids: Vec<String> = (0..600).map(|i| format!("e2e:vista:old@{i}")).collect();
+    let mut writer = FrameWriter::new().unwrap();
+    let mut segment = Vec::new();
+    for first in (0..600).step_by(200) {
+        writer
+            .encode_version(
+                1,
+                first as u64 + 1,
+                (first..first + 200).map(|i| SpoolEvent {
+                    source: "vista",
+                    table: "t",
+                    subject: "legacy.vista.t",
+                    msg_id: &ids[i],
+                    captured_ms: 1_790_000_000_000,
+                    payload: RawBytes(payloads[i].as_bytes()),
+                    key_hash: 0,
+                }),
+                &mut segment,
+            )
+            .unwrap();
+    }
+    assert_eq!(&segment[..4], b"LSF1");
+    std::fs::write(spool.join(format!("{:020}.seg", 1)), segment).unwrap();
+
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let mut agent = w.agent(&cfg);
+    append(
+        &w.logs().join("app.log"),
+        (600..700).map(|i| format!(r#"{{"id":{},"op":"u","v":{i}}}"#, i % 20)),
+    );
+    let msgs = delivered(&w, &mut agent, 700).await;
+    assert_unique(&msgs, "v");
+    assert_eq!(ints(&msgs, "v"), (0..700).collect::<Vec<_>>());
+    assert_eq!(w.spool_waiting(&cfg), 0);
 }

@@ -77,12 +77,38 @@ impl PublishFailed<'_> {
     pub fn emit(&self, m: &Metrics, c: &crate::admin::metrics::TableCounters) {
         c.failed.fetch_add(1, Ordering::Relaxed);
         m.publish_retries.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
+        tracing::error!(
             subject = self.subject,
             msg_id = self.msg_id,
-            "publish to {} failed ({}); it and everything after it will be sent again with the same ids",
+            "publish to {} failed ({}): retrying with backoff; it and everything after it go to the spool \
+             and will be sent again, in order, with the same ids",
             self.subject,
             self.error
+        );
+    }
+}
+
+/// An event the broker refused for good: set aside in the quarantine, and counted as done.
+pub struct EventRefused<'a> {
+    pub subject: &'a str,
+    pub msg_id: &'a str,
+    pub reason: &'a str,
+    pub quarantined_to: &'a Path,
+}
+
+impl EventRefused<'_> {
+    pub fn emit(&self, c: &crate::admin::metrics::TableCounters) {
+        c.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            subject = self.subject,
+            msg_id = self.msg_id,
+            "the broker refuses the event {} on {} for good ({}): it is in the quarantine {}, and \
+             everything after it goes on; to have such events sent, raise the server's max_payload \
+             or the stream's max_msg_size, or make the records smaller",
+            self.msg_id,
+            self.subject,
+            self.reason,
+            self.quarantined_to.display()
         );
     }
 }

@@ -13,6 +13,8 @@ pub struct TableCounters {
     pub captured: AtomicU64,
     pub published: AtomicU64,
     pub failed: AtomicU64,
+    /// Events the broker refused for good (too large), set aside in the quarantine.
+    pub refused: AtomicU64,
 }
 
 /// Counters of one source.
@@ -61,8 +63,12 @@ pub struct Metrics {
     pub in_flight: AtomicU64,
     pub publish_retries: AtomicU64,
     /// Messages acknowledged after a failed one before it was sent again: the stream may
-    /// hold those out of order (see docs/design.md, "Order across a broken connection").
+    /// hold those ahead of it — never one of the same key (see docs/design.md, "Order
+    /// across a broken connection").
     pub publish_reordered: AtomicU64,
+    /// While publishing fails (a transient error, retried): since when (ms since epoch)
+    /// and the last error. Shown on `/healthz` and `/status`.
+    pub publish_failing: Mutex<Option<(i64, String)>>,
     pub spool_bytes: AtomicU64,
     pub spool_events: AtomicU64,
     pub spool_segments: AtomicU64,
@@ -123,6 +129,29 @@ impl Histogram {
 }
 
 impl Metrics {
+    /// Publishing fails now (`Some(error)`), or works again (`None`); the first failure
+    /// of a run of them keeps its time.
+    pub fn set_publish_failing(&self, error: Option<&str>) {
+        let mut f = self
+            .publish_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *f = error.map(|e| {
+            let since = f.as_ref().map_or_else(crate::pipeline::now_ms, |p| p.0);
+            (since, e.to_owned())
+        });
+    }
+
+    /// While publishing fails: for how many seconds, and the last error.
+    pub fn publish_failing(&self) -> Option<(i64, String)> {
+        let f = self
+            .publish_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        f.as_ref()
+            .map(|(since, e)| ((crate::pipeline::now_ms() - since).max(0) / 1000, e.clone()))
+    }
+
     pub fn table(&self, source: &str, table: &str) -> Arc<TableCounters> {
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         t.entry((source.to_owned(), table.to_owned()))
@@ -172,7 +201,7 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         type TableField = fn(&TableCounters) -> &AtomicU64;
-        let per_table: [(&str, &str, TableField); 3] = [
+        let per_table: [(&str, &str, TableField); 4] = [
             (
                 "lockstep_events_captured_total",
                 "Events captured from sources.",
@@ -187,6 +216,11 @@ impl Metrics {
                 "lockstep_events_failed_total",
                 "Publish attempts that failed (each is retried).",
                 |c| &c.failed,
+            ),
+            (
+                "lockstep_events_refused_total",
+                "Events the broker refused for good (over max_payload or the stream's max_msg_size), set aside in the quarantine.",
+                |c| &c.refused,
             ),
         ];
         for (name, help, field) in per_table {
@@ -367,7 +401,7 @@ impl Metrics {
             (
                 "lockstep_publish_reordered_total",
                 "counter",
-                "Messages acknowledged ahead of an earlier one that had to be re-sent.",
+                "Messages of other keys acknowledged ahead of an earlier one that had to be re-sent.",
                 self.publish_reordered.load(Ordering::Relaxed),
             ),
             (

@@ -107,6 +107,7 @@ impl StatusBoard {
             "nats": {
                 "connected": metrics.nats_connected.load(Ordering::Relaxed),
                 "in_flight": metrics.in_flight.load(Ordering::Relaxed),
+                "publish_failing": metrics.publish_failing().map(|(secs, e)| serde_json::json!({"seconds": secs, "error": e})),
             },
             "spool": {
                 "events": metrics.spool_events.load(Ordering::Relaxed),
@@ -157,14 +158,22 @@ pub async fn serve(
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (code, ctype, body) = match (method, path) {
-                ("GET", "/healthz") => match status.stalled() {
-                    s if s.is_empty() => ("200 OK", "text/plain", "ok\n".to_owned()),
-                    s => (
-                        "503 Service Unavailable",
-                        "text/plain",
-                        format!("stuck: {}\n", s.join(", ")),
-                    ),
-                },
+                ("GET", "/healthz") => {
+                    let mut problems = Vec::new();
+                    let stalled = status.stalled();
+                    if !stalled.is_empty() {
+                        problems.push(format!("stuck: {}", stalled.join(", ")));
+                    }
+                    if let Some((secs, e)) = metrics.publish_failing() {
+                        problems.push(format!(
+                            "publishing fails for {secs} s ({e}); events go to the spool and are retried"
+                        ));
+                    }
+                    match problems {
+                        p if p.is_empty() => ("200 OK", "text/plain", "ok\n".to_owned()),
+                        p => ("503 Service Unavailable", "text/plain", p.join("\n") + "\n"),
+                    }
+                }
                 ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 ("GET", "/status") => ("200 OK", "application/json", status.render(&metrics)),
                 ("GET", _) => (

@@ -79,6 +79,15 @@ fn print(cfg: &Config, v: &Value, out: &mut dyn Write) -> io::Result<()> {
         },
         nats["in_flight"]
     )?;
+    if let Some(f) = nats["publish_failing"].as_object() {
+        writeln!(
+            out,
+            "{:<12} fails for {} ({}); events go to the spool and are retried",
+            "PUBLISHING",
+            duration(f.get("seconds").and_then(Value::as_i64).unwrap_or(0)),
+            f.get("error").and_then(Value::as_str).unwrap_or("?")
+        )?;
+    }
     let spool = &v["spool"];
     let events = spool["events"].as_u64().unwrap_or(0);
     write!(

@@ -52,9 +52,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_formats::{ChangeEvent, Op, Record, Value};
-use xxhash_rust::xxh3::Xxh3;
+use lockstep_formats::{ChangeEvent, Op, Record};
 
+use super::key_hash;
 use crate::admin::metrics::SourceCounters;
 
 /// `debounce = { window, max_delay, max_keys }` of a source.
@@ -369,42 +369,6 @@ impl<T: Absorb> Debouncer<T> {
             .store(self.held.len() as u64, Ordering::Relaxed);
         out.push(r);
     }
-}
-
-/// A key's identity: its table and its fields' names and values (xxh3-128).
-fn key_hash(buf: &mut Vec<u8>, table: &str, key: &Record) -> u128 {
-    buf.clear();
-    buf.extend_from_slice(&(table.len() as u32).to_le_bytes());
-    buf.extend_from_slice(table.as_bytes());
-    for (name, v) in key.iter() {
-        buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        buf.extend_from_slice(name.as_bytes());
-        let (tag, bytes): (u8, &[u8]) = match v {
-            Value::Null => (0, &[]),
-            Value::Bool(b) => (1, if *b { &[1] } else { &[0] }),
-            Value::Int(i) => {
-                buf.push(2);
-                buf.extend_from_slice(&i.to_le_bytes());
-                continue;
-            }
-            Value::Float(f) => {
-                buf.push(3);
-                buf.extend_from_slice(&f.to_bits().to_le_bytes());
-                continue;
-            }
-            Value::Decimal(s) => (4, s.as_bytes()),
-            Value::Text(s) => (5, s.as_bytes()),
-            Value::Bytes(b) => (6, b),
-            Value::Timestamp(s) => (7, s.as_bytes()),
-            Value::Json(s) => (8, s.as_bytes()),
-        };
-        buf.push(tag);
-        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        buf.extend_from_slice(bytes);
-    }
-    let mut h = Xxh3::new();
-    h.update(buf);
-    h.digest128()
 }
 
 #[cfg(test)]

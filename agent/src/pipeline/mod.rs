@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use lockstep_formats::frame::{KEY_NONE, KEY_UNKNOWN};
 use lockstep_formats::json::encode_event;
-use lockstep_formats::ChangeEvent;
+use lockstep_formats::{ChangeEvent, Record, Value};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::admin::metrics::TableCounters;
 
@@ -32,6 +34,11 @@ pub struct Outgoing {
     pub payload: Bytes,
     /// When the change was captured (ms since epoch).
     pub captured_ms: i64,
+    /// The key's identity for ordering: xxh3 of the source, the table and the key
+    /// ([`order_key`]); the sink never has two messages of one key awaiting an ack.
+    /// [`KEY_NONE`] for an event without a key; [`KEY_UNKNOWN`] for one read back from
+    /// a spool written before keys were recorded (ordered against every other).
+    pub key_hash: u64,
     pub counters: Arc<TableCounters>,
 }
 
@@ -65,6 +72,7 @@ pub struct Encoder {
     agent: String,
     source: String,
     buf: Vec<u8>,
+    key_buf: Vec<u8>,
 }
 
 impl Encoder {
@@ -74,6 +82,7 @@ impl Encoder {
             agent: agent.to_owned(),
             source: source.to_owned(),
             buf: Vec::with_capacity(4096),
+            key_buf: Vec::with_capacity(64),
         }
     }
 
@@ -119,6 +128,9 @@ impl Encoder {
             msg_id: self.msg_id(&ev.source.position),
             payload: self.payload(ev),
             captured_ms,
+            key_hash: ev.key.as_ref().map_or(KEY_NONE, |k| {
+                order_key(&mut self.key_buf, &self.source, &ev.source.table, k)
+            }),
             counters: counters.clone(),
         }
     }
@@ -143,6 +155,50 @@ fn push_token(s: &mut String, token: &str) {
             '_'
         });
     }
+}
+
+/// A key's identity: its table and its fields' names and values (xxh3-128).
+pub fn key_hash(buf: &mut Vec<u8>, table: &str, key: &Record) -> u128 {
+    buf.clear();
+    buf.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    buf.extend_from_slice(table.as_bytes());
+    for (name, v) in key.iter() {
+        buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        buf.extend_from_slice(name.as_bytes());
+        let (tag, bytes): (u8, &[u8]) = match v {
+            Value::Null => (0, &[]),
+            Value::Bool(b) => (1, if *b { &[1] } else { &[0] }),
+            Value::Int(i) => {
+                buf.push(2);
+                buf.extend_from_slice(&i.to_le_bytes());
+                continue;
+            }
+            Value::Float(f) => {
+                buf.push(3);
+                buf.extend_from_slice(&f.to_bits().to_le_bytes());
+                continue;
+            }
+            Value::Decimal(s) => (4, s.as_bytes()),
+            Value::Text(s) => (5, s.as_bytes()),
+            Value::Bytes(b) => (6, b),
+            Value::Timestamp(s) => (7, s.as_bytes()),
+            Value::Json(s) => (8, s.as_bytes()),
+        };
+        buf.push(tag);
+        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        buf.extend_from_slice(bytes);
+    }
+    let mut h = Xxh3::new();
+    h.update(buf);
+    h.digest128()
+}
+
+/// A key's identity across sources, for ordering (64 bits of the source, table and key):
+/// never [`KEY_NONE`] nor [`KEY_UNKNOWN`]. Two keys that collide only wait for each
+/// other's acks.
+pub fn order_key(buf: &mut Vec<u8>, source: &str, table: &str, key: &Record) -> u64 {
+    let h = key_hash(buf, table, key) as u64 ^ xxhash_rust::xxh3::xxh3_64(source.as_bytes());
+    h.clamp(KEY_NONE + 1, KEY_UNKNOWN - 1)
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -6,6 +6,12 @@
 //! before the source's checkpoint moves past the record, so a record is never both
 //! skipped and missing from the quarantine.
 //!
+//! Events the broker refuses for good (over its `max_payload`, or its stream's
+//! `max_msg_size`) go to `state_dir/quarantine/<source>.refused.jsonl`, written by the
+//! publisher: when, the message id, subject, why (the broker's words), the length, and
+//! the event as it would have been published (JSON). The file is fsynced before the
+//! event counts as done.
+//!
 //! A source whose mapping drops fields (data that must not leave the host, nor be
 //! copied on it) quarantines without the record: `record_withheld` says so, and the
 //! file, offset and length say where the original is.
@@ -38,10 +44,33 @@ pub struct BadRecord<'a> {
     pub full_len: u64,
 }
 
+/// An event the broker refused for good.
+#[derive(Debug)]
+pub struct RefusedEvent<'a> {
+    pub msg_id: &'a str,
+    pub subject: &'a str,
+    pub reason: &'a str,
+    /// The message's payload: the event's JSON.
+    pub payload: &'a [u8],
+}
+
 impl Quarantine {
     pub fn new(state_dir: &Path, source: &str) -> Self {
+        Self::at(state_dir.join("quarantine").join(format!("{source}.jsonl")))
+    }
+
+    /// The file of `source`'s events the broker refused for good.
+    pub fn refused(state_dir: &Path, source: &str) -> Self {
+        Self::at(
+            state_dir
+                .join("quarantine")
+                .join(format!("{source}.refused.jsonl")),
+        )
+    }
+
+    fn at(path: PathBuf) -> Self {
         Self {
-            path: state_dir.join("quarantine").join(format!("{source}.jsonl")),
+            path,
             file: None,
             dirty: false,
             withhold: false,
@@ -58,19 +87,39 @@ impl Quarantine {
         &self.path
     }
 
+    /// Appends an event the broker refused (not yet fsynced; see [`Quarantine::sync`]).
+    /// The event is kept as JSON when it is JSON (it always is, as lockstep encodes it),
+    /// else in base64.
+    pub fn put_refused(&mut self, r: &RefusedEvent) -> io::Result<()> {
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(b"{\"ts_ms\":");
+        b.extend_from_slice(super::now_ms().to_string().as_bytes());
+        b.extend_from_slice(b",\"msg_id\":");
+        encode_str(r.msg_id, b);
+        b.extend_from_slice(b",\"subject\":");
+        encode_str(r.subject, b);
+        b.extend_from_slice(b",\"reason\":");
+        encode_str(r.reason, b);
+        b.extend_from_slice(format!(",\"length\":{}", r.payload.len()).as_bytes());
+        if serde_json::from_slice::<serde::de::IgnoredAny>(r.payload).is_ok() {
+            b.extend_from_slice(b",\"event\":");
+            b.extend_from_slice(r.payload);
+        } else {
+            b.extend_from_slice(b",\"event_base64\":\"");
+            b.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(r.payload)
+                    .as_bytes(),
+            );
+            b.push(b'"');
+        }
+        b.extend_from_slice(b"}\n");
+        self.write_buf()
+    }
+
     /// Appends a bad record (not yet fsynced; see [`Quarantine::sync`]).
     pub fn put(&mut self, r: &BadRecord) -> io::Result<()> {
-        if self.file.is_none() {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
-        }
         let b = &mut self.buf;
         b.clear();
         b.extend_from_slice(b"{\"ts_ms\":");
@@ -104,8 +153,24 @@ impl Quarantine {
             }
         }
         b.extend_from_slice(b"}\n");
+        self.write_buf()
+    }
+
+    /// Appends the line in `buf`, opening the file (and making its directory) first.
+    fn write_buf(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
         if let Some(f) = self.file.as_mut() {
-            f.write_all(b)?;
+            f.write_all(&self.buf)?;
         }
         self.dirty = true;
         Ok(())

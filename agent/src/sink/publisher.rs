@@ -21,9 +21,55 @@
 //! Order: in flight, spooled events always precede live ones (live ones are taken only
 //! once the reader has caught up), and a failure puts unacknowledged live events behind
 //! the spooled ones; so events leave in the order they arrived.
+//!
+//! # One message per key in flight
+//!
+//! Each message carries its key's hash (`Outgoing::key_hash`: xxh3 of source, table and
+//! key, computed once by the encoder and kept in the spool). The publisher hands the
+//! client messages strictly in order, and never one whose key has a message awaiting
+//! its ack: it waits for that ack first (head of line), while messages of other keys
+//! stay pipelined, up to `max_in_flight`.
+//!
+//! Why that keeps each key's order in the stream, whatever breaks: let A and B be two
+//! messages of one key, A first. B is handed to the client only after A's ack came,
+//! and an ack means A is stored. If A's ack does not come (lost in a dead socket, timed
+//! out, refused), B has not been sent yet: the failure path spools A and, behind it,
+//! everything not acknowledged, B included, and the drain sends them in that order
+//! under the same rule. If A was in fact stored (only its ack was lost) or the client
+//! sends its queued copy of A on reconnecting, the copy sent again is a duplicate that
+//! JetStream drops by its `Nats-Msg-Id`; either way A is in the stream before B is
+//! handed over. So no later message of a key is ever stored before an earlier one. A
+//! restart keeps this too: what was not acknowledged is re-read from the source or the
+//! spool in order, and nothing of the key after it was sent.
+//!
+//! Across keys, messages leave in source order and are stored in it, except at a broken
+//! connection: a message lost with the old socket is stored again after messages of
+//! other keys that were queued in the client and sent on the new connection (counted
+//! in `lockstep_publish_reordered_total`). Events without a key (`key = []`) are not
+//! held back for one another, so the same applies between them. A spool written before
+//! messages carried a key hash (frame version 1) is drained one message at a time: its
+//! keys are unknown.
+//!
+//! The cost: a key changed faster than one ack round trip waits for the round trip
+//! each time; with K keys changing in turn, at most K messages are in flight. Locally
+//! (an ack in well under a millisecond) that is invisible; over a WAN link with 50 ms
+//! round trips, 20 hot keys go at about 20 / 0.05 s = 400 events/s. As the line is
+//! held at its head, events of other keys queued behind a waiting one wait too (that
+//! keeps source order across keys). Debouncing (`debounce`) merges such bursts before
+//! they reach the publisher.
+//!
+//! # Refused events
+//!
+//! A message the broker refuses for good (see [`super::refusal`]) goes to
+//! `state_dir/quarantine/<source>.refused.jsonl` with its message id and the broker's
+//! reason, and then counts as done in publish order, as an ack would: its source's
+//! watermark rises past it, a spooled one is acknowledged in the spool, and everything
+//! after it goes on. If the quarantine cannot be written, it is treated as a transient
+//! failure and tried again.
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,7 +77,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream;
-use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
@@ -41,9 +87,12 @@ use tokio::time::Instant;
 
 use super::backoff;
 use super::jetstream::{ensure_stream, SinkError};
-use crate::admin::events::{PublishFailed, SpoolWriteFailed};
+use super::keys::KeysInFlight;
+use super::refusal::{check_record_limits, classify, Failure, Refusals};
+use crate::admin::events::{EventRefused, PublishFailed, SpoolWriteFailed};
 use crate::admin::metrics::{Metrics, TableCounters};
 use crate::config::{FsyncPolicy, NatsConfig, SpoolConfig, WhenFull};
+use crate::pipeline::quarantine::RefusedEvent;
 use crate::pipeline::{AckWatermark, Batch, Outgoing};
 use crate::service::Beat;
 use crate::spool::{Spool, SpoolError};
@@ -82,6 +131,14 @@ pub struct Publisher {
     watermarks: Vec<Arc<AckWatermark>>,
     spool: Spool,
     in_flight: VecDeque<InFlight>,
+    /// The keys of the messages in `in_flight`.
+    keys: KeysInFlight,
+    /// Where refused events go.
+    refusals: Refusals,
+    /// Tail sources' `max_record_bytes`, checked against the server's `max_payload`.
+    record_limits: Vec<(String, usize)>,
+    /// The `max_payload` the record limits were last checked against.
+    checked_payload: usize,
     /// To publish next, in order.
     pending: VecDeque<(Origin, Outgoing)>,
     /// Live messages the spool could not take (disk full, I/O error), and the source
@@ -102,6 +159,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher whose refused events go to `state_dir/quarantine/`.
     pub fn new(
         js: jetstream::Context,
         cfg: NatsConfig,
@@ -109,6 +167,7 @@ impl Publisher {
         spool: Spool,
         metrics: Arc<Metrics>,
         watermarks: Vec<Arc<AckWatermark>>,
+        state_dir: &Path,
     ) -> Self {
         Self {
             client: js.client(),
@@ -120,6 +179,10 @@ impl Publisher {
             watermarks,
             spool,
             in_flight: VecDeque::new(),
+            keys: KeysInFlight::default(),
+            refusals: Refusals::new(state_dir),
+            record_limits: Vec::new(),
+            checked_payload: 0,
             pending: VecDeque::new(),
             held: Vec::new(),
             held_upto: Vec::new(),
@@ -132,6 +195,14 @@ impl Publisher {
             spool_failures: 0,
             counters: None,
         }
+    }
+
+    /// Tail sources' longest records (`max_record_bytes`), to be checked against the
+    /// server's `max_payload` at each connection: a warning names each source whose
+    /// records could make a message the broker refuses.
+    pub fn check_record_limits(mut self, limits: Vec<(String, usize)>) -> Self {
+        self.record_limits = limits;
+        self
     }
 
     /// Runs until `shutdown` turns true, then waits up to `drain_for` for the acks of
@@ -180,19 +251,20 @@ impl Publisher {
                 biased;
                 _ = shutdown.changed() => {}
                 r = async { (&mut self.in_flight.front_mut().expect("checked non-empty").ack).await }, if !self.in_flight.is_empty() => {
-                    match r {
-                        Ok(_) => self.acked(),
-                        Err(e) => {
-                            let front = self.in_flight.front().expect("checked non-empty");
-                            let (subject, id) = (front.msg.subject.clone(), front.msg.msg_id.clone());
-                            self.fail(true, &subject, &id, &e.to_string()).await?;
-                        }
+                    if let Some(error) = self.front_done(r) {
+                        let (subject, id) = self
+                            .in_flight
+                            .front()
+                            .map_or_else(Default::default, |f| (f.msg.subject.clone(), f.msg.msg_id.clone()));
+                        self.fail(true, &subject, &id, &error).await?;
                     }
                 }
                 r = async { self.probe.as_mut().expect("checked").await }, if self.probe.is_some() => {
                     self.probe = None;
                     match r {
                         Ok(()) => {
+                            self.metrics.set_publish_failing(None);
+                            self.check_payload_limit();
                             if self.failures > 0 || !self.spool.is_empty() {
                                 tracing::info!(
                                     "JetStream stream {} answers; sending {} spooled event(s) first",
@@ -205,6 +277,7 @@ impl Publisher {
                         }
                         Err(e) => {
                             self.failures += 1;
+                            self.metrics.set_publish_failing(Some(&e.to_string()));
                             tracing::error!("{e}; events go to the spool meanwhile");
                             self.retry_at = Some(Instant::now() + backoff::delay(self.failures, Duration::from_secs(10)));
                         }
@@ -292,6 +365,7 @@ impl Publisher {
                 msg_id: &m.msg_id,
                 captured_ms: m.captured_ms,
                 payload: RawBytes(&m.payload),
+                key_hash: m.key_hash,
             }))
         });
         match r {
@@ -364,6 +438,16 @@ impl Publisher {
         Ok(())
     }
 
+    /// Checks the tail sources' `max_record_bytes` against the server's `max_payload`,
+    /// once per value the server announces.
+    fn check_payload_limit(&mut self) {
+        let max = self.client.server_info().max_payload;
+        if max > 0 && max != self.checked_payload {
+            self.checked_payload = max;
+            check_record_limits(max, &self.record_limits);
+        }
+    }
+
     /// While draining: moves spooled events into `pending`, as many as may be in flight.
     fn fill_from_spool(&mut self) {
         let room = self
@@ -398,6 +482,7 @@ impl Publisher {
                         msg_id: e.msg_id.to_owned(),
                         payload: Bytes::copy_from_slice(e.payload.0),
                         captured_ms: e.captured_ms,
+                        key_hash: e.key_hash,
                         counters: c,
                     },
                 ))
@@ -408,9 +493,16 @@ impl Publisher {
         }
     }
 
-    /// Publishes pending messages while there is room in flight.
+    /// Publishes pending messages, in order, while there is room in flight and the next
+    /// one's key has no message in flight (see "One message per key in flight").
     async fn publish_pending(&mut self) -> Result<(), (String, String, String)> {
         while self.in_flight.len() < self.cfg.max_in_flight {
+            let Some((_, next)) = self.pending.front() else {
+                break;
+            };
+            if !self.keys.may_send(next.key_hash, self.in_flight.len()) {
+                break;
+            }
             let Some((origin, msg)) = self.pending.pop_front() else {
                 break;
             };
@@ -418,11 +510,24 @@ impl Publisher {
                 .payload(msg.payload.clone())
                 .message_id(&msg.msg_id);
             match self.js.send_publish(msg.subject.clone(), publish).await {
-                Ok(ack) => self.in_flight.push_back(InFlight {
-                    origin,
-                    msg,
-                    ack: ack.into_future(),
-                }),
+                Ok(ack) => {
+                    self.keys.add(msg.key_hash);
+                    self.in_flight.push_back(InFlight {
+                        origin,
+                        msg,
+                        ack: ack.into_future(),
+                    });
+                }
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    // Refused before it was sent: it is settled in publish order, when
+                    // it reaches the front, like an ack.
+                    self.keys.add(msg.key_hash);
+                    self.in_flight.push_back(InFlight {
+                        origin,
+                        msg,
+                        ack: Box::pin(std::future::ready(Err(e))),
+                    });
+                }
                 Err(e) => {
                     let err = (msg.subject.clone(), msg.msg_id.clone(), e.to_string());
                     self.pending.push_front((origin, msg));
@@ -437,14 +542,62 @@ impl Publisher {
     }
 
     fn acked(&mut self) {
-        let done = self
-            .in_flight
-            .pop_front()
-            .expect("an ack is for the front message");
-        done.msg.counters.published.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .capture_to_ack
-            .observe_ms(crate::pipeline::now_ms() - done.msg.captured_ms);
+        self.settle_front(true);
+    }
+
+    /// The front message's ack or error came: acknowledged, refused for good (then
+    /// quarantined and done), or failed. Returns the error of a failure to retry.
+    fn front_done(&mut self, r: Result<PublishAck, PublishError>) -> Option<String> {
+        let e = match r {
+            Ok(_) => {
+                self.acked();
+                return None;
+            }
+            Err(e) => e,
+        };
+        let reason = match classify(&e) {
+            Failure::Transient(error) => return Some(error),
+            Failure::Refused(reason) => reason,
+        };
+        let front = &self.in_flight.front()?.msg;
+        let put = self.refusals.put(
+            &front.counters.source,
+            &RefusedEvent {
+                msg_id: &front.msg_id,
+                subject: &front.subject,
+                reason: &reason,
+                payload: &front.payload,
+            },
+        );
+        match put {
+            Ok(path) => {
+                EventRefused {
+                    subject: &front.subject,
+                    msg_id: &front.msg_id,
+                    reason: &reason,
+                    quarantined_to: &path,
+                }
+                .emit(&front.counters);
+                self.settle_front(false);
+                None
+            }
+            Err(qe) => Some(format!("{reason}; it would go to the quarantine, but {qe}")),
+        }
+    }
+
+    /// Takes the front message out of flight as done: `published` (acknowledged), or
+    /// refused and quarantined. Its source's watermark rises, or the spool acknowledges it.
+    fn settle_front(&mut self, published: bool) {
+        let Some(done) = self.in_flight.pop_front() else {
+            return;
+        };
+        self.keys.remove(done.msg.key_hash);
+        if published {
+            done.msg.counters.published.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .capture_to_ack
+                .observe_ms(crate::pipeline::now_ms() - done.msg.captured_ms);
+        }
         self.failures = 0;
         match done.origin {
             Origin::Live(source) => self.watermarks[source].advance(done.msg.seq),
@@ -466,6 +619,7 @@ impl Publisher {
     /// The live messages not yet acknowledged, in order, taken out of flight and out of
     /// `pending`; spooled ones are dropped (they are still in the spool).
     fn unacked_live(&mut self) -> Vec<(usize, Outgoing)> {
+        self.keys.clear();
         let flying = std::mem::take(&mut self.in_flight)
             .into_iter()
             .map(|f| (f.origin, f.msg));
@@ -493,16 +647,15 @@ impl Publisher {
     ) -> Result<(), Fatal> {
         if !front_failed {
             while let Some(f) = self.in_flight.front_mut() {
-                match (&mut f.ack).await {
-                    Ok(_) => self.acked(),
-                    Err(_) => {
-                        front_failed = true;
-                        break;
-                    }
+                let r = (&mut f.ack).await;
+                if self.front_done(r).is_some() {
+                    front_failed = true;
+                    break;
                 }
             }
         }
         self.failures += 1;
+        self.metrics.set_publish_failing(Some(error));
         let counters = if front_failed {
             self.in_flight.front().map(|f| f.msg.counters.clone())
         } else {
@@ -518,6 +671,7 @@ impl Publisher {
         }
         let mut again: Vec<(usize, Outgoing)> = Vec::with_capacity(self.in_flight.len());
         let mut upto = Vec::new();
+        self.keys.clear();
         let mut rest = std::mem::take(&mut self.in_flight).into_iter();
         if front_failed {
             if let Some(InFlight {
@@ -551,7 +705,8 @@ impl Publisher {
                 .fetch_add(later_acked, Ordering::Relaxed);
             tracing::warn!(
                 "{later_acked} message(s) after the failed one were acknowledged before it could be sent again; \
-                 if the failed one was not stored, the stream holds them ahead of it"
+                 if the failed one was not stored, the stream holds them ahead of it (none of them has its key: \
+                 each key's order is kept)"
             );
         }
         again.extend(self.unacked_live());

@@ -54,6 +54,7 @@ fn append(s: &mut Spool, ids: std::ops::Range<u64>) -> Result<u64, SpoolError> {
         msg_id: &msg_ids[k],
         captured_ms: 1_000 + i as i64,
         payload: RawBytes(payloads[k].as_bytes()),
+        key_hash: 0,
     }))
 }
 

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use lockstep_formats::SourceInfo;
+use lockstep_formats::{SourceInfo, Value};
 use proptest::prelude::*;
 
 use super::*;
