@@ -152,8 +152,13 @@ impl Db {
         Session(child)
     }
 
-    /// The `[[source]]` of a trigger source on this database.
+    /// The `[[source]]` of a trigger source named `vista` on this database.
     pub fn source(&self, tables: &[&str], capture: &str, extra: &str) -> String {
+        self.source_named("vista", tables, capture, extra)
+    }
+
+    /// The `[[source]]` of a trigger source named `name` on this database.
+    pub fn source_named(&self, name: &str, tables: &[&str], capture: &str, extra: &str) -> String {
         let conn = match self.kind {
             Kind::Pg => format!(
                 "postgres = \"host=127.0.0.1 user=postgres dbname=test options='-c search_path={}'\"",
@@ -163,7 +168,7 @@ impl Db {
         };
         let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
         format!(
-            "[[source]]\nname = \"vista\"\nkind = \"trigger\"\n{conn}\ntables = [{}]\ncapture = \"{capture}\"\ninterval = \"200ms\"\n{extra}\n",
+            "[[source]]\nname = \"{name}\"\nkind = \"trigger\"\n{conn}\ntables = [{}]\ncapture = \"{capture}\"\ninterval = \"200ms\"\n{extra}\n",
             tables.join(", ")
         )
     }
@@ -442,6 +447,16 @@ pub fn capture_rows(db: &Db) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Whether the capture table exists (in the schema, database or file of `db`).
+pub fn capture_table_exists(db: &Db) -> bool {
+    let sql = match db.kind {
+        Kind::Pg => "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'lockstep_changes';",
+        Kind::Maria => "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'lockstep_changes';",
+        Kind::Lite => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_changes';",
+    };
+    db.sql(sql).trim() == "1"
 }
 
 /// Waits until the capture table is empty and the spool sent (everything drained,

@@ -1,6 +1,9 @@
 //! `lockstep triggers show|install|uninstall` against a live PostgreSQL, through the
 //! real binary, checked with psql.
 
+use std::time::Duration;
+
+use crate::capture::{assert_no_duplicate_ids, capture_table_exists, drained, replay, Db, Kind};
 use crate::harness::*;
 
 fn psql(sql: &str) -> String {
@@ -90,4 +93,132 @@ fn show_install_and_uninstall_on_postgres() {
     assert!(err.contains("`notes` has no primary key"), "{err}");
     assert!(!capture_exists());
     psql(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// `lockstep triggers <command> --source <source>`; panics unless it succeeds.
+fn triggers_cmd(command: &str, source: &str, cfg: &std::path::Path) -> String {
+    let (code, out, err) = lockstep(&[
+        "triggers",
+        command,
+        "--source",
+        source,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "triggers {command} --source {source}: {out}{err}");
+    out
+}
+
+/// Inserts rows 1..=n into both tables, in transactions that mix them, then updates and
+/// deletes some of each.
+fn two_table_writes(db: &Db, n: u64) -> String {
+    let begin = if db.kind == Kind::Maria {
+        "START TRANSACTION;"
+    } else {
+        "BEGIN;"
+    };
+    let mut sql = String::new();
+    for from in (1..=n).step_by(10) {
+        sql.push_str(begin);
+        for i in from..(from + 10).min(n + 1) {
+            sql.push_str(&format!(
+                "INSERT INTO appointments (id, clinic) VALUES ({i}, 'c{i}'); INSERT INTO clinics (region, code, name) VALUES ('R', {i}, 'n{i}');"
+            ));
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    for i in (1..=n).step_by(5) {
+        sql.push_str(&format!(
+            "UPDATE appointments SET clinic = 'u{i}' WHERE id = {i}; UPDATE clinics SET name = 'u{i}' WHERE region = 'R' AND code = {i};\n"
+        ));
+    }
+    for i in (1..=n).step_by(10) {
+        sql.push_str(&format!(
+            "DELETE FROM appointments WHERE id = {i}; DELETE FROM clinics WHERE region = 'R' AND code = {i};\n"
+        ));
+    }
+    sql
+}
+
+/// Two trigger sources on one database, each with its own table: every change arrives
+/// exactly once, from its own source, and nothing is quarantined. Uninstalling one
+/// leaves the other capturing; uninstalling the last drops the capture table.
+async fn two_sources_on_one_database(kind: Kind) {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(kind, &w, "two");
+    db.create_tables();
+    let cfg = w.config_with(&format!(
+        "{}\n{}",
+        db.source_named("vista", &["appointments"], "rows", ""),
+        db.source_named("clinic", &["clinics"], "keys", "")
+    ));
+    triggers_cmd("install", "vista", &cfg);
+    triggers_cmd("install", "clinic", &cfg);
+    let mut agent = w.agent(&cfg);
+    let n = 500;
+    db.sql(&two_table_writes(&db, n));
+    drained(&db, &w).await;
+    let quarantined = w.metric_sum("lockstep_quarantined_records_total");
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    let of = |source: &str| -> Vec<&Msg> {
+        msgs.iter()
+            .filter(|m| m.json["source"]["name"] == source)
+            .collect()
+    };
+    // Rows mode: one event per change, 500 + 100 + 50.
+    let vista = of("vista");
+    assert_eq!(
+        (quarantined, vista.len()),
+        (0, 650),
+        "nothing quarantined, every change of appointments once"
+    );
+    assert!(vista
+        .iter()
+        .all(|m| m.subject == "legacy.vista.appointments"));
+    assert!(of("clinic")
+        .iter()
+        .all(|m| m.subject == "legacy.clinic.clinics"));
+    assert!(of("clinic").len() >= 450, "{}", of("clinic").len());
+    assert_eq!(
+        replay(&msgs),
+        db.dump(),
+        "replaying the stream gives both tables"
+    );
+
+    // Uninstalling one source leaves the other's triggers and the capture table.
+    let mut agent = w.agent(&cfg);
+    triggers_cmd("uninstall", "vista", &cfg);
+    assert!(capture_table_exists(&db), "the capture table was dropped");
+    db.sql("INSERT INTO appointments (id, clinic) VALUES (9001, 'after'); INSERT INTO clinics (region, code, name) VALUES ('R', 9001, 'after');");
+    let before = msgs.len() as u64;
+    w.wait_count(before + 1, Duration::from_secs(30)).await;
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    let last: Vec<&Msg> = msgs[before as usize..].iter().collect();
+    assert_eq!(last.len(), 1, "only clinic's change: {last:?}");
+    assert_eq!(last[0].json["key"]["code"], 9001);
+
+    // The last source's uninstall drops it; the tables stay writable.
+    triggers_cmd("uninstall", "clinic", &cfg);
+    assert!(!capture_table_exists(&db), "the capture table is left");
+    db.sql("INSERT INTO clinics (region, code, name) VALUES ('R', 9002, 'gone');");
+}
+
+#[tokio::test]
+async fn postgres_two_sources_on_one_database_keep_to_their_tables() {
+    two_sources_on_one_database(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_two_sources_on_one_database_keep_to_their_tables() {
+    two_sources_on_one_database(Kind::Maria).await;
+}
+
+#[tokio::test]
+async fn sqlite_odbc_two_sources_on_one_database_keep_to_their_tables() {
+    two_sources_on_one_database(Kind::Lite).await;
 }

@@ -107,6 +107,15 @@ pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The condition that selects the capture rows of `tables` (`tbl IN ('a', 'b')`): a
+/// source reads and deletes only these, so that sources sharing one capture table never
+/// touch each other's rows. The names are compared exactly as the triggers write them:
+/// as configured (the same literal), schema-qualified or not, in the same case.
+pub fn own_rows(d: Dialect, tables: &[String]) -> String {
+    let list: Vec<String> = tables.iter().map(|t| lit(t)).collect();
+    format!("{} IN ({})", d.ident("tbl"), list.join(", "))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capture {
     /// Only the key; the agent reads the current row when it drains.
