@@ -81,6 +81,23 @@ fn show_install_and_uninstall_on_postgres() {
         cfg,
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    // The two changes were never sent: the capture table stays, and says why.
+    assert!(
+        out.contains("lockstep_changes is kept: it still holds 2 change(s) not yet sent"),
+        "{out}"
+    );
+    assert!(capture_exists());
+    psql(&format!("DELETE FROM {schema}.lockstep_changes"));
+    let (code, out, err) = lockstep(&[
+        "triggers",
+        "uninstall",
+        "--source",
+        "vista",
+        "--config",
+        cfg,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("of 2 table(s) and lockstep_changes"), "{out}");
     assert!(!capture_exists());
     psql(&format!(
         "INSERT INTO {schema}.appointments VALUES (446, 'East')"

@@ -61,6 +61,23 @@ impl AdminDb {
         }
     }
 
+    /// The number a `SELECT count(*) …` returns.
+    pub async fn count(&self, sql: &str, what: &str) -> Result<u64, String> {
+        match self {
+            AdminDb::Postgres(c) => c
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0).max(0) as u64)
+                .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
+            AdminDb::Odbc(c, _) => {
+                let rows = odbc::query(c, sql, what).map_err(|e| e.0)?;
+                let n = rows.first().and_then(|r| r.first().cloned().flatten());
+                n.and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| format!("ODBC: {what}: `{sql}` returned no number"))
+            }
+        }
+    }
+
     /// Runs `stmts`: in one transaction where the database has transactional DDL.
     pub async fn apply(&mut self, stmts: &[Statement]) -> Result<(), String> {
         match self {

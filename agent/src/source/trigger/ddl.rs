@@ -629,14 +629,41 @@ pub fn install(d: Dialect, tables: &[TableDef], capture: Capture) -> Vec<Stateme
     out
 }
 
-/// Everything `uninstall` runs, in order: triggers first, then the capture table.
+/// What `uninstall` runs first: the triggers of these tables (one source's). The capture
+/// table is shared by every source on the database, so it is dropped after them (with
+/// [`drop_capture_table`]) only when [`capture_triggers_left`] counts none.
 pub fn uninstall(d: Dialect, tables: &[TableDef]) -> Vec<Statement> {
-    let mut out: Vec<Statement> = tables
+    tables
         .iter()
         .flat_map(|t| uninstall_triggers(d, t))
-        .collect();
-    out.extend(drop_capture_table(d));
-    out
+        .collect()
+}
+
+/// A query counting the capture triggers still on any table of the database (of any
+/// source, this config's or another's): lockstep's triggers are known by their names,
+/// `lockstep_…` (on PostgreSQL, by their function `lockstep_capture()` of the capture
+/// table's schema, since each is named `lockstep_capture`).
+pub fn capture_triggers_left(d: Dialect) -> String {
+    let like = "LIKE 'lockstep!_%' ESCAPE '!'";
+    match d {
+        Dialect::Postgres => "SELECT count(*) FROM pg_trigger \
+             WHERE tgfoid = to_regproc('lockstep_capture') AND NOT tgisinternal"
+            .to_owned(),
+        Dialect::MariaDb => format!(
+            "SELECT count(*) FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME {like}"
+        ),
+        Dialect::Sqlite => {
+            format!("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name {like}")
+        }
+        Dialect::SqlServer => {
+            format!("SELECT count(*) FROM sys.triggers WHERE parent_class = 1 AND name {like}")
+        }
+        Dialect::Oracle => format!("SELECT count(*) FROM user_triggers WHERE trigger_name {like}"),
+        Dialect::Db2 => format!(
+            "SELECT count(*) FROM SYSCAT.TRIGGERS WHERE TRIGSCHEMA = CURRENT SCHEMA AND TRIGNAME {like}"
+        ),
+    }
 }
 
 /// Statements as a script for the database's own command-line client (what

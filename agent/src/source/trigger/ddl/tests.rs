@@ -46,10 +46,13 @@ fn every_dialect_matches_its_golden_file() {
     for d in Dialect::ALL {
         for (mode, capture) in [("keys", Capture::Keys), ("rows", Capture::Rows)] {
             let text = format!(
-                "-- lockstep triggers install ({}, capture = \"{mode}\")\n\n{}-- lockstep triggers uninstall\n\n{}",
+                "-- lockstep triggers install ({}, capture = \"{mode}\")\n\n{}-- lockstep triggers uninstall\n\n{}\
+                 -- then, only when this counts no trigger left (of any source):\n-- {}\n\n{}",
                 d.name(),
                 script(d, &install(d, &golden_tables(), capture)),
-                script(d, &uninstall(d, &golden_tables()))
+                script(d, &uninstall(d, &golden_tables())),
+                capture_triggers_left(d),
+                script(d, &drop_capture_table(d))
             );
             let path = golden_dir().join(format!("{}-{mode}.sql", d.name()));
             if std::env::var_os("LOCKSTEP_UPDATE_GOLDEN").is_some() {
@@ -293,7 +296,23 @@ fn exercise(db: &Live, capture: Capture, origin_sql: Option<&str>) {
             assert_eq!(got[5].3["name"], "West");
         }
     }
-    (db.run)(&script(d, &uninstall(d, &tables())));
+    // One table's triggers go (as one source's would); the other's still count, and
+    // still write.
+    let left = || -> u64 {
+        (db.run)(&format!("{};\n", capture_triggers_left(d)))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let all = left();
+    assert!(all > 0, "{d:?}: no capture trigger counted");
+    (db.run)(&script(d, &uninstall(d, &tables()[..1])));
+    assert!(left() > 0 && left() < all, "{d:?}: {} of {all}", left());
+    (db.run)("INSERT INTO clinics (region, code, name) VALUES ('E', 8, 'East');\n");
+    assert_eq!(captured(db).len(), 7 + usize::from(origin_sql.is_some()));
+    (db.run)(&script(d, &uninstall(d, &tables()[1..])));
+    assert_eq!(left(), 0, "{d:?}");
+    (db.run)(&script(d, &drop_capture_table(d)));
     (db.run)("INSERT INTO appointments (id, clinic, fee) VALUES (3, 'After', 1);\n");
 }
 

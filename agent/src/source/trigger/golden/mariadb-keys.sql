@@ -103,5 +103,8 @@ DROP TRIGGER IF EXISTS `lockstep_scans_upd`;
 
 DROP TRIGGER IF EXISTS `lockstep_scans_del`;
 
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'lockstep!_%' ESCAPE '!'
+
 DROP TABLE IF EXISTS `lockstep_changes`;
 

@@ -93,6 +93,9 @@ EXCEPTION
 END;
 /
 
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM user_triggers WHERE trigger_name LIKE 'lockstep!_%' ESCAPE '!'
+
 BEGIN
     EXECUTE IMMEDIATE 'DROP TABLE "lockstep_changes"';
 EXCEPTION

@@ -77,6 +77,9 @@ DROP TRIGGER IF EXISTS lockstep_capture ON "clinics";
 
 DROP TRIGGER IF EXISTS lockstep_capture ON "scans";
 
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM pg_trigger WHERE tgfoid = to_regproc('lockstep_capture') AND NOT tgisinternal
+
 DROP TABLE IF EXISTS "lockstep_changes";
 
 DROP FUNCTION IF EXISTS lockstep_notify();

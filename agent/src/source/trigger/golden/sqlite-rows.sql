@@ -112,5 +112,8 @@ DROP TRIGGER IF EXISTS "lockstep_scans_updk";
 
 DROP TRIGGER IF EXISTS "lockstep_scans_del";
 
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'lockstep!_%' ESCAPE '!'
+
 DROP TABLE IF EXISTS "lockstep_changes";
 
