@@ -239,3 +239,51 @@ async fn mariadb_odbc_two_sources_on_one_database_keep_to_their_tables() {
 async fn sqlite_odbc_two_sources_on_one_database_keep_to_their_tables() {
     two_sources_on_one_database(Kind::Lite).await;
 }
+
+/// `check` shows which source owns which table, and the changes waiting of a table no
+/// source owns; two sources listing one table on one database are a config error.
+#[test]
+fn check_shows_owners_and_one_table_cannot_have_two() {
+    let w = World::new();
+    let db = Db::new(Kind::Pg, &w, "owners");
+    db.create_tables();
+    let cfg = w.config_with(&format!(
+        "{}\n{}",
+        db.source_named("vista", &["appointments"], "rows", ""),
+        db.source_named("clinic", &["clinics"], "keys", "")
+    ));
+    triggers_cmd("install", "vista", &cfg);
+    triggers_cmd("install", "clinic", &cfg);
+    db.sql(
+        "INSERT INTO appointments (id, clinic) VALUES (1, 'a');
+         INSERT INTO lockstep_changes (tbl, op, pk) VALUES ('old_table', 'c', '{\"id\": 1}');",
+    );
+    let (code, out, err) = lockstep(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("database of vista, clinic"))
+        .unwrap_or_else(|| panic!("no capture table line in\n{out}"));
+    assert!(line.contains("lockstep_changes"), "{line}");
+    assert!(line.contains("warn"), "{line}");
+    assert!(
+        line.contains("vista owns appointments (1 waiting); clinic owns clinics; 1 change(s) of `old_table`, which no source here owns"),
+        "{line}"
+    );
+
+    // The same table in both: exit 2, with the file, line and both sources.
+    let bad = w.config_with(&format!(
+        "{}\n{}",
+        db.source_named("vista", &["appointments"], "rows", ""),
+        db.source_named("clinic", &["clinics", "appointments"], "keys", "")
+    ));
+    let (code, _, err) = lockstep(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{}:", bad.display()))
+            && err.contains(
+                "source `clinic`: table `appointments` is already captured by source `vista`"
+            ),
+        "{err}"
+    );
+}

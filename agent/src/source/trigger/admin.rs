@@ -1,7 +1,7 @@
 //! One connection for the commands that look at or change a trigger source's database
 //! (`lockstep triggers`, `lockstep check`), PostgreSQL or ODBC alike.
 
-use super::ddl::{Dialect, Statement, TableDef};
+use super::ddl::{Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::{odbc, postgres};
 use crate::config::{TriggerConfig, TriggerDb};
 
@@ -75,6 +75,37 @@ impl AdminDb {
                 n.and_then(|n| n.trim().parse().ok())
                     .ok_or_else(|| format!("ODBC: {what}: `{sql}` returned no number"))
             }
+        }
+    }
+
+    /// The rows waiting in the capture table, per `tbl` (as the triggers wrote it).
+    pub async fn waiting_per_table(&self) -> Result<Vec<(String, u64)>, String> {
+        let what = "count the rows of the capture table";
+        let sql = format!(
+            "SELECT {tbl}, count(*) FROM {} GROUP BY {tbl} ORDER BY {tbl}",
+            self.dialect().ident(CAPTURE_TABLE),
+            tbl = self.dialect().ident("tbl"),
+        );
+        match self {
+            AdminDb::Postgres(c) => c
+                .query(&sql, &[])
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+                        .collect()
+                })
+                .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
+            AdminDb::Odbc(c, _) => Ok(odbc::query(c, &sql, what)
+                .map_err(|e| e.0)?
+                .into_iter()
+                .filter_map(|r| {
+                    let mut r = r.into_iter();
+                    let tbl = r.next().flatten()?;
+                    let n = r.next().flatten()?.trim().parse().ok()?;
+                    Some((tbl, n))
+                })
+                .collect()),
         }
     }
 
