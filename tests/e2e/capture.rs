@@ -264,10 +264,11 @@ impl Session {
         stdin.flush().unwrap();
     }
 
-    /// Closes its stdin (the client runs what is left and exits) and waits.
-    pub fn finish(mut self) {
+    /// Closes its stdin (the client runs what is left and exits) and waits; true when
+    /// the client exited without an error (it stops at the first failed statement).
+    pub fn finish(mut self) -> bool {
         drop(self.0.stdin.take());
-        let _ = self.0.wait();
+        self.0.wait().is_ok_and(|s| s.success())
     }
 }
 

@@ -287,3 +287,68 @@ fn check_shows_owners_and_one_table_cannot_have_two() {
         "{err}"
     );
 }
+
+/// `triggers install` run again and again (the upgrade path) while a writer inserts and
+/// updates without a pause: every committed change arrives, exactly once. Each statement
+/// is its own transaction, so a moment without triggers would lose the ones in it.
+async fn reinstall_under_writes_loses_nothing(kind: Kind) {
+    let w = World::new();
+    let db = Db::new(kind, &w, "reinstall");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments", "clinics"], "rows", ""));
+    triggers_cmd("install", "vista", &cfg);
+    let mut agent = w.agent(&cfg);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut session = db.session();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            // The client's stdin pipe paces the writer to the database.
+            let mut changes = 0u64;
+            let mut i = 0u64;
+            // At least 200 rounds; at most 50,000 should the installs never end.
+            while (!done.load(std::sync::atomic::Ordering::Relaxed) || i < 200) && i < 50_000 {
+                i += 1;
+                session.send(&format!(
+                    "INSERT INTO appointments (id, clinic) VALUES ({i}, 'c{i}'); \
+                     UPDATE appointments SET clinic = 'u{i}' WHERE id = {i}; \
+                     INSERT INTO clinics (region, code, name) VALUES ('R', {i}, 'n{i}');"
+                ));
+                changes += 3;
+            }
+            (session.finish(), changes)
+        })
+    };
+    for _ in 0..8 {
+        triggers_cmd("install", "vista", &cfg);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, changes) = writer.join().unwrap();
+    assert!(ok, "a write failed during the reinstalls");
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    assert_eq!(
+        msgs.len() as u64,
+        changes,
+        "every committed change once ({} written)",
+        changes / 3
+    );
+    assert_eq!(replay(&msgs), db.dump());
+}
+
+#[tokio::test]
+async fn mariadb_odbc_reinstall_under_writes_loses_nothing() {
+    reinstall_under_writes_loses_nothing(Kind::Maria).await;
+}
+
+#[tokio::test]
+async fn postgres_reinstall_under_writes_loses_nothing() {
+    reinstall_under_writes_loses_nothing(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn sqlite_odbc_reinstall_under_writes_loses_nothing() {
+    reinstall_under_writes_loses_nothing(Kind::Lite).await;
+}

@@ -50,7 +50,7 @@ pub async fn run(
             }
             let stmts = ddl::install(d, &defs, t.capture);
             if matches!(command, TriggersCommand::Show) {
-                let _ = write!(out, "{}", ddl::script(d, &stmts));
+                let _ = write!(out, "{}", ddl::install_script(d, &stmts));
                 return Ok(());
             }
             db.apply(&stmts).await.map_err(fail)?;

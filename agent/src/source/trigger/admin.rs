@@ -113,7 +113,29 @@ impl AdminDb {
     pub async fn apply(&mut self, stmts: &[Statement]) -> Result<(), String> {
         match self {
             AdminDb::Postgres(c) => postgres::apply(c, stmts).await.map_err(|e| e.to_string()),
+            AdminDb::Odbc(c, Dialect::Sqlite) => sqlite_apply(c, stmts),
             AdminDb::Odbc(c, _) => odbc::apply(c, stmts).map_err(|e| e.0),
+        }
+    }
+}
+
+/// SQLite: `stmts` in one `BEGIN IMMEDIATE` transaction. It takes the write lock first
+/// (waiting for writers, as the busy timeout allows): a deferred transaction that read
+/// the schema first would fail at once with "database is locked" when a writer commits
+/// in between, since it cannot be upgraded to a writer then.
+fn sqlite_apply(c: &odbc_api::Connection<'static>, stmts: &[Statement]) -> Result<(), String> {
+    let run = |sql: &str| {
+        let first = sql.lines().next().unwrap_or_default();
+        c.execute(sql, (), None)
+            .map(|_| ())
+            .map_err(|e| format!("ODBC: run `{first}`: {e}"))
+    };
+    run("BEGIN IMMEDIATE")?;
+    match stmts.iter().try_for_each(|s| run(&s.sql)) {
+        Ok(()) => run("COMMIT"),
+        Err(e) => {
+            let _ = run("ROLLBACK");
+            Err(e)
         }
     }
 }

@@ -18,8 +18,9 @@
 //! search_path still land in the same capture table.
 //!
 //! Statements are generated in the order they must run; each `install` statement is
-//! idempotent (create-if-missing, or drop-and-create for triggers), so running
-//! `install` again upgrades the triggers to the table's current columns.
+//! idempotent (create-if-missing, or replace for triggers), so running `install` again
+//! upgrades the triggers to the table's current columns — without a moment in which a
+//! table has no trigger (see [`create_triggers`]), so no change made meanwhile is lost.
 
 use std::fmt::Write as _;
 
@@ -235,9 +236,18 @@ pub fn create_capture_table(d: Dialect) -> Vec<Statement> {
                  $lockstep$"
                     .to_owned(),
             ),
-            simple(format!("DROP TRIGGER IF EXISTS lockstep_notify ON {t}")),
-            simple(format!(
-                "CREATE TRIGGER lockstep_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION lockstep_notify()"
+            // Made only when missing: dropping it again would lock the capture table
+            // before the captured tables, the opposite order of a writer's (its table,
+            // then the capture table through the trigger), and deadlock with it.
+            compound(format!(
+                "DO $lockstep$\n\
+                 BEGIN\n\
+                 \x20   IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = {lt}::regclass AND tgname = 'lockstep_notify') THEN\n\
+                 \x20       CREATE TRIGGER lockstep_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION lockstep_notify();\n\
+                 \x20   END IF;\n\
+                 END\n\
+                 $lockstep$",
+                lt = lit(&t)
             )),
         ],
         Dialect::MariaDb => vec![simple(format!(
@@ -312,9 +322,15 @@ pub(crate) fn json_object(d: Dialect, row: &str, cols: &[String], binary: &[Stri
     }
 }
 
-/// Statements that (re)create the triggers of one table.
+/// Statements that (re)create the triggers of one table. Replacing them leaves no moment
+/// without a trigger: MariaDB, SQL Server, Oracle and DB2 replace each in place (`CREATE
+/// OR REPLACE` / `CREATE OR ALTER`); PostgreSQL and SQLite drop and create inside the
+/// one transaction `install` runs in (their DDL is transactional).
 pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statement> {
-    let mut out = drop_triggers(d, t);
+    let mut out = match d {
+        Dialect::MariaDb => Vec::new(),
+        _ => drop_triggers(d, t),
+    };
     let tbl = d.table(&t.name);
     let ct = d.ident(CAPTURE_TABLE);
     let name = lit(&t.name);
@@ -384,18 +400,18 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
             let trig = |suffix: &str| d.ident(&trigger_name(&t.name, suffix));
             if d == Dialect::MariaDb {
                 out.push(simple(format!(
-                    "CREATE TRIGGER {} AFTER INSERT ON {tbl} FOR EACH ROW\n{}",
+                    "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {tbl} FOR EACH ROW\n{}",
                     trig("ins"),
                     ins("c", "NEW", "after")
                 )));
                 out.push(compound(format!(
-                    "CREATE TRIGGER {} AFTER UPDATE ON {tbl} FOR EACH ROW\nBEGIN\n    IF {same_key} THEN\n        {upd};\n    ELSE\n        {};\n        {};\n    END IF;\nEND",
+                    "CREATE OR REPLACE TRIGGER {} AFTER UPDATE ON {tbl} FOR EACH ROW\nBEGIN\n    IF {same_key} THEN\n        {upd};\n    ELSE\n        {};\n        {};\n    END IF;\nEND",
                     trig("upd"),
                     ins("d", "OLD", "before"),
                     ins("c", "NEW", "after")
                 )));
                 out.push(simple(format!(
-                    "CREATE TRIGGER {} AFTER DELETE ON {tbl} FOR EACH ROW\n{}",
+                    "CREATE OR REPLACE TRIGGER {} AFTER DELETE ON {tbl} FOR EACH ROW\n{}",
                     trig("del"),
                     ins("d", "OLD", "before")
                 )));
@@ -666,8 +682,18 @@ pub fn capture_triggers_left(d: Dialect) -> String {
     }
 }
 
-/// Statements as a script for the database's own command-line client (what
-/// `triggers show` prints): `;` after each, `DELIMITER` around MariaDB compound
+/// `install`'s statements as a script for the database's own command-line client (what
+/// `triggers show` prints): in one transaction where DDL is transactional, so that run
+/// by hand it replaces the triggers as atomically as `install` does.
+pub fn install_script(d: Dialect, stmts: &[Statement]) -> String {
+    match d {
+        Dialect::Postgres => format!("BEGIN;\n\n{}COMMIT;\n", script(d, stmts)),
+        Dialect::Sqlite => format!("BEGIN IMMEDIATE;\n\n{}COMMIT;\n", script(d, stmts)),
+        _ => script(d, stmts),
+    }
+}
+
+/// Statements as a script for the database's own command-line client: `;` after each, `DELIMITER` around MariaDB compound
 /// statements, `/` after Oracle blocks, `GO` after SQL Server batches, `@` as DB2's
 /// terminator for compound ones.
 pub fn script(d: Dialect, stmts: &[Statement]) -> String {

@@ -49,7 +49,7 @@ fn every_dialect_matches_its_golden_file() {
                 "-- lockstep triggers install ({}, capture = \"{mode}\")\n\n{}-- lockstep triggers uninstall\n\n{}\
                  -- then, only when this counts no trigger left (of any source):\n-- {}\n\n{}",
                 d.name(),
-                script(d, &install(d, &golden_tables(), capture)),
+                install_script(d, &install(d, &golden_tables(), capture)),
                 script(d, &uninstall(d, &golden_tables())),
                 capture_triggers_left(d),
                 script(d, &drop_capture_table(d))
@@ -248,8 +248,8 @@ fn exercise(db: &Live, capture: Capture, origin_sql: Option<&str>) {
         "CREATE TABLE appointments (id INTEGER PRIMARY KEY, clinic VARCHAR(40), fee {fee_type});\n\
          CREATE TABLE clinics (region VARCHAR(8) NOT NULL, code INTEGER NOT NULL, name VARCHAR(40), PRIMARY KEY (region, code));\n"
     ));
-    (db.run)(&script(d, &install(d, &tables(), capture)));
-    (db.run)(&script(d, &install(d, &tables(), capture)));
+    (db.run)(&install_script(d, &install(d, &tables(), capture)));
+    (db.run)(&install_script(d, &install(d, &tables(), capture)));
     (db.run)(
         "INSERT INTO appointments (id, clinic, fee) VALUES (1, 'North', 12.50);\n\
          UPDATE appointments SET clinic = 'South' WHERE id = 1;\n\
