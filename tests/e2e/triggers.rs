@@ -247,6 +247,14 @@ fn check_shows_owners_and_one_table_cannot_have_two() {
     let w = World::new();
     let db = Db::new(Kind::Pg, &w, "owners");
     db.create_tables();
+    // Another config (another agent's, say) that names the same table another way.
+    let qualified = format!("{}.appointments", db.name);
+    let other = w.dir().join("other.toml");
+    std::fs::copy(
+        w.config_with(&db.source_named("other", &[&qualified], "rows", "")),
+        &other,
+    )
+    .unwrap();
     let cfg = w.config_with(&format!(
         "{}\n{}",
         db.source_named("vista", &["appointments"], "rows", ""),
@@ -270,6 +278,21 @@ fn check_shows_owners_and_one_table_cannot_have_two() {
         line.contains("vista owns appointments (1 waiting); clinic owns clinics; 1 change(s) of `old_table`, which no source here owns"),
         "{line}"
     );
+
+    // The other config's install takes the table over: its triggers record the other
+    // spelling, which vista does not read. check says so; vista's install takes it back.
+    triggers_cmd("install", "other", &other);
+    let (code, out, _) = lockstep(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("source vista")
+            && l.contains("FAIL")
+            && l.contains(&format!("record its changes as `{qualified}`"))),
+        "{out}"
+    );
+    triggers_cmd("install", "vista", &cfg);
+    let (code, out, _) = lockstep(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
 
     // The same table in both: exit 2, with the file, line and both sources.
     let bad = w.config_with(&format!(

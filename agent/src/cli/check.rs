@@ -214,7 +214,24 @@ async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
             Ok(def) => {
                 let key = def.key.join(", ");
                 match db.has_capture_trigger(table).await {
-                    Ok(Some(true)) => (Some(true), format!("key ({key}), triggers installed")),
+                    Ok(Some(true)) => match db.trigger_writes(table).await {
+                        Ok(Some(names)) if names.iter().any(|n| n != table) => (
+                            Some(false),
+                            format!(
+                                "key ({key}), triggers installed, but they record its changes as {}, \
+                                 which this source does not read (installed by another source, or \
+                                 under another spelling): remove the table from the other source, \
+                                 then run `lockstep triggers install --source {source}`",
+                                names
+                                    .iter()
+                                    .map(|n| format!("`{n}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(" and ")
+                            ),
+                        ),
+                        Err(e) => (Some(false), e),
+                        Ok(_) => (Some(true), format!("key ({key}), triggers installed")),
+                    },
                     Ok(Some(false)) => (
                         Some(false),
                         format!("key ({key}), triggers not installed: run `lockstep triggers install --source {source}`"),

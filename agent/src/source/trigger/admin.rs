@@ -1,7 +1,7 @@
 //! One connection for the commands that look at or change a trigger source's database
 //! (`lockstep triggers`, `lockstep check`), PostgreSQL or ODBC alike.
 
-use super::ddl::{Dialect, Statement, TableDef, CAPTURE_TABLE};
+use super::ddl::{lit, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::{odbc, postgres};
 use crate::config::{TriggerConfig, TriggerDb};
 
@@ -78,6 +78,60 @@ impl AdminDb {
         }
     }
 
+    /// The table names lockstep's triggers on `table` write into the capture table's
+    /// `tbl` (the source that installed them reads only its own spelling); `None` where
+    /// this dialect is not checked.
+    pub async fn trigger_writes(&self, table: &str) -> Result<Option<Vec<String>>, String> {
+        let what = format!("read the capture triggers of `{table}`");
+        let bodies: Vec<String> = match self {
+            AdminDb::Postgres(c) => {
+                // The trigger's arguments: capture mode, table name, key columns.
+                let rows = c
+                    .query(
+                        "SELECT tgargs FROM pg_trigger \
+                         WHERE tgrelid = to_regclass($1) AND tgname = 'lockstep_capture'",
+                        &[&table],
+                    )
+                    .await
+                    .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e)))?;
+                let mut names: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let args: Vec<u8> = r.get(0);
+                        let name = args.split(|&b| b == 0).nth(1)?;
+                        Some(String::from_utf8_lossy(name).into_owned())
+                    })
+                    .collect();
+                names.dedup();
+                return Ok(Some(names));
+            }
+            AdminDb::Odbc(c, d) => {
+                let name = lit(table.rsplit('.').next().unwrap_or(table));
+                let sql = match d {
+                    Dialect::MariaDb => format!(
+                        "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
+                         WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = {name} \
+                         AND TRIGGER_NAME LIKE 'lockstep!_%' ESCAPE '!'"
+                    ),
+                    Dialect::Sqlite => format!(
+                        "SELECT sql FROM sqlite_master WHERE type = 'trigger' \
+                         AND tbl_name = {name} AND name LIKE 'lockstep!_%' ESCAPE '!'"
+                    ),
+                    _ => return Ok(None),
+                };
+                odbc::query(c, &sql, &what)
+                    .map_err(|e| e.0)?
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .collect()
+            }
+        };
+        let mut names: Vec<String> = bodies.iter().filter_map(|b| first_value(b)).collect();
+        names.sort();
+        names.dedup();
+        Ok(Some(names))
+    }
+
     /// The rows waiting in the capture table, per `tbl` (as the triggers wrote it).
     pub async fn waiting_per_table(&self) -> Result<Vec<(String, u64)>, String> {
         let what = "count the rows of the capture table";
@@ -137,5 +191,34 @@ fn sqlite_apply(c: &odbc_api::Connection<'static>, stmts: &[Statement]) -> Resul
             let _ = run("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+/// The first string literal after `VALUES (` in a trigger's body: the table name its
+/// INSERT into the capture table writes.
+fn first_value(body: &str) -> Option<String> {
+    let rest = &body[body.find("VALUES (")? + "VALUES (".len()..];
+    let mut chars = rest.strip_prefix('\'')?.chars().peekable();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            if chars.peek() == Some(&'\'') {
+                chars.next();
+            } else {
+                return Some(out);
+            }
+        }
+        out.push(c);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_table_name_a_trigger_writes() {
+        let body = "INSERT INTO `lockstep_changes` (`tbl`, `op`) VALUES ('O''Brien.t', 'c')";
+        assert_eq!(super::first_value(body).as_deref(), Some("O'Brien.t"));
+        assert_eq!(super::first_value("BEGIN END"), None);
     }
 }
