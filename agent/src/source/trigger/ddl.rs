@@ -111,10 +111,18 @@ pub fn lit(s: &str) -> String {
 /// The condition that selects the capture rows of `tables` (`tbl IN ('a', 'b')`): a
 /// source reads and deletes only these, so that sources sharing one capture table never
 /// touch each other's rows. The names are compared exactly as the triggers write them:
-/// as configured (the same literal), schema-qualified or not, in the same case.
+/// as configured (the same literal), schema-qualified or not, in the same case — also
+/// where the column's collation ignores case (MariaDB's and SQL Server's defaults), since
+/// `Orders` and `orders` may be two tables, captured by two sources.
 pub fn own_rows(d: Dialect, tables: &[String]) -> String {
     let list: Vec<String> = tables.iter().map(|t| lit(t)).collect();
-    format!("{} IN ({})", d.ident("tbl"), list.join(", "))
+    let tbl = d.ident("tbl");
+    let tbl = match d {
+        Dialect::MariaDb => format!("CAST({tbl} AS BINARY)"),
+        Dialect::SqlServer => format!("{tbl} COLLATE Latin1_General_BIN2"),
+        _ => tbl,
+    };
+    format!("{tbl} IN ({})", list.join(", "))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -86,6 +86,12 @@ fn names_and_quoting() {
     assert_eq!(Dialect::SqlServer.ident("a]b"), "[a]]b]");
     assert_eq!(Dialect::Postgres.ident("a\"b"), "\"a\"\"b\"");
     assert_eq!(lit("it's"), "'it''s'");
+    let own = ["a".to_owned(), "s.B".to_owned()];
+    assert_eq!(own_rows(Dialect::Postgres, &own), "\"tbl\" IN ('a', 's.B')");
+    assert_eq!(
+        own_rows(Dialect::MariaDb, &own),
+        "CAST(`tbl` AS BINARY) IN ('a', 's.B')"
+    );
     assert_eq!(Dialect::Postgres.table("dbo.visits"), "\"dbo\".\"visits\"");
     assert_eq!(
         Dialect::from_dbms_name("Microsoft SQL Server"),
