@@ -653,7 +653,7 @@ async fn a_late_commit_is_delivered(kind: Kind) {
 }
 
 /// Waits until another session holds an uncommitted row in the capture table.
-async fn wait_for_open_insert(db: &Db) {
+pub async fn wait_for_open_insert(db: &Db) {
     let sql = match db.kind {
         Kind::Pg => "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%VALUES (1, ''A'')%';",
         // A dirty read sees A's uncommitted capture row.

@@ -375,3 +375,51 @@ async fn postgres_reinstall_under_writes_loses_nothing() {
 async fn sqlite_odbc_reinstall_under_writes_loses_nothing() {
     reinstall_under_writes_loses_nothing(Kind::Lite).await;
 }
+
+/// A transaction that holds a table for long: `install` gives up after its lock wait
+/// (rather than queue every other write to the table behind it) and says to run it
+/// again; once the transaction ends it goes through, and the change arrives.
+async fn install_gives_up_on_a_long_lock(kind: Kind) {
+    let w = World::new();
+    let db = Db::new(kind, &w, "locked");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "rows", ""));
+    triggers_cmd("install", "vista", &cfg);
+    let mut long = db.session();
+    let begin = if kind == Kind::Maria {
+        "START TRANSACTION;"
+    } else {
+        "BEGIN;"
+    };
+    long.send(&format!(
+        "{begin} INSERT INTO appointments (id, clinic) VALUES (1, 'A');"
+    ));
+    crate::capture::wait_for_open_insert(&db).await;
+    let (code, out, err) = lockstep(&[
+        "triggers",
+        "install",
+        "--source",
+        "vista",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("run install again once it has ended"), "{err}");
+    long.send("COMMIT;");
+    assert!(long.finish());
+    triggers_cmd("install", "vista", &cfg);
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[tokio::test]
+async fn postgres_install_gives_up_on_a_long_lock() {
+    install_gives_up_on_a_long_lock(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_install_gives_up_on_a_long_lock() {
+    install_gives_up_on_a_long_lock(Kind::Maria).await;
+}

@@ -53,7 +53,19 @@ pub async fn run(
                 let _ = write!(out, "{}", ddl::install_script(d, &stmts));
                 return Ok(());
             }
-            db.apply(&stmts).await.map_err(fail)?;
+            db.apply(&stmts).await.map_err(|e| {
+                let lock = ["lock timeout", "Lock wait timeout"];
+                if lock.iter().any(|l| e.contains(l)) {
+                    fail(format!(
+                        "{e} (a transaction held a table's lock for more than {} s; the \
+                         triggers of the tables not yet reached are unchanged and still \
+                         capture: run install again once it has ended)",
+                        ddl::LOCK_WAIT_SECS
+                    ))
+                } else {
+                    fail(e)
+                }
+            })?;
             let _ = writeln!(
                 out,
                 "source {}: {} and capture triggers installed on {}",

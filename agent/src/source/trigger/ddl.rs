@@ -644,9 +644,26 @@ pub fn uninstall_triggers(d: Dialect, t: &TableDef) -> Vec<Statement> {
     }
 }
 
+/// How long `install` waits for a table's lock before it gives up.
+pub const LOCK_WAIT_SECS: u32 = 10;
+
 /// Everything `install` runs, in order.
+///
+/// It waits at most [`LOCK_WAIT_SECS`] for a table's lock (PostgreSQL, MariaDB): replacing
+/// a trigger needs the table to itself for a moment, and while it waits for a long
+/// transaction to end, every other write to the table queues behind it. Better to fail
+/// and be run again than to stall the application.
 pub fn install(d: Dialect, tables: &[TableDef], capture: Capture) -> Vec<Statement> {
-    let mut out = create_capture_table(d);
+    let mut out = match d {
+        Dialect::Postgres => vec![simple(format!(
+            "SET LOCAL lock_timeout = '{LOCK_WAIT_SECS}s'"
+        ))],
+        Dialect::MariaDb => vec![simple(format!(
+            "SET SESSION lock_wait_timeout = {LOCK_WAIT_SECS}"
+        ))],
+        _ => Vec::new(),
+    };
+    out.extend(create_capture_table(d));
     for t in tables {
         out.extend(create_triggers(d, t, capture));
     }

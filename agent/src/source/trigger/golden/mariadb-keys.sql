@@ -1,5 +1,7 @@
 -- lockstep triggers install (mariadb, capture = "keys")
 
+SET SESSION lock_wait_timeout = 10;
+
 CREATE TABLE IF NOT EXISTS `lockstep_changes` (
     `seq` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     `tbl` VARCHAR(128) NOT NULL,

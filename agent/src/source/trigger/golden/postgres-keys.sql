@@ -2,6 +2,8 @@
 
 BEGIN;
 
+SET LOCAL lock_timeout = '10s';
+
 CREATE TABLE IF NOT EXISTS "lockstep_changes" (
     seq bigserial PRIMARY KEY,
     tbl text NOT NULL,
