@@ -207,7 +207,12 @@ async fn two_sources_on_one_database(kind: Kind) {
 
     // Uninstalling one source leaves the other's triggers and the capture table.
     let mut agent = w.agent(&cfg);
-    triggers_cmd("uninstall", "vista", &cfg);
+    let out = triggers_cmd("uninstall", "vista", &cfg);
+    assert!(
+        out.contains("lockstep_changes is kept: ")
+            && out.contains("capture trigger(s) of other sources still write to it"),
+        "{out}"
+    );
     assert!(capture_table_exists(&db), "the capture table was dropped");
     db.sql("INSERT INTO appointments (id, clinic) VALUES (9001, 'after'); INSERT INTO clinics (region, code, name) VALUES ('R', 9001, 'after');");
     let before = msgs.len() as u64;
@@ -220,8 +225,11 @@ async fn two_sources_on_one_database(kind: Kind) {
     assert_eq!(last[0].json["key"]["code"], 9001);
 
     // The last source's uninstall drops it; the tables stay writable.
-    triggers_cmd("uninstall", "clinic", &cfg);
+    let out = triggers_cmd("uninstall", "clinic", &cfg);
+    assert!(out.contains("of 1 table(s) and lockstep_changes"), "{out}");
     assert!(!capture_table_exists(&db), "the capture table is left");
+    let out = triggers_cmd("uninstall", "clinic", &cfg);
+    assert!(out.contains("lockstep_changes was gone already"), "{out}");
     db.sql("INSERT INTO clinics (region, code, name) VALUES ('R', 9002, 'gone');");
 }
 

@@ -97,7 +97,6 @@ async fn uninstall_capture_table(
             "count the capture triggers left",
         )
         .await?;
-    // A missing table counts as empty: it is dropped (again, harmlessly) below.
     let rows = |filter: Option<String>| {
         format!(
             "SELECT count(*) FROM {}{}",
@@ -119,7 +118,12 @@ async fn uninstall_capture_table(
         }
         return Ok(report);
     }
-    let waiting = db.count(&rows(None), what).await.unwrap_or(0);
+    let exists = ddl::capture_table_exists(d);
+    if db.count(&exists, "look for the capture table").await? == 0 {
+        return Ok(format!("{removed}; {ct} was gone already"));
+    }
+    // A count that fails keeps the table: it may hold changes not yet sent.
+    let waiting = db.count(&rows(None), what).await?;
     if waiting > 0 {
         return Ok(format!(
             "{removed}; {ct} is kept: it still holds {waiting} change(s) not yet sent \

@@ -268,7 +268,7 @@ pub fn create_capture_table(d: Dialect) -> Vec<Statement> {
             "IF OBJECT_ID(N'{CAPTURE_TABLE}', N'U') IS NULL\nCREATE TABLE {t} (\n    [seq] BIGINT IDENTITY(1,1) NOT NULL PRIMARY KEY,\n    [tbl] NVARCHAR(128) NOT NULL,\n    [op] CHAR(1) NOT NULL,\n    [pk] NVARCHAR(MAX) NOT NULL,\n    [before] NVARCHAR(MAX) NULL,\n    [after] NVARCHAR(MAX) NULL,\n    [changed_at] DATETIME2(6) NOT NULL DEFAULT SYSUTCDATETIME(),\n    [origin] NVARCHAR(64) NULL\n)"
         ))],
         Dialect::Oracle => vec![compound(format!(
-            "DECLARE\n    n NUMBER;\nBEGIN\n    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = 'LOCKSTEP_CHANGES';\n    IF n = 0 THEN\n        EXECUTE IMMEDIATE 'CREATE TABLE {t} (\n            \"seq\" NUMBER(19) GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n            \"tbl\" VARCHAR2(128) NOT NULL,\n            \"op\" CHAR(1) NOT NULL,\n            \"pk\" CLOB NOT NULL,\n            \"before\" CLOB,\n            \"after\" CLOB,\n            \"changed_at\" TIMESTAMP(6) DEFAULT SYSTIMESTAMP NOT NULL,\n            \"origin\" VARCHAR2(64)\n        )';\n    END IF;\nEND;"
+            "DECLARE\n    n NUMBER;\nBEGIN\n    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = '{CAPTURE_TABLE}';\n    IF n = 0 THEN\n        EXECUTE IMMEDIATE 'CREATE TABLE {t} (\n            \"seq\" NUMBER(19) GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n            \"tbl\" VARCHAR2(128) NOT NULL,\n            \"op\" CHAR(1) NOT NULL,\n            \"pk\" CLOB NOT NULL,\n            \"before\" CLOB,\n            \"after\" CLOB,\n            \"changed_at\" TIMESTAMP(6) DEFAULT SYSTIMESTAMP NOT NULL,\n            \"origin\" VARCHAR2(64)\n        )';\n    END IF;\nEND;"
         ))],
         Dialect::Db2 => vec![simple(format!(
             "CREATE TABLE IF NOT EXISTS {t} (\n    \"seq\" BIGINT NOT NULL GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n    \"tbl\" VARCHAR(128) NOT NULL,\n    \"op\" CHAR(1) NOT NULL,\n    \"pk\" CLOB(1M) NOT NULL,\n    \"before\" CLOB(16M),\n    \"after\" CLOB(16M),\n    \"changed_at\" TIMESTAMP(6) NOT NULL DEFAULT CURRENT TIMESTAMP,\n    \"origin\" VARCHAR(64)\n)"
@@ -678,6 +678,29 @@ pub fn uninstall(d: Dialect, tables: &[TableDef]) -> Vec<Statement> {
         .iter()
         .flat_map(|t| uninstall_triggers(d, t))
         .collect()
+}
+
+/// A query counting the capture tables (0 or 1) in the schema the connection uses.
+pub fn capture_table_exists(d: Dialect) -> String {
+    let name = lit(CAPTURE_TABLE);
+    match d {
+        Dialect::Postgres => format!(
+            "SELECT count(*) FROM (SELECT to_regclass({}) AS t) x WHERE t IS NOT NULL",
+            lit(&d.ident(CAPTURE_TABLE))
+        ),
+        Dialect::MariaDb => format!(
+            "SELECT count(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {name}"
+        ),
+        Dialect::Sqlite => {
+            format!("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = {name}")
+        }
+        Dialect::SqlServer => format!("SELECT count(*) FROM sys.tables WHERE name = {name}"),
+        Dialect::Oracle => format!("SELECT count(*) FROM user_tables WHERE table_name = {name}"),
+        Dialect::Db2 => format!(
+            "SELECT count(*) FROM SYSCAT.TABLES WHERE TABSCHEMA = CURRENT SCHEMA AND TABNAME = {name}"
+        ),
+    }
 }
 
 /// A query counting the capture triggers still on any table of the database (of any

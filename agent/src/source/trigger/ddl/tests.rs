@@ -318,7 +318,10 @@ fn exercise(db: &Live, capture: Capture, origin_sql: Option<&str>) {
     assert_eq!(captured(db).len(), 7 + usize::from(origin_sql.is_some()));
     (db.run)(&script(d, &uninstall(d, &tables()[1..])));
     assert_eq!(left(), 0, "{d:?}");
+    let exists = || (db.run)(&format!("{};\n", capture_table_exists(d))).trim() == "1";
+    assert!(exists(), "{d:?}");
     (db.run)(&script(d, &drop_capture_table(d)));
+    assert!(!exists(), "{d:?}");
     (db.run)("INSERT INTO appointments (id, clinic, fee) VALUES (3, 'After', 1);\n");
 }
 

@@ -3,7 +3,7 @@
 DECLARE
     n NUMBER;
 BEGIN
-    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = 'LOCKSTEP_CHANGES';
+    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = 'lockstep_changes';
     IF n = 0 THEN
         EXECUTE IMMEDIATE 'CREATE TABLE "lockstep_changes" (
             "seq" NUMBER(19) GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
