@@ -334,8 +334,8 @@ async fn reinstall_under_writes_loses_nothing(kind: Kind) {
             // The client's stdin pipe paces the writer to the database.
             let mut changes = 0u64;
             let mut i = 0u64;
-            // At least 200 rounds; at most 50,000 should the installs never end.
-            while (!done.load(std::sync::atomic::Ordering::Relaxed) || i < 200) && i < 50_000 {
+            // At least 200 rounds; at most 200,000 should the installs never end.
+            while (!done.load(std::sync::atomic::Ordering::Relaxed) || i < 200) && i < 200_000 {
                 i += 1;
                 session.send(&format!(
                     "INSERT INTO appointments (id, clinic) VALUES ({i}, 'c{i}'); \
@@ -347,7 +347,13 @@ async fn reinstall_under_writes_loses_nothing(kind: Kind) {
             (session.finish(), changes)
         })
     };
-    for _ in 0..8 {
+    // LOCKSTEP_HEAVY=1: many more reinstalls (and so more writes across them).
+    let installs = if std::env::var_os("LOCKSTEP_HEAVY").is_some() {
+        100
+    } else {
+        8
+    };
+    for _ in 0..installs {
         triggers_cmd("install", "vista", &cfg);
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
