@@ -11,6 +11,7 @@
 //! tables side by side.
 
 use super::{SourceConfig, SourceKind, TriggerDb};
+use crate::source::trigger::ddl::trigger_name;
 
 /// The database a trigger source connects to, in a form that compares equal for the same
 /// target: never printed (it may hold secrets other than the credentials it drops).
@@ -123,6 +124,32 @@ pub fn conflict(before: &[Owner<'_>], new: &Owner<'_>) -> Option<String> {
             ));
         }
     }
+    // Outside PostgreSQL a table's triggers are named after it (`ddl::trigger_name`);
+    // two tables whose names differ only in other characters than letters and digits
+    // would share them.
+    if new.target.starts_with("odbc|") {
+        let same_db = before.iter().filter(|b| b.target == new.target);
+        let others: Vec<(&str, &String)> = same_db
+            .flat_map(|b| b.tables.iter().map(move |t| (b.source, t)))
+            .chain(new.tables.iter().map(|t| (new.source, t)))
+            .collect();
+        for (i, t) in new.tables.iter().enumerate() {
+            let name = trigger_name(t, "");
+            let earlier = others.len() - new.tables.len() + i;
+            if let Some((source, u)) = others[..earlier]
+                .iter()
+                .find(|(_, u)| !may_be_same_table(u, t) && trigger_name(u, "") == name)
+            {
+                return Some(format!(
+                    "source `{}`: tables `{t}` and `{u}` (source `{source}`) would need the same \
+                     trigger names ({name}_…), which one database cannot hold for both (the \
+                     second install fails on MariaDB, and takes the first's triggers away on \
+                     SQLite): capture one of them with kind = \"poll\" instead",
+                    new.source
+                ));
+            }
+        }
+    }
     for b in before.iter().filter(|b| b.target == new.target) {
         for t in new.tables {
             if let Some(u) = b.tables.iter().find(|u| may_be_same_table(u, t)) {
@@ -178,6 +205,31 @@ mod tests {
             odbc("DRIVER={MariaDB Unicode};SERVER=db;DATABASE=other")
         );
         assert_eq!(odbc_parts("A={x;y};B=2;"), ["A={x;y}", "B=2"]);
+    }
+
+    #[test]
+    fn tables_whose_triggers_would_share_names() {
+        let maria = odbc("DRIVER={MariaDB Unicode};DATABASE=vista");
+        let a = ["my-table".to_owned()];
+        let b = ["my_table".to_owned(), "other".to_owned()];
+        fn owner<'a>(source: &'a str, target: &str, tables: &'a [String]) -> Owner<'a> {
+            Owner {
+                source,
+                target: target.to_owned(),
+                tables,
+            }
+        }
+        let before = [owner("a", &maria, &a[..])];
+        let e = conflict(&before, &owner("b", &maria, &b[..])).unwrap();
+        assert!(
+            e.contains("tables `my_table` and `my-table` (source `a`)"),
+            "{e}"
+        );
+        let both = [a[0].clone(), b[0].clone()];
+        assert!(conflict(&[], &owner("b", &maria, &both)).is_some());
+        // PostgreSQL names every table's trigger `lockstep_capture`: no clash.
+        let pg = pg("host=db dbname=vista");
+        assert!(conflict(&[owner("a", &pg, &a[..])], &owner("b", &pg, &b[..])).is_none());
     }
 
     #[test]
