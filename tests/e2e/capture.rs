@@ -152,8 +152,13 @@ impl Db {
         Session(child)
     }
 
-    /// The `[[source]]` of a trigger source on this database.
+    /// The `[[source]]` of a trigger source named `vista` on this database.
     pub fn source(&self, tables: &[&str], capture: &str, extra: &str) -> String {
+        self.source_named("vista", tables, capture, extra)
+    }
+
+    /// The `[[source]]` of a trigger source named `name` on this database.
+    pub fn source_named(&self, name: &str, tables: &[&str], capture: &str, extra: &str) -> String {
         let conn = match self.kind {
             Kind::Pg => format!(
                 "postgres = \"host=127.0.0.1 user=postgres dbname=test options='-c search_path={}'\"",
@@ -163,7 +168,7 @@ impl Db {
         };
         let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
         format!(
-            "[[source]]\nname = \"vista\"\nkind = \"trigger\"\n{conn}\ntables = [{}]\ncapture = \"{capture}\"\ninterval = \"200ms\"\n{extra}\n",
+            "[[source]]\nname = \"{name}\"\nkind = \"trigger\"\n{conn}\ntables = [{}]\ncapture = \"{capture}\"\ninterval = \"200ms\"\n{extra}\n",
             tables.join(", ")
         )
     }
@@ -259,10 +264,11 @@ impl Session {
         stdin.flush().unwrap();
     }
 
-    /// Closes its stdin (the client runs what is left and exits) and waits.
-    pub fn finish(mut self) {
+    /// Closes its stdin (the client runs what is left and exits) and waits; true when
+    /// the client exited without an error (it stops at the first failed statement).
+    pub fn finish(mut self) -> bool {
         drop(self.0.stdin.take());
-        let _ = self.0.wait();
+        self.0.wait().is_ok_and(|s| s.success())
     }
 }
 
@@ -442,6 +448,16 @@ pub fn capture_rows(db: &Db) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Whether the capture table exists (in the schema, database or file of `db`).
+pub fn capture_table_exists(db: &Db) -> bool {
+    let sql = match db.kind {
+        Kind::Pg => "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'lockstep_changes';",
+        Kind::Maria => "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'lockstep_changes';",
+        Kind::Lite => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_changes';",
+    };
+    db.sql(sql).trim() == "1"
 }
 
 /// Waits until the capture table is empty and the spool sent (everything drained,
@@ -637,7 +653,7 @@ async fn a_late_commit_is_delivered(kind: Kind) {
 }
 
 /// Waits until another session holds an uncommitted row in the capture table.
-async fn wait_for_open_insert(db: &Db) {
+pub async fn wait_for_open_insert(db: &Db) {
     let sql = match db.kind {
         Kind::Pg => "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%VALUES (1, ''A'')%';",
         // A dirty read sees A's uncommitted capture row.

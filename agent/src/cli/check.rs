@@ -3,11 +3,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::config::{Config, PollConfig, SourceKind, TriggerConfig, TriggerDb};
+use crate::config::{owners, Config, PollConfig, SourceKind, TriggerConfig, TriggerDb};
 use crate::sink::jetstream;
 use crate::source::poll::scan::PollDb;
 use crate::source::tail;
 use crate::source::trigger::admin::AdminDb;
+use crate::source::trigger::ddl;
 
 /// One row of the table.
 struct Row {
@@ -94,8 +95,84 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
             SourceKind::Poll(p) => rows.push(poll_table(&s.name, p).await),
         }
     }
+    rows.extend(capture_tables(cfg).await);
     print(out, &rows);
     rows.iter().all(|r| r.ok != Some(false))
+}
+
+/// For each database with trigger sources: which source owns which table, and the
+/// changes waiting in its capture table, with those of tables no source here owns (they
+/// stay there: another agent's source may own them, or a table left `tables`).
+async fn capture_tables(cfg: &Config) -> Vec<Row> {
+    let owners: Vec<(&TriggerConfig, owners::Owner<'_>)> = cfg
+        .sources
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SourceKind::Trigger(t) => Some((t, owners::owner(s)?)),
+            _ => None,
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let mut done: Vec<&str> = Vec::new();
+    for (t, o) in &owners {
+        if done.contains(&o.target.as_str()) {
+            continue;
+        }
+        done.push(&o.target);
+        let group: Vec<&owners::Owner<'_>> = owners
+            .iter()
+            .map(|(_, o)| o)
+            .filter(|g| g.target == o.target)
+            .collect();
+        let names: Vec<&str> = group.iter().map(|g| g.source).collect();
+        let what = format!("database of {}", names.join(", "));
+        let target = ddl::CAPTURE_TABLE.to_owned();
+        let opened = tokio::time::timeout(Duration::from_secs(10), AdminDb::open(t)).await;
+        let waiting = match opened {
+            Ok(Ok(db)) => db.waiting_per_table().await,
+            // Reported on the source's own row already.
+            _ => continue,
+        };
+        let waiting = match waiting {
+            Ok(w) => w,
+            Err(_) => {
+                // No capture table: the source rows say to install the triggers.
+                continue;
+            }
+        };
+        let mut ok = Some(true);
+        let mut parts: Vec<String> = group
+            .iter()
+            .map(|g| {
+                let tables: Vec<String> = g
+                    .tables
+                    .iter()
+                    .map(|t| match waiting.iter().find(|(w, _)| w == t) {
+                        Some((_, n)) => format!("{t} ({n} waiting)"),
+                        None => t.clone(),
+                    })
+                    .collect();
+                format!("{} owns {}", g.source, tables.join(", "))
+            })
+            .collect();
+        for (tbl, n) in &waiting {
+            if !group.iter().any(|g| g.tables.contains(tbl)) {
+                ok = None;
+                parts.push(format!(
+                    "{n} change(s) of `{tbl}`, which no source here owns, stay in it (a source \
+                     of another agent may read them; if none does, they are never sent: list \
+                     the table in its source's `tables` as spelled here, or delete them)"
+                ));
+            }
+        }
+        rows.push(Row {
+            what,
+            target,
+            ok,
+            detail: parts.join("; "),
+        });
+    }
+    rows
 }
 
 /// For a trigger source: the connection, and each table with its key and whether its
@@ -137,7 +214,24 @@ async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
             Ok(def) => {
                 let key = def.key.join(", ");
                 match db.has_capture_trigger(table).await {
-                    Ok(Some(true)) => (Some(true), format!("key ({key}), triggers installed")),
+                    Ok(Some(true)) => match db.trigger_writes(table).await {
+                        Ok(Some(names)) if names.iter().any(|n| n != table) => (
+                            Some(false),
+                            format!(
+                                "key ({key}), triggers installed, but they record its changes as {}, \
+                                 which this source does not read (installed by another source, or \
+                                 under another spelling): remove the table from the other source, \
+                                 then run `lockstep triggers install --source {source}`",
+                                names
+                                    .iter()
+                                    .map(|n| format!("`{n}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(" and ")
+                            ),
+                        ),
+                        Err(e) => (Some(false), e),
+                        Ok(_) => (Some(true), format!("key ({key}), triggers installed")),
+                    },
                     Ok(Some(false)) => (
                         Some(false),
                         format!("key ({key}), triggers not installed: run `lockstep triggers install --source {source}`"),

@@ -125,9 +125,11 @@ pub enum Command {
 pub enum TriggersCommand {
     /// Print the capture table and trigger DDL for the source's tables; change nothing.
     Show,
-    /// Create the capture table and the triggers (again: upgrades them), in one transaction.
+    /// Create the capture table and the triggers (again: upgrades them, replacing each
+    /// trigger with no moment without one), in one transaction.
     Install,
-    /// Drop the triggers and the capture table.
+    /// Drop the source's triggers; then the shared capture table, once no trigger of any
+    /// source writes to it and it holds no change still to be sent.
     Uninstall,
 }
 

@@ -30,12 +30,17 @@ pub async fn run(
                 })
                 .collect();
             db.apply(&ddl::uninstall(d, &defs)).await.map_err(fail)?;
+            let removed = format!(
+                "source {}: removed the capture triggers of {} table(s)",
+                s.name,
+                defs.len()
+            );
             let _ = writeln!(
                 out,
-                "source {}: removed the capture triggers of {} table(s) and {}",
-                s.name,
-                defs.len(),
-                ddl::CAPTURE_TABLE
+                "{}",
+                uninstall_capture_table(&mut db, d, &t.tables, &removed)
+                    .await
+                    .map_err(fail)?
             );
         }
         TriggersCommand::Show | TriggersCommand::Install => {
@@ -45,10 +50,22 @@ pub async fn run(
             }
             let stmts = ddl::install(d, &defs, t.capture);
             if matches!(command, TriggersCommand::Show) {
-                let _ = write!(out, "{}", ddl::script(d, &stmts));
+                let _ = write!(out, "{}", ddl::install_script(d, &stmts));
                 return Ok(());
             }
-            db.apply(&stmts).await.map_err(fail)?;
+            db.apply(&stmts).await.map_err(|e| {
+                let lock = ["lock timeout", "Lock wait timeout"];
+                if lock.iter().any(|l| e.contains(l)) {
+                    fail(format!(
+                        "{e} (a transaction held a table's lock for more than {} s; the \
+                         triggers of the tables not yet reached are unchanged and still \
+                         capture: run install again once it has ended)",
+                        ddl::LOCK_WAIT_SECS
+                    ))
+                } else {
+                    fail(e)
+                }
+            })?;
             let _ = writeln!(
                 out,
                 "source {}: {} and capture triggers installed on {}",
@@ -62,4 +79,58 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// After a source's triggers are gone: drops the capture table when no capture trigger of
+/// any source is left on the database and it holds no row still to be sent; otherwise
+/// keeps it and says why. Returns the report.
+async fn uninstall_capture_table(
+    db: &mut AdminDb,
+    d: ddl::Dialect,
+    tables: &[String],
+    removed: &str,
+) -> Result<String, String> {
+    let ct = ddl::CAPTURE_TABLE;
+    let left = db
+        .count(
+            &ddl::capture_triggers_left(d),
+            "count the capture triggers left",
+        )
+        .await?;
+    let rows = |filter: Option<String>| {
+        format!(
+            "SELECT count(*) FROM {}{}",
+            d.ident(ct),
+            filter.map_or(String::new(), |f| format!(" WHERE {f}"))
+        )
+    };
+    let what = "count the rows of the capture table";
+    if left > 0 {
+        let own = rows(Some(ddl::own_rows(d, tables)));
+        let own = db.count(&own, what).await.unwrap_or(0);
+        let mut report = format!(
+            "{removed}; {ct} is kept: {left} capture trigger(s) of other sources still write to it"
+        );
+        if own > 0 {
+            report.push_str(&format!(
+                "; {own} change(s) of these tables are still in it, sent while the agent runs this source"
+            ));
+        }
+        return Ok(report);
+    }
+    let exists = ddl::capture_table_exists(d);
+    if db.count(&exists, "look for the capture table").await? == 0 {
+        return Ok(format!("{removed}; {ct} was gone already"));
+    }
+    // A count that fails keeps the table: it may hold changes not yet sent.
+    let waiting = db.count(&rows(None), what).await?;
+    if waiting > 0 {
+        return Ok(format!(
+            "{removed}; {ct} is kept: it still holds {waiting} change(s) not yet sent \
+             (run the agent until they are sent, then uninstall again; or delete them from {ct} \
+             if they are not wanted)"
+        ));
+    }
+    db.apply(&ddl::drop_capture_table(d)).await?;
+    Ok(format!("{removed} and {ct}"))
 }

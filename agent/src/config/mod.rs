@@ -4,6 +4,7 @@
 //! then validated into the domain types below. Nothing downstream re-checks config.
 //! Every error names the file, line and column of the value at fault.
 
+pub mod owners;
 mod raw;
 mod secret;
 mod units;

@@ -240,7 +240,20 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 format!("a source named `{}` is already defined", s.name.get_ref()),
             ));
         }
-        sources.push(source(&cx, s)?);
+        let tables_span = s.tables.as_ref().map(|t| t.span());
+        let sc = source(&cx, s)?;
+        if let (SourceKind::Trigger(t), Some(span)) = (&sc.kind, tables_span) {
+            let before: Vec<_> = sources.iter().filter_map(super::owners::owner).collect();
+            let new = super::owners::Owner {
+                source: &sc.name,
+                target: super::owners::db_target(&t.db),
+                tables: &t.tables,
+            };
+            if let Some(why) = super::owners::conflict(&before, &new) {
+                return Err(cx.err(span, why));
+            }
+        }
+        sources.push(sc);
     }
     Ok(Config {
         path: path.to_owned(),
@@ -1273,6 +1286,69 @@ mod tests {
             let e = parse_str(&format!("{base}{extra}")).unwrap_err();
             assert!(e.message.contains(msg), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn a_table_belongs_to_one_source_of_a_database() {
+        let base = "[agent]\nid = \"a\"\nstate_dir = \"/tmp/x\"\n";
+        let src = |name: &str, conn: &str, tables: &str| {
+            format!(
+                "[[source]]\nname = \"{name}\"\nkind = \"trigger\"\n{conn}\ntables = [{tables}]\n"
+            )
+        };
+        let pg = "postgres = \"host=db dbname=vista user=a\"";
+        let pg2 = "postgres = \"dbname=vista host=db user=b\"";
+        let maria = "odbc = \"DRIVER={MariaDB Unicode};SERVER=db;DATABASE=vista;\"";
+        // Different tables on one database, or one table name on two databases: fine.
+        for ok in [
+            format!(
+                "{}{}",
+                src("a", pg, "\"appointments\""),
+                src("b", pg2, "\"clinics\"")
+            ),
+            format!(
+                "{}{}",
+                src("a", pg, "\"appointments\""),
+                src("b", maria, "\"appointments\"")
+            ),
+            format!(
+                "{}{}",
+                src("a", pg, "\"x.orders\""),
+                src("b", pg, "\"y.orders\"")
+            ),
+        ] {
+            parse_str(&format!("{base}{ok}")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let two = format!(
+            "{base}{}{}",
+            src("vista", pg, "\"appointments\""),
+            src("clinic", pg2, "\"clinics\", \"appointments\"")
+        );
+        let e = parse_str(&two).unwrap_err();
+        assert_eq!(e.at, Some((13, 10)), "{e}");
+        assert!(
+            e.message.starts_with(
+                "source `clinic`: table `appointments` is already captured by source `vista` on the same database"
+            ),
+            "{e}"
+        );
+        let e = parse_str(&format!(
+            "{base}{}{}",
+            src("vista", maria, "\"appointments\""),
+            src(
+                "clinic",
+                &maria.replace(";\"", ";UID=x\""),
+                "\"public.APPOINTMENTS\""
+            )
+        ))
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("table `public.APPOINTMENTS` (as `appointments` there)"),
+            "{e}"
+        );
+        let e = parse_str(&format!("{base}{}", src("vista", pg, "\"a\", \"A\""))).unwrap_err();
+        assert!(e.message.contains("lists `a` and `A`"), "{e}");
     }
 
     #[test]

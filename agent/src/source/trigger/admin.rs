@@ -1,7 +1,7 @@
 //! One connection for the commands that look at or change a trigger source's database
 //! (`lockstep triggers`, `lockstep check`), PostgreSQL or ODBC alike.
 
-use super::ddl::{Dialect, Statement, TableDef};
+use super::ddl::{lit, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::{odbc, postgres};
 use crate::config::{TriggerConfig, TriggerDb};
 
@@ -61,11 +61,164 @@ impl AdminDb {
         }
     }
 
+    /// The number a `SELECT count(*) …` returns.
+    pub async fn count(&self, sql: &str, what: &str) -> Result<u64, String> {
+        match self {
+            AdminDb::Postgres(c) => c
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0).max(0) as u64)
+                .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
+            AdminDb::Odbc(c, _) => {
+                let rows = odbc::query(c, sql, what).map_err(|e| e.0)?;
+                let n = rows.first().and_then(|r| r.first().cloned().flatten());
+                n.and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| format!("ODBC: {what}: `{sql}` returned no number"))
+            }
+        }
+    }
+
+    /// The table names lockstep's triggers on `table` write into the capture table's
+    /// `tbl` (the source that installed them reads only its own spelling); `None` where
+    /// this dialect is not checked.
+    pub async fn trigger_writes(&self, table: &str) -> Result<Option<Vec<String>>, String> {
+        let what = format!("read the capture triggers of `{table}`");
+        let bodies: Vec<String> = match self {
+            AdminDb::Postgres(c) => {
+                // The trigger's arguments: capture mode, table name, key columns.
+                let rows = c
+                    .query(
+                        "SELECT tgargs FROM pg_trigger \
+                         WHERE tgrelid = to_regclass($1) AND tgname = 'lockstep_capture'",
+                        &[&table],
+                    )
+                    .await
+                    .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e)))?;
+                let mut names: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let args: Vec<u8> = r.get(0);
+                        let name = args.split(|&b| b == 0).nth(1)?;
+                        Some(String::from_utf8_lossy(name).into_owned())
+                    })
+                    .collect();
+                names.dedup();
+                return Ok(Some(names));
+            }
+            AdminDb::Odbc(c, d) => {
+                let name = lit(table.rsplit('.').next().unwrap_or(table));
+                let sql = match d {
+                    Dialect::MariaDb => format!(
+                        "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
+                         WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = {name} \
+                         AND TRIGGER_NAME LIKE 'lockstep!_%' ESCAPE '!'"
+                    ),
+                    Dialect::Sqlite => format!(
+                        "SELECT sql FROM sqlite_master WHERE type = 'trigger' \
+                         AND tbl_name = {name} AND name LIKE 'lockstep!_%' ESCAPE '!'"
+                    ),
+                    _ => return Ok(None),
+                };
+                odbc::query(c, &sql, &what)
+                    .map_err(|e| e.0)?
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .collect()
+            }
+        };
+        let mut names: Vec<String> = bodies.iter().filter_map(|b| first_value(b)).collect();
+        names.sort();
+        names.dedup();
+        Ok(Some(names))
+    }
+
+    /// The rows waiting in the capture table, per `tbl` (as the triggers wrote it).
+    pub async fn waiting_per_table(&self) -> Result<Vec<(String, u64)>, String> {
+        let what = "count the rows of the capture table";
+        let sql = format!(
+            "SELECT {tbl}, count(*) FROM {} GROUP BY {tbl} ORDER BY {tbl}",
+            self.dialect().ident(CAPTURE_TABLE),
+            tbl = self.dialect().ident("tbl"),
+        );
+        match self {
+            AdminDb::Postgres(c) => c
+                .query(&sql, &[])
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+                        .collect()
+                })
+                .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
+            AdminDb::Odbc(c, _) => Ok(odbc::query(c, &sql, what)
+                .map_err(|e| e.0)?
+                .into_iter()
+                .filter_map(|r| {
+                    let mut r = r.into_iter();
+                    let tbl = r.next().flatten()?;
+                    let n = r.next().flatten()?.trim().parse().ok()?;
+                    Some((tbl, n))
+                })
+                .collect()),
+        }
+    }
+
     /// Runs `stmts`: in one transaction where the database has transactional DDL.
     pub async fn apply(&mut self, stmts: &[Statement]) -> Result<(), String> {
         match self {
             AdminDb::Postgres(c) => postgres::apply(c, stmts).await.map_err(|e| e.to_string()),
+            AdminDb::Odbc(c, Dialect::Sqlite) => sqlite_apply(c, stmts),
             AdminDb::Odbc(c, _) => odbc::apply(c, stmts).map_err(|e| e.0),
         }
+    }
+}
+
+/// SQLite: `stmts` in one `BEGIN IMMEDIATE` transaction. It takes the write lock first
+/// (waiting for writers, as the busy timeout allows): a deferred transaction that read
+/// the schema first would fail at once with "database is locked" when a writer commits
+/// in between, since it cannot be upgraded to a writer then.
+fn sqlite_apply(c: &odbc_api::Connection<'static>, stmts: &[Statement]) -> Result<(), String> {
+    let run = |sql: &str| {
+        let first = sql.lines().next().unwrap_or_default();
+        c.execute(sql, (), None)
+            .map(|_| ())
+            .map_err(|e| format!("ODBC: run `{first}`: {e}"))
+    };
+    run("BEGIN IMMEDIATE")?;
+    match stmts.iter().try_for_each(|s| run(&s.sql)) {
+        Ok(()) => run("COMMIT"),
+        Err(e) => {
+            let _ = run("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The first string literal after `VALUES (` in a trigger's body: the table name its
+/// INSERT into the capture table writes.
+fn first_value(body: &str) -> Option<String> {
+    let rest = &body[body.find("VALUES (")? + "VALUES (".len()..];
+    let mut chars = rest.strip_prefix('\'')?.chars().peekable();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            if chars.peek() == Some(&'\'') {
+                chars.next();
+            } else {
+                return Some(out);
+            }
+        }
+        out.push(c);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_table_name_a_trigger_writes() {
+        let body = "INSERT INTO `lockstep_changes` (`tbl`, `op`) VALUES ('O''Brien.t', 'c')";
+        assert_eq!(super::first_value(body).as_deref(), Some("O'Brien.t"));
+        assert_eq!(super::first_value("BEGIN END"), None);
     }
 }

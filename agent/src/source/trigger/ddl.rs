@@ -18,8 +18,9 @@
 //! search_path still land in the same capture table.
 //!
 //! Statements are generated in the order they must run; each `install` statement is
-//! idempotent (create-if-missing, or drop-and-create for triggers), so running
-//! `install` again upgrades the triggers to the table's current columns.
+//! idempotent (create-if-missing, or replace for triggers), so running `install` again
+//! upgrades the triggers to the table's current columns — without a moment in which a
+//! table has no trigger (see [`create_triggers`]), so no change made meanwhile is lost.
 
 use std::fmt::Write as _;
 
@@ -105,6 +106,23 @@ impl Dialect {
 /// A string literal.
 pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The condition that selects the capture rows of `tables` (`tbl IN ('a', 'b')`): a
+/// source reads and deletes only these, so that sources sharing one capture table never
+/// touch each other's rows. The names are compared exactly as the triggers write them:
+/// as configured (the same literal), schema-qualified or not, in the same case — also
+/// where the column's collation ignores case (MariaDB's and SQL Server's defaults), since
+/// `Orders` and `orders` may be two tables, captured by two sources.
+pub fn own_rows(d: Dialect, tables: &[String]) -> String {
+    let list: Vec<String> = tables.iter().map(|t| lit(t)).collect();
+    let tbl = d.ident("tbl");
+    let tbl = match d {
+        Dialect::MariaDb => format!("CAST({tbl} AS BINARY)"),
+        Dialect::SqlServer => format!("{tbl} COLLATE Latin1_General_BIN2"),
+        _ => tbl,
+    };
+    format!("{tbl} IN ({})", list.join(", "))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,9 +244,18 @@ pub fn create_capture_table(d: Dialect) -> Vec<Statement> {
                  $lockstep$"
                     .to_owned(),
             ),
-            simple(format!("DROP TRIGGER IF EXISTS lockstep_notify ON {t}")),
-            simple(format!(
-                "CREATE TRIGGER lockstep_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION lockstep_notify()"
+            // Made only when missing: dropping it again would lock the capture table
+            // before the captured tables, the opposite order of a writer's (its table,
+            // then the capture table through the trigger), and deadlock with it.
+            compound(format!(
+                "DO $lockstep$\n\
+                 BEGIN\n\
+                 \x20   IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = {lt}::regclass AND tgname = 'lockstep_notify') THEN\n\
+                 \x20       CREATE TRIGGER lockstep_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION lockstep_notify();\n\
+                 \x20   END IF;\n\
+                 END\n\
+                 $lockstep$",
+                lt = lit(&t)
             )),
         ],
         Dialect::MariaDb => vec![simple(format!(
@@ -241,7 +268,7 @@ pub fn create_capture_table(d: Dialect) -> Vec<Statement> {
             "IF OBJECT_ID(N'{CAPTURE_TABLE}', N'U') IS NULL\nCREATE TABLE {t} (\n    [seq] BIGINT IDENTITY(1,1) NOT NULL PRIMARY KEY,\n    [tbl] NVARCHAR(128) NOT NULL,\n    [op] CHAR(1) NOT NULL,\n    [pk] NVARCHAR(MAX) NOT NULL,\n    [before] NVARCHAR(MAX) NULL,\n    [after] NVARCHAR(MAX) NULL,\n    [changed_at] DATETIME2(6) NOT NULL DEFAULT SYSUTCDATETIME(),\n    [origin] NVARCHAR(64) NULL\n)"
         ))],
         Dialect::Oracle => vec![compound(format!(
-            "DECLARE\n    n NUMBER;\nBEGIN\n    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = 'LOCKSTEP_CHANGES';\n    IF n = 0 THEN\n        EXECUTE IMMEDIATE 'CREATE TABLE {t} (\n            \"seq\" NUMBER(19) GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n            \"tbl\" VARCHAR2(128) NOT NULL,\n            \"op\" CHAR(1) NOT NULL,\n            \"pk\" CLOB NOT NULL,\n            \"before\" CLOB,\n            \"after\" CLOB,\n            \"changed_at\" TIMESTAMP(6) DEFAULT SYSTIMESTAMP NOT NULL,\n            \"origin\" VARCHAR2(64)\n        )';\n    END IF;\nEND;"
+            "DECLARE\n    n NUMBER;\nBEGIN\n    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = '{CAPTURE_TABLE}';\n    IF n = 0 THEN\n        EXECUTE IMMEDIATE 'CREATE TABLE {t} (\n            \"seq\" NUMBER(19) GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n            \"tbl\" VARCHAR2(128) NOT NULL,\n            \"op\" CHAR(1) NOT NULL,\n            \"pk\" CLOB NOT NULL,\n            \"before\" CLOB,\n            \"after\" CLOB,\n            \"changed_at\" TIMESTAMP(6) DEFAULT SYSTIMESTAMP NOT NULL,\n            \"origin\" VARCHAR2(64)\n        )';\n    END IF;\nEND;"
         ))],
         Dialect::Db2 => vec![simple(format!(
             "CREATE TABLE IF NOT EXISTS {t} (\n    \"seq\" BIGINT NOT NULL GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n    \"tbl\" VARCHAR(128) NOT NULL,\n    \"op\" CHAR(1) NOT NULL,\n    \"pk\" CLOB(1M) NOT NULL,\n    \"before\" CLOB(16M),\n    \"after\" CLOB(16M),\n    \"changed_at\" TIMESTAMP(6) NOT NULL DEFAULT CURRENT TIMESTAMP,\n    \"origin\" VARCHAR(64)\n)"
@@ -303,9 +330,15 @@ pub(crate) fn json_object(d: Dialect, row: &str, cols: &[String], binary: &[Stri
     }
 }
 
-/// Statements that (re)create the triggers of one table.
+/// Statements that (re)create the triggers of one table. Replacing them leaves no moment
+/// without a trigger: MariaDB, SQL Server, Oracle and DB2 replace each in place (`CREATE
+/// OR REPLACE` / `CREATE OR ALTER`); PostgreSQL and SQLite drop and create inside the
+/// one transaction `install` runs in (their DDL is transactional).
 pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statement> {
-    let mut out = drop_triggers(d, t);
+    let mut out = match d {
+        Dialect::MariaDb => Vec::new(),
+        _ => drop_triggers(d, t),
+    };
     let tbl = d.table(&t.name);
     let ct = d.ident(CAPTURE_TABLE);
     let name = lit(&t.name);
@@ -375,18 +408,18 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
             let trig = |suffix: &str| d.ident(&trigger_name(&t.name, suffix));
             if d == Dialect::MariaDb {
                 out.push(simple(format!(
-                    "CREATE TRIGGER {} AFTER INSERT ON {tbl} FOR EACH ROW\n{}",
+                    "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {tbl} FOR EACH ROW\n{}",
                     trig("ins"),
                     ins("c", "NEW", "after")
                 )));
                 out.push(compound(format!(
-                    "CREATE TRIGGER {} AFTER UPDATE ON {tbl} FOR EACH ROW\nBEGIN\n    IF {same_key} THEN\n        {upd};\n    ELSE\n        {};\n        {};\n    END IF;\nEND",
+                    "CREATE OR REPLACE TRIGGER {} AFTER UPDATE ON {tbl} FOR EACH ROW\nBEGIN\n    IF {same_key} THEN\n        {upd};\n    ELSE\n        {};\n        {};\n    END IF;\nEND",
                     trig("upd"),
                     ins("d", "OLD", "before"),
                     ins("c", "NEW", "after")
                 )));
                 out.push(simple(format!(
-                    "CREATE TRIGGER {} AFTER DELETE ON {tbl} FOR EACH ROW\n{}",
+                    "CREATE OR REPLACE TRIGGER {} AFTER DELETE ON {tbl} FOR EACH ROW\n{}",
                     trig("del"),
                     ins("d", "OLD", "before")
                 )));
@@ -611,27 +644,104 @@ pub fn uninstall_triggers(d: Dialect, t: &TableDef) -> Vec<Statement> {
     }
 }
 
+/// How long `install` waits for a table's lock before it gives up.
+pub const LOCK_WAIT_SECS: u32 = 10;
+
 /// Everything `install` runs, in order.
+///
+/// It waits at most [`LOCK_WAIT_SECS`] for a table's lock (PostgreSQL, MariaDB): replacing
+/// a trigger needs the table to itself for a moment, and while it waits for a long
+/// transaction to end, every other write to the table queues behind it. Better to fail
+/// and be run again than to stall the application.
 pub fn install(d: Dialect, tables: &[TableDef], capture: Capture) -> Vec<Statement> {
-    let mut out = create_capture_table(d);
+    let mut out = match d {
+        Dialect::Postgres => vec![simple(format!(
+            "SET LOCAL lock_timeout = '{LOCK_WAIT_SECS}s'"
+        ))],
+        Dialect::MariaDb => vec![simple(format!(
+            "SET SESSION lock_wait_timeout = {LOCK_WAIT_SECS}"
+        ))],
+        _ => Vec::new(),
+    };
+    out.extend(create_capture_table(d));
     for t in tables {
         out.extend(create_triggers(d, t, capture));
     }
     out
 }
 
-/// Everything `uninstall` runs, in order: triggers first, then the capture table.
+/// What `uninstall` runs first: the triggers of these tables (one source's). The capture
+/// table is shared by every source on the database, so it is dropped after them (with
+/// [`drop_capture_table`]) only when [`capture_triggers_left`] counts none.
 pub fn uninstall(d: Dialect, tables: &[TableDef]) -> Vec<Statement> {
-    let mut out: Vec<Statement> = tables
+    tables
         .iter()
         .flat_map(|t| uninstall_triggers(d, t))
-        .collect();
-    out.extend(drop_capture_table(d));
-    out
+        .collect()
 }
 
-/// Statements as a script for the database's own command-line client (what
-/// `triggers show` prints): `;` after each, `DELIMITER` around MariaDB compound
+/// A query counting the capture tables (0 or 1) in the schema the connection uses.
+pub fn capture_table_exists(d: Dialect) -> String {
+    let name = lit(CAPTURE_TABLE);
+    match d {
+        Dialect::Postgres => format!(
+            "SELECT count(*) FROM (SELECT to_regclass({}) AS t) x WHERE t IS NOT NULL",
+            lit(&d.ident(CAPTURE_TABLE))
+        ),
+        Dialect::MariaDb => format!(
+            "SELECT count(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {name}"
+        ),
+        Dialect::Sqlite => {
+            format!("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = {name}")
+        }
+        Dialect::SqlServer => format!("SELECT count(*) FROM sys.tables WHERE name = {name}"),
+        Dialect::Oracle => format!("SELECT count(*) FROM user_tables WHERE table_name = {name}"),
+        Dialect::Db2 => format!(
+            "SELECT count(*) FROM SYSCAT.TABLES WHERE TABSCHEMA = CURRENT SCHEMA AND TABNAME = {name}"
+        ),
+    }
+}
+
+/// A query counting the capture triggers still on any table of the database (of any
+/// source, this config's or another's): lockstep's triggers are known by their names,
+/// `lockstep_…` (on PostgreSQL, by their function `lockstep_capture()` of the capture
+/// table's schema, since each is named `lockstep_capture`).
+pub fn capture_triggers_left(d: Dialect) -> String {
+    let like = "LIKE 'lockstep!_%' ESCAPE '!'";
+    match d {
+        Dialect::Postgres => "SELECT count(*) FROM pg_trigger \
+             WHERE tgfoid = to_regproc('lockstep_capture') AND NOT tgisinternal"
+            .to_owned(),
+        Dialect::MariaDb => format!(
+            "SELECT count(*) FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME {like}"
+        ),
+        Dialect::Sqlite => {
+            format!("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name {like}")
+        }
+        Dialect::SqlServer => {
+            format!("SELECT count(*) FROM sys.triggers WHERE parent_class = 1 AND name {like}")
+        }
+        Dialect::Oracle => format!("SELECT count(*) FROM user_triggers WHERE trigger_name {like}"),
+        Dialect::Db2 => format!(
+            "SELECT count(*) FROM SYSCAT.TRIGGERS WHERE TRIGSCHEMA = CURRENT SCHEMA AND TRIGNAME {like}"
+        ),
+    }
+}
+
+/// `install`'s statements as a script for the database's own command-line client (what
+/// `triggers show` prints): in one transaction where DDL is transactional, so that run
+/// by hand it replaces the triggers as atomically as `install` does.
+pub fn install_script(d: Dialect, stmts: &[Statement]) -> String {
+    match d {
+        Dialect::Postgres => format!("BEGIN;\n\n{}COMMIT;\n", script(d, stmts)),
+        Dialect::Sqlite => format!("BEGIN IMMEDIATE;\n\n{}COMMIT;\n", script(d, stmts)),
+        _ => script(d, stmts),
+    }
+}
+
+/// Statements as a script for the database's own command-line client: `;` after each, `DELIMITER` around MariaDB compound
 /// statements, `/` after Oracle blocks, `GO` after SQL Server batches, `@` as DB2's
 /// terminator for compound ones.
 pub fn script(d: Dialect, stmts: &[Statement]) -> String {

@@ -9,7 +9,7 @@ use lockstep_formats::json::parse_object;
 use lockstep_formats::Value;
 use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 
-use super::ddl::{json_object, Dialect, Statement, TableDef, CAPTURE_TABLE};
+use super::ddl::{json_object, own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::drain::{CaptureDb, ChangeRow, DbError};
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
@@ -213,6 +213,8 @@ pub struct OdbcCapture {
     dialect: Dialect,
     tables: Vec<TableDef>,
     epoch: String,
+    /// `tbl IN (…)`: only this source's rows of the capture table.
+    own: String,
     sql: String,
 }
 
@@ -258,6 +260,7 @@ impl OdbcCapture {
             dialect,
             tables: defs,
             epoch,
+            own: own_rows(dialect, tables),
             sql: String::new(),
         })
     }
@@ -377,6 +380,7 @@ impl CaptureDb for OdbcCapture {
     ) -> Result<(), DbError> {
         let d = self.dialect;
         let ct = d.ident(CAPTURE_TABLE);
+        let own = &self.own;
         let what = "read the capture table";
         let r = (|| {
             // Rows at or below the cursor are the ones in flight, unless a transaction
@@ -384,7 +388,7 @@ impl CaptureDb for OdbcCapture {
             let below: usize = if cursor > 0 {
                 query(
                     &self.conn,
-                    &format!("SELECT count(*) FROM {ct} WHERE seq <= {cursor}"),
+                    &format!("SELECT count(*) FROM {ct} WHERE seq <= {cursor} AND {own}"),
                     what,
                 )?
                 .first()
@@ -397,7 +401,7 @@ impl CaptureDb for OdbcCapture {
             let late: Vec<i64> = if below > in_flight.len() {
                 query(
                     &self.conn,
-                    &format!("SELECT seq FROM {ct} WHERE seq <= {cursor} ORDER BY seq"),
+                    &format!("SELECT seq FROM {ct} WHERE seq <= {cursor} AND {own} ORDER BY seq"),
                     what,
                 )?
                 .into_iter()
@@ -409,7 +413,7 @@ impl CaptureDb for OdbcCapture {
             };
             let n = limit + late.len();
             let mut body = format!(
-                "seq, tbl, op, pk, {}, {}, {}, origin FROM {ct} WHERE seq > {cursor}",
+                "seq, tbl, op, pk, {}, {}, {}, origin FROM {ct} WHERE {own} AND (seq > {cursor}",
                 d.ident("before"),
                 d.ident("after"),
                 changed_ms(d)
@@ -418,6 +422,7 @@ impl CaptureDb for OdbcCapture {
                 let list: Vec<String> = late.iter().map(|s| s.to_string()).collect();
                 body.push_str(&format!(" OR seq IN ({})", list.join(", ")));
             }
+            body.push(')');
             limited(d, &body, "seq", n, &mut self.sql);
             for r in query(&self.conn, &self.sql, what)? {
                 let mut c = r.into_iter();
@@ -533,7 +538,11 @@ impl CaptureDb for OdbcCapture {
                 let list: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
                 self.conn
                     .execute(
-                        &format!("DELETE FROM {ct} WHERE seq IN ({})", list.join(", ")),
+                        &format!(
+                            "DELETE FROM {ct} WHERE seq IN ({}) AND {}",
+                            list.join(", "),
+                            self.own
+                        ),
                         (),
                         None,
                     )

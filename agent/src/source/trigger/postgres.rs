@@ -10,7 +10,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
 
-use super::ddl::{Dialect, Statement, TableDef, CAPTURE_TABLE};
+use super::ddl::{own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::drain::{CaptureDb, ChangeRow, DbError};
 
 #[derive(Debug, Error)]
@@ -230,13 +230,17 @@ impl PgCapture {
             .await
             .map_err(q("listen for changes"))?;
         let ct = Dialect::Postgres.ident(CAPTURE_TABLE);
+        // Only this source's rows: other sources may share the capture table.
+        let own = own_rows(Dialect::Postgres, tables);
         let count = client
-            .prepare(&format!("SELECT count(*) FROM {ct} WHERE seq <= $1"))
+            .prepare(&format!(
+                "SELECT count(*) FROM {ct} WHERE seq <= $1 AND {own}"
+            ))
             .await
             .map_err(q("prepare reading the capture table"))?;
         let sweep = client
             .prepare(&format!(
-                "SELECT seq FROM {ct} WHERE seq <= $1 ORDER BY seq"
+                "SELECT seq FROM {ct} WHERE seq <= $1 AND {own} ORDER BY seq"
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
@@ -244,18 +248,18 @@ impl PgCapture {
                        (extract(epoch FROM changed_at) * 1000)::int8, origin";
         let fresh = client
             .prepare(&format!(
-                "SELECT {columns} FROM {ct} WHERE seq > $1 ORDER BY seq LIMIT $2"
+                "SELECT {columns} FROM {ct} WHERE seq > $1 AND {own} ORDER BY seq LIMIT $2"
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
         let fresh_late = client
             .prepare(&format!(
-                "SELECT {columns} FROM {ct} WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"
+                "SELECT {columns} FROM {ct} WHERE (seq > $1 OR seq = ANY($2)) AND {own} ORDER BY seq LIMIT $3"
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
         let delete = client
-            .prepare(&format!("DELETE FROM {ct} WHERE seq = ANY($1)"))
+            .prepare(&format!("DELETE FROM {ct} WHERE seq = ANY($1) AND {own}"))
             .await
             .map_err(q("prepare deleting from the capture table"))?;
         Ok(PgCapture {

@@ -46,10 +46,13 @@ fn every_dialect_matches_its_golden_file() {
     for d in Dialect::ALL {
         for (mode, capture) in [("keys", Capture::Keys), ("rows", Capture::Rows)] {
             let text = format!(
-                "-- lockstep triggers install ({}, capture = \"{mode}\")\n\n{}-- lockstep triggers uninstall\n\n{}",
+                "-- lockstep triggers install ({}, capture = \"{mode}\")\n\n{}-- lockstep triggers uninstall\n\n{}\
+                 -- then, only when this counts no trigger left (of any source):\n-- {}\n\n{}",
                 d.name(),
-                script(d, &install(d, &golden_tables(), capture)),
-                script(d, &uninstall(d, &golden_tables()))
+                install_script(d, &install(d, &golden_tables(), capture)),
+                script(d, &uninstall(d, &golden_tables())),
+                capture_triggers_left(d),
+                script(d, &drop_capture_table(d))
             );
             let path = golden_dir().join(format!("{}-{mode}.sql", d.name()));
             if std::env::var_os("LOCKSTEP_UPDATE_GOLDEN").is_some() {
@@ -83,6 +86,12 @@ fn names_and_quoting() {
     assert_eq!(Dialect::SqlServer.ident("a]b"), "[a]]b]");
     assert_eq!(Dialect::Postgres.ident("a\"b"), "\"a\"\"b\"");
     assert_eq!(lit("it's"), "'it''s'");
+    let own = ["a".to_owned(), "s.B".to_owned()];
+    assert_eq!(own_rows(Dialect::Postgres, &own), "\"tbl\" IN ('a', 's.B')");
+    assert_eq!(
+        own_rows(Dialect::MariaDb, &own),
+        "CAST(`tbl` AS BINARY) IN ('a', 's.B')"
+    );
     assert_eq!(Dialect::Postgres.table("dbo.visits"), "\"dbo\".\"visits\"");
     assert_eq!(
         Dialect::from_dbms_name("Microsoft SQL Server"),
@@ -245,8 +254,8 @@ fn exercise(db: &Live, capture: Capture, origin_sql: Option<&str>) {
         "CREATE TABLE appointments (id INTEGER PRIMARY KEY, clinic VARCHAR(40), fee {fee_type});\n\
          CREATE TABLE clinics (region VARCHAR(8) NOT NULL, code INTEGER NOT NULL, name VARCHAR(40), PRIMARY KEY (region, code));\n"
     ));
-    (db.run)(&script(d, &install(d, &tables(), capture)));
-    (db.run)(&script(d, &install(d, &tables(), capture)));
+    (db.run)(&install_script(d, &install(d, &tables(), capture)));
+    (db.run)(&install_script(d, &install(d, &tables(), capture)));
     (db.run)(
         "INSERT INTO appointments (id, clinic, fee) VALUES (1, 'North', 12.50);\n\
          UPDATE appointments SET clinic = 'South' WHERE id = 1;\n\
@@ -293,7 +302,26 @@ fn exercise(db: &Live, capture: Capture, origin_sql: Option<&str>) {
             assert_eq!(got[5].3["name"], "West");
         }
     }
-    (db.run)(&script(d, &uninstall(d, &tables())));
+    // One table's triggers go (as one source's would); the other's still count, and
+    // still write.
+    let left = || -> u64 {
+        (db.run)(&format!("{};\n", capture_triggers_left(d)))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let all = left();
+    assert!(all > 0, "{d:?}: no capture trigger counted");
+    (db.run)(&script(d, &uninstall(d, &tables()[..1])));
+    assert!(left() > 0 && left() < all, "{d:?}: {} of {all}", left());
+    (db.run)("INSERT INTO clinics (region, code, name) VALUES ('E', 8, 'East');\n");
+    assert_eq!(captured(db).len(), 7 + usize::from(origin_sql.is_some()));
+    (db.run)(&script(d, &uninstall(d, &tables()[1..])));
+    assert_eq!(left(), 0, "{d:?}");
+    let exists = || (db.run)(&format!("{};\n", capture_table_exists(d))).trim() == "1";
+    assert!(exists(), "{d:?}");
+    (db.run)(&script(d, &drop_capture_table(d)));
+    assert!(!exists(), "{d:?}");
     (db.run)("INSERT INTO appointments (id, clinic, fee) VALUES (3, 'After', 1);\n");
 }
 

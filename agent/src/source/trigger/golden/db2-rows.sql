@@ -85,5 +85,8 @@ DROP TRIGGER IF EXISTS "lockstep_scans_upd";
 
 DROP TRIGGER IF EXISTS "lockstep_scans_del";
 
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM SYSCAT.TRIGGERS WHERE TRIGSCHEMA = CURRENT SCHEMA AND TRIGNAME LIKE 'lockstep!_%' ESCAPE '!'
+
 DROP TABLE IF EXISTS "lockstep_changes";
 

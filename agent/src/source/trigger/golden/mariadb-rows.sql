@@ -1,5 +1,7 @@
 -- lockstep triggers install (mariadb, capture = "rows")
 
+SET SESSION lock_wait_timeout = 10;
+
 CREATE TABLE IF NOT EXISTS `lockstep_changes` (
     `seq` BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     `tbl` VARCHAR(128) NOT NULL,
@@ -11,17 +13,11 @@ CREATE TABLE IF NOT EXISTS `lockstep_changes` (
     `origin` VARCHAR(64) NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
-DROP TRIGGER IF EXISTS `lockstep_appointments_ins`;
-
-DROP TRIGGER IF EXISTS `lockstep_appointments_upd`;
-
-DROP TRIGGER IF EXISTS `lockstep_appointments_del`;
-
-CREATE TRIGGER `lockstep_appointments_ins` AFTER INSERT ON `appointments` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_appointments_ins` AFTER INSERT ON `appointments` FOR EACH ROW
 INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('appointments', 'c', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', NEW.`id`, 'clinic', NEW.`clinic`, 'fee', NEW.`fee`), @lockstep_origin);
 
 DELIMITER $$
-CREATE TRIGGER `lockstep_appointments_upd` AFTER UPDATE ON `appointments` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_appointments_upd` AFTER UPDATE ON `appointments` FOR EACH ROW
 BEGIN
     IF OLD.`id` <=> NEW.`id` THEN
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('appointments', 'u', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', OLD.`id`, 'clinic', OLD.`clinic`, 'fee', OLD.`fee`), JSON_OBJECT('id', NEW.`id`, 'clinic', NEW.`clinic`, 'fee', NEW.`fee`), @lockstep_origin);
@@ -32,20 +28,14 @@ BEGIN
 END$$
 DELIMITER ;
 
-CREATE TRIGGER `lockstep_appointments_del` AFTER DELETE ON `appointments` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_appointments_del` AFTER DELETE ON `appointments` FOR EACH ROW
 INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('appointments', 'd', JSON_OBJECT('id', OLD.`id`), JSON_OBJECT('id', OLD.`id`, 'clinic', OLD.`clinic`, 'fee', OLD.`fee`), @lockstep_origin);
 
-DROP TRIGGER IF EXISTS `lockstep_clinics_ins`;
-
-DROP TRIGGER IF EXISTS `lockstep_clinics_upd`;
-
-DROP TRIGGER IF EXISTS `lockstep_clinics_del`;
-
-CREATE TRIGGER `lockstep_clinics_ins` AFTER INSERT ON `clinics` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_clinics_ins` AFTER INSERT ON `clinics` FOR EACH ROW
 INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('clinics', 'c', JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`), JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`, 'name', NEW.`name`), @lockstep_origin);
 
 DELIMITER $$
-CREATE TRIGGER `lockstep_clinics_upd` AFTER UPDATE ON `clinics` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_clinics_upd` AFTER UPDATE ON `clinics` FOR EACH ROW
 BEGIN
     IF OLD.`region` <=> NEW.`region` AND OLD.`code` <=> NEW.`code` THEN
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('clinics', 'u', JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`), JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`, 'name', OLD.`name`), JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`, 'name', NEW.`name`), @lockstep_origin);
@@ -56,20 +46,14 @@ BEGIN
 END$$
 DELIMITER ;
 
-CREATE TRIGGER `lockstep_clinics_del` AFTER DELETE ON `clinics` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_clinics_del` AFTER DELETE ON `clinics` FOR EACH ROW
 INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('clinics', 'd', JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`), JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`, 'name', OLD.`name`), @lockstep_origin);
 
-DROP TRIGGER IF EXISTS `lockstep_scans_ins`;
-
-DROP TRIGGER IF EXISTS `lockstep_scans_upd`;
-
-DROP TRIGGER IF EXISTS `lockstep_scans_del`;
-
-CREATE TRIGGER `lockstep_scans_ins` AFTER INSERT ON `scans` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_scans_ins` AFTER INSERT ON `scans` FOR EACH ROW
 INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('scans', 'c', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', NEW.`id`, 'image', HEX(NEW.`image`)), @lockstep_origin);
 
 DELIMITER $$
-CREATE TRIGGER `lockstep_scans_upd` AFTER UPDATE ON `scans` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_scans_upd` AFTER UPDATE ON `scans` FOR EACH ROW
 BEGIN
     IF OLD.`id` <=> NEW.`id` THEN
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('scans', 'u', JSON_OBJECT('id', NEW.`id`), JSON_OBJECT('id', OLD.`id`, 'image', HEX(OLD.`image`)), JSON_OBJECT('id', NEW.`id`, 'image', HEX(NEW.`image`)), @lockstep_origin);
@@ -80,7 +64,7 @@ BEGIN
 END$$
 DELIMITER ;
 
-CREATE TRIGGER `lockstep_scans_del` AFTER DELETE ON `scans` FOR EACH ROW
+CREATE OR REPLACE TRIGGER `lockstep_scans_del` AFTER DELETE ON `scans` FOR EACH ROW
 INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('scans', 'd', JSON_OBJECT('id', OLD.`id`), JSON_OBJECT('id', OLD.`id`, 'image', HEX(OLD.`image`)), @lockstep_origin);
 
 -- lockstep triggers uninstall
@@ -102,6 +86,9 @@ DROP TRIGGER IF EXISTS `lockstep_scans_ins`;
 DROP TRIGGER IF EXISTS `lockstep_scans_upd`;
 
 DROP TRIGGER IF EXISTS `lockstep_scans_del`;
+
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'lockstep!_%' ESCAPE '!'
 
 DROP TABLE IF EXISTS `lockstep_changes`;
 

@@ -3,7 +3,7 @@
 DECLARE
     n NUMBER;
 BEGIN
-    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = 'LOCKSTEP_CHANGES';
+    SELECT COUNT(*) INTO n FROM user_tables WHERE table_name = 'lockstep_changes';
     IF n = 0 THEN
         EXECUTE IMMEDIATE 'CREATE TABLE "lockstep_changes" (
             "seq" NUMBER(19) GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -92,6 +92,9 @@ EXCEPTION
     WHEN OTHERS THEN IF SQLCODE <> -4080 THEN RAISE; END IF;
 END;
 /
+
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM user_triggers WHERE trigger_name LIKE 'lockstep!_%' ESCAPE '!'
 
 BEGIN
     EXECUTE IMMEDIATE 'DROP TABLE "lockstep_changes"';

@@ -1,5 +1,9 @@
 -- lockstep triggers install (postgres, capture = "keys")
 
+BEGIN;
+
+SET LOCAL lock_timeout = '10s';
+
 CREATE TABLE IF NOT EXISTS "lockstep_changes" (
     seq bigserial PRIMARY KEY,
     tbl text NOT NULL,
@@ -53,9 +57,13 @@ BEGIN
 END
 $lockstep$;
 
-DROP TRIGGER IF EXISTS lockstep_notify ON "lockstep_changes";
-
-CREATE TRIGGER lockstep_notify AFTER INSERT ON "lockstep_changes" FOR EACH STATEMENT EXECUTE FUNCTION lockstep_notify();
+DO $lockstep$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = '"lockstep_changes"'::regclass AND tgname = 'lockstep_notify') THEN
+        CREATE TRIGGER lockstep_notify AFTER INSERT ON "lockstep_changes" FOR EACH STATEMENT EXECUTE FUNCTION lockstep_notify();
+    END IF;
+END
+$lockstep$;
 
 DROP TRIGGER IF EXISTS lockstep_capture ON "appointments";
 
@@ -69,6 +77,7 @@ DROP TRIGGER IF EXISTS lockstep_capture ON "scans";
 
 CREATE TRIGGER lockstep_capture AFTER INSERT OR UPDATE OR DELETE ON "scans" FOR EACH ROW EXECUTE FUNCTION lockstep_capture('keys', 'scans', 'id');
 
+COMMIT;
 -- lockstep triggers uninstall
 
 DROP TRIGGER IF EXISTS lockstep_capture ON "appointments";
@@ -76,6 +85,9 @@ DROP TRIGGER IF EXISTS lockstep_capture ON "appointments";
 DROP TRIGGER IF EXISTS lockstep_capture ON "clinics";
 
 DROP TRIGGER IF EXISTS lockstep_capture ON "scans";
+
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM pg_trigger WHERE tgfoid = to_regproc('lockstep_capture') AND NOT tgisinternal
 
 DROP TABLE IF EXISTS "lockstep_changes";
 

@@ -1,5 +1,7 @@
 -- lockstep triggers install (sqlite, capture = "rows")
 
+BEGIN IMMEDIATE;
+
 CREATE TABLE IF NOT EXISTS "lockstep_changes" (
     "seq" INTEGER PRIMARY KEY AUTOINCREMENT,
     "tbl" TEXT NOT NULL,
@@ -86,6 +88,7 @@ CREATE TRIGGER "lockstep_scans_del" AFTER DELETE ON "scans" BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END), json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END, 'image', CASE WHEN typeof(OLD."image") = 'blob' THEN hex(OLD."image") ELSE OLD."image" END), NULL);
 END;
 
+COMMIT;
 -- lockstep triggers uninstall
 
 DROP TRIGGER IF EXISTS "lockstep_appointments_ins";
@@ -111,6 +114,9 @@ DROP TRIGGER IF EXISTS "lockstep_scans_upd";
 DROP TRIGGER IF EXISTS "lockstep_scans_updk";
 
 DROP TRIGGER IF EXISTS "lockstep_scans_del";
+
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'lockstep!_%' ESCAPE '!'
 
 DROP TABLE IF EXISTS "lockstep_changes";
 

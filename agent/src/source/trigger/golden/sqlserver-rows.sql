@@ -66,6 +66,9 @@ GO
 IF OBJECT_ID(N'lockstep_scans', N'TR') IS NOT NULL DROP TRIGGER [lockstep_scans]
 GO
 
+-- then, only when this counts no trigger left (of any source):
+-- SELECT count(*) FROM sys.triggers WHERE parent_class = 1 AND name LIKE 'lockstep!_%' ESCAPE '!'
+
 IF OBJECT_ID(N'lockstep_changes', N'U') IS NOT NULL DROP TABLE [lockstep_changes]
 GO
 
