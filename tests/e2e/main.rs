@@ -5,6 +5,7 @@ mod auth;
 mod broker;
 mod capture;
 mod cli;
+mod conn_strings;
 mod debounce;
 mod harness;
 mod poll;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{put_value, values, Spill};
 use crate::config::{Dialect, Lookback, PollConfig};
+use crate::source::trigger::conn_string::ConnString;
 use crate::source::trigger::drain::DbError;
 use crate::source::trigger::odbc::{self, odbc_err};
 
@@ -109,37 +110,17 @@ pub struct PollDb {
 /// them: psqlODBC reads a whole result set into memory unless `UseDeclareFetch=1`.
 /// (MariaDB Connector/ODBC streams only from 3.1.17 on, with `NO_CACHE=1`: MariaDB
 /// tables are read in key-ordered chunks instead, which bounds memory with any driver.)
-fn streaming_options(
-    conn: &str,
-    dialect: Dialect,
-    rows: usize,
-    max_value: usize,
-) -> Option<String> {
-    let lower = conn.to_ascii_lowercase();
-    let has = |k: &str| lower.contains(&k.to_ascii_lowercase());
-    let mut extra = Vec::new();
-    if dialect == Dialect::Postgres {
-        if !has("UseDeclareFetch") {
-            extra.push("UseDeclareFetch=1".to_owned());
-            if !has("Fetch=") {
-                extra.push(format!("Fetch={rows}"));
-            }
-        }
-        if !has("BoolsAsChar") {
-            extra.push("BoolsAsChar=0".to_owned());
-        }
-        if !has("MaxVarcharSize") {
-            extra.push(format!("MaxVarcharSize={max_value}"));
-        }
-        if !has("MaxLongVarcharSize") {
-            extra.push(format!("MaxLongVarcharSize={max_value}"));
-        }
+fn streaming_options(conn: &mut ConnString, dialect: Dialect, rows: usize, max_value: usize) {
+    if dialect != Dialect::Postgres {
+        return;
     }
-    if extra.is_empty() {
-        return None;
+    if conn.get("UseDeclareFetch").is_none() {
+        conn.set_default("UseDeclareFetch", "1");
+        conn.set_default("Fetch", &rows.to_string());
     }
-    let base = conn.trim_end_matches(['\0', ' ', ';']);
-    Some(format!("{base};{}", extra.join(";")))
+    conn.set_default("BoolsAsChar", "0");
+    conn.set_default("MaxVarcharSize", &max_value.to_string());
+    conn.set_default("MaxLongVarcharSize", &max_value.to_string());
 }
 
 fn find(names: &[String], want: &str) -> Option<usize> {
@@ -154,19 +135,17 @@ impl PollDb {
     /// A [`DbError`] whose message starts with [`NOT_CONFIGURED`] is a config problem:
     /// connecting again does not help.
     pub fn open(cfg: &PollConfig, source: &str) -> Result<PollDb, DbError> {
-        let conn = odbc::connect(cfg.odbc.expose())?;
+        let mut with = ConnString::parse(cfg.odbc.expose())
+            .map_err(|e| DbError(format!("source `{source}`: {e}")))?;
+        let conn = odbc::connect_to(&with)?;
         let dialect = odbc::dialect(&conn, cfg.dialect)?;
-        let conn = match streaming_options(
-            cfg.odbc.expose(),
-            dialect,
-            MAX_FETCH_ROWS,
-            cfg.max_value_bytes,
-        ) {
-            Some(with) => {
-                drop(conn);
-                odbc::connect(&with)?
-            }
-            None => conn,
+        let before = with.clone();
+        streaming_options(&mut with, dialect, MAX_FETCH_ROWS, cfg.max_value_bytes);
+        let conn = if with != before {
+            drop(conn);
+            odbc::connect_to(&with)?
+        } else {
+            conn
         };
         let t = dialect.table(&cfg.table);
         let mut columns: Vec<String>;

@@ -6,6 +6,7 @@
 //! [`odbc`] one (polled); [`snapshot`] reads the tables themselves, as op `r`.
 
 pub mod admin;
+pub mod conn_string;
 pub mod ddl;
 pub mod drain;
 pub mod odbc;

@@ -9,6 +9,7 @@ use lockstep_formats::json::parse_object;
 use lockstep_formats::Value;
 use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 
+use super::conn_string::ConnString;
 use super::ddl::{json_object, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::drain::{CaptureDb, ChangeRow, DbError};
 
@@ -19,23 +20,31 @@ pub fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
     move |e| DbError(format!("ODBC: {what}: {e}"))
 }
 
-/// Opens a connection (autocommit on).
+/// Opens a connection (autocommit on). The string is parsed and written back in the
+/// form every driver reads (see [`ConnString`]): no empty attributes, braces where a
+/// value needs them.
 pub fn connect(conn: &str) -> Result<Connection<'static>, DbError> {
+    let parsed = ConnString::parse(conn).map_err(DbError)?;
+    connect_to(&parsed)
+}
+
+/// Opens a connection with a parsed connection string (autocommit on).
+pub fn connect_to(conn: &ConnString) -> Result<Connection<'static>, DbError> {
     let env = odbc_api::environment().map_err(odbc_err("set up the ODBC environment"))?;
     // Some drivers (MariaDB Connector/ODBC 3.1) read the string up to a NUL whatever
     // length they are given: end it with one.
-    let terminated = format!("{}\0", conn.trim_end_matches('\0'));
+    let terminated = format!("{conn}\0");
     env.connect_with_connection_string(&terminated, ConnectionOptions::default())
         .map_err(|e| {
-            let empty = conn
-                .split(';')
-                .any(|kv| kv.split_once('=').is_some_and(|(_, v)| v.trim().is_empty()));
-            let hint = if empty {
-                "; the connection string has a key with an empty value (like `PASSWORD=;`), \
-                 which some drivers refuse (MariaDB Connector/ODBC says `Memory allocation error`): \
-                 leave the key out"
+            let empty = conn.empty_keys();
+            let hint = if empty.is_empty() {
+                String::new()
             } else {
-                ""
+                format!(
+                    "; the connection string gives `{}` an empty value, which some drivers refuse \
+                     (MariaDB Connector/ODBC says `Memory allocation error`): leave the key out",
+                    empty.join("`, `")
+                )
             };
             DbError(format!(
                 "cannot connect through ODBC: {e} (check the DSN or connection string, \
