@@ -8,6 +8,7 @@ mod cli;
 mod conn_strings;
 mod debounce;
 mod harness;
+mod key_types;
 mod poll;
 mod rotation;
 mod service;

@@ -934,7 +934,7 @@ fn row_op(op: &str) -> Result<Op, String> {
 }
 
 /// Parses a JSON image of a row of `def`, giving binary and date-time columns their types.
-fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String> {
+pub(crate) fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String> {
     let mut r =
         parse_object(json.as_bytes()).map_err(|e| format!("{what} is not a JSON object: {e}"))?;
     for col in &def.binary {
