@@ -241,13 +241,18 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
     for t in &tables {
         ddl.push_str(&format!("CREATE TABLE {} ({});\n", t.name, t.ddl));
     }
-    if kind == Kind::Maria {
-        // The default collation: case-insensitive.
-        ddl.push_str("CREATE TABLE k_ci (id VARCHAR(20) PRIMARY KEY, v TEXT);\n");
+    // A case-insensitive key: MariaDB's default collation, SQLite's NOCASE.
+    let ci = kind != Kind::Pg;
+    match kind {
+        Kind::Maria => ddl.push_str("CREATE TABLE k_ci (id VARCHAR(20) PRIMARY KEY, v TEXT);\n"),
+        Kind::Lite => {
+            ddl.push_str("CREATE TABLE k_ci (id TEXT COLLATE NOCASE PRIMARY KEY, v TEXT);\n")
+        }
+        Kind::Pg => {}
     }
     db.sql(&ddl);
     let mut names: Vec<&str> = tables.iter().map(|t| t.name).collect();
-    if kind == Kind::Maria {
+    if ci {
         names.push("k_ci");
     }
     let mut source = db.source(&names, "keys", "snapshot = \"initial\"");
@@ -267,7 +272,7 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
     for t in &tables {
         before.push_str(&t.insert(0..t.before));
     }
-    if kind == Kind::Maria {
+    if ci {
         before.push_str("INSERT INTO k_ci VALUES ('abc', 'i1'), ('x', 'i2');\n");
     }
     db.sql(&before);
@@ -280,7 +285,7 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
     for t in &tables {
         changes.push_str(&t.changes());
     }
-    if kind == Kind::Maria {
+    if ci {
         // Only the case changes: the old key must go, never linger as a ghost.
         changes.push_str(
             "UPDATE k_ci SET id = 'ABC', v = 'u1' WHERE id = 'abc';\n\
@@ -317,14 +322,14 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
             agent_log(&w)
         );
     }
-    if kind == Kind::Maria {
-        let ci = &state["k_ci"];
-        let mut keys: Vec<&String> = ci.keys().collect();
+    if ci {
+        let rows = &state["k_ci"];
+        let mut keys: Vec<&String> = rows.keys().collect();
         keys.sort();
         assert_eq!(
             keys,
             [r#"{"id":"ABC"}"#, r#"{"id":"X"}"#, r#"{"id":"Y"}"#],
-            "{ci:?}"
+            "{rows:?}"
         );
     }
 }

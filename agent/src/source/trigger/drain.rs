@@ -947,7 +947,7 @@ pub(crate) fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Reco
     }
     for col in &def.timestamps {
         if let Some(Value::Text(t)) = r.get(col) {
-            let iso = t.replacen(' ', "T", 1);
+            let iso = super::timestamps::iso(t);
             r.push(col.clone(), Value::Timestamp(iso));
         }
     }
@@ -1006,6 +1006,7 @@ mod tests {
             columns: vec!["id".into(), "b".into(), "at".into()],
             binary: vec!["b".into()],
             timestamps: vec!["at".into()],
+            utc: Vec::new(),
         }
     }
 

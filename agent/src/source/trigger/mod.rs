@@ -12,6 +12,7 @@ pub mod drain;
 pub mod odbc;
 pub mod postgres;
 pub mod snapshot;
+pub mod timestamps;
 
 use crate::config::{TriggerConfig, TriggerDb};
 use crate::source::SourceContext;

@@ -144,7 +144,14 @@ pub fn table_columns(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbE
         // SQL_BINARY, SQL_VARBINARY, SQL_LONGVARBINARY; SQL_TYPE_TIMESTAMP, SQL_TIMESTAMP.
         match row.data_type {
             -4..=-2 => def.binary.push(col.clone()),
-            93 | 11 => def.timestamps.push(col.clone()),
+            93 | 11 => {
+                // MariaDB's TIMESTAMP (not DATETIME) is shown in the session's time zone.
+                let type_name = text(row.type_name.as_bytes().unwrap_or_default());
+                if type_name.eq_ignore_ascii_case("timestamp") {
+                    def.utc.push(col.clone());
+                }
+                def.timestamps.push(col.clone());
+            }
             _ => {}
         }
         def.columns.push(col);
@@ -388,6 +395,12 @@ impl OdbcCapture {
             let def = table_def(&c, t)?;
             types.push(key_types(&c, &def)?);
             defs.push(def);
+        }
+        if dialect == Dialect::MariaDb {
+            // The triggers record TIMESTAMP columns in UTC: read them in UTC too, so
+            // that a key is found whatever the time zone of the session that wrote it.
+            c.execute("SET time_zone = '+00:00'", (), None)
+                .map_err(odbc_err("set the session time zone to UTC"))?;
         }
         c.set_autocommit(false)
             .map_err(odbc_err("turn autocommit off"))?;
