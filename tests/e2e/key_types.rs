@@ -301,9 +301,15 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
     let msgs = w.messages().await;
-    assert_no_duplicate_ids(&msgs);
-    let state = replay_by_key(&msgs);
-    for name in &names {
+    assert_stream_is_the_tables(&w, &db, &msgs, &names, ci);
+}
+
+/// Replaying `msgs` gives each table of `names` (each row once, by its key, with its
+/// last `v`); with `ci`, `k_ci` holds only the keys as last written.
+fn assert_stream_is_the_tables(w: &World, db: &Db, msgs: &[Msg], names: &[&str], ci: bool) {
+    assert_no_duplicate_ids(msgs);
+    let state = replay_by_key(msgs);
+    for name in names {
         let mut want: Vec<String> = db
             .sql(&format!("SELECT v FROM {name};"))
             .lines()
@@ -319,7 +325,7 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
             got,
             want,
             "table {name}: the replayed stream equals the table\n{}",
-            agent_log(&w)
+            agent_log(w)
         );
     }
     if ci {
@@ -332,6 +338,63 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
             "{rows:?}"
         );
     }
+}
+
+/// The same tables and changes through poll sources (one per table): the scan's keys
+/// keep their type from one scan to the next.
+async fn poll_keys_of_every_type_replay_to_the_tables(kind: Kind) {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(kind, &w, "pollkeys");
+    let tables = tables(kind);
+    let mut sql = String::new();
+    let mut sources = String::new();
+    for t in &tables {
+        sql.push_str(&format!("CREATE TABLE {} ({});\n", t.name, t.ddl));
+        sql.push_str(&t.insert(0..t.before));
+        sources.push_str(&format!(
+            "[[source]]\nname = \"p_{0}\"\nkind = \"poll\"\nodbc = \"{1}\"\ntable = \"{0}\"\ninterval = \"300ms\"\n\n",
+            t.name,
+            db.odbc()
+        ));
+    }
+    db.sql(&sql);
+    let cfg = w.config_with(&sources);
+    let mut agent = Agent::start(
+        &cfg,
+        &w.dir().join("agent.log"),
+        &[("TZ", Path::new("America/New_York"))],
+    );
+    for t in &tables {
+        crate::poll::wait_scans(&w, &format!("p_{}", t.name), 1).await;
+    }
+    let mut changes = String::new();
+    for t in &tables {
+        changes.push_str(&t.changes());
+    }
+    db.sql(&changes);
+    for t in &tables {
+        crate::poll::wait_scans(&w, &format!("p_{}", t.name), 2).await;
+    }
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    let names: Vec<&str> = tables.iter().map(|t| t.name).collect();
+    assert_stream_is_the_tables(&w, &db, &msgs, &names, false);
+}
+
+#[tokio::test]
+async fn postgres_odbc_poll_keys_of_every_type_replay_to_the_tables() {
+    poll_keys_of_every_type_replay_to_the_tables(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_poll_keys_of_every_type_replay_to_the_tables() {
+    poll_keys_of_every_type_replay_to_the_tables(Kind::Maria).await;
+}
+
+#[tokio::test]
+async fn sqlite_odbc_poll_keys_of_every_type_replay_to_the_tables() {
+    poll_keys_of_every_type_replay_to_the_tables(Kind::Lite).await;
 }
 
 #[tokio::test]

@@ -468,32 +468,6 @@ pub fn limited(d: Dialect, body: &str, order: &str, n: usize, sql: &mut String) 
     }
 }
 
-/// The rows of `t` whose key comes after the key of `row`:
-/// `k1 > v1 OR (k1 = v1 AND k2 > v2) OR …`.
-pub fn after_key(d: Dialect, key: &[String], row: &lockstep_formats::Record) -> String {
-    let mut any = Vec::with_capacity(key.len());
-    for i in 0..key.len() {
-        let mut all: Vec<String> = key[..i]
-            .iter()
-            .map(|k| {
-                format!(
-                    "t.{} = {}",
-                    d.ident(k),
-                    literal(d, row.get(k).unwrap_or(&Value::Null))
-                )
-            })
-            .collect();
-        let k = &key[i];
-        all.push(format!(
-            "t.{} > {}",
-            d.ident(k),
-            literal(d, row.get(k).unwrap_or(&Value::Null))
-        ));
-        any.push(format!("({})", all.join(" AND ")));
-    }
-    any.join(" OR ")
-}
-
 /// A key value as an SQL literal.
 pub fn literal(d: Dialect, v: &Value) -> String {
     match v {
