@@ -232,7 +232,8 @@ fn replay_by_key(msgs: &[Msg]) -> BTreeMap<String, HashMap<String, String>> {
     state
 }
 
-async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
+/// `odbc`: a PostgreSQL source read through psqlODBC instead of natively.
+async fn keys_of_every_type_replay_to_the_tables(kind: Kind, odbc: bool) {
     let mut w = World::new();
     w.with_admin();
     let db = Db::new(kind, &w, "keytypes");
@@ -256,7 +257,13 @@ async fn keys_of_every_type_replay_to_the_tables(kind: Kind) {
         names.push("k_ci");
     }
     let mut source = db.source(&names, "keys", "snapshot = \"initial\"");
-    if kind == Kind::Pg {
+    if kind == Kind::Pg && odbc {
+        let native = source
+            .lines()
+            .find(|l| l.starts_with("postgres = "))
+            .unwrap();
+        source = source.replace(native, &format!("odbc = \"{}\"", db.odbc()));
+    } else if kind == Kind::Pg {
         // The agent's session in another time zone than the writer's.
         source = source.replace("options='", "options='-c TimeZone=America/New_York ");
     }
@@ -399,15 +406,58 @@ async fn sqlite_odbc_poll_keys_of_every_type_replay_to_the_tables() {
 
 #[tokio::test]
 async fn postgres_keys_of_every_type_replay_to_the_tables() {
-    keys_of_every_type_replay_to_the_tables(Kind::Pg).await;
+    keys_of_every_type_replay_to_the_tables(Kind::Pg, false).await;
+}
+
+#[tokio::test]
+async fn postgres_odbc_keys_of_every_type_replay_to_the_tables() {
+    keys_of_every_type_replay_to_the_tables(Kind::Pg, true).await;
 }
 
 #[tokio::test]
 async fn mariadb_odbc_keys_of_every_type_replay_to_the_tables() {
-    keys_of_every_type_replay_to_the_tables(Kind::Maria).await;
+    keys_of_every_type_replay_to_the_tables(Kind::Maria, false).await;
 }
 
 #[tokio::test]
 async fn sqlite_odbc_keys_of_every_type_replay_to_the_tables() {
-    keys_of_every_type_replay_to_the_tables(Kind::Lite).await;
+    keys_of_every_type_replay_to_the_tables(Kind::Lite, false).await;
+}
+
+/// Triggers installed by an older lockstep record a MariaDB `TIMESTAMP` key in the
+/// writer's time zone: the agent refuses to drain with them (every change would look
+/// like a delete) and says how to upgrade; after `triggers install` it drains.
+#[tokio::test]
+async fn mariadb_odbc_old_triggers_with_a_timestamp_key_are_refused_until_upgraded() {
+    let w = World::new();
+    let db = Db::new(Kind::Maria, &w, "oldtrig");
+    db.sql("CREATE TABLE k_ts (id TIMESTAMP(6) PRIMARY KEY, v TEXT);");
+    let cfg = w.config_with(&db.source(&["k_ts"], "keys", ""));
+    install(&w, &cfg);
+    // The update trigger as lockstep wrote it before: keys compared with the
+    // collation, the key in the session's time zone.
+    db.sql(
+        "DROP TRIGGER lockstep_k_ts_upd;
+         CREATE TRIGGER lockstep_k_ts_upd AFTER UPDATE ON k_ts FOR EACH ROW
+         INSERT INTO lockstep_changes (tbl, op, pk, origin)
+         VALUES ('k_ts', 'u', JSON_OBJECT('id', NEW.id), @lockstep_origin);",
+    );
+    let mut agent = w.agent(&cfg);
+    wait_for("the refusal", std::time::Duration::from_secs(30), || {
+        agent_log(&w).contains("installed by an older lockstep")
+    })
+    .await;
+    let log = agent_log(&w);
+    assert!(
+        log.contains("triggers install --source vista") && log.contains("TIMESTAMP column(s) id"),
+        "{log}"
+    );
+    install(&w, &cfg);
+    db.sql("SET time_zone = '+05:30'; INSERT INTO k_ts VALUES ('2026-03-08 02:00:00.5', 'i1');");
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert_stream_is_the_tables(&w, &db, &msgs, &["k_ts"], false);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].json["key"]["id"], "2026-03-07T20:30:00.500000");
 }

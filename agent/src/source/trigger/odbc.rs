@@ -347,6 +347,54 @@ pub fn has_capture_trigger(
     Ok(Some(n > 0))
 }
 
+/// Refuses MariaDB triggers installed by a lockstep before keys kept one text: they
+/// record a `TIMESTAMP` key in the writer's time zone, which the agent's UTC session
+/// would not find again (every change of such a key would look like a delete). Without
+/// a `TIMESTAMP` column, only a warning: a key changed only in case is an update there.
+fn check_trigger_version(
+    conn: &Connection<'_>,
+    def: &TableDef,
+    source: &str,
+) -> Result<(), DbError> {
+    let name = super::ddl::trigger_name(&def.name, "upd");
+    let params: [Box<dyn InputParameter>; 1] = [Box::new(VarCharBox::from_string(name))];
+    let rows = query_with(
+        conn,
+        "SELECT action_statement FROM information_schema.triggers \
+         WHERE trigger_schema = DATABASE() AND trigger_name = ?",
+        &params,
+        "read the capture triggers",
+    )?;
+    let Some(body) = rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+    else {
+        return Ok(());
+    };
+    if body.to_ascii_uppercase().contains("AS BINARY") {
+        return Ok(());
+    }
+    let what = format!(
+        "the capture triggers of `{}` were installed by an older lockstep: run `lockstep triggers \
+         install --source {source}` to upgrade them",
+        def.name
+    );
+    if def.utc.is_empty() {
+        tracing::warn!(
+            "source {source}: {what} (until then, a key changed only in case under a \
+             case-insensitive collation is captured as an update of the new key)"
+        );
+        Ok(())
+    } else {
+        Err(DbError(format!(
+            "{what}: they record the TIMESTAMP column(s) {} in the writer's time zone, and \
+             the agent reads them in UTC",
+            def.utc.join(", ")
+        )))
+    }
+}
+
 /// A drain connection, polled.
 pub struct OdbcCapture {
     conn: Connection<'static>,
@@ -397,6 +445,9 @@ impl OdbcCapture {
             defs.push(def);
         }
         if dialect == Dialect::MariaDb {
+            for def in &defs {
+                check_trigger_version(&c, def, source)?;
+            }
             // The triggers record TIMESTAMP columns in UTC: read them in UTC too, so
             // that a key is found whatever the time zone of the session that wrote it.
             c.execute("SET time_zone = '+00:00'", (), None)
