@@ -254,6 +254,28 @@ mod tests {
         assert!(e.contains("no key"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Any attributes, written back, parse to the same keys and values; and any
+        /// text at all parses or is refused without a panic.
+        #[test]
+        fn written_back_strings_parse_to_the_same_attributes(
+            attrs in proptest::collection::vec(("[A-Za-z][A-Za-z_ ]{0,8}", "[ -~]{0,12}"), 0..6),
+            junk in "[ -~{};=]{0,40}",
+        ) {
+            let _ = ConnString::parse(&junk);
+            let mut c = ConnString::default();
+            for (k, v) in &attrs {
+                c.attrs.push(Attr { key: k.trim().to_owned(), value: v.clone(), braced: false });
+            }
+            let again = ConnString::parse(&c.to_string()).unwrap();
+            let got: Vec<(&str, &str)> =
+                again.attrs.iter().map(|a| (a.key.as_str(), a.value.as_str())).collect();
+            let want: Vec<(&str, &str)> =
+                c.attrs.iter().map(|a| (a.key.as_str(), a.value.as_str())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn empty_values_are_named() {
         let c = ConnString::parse("DSN=x;PASSWORD=;PWD={}").unwrap();
