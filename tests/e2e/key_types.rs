@@ -236,7 +236,7 @@ fn replay_by_key(msgs: &[Msg]) -> BTreeMap<String, HashMap<String, String>> {
 async fn keys_of_every_type_replay_to_the_tables(kind: Kind, odbc: bool) {
     let mut w = World::new();
     w.with_admin();
-    let db = Db::new(kind, &w, "keytypes");
+    let db = Db::new(kind, &w, if odbc { "keytypes_odbc" } else { "keytypes" });
     let tables = tables(kind);
     let mut ddl = String::new();
     for t in &tables {

@@ -15,6 +15,9 @@ use super::drain::{parse_image, CaptureDb, ChangeRow, DbError};
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
 const IN_LIST: usize = 200;
+/// Bound parameters per statement, at most: under SQLite's oldest limit (999) and SQL
+/// Server's (2,100), so a composite key of many columns reads fewer keys a statement.
+const MAX_PARAMS: usize = 900;
 
 pub fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
     move |e| DbError(format!("ODBC: {what}: {e}"))
@@ -634,7 +637,8 @@ impl CaptureDb for OdbcCapture {
         let types = self.types_of(table);
         let mut rows = Vec::with_capacity(pks.len());
         let r = (|| {
-            for chunk in pks.chunks(IN_LIST) {
+            let per = (MAX_PARAMS / table.key.len().max(1)).clamp(1, IN_LIST);
+            for chunk in pks.chunks(per) {
                 let mut cond = Vec::with_capacity(chunk.len());
                 let mut params = Vec::with_capacity(chunk.len() * table.key.len());
                 for pk in chunk {
