@@ -85,7 +85,7 @@ fn assert_no_repeated_changes(msgs: &[Msg]) {
 }
 
 /// Waits until source `source` has finished `n` more scans than now.
-async fn wait_scans(w: &World, source: &str, n: u64) {
+pub async fn wait_scans(w: &World, source: &str, n: u64) {
     let name = format!("lockstep_poll_scans_total{{source=\"{source}\"}}");
     let target = w.metric(&name) + n;
     wait_for(

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use lockstep_formats::{Record, Value};
 use odbc_api::buffers::{BufferDesc, ColumnarDynBuffer};
+use odbc_api::parameter::{InputParameter, VarCharBox};
 use odbc_api::{Connection, Cursor, DataType, ResultSetMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::store::{put_value, values, Spill};
 use crate::config::{Dialect, Lookback, PollConfig};
+use crate::source::trigger::conn_string::ConnString;
 use crate::source::trigger::drain::DbError;
-use crate::source::trigger::odbc::{self, odbc_err};
+use crate::source::trigger::odbc::{self, odbc_err, KeyType};
 
 /// Bytes of fetch buffer, about: the rows per fetch are chosen to fit.
 const FETCH_BYTES: usize = 8 << 20;
@@ -109,37 +111,17 @@ pub struct PollDb {
 /// them: psqlODBC reads a whole result set into memory unless `UseDeclareFetch=1`.
 /// (MariaDB Connector/ODBC streams only from 3.1.17 on, with `NO_CACHE=1`: MariaDB
 /// tables are read in key-ordered chunks instead, which bounds memory with any driver.)
-fn streaming_options(
-    conn: &str,
-    dialect: Dialect,
-    rows: usize,
-    max_value: usize,
-) -> Option<String> {
-    let lower = conn.to_ascii_lowercase();
-    let has = |k: &str| lower.contains(&k.to_ascii_lowercase());
-    let mut extra = Vec::new();
-    if dialect == Dialect::Postgres {
-        if !has("UseDeclareFetch") {
-            extra.push("UseDeclareFetch=1".to_owned());
-            if !has("Fetch=") {
-                extra.push(format!("Fetch={rows}"));
-            }
-        }
-        if !has("BoolsAsChar") {
-            extra.push("BoolsAsChar=0".to_owned());
-        }
-        if !has("MaxVarcharSize") {
-            extra.push(format!("MaxVarcharSize={max_value}"));
-        }
-        if !has("MaxLongVarcharSize") {
-            extra.push(format!("MaxLongVarcharSize={max_value}"));
-        }
+fn streaming_options(conn: &mut ConnString, dialect: Dialect, rows: usize, max_value: usize) {
+    if dialect != Dialect::Postgres {
+        return;
     }
-    if extra.is_empty() {
-        return None;
+    if conn.get("UseDeclareFetch").is_none() {
+        conn.set_default("UseDeclareFetch", "1");
+        conn.set_default("Fetch", &rows.to_string());
     }
-    let base = conn.trim_end_matches(['\0', ' ', ';']);
-    Some(format!("{base};{}", extra.join(";")))
+    conn.set_default("BoolsAsChar", "0");
+    conn.set_default("MaxVarcharSize", &max_value.to_string());
+    conn.set_default("MaxLongVarcharSize", &max_value.to_string());
 }
 
 fn find(names: &[String], want: &str) -> Option<usize> {
@@ -154,19 +136,17 @@ impl PollDb {
     /// A [`DbError`] whose message starts with [`NOT_CONFIGURED`] is a config problem:
     /// connecting again does not help.
     pub fn open(cfg: &PollConfig, source: &str) -> Result<PollDb, DbError> {
-        let conn = odbc::connect(cfg.odbc.expose())?;
+        let mut with = ConnString::parse(cfg.odbc.expose())
+            .map_err(|e| DbError(format!("source `{source}`: {e}")))?;
+        let conn = odbc::connect_to(&with)?;
         let dialect = odbc::dialect(&conn, cfg.dialect)?;
-        let conn = match streaming_options(
-            cfg.odbc.expose(),
-            dialect,
-            MAX_FETCH_ROWS,
-            cfg.max_value_bytes,
-        ) {
-            Some(with) => {
-                drop(conn);
-                odbc::connect(&with)?
-            }
-            None => conn,
+        let before = with.clone();
+        streaming_options(&mut with, dialect, MAX_FETCH_ROWS, cfg.max_value_bytes);
+        let conn = if with != before {
+            drop(conn);
+            odbc::connect_to(&with)?
+        } else {
+            conn
         };
         let t = dialect.table(&cfg.table);
         let mut columns: Vec<String>;
@@ -341,11 +321,22 @@ impl PollDb {
         let p = &plan;
         let l = &p.layout;
         let mut cond = Vec::new();
+        // The cursor's bound, when it is a parameter: bound again for each statement.
+        let mut since_param: Option<String> = None;
         if let (Some(c), Some(since)) = (p.cursor, since) {
             let col = p.dialect.ident(&l.columns[c]);
-            let bound = lower_bound(p.dialect, l.kinds[c], since, lookback);
+            let (bound, param) = lower_bound(p.dialect, l.kinds[c], since, lookback);
             cond.push(format!("{col} >= {bound}"));
+            if param {
+                since_param = Some(since.to_owned());
+            }
         }
+        let since_params = || -> Vec<Box<dyn InputParameter>> {
+            since_param
+                .iter()
+                .map(|s| Box::new(VarCharBox::from_string(s.clone())) as Box<dyn InputParameter>)
+                .collect()
+        };
         let mut max_cursor: Option<Vec<u8>> = None;
         let mut last = Vec::new();
         let Some(chunk) = p.chunk_rows else {
@@ -355,7 +346,7 @@ impl PollDb {
                 self.sql.push_str(" WHERE ");
                 self.sql.push_str(&cond[0]);
             }
-            self.read(spill, stop, &mut max_cursor, &mut last)?;
+            self.read(&since_params(), spill, stop, &mut max_cursor, &mut last)?;
             return Ok(max_cursor.map(|m| String::from_utf8_lossy(&m).into_owned()));
         };
         // In key order, a chunk at a time, in one transaction (one snapshot of the
@@ -367,18 +358,33 @@ impl PollDb {
             .map(|&k| format!("t.{}", p.dialect.ident(&l.columns[k])))
             .collect();
         let key_names: Vec<String> = l.key.iter().map(|&k| l.columns[k].clone()).collect();
+        // The chunk bounds are bound typed: bytes as bytes, decimals as exact decimals
+        // (MariaDB, the one dialect read in chunks, takes up to DECIMAL(65, 30)).
+        let key_types: Vec<KeyType> = l
+            .key
+            .iter()
+            .map(|&k| match l.kinds[k] {
+                Kind::Bytes => KeyType::Binary,
+                Kind::Decimal => KeyType::Decimal {
+                    precision: 65,
+                    scale: 30,
+                },
+                _ => KeyType::Plain,
+            })
+            .collect();
         self.conn
             .set_autocommit(false)
             .map_err(|e| ScanError::Db(odbc_err(&what)(e)))?;
         let r = (|| loop {
             let mut all = cond.clone();
+            let mut params = since_params();
             if !last.is_empty() {
                 let key = decode_key(l, &last, true).map_err(|e| {
                     ScanError::Db(DbError(format!("{what}: the last key read: {e}")))
                 })?;
                 all.push(format!(
                     "({})",
-                    odbc::after_key(p.dialect, &key_names, &key)
+                    odbc::after_key_params(p.dialect, &key_names, &key_types, &key, &mut params)
                 ));
             }
             let body = if all.is_empty() {
@@ -393,7 +399,7 @@ impl PollDb {
             let mut sql = String::new();
             odbc::limited(p.dialect, &body, &order.join(", "), chunk, &mut sql);
             self.sql = sql;
-            let n = self.read(spill, stop, &mut max_cursor, &mut last)?;
+            let n = self.read(&params, spill, stop, &mut max_cursor, &mut last)?;
             if n < chunk as u64 {
                 return Ok(());
             }
@@ -407,6 +413,7 @@ impl PollDb {
     /// Runs `self.sql` and spills its rows; returns how many. `last` gets the last row.
     fn read(
         &mut self,
+        params: &[Box<dyn InputParameter>],
         spill: &mut Spill,
         stop: &dyn Fn() -> bool,
         max_cursor: &mut Option<Vec<u8>>,
@@ -417,7 +424,7 @@ impl PollDb {
         let what = format!("scan `{}`", p.table);
         let cursor = self
             .conn
-            .execute(&self.sql, (), None)
+            .execute(&self.sql, params, None)
             .map_err(|e| ScanError::Db(odbc_err(&what)(e)))?;
         let Some(cursor) = cursor else {
             return Err(ScanError::Db(DbError(format!(
@@ -536,33 +543,39 @@ pub fn cursor_less(kind: Kind, a: &[u8], b: &[u8]) -> bool {
     a < b
 }
 
-/// The SQL of the lowest cursor value an incremental scan reads.
-fn lower_bound(d: Dialect, kind: Kind, last: &str, lookback: Lookback) -> String {
+/// The SQL of the lowest cursor value an incremental scan reads; its `?` (if any) is
+/// bound to `last`, as text.
+fn lower_bound(d: Dialect, kind: Kind, last: &str, lookback: Lookback) -> (String, bool) {
     match lookback {
         Lookback::Count(n) => {
-            let lit = if matches!(kind, Kind::Int | Kind::Decimal) {
-                last.trim().to_owned()
+            // A number as the database wrote it: written as a number, so that it is
+            // compared as one (MariaDB compares text with a number as a double).
+            let t = last.trim();
+            let numeric = matches!(kind, Kind::Int | Kind::Decimal)
+                && !t.is_empty()
+                && t.trim_start_matches('-')
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || c == b'.');
+            if numeric {
+                (format!("({t} - {n})"), false)
             } else {
-                odbc::literal(d, &Value::Text(last.to_owned()))
-            };
-            format!("({lit} - {n})")
+                (format!("(? - {n})"), true)
+            }
         }
         Lookback::Time(t) => {
-            let lit = odbc::literal(d, &Value::Text(last.to_owned()));
             let s = t.as_secs();
-            match d {
+            let sql = match d {
                 Dialect::Postgres if kind == Kind::TimestampUtc => {
-                    format!(
-                        "(CAST({lit} AS timestamp) AT TIME ZONE 'UTC' - INTERVAL '{s} seconds')"
-                    )
+                    format!("(CAST(? AS timestamp) AT TIME ZONE 'UTC' - INTERVAL '{s} seconds')")
                 }
-                Dialect::Postgres => format!("(CAST({lit} AS timestamp) - INTERVAL '{s} seconds')"),
-                Dialect::MariaDb => format!("DATE_SUB({lit}, INTERVAL {s} SECOND)"),
-                Dialect::Sqlite => format!("datetime({lit}, '-{s} seconds')"),
-                Dialect::SqlServer => format!("DATEADD(second, -{s}, {lit})"),
-                Dialect::Oracle => format!("(TIMESTAMP {lit} - INTERVAL '{s}' SECOND)"),
-                Dialect::Db2 => format!("(TIMESTAMP({lit}) - {s} SECONDS)"),
-            }
+                Dialect::Postgres => format!("(CAST(? AS timestamp) - INTERVAL '{s} seconds')"),
+                Dialect::MariaDb => format!("DATE_SUB(?, INTERVAL {s} SECOND)"),
+                Dialect::Sqlite => format!("datetime(?, '-{s} seconds')"),
+                Dialect::SqlServer => format!("DATEADD(second, -{s}, ?)"),
+                Dialect::Oracle => format!("(CAST(? AS TIMESTAMP) - INTERVAL '{s}' SECOND)"),
+                Dialect::Db2 => format!("(TIMESTAMP(?) - {s} SECONDS)"),
+            };
+            (sql, true)
         }
     }
 }

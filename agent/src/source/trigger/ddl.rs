@@ -145,6 +145,10 @@ pub struct TableDef {
     /// Date and time columns whose JSON text separates date and time with a space
     /// (MariaDB): sent as ISO-8601, with a `T`.
     pub timestamps: Vec<String>,
+    /// Columns shown in the session's time zone (MariaDB `TIMESTAMP`): the triggers
+    /// record them in UTC, and the agent reads them in a UTC session, so that a key
+    /// written in any session's time zone is found again.
+    pub utc: Vec<String>,
 }
 
 /// One statement, and whether it is a compound block (a body with its own `;`s) that
@@ -299,12 +303,27 @@ pub fn drop_capture_table(d: Dialect) -> Vec<Statement> {
 /// dialect's JSON function. Binary columns are written as hex text: the JSON functions
 /// would otherwise put raw bytes in a JSON string (MariaDB) or refuse them (SQLite).
 pub(crate) fn json_object(d: Dialect, row: &str, cols: &[String], binary: &[String]) -> String {
+    json_object_utc(d, row, cols, binary, &[])
+}
+
+/// [`json_object`], with the `utc` columns (MariaDB `TIMESTAMP`) converted from the
+/// session's time zone to UTC.
+pub(crate) fn json_object_utc(
+    d: Dialect,
+    row: &str,
+    cols: &[String],
+    binary: &[String],
+    utc: &[String],
+) -> String {
     let pairs: Vec<String> = cols
         .iter()
         .map(|c| {
             let mut v = format!("{row}.{}", d.ident(c));
             let bin = binary.contains(c);
             v = match d {
+                Dialect::MariaDb if utc.contains(c) => {
+                    format!("CONVERT_TZ({v}, @@session.time_zone, '+00:00')")
+                }
                 // json_object refuses BLOBs (and the write that fired the trigger with
                 // it); SQLite's columns hold any type, so every column is checked.
                 Dialect::Sqlite => {
@@ -363,7 +382,7 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
             };
             let img = |row: &str| {
                 if rows {
-                    json_object(d, row, &t.columns, &t.binary)
+                    json_object_utc(d, row, &t.columns, &t.binary, &t.utc)
                 } else {
                     "NULL".to_owned()
                 }
@@ -376,7 +395,7 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
                     d.ident("pk"),
                     d.ident(image_col),
                     d.ident("origin"),
-                    json_object(d, row, &t.key, &t.binary),
+                    json_object_utc(d, row, &t.key, &t.binary, &t.utc),
                     img(row)
                 )
             };
@@ -388,7 +407,7 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
                 d.ident("before"),
                 d.ident("after"),
                 d.ident("origin"),
-                json_object(d, "NEW", &t.key, &t.binary),
+                json_object_utc(d, "NEW", &t.key, &t.binary, &t.utc),
                 img("OLD"),
                 img("NEW")
             );
@@ -397,10 +416,13 @@ pub fn create_triggers(d: Dialect, t: &TableDef, capture: Capture) -> Vec<Statem
                 .iter()
                 .map(|k| {
                     let (o, n) = (format!("OLD.{}", d.ident(k)), format!("NEW.{}", d.ident(k)));
+                    // Byte for byte: under a case-insensitive collation `abc` and
+                    // `ABC` are equal, and a key changed only in case would be an
+                    // update of the new key, leaving the old one in every replica.
                     if d == Dialect::MariaDb {
-                        format!("{o} <=> {n}")
+                        format!("CAST({o} AS BINARY) <=> CAST({n} AS BINARY)")
                     } else {
-                        format!("{o} IS {n}")
+                        format!("{o} IS {n} COLLATE BINARY")
                     }
                 })
                 .collect::<Vec<_>>()

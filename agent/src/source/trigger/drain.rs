@@ -934,7 +934,7 @@ fn row_op(op: &str) -> Result<Op, String> {
 }
 
 /// Parses a JSON image of a row of `def`, giving binary and date-time columns their types.
-fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String> {
+pub(crate) fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String> {
     let mut r =
         parse_object(json.as_bytes()).map_err(|e| format!("{what} is not a JSON object: {e}"))?;
     for col in &def.binary {
@@ -947,7 +947,7 @@ fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String>
     }
     for col in &def.timestamps {
         if let Some(Value::Text(t)) = r.get(col) {
-            let iso = t.replacen(' ', "T", 1);
+            let iso = super::timestamps::iso(t);
             r.push(col.clone(), Value::Timestamp(iso));
         }
     }
@@ -1006,6 +1006,7 @@ mod tests {
             columns: vec!["id".into(), "b".into(), "at".into()],
             binary: vec!["b".into()],
             timestamps: vec!["at".into()],
+            utc: Vec::new(),
         }
     }
 

@@ -6,11 +6,13 @@
 //! [`odbc`] one (polled); [`snapshot`] reads the tables themselves, as op `r`.
 
 pub mod admin;
+pub mod conn_string;
 pub mod ddl;
 pub mod drain;
 pub mod odbc;
 pub mod postgres;
 pub mod snapshot;
+pub mod timestamps;
 
 use crate::config::{TriggerConfig, TriggerDb};
 use crate::source::SourceContext;

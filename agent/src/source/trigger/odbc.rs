@@ -5,37 +5,49 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use lockstep_formats::json::parse_object;
 use lockstep_formats::Value;
+use odbc_api::parameter::{InputParameter, VarBinaryBox, VarCharBox};
 use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 
+use super::conn_string::ConnString;
 use super::ddl::{json_object, own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{CaptureDb, ChangeRow, DbError};
+use super::drain::{parse_image, CaptureDb, ChangeRow, DbError};
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
 const IN_LIST: usize = 200;
+/// Bound parameters per statement, at most: under SQLite's oldest limit (999) and SQL
+/// Server's (2,100), so a composite key of many columns reads fewer keys a statement.
+const MAX_PARAMS: usize = 900;
 
 pub fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
     move |e| DbError(format!("ODBC: {what}: {e}"))
 }
 
-/// Opens a connection (autocommit on).
+/// Opens a connection (autocommit on). The string is parsed and written back in the
+/// form every driver reads (see [`ConnString`]): no empty attributes, braces where a
+/// value needs them.
 pub fn connect(conn: &str) -> Result<Connection<'static>, DbError> {
+    let parsed = ConnString::parse(conn).map_err(DbError)?;
+    connect_to(&parsed)
+}
+
+/// Opens a connection with a parsed connection string (autocommit on).
+pub fn connect_to(conn: &ConnString) -> Result<Connection<'static>, DbError> {
     let env = odbc_api::environment().map_err(odbc_err("set up the ODBC environment"))?;
     // Some drivers (MariaDB Connector/ODBC 3.1) read the string up to a NUL whatever
     // length they are given: end it with one.
-    let terminated = format!("{}\0", conn.trim_end_matches('\0'));
+    let terminated = format!("{conn}\0");
     env.connect_with_connection_string(&terminated, ConnectionOptions::default())
         .map_err(|e| {
-            let empty = conn
-                .split(';')
-                .any(|kv| kv.split_once('=').is_some_and(|(_, v)| v.trim().is_empty()));
-            let hint = if empty {
-                "; the connection string has a key with an empty value (like `PASSWORD=;`), \
-                 which some drivers refuse (MariaDB Connector/ODBC says `Memory allocation error`): \
-                 leave the key out"
+            let empty = conn.empty_keys();
+            let hint = if empty.is_empty() {
+                String::new()
             } else {
-                ""
+                format!(
+                    "; the connection string gives `{}` an empty value, which some drivers refuse \
+                     (MariaDB Connector/ODBC says `Memory allocation error`): leave the key out",
+                    empty.join("`, `")
+                )
             };
             DbError(format!(
                 "cannot connect through ODBC: {e} (check the DSN or connection string, \
@@ -66,8 +78,18 @@ pub fn query(
     sql: &str,
     what: &str,
 ) -> Result<Vec<Vec<Option<String>>>, DbError> {
+    query_with(conn, sql, &[], what)
+}
+
+/// [`query`] with bound parameters (the `?`s of `sql`, in order).
+pub fn query_with(
+    conn: &Connection<'_>,
+    sql: &str,
+    params: &[Box<dyn InputParameter>],
+    what: &str,
+) -> Result<Vec<Vec<Option<String>>>, DbError> {
     let mut out = Vec::new();
-    let Some(mut cursor) = conn.execute(sql, (), None).map_err(odbc_err(what))? else {
+    let Some(mut cursor) = conn.execute(sql, params, None).map_err(odbc_err(what))? else {
         return Ok(out);
     };
     let cols = cursor.num_result_cols().map_err(odbc_err(what))? as u16;
@@ -125,7 +147,14 @@ pub fn table_columns(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbE
         // SQL_BINARY, SQL_VARBINARY, SQL_LONGVARBINARY; SQL_TYPE_TIMESTAMP, SQL_TIMESTAMP.
         match row.data_type {
             -4..=-2 => def.binary.push(col.clone()),
-            93 | 11 => def.timestamps.push(col.clone()),
+            93 | 11 => {
+                // MariaDB's TIMESTAMP (not DATETIME) is shown in the session's time zone.
+                let type_name = text(row.type_name.as_bytes().unwrap_or_default());
+                if type_name.eq_ignore_ascii_case("timestamp") {
+                    def.utc.push(col.clone());
+                }
+                def.timestamps.push(col.clone());
+            }
             _ => {}
         }
         def.columns.push(col);
@@ -136,6 +165,120 @@ pub fn table_columns(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbE
         )));
     }
     Ok(def)
+}
+
+/// The SQL type of a key column, as far as binding its value needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// BINARY, VARBINARY, BLOB, bytea: bound as bytes, never as text.
+    Binary,
+    /// DECIMAL or NUMERIC: bound as text and cast to the column's type, so that no
+    /// database compares it as a floating-point number (MariaDB does, for text).
+    Decimal { precision: i32, scale: i16 },
+    /// Bound as what the value is: an integer, a float or text (date-times as text,
+    /// which every database converts to the column's type in a comparison).
+    Plain,
+}
+
+/// The types of the key columns of `def`, from the ODBC catalog.
+pub fn key_types(conn: &Connection<'_>, def: &TableDef) -> Result<Vec<KeyType>, DbError> {
+    let (schema, name) = split_table(&def.name);
+    let what = format!("read the key column types of `{}`", def.name);
+    let mut types = vec![KeyType::Plain; def.key.len()];
+    for row in conn
+        .columns("", schema, name, "")
+        .map_err(odbc_err(&what))?
+    {
+        let row = row.map_err(odbc_err(&what))?;
+        let col = text(row.column_name.as_bytes().unwrap_or_default());
+        let Some(i) = def.key.iter().position(|k| *k == col) else {
+            continue;
+        };
+        // SQL_BINARY, SQL_VARBINARY, SQL_LONGVARBINARY; SQL_NUMERIC, SQL_DECIMAL.
+        types[i] = match row.data_type {
+            -4..=-2 => KeyType::Binary,
+            2 | 3 => match (row.column_size.into_opt(), row.decimal_digits.into_opt()) {
+                (Some(p), Some(s)) if p > 0 => KeyType::Decimal {
+                    precision: p,
+                    scale: s.max(0),
+                },
+                _ => KeyType::Plain,
+            },
+            _ => KeyType::Plain,
+        };
+    }
+    Ok(types)
+}
+
+/// A key value as SQL and its bound parameter: `?` with the value typed by its column,
+/// so that keys keep their SQL type (text is never compared with binary).
+pub fn key_param(ty: KeyType, v: &Value) -> (String, Option<Box<dyn InputParameter>>) {
+    let text = |s: &str| -> Option<Box<dyn InputParameter>> {
+        Some(Box::new(VarCharBox::from_string(s.to_owned())))
+    };
+    match (ty, v) {
+        (_, Value::Null) => ("NULL".into(), None),
+        (KeyType::Binary, Value::Bytes(b)) => (
+            "?".into(),
+            Some(Box::new(VarBinaryBox::from_vec(b.clone()))),
+        ),
+        (KeyType::Binary, Value::Text(t)) => (
+            "?".into(),
+            Some(Box::new(VarBinaryBox::from_vec(t.as_bytes().to_vec()))),
+        ),
+        (
+            KeyType::Decimal { precision, scale },
+            Value::Int(_) | Value::Decimal(_) | Value::Float(_),
+        ) => {
+            let s = match v {
+                Value::Int(i) => i.to_string(),
+                Value::Float(f) => format!("{f:?}"),
+                Value::Decimal(d) => d.clone(),
+                _ => String::new(),
+            };
+            (
+                format!("CAST(? AS DECIMAL({precision}, {scale}))"),
+                text(&s),
+            )
+        }
+        (_, Value::Int(i)) => ("?".into(), Some(Box::new(*i))),
+        (_, Value::Float(f)) => ("?".into(), Some(Box::new(*f))),
+        (_, Value::Decimal(d)) => ("?".into(), text(d)),
+        (_, Value::Text(s) | Value::Timestamp(s) | Value::Json(s)) => ("?".into(), text(s)),
+        (_, Value::Bytes(b)) => (
+            "?".into(),
+            Some(Box::new(VarBinaryBox::from_vec(b.clone()))),
+        ),
+        // No driver binds a boolean the same way: a literal (no outside text in it).
+        (_, Value::Bool(b)) => (format!("{}", u8::from(*b)), None),
+    }
+}
+
+/// The key rows of `t` that come after `row`, with bound parameters:
+/// `k1 > ? OR (k1 = ? AND k2 > ?) OR …`.
+pub fn after_key_params(
+    d: Dialect,
+    key: &[String],
+    types: &[KeyType],
+    row: &lockstep_formats::Record,
+    params: &mut Vec<Box<dyn InputParameter>>,
+) -> String {
+    let mut any = Vec::with_capacity(key.len());
+    let cmp = |k: &String, i: usize, op: &str, params: &mut Vec<Box<dyn InputParameter>>| {
+        let ty = types.get(i).copied().unwrap_or(KeyType::Plain);
+        let (sql, p) = key_param(ty, row.get(k).unwrap_or(&Value::Null));
+        params.extend(p);
+        format!("t.{} {op} {sql}", d.ident(k))
+    };
+    for i in 0..key.len() {
+        let mut all: Vec<String> = Vec::with_capacity(i + 1);
+        for (j, k) in key[..i].iter().enumerate() {
+            all.push(cmp(k, j, "=", params));
+        }
+        all.push(cmp(&key[i], i, ">", params));
+        any.push(format!("({})", all.join(" AND ")));
+    }
+    any.join(" OR ")
 }
 
 /// The primary key columns of `table`, in key order; empty when it has none.
@@ -207,11 +350,61 @@ pub fn has_capture_trigger(
     Ok(Some(n > 0))
 }
 
+/// Refuses MariaDB triggers installed by a lockstep before keys kept one text: they
+/// record a `TIMESTAMP` key in the writer's time zone, which the agent's UTC session
+/// would not find again (every change of such a key would look like a delete). Without
+/// a `TIMESTAMP` column, only a warning: a key changed only in case is an update there.
+fn check_trigger_version(
+    conn: &Connection<'_>,
+    def: &TableDef,
+    source: &str,
+) -> Result<(), DbError> {
+    let name = super::ddl::trigger_name(&def.name, "upd");
+    let params: [Box<dyn InputParameter>; 1] = [Box::new(VarCharBox::from_string(name))];
+    let rows = query_with(
+        conn,
+        "SELECT action_statement FROM information_schema.triggers \
+         WHERE trigger_schema = DATABASE() AND trigger_name = ?",
+        &params,
+        "read the capture triggers",
+    )?;
+    let Some(body) = rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+    else {
+        return Ok(());
+    };
+    if body.to_ascii_uppercase().contains("AS BINARY") {
+        return Ok(());
+    }
+    let what = format!(
+        "the capture triggers of `{}` were installed by an older lockstep: run `lockstep triggers \
+         install --source {source}` to upgrade them",
+        def.name
+    );
+    if def.utc.is_empty() {
+        tracing::warn!(
+            "source {source}: {what} (until then, a key changed only in case under a \
+             case-insensitive collation is captured as an update of the new key)"
+        );
+        Ok(())
+    } else {
+        Err(DbError(format!(
+            "{what}: they record the TIMESTAMP column(s) {} in the writer's time zone, and \
+             the agent reads them in UTC",
+            def.utc.join(", ")
+        )))
+    }
+}
+
 /// A drain connection, polled.
 pub struct OdbcCapture {
     conn: Connection<'static>,
     dialect: Dialect,
     tables: Vec<TableDef>,
+    /// The types of each table's key columns, in key order.
+    key_types: Vec<Vec<KeyType>>,
     epoch: String,
     /// `tbl IN (…)`: only this source's rows of the capture table.
     own: String,
@@ -250,8 +443,20 @@ impl OdbcCapture {
             d => d.name().to_owned(),
         };
         let mut defs = Vec::with_capacity(tables.len());
+        let mut types = Vec::with_capacity(tables.len());
         for t in tables {
-            defs.push(table_def(&c, t)?);
+            let def = table_def(&c, t)?;
+            types.push(key_types(&c, &def)?);
+            defs.push(def);
+        }
+        if dialect == Dialect::MariaDb {
+            for def in &defs {
+                check_trigger_version(&c, def, source)?;
+            }
+            // The triggers record TIMESTAMP columns in UTC: read them in UTC too, so
+            // that a key is found whatever the time zone of the session that wrote it.
+            c.execute("SET time_zone = '+00:00'", (), None)
+                .map_err(odbc_err("set the session time zone to UTC"))?;
         }
         c.set_autocommit(false)
             .map_err(odbc_err("turn autocommit off"))?;
@@ -259,10 +464,20 @@ impl OdbcCapture {
             conn: c,
             dialect,
             tables: defs,
+            key_types: types,
             epoch,
             own: own_rows(dialect, tables),
             sql: String::new(),
         })
+    }
+
+    /// The key column types of `table` (one of the source's).
+    fn types_of(&self, table: &TableDef) -> Vec<KeyType> {
+        self.tables
+            .iter()
+            .position(|t| t.name == table.name)
+            .and_then(|i| self.key_types.get(i).cloned())
+            .unwrap_or_else(|| vec![KeyType::Plain; table.key.len()])
     }
 
     fn finish(&self, r: Result<(), DbError>) -> Result<(), DbError> {
@@ -308,32 +523,6 @@ pub fn limited(d: Dialect, body: &str, order: &str, n: usize, sql: &mut String) 
         )),
         _ => sql.push_str(&format!("SELECT {body} ORDER BY {order} LIMIT {n}")),
     }
-}
-
-/// The rows of `t` whose key comes after the key of `row`:
-/// `k1 > v1 OR (k1 = v1 AND k2 > v2) OR …`.
-pub fn after_key(d: Dialect, key: &[String], row: &lockstep_formats::Record) -> String {
-    let mut any = Vec::with_capacity(key.len());
-    for i in 0..key.len() {
-        let mut all: Vec<String> = key[..i]
-            .iter()
-            .map(|k| {
-                format!(
-                    "t.{} = {}",
-                    d.ident(k),
-                    literal(d, row.get(k).unwrap_or(&Value::Null))
-                )
-            })
-            .collect();
-        let k = &key[i];
-        all.push(format!(
-            "t.{} > {}",
-            d.ident(k),
-            literal(d, row.get(k).unwrap_or(&Value::Null))
-        ));
-        any.push(format!("({})", all.join(" AND ")));
-    }
-    any.join(" OR ")
 }
 
 /// A key value as an SQL literal.
@@ -450,19 +639,25 @@ impl CaptureDb for OdbcCapture {
         let d = self.dialect;
         let what = format!("read the current rows of `{}`", table.name);
         let image = row_image(d, table);
+        let types = self.types_of(table);
         let mut rows = Vec::with_capacity(pks.len());
         let r = (|| {
-            for chunk in pks.chunks(IN_LIST) {
+            let per = (MAX_PARAMS / table.key.len().max(1)).clamp(1, IN_LIST);
+            for chunk in pks.chunks(per) {
                 let mut cond = Vec::with_capacity(chunk.len());
+                let mut params = Vec::with_capacity(chunk.len() * table.key.len());
                 for pk in chunk {
-                    let key = parse_object(pk.as_bytes())
-                        .map_err(|e| DbError(format!("{what}: a key is not JSON: {e}")))?;
+                    // Binary key values become bytes, bound as bytes.
+                    let key = parse_image(table, "a key", pk)
+                        .map_err(|e| DbError(format!("{what}: {e}")))?;
                     let parts: Vec<String> = table
                         .key
                         .iter()
-                        .map(|k| {
-                            let v = key.get(k).unwrap_or(&Value::Null);
-                            format!("t.{} = {}", d.ident(k), literal(d, v))
+                        .zip(&types)
+                        .map(|(k, ty)| {
+                            let (sql, p) = key_param(*ty, key.get(k).unwrap_or(&Value::Null));
+                            params.extend(p);
+                            format!("t.{} = {sql}", d.ident(k))
                         })
                         .collect();
                     cond.push(format!("({})", parts.join(" AND ")));
@@ -472,7 +667,9 @@ impl CaptureDb for OdbcCapture {
                     d.table(&table.name),
                     cond.join(" OR ")
                 );
-                for r in query(&self.conn, &sql, &what)? {
+                // A case-insensitive collation also finds `ABC` for the key `abc`: the
+                // drain matches each row to its key byte for byte.
+                for r in query_with(&self.conn, &sql, &params, &what)? {
                     if let Some(j) = r.into_iter().next().flatten() {
                         rows.push(j);
                     }
@@ -493,11 +690,19 @@ impl CaptureDb for OdbcCapture {
         let d = self.dialect;
         let what = format!("read a snapshot chunk of `{}`", table.name);
         let mut body = format!("{} FROM {} t", row_image(d, table), d.table(&table.name));
+        let mut params = Vec::new();
         if let Some(after) = after {
-            let row = parse_object(after.as_bytes())
-                .map_err(|e| DbError(format!("{what}: the last row read is not JSON: {e}")))?;
+            // The last row read, with its key typed as its columns (bytes as bytes).
+            let row = parse_image(table, "the last row read", after)
+                .map_err(|e| DbError(format!("{what}: {e}")))?;
             body.push_str(" WHERE ");
-            body.push_str(&after_key(d, &table.key, &row));
+            body.push_str(&after_key_params(
+                d,
+                &table.key,
+                &self.types_of(table),
+                &row,
+                &mut params,
+            ));
         }
         let order: Vec<String> = table
             .key
@@ -506,7 +711,7 @@ impl CaptureDb for OdbcCapture {
             .collect();
         limited(d, &body, &order.join(", "), limit, &mut self.sql);
         let mut rows = Vec::with_capacity(limit);
-        let r = query(&self.conn, &self.sql, &what).map(|found| {
+        let r = query_with(&self.conn, &self.sql, &params, &what).map(|found| {
             rows.extend(
                 found
                     .into_iter()

@@ -102,7 +102,8 @@ pub async fn table_def(client: &Client, table: &str) -> Result<TableDef, PgError
     let oid = oid.ok_or_else(|| PgError::NoTable(table.to_owned()))?;
     let rows = client
         .query(
-            "SELECT attname::text, atttypid = 'bytea'::regtype FROM pg_attribute \
+            "SELECT attname::text, atttypid = 'bytea'::regtype, \
+             atttypid IN ('timestamp'::regtype, 'timestamptz'::regtype) FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&oid],
         )
@@ -112,6 +113,13 @@ pub async fn table_def(client: &Client, table: &str) -> Result<TableDef, PgError
     let binary: Vec<String> = rows
         .iter()
         .filter(|r| r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    // A timestamptz is written in the session's time zone: made UTC when parsed, so a
+    // key has one text whichever session wrote it.
+    let timestamps: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(2))
         .map(|r| r.get(0))
         .collect();
     let key: Vec<String> = client
@@ -135,7 +143,8 @@ pub async fn table_def(client: &Client, table: &str) -> Result<TableDef, PgError
         key,
         columns,
         binary,
-        timestamps: Vec::new(),
+        timestamps,
+        utc: Vec::new(),
     })
 }
 

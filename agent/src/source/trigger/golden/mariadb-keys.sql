@@ -19,7 +19,7 @@ INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('a
 DELIMITER $$
 CREATE OR REPLACE TRIGGER `lockstep_appointments_upd` AFTER UPDATE ON `appointments` FOR EACH ROW
 BEGIN
-    IF OLD.`id` <=> NEW.`id` THEN
+    IF CAST(OLD.`id` AS BINARY) <=> CAST(NEW.`id` AS BINARY) THEN
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('appointments', 'u', JSON_OBJECT('id', NEW.`id`), NULL, NULL, @lockstep_origin);
     ELSE
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('appointments', 'd', JSON_OBJECT('id', OLD.`id`), NULL, @lockstep_origin);
@@ -37,7 +37,7 @@ INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('c
 DELIMITER $$
 CREATE OR REPLACE TRIGGER `lockstep_clinics_upd` AFTER UPDATE ON `clinics` FOR EACH ROW
 BEGIN
-    IF OLD.`region` <=> NEW.`region` AND OLD.`code` <=> NEW.`code` THEN
+    IF CAST(OLD.`region` AS BINARY) <=> CAST(NEW.`region` AS BINARY) AND CAST(OLD.`code` AS BINARY) <=> CAST(NEW.`code` AS BINARY) THEN
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('clinics', 'u', JSON_OBJECT('region', NEW.`region`, 'code', NEW.`code`), NULL, NULL, @lockstep_origin);
     ELSE
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('clinics', 'd', JSON_OBJECT('region', OLD.`region`, 'code', OLD.`code`), NULL, @lockstep_origin);
@@ -55,7 +55,7 @@ INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `after`, `origin`) VALUES ('s
 DELIMITER $$
 CREATE OR REPLACE TRIGGER `lockstep_scans_upd` AFTER UPDATE ON `scans` FOR EACH ROW
 BEGIN
-    IF OLD.`id` <=> NEW.`id` THEN
+    IF CAST(OLD.`id` AS BINARY) <=> CAST(NEW.`id` AS BINARY) THEN
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `after`, `origin`) VALUES ('scans', 'u', JSON_OBJECT('id', NEW.`id`), NULL, NULL, @lockstep_origin);
     ELSE
         INSERT INTO `lockstep_changes` (`tbl`, `op`, `pk`, `before`, `origin`) VALUES ('scans', 'd', JSON_OBJECT('id', OLD.`id`), NULL, @lockstep_origin);

@@ -25,11 +25,11 @@ CREATE TRIGGER "lockstep_appointments_ins" AFTER INSERT ON "appointments" BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('appointments', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), NULL, NULL);
 END;
 
-CREATE TRIGGER "lockstep_appointments_upd" AFTER UPDATE ON "appointments" WHEN OLD."id" IS NEW."id" BEGIN
+CREATE TRIGGER "lockstep_appointments_upd" AFTER UPDATE ON "appointments" WHEN OLD."id" IS NEW."id" COLLATE BINARY BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('appointments', 'u', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), NULL, NULL, NULL);
 END;
 
-CREATE TRIGGER "lockstep_appointments_updk" AFTER UPDATE ON "appointments" WHEN NOT (OLD."id" IS NEW."id") BEGIN
+CREATE TRIGGER "lockstep_appointments_updk" AFTER UPDATE ON "appointments" WHEN NOT (OLD."id" IS NEW."id" COLLATE BINARY) BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('appointments', 'd', json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END), NULL, NULL);
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('appointments', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), NULL, NULL);
 END;
@@ -50,11 +50,11 @@ CREATE TRIGGER "lockstep_clinics_ins" AFTER INSERT ON "clinics" BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('clinics', 'c', json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END), NULL, NULL);
 END;
 
-CREATE TRIGGER "lockstep_clinics_upd" AFTER UPDATE ON "clinics" WHEN OLD."region" IS NEW."region" AND OLD."code" IS NEW."code" BEGIN
+CREATE TRIGGER "lockstep_clinics_upd" AFTER UPDATE ON "clinics" WHEN OLD."region" IS NEW."region" COLLATE BINARY AND OLD."code" IS NEW."code" COLLATE BINARY BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('clinics', 'u', json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END), NULL, NULL, NULL);
 END;
 
-CREATE TRIGGER "lockstep_clinics_updk" AFTER UPDATE ON "clinics" WHEN NOT (OLD."region" IS NEW."region" AND OLD."code" IS NEW."code") BEGIN
+CREATE TRIGGER "lockstep_clinics_updk" AFTER UPDATE ON "clinics" WHEN NOT (OLD."region" IS NEW."region" COLLATE BINARY AND OLD."code" IS NEW."code" COLLATE BINARY) BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('clinics', 'd', json_object('region', CASE WHEN typeof(OLD."region") = 'blob' THEN hex(OLD."region") ELSE OLD."region" END, 'code', CASE WHEN typeof(OLD."code") = 'blob' THEN hex(OLD."code") ELSE OLD."code" END), NULL, NULL);
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('clinics', 'c', json_object('region', CASE WHEN typeof(NEW."region") = 'blob' THEN hex(NEW."region") ELSE NEW."region" END, 'code', CASE WHEN typeof(NEW."code") = 'blob' THEN hex(NEW."code") ELSE NEW."code" END), NULL, NULL);
 END;
@@ -75,11 +75,11 @@ CREATE TRIGGER "lockstep_scans_ins" AFTER INSERT ON "scans" BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), NULL, NULL);
 END;
 
-CREATE TRIGGER "lockstep_scans_upd" AFTER UPDATE ON "scans" WHEN OLD."id" IS NEW."id" BEGIN
+CREATE TRIGGER "lockstep_scans_upd" AFTER UPDATE ON "scans" WHEN OLD."id" IS NEW."id" COLLATE BINARY BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "after", "origin") VALUES ('scans', 'u', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), NULL, NULL, NULL);
 END;
 
-CREATE TRIGGER "lockstep_scans_updk" AFTER UPDATE ON "scans" WHEN NOT (OLD."id" IS NEW."id") BEGIN
+CREATE TRIGGER "lockstep_scans_updk" AFTER UPDATE ON "scans" WHEN NOT (OLD."id" IS NEW."id" COLLATE BINARY) BEGIN
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "before", "origin") VALUES ('scans', 'd', json_object('id', CASE WHEN typeof(OLD."id") = 'blob' THEN hex(OLD."id") ELSE OLD."id" END), NULL, NULL);
     INSERT INTO "lockstep_changes" ("tbl", "op", "pk", "after", "origin") VALUES ('scans', 'c', json_object('id', CASE WHEN typeof(NEW."id") = 'blob' THEN hex(NEW."id") ELSE NEW."id" END), NULL, NULL);
 END;
