@@ -42,6 +42,9 @@
 //!   even that fails, left to be cut on the next start), the error is logged with what
 //!   to do, and the events stay with the publisher, which stops taking more and retries.
 //!   Nothing was reported durable, so nothing can be lost.
+//! - *A failed fsync* (of a segment, also when one is closed to start the next, or of
+//!   the directory): remembered; every later append and sync fails with it, and the
+//!   publisher stops the agent. A retried fsync that "succeeds" proves nothing.
 
 pub mod disk;
 pub mod inspect;
@@ -156,6 +159,10 @@ pub struct Spool {
     writer: Option<File>,
     dir_dirty: bool,
     unsynced: bool,
+    /// The first fsync that failed (the file, the OS error). Once set, every later
+    /// append and sync fails with it: after a failed fsync the kernel may have dropped
+    /// the dirty pages, and a retried fsync that "succeeds" would not say so.
+    sync_failed: Option<(PathBuf, &'static str, i32)>,
     next_seq: u64,
     acked: u64,
     ledger_acked: u64,
@@ -213,6 +220,7 @@ impl Spool {
             writer: None,
             dir_dirty: false,
             unsynced: false,
+            sync_failed: None,
             next_seq: acked + 1,
             acked,
             ledger_acked: acked,
@@ -322,6 +330,9 @@ impl Spool {
         &mut self,
         events: impl IntoIterator<Item = SpoolEvent<'a>>,
     ) -> Result<u64, SpoolError> {
+        if let Some(e) = self.sync_error() {
+            return Err(e);
+        }
         self.buf.clear();
         let first_seq = self.next_seq;
         let h = self
@@ -445,28 +456,59 @@ impl Spool {
         }
     }
 
-    /// True when something was appended since the last [`Spool::sync`].
+    /// True when something was appended since the last [`Spool::sync`] (or an fsync
+    /// failed: [`Spool::sync`] then reports it again).
     pub fn unsynced(&self) -> bool {
-        self.unsynced || self.dir_dirty
+        self.unsynced || self.dir_dirty || self.sync_failed.is_some()
     }
 
-    /// Makes every appended frame durable.
+    /// The fsync failure this spool has seen, if any: it is fatal (the agent must stop
+    /// and the sources re-send from their checkpoints on the next start).
+    pub fn sync_error(&self) -> Option<SpoolError> {
+        self.sync_failed
+            .as_ref()
+            .map(|(path, op, errno)| SpoolError {
+                path: path.clone(),
+                op,
+                source: io::Error::from_raw_os_error(*errno),
+            })
+    }
+
+    /// Makes every appended frame durable. A failure is remembered: every later call
+    /// (and every append) fails with it, whether the segment was being rolled or not.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if let Some(e) = self.sync_error() {
+            return Err(e);
+        }
         if self.unsynced {
             if let (Some(w), Some(seg)) = (&self.writer, self.segments.back()) {
-                self.disk
-                    .sync(w)
-                    .map_err(err(&seg.path, "fsync a segment"))?;
+                if let Err(e) = self.disk.sync(w) {
+                    let path = seg.path.clone();
+                    return Err(self.remember_sync_failure(path, "fsync a segment", e));
+                }
             }
             self.unsynced = false;
         }
         if self.dir_dirty {
-            self.disk
-                .sync_dir(&self.dir)
-                .map_err(err(&self.dir, "fsync the directory"))?;
+            if let Err(e) = self.disk.sync_dir(&self.dir) {
+                let path = self.dir.clone();
+                return Err(self.remember_sync_failure(path, "fsync the directory", e));
+            }
             self.dir_dirty = false;
         }
         Ok(())
+    }
+
+    fn remember_sync_failure(
+        &mut self,
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    ) -> SpoolError {
+        // An error without an OS code (none is expected from fsync) is kept as EIO.
+        let errno = source.raw_os_error().unwrap_or(5);
+        self.sync_failed = Some((path.clone(), op, errno));
+        SpoolError { path, op, source }
     }
 
     /// Hands the next events to `f` (with their sequence numbers), up to about `want`

@@ -233,6 +233,40 @@ fn a_full_disk_fails_clearly_and_recovers() {
     assert_eq!(m2.spool_corrupt_frames.load(Ordering::Relaxed), 0);
 }
 
+/// Issue 16 item 9: an fsync that fails while a new segment is started used to be
+/// reported like a full disk (held and retried); the retried fsync "succeeded" and the
+/// sources checkpointed past frames that may never have reached the disk.
+#[test]
+fn a_failed_fsync_when_a_segment_rolls_stays_failed() {
+    let d = dirs();
+    let disk = Arc::new(FaultyDisk::new(u64::MAX));
+    // 16 KiB segments: a few appends roll to a new one.
+    let (mut s, _) = open_with(&d, 128 << 10, WhenFull::Block, disk.clone());
+    append(&mut s, 0..50).unwrap();
+    s.sync().unwrap();
+    disk.fail_sync.store(true, Ordering::SeqCst);
+    let mut next = 50;
+    let e = loop {
+        match append(&mut s, next..next + 50) {
+            Ok(_) => next += 50,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        e.to_string().contains("fsync a segment"),
+        "the roll's fsync failed: {e}"
+    );
+    assert_eq!(e.source.raw_os_error(), Some(5));
+    // The device answers again: a retried fsync would "succeed". It must not.
+    disk.fail_sync.store(false, Ordering::SeqCst);
+    let again = append(&mut s, next..next + 50).expect_err("an append after a failed fsync");
+    assert!(again.to_string().contains("fsync a segment"), "{again}");
+    assert!(s.unsynced(), "a failed fsync leaves the spool unsynced");
+    let sync = s.sync().expect_err("a sync after a failed fsync");
+    assert!(sync.to_string().contains("I/O error"), "{sync}");
+    assert!(s.sync_error().is_some());
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),
