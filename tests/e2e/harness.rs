@@ -316,6 +316,28 @@ listen = "{admin}"
             .unwrap_or_else(|| panic!("no events line in {out}"))
     }
 
+    /// The spool's segment files, oldest first.
+    pub fn spool_segments(&self) -> Vec<PathBuf> {
+        let dir = self.dir().join("state/spool");
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        segs.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+        segs.sort();
+        segs
+    }
+
+    /// The files in the agent's quarantine directory whose names start with `prefix`.
+    pub fn quarantined_files(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_dir(self.dir().join("state/quarantine"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn agent(&self, config: &Path) -> Agent {
         Agent::start(config, &self.dir().join("agent.log"), &[])
     }
@@ -568,4 +590,22 @@ pub fn psql_on(db: &str, sql: &str) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The `after.id` of every event in spool segment `seg` (which must be undamaged).
+pub fn spooled_ids(seg: &Path) -> Vec<i64> {
+    let data = std::fs::read(seg).unwrap();
+    let mut ids = Vec::new();
+    lockstep_formats::frame::scan(
+        &data,
+        |_, _, events| {
+            for e in events {
+                let v: serde_json::Value = serde_json::from_slice(e.payload.0).unwrap();
+                ids.push(v["after"]["id"].as_i64().unwrap());
+            }
+        },
+        |at, e| panic!("{} is damaged at byte {at}: {e}", seg.display()),
+    )
+    .unwrap();
+    ids
 }

@@ -6,6 +6,7 @@ mod broker;
 mod capture;
 mod cli;
 mod debounce;
+mod faults;
 mod harness;
 mod poll;
 mod rotation;

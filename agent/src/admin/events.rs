@@ -158,6 +158,38 @@ impl SpoolFrameCorrupt<'_> {
     }
 }
 
+/// Spooled events that could not be read back (an I/O error, the segment file gone):
+/// skipped, recorded in the quarantine.
+pub struct SpoolUnreadable<'a> {
+    pub path: &'a Path,
+    pub offset: u64,
+    /// Which events: "events 10 to 20 (spool sequence numbers)".
+    pub events: &'a str,
+    pub error: &'a std::io::Error,
+    pub recorded_in: &'a Path,
+    /// False when the same place was recorded before (not counted again).
+    pub first_time: bool,
+}
+
+impl SpoolUnreadable<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        if self.first_time {
+            m.spool_unreadable.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(
+            path = %self.path.display(),
+            offset = self.offset,
+            "cannot read spool segment {} from byte {}: {}; {} are lost and skipped, the rest is sent \
+             (recorded in {}; check the disk and the kernel log)",
+            self.path.display(),
+            self.offset,
+            self.error,
+            self.events,
+            self.recorded_in.display()
+        );
+    }
+}
+
 /// A spool segment dropped unsent to make room (`when_full = "drop_oldest"`).
 pub struct SpoolDropped<'a> {
     pub path: &'a Path,

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub spool_drained: AtomicU64,
     pub spool_dropped: AtomicU64,
     pub spool_corrupt_frames: AtomicU64,
+    /// Spool frames (or whole segments) that could not be read back.
+    pub spool_unreadable: AtomicU64,
     pub spool_write_errors: AtomicU64,
     /// From capture to JetStream's ack, per event.
     pub capture_to_ack: Histogram,
@@ -345,7 +347,7 @@ impl Metrics {
         } else {
             0
         };
-        let globals: [(&str, &str, &str, u64); 13] = [
+        let globals: [(&str, &str, &str, u64); 14] = [
             (
                 "lockstep_nats_connected",
                 "gauge",
@@ -417,6 +419,12 @@ impl Metrics {
                 "counter",
                 "Spool frames whose checksum failed (quarantined).",
                 self.spool_corrupt_frames.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_unreadable_total",
+                "counter",
+                "Spool frames or segments that could not be read back (I/O error, file gone): their events were skipped and recorded in the quarantine.",
+                self.spool_unreadable.load(Ordering::Relaxed),
             ),
             (
                 "lockstep_spool_write_errors_total",

@@ -1,6 +1,7 @@
 //! The filesystem operations the spool writes through, behind a trait so tests can make
 //! the disk fill up or fail (see [`faulty`]). Reads go straight to `std::fs`: a read
-//! error is reported and retried, it cannot damage anything.
+//! error is retried once, then what cannot be read is skipped and recorded (see
+//! `Spool::read`); it cannot damage anything else.
 
 use std::fmt::Debug;
 use std::fs::File;

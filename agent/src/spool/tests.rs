@@ -267,6 +267,52 @@ fn a_failed_fsync_when_a_segment_rolls_stays_failed() {
     assert!(s.sync_error().is_some());
 }
 
+/// Issue 16 item 14: a segment that cannot be read (here: the file is gone, or at start
+/// not readable at all) costs its own events only; the rest is read and the agent
+/// starts.
+#[test]
+fn an_unreadable_segment_is_set_aside_and_the_rest_read() {
+    let d = dirs();
+    let (mut s, m) = open_with(&d, 128 << 10, WhenFull::Block, Arc::new(RealDisk));
+    let mut next = 0;
+    while s.stats().segments < 3 {
+        append(&mut s, next..next + 50).unwrap();
+        next += 50;
+    }
+    s.sync().unwrap();
+    let segs = list_segments(&d.spool).unwrap();
+    let second = &segs[1];
+    let third_first = segs[2].0;
+    std::fs::remove_file(&second.1).unwrap();
+    let got = read_all(&mut s);
+    let lost: Vec<u64> = (second.0..third_first).collect();
+    assert_eq!(got.len() as u64, next - lost.len() as u64);
+    assert!(got.iter().all(|(seq, _)| !lost.contains(seq)));
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 1);
+    // Read again (a failed publish rewinds): not counted twice.
+    s.rewind();
+    assert_eq!(read_all(&mut s).len(), got.len());
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 1);
+    drop(s);
+
+    // At start: a segment that cannot be read (a directory in its place) is moved
+    // aside; the spool opens and appends go on.
+    let third = &segs[2].1;
+    std::fs::remove_file(third).unwrap();
+    std::fs::create_dir(third).unwrap();
+    let (mut s, m) = open(&d);
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 1);
+    assert!(!third.exists(), "moved to the quarantine");
+    let left = read_all(&mut s);
+    // Spool sequence numbers start at 1: the last segment held third_first..=next.
+    assert_eq!(
+        left.len() as u64,
+        got.len() as u64 - (next + 1 - third_first)
+    );
+    append(&mut s, next..next + 10).unwrap();
+    assert_eq!(read_all(&mut s).len(), 10);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),
