@@ -56,3 +56,83 @@ async fn a_spool_segment_gone_while_the_broker_is_down_is_skipped_and_the_rest_d
     assert!(log.contains("cannot read spool segment"), "{log}");
     assert_eq!(w.quarantined_files("spool-").len(), 1);
 }
+
+/// A tail source named `name` following `<logs>/<name>*.log`.
+fn tail_source(w: &World, name: &str) -> String {
+    format!(
+        "[[source]]\nname = \"{name}\"\nkind = \"tail\"\npaths = [\"{}/{name}*.log\"]\n\
+         stat_interval = \"200ms\"\nrotate_wait = \"1s\"\ntable = \"t\"\nkey = [\"id\"]\n",
+        w.logs().display()
+    )
+}
+
+/// Issue 16 item 11: a source whose thread ends (here: its checkpoint file is damaged,
+/// a real error it cannot get past) used to stay dead, silently, until the agent was
+/// restarted. Now it is started again with backoff, reported on `/healthz`, `/status`
+/// and `lockstep status` meanwhile, counted, and the other source goes on throughout.
+#[tokio::test]
+async fn a_dead_source_is_restarted_reported_and_counted_while_the_other_delivers() {
+    let mut w = World::new();
+    w.with_admin();
+    let cfg = w.config_with(&format!(
+        "{}\n{}",
+        tail_source(&w, "a"),
+        tail_source(&w, "b")
+    ));
+    let cps = w.dir().join("state/checkpoints");
+    std::fs::create_dir_all(&cps).unwrap();
+    std::fs::write(cps.join("b.json"), "{\"files\": [tor").unwrap();
+    append(&w.logs().join("a.log"), (0..500).map(line));
+    append(&w.logs().join("b.log"), (10_000..10_500).map(line));
+    let mut agent = w.agent(&cfg);
+
+    wait_for(
+        "/healthz to report b failing",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = w.admin("/healthz");
+            code == 503 && body.contains("failing: source b")
+        },
+    )
+    .await;
+    let st = w.status();
+    let why = st["sources"]["b"]["failing"].as_str().unwrap_or_default();
+    assert!(why.contains("b.json"), "{st}");
+    assert!(st["sources"]["a"]["failing"].is_null(), "{st}");
+    let (code, out, err) = lockstep(&["status", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("FAILING"), "{out}");
+    // Source a delivers meanwhile, and b is tried again and again.
+    assert_eq!(w.wait_count(500, Duration::from_secs(30)).await, 500);
+    append(&w.logs().join("a.log"), (500..1000).map(line));
+    assert_eq!(w.wait_count(1000, Duration::from_secs(30)).await, 1000);
+    wait_for("b to be restarted twice", Duration::from_secs(30), || {
+        w.metric("lockstep_source_restarts_total{source=\"b\"}") >= 2
+    })
+    .await;
+    assert_eq!(w.metric("lockstep_source_restarts_total{source=\"a\"}"), 0);
+    assert_eq!(w.count().await, 1000, "b sent nothing while failing");
+
+    // The operator moves the damaged checkpoint aside, as the log says: b starts, reads
+    // its file from the beginning and is healthy again.
+    std::fs::rename(cps.join("b.json"), w.dir().join("b.json.damaged")).unwrap();
+    assert_eq!(
+        w.wait_count(1500, Duration::from_secs(90)).await,
+        1500,
+        "{}",
+        agent_log(&w)
+    );
+    wait_for("/healthz to be ok again", Duration::from_secs(30), || {
+        w.admin("/healthz").0 == 200
+    })
+    .await;
+    assert!(w.status()["sources"]["b"]["failing"].is_null());
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_unique(&msgs, "id");
+    let mut ids = ints(&msgs, "id");
+    ids.sort_unstable();
+    let want: Vec<i64> = (0..1000).chain(10_000..10_500).collect();
+    assert_eq!(ids, want);
+    assert!(agent_log(&w).contains("source b stopped unexpectedly"));
+}

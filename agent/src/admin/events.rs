@@ -108,6 +108,28 @@ impl CheckpointFailed<'_> {
     }
 }
 
+/// A source's thread ended while the agent was not stopping: it is started again after
+/// `wait`.
+pub struct SourceRestarted<'a> {
+    pub source: &'a str,
+    pub reason: &'a str,
+    pub wait: std::time::Duration,
+}
+
+impl SourceRestarted<'_> {
+    pub fn emit(&self, c: &SourceCounters) {
+        c.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            source = self.source,
+            "source {} stopped unexpectedly: {}; starting it again in {:.1} s from its last checkpoint \
+             (the other sources go on; /healthz reports it failing meanwhile)",
+            self.source,
+            self.reason,
+            self.wait.as_secs_f64()
+        );
+    }
+}
+
 /// A frame cut short at the end of a spool segment (a crash during its write).
 pub struct SpoolTornTail<'a> {
     pub path: &'a Path,

@@ -30,6 +30,8 @@ pub struct SourceCounters {
     pub db_up: AtomicU64,
     /// Connections to the source's database lost (or refused) since start.
     pub db_errors: AtomicU64,
+    /// Times the source's thread ended unexpectedly and was started again.
+    pub restarts: AtomicU64,
     /// A poll source: the `lockstep_poll_*` metrics below are rendered for it.
     pub is_poll: AtomicBool,
     /// Scans the poll source finished (read and compared).
@@ -204,7 +206,7 @@ impl Metrics {
             }
         }
         type SourceField = fn(&SourceCounters) -> u64;
-        let per_source: [(&str, &str, &str, SourceField); 8] = [
+        let per_source: [(&str, &str, &str, SourceField); 9] = [
             (
                 "lockstep_quarantined_records_total",
                 "counter",
@@ -252,6 +254,12 @@ impl Metrics {
                 "counter",
                 "Database connections of the source lost or refused (each retried with backoff).",
                 |c| c.db_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_source_restarts_total",
+                "counter",
+                "Times the source's thread ended unexpectedly (a panic, an error it could not get past) and was started again.",
+                |c| c.restarts.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, field) in per_source {

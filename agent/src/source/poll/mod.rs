@@ -78,13 +78,16 @@ use crate::config::PollConfig;
 use crate::pipeline::checkpoint;
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{now_ms, Batch, Outgoing};
-use crate::source::{SourceContext, Stopping, BATCH_SIZE};
+use crate::source::{SourceContext, SourceThread, Stopping, BATCH_SIZE};
 
 /// Starts a poll source on its own thread.
-pub fn spawn(cfg: PollConfig, cx: SourceContext) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(cfg: PollConfig, cx: SourceContext) -> std::io::Result<SourceThread> {
     std::thread::Builder::new()
         .name(format!("poll:{}", cx.name))
-        .spawn(move || Poller::new(cfg, cx).run())
+        .spawn(move || {
+            Poller::new(cfg, cx).run();
+            Ok(())
+        })
 }
 
 /// The commit point of a scan: its changes are on disk and are being sent.
@@ -155,6 +158,7 @@ impl Poller {
     fn new(cfg: PollConfig, cx: SourceContext) -> Poller {
         let dir = cx.state_dir.join("poll").join(&cx.name);
         cx.counters.is_poll.store(true, Ordering::Relaxed);
+        let first_seq = cx.first_seq();
         Poller {
             quarantine: cx.quarantine(),
             agent: Arc::from(cx.agent_id.as_str()),
@@ -167,7 +171,7 @@ impl Poller {
             cfg,
             cx,
             db: None,
-            seq: 0,
+            seq: first_seq,
             sending: None,
             meta: None,
             next_scan: Instant::now(),

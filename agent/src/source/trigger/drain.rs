@@ -148,6 +148,15 @@ struct Group {
     rows: Vec<i64>,
 }
 
+/// The connection is gone: it was lost while the source waited for the sink (`send`
+/// deletes acknowledged rows meanwhile). The step ends with this error and the run loop
+/// connects again.
+fn not_connected(source: &str) -> DbError {
+    DbError(format!(
+        "source {source}: the database connection was lost while waiting for the sink; connecting again"
+    ))
+}
+
 pub struct Drain {
     cfg: TriggerConfig,
     cx: SourceContext,
@@ -193,6 +202,7 @@ impl From<DbError> for Fail {
 
 impl Drain {
     pub fn new(cfg: TriggerConfig, cx: SourceContext, connect: Connect) -> Self {
+        let first_seq = cx.first_seq();
         Drain {
             deb: cx.debouncer(),
             quarantine: cx.quarantine(),
@@ -211,7 +221,7 @@ impl Drain {
             in_flight: HashSet::new(),
             pending: VecDeque::new(),
             to_delete: Vec::new(),
-            seq: 0,
+            seq: first_seq,
             batch: Vec::with_capacity(BATCH_SIZE),
             released: Vec::new(),
             rows: Vec::with_capacity(BATCH_SIZE),
@@ -351,7 +361,9 @@ impl Drain {
         }
         if self.snapshot_chunk()? {
             // More to read at once; only look whether a change was notified meanwhile.
-            let db = self.db.as_mut().expect("connected");
+            let Some(db) = self.db.as_mut() else {
+                return Err(not_connected(&self.name).into());
+            };
             self.woken |= db.wait(Duration::ZERO);
             return Ok(());
         }
@@ -364,7 +376,9 @@ impl Drain {
         let timeout = self.deb.next_due().map_or(timeout, |t| {
             timeout.min(t.saturating_duration_since(Instant::now()))
         });
-        let db = self.db.as_mut().expect("connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name).into());
+        };
         self.woken |= db.wait(timeout);
         Ok(())
     }
@@ -380,7 +394,9 @@ impl Drain {
                 self.quarantine.path().display()
             )));
         }
-        let db = self.db.as_mut().expect("connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name));
+        };
         db.delete(&self.to_delete)?;
         for s in self.to_delete.drain(..) {
             self.in_flight.remove(&s);
@@ -393,8 +409,10 @@ impl Drain {
         self.last_read = Some(Instant::now());
         let mut rows = std::mem::take(&mut self.rows);
         rows.clear();
-        let db = self.db.as_mut().expect("connected");
-        let r = db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows);
+        let r = match self.db.as_mut() {
+            Some(db) => db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows),
+            None => Err(not_connected(&self.name)),
+        };
         if let Err(e) = r {
             self.rows = rows;
             return Err(e);
@@ -447,7 +465,9 @@ impl Drain {
             let mut total = 0;
             for name in tables {
                 if let Some(&t) = self.by_name.get(name) {
-                    let db = self.db.as_mut().expect("connected");
+                    let Some(db) = self.db.as_mut() else {
+                        return Err(not_connected(&self.name).into());
+                    };
                     total += db.count(&self.tables[t].def)?;
                 }
             }
@@ -468,7 +488,9 @@ impl Drain {
         let after = after.map(str::to_owned);
         let table = name.to_owned();
         let id = self.snapshots.id();
-        let db = self.db.as_mut().expect("connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name).into());
+        };
         let def = &self.tables[t].def;
         let mut rows = db.chunk(def, after.as_deref(), CHUNK_ROWS)?;
         let mut events = Vec::with_capacity(rows.len());
@@ -613,7 +635,9 @@ impl Drain {
             if pks.is_empty() {
                 continue;
             }
-            let db = self.db.as_mut().expect("connected");
+            let Some(db) = self.db.as_mut() else {
+                return Err(not_connected(&self.name));
+            };
             let def = &self.tables[t].def;
             for json in db.current(def, &pks)? {
                 match parse_image(def, "row", &json).and_then(|row| {
@@ -862,7 +886,9 @@ impl Drain {
     fn apply_acks(&mut self) {
         let w = self.cx.watermark.get();
         while self.pending.front().is_some_and(|p| p.seq <= w) {
-            let p = self.pending.pop_front().expect("front exists");
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
             self.to_delete.extend(p.rows);
         }
         self.snapshots.acked(w);
