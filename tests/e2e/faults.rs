@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::capture::{Db, Kind};
 use crate::harness::*;
 
 /// Issue 16 item 14: a spool segment deleted while the broker is down used to stop the
@@ -135,4 +136,86 @@ async fn a_dead_source_is_restarted_reported_and_counted_while_the_other_deliver
     let want: Vec<i64> = (0..1000).chain(10_000..10_500).collect();
     assert_eq!(ids, want);
     assert!(agent_log(&w).contains("source b stopped unexpectedly"));
+}
+
+/// Issue 16 item 10 (poll): a change that cannot become an event, while the quarantine
+/// cannot be written (here `state_dir/quarantine` is a file, as a full or broken disk
+/// would refuse it), used to be logged as "lost from the quarantine" and the scan's
+/// snapshot swapped past it: the record was gone. Now it is kept and tried again, the
+/// snapshot waits, and once the quarantine can be written it is there and scans go on.
+#[tokio::test]
+async fn a_poll_change_the_quarantine_cannot_take_is_kept_and_retried() {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(Kind::Lite, &w, "pollq");
+    let rows: Vec<String> = (1..=20)
+        .map(|i| format!("({i}, '{}')", if i == 7 { "Z" } else { "A" }))
+        .collect();
+    db.sql(&format!(
+        "CREATE TABLE permits (id integer PRIMARY KEY, status text);\n\
+         INSERT INTO permits VALUES {};",
+        rows.join(", ")
+    ));
+    let cfg = w.config_with(&format!(
+        "[[source]]\nname = \"pq\"\nkind = \"poll\"\nodbc = \"{}\"\ntable = \"permits\"\n\
+         key = [\"id\"]\ninterval = \"300ms\"\n\n[source.map]\n\
+         values = {{ status = {{ A = \"ACTIVE\" }} }}\nunknown = {{ status = \"quarantine\" }}\n",
+        db.odbc()
+    ));
+    let state = w.dir().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("quarantine"), "in the way").unwrap();
+    let mut agent = w.agent(&cfg);
+
+    // The other 19 rows arrive; row 7 is tried again and again, and the scan is not
+    // swapped: its pending file stays, and a row inserted now is not scanned yet.
+    assert_eq!(w.wait_count(19, Duration::from_secs(60)).await, 19);
+    wait_for(
+        "the quarantine write to be retried",
+        Duration::from_secs(30),
+        || {
+            agent_log(&w)
+                .matches("cannot write to the quarantine")
+                .count()
+                >= 3
+        },
+    )
+    .await;
+    let pending = state.join("poll/pq/pending.json");
+    assert!(pending.exists(), "the snapshot was swapped past row 7");
+    db.sql("INSERT INTO permits VALUES (21, 'A');");
+    wait_for("another retry", Duration::from_secs(30), || {
+        agent_log(&w)
+            .matches("cannot write to the quarantine")
+            .count()
+            >= 4
+    })
+    .await;
+    assert_eq!(w.count().await, 19);
+    assert_eq!(
+        w.metric("lockstep_quarantined_records_total{source=\"pq\"}"),
+        0
+    );
+
+    // The disk is fixed: row 7 goes to the quarantine, the snapshot is swapped, and
+    // the next scan finds row 21.
+    std::fs::remove_file(state.join("quarantine")).unwrap();
+    assert_eq!(w.wait_count(20, Duration::from_secs(60)).await, 20);
+    wait_for("pending.json to go", Duration::from_secs(30), || {
+        !pending.exists()
+    })
+    .await;
+    assert_eq!(
+        w.metric("lockstep_quarantined_records_total{source=\"pq\"}"),
+        1
+    );
+    assert_eq!(agent.stop(), Some(0));
+    let q = std::fs::read_to_string(state.join("quarantine/pq.jsonl")).unwrap();
+    assert_eq!(q.lines().count(), 1, "{q}");
+    assert!(q.contains(r#"\"status\":\"Z\""#), "{q}");
+    let msgs = w.messages().await;
+    assert_unique(&msgs, "id");
+    let mut ids = ints(&msgs, "id");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=21).filter(|&i| i != 7).collect::<Vec<i64>>());
 }
