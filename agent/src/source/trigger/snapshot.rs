@@ -24,6 +24,10 @@
 //! `Nats-Msg-Id` as before and JetStream drops the repeat. (If the row changed in
 //! between, the repeat being dropped is harmless: the change's own event follows.)
 //!
+//! **Totals.** The rows to read are the catalog's estimate ([`estimate_sql`]), looked up
+//! once per snapshot and kept in the checkpoint; never a `count(*)`, which on a big
+//! table outlasts the watchdog and, after the restart, runs again.
+//!
 //! **Requests.** `snapshot = "initial"` starts snapshot 1 when the source has no
 //! snapshot checkpoint. `lockstep snapshot` writes `state_dir/snapshot/<source>.request`;
 //! the drain takes it when no snapshot is running, gives it the next number, writes its
