@@ -1026,6 +1026,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+mod lost_connection_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

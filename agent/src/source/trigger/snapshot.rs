@@ -497,6 +497,29 @@ mod tests {
     }
 
     #[test]
+    fn totals_are_catalog_estimates_never_counts() {
+        for d in Dialect::ALL {
+            let sql = estimate_sql(d, "O'Hara.permits");
+            assert!(
+                sql.as_deref().is_none_or(|s| !s.contains("count(")),
+                "{d:?}: {sql:?}"
+            );
+        }
+        assert_eq!(estimate_sql(Dialect::Sqlite, "permits"), None);
+        let m = estimate_sql(Dialect::MariaDb, "O'Hara.permits").unwrap();
+        assert!(
+            m.contains("TABLE_SCHEMA = 'O''Hara' AND TABLE_NAME = 'permits'"),
+            "{m}"
+        );
+        let m = estimate_sql(Dialect::MariaDb, "permits").unwrap();
+        assert!(m.contains("TABLE_SCHEMA = DATABASE()"), "{m}");
+        assert_eq!(parse_estimate(Some("-1")), None);
+        assert_eq!(parse_estimate(None), None);
+        assert_eq!(parse_estimate(Some(" 20040 ")), Some(20_040));
+        assert_eq!(parse_estimate(Some("1.5e6")), Some(1_500_000));
+    }
+
+    #[test]
     fn the_checkpoint_follows_acknowledged_chunks_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Snapshots::open(dir.path(), "src", &tables(), true);
