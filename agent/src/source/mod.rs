@@ -90,6 +90,27 @@ impl SourceContext {
         Debouncer::new(self.debounce, self.counters.clone())
     }
 
+    /// Tests only (debug builds): `LOCKSTEP_TEST_PANIC=<source>@<n>` panics this
+    /// source's thread once per process, right after it handed the sink a batch whose
+    /// last event is numbered `n` or above — a thread death, with events in flight, at
+    /// a point the test chooses (`tests/e2e/faults.rs`).
+    #[cfg(debug_assertions)]
+    fn test_panic(&self, last: u64) {
+        static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let Ok(v) = std::env::var("LOCKSTEP_TEST_PANIC") else {
+            return;
+        };
+        let Some((source, n)) = v.split_once('@') else {
+            return;
+        };
+        if source == self.name
+            && n.parse::<u64>().is_ok_and(|n| last >= n)
+            && !FIRED.swap(true, Ordering::AcqRel)
+        {
+            panic!("LOCKSTEP_TEST_PANIC: source {source} after handing event {last} to the sink");
+        }
+    }
+
     /// The sequence number the source's events start after: 0 at the agent's start,
     /// and above every number an earlier thread of the source handed to the sink after
     /// a restart (so that acks of those are not taken for the new thread's events).
@@ -111,10 +132,13 @@ impl SourceContext {
             match tokio::time::timeout(Duration::from_millis(100), tx.reserve()).await {
                 Ok(Ok(permit)) => {
                     if let Some(b) = batch.take() {
-                        if let Some(last) = b.msgs.iter().map(|m| m.seq).max() {
+                        let last = b.msgs.iter().map(|m| m.seq).max();
+                        if let Some(last) = last {
                             self.handed.fetch_max(last, Ordering::AcqRel);
                         }
                         permit.send(b);
+                        #[cfg(debug_assertions)]
+                        self.test_panic(last.unwrap_or(0));
                     }
                     Ok(true)
                 }
