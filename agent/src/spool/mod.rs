@@ -92,7 +92,7 @@ pub struct SpoolError {
 fn hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(28) => " (the disk is full: free space there or lower spool.max_bytes; the events wait in their sources meanwhile and nothing is lost)",
-        Some(5) => " (an I/O error from the disk: check the device and the kernel log; the events wait in their sources meanwhile)",
+        Some(5) => " (an I/O error from the disk: check the device and the kernel log)",
         Some(30) => " (the file system is read-only)",
         _ => "",
     }

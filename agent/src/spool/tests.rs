@@ -313,6 +313,91 @@ fn an_unreadable_segment_is_set_aside_and_the_rest_read() {
     assert_eq!(read_all(&mut s).len(), 10);
 }
 
+/// Issue 16 item 9, through the publisher: with the broker away every event goes to the
+/// spool; the fsync made when the first segment is full and the next one started fails
+/// once (EIO), and later ones would succeed. The publisher used to hold the events and
+/// retry, the retried fsync "succeeded" and the agent went on. Now it stops with the
+/// error (the runner exits 1). `fsync = "off"`, so that the roll's fsync is the only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_stops_when_the_fsync_of_a_segment_roll_fails() {
+    use crate::config::{FsyncPolicy, NatsAuth, NatsConfig, SpoolConfig};
+    use crate::pipeline::{AckWatermark, Batch, Outgoing};
+    use crate::sink::publisher::Publisher;
+    use tokio::sync::{mpsc, watch};
+
+    let d = dirs();
+    let disk = Arc::new(FaultyDisk::new(u64::MAX));
+    disk.fail_syncs.store(1, Ordering::SeqCst);
+    let (spool, m) = open_with(&d, 128 << 10, WhenFull::Block, disk.clone());
+    let nats = NatsConfig {
+        servers: vec!["nats://127.0.0.1:1".into()],
+        stream: "S".into(),
+        subject_prefix: "legacy".into(),
+        create_stream: true,
+        max_in_flight: 64,
+        ack_timeout: std::time::Duration::from_secs(1),
+        auth: NatsAuth::None,
+        tls: None,
+    };
+    // No broker answers there: the client keeps trying, the publisher spools.
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect("nats://127.0.0.1:1")
+        .await
+        .unwrap();
+    let js = crate::sink::jetstream::context(client, &nats);
+    let spool_cfg = SpoolConfig {
+        max_bytes: 128 << 10,
+        when_full: WhenFull::Block,
+        fsync: FsyncPolicy::Off,
+    };
+    let wm = Arc::new(AckWatermark::default());
+    let p = Publisher::new(js, nats, &spool_cfg, spool, m.clone(), vec![wm]);
+    let (tx, rx) = mpsc::channel(4);
+    let (_stop, shutdown) = watch::channel(false);
+    let beat = crate::service::Liveness::default().register("the publisher");
+    let run = tokio::spawn(p.run(rx, shutdown, std::time::Duration::from_secs(1), beat));
+    let counters = m.table("s", "t");
+    let mut seq = 0u64;
+    let fed = tokio::spawn(async move {
+        // More than a segment's worth (16 KiB compressed), in batches.
+        for _ in 0..400 {
+            let msgs = (0..50)
+                .map(|_| {
+                    seq += 1;
+                    Outgoing {
+                        seq,
+                        subject: "legacy.s.t".into(),
+                        msg_id: format!("a:s:{seq}"),
+                        payload: bytes::Bytes::from(format!(
+                            "{{\"after\":{{\"id\":{seq},\"n\":\"{:x}\"}}}}",
+                            seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        )),
+                        captured_ms: 1,
+                        counters: counters.clone(),
+                    }
+                })
+                .collect();
+            if tx.send(Batch { source: 0, msgs }).await.is_err() {
+                return;
+            }
+        }
+    });
+    let r = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the publisher did not stop after the failed fsync")
+        .unwrap();
+    let e = r.expect_err("the publisher stops with the fsync error");
+    eprintln!("stopped with: {e}");
+    assert!(e.to_string().contains("fsync a segment"), "{e}");
+    assert_eq!(
+        disk.fail_syncs.load(Ordering::SeqCst),
+        0,
+        "the fsync failed once"
+    );
+    fed.abort();
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),
