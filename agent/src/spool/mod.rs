@@ -415,8 +415,11 @@ impl Spool {
             self.sync()?;
         }
         let path = segment_path(&self.dir, first_seq);
+        // Readable too: if the file is deleted while it is being written, what it holds
+        // can still be read back through this handle (see `read_frame`).
         let f = OpenOptions::new()
             .create_new(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(err(&path, "create a segment"))?;
@@ -598,7 +601,18 @@ impl Spool {
     fn read_frame(&mut self, seg_first: u64, path: &Path, meta: &FrameMeta) -> io::Result<()> {
         let file = match &self.read_file {
             Some((s, f)) if *s == seg_first => f,
-            _ => &self.read_file.insert((seg_first, File::open(path)?)).1,
+            _ => {
+                let f = match File::open(path) {
+                    Ok(f) => f,
+                    // The segment being written, deleted under the agent: its data is
+                    // still there, behind the append handle.
+                    Err(e) => match (&self.writer, self.segments.back()) {
+                        (Some(w), Some(seg)) if seg.first_seq == seg_first => w.try_clone()?,
+                        _ => return Err(e),
+                    },
+                };
+                &self.read_file.insert((seg_first, f)).1
+            }
         };
         self.buf.resize(meta.len as usize, 0);
         file.read_exact_at(&mut self.buf, meta.offset)

@@ -398,6 +398,21 @@ async fn the_publisher_stops_when_the_fsync_of_a_segment_roll_fails() {
     fed.abort();
 }
 
+/// The segment being written, deleted under the running agent: what it holds is still
+/// read back (and sent) through the append handle, before and after the delete.
+#[test]
+fn the_segment_being_written_is_read_back_after_it_is_deleted() {
+    let d = dirs();
+    let (mut s, m) = open(&d);
+    append(&mut s, 0..50).unwrap();
+    let seg = list_segments(&d.spool).unwrap().pop().unwrap();
+    std::fs::remove_file(&seg.1).unwrap();
+    append(&mut s, 50..60).unwrap();
+    let got = read_all(&mut s);
+    assert_eq!(got.len(), 60);
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 0);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),
