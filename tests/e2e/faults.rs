@@ -60,10 +60,10 @@ async fn a_spool_segment_gone_while_the_broker_is_down_is_skipped_and_the_rest_d
 
 /// A tail source named `name` following `<logs>/<name>*.log`.
 fn tail_source(w: &World, name: &str) -> String {
-    format!(
-        "[[source]]\nname = \"{name}\"\nkind = \"tail\"\npaths = [\"{}/{name}*.log\"]\n\
-         stat_interval = \"200ms\"\nrotate_wait = \"1s\"\ntable = \"t\"\nkey = [\"id\"]\n",
-        w.logs().display()
+    w.tail_source(
+        name,
+        &format!("{name}*.log"),
+        "table = \"t\"\nkey = [\"id\"]",
     )
 }
 

@@ -183,11 +183,16 @@ impl World {
 
     /// Writes a config with one tail source (`source_extra` is added to it) and returns its path.
     pub fn config(&self, source_extra: &str) -> PathBuf {
-        self.config_with(&format!(
-            "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/*.log\"]\n\
-             stat_interval = \"200ms\"\nrotate_wait = \"1s\"\n{source_extra}\n",
+        self.config_with(&self.tail_source("vista", "*.log", source_extra))
+    }
+
+    /// The `[[source]]` of a tail source `name` following `<logs>/<glob>`, with `extra`.
+    pub fn tail_source(&self, name: &str, glob: &str, extra: &str) -> String {
+        format!(
+            "[[source]]\nname = \"{name}\"\nkind = \"tail\"\npaths = [\"{}/{glob}\"]\n\
+             stat_interval = \"200ms\"\nrotate_wait = \"1s\"\n{extra}\n",
             self.logs().display()
-        ))
+        )
     }
 
     /// Writes a config with `sources` (TOML `[[source]]` tables) and returns its path.
