@@ -7,6 +7,7 @@
 //! sequence fits in systemd's 10 s.
 
 use std::fs::File;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::pipeline::{AckWatermark, Encoder};
 use crate::service::{self, Liveness};
 use crate::sink::jetstream::{self, SinkError};
 use crate::sink::publisher::Publisher;
-use crate::source::{poll, tail, trigger, SourceContext};
+use crate::source::{poll, supervisor, tail, trigger, SourceContext};
 use crate::spool::disk::RealDisk;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 
@@ -118,37 +119,69 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
     let publisher_beat = liveness.register("the publisher");
     let (sink_done_tx, sink_done) = watch::channel(false);
 
-    let mut threads = Vec::new();
+    let mut supervisors = Vec::new();
     for (index, s) in cfg.sources.iter().enumerate() {
-        let cx = SourceContext {
-            index,
-            name: s.name.clone(),
-            agent_id: cfg.agent.id.clone(),
-            state_dir: state_dir.clone(),
-            encoder: Encoder::new(&cfg.nats.subject_prefix, &cfg.agent.id, &s.name),
-            tx: tx.clone(),
-            watermark: watermarks[index].clone(),
-            metrics: metrics.clone(),
-            counters: metrics.source(&s.name),
-            status: status.clone(),
-            shutdown: shutdown.clone(),
-            sink_done: sink_done.clone(),
-            drain_for: DRAIN_FOR,
-            runtime: tokio::runtime::Handle::current(),
-            map: Arc::new(s.map.clone()),
-            debounce: s.debounce,
-            beat: liveness.register(&format!("source {}", s.name)),
+        let beat = liveness.register(&format!("source {}", s.name));
+        let handed = Arc::new(AtomicU64::new(0));
+        let (kind, name) = (s.kind.clone(), s.name.clone());
+        let context = {
+            let (agent_id, state_dir) = (cfg.agent.id.clone(), state_dir.clone());
+            let (tx, watermark, metrics) = (tx.clone(), watermarks[index].clone(), metrics.clone());
+            let (status, shutdown, sink_done) =
+                (status.clone(), shutdown.clone(), sink_done.clone());
+            let (prefix, map, debounce) = (
+                cfg.nats.subject_prefix.clone(),
+                Arc::new(s.map.clone()),
+                s.debounce,
+            );
+            let (beat, handed, name) = (beat.clone(), handed.clone(), name.clone());
+            move || SourceContext {
+                index,
+                name: name.clone(),
+                agent_id: agent_id.clone(),
+                state_dir: state_dir.clone(),
+                encoder: Encoder::new(&prefix, &agent_id, &name),
+                tx: tx.clone(),
+                watermark: watermark.clone(),
+                metrics: metrics.clone(),
+                counters: metrics.source(&name),
+                status: status.clone(),
+                shutdown: shutdown.clone(),
+                sink_done: sink_done.clone(),
+                drain_for: DRAIN_FOR,
+                runtime: tokio::runtime::Handle::current(),
+                map: map.clone(),
+                debounce,
+                beat: beat.clone(),
+                handed: handed.clone(),
+            }
         };
-        let handle = match &s.kind {
-            SourceKind::Tail(t) => tail::spawn(t.clone(), cx),
-            SourceKind::Trigger(t) => trigger::spawn(t.clone(), cx),
-            SourceKind::Poll(p) => poll::spawn(p.clone(), cx),
-        }
-        .map_err(|source| RunError::Source {
+        let rt = tokio::runtime::Handle::current();
+        let mut start: supervisor::Start = Box::new(move || {
+            // The context takes the runtime's handle, wherever this is called from.
+            let _guard = rt.enter();
+            let cx = context();
+            match &kind {
+                SourceKind::Tail(t) => tail::spawn(t.clone(), cx),
+                SourceKind::Trigger(t) => trigger::spawn(t.clone(), cx),
+                SourceKind::Poll(p) => poll::spawn(p.clone(), cx),
+            }
+        });
+        let first = start().map_err(|source| RunError::Source {
             name: s.name.clone(),
             source,
         })?;
-        threads.push(handle);
+        supervisors.push(tokio::spawn(supervisor::supervise(
+            supervisor::Supervised {
+                name,
+                start,
+                status: status.clone(),
+                counters: metrics.source(&s.name),
+                beat,
+                shutdown: shutdown.clone(),
+            },
+            first,
+        )));
     }
     drop(tx);
     tracing::info!(
@@ -204,8 +237,8 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
     forward.abort();
     let _ = sink_done_tx.send(true);
     tracing::info!("publisher stopped; waiting for sources to write their checkpoints");
-    for t in threads {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    for s in supervisors {
+        let _ = s.await;
     }
     if let Some(a) = admin_task {
         a.abort();

@@ -183,11 +183,16 @@ impl World {
 
     /// Writes a config with one tail source (`source_extra` is added to it) and returns its path.
     pub fn config(&self, source_extra: &str) -> PathBuf {
-        self.config_with(&format!(
-            "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/*.log\"]\n\
-             stat_interval = \"200ms\"\nrotate_wait = \"1s\"\n{source_extra}\n",
+        self.config_with(&self.tail_source("vista", "*.log", source_extra))
+    }
+
+    /// The `[[source]]` of a tail source `name` following `<logs>/<glob>`, with `extra`.
+    pub fn tail_source(&self, name: &str, glob: &str, extra: &str) -> String {
+        format!(
+            "[[source]]\nname = \"{name}\"\nkind = \"tail\"\npaths = [\"{}/{glob}\"]\n\
+             stat_interval = \"200ms\"\nrotate_wait = \"1s\"\n{extra}\n",
             self.logs().display()
-        ))
+        )
     }
 
     /// Writes a config with `sources` (TOML `[[source]]` tables) and returns its path.
@@ -314,6 +319,28 @@ listen = "{admin}"
                     .ok()
             })
             .unwrap_or_else(|| panic!("no events line in {out}"))
+    }
+
+    /// The spool's segment files, oldest first.
+    pub fn spool_segments(&self) -> Vec<PathBuf> {
+        let dir = self.dir().join("state/spool");
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        segs.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+        segs.sort();
+        segs
+    }
+
+    /// The files in the agent's quarantine directory whose names start with `prefix`.
+    pub fn quarantined_files(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_dir(self.dir().join("state/quarantine"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn agent(&self, config: &Path) -> Agent {
@@ -596,4 +623,22 @@ pub fn psql_on(db: &str, sql: &str) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The `after.id` of every event in spool segment `seg` (which must be undamaged).
+pub fn spooled_ids(seg: &Path) -> Vec<i64> {
+    let data = std::fs::read(seg).unwrap();
+    let mut ids = Vec::new();
+    lockstep_formats::frame::scan(
+        &data,
+        |_, _, events| {
+            for e in events {
+                let v: serde_json::Value = serde_json::from_slice(e.payload.0).unwrap();
+                ids.push(v["after"]["id"].as_i64().unwrap());
+            }
+        },
+        |at, e| panic!("{} is damaged at byte {at}: {e}", seg.display()),
+    )
+    .unwrap();
+    ids
 }

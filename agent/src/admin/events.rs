@@ -134,6 +134,28 @@ impl CheckpointFailed<'_> {
     }
 }
 
+/// A source's thread ended while the agent was not stopping: it is started again after
+/// `wait`.
+pub struct SourceRestarted<'a> {
+    pub source: &'a str,
+    pub reason: &'a str,
+    pub wait: std::time::Duration,
+}
+
+impl SourceRestarted<'_> {
+    pub fn emit(&self, c: &SourceCounters) {
+        c.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            source = self.source,
+            "source {} stopped unexpectedly: {}; starting it again in {:.1} s from its last checkpoint \
+             (the other sources go on; /healthz reports it failing meanwhile)",
+            self.source,
+            self.reason,
+            self.wait.as_secs_f64()
+        );
+    }
+}
+
 /// A frame cut short at the end of a spool segment (a crash during its write).
 pub struct SpoolTornTail<'a> {
     pub path: &'a Path,
@@ -180,6 +202,38 @@ impl SpoolFrameCorrupt<'_> {
             self.len,
             self.error,
             self.quarantined_to.display()
+        );
+    }
+}
+
+/// Spooled events that could not be read back (an I/O error, the segment file gone):
+/// skipped, recorded in the quarantine.
+pub struct SpoolUnreadable<'a> {
+    pub path: &'a Path,
+    pub offset: u64,
+    /// Which events: "events 10 to 20 (spool sequence numbers)".
+    pub events: &'a str,
+    pub error: &'a std::io::Error,
+    pub recorded_in: &'a Path,
+    /// False when the same place was recorded before (not counted again).
+    pub first_time: bool,
+}
+
+impl SpoolUnreadable<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        if self.first_time {
+            m.spool_unreadable.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(
+            path = %self.path.display(),
+            offset = self.offset,
+            "cannot read spool segment {} from byte {}: {}; {} are lost and skipped, the rest is sent \
+             (recorded in {}; check the disk and the kernel log)",
+            self.path.display(),
+            self.offset,
+            self.error,
+            self.events,
+            self.recorded_in.display()
         );
     }
 }

@@ -32,6 +32,8 @@ pub struct SourceCounters {
     pub db_up: AtomicU64,
     /// Connections to the source's database lost (or refused) since start.
     pub db_errors: AtomicU64,
+    /// Times the source's thread ended unexpectedly and was started again.
+    pub restarts: AtomicU64,
     /// A poll source: the `lockstep_poll_*` metrics below are rendered for it.
     pub is_poll: AtomicBool,
     /// Scans the poll source finished (read and compared).
@@ -78,6 +80,8 @@ pub struct Metrics {
     pub spool_drained: AtomicU64,
     pub spool_dropped: AtomicU64,
     pub spool_corrupt_frames: AtomicU64,
+    /// Spool frames (or whole segments) that could not be read back.
+    pub spool_unreadable: AtomicU64,
     pub spool_write_errors: AtomicU64,
     /// From capture to JetStream's ack, per event.
     pub capture_to_ack: Histogram,
@@ -236,7 +240,7 @@ impl Metrics {
             }
         }
         type SourceField = fn(&SourceCounters) -> u64;
-        let per_source: [(&str, &str, &str, SourceField); 8] = [
+        let per_source: [(&str, &str, &str, SourceField); 9] = [
             (
                 "lockstep_quarantined_records_total",
                 "counter",
@@ -284,6 +288,12 @@ impl Metrics {
                 "counter",
                 "Database connections of the source lost or refused (each retried with backoff).",
                 |c| c.db_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_source_restarts_total",
+                "counter",
+                "Times the source's thread ended unexpectedly (a panic, an error it could not get past) and was started again.",
+                |c| c.restarts.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, field) in per_source {
@@ -379,7 +389,7 @@ impl Metrics {
         } else {
             0
         };
-        let globals: [(&str, &str, &str, u64); 13] = [
+        let globals: [(&str, &str, &str, u64); 14] = [
             (
                 "lockstep_nats_connected",
                 "gauge",
@@ -451,6 +461,12 @@ impl Metrics {
                 "counter",
                 "Spool frames whose checksum failed (quarantined).",
                 self.spool_corrupt_frames.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_spool_unreadable_total",
+                "counter",
+                "Spool frames or segments that could not be read back (I/O error, file gone): their events were skipped and recorded in the quarantine.",
+                self.spool_unreadable.load(Ordering::Relaxed),
             ),
             (
                 "lockstep_spool_write_errors_total",

@@ -24,6 +24,9 @@ pub struct StatusBoard {
     sources: Mutex<BTreeMap<String, serde_json::Value>>,
     /// Loops the watchdog found stuck (see [`crate::service`]).
     stalled: Mutex<Vec<String>>,
+    /// Sources whose thread ended unexpectedly and that do not run again yet, with why
+    /// (see [`crate::source::supervisor`]).
+    failing: Mutex<BTreeMap<String, String>>,
     /// Per source: (when, events acknowledged) samples over the last [`RATE_WINDOW`].
     rates: Mutex<BTreeMap<String, VecDeque<(Instant, u64)>>>,
 }
@@ -48,6 +51,53 @@ impl StatusBoard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn set_failing(&self, source: &str, reason: &str) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_owned(), reason.to_owned());
+    }
+
+    pub fn clear_failing(&self, source: &str) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(source);
+    }
+
+    pub fn is_failing(&self, source: &str) -> bool {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(source)
+    }
+
+    /// The failing sources, with why.
+    pub fn failing(&self) -> BTreeMap<String, String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What `/healthz` answers: `None` when all is well, else the 503's body.
+    pub fn health_problem(&self, metrics: &Metrics) -> Option<String> {
+        let mut lines = Vec::new();
+        let stalled = self.stalled();
+        if !stalled.is_empty() {
+            lines.push(format!("stuck: {}", stalled.join(", ")));
+        }
+        for (source, why) in self.failing() {
+            lines.push(format!("failing: source {source} ({why})"));
+        }
+        if let Some((secs, e)) = metrics.publish_failing() {
+            lines.push(format!(
+                "publishing fails for {secs} s ({e}); events go to the spool and are retried"
+            ));
+        }
+        (!lines.is_empty()).then(|| lines.join("\n") + "\n")
     }
 
     /// Takes a sample of each source's acknowledged events, for `events_per_second`.
@@ -93,10 +143,23 @@ impl StatusBoard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let failing = self.failing();
+        for name in failing.keys() {
+            // A source that died before it reported anything still shows.
+            sources
+                .entry(name.clone())
+                .or_insert_with(|| serde_json::json!({}));
+        }
         for (name, s) in sources.iter_mut() {
             if let Some(o) = s.as_object_mut() {
                 let rate = (self.rate(name) * 10.0).round() / 10.0;
                 o.insert("events_per_second".into(), rate.into());
+                o.insert(
+                    "failing".into(),
+                    failing
+                        .get(name)
+                        .map_or(serde_json::Value::Null, |w| w.as_str().into()),
+                );
             }
         }
         let oldest = metrics.spool_oldest_ms.load(Ordering::Relaxed);
@@ -115,6 +178,7 @@ impl StatusBoard {
                 "oldest_age_seconds": (oldest > 0).then(|| (crate::pipeline::now_ms() - oldest).max(0) / 1000),
             },
             "stalled": self.stalled(),
+            "failing": failing,
             "sources": sources,
         })
         .to_string()
@@ -158,22 +222,10 @@ pub async fn serve(
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (code, ctype, body) = match (method, path) {
-                ("GET", "/healthz") => {
-                    let mut problems = Vec::new();
-                    let stalled = status.stalled();
-                    if !stalled.is_empty() {
-                        problems.push(format!("stuck: {}", stalled.join(", ")));
-                    }
-                    if let Some((secs, e)) = metrics.publish_failing() {
-                        problems.push(format!(
-                            "publishing fails for {secs} s ({e}); events go to the spool and are retried"
-                        ));
-                    }
-                    match problems {
-                        p if p.is_empty() => ("200 OK", "text/plain", "ok\n".to_owned()),
-                        p => ("503 Service Unavailable", "text/plain", p.join("\n") + "\n"),
-                    }
-                }
+                ("GET", "/healthz") => match status.health_problem(&metrics) {
+                    None => ("200 OK", "text/plain", "ok\n".to_owned()),
+                    Some(p) => ("503 Service Unavailable", "text/plain", p),
+                },
                 ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 ("GET", "/status") => ("200 OK", "application/json", status.render(&metrics)),
                 ("GET", _) => (

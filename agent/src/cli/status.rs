@@ -115,6 +115,13 @@ fn print(cfg: &Config, v: &Value, out: &mut dyn Write) -> io::Result<()> {
     for (name, s) in sources {
         let kind = s["kind"].as_str().unwrap_or("?");
         writeln!(out, "\nsource {name} ({kind})")?;
+        if let Some(why) = s["failing"].as_str() {
+            writeln!(
+                out,
+                "  {:<12} {why} (started again with backoff; see the log)",
+                "FAILING"
+            )?;
+        }
         for line in position(s) {
             writeln!(out, "  {:<12} {line}", "position")?;
         }

@@ -398,7 +398,7 @@ impl Publisher {
     /// fatal: after one, the kernel may have dropped the pages, and a later fsync that
     /// succeeds would not say so.
     fn sync_spool(&mut self) -> Result<(), Fatal> {
-        if self.fsync == FsyncPolicy::Off {
+        if self.fsync == FsyncPolicy::Off && self.spool.sync_error().is_none() {
             return Ok(());
         }
         if self.spool.unsynced() {
@@ -415,7 +415,8 @@ impl Publisher {
     }
 
     fn housekeeping(&mut self) -> Result<(), Fatal> {
-        if self.fsync == FsyncPolicy::Batch {
+        // A failed fsync (also one made when a segment rolled) stops the agent.
+        if self.fsync == FsyncPolicy::Batch || self.spool.sync_error().is_some() {
             self.sync_spool()?;
         }
         let spool = &mut self.spool;

@@ -16,10 +16,12 @@
 //!   in-flight acks, writes a last checkpoint and returns.
 
 pub mod poll;
+pub mod supervisor;
 pub mod tail;
 pub mod trigger;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +60,14 @@ pub struct SourceContext {
     pub debounce: Option<DebounceConfig>,
     /// Beaten on every turn of the source's loop; the systemd watchdog is fed from it.
     pub beat: Arc<Beat>,
+    /// The highest sequence number handed to the sink by this source, over all its
+    /// threads (a source is started again after its thread dies: see [`supervisor`]).
+    pub handed: Arc<AtomicU64>,
 }
+
+/// A source's thread. It returns when the agent stops (`Ok`), or with the reason it
+/// cannot go on (`Err`: the supervisor logs it and starts the source again).
+pub type SourceThread = std::thread::JoinHandle<Result<(), String>>;
 
 /// Events sent to the sink in one batch, at most.
 pub const BATCH_SIZE: usize = 512;
@@ -81,6 +90,34 @@ impl SourceContext {
         Debouncer::new(self.debounce, self.counters.clone())
     }
 
+    /// Tests only (debug builds): `LOCKSTEP_TEST_PANIC=<source>@<n>` panics this
+    /// source's thread once per process, right after it handed the sink a batch whose
+    /// last event is numbered `n` or above — a thread death, with events in flight, at
+    /// a point the test chooses (`tests/e2e/faults.rs`).
+    #[cfg(debug_assertions)]
+    fn test_panic(&self, last: u64) {
+        static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let Ok(v) = std::env::var("LOCKSTEP_TEST_PANIC") else {
+            return;
+        };
+        let Some((source, n)) = v.split_once('@') else {
+            return;
+        };
+        if source == self.name
+            && n.parse::<u64>().is_ok_and(|n| last >= n)
+            && !FIRED.swap(true, Ordering::AcqRel)
+        {
+            panic!("LOCKSTEP_TEST_PANIC: source {source} after handing event {last} to the sink");
+        }
+    }
+
+    /// The sequence number the source's events start after: 0 at the agent's start,
+    /// and above every number an earlier thread of the source handed to the sink after
+    /// a restart (so that acks of those are not taken for the new thread's events).
+    pub fn first_seq(&self) -> u64 {
+        self.handed.load(Ordering::Acquire)
+    }
+
     /// Offers `batch` to the sink for up to 100 ms; true once it is taken. The caller
     /// does its housekeeping (acks, checkpoints) between offers.
     pub fn offer(&self, batch: &mut Option<Batch>) -> Result<bool, Stopping> {
@@ -95,7 +132,13 @@ impl SourceContext {
             match tokio::time::timeout(Duration::from_millis(100), tx.reserve()).await {
                 Ok(Ok(permit)) => {
                     if let Some(b) = batch.take() {
+                        let last = b.msgs.iter().map(|m| m.seq).max();
+                        if let Some(last) = last {
+                            self.handed.fetch_max(last, Ordering::AcqRel);
+                        }
                         permit.send(b);
+                        #[cfg(debug_assertions)]
+                        self.test_panic(last.unwrap_or(0));
                     }
                     Ok(true)
                 }

@@ -1,6 +1,7 @@
 //! The filesystem operations the spool writes through, behind a trait so tests can make
 //! the disk fill up or fail (see [`faulty`]). Reads go straight to `std::fs`: a read
-//! error is reported and retried, it cannot damage anything.
+//! error is retried once, then what cannot be read is skipped and recorded (see
+//! `Spool::read`); it cannot damage anything else.
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -71,11 +72,13 @@ pub mod faulty {
 
     /// Writes through to the real disk until `space` bytes have been written, then
     /// writes what still fits and fails with ENOSPC (as a full disk does); with
-    /// `fail_sync` set, every fsync fails with EIO.
+    /// `fail_sync` set, every fsync fails with EIO; the next `fail_syncs` fsyncs fail
+    /// with EIO and later ones succeed (a device that hiccups once).
     #[derive(Debug)]
     pub struct FaultyDisk {
         pub space: AtomicU64,
         pub fail_sync: AtomicBool,
+        pub fail_syncs: AtomicU64,
     }
 
     impl FaultyDisk {
@@ -83,7 +86,15 @@ pub mod faulty {
             Self {
                 space: AtomicU64::new(space),
                 fail_sync: AtomicBool::new(false),
+                fail_syncs: AtomicU64::new(0),
             }
+        }
+
+        /// Counts down `fail_syncs`: true when this fsync is to fail.
+        fn hiccup(&self) -> bool {
+            self.fail_syncs
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
         }
 
         fn take(&self, want: usize) -> usize {
@@ -127,6 +138,9 @@ pub mod faulty {
 
         fn sync(&self, f: &File) -> io::Result<()> {
             self.eio()?;
+            if self.hiccup() {
+                return Err(io::Error::from_raw_os_error(5));
+            }
             RealDisk.sync(f)
         }
 

@@ -42,6 +42,15 @@
 //!   even that fails, left to be cut on the next start), the error is logged with what
 //!   to do, and the events stay with the publisher, which stops taking more and retries.
 //!   Nothing was reported durable, so nothing can be lost.
+//! - *A read error* (EIO, the segment file deleted or not readable): retried once on a
+//!   fresh handle; then the frame (the rest of the segment when the file is gone, the
+//!   whole segment at start, where it is moved to the quarantine) is skipped, counted
+//!   (`lockstep_spool_unreadable_total`), logged with its sequence numbers and recorded
+//!   in `state_dir/quarantine/spool-<segment>-<offset>.unreadable`. Its events are lost;
+//!   everything else drains.
+//! - *A failed fsync* (of a segment, also when one is closed to start the next, or of
+//!   the directory): remembered; every later append and sync fails with it, and the
+//!   publisher stops the agent. A retried fsync that "succeeds" proves nothing.
 
 pub mod disk;
 pub mod inspect;
@@ -59,7 +68,7 @@ use std::time::{Duration, Instant};
 use lockstep_formats::frame::{parse_header, FrameReader, FrameWriter, SpoolEvent, HEADER_LEN};
 use thiserror::Error;
 
-use crate::admin::events::{SpoolDropped, SpoolFrameCorrupt, SpoolTornTail};
+use crate::admin::events::{SpoolDropped, SpoolFrameCorrupt, SpoolTornTail, SpoolUnreadable};
 use crate::admin::metrics::Metrics;
 use crate::config::WhenFull;
 use disk::Disk;
@@ -83,7 +92,7 @@ pub struct SpoolError {
 fn hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(28) => " (the disk is full: free space there or lower spool.max_bytes; the events wait in their sources meanwhile and nothing is lost)",
-        Some(5) => " (an I/O error from the disk: check the device and the kernel log; the events wait in their sources meanwhile)",
+        Some(5) => " (an I/O error from the disk: check the device and the kernel log)",
         Some(30) => " (the file system is read-only)",
         _ => "",
     }
@@ -156,6 +165,10 @@ pub struct Spool {
     writer: Option<File>,
     dir_dirty: bool,
     unsynced: bool,
+    /// The first fsync that failed (the file, the OS error). Once set, every later
+    /// append and sync fails with it: after a failed fsync the kernel may have dropped
+    /// the dirty pages, and a retried fsync that "succeeds" would not say so.
+    sync_failed: Option<(PathBuf, &'static str, i32)>,
     next_seq: u64,
     acked: u64,
     ledger_acked: u64,
@@ -213,6 +226,7 @@ impl Spool {
             writer: None,
             dir_dirty: false,
             unsynced: false,
+            sync_failed: None,
             next_seq: acked + 1,
             acked,
             ledger_acked: acked,
@@ -232,7 +246,26 @@ impl Spool {
     }
 
     fn recover_segment(&mut self, first_seq: u64, path: PathBuf) -> Result<(), SpoolError> {
-        let data = std::fs::read(&path).map_err(err(&path, "read a segment"))?;
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) => {
+                // Unreadable (an I/O error): its events are lost. Moved aside, so that
+                // its name and sequence numbers are free for new segments.
+                self.set_aside_unreadable(&path, first_seq, 0, None, &e);
+                let to = self
+                    .quarantine_dir
+                    .join(format!("spool-{first_seq:020}.unreadable.seg"));
+                if let Err(e) = std::fs::rename(&path, &to) {
+                    tracing::error!(
+                        "cannot move the unreadable spool segment {} to {}: {e}; move or delete it by hand",
+                        path.display(),
+                        to.display()
+                    );
+                    self.next_seq = self.next_seq.max(first_seq + 1);
+                }
+                return Ok(());
+            }
+        };
         let scan = scan_segment(&data);
         let file_len = data.len() as u64;
         let clean = scan.clean_len(file_len);
@@ -322,6 +355,9 @@ impl Spool {
         &mut self,
         events: impl IntoIterator<Item = SpoolEvent<'a>>,
     ) -> Result<u64, SpoolError> {
+        if let Some(e) = self.sync_error() {
+            return Err(e);
+        }
         self.buf.clear();
         let first_seq = self.next_seq;
         let h = self
@@ -379,8 +415,11 @@ impl Spool {
             self.sync()?;
         }
         let path = segment_path(&self.dir, first_seq);
+        // Readable too: if the file is deleted while it is being written, what it holds
+        // can still be read back through this handle (see `read_frame`).
         let f = OpenOptions::new()
             .create_new(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(err(&path, "create a segment"))?;
@@ -445,28 +484,59 @@ impl Spool {
         }
     }
 
-    /// True when something was appended since the last [`Spool::sync`].
+    /// True when something was appended since the last [`Spool::sync`] (or an fsync
+    /// failed: [`Spool::sync`] then reports it again).
     pub fn unsynced(&self) -> bool {
-        self.unsynced || self.dir_dirty
+        self.unsynced || self.dir_dirty || self.sync_failed.is_some()
     }
 
-    /// Makes every appended frame durable.
+    /// The fsync failure this spool has seen, if any: it is fatal (the agent must stop
+    /// and the sources re-send from their checkpoints on the next start).
+    pub fn sync_error(&self) -> Option<SpoolError> {
+        self.sync_failed
+            .as_ref()
+            .map(|(path, op, errno)| SpoolError {
+                path: path.clone(),
+                op,
+                source: io::Error::from_raw_os_error(*errno),
+            })
+    }
+
+    /// Makes every appended frame durable. A failure is remembered: every later call
+    /// (and every append) fails with it, whether the segment was being rolled or not.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if let Some(e) = self.sync_error() {
+            return Err(e);
+        }
         if self.unsynced {
             if let (Some(w), Some(seg)) = (&self.writer, self.segments.back()) {
-                self.disk
-                    .sync(w)
-                    .map_err(err(&seg.path, "fsync a segment"))?;
+                if let Err(e) = self.disk.sync(w) {
+                    let path = seg.path.clone();
+                    return Err(self.remember_sync_failure(path, "fsync a segment", e));
+                }
             }
             self.unsynced = false;
         }
         if self.dir_dirty {
-            self.disk
-                .sync_dir(&self.dir)
-                .map_err(err(&self.dir, "fsync the directory"))?;
+            if let Err(e) = self.disk.sync_dir(&self.dir) {
+                let path = self.dir.clone();
+                return Err(self.remember_sync_failure(path, "fsync the directory", e));
+            }
             self.dir_dirty = false;
         }
         Ok(())
+    }
+
+    fn remember_sync_failure(
+        &mut self,
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    ) -> SpoolError {
+        // An error without an OS code (none is expected from fsync) is kept as EIO.
+        let errno = source.raw_os_error().unwrap_or(5);
+        self.sync_failed = Some((path.clone(), op, errno));
+        SpoolError { path, op, source }
     }
 
     /// Hands the next events to `f` (with their sequence numbers), up to about `want`
@@ -478,17 +548,30 @@ impl Spool {
     ) -> Result<usize, SpoolError> {
         let mut given = 0;
         while given < want {
-            let Some((seg_first, path, meta)) = self.frame_at(self.read_seq) else {
+            let Some((seg_first, seg_last, path, meta)) = self.frame_at(self.read_seq) else {
                 break;
             };
-            if self.read_file.as_ref().is_none_or(|(s, _)| *s != seg_first) {
-                let file = File::open(&path).map_err(err(&path, "open a segment"))?;
-                self.read_file = Some((seg_first, file));
+            // A read error may be passing (a fresh handle gets past a stale one): one
+            // more try, then the frame (or, when the file is gone, the rest of the
+            // segment) is set aside like a damaged frame and reading goes on.
+            let read = self.read_frame(seg_first, &path, &meta).or_else(|_| {
+                self.read_file = None;
+                self.read_frame(seg_first, &path, &meta)
+            });
+            if let Err(e) = read {
+                self.read_file = None;
+                let gone = e.kind() == io::ErrorKind::NotFound;
+                let last = if gone { seg_last } else { meta.last_seq() };
+                self.set_aside_unreadable(
+                    &path,
+                    seg_first,
+                    meta.offset,
+                    Some(self.read_seq..=last),
+                    &e,
+                );
+                self.read_seq = last + 1;
+                continue;
             }
-            let file = &self.read_file.as_ref().expect("just opened").1;
-            self.buf.resize(meta.len as usize, 0);
-            file.read_exact_at(&mut self.buf, meta.offset)
-                .map_err(err(&path, "read a segment"))?;
             let decoded = parse_header(&self.buf).and_then(|h| {
                 self.frame_reader
                     .decode(&h, &self.buf[HEADER_LEN..])
@@ -514,13 +597,82 @@ impl Spool {
         Ok(given)
     }
 
-    /// The segment and frame holding `seq`, or the first frame after it.
-    fn frame_at(&self, seq: u64) -> Option<(u64, PathBuf, FrameMeta)> {
+    /// Reads the frame `meta` of segment `seg_first` into `buf`.
+    fn read_frame(&mut self, seg_first: u64, path: &Path, meta: &FrameMeta) -> io::Result<()> {
+        let file = match &self.read_file {
+            Some((s, f)) if *s == seg_first => f,
+            _ => {
+                let f = match File::open(path) {
+                    Ok(f) => f,
+                    // The segment being written, deleted under the agent: its data is
+                    // still there, behind the append handle.
+                    Err(e) => match (&self.writer, self.segments.back()) {
+                        (Some(w), Some(seg)) if seg.first_seq == seg_first => w.try_clone()?,
+                        _ => return Err(e),
+                    },
+                };
+                &self.read_file.insert((seg_first, f)).1
+            }
+        };
+        self.buf.resize(meta.len as usize, 0);
+        file.read_exact_at(&mut self.buf, meta.offset)
+    }
+
+    /// Events `seqs` of segment `path` could not be read back (an I/O error, the file
+    /// gone): they are lost. Records them in the quarantine (once: the file is named by
+    /// where they were), counts and logs it.
+    fn set_aside_unreadable(
+        &self,
+        path: &Path,
+        seg: u64,
+        offset: u64,
+        seqs: Option<std::ops::RangeInclusive<u64>>,
+        error: &io::Error,
+    ) {
+        let events = seqs.map_or("all its events".to_owned(), |r| {
+            format!(
+                "events {} to {} (spool sequence numbers)",
+                r.start(),
+                r.end()
+            )
+        });
+        let to = self
+            .quarantine_dir
+            .join(format!("spool-{seg:020}-{offset}.unreadable"));
+        let fresh = !to.exists();
+        if fresh {
+            let note = format!(
+                "spool segment {} could not be read from byte {offset}: {error}\n\
+                 {events} are lost and were skipped\n",
+                path.display(),
+            );
+            let _ = std::fs::create_dir_all(&self.quarantine_dir);
+            if let Err(e) = self.disk.create(&to, note.as_bytes()) {
+                tracing::error!(
+                    "cannot record an unreadable spool frame in {}: {e}",
+                    to.display()
+                );
+            }
+        }
+        SpoolUnreadable {
+            path,
+            offset,
+            events: &events,
+            error,
+            recorded_in: &to,
+            first_time: fresh,
+        }
+        .emit(&self.metrics);
+    }
+
+    /// The segment (first and last sequence number, path) and frame holding `seq`, or
+    /// the first frame after it.
+    fn frame_at(&self, seq: u64) -> Option<(u64, u64, PathBuf, FrameMeta)> {
         let seg = self.segments.iter().find(|s| s.last_seq() >= seq)?;
         let i = seg.frames.partition_point(|f| f.last_seq() < seq);
         seg.frames
             .get(i)
-            .map(|f| (seg.first_seq, seg.path.clone(), *f))
+            .map(|f| (seg.first_seq, seg.last_seq(), seg.path.clone(), *f))
     }
 
     /// Reading starts again at the first unacknowledged event (after a failed publish).

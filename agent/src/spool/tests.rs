@@ -234,6 +234,186 @@ fn a_full_disk_fails_clearly_and_recovers() {
     assert_eq!(m2.spool_corrupt_frames.load(Ordering::Relaxed), 0);
 }
 
+/// Issue 16 item 9: an fsync that fails while a new segment is started used to be
+/// reported like a full disk (held and retried); the retried fsync "succeeded" and the
+/// sources checkpointed past frames that may never have reached the disk.
+#[test]
+fn a_failed_fsync_when_a_segment_rolls_stays_failed() {
+    let d = dirs();
+    let disk = Arc::new(FaultyDisk::new(u64::MAX));
+    // 16 KiB segments: a few appends roll to a new one.
+    let (mut s, _) = open_with(&d, 128 << 10, WhenFull::Block, disk.clone());
+    append(&mut s, 0..50).unwrap();
+    s.sync().unwrap();
+    disk.fail_sync.store(true, Ordering::SeqCst);
+    let mut next = 50;
+    let e = loop {
+        match append(&mut s, next..next + 50) {
+            Ok(_) => next += 50,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        e.to_string().contains("fsync a segment"),
+        "the roll's fsync failed: {e}"
+    );
+    assert_eq!(e.source.raw_os_error(), Some(5));
+    // The device answers again: a retried fsync would "succeed". It must not.
+    disk.fail_sync.store(false, Ordering::SeqCst);
+    let again = append(&mut s, next..next + 50).expect_err("an append after a failed fsync");
+    assert!(again.to_string().contains("fsync a segment"), "{again}");
+    assert!(s.unsynced(), "a failed fsync leaves the spool unsynced");
+    let sync = s.sync().expect_err("a sync after a failed fsync");
+    assert!(sync.to_string().contains("I/O error"), "{sync}");
+    assert!(s.sync_error().is_some());
+}
+
+/// Issue 16 item 14: a segment that cannot be read (here: the file is gone, or at start
+/// not readable at all) costs its own events only; the rest is read and the agent
+/// starts.
+#[test]
+fn an_unreadable_segment_is_set_aside_and_the_rest_read() {
+    let d = dirs();
+    let (mut s, m) = open_with(&d, 128 << 10, WhenFull::Block, Arc::new(RealDisk));
+    let mut next = 0;
+    while s.stats().segments < 3 {
+        append(&mut s, next..next + 50).unwrap();
+        next += 50;
+    }
+    s.sync().unwrap();
+    let segs = list_segments(&d.spool).unwrap();
+    let second = &segs[1];
+    let third_first = segs[2].0;
+    std::fs::remove_file(&second.1).unwrap();
+    let got = read_all(&mut s);
+    let lost: Vec<u64> = (second.0..third_first).collect();
+    assert_eq!(got.len() as u64, next - lost.len() as u64);
+    assert!(got.iter().all(|(seq, _)| !lost.contains(seq)));
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 1);
+    // Read again (a failed publish rewinds): not counted twice.
+    s.rewind();
+    assert_eq!(read_all(&mut s).len(), got.len());
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 1);
+    drop(s);
+
+    // At start: a segment that cannot be read (a directory in its place) is moved
+    // aside; the spool opens and appends go on.
+    let third = &segs[2].1;
+    std::fs::remove_file(third).unwrap();
+    std::fs::create_dir(third).unwrap();
+    let (mut s, m) = open(&d);
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 1);
+    assert!(!third.exists(), "moved to the quarantine");
+    let left = read_all(&mut s);
+    // Spool sequence numbers start at 1: the last segment held third_first..=next.
+    assert_eq!(
+        left.len() as u64,
+        got.len() as u64 - (next + 1 - third_first)
+    );
+    append(&mut s, next..next + 10).unwrap();
+    assert_eq!(read_all(&mut s).len(), 10);
+}
+
+/// Issue 16 item 9, through the publisher: with the broker away every event goes to the
+/// spool; the fsync made when the first segment is full and the next one started fails
+/// once (EIO), and later ones would succeed. The publisher used to hold the events and
+/// retry, the retried fsync "succeeded" and the agent went on. Now it stops with the
+/// error (the runner exits 1). `fsync = "off"`, so that the roll's fsync is the only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_stops_when_the_fsync_of_a_segment_roll_fails() {
+    use crate::config::{FsyncPolicy, NatsAuth, NatsConfig, SpoolConfig};
+    use crate::pipeline::{AckWatermark, Batch, Outgoing};
+    use crate::sink::publisher::Publisher;
+    use tokio::sync::{mpsc, watch};
+
+    let d = dirs();
+    let disk = Arc::new(FaultyDisk::new(u64::MAX));
+    disk.fail_syncs.store(1, Ordering::SeqCst);
+    let (spool, m) = open_with(&d, 128 << 10, WhenFull::Block, disk.clone());
+    let nats = NatsConfig {
+        servers: vec!["nats://127.0.0.1:1".into()],
+        stream: "S".into(),
+        subject_prefix: "legacy".into(),
+        create_stream: true,
+        max_in_flight: 64,
+        ack_timeout: std::time::Duration::from_secs(1),
+        auth: NatsAuth::None,
+        tls: None,
+    };
+    // No broker answers there: the client keeps trying, the publisher spools.
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect("nats://127.0.0.1:1")
+        .await
+        .unwrap();
+    let js = crate::sink::jetstream::context(client, &nats);
+    let spool_cfg = SpoolConfig {
+        max_bytes: 128 << 10,
+        when_full: WhenFull::Block,
+        fsync: FsyncPolicy::Off,
+    };
+    let wm = Arc::new(AckWatermark::default());
+    let p = Publisher::new(js, nats, &spool_cfg, spool, m.clone(), vec![wm]);
+    let (tx, rx) = mpsc::channel(4);
+    let (_stop, shutdown) = watch::channel(false);
+    let beat = crate::service::Liveness::default().register("the publisher");
+    let run = tokio::spawn(p.run(rx, shutdown, std::time::Duration::from_secs(1), beat));
+    let counters = m.table("s", "t");
+    let mut seq = 0u64;
+    let fed = tokio::spawn(async move {
+        // More than a segment's worth (16 KiB compressed), in batches.
+        for _ in 0..400 {
+            let msgs = (0..50)
+                .map(|_| {
+                    seq += 1;
+                    Outgoing {
+                        seq,
+                        subject: "legacy.s.t".into(),
+                        msg_id: format!("a:s:{seq}"),
+                        payload: bytes::Bytes::from(format!(
+                            "{{\"after\":{{\"id\":{seq},\"n\":\"{:x}\"}}}}",
+                            seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        )),
+                        captured_ms: 1,
+                        counters: counters.clone(),
+                    }
+                })
+                .collect();
+            if tx.send(Batch { source: 0, msgs }).await.is_err() {
+                return;
+            }
+        }
+    });
+    let r = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the publisher did not stop after the failed fsync")
+        .unwrap();
+    let e = r.expect_err("the publisher stops with the fsync error");
+    eprintln!("stopped with: {e}");
+    assert!(e.to_string().contains("fsync a segment"), "{e}");
+    assert_eq!(
+        disk.fail_syncs.load(Ordering::SeqCst),
+        0,
+        "the fsync failed once"
+    );
+    fed.abort();
+}
+
+/// The segment being written, deleted under the running agent: what it holds is still
+/// read back (and sent) through the append handle, before and after the delete.
+#[test]
+fn the_segment_being_written_is_read_back_after_it_is_deleted() {
+    let d = dirs();
+    let (mut s, m) = open(&d);
+    append(&mut s, 0..50).unwrap();
+    let seg = list_segments(&d.spool).unwrap().pop().unwrap();
+    std::fs::remove_file(&seg.1).unwrap();
+    append(&mut s, 50..60).unwrap();
+    let got = read_all(&mut s);
+    assert_eq!(got.len(), 60);
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 0);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),

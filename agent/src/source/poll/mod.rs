@@ -78,13 +78,16 @@ use crate::config::PollConfig;
 use crate::pipeline::checkpoint;
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{now_ms, Batch, Outgoing};
-use crate::source::{SourceContext, Stopping, BATCH_SIZE};
+use crate::source::{SourceContext, SourceThread, Stopping, BATCH_SIZE};
 
 /// Starts a poll source on its own thread.
-pub fn spawn(cfg: PollConfig, cx: SourceContext) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(cfg: PollConfig, cx: SourceContext) -> std::io::Result<SourceThread> {
     std::thread::Builder::new()
         .name(format!("poll:{}", cx.name))
-        .spawn(move || Poller::new(cfg, cx).run())
+        .spawn(move || {
+            Poller::new(cfg, cx).run();
+            Ok(())
+        })
 }
 
 /// The commit point of a scan: its changes are on disk and are being sent.
@@ -105,7 +108,24 @@ struct Sending {
     read_all: bool,
     /// The sequence number of the scan's last event so far.
     last_seq: u64,
+    /// Changes that could not become events and could not be written to the quarantine
+    /// either (a full disk): the rest of the scan goes on, these are tried again with
+    /// backoff, and the snapshot is not swapped until every one is quarantined.
+    held: Vec<Held>,
+    /// Retries of `held` so far, and when the next is due.
+    held_attempts: usize,
+    held_retry_at: Instant,
 }
+
+/// A change waiting for the quarantine.
+struct Held {
+    op: ChangeOp,
+    data: Vec<u8>,
+    index: u64,
+}
+
+/// The quarantine could not be written: the change is kept.
+struct NotQuarantined;
 
 /// What the last scan did, for `/status`.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -147,6 +167,12 @@ struct Poller {
     stopped: bool,
 }
 
+/// How long before the `attempt`-th retry of changes the quarantine refused: about 1 s,
+/// doubling to 30 s.
+fn held_backoff(attempt: usize) -> Duration {
+    crate::sink::backoff::delay(attempt + 3, Duration::from_secs(30))
+}
+
 fn io_msg(what: &str, path: &Path, e: &io::Error) -> String {
     format!("cannot {what} {}: {e}", path.display())
 }
@@ -155,6 +181,7 @@ impl Poller {
     fn new(cfg: PollConfig, cx: SourceContext) -> Poller {
         let dir = cx.state_dir.join("poll").join(&cx.name);
         cx.counters.is_poll.store(true, Ordering::Relaxed);
+        let first_seq = cx.first_seq();
         Poller {
             quarantine: cx.quarantine(),
             agent: Arc::from(cx.agent_id.as_str()),
@@ -167,7 +194,7 @@ impl Poller {
             cfg,
             cx,
             db: None,
-            seq: 0,
+            seq: first_seq,
             sending: None,
             meta: None,
             next_scan: Instant::now(),
@@ -267,6 +294,9 @@ impl Poller {
                     reader,
                     read_all: false,
                     last_seq: 0,
+                    held: Vec::new(),
+                    held_attempts: 0,
+                    held_retry_at: Instant::now(),
                 });
                 Ok(())
             }
@@ -408,7 +438,9 @@ impl Poller {
         &mut self,
         started_ms: i64,
     ) -> Result<Option<(MergeCounts, bool)>, (String, bool)> {
-        let db = self.db.as_mut().expect("connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(("not connected to the database".to_owned(), true));
+        };
         let shape = db.plan.shape(&self.cfg);
         let layout = db.plan.layout.clone();
         let old_meta = match &self.meta {
@@ -562,6 +594,9 @@ impl Poller {
             reader,
             read_all: false,
             last_seq: self.seq,
+            held: Vec::new(),
+            held_attempts: 0,
+            held_retry_at: Instant::now(),
         });
         Ok(Some((counts, full)))
     }
@@ -574,7 +609,12 @@ impl Poller {
 
     /// Hands the next changes to the sink; once all are acknowledged, swaps.
     fn send_step(&mut self) -> Result<(), Stopping> {
-        let s = self.sending.as_mut().expect("sending");
+        let Some(s) = self.sending.as_mut() else {
+            return Ok(());
+        };
+        if s.read_all && !s.held.is_empty() {
+            return self.retry_held();
+        }
         if s.read_all {
             if self.cx.watermark.get() >= s.last_seq {
                 self.swap();
@@ -586,18 +626,36 @@ impl Poller {
         }
         let mut msgs = Vec::with_capacity(BATCH_SIZE);
         while msgs.len() < BATCH_SIZE {
-            let s = self.sending.as_mut().expect("sending");
+            let Some(s) = self.sending.as_mut() else {
+                return Ok(());
+            };
             let index = s.reader.index;
             match s.reader.next_change() {
                 Ok(Some(op)) => {
                     let data = std::mem::take(&mut s.reader.data);
-                    if let Some(m) = self.event(op, &data, index) {
-                        msgs.push(m);
+                    match self.event(op, &data, index) {
+                        Ok(m) => msgs.extend(m),
+                        Err(NotQuarantined) => {
+                            if let Some(s) = self.sending.as_mut() {
+                                if s.held.is_empty() {
+                                    s.held_retry_at = Instant::now() + held_backoff(1);
+                                }
+                                s.held.push(Held {
+                                    op,
+                                    data: data.clone(),
+                                    index,
+                                });
+                            }
+                        }
                     }
-                    self.sending.as_mut().expect("sending").reader.data = data;
+                    if let Some(s) = self.sending.as_mut() {
+                        s.reader.data = data;
+                    }
                 }
                 Ok(None) => {
-                    self.sending.as_mut().expect("sending").read_all = true;
+                    if let Some(s) = self.sending.as_mut() {
+                        s.read_all = true;
+                    }
                     break;
                 }
                 Err(e) => {
@@ -613,8 +671,8 @@ impl Poller {
                 }
             }
         }
-        if let Some(last) = msgs.last() {
-            self.sending.as_mut().expect("sending").last_seq = last.seq;
+        if let (Some(last), Some(s)) = (msgs.last(), self.sending.as_mut()) {
+            s.last_seq = last.seq;
         }
         if msgs.is_empty() {
             return Ok(());
@@ -629,9 +687,65 @@ impl Poller {
         Ok(())
     }
 
-    /// The event of one change, or `None` when it is quarantined.
-    fn event(&mut self, op: ChangeOp, data: &[u8], index: u64) -> Option<Outgoing> {
-        let s = self.sending.as_ref().expect("sending");
+    /// Tries the held changes again, in order, once their retry is due; stops at the
+    /// first the quarantine still refuses (the disk is still full).
+    fn retry_held(&mut self) -> Result<(), Stopping> {
+        let Some(s) = self.sending.as_mut() else {
+            return Ok(());
+        };
+        if Instant::now() < s.held_retry_at {
+            // Short naps: the run loop beats and sees a shutdown between them.
+            std::thread::sleep(Duration::from_millis(20));
+            return Ok(());
+        }
+        let held = std::mem::take(&mut s.held);
+        let mut msgs = Vec::new();
+        let mut rest = held.into_iter();
+        let mut refused = None;
+        for h in rest.by_ref() {
+            match self.event(h.op, &h.data, h.index) {
+                Ok(m) => msgs.extend(m),
+                Err(NotQuarantined) => {
+                    refused = Some(h);
+                    break;
+                }
+            }
+        }
+        if let Some(s) = self.sending.as_mut() {
+            if let Some(h) = refused {
+                s.held.push(h);
+                s.held.extend(rest);
+                s.held_attempts += 1;
+                s.held_retry_at = Instant::now() + held_backoff(s.held_attempts + 1);
+            }
+            if let Some(last) = msgs.last() {
+                s.last_seq = last.seq;
+            }
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Some(Batch {
+            source: self.cx.index,
+            msgs,
+        });
+        while !self.cx.offer(&mut batch)? {
+            self.publish_status(false);
+        }
+        Ok(())
+    }
+
+    /// The event of one change: `Ok(None)` when it is quarantined, `Err` when it could
+    /// not become an event and the quarantine could not be written (it is kept).
+    fn event(
+        &mut self,
+        op: ChangeOp,
+        data: &[u8],
+        index: u64,
+    ) -> Result<Option<Outgoing>, NotQuarantined> {
+        let Some(s) = self.sending.as_ref() else {
+            return Ok(None);
+        };
         let layout = &s.pending.layout;
         let is_row = op != ChangeOp::Delete;
         let built = (|| -> Result<(Record, Option<Record>), String> {
@@ -648,8 +762,9 @@ impl Poller {
         let (key, after) = match built {
             Ok(x) => x,
             Err(reason) => {
-                self.set_aside(gen, index, &reason, layout.clone(), data, is_row);
-                return None;
+                return self
+                    .set_aside(gen, index, &reason, layout.clone(), data, is_row)
+                    .map(|()| None);
             }
         };
         let mut position = Vec::with_capacity(32);
@@ -685,18 +800,22 @@ impl Poller {
             ts_ms: now,
         };
         if let Err(reason) = self.cx.map.apply(&mut ev) {
-            self.set_aside(gen, index, &reason, layout.clone(), data, is_row);
-            return None;
+            return self
+                .set_aside(gen, index, &reason, layout.clone(), data, is_row)
+                .map(|()| None);
         }
         self.seq += 1;
-        Some(
-            self.cx
-                .encoder
-                .outgoing(&ev, self.seq, &self.subject, &self.counters, scan_ms),
-        )
+        Ok(Some(self.cx.encoder.outgoing(
+            &ev,
+            self.seq,
+            &self.subject,
+            &self.counters,
+            scan_ms,
+        )))
     }
 
-    /// A change that cannot become an event: written to the quarantine.
+    /// A change that cannot become an event: written to the quarantine (and fsynced).
+    /// `Err` when that fails: the caller keeps the change and tries again.
     fn set_aside(
         &mut self,
         gen: u64,
@@ -705,7 +824,7 @@ impl Poller {
         layout: Layout,
         data: &[u8],
         is_row: bool,
-    ) {
+    ) -> Result<(), NotQuarantined> {
         let vals = if is_row {
             scan::split_row(data).1
         } else {
@@ -737,7 +856,11 @@ impl Poller {
             data: text.as_bytes(),
             full_len: text.len() as u64,
         };
-        match self.quarantine.put(&bad).and_then(|()| self.quarantine.sync()) {
+        match self
+            .quarantine
+            .put(&bad)
+            .and_then(|()| self.quarantine.sync())
+        {
             Ok(()) => {
                 self.cx.counters.quarantined.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -747,12 +870,21 @@ impl Poller {
                     reason
                 );
             }
-            Err(e) => tracing::error!(
-                "source {}: cannot write to the quarantine {}: {e}; lost from the quarantine: {reason}",
-                self.name,
-                self.quarantine.path().display()
-            ),
+            Err(e) => {
+                tracing::error!(
+                    "source {}: cannot write to the quarantine {}: {e}; the change is kept and tried again, \
+                     and the scan's snapshot is not swapped until it is written (free space there): {reason}",
+                    self.name,
+                    self.quarantine.path().display()
+                );
+                self.last_error = Some(format!(
+                    "cannot write to the quarantine {}: {e}",
+                    self.quarantine.path().display()
+                ));
+                return Err(NotQuarantined);
+            }
         }
+        Ok(())
     }
 
     /// Every event of the scan is acknowledged: its snapshot becomes the current one.

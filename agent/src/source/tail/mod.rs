@@ -42,7 +42,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use self::files::FileKey;
 use self::state::{Checkpoint, FileCp};
-use super::{SourceContext, Stopping, BATCH_SIZE};
+use super::{SourceContext, SourceThread, Stopping, BATCH_SIZE};
 use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
 use crate::admin::metrics::TableCounters;
 use crate::config::{StartAt, TableFrom, TailConfig};
@@ -62,16 +62,10 @@ const HELD_MARKS: usize = 4096;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Starts a tail source on its own thread.
-pub fn spawn(cfg: TailConfig, cx: SourceContext) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(cfg: TailConfig, cx: SourceContext) -> std::io::Result<SourceThread> {
     std::thread::Builder::new()
         .name(format!("tail:{}", cx.name))
-        .spawn(move || {
-            let name = cx.name.clone();
-            match Tail::new(cfg, cx) {
-                Ok(t) => t.run(),
-                Err(e) => tracing::error!("source {name}: {e}"),
-            }
-        })
+        .spawn(move || Tail::new(cfg, cx).map(Tail::run))
 }
 
 /// A file being followed.
@@ -186,7 +180,7 @@ impl Tail {
                 released: Vec::new(),
                 held: VecDeque::new(),
                 pending: VecDeque::new(),
-                seq: 0,
+                seq: cx.first_seq(),
                 quarantine,
                 cp,
                 last_cp: Instant::now(),

@@ -99,8 +99,9 @@ pub trait CaptureDb: Send {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, DbError>;
-    /// How many rows `table` has.
-    fn count(&mut self, table: &TableDef) -> Result<u64, DbError>;
+    /// The catalog's estimate of the rows of `table` (`None` where there is no cheap
+    /// one); never a `count(*)`, which on a big table outlasts the watchdog.
+    fn estimate_rows(&mut self, table: &TableDef) -> Result<Option<u64>, DbError>;
     /// Deletes the rows with these `seq`s.
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
     /// Waits up to `timeout` for news of a change; true when woken by one.
@@ -148,6 +149,15 @@ struct Group {
     rows: Vec<i64>,
 }
 
+/// The connection is gone: it was lost while the source waited for the sink (`send`
+/// deletes acknowledged rows meanwhile). The step ends with this error and the run loop
+/// connects again.
+fn not_connected(source: &str) -> DbError {
+    DbError(format!(
+        "source {source}: the database connection was lost while waiting for the sink; connecting again"
+    ))
+}
+
 pub struct Drain {
     cfg: TriggerConfig,
     cx: SourceContext,
@@ -193,6 +203,7 @@ impl From<DbError> for Fail {
 
 impl Drain {
     pub fn new(cfg: TriggerConfig, cx: SourceContext, connect: Connect) -> Self {
+        let first_seq = cx.first_seq();
         Drain {
             deb: cx.debouncer(),
             quarantine: cx.quarantine(),
@@ -211,7 +222,7 @@ impl Drain {
             in_flight: HashSet::new(),
             pending: VecDeque::new(),
             to_delete: Vec::new(),
-            seq: 0,
+            seq: first_seq,
             batch: Vec::with_capacity(BATCH_SIZE),
             released: Vec::new(),
             rows: Vec::with_capacity(BATCH_SIZE),
@@ -351,7 +362,9 @@ impl Drain {
         }
         if self.snapshot_chunk()? {
             // More to read at once; only look whether a change was notified meanwhile.
-            let db = self.db.as_mut().expect("connected");
+            let Some(db) = self.db.as_mut() else {
+                return Err(not_connected(&self.name).into());
+            };
             self.woken |= db.wait(Duration::ZERO);
             return Ok(());
         }
@@ -364,7 +377,9 @@ impl Drain {
         let timeout = self.deb.next_due().map_or(timeout, |t| {
             timeout.min(t.saturating_duration_since(Instant::now()))
         });
-        let db = self.db.as_mut().expect("connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name).into());
+        };
         self.woken |= db.wait(timeout);
         Ok(())
     }
@@ -380,7 +395,9 @@ impl Drain {
                 self.quarantine.path().display()
             )));
         }
-        let db = self.db.as_mut().expect("connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name));
+        };
         db.delete(&self.to_delete)?;
         for s in self.to_delete.drain(..) {
             self.in_flight.remove(&s);
@@ -393,8 +410,10 @@ impl Drain {
         self.last_read = Some(Instant::now());
         let mut rows = std::mem::take(&mut self.rows);
         rows.clear();
-        let db = self.db.as_mut().expect("connected");
-        let r = db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows);
+        let r = match self.db.as_mut() {
+            Some(db) => db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows),
+            None => Err(not_connected(&self.name)),
+        };
         if let Err(e) = r {
             self.rows = rows;
             return Err(e);
@@ -444,11 +463,16 @@ impl Drain {
     fn snapshot_chunk(&mut self) -> Result<bool, Fail> {
         self.snapshots.poll_request();
         if let Some(tables) = self.snapshots.to_count() {
-            let mut total = 0;
+            let mut total = Some(0);
             for name in tables {
                 if let Some(&t) = self.by_name.get(name) {
-                    let db = self.db.as_mut().expect("connected");
-                    total += db.count(&self.tables[t].def)?;
+                    let Some(db) = self.db.as_mut() else {
+                        return Err(not_connected(&self.name).into());
+                    };
+                    // A catalog lookup, but a beat on each all the same.
+                    self.cx.beat.beat();
+                    let n = db.estimate_rows(&self.tables[t].def)?;
+                    total = total.zip(n).map(|(a, b)| a + b);
                 }
             }
             self.snapshots.set_total(total);
@@ -468,7 +492,9 @@ impl Drain {
         let after = after.map(str::to_owned);
         let table = name.to_owned();
         let id = self.snapshots.id();
-        let db = self.db.as_mut().expect("connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name).into());
+        };
         let def = &self.tables[t].def;
         let mut rows = db.chunk(def, after.as_deref(), CHUNK_ROWS)?;
         let mut events = Vec::with_capacity(rows.len());
@@ -613,7 +639,9 @@ impl Drain {
             if pks.is_empty() {
                 continue;
             }
-            let db = self.db.as_mut().expect("connected");
+            let Some(db) = self.db.as_mut() else {
+                return Err(not_connected(&self.name));
+            };
             let def = &self.tables[t].def;
             for json in db.current(def, &pks)? {
                 match parse_image(def, "row", &json).and_then(|row| {
@@ -862,7 +890,9 @@ impl Drain {
     fn apply_acks(&mut self) {
         let w = self.cx.watermark.get();
         while self.pending.front().is_some_and(|p| p.seq <= w) {
-            let p = self.pending.pop_front().expect("front exists");
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
             self.to_delete.extend(p.rows);
         }
         self.snapshots.acked(w);
@@ -994,6 +1024,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
 }
+
+#[cfg(test)]
+mod lost_connection_tests;
 
 #[cfg(test)]
 mod tests {

@@ -15,13 +15,10 @@ pub mod snapshot;
 pub mod timestamps;
 
 use crate::config::{TriggerConfig, TriggerDb};
-use crate::source::SourceContext;
+use crate::source::{SourceContext, SourceThread};
 
 /// Starts a trigger source on its own thread.
-pub fn spawn(
-    cfg: TriggerConfig,
-    cx: SourceContext,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(cfg: TriggerConfig, cx: SourceContext) -> std::io::Result<SourceThread> {
     let name = cx.name.clone();
     let tables = cfg.tables.clone();
     let connect: drain::Connect = match &cfg.db {
@@ -44,5 +41,8 @@ pub fn spawn(
     };
     std::thread::Builder::new()
         .name(format!("trigger:{}", cx.name))
-        .spawn(move || drain::Drain::new(cfg, cx, connect).run())
+        .spawn(move || {
+            drain::Drain::new(cfg, cx, connect).run();
+            Ok(())
+        })
 }

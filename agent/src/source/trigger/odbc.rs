@@ -722,15 +722,14 @@ impl CaptureDb for OdbcCapture {
         Ok(rows)
     }
 
-    fn count(&mut self, table: &TableDef) -> Result<u64, DbError> {
-        let what = format!("count the rows of `{}`", table.name);
-        let sql = format!("SELECT count(*) FROM {}", self.dialect.table(&table.name));
-        let mut n = 0;
+    fn estimate_rows(&mut self, table: &TableDef) -> Result<Option<u64>, DbError> {
+        let what = format!("estimate the rows of `{}`", table.name);
+        let Some(sql) = super::snapshot::estimate_sql(self.dialect, &table.name) else {
+            return Ok(None);
+        };
+        let mut n = None;
         let r = query(&self.conn, &sql, &what).map(|rows| {
-            n = rows
-                .first()
-                .and_then(|r| r.first()?.as_deref()?.trim().parse().ok())
-                .unwrap_or(0);
+            n = super::snapshot::parse_estimate(rows.first().and_then(|r| r.first()?.as_deref()));
         });
         self.finish(r)?;
         Ok(n)

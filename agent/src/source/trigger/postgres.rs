@@ -449,16 +449,19 @@ impl CaptureDb for PgCapture {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    fn count(&mut self, table: &TableDef) -> Result<u64, DbError> {
-        let what = format!("count the rows of `{}`", table.name);
-        let rows = self.query_table(
-            table,
-            "count",
-            |t, _| format!("SELECT count(*) FROM {t}"),
-            &[],
-            &what,
-        )?;
-        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64)
+    fn estimate_rows(&mut self, table: &TableDef) -> Result<Option<u64>, DbError> {
+        let what = format!("estimate the rows of `{}`", table.name);
+        let Some(sql) = super::snapshot::estimate_sql(Dialect::Postgres, &table.name) else {
+            return Ok(None);
+        };
+        let rows = self
+            .rt
+            .block_on(self.client.query(&sql, &[]))
+            .map_err(db_err(&what))?;
+        let n: Option<f64> = rows.first().and_then(|r| r.get(0));
+        Ok(super::snapshot::parse_estimate(
+            n.map(|n| n.to_string()).as_deref(),
+        ))
     }
 
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {

@@ -24,6 +24,10 @@
 //! `Nats-Msg-Id` as before and JetStream drops the repeat. (If the row changed in
 //! between, the repeat being dropped is harmless: the change's own event follows.)
 //!
+//! **Totals.** The rows to read are the catalog's estimate ([`estimate_sql`]), looked up
+//! once per snapshot and kept in the checkpoint; never a `count(*)`, which on a big
+//! table outlasts the watchdog and, after the restart, runs again.
+//!
 //! **Requests.** `snapshot = "initial"` starts snapshot 1 when the source has no
 //! snapshot checkpoint. `lockstep snapshot` writes `state_dir/snapshot/<source>.request`;
 //! the drain takes it when no snapshot is running, gives it the next number, writes its
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::ddl::Dialect;
 use crate::pipeline::{checkpoint, now_ms};
 
 /// Rows per chunk.
@@ -123,6 +128,55 @@ pub fn request(state_dir: &Path, source: &str, tables: &[String]) -> io::Result<
     Ok(path)
 }
 
+/// The statement that reads the catalog's estimate of the rows of `table` (one row, one
+/// number; negative or NULL when the database has none), or `None` where there is no
+/// cheap estimate (SQLite). Never a `count(*)`: on a big table that scans it all, for
+/// longer than the watchdog allows. The estimate is as fresh as the database's
+/// statistics (`ANALYZE`); it only sizes progress bars.
+pub fn estimate_sql(d: Dialect, table: &str) -> Option<String> {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let (schema, name) = match table.rsplit_once('.') {
+        Some((s, n)) => (Some(s), n),
+        None => (None, table),
+    };
+    Some(match d {
+        Dialect::Postgres => format!(
+            "SELECT reltuples::float8 FROM pg_catalog.pg_class WHERE oid = to_regclass({})",
+            lit(&d.table(table))
+        ),
+        Dialect::MariaDb => format!(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+            schema.map_or("DATABASE()".to_owned(), lit),
+            lit(name)
+        ),
+        Dialect::SqlServer => format!(
+            "SELECT SUM(rows) FROM sys.partitions WHERE object_id = OBJECT_ID({}) AND index_id IN (0, 1)",
+            lit(&d.table(table))
+        ),
+        Dialect::Oracle => match schema {
+            Some(owner) => format!(
+                "SELECT NUM_ROWS FROM ALL_TABLES WHERE OWNER = {} AND TABLE_NAME = {}",
+                lit(owner),
+                lit(name)
+            ),
+            None => format!("SELECT NUM_ROWS FROM USER_TABLES WHERE TABLE_NAME = {}", lit(name)),
+        },
+        Dialect::Db2 => format!(
+            "SELECT CARD FROM SYSCAT.TABLES WHERE TABSCHEMA = {} AND TABNAME = {}",
+            schema.map_or("CURRENT SCHEMA".to_owned(), lit),
+            lit(name)
+        ),
+        Dialect::Sqlite => return None,
+    })
+}
+
+/// The estimate as the catalog gave it: `None` when it has none (NULL, or negative, as
+/// PostgreSQL's -1 for a table never analyzed and DB2's -1).
+pub fn parse_estimate(v: Option<&str>) -> Option<u64> {
+    let n: f64 = v?.trim().parse().ok()?;
+    (n >= 0.0).then_some(n.round() as u64)
+}
+
 /// A chunk whose events are out: once `last_event` is acknowledged, the checkpoint can
 /// move past it.
 struct Chunk {
@@ -147,6 +201,10 @@ pub struct Snapshots {
     next: Option<(usize, Option<String>)>,
     chunks: VecDeque<Chunk>,
     written: Instant,
+    /// Progress moved since the checkpoint was last written.
+    dirty: bool,
+    /// The rows of the running snapshot were estimated (or found to have no estimate).
+    estimated: bool,
     request_checked: Option<Instant>,
 }
 
@@ -161,6 +219,8 @@ impl Snapshots {
             next: None,
             chunks: VecDeque::new(),
             written: Instant::now(),
+            dirty: false,
+            estimated: false,
             request_checked: None,
         };
         match load(state_dir, source) {
@@ -210,6 +270,7 @@ impl Snapshots {
         self.next = (!p.done()).then_some((0, None));
         self.progress = Some(p);
         self.chunks.clear();
+        self.estimated = false;
         self.save();
     }
 
@@ -276,20 +337,30 @@ impl Snapshots {
         self.progress.as_ref().map_or(0, |p| p.id)
     }
 
-    /// The snapshot's tables, when their rows have not been counted yet.
+    /// The snapshot's tables, when their rows have not been estimated yet (once per
+    /// snapshot and run: an estimate is a catalog lookup, and a checkpointed one is kept).
     pub fn to_count(&self) -> Option<&[String]> {
         let p = self.progress.as_ref()?;
-        (!p.done() && p.rows_total.is_none()).then_some(&p.tables)
+        (!p.done() && p.rows_total.is_none() && !self.estimated).then_some(&p.tables)
     }
 
-    pub fn set_total(&mut self, rows: u64) {
+    /// The catalog's estimate of the snapshot's rows; `None` when a table has none.
+    pub fn set_total(&mut self, rows: Option<u64>) {
+        self.estimated = true;
         if let Some(p) = &mut self.progress {
-            p.rows_total = Some(rows);
-            tracing::info!(
-                "source {}: snapshot {} has {rows} row(s) to read",
-                self.source,
-                p.id
-            );
+            p.rows_total = rows;
+            match rows {
+                Some(rows) => tracing::info!(
+                    "source {}: snapshot {} has about {rows} row(s) to read (the database's estimate)",
+                    self.source,
+                    p.id
+                ),
+                None => tracing::info!(
+                    "source {}: snapshot {}: the database has no estimate of its rows; no total is shown",
+                    self.source,
+                    p.id
+                ),
+            }
             self.save();
         }
     }
@@ -338,7 +409,9 @@ impl Snapshots {
             .front()
             .is_some_and(|c| c.last_event <= watermark)
         {
-            let c = self.chunks.pop_front().expect("front exists");
+            let Some(c) = self.chunks.pop_front() else {
+                break;
+            };
             let Some(p) = &mut self.progress else {
                 continue;
             };
@@ -375,7 +448,11 @@ impl Snapshots {
                 (now - p.started_ms) as f64 / 1000.0
             );
         }
-        if moved && (table_done || self.written.elapsed() >= WRITE_EVERY) {
+        // Written at the end of each table, and otherwise at most every WRITE_EVERY —
+        // also when the acks stop coming (a broker outage), so that a restart does not
+        // read again chunks that were acknowledged.
+        self.dirty |= moved;
+        if self.dirty && (table_done || self.written.elapsed() >= WRITE_EVERY) {
             self.save();
         }
     }
@@ -385,6 +462,7 @@ impl Snapshots {
             return;
         };
         self.written = Instant::now();
+        self.dirty = false;
         let path = progress_path(&self.state_dir, &self.source);
         let data = serde_json::to_vec(p).expect("progress serializes");
         if let Err(e) = checkpoint::write_atomic(&path, &data) {
@@ -416,6 +494,29 @@ mod tests {
 
     fn tables() -> Vec<String> {
         vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn totals_are_catalog_estimates_never_counts() {
+        for d in Dialect::ALL {
+            let sql = estimate_sql(d, "O'Hara.permits");
+            assert!(
+                sql.as_deref().is_none_or(|s| !s.contains("count(")),
+                "{d:?}: {sql:?}"
+            );
+        }
+        assert_eq!(estimate_sql(Dialect::Sqlite, "permits"), None);
+        let m = estimate_sql(Dialect::MariaDb, "O'Hara.permits").unwrap();
+        assert!(
+            m.contains("TABLE_SCHEMA = 'O''Hara' AND TABLE_NAME = 'permits'"),
+            "{m}"
+        );
+        let m = estimate_sql(Dialect::MariaDb, "permits").unwrap();
+        assert!(m.contains("TABLE_SCHEMA = DATABASE()"), "{m}");
+        assert_eq!(parse_estimate(Some("-1")), None);
+        assert_eq!(parse_estimate(None), None);
+        assert_eq!(parse_estimate(Some(" 20040 ")), Some(20_040));
+        assert_eq!(parse_estimate(Some("1.5e6")), Some(1_500_000));
     }
 
     #[test]

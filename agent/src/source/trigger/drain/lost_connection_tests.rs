@@ -1,0 +1,160 @@
+//! Issue 16 item 11: the drain's connection lost while it waits for a full sink.
+//!
+//! While `send` waits for room in the sink it deletes the capture rows of acknowledged
+//! events; when that delete fails the connection is dropped. The step then went on to
+//! `self.db.as_mut().expect("connected")` and the thread panicked, leaving the source
+//! dead. A fake database (a trait-level fake: the e2e tests use the real ones) makes
+//! that path happen deterministically.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::*;
+use crate::admin::metrics::Metrics;
+use crate::admin::StatusBoard;
+use crate::config::Secret;
+use crate::config::{TriggerConfig, TriggerDb};
+use crate::pipeline::{AckWatermark, Encoder};
+use crate::service::Liveness;
+
+struct FakeDb {
+    tables: Vec<TableDef>,
+    deleted: Arc<AtomicBool>,
+}
+
+impl CaptureDb for FakeDb {
+    fn tables(&self) -> &[TableDef] {
+        &self.tables
+    }
+    fn epoch(&self) -> &str {
+        "fake"
+    }
+    fn read(
+        &mut self,
+        cursor: i64,
+        _: &HashSet<i64>,
+        _: usize,
+        out: &mut Vec<ChangeRow>,
+    ) -> Result<(), DbError> {
+        if cursor == 0 {
+            out.push(ChangeRow {
+                seq: 1,
+                table: "t".into(),
+                op: "c".into(),
+                pk: r#"{"id": 1}"#.into(),
+                before: None,
+                after: Some(r#"{"id": 1, "note": "x"}"#.into()),
+                changed_ms: None,
+                origin: None,
+            });
+        }
+        Ok(())
+    }
+    fn current(&mut self, _: &TableDef, _: &[&str]) -> Result<Vec<String>, DbError> {
+        Ok(Vec::new())
+    }
+    fn chunk(&mut self, _: &TableDef, _: Option<&str>, _: usize) -> Result<Vec<String>, DbError> {
+        Ok(Vec::new())
+    }
+    fn estimate_rows(&mut self, _: &TableDef) -> Result<Option<u64>, DbError> {
+        Ok(None)
+    }
+    fn delete(&mut self, _: &[i64]) -> Result<(), DbError> {
+        self.deleted.store(true, Ordering::SeqCst);
+        Err(DbError("server closed the connection unexpectedly".into()))
+    }
+    fn wait(&mut self, _: Duration) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (tx, mut rx) = mpsc::channel(1);
+    // The sink is full: one batch waits in the channel.
+    tx.try_send(Batch {
+        source: 0,
+        msgs: Vec::new(),
+    })
+    .unwrap();
+    // Everything the source sends counts as acknowledged at once (spooled).
+    let watermark = Arc::new(AckWatermark::default());
+    watermark.advance(1_000);
+    let (_stop, shutdown) = watch::channel(false);
+    let (_done, sink_done) = watch::channel(false);
+    let cx = SourceContext {
+        index: 0,
+        name: "vista".into(),
+        agent_id: "a".into(),
+        state_dir: dir.path().to_owned(),
+        encoder: Encoder::new("legacy", "a", "vista"),
+        tx,
+        watermark,
+        metrics: metrics.clone(),
+        counters: metrics.source("vista"),
+        status: Arc::new(StatusBoard::new("a")),
+        shutdown,
+        sink_done,
+        drain_for: Duration::from_secs(1),
+        runtime: rt.handle().clone(),
+        map: Arc::default(),
+        debounce: None,
+        beat: Liveness::default().register("source vista"),
+        handed: Arc::new(AtomicU64::new(0)),
+    };
+    let cfg = TriggerConfig {
+        db: TriggerDb::Postgres(Secret::for_tests("host=nowhere")),
+        tables: vec!["t".into()],
+        capture: Capture::Rows,
+        interval: Duration::from_millis(50),
+        dialect: None,
+        snapshot_initial: false,
+    };
+    let deleted = Arc::new(AtomicBool::new(false));
+    let db = FakeDb {
+        tables: vec![TableDef {
+            name: "t".into(),
+            key: vec!["id".into()],
+            columns: vec!["id".into(), "note".into()],
+            binary: Vec::new(),
+            timestamps: Vec::new(),
+        }],
+        deleted: deleted.clone(),
+    };
+    let mut drain = Drain::new(
+        cfg,
+        cx,
+        Box::new(|| Err(DbError("no second connection".into()))),
+    );
+    drain.set_tables(db.tables());
+    drain.db = Some(Box::new(db));
+    // The sink makes room only once the drain has lost its connection in `send`.
+    let sink = std::thread::spawn(move || {
+        while !deleted.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut got = 0;
+        while let Some(b) = rx.blocking_recv() {
+            got += b.msgs.len();
+            if got == 1 {
+                return got;
+            }
+        }
+        got
+    });
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drain.step()));
+    assert!(r.is_ok(), "the drain panicked");
+    assert!(
+        matches!(r, Ok(Err(Fail::Db(_)))),
+        "the step ends with the lost connection, for the run loop to reconnect"
+    );
+    assert!(drain.db.is_none());
+    assert_eq!(sink.join().unwrap(), 1, "the event was handed to the sink");
+}
