@@ -353,7 +353,15 @@ async fn the_publisher_stops_when_the_fsync_of_a_segment_roll_fails() {
         fsync: FsyncPolicy::Off,
     };
     let wm = Arc::new(AckWatermark::default());
-    let p = Publisher::new(js, nats, &spool_cfg, spool, m.clone(), vec![wm]);
+    let p = Publisher::new(
+        js,
+        nats,
+        &spool_cfg,
+        spool,
+        m.clone(),
+        vec![wm],
+        d._tmp.path(),
+    );
     let (tx, rx) = mpsc::channel(4);
     let (_stop, shutdown) = watch::channel(false);
     let beat = crate::service::Liveness::default().register("the publisher");
@@ -375,6 +383,7 @@ async fn the_publisher_stops_when_the_fsync_of_a_segment_roll_fails() {
                             seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                         )),
                         captured_ms: 1,
+                        key_hash: seq,
                         counters: counters.clone(),
                     }
                 })

@@ -125,6 +125,7 @@ fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
             columns: vec!["id".into(), "note".into()],
             binary: Vec::new(),
             timestamps: Vec::new(),
+            utc: Vec::new(),
         }],
         deleted: deleted.clone(),
     };
