@@ -61,14 +61,14 @@ fn offset_of_line(file: &Path, n: usize) -> u64 {
     text.len() as u64
 }
 
-/// A 1,048,400-byte line (under `max_record_bytes`, 1 MiB) becomes a message over the
-/// broker's `max_payload` (1 MiB): it is quarantined, and the 298 lines around it
+/// A 1,048,400-byte line (under `max_record_bytes`, set to 1 MiB) becomes a message over
+/// the broker's `max_payload` (1 MiB): it is quarantined, and the 298 lines around it
 /// arrive — live, then again through the spool while the broker is away.
 #[tokio::test]
 async fn a_line_over_max_payload_is_quarantined_and_the_rest_arrives() {
     let mut w = World::new();
     w.with_admin();
-    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]\nmax_record_bytes = \"1MiB\"");
     let file = w.logs().join("app.log");
     let mut agent = w.agent(&cfg);
     append(&file, (0..100).map(line));
@@ -117,7 +117,7 @@ async fn a_line_over_max_payload_is_quarantined_and_the_rest_arrives() {
     assert_eq!(w.metric_sum("lockstep_events_refused_total"), 2);
     assert!(
         agent_log(&w).contains("max_record_bytes = 1048576 bytes, but the NATS server takes messages of at most max_payload = 1048576"),
-        "a warning at connect: the default max_record_bytes is too close to max_payload"
+        "a warning at connect: max_record_bytes is too close to max_payload"
     );
     assert_eq!(w.admin("/healthz").0, 200, "healthy again");
     assert_eq!(agent.stop(), Some(0));

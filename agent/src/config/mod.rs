@@ -191,6 +191,11 @@ pub enum TriggerDb {
     Odbc(Secret),
 }
 
+/// A tail source's longest record when `max_record_bytes` is not set: 1 KiB under the
+/// NATS server's default `max_payload` (1 MiB), the room an event's envelope takes, so
+/// that the longest record's event still fits in a message the broker takes.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = (1 << 20) - 1024;
+
 #[derive(Debug, Clone)]
 pub struct TailConfig {
     pub paths: Vec<String>,

@@ -1093,7 +1093,7 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
         },
     };
     let max_record_bytes = match s.max_record_bytes {
-        None => 1 << 20,
+        None => DEFAULT_MAX_RECORD_BYTES,
         Some(m) if m.get_ref().0 < 64 || m.get_ref().0 > (1 << 30) => {
             return Err(cx.err(
                 m.span(),
@@ -1149,7 +1149,7 @@ mod tests {
         };
         assert_eq!(t.format, Format::Jsonl);
         assert_eq!(t.start_at, StartAt::Beginning);
-        assert_eq!(t.max_record_bytes, 1 << 20);
+        assert_eq!(t.max_record_bytes, DEFAULT_MAX_RECORD_BYTES);
     }
 
     #[test]

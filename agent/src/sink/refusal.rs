@@ -156,4 +156,11 @@ mod tests {
         );
         assert!(check_record_limits(8 << 20, &limits).is_empty());
     }
+
+    #[test]
+    fn the_default_record_limit_fits_the_default_max_payload() {
+        let limits = vec![("a".to_owned(), crate::config::DEFAULT_MAX_RECORD_BYTES)];
+        assert!(check_record_limits(1 << 20, &limits).is_empty());
+        assert_eq!(check_record_limits((1 << 20) - 1, &limits).len(), 1);
+    }
 }
