@@ -42,6 +42,9 @@
 //!   even that fails, left to be cut on the next start), the error is logged with what
 //!   to do, and the events stay with the publisher, which stops taking more and retries.
 //!   Nothing was reported durable, so nothing can be lost.
+//! - *A read error* that passes (out of file descriptors or memory, interrupted, the
+//!   file's permissions): returned, and the same frame is read again later; nothing is
+//!   skipped.
 //! - *A read error* (EIO, the segment file deleted or not readable): retried once on a
 //!   fresh handle; then the frame (the rest of the segment when the file is gone, the
 //!   whole segment at start, where it is moved to the quarantine) is skipped, counted
@@ -560,6 +563,19 @@ impl Spool {
             });
             if let Err(e) = read {
                 self.read_file = None;
+                if passing(&e) {
+                    // The bytes are fine: skipping them would lose events that can be
+                    // read in a moment (and the segment is deleted once a later event
+                    // is acknowledged). Tried again on the next read.
+                    if given > 0 {
+                        return Ok(given);
+                    }
+                    return Err(SpoolError {
+                        path,
+                        op: "read a segment",
+                        source: e,
+                    });
+                }
                 let gone = e.kind() == io::ErrorKind::NotFound;
                 let last = if gone { seg_last } else { meta.last_seq() };
                 self.set_aside_unreadable(
@@ -786,6 +802,20 @@ impl Spool {
         m.spool_oldest_ms
             .store(st.oldest_ms.unwrap_or(0), Ordering::Relaxed);
     }
+}
+
+/// A read error that says nothing about the bytes on disk, and passes: the process or
+/// the system is out of file descriptors or memory, a signal interrupted the call, or
+/// the file's permissions (which an operator can fix). The frame is read again later,
+/// never skipped.
+fn passing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::OutOfMemory
+            | io::ErrorKind::PermissionDenied
+    ) || matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
 }
 
 #[cfg(test)]
