@@ -376,6 +376,37 @@ fn a_passing_read_error_skips_nothing() {
     assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 0);
 }
 
+/// A frame that could not be read (an I/O error; here the segment is a directory, so
+/// reading it fails with EISDIR) is skipped, but the segment is not deleted with the
+/// acknowledged ones: an EIO can pass (a SAN path failover, an NFS soft mount), and
+/// the bytes may still be there. It is moved to the quarantine, where it can be read
+/// back by hand.
+#[test]
+fn a_segment_with_unreadable_frames_is_kept_in_the_quarantine() {
+    let d = dirs();
+    let (mut s, m) = open_with(&d, 128 << 10, WhenFull::Block, Arc::new(RealDisk));
+    let mut next = 0;
+    while s.stats().segments < 3 {
+        append(&mut s, next..next + 50).unwrap();
+        next += 50;
+    }
+    s.sync().unwrap();
+    let segs = list_segments(&d.spool).unwrap();
+    let second = &segs[1];
+    std::fs::remove_file(&second.1).unwrap();
+    std::fs::create_dir(&second.1).unwrap();
+    let got = read_all(&mut s);
+    assert!(m.spool_unreadable.load(Ordering::Relaxed) > 0);
+    assert!((got.len() as u64) < next);
+    s.ack(got.last().unwrap().0);
+    s.maintain(true).unwrap();
+    let kept = d
+        .quarantine
+        .join(format!("spool-{:020}.unreadable.seg", second.0));
+    assert!(kept.exists(), "the segment is kept in the quarantine");
+    assert!(!second.1.exists(), "and no longer in the spool");
+}
+
 /// Issue 16 item 9, through the publisher: with the broker away every event goes to the
 /// spool; the fsync made when the first segment is full and the next one started fails
 /// once (EIO), and later ones would succeed. The publisher used to hold the events and
