@@ -50,7 +50,9 @@
 //!   whole segment at start, where it is moved to the quarantine) is skipped, counted
 //!   (`lockstep_spool_unreadable_total`), logged with its sequence numbers and recorded
 //!   in `state_dir/quarantine/spool-<segment>-<offset>.unreadable`. Its events are lost;
-//!   everything else drains.
+//!   everything else drains. Once acknowledged past, such a segment is moved to
+//!   `state_dir/quarantine/spool-<segment>.unreadable.seg` instead of deleted: the error
+//!   may have passed, and its bytes be readable by hand.
 //! - *A failed fsync* (of a segment, also when one is closed to start the next, or of
 //!   the directory): remembered; every later append and sync fails with it, and the
 //!   publisher stops the agent. A retried fsync that "succeeds" proves nothing.
@@ -134,6 +136,9 @@ struct Segment {
     len: u64,
     frames: Vec<FrameMeta>,
     events: u64,
+    /// Frames of it were skipped as unreadable: once acknowledged, it is moved to the
+    /// quarantine instead of deleted (the error may have passed, the bytes be there).
+    unreadable: bool,
 }
 
 impl Segment {
@@ -324,6 +329,7 @@ impl Spool {
             len: clean,
             frames,
             events,
+            unreadable: false,
         });
         Ok(())
     }
@@ -434,6 +440,7 @@ impl Spool {
             len: 0,
             frames: Vec::new(),
             events: 0,
+            unreadable: false,
         });
         Ok(())
     }
@@ -477,6 +484,21 @@ impl Spool {
             if self.segments.is_empty() {
                 self.writer = None;
                 self.unsynced = false;
+            }
+            if seg.unreadable {
+                let to = self
+                    .quarantine_dir
+                    .join(format!("spool-{:020}.unreadable.seg", seg.first_seq));
+                let _ = std::fs::create_dir_all(&self.quarantine_dir);
+                match std::fs::rename(&seg.path, &to) {
+                    Ok(()) => return,
+                    Err(e) => tracing::error!(
+                        "cannot move spool segment {} (frames of it could not be read) to {}: {e}; \
+                         it is deleted",
+                        seg.path.display(),
+                        to.display()
+                    ),
+                }
             }
             if let Err(e) = self.disk.remove(&seg.path) {
                 tracing::warn!(
@@ -578,6 +600,11 @@ impl Spool {
                 }
                 let gone = e.kind() == io::ErrorKind::NotFound;
                 let last = if gone { seg_last } else { meta.last_seq() };
+                if !gone {
+                    if let Some(seg) = self.segments.iter_mut().find(|s| s.first_seq == seg_first) {
+                        seg.unreadable = true;
+                    }
+                }
                 self.set_aside_unreadable(
                     &path,
                     seg_first,
