@@ -42,12 +42,17 @@
 //!   even that fails, left to be cut on the next start), the error is logged with what
 //!   to do, and the events stay with the publisher, which stops taking more and retries.
 //!   Nothing was reported durable, so nothing can be lost.
+//! - *A read error* that passes (out of file descriptors or memory, interrupted, the
+//!   file's permissions): returned, and the same frame is read again later; nothing is
+//!   skipped.
 //! - *A read error* (EIO, the segment file deleted or not readable): retried once on a
 //!   fresh handle; then the frame (the rest of the segment when the file is gone, the
 //!   whole segment at start, where it is moved to the quarantine) is skipped, counted
 //!   (`lockstep_spool_unreadable_total`), logged with its sequence numbers and recorded
 //!   in `state_dir/quarantine/spool-<segment>-<offset>.unreadable`. Its events are lost;
-//!   everything else drains.
+//!   everything else drains. Once acknowledged past, such a segment is moved to
+//!   `state_dir/quarantine/spool-<segment>.unreadable.seg` instead of deleted: the error
+//!   may have passed, and its bytes be readable by hand.
 //! - *A failed fsync* (of a segment, also when one is closed to start the next, or of
 //!   the directory): remembered; every later append and sync fails with it, and the
 //!   publisher stops the agent. A retried fsync that "succeeds" proves nothing.
@@ -131,6 +136,9 @@ struct Segment {
     len: u64,
     frames: Vec<FrameMeta>,
     events: u64,
+    /// Frames of it were skipped as unreadable: once acknowledged, it is moved to the
+    /// quarantine instead of deleted (the error may have passed, the bytes be there).
+    unreadable: bool,
 }
 
 impl Segment {
@@ -321,6 +329,7 @@ impl Spool {
             len: clean,
             frames,
             events,
+            unreadable: false,
         });
         Ok(())
     }
@@ -431,6 +440,7 @@ impl Spool {
             len: 0,
             frames: Vec::new(),
             events: 0,
+            unreadable: false,
         });
         Ok(())
     }
@@ -474,6 +484,21 @@ impl Spool {
             if self.segments.is_empty() {
                 self.writer = None;
                 self.unsynced = false;
+            }
+            if seg.unreadable {
+                let to = self
+                    .quarantine_dir
+                    .join(format!("spool-{:020}.unreadable.seg", seg.first_seq));
+                let _ = std::fs::create_dir_all(&self.quarantine_dir);
+                match std::fs::rename(&seg.path, &to) {
+                    Ok(()) => return,
+                    Err(e) => tracing::error!(
+                        "cannot move spool segment {} (frames of it could not be read) to {}: {e}; \
+                         it is deleted",
+                        seg.path.display(),
+                        to.display()
+                    ),
+                }
             }
             if let Err(e) = self.disk.remove(&seg.path) {
                 tracing::warn!(
@@ -560,8 +585,26 @@ impl Spool {
             });
             if let Err(e) = read {
                 self.read_file = None;
+                if passing(&e) {
+                    // The bytes are fine: skipping them would lose events that can be
+                    // read in a moment (and the segment is deleted once a later event
+                    // is acknowledged). Tried again on the next read.
+                    if given > 0 {
+                        return Ok(given);
+                    }
+                    return Err(SpoolError {
+                        path,
+                        op: "read a segment",
+                        source: e,
+                    });
+                }
                 let gone = e.kind() == io::ErrorKind::NotFound;
                 let last = if gone { seg_last } else { meta.last_seq() };
+                if !gone {
+                    if let Some(seg) = self.segments.iter_mut().find(|s| s.first_seq == seg_first) {
+                        seg.unreadable = true;
+                    }
+                }
                 self.set_aside_unreadable(
                     &path,
                     seg_first,
@@ -786,6 +829,20 @@ impl Spool {
         m.spool_oldest_ms
             .store(st.oldest_ms.unwrap_or(0), Ordering::Relaxed);
     }
+}
+
+/// A read error that says nothing about the bytes on disk, and passes: the process or
+/// the system is out of file descriptors or memory, a signal interrupted the call, or
+/// the file's permissions (which an operator can fix). The frame is read again later,
+/// never skipped.
+fn passing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::OutOfMemory
+            | io::ErrorKind::PermissionDenied
+    ) || matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
 }
 
 #[cfg(test)]

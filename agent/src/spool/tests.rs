@@ -314,6 +314,99 @@ fn an_unreadable_segment_is_set_aside_and_the_rest_read() {
     assert_eq!(read_all(&mut s).len(), 10);
 }
 
+/// A read error that passes must not cost events: here the process is out of file
+/// descriptors for a moment (EMFILE, as when a tail source holds many files open), so
+/// a segment cannot be opened for reading. The events were skipped and counted lost,
+/// and once a later event was acknowledged the segment, readable all along, was
+/// deleted. They must be read once descriptors are free again. Runs in a child process
+/// of its own: using up the descriptors would fail other tests running beside it.
+#[test]
+fn a_passing_read_error_skips_nothing() {
+    const CHILD: &str = "LOCKSTEP_TEST_EMFILE_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spool::tests::a_passing_read_error_skips_nothing",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
+    let d = dirs();
+    let (mut s, m) = open_with(&d, 128 << 10, WhenFull::Block, Arc::new(RealDisk));
+    let mut next = 0;
+    while s.stats().segments < 3 {
+        append(&mut s, next..next + 50).unwrap();
+        next += 50;
+    }
+    s.sync().unwrap();
+    // Use up every file descriptor.
+    let mut burnt = Vec::new();
+    let emfile = loop {
+        match File::open("/dev/null") {
+            Ok(f) => burnt.push(f),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(emfile.raw_os_error(), Some(24), "{emfile}");
+    let mut early = Vec::new();
+    let _ = s.read(1000, |seq, _| early.push(seq));
+    drop(burnt);
+    // Descriptors are free again: nothing was skipped.
+    let mut got: Vec<u64> = early;
+    got.extend(read_all(&mut s).into_iter().map(|(seq, _)| seq));
+    assert_eq!(
+        got.len() as u64,
+        next,
+        "every event (skipped: {})",
+        next - got.len() as u64
+    );
+    assert!(got.iter().copied().eq(1..=next), "in order");
+    assert_eq!(m.spool_unreadable.load(Ordering::Relaxed), 0);
+}
+
+/// A frame that could not be read (an I/O error; here the segment is a directory, so
+/// reading it fails with EISDIR) is skipped, but the segment is not deleted with the
+/// acknowledged ones: an EIO can pass (a SAN path failover, an NFS soft mount), and
+/// the bytes may still be there. It is moved to the quarantine, where it can be read
+/// back by hand.
+#[test]
+fn a_segment_with_unreadable_frames_is_kept_in_the_quarantine() {
+    let d = dirs();
+    let (mut s, m) = open_with(&d, 128 << 10, WhenFull::Block, Arc::new(RealDisk));
+    let mut next = 0;
+    while s.stats().segments < 3 {
+        append(&mut s, next..next + 50).unwrap();
+        next += 50;
+    }
+    s.sync().unwrap();
+    let segs = list_segments(&d.spool).unwrap();
+    let second = &segs[1];
+    std::fs::remove_file(&second.1).unwrap();
+    std::fs::create_dir(&second.1).unwrap();
+    let got = read_all(&mut s);
+    assert!(m.spool_unreadable.load(Ordering::Relaxed) > 0);
+    assert!((got.len() as u64) < next);
+    s.ack(got.last().unwrap().0);
+    s.maintain(true).unwrap();
+    let kept = d
+        .quarantine
+        .join(format!("spool-{:020}.unreadable.seg", second.0));
+    assert!(kept.exists(), "the segment is kept in the quarantine");
+    assert!(!second.1.exists(), "and no longer in the spool");
+}
+
 /// Issue 16 item 9, through the publisher: with the broker away every event goes to the
 /// spool; the fsync made when the first segment is full and the next one started fails
 /// once (EIO), and later ones would succeed. The publisher used to hold the events and
