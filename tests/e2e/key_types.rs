@@ -461,3 +461,41 @@ async fn mariadb_odbc_old_triggers_with_a_timestamp_key_are_refused_until_upgrad
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].json["key"]["id"], "2026-03-07T20:30:00.500000");
 }
+
+/// PostgreSQL over ODBC, an unconstrained `numeric` key with more than six decimal
+/// digits: psqlODBC reports such a column with a made-up precision and scale, and the
+/// current-row lookup `CAST(? AS DECIMAL(p, s))` must not round the key to them (the
+/// row would not be found, and every insert and update would be sent as a delete).
+#[tokio::test]
+async fn postgres_odbc_unconstrained_numeric_keys_are_not_rounded() {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(Kind::Pg, &w, "numkey_odbc");
+    db.sql("CREATE TABLE k_num (id numeric PRIMARY KEY, v text);");
+    let mut source = db.source(&["k_num"], "keys", "");
+    let native = source
+        .lines()
+        .find(|l| l.starts_with("postgres = "))
+        .unwrap()
+        .to_owned();
+    source = source.replace(&native, &format!("odbc = \"{}\"", db.odbc()));
+    let cfg = w.config_with(&source);
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    db.sql(
+        "INSERT INTO k_num VALUES (1.1234567, 'a'), (2.00000001, 'b'), (12345678901234567890123456789.5, 'c');\n\
+         UPDATE k_num SET v = 'b2' WHERE id = 2.00000001;",
+    );
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    let ops: Vec<String> = msgs
+        .iter()
+        .map(|m| format!("{} {}", m.json["op"], m.json["key"]))
+        .collect();
+    assert!(
+        msgs.iter().all(|m| m.json["op"] != "d"),
+        "rows that exist were sent as deletes: {ops:?}"
+    );
+    assert_eq!(msgs.len(), 3, "{ops:?}");
+}
