@@ -387,6 +387,15 @@ fn check_trigger_version(
     else {
         return Ok(());
     };
+    if let Some(name) = super::admin::first_value(&body).filter(|n| *n != def.name) {
+        tracing::error!(
+            "source {source}: the capture triggers on `{}` record its changes as `{name}`, \
+             which this source does not read: they wait in {CAPTURE_TABLE} unsent. Run \
+             `lockstep triggers install --source {source}` (and remove the table from any \
+             other source that lists it)",
+            def.name
+        );
+    }
     if body.to_ascii_uppercase().contains("AS BINARY") {
         return Ok(());
     }
