@@ -559,3 +559,31 @@ async fn mariadb_odbc_a_zero_timestamp_is_not_sent_as_null() {
     let t = &msgs[0].json["after"]["t"];
     assert!(t.is_string(), "the zero date was sent as {t}");
 }
+
+/// SQLite, a key declared `DATETIME` (the ODBC driver reports it as a timestamp) and
+/// stored as text with a space, as SQLite's own date functions write it: the lookup
+/// by key must find the row (SQLite compares text byte for byte, `T` is not a space).
+#[tokio::test]
+async fn sqlite_odbc_a_datetime_key_stored_as_text_is_found() {
+    let w = World::new();
+    let db = Db::new(Kind::Lite, &w, "litedt");
+    db.sql("CREATE TABLE k_dt (id DATETIME PRIMARY KEY, v TEXT);");
+    let cfg = w.config_with(&db.source(&["k_dt"], "keys", ""));
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    db.sql(
+        "INSERT INTO k_dt VALUES ('2026-03-08 02:00:00', 'a'), (datetime('now'), 'b');\n\
+         UPDATE k_dt SET v = 'a2' WHERE id = '2026-03-08 02:00:00';",
+    );
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    let ops: Vec<String> = msgs
+        .iter()
+        .map(|m| format!("{} {}", m.json["op"], m.json["key"]))
+        .collect();
+    assert!(
+        msgs.iter().all(|m| m.json["op"] != "d"),
+        "rows that exist were sent as deletes: {ops:?}"
+    );
+}
