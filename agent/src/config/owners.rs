@@ -196,6 +196,15 @@ mod tests {
             pg("host=db dbname=vista options='-c search_path=a'"),
             pg("host=db dbname=vista options='-c search_path=b'")
         );
+        // Other options leave it the same database, with the same capture table.
+        assert_eq!(
+            pg("host=db dbname=vista options='-c search_path=a'"),
+            pg("host=db dbname=vista options='-c statement_timeout=5s --search_path=a'")
+        );
+        assert_eq!(
+            pg("host=db dbname=vista"),
+            pg("host=db dbname=vista options='-c statement_timeout=5s'")
+        );
         assert_eq!(
             odbc("DRIVER={MariaDB Unicode};SERVER=db;DATABASE=vista;UID=a;PWD=x;"),
             odbc("database=vista; Server=db ;driver={MariaDB Unicode};user=b")
