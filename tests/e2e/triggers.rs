@@ -434,3 +434,31 @@ async fn postgres_install_gives_up_on_a_long_lock() {
 async fn mariadb_odbc_install_gives_up_on_a_long_lock() {
     install_gives_up_on_a_long_lock(Kind::Maria).await;
 }
+
+/// A table's name respelled in `tables` (`orders` → `<schema>.orders`, as the config
+/// error about two sources suggests) while its triggers, installed under the old
+/// spelling, still record `orders`: the source now reads only `<schema>.orders`. Its
+/// changes must arrive, or the agent must say loudly that they cannot; before the
+/// own-tables filter they were at least quarantined, now they wait unseen forever.
+#[tokio::test]
+async fn postgres_a_respelled_table_is_not_silently_left_behind() {
+    let w = World::new();
+    let db = Db::new(Kind::Pg, &w, "respelled");
+    db.sql("CREATE TABLE orders (id int PRIMARY KEY, v text);");
+    let cfg = w.config_with(&db.source(&["orders"], "rows", ""));
+    crate::capture::install(&w, &cfg);
+    let qualified = format!("{}.orders", db.name);
+    let cfg = w.config_with(&db.source(&[qualified.as_str()], "rows", ""));
+    let mut agent = w.agent(&cfg);
+    db.sql("INSERT INTO orders VALUES (1, 'a'), (2, 'b'), (3, 'c');");
+    let n = w.wait_count(3, Duration::from_secs(20)).await;
+    assert_eq!(agent.stop(), Some(0));
+    let log = agent_log(&w);
+    let told = log.lines().any(|l| {
+        (l.contains("\"WARN\"") || l.contains("\"ERROR\"")) && l.contains("orders")
+    });
+    assert!(
+        n == 3 || told,
+        "{n} of 3 changes arrived and the agent said nothing about `orders`"
+    );
+}

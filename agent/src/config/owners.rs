@@ -32,8 +32,8 @@ pub fn db_target(db: &TriggerDb) -> String {
                 // PostgreSQL's default database is the user's name.
                 let dbname = c.get_dbname().or(c.get_user()).unwrap_or_default();
                 format!(
-                    "postgres|{hosts:?}|{ports:?}|{dbname}|{}",
-                    c.get_options().unwrap_or_default().trim()
+                    "postgres|{hosts:?}|{ports:?}|{dbname}|{:?}",
+                    search_path(c.get_options().unwrap_or_default())
                 )
             }
             Err(_) => format!("postgres|{}", conn.expose().trim()),
@@ -55,6 +55,29 @@ pub fn db_target(db: &TriggerDb) -> String {
             format!("odbc|{pairs:?}")
         }
     }
+}
+
+/// The `search_path` a PostgreSQL `options` string sets (`-c search_path=…`,
+/// `--search_path=…`), the one option that names another schema and so another capture
+/// table; the others (`statement_timeout`, …) leave the database the same.
+fn search_path(options: &str) -> Option<String> {
+    let mut found = None;
+    let mut words = options.split_whitespace();
+    while let Some(w) = words.next() {
+        let setting = match w {
+            "-c" => words.next().unwrap_or_default(),
+            _ => w
+                .strip_prefix("-c")
+                .or_else(|| w.strip_prefix("--"))
+                .unwrap_or_default(),
+        };
+        if let Some((k, v)) = setting.split_once('=') {
+            if k.replace('-', "_").eq_ignore_ascii_case("search_path") {
+                found = Some(v.replace(' ', ""));
+            }
+        }
+    }
+    found
 }
 
 /// The `key=value` parts of an ODBC connection string: split at `;` outside `{…}`.
@@ -195,6 +218,15 @@ mod tests {
         assert_ne!(
             pg("host=db dbname=vista options='-c search_path=a'"),
             pg("host=db dbname=vista options='-c search_path=b'")
+        );
+        // Other options leave it the same database, with the same capture table.
+        assert_eq!(
+            pg("host=db dbname=vista options='-c search_path=a'"),
+            pg("host=db dbname=vista options='-c statement_timeout=5s --search_path=a'")
+        );
+        assert_eq!(
+            pg("host=db dbname=vista"),
+            pg("host=db dbname=vista options='-c statement_timeout=5s'")
         );
         assert_eq!(
             odbc("DRIVER={MariaDB Unicode};SERVER=db;DATABASE=vista;UID=a;PWD=x;"),

@@ -921,15 +921,15 @@ impl Poller {
     fn finish(mut self) {
         let deadline = Instant::now() + self.cx.drain_for + Duration::from_secs(1);
         while let Some(s) = &self.sending {
-            let acked = s.read_all && self.cx.watermark.get() >= s.last_seq;
+            // Changes held for the quarantine are in no event and no quarantine yet:
+            // swapping past them would lose them (the next start sends the scan again).
+            let acked =
+                s.read_all && s.held.is_empty() && self.cx.watermark.get() >= s.last_seq;
             if acked {
                 self.swap();
                 break;
             }
             if Instant::now() >= deadline || *self.cx.sink_done.borrow() {
-                if s.read_all && self.cx.watermark.get() >= s.last_seq {
-                    self.swap();
-                }
                 break;
             }
             // The watermark is an atomic without a wake-up; poll it until the deadline.

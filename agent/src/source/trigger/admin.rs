@@ -196,7 +196,7 @@ fn sqlite_apply(c: &odbc_api::Connection<'static>, stmts: &[Statement]) -> Resul
 
 /// The first string literal after `VALUES (` in a trigger's body: the table name its
 /// INSERT into the capture table writes.
-fn first_value(body: &str) -> Option<String> {
+pub(crate) fn first_value(body: &str) -> Option<String> {
     let rest = &body[body.find("VALUES (")? + "VALUES (".len()..];
     let mut chars = rest.strip_prefix('\'')?.chars().peekable();
     let mut out = String::new();

@@ -321,9 +321,12 @@ pub(crate) fn json_object_utc(
             let mut v = format!("{row}.{}", d.ident(c));
             let bin = binary.contains(c);
             v = match d {
-                Dialect::MariaDb if utc.contains(c) => {
-                    format!("CONVERT_TZ({v}, @@session.time_zone, '+00:00')")
-                }
+                // The stored instant itself, as UTC: `CONVERT_TZ` from the session's
+                // zone picks the wrong one of the hour a DST change repeats (a key
+                // recorded an hour off), and makes the zero date NULL.
+                Dialect::MariaDb if utc.contains(c) => format!(
+                    "IF(COALESCE(UNIX_TIMESTAMP({v}), 0) = 0, {v}, DATE_ADD(TIMESTAMP'1970-01-01 00:00:00', INTERVAL UNIX_TIMESTAMP({v}) SECOND))"
+                ),
                 // json_object refuses BLOBs (and the write that fired the trigger with
                 // it); SQLite's columns hold any type, so every column is checked.
                 Dialect::Sqlite => {

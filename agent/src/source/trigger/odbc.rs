@@ -175,13 +175,21 @@ pub enum KeyType {
     /// DECIMAL or NUMERIC: bound as text and cast to the column's type, so that no
     /// database compares it as a floating-point number (MariaDB does, for text).
     Decimal { precision: i32, scale: i16 },
+    /// PostgreSQL's `numeric`: cast to `numeric` with no precision. psqlODBC reports an
+    /// unconstrained `numeric` as (28, 6), and a cast to that rounds a key with more
+    /// decimals (not found: sent as a delete) or fails on one of 23 digits or more.
+    Numeric,
     /// Bound as what the value is: an integer, a float or text (date-times as text,
     /// which every database converts to the column's type in a comparison).
     Plain,
 }
 
 /// The types of the key columns of `def`, from the ODBC catalog.
-pub fn key_types(conn: &Connection<'_>, def: &TableDef) -> Result<Vec<KeyType>, DbError> {
+pub fn key_types(
+    conn: &Connection<'_>,
+    dialect: Dialect,
+    def: &TableDef,
+) -> Result<Vec<KeyType>, DbError> {
     let (schema, name) = split_table(&def.name);
     let what = format!("read the key column types of `{}`", def.name);
     let mut types = vec![KeyType::Plain; def.key.len()];
@@ -197,6 +205,7 @@ pub fn key_types(conn: &Connection<'_>, def: &TableDef) -> Result<Vec<KeyType>, 
         // SQL_BINARY, SQL_VARBINARY, SQL_LONGVARBINARY; SQL_NUMERIC, SQL_DECIMAL.
         types[i] = match row.data_type {
             -4..=-2 => KeyType::Binary,
+            2 | 3 if dialect == Dialect::Postgres => KeyType::Numeric,
             2 | 3 => match (row.column_size.into_opt(), row.decimal_digits.into_opt()) {
                 (Some(p), Some(s)) if p > 0 => KeyType::Decimal {
                     precision: p,
@@ -227,7 +236,7 @@ pub fn key_param(ty: KeyType, v: &Value) -> (String, Option<Box<dyn InputParamet
             Some(Box::new(VarBinaryBox::from_vec(t.as_bytes().to_vec()))),
         ),
         (
-            KeyType::Decimal { precision, scale },
+            KeyType::Decimal { .. } | KeyType::Numeric,
             Value::Int(_) | Value::Decimal(_) | Value::Float(_),
         ) => {
             let s = match v {
@@ -236,10 +245,13 @@ pub fn key_param(ty: KeyType, v: &Value) -> (String, Option<Box<dyn InputParamet
                 Value::Decimal(d) => d.clone(),
                 _ => String::new(),
             };
-            (
-                format!("CAST(? AS DECIMAL({precision}, {scale}))"),
-                text(&s),
-            )
+            let cast = match ty {
+                KeyType::Decimal { precision, scale } => {
+                    format!("CAST(? AS DECIMAL({precision}, {scale}))")
+                }
+                _ => "CAST(? AS NUMERIC)".to_owned(),
+            };
+            (cast, text(&s))
         }
         (_, Value::Int(i)) => ("?".into(), Some(Box::new(*i))),
         (_, Value::Float(f)) => ("?".into(), Some(Box::new(*f))),
@@ -375,6 +387,15 @@ fn check_trigger_version(
     else {
         return Ok(());
     };
+    if let Some(name) = super::admin::first_value(&body).filter(|n| *n != def.name) {
+        tracing::error!(
+            "source {source}: the capture triggers on `{}` record its changes as `{name}`, \
+             which this source does not read: they wait in {CAPTURE_TABLE} unsent. Run \
+             `lockstep triggers install --source {source}` (and remove the table from any \
+             other source that lists it)",
+            def.name
+        );
+    }
     if body.to_ascii_uppercase().contains("AS BINARY") {
         return Ok(());
     }
@@ -395,6 +416,18 @@ fn check_trigger_version(
              the agent reads them in UTC",
             def.utc.join(", ")
         )))
+    }
+}
+
+/// `table` as far as binding its values goes: binary columns decoded to bytes, but
+/// date-times kept as the database wrote them. The ISO form (`T` for the space) is for
+/// events; bound as text it would not equal a date-time SQLite keeps as text, which it
+/// compares byte for byte (a key not found: sent as a delete; a chunk bound that skips
+/// the rest of a day's keys).
+fn bound_def(table: &TableDef) -> TableDef {
+    TableDef {
+        timestamps: Vec::new(),
+        ..table.clone()
     }
 }
 
@@ -446,7 +479,7 @@ impl OdbcCapture {
         let mut types = Vec::with_capacity(tables.len());
         for t in tables {
             let def = table_def(&c, t)?;
-            types.push(key_types(&c, &def)?);
+            types.push(key_types(&c, dialect, &def)?);
             defs.push(def);
         }
         if dialect == Dialect::MariaDb {
@@ -648,7 +681,7 @@ impl CaptureDb for OdbcCapture {
                 let mut params = Vec::with_capacity(chunk.len() * table.key.len());
                 for pk in chunk {
                     // Binary key values become bytes, bound as bytes.
-                    let key = parse_image(table, "a key", pk)
+                    let key = parse_image(&bound_def(table), "a key", pk)
                         .map_err(|e| DbError(format!("{what}: {e}")))?;
                     let parts: Vec<String> = table
                         .key
@@ -693,7 +726,7 @@ impl CaptureDb for OdbcCapture {
         let mut params = Vec::new();
         if let Some(after) = after {
             // The last row read, with its key typed as its columns (bytes as bytes).
-            let row = parse_image(table, "the last row read", after)
+            let row = parse_image(&bound_def(table), "the last row read", after)
                 .map_err(|e| DbError(format!("{what}: {e}")))?;
             body.push_str(" WHERE ");
             body.push_str(&after_key_params(

@@ -163,6 +163,37 @@ pub async fn has_capture_trigger(client: &Client, table: &str) -> Result<bool, P
     Ok(row.get::<_, i64>(0) > 0)
 }
 
+/// Says loudly when the capture trigger on `table` records its changes under another
+/// name than `table` as configured (the triggers were installed under another spelling,
+/// or by another source): this source reads only the rows of its spelling, so those
+/// changes would wait in the capture table unseen.
+async fn warn_other_spelling(client: &Client, source: &str, table: &str) {
+    let Ok(rows) = client
+        .query(
+            "SELECT tgargs FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = 'lockstep_capture'",
+            &[&table],
+        )
+        .await
+    else {
+        return;
+    };
+    for r in rows {
+        let args: Vec<u8> = r.get(0);
+        let Some(name) = args.split(|&b| b == 0).nth(1) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name);
+        if name != table {
+            tracing::error!(
+                "source {source}: the capture trigger on `{table}` records its changes as `{name}`, \
+                 which this source does not read: they wait in {CAPTURE_TABLE} unsent. Run \
+                 `lockstep triggers install --source {source}` (and remove the table from any \
+                 other source that lists it)"
+            );
+        }
+    }
+}
+
 /// Runs `stmts` in one transaction: all of them take effect, or none.
 pub async fn apply(client: &mut Client, stmts: &[Statement]) -> Result<(), PgError> {
     let tx = client
@@ -233,6 +264,7 @@ impl PgCapture {
         let mut defs = Vec::with_capacity(tables.len());
         for t in tables {
             defs.push(table_def(&client, t).await?);
+            warn_other_spelling(&client, source, t).await;
         }
         client
             .batch_execute(&format!("LISTEN {CAPTURE_TABLE}"))
