@@ -500,41 +500,6 @@ async fn postgres_odbc_unconstrained_numeric_keys_are_not_rounded() {
     assert_eq!(msgs.len(), 3, "{ops:?}");
 }
 
-/// The upgrade path of the test above, with changes waiting: rows the older triggers
-/// wrote (a MariaDB `TIMESTAMP` key in the writer's time zone) before `triggers install`
-/// replaced them are still in the capture table when the upgraded agent starts. Read in
-/// its UTC session, such a key finds no row: an insert must not become a delete.
-#[tokio::test]
-async fn mariadb_odbc_changes_written_by_old_triggers_are_not_sent_as_deletes() {
-    let w = World::new();
-    let db = Db::new(Kind::Maria, &w, "oldrows");
-    db.sql("CREATE TABLE k_ts (id TIMESTAMP(6) PRIMARY KEY, v TEXT);");
-    let cfg = w.config_with(&db.source(&["k_ts"], "keys", ""));
-    install(&w, &cfg);
-    // The insert trigger as lockstep wrote it before: the key in the session's zone.
-    db.sql(
-        "DROP TRIGGER lockstep_k_ts_ins;
-         CREATE TRIGGER lockstep_k_ts_ins AFTER INSERT ON k_ts FOR EACH ROW
-         INSERT INTO lockstep_changes (tbl, op, pk, origin)
-         VALUES ('k_ts', 'c', JSON_OBJECT('id', NEW.id), @lockstep_origin);",
-    );
-    db.sql("SET time_zone = '+05:30'; INSERT INTO k_ts VALUES ('2026-03-08 02:00:00.5', 'i1');");
-    // The upgrade: new triggers, then the new agent.
-    install(&w, &cfg);
-    let mut agent = w.agent(&cfg);
-    drained(&db, &w).await;
-    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
-    let msgs = w.messages().await;
-    let ops: Vec<String> = msgs
-        .iter()
-        .map(|m| format!("{} {}", m.json["op"], m.json["key"]))
-        .collect();
-    assert!(
-        msgs.iter().all(|m| m.json["op"] != "d"),
-        "a row that exists was sent as a delete: {ops:?}"
-    );
-}
-
 /// MariaDB, a `TIMESTAMP` column holding the zero date (legacy schemas default to it):
 /// the triggers record `TIMESTAMP` columns in UTC, and a conversion that makes the zero
 /// date NULL sends a value the row does not have. (The conversion must also be exact in
