@@ -248,9 +248,11 @@ async fn a_poll_change_held_for_the_quarantine_survives_a_stop() {
     std::fs::write(state.join("quarantine"), "in the way").unwrap();
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(19, Duration::from_secs(60)).await, 19);
-    wait_for("the quarantine write to be refused", Duration::from_secs(30), || {
-        agent_log(&w).contains("cannot write to the quarantine")
-    })
+    wait_for(
+        "the quarantine write to be refused",
+        Duration::from_secs(30),
+        || agent_log(&w).contains("cannot write to the quarantine"),
+    )
     .await;
     // Stopped while row 7 is held (the other 19 are acknowledged).
     assert_eq!(agent.stop(), Some(0));

@@ -454,9 +454,9 @@ async fn postgres_a_respelled_table_is_not_silently_left_behind() {
     let n = w.wait_count(3, Duration::from_secs(20)).await;
     assert_eq!(agent.stop(), Some(0));
     let log = agent_log(&w);
-    let told = log.lines().any(|l| {
-        (l.contains("\"WARN\"") || l.contains("\"ERROR\"")) && l.contains("orders")
-    });
+    let told = log
+        .lines()
+        .any(|l| (l.contains("\"WARN\"") || l.contains("\"ERROR\"")) && l.contains("orders"));
     assert!(
         n == 3 || told,
         "{n} of 3 changes arrived and the agent said nothing about `orders`"

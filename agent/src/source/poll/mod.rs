@@ -923,8 +923,7 @@ impl Poller {
         while let Some(s) = &self.sending {
             // Changes held for the quarantine are in no event and no quarantine yet:
             // swapping past them would lose them (the next start sends the scan again).
-            let acked =
-                s.read_all && s.held.is_empty() && self.cx.watermark.get() >= s.last_seq;
+            let acked = s.read_all && s.held.is_empty() && self.cx.watermark.get() >= s.last_seq;
             if acked {
                 self.swap();
                 break;
