@@ -638,23 +638,144 @@ async fn a_late_commit_is_delivered(kind: Kind) {
 
 /// Waits until another session holds an uncommitted row in the capture table.
 async fn wait_for_open_insert(db: &Db) {
+    wait_for_open_tx(db, "VALUES (1, ''A'')", 1, Duration::from_secs(30)).await;
+}
+
+/// Waits until another session's transaction has written `rows` uncommitted capture
+/// rows and waits (on PostgreSQL: is idle in transaction after its statement containing
+/// `marker`, quoted for SQL).
+async fn wait_for_open_tx(db: &Db, marker: &str, rows: u64, within: Duration) {
     let sql = match db.kind {
-        Kind::Pg => "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%VALUES (1, ''A'')%';",
-        // A dirty read sees A's uncommitted capture row.
-        _ => "SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; SELECT count(*) FROM lockstep_changes;",
+        Kind::Pg => format!(
+            "SELECT CASE WHEN count(*) > 0 THEN {rows} ELSE 0 END FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%{marker}%';"
+        ),
+        // A dirty read sees the uncommitted capture rows.
+        _ => "SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; SELECT count(*) FROM lockstep_changes;".to_owned(),
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + within;
     loop {
-        let n = db.sql(sql);
-        if n.trim() == "1" {
+        let n = db.sql(&sql);
+        if n.trim().parse::<u64>().is_ok_and(|n| n >= rows) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the open transaction did not start: {n}"
+            "the open transaction did not write its rows: {n}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How many capture rows the long-transaction tests commit late
+/// (`LOCKSTEP_LATE_ROWS`; 20,000 by default, `scripts/soak-late-rows` sets 1,000,000).
+fn late_rows() -> u64 {
+    std::env::var("LOCKSTEP_LATE_ROWS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+}
+
+/// A batch job's long transaction writes `late_rows()` capture rows while short commits
+/// move the drain's cursor past them, then commits; newer changes to some of its keys
+/// follow at once. Every change arrives once, in per-key order, and the drain takes the
+/// late rows in bounded reads: never more rows in flight than its limit plus one read.
+async fn a_long_transaction_of_late_rows_is_read_in_bounded_batches(kind: Kind) {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(kind, &w, "longtx");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "rows", ""));
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    let n = late_rows();
+    let (begin, series) = match kind {
+        Kind::Pg => ("BEGIN;", format!("generate_series(1, {n}) g")),
+        _ => ("START TRANSACTION;", format!("seq_1_to_{n} g")),
+    };
+    let col = if kind == Kind::Pg { "g" } else { "g.seq" };
+    let mut long = db.session();
+    long.send(&format!(
+        "{begin} INSERT INTO appointments (id, clinic) SELECT {col}, 'long' FROM {series};
+         UPDATE appointments SET clinic = 'long2' WHERE id <= 100;"
+    ));
+    wait_for_open_tx(&db, "long2", n + 100, Duration::from_secs(600)).await;
+    // Short commits move the cursor past the long transaction's seqs.
+    for i in 1..=5 {
+        db.sql(&format!(
+            "INSERT INTO appointments (id, clinic) VALUES ({}, 'short');",
+            10_000_000 + i
+        ));
+    }
+    assert_eq!(w.wait_count(5, Duration::from_secs(30)).await, 5);
+    long.send("COMMIT;");
+    long.finish();
+    // Newer changes to keys of the long transaction: they must follow its rows.
+    db.sql("UPDATE appointments SET clinic = 'after' WHERE id <= 50;");
+    let total = n + 100 + 5 + 50;
+    let mut peak = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60 + n / 1000);
+    while w.count().await < total {
+        let flying = w.status()["sources"]["vista"]["rows_in_flight"]
+            .as_u64()
+            .unwrap_or(0);
+        peak = peak.max(flying);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {total} events arrived\n{}",
+            w.count().await,
+            agent_log(&w)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drained(&db, &w).await;
+    let hwm = agent.peak_rss_kib();
+    eprintln!("{kind:?}: {n} late rows: peak rows in flight {peak}, agent peak RSS {hwm} KiB");
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    // The drain reads while fewer than 16,384 rows are in flight, at most 2,048 a read.
+    assert!(
+        peak <= 16_384 + 2_048,
+        "{peak} capture rows in flight at once: late rows were read without a bound"
+    );
+    let largest = agent_log(&w)
+        .lines()
+        .filter_map(|l| {
+            let (n, _) = l.split_once(" row(s) committed late")?;
+            n.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .max();
+    assert!(
+        largest.is_some_and(|l| l <= 2_048),
+        "late rows in one read: {largest:?} (at most 2,048)"
+    );
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    assert_eq!(msgs.len() as u64, total);
+    let mut by_key: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for m in &msgs {
+        by_key
+            .entry(m.json["key"]["id"].as_i64().unwrap())
+            .or_default()
+            .push(m.json["after"]["clinic"].as_str().unwrap().to_owned());
+    }
+    for (id, seen) in by_key {
+        let want: &[&str] = match id {
+            1..=50 => &["long", "long2", "after"],
+            51..=100 => &["long", "long2"],
+            10_000_001.. => &["short"],
+            _ => &["long"],
+        };
+        assert_eq!(seen, want, "key {id}: its changes in commit order");
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_long_transaction_of_late_rows_is_read_in_bounded_batches() {
+    a_long_transaction_of_late_rows_is_read_in_bounded_batches(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_a_long_transaction_of_late_rows_is_read_in_bounded_batches() {
+    a_long_transaction_of_late_rows_is_read_in_bounded_batches(Kind::Maria).await;
 }
 
 #[tokio::test]
@@ -1151,4 +1272,116 @@ async fn mariadb_odbc_binary_values_arrive_as_base64_rows() {
 #[tokio::test]
 async fn sqlite_odbc_binary_values_arrive_as_base64_keys() {
     binary_values_arrive_as_base64(Kind::Lite, "keys").await;
+}
+
+/// How the agent is stopped between the parts of a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Kill9,
+    Term,
+}
+
+/// The random workload of 3,000 changes, written in five parts by two sessions at once
+/// (their transactions commit out of `seq` order), with the agent stopped (`how`) and
+/// started again at each part: 0.3 s after an even part was written, and while an odd
+/// one is still being written, once the agent has published some of it. Whatever the
+/// moment, replaying the stream gives the tables and no message id repeats.
+pub async fn workload_survives_restarts(kind: Kind, capture: &str, how: Restart, seed: u64) {
+    let w = World::new();
+    let tag = format!("restart_{capture}_{how:?}").to_lowercase();
+    let db = Db::new(kind, &w, &tag);
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments", "clinics"], capture, ""));
+    install(&w, &cfg);
+    // Two writers, on keys of their own, each in five parts.
+    let parts: Vec<Vec<String>> = (0..2)
+        .map(|k| {
+            let all = workload(&db, seed * 10 + k, 1500);
+            let txs: Vec<&str> = all.split_inclusive("COMMIT;").collect();
+            txs.chunks(txs.len().div_ceil(5))
+                .map(|c| c.concat())
+                .collect()
+        })
+        .collect();
+    let mut agent = w.agent(&cfg);
+    for i in 0..5 {
+        let before = w.count().await;
+        let mut writers = Vec::new();
+        for p in &parts {
+            let mut s = db.session();
+            s.send(p.get(i).map_or("", String::as_str));
+            writers.push(s);
+        }
+        if i % 2 == 0 {
+            writers.drain(..).for_each(Session::finish);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        } else {
+            w.wait_count(before + 1, Duration::from_secs(30)).await;
+        }
+        match how {
+            Restart::Kill9 => agent.kill9(),
+            Restart::Term => assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w)),
+        }
+        agent = w.agent(&cfg);
+        writers.into_iter().for_each(Session::finish);
+    }
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    let expected = db.dump();
+    assert!(
+        expected.len() > 100,
+        "the workload left {} rows",
+        expected.len()
+    );
+    let got = replay(&msgs);
+    let mut diff = Vec::new();
+    for (k, v) in &expected {
+        match got.get(k) {
+            None => diff.push(format!("{k}: no event (the table has {v})")),
+            Some(g) if g != v => {
+                diff.push(format!("{k}: the stream ends on {g}, the table has {v}"))
+            }
+            _ => {}
+        }
+    }
+    for (k, g) in got.iter().filter(|(k, _)| !expected.contains_key(*k)) {
+        diff.push(format!("{k}: the stream ends on {g}, the row is deleted"));
+    }
+    assert!(
+        diff.is_empty(),
+        "{capture} ({how:?}, seed {seed}): replaying the stream differs from the tables at {} key(s):\n{}",
+        diff.len(),
+        diff.join("\n")
+    );
+}
+
+/// How many rounds the restart tests run (`LOCKSTEP_RESTART_ROUNDS`, default 2;
+/// `scripts/soak-keys-restarts N` sets N).
+fn restart_rounds() -> u64 {
+    std::env::var("LOCKSTEP_RESTART_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2)
+}
+
+async fn restarts_lose_nothing(kind: Kind, capture: &str, how: Restart) {
+    let first: u64 = std::env::var("LOCKSTEP_RESTART_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(21);
+    for round in 0..restart_rounds() {
+        workload_survives_restarts(kind, capture, how, first + round).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_keys_kill_9_restarts_lose_nothing() {
+    restarts_lose_nothing(Kind::Pg, "keys", Restart::Kill9).await;
+}
+
+#[tokio::test]
+async fn postgres_keys_sigterm_restarts_lose_nothing() {
+    restarts_lose_nothing(Kind::Pg, "keys", Restart::Term).await;
 }

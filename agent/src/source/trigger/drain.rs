@@ -79,15 +79,17 @@ pub trait CaptureDb: Send {
     /// Identifies this capture table (it changes when the table is dropped and made
     /// again, so that its restarted `seq`s do not repeat message ids).
     fn epoch(&self) -> &str;
-    /// In one snapshot: the rows with `seq > cursor` (at most `limit`) and the rows with
-    /// `seq <= cursor` that are not in `in_flight`, all in `seq` order.
+    /// In one snapshot, at most `limit` rows in `seq` order: first the rows with
+    /// `seq <= cursor` that are not in `in_flight` (late commits; see [`LateBatch`]),
+    /// then, once every late row of the snapshot is in `out`, rows with `seq > cursor`.
+    /// Returns true when rows were left for the next read (read again at once).
     fn read(
         &mut self,
         cursor: i64,
         in_flight: &HashSet<i64>,
         limit: usize,
         out: &mut Vec<ChangeRow>,
-    ) -> Result<(), DbError>;
+    ) -> Result<bool, DbError>;
     /// The current rows (as JSON objects) of the keys `pks` (JSON objects) of `table`;
     /// keys without a row are left out.
     fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError>;
@@ -105,6 +107,74 @@ pub trait CaptureDb: Send {
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
     /// Waits up to `timeout` for news of a change; true when woken by one.
     fn wait(&mut self, timeout: Duration) -> bool;
+}
+
+/// The late rows one read takes, found in a snapshot in bounded steps whatever their
+/// number (a batch job's transaction can commit a million capture rows below the
+/// cursor):
+///
+/// 1. `probe`: count the rows at or below the cursor, but at most `in_flight + 1` of
+///    them. Only when there are more than are in flight did a transaction commit late.
+/// 2. `sweep`: list the first `in_flight + limit` `seq`s at or below the cursor. Those
+///    not in flight are late; the first `limit` of them are read (by `seq`).
+/// 3. Rows above the cursor are read only when the sweep saw every late row of the
+///    snapshot (`all`). A newer change to a key is committed after the late one, so
+///    it is never read (and published) before it.
+///
+/// Memory per read is bounded by `limit` rows and `in_flight + limit` `seq`s.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LateBatch {
+    /// The late `seq`s to read, ascending, at most `limit`.
+    pub seqs: Vec<i64>,
+    /// Every late row of the snapshot is in `seqs`: rows above the cursor may follow.
+    pub all: bool,
+}
+
+impl LateBatch {
+    /// How many rows the probe counts at most.
+    pub fn probe_limit(in_flight: &HashSet<i64>) -> usize {
+        in_flight.len() + 1
+    }
+
+    /// Whether the probe's count says that rows committed late.
+    pub fn any(probed: usize, in_flight: &HashSet<i64>) -> bool {
+        probed > in_flight.len()
+    }
+
+    /// How many `seq`s the sweep lists at most.
+    pub fn sweep_limit(in_flight: &HashSet<i64>, limit: usize) -> usize {
+        in_flight.len() + limit
+    }
+
+    /// The batch from the sweep's `listed` `seq`s (ascending).
+    pub fn from_sweep(listed: &[i64], in_flight: &HashSet<i64>, limit: usize) -> LateBatch {
+        let mut late = listed.iter().filter(|s| !in_flight.contains(s));
+        let seqs: Vec<i64> = late.by_ref().take(limit).copied().collect();
+        let all = late.next().is_none() && listed.len() < Self::sweep_limit(in_flight, limit);
+        LateBatch { seqs, all }
+    }
+
+    /// None late: rows above the cursor may be read.
+    pub fn none() -> LateBatch {
+        LateBatch {
+            seqs: Vec::new(),
+            all: true,
+        }
+    }
+
+    /// How many rows above the cursor the read may take after the late ones.
+    pub fn fresh_limit(&self, limit: usize) -> usize {
+        if self.all {
+            limit.saturating_sub(self.seqs.len())
+        } else {
+            0
+        }
+    }
+
+    /// Whether rows were left for the next read, after `read` rows.
+    pub fn full(&self, read: usize, limit: usize) -> bool {
+        !self.all || read >= limit
+    }
 }
 
 /// Opens a connection (and reads the table definitions).
@@ -394,13 +464,15 @@ impl Drain {
         let mut rows = std::mem::take(&mut self.rows);
         rows.clear();
         let db = self.db.as_mut().expect("connected");
-        let r = db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows);
-        if let Err(e) = r {
-            self.rows = rows;
-            return Err(e);
-        }
+        let full = match db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows) {
+            Ok(full) => full,
+            Err(e) => {
+                self.rows = rows;
+                return Err(e);
+            }
+        };
         let fresh = rows.iter().filter(|r| r.seq > self.cursor).count();
-        self.backlog = fresh >= READ_ROWS;
+        self.backlog = full;
         // Caught up with what waited at the start: merge from the next read on (see
         // `pipeline::debounce`, "After a restart").
         let caught_up = !self.backlog;
@@ -850,6 +922,7 @@ impl Drain {
             }
             // The sink is behind (or the broker is away): delete what is acknowledged.
             self.apply_acks();
+            self.publish_status(false);
             if self.db.is_some() {
                 if let Err(e) = self.delete_acked() {
                     self.lost(e);
@@ -1029,6 +1102,38 @@ mod tests {
         assert!(e.contains("binary column `b`"), "{e}");
         let e = parse_image(&def(), "pk", "[1]").unwrap_err();
         assert!(e.starts_with("pk is not a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn late_batches_are_bounded_and_hold_back_newer_rows() {
+        let flying: HashSet<i64> = [2, 4, 6].into_iter().collect();
+        assert_eq!(LateBatch::probe_limit(&flying), 4);
+        assert!(!LateBatch::any(3, &flying));
+        assert!(LateBatch::any(4, &flying));
+        assert_eq!(LateBatch::sweep_limit(&flying, 3), 6);
+        // Every late row listed: newer rows may follow, up to the limit.
+        let b = LateBatch::from_sweep(&[1, 2, 4, 5, 6], &flying, 3);
+        assert_eq!(b.seqs, [1, 5]);
+        assert!(b.all);
+        assert_eq!(b.fresh_limit(3), 1);
+        assert!(!b.full(2, 3));
+        assert!(b.full(3, 3));
+        // More late rows than a read takes: the first `limit`, and nothing newer.
+        let b = LateBatch::from_sweep(&[1, 2, 3, 4, 5, 6], &flying, 3);
+        assert_eq!(b.seqs, [1, 3, 5]);
+        assert!(!b.all);
+        assert_eq!(b.fresh_limit(3), 0);
+        assert!(b.full(3, 3));
+        // Exactly `limit` late rows, but the sweep stopped at its limit: there may be more.
+        let b = LateBatch::from_sweep(&[1, 2, 3, 4, 5, 6], &flying, 3);
+        assert!(!b.all);
+        let b = LateBatch::from_sweep(&[1, 2, 3, 5], &HashSet::from([2]), 3);
+        assert_eq!(b.seqs, [1, 3, 5]);
+        assert!(!b.all, "the sweep was full: rows may lie beyond it");
+        let b = LateBatch::from_sweep(&[1, 2, 3], &HashSet::from([2]), 3);
+        assert!(b.all);
+        assert_eq!(b.fresh_limit(3), 1);
+        assert_eq!(LateBatch::none().fresh_limit(3), 3);
     }
 
     #[test]
