@@ -34,8 +34,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_formats::json::{encode_value, parse_object};
+use lockstep_formats::json::{encode_record, encode_value, parse_object};
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::ddl::{Capture, TableDef};
 use super::snapshot::{Snapshots, CHUNK_ROWS};
@@ -728,7 +729,7 @@ impl Drain {
                 Some(Ok(row)) => (Op::Update, Some(row)),
                 None => (Op::Delete, None),
             };
-            let position = self.position(g.last_seq);
+            let position = self.key_position(g.last_seq, op, after.as_ref());
             self.push(
                 g.table,
                 op,
@@ -752,6 +753,23 @@ impl Drain {
     /// The position of the change event whose (last) capture row is `seq`.
     fn position(&self, seq: i64) -> String {
         format!("{}.{seq}", self.epoch)
+    }
+
+    /// The position of a changed key's event (`capture = "keys"`): its last capture
+    /// row's, and a digest of what it carries (`pg16390.12131~5be0c1a2d3e4f607`).
+    ///
+    /// The row is read when the event is made, so the same capture rows read again
+    /// (after a crash or a stop before their delete) can carry a newer row than the
+    /// event already stored. With the bare `seq` its id would be the same and JetStream
+    /// would drop it as a repeat: the stream would keep the older row. With the digest
+    /// only a true repeat (the same op and row) has the same id.
+    fn key_position(&self, seq: i64, op: Op, after: Option<&Record>) -> String {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(op.code().as_bytes());
+        if let Some(row) = after {
+            encode_record(row, &mut buf);
+        }
+        format!("{}.{seq}~{:016x}", self.epoch, xxh3_64(&buf))
     }
 
     /// Makes an event, maps it and hands it to the debouncer; `rows` are the capture rows
