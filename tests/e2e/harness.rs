@@ -353,6 +353,14 @@ listen = "{admin}"
 
     /// Reads every message of the stream, in stream order.
     pub async fn messages(&self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        self.each_message(|m| out.push(m)).await;
+        out
+    }
+
+    /// Hands every message of the stream to `f`, in stream order, without keeping them
+    /// (for streams too big to hold).
+    pub async fn each_message(&self, mut f: impl FnMut(Msg)) {
         let js = self.js().await;
         let stream = js
             .get_stream(&self.stream)
@@ -366,9 +374,8 @@ listen = "{admin}"
             })
             .await
             .unwrap();
-        let mut out = Vec::with_capacity(total);
         let mut msgs = c.messages().await.unwrap();
-        while out.len() < total {
+        for _ in 0..total {
             let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
                 .await
                 .expect("stream read")
@@ -382,13 +389,12 @@ listen = "{admin}"
                 .unwrap_or_default();
             let json: serde_json::Value =
                 serde_json::from_slice(&m.payload).expect("payload is JSON");
-            out.push(Msg {
+            f(Msg {
                 subject: m.subject.to_string(),
                 id,
                 json,
             });
         }
-        out
     }
 }
 

@@ -8,7 +8,9 @@
 //! (the cursor) and every row it has read but not yet deleted (in flight); each read is
 //! one snapshot of the table that returns the rows above the cursor *and* any row at or
 //! below it that is not in flight — a late commit. Late rows are published as soon as
-//! they are seen, before the newer rows of the same read.
+//! they are seen, before the newer rows of the same read; they are read in bounded
+//! batches, and newer rows only once every late row of the snapshot is read
+//! ([`LateBatch`]).
 //!
 //! **Exactly once.** An event's position is the capture table's identity and the `seq`
 //! of its (last) row, so its `Nats-Msg-Id` is the same every time it is sent. Rows are
@@ -17,6 +19,9 @@
 //!
 //! **Keys mode.** Rows of the same key in one read become one event carrying the row as
 //! it is now (one read of the table per batch); a key whose row is gone becomes a delete.
+//! The position adds a digest of the op and row to the last `seq`
+//! (`Drain::key_position`), so rows read again with a changed row are not dropped as
+//! repeats.
 //!
 //! **Origin.** Rows written by a session that set lockstep's origin marker are deleted
 //! without being published.

@@ -417,7 +417,7 @@ impl CaptureDb for OdbcCapture {
                 let n = LateBatch::probe_limit(in_flight);
                 limited(
                     d,
-                    &format!("1 FROM {ct} WHERE seq <= {cursor}"),
+                    &format!("seq FROM {ct} WHERE seq <= {cursor}"),
                     "seq",
                     n,
                     &mut self.sql,
