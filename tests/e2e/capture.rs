@@ -1444,13 +1444,13 @@ pub async fn workload_survives_restarts(kind: Kind, capture: &str, how: Restart,
     );
 }
 
-/// How many rounds the restart tests run (`LOCKSTEP_RESTART_ROUNDS`, default 2;
+/// How many rounds the restart tests run (`LOCKSTEP_RESTART_ROUNDS`, default 3;
 /// `scripts/soak-keys-restarts N` sets N).
 fn restart_rounds() -> u64 {
     std::env::var("LOCKSTEP_RESTART_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(2)
+        .unwrap_or(3)
 }
 
 async fn restarts_lose_nothing(kind: Kind, capture: &str, how: Restart) {
