@@ -759,20 +759,16 @@ async fn a_long_transaction_of_late_rows_is_read_in_bounded_batches(kind: Kind) 
     db.sql("UPDATE appointments SET clinic = 'after' WHERE id <= 50;");
     let total = n + 100 + 5 + 50;
     let mut peak = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60 + n / 1000);
-    while w.count().await < total {
-        let flying = w.status()["sources"]["vista"]["rows_in_flight"]
-            .as_u64()
-            .unwrap_or(0);
-        peak = peak.max(flying);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {total} events arrived\n{}",
-            w.count().await,
-            agent_log(&w)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the late rows to be drained",
+        Duration::from_secs(60 + n / 1000),
+        || {
+            let flying = w.status()["sources"]["vista"]["rows_in_flight"].as_u64();
+            peak = peak.max(flying.unwrap_or(0));
+            capture_rows(&db) == 0
+        },
+    )
+    .await;
     drained(&db, &w).await;
     let hwm = agent.peak_rss_kib();
     eprintln!("{kind:?}: {n} late rows: peak rows in flight {peak}, agent peak RSS {hwm} KiB");
@@ -1343,9 +1339,10 @@ pub enum Restart {
 
 /// The random workload of 3,000 changes, written in five parts by two sessions at once
 /// (their transactions commit out of `seq` order), with the agent stopped (`how`) and
-/// started again at each part: 0.3 s after an even part was written, and while an odd
-/// one is still being written, once the agent has published some of it. Whatever the
-/// moment, replaying the stream gives the tables and no message id repeats.
+/// started again at each part: right after an even part was written, and while an odd
+/// one is still being written, once the agent has published some of it; once with the
+/// broker away at the start. Whatever the moment, replaying the stream gives the
+/// tables and no message id repeats.
 pub async fn workload_survives_restarts(kind: Kind, capture: &str, how: Restart, seed: u64) {
     let mut w = World::new();
     let tag = format!("restart_{capture}_{how:?}").to_lowercase();
@@ -1378,8 +1375,8 @@ pub async fn workload_survives_restarts(kind: Kind, capture: &str, how: Restart,
             writers.push(s);
         }
         if i % 2 == 0 {
+            // Right after the part: the agent is reading it.
             writers.drain(..).for_each(Session::finish);
-            tokio::time::sleep(Duration::from_millis(300)).await;
         } else {
             w.wait_count(before + 1, Duration::from_secs(30)).await;
         }

@@ -254,6 +254,8 @@ pub struct Drain {
     woken: bool,
     last_error: Option<String>,
     status_at: Instant,
+    /// What a keys-mode position's digest is taken over (reused).
+    digest_buf: Vec<u8>,
 }
 
 enum Fail {
@@ -298,6 +300,7 @@ impl Drain {
             woken: false,
             last_error: None,
             status_at: Instant::now(),
+            digest_buf: Vec::with_capacity(1024),
         }
     }
 
@@ -768,13 +771,14 @@ impl Drain {
     /// event already stored. With the bare `seq` its id would be the same and JetStream
     /// would drop it as a repeat: the stream would keep the older row. With the digest
     /// only a true repeat (the same op and row) has the same id.
-    fn key_position(&self, seq: i64, op: Op, after: Option<&Record>) -> String {
-        let mut buf = Vec::with_capacity(256);
+    fn key_position(&mut self, seq: i64, op: Op, after: Option<&Record>) -> String {
+        let buf = &mut self.digest_buf;
+        buf.clear();
         buf.extend_from_slice(op.code().as_bytes());
         if let Some(row) = after {
-            encode_record(row, &mut buf);
+            encode_record(row, buf);
         }
-        format!("{}.{seq}~{:016x}", self.epoch, xxh3_64(&buf))
+        format!("{}.{seq}~{:016x}", self.epoch, xxh3_64(buf))
     }
 
     /// Makes an event, maps it and hands it to the debouncer; `rows` are the capture rows
