@@ -436,6 +436,52 @@ pub fn workload(db: &Db, seed: u64, ops: usize) -> String {
     sql
 }
 
+/// A seeded random mix on `keys` hot keys of `appointments` (ids from
+/// `seed * 100,000 + 1`): each change inserts a key that is absent, or updates (7 in
+/// 10) or deletes one that is present, so each key sees many changes, deletes and
+/// re-inserts; in transactions of 1 to 8 statements.
+pub fn hot_workload(db: &Db, seed: u64, ops: usize, keys: u64) -> String {
+    let mut r = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        r = r
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (r >> 33) % n
+    };
+    let begin = if db.kind == Kind::Maria {
+        "START TRANSACTION;"
+    } else {
+        "BEGIN;"
+    };
+    let mut present = vec![false; keys as usize];
+    let mut sql = String::new();
+    let mut i = 0;
+    while i < ops {
+        sql.push_str(begin);
+        for _ in 0..=next(8) {
+            i += 1;
+            let k = next(keys);
+            let id = seed * 100_000 + 1 + k;
+            let v = next(1_000_000);
+            if !present[k as usize] {
+                present[k as usize] = true;
+                sql.push_str(&format!(
+                    "INSERT INTO appointments (id, clinic, note) VALUES ({id}, 'HOT', 'v{v}');"
+                ));
+            } else if next(10) < 7 {
+                sql.push_str(&format!(
+                    "UPDATE appointments SET note = 'v{v}' WHERE id = {id};"
+                ));
+            } else {
+                present[k as usize] = false;
+                sql.push_str(&format!("DELETE FROM appointments WHERE id = {id};"));
+            }
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    sql
+}
+
 pub fn install(w: &World, cfg: &std::path::Path) {
     let (code, out, err) = lockstep(&["triggers", "install", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
@@ -654,23 +700,154 @@ async fn a_late_commit_is_delivered(kind: Kind) {
 
 /// Waits until another session holds an uncommitted row in the capture table.
 pub async fn wait_for_open_insert(db: &Db) {
+    wait_for_open_tx(db, "VALUES (1, ''A'')", 1, Duration::from_secs(30)).await;
+}
+
+/// Waits until another session's transaction has written `rows` uncommitted capture
+/// rows and waits (on PostgreSQL: is idle in transaction after its statement containing
+/// `marker`, quoted for SQL).
+async fn wait_for_open_tx(db: &Db, marker: &str, rows: u64, within: Duration) {
     let sql = match db.kind {
-        Kind::Pg => "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%VALUES (1, ''A'')%';",
-        // A dirty read sees A's uncommitted capture row.
-        _ => "SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; SELECT count(*) FROM lockstep_changes;",
+        Kind::Pg => format!(
+            "SELECT CASE WHEN count(*) > 0 THEN {rows} ELSE 0 END FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%{marker}%';"
+        ),
+        // A dirty read sees the uncommitted capture rows.
+        _ => "SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; SELECT count(*) FROM lockstep_changes;".to_owned(),
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + within;
     loop {
-        let n = db.sql(sql);
-        if n.trim() == "1" {
+        let n = db.sql(&sql);
+        if n.trim().parse::<u64>().is_ok_and(|n| n >= rows) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the open transaction did not start: {n}"
+            "the open transaction did not write its rows: {n}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How many capture rows the long-transaction tests commit late
+/// (`LOCKSTEP_LATE_ROWS`; 20,000 by default, `scripts/soak-late-rows` sets 1,000,000).
+fn late_rows() -> u64 {
+    std::env::var("LOCKSTEP_LATE_ROWS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+}
+
+/// A batch job's long transaction writes `late_rows()` capture rows while short commits
+/// move the drain's cursor past them, then commits; newer changes to some of its keys
+/// follow at once. Every change arrives once, in per-key order, and the drain takes the
+/// late rows in bounded reads: never more rows in flight than its limit plus one read.
+async fn a_long_transaction_of_late_rows_is_read_in_bounded_batches(kind: Kind) {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(kind, &w, "longtx");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "rows", ""));
+    install(&w, &cfg);
+    let mut agent = w.agent(&cfg);
+    let n = late_rows();
+    let (begin, series) = match kind {
+        Kind::Pg => ("BEGIN;", format!("generate_series(1, {n}) g")),
+        _ => ("START TRANSACTION;", format!("seq_1_to_{n} g")),
+    };
+    let col = if kind == Kind::Pg { "g" } else { "g.seq" };
+    let mut long = db.session();
+    long.send(&format!(
+        "{begin} INSERT INTO appointments (id, clinic) SELECT {col}, 'long' FROM {series};
+         UPDATE appointments SET clinic = 'long2' WHERE id <= 100;"
+    ));
+    wait_for_open_tx(&db, "long2", n + 100, Duration::from_secs(600)).await;
+    // Short commits move the cursor past the long transaction's seqs.
+    for i in 1..=5 {
+        db.sql(&format!(
+            "INSERT INTO appointments (id, clinic) VALUES ({}, 'short');",
+            10_000_000 + i
+        ));
+    }
+    assert_eq!(w.wait_count(5, Duration::from_secs(30)).await, 5);
+    long.send("COMMIT;");
+    long.finish();
+    // Newer changes to keys of the long transaction: they must follow its rows.
+    db.sql("UPDATE appointments SET clinic = 'after' WHERE id <= 50;");
+    let total = n + 100 + 5 + 50;
+    let mut peak = 0;
+    wait_for(
+        "the late rows to be drained",
+        Duration::from_secs(60 + n / 1000),
+        || {
+            let flying = w.status()["sources"]["vista"]["rows_in_flight"].as_u64();
+            peak = peak.max(flying.unwrap_or(0));
+            capture_rows(&db) == 0
+        },
+    )
+    .await;
+    drained(&db, &w).await;
+    let hwm = agent.peak_rss_kib();
+    eprintln!("{kind:?}: {n} late rows: peak rows in flight {peak}, agent peak RSS {hwm} KiB");
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    // The drain reads while fewer than 16,384 rows are in flight, at most 2,048 a read.
+    assert!(
+        peak <= 16_384 + 2_048,
+        "{peak} capture rows in flight at once: late rows were read without a bound"
+    );
+    let largest = agent_log(&w)
+        .lines()
+        .filter_map(|l| {
+            let (n, _) = l.split_once(" row(s) committed late")?;
+            n.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .max();
+    assert!(
+        largest.is_some_and(|l| l <= 2_048),
+        "late rows in one read: {largest:?} (at most 2,048)"
+    );
+    // Each key's changes, once each and in commit order (kept small: the heavy run
+    // has a million keys).
+    let mut first100: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    let mut longs = vec![0u8; n as usize + 1];
+    let mut others = Vec::new();
+    let mut seen = 0u64;
+    w.each_message(|m| {
+        seen += 1;
+        let id = m.json["key"]["id"].as_i64().unwrap_or(0);
+        let clinic = m.json["after"]["clinic"].as_str().unwrap_or("?").to_owned();
+        match id {
+            1..=100 => first100.entry(id).or_default().push(clinic),
+            _ if id > 0 && (id as u64) <= n && clinic == "long" => longs[id as usize] += 1,
+            _ => others.push((id, clinic)),
+        }
+    })
+    .await;
+    assert_eq!(seen, total);
+    for (id, got) in first100 {
+        let want: &[&str] = if id <= 50 {
+            &["long", "long2", "after"]
+        } else {
+            &["long", "long2"]
+        };
+        assert_eq!(got, want, "key {id}: its changes in commit order");
+    }
+    let wrong = (101..=n as usize).filter(|&i| longs[i] != 1).count();
+    assert_eq!(wrong, 0, "keys above 100 without exactly one event");
+    others.sort();
+    let short: Vec<(i64, String)> = (1..=5)
+        .map(|i| (10_000_000 + i, "short".to_owned()))
+        .collect();
+    assert_eq!(others, short);
+}
+
+#[tokio::test]
+async fn postgres_a_long_transaction_of_late_rows_is_read_in_bounded_batches() {
+    a_long_transaction_of_late_rows_is_read_in_bounded_batches(Kind::Pg).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_a_long_transaction_of_late_rows_is_read_in_bounded_batches() {
+    a_long_transaction_of_late_rows_is_read_in_bounded_batches(Kind::Maria).await;
 }
 
 #[tokio::test]
@@ -1167,4 +1344,160 @@ async fn mariadb_odbc_binary_values_arrive_as_base64_rows() {
 #[tokio::test]
 async fn sqlite_odbc_binary_values_arrive_as_base64_keys() {
     binary_values_arrive_as_base64(Kind::Lite, "keys").await;
+}
+
+/// How the agent is stopped between the parts of a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Kill9,
+    Term,
+}
+
+/// The random workload of 3,000 changes, written in five parts by two sessions at once
+/// (their transactions commit out of `seq` order), with the agent stopped (`how`) and
+/// started again at each part: right after an even part was written, and while an odd
+/// one is still being written, once the agent has published some of it; once with the
+/// broker away at the start. Whatever the moment, replaying the stream gives the
+/// tables and no message id repeats.
+pub async fn workload_survives_restarts(kind: Kind, capture: &str, how: Restart, seed: u64) {
+    let mut w = World::new();
+    let tag = format!("restart_{capture}_{how:?}").to_lowercase();
+    let db = Db::new(kind, &w, &tag);
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments", "clinics"], capture, ""));
+    install(&w, &cfg);
+    // Two writers, on keys of their own, each in five parts: the mixed workload, and
+    // one on 200 hot keys.
+    let parts: Vec<Vec<String>> = (0..2)
+        .map(|k| {
+            let all = if k == 0 {
+                workload(&db, seed * 10 + k, 1500)
+            } else {
+                hot_workload(&db, seed * 10 + k, 1500, 200)
+            };
+            let txs: Vec<&str> = all.split_inclusive("COMMIT;").collect();
+            txs.chunks(txs.len().div_ceil(5))
+                .map(|c| c.concat())
+                .collect()
+        })
+        .collect();
+    let mut agent = w.agent(&cfg);
+    for i in 0..5 {
+        let before = w.count().await;
+        let mut writers = Vec::new();
+        for p in &parts {
+            let mut s = db.session();
+            s.send(p.get(i).map_or("", String::as_str));
+            writers.push(s);
+        }
+        if i % 2 == 0 {
+            // Right after the part: the agent is reading it.
+            writers.drain(..).for_each(|s| {
+                // The truth is read back from the tables: a writer stopped by a
+                // conflict with the other one only means fewer changes.
+                s.finish();
+            });
+        } else {
+            w.wait_count(before + 1, Duration::from_secs(30)).await;
+        }
+        match how {
+            Restart::Kill9 => agent.kill9(),
+            Restart::Term => assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w)),
+        }
+        if i == 2 {
+            // Once with the broker away at the start: the drain's first events go to the
+            // spool, and the capture rows are deleted before anything reaches the stream.
+            w.nats.kill();
+            agent = w.agent(&cfg);
+            db.sql("INSERT INTO clinics VALUES ('SPOOLED', 1, NULL);");
+            wait_for("the spool to take events", Duration::from_secs(30), || {
+                w.spool_waiting(&cfg) > 0
+            })
+            .await;
+            w.nats.restart();
+        } else {
+            agent = w.agent(&cfg);
+        }
+        writers.into_iter().for_each(|s| {
+            s.finish();
+        });
+    }
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    if capture == "keys" {
+        // `<capture table>.<last seq>~<digest of the op and row>`: a row read again
+        // that changed since is not taken for a repeat.
+        for m in &msgs {
+            let p = m.json["source"]["position"].as_str().unwrap_or_default();
+            let digest = p.rsplit_once('~').map_or("", |(_, d)| d);
+            assert_eq!(digest.len(), 16, "position {p}");
+        }
+    }
+    let expected = db.dump();
+    assert!(
+        expected.len() > 100,
+        "the workload left {} rows",
+        expected.len()
+    );
+    let got = replay(&msgs);
+    let mut diff = Vec::new();
+    for (k, v) in &expected {
+        match got.get(k) {
+            None => diff.push(format!("{k}: no event (the table has {v})")),
+            Some(g) if g != v => {
+                diff.push(format!("{k}: the stream ends on {g}, the table has {v}"))
+            }
+            _ => {}
+        }
+    }
+    for (k, g) in got.iter().filter(|(k, _)| !expected.contains_key(*k)) {
+        diff.push(format!("{k}: the stream ends on {g}, the row is deleted"));
+    }
+    assert!(
+        diff.is_empty(),
+        "{capture} ({how:?}, seed {seed}): replaying the stream differs from the tables at {} key(s):\n{}",
+        diff.len(),
+        diff.join("\n")
+    );
+}
+
+/// How many rounds the restart tests run (`LOCKSTEP_RESTART_ROUNDS`, default 3;
+/// `scripts/soak-keys-restarts N` sets N).
+fn restart_rounds() -> u64 {
+    std::env::var("LOCKSTEP_RESTART_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
+
+async fn restarts_lose_nothing(kind: Kind, capture: &str, how: Restart) {
+    let first: u64 = std::env::var("LOCKSTEP_RESTART_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(21);
+    for round in 0..restart_rounds() {
+        workload_survives_restarts(kind, capture, how, first + round).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_keys_kill_9_restarts_lose_nothing() {
+    restarts_lose_nothing(Kind::Pg, "keys", Restart::Kill9).await;
+}
+
+#[tokio::test]
+async fn postgres_keys_sigterm_restarts_lose_nothing() {
+    restarts_lose_nothing(Kind::Pg, "keys", Restart::Term).await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_keys_kill_9_restarts_lose_nothing() {
+    restarts_lose_nothing(Kind::Maria, "keys", Restart::Kill9).await;
+}
+
+#[tokio::test]
+async fn sqlite_odbc_keys_kill_9_restarts_lose_nothing() {
+    restarts_lose_nothing(Kind::Lite, "keys", Restart::Kill9).await;
 }

@@ -408,6 +408,14 @@ listen = "{admin}"
 
     /// Reads every message of the stream, in stream order.
     pub async fn messages(&self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        self.each_message(|m| out.push(m)).await;
+        out
+    }
+
+    /// Hands every message of the stream to `f`, in stream order, without keeping them
+    /// (for streams too big to hold).
+    pub async fn each_message(&self, mut f: impl FnMut(Msg)) {
         let js = self.js().await;
         let stream = js
             .get_stream(&self.stream)
@@ -421,9 +429,8 @@ listen = "{admin}"
             })
             .await
             .unwrap();
-        let mut out = Vec::with_capacity(total);
         let mut msgs = c.messages().await.unwrap();
-        while out.len() < total {
+        for _ in 0..total {
             let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
                 .await
                 .expect("stream read")
@@ -437,13 +444,12 @@ listen = "{admin}"
                 .unwrap_or_default();
             let json: serde_json::Value =
                 serde_json::from_slice(&m.payload).expect("payload is JSON");
-            out.push(Msg {
+            f(Msg {
                 subject: m.subject.to_string(),
                 id,
                 json,
             });
         }
-        out
     }
 }
 
@@ -533,6 +539,23 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The agent's peak resident memory so far (VmHWM, KiB; 0 when it cannot be read).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let Some(c) = &self.child else { return 0 };
+        std::fs::read_to_string(format!("/proc/{}/status", c.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmHWM:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
     }
 
     /// SIGKILL: no chance to flush anything.

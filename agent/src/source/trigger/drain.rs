@@ -8,7 +8,9 @@
 //! (the cursor) and every row it has read but not yet deleted (in flight); each read is
 //! one snapshot of the table that returns the rows above the cursor *and* any row at or
 //! below it that is not in flight — a late commit. Late rows are published as soon as
-//! they are seen, before the newer rows of the same read.
+//! they are seen, before the newer rows of the same read; they are read in bounded
+//! batches, and newer rows only once every late row of the snapshot is read
+//! ([`LateBatch`]).
 //!
 //! **Exactly once.** An event's position is the capture table's identity and the `seq`
 //! of its (last) row, so its `Nats-Msg-Id` is the same every time it is sent. Rows are
@@ -17,6 +19,9 @@
 //!
 //! **Keys mode.** Rows of the same key in one read become one event carrying the row as
 //! it is now (one read of the table per batch); a key whose row is gone becomes a delete.
+//! The position adds a digest of the op and row to the last `seq`
+//! (`Drain::key_position`), so rows read again with a changed row are not dropped as
+//! repeats.
 //!
 //! **Origin.** Rows written by a session that set lockstep's origin marker are deleted
 //! without being published.
@@ -34,8 +39,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_formats::json::{encode_value, parse_object};
+use lockstep_formats::json::{encode_record, encode_value, parse_object};
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::ddl::{Capture, TableDef};
 use super::snapshot::{Snapshots, CHUNK_ROWS};
@@ -79,15 +85,17 @@ pub trait CaptureDb: Send {
     /// Identifies this capture table (it changes when the table is dropped and made
     /// again, so that its restarted `seq`s do not repeat message ids).
     fn epoch(&self) -> &str;
-    /// In one snapshot: the rows with `seq > cursor` (at most `limit`) and the rows with
-    /// `seq <= cursor` that are not in `in_flight`, all in `seq` order.
+    /// In one snapshot, at most `limit` rows in `seq` order: first the rows with
+    /// `seq <= cursor` that are not in `in_flight` (late commits; see [`LateBatch`]),
+    /// then, once every late row of the snapshot is in `out`, rows with `seq > cursor`.
+    /// Returns true when rows were left for the next read (read again at once).
     fn read(
         &mut self,
         cursor: i64,
         in_flight: &HashSet<i64>,
         limit: usize,
         out: &mut Vec<ChangeRow>,
-    ) -> Result<(), DbError>;
+    ) -> Result<bool, DbError>;
     /// The current rows (as JSON objects) of the keys `pks` (JSON objects) of `table`;
     /// keys without a row are left out.
     fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError>;
@@ -106,6 +114,74 @@ pub trait CaptureDb: Send {
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
     /// Waits up to `timeout` for news of a change; true when woken by one.
     fn wait(&mut self, timeout: Duration) -> bool;
+}
+
+/// The late rows one read takes, found in a snapshot in bounded steps whatever their
+/// number (a batch job's transaction can commit a million capture rows below the
+/// cursor):
+///
+/// 1. `probe`: count the rows at or below the cursor, but at most `in_flight + 1` of
+///    them. Only when there are more than are in flight did a transaction commit late.
+/// 2. `sweep`: list the first `in_flight + limit` `seq`s at or below the cursor. Those
+///    not in flight are late; the first `limit` of them are read (by `seq`).
+/// 3. Rows above the cursor are read only when the sweep saw every late row of the
+///    snapshot (`all`). A newer change to a key is committed after the late one, so
+///    it is never read (and published) before it.
+///
+/// Memory per read is bounded by `limit` rows and `in_flight + limit` `seq`s.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LateBatch {
+    /// The late `seq`s to read, ascending, at most `limit`.
+    pub seqs: Vec<i64>,
+    /// Every late row of the snapshot is in `seqs`: rows above the cursor may follow.
+    pub all: bool,
+}
+
+impl LateBatch {
+    /// How many rows the probe counts at most.
+    pub fn probe_limit(in_flight: &HashSet<i64>) -> usize {
+        in_flight.len() + 1
+    }
+
+    /// Whether the probe's count says that rows committed late.
+    pub fn any(probed: usize, in_flight: &HashSet<i64>) -> bool {
+        probed > in_flight.len()
+    }
+
+    /// How many `seq`s the sweep lists at most.
+    pub fn sweep_limit(in_flight: &HashSet<i64>, limit: usize) -> usize {
+        in_flight.len() + limit
+    }
+
+    /// The batch from the sweep's `listed` `seq`s (ascending).
+    pub fn from_sweep(listed: &[i64], in_flight: &HashSet<i64>, limit: usize) -> LateBatch {
+        let mut late = listed.iter().filter(|s| !in_flight.contains(s));
+        let seqs: Vec<i64> = late.by_ref().take(limit).copied().collect();
+        let all = late.next().is_none() && listed.len() < Self::sweep_limit(in_flight, limit);
+        LateBatch { seqs, all }
+    }
+
+    /// None late: rows above the cursor may be read.
+    pub fn none() -> LateBatch {
+        LateBatch {
+            seqs: Vec::new(),
+            all: true,
+        }
+    }
+
+    /// How many rows above the cursor the read may take after the late ones.
+    pub fn fresh_limit(&self, limit: usize) -> usize {
+        if self.all {
+            limit.saturating_sub(self.seqs.len())
+        } else {
+            0
+        }
+    }
+
+    /// Whether rows were left for the next read, after `read` rows.
+    pub fn full(&self, read: usize, limit: usize) -> bool {
+        !self.all || read >= limit
+    }
 }
 
 /// Opens a connection (and reads the table definitions).
@@ -188,6 +264,8 @@ pub struct Drain {
     woken: bool,
     last_error: Option<String>,
     status_at: Instant,
+    /// What a keys-mode position's digest is taken over (reused).
+    digest_buf: Vec<u8>,
 }
 
 enum Fail {
@@ -233,6 +311,7 @@ impl Drain {
             woken: false,
             last_error: None,
             status_at: Instant::now(),
+            digest_buf: Vec::with_capacity(1024),
         }
     }
 
@@ -414,12 +493,15 @@ impl Drain {
             Some(db) => db.read(self.cursor, &self.in_flight, READ_ROWS, &mut rows),
             None => Err(not_connected(&self.name)),
         };
-        if let Err(e) = r {
-            self.rows = rows;
-            return Err(e);
-        }
+        let full = match r {
+            Ok(full) => full,
+            Err(e) => {
+                self.rows = rows;
+                return Err(e);
+            }
+        };
         let fresh = rows.iter().filter(|r| r.seq > self.cursor).count();
-        self.backlog = fresh >= READ_ROWS;
+        self.backlog = full;
         // Caught up with what waited at the start: merge from the next read on (see
         // `pipeline::debounce`, "After a restart").
         let caught_up = !self.backlog;
@@ -684,7 +766,7 @@ impl Drain {
                 Some(Ok(row)) => (Op::Update, Some(row)),
                 None => (Op::Delete, None),
             };
-            let position = self.position(g.last_seq);
+            let position = self.key_position(g.last_seq, op, after.as_ref());
             self.push(
                 g.table,
                 op,
@@ -708,6 +790,24 @@ impl Drain {
     /// The position of the change event whose (last) capture row is `seq`.
     fn position(&self, seq: i64) -> String {
         format!("{}.{seq}", self.epoch)
+    }
+
+    /// The position of a changed key's event (`capture = "keys"`): its last capture
+    /// row's, and a digest of what it carries (`pg16390.12131~5be0c1a2d3e4f607`).
+    ///
+    /// The row is read when the event is made, so the same capture rows read again
+    /// (after a crash or a stop before their delete) can carry a newer row than the
+    /// event already stored. With the bare `seq` its id would be the same and JetStream
+    /// would drop it as a repeat: the stream would keep the older row. With the digest
+    /// only a true repeat (the same op and row) has the same id.
+    fn key_position(&mut self, seq: i64, op: Op, after: Option<&Record>) -> String {
+        let buf = &mut self.digest_buf;
+        buf.clear();
+        buf.extend_from_slice(op.code().as_bytes());
+        if let Some(row) = after {
+            encode_record(row, buf);
+        }
+        format!("{}.{seq}~{:016x}", self.epoch, xxh3_64(buf))
     }
 
     /// Makes an event, maps it and hands it to the debouncer; `rows` are the capture rows
@@ -878,6 +978,7 @@ impl Drain {
             }
             // The sink is behind (or the broker is away): delete what is acknowledged.
             self.apply_acks();
+            self.publish_status(false);
             if self.db.is_some() {
                 if let Err(e) = self.delete_acked() {
                     self.lost(e);
@@ -1063,6 +1164,38 @@ mod tests {
         assert!(e.contains("binary column `b`"), "{e}");
         let e = parse_image(&def(), "pk", "[1]").unwrap_err();
         assert!(e.starts_with("pk is not a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn late_batches_are_bounded_and_hold_back_newer_rows() {
+        let flying: HashSet<i64> = [2, 4, 6].into_iter().collect();
+        assert_eq!(LateBatch::probe_limit(&flying), 4);
+        assert!(!LateBatch::any(3, &flying));
+        assert!(LateBatch::any(4, &flying));
+        assert_eq!(LateBatch::sweep_limit(&flying, 3), 6);
+        // Every late row listed: newer rows may follow, up to the limit.
+        let b = LateBatch::from_sweep(&[1, 2, 4, 5, 6], &flying, 3);
+        assert_eq!(b.seqs, [1, 5]);
+        assert!(b.all);
+        assert_eq!(b.fresh_limit(3), 1);
+        assert!(!b.full(2, 3));
+        assert!(b.full(3, 3));
+        // More late rows than a read takes: the first `limit`, and nothing newer.
+        let b = LateBatch::from_sweep(&[1, 2, 3, 4, 5, 6], &flying, 3);
+        assert_eq!(b.seqs, [1, 3, 5]);
+        assert!(!b.all);
+        assert_eq!(b.fresh_limit(3), 0);
+        assert!(b.full(3, 3));
+        // Exactly `limit` late rows, but the sweep stopped at its limit: there may be more.
+        let b = LateBatch::from_sweep(&[1, 2, 3, 4, 5, 6], &flying, 3);
+        assert!(!b.all);
+        let b = LateBatch::from_sweep(&[1, 2, 3, 5], &HashSet::from([2]), 3);
+        assert_eq!(b.seqs, [1, 3, 5]);
+        assert!(!b.all, "the sweep was full: rows may lie beyond it");
+        let b = LateBatch::from_sweep(&[1, 2, 3], &HashSet::from([2]), 3);
+        assert!(b.all);
+        assert_eq!(b.fresh_limit(3), 1);
+        assert_eq!(LateBatch::none().fresh_limit(3), 3);
     }
 
     #[test]

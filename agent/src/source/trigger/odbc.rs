@@ -11,7 +11,7 @@ use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 
 use super::conn_string::ConnString;
 use super::ddl::{json_object, own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{parse_image, CaptureDb, ChangeRow, DbError};
+use super::drain::{parse_image, CaptureDb, ChangeRow, DbError, LateBatch};
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
 const IN_LIST: usize = 200;
@@ -491,6 +491,15 @@ impl OdbcCapture {
             c.execute("SET time_zone = '+00:00'", (), None)
                 .map_err(odbc_err("set the session time zone to UTC"))?;
         }
+        if dialect == Dialect::MariaDb {
+            // One snapshot per read whatever the server's default (see `LateBatch`).
+            c.execute(
+                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                (),
+                None,
+            )
+            .map_err(odbc_err("set the isolation level of reads"))?;
+        }
         c.set_autocommit(false)
             .map_err(odbc_err("turn autocommit off"))?;
         Ok(OdbcCapture {
@@ -511,6 +520,28 @@ impl OdbcCapture {
             .position(|t| t.name == table.name)
             .and_then(|i| self.key_types.get(i).cloned())
             .unwrap_or_else(|| vec![KeyType::Plain; table.key.len()])
+    }
+
+    /// Runs a `SELECT` of capture rows and appends them to `out`.
+    fn change_rows(&self, sql: &str, out: &mut Vec<ChangeRow>) -> Result<(), DbError> {
+        for r in query(&self.conn, sql, "read the capture table")? {
+            let mut c = r.into_iter();
+            let mut next = || c.next().flatten();
+            let seq = next()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| DbError("the capture table returned a row without a seq".into()))?;
+            out.push(ChangeRow {
+                seq,
+                table: next().unwrap_or_default(),
+                op: next().unwrap_or_default().trim().to_owned(),
+                pk: next().unwrap_or_default(),
+                before: next(),
+                after: next(),
+                changed_ms: next().and_then(|s| s.trim().parse().ok()),
+                origin: next(),
+            });
+        }
+        Ok(())
     }
 
     fn finish(&self, r: Result<(), DbError>) -> Result<(), DbError> {
@@ -599,73 +630,83 @@ impl CaptureDb for OdbcCapture {
         in_flight: &HashSet<i64>,
         limit: usize,
         out: &mut Vec<ChangeRow>,
-    ) -> Result<(), DbError> {
+    ) -> Result<bool, DbError> {
         let d = self.dialect;
         let ct = d.ident(CAPTURE_TABLE);
-        let own = &self.own;
+        let own = self.own.clone();
         let what = "read the capture table";
+        let mut full = false;
         let r = (|| {
-            // Rows at or below the cursor are the ones in flight, unless a transaction
-            // committed late: count first, list only when the count says so.
-            let below: usize = if cursor > 0 {
-                query(
+            // Bounded, in one transaction: see `LateBatch`.
+            let mut batch = LateBatch::none();
+            if cursor > 0 {
+                let n = LateBatch::probe_limit(in_flight);
+                limited(
+                    d,
+                    &format!("seq FROM {ct} WHERE seq <= {cursor} AND {own}"),
+                    "seq",
+                    n,
+                    &mut self.sql,
+                );
+                let probed: usize = query(
                     &self.conn,
-                    &format!("SELECT count(*) FROM {ct} WHERE seq <= {cursor} AND {own}"),
+                    &format!("SELECT count(*) FROM ({}) s", self.sql),
                     what,
                 )?
                 .first()
                 .and_then(|r| r.first().cloned().flatten())
                 .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0)
-            } else {
-                0
-            };
-            let late: Vec<i64> = if below > in_flight.len() {
-                query(
-                    &self.conn,
-                    &format!("SELECT seq FROM {ct} WHERE seq <= {cursor} AND {own} ORDER BY seq"),
-                    what,
-                )?
-                .into_iter()
-                .filter_map(|r| r.into_iter().next().flatten()?.trim().parse().ok())
-                .filter(|s| !in_flight.contains(s))
-                .collect()
-            } else {
-                Vec::new()
-            };
-            let n = limit + late.len();
-            let mut body = format!(
-                "seq, tbl, op, pk, {}, {}, {}, origin FROM {ct} WHERE {own} AND (seq > {cursor}",
+                .unwrap_or(0);
+                if LateBatch::any(probed, in_flight) {
+                    let n = LateBatch::sweep_limit(in_flight, limit);
+                    limited(
+                        d,
+                        &format!("seq FROM {ct} WHERE seq <= {cursor} AND {own}"),
+                        "seq",
+                        n,
+                        &mut self.sql,
+                    );
+                    let listed: Vec<i64> = query(&self.conn, &self.sql, what)?
+                        .into_iter()
+                        .filter_map(|r| r.into_iter().next().flatten()?.trim().parse().ok())
+                        .collect();
+                    batch = LateBatch::from_sweep(&listed, in_flight, limit);
+                }
+            }
+            let columns = format!(
+                "seq, tbl, op, pk, {}, {}, {}, origin FROM {ct}",
                 d.ident("before"),
                 d.ident("after"),
                 changed_ms(d)
             );
-            if !late.is_empty() {
-                let list: Vec<String> = late.iter().map(|s| s.to_string()).collect();
-                body.push_str(&format!(" OR seq IN ({})", list.join(", ")));
+            let before = out.len();
+            for chunk in batch.seqs.chunks(IN_LIST) {
+                let list: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
+                let sql = format!(
+                    "SELECT {columns} WHERE seq IN ({}) AND {own} ORDER BY seq",
+                    list.join(", ")
+                );
+                self.change_rows(&sql, out)?;
             }
-            body.push(')');
-            limited(d, &body, "seq", n, &mut self.sql);
-            for r in query(&self.conn, &self.sql, what)? {
-                let mut c = r.into_iter();
-                let mut next = || c.next().flatten();
-                let seq = next().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
-                    DbError("the capture table returned a row without a seq".into())
-                })?;
-                out.push(ChangeRow {
-                    seq,
-                    table: next().unwrap_or_default(),
-                    op: next().unwrap_or_default().trim().to_owned(),
-                    pk: next().unwrap_or_default(),
-                    before: next(),
-                    after: next(),
-                    changed_ms: next().and_then(|s| s.trim().parse().ok()),
-                    origin: next(),
-                });
+            let n = batch.fresh_limit(limit);
+            if n > 0 {
+                limited(
+                    d,
+                    &format!("{columns} WHERE seq > {cursor} AND {own}"),
+                    "seq",
+                    n,
+                    &mut self.sql,
+                );
+                let sql = std::mem::take(&mut self.sql);
+                let r = self.change_rows(&sql, out);
+                self.sql = sql;
+                r?;
             }
+            full = batch.full(out.len() - before, limit);
             Ok(())
         })();
-        self.finish(r)
+        self.finish(r)?;
+        Ok(full)
     }
 
     fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError> {

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
 
 use super::ddl::{own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{CaptureDb, ChangeRow, DbError};
+use super::drain::{CaptureDb, ChangeRow, DbError, LateBatch};
 
 #[derive(Debug, Error)]
 pub enum PgError {
@@ -224,10 +224,10 @@ pub struct PgCapture {
     wake: Arc<Notify>,
     tables: Vec<TableDef>,
     epoch: String,
-    count: tokio_postgres::Statement,
+    probe: tokio_postgres::Statement,
     sweep: tokio_postgres::Statement,
     fresh: tokio_postgres::Statement,
-    fresh_late: tokio_postgres::Statement,
+    late: tokio_postgres::Statement,
     delete: tokio_postgres::Statement,
     /// Statements per table: reading current rows, snapshot chunks, counting.
     per_table: HashMap<(String, &'static str), tokio_postgres::Statement>,
@@ -273,15 +273,16 @@ impl PgCapture {
         let ct = Dialect::Postgres.ident(CAPTURE_TABLE);
         // Only this source's rows: other sources may share the capture table.
         let own = own_rows(Dialect::Postgres, tables);
-        let count = client
+        // Bounded: see `LateBatch`.
+        let probe = client
             .prepare(&format!(
-                "SELECT count(*) FROM {ct} WHERE seq <= $1 AND {own}"
+                "SELECT count(*) FROM (SELECT 1 FROM {ct} WHERE seq <= $1 AND {own} ORDER BY seq LIMIT $2) s"
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
         let sweep = client
             .prepare(&format!(
-                "SELECT seq FROM {ct} WHERE seq <= $1 AND {own} ORDER BY seq"
+                "SELECT seq FROM {ct} WHERE seq <= $1 AND {own} ORDER BY seq LIMIT $2"
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
@@ -293,9 +294,9 @@ impl PgCapture {
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
-        let fresh_late = client
+        let late = client
             .prepare(&format!(
-                "SELECT {columns} FROM {ct} WHERE (seq > $1 OR seq = ANY($2)) AND {own} ORDER BY seq LIMIT $3"
+                "SELECT {columns} FROM {ct} WHERE seq = ANY($1) AND {own} ORDER BY seq"
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
@@ -309,10 +310,10 @@ impl PgCapture {
             wake,
             tables: defs,
             epoch: format!("pg{oid}"),
-            count,
+            probe,
             sweep,
             fresh,
-            fresh_late,
+            late,
             delete,
             per_table: HashMap::new(),
         })
@@ -367,9 +368,9 @@ impl CaptureDb for PgCapture {
         in_flight: &HashSet<i64>,
         limit: usize,
         out: &mut Vec<ChangeRow>,
-    ) -> Result<(), DbError> {
-        let (client, count, sweep) = (&mut self.client, &self.count, &self.sweep);
-        let (fresh, fresh_late) = (&self.fresh, &self.fresh_late);
+    ) -> Result<bool, DbError> {
+        let (client, probe, sweep) = (&mut self.client, &self.probe, &self.sweep);
+        let (fresh, late) = (&self.fresh, &self.late);
         self.rt.block_on(async {
             let what = "read the capture table";
             let tx = client
@@ -379,36 +380,41 @@ impl CaptureDb for PgCapture {
                 .start()
                 .await
                 .map_err(db_err(what))?;
-            // Rows at or below the cursor are the ones in flight, unless a transaction
-            // committed late: count first, list only when the count says so.
-            let below: i64 = if cursor > 0 {
-                tx.query_one(count, &[&cursor])
+            let mut batch = LateBatch::none();
+            if cursor > 0 {
+                let n = LateBatch::probe_limit(in_flight) as i64;
+                let probed: i64 = tx
+                    .query_one(probe, &[&cursor, &n])
                     .await
                     .map_err(db_err(what))?
-                    .get(0)
-            } else {
-                0
-            };
-            let late: Vec<i64> = if below as usize > in_flight.len() {
-                tx.query(sweep, &[&cursor])
-                    .await
-                    .map_err(db_err(what))?
-                    .iter()
-                    .map(|r| r.get::<_, i64>(0))
-                    .filter(|s| !in_flight.contains(s))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let n = (limit + late.len()) as i64;
-            // Without late rows, a plain range: the index scan starts at the cursor
-            // instead of walking the deleted rows below it.
-            let rows = if late.is_empty() {
-                tx.query(fresh, &[&cursor, &n]).await
-            } else {
-                tx.query(fresh_late, &[&cursor, &late, &n]).await
+                    .get(0);
+                if LateBatch::any(probed as usize, in_flight) {
+                    let n = LateBatch::sweep_limit(in_flight, limit) as i64;
+                    let listed: Vec<i64> = tx
+                        .query(sweep, &[&cursor, &n])
+                        .await
+                        .map_err(db_err(what))?
+                        .iter()
+                        .map(|r| r.get::<_, i64>(0))
+                        .collect();
+                    batch = LateBatch::from_sweep(&listed, in_flight, limit);
+                }
             }
-            .map_err(db_err(what))?;
+            let mut rows = if batch.seqs.is_empty() {
+                Vec::new()
+            } else {
+                tx.query(late, &[&batch.seqs]).await.map_err(db_err(what))?
+            };
+            let n = batch.fresh_limit(limit) as i64;
+            if n > 0 {
+                // A plain range: the index scan starts at the cursor instead of walking
+                // the deleted rows below it.
+                rows.extend(
+                    tx.query(fresh, &[&cursor, &n])
+                        .await
+                        .map_err(db_err(what))?,
+                );
+            }
             tx.commit().await.map_err(db_err(what))?;
             out.extend(rows.iter().map(|r| ChangeRow {
                 seq: r.get(0),
@@ -420,7 +426,7 @@ impl CaptureDb for PgCapture {
                 changed_ms: r.get(6),
                 origin: r.get(7),
             }));
-            Ok(())
+            Ok(batch.full(rows.len(), limit))
         })
     }
 

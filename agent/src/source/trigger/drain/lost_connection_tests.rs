@@ -39,7 +39,7 @@ impl CaptureDb for FakeDb {
         _: &HashSet<i64>,
         _: usize,
         out: &mut Vec<ChangeRow>,
-    ) -> Result<(), DbError> {
+    ) -> Result<bool, DbError> {
         if cursor == 0 {
             out.push(ChangeRow {
                 seq: 1,
@@ -52,7 +52,7 @@ impl CaptureDb for FakeDb {
                 origin: None,
             });
         }
-        Ok(())
+        Ok(false)
     }
     fn current(&mut self, _: &TableDef, _: &[&str]) -> Result<Vec<String>, DbError> {
         Ok(Vec::new())
