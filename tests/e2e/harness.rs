@@ -183,10 +183,17 @@ impl World {
 
     /// Writes a config with one tail source (`source_extra` is added to it) and returns its path.
     pub fn config(&self, source_extra: &str) -> PathBuf {
+        self.config_paths(
+            &format!("{}/*.log", self.logs().display()),
+            &format!("stat_interval = \"200ms\"\nrotate_wait = \"1s\"\n{source_extra}"),
+        )
+    }
+
+    /// A config with one tail source `vista` following `glob`, with the defaults an
+    /// operator gets (`source_extra` is added to it); returns its path.
+    pub fn config_paths(&self, glob: &str, source_extra: &str) -> PathBuf {
         self.config_with(&format!(
-            "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/*.log\"]\n\
-             stat_interval = \"200ms\"\nrotate_wait = \"1s\"\n{source_extra}\n",
-            self.logs().display()
+            "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{glob}\"]\n{source_extra}\n"
         ))
     }
 

@@ -217,3 +217,269 @@ async fn csv_files_with_quotes_and_embedded_newlines() {
     );
     agent.stop();
 }
+
+#[tokio::test]
+async fn a_file_written_and_renamed_out_of_the_glob_before_the_next_look_is_read() {
+    let w = World::new();
+    let logs = w.logs();
+    // No periodic scan to come to the rescue: only file events.
+    let cfg = w.config_paths(
+        &format!("{}/changes*.log", logs.display()),
+        "table = \"t\"\nkey = [\"id\"]\nstat_interval = \"60s\"",
+    );
+    let live = logs.join("changes.log");
+    // Empty, as logrotate's `create` leaves it: the agent sees it with no line yet.
+    append(&live, std::iter::empty());
+    let mut agent = w.agent(&cfg);
+    wait_first_scan(&w).await;
+    for round in 0..20 {
+        append(&live, lines(round * 100..round * 100 + 100));
+        fs::rename(&live, logs.join(format!("changes.log.{round}"))).unwrap();
+        append(&live, std::iter::empty());
+    }
+    append(&live, lines(2000..2100));
+    expect_ids(&w, &mut agent, range(0..2100)).await;
+}
+
+/// One run of the real `logrotate` against a tail source.
+#[derive(Clone, Copy, Debug)]
+struct Logrotate {
+    /// `copytruncate` instead of `create`.
+    copytruncate: bool,
+    dateext: bool,
+    /// `compress` + `delaycompress`.
+    compress: bool,
+    /// Pause between the writer's batch and the rotation.
+    interval_ms: u64,
+    /// `changes.log*` (matches the rotated names) instead of `changes*.log`.
+    glob_matches_rotated: bool,
+    /// Stop the agent for two rotations a third of the way in.
+    stop_across: bool,
+    rounds: u64,
+    lines_per_round: u64,
+}
+
+impl Logrotate {
+    fn conf(&self, live: &std::path::Path) -> String {
+        let mut o = vec!["rotate 100000", "missingok", "ifempty", "nomail"];
+        o.push(if self.copytruncate {
+            "copytruncate"
+        } else {
+            "create"
+        });
+        if self.dateext {
+            // Down to the second: rotations within one second are refused by logrotate
+            // ("destination already exists"), which must not lose anything either.
+            o.extend(["dateext", "dateformat -%Y%m%d-%H%M%S"]);
+        }
+        if self.compress {
+            o.extend(["compress", "delaycompress"]);
+        }
+        format!("{} {{\n    {}\n}}\n", live.display(), o.join("\n    "))
+    }
+}
+
+/// A change line for record `n`: 100 keys, `n` rising within each.
+fn keyed(n: u64) -> String {
+    format!(
+        r#"{{"id":{},"n":{n},"clinic":"CARDIOLOGY-{}","note":"rotation test line"}}"#,
+        n % 100,
+        n % 7
+    )
+}
+
+/// Writes `lines_per_round` lines, rotates with the real logrotate, `rounds` times, and
+/// checks that every line arrives once, with each key's lines in order.
+async fn logrotate_run(c: Logrotate) {
+    let w = World::new();
+    let logs = w.logs();
+    let live = logs.join("changes.log");
+    let glob = if c.glob_matches_rotated {
+        format!("{}/changes.log*", logs.display())
+    } else {
+        format!("{}/changes*.log", logs.display())
+    };
+    let cfg = w.config_paths(&glob, "table = \"t\"\nkey = [\"id\"]");
+    let conf = w.dir().join("logrotate.conf");
+    fs::write(&conf, c.conf(&live)).unwrap();
+    let state = w.dir().join("logrotate.state");
+    append(&live, std::iter::empty());
+    let mut agent = Some(w.agent(&cfg));
+    let total = c.rounds * c.lines_per_round;
+    let batch = c.lines_per_round / 10;
+    let pause = Duration::from_millis((c.interval_ms / 10).max(5));
+    // The writer: an application appending line by line, opening the file for each batch.
+    // With copytruncate it pauses while logrotate runs: lines written between logrotate's
+    // copy and its truncate are lost by logrotate's own design.
+    let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let writer = {
+        let (live, gate) = (live.clone(), gate.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while n < total {
+                {
+                    use std::io::Write;
+                    let _g = gate.lock().unwrap();
+                    let mut f = fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&live)
+                        .unwrap();
+                    // One write per line, as a logging application does.
+                    for i in n..n + batch {
+                        f.write_all(format!("{}\n", keyed(i)).as_bytes()).unwrap();
+                    }
+                }
+                n += batch;
+                std::thread::sleep(pause);
+            }
+        })
+    };
+    let rotate = || {
+        let _g = c.copytruncate.then(|| gate.lock().unwrap());
+        let o = std::process::Command::new("/usr/sbin/logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .expect("run /usr/sbin/logrotate (scripts/ensure-deps installs it)");
+        // dateext to the second refuses a second rotation within one second.
+        assert!(
+            o.status.success() || c.dateext,
+            "logrotate: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let (stop_at, start_at) = (c.rounds / 3, c.rounds / 3 + 2);
+    let mut round = 0;
+    while !writer.is_finished() || round < c.rounds {
+        if c.stop_across && round == stop_at {
+            if let Some(mut a) = agent.take() {
+                assert_eq!(a.stop(), Some(0));
+            }
+        }
+        if c.stop_across && round == start_at {
+            agent = Some(w.agent(&cfg));
+        }
+        std::thread::sleep(Duration::from_millis(c.interval_ms));
+        rotate();
+        round += 1;
+    }
+    writer.join().unwrap();
+    let mut n = total;
+    // Some lines in the last live file too.
+    append(&live, (n..n + 100).map(keyed));
+    n += 100;
+    let mut agent = agent.unwrap_or_else(|| w.agent(&cfg));
+    let got = w.wait_count(n, WAIT).await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let mut seen = vec![0u32; n as usize];
+    let mut last: std::collections::HashMap<i64, i64> = Default::default();
+    let mut ids = std::collections::HashSet::new();
+    let mut out_of_order = 0;
+    for m in &msgs {
+        assert!(
+            ids.insert(m.id.clone()),
+            "{c:?}: duplicate Nats-Msg-Id {}",
+            m.id
+        );
+        let k = m.field("id").as_i64().unwrap();
+        let v = m.field("n").as_i64().unwrap();
+        seen[v as usize] += 1;
+        if last.insert(k, v).is_some_and(|p| p > v) {
+            out_of_order += 1;
+        }
+    }
+    let lost: Vec<usize> = (0..n as usize).filter(|&i| seen[i] == 0).collect();
+    let doubled = seen.iter().filter(|&&s| s > 1).count();
+    assert!(
+        lost.is_empty() && doubled == 0 && out_of_order == 0,
+        "{c:?}: {got} of {n} arrived; {} lost (first {:?}), {doubled} duplicated, {out_of_order} out of key order\nagent log:\n{}",
+        lost.len(),
+        &lost[..lost.len().min(10)],
+        agent_log(&w)
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The cases CI runs; `LOCKSTEP_HEAVY=1` (scripts/soak-logrotate) runs the whole matrix.
+fn logrotate_matrix() -> Vec<Logrotate> {
+    let base = Logrotate {
+        copytruncate: false,
+        dateext: false,
+        compress: false,
+        interval_ms: 0,
+        glob_matches_rotated: false,
+        stop_across: false,
+        rounds: 6,
+        lines_per_round: 2000,
+    };
+    if std::env::var_os("LOCKSTEP_HEAVY").is_none() {
+        return vec![
+            base,
+            Logrotate {
+                interval_ms: 500,
+                compress: true,
+                glob_matches_rotated: true,
+                ..base
+            },
+            Logrotate {
+                copytruncate: true,
+                interval_ms: 200,
+                ..base
+            },
+            Logrotate {
+                dateext: true,
+                stop_across: true,
+                interval_ms: 1000,
+                ..base
+            },
+            Logrotate {
+                copytruncate: true,
+                compress: true,
+                stop_across: true,
+                glob_matches_rotated: true,
+                ..base
+            },
+        ];
+    }
+    let mut all = Vec::new();
+    for copytruncate in [false, true] {
+        for dateext in [false, true] {
+            for compress in [false, true] {
+                for interval_ms in [0, 250, 500, 1000] {
+                    for glob_matches_rotated in [false, true] {
+                        for stop_across in [false, true] {
+                            all.push(Logrotate {
+                                copytruncate,
+                                dateext,
+                                compress,
+                                interval_ms,
+                                glob_matches_rotated,
+                                stop_across,
+                                rounds: 10,
+                                ..base
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn real_logrotate_loses_and_repeats_nothing() {
+    if !std::path::Path::new("/usr/sbin/logrotate").exists() {
+        panic!("/usr/sbin/logrotate is missing: run scripts/ensure-deps");
+    }
+    for c in logrotate_matrix() {
+        logrotate_run(c).await;
+    }
+}

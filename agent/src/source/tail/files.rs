@@ -67,6 +67,40 @@ pub fn end_of_last_line(f: &File, size: u64) -> io::Result<u64> {
     Ok(0)
 }
 
+/// Names of compressed files (`logrotate`'s `compress`): never read as records.
+const COMPRESSED: [&str; 8] = [".gz", ".bz2", ".xz", ".zst", ".lz4", ".lzma", ".Z", ".zip"];
+
+/// Whether `path` names a compressed file, which a tail source skips even when its
+/// globs match it (`app.log*` matches `app.log.2.gz`).
+pub fn is_compressed(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    name.is_some_and(|n| COMPRESSED.iter().any(|ext| n.ends_with(ext)))
+}
+
+/// A source's globs, to test single paths (file events) as `glob::glob` would match them.
+#[derive(Debug)]
+pub struct Globs(Vec<glob::Pattern>);
+
+impl Globs {
+    pub fn new(patterns: &[String]) -> Self {
+        Self(
+            patterns
+                .iter()
+                .filter_map(|p| glob::Pattern::new(p).ok())
+                .collect(),
+        )
+    }
+
+    /// Whether a glob matches `path` and it is not a compressed file.
+    pub fn matches(&self, path: &Path) -> bool {
+        let opts = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        !is_compressed(path) && self.0.iter().any(|g| g.matches_path_with(path, opts))
+    }
+}
+
 /// A regular file matched by a source's globs.
 #[derive(Debug)]
 pub struct Found {
@@ -80,6 +114,9 @@ pub fn scan(patterns: &[String]) -> Vec<Found> {
     for p in patterns {
         let Ok(paths) = glob::glob(p) else { continue };
         for path in paths.flatten() {
+            if is_compressed(&path) {
+                continue;
+            }
             if let Ok(m) = fs::metadata(&path) {
                 if m.is_file() && !out.iter().any(|f| f.path == path) {
                     out.push(Found {
@@ -106,6 +143,47 @@ pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Files in the directory of `live` that look like its rotations (`live` plus a suffix,
+/// as `app.log.1` or `app.log-20261129`, or its stem and extension around one, as
+/// `app-20261129.log`), are not compressed and were modified at or after `since`: files
+/// created and rotated away while the agent was stopped. Oldest first.
+pub fn rotated_since(live: &Path, since: std::time::SystemTime) -> Vec<(PathBuf, FileKey)> {
+    let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy().into_owned();
+    let (stem, ext) = match name.split_once('.') {
+        Some((s, _)) => (
+            s.to_owned(),
+            name[name.rfind('.').unwrap_or(0)..].to_owned(),
+        ),
+        None => (name.clone(), String::new()),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let n = e.file_name().to_string_lossy().into_owned();
+        let like = (n.len() > name.len() && n.starts_with(&name))
+            || (!ext.is_empty()
+                && n.len() > name.len()
+                && n.starts_with(&stem)
+                && n.ends_with(&ext));
+        if !like || is_compressed(&path) {
+            continue;
+        }
+        let Ok(m) = fs::metadata(&path) else { continue };
+        let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        if m.is_file() && mtime >= since {
+            out.push((mtime, path, FileKey::of(&m)));
+        }
+    }
+    out.sort();
+    out.into_iter().map(|(_, p, k)| (p, k)).collect()
 }
 
 /// The directories to watch for a glob: its longest leading part without wildcards.

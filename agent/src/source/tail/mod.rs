@@ -33,14 +33,16 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use lockstep_formats::record::Decoder;
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use self::files::FileKey;
+use self::files::{FileKey, Globs};
 use self::state::{Checkpoint, FileCp};
 use super::{SourceContext, Stopping, BATCH_SIZE};
 use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
@@ -147,7 +149,10 @@ struct Out {
 struct Tail {
     files: Vec<Tracked>,
     out: Out,
-    events: Option<Receiver<bool>>,
+    globs: Arc<Globs>,
+    /// Wakes the loop when the watcher saw something; what it saw is in `seen`.
+    events: Option<Receiver<()>>,
+    seen: Arc<Mutex<Seen>>,
     _watcher: Option<notify::RecommendedWatcher>,
     first_scan: bool,
     rescan: bool,
@@ -159,7 +164,9 @@ impl Tail {
     fn new(cfg: TailConfig, cx: SourceContext) -> Result<Self, String> {
         let cp = Checkpoint::load(&cx.state_dir, &cx.name)?;
         let quarantine = cx.quarantine();
-        let (watcher, events) = match watch(&cfg.paths) {
+        let globs = Arc::new(Globs::new(&cfg.paths));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (watcher, events) = match watch(&cfg.paths, globs.clone(), seen.clone()) {
             Ok((w, rx)) => (Some(w), Some(rx)),
             Err(e) => {
                 tracing::warn!(
@@ -195,7 +202,9 @@ impl Tail {
                 cfg,
                 cx,
             },
+            globs,
             events,
+            seen,
             _watcher: watcher,
             first_scan: true,
             rescan: true,
@@ -210,6 +219,7 @@ impl Tail {
             if *self.out.cx.shutdown.borrow() {
                 break;
             }
+            self.ingest();
             if self.rescan || self.last_scan.elapsed() >= self.out.cfg.stat_interval {
                 self.scan();
             }
@@ -256,15 +266,22 @@ impl Tail {
             return;
         };
         match rx.recv_timeout(timeout) {
-            Ok(structural) => {
-                self.rescan |= structural;
-                // Take whatever else queued up.
-                while let Ok(s) = rx.try_recv() {
-                    self.rescan |= s;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => self.events = None,
+        }
+    }
+
+    /// Takes what the watcher saw: files it opened as they appeared in the globs or were
+    /// renamed (into or out of them), and whether a scan is due.
+    fn ingest(&mut self) {
+        let seen = match self.seen.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        self.rescan |= seen.structural;
+        for (path, file) in seen.opened {
+            let matched = self.globs.matches(&path);
+            self.track_file(&path, file, matched);
         }
     }
 
@@ -331,6 +348,7 @@ impl Tail {
                 })
                 .cloned()
                 .collect();
+            let mut rotated_live = Vec::new();
             for c in missing {
                 let key = FileKey {
                     dev: c.dev,
@@ -345,6 +363,7 @@ impl Tail {
                             p.display()
                         );
                         self.track(&p, false);
+                        rotated_live.push(c.path.clone());
                     }
                     None => {
                         tracing::warn!(
@@ -359,6 +378,9 @@ impl Tail {
                         }
                     }
                 }
+            }
+            if let Some(since) = self.out.cp.written {
+                self.track_rotated_while_stopped(&rotated_live, since);
             }
             if !self.out.cp.existed {
                 // Record the starting offsets now, so that start_at applies only once.
@@ -379,27 +401,62 @@ impl Tail {
         }
     }
 
-    /// Opens a file and decides where reading starts.
+    /// Files created and rotated out of the globs while the agent was stopped: the live
+    /// file of a rotated checkpointed one was rotated again before the start. They are
+    /// unknown to the checkpoint; found by name next to it (see [`files::rotated_since`])
+    /// and read whole, oldest first, before the live files.
+    fn track_rotated_while_stopped(&mut self, live: &[PathBuf], since: SystemTime) {
+        for l in live {
+            for (p, key) in files::rotated_since(l, since) {
+                let known =
+                    self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
+                if known || self.globs.matches(&p) {
+                    continue;
+                }
+                tracing::info!(
+                    "source {}: {} was written and rotated away while stopped; reading it whole",
+                    self.out.cx.name,
+                    p.display()
+                );
+                self.track(&p, false);
+            }
+        }
+    }
+
+    /// Opens a file and tracks it.
     fn track(&mut self, path: &Path, matched: bool) {
-        let Ok(file) = File::open(path) else { return };
+        match File::open(path) {
+            Ok(file) => self.track_file(path, file, matched),
+            Err(e) => tracing::warn!(
+                "source {}: cannot open {}: {e}; trying again at the next scan",
+                self.out.cx.name,
+                path.display()
+            ),
+        }
+    }
+
+    /// Tracks an open file from now on (empty or not: it may be written and renamed away
+    /// before the next look) and decides where reading starts. A file already tracked
+    /// only takes the new name.
+    fn track_file(&mut self, path: &Path, file: File, matched: bool) {
         let Ok(meta) = file.metadata() else { return };
-        let key = FileKey::of(&meta);
-        if self.files.iter().any(|t| t.key == key) {
+        if !meta.is_file() {
             return;
         }
-        let fp = match files::fingerprint(&file) {
-            Ok(Some(fp)) => fp,
-            // No complete first line yet: look again at the next scan.
-            _ => {
-                self.rescan_soon();
-                return;
-            }
-        };
+        let key = FileKey::of(&meta);
+        if let Some(t) = self.files.iter_mut().find(|t| t.key == key) {
+            t.path = path.to_owned();
+            return;
+        }
+        // None while the first line is incomplete (an empty file, as `create` makes).
+        let fp = files::fingerprint(&file).ok().flatten();
         let size = meta.len();
         let name = &self.out.cx.name;
         let (gen, offset) = match self.out.cp.files.get(&key) {
             Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
-            Some(c) if c.fp == Some(fp) && size >= c.offset => (c.gen, c.offset),
+            Some(c) if c.fp.is_some() && c.fp == fp && size >= c.offset => (c.gen, c.offset),
+            // Seen before it had a first line, and nothing read since.
+            Some(c) if c.fp.is_none() && c.offset == 0 => (c.gen, 0),
             Some(c) => {
                 FileTruncated {
                     source: name,
@@ -424,7 +481,7 @@ impl Tail {
                 dev: key.dev,
                 ino: key.ino,
                 path: path.to_owned(),
-                fp: Some(fp),
+                fp,
                 gen,
                 offset,
                 retired_ms: None,
@@ -444,7 +501,7 @@ impl Tail {
             key,
             path: path.to_owned(),
             file,
-            fp: Some(fp),
+            fp,
             gen,
             offset,
             buf: Vec::new(),
@@ -458,12 +515,6 @@ impl Tail {
             discovered: self.discovered,
         });
         self.discovered += 1;
-    }
-
-    fn rescan_soon(&mut self) {
-        // A scan at the next wake-up; files appearing are rare, so this costs little.
-        self.last_scan = Instant::now() - self.out.cfg.stat_interval.min(Duration::from_secs(3600))
-            + Duration::from_millis(100);
     }
 
     /// Reads every file that has new bytes, oldest first. Returns the bytes read.
@@ -502,9 +553,7 @@ impl Tail {
             }
         }
         let mut order: Vec<usize> = (0..self.files.len())
-            .filter(|&i| {
-                self.files[i].fp.is_some() && self.files[i].size > self.files[i].read_pos()
-            })
+            .filter(|&i| self.files[i].size > self.files[i].read_pos())
             .collect();
         // Files that left the globs first (they were rotated away), then by modification
         // time, then by discovery (file timestamps are coarse: a rotated file and its
@@ -514,6 +563,12 @@ impl Tail {
         let mut total = 0;
         for i in order {
             total += self.out.read_file(&mut self.files[i])?;
+            let t = &self.files[i];
+            if t.size > t.read_pos() {
+                // Not read to its end in this round (a long backlog): files after it wait,
+                // so a rotated file is finished before its successor is read.
+                break;
+            }
         }
         self.drop_finished();
         Ok(total)
@@ -1004,20 +1059,72 @@ fn read_header(file: &File, decoder: &mut Decoder, max: usize) {
     }
 }
 
-/// Watches the directories of the globs; sends `true` for events that may add or remove
-/// files (create, rename, remove) and `false` for data changes.
-fn watch(patterns: &[String]) -> notify::Result<(notify::RecommendedWatcher, Receiver<bool>)> {
-    let (tx, rx) = crossbeam_channel::bounded(64);
+/// What the watcher thread saw since the source last looked.
+#[derive(Default)]
+struct Seen {
+    /// Files opened the moment they appeared in the globs or were renamed into or out of
+    /// them: held from then on, a file written and rotated away before the source's next
+    /// look is still read.
+    opened: Vec<(PathBuf, File)>,
+    /// A file may have appeared or gone (or events were lost): scan the globs.
+    structural: bool,
+}
+
+/// Most files held in [`Seen::opened`] between two looks; past it the scan finds them.
+const SEEN_MAX: usize = 4096;
+
+/// Watches the directories of the globs. On the watcher's own thread, at once, it opens
+/// every file created in (or renamed into) the globs and every file renamed out of them,
+/// so that none is missed however fast logrotate turns; data changes only wake the loop.
+fn watch(
+    patterns: &[String],
+    globs: Arc<Globs>,
+    seen: Arc<Mutex<Seen>>,
+) -> notify::Result<(notify::RecommendedWatcher, Receiver<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            let structural = matches!(
-                ev.kind,
-                EventKind::Create(_)
-                    | EventKind::Remove(_)
-                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
-            );
-            let _ = tx.try_send(structural);
+        let structural = match &res {
+            Ok(ev) => {
+                ev.need_rescan()
+                    || matches!(
+                        ev.kind,
+                        EventKind::Create(_)
+                            | EventKind::Remove(_)
+                            | EventKind::Modify(ModifyKind::Name(_))
+                            | EventKind::Other
+                    )
+            }
+            Err(_) => true,
+        };
+        if structural {
+            let mut s = match seen.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            s.structural = true;
+            if let Ok(ev) = &res {
+                let open = match ev.kind {
+                    EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                        ev.paths.first().filter(|p| globs.matches(p))
+                    }
+                    // A rename out of the globs (`app.log` to `app.log.1`): follow it.
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => match &ev.paths[..] {
+                        [from, to] if globs.matches(from) && !files::is_compressed(to) => Some(to),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(p) = open {
+                    if s.opened.len() < SEEN_MAX {
+                        if let Ok(f) = File::open(p) {
+                            s.opened.push((p.clone(), f));
+                        }
+                    }
+                }
+            }
         }
+        // One pending wake-up is enough: the loop takes everything in `seen`.
+        let _ = tx.try_send(());
     })?;
     for p in patterns {
         let (root, recursive) = files::watch_root(p);

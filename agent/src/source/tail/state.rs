@@ -45,6 +45,8 @@ pub struct Checkpoint {
     pub files: BTreeMap<FileKey, FileCp>,
     /// Whether a checkpoint existed when the source started.
     pub existed: bool,
+    /// When the checkpoint found at start was last written (about when the agent stopped).
+    pub written: Option<std::time::SystemTime>,
     pub dirty: bool,
 }
 
@@ -73,10 +75,12 @@ impl Checkpoint {
                 );
             }
         }
+        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         Ok(Self {
             path,
             files,
             existed,
+            written,
             dirty: false,
         })
     }
