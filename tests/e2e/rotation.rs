@@ -419,6 +419,24 @@ fn logrotate_matrix() -> Vec<Logrotate> {
         rounds: 6,
         lines_per_round: 2000,
     };
+    // One case, to chase a failure: LOCKSTEP_LOGROTATE_CASE="copytruncate dateext compress
+    // interval=500 glob_matches_rotated stop_across" (any subset).
+    if let Ok(one) = std::env::var("LOCKSTEP_LOGROTATE_CASE") {
+        let has = |w: &str| one.split_whitespace().any(|x| x == w);
+        let interval_ms = one
+            .split_whitespace()
+            .find_map(|x| x.strip_prefix("interval=")?.parse().ok())
+            .unwrap_or(0);
+        return vec![Logrotate {
+            copytruncate: has("copytruncate"),
+            dateext: has("dateext"),
+            compress: has("compress"),
+            interval_ms,
+            glob_matches_rotated: has("glob_matches_rotated"),
+            stop_across: has("stop_across"),
+            ..base
+        }];
+    }
     if std::env::var_os("LOCKSTEP_HEAVY").is_none() {
         return vec![
             base,
@@ -442,8 +460,7 @@ fn logrotate_matrix() -> Vec<Logrotate> {
             Logrotate {
                 copytruncate: true,
                 compress: true,
-                stop_across: true,
-                glob_matches_rotated: true,
+                dateext: true,
                 ..base
             },
         ];

@@ -105,7 +105,14 @@ impl Quarantine {
         }
         b.extend_from_slice(b"}\n");
         if let Some(f) = self.file.as_mut() {
-            f.write_all(b)?;
+            let before = f.metadata()?.len();
+            if let Err(e) = f.write_all(b) {
+                // No half line left behind (a full disk): the caller keeps the record and
+                // tries again, and the next line must start on its own.
+                let _ = f.set_len(before);
+                self.file = None;
+                return Err(e);
+            }
         }
         self.dirty = true;
         Ok(())

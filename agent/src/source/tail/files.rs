@@ -14,6 +14,54 @@ use std::path::{Path, PathBuf};
 /// How many leading bytes the fingerprint covers at most.
 pub const FINGERPRINT_MAX: usize = 4096;
 
+/// How many leading bytes the head check covers at most.
+pub const HEAD_MAX: usize = 4096;
+
+/// A file's first bytes, as a length and a hash: `len` grows with the file up to
+/// [`HEAD_MAX`]. Unlike the fingerprint (the first line, which is the same in every CSV
+/// file with the same header), it tells apart files whose first line is the same; it is
+/// checked again whenever the file changed, which finds a truncation even when the file
+/// has already grown past the read position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    pub len: u32,
+    pub hash: u64,
+}
+
+impl Head {
+    /// Checks that `f` still starts with this head's bytes and extends it to what `f`
+    /// holds now (up to [`HEAD_MAX`]). `None`: the first bytes changed (or are gone).
+    pub fn recheck(self, f: &File, size: u64) -> io::Result<Option<Head>> {
+        let want = (size.min(HEAD_MAX as u64)) as usize;
+        let have = self.len as usize;
+        if want < have {
+            return Ok(None);
+        }
+        let mut buf = [0u8; HEAD_MAX];
+        let n = read_prefix(f, &mut buf[..want])?;
+        if n < have || (have > 0 && xxhash_rust::xxh3::xxh3_64(&buf[..have]) != self.hash) {
+            return Ok(None);
+        }
+        Ok(Some(Head {
+            len: n as u32,
+            hash: xxhash_rust::xxh3::xxh3_64(&buf[..n]),
+        }))
+    }
+}
+
+/// Reads the first bytes of `f` into `buf` (fewer at its end); returns how many.
+fn read_prefix(f: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read_at(&mut buf[n..], n as u64)?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
 /// Device and inode of a file.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -35,14 +83,7 @@ impl FileKey {
 /// The fingerprint of an open file, or `None` while its first line is incomplete.
 pub fn fingerprint(f: &File) -> io::Result<Option<u64>> {
     let mut buf = [0u8; FINGERPRINT_MAX];
-    let mut n = 0;
-    while n < buf.len() {
-        let k = f.read_at(&mut buf[n..], n as u64)?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
+    let n = read_prefix(f, &mut buf)?;
     Ok(match buf[..n].iter().position(|&b| b == b'\n') {
         Some(i) => Some(xxhash_rust::xxh3::xxh3_64(&buf[..=i])),
         None if n == FINGERPRINT_MAX => Some(xxhash_rust::xxh3::xxh3_64(&buf)),
@@ -229,6 +270,53 @@ mod tests {
         // `{"id":1}\n{"id":2}\n`: with 17 bytes the second line is partial.
         assert_eq!(end_of_last_line(&r, 17).unwrap(), 9);
         assert_eq!(end_of_last_line(&r, 18).unwrap(), 18);
+    }
+
+    #[test]
+    fn head_tells_files_with_the_same_first_line_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,status\n1,a\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let h = Head::default().recheck(&f, 14).unwrap().unwrap();
+        assert_eq!(h.len, 14);
+        std::fs::write(&p, "id,status\n1,a\n2,b\n").unwrap();
+        let h2 = h.recheck(&f, 18).unwrap().expect("grown, same first bytes");
+        assert_eq!(h2.len, 18);
+        // Truncated and rewritten with the same header, and longer than before.
+        std::fs::write(&p, "id,status\n9,z\n8,y\n7,x\n").unwrap();
+        assert_eq!(fingerprint(&f).unwrap(), fingerprint(&f).unwrap());
+        assert_eq!(h2.recheck(&f, 22).unwrap(), None);
+        // Shorter than the head: not the same file.
+        std::fs::write(&p, "id,st").unwrap();
+        assert_eq!(h2.recheck(&f, 5).unwrap(), None);
+    }
+
+    #[test]
+    fn rotated_names_and_compressed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for n in [
+            "app.log.1",
+            "app.log-20261129",
+            "app-20261129.log",
+            "app.log.2.gz",
+            "other.log",
+            "app.log",
+        ] {
+            std::fs::write(d.join(n), "x\n").unwrap();
+        }
+        let since = std::time::SystemTime::UNIX_EPOCH;
+        let mut got: Vec<String> = rotated_since(&d.join("app.log"), since)
+            .into_iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["app-20261129.log", "app.log-20261129", "app.log.1"]);
+        let g = Globs::new(&[format!("{}/app.log*", d.display())]);
+        assert!(g.matches(&d.join("app.log.1")));
+        assert!(!g.matches(&d.join("app.log.2.gz")), "compressed: skipped");
+        assert!(!g.matches(&d.join("sub/app.log")));
     }
 
     #[test]

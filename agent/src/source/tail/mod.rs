@@ -42,7 +42,7 @@ use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
 use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use self::files::{FileKey, Globs};
+use self::files::{FileKey, Globs, Head};
 use self::state::{Checkpoint, FileCp};
 use super::{SourceContext, Stopping, BATCH_SIZE};
 use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
@@ -82,6 +82,14 @@ struct Tracked {
     path: PathBuf,
     file: File,
     fp: Option<u64>,
+    /// The file's first bytes, checked again whenever it changed (see [`Head`]).
+    head: Head,
+    /// Check the head at the next look even if size and time look unchanged (a change was
+    /// seen in the middle of a read).
+    suspect: bool,
+    /// A bad record that could not be written to the quarantine: reading this file stops
+    /// at it, and it is tried again (see [`Out::retry_blocked`]).
+    blocked: Option<Blocked>,
     gen: u32,
     /// Offset of the first byte of `buf`: everything before it is framed.
     offset: u64,
@@ -104,6 +112,25 @@ impl Tracked {
         self.offset + self.buf.len() as u64
     }
 }
+
+/// A bad record waiting for the quarantine to be writable again (a full disk, a broken
+/// quarantine directory). The position does not move past it until it is written.
+struct Blocked {
+    offset: u64,
+    /// Its bytes (the first `max_record_bytes` of an over-long one).
+    data: Vec<u8>,
+    full_len: u64,
+    reason: String,
+    /// Where the next record starts, in generation `gen`.
+    end: u64,
+    gen: u32,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// First and longest pause between two tries of a quarantine write.
+const QUARANTINE_RETRY: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(10));
 
 /// A position that becomes safe to checkpoint once the debouncer has released every
 /// change up to `ord` and the sink acknowledged `seq`, the last event sent by then.
@@ -452,11 +479,17 @@ impl Tail {
         let fp = files::fingerprint(&file).ok().flatten();
         let size = meta.len();
         let name = &self.out.cx.name;
+        let same = |c: &FileCp| {
+            let first_line = (c.fp.is_some() && c.fp == fp) || (c.fp.is_none() && c.offset == 0);
+            // A checkpoint from before heads were recorded: the first line alone, once.
+            let head = c
+                .head
+                .is_none_or(|h| matches!(h.recheck(&file, size), Ok(Some(_))));
+            first_line && head && size >= c.offset
+        };
         let (gen, offset) = match self.out.cp.files.get(&key) {
             Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
-            Some(c) if c.fp.is_some() && c.fp == fp && size >= c.offset => (c.gen, c.offset),
-            // Seen before it had a first line, and nothing read since.
-            Some(c) if c.fp.is_none() && c.offset == 0 => (c.gen, 0),
+            Some(c) if same(c) => (c.gen, c.offset),
             Some(c) => {
                 FileTruncated {
                     source: name,
@@ -475,6 +508,11 @@ impl Tail {
             }
             None => (0, 0),
         };
+        let head = Head::default()
+            .recheck(&file, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         self.out.cp.files.insert(
             key,
             FileCp {
@@ -482,6 +520,7 @@ impl Tail {
                 ino: key.ino,
                 path: path.to_owned(),
                 fp,
+                head: Some(head),
                 gen,
                 offset,
                 retired_ms: None,
@@ -502,6 +541,9 @@ impl Tail {
             path: path.to_owned(),
             file,
             fp,
+            head,
+            suspect: false,
+            blocked: None,
             gen,
             offset,
             buf: Vec::new(),
@@ -521,10 +563,40 @@ impl Tail {
     fn read_round(&mut self) -> Result<u64, Stopping> {
         for t in &mut self.files {
             let Ok(m) = t.file.metadata() else { continue };
+            let mtime = m.modified().unwrap_or(t.mtime);
+            let changed = m.len() != t.size || mtime != t.mtime || t.suspect;
             t.size = m.len();
-            t.mtime = m.modified().unwrap_or(t.mtime);
+            t.mtime = mtime;
             t.nlink = m.nlink();
-            if t.size < t.read_pos() {
+            t.suspect = false;
+            // Cheap: at most one 4 KiB read of a file that changed. It finds a truncation
+            // even when the file grew back past the read position before this look.
+            let head = if changed {
+                match t.head.recheck(&t.file, t.size) {
+                    Ok(h) => h,
+                    // Unreadable now: judge by the size alone this time.
+                    Err(_) => Some(t.head),
+                }
+            } else {
+                Some(t.head)
+            };
+            if let (Some(h), Some(e)) = (head, self.out.cp.files.get_mut(&t.key)) {
+                if e.head != Some(h) {
+                    e.head = Some(h);
+                    self.out.cp.dirty = true;
+                }
+            }
+            if t.size < t.read_pos() || head.is_none() {
+                if !t.buf.is_empty() {
+                    // A record cut off by the truncation: its end is gone (the copy that
+                    // logrotate's copytruncate makes holds it).
+                    let reason = "incomplete last record of a file that was truncated";
+                    let (off, len) = (t.offset, t.buf.len() as u64);
+                    let data = std::mem::take(&mut t.buf);
+                    t.offset += len;
+                    self.out
+                        .set_aside(t, off, data, len, reason.to_owned(), off + len);
+                }
                 FileTruncated {
                     source: &self.out.cx.name,
                     file: &t.path,
@@ -537,13 +609,21 @@ impl Tail {
                 t.buf.clear();
                 t.skipping = None;
                 t.fp = None;
+                t.head = Head::default()
+                    .recheck(&t.file, t.size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
                 t.decoder = Decoder::new(self.out.cfg.format.clone());
                 if let Some(e) = self.out.cp.files.get_mut(&t.key) {
                     e.gen = t.gen;
                     e.offset = 0;
                     e.fp = None;
+                    e.head = Some(t.head);
                 }
                 self.out.cp.dirty = true;
+            } else if let Some(h) = head {
+                t.head = h;
             }
             if t.fp.is_none() {
                 t.fp = files::fingerprint(&t.file).ok().flatten();
@@ -553,7 +633,10 @@ impl Tail {
             }
         }
         let mut order: Vec<usize> = (0..self.files.len())
-            .filter(|&i| self.files[i].size > self.files[i].read_pos())
+            .filter(|&i| {
+                let t = &self.files[i];
+                t.size > t.read_pos() || t.blocked.is_some()
+            })
             .collect();
         // Files that left the globs first (they were rotated away), then by modification
         // time, then by discovery (file timestamps are coarse: a rotated file and its
@@ -564,9 +647,10 @@ impl Tail {
         for i in order {
             total += self.out.read_file(&mut self.files[i])?;
             let t = &self.files[i];
-            if t.size > t.read_pos() {
-                // Not read to its end in this round (a long backlog): files after it wait,
-                // so a rotated file is finished before its successor is read.
+            if t.size > t.read_pos() || t.blocked.is_some() {
+                // Not read to its end in this round (a long backlog, a record waiting for
+                // the quarantine): files after it wait, so a rotated file is finished
+                // before its successor is read.
                 break;
             }
         }
@@ -583,7 +667,9 @@ impl Tail {
             let t = &self.files[i];
             let done = match t.gone_since {
                 Some(since) => {
-                    t.size == t.read_pos() && (t.nlink == 0 || since.elapsed() >= rotate_wait)
+                    t.size == t.read_pos()
+                        && t.blocked.is_none()
+                        && (t.nlink == 0 || since.elapsed() >= rotate_wait)
                 }
                 None => false,
             };
@@ -596,9 +682,14 @@ impl Tail {
                 let reason = "incomplete last record of a file that was rotated away or deleted";
                 let (off, len) = (t.offset, t.buf.len() as u64);
                 let buf = std::mem::take(&mut t.buf);
-                self.out.quarantine(&t, off, &buf, len, reason);
                 t.offset += len;
-                self.out.mark(&t, t.offset);
+                self.out
+                    .set_aside(&mut t, off, buf, len, reason.to_owned(), off + len);
+                if t.blocked.is_some() {
+                    // Kept until the quarantine takes it.
+                    self.files.push(t);
+                    continue;
+                }
             }
             tracing::info!(
                 "source {}: done with {}",
@@ -659,7 +750,19 @@ impl Out {
     fn read_file(&mut self, t: &mut Tracked) -> Result<u64, Stopping> {
         let mut read = 0u64;
         let max = self.cfg.max_record_bytes;
-        while read < READ_SLICE {
+        if !self.retry_blocked(t) {
+            return Ok(0);
+        }
+        // Bytes read before a stop at a blocked record are framed first.
+        let mut first = true;
+        while read < READ_SLICE && t.blocked.is_none() {
+            if read > 0 && !still_same(t) {
+                // Truncated (and perhaps grown back past the read position) while this
+                // read went on, e.g. while the source waited on a full spool: the next
+                // round starts it again from 0.
+                t.suspect = true;
+                break;
+            }
             let have = t.buf.len();
             let at = t.read_pos();
             t.buf.resize(have + CHUNK, 0);
@@ -677,9 +780,10 @@ impl Out {
                 }
             };
             t.buf.truncate(have + n);
-            if n == 0 {
+            if n == 0 && !(first && have > 0) {
                 break;
             }
+            first = false;
             read += n as u64;
             let mut pos = 0usize;
             loop {
@@ -691,8 +795,10 @@ impl Out {
                             t.skipping = None;
                             let reason =
                                 format!("record longer than max_record_bytes ({max} bytes)");
-                            self.quarantine_long(t, start, end - start, &reason);
-                            self.mark(t, end);
+                            self.quarantine_long(t, start, end - start, reason);
+                            if t.blocked.is_some() {
+                                break;
+                            }
                         }
                         None => {
                             pos = t.buf.len();
@@ -705,14 +811,19 @@ impl Out {
                     Some(len) if len > max => {
                         let start = t.offset + pos as u64;
                         let reason = format!("record longer than max_record_bytes ({max} bytes)");
-                        self.quarantine_long(t, start, len as u64, &reason);
+                        self.quarantine_long(t, start, len as u64, reason);
                         pos += len;
-                        self.mark(t, t.offset + pos as u64);
+                        if t.blocked.is_some() {
+                            break;
+                        }
                     }
                     Some(len) => {
                         let at = t.offset + pos as u64;
                         self.record(t, pos, len, at)?;
                         pos += len;
+                        if t.blocked.is_some() {
+                            break;
+                        }
                     }
                     None if rest.len() > max => {
                         // Over-long and still no end: discard up to its newline.
@@ -735,20 +846,20 @@ impl Out {
         let end = at + len as u64;
         let bytes = &t.buf[pos..pos + len];
         if t.decoder.needs_header() {
-            if let Err(e) = t.decoder.read_header(bytes, at) {
-                let reason = e.reason.clone();
-                let data = bytes.to_vec();
-                self.quarantine(t, at, &data, len as u64, &reason);
+            match t.decoder.read_header(bytes, at) {
+                Ok(()) => self.mark(t, end),
+                Err(e) => {
+                    let data = bytes.to_vec();
+                    self.set_aside(t, at, data, len as u64, e.reason, end);
+                }
             }
-            self.mark(t, end);
             return Ok(());
         }
         let rec = match t.decoder.decode(bytes, at) {
             Ok(r) => r,
             Err(e) => {
                 let data = bytes.to_vec();
-                self.quarantine(t, at, &data, len as u64, &e.reason);
-                self.mark(t, end);
+                self.set_aside(t, at, data, len as u64, e.reason, end);
                 return Ok(());
             }
         };
@@ -762,8 +873,7 @@ impl Out {
             }
             Err(reason) => {
                 let data = t.buf[pos..pos + len].to_vec();
-                self.quarantine(t, at, &data, len as u64, &reason);
-                self.mark(t, end);
+                self.set_aside(t, at, data, len as u64, reason, end);
             }
         }
         Ok(())
@@ -895,13 +1005,18 @@ impl Out {
     /// event of its own (a header, a quarantined record), which is safe once everything
     /// before it is.
     fn mark(&mut self, t: &Tracked, end: u64) {
+        self.mark_at(t.key, t.gen, end);
+    }
+
+    /// [`Out::mark`] for generation `gen` of file `key`.
+    fn mark_at(&mut self, key: FileKey, gen: u32, end: u64) {
         let ord = self.deb.pushed();
         if self.held.is_empty() && ord < self.deb.low() {
             self.pending.push_back(PendingPos {
                 ord,
                 seq: self.seq,
-                key: t.key,
-                gen: t.gen,
+                key,
+                gen,
                 end,
                 captured_ms: now_ms(),
             });
@@ -912,7 +1027,7 @@ impl Out {
         // many records arrive while a key is held for `max_delay`.
         if self.held.len() >= HELD_MARKS {
             if let Some(b) = self.held.back_mut() {
-                if (b.key, b.gen) == (t.key, t.gen) {
+                if (b.key, b.gen) == (key, gen) {
                     b.ord = ord;
                     b.end = end;
                     return;
@@ -922,45 +1037,116 @@ impl Out {
         self.held.push_back(PendingPos {
             ord,
             seq: 0,
-            key: t.key,
-            gen: t.gen,
+            key,
+            gen,
             end,
             captured_ms: now_ms(),
         });
     }
 
-    fn quarantine(&mut self, t: &Tracked, offset: u64, data: &[u8], full_len: u64, reason: &str) {
-        let cut = &data[..data.len().min(self.cfg.max_record_bytes)];
+    /// Writes a bad record to the quarantine and moves the position past it; when the
+    /// quarantine cannot be written, the record is kept and reading this file stops at it
+    /// until a retry succeeds (the position never passes a record that is nowhere).
+    fn set_aside(
+        &mut self,
+        t: &mut Tracked,
+        offset: u64,
+        mut data: Vec<u8>,
+        full_len: u64,
+        reason: String,
+        end: u64,
+    ) {
+        data.truncate(self.cfg.max_record_bytes);
+        let b = Blocked {
+            offset,
+            data,
+            full_len,
+            reason,
+            end,
+            gen: t.gen,
+            retry_at: Instant::now() + QUARANTINE_RETRY.0,
+            backoff: QUARANTINE_RETRY.0,
+        };
+        if self.put_quarantine(t, &b) {
+            self.mark(t, end);
+        } else {
+            t.blocked = Some(b);
+        }
+    }
+
+    /// Tries the quarantine write of a file's blocked record when it is due; true when
+    /// the file has no blocked record (any more).
+    fn retry_blocked(&mut self, t: &mut Tracked) -> bool {
+        let Some(mut b) = t.blocked.take() else {
+            return true;
+        };
+        if Instant::now() < b.retry_at {
+            t.blocked = Some(b);
+            return false;
+        }
+        if self.put_quarantine(t, &b) {
+            tracing::info!(
+                "source {}: the quarantine {} is writable again; reading {} goes on after byte {}",
+                self.cx.name,
+                self.quarantine.path().display(),
+                t.path.display(),
+                b.offset
+            );
+            self.mark_at(t.key, b.gen, b.end);
+            return true;
+        }
+        b.backoff = (b.backoff * 2).min(QUARANTINE_RETRY.1);
+        b.retry_at = Instant::now() + b.backoff;
+        t.blocked = Some(b);
+        false
+    }
+
+    /// One quarantine write: counted and logged when done, logged and shown in the
+    /// status's `last_error` when not.
+    fn put_quarantine(&mut self, t: &Tracked, b: &Blocked) -> bool {
         let bad = BadRecord {
             file: &t.path,
-            offset,
-            reason,
-            data: cut,
-            full_len,
+            offset: b.offset,
+            reason: &b.reason,
+            data: &b.data,
+            full_len: b.full_len,
         };
         if let Err(e) = self.quarantine.put(&bad) {
-            tracing::error!(
-                "source {}: cannot write to the quarantine {}: {e}",
-                self.cx.name,
+            let msg = format!(
+                "cannot write the bad record at byte {} of {} to the quarantine {}: {e}; \
+                 reading that file waits at it and retries (free space or fix the directory)",
+                b.offset,
+                t.path.display(),
                 self.quarantine.path().display()
             );
+            tracing::error!("source {}: {msg}", self.cx.name);
+            self.last_error = Some(format!("quarantine: {msg}"));
+            return false;
+        }
+        if self
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("quarantine"))
+        {
+            self.last_error = None;
         }
         RecordQuarantined {
             source: &self.cx.name,
             file: &t.path,
-            offset,
-            reason,
+            offset: b.offset,
+            reason: &b.reason,
         }
         .emit(&self.cx.counters);
+        true
     }
 
     /// Quarantines an over-long record, keeping its first `max_record_bytes`.
-    fn quarantine_long(&mut self, t: &Tracked, offset: u64, len: u64, reason: &str) {
+    fn quarantine_long(&mut self, t: &mut Tracked, offset: u64, len: u64, reason: String) {
         let keep = (len as usize).min(self.cfg.max_record_bytes);
         let mut head = vec![0u8; keep];
         let n = t.file.read_at(&mut head, offset).unwrap_or(0);
         head.truncate(n);
-        self.quarantine(t, offset, &head, len, reason);
+        self.set_aside(t, offset, head, len, reason, offset + len);
     }
 
     /// Hands the current batch to the sink, waiting while its channel is full.
@@ -1040,6 +1226,15 @@ impl Out {
             }
         }
     }
+}
+
+/// Whether a file still holds what was read of it: not shorter than the read position,
+/// and the same first bytes. One `fstat` and one read of at most 4 KiB.
+fn still_same(t: &Tracked) -> bool {
+    let Ok(m) = t.file.metadata() else {
+        return true;
+    };
+    m.len() >= t.read_pos() && !matches!(t.head.recheck(&t.file, m.len()), Ok(None))
 }
 
 /// A field's value as text, for table and op fields.

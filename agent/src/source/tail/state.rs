@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::files::FileKey;
+use super::files::{FileKey, Head};
 use crate::pipeline::checkpoint;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,11 @@ pub struct FileCp {
     /// The last path the file was seen at.
     pub path: PathBuf,
     pub fp: Option<u64>,
+    /// The file's first bytes (see [`Head`]). Checkpoints written before it existed have
+    /// none: their files are recognised by `fp` alone once, at the first start after the
+    /// upgrade, and the head is recorded from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
     pub gen: u32,
     /// Every record before this offset is acknowledged (or quarantined).
     pub offset: u64,
