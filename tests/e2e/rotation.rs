@@ -500,3 +500,135 @@ async fn real_logrotate_loses_and_repeats_nothing() {
         logrotate_run(c).await;
     }
 }
+
+/// The checkpoint of source `vista`, as JSON.
+fn checkpoint(w: &World) -> serde_json::Value {
+    let p = w.dir().join("state/checkpoints/vista.json");
+    serde_json::from_str(&fs::read_to_string(p).unwrap_or_default()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_copytruncate_found_only_after_the_file_grew_back_past_the_read_position() {
+    let mut w = World::new();
+    w.with_admin();
+    // The broker is away and the spool small: the source blocks half-way through the file.
+    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\nwhen_full = \"block\"\nfsync = \"off\"".into();
+    w.nats.kill();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let live = w.logs().join("app.log");
+    append(&live, lines(0..20_000));
+    let mut agent = w.agent(&cfg);
+    wait_for("the spool to fill", Duration::from_secs(60), || {
+        w.metric("lockstep_spool_bytes") >= 64 << 10
+    })
+    .await;
+    // copytruncate while it waits, and the file grows back well past where it stopped.
+    fs::copy(&live, w.logs().join("app.log.1")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&live)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&live, lines(100_000..125_000));
+    let new_len = fs::metadata(&live).unwrap().len();
+    w.nats.restart();
+    // Everything of the new content is acknowledged once the checkpoint reaches its end.
+    wait_for(
+        "the checkpoint at the end of the rewritten file",
+        Duration::from_secs(120),
+        || {
+            let cp = checkpoint(&w);
+            cp["files"][0]["offset"] == new_len && cp["files"][0]["gen"] == 1
+        },
+    )
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let ids = ints(&msgs, "id");
+    let old: Vec<i64> = ids.iter().copied().filter(|&i| i < 100_000).collect();
+    let new: Vec<i64> = ids.iter().copied().filter(|&i| i >= 100_000).collect();
+    assert_eq!(
+        new,
+        range(100_000..125_000),
+        "the new content, whole and in order"
+    );
+    assert_eq!(
+        old,
+        range(0..old.len() as i64),
+        "what was read of the old content"
+    );
+    assert!(old.len() < 20_000, "the source did stop part-way");
+    assert_eq!(ids.len(), old.len() + new.len());
+    let mut seen = std::collections::HashSet::new();
+    assert!(
+        msgs.iter().all(|m| seen.insert(m.id.clone())),
+        "duplicate ids"
+    );
+    // At most the one line cut in two by the truncation is quarantined; no garbage.
+    let q = fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap_or_default();
+    assert!(q.lines().count() <= 1, "{q}");
+    assert!(q.lines().all(|l| l.contains("truncated")), "{q}");
+}
+
+#[tokio::test]
+async fn csv_truncated_and_rewritten_while_stopped_with_the_same_header_is_read_from_0() {
+    let w = World::new();
+    let cfg = w.config("table = \"permits\"\nkey = [\"id\"]\nformat = \"csv\"");
+    let file = w.logs().join("permits.log");
+    let rows = |r: std::ops::Range<u64>| r.map(|i| format!("{i},status-{}", i % 3));
+    append(&file, ["id,status".to_owned()]);
+    append(&file, rows(0..50));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(50, WAIT).await, 50);
+    assert_eq!(agent.stop(), Some(0));
+    // Rewritten while stopped: the same header (the first line, so the same fingerprint)
+    // and longer than before.
+    fs::write(&file, "id,status\n").unwrap();
+    append(&file, rows(1000..1080));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(130, WAIT).await, 130, "{}", agent_log(&w));
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let ids: Vec<String> = msgs
+        .iter()
+        .map(|m| m.json["after"]["id"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    let want: Vec<String> = (0..50).chain(1000..1080).map(|i| i.to_string()).collect();
+    assert_eq!(ids, want);
+    assert!(
+        !w.dir().join("state/quarantine/vista.jsonl").exists(),
+        "nothing read from the middle of a line"
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_from_before_heads_resumes_where_it_was_with_the_same_ids() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let live = w.logs().join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // What the previous version wrote: no `head`.
+    let mut cp = checkpoint(&w);
+    for f in cp["files"].as_array_mut().unwrap() {
+        assert!(f.as_object_mut().unwrap().remove("head").is_some());
+    }
+    let p = w.dir().join("state/checkpoints/vista.json");
+    fs::write(&p, serde_json::to_vec(&cp).unwrap()).unwrap();
+    append(&live, lines(100..150));
+    let mut agent = w.agent(&cfg);
+    let msgs = expect_ids(&w, &mut agent, range(0..150)).await;
+    // The same file under the same id scheme: `<dev>.<inode>.<fingerprint>.<gen>@`.
+    let file_id = |m: &Msg| {
+        let pos = m.json["source"]["position"].as_str().unwrap().to_owned();
+        pos.split('@').next().unwrap().to_owned()
+    };
+    assert_eq!(file_id(&msgs[0]), file_id(&msgs[149]));
+    assert!(
+        checkpoint(&w)["files"][0]["head"]["len"].as_u64() > Some(0),
+        "the head is recorded from then on"
+    );
+}
