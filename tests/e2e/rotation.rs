@@ -305,6 +305,7 @@ async fn logrotate_run(c: Logrotate) {
     let state = w.dir().join("logrotate.state");
     append(&live, std::iter::empty());
     let mut agent = Some(w.agent(&cfg));
+    wait_first_scan(&w).await;
     let total = c.rounds * c.lines_per_round;
     let batch = c.lines_per_round / 10;
     let pause = Duration::from_millis((c.interval_ms / 10).max(5));
@@ -471,6 +472,11 @@ fn logrotate_matrix() -> Vec<Logrotate> {
             for compress in [false, true] {
                 for interval_ms in [0, 250, 500, 1000] {
                     for glob_matches_rotated in [false, true] {
+                        if copytruncate && glob_matches_rotated {
+                            // A known edge (docs/design.md, "Tail"): each copy is read
+                            // as a new file, so its lines arrive twice.
+                            continue;
+                        }
                         for stop_across in [false, true] {
                             all.push(Logrotate {
                                 copytruncate,
@@ -553,22 +559,19 @@ async fn a_copytruncate_found_only_after_the_file_grew_back_past_the_read_positi
         range(100_000..125_000),
         "the new content, whole and in order"
     );
-    assert_eq!(
-        old,
-        range(0..old.len() as i64),
-        "what was read of the old content"
-    );
-    assert!(old.len() < 20_000, "the source did stop part-way");
+    // What the source had not read when the file was truncated is read from the copy.
+    assert_eq!(old, range(0..20_000), "the old content, whole and in order");
     assert_eq!(ids.len(), old.len() + new.len());
     let mut seen = std::collections::HashSet::new();
     assert!(
         msgs.iter().all(|m| seen.insert(m.id.clone())),
         "duplicate ids"
     );
-    // At most the one line cut in two by the truncation is quarantined; no garbage.
-    let q = fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap_or_default();
-    assert!(q.lines().count() <= 1, "{q}");
-    assert!(q.lines().all(|l| l.contains("truncated")), "{q}");
+    assert!(
+        !w.dir().join("state/quarantine/vista.jsonl").exists(),
+        "nothing read from the middle of a line"
+    );
+    assert!(agent_log(&w).contains("from its copy"));
 }
 
 #[tokio::test]

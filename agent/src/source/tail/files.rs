@@ -227,6 +227,33 @@ pub fn rotated_since(live: &Path, since: std::time::SystemTime) -> Vec<(PathBuf,
     out.into_iter().map(|(_, p, k)| (p, k)).collect()
 }
 
+/// The copy `copytruncate` made of a file before truncating it: in the same directory,
+/// another file that starts with the same `head` and holds more than `read` bytes (the
+/// newest such). Compressed files are not looked at.
+pub fn find_copy(of: &Path, key: FileKey, head: Head, read: u64) -> Option<(PathBuf, File, u64)> {
+    let dir = of.parent()?;
+    let mut best: Option<(std::time::SystemTime, PathBuf, File, u64)> = None;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let path = e.path();
+        if is_compressed(&path) {
+            continue;
+        }
+        let Ok(m) = e.metadata() else { continue };
+        if !m.is_file() || FileKey::of(&m) == key || m.len() <= read {
+            continue;
+        }
+        let Ok(f) = File::open(&path) else { continue };
+        if !matches!(head.recheck(&f, m.len()), Ok(Some(_))) {
+            continue;
+        }
+        let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|b| mtime > b.0) {
+            best = Some((mtime, path, f, m.len()));
+        }
+    }
+    best.map(|(_, p, f, n)| (p, f, n))
+}
+
 /// The directories to watch for a glob: its longest leading part without wildcards.
 pub fn watch_root(pattern: &str) -> (PathBuf, bool) {
     let mut root = PathBuf::from("/");

@@ -487,9 +487,20 @@ impl Tail {
                 .is_none_or(|h| matches!(h.recheck(&file, size), Ok(Some(_))));
             first_line && head && size >= c.offset
         };
+        let mut fp = fp;
+        let mut old_head = None;
         let (gen, offset) = match self.out.cp.files.get(&key) {
             Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
             Some(c) if same(c) => (c.gen, c.offset),
+            // Truncated (copytruncate) while the agent was stopped: resume the old
+            // generation where it was, with its fingerprint and head. The first read
+            // round finds the truncation, reads the rest from the copy when there is one,
+            // and starts the file again from 0.
+            Some(c) if c.head.is_some_and(|h| h.len > 0) => {
+                fp = c.fp;
+                old_head = c.head;
+                (c.gen, c.offset)
+            }
             Some(c) => {
                 FileTruncated {
                     source: name,
@@ -508,11 +519,13 @@ impl Tail {
             }
             None => (0, 0),
         };
-        let head = Head::default()
-            .recheck(&file, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let head = old_head.unwrap_or_else(|| {
+            Head::default()
+                .recheck(&file, size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        });
         self.out.cp.files.insert(
             key,
             FileCp {
@@ -542,7 +555,7 @@ impl Tail {
             file,
             fp,
             head,
-            suspect: false,
+            suspect: old_head.is_some(),
             blocked: None,
             gen,
             offset,
@@ -587,9 +600,11 @@ impl Tail {
                 }
             }
             if t.size < t.read_pos() || head.is_none() {
+                // copytruncate: what was not read yet is in the copy. Read it from there,
+                // as the same file (same ids), before the file starts again from 0.
+                self.out.finish_from_copy(t)?;
                 if !t.buf.is_empty() {
-                    // A record cut off by the truncation: its end is gone (the copy that
-                    // logrotate's copytruncate makes holds it).
+                    // A record cut off by the truncation, with no copy that holds its end.
                     let reason = "incomplete last record of a file that was truncated";
                     let (off, len) = (t.offset, t.buf.len() as u64);
                     let data = std::mem::take(&mut t.buf);
@@ -746,6 +761,42 @@ impl Tail {
 }
 
 impl Out {
+    /// After a truncation of `t`: finds the copy logrotate's `copytruncate` made of it
+    /// (a file in the same directory that starts with `t`'s head and is longer than what
+    /// was read) and reads the rest of `t`'s generation from it, with `t`'s ids.
+    fn finish_from_copy(&mut self, t: &mut Tracked) -> Result<(), Stopping> {
+        if t.head.len == 0 || t.blocked.is_some() {
+            return Ok(());
+        }
+        let Some((path, copy, size)) = files::find_copy(&t.path, t.key, t.head, t.read_pos())
+        else {
+            return Ok(());
+        };
+        tracing::info!(
+            "source {}: {} was truncated at byte {}; reading the rest, up to byte {size}, from its copy {}",
+            self.cx.name,
+            t.path.display(),
+            t.read_pos(),
+            path.display()
+        );
+        let own = std::mem::replace(&mut t.file, copy);
+        let own_size = std::mem::replace(&mut t.size, size);
+        let mut r = Ok(());
+        while t.read_pos() < size && t.blocked.is_none() {
+            match self.read_file(t) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        t.file = own;
+        t.size = own_size;
+        r
+    }
+
     /// Reads one file from its position up to its end (or `READ_SLICE` bytes).
     fn read_file(&mut self, t: &mut Tracked) -> Result<u64, Stopping> {
         let mut read = 0u64;
