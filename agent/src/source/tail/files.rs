@@ -1,10 +1,11 @@
 //! Finding and recognising tailed files.
 //!
-//! A file is known by its device and inode (stable across renames) plus a fingerprint:
-//! the xxh3 hash of its first line (or first 4 KiB when that line is longer). The
-//! fingerprint tells a truncated-and-rewritten or deleted-and-recreated file from the one
-//! that was there before, when the inode is the same. A file whose first line is not yet
-//! complete has no fingerprint; it holds no complete record yet either, so it waits.
+//! A file is known by its device and inode (stable across renames), its fingerprint —
+//! the xxh3 hash of its first line (or first 4 KiB when that line is longer), part of
+//! every message id — and its [`Head`]: the hash of its first bytes, up to 4 KiB. The
+//! head tells a truncated-and-rewritten or recreated file from the one that was there
+//! before even when their first lines are the same (a CSV header). A file whose first
+//! line is not yet complete has no fingerprint; it holds no complete record yet either.
 
 use std::fs::{self, File};
 use std::io;

@@ -3,26 +3,45 @@
 //! It runs on its own thread: file I/O is blocking and local, and keeping it off the
 //! async runtime leaves the runtime to the publisher. One loop:
 //!
-//! 1. **Scan** the globs (at start, on a create/rename/remove event from `notify`, and
-//!    every `stat_interval` as a fallback for NFS or missed events). New files are opened
-//!    and kept open, so a file renamed away or deleted can still be read to its end.
-//! 2. **Read** every file that grew, oldest modification time first, so a rotated file
-//!    is finished before the file that replaced it. A file that shrank was truncated
-//!    (copytruncate): it gets a new generation and is read again from 0.
+//! 1. **Find** files. The watcher (`notify`, on its own thread) opens at once every file
+//!    created in the globs and every file renamed into or out of them, and hands the
+//!    open descriptors over (`Seen`); the globs are scanned at start, after such
+//!    events, and every `stat_interval` (NFS, lost events). A file is held from the
+//!    moment it is first seen, even empty: logrotate's `create` makes an empty file that
+//!    may be written and rotated away before the next look, and a file renamed away or
+//!    deleted can still be read to its end. Compressed names are skipped.
+//! 2. **Read** every file that grew, those that left the globs first, then oldest
+//!    modification time first; a file not read to its end holds back the files after it,
+//!    so a rotated file is finished before the file that replaced it. Each file's
+//!    *head* (its first bytes, up to 4 KiB; `files::Head`) is checked whenever it changed and
+//!    between the 256 KiB reads of a backlog: a file that shrank or whose first bytes
+//!    changed was truncated (copytruncate), even if it has grown back past the read
+//!    position. What was not read yet is then read from the copy (same ids), and the
+//!    file gets a new generation and is read again from 0.
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
-//!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>`, so its message id is the same
-//!    every time that record is sent. Bad and over-long records go to the quarantine.
+//!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
+//!    the first line, as in every version), so its message id is the same every time
+//!    that record is sent. Bad and over-long records go to the quarantine; one the
+//!    quarantine cannot take (a full disk) is kept, reading that file stops at it and the
+//!    write is retried with backoff: the position never passes a record that is nowhere.
 //! 4. **Hand batches** to the sink over a bounded channel (waiting when it is full), and
 //!    **checkpoint** offsets up to the sink's ack watermark.
 //!
 //! Crash cases: everything after the checkpoint is read and sent again with the same
 //! ids; JetStream drops those it already holds (within its duplicate window). A file
 //! rotated while the agent was stopped is found by its inode (via the globs, or in its
-//! old directory) and finished before newer files. A file deleted while the agent was
-//! stopped is gone with whatever it held past the checkpoint: that is logged. A file
-//! deleted and recreated with the same inode and the same first line while the agent was
-//! stopped cannot be told from the old one, and is resumed at the old offset.
+//! old directory) and finished before newer files; files created *and* rotated away
+//! while it was stopped are found by name next to it (see `files::rotated_since`) and
+//! read whole, oldest first. A file truncated while the agent was stopped resumes its old
+//! generation, which the first read round finishes from the copy (when there is one)
+//! before reading the file again from 0. A file deleted while the agent was stopped is
+//! gone with whatever it held past the checkpoint: that is logged. A file deleted and
+//! recreated with the same inode while the agent was stopped, with the same first line
+//! and the same first bytes as far as the checkpoint's head covers them (up to 4 KiB),
+//! and at least as long as the checkpointed offset, cannot be told from the old one and
+//! is resumed at the old offset. A checkpoint written before heads existed is matched by
+//! the first line alone, once.
 
 mod files;
 mod state;
@@ -430,7 +449,7 @@ impl Tail {
 
     /// Files created and rotated out of the globs while the agent was stopped: the live
     /// file of a rotated checkpointed one was rotated again before the start. They are
-    /// unknown to the checkpoint; found by name next to it (see [`files::rotated_since`])
+    /// unknown to the checkpoint; found by name next to it (see `files::rotated_since`)
     /// and read whole, oldest first, before the live files.
     fn track_rotated_while_stopped(&mut self, live: &[PathBuf], since: SystemTime) {
         for l in live {

@@ -2,7 +2,7 @@
 //!
 //! Stored as JSON in `state_dir/checkpoints/<source>.json` (written atomically, see
 //! [`crate::pipeline::checkpoint`]). Each entry is keyed by device and inode and holds
-//! the file's fingerprint, its generation (raised each time the file is truncated or its
+//! the file's fingerprint and head, its generation (raised each time the file is truncated or its
 //! inode is reused by a new file, so the new bytes get new message ids) and the offset
 //! up to which every record's event is acknowledged. An entry whose file is gone is kept
 //! as `retired` for a day, so a new file that reuses the inode starts a new generation.
