@@ -513,7 +513,6 @@ fn logrotate_matrix() -> Vec<Logrotate> {
                                 stop_across,
                                 rounds: 10,
                                 lines_per_round: 2000,
-                                ..base
                             });
                         }
                     }
