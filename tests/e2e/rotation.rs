@@ -528,11 +528,34 @@ async fn real_logrotate_loses_and_repeats_nothing() {
     if !std::path::Path::new("/usr/sbin/logrotate").exists() {
         panic!("/usr/sbin/logrotate is missing: run scripts/ensure-deps");
     }
-    for c in logrotate_matrix() {
+    use futures::FutureExt;
+    // Every case runs; the failures are listed together at the end.
+    let mut failed = Vec::new();
+    let cases = logrotate_matrix();
+    for c in &cases {
         let t = std::time::Instant::now();
-        logrotate_run(c).await;
-        eprintln!("{c:?}: passed in {:.1} s", t.elapsed().as_secs_f64());
+        match std::panic::AssertUnwindSafe(logrotate_run(*c))
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => eprintln!("{c:?}: passed in {:.1} s", t.elapsed().as_secs_f64()),
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .map(|s| s.lines().next().unwrap_or_default().to_owned())
+                    .unwrap_or_default();
+                eprintln!("{c:?}: FAILED: {why}");
+                failed.push(why);
+            }
+        }
     }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
 }
 
 /// The checkpoint of source `vista`, as JSON.

@@ -143,3 +143,47 @@ impl Checkpoint {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_generation_takes_its_identity_only_when_the_checkpoint_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        let old = Head { len: 10, hash: 7 };
+        cp.files.insert(
+            key,
+            FileCp {
+                dev: 1,
+                ino: 2,
+                path: "/x/a.log".into(),
+                fp: Some(5),
+                head: Some(old),
+                gen: 0,
+                offset: 100,
+                retired_ms: None,
+            },
+        );
+        // Truncated: generation 1 is read while generation 0's events still wait for acks.
+        let new = Head { len: 3, hash: 9 };
+        cp.set_identity(key, 1, Some(6), new);
+        assert_eq!(
+            cp.files[&key].head,
+            Some(old),
+            "not before its events are acked"
+        );
+        assert_eq!(cp.files[&key].fp, Some(5));
+        cp.advance(key, 0, 120);
+        assert_eq!((cp.files[&key].gen, cp.files[&key].offset), (0, 120));
+        cp.advance(key, 1, 0);
+        let e = &cp.files[&key];
+        assert_eq!((e.gen, e.offset, e.fp, e.head), (1, 0, Some(6), Some(new)));
+        // Within one generation the identity is written at once.
+        let grown = Head { len: 40, hash: 11 };
+        cp.set_identity(key, 1, Some(6), grown);
+        assert_eq!(cp.files[&key].head, Some(grown));
+    }
+}
