@@ -205,6 +205,9 @@ struct Tail {
     last_scan: Instant,
     /// Order of discovery, shared with the watcher, which numbers the files it opens.
     discovered: Arc<AtomicU64>,
+    /// Files found truncated at start (copytruncate while stopped), with their old head;
+    /// or with none, files that were still empty when the agent stopped.
+    truncated_while_stopped: Vec<(PathBuf, Option<Head>)>,
 }
 
 impl Tail {
@@ -259,6 +262,7 @@ impl Tail {
             rescan: true,
             last_scan: Instant::now(),
             discovered,
+            truncated_while_stopped: Vec::new(),
         })
     }
 
@@ -432,7 +436,14 @@ impl Tail {
                 }
             }
             if let Some(since) = self.out.cp.written {
-                self.track_rotated_while_stopped(&rotated_live, since);
+                let rotated: Vec<(PathBuf, Option<Head>)> =
+                    rotated_live.into_iter().map(|p| (p, None)).collect();
+                self.track_rotated_while_stopped(&rotated, since);
+                // copytruncate while stopped: the copy of the checkpointed generation is
+                // finished by the first read round; copies made after it hold
+                // generations never seen.
+                let truncated = std::mem::take(&mut self.truncated_while_stopped);
+                self.track_rotated_while_stopped(&truncated, since);
             }
             if !self.out.cp.existed {
                 // Record the starting offsets now, so that start_at applies only once.
@@ -457,12 +468,23 @@ impl Tail {
     /// file of a rotated checkpointed one was rotated again before the start. They are
     /// unknown to the checkpoint; found by name next to it (see `files::rotated_since`)
     /// and read whole, oldest first, before the live files.
-    fn track_rotated_while_stopped(&mut self, live: &[PathBuf], since: SystemTime) {
-        for l in live {
+    /// With a head: the live file was truncated, and the copy that starts with that head
+    /// is left to [`Out::finish_from_copy`].
+    fn track_rotated_while_stopped(&mut self, live: &[(PathBuf, Option<Head>)], since: SystemTime) {
+        for (l, head) in live {
             for (p, key) in files::rotated_since(l, since) {
                 let known =
                     self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
                 if known || self.globs.matches(&p) {
+                    continue;
+                }
+                let copy_of_checkpointed = head.is_some_and(|h| {
+                    File::open(&p).is_ok_and(|f| {
+                        let size = f.metadata().map_or(0, |m| m.len());
+                        matches!(h.recheck(&f, size), Ok(Some(_)))
+                    })
+                });
+                if copy_of_checkpointed {
                     continue;
                 }
                 tracing::info!(
@@ -519,7 +541,14 @@ impl Tail {
         let mut old_head = None;
         let (gen, offset) = match self.out.cp.files.get(&key) {
             Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
-            Some(c) if same(c) => (c.gen, c.offset),
+            Some(c) if same(c) => {
+                if self.first_scan && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
+                    // Empty when the agent stopped: copies made since (copytruncate)
+                    // hold what was written to it meanwhile.
+                    self.truncated_while_stopped.push((path.to_owned(), None));
+                }
+                (c.gen, c.offset)
+            }
             // Truncated (copytruncate) while the agent was stopped: resume the old
             // generation where it was, with its fingerprint and head. The first read
             // round finds the truncation, reads the rest from the copy when there is one,
@@ -527,6 +556,9 @@ impl Tail {
             Some(c) if c.head.is_some_and(|h| h.len > 0) => {
                 fp = c.fp;
                 old_head = c.head;
+                if self.first_scan {
+                    self.truncated_while_stopped.push((path.to_owned(), c.head));
+                }
                 (c.gen, c.offset)
             }
             Some(c) => {
