@@ -437,6 +437,7 @@ fn logrotate_matrix() -> Vec<Logrotate> {
     };
     // One case, to chase a failure: LOCKSTEP_LOGROTATE_CASE="copytruncate dateext compress
     // interval=500 glob_matches_rotated stop_across" (any subset).
+    let heavy = std::env::var_os("LOCKSTEP_HEAVY").is_some();
     if let Ok(one) = std::env::var("LOCKSTEP_LOGROTATE_CASE") {
         let has = |w: &str| one.split_whitespace().any(|x| x == w);
         let interval_ms = one
@@ -450,10 +451,11 @@ fn logrotate_matrix() -> Vec<Logrotate> {
             interval_ms,
             glob_matches_rotated: has("glob_matches_rotated"),
             stop_across: has("stop_across"),
-            ..base
+            rounds: if heavy { 10 } else { base.rounds },
+            lines_per_round: if heavy { 2000 } else { base.lines_per_round },
         }];
     }
-    if std::env::var_os("LOCKSTEP_HEAVY").is_none() {
+    if !heavy {
         return vec![
             base,
             Logrotate {
