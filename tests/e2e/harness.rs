@@ -195,6 +195,14 @@ impl World {
         )
     }
 
+    /// A config with one tail source `vista` following `glob`, with the defaults an
+    /// operator gets (`source_extra` is added to it); returns its path.
+    pub fn config_paths(&self, glob: &str, source_extra: &str) -> PathBuf {
+        self.config_with(&format!(
+            "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{glob}\"]\n{source_extra}\n"
+        ))
+    }
+
     /// Writes a config with `sources` (TOML `[[source]]` tables) and returns its path.
     pub fn config_with(&self, sources: &str) -> PathBuf {
         let text = format!(

@@ -198,3 +198,71 @@ async fn malformed_and_over_long_lines_are_quarantined_with_offsets_and_the_rest
     let q2 = std::fs::read_to_string(w.dir().join("state/quarantine/vista.jsonl")).unwrap();
     assert_eq!(q2.lines().count(), 3);
 }
+
+/// The source's checkpointed offset of its only file (0 before the first checkpoint).
+fn checkpointed_offset(w: &World) -> u64 {
+    std::fs::read_to_string(w.dir().join("state/checkpoints/vista.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|cp| cp["files"][0]["offset"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_bad_line_waits_while_the_quarantine_cannot_be_written_and_goes_there_once_it_can() {
+    let mut w = World::new();
+    w.with_admin();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    // A file where the quarantine directory should be: every quarantine write fails, as
+    // on a full disk.
+    let qdir = w.dir().join("state/quarantine");
+    std::fs::create_dir_all(w.dir().join("state")).unwrap();
+    std::fs::write(&qdir, "in the way").unwrap();
+    let file = w.logs().join("a.log");
+    let bad = "this is not json";
+    append(&file, [line(0), bad.to_owned(), line(1), line(2)]);
+    let end0 = (line(0).len() + 1) as u64;
+    let mut agent = w.agent(&cfg);
+    assert!(w.wait_count(1, Duration::from_secs(30)).await >= 1);
+    let stuck = || {
+        w.status()["sources"]["vista"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("quarantine"))
+            && checkpointed_offset(&w) == end0
+    };
+    wait_for(
+        "the quarantine error in /status at the bad line, or the position past it",
+        Duration::from_secs(30),
+        || stuck() || checkpointed_offset(&w) > end0,
+    )
+    .await;
+    assert_eq!(
+        checkpointed_offset(&w),
+        end0,
+        "the position passed a record that is nowhere\n{}",
+        agent_log(&w)
+    );
+    assert_eq!(w.count().await, 1, "nothing after the bad line is sent");
+    // The operator fixes it: the record goes to the quarantine, the rest follows.
+    std::fs::remove_file(&qdir).unwrap();
+    assert_eq!(
+        w.wait_count(3, Duration::from_secs(30)).await,
+        3,
+        "{}",
+        agent_log(&w)
+    );
+    assert_eq!(agent.stop(), Some(0));
+    assert_eq!(ints(&w.messages().await, "id"), vec![0, 1, 2]);
+    let q = std::fs::read_to_string(qdir.join("vista.jsonl")).unwrap();
+    let q: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0]["offset"], end0);
+    assert_eq!(q[0]["record"], format!("{bad}\n"));
+    assert_eq!(
+        checkpointed_offset(&w),
+        std::fs::metadata(&file).unwrap().len()
+    );
+}

@@ -170,7 +170,14 @@ impl Quarantine {
             );
         }
         if let Some(f) = self.file.as_mut() {
-            f.write_all(&self.buf)?;
+            let before = f.metadata()?.len();
+            if let Err(e) = f.write_all(&self.buf) {
+                // No half line left behind (a full disk): the caller keeps the record and
+                // tries again, and the next line must start on its own.
+                let _ = f.set_len(before);
+                self.file = None;
+                return Err(e);
+            }
         }
         self.dirty = true;
         Ok(())

@@ -1,10 +1,11 @@
 //! Finding and recognising tailed files.
 //!
-//! A file is known by its device and inode (stable across renames) plus a fingerprint:
-//! the xxh3 hash of its first line (or first 4 KiB when that line is longer). The
-//! fingerprint tells a truncated-and-rewritten or deleted-and-recreated file from the one
-//! that was there before, when the inode is the same. A file whose first line is not yet
-//! complete has no fingerprint; it holds no complete record yet either, so it waits.
+//! A file is known by its device and inode (stable across renames), its fingerprint —
+//! the xxh3 hash of its first line (or first 4 KiB when that line is longer), part of
+//! every message id — and its [`Head`]: the hash of its first bytes, up to 4 KiB. The
+//! head tells a truncated-and-rewritten or recreated file from the one that was there
+//! before even when their first lines are the same (a CSV header). A file whose first
+//! line is not yet complete has no fingerprint; it holds no complete record yet either.
 
 use std::fs::{self, File};
 use std::io;
@@ -13,6 +14,54 @@ use std::path::{Path, PathBuf};
 
 /// How many leading bytes the fingerprint covers at most.
 pub const FINGERPRINT_MAX: usize = 4096;
+
+/// How many leading bytes the head check covers at most.
+pub const HEAD_MAX: usize = 4096;
+
+/// A file's first bytes, as a length and a hash: `len` grows with the file up to
+/// [`HEAD_MAX`]. Unlike the fingerprint (the first line, which is the same in every CSV
+/// file with the same header), it tells apart files whose first line is the same; it is
+/// checked again whenever the file changed, which finds a truncation even when the file
+/// has already grown past the read position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    pub len: u32,
+    pub hash: u64,
+}
+
+impl Head {
+    /// Checks that `f` still starts with this head's bytes and extends it to what `f`
+    /// holds now (up to [`HEAD_MAX`]). `None`: the first bytes changed (or are gone).
+    pub fn recheck(self, f: &File, size: u64) -> io::Result<Option<Head>> {
+        let want = (size.min(HEAD_MAX as u64)) as usize;
+        let have = self.len as usize;
+        if want < have {
+            return Ok(None);
+        }
+        let mut buf = [0u8; HEAD_MAX];
+        let n = read_prefix(f, &mut buf[..want])?;
+        if n < have || (have > 0 && xxhash_rust::xxh3::xxh3_64(&buf[..have]) != self.hash) {
+            return Ok(None);
+        }
+        Ok(Some(Head {
+            len: n as u32,
+            hash: xxhash_rust::xxh3::xxh3_64(&buf[..n]),
+        }))
+    }
+}
+
+/// Reads the first bytes of `f` into `buf` (fewer at its end); returns how many.
+fn read_prefix(f: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read_at(&mut buf[n..], n as u64)?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
 
 /// Device and inode of a file.
 #[derive(
@@ -35,14 +84,7 @@ impl FileKey {
 /// The fingerprint of an open file, or `None` while its first line is incomplete.
 pub fn fingerprint(f: &File) -> io::Result<Option<u64>> {
     let mut buf = [0u8; FINGERPRINT_MAX];
-    let mut n = 0;
-    while n < buf.len() {
-        let k = f.read_at(&mut buf[n..], n as u64)?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
+    let n = read_prefix(f, &mut buf)?;
     Ok(match buf[..n].iter().position(|&b| b == b'\n') {
         Some(i) => Some(xxhash_rust::xxh3::xxh3_64(&buf[..=i])),
         None if n == FINGERPRINT_MAX => Some(xxhash_rust::xxh3::xxh3_64(&buf)),
@@ -67,6 +109,40 @@ pub fn end_of_last_line(f: &File, size: u64) -> io::Result<u64> {
     Ok(0)
 }
 
+/// Names of compressed files (`logrotate`'s `compress`): never read as records.
+const COMPRESSED: [&str; 8] = [".gz", ".bz2", ".xz", ".zst", ".lz4", ".lzma", ".Z", ".zip"];
+
+/// Whether `path` names a compressed file, which a tail source skips even when its
+/// globs match it (`app.log*` matches `app.log.2.gz`).
+pub fn is_compressed(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    name.is_some_and(|n| COMPRESSED.iter().any(|ext| n.ends_with(ext)))
+}
+
+/// A source's globs, to test single paths (file events) as `glob::glob` would match them.
+#[derive(Debug)]
+pub struct Globs(Vec<glob::Pattern>);
+
+impl Globs {
+    pub fn new(patterns: &[String]) -> Self {
+        Self(
+            patterns
+                .iter()
+                .filter_map(|p| glob::Pattern::new(p).ok())
+                .collect(),
+        )
+    }
+
+    /// Whether a glob matches `path` and it is not a compressed file.
+    pub fn matches(&self, path: &Path) -> bool {
+        let opts = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        !is_compressed(path) && self.0.iter().any(|g| g.matches_path_with(path, opts))
+    }
+}
+
 /// A regular file matched by a source's globs.
 #[derive(Debug)]
 pub struct Found {
@@ -80,6 +156,9 @@ pub fn scan(patterns: &[String]) -> Vec<Found> {
     for p in patterns {
         let Ok(paths) = glob::glob(p) else { continue };
         for path in paths.flatten() {
+            if is_compressed(&path) {
+                continue;
+            }
             if let Ok(m) = fs::metadata(&path) {
                 if m.is_file() && !out.iter().any(|f| f.path == path) {
                     out.push(Found {
@@ -106,6 +185,74 @@ pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Files in the directory of `live` that look like its rotations (`live` plus a suffix,
+/// as `app.log.1` or `app.log-20261129`, or its stem and extension around one, as
+/// `app-20261129.log`), are not compressed and were modified at or after `since`: files
+/// created and rotated away while the agent was stopped. Oldest first.
+pub fn rotated_since(live: &Path, since: std::time::SystemTime) -> Vec<(PathBuf, FileKey)> {
+    let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy().into_owned();
+    let (stem, ext) = match name.split_once('.') {
+        Some((s, _)) => (
+            s.to_owned(),
+            name[name.rfind('.').unwrap_or(0)..].to_owned(),
+        ),
+        None => (name.clone(), String::new()),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let n = e.file_name().to_string_lossy().into_owned();
+        let like = (n.len() > name.len() && n.starts_with(&name))
+            || (!ext.is_empty()
+                && n.len() > name.len()
+                && n.starts_with(&stem)
+                && n.ends_with(&ext));
+        if !like || is_compressed(&path) {
+            continue;
+        }
+        let Ok(m) = fs::metadata(&path) else { continue };
+        let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        if m.is_file() && mtime >= since {
+            out.push((mtime, path, FileKey::of(&m)));
+        }
+    }
+    out.sort();
+    out.into_iter().map(|(_, p, k)| (p, k)).collect()
+}
+
+/// The copy `copytruncate` made of a file before truncating it: in the same directory,
+/// another file that starts with the same `head` and holds more than `read` bytes (the
+/// newest such). Compressed files are not looked at.
+pub fn find_copy(of: &Path, key: FileKey, head: Head, read: u64) -> Option<(PathBuf, File, u64)> {
+    let dir = of.parent()?;
+    let mut best: Option<(std::time::SystemTime, PathBuf, File, u64)> = None;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let path = e.path();
+        if is_compressed(&path) {
+            continue;
+        }
+        let Ok(m) = e.metadata() else { continue };
+        if !m.is_file() || FileKey::of(&m) == key || m.len() <= read {
+            continue;
+        }
+        let Ok(f) = File::open(&path) else { continue };
+        if !matches!(head.recheck(&f, m.len()), Ok(Some(_))) {
+            continue;
+        }
+        let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|b| mtime > b.0) {
+            best = Some((mtime, path, f, m.len()));
+        }
+    }
+    best.map(|(_, p, f, n)| (p, f, n))
 }
 
 /// The directories to watch for a glob: its longest leading part without wildcards.
@@ -151,6 +298,53 @@ mod tests {
         // `{"id":1}\n{"id":2}\n`: with 17 bytes the second line is partial.
         assert_eq!(end_of_last_line(&r, 17).unwrap(), 9);
         assert_eq!(end_of_last_line(&r, 18).unwrap(), 18);
+    }
+
+    #[test]
+    fn head_tells_files_with_the_same_first_line_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,status\n1,a\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let h = Head::default().recheck(&f, 14).unwrap().unwrap();
+        assert_eq!(h.len, 14);
+        std::fs::write(&p, "id,status\n1,a\n2,b\n").unwrap();
+        let h2 = h.recheck(&f, 18).unwrap().expect("grown, same first bytes");
+        assert_eq!(h2.len, 18);
+        // Truncated and rewritten with the same header, and longer than before.
+        std::fs::write(&p, "id,status\n9,z\n8,y\n7,x\n").unwrap();
+        assert_eq!(fingerprint(&f).unwrap(), fingerprint(&f).unwrap());
+        assert_eq!(h2.recheck(&f, 22).unwrap(), None);
+        // Shorter than the head: not the same file.
+        std::fs::write(&p, "id,st").unwrap();
+        assert_eq!(h2.recheck(&f, 5).unwrap(), None);
+    }
+
+    #[test]
+    fn rotated_names_and_compressed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for n in [
+            "app.log.1",
+            "app.log-20261129",
+            "app-20261129.log",
+            "app.log.2.gz",
+            "other.log",
+            "app.log",
+        ] {
+            std::fs::write(d.join(n), "x\n").unwrap();
+        }
+        let since = std::time::SystemTime::UNIX_EPOCH;
+        let mut got: Vec<String> = rotated_since(&d.join("app.log"), since)
+            .into_iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["app-20261129.log", "app.log-20261129", "app.log.1"]);
+        let g = Globs::new(&[format!("{}/app.log*", d.display())]);
+        assert!(g.matches(&d.join("app.log.1")));
+        assert!(!g.matches(&d.join("app.log.2.gz")), "compressed: skipped");
+        assert!(!g.matches(&d.join("sub/app.log")));
     }
 
     #[test]

@@ -3,26 +3,45 @@
 //! It runs on its own thread: file I/O is blocking and local, and keeping it off the
 //! async runtime leaves the runtime to the publisher. One loop:
 //!
-//! 1. **Scan** the globs (at start, on a create/rename/remove event from `notify`, and
-//!    every `stat_interval` as a fallback for NFS or missed events). New files are opened
-//!    and kept open, so a file renamed away or deleted can still be read to its end.
-//! 2. **Read** every file that grew, oldest modification time first, so a rotated file
-//!    is finished before the file that replaced it. A file that shrank was truncated
-//!    (copytruncate): it gets a new generation and is read again from 0.
+//! 1. **Find** files. The watcher (`notify`, on its own thread) opens at once every file
+//!    created in the globs and every file renamed into or out of them, and hands the
+//!    open descriptors over (`Seen`); the globs are scanned at start, after such
+//!    events, and every `stat_interval` (NFS, lost events). A file is held from the
+//!    moment it is first seen, even empty: logrotate's `create` makes an empty file that
+//!    may be written and rotated away before the next look, and a file renamed away or
+//!    deleted can still be read to its end. Compressed names are skipped.
+//! 2. **Read** every file that grew, those that left the globs first, then oldest
+//!    modification time first; a file not read to its end holds back the files after it,
+//!    so a rotated file is finished before the file that replaced it. Each file's
+//!    *head* (its first bytes, up to 4 KiB; `files::Head`) is checked whenever it changed and
+//!    between the 256 KiB reads of a backlog: a file that shrank or whose first bytes
+//!    changed was truncated (copytruncate), even if it has grown back past the read
+//!    position. What was not read yet is then read from the copy (same ids), and the
+//!    file gets a new generation and is read again from 0.
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
-//!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>`, so its message id is the same
-//!    every time that record is sent. Bad and over-long records go to the quarantine.
+//!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
+//!    the first line, as in every version), so its message id is the same every time
+//!    that record is sent. Bad and over-long records go to the quarantine; one the
+//!    quarantine cannot take (a full disk) is kept, reading that file stops at it and the
+//!    write is retried with backoff: the position never passes a record that is nowhere.
 //! 4. **Hand batches** to the sink over a bounded channel (waiting when it is full), and
 //!    **checkpoint** offsets up to the sink's ack watermark.
 //!
 //! Crash cases: everything after the checkpoint is read and sent again with the same
 //! ids; JetStream drops those it already holds (within its duplicate window). A file
 //! rotated while the agent was stopped is found by its inode (via the globs, or in its
-//! old directory) and finished before newer files. A file deleted while the agent was
-//! stopped is gone with whatever it held past the checkpoint: that is logged. A file
-//! deleted and recreated with the same inode and the same first line while the agent was
-//! stopped cannot be told from the old one, and is resumed at the old offset.
+//! old directory) and finished before newer files; files created *and* rotated away
+//! while it was stopped are found by name next to it (see `files::rotated_since`) and
+//! read whole, oldest first. A file truncated while the agent was stopped resumes its old
+//! generation, which the first read round finishes from the copy (when there is one)
+//! before reading the file again from 0. A file deleted while the agent was stopped is
+//! gone with whatever it held past the checkpoint: that is logged. A file deleted and
+//! recreated with the same inode while the agent was stopped, with the same first line
+//! and the same first bytes as far as the checkpoint's head covers them (up to 4 KiB),
+//! and at least as long as the checkpointed offset, cannot be told from the old one and
+//! is resumed at the old offset. A checkpoint written before heads existed is matched by
+//! the first line alone, once.
 
 mod files;
 mod state;
@@ -31,16 +50,18 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use lockstep_formats::record::Decoder;
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use self::files::FileKey;
+use self::files::{FileKey, Globs, Head};
 use self::state::{Checkpoint, FileCp};
 use super::{SourceContext, SourceThread, Stopping, BATCH_SIZE};
 use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
@@ -74,6 +95,14 @@ struct Tracked {
     path: PathBuf,
     file: File,
     fp: Option<u64>,
+    /// The file's first bytes, checked again whenever it changed (see [`Head`]).
+    head: Head,
+    /// Check the head at the next look even if size and time look unchanged (a change was
+    /// seen in the middle of a read).
+    suspect: bool,
+    /// A bad record that could not be written to the quarantine: reading this file stops
+    /// at it, and it is tried again (see [`Out::retry_blocked`]).
+    blocked: Option<Blocked>,
     gen: u32,
     /// Offset of the first byte of `buf`: everything before it is framed.
     offset: u64,
@@ -96,6 +125,25 @@ impl Tracked {
         self.offset + self.buf.len() as u64
     }
 }
+
+/// A bad record waiting for the quarantine to be writable again (a full disk, a broken
+/// quarantine directory). The position does not move past it until it is written.
+struct Blocked {
+    offset: u64,
+    /// Its bytes (the first `max_record_bytes` of an over-long one).
+    data: Vec<u8>,
+    full_len: u64,
+    reason: String,
+    /// Where the next record starts, in generation `gen`.
+    end: u64,
+    gen: u32,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// First and longest pause between two tries of a quarantine write.
+const QUARANTINE_RETRY: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(10));
 
 /// A position that becomes safe to checkpoint once the debouncer has released every
 /// change up to `ord` and the sink acknowledged `seq`, the last event sent by then.
@@ -141,29 +189,40 @@ struct Out {
 struct Tail {
     files: Vec<Tracked>,
     out: Out,
-    events: Option<Receiver<bool>>,
+    globs: Arc<Globs>,
+    /// Wakes the loop when the watcher saw something; what it saw is in `seen`.
+    events: Option<Receiver<()>>,
+    seen: Arc<Mutex<Seen>>,
     _watcher: Option<notify::RecommendedWatcher>,
     first_scan: bool,
     rescan: bool,
     last_scan: Instant,
-    discovered: u64,
+    /// Order of discovery, shared with the watcher, which numbers the files it opens.
+    discovered: Arc<AtomicU64>,
+    /// Files found truncated at start (copytruncate while stopped), with their old head;
+    /// or with none, files that were still empty when the agent stopped.
+    truncated_while_stopped: Vec<(PathBuf, Option<Head>)>,
 }
 
 impl Tail {
     fn new(cfg: TailConfig, cx: SourceContext) -> Result<Self, String> {
         let cp = Checkpoint::load(&cx.state_dir, &cx.name)?;
         let quarantine = cx.quarantine();
-        let (watcher, events) = match watch(&cfg.paths) {
-            Ok((w, rx)) => (Some(w), Some(rx)),
-            Err(e) => {
-                tracing::warn!(
-                    "source {}: cannot watch for file events ({e}); checking every {:?}",
-                    cx.name,
-                    cfg.stat_interval
-                );
-                (None, None)
-            }
-        };
+        let globs = Arc::new(Globs::new(&cfg.paths));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let discovered = Arc::new(AtomicU64::new(0));
+        let (watcher, events) =
+            match watch(&cfg.paths, globs.clone(), seen.clone(), discovered.clone()) {
+                Ok((w, rx)) => (Some(w), Some(rx)),
+                Err(e) => {
+                    tracing::warn!(
+                        "source {}: cannot watch for file events ({e}); checking every {:?}",
+                        cx.name,
+                        cfg.stat_interval
+                    );
+                    (None, None)
+                }
+            };
         let mut deb = cx.debouncer();
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
@@ -189,12 +248,15 @@ impl Tail {
                 cfg,
                 cx,
             },
+            globs,
             events,
+            seen,
             _watcher: watcher,
             first_scan: true,
             rescan: true,
             last_scan: Instant::now(),
-            discovered: 0,
+            discovered,
+            truncated_while_stopped: Vec::new(),
         })
     }
 
@@ -204,6 +266,7 @@ impl Tail {
             if *self.out.cx.shutdown.borrow() {
                 break;
             }
+            self.ingest();
             if self.rescan || self.last_scan.elapsed() >= self.out.cfg.stat_interval {
                 self.scan();
             }
@@ -250,15 +313,22 @@ impl Tail {
             return;
         };
         match rx.recv_timeout(timeout) {
-            Ok(structural) => {
-                self.rescan |= structural;
-                // Take whatever else queued up.
-                while let Ok(s) = rx.try_recv() {
-                    self.rescan |= s;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => self.events = None,
+        }
+    }
+
+    /// Takes what the watcher saw: files it opened as they appeared in the globs or were
+    /// renamed (into or out of them), and whether a scan is due.
+    fn ingest(&mut self) {
+        let seen = match self.seen.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        self.rescan |= seen.structural;
+        for (path, file, order) in seen.opened {
+            let matched = self.globs.matches(&path);
+            self.track_file(&path, file, matched, order);
         }
     }
 
@@ -274,6 +344,9 @@ impl Tail {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.out.apply_acks();
+        for t in &mut self.files {
+            self.out.refresh_identity(t);
+        }
         self.out.checkpoint(true);
         self.publish_status();
         tracing::info!(
@@ -325,6 +398,7 @@ impl Tail {
                 })
                 .cloned()
                 .collect();
+            let mut rotated_live = Vec::new();
             for c in missing {
                 let key = FileKey {
                     dev: c.dev,
@@ -339,6 +413,7 @@ impl Tail {
                             p.display()
                         );
                         self.track(&p, false);
+                        rotated_live.push(c.path.clone());
                     }
                     None => {
                         tracing::warn!(
@@ -353,6 +428,16 @@ impl Tail {
                         }
                     }
                 }
+            }
+            if let Some(since) = self.out.cp.written {
+                let rotated: Vec<(PathBuf, Option<Head>)> =
+                    rotated_live.into_iter().map(|p| (p, None)).collect();
+                self.track_rotated_while_stopped(&rotated, since);
+                // copytruncate while stopped: the copy of the checkpointed generation is
+                // finished by the first read round; copies made after it hold
+                // generations never seen.
+                let truncated = std::mem::take(&mut self.truncated_while_stopped);
+                self.track_rotated_while_stopped(&truncated, since);
             }
             if !self.out.cp.existed {
                 // Record the starting offsets now, so that start_at applies only once.
@@ -373,27 +458,103 @@ impl Tail {
         }
     }
 
-    /// Opens a file and decides where reading starts.
+    /// Files created and rotated out of the globs while the agent was stopped: the live
+    /// file of a rotated checkpointed one was rotated again before the start. They are
+    /// unknown to the checkpoint; found by name next to it (see `files::rotated_since`)
+    /// and read whole, oldest first, before the live files.
+    /// With a head: the live file was truncated, and the copy that starts with that head
+    /// is left to [`Out::finish_from_copy`].
+    fn track_rotated_while_stopped(&mut self, live: &[(PathBuf, Option<Head>)], since: SystemTime) {
+        for (l, head) in live {
+            for (p, key) in files::rotated_since(l, since) {
+                let known =
+                    self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
+                if known || self.globs.matches(&p) {
+                    continue;
+                }
+                let copy_of_checkpointed = head.is_some_and(|h| {
+                    File::open(&p).is_ok_and(|f| {
+                        let size = f.metadata().map_or(0, |m| m.len());
+                        matches!(h.recheck(&f, size), Ok(Some(_)))
+                    })
+                });
+                if copy_of_checkpointed {
+                    continue;
+                }
+                tracing::info!(
+                    "source {}: {} was written and rotated away while stopped; reading it whole",
+                    self.out.cx.name,
+                    p.display()
+                );
+                self.track(&p, false);
+            }
+        }
+    }
+
+    /// Opens a file and tracks it.
     fn track(&mut self, path: &Path, matched: bool) {
-        let Ok(file) = File::open(path) else { return };
+        match File::open(path) {
+            Ok(file) => {
+                let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+                self.track_file(path, file, matched, order);
+            }
+            Err(e) => tracing::warn!(
+                "source {}: cannot open {}: {e}; trying again at the next scan",
+                self.out.cx.name,
+                path.display()
+            ),
+        }
+    }
+
+    /// Tracks an open file from now on (empty or not: it may be written and renamed away
+    /// before the next look) and decides where reading starts. A file already tracked
+    /// only takes the new name.
+    fn track_file(&mut self, path: &Path, file: File, matched: bool, order: u64) {
         let Ok(meta) = file.metadata() else { return };
-        let key = FileKey::of(&meta);
-        if self.files.iter().any(|t| t.key == key) {
+        if !meta.is_file() {
             return;
         }
-        let fp = match files::fingerprint(&file) {
-            Ok(Some(fp)) => fp,
-            // No complete first line yet: look again at the next scan.
-            _ => {
-                self.rescan_soon();
-                return;
-            }
-        };
+        let key = FileKey::of(&meta);
+        if let Some(t) = self.files.iter_mut().find(|t| t.key == key) {
+            t.path = path.to_owned();
+            return;
+        }
+        // None while the first line is incomplete (an empty file, as `create` makes).
+        let fp = files::fingerprint(&file).ok().flatten();
         let size = meta.len();
         let name = &self.out.cx.name;
+        let same = |c: &FileCp| {
+            let first_line = (c.fp.is_some() && c.fp == fp) || (c.fp.is_none() && c.offset == 0);
+            // A checkpoint from before heads were recorded: the first line alone, once.
+            let head = c
+                .head
+                .is_none_or(|h| matches!(h.recheck(&file, size), Ok(Some(_))));
+            first_line && head && size >= c.offset
+        };
+        let mut fp = fp;
+        let mut old_head = None;
         let (gen, offset) = match self.out.cp.files.get(&key) {
             Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
-            Some(c) if c.fp == Some(fp) && size >= c.offset => (c.gen, c.offset),
+            Some(c) if same(c) => {
+                if self.first_scan && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
+                    // Empty when the agent stopped: copies made since (copytruncate)
+                    // hold what was written to it meanwhile.
+                    self.truncated_while_stopped.push((path.to_owned(), None));
+                }
+                (c.gen, c.offset)
+            }
+            // Truncated (copytruncate) while the agent was stopped: resume the old
+            // generation where it was, with its fingerprint and head. The first read
+            // round finds the truncation, reads the rest from the copy when there is one,
+            // and starts the file again from 0.
+            Some(c) if c.head.is_some_and(|h| h.len > 0) => {
+                fp = c.fp;
+                old_head = c.head;
+                if self.first_scan {
+                    self.truncated_while_stopped.push((path.to_owned(), c.head));
+                }
+                (c.gen, c.offset)
+            }
             Some(c) => {
                 FileTruncated {
                     source: name,
@@ -412,13 +573,21 @@ impl Tail {
             }
             None => (0, 0),
         };
+        let head = old_head.unwrap_or_else(|| {
+            Head::default()
+                .recheck(&file, size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        });
         self.out.cp.files.insert(
             key,
             FileCp {
                 dev: key.dev,
                 ino: key.ino,
                 path: path.to_owned(),
-                fp: Some(fp),
+                fp,
+                head: Some(head),
                 gen,
                 offset,
                 retired_ms: None,
@@ -438,7 +607,10 @@ impl Tail {
             key,
             path: path.to_owned(),
             file,
-            fp: Some(fp),
+            fp,
+            head,
+            suspect: old_head.is_some(),
+            blocked: None,
             gen,
             offset,
             buf: Vec::new(),
@@ -449,25 +621,44 @@ impl Tail {
             matched,
             gone_since: if matched { None } else { Some(Instant::now()) },
             nlink: meta.nlink(),
-            discovered: self.discovered,
+            discovered: order,
         });
-        self.discovered += 1;
-    }
-
-    fn rescan_soon(&mut self) {
-        // A scan at the next wake-up; files appearing are rare, so this costs little.
-        self.last_scan = Instant::now() - self.out.cfg.stat_interval.min(Duration::from_secs(3600))
-            + Duration::from_millis(100);
     }
 
     /// Reads every file that has new bytes, oldest first. Returns the bytes read.
     fn read_round(&mut self) -> Result<u64, Stopping> {
         for t in &mut self.files {
             let Ok(m) = t.file.metadata() else { continue };
+            let mtime = m.modified().unwrap_or(t.mtime);
+            let changed = m.len() != t.size || mtime != t.mtime || t.suspect;
             t.size = m.len();
-            t.mtime = m.modified().unwrap_or(t.mtime);
+            t.mtime = mtime;
             t.nlink = m.nlink();
-            if t.size < t.read_pos() {
+            t.suspect = false;
+            // Cheap: at most one 4 KiB read of a file that changed. It finds a truncation
+            // even when the file grew back past the read position before this look.
+            let head = if changed {
+                match t.head.recheck(&t.file, t.size) {
+                    Ok(h) => h,
+                    // Unreadable now: judge by the size alone this time.
+                    Err(_) => Some(t.head),
+                }
+            } else {
+                Some(t.head)
+            };
+            if t.size < t.read_pos() || head.is_none() {
+                // copytruncate: what was not read yet is in the copy. Read it from there,
+                // as the same file (same ids), before the file starts again from 0.
+                self.out.finish_from_copy(t)?;
+                if !t.buf.is_empty() {
+                    // A record cut off by the truncation, with no copy that holds its end.
+                    let reason = "incomplete last record of a file that was truncated";
+                    let (off, len) = (t.offset, t.buf.len() as u64);
+                    let data = std::mem::take(&mut t.buf);
+                    t.offset += len;
+                    self.out
+                        .set_aside(t, off, data, len, reason.to_owned(), off + len);
+                }
                 FileTruncated {
                     source: &self.out.cx.name,
                     file: &t.path,
@@ -480,24 +671,27 @@ impl Tail {
                 t.buf.clear();
                 t.skipping = None;
                 t.fp = None;
+                t.head = Head::default()
+                    .recheck(&t.file, t.size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
                 t.decoder = Decoder::new(self.out.cfg.format.clone());
-                if let Some(e) = self.out.cp.files.get_mut(&t.key) {
-                    e.gen = t.gen;
-                    e.offset = 0;
-                    e.fp = None;
-                }
-                self.out.cp.dirty = true;
+                // The checkpoint moves to the new generation only once every event of the
+                // old one is acknowledged: a stop before that finishes it at the next start.
+                self.out.mark_at(t.key, t.gen, 0);
+            } else if let Some(h) = head {
+                t.head = h;
             }
             if t.fp.is_none() {
                 t.fp = files::fingerprint(&t.file).ok().flatten();
-                if let (Some(fp), Some(e)) = (t.fp, self.out.cp.files.get_mut(&t.key)) {
-                    e.fp = Some(fp);
-                }
             }
+            self.out.cp.set_identity(t.key, t.gen, t.fp, t.head);
         }
         let mut order: Vec<usize> = (0..self.files.len())
             .filter(|&i| {
-                self.files[i].fp.is_some() && self.files[i].size > self.files[i].read_pos()
+                let t = &self.files[i];
+                t.size > t.read_pos() || t.blocked.is_some()
             })
             .collect();
         // Files that left the globs first (they were rotated away), then by modification
@@ -508,6 +702,14 @@ impl Tail {
         let mut total = 0;
         for i in order {
             total += self.out.read_file(&mut self.files[i])?;
+            self.out.refresh_identity(&mut self.files[i]);
+            let t = &self.files[i];
+            if t.size > t.read_pos() || t.blocked.is_some() {
+                // Not read to its end in this round (a long backlog, a record waiting for
+                // the quarantine): files after it wait, so a rotated file is finished
+                // before its successor is read.
+                break;
+            }
         }
         self.drop_finished();
         Ok(total)
@@ -522,7 +724,9 @@ impl Tail {
             let t = &self.files[i];
             let done = match t.gone_since {
                 Some(since) => {
-                    t.size == t.read_pos() && (t.nlink == 0 || since.elapsed() >= rotate_wait)
+                    t.size == t.read_pos()
+                        && t.blocked.is_none()
+                        && (t.nlink == 0 || since.elapsed() >= rotate_wait)
                 }
                 None => false,
             };
@@ -535,9 +739,14 @@ impl Tail {
                 let reason = "incomplete last record of a file that was rotated away or deleted";
                 let (off, len) = (t.offset, t.buf.len() as u64);
                 let buf = std::mem::take(&mut t.buf);
-                self.out.quarantine(&t, off, &buf, len, reason);
                 t.offset += len;
-                self.out.mark(&t, t.offset);
+                self.out
+                    .set_aside(&mut t, off, buf, len, reason.to_owned(), off + len);
+                if t.blocked.is_some() {
+                    // Kept until the quarantine takes it.
+                    self.files.push(t);
+                    continue;
+                }
             }
             tracing::info!(
                 "source {}: done with {}",
@@ -594,11 +803,75 @@ impl Tail {
 }
 
 impl Out {
+    /// Takes a file's fingerprint and head as they are now (after a read: the checkpoint
+    /// must know the content it points into, in case the file is truncated next).
+    fn refresh_identity(&mut self, t: &mut Tracked) {
+        if t.fp.is_none() {
+            t.fp = files::fingerprint(&t.file).ok().flatten();
+        }
+        if (t.head.len as usize) < files::HEAD_MAX {
+            if let Ok(m) = t.file.metadata() {
+                if let Ok(Some(h)) = t.head.recheck(&t.file, m.len()) {
+                    t.head = h;
+                }
+            }
+        }
+        self.cp.set_identity(t.key, t.gen, t.fp, t.head);
+    }
+
+    /// After a truncation of `t`: finds the copy logrotate's `copytruncate` made of it
+    /// (a file in the same directory that starts with `t`'s head and is longer than what
+    /// was read) and reads the rest of `t`'s generation from it, with `t`'s ids.
+    fn finish_from_copy(&mut self, t: &mut Tracked) -> Result<(), Stopping> {
+        if t.head.len == 0 || t.blocked.is_some() {
+            return Ok(());
+        }
+        let Some((path, copy, size)) = files::find_copy(&t.path, t.key, t.head, t.read_pos())
+        else {
+            return Ok(());
+        };
+        tracing::info!(
+            "source {}: {} was truncated at byte {}; reading the rest, up to byte {size}, from its copy {}",
+            self.cx.name,
+            t.path.display(),
+            t.read_pos(),
+            path.display()
+        );
+        let own = std::mem::replace(&mut t.file, copy);
+        let own_size = std::mem::replace(&mut t.size, size);
+        let mut r = Ok(());
+        while t.read_pos() < size && t.blocked.is_none() {
+            match self.read_file(t) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        t.file = own;
+        t.size = own_size;
+        r
+    }
+
     /// Reads one file from its position up to its end (or `READ_SLICE` bytes).
     fn read_file(&mut self, t: &mut Tracked) -> Result<u64, Stopping> {
         let mut read = 0u64;
         let max = self.cfg.max_record_bytes;
-        while read < READ_SLICE {
+        if !self.retry_blocked(t) {
+            return Ok(0);
+        }
+        // Bytes read before a stop at a blocked record are framed first.
+        let mut first = true;
+        while read < READ_SLICE && t.blocked.is_none() {
+            if read > 0 && !still_same(t) {
+                // Truncated (and perhaps grown back past the read position) while this
+                // read went on, e.g. while the source waited on a full spool: the next
+                // round starts it again from 0.
+                t.suspect = true;
+                break;
+            }
             let have = t.buf.len();
             let at = t.read_pos();
             t.buf.resize(have + CHUNK, 0);
@@ -616,9 +889,10 @@ impl Out {
                 }
             };
             t.buf.truncate(have + n);
-            if n == 0 {
+            if n == 0 && !(first && have > 0) {
                 break;
             }
+            first = false;
             read += n as u64;
             let mut pos = 0usize;
             loop {
@@ -630,8 +904,10 @@ impl Out {
                             t.skipping = None;
                             let reason =
                                 format!("record longer than max_record_bytes ({max} bytes)");
-                            self.quarantine_long(t, start, end - start, &reason);
-                            self.mark(t, end);
+                            self.quarantine_long(t, start, end - start, reason);
+                            if t.blocked.is_some() {
+                                break;
+                            }
                         }
                         None => {
                             pos = t.buf.len();
@@ -644,14 +920,19 @@ impl Out {
                     Some(len) if len > max => {
                         let start = t.offset + pos as u64;
                         let reason = format!("record longer than max_record_bytes ({max} bytes)");
-                        self.quarantine_long(t, start, len as u64, &reason);
+                        self.quarantine_long(t, start, len as u64, reason);
                         pos += len;
-                        self.mark(t, t.offset + pos as u64);
+                        if t.blocked.is_some() {
+                            break;
+                        }
                     }
                     Some(len) => {
                         let at = t.offset + pos as u64;
                         self.record(t, pos, len, at)?;
                         pos += len;
+                        if t.blocked.is_some() {
+                            break;
+                        }
                     }
                     None if rest.len() > max => {
                         // Over-long and still no end: discard up to its newline.
@@ -674,20 +955,20 @@ impl Out {
         let end = at + len as u64;
         let bytes = &t.buf[pos..pos + len];
         if t.decoder.needs_header() {
-            if let Err(e) = t.decoder.read_header(bytes, at) {
-                let reason = e.reason.clone();
-                let data = bytes.to_vec();
-                self.quarantine(t, at, &data, len as u64, &reason);
+            match t.decoder.read_header(bytes, at) {
+                Ok(()) => self.mark(t, end),
+                Err(e) => {
+                    let data = bytes.to_vec();
+                    self.set_aside(t, at, data, len as u64, e.reason, end);
+                }
             }
-            self.mark(t, end);
             return Ok(());
         }
         let rec = match t.decoder.decode(bytes, at) {
             Ok(r) => r,
             Err(e) => {
                 let data = bytes.to_vec();
-                self.quarantine(t, at, &data, len as u64, &e.reason);
-                self.mark(t, end);
+                self.set_aside(t, at, data, len as u64, e.reason, end);
                 return Ok(());
             }
         };
@@ -701,8 +982,7 @@ impl Out {
             }
             Err(reason) => {
                 let data = t.buf[pos..pos + len].to_vec();
-                self.quarantine(t, at, &data, len as u64, &reason);
-                self.mark(t, end);
+                self.set_aside(t, at, data, len as u64, reason, end);
             }
         }
         Ok(())
@@ -834,13 +1114,18 @@ impl Out {
     /// event of its own (a header, a quarantined record), which is safe once everything
     /// before it is.
     fn mark(&mut self, t: &Tracked, end: u64) {
+        self.mark_at(t.key, t.gen, end);
+    }
+
+    /// [`Out::mark`] for generation `gen` of file `key`.
+    fn mark_at(&mut self, key: FileKey, gen: u32, end: u64) {
         let ord = self.deb.pushed();
         if self.held.is_empty() && ord < self.deb.low() {
             self.pending.push_back(PendingPos {
                 ord,
                 seq: self.seq,
-                key: t.key,
-                gen: t.gen,
+                key,
+                gen,
                 end,
                 captured_ms: now_ms(),
             });
@@ -851,7 +1136,7 @@ impl Out {
         // many records arrive while a key is held for `max_delay`.
         if self.held.len() >= HELD_MARKS {
             if let Some(b) = self.held.back_mut() {
-                if (b.key, b.gen) == (t.key, t.gen) {
+                if (b.key, b.gen) == (key, gen) {
                     b.ord = ord;
                     b.end = end;
                     return;
@@ -861,45 +1146,116 @@ impl Out {
         self.held.push_back(PendingPos {
             ord,
             seq: 0,
-            key: t.key,
-            gen: t.gen,
+            key,
+            gen,
             end,
             captured_ms: now_ms(),
         });
     }
 
-    fn quarantine(&mut self, t: &Tracked, offset: u64, data: &[u8], full_len: u64, reason: &str) {
-        let cut = &data[..data.len().min(self.cfg.max_record_bytes)];
+    /// Writes a bad record to the quarantine and moves the position past it; when the
+    /// quarantine cannot be written, the record is kept and reading this file stops at it
+    /// until a retry succeeds (the position never passes a record that is nowhere).
+    fn set_aside(
+        &mut self,
+        t: &mut Tracked,
+        offset: u64,
+        mut data: Vec<u8>,
+        full_len: u64,
+        reason: String,
+        end: u64,
+    ) {
+        data.truncate(self.cfg.max_record_bytes);
+        let b = Blocked {
+            offset,
+            data,
+            full_len,
+            reason,
+            end,
+            gen: t.gen,
+            retry_at: Instant::now() + QUARANTINE_RETRY.0,
+            backoff: QUARANTINE_RETRY.0,
+        };
+        if self.put_quarantine(t, &b) {
+            self.mark(t, end);
+        } else {
+            t.blocked = Some(b);
+        }
+    }
+
+    /// Tries the quarantine write of a file's blocked record when it is due; true when
+    /// the file has no blocked record (any more).
+    fn retry_blocked(&mut self, t: &mut Tracked) -> bool {
+        let Some(mut b) = t.blocked.take() else {
+            return true;
+        };
+        if Instant::now() < b.retry_at {
+            t.blocked = Some(b);
+            return false;
+        }
+        if self.put_quarantine(t, &b) {
+            tracing::info!(
+                "source {}: the quarantine {} is writable again; reading {} goes on after byte {}",
+                self.cx.name,
+                self.quarantine.path().display(),
+                t.path.display(),
+                b.offset
+            );
+            self.mark_at(t.key, b.gen, b.end);
+            return true;
+        }
+        b.backoff = (b.backoff * 2).min(QUARANTINE_RETRY.1);
+        b.retry_at = Instant::now() + b.backoff;
+        t.blocked = Some(b);
+        false
+    }
+
+    /// One quarantine write: counted and logged when done, logged and shown in the
+    /// status's `last_error` when not.
+    fn put_quarantine(&mut self, t: &Tracked, b: &Blocked) -> bool {
         let bad = BadRecord {
             file: &t.path,
-            offset,
-            reason,
-            data: cut,
-            full_len,
+            offset: b.offset,
+            reason: &b.reason,
+            data: &b.data,
+            full_len: b.full_len,
         };
         if let Err(e) = self.quarantine.put(&bad) {
-            tracing::error!(
-                "source {}: cannot write to the quarantine {}: {e}",
-                self.cx.name,
+            let msg = format!(
+                "cannot write the bad record at byte {} of {} to the quarantine {}: {e}; \
+                 reading that file waits at it and retries (free space or fix the directory)",
+                b.offset,
+                t.path.display(),
                 self.quarantine.path().display()
             );
+            tracing::error!("source {}: {msg}", self.cx.name);
+            self.last_error = Some(format!("quarantine: {msg}"));
+            return false;
+        }
+        if self
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("quarantine"))
+        {
+            self.last_error = None;
         }
         RecordQuarantined {
             source: &self.cx.name,
             file: &t.path,
-            offset,
-            reason,
+            offset: b.offset,
+            reason: &b.reason,
         }
         .emit(&self.cx.counters);
+        true
     }
 
     /// Quarantines an over-long record, keeping its first `max_record_bytes`.
-    fn quarantine_long(&mut self, t: &Tracked, offset: u64, len: u64, reason: &str) {
+    fn quarantine_long(&mut self, t: &mut Tracked, offset: u64, len: u64, reason: String) {
         let keep = (len as usize).min(self.cfg.max_record_bytes);
         let mut head = vec![0u8; keep];
         let n = t.file.read_at(&mut head, offset).unwrap_or(0);
         head.truncate(n);
-        self.quarantine(t, offset, &head, len, reason);
+        self.set_aside(t, offset, head, len, reason, offset + len);
     }
 
     /// Hands the current batch to the sink, waiting while its channel is full.
@@ -981,6 +1337,15 @@ impl Out {
     }
 }
 
+/// Whether a file still holds what was read of it: not shorter than the read position,
+/// and the same first bytes. One `fstat` and one read of at most 4 KiB.
+fn still_same(t: &Tracked) -> bool {
+    let Ok(m) = t.file.metadata() else {
+        return true;
+    };
+    m.len() >= t.read_pos() && !matches!(t.head.recheck(&t.file, m.len()), Ok(None))
+}
+
 /// A field's value as text, for table and op fields.
 fn value_text(v: &Value) -> Option<String> {
     match v {
@@ -998,20 +1363,75 @@ fn read_header(file: &File, decoder: &mut Decoder, max: usize) {
     }
 }
 
-/// Watches the directories of the globs; sends `true` for events that may add or remove
-/// files (create, rename, remove) and `false` for data changes.
-fn watch(patterns: &[String]) -> notify::Result<(notify::RecommendedWatcher, Receiver<bool>)> {
-    let (tx, rx) = crossbeam_channel::bounded(64);
+/// What the watcher thread saw since the source last looked.
+#[derive(Default)]
+struct Seen {
+    /// Files opened the moment they appeared in the globs or were renamed into or out of
+    /// them: held from then on, a file written and rotated away before the source's next
+    /// look is still read.
+    opened: Vec<(PathBuf, File, u64)>,
+    /// A file may have appeared or gone (or events were lost): scan the globs.
+    structural: bool,
+}
+
+/// Most files held in [`Seen::opened`] between two looks; past it the scan finds them.
+const SEEN_MAX: usize = 4096;
+
+/// Watches the directories of the globs. On the watcher's own thread, at once, it opens
+/// every file created in (or renamed into) the globs and every file renamed out of them,
+/// so that none is missed however fast logrotate turns; data changes only wake the loop.
+fn watch(
+    patterns: &[String],
+    globs: Arc<Globs>,
+    seen: Arc<Mutex<Seen>>,
+    discovered: Arc<AtomicU64>,
+) -> notify::Result<(notify::RecommendedWatcher, Receiver<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            let structural = matches!(
-                ev.kind,
-                EventKind::Create(_)
-                    | EventKind::Remove(_)
-                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
-            );
-            let _ = tx.try_send(structural);
+        let structural = match &res {
+            Ok(ev) => {
+                ev.need_rescan()
+                    || matches!(
+                        ev.kind,
+                        EventKind::Create(_)
+                            | EventKind::Remove(_)
+                            | EventKind::Modify(ModifyKind::Name(_))
+                            | EventKind::Other
+                    )
+            }
+            Err(_) => true,
+        };
+        if structural {
+            let mut s = match seen.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            s.structural = true;
+            if let Ok(ev) = &res {
+                let open = match ev.kind {
+                    EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                        ev.paths.first().filter(|p| globs.matches(p))
+                    }
+                    // A rename out of the globs (`app.log` to `app.log.1`): follow it.
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => match &ev.paths[..] {
+                        [from, to] if globs.matches(from) && !files::is_compressed(to) => Some(to),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(p) = open {
+                    if s.opened.len() < SEEN_MAX {
+                        if let Ok(f) = File::open(p) {
+                            // Numbered now, in event order: the order files were created.
+                            let order = discovered.fetch_add(1, Ordering::Relaxed);
+                            s.opened.push((p.clone(), f, order));
+                        }
+                    }
+                }
+            }
         }
+        // One pending wake-up is enough: the loop takes everything in `seen`.
+        let _ = tx.try_send(());
     })?;
     for p in patterns {
         let (root, recursive) = files::watch_root(p);

@@ -2,17 +2,17 @@
 //!
 //! Stored as JSON in `state_dir/checkpoints/<source>.json` (written atomically, see
 //! [`crate::pipeline::checkpoint`]). Each entry is keyed by device and inode and holds
-//! the file's fingerprint, its generation (raised each time the file is truncated or its
+//! the file's fingerprint and head, its generation (raised each time the file is truncated or its
 //! inode is reused by a new file, so the new bytes get new message ids) and the offset
 //! up to which every record's event is acknowledged. An entry whose file is gone is kept
 //! as `retired` for a day, so a new file that reuses the inode starts a new generation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::files::FileKey;
+use super::files::{FileKey, Head};
 use crate::pipeline::checkpoint;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,11 @@ pub struct FileCp {
     /// The last path the file was seen at.
     pub path: PathBuf,
     pub fp: Option<u64>,
+    /// The file's first bytes (see [`Head`]). Checkpoints written before it existed have
+    /// none: their files are recognised by `fp` alone once, at the first start after the
+    /// upgrade, and the head is recorded from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
     pub gen: u32,
     /// Every record before this offset is acknowledged (or quarantined).
     pub offset: u64,
@@ -45,6 +50,11 @@ pub struct Checkpoint {
     pub files: BTreeMap<FileKey, FileCp>,
     /// Whether a checkpoint existed when the source started.
     pub existed: bool,
+    /// When the checkpoint found at start was last written (about when the agent stopped).
+    pub written: Option<std::time::SystemTime>,
+    /// Fingerprint and head of a file's newer generation (after a truncation), taken
+    /// over by its entry when the checkpoint reaches that generation.
+    next: HashMap<FileKey, (u32, Option<u64>, Head)>,
     pub dirty: bool,
 }
 
@@ -73,10 +83,13 @@ impl Checkpoint {
                 );
             }
         }
+        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         Ok(Self {
             path,
             files,
             existed,
+            written,
+            next: HashMap::new(),
             dirty: false,
         })
     }
@@ -85,10 +98,34 @@ impl Checkpoint {
     pub fn advance(&mut self, key: FileKey, gen: u32, offset: u64) {
         if let Some(e) = self.files.get_mut(&key) {
             if (gen, offset) > (e.gen, e.offset) {
+                if gen != e.gen {
+                    (e.fp, e.head) = match self.next.remove(&key) {
+                        Some((g, fp, head)) if g == gen => (fp, Some(head)),
+                        _ => (None, None),
+                    };
+                }
                 e.gen = gen;
                 e.offset = offset;
                 self.dirty = true;
             }
+        }
+    }
+
+    /// Records a file's fingerprint and head for generation `gen`: in its entry when the
+    /// checkpoint is at that generation, else (a newer one, not yet reached) for later.
+    pub fn set_identity(&mut self, key: FileKey, gen: u32, fp: Option<u64>, head: Head) {
+        let Some(e) = self.files.get_mut(&key) else {
+            return;
+        };
+        if e.gen == gen {
+            if e.fp != fp || e.head != Some(head) {
+                e.fp = fp;
+                e.head = Some(head);
+                self.dirty = true;
+            }
+            self.next.remove(&key);
+        } else if gen > e.gen {
+            self.next.insert(key, (gen, fp, head));
         }
     }
 
@@ -104,5 +141,49 @@ impl Checkpoint {
         self.dirty = false;
         self.existed = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_generation_takes_its_identity_only_when_the_checkpoint_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        let old = Head { len: 10, hash: 7 };
+        cp.files.insert(
+            key,
+            FileCp {
+                dev: 1,
+                ino: 2,
+                path: "/x/a.log".into(),
+                fp: Some(5),
+                head: Some(old),
+                gen: 0,
+                offset: 100,
+                retired_ms: None,
+            },
+        );
+        // Truncated: generation 1 is read while generation 0's events still wait for acks.
+        let new = Head { len: 3, hash: 9 };
+        cp.set_identity(key, 1, Some(6), new);
+        assert_eq!(
+            cp.files[&key].head,
+            Some(old),
+            "not before its events are acked"
+        );
+        assert_eq!(cp.files[&key].fp, Some(5));
+        cp.advance(key, 0, 120);
+        assert_eq!((cp.files[&key].gen, cp.files[&key].offset), (0, 120));
+        cp.advance(key, 1, 0);
+        let e = &cp.files[&key];
+        assert_eq!((e.gen, e.offset, e.fp, e.head), (1, 0, Some(6), Some(new)));
+        // Within one generation the identity is written at once.
+        let grown = Head { len: 40, hash: 11 };
+        cp.set_identity(key, 1, Some(6), grown);
+        assert_eq!(cp.files[&key].head, Some(grown));
     }
 }
