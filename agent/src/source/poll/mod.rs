@@ -674,6 +674,12 @@ impl Poller {
         if let (Some(last), Some(s)) = (msgs.last(), self.sending.as_mut()) {
             s.last_seq = last.seq;
         }
+        self.send(msgs)
+    }
+
+    /// Hands `msgs` to the sink as one batch, waiting (and keeping the status current)
+    /// while the sink is full.
+    fn send(&mut self, msgs: Vec<Outgoing>) -> Result<(), Stopping> {
         if msgs.is_empty() {
             return Ok(());
         }
@@ -722,17 +728,7 @@ impl Poller {
                 s.last_seq = last.seq;
             }
         }
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        let mut batch = Some(Batch {
-            source: self.cx.index,
-            msgs,
-        });
-        while !self.cx.offer(&mut batch)? {
-            self.publish_status(false);
-        }
-        Ok(())
+        self.send(msgs)
     }
 
     /// The event of one change: `Ok(None)` when it is quarantined, `Err` when it could
