@@ -43,8 +43,10 @@ use lockstep_formats::json::{encode_record, encode_value, parse_object};
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::ddl::{Capture, TableDef};
+use super::ddl::{Capture, Dialect, TableDef};
+use super::drift::{self, Installed};
 use super::snapshot::{Snapshots, CHUNK_ROWS};
+use crate::admin::events::TriggerDrift;
 use crate::admin::metrics::TableCounters;
 use crate::config::TriggerConfig;
 use crate::pipeline::debounce::{Absorb, Debouncer, Released};
@@ -114,6 +116,20 @@ pub trait CaptureDb: Send {
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
     /// Waits up to `timeout` for news of a change; true when woken by one.
     fn wait(&mut self, timeout: Duration) -> bool;
+    /// The tables as the catalog has them now, and what their capture triggers record
+    /// (see [`super::drift`]); the connection's own definitions are brought up to date.
+    /// `None` where the dialect is not checked.
+    fn schema(&mut self) -> Result<Option<Schema>, DbError> {
+        Ok(None)
+    }
+}
+
+/// The captured tables as the catalog has them now.
+pub struct Schema {
+    pub dialect: Dialect,
+    /// Each table's definition, and what its capture triggers record (`None`: it has
+    /// none).
+    pub tables: Vec<(TableDef, Option<Installed>)>,
 }
 
 /// The late rows one read takes, found in a snapshot in bounded steps whatever their
@@ -266,6 +282,10 @@ pub struct Drain {
     status_at: Instant,
     /// What a keys-mode position's digest is taken over (reused).
     digest_buf: Vec<u8>,
+    /// When the tables were last compared with their triggers (`None`: at once).
+    schema_at: Option<Instant>,
+    /// The tables whose triggers do not match them, with what is wrong.
+    drift: HashMap<String, String>,
 }
 
 enum Fail {
@@ -312,6 +332,8 @@ impl Drain {
             last_error: None,
             status_at: Instant::now(),
             digest_buf: Vec::with_capacity(1024),
+            schema_at: None,
+            drift: HashMap::new(),
         }
     }
 
@@ -375,6 +397,7 @@ impl Drain {
                 self.last_error = None;
                 self.db = Some(db);
                 self.woken = true;
+                self.schema_at = None;
                 self.cx.counters.db_up.store(1, Ordering::Relaxed);
             }
             Err(e) => self.lost(e),
@@ -425,6 +448,12 @@ impl Drain {
     /// Deletes what is acknowledged, reads what is new, and waits when there is nothing.
     fn step(&mut self) -> Result<(), Fail> {
         self.delete_acked()?;
+        if self
+            .schema_at
+            .is_none_or(|t| t.elapsed() >= self.cfg.schema_check)
+        {
+            self.check_schema()?;
+        }
         let due = self.backlog
             || self.woken
             || self
@@ -460,6 +489,36 @@ impl Drain {
             return Err(not_connected(&self.name).into());
         };
         self.woken |= db.wait(timeout);
+        Ok(())
+    }
+
+    /// Compares each table with what its capture triggers record (see [`drift`]), takes
+    /// its definition as it is now, and reports each change of drift.
+    fn check_schema(&mut self) -> Result<(), DbError> {
+        self.schema_at = Some(Instant::now());
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name));
+        };
+        let Some(schema) = db.schema()? else {
+            return Ok(());
+        };
+        let defs: Vec<TableDef> = schema.tables.iter().map(|(d, _)| d.clone()).collect();
+        self.set_tables(&defs);
+        for (def, installed) in &schema.tables {
+            let problem = drift::compare(def, self.cfg.capture, installed.as_ref())
+                .map(|d| d.describe(schema.dialect));
+            TriggerDrift {
+                source: &self.name,
+                table: &def.name,
+                problem: problem.as_deref(),
+                was: self.drift.get(&def.name).map(String::as_str),
+            }
+            .emit(&self.cx.metrics, &self.cx.status);
+            match problem {
+                Some(p) => self.drift.insert(def.name.clone(), p),
+                None => self.drift.remove(&def.name),
+            };
+        }
         Ok(())
     }
 
@@ -724,8 +783,14 @@ impl Drain {
             let Some(db) = self.db.as_mut() else {
                 return Err(not_connected(&self.name));
             };
+            let found = db.current(&self.tables[t].def, &pks)?;
+            // The connection found the table changed and read it with its new columns.
             let def = &self.tables[t].def;
-            for json in db.current(def, &pks)? {
+            if let Some(now) = db.tables().iter().find(|d| d.name == def.name && *d != def) {
+                self.tables[t].def = now.clone();
+            }
+            let def = &self.tables[t].def;
+            for json in found {
                 match parse_image(def, "row", &json).and_then(|row| {
                     let k = key_text(def, &row)?;
                     Ok((k, row))
