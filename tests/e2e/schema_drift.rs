@@ -245,6 +245,13 @@ async fn schema_change_under_a_running_agent(
     let (_, out, _) = cli(&cfg, &["triggers", "show", "--source", "vista"]);
     assert!(!out.contains("DRIFT"), "{out}");
     drained(&db, &w).await;
+    // The agent's own reads never failed on the changed table.
+    assert_eq!(
+        w.metric_sum("lockstep_source_db_errors_total"),
+        0,
+        "{}",
+        log()
+    );
     assert_eq!(agent.stop(), Some(0), "{}", log());
 
     let msgs = w.messages().await;
