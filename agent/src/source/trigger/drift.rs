@@ -379,7 +379,7 @@ mod tests {
         }
         assert_eq!(Installed::from_bodies::<&str>(&[]), None);
         // Only the triggers, not the capture table's DDL.
-        let all: Vec<String> = install(Dialect::MariaDb, &[t.clone()], Capture::Rows)
+        let all: Vec<String> = install(Dialect::MariaDb, std::slice::from_ref(&t), Capture::Rows)
             .into_iter()
             .map(|s| s.sql)
             .collect();

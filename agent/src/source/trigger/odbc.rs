@@ -332,37 +332,6 @@ pub fn apply(conn: &Connection<'_>, stmts: &[Statement]) -> Result<(), DbError> 
     r
 }
 
-/// Whether lockstep's triggers are on `table`; `None` where the dialect is not checked.
-pub fn has_capture_trigger(
-    conn: &Connection<'_>,
-    d: Dialect,
-    table: &str,
-) -> Result<Option<bool>, DbError> {
-    let name = table
-        .rsplit('.')
-        .next()
-        .unwrap_or(table)
-        .replace('\'', "''");
-    let sql = match d {
-        Dialect::MariaDb => format!(
-            "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
-             AND event_object_table = '{name}' AND trigger_name LIKE 'lockstep%'"
-        ),
-        Dialect::Sqlite => format!(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{name}' \
-             AND name LIKE 'lockstep%'"
-        ),
-        _ => return Ok(None),
-    };
-    let rows = query(conn, &sql, "look for the capture triggers")?;
-    let n: u64 = rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    Ok(Some(n > 0))
-}
-
 /// Refuses MariaDB triggers installed by a lockstep before keys kept one text: they
 /// record a `TIMESTAMP` key in the writer's time zone, which the agent's UTC session
 /// would not find again (every change of such a key would look like a delete). Without

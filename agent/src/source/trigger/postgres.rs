@@ -149,21 +149,6 @@ pub async fn table_def(client: &Client, table: &str) -> Result<TableDef, PgError
     })
 }
 
-/// Whether lockstep's capture trigger is on `table`.
-pub async fn has_capture_trigger(client: &Client, table: &str) -> Result<bool, PgError> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = 'lockstep_capture'",
-            &[&table],
-        )
-        .await
-        .map_err(|source| PgError::Query {
-            what: format!("look for the trigger on `{table}`"),
-            source,
-        })?;
-    Ok(row.get::<_, i64>(0) > 0)
-}
-
 /// What lockstep's capture trigger on `table` records (its arguments); `None` when the
 /// table has none.
 pub async fn installed(client: &Client, table: &str) -> Result<Option<Installed>, PgError> {
