@@ -126,12 +126,21 @@ async fn schema_change_under_a_running_agent(
     wait_drift(&w, 0).await;
     let mut written = 1;
 
-    // A column added under the agent.
-    let int = if kind == Kind::Lite { "INTEGER" } else { "int" };
+    // Columns added under the agent: a number, and a binary one (sent as base64, so
+    // its type must be known as soon as its values are).
+    let (int, bin, bytes): (&str, &str, fn(&str) -> String) = match kind {
+        Kind::Pg => ("int", "bytea", |h| format!("'\\x{h}'::bytea")),
+        Kind::Maria => ("int", "varbinary(8)", |h| format!("X'{h}'")),
+        Kind::Lite => ("INTEGER", "BLOB", |h| format!("X'{h}'")),
+    };
     db.sql(&format!(
-        "ALTER TABLE appointments ADD COLUMN priority {int};"
+        "ALTER TABLE appointments ADD COLUMN priority {int};
+         ALTER TABLE appointments ADD COLUMN badge {bin};"
     ));
-    db.sql("INSERT INTO appointments (id, clinic, note, priority) VALUES (2, 'b', 'n2', 7);");
+    db.sql(&format!(
+        "INSERT INTO appointments (id, clinic, note, priority, badge) VALUES (2, 'b', 'n2', 7, {});",
+        bytes("0102")
+    ));
     written += 1;
     assert_eq!(
         w.wait_count(written, Duration::from_secs(30)).await,
@@ -142,18 +151,18 @@ async fn schema_change_under_a_running_agent(
         let (code, body) = w.admin("/healthz");
         assert_eq!(code, 503, "{body}");
         assert!(
-            body.contains("degraded: source vista, table appointments has changed since its capture triggers were installed: column(s) `priority` are not captured; run `lockstep triggers install --source vista`"),
+            body.contains("degraded: source vista, table appointments has changed since its capture triggers were installed: column(s) `priority`, `badge` are not captured; run `lockstep triggers install --source vista`"),
             "{body}"
         );
         assert!(
-            status_drift(&w).contains("column(s) `priority` are not captured"),
+            status_drift(&w).contains("column(s) `priority`, `badge` are not captured"),
             "{}",
             w.status()
         );
         let (code, out, err) = cli(&cfg, &["status"]);
         assert_eq!(code, 0, "{err}");
         assert!(
-            out.contains("DRIFT        table appointments has changed since its capture triggers were installed: column(s) `priority` are not captured"),
+            out.contains("DRIFT        table appointments has changed since its capture triggers were installed: column(s) `priority`, `badge` are not captured"),
             "{out}"
         );
         let (code, out, _) = cli(&cfg, &["check"]);
@@ -163,18 +172,18 @@ async fn schema_change_under_a_running_agent(
                 && l.contains("appointments")
                 && l.contains("FAIL")
                 && l.contains(
-                    "the table has changed since: column(s) `priority` are not captured"
+                    "the table has changed since: column(s) `priority`, `badge` are not captured"
                 )),
             "{out}"
         );
         let (code, out, err) = cli(&cfg, &["triggers", "show", "--source", "vista"]);
         assert_eq!(code, 0, "{err}");
         assert!(
-            out.starts_with("-- DRIFT: table `appointments` has changed since its capture triggers were installed: column(s) `priority` are not captured.\n-- The fix: run `lockstep triggers install --source vista`"),
+            out.starts_with("-- DRIFT: table `appointments` has changed since its capture triggers were installed: column(s) `priority`, `badge` are not captured.\n-- The fix: run `lockstep triggers install --source vista`"),
             "{out}"
         );
         assert!(
-            log().contains("table `appointments` has changed since its capture triggers were installed: column(s) `priority` are not captured"),
+            log().contains("table `appointments` has changed since its capture triggers were installed: column(s) `priority`, `badge` are not captured"),
             "{}",
             log()
         );
@@ -228,10 +237,11 @@ async fn schema_change_under_a_running_agent(
         db.sql(write);
         written += 1;
     }
-    db.sql(
-        "INSERT INTO appointments (id, clinic, priority) VALUES (4, 'd', 9);
+    db.sql(&format!(
+        "INSERT INTO appointments (id, clinic, priority, badge) VALUES (4, 'd', 9, {});
          UPDATE appointments SET priority = 10 WHERE id = 2;",
-    );
+        bytes("DEAD")
+    ));
     written += 2;
     assert_eq!(
         w.wait_count(written, Duration::from_secs(30)).await,
@@ -280,7 +290,11 @@ async fn schema_change_under_a_running_agent(
         .expect("id 2")
         .json["after"];
     if capture_sees_new_column {
-        assert_eq!(two["priority"], 7, "{two}");
+        assert_eq!(
+            (&two["priority"], &two["badge"]),
+            (&7.into(), &"AQI=".into()),
+            "{two}"
+        );
     } else {
         assert!(two.get("priority").is_none(), "{two}");
     }
@@ -294,8 +308,13 @@ async fn schema_change_under_a_running_agent(
     // After the reinstall: the new column, and the dropped one gone.
     let (four, two) = (last_of(&msgs, 4), last_of(&msgs, 2));
     assert_eq!(
-        (&four["priority"], &two["priority"]),
-        (&9.into(), &10.into()),
+        (
+            &four["priority"],
+            &four["badge"],
+            &two["priority"],
+            &two["badge"]
+        ),
+        (&9.into(), &"3q0=".into(), &10.into(), &"AQI=".into()),
         "{msgs:?}"
     );
     for row in [three, four, two] {

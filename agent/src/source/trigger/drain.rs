@@ -208,6 +208,9 @@ struct TableOut {
     name: Arc<str>,
     subject: String,
     counters: Arc<TableCounters>,
+    /// The width (number of columns) of the last image that differed from `def` and
+    /// made the drain look at the table again; not again for the same width.
+    checked_width: usize,
 }
 
 /// Capture rows whose event is `seq`: deleted once the watermark reaches it.
@@ -439,6 +442,7 @@ impl Drain {
                         name: Arc::from(name),
                         subject: self.cx.encoder.subject(name),
                         counters: self.cx.metrics.table(&self.cx.name, name),
+                        checked_width: 0,
                     });
                 }
             }
@@ -694,18 +698,15 @@ impl Drain {
             self.to_delete.push(r.seq);
             return;
         }
-        let built = (|| {
-            let t = self.table_index(&r.table)?;
-            let op = row_op(&r.op)?;
-            let def = &self.tables[t].def;
-            let key = parse_image(def, "pk", &r.pk)?;
-            let image = |name: &str, v: &Option<String>| -> Result<Option<Record>, String> {
-                v.as_deref().map(|j| parse_image(def, name, j)).transpose()
-            };
-            let before = image("before", &r.before)?;
-            let after = image("after", &r.after)?;
-            Ok::<_, String>((t, op, key, before, after))
-        })();
+        let mut built = self.build_row(r);
+        let width = built.as_ref().ok().and_then(|(t, _, _, before, after)| {
+            Some((*t, after.as_ref().or(before.as_ref())?.len()))
+        });
+        if let Some((t, width)) = width {
+            if self.table_changed(t, width) {
+                built = self.build_row(r);
+            }
+        }
         match built {
             Ok((t, op, key, before, after)) => {
                 let position = self.position(r.seq);
@@ -721,6 +722,52 @@ impl Drain {
                 )
             }
             Err(reason) => self.set_aside(r, &reason),
+        }
+    }
+
+    /// The table, op, key and images of a capture row (`capture = "rows"`).
+    #[allow(clippy::type_complexity)]
+    fn build_row(
+        &self,
+        r: &ChangeRow,
+    ) -> Result<(usize, Op, Record, Option<Record>, Option<Record>), String> {
+        let t = self.table_index(&r.table)?;
+        let op = row_op(&r.op)?;
+        let def = &self.tables[t].def;
+        let key = parse_image(def, "pk", &r.pk)?;
+        let image = |name: &str, v: &Option<String>| -> Result<Option<Record>, String> {
+            v.as_deref().map(|j| parse_image(def, name, j)).transpose()
+        };
+        let before = image("before", &r.before)?;
+        let after = image("after", &r.after)?;
+        Ok((t, op, key, before, after))
+    }
+
+    /// An image of `width` columns of table `t`, whose definition has another number:
+    /// the table changed (PostgreSQL's `row_to_json` follows it; elsewhere the triggers
+    /// were installed again after an `ALTER TABLE`). Looks at the table again at once, so
+    /// that a new column is typed (binary, date-time) from this event on; true when it
+    /// did. Once per width, so that triggers that still record the old columns (drift)
+    /// do not make it look at every row.
+    fn table_changed(&mut self, t: usize, width: usize) -> bool {
+        let out = &mut self.tables[t];
+        if width == out.def.columns.len() || width == out.checked_width {
+            return false;
+        }
+        out.checked_width = width;
+        match self.check_schema() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "source {}: cannot read the definition of `{}` again: {}",
+                    self.name,
+                    self.tables[t].def.name,
+                    e.0
+                );
+                // Tried again (and the connection with it) at the next step.
+                self.schema_at = None;
+                false
+            }
         }
     }
 
@@ -788,6 +835,14 @@ impl Drain {
             let def = &self.tables[t].def;
             if let Some(now) = db.tables().iter().find(|d| d.name == def.name && *d != def) {
                 self.tables[t].def = now.clone();
+            }
+            // PostgreSQL's `row_to_json` follows the table by itself.
+            let width = found
+                .first()
+                .and_then(|j| parse_object(j.as_bytes()).ok())
+                .map(|r| r.len());
+            if let Some(width) = width {
+                self.table_changed(t, width);
             }
             let def = &self.tables[t].def;
             for json in found {
