@@ -1237,6 +1237,11 @@ mod tests {
                 "`tables` is not a key of poll sources",
             ),
             ("key = []\n", 9, "`key` is empty"),
+            (
+                "schema_check = \"1m\"\n",
+                9,
+                "`schema_check` is not a key of poll sources",
+            ),
         ];
         for (extra, line, msg) in bad {
             let e = parse_str(&format!("{POLL}{extra}")).unwrap_err();
@@ -1247,6 +1252,12 @@ mod tests {
         assert!(e.message.contains("read through ODBC"), "{e}");
         let e = parse_str(&format!("{MINIMAL}cursor = \"TS\"\n")).unwrap_err();
         assert!(e.message.contains("not a key of tail sources"), "{e}");
+        let e = parse_str(&format!("{MINIMAL}schema_check = \"1m\"\n")).unwrap_err();
+        assert!(
+            e.message
+                .contains("`schema_check` is not a key of tail sources"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1297,6 +1308,10 @@ mod tests {
             (
                 "postgres = \"x\"\ntables = [\"a\"]\npaths = [\"/x\"]",
                 "not a key of trigger sources",
+            ),
+            (
+                "postgres = \"x\"\ntables = [\"a\"]\nschema_check = \"500ms\"",
+                "source `vista`: `schema_check` must be at least 1s",
             ),
         ] {
             let e = parse_str(&format!("{base}{extra}")).unwrap_err();
