@@ -29,6 +29,12 @@
 //! **Snapshots.** Between reads of the capture table the drain reads the chunks of a
 //! running snapshot (see [`super::snapshot`] for how the two are interleaved).
 //!
+//! **Schema drift.** At connect and every `schema_check` the drain compares each table
+//! with what its installed triggers record ([`super::drift`]), reports a difference
+//! (log, `lockstep_trigger_drift`, `/healthz`, `/status`) and takes the table's current
+//! definition; an image with another number of columns than the definition makes it
+//! look again at once, so new columns are typed from their first event.
+//!
 //! **Connection loss.** Any database error drops the connection; the drain reconnects
 //! with backoff, reports it in `/status` and in `lockstep_source_db_connected`, and goes
 //! on from where it was: rows not yet deleted are still in the table.
