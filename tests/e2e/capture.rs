@@ -64,7 +64,7 @@ impl Db {
         );
     }
 
-    fn cli(&self) -> Command {
+    pub fn cli(&self) -> Command {
         match self.kind {
             Kind::Pg => {
                 let mut c = Command::new("psql");

@@ -13,6 +13,7 @@ mod key_types;
 mod poll;
 mod refused;
 mod rotation;
+mod schema_drift;
 mod service;
 mod snapshot;
 mod spool;

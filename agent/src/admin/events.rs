@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::admin::metrics::{Metrics, SourceCounters};
+use crate::admin::StatusBoard;
 
 /// A record set aside in the quarantine.
 pub struct RecordQuarantined<'a> {
@@ -280,6 +281,49 @@ impl SpoolWriteFailed<'_> {
                 self.error,
                 self.held
             );
+        }
+    }
+}
+
+/// The result of comparing a captured table with its capture triggers (schema drift, see
+/// [`crate::source::trigger::drift`]): logged when it changes, and shown on
+/// `lockstep_trigger_drift`, `/healthz` and `/status` while the table has drifted.
+pub struct TriggerDrift<'a> {
+    pub source: &'a str,
+    pub table: &'a str,
+    /// What is wrong now, or `None` when the triggers match the table.
+    pub problem: Option<&'a str>,
+    /// What was wrong at the previous check.
+    pub was: Option<&'a str>,
+}
+
+impl TriggerDrift<'_> {
+    pub fn emit(&self, m: &Metrics, status: &StatusBoard) {
+        let fix = crate::source::trigger::drift::fix(self.source);
+        m.set_trigger_drift(self.source, self.table, self.problem.is_some());
+        status.set_drift(
+            self.source,
+            self.table,
+            self.problem.map(|p| format!("{p}; {fix}")).as_deref(),
+        );
+        match (self.problem, self.was) {
+            (Some(p), was) if was != Some(p) => tracing::error!(
+                source = self.source,
+                table = self.table,
+                "source {}: table `{}` has changed since its capture triggers were installed: {}; {}",
+                self.source,
+                self.table,
+                p,
+                fix
+            ),
+            (None, Some(_)) => tracing::info!(
+                source = self.source,
+                table = self.table,
+                "source {}: the capture triggers of `{}` match the table again",
+                self.source,
+                self.table
+            ),
+            _ => {}
         }
     }
 }

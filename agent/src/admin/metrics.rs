@@ -85,6 +85,9 @@ pub struct Metrics {
     pub spool_write_errors: AtomicU64,
     /// From capture to JetStream's ack, per event.
     pub capture_to_ack: Histogram,
+    /// Per (source, table) of a trigger source: whether the table's capture triggers
+    /// no longer match it (schema drift).
+    trigger_drift: Mutex<BTreeMap<(String, String), bool>>,
 }
 
 /// Upper bounds (seconds) of the capture-to-ack histogram's buckets: from a live
@@ -186,6 +189,14 @@ impl Metrics {
         by
     }
 
+    /// Whether the capture triggers of `table` of `source` no longer match it.
+    pub fn set_trigger_drift(&self, source: &str, table: &str, drift: bool) {
+        self.trigger_drift
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((source.to_owned(), table.to_owned()), drift);
+    }
+
     pub fn source(&self, source: &str) -> Arc<SourceCounters> {
         let mut s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         s.entry(source.to_owned()).or_default().clone()
@@ -238,6 +249,25 @@ impl Metrics {
                     field(c).load(Ordering::Relaxed)
                 );
             }
+        }
+        let name = "lockstep_trigger_drift";
+        let _ = writeln!(
+            o,
+            "# HELP {name} 1 while a captured table no longer matches its capture triggers (ALTER TABLE since `triggers install`): run `lockstep triggers install` again.\n# TYPE {name} gauge"
+        );
+        for ((s, t), drift) in self
+            .trigger_drift
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                o,
+                "{name}{{source=\"{}\",table=\"{}\"}} {}",
+                esc(s),
+                esc(t),
+                u8::from(*drift)
+            );
         }
         type SourceField = fn(&SourceCounters) -> u64;
         let per_source: [(&str, &str, &str, SourceField); 9] = [
@@ -560,5 +590,13 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("lockstep_nats_connected 0"), "{t}");
+        m.set_trigger_drift("vista", "appointments", true);
+        m.set_trigger_drift("vista", "clinics", false);
+        let t = m.render();
+        assert!(
+            t.contains("lockstep_trigger_drift{source=\"vista\",table=\"appointments\"} 1\n")
+                && t.contains("lockstep_trigger_drift{source=\"vista\",table=\"clinics\"} 0\n"),
+            "{t}"
+        );
     }
 }

@@ -29,6 +29,9 @@ pub struct StatusBoard {
     failing: Mutex<BTreeMap<String, String>>,
     /// Per source: (when, events acknowledged) samples over the last [`RATE_WINDOW`].
     rates: Mutex<BTreeMap<String, VecDeque<(Instant, u64)>>>,
+    /// Per trigger source that compared its tables with their triggers: the tables
+    /// that no longer match them, with what is wrong and the fix (schema drift).
+    drift: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 /// The window `events_per_second` is measured over.
@@ -82,6 +85,22 @@ impl StatusBoard {
             .clone()
     }
 
+    /// The result of a table's drift check: what is wrong, or `None` when its capture
+    /// triggers match it.
+    pub fn set_drift(&self, source: &str, table: &str, problem: Option<&str>) {
+        let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        let tables = d.entry(source.to_owned()).or_default();
+        match problem {
+            Some(p) => tables.insert(table.to_owned(), p.to_owned()),
+            None => tables.remove(table),
+        };
+    }
+
+    /// The drifted tables of each source that has checked.
+    pub fn drift(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.drift.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// What `/healthz` answers: `None` when all is well, else the 503's body.
     pub fn health_problem(&self, metrics: &Metrics) -> Option<String> {
         let mut lines = Vec::new();
@@ -91,6 +110,13 @@ impl StatusBoard {
         }
         for (source, why) in self.failing() {
             lines.push(format!("failing: source {source} ({why})"));
+        }
+        for (source, tables) in self.drift() {
+            for (table, why) in tables {
+                lines.push(format!(
+                    "degraded: source {source}, table {table} has changed since its capture triggers were installed: {why}"
+                ));
+            }
         }
         if let Some((secs, e)) = metrics.publish_failing() {
             lines.push(format!(
@@ -144,6 +170,7 @@ impl StatusBoard {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let failing = self.failing();
+        let drift = self.drift();
         for name in failing.keys() {
             // A source that died before it reported anything still shows.
             sources
@@ -154,6 +181,9 @@ impl StatusBoard {
             if let Some(o) = s.as_object_mut() {
                 let rate = (self.rate(name) * 10.0).round() / 10.0;
                 o.insert("events_per_second".into(), rate.into());
+                if let Some(tables) = drift.get(name) {
+                    o.insert("trigger_drift".into(), serde_json::json!(tables));
+                }
                 o.insert(
                     "failing".into(),
                     failing

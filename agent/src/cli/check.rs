@@ -8,7 +8,7 @@ use crate::sink::jetstream;
 use crate::source::poll::scan::PollDb;
 use crate::source::tail;
 use crate::source::trigger::admin::AdminDb;
-use crate::source::trigger::ddl;
+use crate::source::trigger::{ddl, drift};
 
 /// One row of the table.
 struct Row {
@@ -213,26 +213,35 @@ async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
             Err(e) => (Some(false), e),
             Ok(def) => {
                 let key = def.key.join(", ");
-                match db.has_capture_trigger(table).await {
-                    Ok(Some(true)) => match db.trigger_writes(table).await {
-                        Ok(Some(names)) if names.iter().any(|n| n != table) => (
-                            Some(false),
-                            format!(
-                                "key ({key}), triggers installed, but they record its changes as {}, \
-                                 which this source does not read (installed by another source, or \
-                                 under another spelling): remove the table from the other source, \
-                                 then run `lockstep triggers install --source {source}`",
-                                names
-                                    .iter()
-                                    .map(|n| format!("`{n}`"))
-                                    .collect::<Vec<_>>()
-                                    .join(" and ")
-                            ),
+                match db.installed(table).await {
+                    Ok(Some(Some(inst))) if inst.writes.iter().any(|n| n != table) => (
+                        Some(false),
+                        format!(
+                            "key ({key}), triggers installed, but they record its changes as {}, \
+                             which this source does not read (installed by another source, or \
+                             under another spelling): remove the table from the other source, \
+                             then run `lockstep triggers install --source {source}`",
+                            inst.writes
+                                .iter()
+                                .map(|n| format!("`{n}`"))
+                                .collect::<Vec<_>>()
+                                .join(" and ")
                         ),
-                        Err(e) => (Some(false), e),
-                        Ok(_) => (Some(true), format!("key ({key}), triggers installed")),
-                    },
-                    Ok(Some(false)) => (
+                    ),
+                    Ok(Some(Some(inst))) => {
+                        match drift::compare(&def, t.capture, Some(&inst)) {
+                            Some(d) => (
+                                Some(false),
+                                format!(
+                                    "key ({key}), triggers installed, but the table has changed since: {}; {}",
+                                    d.describe(db.dialect()),
+                                    drift::fix(source)
+                                ),
+                            ),
+                            None => (Some(true), format!("key ({key}), triggers installed")),
+                        }
+                    }
+                    Ok(Some(None)) => (
                         Some(false),
                         format!("key ({key}), triggers not installed: run `lockstep triggers install --source {source}`"),
                     ),

@@ -122,6 +122,16 @@ fn print(cfg: &Config, v: &Value, out: &mut dyn Write) -> io::Result<()> {
                 "FAILING"
             )?;
         }
+        if let Some(drift) = s["trigger_drift"].as_object() {
+            for (table, why) in drift {
+                writeln!(
+                    out,
+                    "  {:<12} table {table} has changed since its capture triggers were installed: {}",
+                    "DRIFT",
+                    why.as_str().unwrap_or("?")
+                )?;
+            }
+        }
         for line in position(s) {
             writeln!(out, "  {:<12} {line}", "position")?;
         }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use crate::config::Config;
 use crate::source::trigger::admin::AdminDb;
-use crate::source::trigger::ddl;
+use crate::source::trigger::{ddl, drift};
 
 use super::TriggersCommand;
 
@@ -50,6 +50,7 @@ pub async fn run(
             }
             let stmts = ddl::install(d, &defs, t.capture);
             if matches!(command, TriggersCommand::Show) {
+                let _ = write!(out, "{}", drift_notes(&db, &s.name, t.capture, &defs).await);
                 let _ = write!(out, "{}", ddl::install_script(d, &stmts));
                 return Ok(());
             }
@@ -79,6 +80,37 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// For `show`: each table whose installed triggers no longer match it (an `ALTER TABLE`
+/// since they were installed), as SQL comments, with the fix. A table with no trigger
+/// at all is not named (before the first install none has one).
+async fn drift_notes(
+    db: &AdminDb,
+    source: &str,
+    capture: ddl::Capture,
+    defs: &[ddl::TableDef],
+) -> String {
+    let mut notes = String::new();
+    for def in defs {
+        let Ok(Some(Some(installed))) = db.installed(&def.name).await else {
+            continue;
+        };
+        if let Some(d) = drift::compare(def, capture, Some(&installed)) {
+            notes.push_str(&format!(
+                "-- DRIFT: table `{}` has changed since its capture triggers were installed: {}.\n",
+                def.name,
+                d.describe(db.dialect())
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        notes.push_str(&format!(
+            "-- The fix: {}; or run this script, which does the same.\n\n",
+            drift::fix(source)
+        ));
+    }
+    notes
 }
 
 /// After a source's triggers are gone: drops the capture table when no capture trigger of

@@ -146,6 +146,8 @@ pub struct TriggerConfig {
     /// `snapshot = "initial"`: read every row of the tables (op `r`) when the source
     /// first starts.
     pub snapshot_initial: bool,
+    /// How often the tables are compared with their capture triggers (schema drift).
+    pub schema_check: Duration,
 }
 
 /// A polled table (SPEC §6 "poll"): scanned and compared with the previous scan.

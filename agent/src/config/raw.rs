@@ -109,6 +109,7 @@ struct RawSource {
     interval: Option<ConfigDuration>,
     dialect: Option<Spanned<String>>,
     snapshot: Option<Spanned<String>>,
+    schema_check: Option<Spanned<ConfigDuration>>,
     // poll
     query: Option<Spanned<String>>,
     columns: Option<Spanned<Vec<String>>>,
@@ -504,6 +505,16 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             ))
         }
     };
+    let schema_check = match s.schema_check {
+        None => Duration::from_secs(60),
+        Some(d) if d.get_ref().0 >= Duration::from_secs(1) => d.into_inner().0,
+        Some(d) => {
+            return Err(cx.err(
+                d.span(),
+                format!("source `{name}`: `schema_check` must be at least 1s"),
+            ))
+        }
+    };
     if matches!(db, TriggerDb::Postgres(_)) && dialect.is_some_and(|d| d != Dialect::Postgres) {
         let d = s.dialect.as_ref().expect("checked");
         return Err(cx.err(
@@ -522,6 +533,7 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             interval: s.interval.map_or(Duration::from_millis(500), |d| d.0),
             dialect,
             snapshot_initial,
+            schema_check,
         }),
     })
 }
@@ -588,6 +600,7 @@ fn poll_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
         ("tables", s.tables.as_ref().map(|v| v.span())),
         ("capture", s.capture.as_ref().map(|v| v.span())),
         ("snapshot", s.snapshot.as_ref().map(|v| v.span())),
+        ("schema_check", s.schema_check.as_ref().map(|v| v.span())),
     ];
     refuse(cx, &name, "poll", &tail_keys(&s))?;
     refuse(cx, &name, "poll", &foreign)?;
@@ -961,6 +974,7 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
         ("capture", s.capture.as_ref().map(|v| v.span())),
         ("dialect", s.dialect.as_ref().map(|v| v.span())),
         ("snapshot", s.snapshot.as_ref().map(|v| v.span())),
+        ("schema_check", s.schema_check.as_ref().map(|v| v.span())),
     ];
     for (key, span) in trigger_keys {
         if let Some(span) = span {
@@ -1223,6 +1237,11 @@ mod tests {
                 "`tables` is not a key of poll sources",
             ),
             ("key = []\n", 9, "`key` is empty"),
+            (
+                "schema_check = \"1m\"\n",
+                9,
+                "`schema_check` is not a key of poll sources",
+            ),
         ];
         for (extra, line, msg) in bad {
             let e = parse_str(&format!("{POLL}{extra}")).unwrap_err();
@@ -1233,6 +1252,12 @@ mod tests {
         assert!(e.message.contains("read through ODBC"), "{e}");
         let e = parse_str(&format!("{MINIMAL}cursor = \"TS\"\n")).unwrap_err();
         assert!(e.message.contains("not a key of tail sources"), "{e}");
+        let e = parse_str(&format!("{MINIMAL}schema_check = \"1m\"\n")).unwrap_err();
+        assert!(
+            e.message
+                .contains("`schema_check` is not a key of tail sources"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1250,8 +1275,9 @@ mod tests {
         assert_eq!(t.capture, Capture::Rows);
         assert_eq!(t.interval, Duration::from_millis(200));
         assert!(!t.snapshot_initial);
+        assert_eq!(t.schema_check, Duration::from_secs(60));
         let c = parse_str(&format!(
-            "{base}odbc = \"DSN=VISTA\"\ntables = [\"a\"]\ndialect = \"db2\"\nsnapshot = \"initial\""
+            "{base}odbc = \"DSN=VISTA\"\ntables = [\"a\"]\ndialect = \"db2\"\nsnapshot = \"initial\"\nschema_check = \"5s\""
         ))
         .unwrap();
         let SourceKind::Trigger(t) = &c.sources[0].kind else {
@@ -1259,6 +1285,7 @@ mod tests {
         };
         assert_eq!((t.capture, t.dialect), (Capture::Keys, Some(Dialect::Db2)));
         assert!(t.snapshot_initial);
+        assert_eq!(t.schema_check, Duration::from_secs(5));
         for (extra, msg) in [
             (
                 "postgres = \"x\"\ntables = [\"a\"]\nsnapshot = \"always\"",
@@ -1281,6 +1308,10 @@ mod tests {
             (
                 "postgres = \"x\"\ntables = [\"a\"]\npaths = [\"/x\"]",
                 "not a key of trigger sources",
+            ),
+            (
+                "postgres = \"x\"\ntables = [\"a\"]\nschema_check = \"500ms\"",
+                "source `vista`: `schema_check` must be at least 1s",
             ),
         ] {
             let e = parse_str(&format!("{base}{extra}")).unwrap_err();

@@ -1,7 +1,8 @@
 //! One connection for the commands that look at or change a trigger source's database
 //! (`lockstep triggers`, `lockstep check`), PostgreSQL or ODBC alike.
 
-use super::ddl::{lit, Dialect, Statement, TableDef, CAPTURE_TABLE};
+use super::ddl::{Dialect, Statement, TableDef, CAPTURE_TABLE};
+use super::drift::{self, Installed};
 use super::{odbc, postgres};
 use crate::config::{TriggerConfig, TriggerDb};
 
@@ -50,14 +51,29 @@ impl AdminDb {
         }
     }
 
-    /// Whether lockstep's triggers are on `table`; `None` where this dialect cannot say.
-    pub async fn has_capture_trigger(&self, table: &str) -> Result<Option<bool>, String> {
+    /// What lockstep's triggers on `table` record (`Some(None)`: it has none); `None`
+    /// where this dialect is not checked.
+    pub async fn installed(&self, table: &str) -> Result<Option<Option<Installed>>, String> {
+        if !drift::checked(self.dialect()) {
+            return Ok(None);
+        }
         match self {
-            AdminDb::Postgres(c) => postgres::has_capture_trigger(c, table)
+            AdminDb::Postgres(c) => postgres::installed(c, table)
                 .await
                 .map(Some)
                 .map_err(|e| e.to_string()),
-            AdminDb::Odbc(c, d) => odbc::has_capture_trigger(c, *d, table).map_err(|e| e.0),
+            AdminDb::Odbc(c, d) => {
+                let Some(sql) = drift::bodies_sql(*d, table) else {
+                    return Ok(None);
+                };
+                let what = format!("read the capture triggers of `{table}`");
+                let bodies: Vec<String> = odbc::query(c, &sql, &what)
+                    .map_err(|e| e.0)?
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .collect();
+                Ok(Some(Installed::from_bodies(&bodies)))
+            }
         }
     }
 
@@ -76,60 +92,6 @@ impl AdminDb {
                     .ok_or_else(|| format!("ODBC: {what}: `{sql}` returned no number"))
             }
         }
-    }
-
-    /// The table names lockstep's triggers on `table` write into the capture table's
-    /// `tbl` (the source that installed them reads only its own spelling); `None` where
-    /// this dialect is not checked.
-    pub async fn trigger_writes(&self, table: &str) -> Result<Option<Vec<String>>, String> {
-        let what = format!("read the capture triggers of `{table}`");
-        let bodies: Vec<String> = match self {
-            AdminDb::Postgres(c) => {
-                // The trigger's arguments: capture mode, table name, key columns.
-                let rows = c
-                    .query(
-                        "SELECT tgargs FROM pg_trigger \
-                         WHERE tgrelid = to_regclass($1) AND tgname = 'lockstep_capture'",
-                        &[&table],
-                    )
-                    .await
-                    .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e)))?;
-                let mut names: Vec<String> = rows
-                    .iter()
-                    .filter_map(|r| {
-                        let args: Vec<u8> = r.get(0);
-                        let name = args.split(|&b| b == 0).nth(1)?;
-                        Some(String::from_utf8_lossy(name).into_owned())
-                    })
-                    .collect();
-                names.dedup();
-                return Ok(Some(names));
-            }
-            AdminDb::Odbc(c, d) => {
-                let name = lit(table.rsplit('.').next().unwrap_or(table));
-                let sql = match d {
-                    Dialect::MariaDb => format!(
-                        "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
-                         WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = {name} \
-                         AND TRIGGER_NAME LIKE 'lockstep!_%' ESCAPE '!'"
-                    ),
-                    Dialect::Sqlite => format!(
-                        "SELECT sql FROM sqlite_master WHERE type = 'trigger' \
-                         AND tbl_name = {name} AND name LIKE 'lockstep!_%' ESCAPE '!'"
-                    ),
-                    _ => return Ok(None),
-                };
-                odbc::query(c, &sql, &what)
-                    .map_err(|e| e.0)?
-                    .into_iter()
-                    .filter_map(|r| r.into_iter().next().flatten())
-                    .collect()
-            }
-        };
-        let mut names: Vec<String> = bodies.iter().filter_map(|b| first_value(b)).collect();
-        names.sort();
-        names.dedup();
-        Ok(Some(names))
     }
 
     /// The rows waiting in the capture table, per `tbl` (as the triggers wrote it).

@@ -29,6 +29,12 @@
 //! **Snapshots.** Between reads of the capture table the drain reads the chunks of a
 //! running snapshot (see [`super::snapshot`] for how the two are interleaved).
 //!
+//! **Schema drift.** At connect and every `schema_check` the drain compares each table
+//! with what its installed triggers record ([`super::drift`]), reports a difference
+//! (log, `lockstep_trigger_drift`, `/healthz`, `/status`) and takes the table's current
+//! definition; an image with another number of columns than the definition makes it
+//! look again at once, so new columns are typed from their first event.
+//!
 //! **Connection loss.** Any database error drops the connection; the drain reconnects
 //! with backoff, reports it in `/status` and in `lockstep_source_db_connected`, and goes
 //! on from where it was: rows not yet deleted are still in the table.
@@ -43,8 +49,10 @@ use lockstep_formats::json::{encode_record, encode_value, parse_object};
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::ddl::{Capture, TableDef};
+use super::ddl::{Capture, Dialect, TableDef};
+use super::drift::{self, Installed};
 use super::snapshot::{Snapshots, CHUNK_ROWS};
+use crate::admin::events::TriggerDrift;
 use crate::admin::metrics::TableCounters;
 use crate::config::TriggerConfig;
 use crate::pipeline::debounce::{Absorb, Debouncer, Released};
@@ -114,6 +122,20 @@ pub trait CaptureDb: Send {
     fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
     /// Waits up to `timeout` for news of a change; true when woken by one.
     fn wait(&mut self, timeout: Duration) -> bool;
+    /// The tables as the catalog has them now, and what their capture triggers record
+    /// (see [`super::drift`]); the connection's own definitions are brought up to date.
+    /// `None` where the dialect is not checked.
+    fn schema(&mut self) -> Result<Option<Schema>, DbError> {
+        Ok(None)
+    }
+}
+
+/// The captured tables as the catalog has them now.
+pub struct Schema {
+    pub dialect: Dialect,
+    /// Each table's definition, and what its capture triggers record (`None`: it has
+    /// none).
+    pub tables: Vec<(TableDef, Option<Installed>)>,
 }
 
 /// The late rows one read takes, found in a snapshot in bounded steps whatever their
@@ -192,6 +214,9 @@ struct TableOut {
     name: Arc<str>,
     subject: String,
     counters: Arc<TableCounters>,
+    /// The width (number of columns) of the last image that differed from `def` and
+    /// made the drain look at the table again; not again for the same width.
+    checked_width: usize,
 }
 
 /// Capture rows whose event is `seq`: deleted once the watermark reaches it.
@@ -266,6 +291,10 @@ pub struct Drain {
     status_at: Instant,
     /// What a keys-mode position's digest is taken over (reused).
     digest_buf: Vec<u8>,
+    /// When the tables were last compared with their triggers (`None`: at once).
+    schema_at: Option<Instant>,
+    /// The tables whose triggers do not match them, with what is wrong.
+    drift: HashMap<String, String>,
 }
 
 enum Fail {
@@ -312,6 +341,8 @@ impl Drain {
             last_error: None,
             status_at: Instant::now(),
             digest_buf: Vec::with_capacity(1024),
+            schema_at: None,
+            drift: HashMap::new(),
         }
     }
 
@@ -375,6 +406,7 @@ impl Drain {
                 self.last_error = None;
                 self.db = Some(db);
                 self.woken = true;
+                self.schema_at = None;
                 self.cx.counters.db_up.store(1, Ordering::Relaxed);
             }
             Err(e) => self.lost(e),
@@ -416,6 +448,7 @@ impl Drain {
                         name: Arc::from(name),
                         subject: self.cx.encoder.subject(name),
                         counters: self.cx.metrics.table(&self.cx.name, name),
+                        checked_width: 0,
                     });
                 }
             }
@@ -425,6 +458,12 @@ impl Drain {
     /// Deletes what is acknowledged, reads what is new, and waits when there is nothing.
     fn step(&mut self) -> Result<(), Fail> {
         self.delete_acked()?;
+        if self
+            .schema_at
+            .is_none_or(|t| t.elapsed() >= self.cfg.schema_check)
+        {
+            self.check_schema()?;
+        }
         let due = self.backlog
             || self.woken
             || self
@@ -460,6 +499,36 @@ impl Drain {
             return Err(not_connected(&self.name).into());
         };
         self.woken |= db.wait(timeout);
+        Ok(())
+    }
+
+    /// Compares each table with what its capture triggers record (see [`drift`]), takes
+    /// its definition as it is now, and reports each change of drift.
+    fn check_schema(&mut self) -> Result<(), DbError> {
+        self.schema_at = Some(Instant::now());
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name));
+        };
+        let Some(schema) = db.schema()? else {
+            return Ok(());
+        };
+        let defs: Vec<TableDef> = schema.tables.iter().map(|(d, _)| d.clone()).collect();
+        self.set_tables(&defs);
+        for (def, installed) in &schema.tables {
+            let problem = drift::compare(def, self.cfg.capture, installed.as_ref())
+                .map(|d| d.describe(schema.dialect));
+            TriggerDrift {
+                source: &self.name,
+                table: &def.name,
+                problem: problem.as_deref(),
+                was: self.drift.get(&def.name).map(String::as_str),
+            }
+            .emit(&self.cx.metrics, &self.cx.status);
+            match problem {
+                Some(p) => self.drift.insert(def.name.clone(), p),
+                None => self.drift.remove(&def.name),
+            };
+        }
         Ok(())
     }
 
@@ -635,18 +704,15 @@ impl Drain {
             self.to_delete.push(r.seq);
             return;
         }
-        let built = (|| {
-            let t = self.table_index(&r.table)?;
-            let op = row_op(&r.op)?;
-            let def = &self.tables[t].def;
-            let key = parse_image(def, "pk", &r.pk)?;
-            let image = |name: &str, v: &Option<String>| -> Result<Option<Record>, String> {
-                v.as_deref().map(|j| parse_image(def, name, j)).transpose()
-            };
-            let before = image("before", &r.before)?;
-            let after = image("after", &r.after)?;
-            Ok::<_, String>((t, op, key, before, after))
-        })();
+        let mut built = self.build_row(r);
+        let width = built.as_ref().ok().and_then(|(t, _, _, before, after)| {
+            Some((*t, after.as_ref().or(before.as_ref())?.len()))
+        });
+        if let Some((t, width)) = width {
+            if self.table_changed(t, width) {
+                built = self.build_row(r);
+            }
+        }
         match built {
             Ok((t, op, key, before, after)) => {
                 let position = self.position(r.seq);
@@ -662,6 +728,52 @@ impl Drain {
                 )
             }
             Err(reason) => self.set_aside(r, &reason),
+        }
+    }
+
+    /// The table, op, key and images of a capture row (`capture = "rows"`).
+    #[allow(clippy::type_complexity)]
+    fn build_row(
+        &self,
+        r: &ChangeRow,
+    ) -> Result<(usize, Op, Record, Option<Record>, Option<Record>), String> {
+        let t = self.table_index(&r.table)?;
+        let op = row_op(&r.op)?;
+        let def = &self.tables[t].def;
+        let key = parse_image(def, "pk", &r.pk)?;
+        let image = |name: &str, v: &Option<String>| -> Result<Option<Record>, String> {
+            v.as_deref().map(|j| parse_image(def, name, j)).transpose()
+        };
+        let before = image("before", &r.before)?;
+        let after = image("after", &r.after)?;
+        Ok((t, op, key, before, after))
+    }
+
+    /// An image of `width` columns of table `t`, whose definition has another number:
+    /// the table changed (PostgreSQL's `row_to_json` follows it; elsewhere the triggers
+    /// were installed again after an `ALTER TABLE`). Looks at the table again at once, so
+    /// that a new column is typed (binary, date-time) from this event on; true when it
+    /// did. Once per width, so that triggers that still record the old columns (drift)
+    /// do not make it look at every row.
+    fn table_changed(&mut self, t: usize, width: usize) -> bool {
+        let out = &mut self.tables[t];
+        if width == out.def.columns.len() || width == out.checked_width {
+            return false;
+        }
+        out.checked_width = width;
+        match self.check_schema() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "source {}: cannot read the definition of `{}` again: {}",
+                    self.name,
+                    self.tables[t].def.name,
+                    e.0
+                );
+                // Tried again (and the connection with it) at the next step.
+                self.schema_at = None;
+                false
+            }
         }
     }
 
@@ -724,8 +836,22 @@ impl Drain {
             let Some(db) = self.db.as_mut() else {
                 return Err(not_connected(&self.name));
             };
+            let found = db.current(&self.tables[t].def, &pks)?;
+            // The connection found the table changed and read it with its new columns.
             let def = &self.tables[t].def;
-            for json in db.current(def, &pks)? {
+            if let Some(now) = db.tables().iter().find(|d| d.name == def.name && *d != def) {
+                self.tables[t].def = now.clone();
+            }
+            // PostgreSQL's `row_to_json` follows the table by itself.
+            let width = found
+                .first()
+                .and_then(|j| parse_object(j.as_bytes()).ok())
+                .map(|r| r.len());
+            if let Some(width) = width {
+                self.table_changed(t, width);
+            }
+            let def = &self.tables[t].def;
+            for json in found {
                 match parse_image(def, "row", &json).and_then(|row| {
                     let k = key_text(def, &row)?;
                     Ok((k, row))

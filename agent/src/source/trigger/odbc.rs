@@ -11,7 +11,8 @@ use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 
 use super::conn_string::ConnString;
 use super::ddl::{json_object, own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{parse_image, CaptureDb, ChangeRow, DbError, LateBatch};
+use super::drain::{parse_image, CaptureDb, ChangeRow, DbError, LateBatch, Schema};
+use super::drift::{self, Installed};
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
 const IN_LIST: usize = 200;
@@ -331,37 +332,6 @@ pub fn apply(conn: &Connection<'_>, stmts: &[Statement]) -> Result<(), DbError> 
     r
 }
 
-/// Whether lockstep's triggers are on `table`; `None` where the dialect is not checked.
-pub fn has_capture_trigger(
-    conn: &Connection<'_>,
-    d: Dialect,
-    table: &str,
-) -> Result<Option<bool>, DbError> {
-    let name = table
-        .rsplit('.')
-        .next()
-        .unwrap_or(table)
-        .replace('\'', "''");
-    let sql = match d {
-        Dialect::MariaDb => format!(
-            "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
-             AND event_object_table = '{name}' AND trigger_name LIKE 'lockstep%'"
-        ),
-        Dialect::Sqlite => format!(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{name}' \
-             AND name LIKE 'lockstep%'"
-        ),
-        _ => return Ok(None),
-    };
-    let rows = query(conn, &sql, "look for the capture triggers")?;
-    let n: u64 = rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    Ok(Some(n > 0))
-}
-
 /// Refuses MariaDB triggers installed by a lockstep before keys kept one text: they
 /// record a `TIMESTAMP` key in the writer's time zone, which the agent's UTC session
 /// would not find again (every change of such a key would look like a delete). Without
@@ -520,6 +490,48 @@ impl OdbcCapture {
             .position(|t| t.name == table.name)
             .and_then(|i| self.key_types.get(i).cloned())
             .unwrap_or_else(|| vec![KeyType::Plain; table.key.len()])
+    }
+
+    /// `table` as the database has it now. Its columns are probed (`SELECT * … WHERE
+    /// 1 = 0`) in the read's transaction, which holds the table's definition until it
+    /// ends (MariaDB's metadata lock, SQLite's snapshot); when they changed, the
+    /// definition is read again and kept. So a row read by key carries every column the
+    /// table has when it is read, and a dropped column does not fail the read.
+    fn fresh_def(&mut self, table: &TableDef) -> Result<TableDef, DbError> {
+        let what = format!("read the columns of `{}`", table.name);
+        let sql = format!(
+            "SELECT * FROM {} WHERE 1 = 0",
+            self.dialect.table(&table.name)
+        );
+        let names = match self.conn.execute(&sql, (), None).map_err(odbc_err(&what))? {
+            Some(mut cursor) => cursor
+                .column_names()
+                .map_err(odbc_err(&what))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(odbc_err(&what))?,
+            None => return Ok(table.clone()),
+        };
+        if names == table.columns {
+            return Ok(table.clone());
+        }
+        let def = table_def(&self.conn, &table.name)?;
+        let types = key_types(&self.conn, self.dialect, &def)?;
+        tracing::info!(
+            "table `{}` has changed: its rows are read with its columns now ({})",
+            def.name,
+            def.columns.join(", ")
+        );
+        match self.tables.iter().position(|t| t.name == def.name) {
+            Some(i) => {
+                self.tables[i] = def.clone();
+                self.key_types[i] = types;
+            }
+            None => {
+                self.tables.push(def.clone());
+                self.key_types.push(types);
+            }
+        }
+        Ok(def)
     }
 
     /// Runs a `SELECT` of capture rows and appends them to `out`.
@@ -712,10 +724,11 @@ impl CaptureDb for OdbcCapture {
     fn current(&mut self, table: &TableDef, pks: &[&str]) -> Result<Vec<String>, DbError> {
         let d = self.dialect;
         let what = format!("read the current rows of `{}`", table.name);
-        let image = row_image(d, table);
-        let types = self.types_of(table);
         let mut rows = Vec::with_capacity(pks.len());
         let r = (|| {
+            let table = &self.fresh_def(table)?;
+            let image = row_image(d, table);
+            let types = self.types_of(table);
             let per = (MAX_PARAMS / table.key.len().max(1)).clamp(1, IN_LIST);
             for chunk in pks.chunks(per) {
                 let mut cond = Vec::with_capacity(chunk.len());
@@ -835,6 +848,41 @@ impl CaptureDb for OdbcCapture {
         // ODBC has no notifications: this is the idle poll interval.
         std::thread::sleep(timeout);
         false
+    }
+
+    fn schema(&mut self) -> Result<Option<Schema>, DbError> {
+        let d = self.dialect;
+        if !drift::checked(d) {
+            return Ok(None);
+        }
+        let names: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
+        let mut found = Vec::with_capacity(names.len());
+        let r = (|| {
+            for name in &names {
+                let def = table_def(&self.conn, name)?;
+                let types = key_types(&self.conn, d, &def)?;
+                let installed = match drift::bodies_sql(d, name) {
+                    Some(sql) => {
+                        let bodies: Vec<String> =
+                            query(&self.conn, &sql, "read the capture triggers")?
+                                .into_iter()
+                                .filter_map(|r| r.into_iter().next().flatten())
+                                .collect();
+                        Installed::from_bodies(&bodies)
+                    }
+                    None => None,
+                };
+                found.push((def, installed, types));
+            }
+            Ok(())
+        })();
+        self.finish(r)?;
+        self.tables = found.iter().map(|(d, _, _)| d.clone()).collect();
+        self.key_types = found.iter().map(|(_, _, t)| t.clone()).collect();
+        Ok(Some(Schema {
+            dialect: d,
+            tables: found.into_iter().map(|(d, i, _)| (d, i)).collect(),
+        }))
     }
 }
 

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
 
 use super::ddl::{own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{CaptureDb, ChangeRow, DbError, LateBatch};
+use super::drain::{CaptureDb, ChangeRow, DbError, LateBatch, Schema};
+use super::drift::Installed;
 
 #[derive(Debug, Error)]
 pub enum PgError {
@@ -148,19 +149,22 @@ pub async fn table_def(client: &Client, table: &str) -> Result<TableDef, PgError
     })
 }
 
-/// Whether lockstep's capture trigger is on `table`.
-pub async fn has_capture_trigger(client: &Client, table: &str) -> Result<bool, PgError> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = 'lockstep_capture'",
+/// What lockstep's capture trigger on `table` records (its arguments); `None` when the
+/// table has none.
+pub async fn installed(client: &Client, table: &str) -> Result<Option<Installed>, PgError> {
+    let rows = client
+        .query(
+            "SELECT tgargs FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = 'lockstep_capture'",
             &[&table],
         )
         .await
         .map_err(|source| PgError::Query {
-            what: format!("look for the trigger on `{table}`"),
+            what: format!("read the capture trigger of `{table}`"),
             source,
         })?;
-    Ok(row.get::<_, i64>(0) > 0)
+    Ok(rows
+        .first()
+        .map(|r| Installed::from_pg_args(&r.get::<_, Vec<u8>>(0))))
 }
 
 /// Says loudly when the capture trigger on `table` records its changes under another
@@ -507,6 +511,25 @@ impl CaptureDb for PgCapture {
             .block_on(self.client.execute(&self.delete, &[&seqs]))
             .map(|_| ())
             .map_err(db_err("delete drained rows from the capture table"))
+    }
+
+    fn schema(&mut self) -> Result<Option<Schema>, DbError> {
+        let names: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
+        let client = &self.client;
+        let found = self.rt.block_on(async {
+            let mut found = Vec::with_capacity(names.len());
+            for name in &names {
+                let def = table_def(client, name).await?;
+                found.push((def, installed(client, name).await?));
+            }
+            Ok::<_, PgError>(found)
+        });
+        let found = found.map_err(|e| DbError(e.to_string()))?;
+        self.tables = found.iter().map(|(d, _)| d.clone()).collect();
+        Ok(Some(Schema {
+            dialect: Dialect::Postgres,
+            tables: found,
+        }))
     }
 
     fn wait(&mut self, timeout: Duration) -> bool {

@@ -116,6 +116,7 @@ fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
         interval: Duration::from_millis(50),
         dialect: None,
         snapshot_initial: false,
+        schema_check: Duration::from_secs(60),
     };
     let deleted = Arc::new(AtomicBool::new(false));
     let db = FakeDb {
