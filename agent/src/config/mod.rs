@@ -4,6 +4,7 @@
 //! then validated into the domain types below. Nothing downstream re-checks config.
 //! Every error names the file, line and column of the value at fault.
 
+mod nats_server;
 pub mod owners;
 mod raw;
 mod redact;
@@ -20,6 +21,7 @@ use lockstep_formats::{Format, Op};
 
 pub use crate::source::trigger::ddl::{Capture, Dialect};
 
+pub use self::nats_server::{NatsServer, UrlCredentials};
 pub use self::redact::{redact, MASK};
 pub use self::secret::{credential_path, Secret};
 pub use self::units::{parse_duration, parse_size};
@@ -63,95 +65,6 @@ pub struct NatsConfig {
     pub ack_timeout: Duration,
     pub auth: NatsAuth,
     pub tls: Option<TlsConfig>,
-}
-
-/// A NATS server URL. Credentials written in it (`nats://user:pw@host`, `nats://token@host`)
-/// are taken out when the config is read and become [`NatsAuth`] (async-nats does not
-/// read them from the URL): what is kept is the URL to connect to, without them, and the
-/// URL as written with its secret masked, for reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatsServer {
-    /// What async-nats connects to: no user info.
-    pub url: String,
-    /// As configured, the password or token masked (`nats://user:***@host:4222`).
-    pub shown: String,
-}
-
-impl NatsServer {
-    /// Parses a configured URL into the server and the credentials it carries: (user,
-    /// password), or (token, `None`). The error never holds the URL (it may hold a
-    /// secret that did not parse).
-    pub fn parse(written: &str) -> Result<(NatsServer, Option<UrlCredentials>), String> {
-        let addr = written.parse::<async_nats::ServerAddr>().map_err(|_| {
-            if written.contains('@') {
-                "not a NATS URL like nats://host:4222 (not shown: it holds credentials; \
-                 a `@`, `:` or `/` in a password is written %40, %3A, %2F)"
-                    .to_owned()
-            } else {
-                format!("`{written}` is not a NATS URL like nats://host:4222")
-            }
-        })?;
-        let creds = addr
-            .username()
-            .map(|user| (percent_decode(user), addr.password().map(percent_decode)));
-        let mut url = addr.into_inner();
-        if creds.is_some() {
-            // Always allowed for the schemes a ServerAddr takes (they have a host).
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-        }
-        Ok((
-            NatsServer {
-                url: url.to_string(),
-                shown: redact(written).into_owned(),
-            },
-            creds,
-        ))
-    }
-}
-
-/// Credentials found in a NATS URL: (user, password), or (token, `None`).
-pub type UrlCredentials = (String, Option<String>);
-
-impl From<&str> for NatsServer {
-    /// A URL without credentials.
-    fn from(url: &str) -> Self {
-        NatsServer {
-            url: url.to_owned(),
-            shown: redact(url).into_owned(),
-        }
-    }
-}
-
-impl fmt::Display for NatsServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown)
-    }
-}
-
-/// `%XX` escapes undone (URL user info); invalid ones are kept as written.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Debug, Clone, PartialEq)]

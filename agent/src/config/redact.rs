@@ -60,6 +60,7 @@ fn may_hold_secret(text: &str) -> bool {
 fn secret_spans(text: &str) -> Vec<(usize, usize)> {
     let mut spans = url_userinfo_spans(text);
     spans.extend(key_value_spans(text));
+    spans.extend(debug_field_spans(text));
     spans.sort_unstable();
     // Merge overlaps (a `password=` inside a URL's user info, say).
     let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
@@ -193,6 +194,41 @@ fn key_value_spans(text: &str) -> Vec<(usize, usize)> {
     spans
 }
 
+/// The value of each `password: "…"` or `password: Some("…")` (a library's `Debug` of a
+/// struct, in a log line, where the quotes may be escaped as `\"`).
+fn debug_field_spans(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut spans = Vec::new();
+    let mut search = 0;
+    while let Some(p) = text[search..].find(": ") {
+        let colon = search + p;
+        search = colon + 2;
+        let k_start = b[..colon]
+            .iter()
+            .rposition(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+            .map_or(0, |i| i + 1);
+        if !is_password_key(&text[k_start..colon]) {
+            continue;
+        }
+        let mut v = colon + 2;
+        if text[v..].starts_with("Some(") {
+            v += 5;
+        }
+        let escaped = text[v..].starts_with("\\\"");
+        let quote = if escaped { "\\\"" } else { "\"" };
+        if !text[v..].starts_with(quote) {
+            continue;
+        }
+        v += quote.len();
+        let end = text[v..].find(quote).map_or(b.len(), |e| v + e);
+        if end > v {
+            spans.push((v, end));
+        }
+        search = end;
+    }
+    spans
+}
+
 /// Where an unquoted value that starts at `v` ends: at `;`, `&`, `"`, a line end, or a
 /// space followed by the next `key=` (libpq's separator).
 fn unquoted_end(b: &[u8], v: usize) -> usize {
@@ -293,6 +329,19 @@ mod tests {
         // A key that merely contains the word is not one.
         assert_eq!(r("password_file=/etc/x"), "password_file=/etc/x");
         assert_eq!(r("the password is wrong"), "the password is wrong");
+    }
+
+    #[test]
+    fn debug_output_of_a_url_loses_its_password() {
+        assert_eq!(
+            r(r#"Url { username: "u", password: Some("s3c"), host: Some(Domain("h")) }"#),
+            r#"Url { username: "u", password: Some("***"), host: Some(Domain("h")) }"#
+        );
+        assert_eq!(
+            r(r#"{"server":"Url { password: Some("s3c"), port: 1 }"}"#),
+            r#"{"server":"Url { password: Some("***"), port: 1 }"}"#
+        );
+        assert_eq!(r("password: None"), "password: None");
     }
 
     #[test]

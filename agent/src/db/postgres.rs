@@ -504,6 +504,7 @@ mod tests {
         assert_eq!(c.config().get_dbname(), Some("vista"));
         assert_eq!(c.config().get_ports(), [5433]);
         assert_eq!(c.config().get_password(), Some(&b"p w'x"[..]));
+        assert!(!format!("{c:?}").contains("p w"), "{c:?}");
         assert_eq!(c.config().get_ssl_mode(), PgSslMode::Require);
         // Spaces around `=`, the last of two wins, as in libpq.
         let c = parse("host=h sslmode = require sslmode=verify-ca");
