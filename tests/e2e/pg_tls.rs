@@ -123,14 +123,21 @@ fn tls_server(pki: &Pki, cert: &str) -> PrivatePg {
     let pg = PrivatePg::init();
     let data = pg.dir.join("data");
     configure(&pg, pki, cert, true);
+    // The role `scram` logs in with a password (SCRAM, as a production server would
+    // ask), everyone else is trusted; all of it over TLS only.
     std::fs::write(
         data.join("pg_hba.conf"),
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        "local all all trust\nhostssl all scram 127.0.0.1/32 scram-sha-256\n\
+         hostssl all all 127.0.0.1/32 trust\n",
     )
     .unwrap();
     pg.up();
+    pg.sql(&format!("CREATE ROLE scram LOGIN PASSWORD '{SCRAM_PW}'"));
     pg
 }
+
+/// The password of the role `scram` (never to be printed).
+const SCRAM_PW: &str = "scram-s3cret-pw";
 
 /// Points the server at certificate `cert` with `ssl` on or off (read at the next start
 /// or reload).
@@ -195,6 +202,10 @@ fn check_connections(w: &World, sources: &[(&str, String)]) -> BTreeMap<String, 
     assert!(
         code == 0 || code == 1,
         "check exits 0 or 1: {code}\n{out}{err}"
+    );
+    assert!(
+        !out.contains(SCRAM_PW) && !err.contains(SCRAM_PW),
+        "{out}{err}"
     );
     let mut rows = BTreeMap::new();
     for (name, _) in sources {
@@ -295,8 +306,26 @@ async fn every_sslmode_behaves_as_libpq_says() {
             ),
             ("prefer", kv("127.0.0.1", "")),
             ("disable", kv("127.0.0.1", "sslmode=disable")),
+            // A password over verify-full (SCRAM; the server offers SCRAM-SHA-256-PLUS
+            // over TLS, lockstep takes SCRAM-SHA-256), and a wrong one.
+            (
+                "scram",
+                format!(
+                    "host=localhost port={port} user=scram password={SCRAM_PW} dbname=postgres sslmode=verify-full sslrootcert={}",
+                    ca.display()
+                ),
+            ),
+            (
+                "scram_wrong",
+                format!(
+                    "host=localhost port={port} user=scram password=wr0ng-{SCRAM_PW} dbname=postgres sslmode=verify-full sslrootcert={}",
+                    ca.display()
+                ),
+            ),
         ],
     );
+    ok_over_tls(&rows, "scram");
+    refused(&rows, "scram_wrong", "password authentication failed");
     ok_over_tls(&rows, "full_ok");
     ok_over_tls(&rows, "full_url");
     refused(&rows, "full_wrong_ca", "not signed by a CA in");

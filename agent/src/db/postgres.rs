@@ -152,7 +152,15 @@ impl PgConn {
                 None => format!("not a PostgreSQL connection string: {e}"),
             }
         })?;
+        // libpq uses no TLS over a Unix-domain socket, whatever sslmode says (the
+        // server offers none there).
+        let unix_only = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
         config.ssl_mode(match mode {
+            _ if unix_only => PgSslMode::Disable,
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
             _ => PgSslMode::Require,
@@ -513,6 +521,13 @@ mod tests {
         assert_eq!(parse("host=h").mode(), SslMode::Prefer);
         assert_eq!(
             parse("host=h sslmode=disable").config().get_ssl_mode(),
+            PgSslMode::Disable
+        );
+        // A Unix-domain socket: no TLS, as in libpq.
+        assert_eq!(
+            parse("host=/var/run/postgresql sslmode=require")
+                .config()
+                .get_ssl_mode(),
             PgSslMode::Disable
         );
     }
