@@ -138,15 +138,21 @@ impl Line {
     }
 }
 
+/// The bytes that go out for `buf`: redacted, behind `prefix`.
+fn render(buf: &[u8], prefix: Option<[u8; 3]>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(buf);
+    let text = crate::config::redact(&text);
+    let mut line = Vec::with_capacity(3 + text.len());
+    if let Some(p) = prefix {
+        line.extend_from_slice(&p);
+    }
+    line.extend_from_slice(text.as_bytes());
+    line
+}
+
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        let text = crate::config::redact(&text);
-        let mut line = Vec::with_capacity(3 + text.len());
-        if let Some(p) = self.prefix.take() {
-            line.extend_from_slice(&p);
-        }
-        line.extend_from_slice(text.as_bytes());
+        let line = render(buf, self.prefix.take());
         std::io::stderr().lock().write_all(&line)?;
         Ok(buf.len())
     }
@@ -168,6 +174,17 @@ mod tests {
         assert!(t.would_enable("async_nats", &Level::WARN));
         let e = parse_filter("lockstep=loud").unwrap_err();
         assert!(e.contains("lockstep=loud") && e.contains("\"info\""), "{e}");
+    }
+
+    #[test]
+    fn lines_go_out_redacted_behind_their_prefix() {
+        let line = br#"{"level":"DEBUG","server":"nats://u:s3cret@h:4222","dsn":"DSN=x;PWD=pw2"}"#;
+        let out = String::from_utf8(render(line, Some(*b"<7>"))).unwrap();
+        assert_eq!(
+            out,
+            r#"<7>{"level":"DEBUG","server":"nats://u:***@h:4222","dsn":"DSN=x;PWD=***"}"#
+        );
+        assert_eq!(render(b"plain line\n", None), b"plain line\n");
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Pki {
 fn tls_server(pki: &Pki, cert: &str) -> PrivatePg {
     let pg = PrivatePg::init();
     let data = pg.dir.join("data");
-    configure(&pg, pki, cert, true);
+    configure(&pg, pki, cert, true, "");
     // The role `scram` logs in with a password (SCRAM, as a production server would
     // ask), everyone else is trusted; all of it over TLS only.
     std::fs::write(
@@ -141,7 +141,7 @@ const SCRAM_PW: &str = "scram-s3cret-pw";
 
 /// Points the server at certificate `cert` with `ssl` on or off (read at the next start
 /// or reload).
-fn configure(pg: &PrivatePg, pki: &Pki, cert: &str, ssl: bool) {
+fn configure(pg: &PrivatePg, pki: &Pki, cert: &str, ssl: bool, extra: &str) {
     let data = pg.dir.join("data");
     // The server reads its key only when the key is its own and private.
     for f in [format!("{cert}.crt"), format!("{cert}.key")] {
@@ -161,7 +161,7 @@ fn configure(pg: &PrivatePg, pki: &Pki, cert: &str, ssl: bool) {
     std::fs::write(
         conf,
         format!(
-            "ssl = {}\nssl_cert_file = '{cert}.crt'\nssl_key_file = '{cert}.key'\n",
+            "ssl = {}\nssl_cert_file = '{cert}.crt'\nssl_key_file = '{cert}.key'\n{extra}\n",
             if ssl { "on" } else { "off" }
         ),
     )
@@ -170,15 +170,19 @@ fn configure(pg: &PrivatePg, pki: &Pki, cert: &str, ssl: bool) {
 
 /// Reloads the server's configuration and waits until `ssl` is as wanted.
 async fn reload(pg: &PrivatePg, hba: &str, ssl: bool) {
+    reload_until(pg, hba, "ssl", if ssl { "on" } else { "off" }).await
+}
+
+/// Reloads the server's configuration and waits until `setting` is `want`.
+async fn reload_until(pg: &PrivatePg, hba: &str, setting: &str, want: &str) {
     let data = pg.dir.join("data");
     std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
     pg.run("pg_ctl", &["-D", data.to_str().unwrap(), "reload"]);
-    let want = if ssl { "on" } else { "off" };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while pg.sql("SHOW ssl") != want {
+    while pg.sql(&format!("SHOW {setting}")) != want {
         assert!(
             std::time::Instant::now() < deadline,
-            "the server did not reload with ssl = {want}:\n{}",
+            "the server did not reload with {setting} = {want}:\n{}",
             std::fs::read_to_string(pg.dir.join("server.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -188,6 +192,11 @@ async fn reload(pg: &PrivatePg, hba: &str, ssl: bool) {
 /// `lockstep check` with one trigger source per (name, connection string), each on a
 /// table of its own: each source's connection row, (ok, detail), by source name.
 fn check_connections(w: &World, sources: &[(&str, String)]) -> BTreeMap<String, (bool, String)> {
+    check_run(w, sources).0
+}
+
+/// [`check_connections`], and what `check` wrote to stderr (its warnings).
+fn check_run(w: &World, sources: &[(&str, String)]) -> (BTreeMap<String, (bool, String)>, String) {
     let text: String = sources
         .iter()
         .map(|(name, conn)| {
@@ -220,7 +229,7 @@ fn check_connections(w: &World, sources: &[(&str, String)]) -> BTreeMap<String, 
             (status.trim() == "ok", detail.trim().to_owned()),
         );
     }
-    rows
+    (rows, err)
 }
 
 fn ok_over_tls(rows: &BTreeMap<String, (bool, String)>, name: &str) {
@@ -305,6 +314,11 @@ async fn every_sslmode_behaves_as_libpq_says() {
                 ),
             ),
             ("prefer", kv("127.0.0.1", "")),
+            // Only an address: TLS all the same, as in libpq.
+            (
+                "hostaddr_require",
+                format!("hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require"),
+            ),
             ("disable", kv("127.0.0.1", "sslmode=disable")),
             // A password over verify-full (SCRAM; the server offers SCRAM-SHA-256-PLUS
             // over TLS, lockstep takes SCRAM-SHA-256), and a wrong one.
@@ -339,6 +353,7 @@ async fn every_sslmode_behaves_as_libpq_says() {
     ok_over_tls(&rows, "require_no_ca");
     refused(&rows, "require_wrong_ca", "not signed by a CA in");
     ok_over_tls(&rows, "prefer");
+    ok_over_tls(&rows, "hostaddr_require");
     refused(&rows, "disable", "accepts only encrypted connections");
     assert!(
         rows["full_ok"].1.contains("sslmode verify-full"),
@@ -346,8 +361,42 @@ async fn every_sslmode_behaves_as_libpq_says() {
         rows["full_ok"]
     );
 
+    // A legacy server that speaks only TLS 1.0 and 1.1 (which rustls does not): the
+    // handshake fails; prefer falls back to plaintext with a warning, require refuses.
+    configure(
+        &pg,
+        &pki,
+        "server",
+        true,
+        "ssl_min_protocol_version = 'TLSv1'\nssl_max_protocol_version = 'TLSv1.1'",
+    );
+    reload_until(
+        &pg,
+        "local all all trust\nhost all all 127.0.0.1/32 trust\n",
+        "ssl_max_protocol_version",
+        "TLSv1.1",
+    )
+    .await;
+    let (rows, err) = check_run(
+        &w,
+        &[
+            ("prefer", kv("127.0.0.1", "")),
+            ("require", kv("127.0.0.1", "sslmode=require")),
+        ],
+    );
+    let (ok, detail) = &rows["prefer"];
+    assert!(
+        *ok && detail.starts_with("connected without TLS"),
+        "prefer: {detail}"
+    );
+    assert!(
+        err.contains("the TLS handshake failed under sslmode=prefer"),
+        "a warning says so: {err}"
+    );
+    refused(&rows, "require", "TLS handshake failed");
+
     // The server stops offering TLS: prefer falls back to plaintext, require refuses.
-    configure(&pg, &pki, "server", false);
+    configure(&pg, &pki, "server", false, "");
     reload(
         &pg,
         "local all all trust\nhost all all 127.0.0.1/32 trust\n",
@@ -376,7 +425,7 @@ async fn every_sslmode_behaves_as_libpq_says() {
 
     // A certificate with the host name in its common name only (no subject alternative
     // name), as the PostgreSQL manual makes one: verify-full takes it, as libpq does.
-    configure(&pg, &pki, "server-cn", true);
+    configure(&pg, &pki, "server-cn", true, "");
     reload(
         &pg,
         "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",

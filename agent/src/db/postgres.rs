@@ -152,6 +152,22 @@ impl PgConn {
                 None => format!("not a PostgreSQL connection string: {e}"),
             }
         })?;
+        // Only an address (hostaddr=): libpq does TLS without a host name, except for
+        // verify-full, which checks it; tokio-postgres does no TLS without one, so the
+        // address stands in as the name.
+        if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
+            if mode == SslMode::VerifyFull {
+                return Err(
+                    "sslmode=verify-full checks the server's certificate against \
+                            host=, and there is only hostaddr=: add host=<the name in the \
+                            certificate>"
+                        .into(),
+                );
+            }
+            for a in config.get_hostaddrs().to_vec() {
+                config.host(a.to_string());
+            }
+        }
         // libpq uses no TLS over a Unix-domain socket, whatever sslmode says (the
         // server offers none there).
         let unix_only = !config.get_hosts().is_empty()
@@ -523,6 +539,11 @@ mod tests {
             parse("host=h sslmode=disable").config().get_ssl_mode(),
             PgSslMode::Disable
         );
+        // Only an address: it is the name too (verify-full needs a name).
+        let c = parse("hostaddr=127.0.0.1 sslmode=require");
+        assert_eq!(c.config().get_hosts().len(), 1);
+        let e = PgConn::parse("hostaddr=127.0.0.1 sslmode=verify-full").unwrap_err();
+        assert!(e.contains("host="), "{e}");
         // A Unix-domain socket: no TLS, as in libpq.
         assert_eq!(
             parse("host=/var/run/postgresql sslmode=require")
