@@ -329,6 +329,15 @@ async fn every_sslmode_behaves_as_libpq_says() {
                     ca.display()
                 ),
             ),
+            // Bound to the certificate (SCRAM-SHA-256-PLUS, tls-server-end-point): the
+            // server checks the hash of its own certificate.
+            (
+                "scram_bound",
+                format!(
+                    "host=localhost port={port} user=scram password={SCRAM_PW} dbname=postgres sslmode=verify-full sslrootcert={} channel_binding=require",
+                    ca.display()
+                ),
+            ),
             (
                 "scram_wrong",
                 format!(
@@ -339,6 +348,7 @@ async fn every_sslmode_behaves_as_libpq_says() {
         ],
     );
     ok_over_tls(&rows, "scram");
+    ok_over_tls(&rows, "scram_bound");
     refused(&rows, "scram_wrong", "password authentication failed");
     ok_over_tls(&rows, "full_ok");
     ok_over_tls(&rows, "full_url");

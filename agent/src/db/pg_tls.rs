@@ -12,8 +12,11 @@
 //!
 //! A certificate that is itself in `sslrootcert` (a self-signed server certificate given
 //! as its own root, as the manual's recipe also does) is trusted as it is, as OpenSSL
-//! does. Channel binding is not offered (`channel_binding=require` is refused by
-//! tokio-postgres); SCRAM works without it.
+//! does. The stream offers SCRAM channel binding (`tls-server-end-point`: a hash of the
+//! server's certificate, by the hash of its signature algorithm, RFC 5929), so a
+//! password login over TLS is bound to the certificate seen, as libpq does it
+//! (`channel_binding=require` works; a certificate signed with SHA-512 or an algorithm
+//! without a hash, such as Ed25519, gets none).
 
 use std::future::Future;
 use std::io;
@@ -123,8 +126,46 @@ pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let end_entity = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match end_entity.and_then(|c| tls_server_end_point(c.as_ref())) {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// RFC 5929 `tls-server-end-point`: the certificate hashed with the hash of its
+/// signature algorithm, SHA-256 for MD5 and SHA-1; `None` where that is not defined or
+/// not at hand.
+fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use rustls::crypto::ring::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    let (_, body, _) = der(cert)?;
+    let (_, _tbs, rest) = der(body)?;
+    let (_, alg, _) = der(rest)?;
+    let (0x06, oid, _) = der(alg)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let suite = match oid {
+        // md5, sha1, sha256 WithRSAEncryption; ecdsa-with-SHA1 / -SHA256
+        [r @ .., 4 | 5 | 11] if r == RSA => TLS13_AES_128_GCM_SHA256,
+        _ if oid == ECDSA_SHA1 => TLS13_AES_128_GCM_SHA256,
+        [e @ .., 2] if e == ECDSA_SHA2 => TLS13_AES_128_GCM_SHA256,
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        [r @ .., 12] if r == RSA => TLS13_AES_256_GCM_SHA384,
+        [e @ .., 3] if e == ECDSA_SHA2 => TLS13_AES_256_GCM_SHA384,
+        _ => return None,
+    };
+    let hash = suite.tls13()?.common.hash_provider.hash(cert);
+    Some(hash.as_ref().to_vec())
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
@@ -352,6 +393,39 @@ fn pem_error(e: rustls_pki_types::pem::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature_algorithm() {
+        // A skeleton certificate: SEQUENCE { SEQUENCE {}, SEQUENCE { OID }, BIT STRING }.
+        let cert = |oid: &[u8]| {
+            let mut alg = vec![0x06, oid.len() as u8];
+            alg.extend_from_slice(oid);
+            let mut body = vec![0x30, 0x00, 0x30, alg.len() as u8];
+            body.extend_from_slice(&alg);
+            body.extend_from_slice(&[0x03, 0x01, 0x00]);
+            let mut c = vec![0x30, body.len() as u8];
+            c.extend_from_slice(&body);
+            c
+        };
+        let ecdsa_sha256 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+        let rsa_sha384 = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+        let rsa_sha1 = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
+        let ed25519 = [0x2b, 0x65, 0x70];
+        assert_eq!(
+            tls_server_end_point(&cert(&ecdsa_sha256)).map(|h| h.len()),
+            Some(32)
+        );
+        assert_eq!(
+            tls_server_end_point(&cert(&rsa_sha384)).map(|h| h.len()),
+            Some(48)
+        );
+        assert_eq!(
+            tls_server_end_point(&cert(&rsa_sha1)).map(|h| h.len()),
+            Some(32)
+        );
+        assert_eq!(tls_server_end_point(&cert(&ed25519)), None);
+        assert_eq!(tls_server_end_point(b"\x30\x05junk"), None);
+    }
 
     #[test]
     fn names_match_like_libpq() {

@@ -497,7 +497,12 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
     let what = match e.as_db_error() {
         Some(_) => crate::source::trigger::postgres::describe(e),
         None if is_tls_error(e) => format!("TLS handshake failed: {}", tls_detail(e)),
-        None => e.to_string(),
+        // tokio-postgres's own words are the kind ("authentication error"); the cause
+        // says what.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     };
     if hint.is_empty() {
         format!("cannot connect to PostgreSQL (sslmode={mode}): {what}")
