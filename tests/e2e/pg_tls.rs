@@ -30,6 +30,22 @@ impl Pki {
         pki.server("server", "ca", Some("DNS:localhost"));
         // As the PostgreSQL manual makes one: the name in the common name only.
         pki.server("server-cn", "ca", None);
+        // The manual's quickest recipe: self-signed, its own root (`root.crt`).
+        pki.openssl(&[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "2",
+            "-nodes",
+            "-text",
+            "-out",
+            "server-self.crt",
+            "-keyout",
+            "server-self.key",
+            "-subj",
+            "/CN=localhost",
+        ]);
         pki
     }
 
@@ -463,6 +479,42 @@ async fn every_sslmode_behaves_as_libpq_says() {
     );
     ok_over_tls(&rows, "cn_ok");
     refused(&rows, "cn_wrong_host", "not issued for the host name");
+
+    // The manual's self-signed certificate, given as its own root.
+    configure(&pg, &pki, "server-self", true, "");
+    reload_until(
+        &pg,
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        "ssl_cert_file",
+        "server-self.crt",
+    )
+    .await;
+    let self_root = pki.path("server-self.crt");
+    let rows = check_connections(
+        &w,
+        &[
+            (
+                "self_ok",
+                kv(
+                    "localhost",
+                    &format!("sslmode=verify-full sslrootcert={}", self_root.display()),
+                ),
+            ),
+            (
+                "self_other_root",
+                kv(
+                    "localhost",
+                    &format!("sslmode=verify-ca sslrootcert={}", ca.display()),
+                ),
+            ),
+        ],
+    );
+    ok_over_tls(&rows, "self_ok");
+    refused(
+        &rows,
+        "self_other_root",
+        "is a CA's (self-signed, say) and not in",
+    );
 }
 
 /// A trigger source over verify-full, on a server that takes nothing but TLS: the

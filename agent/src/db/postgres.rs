@@ -474,6 +474,10 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
             C::NotValidYet | C::NotValidYetContext { .. } => {
                 "the server's certificate is not valid yet (check the clocks)".into()
             }
+            C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => format!(
+                "the server's certificate is a CA's (self-signed, say) and not in {root}: \
+                 give that certificate itself, or the CA that signed it, as sslrootcert"
+            ),
             _ => format!("the server's certificate was refused under sslmode={mode}"),
         },
         Some(_) => format!("the TLS handshake failed under sslmode={mode}"),
