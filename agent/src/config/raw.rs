@@ -476,9 +476,13 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
     refuse(cx, &name, "trigger", &poll_keys(&s))?;
     let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
     // A PostgreSQL string is parsed once the rest is known good (below).
+    enum Db {
+        Postgres(Secret, Range<usize>),
+        Odbc(Secret),
+    }
     let db = match (&s.postgres, &s.odbc) {
-        (Some(p), None) => Err((secret(p)?, p.span())),
-        (None, Some(o)) => Ok(TriggerDb::Odbc(secret(o)?)),
+        (Some(p), None) => Db::Postgres(secret(p)?, p.span()),
+        (None, Some(o)) => Db::Odbc(secret(o)?),
         (Some(p), Some(_)) => {
             return Err(cx.err(
                 p.span(),
@@ -527,7 +531,7 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             ))
         }
     };
-    if db.is_err() && dialect.is_some_and(|d| d != Dialect::Postgres) {
+    if matches!(db, Db::Postgres(..)) && dialect.is_some_and(|d| d != Dialect::Postgres) {
         let d = s.dialect.as_ref().expect("checked");
         return Err(cx.err(
             d.span(),
@@ -535,8 +539,8 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
         ));
     }
     let db = match db {
-        Ok(odbc) => odbc,
-        Err((conn, span)) => TriggerDb::Postgres(Box::new(
+        Db::Odbc(conn) => TriggerDb::Odbc(conn),
+        Db::Postgres(conn, span) => TriggerDb::Postgres(Box::new(
             crate::db::postgres::PgConn::parse(conn.expose())
                 .map_err(|e| cx.err(span, format!("source `{name}`: postgres: {e}")))?,
         )),
