@@ -3,11 +3,13 @@
 //! The pipeline is the architecture: [`source`] reads changes, [`pipeline`] turns them
 //! into ordered, encoded messages and tracks their acknowledgements, [`sink`] publishes
 //! them to JetStream, [`admin`] reports on all of it. [`config`] is read once at start;
+//! [`db`] opens database connections;
 //! [`cli`] and [`runner`] are the edges.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod logging;
 pub mod pipeline;
 pub mod runner;

@@ -8,7 +8,9 @@
 //!
 //! Which lines: a `RUST_LOG`-style filter (`info`, `warn,lockstep::source=debug`), from
 //! `LOCKSTEP_LOG` if set, else `[agent] log` in the config, else `info`. Secrets never
-//! reach a log line: they are [`crate::config::Secret`]s, which print as `***`.
+//! reach a log line: they are [`crate::config::Secret`]s, which print as `***`; and each
+//! line goes through [`crate::config::redact`] on its way out, for the password a
+//! library or a driver's message may quote (a URL's user info, `PWD=…`).
 
 use std::io::{IsTerminal, Write};
 use std::str::FromStr;
@@ -70,14 +72,17 @@ pub fn init(filter: Targets, form: Form) {
     let registry = tracing_subscriber::registry().with(filter);
     match form {
         Form::Human => registry
-            .with(fmt.with_target(false).with_writer(std::io::stderr))
+            .with(
+                fmt.with_target(false)
+                    .with_writer(RedactedStderr { journal: false }),
+            )
             .init(),
         Form::Json => registry
             .with(
                 fmt.json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(RedactedStderr { journal: false }),
             )
             .init(),
         Form::Journal => registry
@@ -85,7 +90,7 @@ pub fn init(filter: Targets, form: Form) {
                 fmt.json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_writer(JournalStderr),
+                    .with_writer(RedactedStderr { journal: true }),
             )
             .init(),
     }
@@ -101,46 +106,54 @@ pub fn priority(level: &Level) -> u8 {
     }
 }
 
-/// Stderr, each line behind its level's syslog priority prefix.
-struct JournalStderr;
+/// Stderr, each line redacted and, for journald, behind its level's syslog priority
+/// prefix.
+struct RedactedStderr {
+    journal: bool,
+}
 
-impl<'a> MakeWriter<'a> for JournalStderr {
-    type Writer = PrefixedLine;
+impl<'a> MakeWriter<'a> for RedactedStderr {
+    type Writer = Line;
 
     fn make_writer(&'a self) -> Self::Writer {
-        PrefixedLine::new(&Level::INFO)
+        Line::new(self.journal.then_some(&Level::INFO))
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
-        PrefixedLine::new(meta.level())
+        Line::new(self.journal.then(|| meta.level()))
     }
 }
 
-/// One event's line: the prefix goes out with its first bytes, in the same write.
-struct PrefixedLine {
+/// One event's line (the formatter writes an event whole, in one call): redacted, and
+/// the prefix goes out with its first bytes, in the same write.
+struct Line {
     prefix: Option<[u8; 3]>,
 }
 
-impl PrefixedLine {
-    fn new(level: &Level) -> Self {
+impl Line {
+    fn new(level: Option<&Level>) -> Self {
         Self {
-            prefix: Some([b'<', b'0' + priority(level), b'>']),
+            prefix: level.map(|l| [b'<', b'0' + priority(l), b'>']),
         }
     }
 }
 
-impl Write for PrefixedLine {
+/// The bytes that go out for `buf`: redacted, behind `prefix`.
+fn render(buf: &[u8], prefix: Option<[u8; 3]>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(buf);
+    let text = crate::config::redact(&text);
+    let mut line = Vec::with_capacity(3 + text.len());
+    if let Some(p) = prefix {
+        line.extend_from_slice(&p);
+    }
+    line.extend_from_slice(text.as_bytes());
+    line
+}
+
+impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut err = std::io::stderr().lock();
-        match self.prefix.take() {
-            Some(p) => {
-                let mut line = Vec::with_capacity(p.len() + buf.len());
-                line.extend_from_slice(&p);
-                line.extend_from_slice(buf);
-                err.write_all(&line)?;
-            }
-            None => err.write_all(buf)?,
-        }
+        let line = render(buf, self.prefix.take());
+        std::io::stderr().lock().write_all(&line)?;
         Ok(buf.len())
     }
 
@@ -161,6 +174,17 @@ mod tests {
         assert!(t.would_enable("async_nats", &Level::WARN));
         let e = parse_filter("lockstep=loud").unwrap_err();
         assert!(e.contains("lockstep=loud") && e.contains("\"info\""), "{e}");
+    }
+
+    #[test]
+    fn lines_go_out_redacted_behind_their_prefix() {
+        let line = br#"{"level":"DEBUG","server":"nats://u:s3cret@h:4222","dsn":"DSN=x;PWD=pw2"}"#;
+        let out = String::from_utf8(render(line, Some(*b"<7>"))).unwrap();
+        assert_eq!(
+            out,
+            r#"<7>{"level":"DEBUG","server":"nats://u:***@h:4222","dsn":"DSN=x;PWD=***"}"#
+        );
+        assert_eq!(render(b"plain line\n", None), b"plain line\n");
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let cfg = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("lockstep: {e}");
+            eprintln!("lockstep: {}", config::redact(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         Ok(spec) => match logging::parse_filter(&spec) {
             Ok(f) => f,
             Err(e) => {
-                eprintln!("lockstep: LOCKSTEP_LOG: {e}");
+                eprintln!("lockstep: LOCKSTEP_LOG: {}", config::redact(&e));
                 return ExitCode::from(2);
             }
         },
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("lockstep: {e}");
+                    eprintln!("lockstep: {}", config::redact(&e.to_string()));
                     ExitCode::from(1)
                 }
             }
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("lockstep: {e}");
+                    eprintln!("lockstep: {}", config::redact(&e.to_string()));
                     ExitCode::from(1)
                 }
             }
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("lockstep: {}", e.message);
+                    eprintln!("lockstep: {}", config::redact(&e.message));
                     ExitCode::from(e.code)
                 }
             }
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
-                    eprintln!("lockstep: {e}");
+                    eprintln!("lockstep: {}", config::redact(&e.to_string()));
                     ExitCode::from(1)
                 }
             }

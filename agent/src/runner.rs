@@ -190,7 +190,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         cfg.agent.id,
         cfg.sources.len(),
         cfg.nats.stream,
-        cfg.nats.servers.join(", ")
+        crate::sink::jetstream::shown(&cfg.nats.servers)
     );
 
     let publisher = Publisher::new(

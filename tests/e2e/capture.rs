@@ -1066,14 +1066,22 @@ async fn mariadb_odbc_origin_marked_changes_are_not_published() {
 /// A PostgreSQL server of the test's own (initdb in a temporary directory, on a free
 /// port), so that it can be stopped and started under the agent without disturbing the
 /// shared one. Run as the `postgres` user when the tests run as root.
-struct PrivatePg {
+pub(crate) struct PrivatePg {
     bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
+    pub dir: PathBuf,
+    pub port: u16,
 }
 
 impl PrivatePg {
-    fn start() -> PrivatePg {
+    pub(crate) fn start() -> PrivatePg {
+        let pg = Self::init();
+        pg.up();
+        pg
+    }
+
+    /// A new cluster in a directory of its own (owned by `postgres` when the tests run
+    /// as root), not started yet: configure `dir/data`, then [`Self::up`].
+    pub(crate) fn init() -> PrivatePg {
         let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql")
             .map(|e| e.unwrap().path().join("bin"))
@@ -1119,17 +1127,16 @@ impl PrivatePg {
                 "--no-sync",
             ],
         );
-        pg.up();
         pg
     }
 
-    fn as_root(&self) -> bool {
+    pub(crate) fn as_root(&self) -> bool {
         let o = Command::new("id").arg("-u").output().unwrap();
         String::from_utf8_lossy(&o.stdout).trim() == "0"
     }
 
     /// A server tool, run as `postgres` when the tests run as root.
-    fn tool(&self, tool: &str) -> Command {
+    pub(crate) fn tool(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
         if self.as_root() {
             let mut c = Command::new("runuser");
@@ -1140,7 +1147,7 @@ impl PrivatePg {
         }
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    pub(crate) fn run(&self, tool: &str, args: &[&str]) {
         let o = self
             .tool(tool)
             .args(args)
@@ -1155,7 +1162,7 @@ impl PrivatePg {
         );
     }
 
-    fn up(&self) {
+    pub(crate) fn up(&self) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
@@ -1194,7 +1201,7 @@ impl PrivatePg {
         );
     }
 
-    fn sql(&self, sql: &str) -> String {
+    pub(crate) fn sql(&self, sql: &str) -> String {
         let o = Command::new("psql")
             .args([
                 "-h",

@@ -269,6 +269,8 @@ pub async fn serve(
                     "only GET\n".to_owned(),
                 ),
             };
+            // Errors in the status may quote a driver's message, and so a password.
+            let body = crate::config::redact(&body);
             let resp = format!(
                 "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()

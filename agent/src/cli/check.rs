@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::config::{owners, Config, PollConfig, SourceKind, TriggerConfig, TriggerDb};
+use crate::config::{owners, redact, Config, PollConfig, SourceKind, TriggerConfig, TriggerDb};
 use crate::sink::jetstream;
 use crate::source::poll::scan::PollDb;
 use crate::source::tail;
@@ -27,7 +27,7 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
         detail: format!("agent {}, {} source(s)", cfg.agent.id, cfg.sources.len()),
     }];
     rows.push(state_dir(cfg));
-    let servers = cfg.nats.servers.join(", ");
+    let servers = jetstream::shown(&cfg.nats.servers);
     match tokio::time::timeout(
         Duration::from_secs(10),
         jetstream::connect(&cfg.nats, false, None),
@@ -202,11 +202,19 @@ async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
             }]
         }
     };
+    let detail = match &t.db {
+        TriggerDb::Postgres(conn) => match db.tls_version().await {
+            Ok(Some(v)) => format!("connected over TLS ({v}), {}", conn.describe()),
+            Ok(None) => format!("connected without TLS, {}", conn.describe()),
+            Err(e) => format!("connected, {}; {e}", conn.describe()),
+        },
+        TriggerDb::Odbc(_) => "connected".into(),
+    };
     let mut rows = vec![Row {
         what: what.clone(),
         target: db.describe(),
         ok: Some(true),
-        detail: "connected".into(),
+        detail,
     }];
     for table in &t.tables {
         let (ok, detail) = match db.table_def(table).await {
@@ -364,10 +372,11 @@ fn print(out: &mut impl Write, rows: &[Row]) {
             Some(false) => "FAIL",
             None => "warn",
         };
-        let _ = writeln!(
-            out,
+        // A driver's message may quote a connection string.
+        let line = format!(
             "{:<w1$}  {:<w2$}  {:<4}  {}",
             r.what, r.target, status, r.detail
         );
+        let _ = writeln!(out, "{}", redact(&line));
     }
 }

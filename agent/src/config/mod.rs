@@ -4,8 +4,10 @@
 //! then validated into the domain types below. Nothing downstream re-checks config.
 //! Every error names the file, line and column of the value at fault.
 
+mod nats_server;
 pub mod owners;
 mod raw;
+mod redact;
 mod secret;
 mod units;
 
@@ -19,6 +21,8 @@ use lockstep_formats::{Format, Op};
 
 pub use crate::source::trigger::ddl::{Capture, Dialect};
 
+pub use self::nats_server::{NatsServer, UrlCredentials};
+pub use self::redact::{redact, MASK};
 pub use self::secret::{credential_path, Secret};
 pub use self::units::{parse_duration, parse_size};
 pub use crate::pipeline::debounce::DebounceConfig;
@@ -52,7 +56,7 @@ pub struct AgentConfig {
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    pub servers: Vec<String>,
+    pub servers: Vec<NatsServer>,
     pub stream: String,
     pub subject_prefix: String,
     pub create_stream: bool,
@@ -187,8 +191,9 @@ pub enum Lookback {
 
 #[derive(Debug, Clone)]
 pub enum TriggerDb {
-    /// A tokio-postgres connection string.
-    Postgres(Secret),
+    /// A PostgreSQL connection string, parsed (libpq's `sslmode` and `sslrootcert`
+    /// included).
+    Postgres(Box<crate::db::postgres::PgConn>),
     /// An ODBC connection string (`DSN=…`).
     Odbc(Secret),
 }

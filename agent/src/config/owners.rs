@@ -17,27 +17,25 @@ use crate::source::trigger::ddl::trigger_name;
 /// target: never printed (it may hold secrets other than the credentials it drops).
 pub fn db_target(db: &TriggerDb) -> String {
     match db {
-        TriggerDb::Postgres(conn) => match conn.expose().parse::<tokio_postgres::Config>() {
-            Ok(c) => {
-                let hosts: Vec<String> = c
-                    .get_hosts()
-                    .iter()
-                    .map(|h| format!("{h:?}").to_lowercase())
-                    .collect();
-                let ports = if c.get_ports().is_empty() {
-                    vec![5432]
-                } else {
-                    c.get_ports().to_vec()
-                };
-                // PostgreSQL's default database is the user's name.
-                let dbname = c.get_dbname().or(c.get_user()).unwrap_or_default();
-                format!(
-                    "postgres|{hosts:?}|{ports:?}|{dbname}|{:?}",
-                    search_path(c.get_options().unwrap_or_default())
-                )
-            }
-            Err(_) => format!("postgres|{}", conn.expose().trim()),
-        },
+        TriggerDb::Postgres(conn) => {
+            let c = conn.config();
+            let hosts: Vec<String> = c
+                .get_hosts()
+                .iter()
+                .map(|h| format!("{h:?}").to_lowercase())
+                .collect();
+            let ports = if c.get_ports().is_empty() {
+                vec![5432]
+            } else {
+                c.get_ports().to_vec()
+            };
+            // PostgreSQL's default database is the user's name.
+            let dbname = c.get_dbname().or(c.get_user()).unwrap_or_default();
+            format!(
+                "postgres|{hosts:?}|{ports:?}|{dbname}|{:?}",
+                search_path(c.get_options().unwrap_or_default())
+            )
+        }
         TriggerDb::Odbc(conn) => {
             let mut pairs: Vec<(String, String)> = odbc_parts(conn.expose())
                 .into_iter()
@@ -201,7 +199,9 @@ mod tests {
     use crate::config::Secret;
 
     fn pg(s: &str) -> String {
-        db_target(&TriggerDb::Postgres(Secret::for_tests(s)))
+        db_target(&TriggerDb::Postgres(Box::new(
+            crate::db::postgres::PgConn::parse(s).unwrap(),
+        )))
     }
 
     fn odbc(s: &str) -> String {

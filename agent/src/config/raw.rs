@@ -269,7 +269,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 fn nats(cx: &Ctx, raw: Option<RawNats>) -> Result<NatsConfig, ConfigError> {
     let Some(n) = raw else {
         return Ok(NatsConfig {
-            servers: vec!["nats://127.0.0.1:4222".into()],
+            servers: vec![NatsServer::from("nats://127.0.0.1:4222")],
             stream: "LOCKSTEP".into(),
             subject_prefix: "lockstep".into(),
             create_stream: false,
@@ -279,21 +279,41 @@ fn nats(cx: &Ctx, raw: Option<RawNats>) -> Result<NatsConfig, ConfigError> {
             tls: None,
         });
     };
-    let servers = match n.servers {
+    let (servers, url_auth) = match n.servers {
         Some(s) if s.get_ref().is_empty() => return Err(cx.err(s.span(), "nats.servers is empty")),
         Some(s) => {
-            for url in s.get_ref() {
-                let ok = url.parse::<async_nats::ServerAddr>().is_ok();
-                if !ok {
-                    return Err(cx.err(
-                        s.span(),
-                        format!("nats.servers: `{url}` is not a NATS URL like nats://host:4222"),
-                    ));
-                }
+            let span = s.span();
+            let mut servers = Vec::new();
+            let mut creds: Vec<Option<UrlCredentials>> = Vec::new();
+            for (n, url) in s.get_ref().iter().enumerate() {
+                let (server, c) = NatsServer::parse(url).map_err(|e| {
+                    cx.err(span.clone(), format!("nats.servers, entry {}: {e}", n + 1))
+                })?;
+                servers.push(server);
+                creds.push(c);
             }
-            s.into_inner()
+            // async-nats sends one set of credentials to every server.
+            let given: Vec<&UrlCredentials> = creds.iter().flatten().collect();
+            if !given.is_empty()
+                && (given.len() < creds.len() || given.iter().any(|c| *c != given[0]))
+            {
+                return Err(cx.err(
+                    span,
+                    "nats.servers: the URLs carry different credentials (or only some carry \
+                     any); lockstep sends one set to every server of the cluster: give them \
+                     once, as nats.user and nats.password (or nats.token), and the URLs without",
+                ));
+            }
+            let auth = given.first().map(|(user, password)| match password {
+                Some(p) => NatsAuth::UserPassword {
+                    user: user.clone(),
+                    password: Secret::from_config(p.clone()),
+                },
+                None => NatsAuth::Token(Secret::from_config(user.clone())),
+            });
+            (servers, auth.map(|a| (span, a)))
         }
-        None => vec!["nats://127.0.0.1:4222".into()],
+        None => (vec![NatsServer::from("nats://127.0.0.1:4222")], None),
     };
     let stream = match n.stream {
         Some(s) if !valid_name(s.get_ref()) => {
@@ -330,6 +350,7 @@ fn nats(cx: &Ctx, raw: Option<RawNats>) -> Result<NatsConfig, ConfigError> {
     };
     let secret = |s: Spanned<RawSecret>| s.get_ref().resolve().map_err(|e| cx.err(s.span(), e));
     let mut auths = Vec::new();
+    auths.extend(url_auth);
     if let Some(c) = n.creds {
         let p = credential_path(c.get_ref());
         auths.push((c.span(), NatsAuth::Creds(p)));
@@ -361,7 +382,8 @@ fn nats(cx: &Ctx, raw: Option<RawNats>) -> Result<NatsConfig, ConfigError> {
     if auths.len() > 1 {
         return Err(cx.err(
             auths[1].0.clone(),
-            "give one NATS authentication: creds, nkey, token, or user and password",
+            "give one NATS authentication: creds, nkey, token, user and password, or the \
+             credentials in the server URLs",
         ));
     }
     Ok(NatsConfig {
@@ -454,9 +476,14 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
     refuse(cx, &name, "trigger", &tail_keys(&s))?;
     refuse(cx, &name, "trigger", &poll_keys(&s))?;
     let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
+    // A PostgreSQL string is parsed once the rest is known good (below).
+    enum Db {
+        Postgres(Secret, Range<usize>),
+        Odbc(Secret),
+    }
     let db = match (&s.postgres, &s.odbc) {
-        (Some(p), None) => TriggerDb::Postgres(secret(p)?),
-        (None, Some(o)) => TriggerDb::Odbc(secret(o)?),
+        (Some(p), None) => Db::Postgres(secret(p)?, p.span()),
+        (None, Some(o)) => Db::Odbc(secret(o)?),
         (Some(p), Some(_)) => {
             return Err(cx.err(
                 p.span(),
@@ -515,13 +542,20 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
             ))
         }
     };
-    if matches!(db, TriggerDb::Postgres(_)) && dialect.is_some_and(|d| d != Dialect::Postgres) {
+    if matches!(db, Db::Postgres(..)) && dialect.is_some_and(|d| d != Dialect::Postgres) {
         let d = s.dialect.as_ref().expect("checked");
         return Err(cx.err(
             d.span(),
             format!("source `{name}`: a `postgres` source speaks the postgres dialect"),
         ));
     }
+    let db = match db {
+        Db::Odbc(conn) => TriggerDb::Odbc(conn),
+        Db::Postgres(conn, span) => TriggerDb::Postgres(Box::new(
+            crate::db::postgres::PgConn::parse(conn.expose())
+                .map_err(|e| cx.err(span, format!("source `{name}`: postgres: {e}")))?,
+        )),
+    };
     Ok(SourceConfig {
         name,
         map: Mapping::default(),
@@ -1155,7 +1189,10 @@ mod tests {
     #[test]
     fn minimal_config_has_defaults() {
         let c = parse_str(MINIMAL).unwrap();
-        assert_eq!(c.nats.servers, vec!["nats://127.0.0.1:4222"]);
+        assert_eq!(
+            c.nats.servers,
+            vec![NatsServer::from("nats://127.0.0.1:4222")]
+        );
         assert_eq!(c.nats.max_in_flight, 4096);
         assert_eq!(c.admin.listen, Some("127.0.0.1:9187".parse().unwrap()));
         let SourceKind::Tail(t) = &c.sources[0].kind else {
@@ -1270,7 +1307,9 @@ mod tests {
         let SourceKind::Trigger(t) = &c.sources[0].kind else {
             panic!("a trigger source")
         };
-        assert!(matches!(&t.db, TriggerDb::Postgres(p) if p.expose() == "host=db dbname=vista"));
+        assert!(
+            matches!(&t.db, TriggerDb::Postgres(p) if p.config().get_dbname() == Some("vista"))
+        );
         assert_eq!(t.tables, ["appointments"]);
         assert_eq!(t.capture, Capture::Rows);
         assert_eq!(t.interval, Duration::from_millis(200));

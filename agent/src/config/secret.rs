@@ -17,6 +17,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A secret found inside another value of the config (a NATS URL's password).
+    pub(super) fn from_config(s: String) -> Self {
+        Secret(s)
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -95,14 +95,27 @@ pub async fn connect(
             }
         });
     }
-    let addrs: Vec<async_nats::ServerAddr> =
-        cfg.servers.iter().filter_map(|s| s.parse().ok()).collect();
+    // Credential-free URLs (see `NatsServer`): async-nats logs them at debug level.
+    let addrs: Vec<async_nats::ServerAddr> = cfg
+        .servers
+        .iter()
+        .filter_map(|s| s.url.parse().ok())
+        .collect();
     opts.connect(addrs.as_slice())
         .await
         .map_err(|source| SinkError::Connect {
-            servers: cfg.servers.join(", "),
+            servers: shown(&cfg.servers),
             source,
         })
+}
+
+/// The servers for reports: as configured, passwords and tokens masked.
+pub fn shown(servers: &[crate::config::NatsServer]) -> String {
+    servers
+        .iter()
+        .map(|s| s.shown.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The JetStream context publishes go through.

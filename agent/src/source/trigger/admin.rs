@@ -15,7 +15,7 @@ impl AdminDb {
     /// Connects; the error is worded for the operator.
     pub async fn open(t: &TriggerConfig) -> Result<AdminDb, String> {
         match &t.db {
-            TriggerDb::Postgres(conn) => postgres::connect(conn.expose())
+            TriggerDb::Postgres(conn) => postgres::connect(conn)
                 .await
                 .map(AdminDb::Postgres)
                 .map_err(|e| e.to_string()),
@@ -39,6 +39,22 @@ impl AdminDb {
         match self {
             AdminDb::Postgres(_) => "postgres".into(),
             AdminDb::Odbc(_, d) => format!("odbc ({})", d.name()),
+        }
+    }
+
+    /// For PostgreSQL: whether the connection is encrypted, from the server's own
+    /// `pg_stat_ssl` (`TLSv1.3` or `None` for plaintext); `Ok(None)` for ODBC too.
+    pub async fn tls_version(&self) -> Result<Option<String>, String> {
+        match self {
+            AdminDb::Postgres(c) => c
+                .query_opt(
+                    "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+                    &[],
+                )
+                .await
+                .map(|r| r.map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()))
+                .map_err(|e| format!("PostgreSQL: read pg_stat_ssl: {}", postgres::describe(&e))),
+            AdminDb::Odbc(..) => Ok(None),
         }
     }
 

@@ -28,7 +28,7 @@ pub fn spawn(cfg: TriggerConfig, cx: SourceContext) -> std::io::Result<SourceThr
             let conn = conn.clone();
             let rt = cx.runtime.clone();
             Box::new(move || {
-                postgres::PgCapture::open(&rt, conn.expose(), &name, &tables)
+                postgres::PgCapture::open(&rt, &conn, &name, &tables)
                     .map(|c| Box::new(c) as Box<dyn drain::CaptureDb>)
             })
         }

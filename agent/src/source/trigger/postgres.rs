@@ -8,7 +8,9 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
+use tokio_postgres::{AsyncMessage, Client, IsolationLevel};
+
+use crate::db::postgres::PgConn;
 
 use super::ddl::{own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::drain::{CaptureDb, ChangeRow, DbError, LateBatch, Schema};
@@ -16,8 +18,9 @@ use super::drift::Installed;
 
 #[derive(Debug, Error)]
 pub enum PgError {
-    #[error("cannot connect to PostgreSQL: {}", describe(.0))]
-    Connect(tokio_postgres::Error),
+    /// Worded by [`crate::db::postgres::connect`].
+    #[error("{0}")]
+    Connect(String),
     #[error("PostgreSQL table `{0}` does not exist (or is not visible with the connection's search_path)")]
     NoTable(String),
     #[error(
@@ -57,14 +60,15 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// Connects; the connection runs on a task of its own until the client is dropped.
-pub async fn connect(conn: &str) -> Result<Client, PgError> {
+pub async fn connect(conn: &PgConn) -> Result<Client, PgError> {
     connect_woken(conn).await.map(|(client, _)| client)
 }
 
-/// Connects, and wakes the returned `Notify` on each notification (after `LISTEN`) and
-/// when the connection closes.
-async fn connect_woken(conn: &str) -> Result<(Client, Arc<Notify>), PgError> {
-    let (client, mut connection) = tokio_postgres::connect(conn, NoTls)
+/// Connects (through [`crate::db::postgres::connect`], with TLS as `sslmode` says), and
+/// wakes the returned `Notify` on each notification (after `LISTEN`) and when the
+/// connection closes.
+async fn connect_woken(conn: &PgConn) -> Result<(Client, Arc<Notify>), PgError> {
+    let (client, mut connection) = crate::db::postgres::connect(conn)
         .await
         .map_err(PgError::Connect)?;
     let wake = Arc::new(Notify::new());
@@ -239,14 +243,19 @@ pub struct PgCapture {
 
 impl PgCapture {
     /// Connects, checks the capture table, reads the tables' definitions and listens.
-    pub fn open(rt: &Handle, conn: &str, source: &str, tables: &[String]) -> Result<Self, DbError> {
+    pub fn open(
+        rt: &Handle,
+        conn: &PgConn,
+        source: &str,
+        tables: &[String],
+    ) -> Result<Self, DbError> {
         rt.block_on(Self::open_async(rt, conn, source, tables))
             .map_err(|e| DbError(e.to_string()))
     }
 
     async fn open_async(
         rt: &Handle,
-        conn: &str,
+        conn: &PgConn,
         source: &str,
         tables: &[String],
     ) -> Result<Self, PgError> {
@@ -556,7 +565,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_definitions_and_installs_in_a_transaction() {
-        let mut c = connect(CONN).await.unwrap();
+        let mut c = connect(&PgConn::parse(CONN).unwrap()).await.unwrap();
         let schema = format!("lockstep_pg_{}", std::process::id());
         c.batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};

@@ -16,7 +16,6 @@ use tokio::sync::{mpsc, watch};
 use super::*;
 use crate::admin::metrics::Metrics;
 use crate::admin::StatusBoard;
-use crate::config::Secret;
 use crate::config::{TriggerConfig, TriggerDb};
 use crate::pipeline::{AckWatermark, Encoder};
 use crate::service::Liveness;
@@ -110,7 +109,9 @@ fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
         handed: Arc::new(AtomicU64::new(0)),
     };
     let cfg = TriggerConfig {
-        db: TriggerDb::Postgres(Secret::for_tests("host=nowhere")),
+        db: TriggerDb::Postgres(Box::new(
+            crate::db::postgres::PgConn::parse("host=nowhere").unwrap(),
+        )),
         tables: vec!["t".into()],
         capture: Capture::Rows,
         interval: Duration::from_millis(50),

@@ -1,0 +1,640 @@
+//! PostgreSQL connection strings as libpq reads them, and the one function every
+//! PostgreSQL connection of lockstep goes through ([`connect`]): the trigger source, its
+//! snapshots, `lockstep triggers`, `lockstep check`.
+//!
+//! tokio-postgres takes `sslmode` `disable`, `prefer` and `require` only, and no
+//! `sslrootcert`; so lockstep reads `sslmode` and `sslrootcert` itself, from both forms
+//! (`host=… sslmode=verify-full sslrootcert=/etc/ssl/db-ca.pem` and
+//! `postgresql://…?sslmode=verify-full&sslrootcert=…`), hands the rest to tokio-postgres,
+//! and does TLS with rustls ([`super::pg_tls`]), with libpq's meaning of each mode:
+//!
+//! | sslmode | TLS | certificate |
+//! |---|---|---|
+//! | `disable` | never | — |
+//! | `prefer` (the default) | when the server offers it, else plaintext | not checked |
+//! | `require` | always | not checked; checked as `verify-ca` when a root certificate is given |
+//! | `verify-ca` | always | signed by a CA of `sslrootcert` |
+//! | `verify-full` | always | that, and issued for the host name connected to |
+//!
+//! `sslrootcert` is a PEM file, or `system` for the system's CAs (which, as in libpq,
+//! makes `verify-full` the default and refuses a weaker mode). Without it, `verify-ca`
+//! and `verify-full` use `~/.postgresql/root.crt`, as libpq does, and say so when it is
+//! missing. Under `prefer`, a handshake that fails (a server that offers only TLS 1.0,
+//! say) falls back to plaintext, as libpq does, with a warning.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::{Client, Config, Connection, Socket};
+
+use super::pg_tls::{self, Check, MakeRustls, RustlsStream};
+
+/// The `sslmode`s lockstep reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Where the CA certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCert {
+    File(PathBuf),
+    /// `sslrootcert=system`.
+    System,
+}
+
+/// A parsed PostgreSQL connection string. Its `Debug` shows no password (tokio-postgres
+/// redacts it).
+#[derive(Debug, Clone)]
+pub struct PgConn {
+    config: Config,
+    mode: SslMode,
+    root_cert: Option<RootCert>,
+}
+
+/// Keys of libpq that lockstep does not support, with what to do instead.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "sslcert",
+        "client certificates are not supported: authenticate with a password",
+    ),
+    (
+        "sslkey",
+        "client certificates are not supported: authenticate with a password",
+    ),
+    (
+        "sslpassword",
+        "client certificates are not supported: authenticate with a password",
+    ),
+    ("sslcrl", "certificate revocation lists are not supported"),
+    (
+        "sslcrldir",
+        "certificate revocation lists are not supported",
+    ),
+];
+
+impl PgConn {
+    /// Parses a connection string (`key=value …` or a `postgresql://` URL). The error
+    /// never quotes the string (it may hold a password).
+    pub fn parse(s: &str) -> Result<PgConn, String> {
+        let s = s.trim();
+        let (rest, params) = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            split_url(s)
+        } else {
+            split_key_values(s)?
+        };
+        let mut mode = None;
+        let mut root_cert = None;
+        for (k, v) in params {
+            match k.as_str() {
+                "sslmode" => {
+                    mode = Some(match v.as_str() {
+                        "disable" => SslMode::Disable,
+                        "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        "allow" => {
+                            return Err("sslmode=allow is not supported: use prefer (TLS when the \
+                                 server offers it) or disable"
+                                .into())
+                        }
+                        other => {
+                            return Err(format!(
+                                "sslmode `{other}` is not one of disable, prefer, require, \
+                                 verify-ca, verify-full"
+                            ))
+                        }
+                    })
+                }
+                "sslrootcert" if v == "system" => root_cert = Some(RootCert::System),
+                "sslrootcert" if v.is_empty() => root_cert = None,
+                "sslrootcert" => root_cert = Some(RootCert::File(PathBuf::from(v))),
+                k => {
+                    if let Some((_, why)) = UNSUPPORTED.iter().find(|(u, _)| *u == k) {
+                        return Err(format!("`{k}` in the PostgreSQL connection string: {why}"));
+                    }
+                }
+            }
+        }
+        let mode = match (mode, &root_cert) {
+            (None, Some(RootCert::System)) => SslMode::VerifyFull,
+            (Some(m), Some(RootCert::System)) if m != SslMode::VerifyFull => {
+                return Err(format!(
+                    "sslmode={} may not be used with sslrootcert=system: use verify-full \
+                     (as libpq says)",
+                    m.name()
+                ))
+            }
+            (m, _) => m.unwrap_or(SslMode::Prefer),
+        };
+        let mut config = Config::from_str(&rest).map_err(|e| {
+            use std::error::Error;
+            match e.source() {
+                Some(why) => format!("not a PostgreSQL connection string: {why}"),
+                None => format!("not a PostgreSQL connection string: {e}"),
+            }
+        })?;
+        // Only an address (hostaddr=): libpq does TLS without a host name, except for
+        // verify-full, which checks it; tokio-postgres does no TLS without one, so the
+        // address stands in as the name.
+        if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
+            if mode == SslMode::VerifyFull {
+                return Err(
+                    "sslmode=verify-full checks the server's certificate against \
+                            host=, and there is only hostaddr=: add host=<the name in the \
+                            certificate>"
+                        .into(),
+                );
+            }
+            for a in config.get_hostaddrs().to_vec() {
+                config.host(a.to_string());
+            }
+        }
+        // libpq uses no TLS over a Unix-domain socket, whatever sslmode says (the
+        // server offers none there).
+        let unix_only = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
+        config.ssl_mode(match mode {
+            _ if unix_only => PgSslMode::Disable,
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            _ => PgSslMode::Require,
+        });
+        Ok(PgConn {
+            config,
+            mode,
+            root_cert,
+        })
+    }
+
+    /// The tokio-postgres settings (hosts, ports, database, user, options).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The `sslmode` as written (or `prefer`).
+    pub fn mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// The certificate check and root certificates this connection uses: `require` with
+    /// a root certificate (given, or `~/.postgresql/root.crt`) checks as `verify-ca`.
+    fn tls(&self) -> Result<(Check, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
+        self.tls_with(default_root_path())
+    }
+
+    /// [`Self::tls`] with libpq's default root certificate at `default`.
+    fn tls_with(
+        &self,
+        default: Option<PathBuf>,
+    ) -> Result<(Check, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
+        let check = match self.mode {
+            SslMode::Disable | SslMode::Prefer => Check::Nothing,
+            SslMode::Require => Check::Ca,
+            SslMode::VerifyCa => Check::Ca,
+            SslMode::VerifyFull => Check::Full,
+        };
+        if check == Check::Nothing {
+            return Ok((check, Vec::new()));
+        }
+        let root = match &self.root_cert {
+            Some(r) => Some(r.clone()),
+            None => default.clone().filter(|p| p.exists()).map(RootCert::File),
+        };
+        match root {
+            Some(RootCert::File(p)) => Ok((check, pg_tls::read_roots(&p)?)),
+            Some(RootCert::System) => Ok((check, pg_tls::system_roots()?)),
+            None if self.mode == SslMode::Require => Ok((Check::Nothing, Vec::new())),
+            None => Err(format!(
+                "sslmode={} needs the CA that signed the server's certificate: give \
+                 sslrootcert=/path/to/ca.pem (or sslrootcert=system for the system's CAs); \
+                 {} does not exist",
+                self.mode.name(),
+                default.map_or("~/.postgresql/root.crt".into(), |p| p.display().to_string())
+            )),
+        }
+    }
+
+    /// What `check` reports about the transport.
+    pub fn describe(&self) -> String {
+        let root = match &self.root_cert {
+            Some(RootCert::File(p)) => format!(", sslrootcert {}", p.display()),
+            Some(RootCert::System) => ", the system's CAs".into(),
+            None => String::new(),
+        };
+        format!("sslmode {}{root}", self.mode.name())
+    }
+}
+
+/// libpq's default root certificate: `~/.postgresql/root.crt`.
+fn default_root_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql/root.crt"))
+}
+
+/// A URL without its `sslmode`, `sslrootcert` (and unsupported) query parameters, and
+/// those parameters, decoded.
+fn split_url(s: &str) -> (String, Vec<(String, String)>) {
+    let Some((base, query)) = s.split_once('?') else {
+        return (s.to_owned(), Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut taken = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let key = percent_decode(k);
+        if key.starts_with("ssl") && key != "sslnegotiation" {
+            taken.push((key, percent_decode(v)));
+        } else {
+            kept.push(part);
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (rest, taken)
+}
+
+/// A `key=value` string without its `sslmode`, `sslrootcert` (and unsupported) pairs,
+/// and those pairs. libpq's grammar: pairs separated by blanks, spaces allowed around
+/// `=`, a value in single quotes with `\'` and `\\` escapes, or unquoted with `\`
+/// escapes.
+fn split_key_values(s: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let b = s.as_bytes();
+    let mut rest = String::with_capacity(s.len());
+    let mut taken = Vec::new();
+    let mut i = 0;
+    let mut kept_from = 0;
+    let blank = |c: u8| c.is_ascii_whitespace();
+    loop {
+        while i < b.len() && blank(b[i]) {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let start = i;
+        while i < b.len() && b[i] != b'=' && !blank(b[i]) {
+            i += 1;
+        }
+        let key = &s[start..i];
+        while i < b.len() && blank(b[i]) {
+            i += 1;
+        }
+        if b.get(i) != Some(&b'=') {
+            return Err(format!(
+                "`{key}` in the PostgreSQL connection string has no `=` (write key=value pairs \
+                 separated by spaces, or a postgresql:// URL)"
+            ));
+        }
+        i += 1;
+        while i < b.len() && blank(b[i]) {
+            i += 1;
+        }
+        let mut value = Vec::new();
+        if b.get(i) == Some(&b'\'') {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => {
+                        return Err(format!(
+                            "the value of `{key}` in the PostgreSQL connection string opens a \
+                             quote that is never closed"
+                        ))
+                    }
+                    Some(b'\\') if i + 1 < b.len() => {
+                        value.push(b[i + 1]);
+                        i += 2;
+                    }
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&c) => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < b.len() && !blank(b[i]) {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    i += 1;
+                }
+                value.push(b[i]);
+                i += 1;
+            }
+        }
+        if key.starts_with("ssl") && key != "sslnegotiation" {
+            rest.push_str(&s[kept_from..start]);
+            kept_from = i;
+            taken.push((key.to_owned(), String::from_utf8_lossy(&value).into_owned()));
+        }
+    }
+    rest.push_str(&s[kept_from..]);
+    Ok((rest, taken))
+}
+
+/// `%XX` escapes undone; invalid ones kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An open connection: it runs as its caller polls it (on a task of its own).
+pub type PgConnection = Connection<Socket, RustlsStream<Socket>>;
+
+/// Connects, with TLS as `sslmode` says. The error is worded for the operator: the
+/// server's message, and what to change when it is about TLS.
+pub async fn connect(conn: &PgConn) -> Result<(Client, PgConnection), String> {
+    let (check, roots) = conn.tls()?;
+    let tls = MakeRustls::new(check, roots)?;
+    match conn.config.connect(tls.clone()).await {
+        Ok(c) => Ok(c),
+        Err(e) if conn.mode == SslMode::Prefer && is_tls_error(&e) => {
+            tracing::warn!(
+                "PostgreSQL: the TLS handshake failed under sslmode=prefer ({}); connecting \
+                 without TLS, as libpq does (set sslmode=require to refuse that, or \
+                 disable to skip TLS)",
+                tls_detail(&e)
+            );
+            let mut plain = conn.config.clone();
+            plain.ssl_mode(PgSslMode::Disable);
+            plain.connect(tls).await.map_err(|e| explain(conn, &e))
+        }
+        Err(e) => Err(explain(conn, &e)),
+    }
+}
+
+/// The handshake failed (as opposed to the server refusing or being away).
+fn is_tls_error(e: &tokio_postgres::Error) -> bool {
+    e.to_string().starts_with("error performing TLS handshake")
+}
+
+/// The TLS error's own words: rustls's, when it is one.
+fn tls_detail(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    match e.source() {
+        Some(s) => match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => inner.to_string(),
+            None => s.to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// The rustls error under a handshake failure, if that is what it is.
+fn rustls_error(e: &tokio_postgres::Error) -> Option<rustls::Error> {
+    use std::error::Error;
+    e.source()?
+        .downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
+        .cloned()
+}
+
+/// "cannot connect to PostgreSQL (<mode>): <what went wrong>; <what to do>".
+fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
+    use rustls::CertificateError as C;
+    let mode = conn.mode.name();
+    let host = conn
+        .config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let root = match &conn.root_cert {
+        Some(RootCert::File(p)) => p.display().to_string(),
+        Some(RootCert::System) => "the system's CAs".into(),
+        None => {
+            default_root_path().map_or("~/.postgresql/root.crt".into(), |p| p.display().to_string())
+        }
+    };
+    let hint = match rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => format!(
+                "the server's certificate is not signed by a CA in {root}: give the CA that \
+                 signed it as sslrootcert"
+            ),
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                "the server's certificate is not issued for the host name `{host}`: connect \
+                 by a name the certificate holds, or set sslmode=verify-ca to check the CA only"
+            ),
+            C::Expired | C::ExpiredContext { .. } => {
+                "the server's certificate has expired: renew it on the server".into()
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet (check the clocks)".into()
+            }
+            C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => format!(
+                "the server's certificate is a CA's (self-signed, say) and not in {root}: \
+                 give that certificate itself, or the CA that signed it, as sslrootcert"
+            ),
+            _ => format!("the server's certificate was refused under sslmode={mode}"),
+        },
+        Some(_) => format!("the TLS handshake failed under sslmode={mode}"),
+        None if is_tls_error(e) && tls_detail(e).contains("does not support TLS") => {
+            "the server does not offer TLS (ssl = off on the server): turn it on there, or \
+             set sslmode=prefer or disable"
+                .into()
+        }
+        None if is_tls_error(e) && tls_detail(e).contains("no hostname") => {
+            "TLS needs a host name: give host= (with hostaddr= for the address, if need be)".into()
+        }
+        None => match e.as_db_error() {
+            Some(db) if db.code().code() == "28000" && db.message().contains("no encryption") => {
+                "the server accepts only encrypted connections here (hostssl in pg_hba.conf): \
+                 set sslmode=require, verify-ca or verify-full"
+                    .into()
+            }
+            _ => String::new(),
+        },
+    };
+    let what = match e.as_db_error() {
+        Some(_) => crate::source::trigger::postgres::describe(e),
+        None if is_tls_error(e) => format!("TLS handshake failed: {}", tls_detail(e)),
+        // tokio-postgres's own words are the kind ("authentication error"); the cause
+        // says what.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    };
+    if hint.is_empty() {
+        format!("cannot connect to PostgreSQL (sslmode={mode}): {what}")
+    } else {
+        format!("cannot connect to PostgreSQL (sslmode={mode}): {what}; {hint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> PgConn {
+        PgConn::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn key_value_strings_give_their_ssl_keys_to_lockstep_and_the_rest_to_tokio_postgres() {
+        let c = parse(
+            "host=db.example port=5433 sslmode=verify-full sslrootcert='/etc/ssl/my ca.pem' \
+             user=lockstep password='p w\\'x' dbname=vista",
+        );
+        assert_eq!(c.mode(), SslMode::VerifyFull);
+        assert_eq!(
+            c.root_cert,
+            Some(RootCert::File("/etc/ssl/my ca.pem".into()))
+        );
+        assert_eq!(c.config().get_dbname(), Some("vista"));
+        assert_eq!(c.config().get_ports(), [5433]);
+        assert_eq!(c.config().get_password(), Some(&b"p w'x"[..]));
+        assert!(!format!("{c:?}").contains("p w"), "{c:?}");
+        assert_eq!(c.config().get_ssl_mode(), PgSslMode::Require);
+        // Spaces around `=`, the last of two wins, as in libpq.
+        let c = parse("host=h sslmode = require sslmode=verify-ca");
+        assert_eq!(c.mode(), SslMode::VerifyCa);
+        // The default is prefer.
+        assert_eq!(parse("host=h").mode(), SslMode::Prefer);
+        assert_eq!(
+            parse("host=h sslmode=disable").config().get_ssl_mode(),
+            PgSslMode::Disable
+        );
+        // Only an address: it is the name too (verify-full needs a name).
+        let c = parse("hostaddr=127.0.0.1 sslmode=require");
+        assert_eq!(c.config().get_hosts().len(), 1);
+        let e = PgConn::parse("hostaddr=127.0.0.1 sslmode=verify-full").unwrap_err();
+        assert!(e.contains("host="), "{e}");
+        // A Unix-domain socket: no TLS, as in libpq.
+        assert_eq!(
+            parse("host=/var/run/postgresql sslmode=require")
+                .config()
+                .get_ssl_mode(),
+            PgSslMode::Disable
+        );
+    }
+
+    #[test]
+    fn urls_too() {
+        let c = parse(
+            "postgresql://lockstep:pw@db.example:5433/vista?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+        );
+        assert_eq!(c.mode(), SslMode::VerifyCa);
+        assert_eq!(c.root_cert, Some(RootCert::File("/etc/ca.pem".into())));
+        assert_eq!(c.config().get_dbname(), Some("vista"));
+        assert_eq!(c.config().get_application_name(), Some("x"));
+        assert_eq!(c.config().get_user(), Some("lockstep"));
+        let c = parse("postgres://h/d?sslmode=require");
+        assert_eq!(c.mode(), SslMode::Require);
+        assert_eq!(parse("postgres://h/d").mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn system_roots_mean_verify_full() {
+        assert_eq!(
+            parse("host=h sslrootcert=system").mode(),
+            SslMode::VerifyFull
+        );
+        let e = PgConn::parse("host=h sslmode=require sslrootcert=system").unwrap_err();
+        assert!(e.contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn bad_strings_say_what_is_wrong_without_the_password() {
+        let e = PgConn::parse("host=h sslmode=verify password=s3cret").unwrap_err();
+        assert!(e.contains("verify-ca, verify-full"), "{e}");
+        let e = PgConn::parse("host=h sslmode=allow").unwrap_err();
+        assert!(e.contains("prefer"), "{e}");
+        let e = PgConn::parse("host=h sslcert=/c.pem sslkey=/k.pem password=s3cret").unwrap_err();
+        assert!(e.contains("client certificates"), "{e}");
+        let e = PgConn::parse("host=h password='s3cret").unwrap_err();
+        assert!(e.contains("never closed") && !e.contains("s3cret"), "{e}");
+        let e = PgConn::parse("host=h bogus=1 password=s3cret").unwrap_err();
+        assert!(e.contains("bogus") && !e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn require_with_a_root_certificate_checks_the_ca_and_verify_without_one_says_where_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("none.pem");
+        let c = parse(&format!(
+            "host=h sslmode=verify-full sslrootcert={}",
+            none.display()
+        ));
+        let e = c.tls().unwrap_err();
+        assert!(e.contains("none.pem"), "{e}");
+        // No sslrootcert and no ~/.postgresql/root.crt.
+        let default = Some(dir.path().join(".postgresql/root.crt"));
+        let e = parse("host=h sslmode=verify-ca")
+            .tls_with(default.clone())
+            .unwrap_err();
+        assert!(
+            e.contains("sslrootcert=") && e.contains(".postgresql/root.crt"),
+            "{e}"
+        );
+        let c = parse("host=h sslmode=require");
+        assert_eq!(c.tls_with(default.clone()).unwrap().0, Check::Nothing);
+        // With one there, require checks the CA (and reads the file).
+        std::fs::create_dir_all(dir.path().join(".postgresql")).unwrap();
+        std::fs::write(default.as_ref().unwrap(), "no certificate here").unwrap();
+        let e = c.tls_with(default).unwrap_err();
+        assert!(e.contains("holds no certificate"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = parse(&format!(
+            "host=h sslmode=require sslrootcert={}",
+            junk.display()
+        ))
+        .tls()
+        .unwrap_err();
+        assert!(e.contains("holds no certificate"), "{e}");
+    }
+}
