@@ -1186,6 +1186,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 mod lost_connection_tests;
 
 #[cfg(test)]
+mod new_table_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
