@@ -10,6 +10,7 @@ mod debounce;
 mod faults;
 mod harness;
 mod key_types;
+mod keys_outside;
 mod poll;
 mod refused;
 mod rotation;
