@@ -1507,7 +1507,8 @@ async fn sqlite_odbc_keys_kill_9_restarts_lose_nothing() {
 /// How the capture table's `seq` is made to start again between two runs.
 #[derive(Clone, Copy, Debug)]
 enum SeqReset {
-    /// `TRUNCATE lockstep_changes RESTART IDENTITY` (PostgreSQL: same table, same oid).
+    /// `TRUNCATE lockstep_changes RESTART IDENTITY` (PostgreSQL: same table, same oid;
+    /// MariaDB: `TRUNCATE TABLE`, same creation time).
     Truncate,
     /// `lockstep triggers uninstall`, then `install` (SQLite: the table made anew).
     Reinstall,
@@ -1541,7 +1542,12 @@ async fn a_seq_started_again_under_a_reused_stream_loses_nothing(
     db.sql("DROP TABLE appointments; DROP TABLE clinics;");
     match reset {
         SeqReset::Truncate => {
-            db.sql("TRUNCATE lockstep_changes RESTART IDENTITY;");
+            // MariaDB's TRUNCATE starts AUTO_INCREMENT again and keeps the table's
+            // creation time (its identity in positions).
+            db.sql(match kind {
+                Kind::Pg => "TRUNCATE lockstep_changes RESTART IDENTITY;",
+                _ => "TRUNCATE TABLE lockstep_changes;",
+            });
             db.create_tables();
         }
         SeqReset::Reinstall => {
@@ -1596,6 +1602,16 @@ async fn sqlite_odbc_keys_reinstall_under_a_reused_stream_loses_nothing() {
         Kind::Lite,
         "keys",
         SeqReset::Reinstall,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_keys_capture_seq_restarted_under_a_reused_stream_loses_nothing() {
+    a_seq_started_again_under_a_reused_stream_loses_nothing(
+        Kind::Maria,
+        "keys",
+        SeqReset::Truncate,
     )
     .await;
 }
