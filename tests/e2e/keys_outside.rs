@@ -49,8 +49,15 @@ capture = "keys"
     p
 }
 
-/// The random workload: `ops` changes on keys 1..=`keys`, given the keys present.
-fn workload(seed: u64, ops: usize, keys: u64, present: &mut [bool], tx: bool) -> Vec<String> {
+/// The random workload of writer `writer` of `writers`: `ops` changes on its keys (those
+/// equal to `writer` modulo `writers`) in 1..=`keys`, given the keys present.
+fn workload(
+    seed: u64,
+    ops: usize,
+    (keys, writer, writers): (u64, u64, u64),
+    present: &mut [bool],
+    tx: bool,
+) -> Vec<String> {
     let mut r = seed;
     let mut next = move |n: u64| {
         r = r
@@ -68,7 +75,7 @@ fn workload(seed: u64, ops: usize, keys: u64, present: &mut [bool], tx: bool) ->
         }
         for _ in 0..n {
             i += 1;
-            let k = 1 + next(keys);
+            let k = writer + 1 + writers * next(keys / writers);
             let v = next(1_000_000);
             if !present[k as usize] {
                 present[k as usize] = true;
@@ -195,6 +202,7 @@ async fn outside_keys_restarts() {
     let wait_ms: u64 = env("OUT_WAIT_MS", "300").parse().unwrap();
     let between = env("OUT_BETWEEN", "stop");
     let agent_extra = env("OUT_EXTRA", "");
+    let writers: u64 = env("OUT_WRITERS", "1").parse().unwrap();
     let w = World::new();
     let db = Db::new(Kind::Pg, &w, "outside");
     let create = "CREATE TABLE appointments (id int PRIMARY KEY, clinic text, fee numeric(20,5), note text);";
@@ -257,18 +265,32 @@ async fn outside_keys_restarts() {
             agent = Some(Agent::start(&cfg, &log, &[]));
         }
         let same = env("OUT_SAMESEED", "0") == "1";
-        let stmts = workload(
-            if same { seed } else { seed * 1000 + run as u64 },
-            ops,
-            keys,
-            &mut present,
-            tx,
-        );
-        let per = stmts.len().div_ceil(5);
-        for part in stmts.chunks(per) {
-            let mut s = db.session();
-            s.send(&part.concat());
-            assert!(s.finish(), "a workload part failed");
+        let parts: Vec<Vec<String>> = (0..writers)
+            .map(|wr| {
+                let seed = if same { seed } else { seed * 1000 + run as u64 };
+                let stmts = workload(
+                    seed * 10 + wr,
+                    ops / writers as usize,
+                    (keys, wr, writers),
+                    &mut present,
+                    tx,
+                );
+                let per = stmts.len().div_ceil(5);
+                stmts.chunks(per).map(|c| c.concat()).collect()
+            })
+            .collect();
+        for i in 0..5 {
+            let sessions: Vec<_> = parts
+                .iter()
+                .map(|p| {
+                    let mut s = db.session();
+                    s.send(p.get(i).map_or("", String::as_str));
+                    s
+                })
+                .collect();
+            for s in sessions {
+                assert!(s.finish(), "a workload part failed");
+            }
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             let mut a = agent.take().unwrap();
             if mode == "term" {
