@@ -17,6 +17,25 @@ fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+/// The broker: the test's own, or with `OUT_NATS=system` the machine's long-running
+/// one (127.0.0.1:4222, shared with everything else on the machine), as an operator's.
+fn nats_url(w: &World) -> String {
+    if env("OUT_NATS", "") == "system" {
+        "nats://127.0.0.1:4222".into()
+    } else {
+        w.nats.url()
+    }
+}
+
+/// A stream of this process's own on a shared broker.
+fn stream_name() -> String {
+    if env("OUT_NATS", "") == "system" {
+        format!("OUTSIDE_{}", std::process::id())
+    } else {
+        "OUTSIDE".into()
+    }
+}
+
 fn config(w: &World, db: &Db, fsync: &str, agent_extra: &str) -> PathBuf {
     let text = format!(
         r#"[agent]
@@ -25,8 +44,8 @@ state_dir = "{state}"
 
 [nats]
 servers = ["{url}"]
-stream = "OUTSIDE"
-subject_prefix = "out"
+stream = "{stream}"
+subject_prefix = "{stream}"
 create_stream = true
 
 [spool]
@@ -41,7 +60,8 @@ tables = ["appointments"]
 capture = "keys"
 "#,
         state = w.dir().join("state").display(),
-        url = w.nats.url(),
+        url = nats_url(w),
+        stream = stream_name(),
         schema = db.name,
     );
     let p = w.dir().join("lockstep.toml");
@@ -133,8 +153,8 @@ fn replay(msgs: &[(u64, Msg)]) -> BTreeMap<String, String> {
 async fn messages(w: &World) -> Vec<(u64, Msg)> {
     use async_nats::jetstream::consumer;
     use futures::StreamExt;
-    let js = w.js().await;
-    let Ok(mut stream) = js.get_stream("OUTSIDE").await else {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url(w)).await.unwrap());
+    let Ok(mut stream) = js.get_stream(stream_name()).await else {
         return Vec::new();
     };
     let total = stream.info().await.unwrap().state.messages as usize;
@@ -361,6 +381,10 @@ async fn outside_keys_restarts() {
     }
     if let Some(mut a) = agent.take() {
         a.stop();
+    }
+    if env("OUT_NATS", "") == "system" {
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url(&w)).await.unwrap());
+        let _ = js.delete_stream(stream_name()).await;
     }
     let keep = std::env::temp_dir().join(format!("outside-agent-{}.log", std::process::id()));
     let _ = std::fs::copy(w.dir().join("agent.log"), &keep);
