@@ -48,6 +48,9 @@ stream = "{stream}"
 subject_prefix = "{stream}"
 create_stream = true
 
+[admin]
+listen = ""
+
 [spool]
 fsync = "{fsync}"
 {agent_extra}
