@@ -691,8 +691,10 @@ async fn a_late_commit_is_delivered(kind: Kind) {
     let seqs: Vec<i64> = msgs
         .iter()
         .map(|m| {
+            // `<capture table>.<seq>@<ms the capture row was written>`
             let p = m.json["source"]["position"].as_str().unwrap();
-            p.rsplit('.').next().unwrap().parse().unwrap()
+            let seq = p.rsplit('.').next().unwrap();
+            seq.split('@').next().unwrap().parse().unwrap()
         })
         .collect();
     assert!(seqs[1] < seqs[0], "A has the lower seq: {seqs:?}");
@@ -1434,8 +1436,8 @@ pub async fn workload_survives_restarts(kind: Kind, capture: &str, how: Restart,
     let msgs = w.messages().await;
     assert_no_duplicate_ids(&msgs);
     if capture == "keys" {
-        // `<capture table>.<last seq>~<digest of the op and row>`: a row read again
-        // that changed since is not taken for a repeat.
+        // `<capture table>.<last seq>@<ms>~<digest of the op and row>`: a row read
+        // again that changed since is not taken for a repeat.
         for m in &msgs {
             let p = m.json["source"]["position"].as_str().unwrap_or_default();
             let digest = p.rsplit_once('~').map_or("", |(_, d)| d);
@@ -1507,4 +1509,116 @@ async fn mariadb_odbc_keys_kill_9_restarts_lose_nothing() {
 #[tokio::test]
 async fn sqlite_odbc_keys_kill_9_restarts_lose_nothing() {
     restarts_lose_nothing(Kind::Lite, "keys", Restart::Kill9).await;
+}
+
+/// How the capture table's `seq` is made to start again between two runs.
+#[derive(Clone, Copy, Debug)]
+enum SeqReset {
+    /// `TRUNCATE lockstep_changes RESTART IDENTITY` (PostgreSQL: same table, same oid;
+    /// MariaDB: `TRUNCATE TABLE`, same creation time).
+    Truncate,
+    /// `lockstep triggers uninstall`, then `install` (SQLite: the table made anew).
+    Reinstall,
+}
+
+/// Two runs of the same random workload into one stream, one state directory and one
+/// agent config, with the source tables made anew and the capture table's `seq` started
+/// again in between, well inside the stream's duplicate window: every change of the
+/// second run is in the stream after it started, and replaying that part gives the
+/// tables. A change's id must not be the id of another change the stream still
+/// remembers, even when both were written as the same `seq` of a capture table with
+/// the same identity, and carry the same row.
+async fn a_seq_started_again_under_a_reused_stream_loses_nothing(
+    kind: Kind,
+    capture: &str,
+    reset: SeqReset,
+) {
+    let w = World::new();
+    let db = Db::new(kind, &w, &format!("reseq_{capture}"));
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments", "clinics"], capture, ""));
+    install(&w, &cfg);
+    let changes = workload(&db, 61, 600);
+    let mut agent = w.agent(&cfg);
+    db.sql(&changes);
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let first = w.count().await;
+    assert!(first > 100, "{first} messages");
+
+    db.sql("DROP TABLE appointments; DROP TABLE clinics;");
+    match reset {
+        SeqReset::Truncate => {
+            // MariaDB's TRUNCATE starts AUTO_INCREMENT again and keeps the table's
+            // creation time (its identity in positions).
+            db.sql(match kind {
+                Kind::Pg => "TRUNCATE lockstep_changes RESTART IDENTITY;",
+                _ => "TRUNCATE TABLE lockstep_changes;",
+            });
+            db.create_tables();
+        }
+        SeqReset::Reinstall => {
+            db.create_tables();
+            let (code, out, err) =
+                lockstep(&["triggers", "uninstall", "--config", cfg.to_str().unwrap()]);
+            assert_eq!(code, 0, "{out}{err}");
+            assert!(!capture_table_exists(&db), "{out}{err}");
+        }
+    }
+    install(&w, &cfg);
+    // The same job again: the same changes, the same rows.
+    let mut agent = w.agent(&cfg);
+    db.sql(&changes);
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    let second = &msgs[first as usize..];
+    let expected = db.dump();
+    let got = replay(second);
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| got.get(*k) != expected.get(*k))
+        .collect();
+    assert!(
+        missing.is_empty() && got.len() == expected.len(),
+        "{capture} ({reset:?}): the second run's {} message(s) replay to {} row(s), the tables hold {}; \
+         {} key(s) missing or different, e.g. {:?}",
+        second.len(),
+        got.len(),
+        expected.len(),
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test]
+async fn postgres_keys_capture_seq_restarted_under_a_reused_stream_loses_nothing() {
+    a_seq_started_again_under_a_reused_stream_loses_nothing(Kind::Pg, "keys", SeqReset::Truncate)
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_rows_capture_seq_restarted_under_a_reused_stream_loses_nothing() {
+    a_seq_started_again_under_a_reused_stream_loses_nothing(Kind::Pg, "rows", SeqReset::Truncate)
+        .await;
+}
+
+#[tokio::test]
+async fn sqlite_odbc_keys_reinstall_under_a_reused_stream_loses_nothing() {
+    a_seq_started_again_under_a_reused_stream_loses_nothing(
+        Kind::Lite,
+        "keys",
+        SeqReset::Reinstall,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mariadb_odbc_keys_capture_seq_restarted_under_a_reused_stream_loses_nothing() {
+    a_seq_started_again_under_a_reused_stream_loses_nothing(
+        Kind::Maria,
+        "keys",
+        SeqReset::Truncate,
+    )
+    .await;
 }

@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod key_types;
 mod pg_tls;
+mod keys_outside;
 mod poll;
 mod redaction;
 mod refused;

@@ -40,6 +40,7 @@
 //! on from where it was: rows not yet deleted are still in the table.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -226,15 +227,23 @@ struct Pending {
     captured_ms: i64,
 }
 
-/// What a change carries through the debouncer: its table and capture rows.
+/// What a change carries through the debouncer: its table and capture rows, and which
+/// capture table they are rows of (`Drain::table_gen`).
 struct Rows {
     table: usize,
     rows: Vec<i64>,
+    gen: u64,
 }
 
 impl Absorb for Rows {
     fn absorb(&mut self, later: Rows) {
-        self.rows.extend(later.rows);
+        if later.gen != self.gen {
+            // The earlier rows were in a capture table that is gone.
+            self.rows = later.rows;
+            self.gen = later.gen;
+        } else {
+            self.rows.extend(later.rows);
+        }
     }
 }
 
@@ -246,6 +255,8 @@ struct Group {
     canon: String,
     first_op: String,
     last_seq: i64,
+    /// When the last capture row was written (ms), where the database says.
+    last_ms: Option<i64>,
     changed_ms: Option<i64>,
     rows: Vec<i64>,
 }
@@ -295,6 +306,8 @@ pub struct Drain {
     schema_at: Option<Instant>,
     /// The tables whose triggers do not match them, with what is wrong.
     drift: HashMap<String, String>,
+    /// Counts the capture tables seen made anew: rows of an older one are not deleted.
+    table_gen: u64,
 }
 
 enum Fail {
@@ -343,6 +356,7 @@ impl Drain {
             digest_buf: Vec::with_capacity(1024),
             schema_at: None,
             drift: HashMap::new(),
+            table_gen: 0,
         }
     }
 
@@ -390,6 +404,13 @@ impl Drain {
                     self.cursor = 0;
                     self.in_flight.clear();
                     self.to_delete.clear();
+                    // Events of the old table still awaiting their ack keep their place
+                    // (the watermark counts them), but not their rows: deleted by `seq`
+                    // from the new table, they would take changes never sent.
+                    for p in &mut self.pending {
+                        p.rows.clear();
+                    }
+                    self.table_gen += 1;
                 }
                 self.epoch = db.epoch().to_owned();
                 self.set_tables(db.tables());
@@ -715,7 +736,7 @@ impl Drain {
         }
         match built {
             Ok((t, op, key, before, after)) => {
-                let position = self.position(r.seq);
+                let position = self.position(r.seq, r.changed_ms);
                 self.push(
                     t,
                     op,
@@ -803,6 +824,7 @@ impl Drain {
                 Some(&g) => {
                     let g = &mut groups[g];
                     g.last_seq = r.seq;
+                    g.last_ms = r.changed_ms;
                     g.changed_ms = r.changed_ms.or(g.changed_ms);
                     g.rows.push(r.seq);
                 }
@@ -815,6 +837,7 @@ impl Drain {
                         canon,
                         first_op: r.op.clone(),
                         last_seq: r.seq,
+                        last_ms: r.changed_ms,
                         changed_ms: r.changed_ms,
                         rows: vec![r.seq],
                     });
@@ -892,7 +915,7 @@ impl Drain {
                 Some(Ok(row)) => (Op::Update, Some(row)),
                 None => (Op::Delete, None),
             };
-            let position = self.key_position(g.last_seq, op, after.as_ref());
+            let position = self.key_position(g.last_seq, g.last_ms, op, after.as_ref());
             self.push(
                 g.table,
                 op,
@@ -913,27 +936,51 @@ impl Drain {
         })
     }
 
-    /// The position of the change event whose (last) capture row is `seq`.
-    fn position(&self, seq: i64) -> String {
-        format!("{}.{seq}", self.epoch)
+    /// The position of the change event whose (last) capture row is `seq`, written at
+    /// `changed_ms`: `pg16390.12131@1764412345678`.
+    ///
+    /// `seq` alone does not name a change for good: it starts again at 1 when the
+    /// capture table is made anew or its sequence is reset (`TRUNCATE … RESTART
+    /// IDENTITY`, an `AUTO_INCREMENT` a server restart recomputed from an empty table, a
+    /// database rebuilt from scratch), and the capture table's identity (`epoch`) does
+    /// not always change with it (SQLite has none). A change sent then would get the id
+    /// of an older one still in the stream's duplicate window, and JetStream would drop
+    /// it as a repeat. The time the capture row was written is stored in the row, so a
+    /// row read again gets the same id, and a new row with a reused `seq` another one.
+    fn position(&self, seq: i64, changed_ms: Option<i64>) -> String {
+        let mut p = format!("{}.{seq}", self.epoch);
+        if let Some(ms) = changed_ms {
+            let _ = write!(p, "@{ms}");
+        }
+        p
     }
 
     /// The position of a changed key's event (`capture = "keys"`): its last capture
-    /// row's, and a digest of what it carries (`pg16390.12131~5be0c1a2d3e4f607`).
+    /// row's (see [`Drain::position`]), and a digest of what it carries
+    /// (`pg16390.12131@1764412345678~5be0c1a2d3e4f607`).
     ///
     /// The row is read when the event is made, so the same capture rows read again
     /// (after a crash or a stop before their delete) can carry a newer row than the
     /// event already stored. With the bare `seq` its id would be the same and JetStream
     /// would drop it as a repeat: the stream would keep the older row. With the digest
     /// only a true repeat (the same op and row) has the same id.
-    fn key_position(&mut self, seq: i64, op: Op, after: Option<&Record>) -> String {
+    fn key_position(
+        &mut self,
+        seq: i64,
+        changed_ms: Option<i64>,
+        op: Op,
+        after: Option<&Record>,
+    ) -> String {
         let buf = &mut self.digest_buf;
         buf.clear();
         buf.extend_from_slice(op.code().as_bytes());
         if let Some(row) = after {
             encode_record(row, buf);
         }
-        format!("{}.{seq}~{:016x}", self.epoch, xxh3_64(buf))
+        let digest = xxh3_64(buf);
+        let mut p = self.position(seq, changed_ms);
+        let _ = write!(p, "~{digest:016x}");
+        p
     }
 
     /// Makes an event, maps it and hands it to the debouncer; `rows` are the capture rows
@@ -982,7 +1029,11 @@ impl Drain {
             }
             return;
         }
-        let extra = Rows { table: t, rows };
+        let extra = Rows {
+            table: t,
+            rows,
+            gen: self.table_gen,
+        };
         let captured = changed_ms.unwrap_or(now);
         if op == Op::Read {
             // Snapshot rows are never held: the snapshot's progress follows what was sent.
@@ -997,7 +1048,12 @@ impl Drain {
     /// Encodes what the debouncer released; capture rows of changes that cancelled out
     /// are deleted once everything sent before them is acknowledged.
     fn emit(&mut self) {
-        for r in self.released.drain(..) {
+        for mut r in self.released.drain(..) {
+            if r.extra.gen != self.table_gen {
+                // Rows of a capture table made anew since: never deleted from the new
+                // one, where their `seq`s name other changes.
+                r.extra.rows.clear();
+            }
             let Some(ev) = r.event else {
                 self.pending.push_back(Pending {
                     seq: self.seq,
@@ -1254,6 +1310,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod lost_connection_tests;
+
+#[cfg(test)]
+mod new_table_tests;
 
 #[cfg(test)]
 mod tests {
