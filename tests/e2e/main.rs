@@ -18,3 +18,4 @@ mod snapshot;
 mod spool;
 mod tail;
 mod triggers;
+mod upgrade;
