@@ -248,7 +248,10 @@ async fn commands_that_need_no_secret_read_none() {
         last.0 == 0
     })
     .await;
-    assert!(last.1.contains("vista"), "status shows the source: {last:?}");
+    assert!(
+        last.1.contains("vista"),
+        "status shows the source: {last:?}"
+    );
     // spool: reads only state_dir.
     let (code, out, err) = lockstep_at_a_shell(&["spool", "inspect", "--config", cfg_s]);
     assert_eq!(code, 0, "spool inspect: {out}{err}");
