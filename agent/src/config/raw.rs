@@ -1150,7 +1150,28 @@ mod tests {
     use super::*;
 
     fn parse_str(t: &str) -> Result<Config, ConfigError> {
-        parse(Path::new("/etc/lockstep/lockstep.toml"), t)
+        parse(Path::new("/etc/lockstep/lockstep.toml"), t, true)
+    }
+
+    #[test]
+    fn commands_without_secrets_read_none() {
+        let text = MINIMAL.replace(
+            "[[source]]",
+            "[nats]\nuser = \"u\"\npassword = { file = \"lockstep-test-no-such-secret\" }\n\n\
+             [admin]\nlisten = \"127.0.0.1:9999\"\n\n[[source]]",
+        ) + "\n[[source]]\nname = \"db\"\nkind = \"trigger\"\n\
+              odbc = { env = \"LOCKSTEP_TEST_NEVER_SET\" }\ntables = [\"t\"]\n";
+        let path = Path::new("/etc/lockstep/lockstep.toml");
+        let e = parse(path, &text, true).unwrap_err();
+        assert!(e.message.contains("lockstep-test-no-such-secret"), "{e}");
+        let c = parse(path, &text, false).unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(c.sources.len(), 2);
+        // Two sources whose connection strings are unread are not taken for one database.
+        let two = text.clone()
+            + "\n[[source]]\nname = \"db2\"\nkind = \"trigger\"\n\
+               odbc = { env = \"LOCKSTEP_TEST_NEVER_SET\" }\ntables = [\"t\"]\n";
+        parse(path, &two, false).unwrap();
     }
 
     const MINIMAL: &str = "[agent]\nid = \"a1\"\nstate_dir = \"/tmp/x\"\n\n[[source]]\nname = \"log\"\nkind = \"tail\"\npaths = [\"/var/log/x*.log\"]\ntable = \"t\"\n";
