@@ -21,13 +21,35 @@ fn main() -> ExitCode {
     };
     let path = match &cli.command {
         Command::Run { config }
-        | Command::Check { config }
+        | Command::Check { config, .. }
         | Command::Spool { config, .. }
         | Command::Snapshot { config, .. }
         | Command::Status { config, .. }
         | Command::Triggers { config, .. } => config.clone().unwrap_or_else(config::default_path),
     };
-    let cfg = match Config::load(&path) {
+    if let Command::Check {
+        user: Some(user), ..
+    } = &cli.command
+    {
+        return match lockstep::cli::as_user::check_as(user, &path) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("lockstep: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // Only the commands that use a secret read them: anyone may run the others.
+    let needs_secrets = matches!(
+        cli.command,
+        Command::Run { .. } | Command::Check { .. } | Command::Triggers { .. }
+    );
+    let loaded = if needs_secrets {
+        Config::load(&path)
+    } else {
+        Config::load_without_secrets(&path)
+    };
+    let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lockstep: {}", config::redact(&e.to_string()));

@@ -183,3 +183,89 @@ async fn tls_with_a_private_ca() {
     std::fs::write(&cfg, text).unwrap();
     check_fails_at_nats(&cfg);
 }
+
+/// Runs `lockstep <args>` outside any systemd unit (no `$CREDENTIALS_DIRECTORY`), as an
+/// operator at a shell: (exit code, stdout, stderr).
+fn lockstep_at_a_shell(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(lockstep_bin())
+        .args(args)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("LOCKSTEP_TEST_UNSET_SECRET")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The documented first run (issue 17, item 5): secrets given by bare name live in the
+/// credentials directory that only the service sees. `status`, `spool` and `snapshot`
+/// need none and must work for anyone; `check` without them says where it looked and
+/// what to run.
+#[tokio::test]
+async fn commands_that_need_no_secret_read_none() {
+    let mut w = World::with_nats_args(&["--user", "lockstep", "--pass", "pw-from-systemd"]);
+    w.with_admin();
+    let creds = w.dir().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    // As the packaged unit hands it over: `lockstep_<file>`.
+    std::fs::write(creds.join("lockstep_i17-nats-password"), "pw-from-systemd").unwrap();
+    w.nats_extra = "user = \"lockstep\"\npassword = { file = \"i17-nats-password\" }".into();
+    w.client_auth = Some(async_nats::ConnectOptions::with_user_and_password(
+        "lockstep".into(),
+        "pw-from-systemd".into(),
+    ));
+    let tail = w.tail_source("vista", "*.log", "table = \"t\"\nkey = [\"id\"]");
+    // A database source whose connection string comes from an unset variable: only the
+    // agent (here: its environment) has it.
+    let trigger = "[[source]]\nname = \"permits\"\nkind = \"trigger\"\n\
+                   odbc = { env = \"LOCKSTEP_TEST_UNSET_SECRET\" }\ntables = [\"permits\"]\n";
+    let cfg = w.config_with(&format!("{tail}\n{trigger}"));
+    let cfg_s = cfg.to_str().unwrap();
+    append(&w.logs().join("a.log"), (0..5).map(line));
+    // The agent runs the tail source only (the database is not the point here).
+    let tail_only = w.dir().join("tail-only.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(trigger, "");
+    std::fs::write(&tail_only, text).unwrap();
+    let mut agent = Agent::start(
+        &tail_only,
+        &w.dir().join("agent.log"),
+        &[("CREDENTIALS_DIRECTORY", creds.as_path())],
+    );
+    assert_eq!(
+        w.wait_count(5, Duration::from_secs(30)).await,
+        5,
+        "{}",
+        agent_log(&w)
+    );
+
+    // status: reads only [admin] listen.
+    let mut last = (0, String::new(), String::new());
+    wait_for("lockstep status to answer", Duration::from_secs(30), || {
+        last = lockstep_at_a_shell(&["status", "--config", cfg_s]);
+        last.0 == 0
+    })
+    .await;
+    assert!(
+        last.1.contains("vista"),
+        "status shows the source: {last:?}"
+    );
+    // spool: reads only state_dir.
+    let (code, out, err) = lockstep_at_a_shell(&["spool", "inspect", "--config", cfg_s]);
+    assert_eq!(code, 0, "spool inspect: {out}{err}");
+    assert!(out.contains("waiting to be sent"), "{out}");
+    agent.stop();
+
+    // check needs the secrets: outside the unit it says where it looked and what to run.
+    let (code, out, err) = lockstep_at_a_shell(&["check", "--config", cfg_s]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("/etc/lockstep/credentials/i17-nats-password")
+            && err.contains("$CREDENTIALS_DIRECTORY is not set")
+            && err.contains("docs/operations.md"),
+        "{err}"
+    );
+    assert!(!err.contains("pw-from-systemd"), "{err}");
+}

@@ -22,3 +22,4 @@ mod snapshot;
 mod spool;
 mod tail;
 mod triggers;
+mod upgrade;

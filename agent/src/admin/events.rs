@@ -327,3 +327,24 @@ impl TriggerDrift<'_> {
         }
     }
 }
+
+/// State written by an older lockstep, found at start and read in its old form (what
+/// is done with it is in `detail`). Logged once per file or directory; nothing to count.
+pub struct StateMigrated<'a> {
+    /// What it is: "tail checkpoint", "spool".
+    pub what: &'a str,
+    pub path: &'a Path,
+    pub detail: &'a str,
+}
+
+impl StateMigrated<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            path = %self.path.display(),
+            "migrated: the {} {} was written by lockstep 0.1.0; {}",
+            self.what,
+            self.path.display(),
+            self.detail
+        );
+    }
+}

@@ -26,6 +26,7 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
         ok: Some(true),
         detail: format!("agent {}, {} source(s)", cfg.agent.id, cfg.sources.len()),
     }];
+    rows.push(user());
     rows.push(state_dir(cfg));
     let servers = jetstream::shown(&cfg.nats.servers);
     match tokio::time::timeout(
@@ -98,6 +99,41 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
     rows.extend(capture_tables(cfg).await);
     print(out, &rows);
     rows.iter().all(|r| r.ok != Some(false))
+}
+
+/// Who runs the check, and where secrets given by a bare name came from: a check for
+/// the service should run as its user (`sudo lockstep check --user lockstep`).
+fn user() -> Row {
+    use super::as_user;
+    let uid = as_user::effective_uid();
+    let name = uid.and_then(as_user::user_name);
+    let target = match (&name, uid) {
+        (Some(n), Some(u)) => format!("{n} (uid {u})"),
+        (None, Some(u)) => format!("uid {u}"),
+        _ => "unknown".into(),
+    };
+    let detail = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(d) => match std::env::var_os("LOCKSTEP_CHECK_SECRETS_FROM") {
+            Some(from) => format!(
+                "secret files by bare name: those of {}, handed over as LoadCredential= does",
+                std::path::Path::new(&from).display()
+            ),
+            None => format!(
+                "secret files by bare name: in $CREDENTIALS_DIRECTORY ({})",
+                std::path::Path::new(&d).display()
+            ),
+        },
+        None => format!(
+            "secret files by bare name: in {} ($CREDENTIALS_DIRECTORY is not set)",
+            crate::config::CREDENTIALS_DIR
+        ),
+    };
+    Row {
+        what: "user".into(),
+        target,
+        ok: Some(true),
+        detail,
+    }
 }
 
 /// For each database with trigger sources: which source owns which table, and the

@@ -1,5 +1,6 @@
 //! The command line (SPEC §2).
 
+pub mod as_user;
 pub mod check;
 pub mod snapshot;
 pub mod status;
@@ -76,6 +77,10 @@ pub enum Command {
         /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Run as root: read the secret files of /etc/lockstep/credentials as systemd's
+        /// LoadCredential= does, then check as this user (the service's: `lockstep`).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
     /// Show, install or remove the capture triggers of a trigger source.
     Triggers {

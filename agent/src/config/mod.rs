@@ -23,7 +23,7 @@ pub use crate::source::trigger::ddl::{Capture, Dialect};
 
 pub use self::nats_server::{NatsServer, UrlCredentials};
 pub use self::redact::{redact, MASK};
-pub use self::secret::{credential_path, Secret};
+pub use self::secret::{credential_path, Secret, CREDENTIALS_DIR, CREDENTIAL_ID};
 pub use self::units::{parse_duration, parse_size};
 pub use crate::pipeline::debounce::DebounceConfig;
 pub use crate::pipeline::map::{Mapping, Unknown};
@@ -255,20 +255,31 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and validates the config file at `path`.
+    /// Reads and validates the config file at `path`, secrets included.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        raw::parse(path, &Self::read(path)?, true)
+    }
+
+    /// Reads and validates the config file at `path` for a command that needs no secret
+    /// (`status`, `spool`, `snapshot`): every secret is left unread and empty, so that
+    /// the command works for a user who cannot read them. Checks that need a secret's
+    /// value (which sources share a database) are left to `check` and `run`.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        raw::parse(path, &Self::read(path)?, false)
+    }
+
+    fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_owned(),
             at: None,
             message: format!(
                 "cannot read the config file: {e} (give another with --config or LOCKSTEP_CONFIG)"
             ),
-        })?;
-        Self::parse(path, &text)
+        })
     }
 
     /// Validates config text; `path` is used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        raw::parse(path, text)
+        raw::parse(path, text, true)
     }
 }

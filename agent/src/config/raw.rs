@@ -144,9 +144,19 @@ struct RawMap {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Whether secrets are read (else each is [`RawSecret::unresolved`]).
+    secrets: bool,
 }
 
 impl Ctx<'_> {
+    /// The secret at `v`, read unless this command needs none.
+    fn secret(&self, v: &Spanned<RawSecret>) -> Result<Secret, ConfigError> {
+        if !self.secrets {
+            return Ok(RawSecret::unresolved());
+        }
+        v.get_ref().resolve().map_err(|e| self.err(v.span(), e))
+    }
+
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             path: self.path.to_owned(),
@@ -172,8 +182,14 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let cx = Ctx { path, text };
+/// Validates the config; with `secrets` false, no secret is read (see
+/// [`Config::load_without_secrets`]).
+pub(super) fn parse(path: &Path, text: &str, secrets: bool) -> Result<Config, ConfigError> {
+    let cx = Ctx {
+        path,
+        text,
+        secrets,
+    };
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
         path: path.to_owned(),
         at: e.span().map(|s| line_col(text, s.start)),
@@ -243,7 +259,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         let tables_span = s.tables.as_ref().map(|t| t.span());
         let sc = source(&cx, s)?;
-        if let (SourceKind::Trigger(t), Some(span)) = (&sc.kind, tables_span) {
+        // Which database a source reaches is in its connection string, a secret.
+        if let (SourceKind::Trigger(t), Some(span), true) = (&sc.kind, tables_span, secrets) {
             let before: Vec<_> = sources.iter().filter_map(super::owners::owner).collect();
             let new = super::owners::Owner {
                 source: &sc.name,
@@ -348,7 +365,7 @@ fn nats(cx: &Ctx, raw: Option<RawNats>) -> Result<NatsConfig, ConfigError> {
         Some(m) => *m.get_ref() as usize,
         None => 4096,
     };
-    let secret = |s: Spanned<RawSecret>| s.get_ref().resolve().map_err(|e| cx.err(s.span(), e));
+    let secret = |s: Spanned<RawSecret>| cx.secret(&s);
     let mut auths = Vec::new();
     auths.extend(url_auth);
     if let Some(c) = n.creds {
@@ -475,7 +492,7 @@ fn trigger_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, 
     refuse(cx, &name, "trigger", &foreign)?;
     refuse(cx, &name, "trigger", &tail_keys(&s))?;
     refuse(cx, &name, "trigger", &poll_keys(&s))?;
-    let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
+    let secret = |v: &Spanned<RawSecret>| cx.secret(v);
     // A PostgreSQL string is parsed once the rest is known good (below).
     enum Db {
         Postgres(Secret, Range<usize>),
@@ -638,7 +655,7 @@ fn poll_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
     ];
     refuse(cx, &name, "poll", &tail_keys(&s))?;
     refuse(cx, &name, "poll", &foreign)?;
-    let secret = |v: &Spanned<RawSecret>| v.get_ref().resolve().map_err(|e| cx.err(v.span(), e));
+    let secret = |v: &Spanned<RawSecret>| cx.secret(v);
     let odbc = match (&s.odbc, &s.postgres) {
         (Some(o), _) => secret(o)?,
         (None, Some(p)) => {
@@ -1181,7 +1198,28 @@ mod tests {
     use super::*;
 
     fn parse_str(t: &str) -> Result<Config, ConfigError> {
-        parse(Path::new("/etc/lockstep/lockstep.toml"), t)
+        parse(Path::new("/etc/lockstep/lockstep.toml"), t, true)
+    }
+
+    #[test]
+    fn commands_without_secrets_read_none() {
+        let text = MINIMAL.replace(
+            "[[source]]",
+            "[nats]\nuser = \"u\"\npassword = { file = \"lockstep-test-no-such-secret\" }\n\n\
+             [admin]\nlisten = \"127.0.0.1:9999\"\n\n[[source]]",
+        ) + "\n[[source]]\nname = \"db\"\nkind = \"trigger\"\n\
+              odbc = { env = \"LOCKSTEP_TEST_NEVER_SET\" }\ntables = [\"t\"]\n";
+        let path = Path::new("/etc/lockstep/lockstep.toml");
+        let e = parse(path, &text, true).unwrap_err();
+        assert!(e.message.contains("lockstep-test-no-such-secret"), "{e}");
+        let c = parse(path, &text, false).unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(c.sources.len(), 2);
+        // Two sources whose connection strings are unread are not taken for one database.
+        let two = text.clone()
+            + "\n[[source]]\nname = \"db2\"\nkind = \"trigger\"\n\
+               odbc = { env = \"LOCKSTEP_TEST_NEVER_SET\" }\ntables = [\"t\"]\n";
+        parse(path, &two, false).unwrap();
     }
 
     const MINIMAL: &str = "[agent]\nid = \"a1\"\nstate_dir = \"/tmp/x\"\n\n[[source]]\nname = \"log\"\nkind = \"tail\"\npaths = [\"/var/log/x*.log\"]\ntable = \"t\"\n";

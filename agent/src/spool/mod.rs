@@ -70,10 +70,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_formats::frame::{parse_header, FrameReader, FrameWriter, SpoolEvent, HEADER_LEN};
+use lockstep_formats::frame::{
+    parse_header, FrameReader, FrameWriter, SpoolEvent, HEADER_LEN, MAGIC_V1,
+};
 use thiserror::Error;
 
-use crate::admin::events::{SpoolDropped, SpoolFrameCorrupt, SpoolTornTail, SpoolUnreadable};
+use crate::admin::events::{
+    SpoolDropped, SpoolFrameCorrupt, SpoolTornTail, SpoolUnreadable, StateMigrated,
+};
 use crate::admin::metrics::Metrics;
 use crate::config::WhenFull;
 use disk::Disk;
@@ -246,14 +250,28 @@ impl Spool {
             frame_reader: FrameReader::new().map_err(err(dir, "start zstd"))?,
             buf: Vec::with_capacity(256 << 10),
         };
+        let mut v1_events = 0;
         for (first_seq, path) in list_segments(dir).map_err(err(dir, "list segments"))? {
-            s.recover_segment(first_seq, path)?;
+            v1_events += s.recover_segment(first_seq, path)?;
+        }
+        if v1_events > 0 {
+            StateMigrated {
+                what: "spool",
+                path: dir,
+                detail: &format!(
+                    "{v1_events} event(s) wait in its frames (LSF1, without key hashes): they \
+                     are sent first, one at a time, with their own message ids; new frames are LSF2"
+                ),
+            }
+            .emit();
         }
         s.publish_stats();
         Ok(s)
     }
 
-    fn recover_segment(&mut self, first_seq: u64, path: PathBuf) -> Result<(), SpoolError> {
+    /// Takes in a segment found at start; returns how many of its events still to send
+    /// are in version 1 frames (written by lockstep 0.1.0).
+    fn recover_segment(&mut self, first_seq: u64, path: PathBuf) -> Result<u64, SpoolError> {
         let data = match std::fs::read(&path) {
             Ok(d) => d,
             Err(e) => {
@@ -271,7 +289,7 @@ impl Spool {
                     );
                     self.next_seq = self.next_seq.max(first_seq + 1);
                 }
-                return Ok(());
+                return Ok(0);
             }
         };
         let scan = scan_segment(&data);
@@ -309,7 +327,7 @@ impl Spool {
             self.disk
                 .remove(&path)
                 .map_err(err(&path, "delete an acknowledged segment"))?;
-            return Ok(());
+            return Ok(0);
         }
         if clean < file_len {
             let f = OpenOptions::new()
@@ -322,6 +340,12 @@ impl Spool {
                 .map_err(err(&path, "cut off the end of a segment"))?;
         }
         let events = frames.iter().map(|f| u64::from(f.count)).sum();
+        let v1_events = frames
+            .iter()
+            .filter(|f| f.last_seq() > self.acked)
+            .filter(|f| data[f.offset as usize..].starts_with(&MAGIC_V1))
+            .map(|f| u64::from(f.count))
+            .sum();
         self.bytes += clean;
         self.segments.push_back(Segment {
             first_seq,
@@ -331,7 +355,7 @@ impl Spool {
             events,
             unreadable: false,
         });
-        Ok(())
+        Ok(v1_events)
     }
 
     /// Copies a damaged frame to the quarantine (once: the file is named by where it

@@ -6,6 +6,10 @@
 //! inode is reused by a new file, so the new bytes get new message ids) and the offset
 //! up to which every record's event is acknowledged. An entry whose file is gone is kept
 //! as `retired` for a day, so a new file that reuses the inode starts a new generation.
+//!
+//! Versions: 2 since file heads were added; 1, written by lockstep 0.1.0, is read as it
+//! is (its entries have no head: each file is recognised by its first line once, and
+//! the head recorded from then on), logged as migrated, and written again as 2.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::files::{FileKey, Head};
+use crate::admin::events::StateMigrated;
 use crate::pipeline::checkpoint;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +46,9 @@ struct OnDisk {
     files: Vec<FileCp>,
 }
 
+/// The version written. 1: lockstep 0.1.0, whose entries have no `head`.
+const VERSION: u32 = 2;
+
 /// How long a retired entry is kept.
 const RETIRED_KEEP_MS: i64 = 24 * 3600 * 1000;
 
@@ -65,6 +73,7 @@ impl Checkpoint {
             .map_err(|e| format!("cannot read the checkpoint {}: {e}", path.display()))?;
         let mut files = BTreeMap::new();
         let existed = data.is_some();
+        let mut dirty = false;
         if let Some(data) = data {
             let d: OnDisk = serde_json::from_slice(&data).map_err(|e| {
                 format!(
@@ -73,6 +82,21 @@ impl Checkpoint {
                     path.display()
                 )
             })?;
+            if d.version < VERSION && !d.files.is_empty() {
+                let detail = format!(
+                    "its {} file(s) resume at their offsets, recognised by device, inode and \
+                     first line (0.1.0 kept no head of their first bytes); heads are recorded \
+                     from the next read, and the checkpoint is written again as version {VERSION}",
+                    d.files.len()
+                );
+                StateMigrated {
+                    what: "tail checkpoint",
+                    path: &path,
+                    detail: &detail,
+                }
+                .emit();
+                dirty = true;
+            }
             for f in d.files {
                 files.insert(
                     FileKey {
@@ -90,7 +114,7 @@ impl Checkpoint {
             existed,
             written,
             next: HashMap::new(),
-            dirty: false,
+            dirty,
         })
     }
 
@@ -133,7 +157,7 @@ impl Checkpoint {
         self.files
             .retain(|_, f| f.retired_ms.is_none_or(|t| now_ms - t < RETIRED_KEEP_MS));
         let d = OnDisk {
-            version: 1,
+            version: VERSION,
             files: self.files.values().cloned().collect(),
         };
         let data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
