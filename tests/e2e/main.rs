@@ -14,6 +14,7 @@ mod poll;
 mod refused;
 mod rotation;
 mod schema_drift;
+mod schema_drift_cases;
 mod service;
 mod snapshot;
 mod spool;
