@@ -322,3 +322,73 @@ async fn mariadb_odbc_unreadable_trigger_bodies_are_a_warning_not_drift() {
     assert_eq!(agent.stop(), Some(0));
     db.sql(&format!("DROP USER '{user}'@'%';"));
 }
+
+/// PostgreSQL, `capture = "rows"`, no periodic check: a binary column added is typed
+/// from its first event; renamed, it must stay typed (same number of columns, other
+/// names), and so must a binary column added after one was added and dropped.
+#[tokio::test]
+async fn postgres_rows_a_renamed_or_replaced_column_is_typed_again() {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(Kind::Pg, &w, "drift_rename");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "rows", "schema_check = \"1h\""));
+    install(&cfg);
+    let mut agent = w.agent(&cfg);
+    db.sql("ALTER TABLE appointments ADD COLUMN badge bytea;");
+    db.sql("INSERT INTO appointments (id, badge) VALUES (1, '\\x0102'::bytea);");
+    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
+    db.sql("ALTER TABLE appointments RENAME COLUMN badge TO tag;");
+    db.sql("INSERT INTO appointments (id, tag) VALUES (2, '\\x0304'::bytea);");
+    assert_eq!(w.wait_count(2, Duration::from_secs(30)).await, 2);
+    // Added, dropped, and another binary one added: as many columns as before.
+    db.sql("ALTER TABLE appointments ADD COLUMN c1 int;");
+    db.sql("INSERT INTO appointments (id, c1) VALUES (3, 1);");
+    assert_eq!(w.wait_count(3, Duration::from_secs(30)).await, 3);
+    db.sql("ALTER TABLE appointments DROP COLUMN c1;");
+    db.sql("INSERT INTO appointments (id) VALUES (4);");
+    assert_eq!(w.wait_count(4, Duration::from_secs(30)).await, 4);
+    db.sql("ALTER TABLE appointments ADD COLUMN c2 bytea;");
+    db.sql("INSERT INTO appointments (id, c2) VALUES (5, '\\x0506'::bytea);");
+    assert_eq!(w.wait_count(5, Duration::from_secs(30)).await, 5);
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    let after = |i: usize| &msgs[i].json["after"];
+    assert_eq!(after(0)["badge"], "AQI=", "{}", after(0));
+    assert_eq!(after(1)["tag"], "AwQ=", "{}", after(1));
+    assert_eq!(after(4)["c2"], "BQY=", "{}", after(4));
+}
+
+/// MariaDB, `capture = "keys"`: an INVISIBLE column is in the catalog but not in
+/// `SELECT *`. The table has not changed: it must not be read again at every read.
+#[tokio::test]
+async fn mariadb_odbc_keys_an_invisible_column_is_not_a_change() {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(Kind::Maria, &w, "drift_invisible");
+    db.create_tables();
+    db.sql("ALTER TABLE appointments ADD COLUMN secret int INVISIBLE DEFAULT 7;");
+    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1h\""));
+    install(&cfg);
+    let mut agent = w.agent(&cfg);
+    for i in 1..=5 {
+        db.sql(&format!(
+            "INSERT INTO appointments (id, clinic) VALUES ({i}, 'c{i}');"
+        ));
+        assert_eq!(w.wait_count(i, Duration::from_secs(30)).await, i);
+    }
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let log = agent_log(&w);
+    assert_eq!(
+        log.matches("has changed: its rows are read with its columns now")
+            .count(),
+        0,
+        "{log}"
+    );
+    let msgs = w.messages().await;
+    assert_eq!(msgs.len(), 5);
+    assert!(msgs.iter().all(|m| m.json["op"] == "c"), "{msgs:?}");
+}
