@@ -1575,4 +1575,39 @@ mod tests {
         assert_ne!(key_text(&def(), &a).unwrap(), key_text(&def(), &c).unwrap());
         assert!(key_text(&def(), &Record::new()).is_err());
     }
+
+    #[test]
+    fn keys_are_looked_up_by_the_columns_their_capture_rows_carry() {
+        let pk = |j: &str| parse_object(j.as_bytes()).unwrap();
+        // The primary key, as usual.
+        let (by, key, json) = lookup_key(&def(), r#"{"id": 7}"#, pk(r#"{"id": 7}"#)).unwrap();
+        assert_eq!((by.key, key.len(), json), (vec!["id".to_owned()], 1, None));
+        // The key widened to (id, b): the triggers still record (id).
+        let wide = TableDef {
+            key: vec!["id".into(), "at".into()],
+            ..def()
+        };
+        let (by, _, json) = lookup_key(&wide, r#"{"id": 7}"#, pk(r#"{"id": 7}"#)).unwrap();
+        assert_eq!((by.key, json), (vec!["id".to_owned()], None));
+        // The key column renamed (SQLite records the value under the old name).
+        let renamed = TableDef {
+            key: vec!["appt_id".into()],
+            columns: vec!["appt_id".into(), "b".into(), "at".into()],
+            ..def()
+        };
+        let (by, key, json) = lookup_key(&renamed, r#"{"id": 7}"#, pk(r#"{"id": 7}"#)).unwrap();
+        assert_eq!(by.key, ["appt_id"]);
+        assert_eq!(key.get("appt_id"), Some(&Value::Int(7)));
+        assert_eq!(json.as_deref(), Some(r#"{"appt_id":7}"#));
+        // A key recorded as null (PostgreSQL, key column renamed) is never looked up.
+        let e = lookup_key(&renamed, r#"{"id": null}"#, pk(r#"{"id": null}"#)).unwrap_err();
+        assert!(e.contains("no value for `appt_id`"), "{e}");
+        let e = lookup_key(&def(), r#"{"id": null}"#, pk(r#"{"id": null}"#)).unwrap_err();
+        assert!(e.contains("no value for `id`"), "{e}");
+        // A key that names nothing the table has.
+        let e = lookup_key(&def(), "{}", pk("{}")).unwrap_err();
+        assert!(e.contains("names no key the table has"), "{e}");
+        let e = lookup_key(&renamed, r#"{"x": 1, "y": 2}"#, pk(r#"{"x": 1, "y": 2}"#)).unwrap_err();
+        assert!(e.contains("its primary key is (appt_id)"), "{e}");
+    }
 }

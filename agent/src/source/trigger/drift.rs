@@ -575,4 +575,85 @@ END"#;
             }
         );
     }
+
+    #[test]
+    fn triggers_are_looked_up_in_the_tables_own_schema() {
+        let sql = triggers_sql(Dialect::MariaDb, "clinic_db.appointments").unwrap();
+        assert!(
+            sql.contains(
+                "EVENT_OBJECT_SCHEMA = 'clinic_db' AND EVENT_OBJECT_TABLE = 'appointments'"
+            ),
+            "{sql}"
+        );
+        assert!(!sql.contains("TRIGGER_SCHEMA"), "{sql}");
+        let sql = triggers_sql(Dialect::MariaDb, "appointments").unwrap();
+        assert!(sql.contains("EVENT_OBJECT_SCHEMA = DATABASE()"), "{sql}");
+        let sql = triggers_sql(Dialect::Sqlite, "aux.appointments").unwrap();
+        assert!(
+            sql.contains("FROM \"aux\".sqlite_master") && sql.contains("tbl_name = 'appointments'"),
+            "{sql}"
+        );
+        assert!(triggers_sql(Dialect::Sqlite, "appointments")
+            .unwrap()
+            .contains("FROM sqlite_master"));
+        assert!(triggers_sql(Dialect::Postgres, "s.appointments")
+            .unwrap()
+            .contains("to_regclass('s.appointments')"));
+        assert_eq!(triggers_sql(Dialect::SqlServer, "appointments"), None);
+    }
+
+    #[test]
+    fn trigger_rows_unreadable_bodies_and_postgres_arguments() {
+        let t = table();
+        // MariaDB without the TRIGGER privilege: names, no bodies. Not "missing".
+        let rows = vec![
+            vec![Some("lockstep_appointments_ins".to_owned()), None],
+            vec![Some("lockstep_appointments_upd".to_owned()), None],
+        ];
+        let inst = from_trigger_rows(Dialect::MariaDb, &rows).unwrap();
+        assert_eq!(compare(&t, Capture::Rows, Some(&inst)), None);
+        let w = unreadable_warning(Dialect::MariaDb, "appointments", &inst).unwrap();
+        assert!(
+            w.contains("lockstep_appointments_ins, lockstep_appointments_upd")
+                && w.contains("GRANT TRIGGER ON <database>.appointments"),
+            "{w}"
+        );
+        assert_eq!(from_trigger_rows(Dialect::MariaDb, &[]), None);
+        // Readable bodies are compared as before.
+        let rows: Vec<Vec<Option<String>>> = bodies(Dialect::MariaDb, &t, Capture::Rows)
+            .into_iter()
+            .map(|b| vec![Some("x".to_owned()), Some(b)])
+            .collect();
+        let inst = from_trigger_rows(Dialect::MariaDb, &rows).unwrap();
+        assert_eq!(
+            unreadable_warning(Dialect::MariaDb, "appointments", &inst),
+            None
+        );
+        assert_eq!(compare(&t, Capture::Rows, Some(&inst)), None);
+        // PostgreSQL over ODBC: `encode(tgargs, 'escape')`.
+        let rows = vec![vec![
+            Some("lockstep_capture".to_owned()),
+            Some("rows\\000appointments\\000id\\000".to_owned()),
+        ]];
+        let inst = from_trigger_rows(Dialect::Postgres, &rows).unwrap();
+        assert_eq!(
+            (inst.writes, inst.key, inst.image),
+            (vec!["appointments".into()], vec!["id".into()], Image::All)
+        );
+        assert_eq!(unescape_bytea("a\\\\b\\000"), b"a\\b\0");
+    }
+
+    #[test]
+    fn a_renamed_key_column_on_postgres_is_a_null_key_not_failing_writes() {
+        let t = table();
+        let inst = Installed::from_pg_args(b"keys\0appointments\0appt_id\0");
+        let d = compare(&t, Capture::Keys, Some(&inst)).unwrap();
+        assert_eq!(d.gone, ["appt_id"]);
+        let text = d.describe(Dialect::Postgres);
+        assert!(
+            text.contains("writes go on, but their changes are captured with a null key"),
+            "{text}"
+        );
+        assert!(!text.contains("FAILS"), "{text}");
+    }
 }
