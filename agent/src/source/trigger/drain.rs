@@ -861,67 +861,90 @@ impl Drain {
     fn key_events(&mut self, rows: &[ChangeRow]) -> Result<(), DbError> {
         let mut groups: Vec<Group> = Vec::new();
         let mut index: HashMap<(usize, Vec<String>, String), usize> = HashMap::new();
-        for r in rows {
-            if r.origin.is_some() {
-                self.to_delete.push(r.seq);
-                continue;
-            }
-            let found = self.table_index(&r.table).and_then(|t| {
-                row_op(&r.op)?;
-                let pk = parse_image(&self.tables[t].def, "pk", &r.pk)?;
-                Ok((t, pk))
-            });
-            let (t, pk) = match found {
-                Ok(v) => v,
-                Err(reason) => {
-                    self.set_aside(r, &reason);
+        // Whether the tables were compared with their triggers during this read.
+        let mut refreshed = false;
+        let aside = 'group: loop {
+            groups.clear();
+            index.clear();
+            let mut aside: Vec<(&ChangeRow, String)> = Vec::new();
+            for r in rows {
+                if r.origin.is_some() {
                     continue;
                 }
-            };
-            let def = &self.tables[t].def;
-            let keyed = lookup_key(def, &r.pk, pk).and_then(|(by, key, json)| {
-                let canon = key_text(&by, &key)?;
-                Ok((by.key, key, canon, json))
-            });
-            let (lookup, key, canon, json) = match keyed {
-                Ok(v) => v,
-                Err(reason) if self.drift.contains_key(&def.name) => {
-                    // The triggers record another key than the table has: not the
-                    // row's fault. Kept (not quarantined, not deleted) until it can be read.
-                    return Err(DbError(format!(
-                        "source {}: capture row seq {} of `{}`: {reason}; the table's key \
-                         differs from what its capture triggers record (see its drift): its \
-                         rows are kept in the capture table and read again",
-                        self.name, r.seq, def.name
-                    )));
-                }
-                Err(reason) => {
-                    self.set_aside(r, &reason);
-                    continue;
-                }
-            };
-            match index.get(&(t, lookup.clone(), canon.clone())) {
-                Some(&g) => {
-                    let g = &mut groups[g];
-                    g.last_seq = r.seq;
-                    g.changed_ms = r.changed_ms.or(g.changed_ms);
-                    g.rows.push(r.seq);
-                }
-                None => {
-                    index.insert((t, lookup.clone(), canon.clone()), groups.len());
-                    groups.push(Group {
-                        table: t,
-                        pk: json.unwrap_or_else(|| r.pk.clone()),
-                        lookup,
-                        key,
-                        canon,
-                        first_op: r.op.clone(),
-                        last_seq: r.seq,
-                        changed_ms: r.changed_ms,
-                        rows: vec![r.seq],
-                    });
+                let found = self.table_index(&r.table).and_then(|t| {
+                    row_op(&r.op)?;
+                    let pk = parse_image(&self.tables[t].def, "pk", &r.pk)?;
+                    Ok((t, pk))
+                });
+                let (t, pk) = match found {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        aside.push((r, reason));
+                        continue;
+                    }
+                };
+                let def = &self.tables[t].def;
+                let keyed = lookup_key(def, &r.pk, pk).and_then(|(by, key, json)| {
+                    let canon = key_text(&by, &key)?;
+                    Ok((by.key, key, canon, json))
+                });
+                let (lookup, key, canon, json) = match keyed {
+                    Ok(v) => v,
+                    Err(reason) if self.drift.contains_key(&def.name) => {
+                        // The triggers record another key than the table has: not the
+                        // row's fault. Kept (not quarantined, not deleted) until it can
+                        // be read.
+                        return Err(DbError(format!(
+                            "source {}: capture row seq {} of `{}`: {reason}; the table's key \
+                             differs from what its capture triggers record (see its drift): \
+                             its rows are kept in the capture table and read again",
+                            self.name, r.seq, def.name
+                        )));
+                    }
+                    Err(_) if !refreshed => {
+                        // Maybe a drift not yet seen: compared first, then grouped again.
+                        refreshed = true;
+                        self.check_schema()?;
+                        continue 'group;
+                    }
+                    Err(reason) => {
+                        aside.push((r, reason));
+                        continue;
+                    }
+                };
+                match index.get(&(t, lookup.clone(), canon.clone())) {
+                    Some(&g) => {
+                        let g = &mut groups[g];
+                        g.last_seq = r.seq;
+                        g.changed_ms = r.changed_ms.or(g.changed_ms);
+                        g.rows.push(r.seq);
+                    }
+                    None => {
+                        index.insert((t, lookup.clone(), canon.clone()), groups.len());
+                        groups.push(Group {
+                            table: t,
+                            pk: json.unwrap_or_else(|| r.pk.clone()),
+                            lookup,
+                            key,
+                            canon,
+                            first_op: r.op.clone(),
+                            last_seq: r.seq,
+                            changed_ms: r.changed_ms,
+                            rows: vec![r.seq],
+                        });
+                    }
                 }
             }
+            break aside;
+        };
+        // The definitions the keys were grouped with (a check during the look-ups
+        // below may take newer ones).
+        let grouped_defs: Vec<TableDef> = self.tables.iter().map(|o| o.def.clone()).collect();
+        for r in rows.iter().filter(|r| r.origin.is_some()) {
+            self.to_delete.push(r.seq);
+        }
+        for (r, reason) in aside {
+            self.set_aside(r, &reason);
         }
         // One read of each table (per key it is looked up by) for the keys of this batch.
         let mut lookups: Vec<(usize, Vec<String>)> = Vec::new();
@@ -943,7 +966,7 @@ impl Drain {
             };
             let grouped = TableDef {
                 key: lookup.clone(),
-                ..self.tables[t].def.clone()
+                ..grouped_defs[t].clone()
             };
             let found = db.current(&grouped, &pks)?;
             // The connection found the table changed and read it with its new columns.
@@ -975,6 +998,7 @@ impl Drain {
                 key: lookup.clone(),
                 ..now.clone()
             };
+            let now_key = now.key.clone();
             for json in found {
                 let (k, row) = match parse_image(&def, "row", &json).and_then(|row| {
                     let k = key_text(&def, &row)?;
@@ -991,22 +1015,37 @@ impl Drain {
                                 def.name
                             )));
                         };
-                        (k, Err((reason, json)))
+                        (k, Err((reason, json.clone())))
                     }
                 };
                 let id = (t, lookup.clone(), k);
                 if current.contains_key(&id) {
-                    // Looked up by a key that is no longer the table's (drift): several
-                    // rows have it, and which one changed is not known.
-                    return Err(DbError(format!(
-                        "source {}: `{}`: several rows have the key ({}) its capture triggers \
-                         record, which is no longer its primary key; its rows are kept in the \
-                         capture table: run `lockstep triggers install --source {}`",
-                        self.name,
+                    // Looked up by a key that is no longer the table's: several rows
+                    // have it, and which one changed is not known.
+                    let why = format!(
+                        "several rows of `{}` have the key ({}) its capture rows carry, which \
+                         is not its primary key ({}): which one changed is not known",
                         def.name,
                         lookup.join(", "),
-                        self.name
-                    )));
+                        now_key.join(", ")
+                    );
+                    if !refreshed && !self.drift.contains_key(&def.name) {
+                        // Maybe a drift not yet seen.
+                        refreshed = true;
+                        self.check_schema()?;
+                    }
+                    if self.drift.contains_key(&def.name) {
+                        // Kept until the triggers are installed again.
+                        return Err(DbError(format!(
+                            "source {}: {why}; its rows are kept in the capture table: run \
+                             `lockstep triggers install --source {}`",
+                            self.name, self.name
+                        )));
+                    }
+                    // The triggers match the table again: these rows were written
+                    // before, and can only be set aside (quarantined, never a delete).
+                    current.insert(id, Err((why, json)));
+                    continue;
                 }
                 current.insert(id, row);
             }
