@@ -32,8 +32,13 @@
 //! **Schema drift.** At connect and every `schema_check` the drain compares each table
 //! with what its installed triggers record ([`super::drift`]), reports a difference
 //! (log, `lockstep_trigger_drift`, `/healthz`, `/status`) and takes the table's current
-//! definition; an image with another number of columns than the definition makes it
-//! look again at once, so new columns are typed from their first event.
+//! definition; an image with other columns than the definition makes it look again at
+//! once, so new or renamed columns are typed from their first event. A table that is
+//! dropped or loses its primary key is reported the same way and keeps its definition;
+//! the other tables drain on. In keys mode a key is looked up by the columns its
+//! capture rows carry, never by a primary key the triggers do not record yet: a key
+//! that cannot be looked up keeps its rows (the read fails) while the drift lasts, and
+//! nothing is sent as a delete or quarantined because of it (`Drain::key_events`).
 //!
 //! **Connection loss.** Any database error drops the connection; the drain reconnects
 //! with backoff, reports it in `/status` and in `lockstep_source_db_connected`, and goes
