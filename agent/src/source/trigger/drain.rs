@@ -44,6 +44,7 @@
 //! with backoff, reports it in `/status` and in `lockstep_source_db_connected`, and goes
 //! on from where it was: rows not yet deleted are still in the table.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -1023,36 +1024,38 @@ impl Drain {
                         (k, Err((reason, json.clone())))
                     }
                 };
-                let id = (t, lookup.clone(), k);
-                if current.contains_key(&id) {
-                    // Looked up by a key that is no longer the table's: several rows
-                    // have it, and which one changed is not known.
-                    let why = format!(
-                        "several rows of `{}` have the key ({}) its capture rows carry, which \
-                         is not its primary key ({}): which one changed is not known",
-                        def.name,
-                        lookup.join(", "),
-                        now_key.join(", ")
-                    );
-                    if !refreshed && !self.drift.contains_key(&def.name) {
-                        // Maybe a drift not yet seen.
-                        refreshed = true;
-                        self.check_schema()?;
+                let mut taken = match current.entry((t, lookup.clone(), k)) {
+                    Entry::Vacant(v) => {
+                        v.insert(row);
+                        continue;
                     }
-                    if self.drift.contains_key(&def.name) {
-                        // Kept until the triggers are installed again.
-                        return Err(DbError(format!(
-                            "source {}: {why}; its rows are kept in the capture table: run \
-                             `lockstep triggers install --source {}`",
-                            self.name, self.name
-                        )));
-                    }
-                    // The triggers match the table again: these rows were written
-                    // before, and can only be set aside (quarantined, never a delete).
-                    current.insert(id, Err((why, json)));
-                    continue;
+                    Entry::Occupied(o) => o,
+                };
+                // Looked up by a key that is no longer the table's: several rows have
+                // it, and which one changed is not known.
+                let why = format!(
+                    "several rows of `{}` have the key ({}) its capture rows carry, which \
+                     is not its primary key ({}): which one changed is not known",
+                    def.name,
+                    lookup.join(", "),
+                    now_key.join(", ")
+                );
+                if !refreshed && !self.drift.contains_key(&def.name) {
+                    // Maybe a drift not yet seen.
+                    refreshed = true;
+                    self.check_schema()?;
                 }
-                current.insert(id, row);
+                if self.drift.contains_key(&def.name) {
+                    // Kept until the triggers are installed again.
+                    return Err(DbError(format!(
+                        "source {}: {why}; its rows are kept in the capture table: run \
+                         `lockstep triggers install --source {}`",
+                        self.name, self.name
+                    )));
+                }
+                // The triggers match the table again: these rows were written before,
+                // and can only be set aside (quarantined, never a delete).
+                *taken.get_mut() = Err((why, json));
             }
         }
         groups.sort_by_key(|g| g.last_seq);
