@@ -461,3 +461,70 @@ async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
     );
     assert!(!w.quarantined_files("").is_empty());
 }
+
+/// PostgreSQL, `capture = "keys"`: a key column renamed makes the trigger record the
+/// key as null (writes go on). Such a change cannot be looked up: its capture row is
+/// kept while the drift lasts (never a delete of a null key, never a quarantine), then
+/// set aside once `install` has run; changes after it are captured with the new key.
+#[tokio::test]
+async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(Kind::Pg, &w, "drift_pgrename");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1s\""));
+    install(&cfg);
+    let mut agent = w.agent(&cfg);
+    let log = || agent_log(&w);
+    db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'a');");
+    assert_eq!(
+        w.wait_count(1, Duration::from_secs(30)).await,
+        1,
+        "{}",
+        log()
+    );
+    db.sql(
+        "ALTER TABLE appointments RENAME COLUMN id TO appt_id;
+         UPDATE appointments SET clinic = 'b' WHERE appt_id = 1;",
+    );
+    wait_for("the null key held", Duration::from_secs(30), || {
+        w.status()["sources"]["vista"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the key has no value for `appt_id`"))
+    })
+    .await;
+    assert!(
+        status_drift(&w, "appointments").contains("captured with a null key"),
+        "{}",
+        w.status()
+    );
+    assert_eq!(capture_rows(&db), 1, "kept while the drift lasts");
+    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 0);
+    install(&cfg);
+    wait_for("the null key set aside", Duration::from_secs(60), || {
+        capture_rows(&db) == 0
+    })
+    .await;
+    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 1);
+    db.sql("UPDATE appointments SET clinic = 'c' WHERE appt_id = 1;");
+    assert_eq!(
+        w.wait_count(2, Duration::from_secs(30)).await,
+        2,
+        "{}",
+        log()
+    );
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log());
+    let msgs = w.messages().await;
+    assert!(msgs.iter().all(|m| m.json["op"] != "d"), "{msgs:?}");
+    let last = &msgs[1].json;
+    assert_eq!(
+        (
+            &last["op"],
+            &last["key"]["appt_id"],
+            &last["after"]["clinic"]
+        ),
+        (&"u".into(), &1.into(), &"c".into()),
+        "{last}"
+    );
+}
