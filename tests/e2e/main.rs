@@ -17,6 +17,7 @@ mod redaction;
 mod refused;
 mod rotation;
 mod schema_drift;
+mod schema_drift_cases;
 mod service;
 mod snapshot;
 mod spool;

@@ -258,6 +258,14 @@ async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
             Ok(def) => {
                 let key = def.key.join(", ");
                 match db.installed(table).await {
+                    Ok(Some(Some(inst))) if !inst.unreadable.is_empty() => (
+                        None,
+                        format!(
+                            "key ({key}); {}",
+                            drift::unreadable_warning(db.dialect(), table, &inst)
+                                .unwrap_or_default()
+                        ),
+                    ),
                     Ok(Some(Some(inst))) if inst.writes.iter().any(|n| n != table) => (
                         Some(false),
                         format!(

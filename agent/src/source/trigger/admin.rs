@@ -79,16 +79,12 @@ impl AdminDb {
                 .map(Some)
                 .map_err(|e| e.to_string()),
             AdminDb::Odbc(c, d) => {
-                let Some(sql) = drift::bodies_sql(*d, table) else {
+                let Some(sql) = drift::triggers_sql(*d, table) else {
                     return Ok(None);
                 };
                 let what = format!("read the capture triggers of `{table}`");
-                let bodies: Vec<String> = odbc::query(c, &sql, &what)
-                    .map_err(|e| e.0)?
-                    .into_iter()
-                    .filter_map(|r| r.into_iter().next().flatten())
-                    .collect();
-                Ok(Some(Installed::from_bodies(&bodies)))
+                let rows = odbc::query(c, &sql, &what).map_err(|e| e.0)?;
+                Ok(Some(drift::from_trigger_rows(*d, &rows)))
             }
         }
     }

@@ -32,13 +32,19 @@
 //! **Schema drift.** At connect and every `schema_check` the drain compares each table
 //! with what its installed triggers record ([`super::drift`]), reports a difference
 //! (log, `lockstep_trigger_drift`, `/healthz`, `/status`) and takes the table's current
-//! definition; an image with another number of columns than the definition makes it
-//! look again at once, so new columns are typed from their first event.
+//! definition; an image with other columns than the definition makes it look again at
+//! once, so new or renamed columns are typed from their first event. A table that is
+//! dropped or loses its primary key is reported the same way and keeps its definition;
+//! the other tables drain on. In keys mode a key is looked up by the columns its
+//! capture rows carry, never by a primary key the triggers do not record yet: a key
+//! that cannot be looked up keeps its rows (the read fails) while the drift lasts, and
+//! nothing is sent as a delete or quarantined because of it (`Drain::key_events`).
 //!
 //! **Connection loss.** Any database error drops the connection; the drain reconnects
 //! with backoff, reports it in `/status` and in `lockstep_source_db_connected`, and goes
 //! on from where it was: rows not yet deleted are still in the table.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -137,6 +143,9 @@ pub struct Schema {
     /// Each table's definition, and what its capture triggers record (`None`: it has
     /// none).
     pub tables: Vec<(TableDef, Option<Installed>)>,
+    /// The tables whose definition cannot be read (dropped, no primary key), with why:
+    /// reported, and their last definition kept.
+    pub broken: Vec<(String, String)>,
 }
 
 /// The late rows one read takes, found in a snapshot in bounded steps whatever their
@@ -215,9 +224,9 @@ struct TableOut {
     name: Arc<str>,
     subject: String,
     counters: Arc<TableCounters>,
-    /// The width (number of columns) of the last image that differed from `def` and
-    /// made the drain look at the table again; not again for the same width.
-    checked_width: usize,
+    /// The columns of the last image that differed from `def` and made the drain look
+    /// at the table again; not again for the same columns (until `def` changes).
+    checked_columns: Vec<String>,
 }
 
 /// Capture rows whose event is `seq`: deleted once the watermark reaches it.
@@ -250,7 +259,10 @@ impl Absorb for Rows {
 /// A changed key of one read (`capture = "keys"`).
 struct Group {
     table: usize,
+    /// The key as the JSON object it is looked up by.
     pk: String,
+    /// The columns it is looked up by (see [`lookup_key`]).
+    lookup: Vec<String>,
     key: Record,
     canon: String,
     first_op: String,
@@ -308,6 +320,8 @@ pub struct Drain {
     drift: HashMap<String, String>,
     /// Counts the capture tables seen made anew: rows of an older one are not deleted.
     table_gen: u64,
+    /// The tables whose trigger bodies cannot be read, already warned of.
+    unreadable: HashSet<String>,
 }
 
 enum Fail {
@@ -357,6 +371,7 @@ impl Drain {
             schema_at: None,
             drift: HashMap::new(),
             table_gen: 0,
+            unreadable: HashSet::new(),
         }
     }
 
@@ -460,7 +475,13 @@ impl Drain {
     fn set_tables(&mut self, defs: &[TableDef]) {
         for def in defs {
             match self.by_name.get(&def.name) {
-                Some(&i) => self.tables[i].def = def.clone(),
+                Some(&i) => {
+                    let out = &mut self.tables[i];
+                    if out.def != *def {
+                        out.def = def.clone();
+                        out.checked_columns.clear();
+                    }
+                }
                 None => {
                     self.by_name.insert(def.name.clone(), self.tables.len());
                     let name = self.cx.map.table(&def.name);
@@ -469,7 +490,7 @@ impl Drain {
                         name: Arc::from(name),
                         subject: self.cx.encoder.subject(name),
                         counters: self.cx.metrics.table(&self.cx.name, name),
-                        checked_width: 0,
+                        checked_columns: Vec::new(),
                     });
                 }
             }
@@ -524,30 +545,82 @@ impl Drain {
     }
 
     /// Compares each table with what its capture triggers record (see [`drift`]), takes
-    /// its definition as it is now, and reports each change of drift.
+    /// its definition as it is now, and reports each change of drift. A table that
+    /// cannot be read (dropped, no primary key) is reported the same way and keeps its
+    /// last definition; only a failure of the connection is an error.
     fn check_schema(&mut self) -> Result<(), DbError> {
         self.schema_at = Some(Instant::now());
+        self.cx.beat.beat();
         let Some(db) = self.db.as_mut() else {
             return Err(not_connected(&self.name));
         };
-        let Some(schema) = db.schema()? else {
+        let Some(mut schema) = db.schema()? else {
             return Ok(());
         };
+        self.cx.beat.beat();
+        let problems = |schema: &Schema| -> Vec<(String, Option<String>, bool)> {
+            let mut out: Vec<(String, Option<String>, bool)> = schema
+                .tables
+                .iter()
+                .map(|(def, installed)| {
+                    let d = drift::compare(def, self.cfg.capture, installed.as_ref());
+                    let alarm = d.as_ref().is_some_and(|d| d.missing || !d.gone.is_empty());
+                    (
+                        def.name.clone(),
+                        d.map(|d| d.describe(schema.dialect)),
+                        alarm,
+                    )
+                })
+                .collect();
+            out.extend(
+                schema
+                    .broken
+                    .iter()
+                    .map(|(name, why)| (name.clone(), Some(why.clone()), true)),
+            );
+            out
+        };
+        let mut found = problems(&schema);
+        // A check made while `lockstep triggers install` replaces the triggers can see
+        // a moment without them, or old and new bodies mixed: a table newly seen
+        // without its triggers, or naming columns gone, is read a second time first.
+        let new_alarm = found
+            .iter()
+            .any(|(t, p, alarm)| *alarm && self.drift.get(t) != p.as_ref());
+        if new_alarm {
+            if let Some(again) = db.schema()? {
+                schema = again;
+                found = problems(&schema);
+            }
+            self.cx.beat.beat();
+        }
         let defs: Vec<TableDef> = schema.tables.iter().map(|(d, _)| d.clone()).collect();
         self.set_tables(&defs);
         for (def, installed) in &schema.tables {
-            let problem = drift::compare(def, self.cfg.capture, installed.as_ref())
-                .map(|d| d.describe(schema.dialect));
+            let warning = installed
+                .as_ref()
+                .and_then(|i| drift::unreadable_warning(schema.dialect, &def.name, i));
+            match warning {
+                Some(w) if self.unreadable.insert(def.name.clone()) => {
+                    tracing::warn!("source {}: {w}", self.name);
+                }
+                Some(_) => {}
+                None => {
+                    self.unreadable.remove(&def.name);
+                }
+            }
+        }
+        for (table, problem, _) in found {
             TriggerDrift {
                 source: &self.name,
-                table: &def.name,
+                table: &table,
                 problem: problem.as_deref(),
-                was: self.drift.get(&def.name).map(String::as_str),
+                was: self.drift.get(&table).map(String::as_str),
             }
             .emit(&self.cx.metrics, &self.cx.status);
             match problem {
-                Some(p) => self.drift.insert(def.name.clone(), p),
-                None => self.drift.remove(&def.name),
+                Some(p) => self.drift.insert(table, p),
+                None => self.drift.remove(&table),
             };
         }
         Ok(())
@@ -726,11 +799,15 @@ impl Drain {
             return;
         }
         let mut built = self.build_row(r);
-        let width = built.as_ref().ok().and_then(|(t, _, _, before, after)| {
-            Some((*t, after.as_ref().or(before.as_ref())?.len()))
+        let shape = built.as_ref().ok().and_then(|(t, _, _, before, after)| {
+            let image = after.as_ref().or(before.as_ref())?;
+            Some((
+                *t,
+                image.iter().map(|(c, _)| c.to_owned()).collect::<Vec<_>>(),
+            ))
         });
-        if let Some((t, width)) = width {
-            if self.table_changed(t, width) {
+        if let Some((t, columns)) = shape {
+            if self.table_changed(t, &columns) {
                 built = self.build_row(r);
             }
         }
@@ -770,18 +847,21 @@ impl Drain {
         Ok((t, op, key, before, after))
     }
 
-    /// An image of `width` columns of table `t`, whose definition has another number:
-    /// the table changed (PostgreSQL's `row_to_json` follows it; elsewhere the triggers
-    /// were installed again after an `ALTER TABLE`). Looks at the table again at once, so
-    /// that a new column is typed (binary, date-time) from this event on; true when it
-    /// did. Once per width, so that triggers that still record the old columns (drift)
-    /// do not make it look at every row.
-    fn table_changed(&mut self, t: usize, width: usize) -> bool {
+    /// An image with `columns` of table `t`, which are not the columns of its
+    /// definition (added, dropped or renamed): the table changed (PostgreSQL's
+    /// `row_to_json` follows it; elsewhere the triggers were installed again after an
+    /// `ALTER TABLE`). Looks at the table again at once, so that a new column is typed
+    /// (binary, date-time) from this event on; true when it did. Once per set of
+    /// columns, so that triggers that still record the old columns (drift) do not make
+    /// it look at every row.
+    fn table_changed(&mut self, t: usize, columns: &[String]) -> bool {
         let out = &mut self.tables[t];
-        if width == out.def.columns.len() || width == out.checked_width {
+        let same =
+            |a: &[String], b: &[String]| a.len() == b.len() && a.iter().all(|c| b.contains(c));
+        if same(columns, &out.def.columns) || same(columns, &out.checked_columns) {
             return false;
         }
-        out.checked_width = width;
+        out.checked_columns = columns.to_vec();
         match self.check_schema() {
             Ok(()) => true,
             Err(e) => {
@@ -799,107 +879,211 @@ impl Drain {
     }
 
     /// `capture = "keys"`: one event per changed key, with the row as it is now.
+    ///
+    /// Each key is looked up by the columns its capture rows carry ([`lookup_key`]):
+    /// after the table's primary key changed, the installed triggers still record the
+    /// old one. A row is only ever matched to its key with the definition the key was
+    /// grouped with: when the definition changed meanwhile, or the key cannot be looked
+    /// up, the read fails and its rows are kept and read again — never sent as deletes.
     fn key_events(&mut self, rows: &[ChangeRow]) -> Result<(), DbError> {
         let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<(usize, String), usize> = HashMap::new();
-        for r in rows {
-            if r.origin.is_some() {
-                self.to_delete.push(r.seq);
-                continue;
-            }
-            let found = self.table_index(&r.table).and_then(|t| {
-                row_op(&r.op)?;
-                let key = parse_image(&self.tables[t].def, "pk", &r.pk)?;
-                let canon = key_text(&self.tables[t].def, &key)?;
-                Ok((t, key, canon))
-            });
-            let (t, key, canon) = match found {
-                Ok(v) => v,
-                Err(reason) => {
-                    self.set_aside(r, &reason);
+        let mut index: HashMap<(usize, Vec<String>, String), usize> = HashMap::new();
+        // Whether the tables were compared with their triggers during this read.
+        let mut refreshed = false;
+        let aside = 'group: loop {
+            groups.clear();
+            index.clear();
+            let mut aside: Vec<(&ChangeRow, String)> = Vec::new();
+            for r in rows {
+                if r.origin.is_some() {
                     continue;
                 }
-            };
-            match index.get(&(t, canon.clone())) {
-                Some(&g) => {
-                    let g = &mut groups[g];
-                    g.last_seq = r.seq;
-                    g.last_ms = r.changed_ms;
-                    g.changed_ms = r.changed_ms.or(g.changed_ms);
-                    g.rows.push(r.seq);
+                let found = self.table_index(&r.table).and_then(|t| {
+                    row_op(&r.op)?;
+                    let pk = parse_image(&self.tables[t].def, "pk", &r.pk)?;
+                    Ok((t, pk))
+                });
+                let (t, pk) = match found {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        aside.push((r, reason));
+                        continue;
+                    }
+                };
+                let def = &self.tables[t].def;
+                let keyed = lookup_key(def, &r.pk, pk).and_then(|(by, key, json)| {
+                    let canon = key_text(&by, &key)?;
+                    Ok((by.key, key, canon, json))
+                });
+                let (lookup, key, canon, json) = match keyed {
+                    Ok(v) => v,
+                    Err(reason) if self.drift.contains_key(&def.name) => {
+                        // The triggers record another key than the table has: not the
+                        // row's fault. Kept (not quarantined, not deleted) until it can
+                        // be read.
+                        return Err(DbError(format!(
+                            "source {}: capture row seq {} of `{}`: {reason}; the table's key \
+                             differs from what its capture triggers record (see its drift): \
+                             its rows are kept in the capture table and read again",
+                            self.name, r.seq, def.name
+                        )));
+                    }
+                    Err(_) if !refreshed => {
+                        // Maybe a drift not yet seen: compared first, then grouped again.
+                        refreshed = true;
+                        self.check_schema()?;
+                        continue 'group;
+                    }
+                    Err(reason) => {
+                        aside.push((r, reason));
+                        continue;
+                    }
+                };
+                match index.get(&(t, lookup.clone(), canon.clone())) {
+                    Some(&g) => {
+                        let g = &mut groups[g];
+                        g.last_seq = r.seq;
+                        g.last_ms = r.changed_ms;
+                        g.changed_ms = r.changed_ms.or(g.changed_ms);
+                        g.rows.push(r.seq);
+                    }
+                    None => {
+                        index.insert((t, lookup.clone(), canon.clone()), groups.len());
+                        groups.push(Group {
+                            table: t,
+                            pk: json.unwrap_or_else(|| r.pk.clone()),
+                            lookup,
+                            key,
+                            canon,
+                            first_op: r.op.clone(),
+                            last_seq: r.seq,
+                            last_ms: r.changed_ms,
+                            changed_ms: r.changed_ms,
+                            rows: vec![r.seq],
+                        });
+                    }
                 }
-                None => {
-                    index.insert((t, canon.clone()), groups.len());
-                    groups.push(Group {
-                        table: t,
-                        pk: r.pk.clone(),
-                        key,
-                        canon,
-                        first_op: r.op.clone(),
-                        last_seq: r.seq,
-                        last_ms: r.changed_ms,
-                        changed_ms: r.changed_ms,
-                        rows: vec![r.seq],
-                    });
-                }
+            }
+            break aside;
+        };
+        // The definitions the keys were grouped with (a check during the look-ups
+        // below may take newer ones).
+        let grouped_defs: Vec<TableDef> = self.tables.iter().map(|o| o.def.clone()).collect();
+        for r in rows.iter().filter(|r| r.origin.is_some()) {
+            self.to_delete.push(r.seq);
+        }
+        for (r, reason) in aside {
+            self.set_aside(r, &reason);
+        }
+        // One read of each table (per key it is looked up by) for the keys of this batch.
+        let mut lookups: Vec<(usize, Vec<String>)> = Vec::new();
+        for g in &groups {
+            if !lookups.iter().any(|(t, l)| *t == g.table && *l == g.lookup) {
+                lookups.push((g.table, g.lookup.clone()));
             }
         }
-        // One read of each table for the keys of this batch.
-        let mut current: HashMap<(usize, String), Result<Record, (String, String)>> =
-            HashMap::new();
-        for t in 0..self.tables.len() {
+        type Found = Result<Record, (String, String)>;
+        let mut current: HashMap<(usize, Vec<String>, String), Found> = HashMap::new();
+        for (t, lookup) in lookups {
             let pks: Vec<&str> = groups
                 .iter()
-                .filter(|g| g.table == t)
+                .filter(|g| g.table == t && g.lookup == lookup)
                 .map(|g| g.pk.as_str())
                 .collect();
-            if pks.is_empty() {
-                continue;
-            }
             let Some(db) = self.db.as_mut() else {
                 return Err(not_connected(&self.name));
             };
-            let found = db.current(&self.tables[t].def, &pks)?;
+            let grouped = TableDef {
+                key: lookup.clone(),
+                ..grouped_defs[t].clone()
+            };
+            let found = db.current(&grouped, &pks)?;
             // The connection found the table changed and read it with its new columns.
             let def = &self.tables[t].def;
             if let Some(now) = db.tables().iter().find(|d| d.name == def.name && *d != def) {
                 self.tables[t].def = now.clone();
+                self.tables[t].checked_columns.clear();
             }
             // PostgreSQL's `row_to_json` follows the table by itself.
-            let width = found
+            let columns = found
                 .first()
                 .and_then(|j| parse_object(j.as_bytes()).ok())
-                .map(|r| r.len());
-            if let Some(width) = width {
-                self.table_changed(t, width);
+                .map(|r| r.iter().map(|(c, _)| c.to_owned()).collect::<Vec<_>>());
+            if let Some(columns) = columns {
+                self.table_changed(t, &columns);
             }
-            let def = &self.tables[t].def;
+            // Matched with the definition the keys were grouped with: another type of a
+            // key column would give the same key another text, and every row of the
+            // batch would look gone.
+            let now = &self.tables[t].def;
+            if key_shape(&grouped, &lookup) != key_shape(now, &lookup) {
+                return Err(DbError(format!(
+                    "source {}: the key columns of `{}` changed while its changes were read; \
+                     they are read again",
+                    self.name, now.name
+                )));
+            }
+            let def = TableDef {
+                key: lookup.clone(),
+                ..now.clone()
+            };
+            let now_key = now.key.clone();
             for json in found {
-                match parse_image(def, "row", &json).and_then(|row| {
-                    let k = key_text(def, &row)?;
+                let (k, row) = match parse_image(&def, "row", &json).and_then(|row| {
+                    let k = key_text(&def, &row)?;
                     Ok((k, row))
                 }) {
-                    Ok((k, row)) => {
-                        current.insert((t, k), Ok(row));
-                    }
+                    Ok((k, row)) => (k, Ok(row)),
                     Err(reason) => {
                         // A row that cannot become an event: found by its key as the
                         // database gave it, and set aside with its capture rows.
                         let raw = parse_object(json.as_bytes()).ok();
-                        let Some(k) = raw.and_then(|r| key_text(def, &r).ok()) else {
+                        let Some(k) = raw.and_then(|r| key_text(&def, &r).ok()) else {
                             return Err(DbError(format!(
                                 "reading the current rows of `{}`: {reason}",
                                 def.name
                             )));
                         };
-                        current.insert((t, k), Err((reason, json)));
+                        (k, Err((reason, json.clone())))
                     }
+                };
+                let mut taken = match current.entry((t, lookup.clone(), k)) {
+                    Entry::Vacant(v) => {
+                        v.insert(row);
+                        continue;
+                    }
+                    Entry::Occupied(o) => o,
+                };
+                // Looked up by a key that is no longer the table's: several rows have
+                // it, and which one changed is not known.
+                let why = format!(
+                    "several rows of `{}` have the key ({}) its capture rows carry, which \
+                     is not its primary key ({}): which one changed is not known",
+                    def.name,
+                    lookup.join(", "),
+                    now_key.join(", ")
+                );
+                if !refreshed && !self.drift.contains_key(&def.name) {
+                    // Maybe a drift not yet seen.
+                    refreshed = true;
+                    self.check_schema()?;
                 }
+                if self.drift.contains_key(&def.name) {
+                    // Kept until the triggers are installed again.
+                    return Err(DbError(format!(
+                        "source {}: {why}; its rows are kept in the capture table: run \
+                         `lockstep triggers install --source {}`",
+                        self.name, self.name
+                    )));
+                }
+                // The triggers match the table again: these rows were written before,
+                // and can only be set aside (quarantined, never a delete).
+                *taken.get_mut() = Err((why, json));
             }
         }
         groups.sort_by_key(|g| g.last_seq);
         for g in groups {
-            let (op, after) = match current.remove(&(g.table, g.canon)) {
+            let (op, after) = match current.remove(&(g.table, g.lookup, g.canon)) {
                 Some(Err((reason, json))) => {
                     let reason = format!(
                         "capture rows seq {:?} of `{}`, key {}: the current row: {reason}",
@@ -1248,8 +1432,13 @@ fn row_op(op: &str) -> Result<Op, String> {
 
 /// Parses a JSON image of a row of `def`, giving binary and date-time columns their types.
 pub(crate) fn parse_image(def: &TableDef, what: &str, json: &str) -> Result<Record, String> {
-    let mut r =
+    let r =
         parse_object(json.as_bytes()).map_err(|e| format!("{what} is not a JSON object: {e}"))?;
+    type_image(def, what, r)
+}
+
+/// Gives the binary and date-time columns of `def` in `r` their types.
+fn type_image(def: &TableDef, what: &str, mut r: Record) -> Result<Record, String> {
     for col in &def.binary {
         if let Some(Value::Text(t)) = r.get(col) {
             let hex = t.strip_prefix("\\x").unwrap_or(t);
@@ -1278,6 +1467,106 @@ fn key_text(def: &TableDef, row: &Record) -> Result<String, String> {
         buf.push(0);
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The columns a capture row's key `pk` is looked up by in table `def`, and the key:
+///
+/// - the table's primary key, when `pk` has its columns;
+/// - else the columns `pk` has, when the table has them all (its primary key changed
+///   and the installed triggers still record the old one);
+/// - else, when `pk` has as many columns as the primary key and each one it has not
+///   is no longer a column of the table, the primary key, taken in order (a key column
+///   renamed: SQLite's triggers then record its value under the old name).
+///
+/// A key without a value (PostgreSQL's trigger records a renamed key column as null)
+/// cannot be looked up: an error, never a lookup of NULL (which finds nothing).
+///
+/// Returns the columns (as `def` keyed by them), the key, and, when the columns were
+/// renamed, the key as JSON under the new names (the values as the trigger wrote them).
+#[allow(clippy::type_complexity)]
+fn lookup_key(
+    def: &TableDef,
+    json: &str,
+    pk: Record,
+) -> Result<(TableDef, Record, Option<String>), String> {
+    let cols: Vec<String> = pk.iter().map(|(c, _)| c.to_owned()).collect();
+    let lookup = if def.key.iter().all(|k| cols.contains(k)) {
+        def.key.clone()
+    } else if !cols.is_empty() && cols.iter().all(|c| def.columns.contains(c)) {
+        cols.clone()
+    } else if cols.len() == def.key.len()
+        && cols
+            .iter()
+            .zip(&def.key)
+            .all(|(c, k)| c == k || !def.columns.contains(c))
+    {
+        // The values as written (not typed under the old names), under the new names.
+        let raw =
+            parse_object(json.as_bytes()).map_err(|e| format!("pk is not a JSON object: {e}"))?;
+        let mut renamed = Record::with_capacity(cols.len());
+        for ((_, v), k) in raw.into_fields().zip(&def.key) {
+            renamed.push(k.clone(), v);
+        }
+        let json = encode_key(&renamed);
+        let typed = type_image(def, "pk", renamed)?;
+        let (by, key) = with_values(def, def.key.clone(), typed)?;
+        return Ok((by, key, Some(json)));
+    } else {
+        return Err(format!(
+            "the key ({}) names no key the table has (its primary key is ({}))",
+            cols.join(", "),
+            def.key.join(", ")
+        ));
+    };
+    let (by, key) = with_values(def, lookup, pk)?;
+    Ok((by, key, None))
+}
+
+fn with_values(
+    def: &TableDef,
+    lookup: Vec<String>,
+    key: Record,
+) -> Result<(TableDef, Record), String> {
+    if let Some(k) = lookup
+        .iter()
+        .find(|k| key.get(k).is_none_or(|v| *v == Value::Null))
+    {
+        return Err(format!("the key has no value for `{k}`"));
+    }
+    let mut only = Record::with_capacity(lookup.len());
+    for k in &lookup {
+        if let Some(v) = key.get(k) {
+            only.push(k.clone(), v.clone());
+        }
+    }
+    Ok((
+        TableDef {
+            key: lookup,
+            ..def.clone()
+        },
+        only,
+    ))
+}
+
+/// What decides the text of a key's values in `def`: whether each column of `key` is
+/// binary, a date-time, in UTC.
+fn key_shape(def: &TableDef, key: &[String]) -> Vec<(bool, bool, bool)> {
+    key.iter()
+        .map(|k| {
+            (
+                def.binary.contains(k),
+                def.timestamps.contains(k),
+                def.utc.contains(k),
+            )
+        })
+        .collect()
+}
+
+/// A key as the JSON object the connection looks it up by.
+fn encode_key(key: &Record) -> String {
+    let mut buf = Vec::with_capacity(32);
+    encode_record(key, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The key columns of `row`, and their values as text for a position (`445`,
@@ -1391,5 +1680,40 @@ mod tests {
         let c = parse_image(&def(), "pk", r#"{"id": 8}"#).unwrap();
         assert_ne!(key_text(&def(), &a).unwrap(), key_text(&def(), &c).unwrap());
         assert!(key_text(&def(), &Record::new()).is_err());
+    }
+
+    #[test]
+    fn keys_are_looked_up_by_the_columns_their_capture_rows_carry() {
+        let pk = |j: &str| parse_object(j.as_bytes()).unwrap();
+        // The primary key, as usual.
+        let (by, key, json) = lookup_key(&def(), r#"{"id": 7}"#, pk(r#"{"id": 7}"#)).unwrap();
+        assert_eq!((by.key, key.len(), json), (vec!["id".to_owned()], 1, None));
+        // The key widened to (id, b): the triggers still record (id).
+        let wide = TableDef {
+            key: vec!["id".into(), "at".into()],
+            ..def()
+        };
+        let (by, _, json) = lookup_key(&wide, r#"{"id": 7}"#, pk(r#"{"id": 7}"#)).unwrap();
+        assert_eq!((by.key, json), (vec!["id".to_owned()], None));
+        // The key column renamed (SQLite records the value under the old name).
+        let renamed = TableDef {
+            key: vec!["appt_id".into()],
+            columns: vec!["appt_id".into(), "b".into(), "at".into()],
+            ..def()
+        };
+        let (by, key, json) = lookup_key(&renamed, r#"{"id": 7}"#, pk(r#"{"id": 7}"#)).unwrap();
+        assert_eq!(by.key, ["appt_id"]);
+        assert_eq!(key.get("appt_id"), Some(&Value::Int(7)));
+        assert_eq!(json.as_deref(), Some(r#"{"appt_id":7}"#));
+        // A key recorded as null (PostgreSQL, key column renamed) is never looked up.
+        let e = lookup_key(&renamed, r#"{"id": null}"#, pk(r#"{"id": null}"#)).unwrap_err();
+        assert!(e.contains("no value for `appt_id`"), "{e}");
+        let e = lookup_key(&def(), r#"{"id": null}"#, pk(r#"{"id": null}"#)).unwrap_err();
+        assert!(e.contains("no value for `id`"), "{e}");
+        // A key that names nothing the table has.
+        let e = lookup_key(&def(), "{}", pk("{}")).unwrap_err();
+        assert!(e.contains("names no key the table has"), "{e}");
+        let e = lookup_key(&renamed, r#"{"x": 1, "y": 2}"#, pk(r#"{"x": 1, "y": 2}"#)).unwrap_err();
+        assert!(e.contains("its primary key is (appt_id)"), "{e}");
     }
 }

@@ -35,6 +35,9 @@ pub struct Installed {
     pub key: Vec<String>,
     /// The columns of the before/after images.
     pub image: Image,
+    /// Triggers whose bodies could not be read (MariaDB without the TRIGGER
+    /// privilege): what they record is not known, so nothing is compared.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,21 +56,107 @@ pub fn checked(d: Dialect) -> bool {
     matches!(d, Dialect::Postgres | Dialect::MariaDb | Dialect::Sqlite)
 }
 
-/// A query for the bodies of lockstep's triggers on `table` (MariaDB, SQLite).
-pub fn bodies_sql(d: Dialect, table: &str) -> Option<String> {
-    let name = lit(table.rsplit('.').next().unwrap_or(table));
+/// A query for lockstep's triggers on `table` (`name` or `schema.name`) through ODBC:
+/// each trigger's name and what it records: its body (MariaDB, SQLite; NULL where the
+/// user may not read it), or its arguments (PostgreSQL, NUL bytes as `\000`). The
+/// table's own schema is searched (MariaDB's `EVENT_OBJECT_SCHEMA`, SQLite's
+/// `aux.sqlite_master`), the connection's default one when the name has none.
+pub fn triggers_sql(d: Dialect, table: &str) -> Option<String> {
+    let (schema, name) = match table.rsplit_once('.') {
+        Some((s, n)) => (Some(s), n),
+        None => (None, table),
+    };
+    let name_lit = lit(name);
     match d {
         Dialect::MariaDb => Some(format!(
-            "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
-             WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = {name} \
-             AND TRIGGER_NAME LIKE 'lockstep!_%' ESCAPE '!'"
+            "SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS \
+             WHERE EVENT_OBJECT_SCHEMA = {} AND EVENT_OBJECT_TABLE = {name_lit} \
+             AND TRIGGER_NAME LIKE 'lockstep!_%' ESCAPE '!'",
+            schema.map_or_else(|| "DATABASE()".to_owned(), lit)
         )),
         Dialect::Sqlite => Some(format!(
-            "SELECT sql FROM sqlite_master WHERE type = 'trigger' \
-             AND tbl_name = {name} AND name LIKE 'lockstep!_%' ESCAPE '!'"
+            "SELECT name, sql FROM {}sqlite_master WHERE type = 'trigger' \
+             AND tbl_name = {name_lit} AND name LIKE 'lockstep!_%' ESCAPE '!'",
+            schema.map_or_else(String::new, |s| format!("{}.", d.ident(s)))
+        )),
+        Dialect::Postgres => Some(format!(
+            "SELECT tgname::text, encode(tgargs, 'escape') FROM pg_trigger \
+             WHERE tgrelid = to_regclass({}) AND tgname = 'lockstep_capture'",
+            lit(table)
         )),
         _ => None,
     }
+}
+
+/// What the rows of [`triggers_sql`] say (`None`: no trigger).
+pub fn from_trigger_rows(d: Dialect, rows: &[Vec<Option<String>>]) -> Option<Installed> {
+    if rows.is_empty() {
+        return None;
+    }
+    let cell = |r: &Vec<Option<String>>, i: usize| r.get(i).cloned().flatten();
+    if d == Dialect::Postgres {
+        let args = cell(&rows[0], 1).unwrap_or_default();
+        return Some(Installed::from_pg_args(&unescape_bytea(&args)));
+    }
+    let bodies: Vec<String> = rows.iter().filter_map(|r| cell(r, 1)).collect();
+    let unreadable: Vec<String> = rows
+        .iter()
+        .filter(|r| cell(r, 1).is_none())
+        .map(|r| cell(r, 0).unwrap_or_default())
+        .collect();
+    let mut inst = Installed::from_bodies(&bodies).unwrap_or_default();
+    inst.unreadable = unreadable;
+    Some(inst)
+}
+
+/// PostgreSQL's `encode(…, 'escape')`: `\\` is a backslash, `\nnn` an octal byte.
+fn unescape_bytea(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            let oct = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok());
+            if let Some(v) = oct {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The warning for triggers whose bodies cannot be read, or `None`.
+pub fn unreadable_warning(d: Dialect, table: &str, inst: &Installed) -> Option<String> {
+    if inst.unreadable.is_empty() {
+        return None;
+    }
+    let grant = match d {
+        Dialect::MariaDb => format!(
+            " (grant it: `GRANT TRIGGER ON {} TO <the agent's user>`)",
+            if table.contains('.') {
+                table.to_owned()
+            } else {
+                format!("<database>.{table}")
+            }
+        ),
+        _ => String::new(),
+    };
+    Some(format!(
+        "cannot read the bodies of the capture triggers of `{table}` ({}): the user lacks the \
+         TRIGGER privilege{grant}, so schema drift of this table is not checked",
+        inst.unreadable.join(", ")
+    ))
 }
 
 impl Installed {
@@ -136,6 +225,7 @@ impl Installed {
             } else {
                 Image::None
             },
+            unreadable: Vec::new(),
         }
     }
 }
@@ -237,6 +327,10 @@ pub fn compare(def: &TableDef, capture: Capture, installed: Option<&Installed>) 
         d.missing = true;
         return Some(d);
     };
+    if !inst.unreadable.is_empty() {
+        // Not known: a warning (`unreadable_warning`), not drift.
+        return None;
+    }
     let same_set = |a: &[String], b: &[String]| {
         a.len() == b.len() && a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
     };
@@ -288,6 +382,11 @@ impl Drift {
         let mut parts = Vec::new();
         if !self.gone.is_empty() {
             parts.push(match d {
+                Dialect::Postgres => format!(
+                    "the trigger records key column(s) {} that the table no longer has (renamed \
+                     or dropped?): writes go on, but their changes are captured with a null key",
+                    names(&self.gone)
+                ),
                 Dialect::Sqlite => format!(
                     "the triggers name column(s) {} that the table no longer has (renamed? \
                      their values are recorded under the old name)",
@@ -471,8 +570,90 @@ END"#;
             Installed {
                 writes: vec!["x'y".into()],
                 key: vec!["a,b".into()],
-                image: Image::None
+                image: Image::None,
+                unreadable: Vec::new(),
             }
         );
+    }
+
+    #[test]
+    fn triggers_are_looked_up_in_the_tables_own_schema() {
+        let sql = triggers_sql(Dialect::MariaDb, "clinic_db.appointments").unwrap();
+        assert!(
+            sql.contains(
+                "EVENT_OBJECT_SCHEMA = 'clinic_db' AND EVENT_OBJECT_TABLE = 'appointments'"
+            ),
+            "{sql}"
+        );
+        assert!(!sql.contains("TRIGGER_SCHEMA"), "{sql}");
+        let sql = triggers_sql(Dialect::MariaDb, "appointments").unwrap();
+        assert!(sql.contains("EVENT_OBJECT_SCHEMA = DATABASE()"), "{sql}");
+        let sql = triggers_sql(Dialect::Sqlite, "aux.appointments").unwrap();
+        assert!(
+            sql.contains("FROM \"aux\".sqlite_master") && sql.contains("tbl_name = 'appointments'"),
+            "{sql}"
+        );
+        assert!(triggers_sql(Dialect::Sqlite, "appointments")
+            .unwrap()
+            .contains("FROM sqlite_master"));
+        assert!(triggers_sql(Dialect::Postgres, "s.appointments")
+            .unwrap()
+            .contains("to_regclass('s.appointments')"));
+        assert_eq!(triggers_sql(Dialect::SqlServer, "appointments"), None);
+    }
+
+    #[test]
+    fn trigger_rows_unreadable_bodies_and_postgres_arguments() {
+        let t = table();
+        // MariaDB without the TRIGGER privilege: names, no bodies. Not "missing".
+        let rows = vec![
+            vec![Some("lockstep_appointments_ins".to_owned()), None],
+            vec![Some("lockstep_appointments_upd".to_owned()), None],
+        ];
+        let inst = from_trigger_rows(Dialect::MariaDb, &rows).unwrap();
+        assert_eq!(compare(&t, Capture::Rows, Some(&inst)), None);
+        let w = unreadable_warning(Dialect::MariaDb, "appointments", &inst).unwrap();
+        assert!(
+            w.contains("lockstep_appointments_ins, lockstep_appointments_upd")
+                && w.contains("GRANT TRIGGER ON <database>.appointments"),
+            "{w}"
+        );
+        assert_eq!(from_trigger_rows(Dialect::MariaDb, &[]), None);
+        // Readable bodies are compared as before.
+        let rows: Vec<Vec<Option<String>>> = bodies(Dialect::MariaDb, &t, Capture::Rows)
+            .into_iter()
+            .map(|b| vec![Some("x".to_owned()), Some(b)])
+            .collect();
+        let inst = from_trigger_rows(Dialect::MariaDb, &rows).unwrap();
+        assert_eq!(
+            unreadable_warning(Dialect::MariaDb, "appointments", &inst),
+            None
+        );
+        assert_eq!(compare(&t, Capture::Rows, Some(&inst)), None);
+        // PostgreSQL over ODBC: `encode(tgargs, 'escape')`.
+        let rows = vec![vec![
+            Some("lockstep_capture".to_owned()),
+            Some("rows\\000appointments\\000id\\000".to_owned()),
+        ]];
+        let inst = from_trigger_rows(Dialect::Postgres, &rows).unwrap();
+        assert_eq!(
+            (inst.writes, inst.key, inst.image),
+            (vec!["appointments".into()], vec!["id".into()], Image::All)
+        );
+        assert_eq!(unescape_bytea("a\\\\b\\000"), b"a\\b\0");
+    }
+
+    #[test]
+    fn a_renamed_key_column_on_postgres_is_a_null_key_not_failing_writes() {
+        let t = table();
+        let inst = Installed::from_pg_args(b"keys\0appointments\0appt_id\0");
+        let d = compare(&t, Capture::Keys, Some(&inst)).unwrap();
+        assert_eq!(d.gone, ["appt_id"]);
+        let text = d.describe(Dialect::Postgres);
+        assert!(
+            text.contains("writes go on, but their changes are captured with a null key"),
+            "{text}"
+        );
+        assert!(!text.contains("FAILS"), "{text}");
     }
 }

@@ -2,7 +2,7 @@
 //! the driver's DBMS name, table definitions from the ODBC catalog, applying DDL, and the
 //! drain's reads of the capture table, polled at the source's `interval`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use lockstep_formats::Value;
@@ -12,7 +12,7 @@ use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 use super::conn_string::ConnString;
 use super::ddl::{json_object, own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::drain::{parse_image, CaptureDb, ChangeRow, DbError, LateBatch, Schema};
-use super::drift::{self, Installed};
+use super::drift;
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
 const IN_LIST: usize = 200;
@@ -113,15 +113,30 @@ fn text(v: &[u8]) -> String {
 
 /// The columns, primary key and column types of `table` (`name` or `schema.name`).
 pub fn table_def(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError> {
-    let mut def = table_columns(conn, table)?;
+    table_def_or_problem(conn, table)?.map_err(DbError)
+}
+
+/// [`table_def`], but what is wrong with the table itself (it does not exist, it has no
+/// primary key) apart (`Ok(Err(…))`) from a failure of the connection (`Err`).
+pub fn table_def_or_problem(
+    conn: &Connection<'_>,
+    table: &str,
+) -> Result<Result<TableDef, String>, DbError> {
+    let Some(mut def) = columns_of(conn, table)? else {
+        return Ok(Err(no_table(table)));
+    };
     def.key = primary_key(conn, table)?;
     if def.key.is_empty() {
-        return Err(DbError(format!(
+        return Ok(Err(format!(
             "table `{table}` has no primary key: trigger capture needs one to name each changed row \
              (add a primary key, or capture this table with kind = \"poll\" and a configured `key`)"
         )));
     }
-    Ok(def)
+    Ok(Ok(def))
+}
+
+fn no_table(table: &str) -> String {
+    format!("table `{table}` does not exist (the ODBC catalog lists no columns for it)")
 }
 
 fn split_table(table: &str) -> (&str, &str) {
@@ -133,6 +148,11 @@ fn split_table(table: &str) -> (&str, &str) {
 
 /// The columns and column types of `table`, from the ODBC catalog; no key.
 pub fn table_columns(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError> {
+    columns_of(conn, table)?.ok_or_else(|| DbError(no_table(table)))
+}
+
+/// [`table_columns`]; `None` when the catalog lists no columns (no such table).
+fn columns_of(conn: &Connection<'_>, table: &str) -> Result<Option<TableDef>, DbError> {
     let (schema, name) = split_table(table);
     let what = format!("read the columns of `{table}`");
     let mut def = TableDef {
@@ -160,12 +180,7 @@ pub fn table_columns(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbE
         }
         def.columns.push(col);
     }
-    if def.columns.is_empty() {
-        return Err(DbError(format!(
-            "table `{table}` does not exist (the ODBC catalog lists no columns for it)"
-        )));
-    }
-    Ok(def)
+    Ok((!def.columns.is_empty()).then_some(def))
 }
 
 /// The SQL type of a key column, as far as binding its value needs to know it.
@@ -412,6 +427,10 @@ pub struct OdbcCapture {
     /// `tbl IN (…)`: only this source's rows of the capture table.
     own: String,
     sql: String,
+    /// Each table's column names as the last probe of [`Self::fresh_def`] saw them
+    /// (`SELECT *` leaves out MariaDB's INVISIBLE columns and SQLite's generated ones,
+    /// which the catalog lists: probes are compared with probes).
+    probed: HashMap<String, Vec<String>>,
 }
 
 impl OdbcCapture {
@@ -480,48 +499,67 @@ impl OdbcCapture {
             epoch,
             own: own_rows(dialect, tables),
             sql: String::new(),
+            probed: HashMap::new(),
         })
     }
 
-    /// The key column types of `table` (one of the source's).
-    fn types_of(&self, table: &TableDef) -> Vec<KeyType> {
-        self.tables
+    /// The key column types of `table` (one of the source's): those read with its
+    /// definition, or from the catalog when `table` is keyed otherwise (by the key its
+    /// capture rows carry, see [`CaptureDb::current`]).
+    fn types_of(&self, table: &TableDef) -> Result<Vec<KeyType>, DbError> {
+        let known = self
+            .tables
             .iter()
-            .position(|t| t.name == table.name)
-            .and_then(|i| self.key_types.get(i).cloned())
-            .unwrap_or_else(|| vec![KeyType::Plain; table.key.len()])
+            .position(|t| t.name == table.name && t.key == table.key)
+            .and_then(|i| self.key_types.get(i).cloned());
+        match known {
+            Some(types) => Ok(types),
+            None => key_types(&self.conn, self.dialect, table),
+        }
     }
 
-    /// `table` as the database has it now. Its columns are probed (`SELECT * … WHERE
-    /// 1 = 0`) in the read's transaction, which holds the table's definition until it
-    /// ends (MariaDB's metadata lock, SQLite's snapshot); when they changed, the
-    /// definition is read again and kept. So a row read by key carries every column the
-    /// table has when it is read, and a dropped column does not fail the read.
-    fn fresh_def(&mut self, table: &TableDef) -> Result<TableDef, DbError> {
-        let what = format!("read the columns of `{}`", table.name);
-        let sql = format!(
-            "SELECT * FROM {} WHERE 1 = 0",
-            self.dialect.table(&table.name)
-        );
+    /// Table `name` as the database has it now. Its columns are probed (`SELECT * …
+    /// WHERE 1 = 0`) in the read's transaction, which holds the table's definition until
+    /// it ends (MariaDB's metadata lock, SQLite's snapshot); when they changed since the
+    /// last probe, the definition is read again and kept. So a row read by key carries
+    /// every column the table has when it is read, and a dropped column does not fail
+    /// the read.
+    fn fresh_def(&mut self, name: &str) -> Result<TableDef, DbError> {
+        let what = format!("read the columns of `{name}`");
+        let sql = format!("SELECT * FROM {} WHERE 1 = 0", self.dialect.table(name));
         let names = match self.conn.execute(&sql, (), None).map_err(odbc_err(&what))? {
             Some(mut cursor) => cursor
                 .column_names()
                 .map_err(odbc_err(&what))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(odbc_err(&what))?,
-            None => return Ok(table.clone()),
+            None => Vec::new(),
         };
-        if names == table.columns {
-            return Ok(table.clone());
+        let i = self.tables.iter().position(|t| t.name == name);
+        let known = i.map(|i| self.tables[i].clone());
+        let unchanged = match (self.probed.get(name), &known) {
+            (Some(last), Some(_)) => *last == names,
+            // The first probe since the definition was read: compared with it.
+            (None, Some(def)) => names == def.columns,
+            (_, None) => false,
+        };
+        if let (true, Some(def)) = (unchanged, &known) {
+            self.probed.insert(name.to_owned(), names);
+            return Ok(def.clone());
         }
-        let def = table_def(&self.conn, &table.name)?;
+        let def = table_def(&self.conn, name)?;
         let types = key_types(&self.conn, self.dialect, &def)?;
+        self.probed.insert(name.to_owned(), names);
+        if known.as_ref() == Some(&def) {
+            // Columns `SELECT *` does not show: nothing changed.
+            return Ok(def);
+        }
         tracing::info!(
             "table `{}` has changed: its rows are read with its columns now ({})",
             def.name,
             def.columns.join(", ")
         );
-        match self.tables.iter().position(|t| t.name == def.name) {
+        match i {
             Some(i) => {
                 self.tables[i] = def.clone();
                 self.key_types[i] = types;
@@ -726,9 +764,27 @@ impl CaptureDb for OdbcCapture {
         let what = format!("read the current rows of `{}`", table.name);
         let mut rows = Vec::with_capacity(pks.len());
         let r = (|| {
-            let table = &self.fresh_def(table)?;
+            let fresh = self.fresh_def(&table.name)?;
+            // Looked up by the key the capture rows carry (`table.key`), which the table
+            // must still have: a key looked up by another column, or by none, finds no
+            // row, and that would be sent as a delete.
+            if let Some(k) = table.key.iter().find(|k| !fresh.columns.contains(k)) {
+                return Err(DbError(format!(
+                    "{what}: its capture rows name the key column `{k}`, which the table no \
+                     longer has (its key changed while they were read); they are kept and read \
+                     again"
+                )));
+            }
+            let table = &TableDef {
+                name: fresh.name.clone(),
+                key: table.key.clone(),
+                columns: fresh.columns,
+                binary: fresh.binary,
+                timestamps: fresh.timestamps,
+                utc: fresh.utc,
+            };
             let image = row_image(d, table);
-            let types = self.types_of(table);
+            let types = self.types_of(table)?;
             let per = (MAX_PARAMS / table.key.len().max(1)).clamp(1, IN_LIST);
             for chunk in pks.chunks(per) {
                 let mut cond = Vec::with_capacity(chunk.len());
@@ -737,16 +793,19 @@ impl CaptureDb for OdbcCapture {
                     // Binary key values become bytes, bound as bytes.
                     let key = parse_image(&bound_def(table), "a key", pk)
                         .map_err(|e| DbError(format!("{what}: {e}")))?;
-                    let parts: Vec<String> = table
-                        .key
-                        .iter()
-                        .zip(&types)
-                        .map(|(k, ty)| {
-                            let (sql, p) = key_param(*ty, key.get(k).unwrap_or(&Value::Null));
-                            params.extend(p);
-                            format!("t.{} = {sql}", d.ident(k))
-                        })
-                        .collect();
+                    let mut parts = Vec::with_capacity(table.key.len());
+                    for (k, ty) in table.key.iter().zip(&types) {
+                        // Never `= NULL`: it finds nothing, and nothing is a delete.
+                        let v = key.get(k).filter(|v| **v != Value::Null).ok_or_else(|| {
+                            DbError(format!(
+                                "{what}: the key {pk} of a capture row has no value for `{k}`; \
+                                 its rows are kept and read again"
+                            ))
+                        })?;
+                        let (sql, p) = key_param(*ty, v);
+                        params.extend(p);
+                        parts.push(format!("t.{} = {sql}", d.ident(k)));
+                    }
                     cond.push(format!("({})", parts.join(" AND ")));
                 }
                 let sql = format!(
@@ -783,13 +842,8 @@ impl CaptureDb for OdbcCapture {
             let row = parse_image(&bound_def(table), "the last row read", after)
                 .map_err(|e| DbError(format!("{what}: {e}")))?;
             body.push_str(" WHERE ");
-            body.push_str(&after_key_params(
-                d,
-                &table.key,
-                &self.types_of(table),
-                &row,
-                &mut params,
-            ));
+            let types = self.types_of(table)?;
+            body.push_str(&after_key_params(d, &table.key, &types, &row, &mut params));
         }
         let order: Vec<String> = table
             .key
@@ -857,18 +911,23 @@ impl CaptureDb for OdbcCapture {
         }
         let names: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
         let mut found = Vec::with_capacity(names.len());
+        let mut broken = Vec::new();
         let r = (|| {
             for name in &names {
-                let def = table_def(&self.conn, name)?;
+                // A table dropped or without a primary key is reported, not a lost
+                // connection: the other tables drain on.
+                let def = match table_def_or_problem(&self.conn, name)? {
+                    Ok(def) => def,
+                    Err(why) => {
+                        broken.push((name.clone(), why));
+                        continue;
+                    }
+                };
                 let types = key_types(&self.conn, d, &def)?;
-                let installed = match drift::bodies_sql(d, name) {
+                let installed = match drift::triggers_sql(d, name) {
                     Some(sql) => {
-                        let bodies: Vec<String> =
-                            query(&self.conn, &sql, "read the capture triggers")?
-                                .into_iter()
-                                .filter_map(|r| r.into_iter().next().flatten())
-                                .collect();
-                        Installed::from_bodies(&bodies)
+                        let rows = query(&self.conn, &sql, "read the capture triggers")?;
+                        drift::from_trigger_rows(d, &rows)
                     }
                     None => None,
                 };
@@ -877,11 +936,20 @@ impl CaptureDb for OdbcCapture {
             Ok(())
         })();
         self.finish(r)?;
-        self.tables = found.iter().map(|(d, _, _)| d.clone()).collect();
-        self.key_types = found.iter().map(|(_, _, t)| t.clone()).collect();
+        for (def, _, types) in &found {
+            if let Some(i) = self.tables.iter().position(|t| t.name == def.name) {
+                if self.tables[i] != *def {
+                    // Probed again against the new definition.
+                    self.probed.remove(&def.name);
+                }
+                self.tables[i] = def.clone();
+                self.key_types[i] = types.clone();
+            }
+        }
         Ok(Some(Schema {
             dialect: d,
             tables: found.into_iter().map(|(d, i, _)| (d, i)).collect(),
+            broken,
         }))
     }
 }

@@ -343,7 +343,8 @@ impl PgCapture {
     ) -> Result<Vec<tokio_postgres::Row>, DbError> {
         let (client, cache) = (&self.client, &mut self.per_table);
         self.rt.block_on(async {
-            let id = (table.name.clone(), kind);
+            // By key too: rows are looked up by the key their capture rows carry.
+            let id = (format!("{}\0{}", table.name, table.key.join("\0")), kind);
             let st = match cache.get(&id) {
                 Some(st) => st.clone(),
                 None => {
@@ -527,17 +528,32 @@ impl CaptureDb for PgCapture {
         let client = &self.client;
         let found = self.rt.block_on(async {
             let mut found = Vec::with_capacity(names.len());
+            let mut broken = Vec::new();
             for name in &names {
-                let def = table_def(client, name).await?;
+                // A table dropped or without a primary key is reported, not a lost
+                // connection: the other tables drain on.
+                let def = match table_def(client, name).await {
+                    Ok(def) => def,
+                    Err(e @ (PgError::NoTable(_) | PgError::NoKey(_))) => {
+                        broken.push((name.clone(), e.to_string()));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 found.push((def, installed(client, name).await?));
             }
-            Ok::<_, PgError>(found)
+            Ok::<_, PgError>((found, broken))
         });
-        let found = found.map_err(|e| DbError(e.to_string()))?;
-        self.tables = found.iter().map(|(d, _)| d.clone()).collect();
+        let (found, broken) = found.map_err(|e| DbError(e.to_string()))?;
+        for (def, _) in &found {
+            if let Some(t) = self.tables.iter_mut().find(|t| t.name == def.name) {
+                *t = def.clone();
+            }
+        }
         Ok(Some(Schema {
             dialect: Dialect::Postgres,
             tables: found,
+            broken,
         }))
     }
 
