@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod key_types;
 mod poll;
+mod quarantine;
 mod refused;
 mod rotation;
 mod service;

@@ -33,6 +33,7 @@ struct RawAgent {
     id: Spanned<String>,
     state_dir: Option<PathBuf>,
     log: Option<Spanned<String>>,
+    quarantine_max_bytes: Option<Spanned<ConfigSize>>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +100,7 @@ struct RawSource {
     max_record_bytes: Option<Spanned<ConfigSize>>,
     stat_interval: Option<ConfigDuration>,
     rotate_wait: Option<ConfigDuration>,
+    max_tables: Option<Spanned<i64>>,
     csv: Option<Spanned<RawCsv>>,
     // Keys of the trigger and poll kinds and of later features: known, so that they are
     // refused with a clear message rather than as unknown keys.
@@ -196,12 +198,26 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         None => crate::logging::DEFAULT_FILTER.to_owned(),
     };
+    let quarantine_max_bytes = match agent.quarantine_max_bytes {
+        None => DEFAULT_QUARANTINE_MAX_BYTES,
+        Some(m) if m.get_ref().0 < 64 << 10 => {
+            return Err(cx.err(
+                m.span(),
+                format!(
+                    "agent.quarantine_max_bytes must be at least 64KiB (it is {} bytes)",
+                    m.get_ref().0
+                ),
+            ))
+        }
+        Some(m) => m.get_ref().0,
+    };
     let agent = AgentConfig {
         id: agent.id.into_inner(),
         state_dir: agent
             .state_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/lockstep")),
         log,
+        quarantine_max_bytes,
     };
 
     let nats = nats(&cx, raw.nats)?;
@@ -428,7 +444,7 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
 }
 
 /// The keys only tail sources have.
-fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 8] {
+fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 9] {
     [
         ("paths", s.paths.as_ref().map(|v| v.span())),
         ("format", s.format.as_ref().map(|v| v.span())),
@@ -441,6 +457,7 @@ fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 8] {
             s.max_record_bytes.as_ref().map(|v| v.span()),
         ),
         ("csv", s.csv.as_ref().map(|v| v.span())),
+        ("max_tables", s.max_tables.as_ref().map(|v| v.span())),
     ]
 }
 
@@ -1102,6 +1119,16 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
         }
         Some(m) => m.get_ref().0 as usize,
     };
+    let max_tables = match s.max_tables {
+        None => DEFAULT_MAX_TABLES,
+        Some(m) if *m.get_ref() < 1 || *m.get_ref() > 1_000_000 => {
+            return Err(cx.err(
+                m.span(),
+                format!("source `{name}`: max_tables must be between 1 and 1000000"),
+            ))
+        }
+        Some(m) => *m.get_ref() as usize,
+    };
     Ok(SourceConfig {
         name,
         map: Mapping::default(),
@@ -1117,6 +1144,7 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
             max_record_bytes,
             stat_interval: s.stat_interval.map_or(Duration::from_secs(1), |d| d.0),
             rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+            max_tables,
         }),
     })
 }
