@@ -179,7 +179,9 @@ async fn quarantine_resend_killed_midway_neither_loses_nor_doubles() {
     assert_eq!(w.wait_count(10, Duration::from_secs(30)).await, 10);
     assert_eq!(agent.stop(), Some(0));
 
-    // Fixed; the resend stops (in a test build) once 300 records are marked: kill -9 there.
+    // Fixed. In a test build the resend stops after sending 300 records and marking 150
+    // of them: kill -9 there, with records sent and marked, sent and not marked, and not
+    // sent at all.
     let config = cfg(MAP_FIXED);
     let mut agent = Agent::start(
         &config,
@@ -187,15 +189,21 @@ async fn quarantine_resend_killed_midway_neither_loses_nor_doubles() {
         &[("LOCKSTEP_TEST_RESEND_FREEZE", Path::new("300"))],
     );
     wait_admin(&w).await;
-    let cli = Command::new(lockstep_bin())
-        .args(["quarantine", "resend", "--source", "vista", "--config"])
-        .arg(&config)
-        .output();
     let marks = qfile(&w, "vista.resent");
-    // The command waits for the outcome; run it beside the agent and kill the agent.
-    let cli = tokio::task::spawn_blocking(move || cli.unwrap());
-    wait_for("300 marks", Duration::from_secs(60), || {
-        complete_lines(&marks) >= 300
+    // The command waits for the outcome: run it beside the agent, and kill the agent.
+    let cli = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(lockstep_bin())
+                .args(["quarantine", "resend", "--source", "vista", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+    };
+    assert_eq!(w.wait_count(310, Duration::from_secs(60)).await, 310);
+    wait_for("150 marks", Duration::from_secs(60), || {
+        complete_lines(&marks) >= 150
     })
     .await;
     agent.kill9();
@@ -208,7 +216,7 @@ async fn quarantine_resend_killed_midway_neither_loses_nor_doubles() {
         String::from_utf8_lossy(&out.stderr)
     );
     let marked = complete_lines(&marks) as u64;
-    assert!((300..BAD).contains(&marked), "{marked} marked at the kill");
+    assert_eq!(marked, 150);
     std::fs::write(w.dir().join("agent.log"), "").unwrap();
 
     // Started again: the queued request goes on from its marks.

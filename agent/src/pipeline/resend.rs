@@ -211,15 +211,20 @@ impl Marks {
         if self.file.is_none() {
             let f = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&self.path)?;
-            // A line cut by an earlier crash: start on a line of our own.
+            // A line cut by an earlier crash is no mark: cut it off, so that the next
+            // mark starts a line of its own.
             let len = f.metadata()?.len();
             if len > 0 {
                 let mut last = [0u8];
                 f.read_exact_at(&mut last, len - 1)?;
                 if last[0] != b'\n' {
-                    (&f).write_all(b"\n")?;
+                    let data = std::fs::read(&self.path)?;
+                    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                    f.set_len(keep as u64)?;
+                    f.sync_data()?;
                 }
             }
             self.file = Some(f);
@@ -522,13 +527,14 @@ mod tests {
     fn a_truncated_record_is_read_back_from_its_file_when_it_is_still_there() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("a.log");
-        std::fs::write(&log, b"{\"id\":1}\n{\"id\":2,\"x\":\"long\"}\n").unwrap();
+        let second = b"{\"id\":2,\"x\":\"long\"}\n";
+        std::fs::write(&log, [&b"{\"id\":1}\n"[..], second].concat()).unwrap();
         let mut e = Entry {
             hash: 0,
             ts_ms: 0,
             file: log.clone(),
             offset: 9,
-            length: 22,
+            length: second.len() as u64,
             reason: "long".into(),
             data: Some(b"{\"id\":2".to_vec()),
         };

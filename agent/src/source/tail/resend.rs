@@ -119,9 +119,11 @@ impl Out {
         let Some(mut job) = self.resend.job.take() else {
             return Ok(());
         };
-        let frozen = job.freeze_at.is_some_and(|n| job.resent >= n);
         let mut sent = 0;
-        while !frozen && sent < BATCH_SIZE && job.next < job.entries.len() {
+        while sent < BATCH_SIZE
+            && job.next < job.entries.len()
+            && job.freeze_at.is_none_or(|n| (job.next as u64) < n)
+        {
             let e = &job.entries[job.next];
             job.next += 1;
             match self.resend_one(e) {
@@ -179,13 +181,14 @@ impl Out {
         let Some(job) = self.resend.job.as_mut() else {
             return;
         };
-        if job.freeze_at.is_some_and(|n| job.resent >= n) {
-            return;
-        }
+        // Tests: half of what was sent is marked, the other half stays sent but unmarked.
+        let may_mark = job
+            .freeze_at
+            .map_or(u64::MAX, |n| (n / 2).saturating_sub(job.resent));
         let w = self.cx.watermark.get();
         let mut done = Vec::new();
         while let Some(&(seq, hash)) = job.pending.front() {
-            if seq > w {
+            if seq > w || done.len() as u64 >= may_mark {
                 break;
             }
             job.pending.pop_front();
@@ -252,8 +255,9 @@ impl Out {
     }
 }
 
-/// Tests only (debug builds): `LOCKSTEP_TEST_RESEND_FREEZE=<n>` stops a resend, sending
-/// and marking, once `n` records are marked — a point to kill the agent at
+/// Tests only (debug builds): `LOCKSTEP_TEST_RESEND_FREEZE=<n>` stops a resend after it
+/// sent `n` records and marked the first `n / 2` of them — a point to kill the agent at,
+/// with records sent and marked, sent and not marked, and not sent
 /// (`tests/e2e/quarantine.rs`).
 fn freeze_at() -> Option<u64> {
     if cfg!(debug_assertions) {
