@@ -106,6 +106,12 @@ async fn quarantine_resend_after_the_mapping_and_the_size_limit_are_fixed() {
         out.contains("`C9`") && out.contains("max_record_bytes"),
         "{out}"
     );
+    let (code, out, err) = lockstep(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("quarantine") && out.contains("source vista: 3 record(s) waiting"),
+        "{out}"
+    );
     assert_eq!(agent.stop(), Some(0));
 
     // The causes fixed in the config; the agent started again.
