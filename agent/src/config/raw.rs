@@ -1210,6 +1210,36 @@ mod tests {
         assert!(e.message.contains("not a key of tail sources"), "{e}");
     }
 
+    #[test]
+    fn quarantine_and_table_caps() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.agent.quarantine_max_bytes, DEFAULT_QUARANTINE_MAX_BYTES);
+        let SourceKind::Tail(t) = &c.sources[0].kind else {
+            panic!("a tail source")
+        };
+        assert_eq!(t.max_tables, DEFAULT_MAX_TABLES);
+        let text = MINIMAL
+            .replace(
+                "id = \"a1\"",
+                "id = \"a1\"\nquarantine_max_bytes = \"64MiB\"",
+            )
+            .replace("table = \"t\"", "table_field = \"t\"\nmax_tables = 5");
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.agent.quarantine_max_bytes, 64 << 20);
+        let SourceKind::Tail(t) = &c.sources[0].kind else {
+            panic!("a tail source")
+        };
+        assert_eq!(t.max_tables, 5);
+        let e = parse_str(&text.replace("\"64MiB\"", "\"1KiB\"")).unwrap_err();
+        assert!(e.message.contains("at least 64KiB"), "{e}");
+        let e = parse_str(&text.replace("max_tables = 5", "max_tables = 0")).unwrap_err();
+        assert!(e.message.contains("max_tables must be"), "{e}");
+        let e =
+            parse_str(&POLL.replace("table = \"PERMIT\"", "table = \"PERMIT\"\nmax_tables = 5"))
+                .unwrap_err();
+        assert!(e.message.contains("not a key of poll sources"), "{e}");
+    }
+
     const POLL: &str = "[agent]\nid = \"a1\"\n\n[[source]]\nname = \"permits\"\nkind = \"poll\"\nodbc = \"DSN=P\"\ntable = \"PERMIT\"\n";
 
     #[test]

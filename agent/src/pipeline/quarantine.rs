@@ -305,3 +305,60 @@ impl Quarantine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn put(q: &mut Quarantine, i: usize, len: usize) {
+        let data = format!("{i:04} {}", "x".repeat(len));
+        q.put(&BadRecord {
+            file: Path::new("/f"),
+            offset: i as u64,
+            reason: "bad",
+            data: data.as_bytes(),
+            full_len: data.len() as u64,
+        })
+        .unwrap();
+    }
+
+    fn records(q: &Quarantine) -> Vec<usize> {
+        std::fs::read_to_string(q.path())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["offset"].as_u64().unwrap() as usize
+            })
+            .collect()
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_entries_go_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Arc::new(SourceCounters::default());
+        let mut q = Quarantine::new(dir.path(), "s");
+        q.cap(4096, "s", counters.clone());
+        for i in 0..200 {
+            put(&mut q, i, 40);
+            assert!(std::fs::metadata(q.path()).unwrap().len() <= 4096);
+        }
+        let kept = records(&q);
+        let first = 200 - kept.len();
+        assert_eq!(
+            kept,
+            (first..200).collect::<Vec<_>>(),
+            "the newest, in order"
+        );
+        assert_eq!(
+            counters.quarantine_dropped.load(Ordering::Relaxed),
+            first as u64
+        );
+        // An entry larger than the cap is kept, alone.
+        put(&mut q, 999, 5000);
+        assert_eq!(records(&q), vec![999]);
+        assert!(!dir.path().join("quarantine/s.jsonl.trim").exists());
+    }
+}

@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(format_time(ms), "2026-11-29T16:00:01Z");
         assert_eq!(
             parse_since("2026-11-29", 0).unwrap(),
-            ms - 16 * 3600_000 - 1000
+            ms - 16 * 3_600_000 - 1000
         );
         assert_eq!(parse_since("1970-01-01 00:01", 0).unwrap(), 60_000);
         assert_eq!(
