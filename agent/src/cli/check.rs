@@ -312,11 +312,10 @@ fn quarantines(cfg: &Config) -> Vec<Row> {
     let mut rows = Vec::new();
     for s in &cfg.sources {
         let path = resend::records_path(state_dir, &s.name);
-        let entries = resend::read_entries(&path).unwrap_or_default();
         let marks = resend::load_marks(state_dir, &s.name).unwrap_or_default();
-        let waiting = entries
+        let waiting = resend::entry_hashes(&path)
             .iter()
-            .filter(|e| !marks.contains_key(&e.hash))
+            .filter(|h| !marks.contains_key(h))
             .count();
         let (refused, _) = resend::count_lines(&resend::refused_path(state_dir, &s.name));
         if waiting == 0 && refused == 0 {

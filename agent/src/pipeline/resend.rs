@@ -315,15 +315,43 @@ pub fn read_entries(path: &Path) -> Result<Vec<Entry>, String> {
     Ok(out)
 }
 
+/// The entry hashes of a quarantine file of bad records, without reading the entries
+/// (for `check`: a file may hold up to `quarantine_max_bytes`).
+pub fn entry_hashes(path: &Path) -> Vec<u64> {
+    let Ok(f) = File::open(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut r = BufReader::new(f);
+    let mut line = Vec::new();
+    while let Ok(n) = r.read_until(b'\n', &mut line) {
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        out.push(xxhash_rust::xxh3::xxh3_64(&line[..line.len() - 1]));
+        line.clear();
+    }
+    out
+}
+
 /// Lines in a quarantine file (of refused events): (count, bytes).
 pub fn count_lines(path: &Path) -> (u64, u64) {
-    match std::fs::read(path) {
-        Ok(d) => (
-            d.iter().filter(|&&b| b == b'\n').count() as u64,
-            d.len() as u64,
-        ),
-        Err(_) => (0, 0),
+    let Ok(f) = File::open(path) else {
+        return (0, 0);
+    };
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    let mut r = BufReader::with_capacity(1 << 16, f);
+    loop {
+        let Ok(buf) = r.fill_buf() else { break };
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        bytes += n as u64;
+        r.consume(n);
     }
+    (lines, bytes)
 }
 
 /// Longest record read back from its file for a resend.
@@ -504,6 +532,40 @@ mod tests {
             .unwrap_err()
             .contains("yesterday"));
         assert!(parse_since("2026-13-01", 0).is_err());
+    }
+
+    #[test]
+    fn entries_are_read_back_as_the_quarantine_wrote_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = crate::pipeline::quarantine::Quarantine::new(dir.path(), "s");
+        for (i, data) in [&b"{\"id\":1}\n"[..], &[0xff, 0xfe, b'\n']]
+            .iter()
+            .enumerate()
+        {
+            q.put(&crate::pipeline::quarantine::BadRecord {
+                file: Path::new("/logs/a.log"),
+                offset: i as u64 * 10,
+                reason: "why",
+                data,
+                full_len: data.len() as u64 + 5,
+            })
+            .unwrap();
+        }
+        let path = records_path(dir.path(), "s");
+        let e = read_entries(&path).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].data.as_deref(), Some(&b"{\"id\":1}\n"[..]));
+        assert_eq!(
+            e[1].data.as_deref(),
+            Some(&[0xff, 0xfe, b'\n'][..]),
+            "base64"
+        );
+        assert_eq!((e[1].offset, e[1].length), (10, 8));
+        assert_eq!(e[0].file, Path::new("/logs/a.log"));
+        let hashes: Vec<u64> = e.iter().map(|e| e.hash).collect();
+        assert_eq!(entry_hashes(&path), hashes);
+        assert_ne!(hashes[0], hashes[1]);
+        assert_eq!(count_lines(&path).0, 2);
     }
 
     #[test]
