@@ -341,8 +341,7 @@ pub fn count_lines(path: &Path) -> (u64, u64) {
     };
     let (mut lines, mut bytes) = (0u64, 0u64);
     let mut r = BufReader::with_capacity(1 << 16, f);
-    loop {
-        let Ok(buf) = r.fill_buf() else { break };
+    while let Ok(buf) = r.fill_buf() {
         if buf.is_empty() {
             break;
         }
