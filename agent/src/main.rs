@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lockstep::cli::{check, snapshot, status, triggers, Cli, Command, SpoolCommand};
+use lockstep::cli::{
+    check, quarantine, snapshot, status, triggers, Cli, Command, QuarantineCommand, SpoolCommand,
+};
 use lockstep::config::{self, Config};
 use lockstep::{logging, service};
 use tokio::sync::watch;
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Command::Run { config }
         | Command::Check { config, .. }
         | Command::Spool { config, .. }
+        | Command::Quarantine { config, .. }
         | Command::Snapshot { config, .. }
         | Command::Status { config, .. }
         | Command::Triggers { config, .. } => config.clone().unwrap_or_else(config::default_path),
@@ -115,6 +118,24 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("lockstep: {}", config::redact(&e.message));
+                    ExitCode::from(e.code)
+                }
+            }
+        }
+        Command::Quarantine { command, .. } => {
+            let mut out = std::io::stdout().lock();
+            let r = match command {
+                QuarantineCommand::List { source } => {
+                    quarantine::list(&cfg, source.as_deref(), &mut out)
+                }
+                QuarantineCommand::Resend { source, since } => {
+                    quarantine::resend(&cfg, &source, since.as_deref(), &mut out)
+                }
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lockstep: {}", e.message);
                     ExitCode::from(e.code)
                 }
             }

@@ -135,6 +135,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
                 s.debounce,
             );
             let (beat, handed, name) = (beat.clone(), handed.clone(), name.clone());
+            let quarantine_max_bytes = cfg.agent.quarantine_max_bytes;
             move || SourceContext {
                 index,
                 name: name.clone(),
@@ -154,6 +155,7 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
                 debounce,
                 beat: beat.clone(),
                 handed: handed.clone(),
+                quarantine_max_bytes,
             }
         };
         let rt = tokio::runtime::Handle::current();
@@ -210,7 +212,8 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
                 _ => None,
             })
             .collect(),
-    );
+    )
+    .cap_quarantine(cfg.agent.quarantine_max_bytes);
     let watchdog = service::spawn_watchdog(
         liveness,
         status.clone(),

@@ -13,6 +13,7 @@ mod key_types;
 mod pg_tls;
 mod keys_outside;
 mod poll;
+mod quarantine;
 mod redaction;
 mod refused;
 mod rotation;

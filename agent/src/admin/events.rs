@@ -31,6 +31,60 @@ impl RecordQuarantined<'_> {
     }
 }
 
+/// A quarantine file past `quarantine_max_bytes`: its oldest entries were dropped.
+pub struct QuarantineTrimmed<'a> {
+    pub source: &'a str,
+    pub path: &'a Path,
+    pub dropped: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+}
+
+impl QuarantineTrimmed<'_> {
+    pub fn emit(&self, c: &SourceCounters) {
+        c.quarantine_dropped
+            .fetch_add(self.dropped, Ordering::Relaxed);
+        tracing::warn!(
+            source = self.source,
+            file = %self.path.display(),
+            dropped = self.dropped,
+            "quarantine {} went past quarantine_max_bytes ({} bytes): its {} oldest entries \
+             ({} bytes) were dropped; raise [agent] quarantine_max_bytes, or look at them \
+             sooner (lockstep quarantine list)",
+            self.path.display(),
+            self.max_bytes,
+            self.dropped,
+            self.bytes
+        );
+    }
+}
+
+/// Quarantined records of a source sent again (`lockstep quarantine resend`).
+pub struct QuarantineResent<'a> {
+    pub source: &'a str,
+    pub request: u64,
+    pub resent: u64,
+    pub still_bad: u64,
+}
+
+impl QuarantineResent<'_> {
+    /// Logs the outcome (each record is counted as its ack comes, by the source).
+    pub fn emit(&self) {
+        tracing::info!(
+            source = self.source,
+            request = self.request,
+            resent = self.resent,
+            still_bad = self.still_bad,
+            "source {}: quarantine resend {} done: {} record(s) sent again, {} still bad (kept in \
+             the quarantine)",
+            self.source,
+            self.request,
+            self.resent,
+            self.still_bad
+        );
+    }
+}
+
 /// A tailed file that got shorter than what was read: read again from 0.
 pub struct FileTruncated<'a> {
     pub source: &'a str,

@@ -21,6 +21,10 @@ pub struct TableCounters {
 #[derive(Debug, Default)]
 pub struct SourceCounters {
     pub quarantined: AtomicU64,
+    /// Quarantine entries dropped by `quarantine_max_bytes`, oldest first.
+    pub quarantine_dropped: AtomicU64,
+    /// Quarantined records sent again by `lockstep quarantine resend` (acknowledged).
+    pub quarantine_resent: AtomicU64,
     pub truncations: AtomicU64,
     pub rotations: AtomicU64,
     /// Bytes (tail) not yet acknowledged downstream.
@@ -270,12 +274,24 @@ impl Metrics {
             );
         }
         type SourceField = fn(&SourceCounters) -> u64;
-        let per_source: [(&str, &str, &str, SourceField); 9] = [
+        let per_source: [(&str, &str, &str, SourceField); 11] = [
             (
                 "lockstep_quarantined_records_total",
                 "counter",
                 "Records set aside in the quarantine.",
                 |c| c.quarantined.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_quarantine_dropped_total",
+                "counter",
+                "Quarantine entries dropped, oldest first, to keep a quarantine file under quarantine_max_bytes.",
+                |c| c.quarantine_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "lockstep_quarantine_resent_total",
+                "counter",
+                "Quarantined records sent again (lockstep quarantine resend) and acknowledged.",
+                |c| c.quarantine_resent.load(Ordering::Relaxed),
             ),
             (
                 "lockstep_file_truncations_total",

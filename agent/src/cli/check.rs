@@ -97,6 +97,7 @@ pub async fn check(cfg: &Config, out: &mut impl Write) -> bool {
         }
     }
     rows.extend(capture_tables(cfg).await);
+    rows.extend(quarantines(cfg));
     print(out, &rows);
     rows.iter().all(|r| r.ok != Some(false))
 }
@@ -363,6 +364,37 @@ fn state_dir(cfg: &Config) -> Row {
             Err(e) => format!("not writable: {e}"),
         },
     }
+}
+
+/// A warning for each source with records waiting in its quarantine (or refused events).
+fn quarantines(cfg: &Config) -> Vec<Row> {
+    use crate::pipeline::resend;
+    let state_dir = &cfg.agent.state_dir;
+    let mut rows = Vec::new();
+    for s in &cfg.sources {
+        let path = resend::records_path(state_dir, &s.name);
+        let marks = resend::load_marks(state_dir, &s.name).unwrap_or_default();
+        let waiting = resend::entry_hashes(&path)
+            .iter()
+            .filter(|h| !marks.contains_key(h))
+            .count();
+        let (refused, _) = resend::count_lines(&resend::refused_path(state_dir, &s.name));
+        if waiting == 0 && refused == 0 {
+            continue;
+        }
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        rows.push(Row {
+            what: "quarantine".into(),
+            target: path.display().to_string(),
+            ok: None,
+            detail: format!(
+                "source {}: {waiting} record(s) waiting, {refused} refused event(s); {bytes} of \
+                 {} bytes (quarantine_max_bytes); see `lockstep quarantine list --source {}`",
+                s.name, cfg.agent.quarantine_max_bytes, s.name
+            ),
+        });
+    }
+    rows
 }
 
 fn tail_path(source: &str, pattern: &str) -> Row {

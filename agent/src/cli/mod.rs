@@ -2,6 +2,7 @@
 
 pub mod as_user;
 pub mod check;
+pub mod quarantine;
 pub mod snapshot;
 pub mod status;
 pub mod triggers;
@@ -116,6 +117,15 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Look at the records set aside in the quarantine, or send them again once their
+    /// cause is fixed.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+        /// Config file [default: $LOCKSTEP_CONFIG or /etc/lockstep/lockstep.toml]
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Look into the offline spool (read-only; safe while the agent runs).
     Spool {
         #[command(subcommand)]
@@ -136,6 +146,29 @@ pub enum TriggersCommand {
     /// Drop the source's triggers; then the shared capture table, once no trigger of any
     /// source writes to it and it holds no change still to be sent.
     Uninstall,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Each quarantined record: when, where it came from, why, and whether it was resent
+    /// (read-only; safe while the agent runs).
+    List {
+        /// Only this source [default: every source]
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Send a tail source's quarantined records again, through its current format, table,
+    /// key and mapping, with new message ids; each record is sent once. The running agent
+    /// does it (or the next one to start); the command waits and prints the count.
+    Resend {
+        /// The source (its `name` in the config).
+        #[arg(long)]
+        source: String,
+        /// Only records quarantined at or after this UTC time (2026-11-29T16:00:00Z,
+        /// 2026-11-29) or this long ago (30m, 2h, 7d)
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

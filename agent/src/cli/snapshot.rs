@@ -162,7 +162,7 @@ fn follow(state_dir: &Path, source: &str, last_id: u64) -> Result<Progress, Fail
 }
 
 /// Whether an agent holds the state directory's lock.
-fn agent_running(state_dir: &Path) -> bool {
+pub(crate) fn agent_running(state_dir: &Path) -> bool {
     match File::open(state_dir.join("lock")) {
         Ok(f) => f.try_lock().is_err(),
         Err(_) => false,
@@ -170,7 +170,7 @@ fn agent_running(state_dir: &Path) -> bool {
 }
 
 /// Run as root for an agent running as its own user: hand it the files it must delete.
-fn give_to_state_dir_owner(state_dir: &Path, request: &Path) {
+pub(crate) fn give_to_state_dir_owner(state_dir: &Path, request: &Path) {
     let Ok(owner) = std::fs::metadata(state_dir) else {
         return;
     };

@@ -9,7 +9,7 @@ pub mod owners;
 mod raw;
 mod redact;
 mod secret;
-mod units;
+pub mod units;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The log filter (`RUST_LOG` syntax); `LOCKSTEP_LOG` overrides it.
     pub log: String,
+    /// The most bytes one quarantine file holds; past it its oldest entries are dropped.
+    pub quarantine_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +200,12 @@ pub enum TriggerDb {
     Odbc(Secret),
 }
 
+/// `[agent] quarantine_max_bytes` by default: 1 GiB per quarantine file.
+pub const DEFAULT_QUARANTINE_MAX_BYTES: u64 = 1 << 30;
+
+/// `max_tables` of a tail source by default.
+pub const DEFAULT_MAX_TABLES: usize = 1000;
+
 /// A tail source's longest record when `max_record_bytes` is not set: 1 KiB under the
 /// NATS server's default `max_payload` (1 MiB), the room an event's envelope takes, so
 /// that the longest record's event still fits in a message the broker takes.
@@ -218,6 +226,8 @@ pub struct TailConfig {
     pub stat_interval: Duration,
     /// How long a file that left the glob (rotated away, deleted) is still read.
     pub rotate_wait: Duration,
+    /// The most tables `table_field` may name; records of further tables are quarantined.
+    pub max_tables: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

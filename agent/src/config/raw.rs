@@ -33,6 +33,7 @@ struct RawAgent {
     id: Spanned<String>,
     state_dir: Option<PathBuf>,
     log: Option<Spanned<String>>,
+    quarantine_max_bytes: Option<Spanned<ConfigSize>>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +100,7 @@ struct RawSource {
     max_record_bytes: Option<Spanned<ConfigSize>>,
     stat_interval: Option<ConfigDuration>,
     rotate_wait: Option<ConfigDuration>,
+    max_tables: Option<Spanned<i64>>,
     csv: Option<Spanned<RawCsv>>,
     // Keys of the trigger and poll kinds and of later features: known, so that they are
     // refused with a clear message rather than as unknown keys.
@@ -213,12 +215,26 @@ pub(super) fn parse(path: &Path, text: &str, secrets: bool) -> Result<Config, Co
         }
         None => crate::logging::DEFAULT_FILTER.to_owned(),
     };
+    let quarantine_max_bytes = match agent.quarantine_max_bytes {
+        None => DEFAULT_QUARANTINE_MAX_BYTES,
+        Some(m) if m.get_ref().0 < 64 << 10 => {
+            return Err(cx.err(
+                m.span(),
+                format!(
+                    "agent.quarantine_max_bytes must be at least 64KiB (it is {} bytes)",
+                    m.get_ref().0
+                ),
+            ))
+        }
+        Some(m) => m.get_ref().0,
+    };
     let agent = AgentConfig {
         id: agent.id.into_inner(),
         state_dir: agent
             .state_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/lockstep")),
         log,
+        quarantine_max_bytes,
     };
 
     let nats = nats(&cx, raw.nats)?;
@@ -468,7 +484,7 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
 }
 
 /// The keys only tail sources have.
-fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 8] {
+fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 9] {
     [
         ("paths", s.paths.as_ref().map(|v| v.span())),
         ("format", s.format.as_ref().map(|v| v.span())),
@@ -481,6 +497,7 @@ fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 8] {
             s.max_record_bytes.as_ref().map(|v| v.span()),
         ),
         ("csv", s.csv.as_ref().map(|v| v.span())),
+        ("max_tables", s.max_tables.as_ref().map(|v| v.span())),
     ]
 }
 
@@ -1167,6 +1184,16 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
         }
         Some(m) => m.get_ref().0 as usize,
     };
+    let max_tables = match s.max_tables {
+        None => DEFAULT_MAX_TABLES,
+        Some(m) if *m.get_ref() < 1 || *m.get_ref() > 1_000_000 => {
+            return Err(cx.err(
+                m.span(),
+                format!("source `{name}`: max_tables must be between 1 and 1000000"),
+            ))
+        }
+        Some(m) => *m.get_ref() as usize,
+    };
     Ok(SourceConfig {
         name,
         map: Mapping::default(),
@@ -1182,6 +1209,7 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
             max_record_bytes,
             stat_interval: s.stat_interval.map_or(Duration::from_secs(1), |d| d.0),
             rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+            max_tables,
         }),
     })
 }
@@ -1269,6 +1297,36 @@ mod tests {
         let e = parse_str(&MINIMAL.replace("table = \"t\"", "table = \"t\"\nodbc = \"DSN=X\""))
             .unwrap_err();
         assert!(e.message.contains("not a key of tail sources"), "{e}");
+    }
+
+    #[test]
+    fn quarantine_and_table_caps() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.agent.quarantine_max_bytes, DEFAULT_QUARANTINE_MAX_BYTES);
+        let SourceKind::Tail(t) = &c.sources[0].kind else {
+            panic!("a tail source")
+        };
+        assert_eq!(t.max_tables, DEFAULT_MAX_TABLES);
+        let text = MINIMAL
+            .replace(
+                "id = \"a1\"",
+                "id = \"a1\"\nquarantine_max_bytes = \"64MiB\"",
+            )
+            .replace("table = \"t\"", "table_field = \"t\"\nmax_tables = 5");
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.agent.quarantine_max_bytes, 64 << 20);
+        let SourceKind::Tail(t) = &c.sources[0].kind else {
+            panic!("a tail source")
+        };
+        assert_eq!(t.max_tables, 5);
+        let e = parse_str(&text.replace("\"64MiB\"", "\"1KiB\"")).unwrap_err();
+        assert!(e.message.contains("at least 64KiB"), "{e}");
+        let e = parse_str(&text.replace("max_tables = 5", "max_tables = 0")).unwrap_err();
+        assert!(e.message.contains("max_tables must be"), "{e}");
+        let e =
+            parse_str(&POLL.replace("table = \"PERMIT\"", "table = \"PERMIT\"\nmax_tables = 5"))
+                .unwrap_err();
+        assert!(e.message.contains("not a key of poll sources"), "{e}");
     }
 
     const POLL: &str = "[agent]\nid = \"a1\"\n\n[[source]]\nname = \"permits\"\nkind = \"poll\"\nodbc = \"DSN=P\"\ntable = \"PERMIT\"\n";

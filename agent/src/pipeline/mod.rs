@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod debounce;
 pub mod map;
 pub mod quarantine;
+pub mod resend;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

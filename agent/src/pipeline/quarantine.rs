@@ -12,16 +12,29 @@
 //! the event as it would have been published (JSON). The file is fsynced before the
 //! event counts as done.
 //!
+//! **Size cap.** A file that grows past `[agent] quarantine_max_bytes` loses its oldest
+//! entries: its writer (each file has exactly one) copies the newest entries, up to 90%
+//! of the cap, to `<file>.trim`, fsyncs it and renames it over the file, so a crash
+//! leaves either the old file or the trimmed one. What was dropped is counted
+//! (`lockstep_quarantine_dropped_total`) and logged. The newest entry is always kept.
+//!
+//! **Resending.** `lockstep quarantine resend` sends entries again once their cause is
+//! fixed: see [`super::resend`].
+//!
 //! A source whose mapping drops fields (data that must not leave the host, nor be
 //! copied on it) quarantines without the record: `record_withheld` says so, and the
 //! file, offset and length say where the original is.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use lockstep_formats::json::encode_str;
+
+use crate::admin::events::QuarantineTrimmed;
+use crate::admin::metrics::SourceCounters;
 
 #[derive(Debug)]
 pub struct Quarantine {
@@ -30,6 +43,15 @@ pub struct Quarantine {
     dirty: bool,
     withhold: bool,
     buf: Vec<u8>,
+    /// The size cap, and where drops are counted.
+    cap: Option<Cap>,
+}
+
+#[derive(Debug)]
+struct Cap {
+    max_bytes: u64,
+    source: String,
+    counters: Arc<SourceCounters>,
 }
 
 /// What is known about a bad record.
@@ -75,7 +97,18 @@ impl Quarantine {
             dirty: false,
             withhold: false,
             buf: Vec::new(),
+            cap: None,
         }
+    }
+
+    /// Caps the file at `max_bytes`: past it, its oldest entries are dropped, counted on
+    /// `counters` as `source`'s and logged.
+    pub fn cap(&mut self, max_bytes: u64, source: &str, counters: Arc<SourceCounters>) {
+        self.cap = Some(Cap {
+            max_bytes,
+            source: source.to_owned(),
+            counters,
+        });
     }
 
     /// With `true`, records are written without their data.
@@ -169,6 +202,7 @@ impl Quarantine {
                     .open(&self.path)?,
             );
         }
+        let mut len = 0;
         if let Some(f) = self.file.as_mut() {
             let before = f.metadata()?.len();
             if let Err(e) = f.write_all(&self.buf) {
@@ -178,8 +212,85 @@ impl Quarantine {
                 self.file = None;
                 return Err(e);
             }
+            len = before + self.buf.len() as u64;
         }
         self.dirty = true;
+        if let Some(cap) = &self.cap {
+            if len > cap.max_bytes {
+                // The entry is written: a failed trim is logged, never the caller's error.
+                if let Err(e) = self.trim(len) {
+                    tracing::error!(
+                        "cannot trim the quarantine {} to quarantine_max_bytes: {e}; it keeps \
+                         growing (free space on the state directory's disk)",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest entries of a file of `len` bytes until at most 90% of the cap
+    /// is left (never the newest entry); see the module's doc.
+    fn trim(&mut self, len: u64) -> io::Result<()> {
+        let Some(cap) = &self.cap else {
+            return Ok(());
+        };
+        let target = cap.max_bytes - cap.max_bytes / 10;
+        let must = len.saturating_sub(target);
+        let mut r = BufReader::with_capacity(1 << 16, File::open(&self.path)?);
+        // The cut is the end of the first entry that ends at or past `must`, or the start
+        // of the newest entry, whichever comes first; `lines` entries end before it.
+        let (mut pos, mut cut, mut lines) = (0u64, 0u64, 0u64);
+        'read: loop {
+            let buf = r.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            let n = buf.len();
+            for (i, &b) in buf.iter().enumerate() {
+                if b != b'\n' {
+                    continue;
+                }
+                let end = pos + i as u64 + 1;
+                if end >= len {
+                    break 'read;
+                }
+                cut = end;
+                lines += 1;
+                if end >= must {
+                    break 'read;
+                }
+            }
+            pos += n as u64;
+            r.consume(n);
+        }
+        r.seek(SeekFrom::Start(cut))?;
+        if lines == 0 {
+            return Ok(());
+        }
+        let mut tmp_name = self.path.clone().into_os_string();
+        tmp_name.push(".trim");
+        let tmp = PathBuf::from(tmp_name);
+        let mut out = File::create(&tmp)?;
+        io::copy(&mut r, &mut out)?;
+        out.sync_all()?;
+        drop(out);
+        // The handle appends to the old file: let go of it before the rename.
+        self.file = None;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.dirty = false;
+        QuarantineTrimmed {
+            source: &cap.source,
+            path: &self.path,
+            dropped: lines,
+            bytes: cut,
+            max_bytes: cap.max_bytes,
+        }
+        .emit(&cap.counters);
         Ok(())
     }
 
@@ -192,5 +303,62 @@ impl Quarantine {
             self.dirty = false;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn put(q: &mut Quarantine, i: usize, len: usize) {
+        let data = format!("{i:04} {}", "x".repeat(len));
+        q.put(&BadRecord {
+            file: Path::new("/f"),
+            offset: i as u64,
+            reason: "bad",
+            data: data.as_bytes(),
+            full_len: data.len() as u64,
+        })
+        .unwrap();
+    }
+
+    fn records(q: &Quarantine) -> Vec<usize> {
+        std::fs::read_to_string(q.path())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["offset"].as_u64().unwrap() as usize
+            })
+            .collect()
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_entries_go_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Arc::new(SourceCounters::default());
+        let mut q = Quarantine::new(dir.path(), "s");
+        q.cap(4096, "s", counters.clone());
+        for i in 0..200 {
+            put(&mut q, i, 40);
+            assert!(std::fs::metadata(q.path()).unwrap().len() <= 4096);
+        }
+        let kept = records(&q);
+        let first = 200 - kept.len();
+        assert_eq!(
+            kept,
+            (first..200).collect::<Vec<_>>(),
+            "the newest, in order"
+        );
+        assert_eq!(
+            counters.quarantine_dropped.load(Ordering::Relaxed),
+            first as u64
+        );
+        // An entry larger than the cap is kept, alone.
+        put(&mut q, 999, 5000);
+        assert_eq!(records(&q), vec![999]);
+        assert!(!dir.path().join("quarantine/s.jsonl.trim").exists());
     }
 }

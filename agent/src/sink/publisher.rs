@@ -205,6 +205,12 @@ impl Publisher {
         self
     }
 
+    /// Caps each file of refused events at `max_bytes` (`[agent] quarantine_max_bytes`).
+    pub fn cap_quarantine(mut self, max_bytes: u64) -> Self {
+        self.refusals.cap(max_bytes, self.metrics.clone());
+        self
+    }
+
     /// Runs until `shutdown` turns true, then waits up to `drain_for` for the acks of
     /// what is in flight, spools what is still unacknowledged, and returns. Returns an
     /// error when the spool cannot be made durable (fsync failed): the agent must stop,

@@ -18,10 +18,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::ErrorCode;
 
+use crate::admin::metrics::Metrics;
 use crate::pipeline::quarantine::{Quarantine, RefusedEvent};
 
 /// What a failed publish means for its message.
@@ -64,6 +66,8 @@ fn source_text(e: &PublishError) -> String {
 pub struct Refusals {
     state_dir: PathBuf,
     files: HashMap<String, Quarantine>,
+    /// `quarantine_max_bytes`, and where drops are counted.
+    cap: Option<(u64, Arc<Metrics>)>,
 }
 
 impl Refusals {
@@ -71,15 +75,24 @@ impl Refusals {
         Self {
             state_dir: state_dir.to_owned(),
             files: HashMap::new(),
+            cap: None,
         }
+    }
+
+    /// Caps each source's file at `max_bytes`, counting drops on its source's metrics.
+    pub fn cap(&mut self, max_bytes: u64, metrics: Arc<Metrics>) {
+        self.cap = Some((max_bytes, metrics));
     }
 
     /// Writes `e` to its source's file and makes it durable; returns the file's path.
     pub fn put(&mut self, source: &str, e: &RefusedEvent) -> Result<PathBuf, String> {
-        let q = self
-            .files
-            .entry(source.to_owned())
-            .or_insert_with(|| Quarantine::refused(&self.state_dir, source));
+        let q = self.files.entry(source.to_owned()).or_insert_with(|| {
+            let mut q = Quarantine::refused(&self.state_dir, source);
+            if let Some((max, metrics)) = &self.cap {
+                q.cap(*max, source, metrics.source(source));
+            }
+            q
+        });
         let r = tokio::task::block_in_place(|| q.put_refused(e).and_then(|()| q.sync()));
         r.map(|()| q.path().to_owned()).map_err(|err| {
             format!(

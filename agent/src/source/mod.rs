@@ -63,6 +63,8 @@ pub struct SourceContext {
     /// The highest sequence number handed to the sink by this source, over all its
     /// threads (a source is started again after its thread dies: see [`supervisor`]).
     pub handed: Arc<AtomicU64>,
+    /// `[agent] quarantine_max_bytes`: the cap of each quarantine file.
+    pub quarantine_max_bytes: u64,
 }
 
 /// A source's thread. It returns when the agent stops (`Ok`), or with the reason it
@@ -81,6 +83,7 @@ impl SourceContext {
     pub fn quarantine(&self) -> Quarantine {
         let mut q = Quarantine::new(&self.state_dir, &self.name);
         q.withhold_data(self.map.drops_fields());
+        q.cap(self.quarantine_max_bytes, &self.name, self.counters.clone());
         q
     }
 

@@ -44,6 +44,7 @@
 //! the first line alone, once.
 
 mod files;
+mod resend;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -184,6 +185,8 @@ struct Out {
     /// Files dropped from reading: retire their entry once acknowledged to this offset.
     retiring: HashMap<FileKey, (u32, u64)>,
     last_error: Option<String>,
+    /// `lockstep quarantine resend` requests (see `resend`).
+    resend: resend::Resend,
 }
 
 struct Tail {
@@ -245,6 +248,7 @@ impl Tail {
                 last_cp: Instant::now(),
                 retiring: HashMap::new(),
                 last_error: None,
+                resend: resend::Resend::default(),
                 cfg,
                 cx,
             },
@@ -280,7 +284,7 @@ impl Tail {
                 self.out.deb.set_merging(true);
             }
             self.out.tick();
-            if self.out.flush().is_err() {
+            if self.out.flush().is_err() || self.out.resend_turn().is_err() {
                 break;
             }
             self.out.apply_acks();
@@ -295,7 +299,7 @@ impl Tail {
 
     /// Waits for a file event, the next stat, or (while acks are pending) a short tick.
     fn wait(&mut self) {
-        let tick = if self.out.pending.is_empty() {
+        let tick = if self.out.pending.is_empty() && !self.out.resend.active() {
             Duration::from_millis(250)
         } else {
             Duration::from_millis(20)
@@ -344,6 +348,7 @@ impl Tail {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.out.apply_acks();
+        self.out.resend_acks();
         for t in &mut self.files {
             self.out.refresh_identity(t);
         }
@@ -989,7 +994,24 @@ impl Out {
     }
 
     /// Maps a record to an event and queues it for the sink.
-    fn event(&mut self, t: &Tracked, mut rec: Record, at: u64) -> Result<(), String> {
+    fn event(&mut self, t: &Tracked, rec: Record, at: u64) -> Result<(), String> {
+        let fp = t.fp.unwrap_or(0);
+        let position = format!("{:x}.{:x}.{fp:016x}.{}@{at}", t.key.dev, t.key.ino, t.gen);
+        let (ev, info) = self.build(rec, position)?;
+        let now = ev.ts_ms;
+        self.deb
+            .push(ev, info, now, Instant::now(), &mut self.released);
+        self.emit();
+        Ok(())
+    }
+
+    /// Builds the event of a record at `position`: its table, op and key, mapped. The
+    /// error is the reason to quarantine the record.
+    fn build(
+        &mut self,
+        mut rec: Record,
+        position: String,
+    ) -> Result<(ChangeEvent, Arc<TableInfo>), String> {
         let table = match &self.cfg.table {
             TableFrom::Fixed(name) => name.clone(),
             TableFrom::Field(f) => match rec.remove(f) {
@@ -1037,10 +1059,8 @@ impl Out {
         } else {
             (None, Some(rec))
         };
-        let fp = t.fp.unwrap_or(0);
-        let position = format!("{:x}.{:x}.{fp:016x}.{}@{at}", t.key.dev, t.key.ino, t.gen);
         let now = now_ms();
-        let info = self.table(&table).clone();
+        let info = self.table(&table)?.clone();
         let mut ev = ChangeEvent {
             op,
             key,
@@ -1058,10 +1078,7 @@ impl Out {
             ts_ms: now,
         };
         self.cx.map.apply(&mut ev)?;
-        self.deb
-            .push(ev, info, now, Instant::now(), &mut self.released);
-        self.emit();
-        Ok(())
+        Ok((ev, info))
     }
 
     /// Encodes what the debouncer released into the batch.
@@ -1095,9 +1112,23 @@ impl Out {
         }
     }
 
-    /// A table's name after mapping, subject and counters.
-    fn table(&mut self, table: &str) -> &Arc<TableInfo> {
+    /// A table's name after mapping, subject and counters. A table past `max_tables`
+    /// (tables named by `table_field`) is refused: the error is the reason to quarantine
+    /// its record, so a file cannot make state and metric series without bound.
+    fn table(&mut self, table: &str) -> Result<&Arc<TableInfo>, String> {
         if !self.tables.contains_key(table) {
+            if self.tables.len() >= self.cfg.max_tables {
+                let mut shown: String = table.chars().take(64).collect();
+                if shown.len() < table.len() {
+                    shown.push('…');
+                }
+                return Err(format!(
+                    "table `{shown}` would be table {} of this source, over max_tables = {} \
+                     (raise max_tables if the files really name that many tables)",
+                    self.tables.len() + 1,
+                    self.cfg.max_tables
+                ));
+            }
             let name = self.cx.map.table(table);
             let info = TableInfo {
                 name: Arc::from(name),
@@ -1106,7 +1137,7 @@ impl Out {
             };
             self.tables.insert(table.to_owned(), Arc::new(info));
         }
-        &self.tables[table]
+        Ok(&self.tables[table])
     }
 
     /// Queues a position to checkpoint once every change read so far has left the

@@ -58,7 +58,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::ddl::{Capture, Dialect, TableDef};
 use super::drift::{self, Installed};
-use super::snapshot::{Snapshots, CHUNK_ROWS};
+use super::snapshot::{key_only, Snapshots, CHUNK_ROWS};
 use crate::admin::events::TriggerDrift;
 use crate::admin::metrics::TableCounters;
 use crate::config::TriggerConfig;
@@ -734,8 +734,18 @@ impl Drain {
             self.snapshots.read(0, None, false, self.seq);
             return Ok(true);
         };
-        let after = after.map(str::to_owned);
+        let mut after = after.map(str::to_owned);
         let table = name.to_owned();
+        if let Some(a) = after.take() {
+            // The whole row, from a checkpoint of lockstep 0.1: keep its key only.
+            after = Some(match key_only(&a, &self.tables[t].def.key) {
+                Ok(k) if k != a => {
+                    self.snapshots.rekey(&a, k.clone());
+                    k
+                }
+                _ => a,
+            });
+        }
         let id = self.snapshots.id();
         let Some(db) = self.db.as_mut() else {
             return Err(not_connected(&self.name).into());
@@ -785,7 +795,13 @@ impl Drain {
         }
         let full = rows.len() >= CHUNK_ROWS;
         let n = rows.len();
-        self.snapshots.read(n, rows.pop(), full, self.seq);
+        // Only the key of the last row is kept (fields of the rest may be dropped by the
+        // mapping: they must not be copied on the host); a row that is not a JSON object
+        // was quarantined above and is kept as it is, having no fields to drop.
+        let last = rows
+            .pop()
+            .map(|r| key_only(&r, &self.tables[t].def.key).unwrap_or(r));
+        self.snapshots.read(n, last, full, self.seq);
         if self.flush().is_err() {
             return Err(Fail::Stopping);
         }

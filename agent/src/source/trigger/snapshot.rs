@@ -17,8 +17,12 @@
 //! the capture table has a backlog the drain reads changes first; chunks fill the gaps.
 //!
 //! **Resuming.** Progress is a checkpoint, `state_dir/snapshot/<source>.json`: the table
-//! being read and the last row of the last chunk whose events are all acknowledged (or
-//! spooled), written at most every 250 ms and at the end of each table. After a crash
+//! being read and the key of the last row of the last chunk whose events are all
+//! acknowledged (or spooled), written at most every 250 ms and at the end of each table.
+//! Only the key ([`key_only`]): the rest of the row may hold fields the source's `map.drop`
+//! says must never be copied on the host. A checkpoint written by lockstep 0.1 holds the
+//! whole row; it is cut down to the key ([`Snapshots::rekey`]) and written again before
+//! the next chunk is read. After a crash
 //! the snapshot goes on from there. A snapshot row's position is the snapshot's number,
 //! the table and the row's key, so a row read again after a crash has the same
 //! `Nats-Msg-Id` as before and JetStream drops the repeat. (If the row changed in
@@ -61,8 +65,8 @@ pub struct Progress {
     pub tables: Vec<String>,
     /// The index in `tables` of the table being read; `tables.len()` once finished.
     pub table: usize,
-    /// The last row (a JSON object, as the database gave it) of the last finished chunk
-    /// of `table`; `None` at the start of a table.
+    /// The key columns of the last row (a JSON object, each member as the database gave
+    /// it) of the last finished chunk of `table`; `None` at the start of a table.
     pub after: Option<String>,
     pub rows_done: u64,
     /// The rows of all its tables when it started, for progress bars.
@@ -175,6 +179,107 @@ pub fn estimate_sql(d: Dialect, table: &str) -> Option<String> {
 pub fn parse_estimate(v: Option<&str>) -> Option<u64> {
     let n: f64 = v?.trim().parse().ok()?;
     (n >= 0.0).then_some(n.round() as u64)
+}
+
+/// The members of the JSON object `row` named in `key`, copied verbatim, as an object:
+/// what resuming a snapshot needs of its last row, and nothing else of it.
+pub fn key_only(row: &str, key: &[String]) -> Result<String, String> {
+    let b = row.as_bytes();
+    let bad = |why: &str| format!("the last row read is not a JSON object ({why})");
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(bad("no `{`"));
+    }
+    i += 1;
+    let mut out = String::from("{");
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b'}') => break,
+            Some(b'"') => {}
+            _ => return Err(bad("a member without a name")),
+        }
+        let name_start = i;
+        let name_end = skip_value(b, i).ok_or_else(|| bad("an unterminated name"))?;
+        let name: String =
+            serde_json::from_str(&row[name_start..name_end]).map_err(|_| bad("a bad name"))?;
+        i = skip_ws(b, name_end);
+        if b.get(i) != Some(&b':') {
+            return Err(bad("no `:` after a name"));
+        }
+        let v_start = skip_ws(b, i + 1);
+        let v_end = skip_value(b, v_start).ok_or_else(|| bad("a bad value"))?;
+        if key.contains(&name) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&row[name_start..name_end]);
+            out.push(':');
+            out.push_str(&row[v_start..v_end]);
+        }
+        i = skip_ws(b, v_end);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return Err(bad("no `,` or `}` after a value")),
+        }
+    }
+    out.push('}');
+    Ok(out)
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the JSON value (string, number, literal, object or array) at `i`.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => {
+            let mut j = i + 1;
+            loop {
+                match b.get(j)? {
+                    b'\\' => j += 2,
+                    b'"' => return Some(j + 1),
+                    _ => j += 1,
+                }
+            }
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = skip_value(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while b
+                .get(j)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
 }
 
 /// A chunk whose events are out: once `last_event` is acknowledged, the checkpoint can
@@ -400,6 +505,28 @@ impl Snapshots {
         };
     }
 
+    /// Replaces the row `old` the next chunk follows by its key `key`: a checkpoint of
+    /// lockstep 0.1 held the whole row. The checkpoint is written again at once, without it.
+    pub fn rekey(&mut self, old: &str, key: String) {
+        if let Some((_, a)) = &mut self.next {
+            if a.as_deref() == Some(old) {
+                *a = Some(key.clone());
+            }
+        }
+        if let Some(p) = &mut self.progress {
+            if p.after.as_deref() == Some(old) {
+                p.after = Some(key);
+                tracing::info!(
+                    "source {}: snapshot {}: the checkpoint of an older lockstep held the whole last \
+                     row read; it now holds its key only",
+                    self.source,
+                    p.id
+                );
+                self.save();
+            }
+        }
+    }
+
     /// Moves the checkpoint past the chunks whose events are all acknowledged.
     pub fn acked(&mut self, watermark: u64) {
         let mut moved = false;
@@ -571,6 +698,36 @@ mod tests {
         s.poll_request();
         assert_eq!(s.id(), 2);
         assert_eq!(s.to_count(), Some(&tables()[..]));
+    }
+
+    #[test]
+    fn only_the_key_of_the_last_row_is_kept() {
+        let key = vec!["id".to_owned(), "re\"gion".to_owned()];
+        let row = r#"{ "ssn" : "123-45-6789", "id": 12345678901234567890.10, "re\"gion":"N,E}",
+            "doc": {"a": [1, "x\"}"]}, "n": null, "ok": true}"#;
+        assert_eq!(
+            key_only(row, &key).unwrap(),
+            r#"{"id":12345678901234567890.10,"re\"gion":"N,E}"}"#
+        );
+        assert_eq!(key_only("{}", &key).unwrap(), "{}");
+        assert!(key_only("[1]", &key).is_err());
+        assert!(key_only(r#"{"id": "#, &key).is_err());
+    }
+
+    #[test]
+    fn an_old_checkpoint_with_the_whole_row_is_cut_to_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Snapshots::open(dir.path(), "src", &tables(), true);
+        let row = r#"{"id":2,"ssn":"123-45-6789"}"#;
+        s.read(2, Some(row.into()), true, 2);
+        s.acked(2);
+        s.save();
+        let mut again = Snapshots::open(dir.path(), "src", &tables(), true);
+        assert_eq!(again.want(), Some(("a", Some(row))));
+        again.rekey(row, key_only(row, &["id".into()]).unwrap());
+        assert_eq!(again.want(), Some(("a", Some(r#"{"id":2}"#))));
+        let text = std::fs::read_to_string(progress_path(dir.path(), "src")).unwrap();
+        assert!(!text.contains("123-45-6789"), "{text}");
     }
 
     #[test]

@@ -107,6 +107,7 @@ fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
         debounce: None,
         beat: Liveness::default().register("source vista"),
         handed: Arc::new(AtomicU64::new(0)),
+        quarantine_max_bytes: crate::config::DEFAULT_QUARANTINE_MAX_BYTES,
     };
     let cfg = TriggerConfig {
         db: TriggerDb::Postgres(Box::new(
