@@ -104,6 +104,7 @@ fn rows_of_a_capture_table_made_anew_are_not_deleted_from_the_new_one() {
         shutdown,
         sink_done,
         drain_for: Duration::from_secs(1),
+        quarantine_max_bytes: crate::config::DEFAULT_QUARANTINE_MAX_BYTES,
         runtime: rt.handle().clone(),
         map: Arc::default(),
         debounce: None,
