@@ -315,15 +315,12 @@ impl PgConn {
 
     /// The certificate check and root certificates this connection uses: `require` with
     /// a root certificate (given, or `~/.postgresql/root.crt`) checks as `verify-ca`.
-    fn tls(&self) -> Result<(Check, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
+    fn tls(&self) -> Result<(Check, pg_tls::Roots), String> {
         self.tls_with(default_root_path())
     }
 
     /// [`Self::tls`] with libpq's default root certificate at `default`.
-    fn tls_with(
-        &self,
-        default: Option<PathBuf>,
-    ) -> Result<(Check, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
+    fn tls_with(&self, default: Option<PathBuf>) -> Result<(Check, pg_tls::Roots), String> {
         let check = match self.mode {
             SslMode::Disable | SslMode::Prefer => Check::Nothing,
             SslMode::Require => Check::Ca,
@@ -331,7 +328,7 @@ impl PgConn {
             SslMode::VerifyFull => Check::Full,
         };
         if check == Check::Nothing {
-            return Ok((check, Vec::new()));
+            return Ok((check, pg_tls::Roots::default()));
         }
         let root = match &self.root_cert {
             Some(r) => Some(r.clone()),
@@ -339,8 +336,11 @@ impl PgConn {
         };
         match root {
             Some(RootCert::File(p)) => Ok((check, pg_tls::read_roots(&p)?)),
-            Some(RootCert::System) => Ok((check, pg_tls::system_roots()?)),
-            None if self.mode == SslMode::Require => Ok((Check::Nothing, Vec::new())),
+            Some(RootCert::System) => Ok((
+                check,
+                pg_tls::Roots::dated(pg_tls::system_roots()?, rustls::pki_types::UnixTime::now()),
+            )),
+            None if self.mode == SslMode::Require => Ok((Check::Nothing, pg_tls::Roots::default())),
             None => Err(format!(
                 "sslmode={} needs the CA that signed the server's certificate: give \
                  sslrootcert=/path/to/ca.pem (or sslrootcert=system for the system's CAs); \
@@ -585,7 +585,9 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
             default_root_path().map_or("~/.postgresql/root.crt".into(), |p| p.display().to_string())
         }
     };
+    let refusal = rustls_error(e).and_then(|r| pg_tls::Refusal::of(&r).map(str::to_owned));
     let hint = match rustls_error(e) {
+        _ if refusal.is_some() => refusal.clone().unwrap_or_default(),
         Some(rustls::Error::InvalidCertificate(c)) => match c {
             C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => format!(
                 "the server's certificate is not signed by a CA in {root}: give the CA that \
@@ -627,6 +629,9 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
     };
     let what = match e.as_db_error() {
         Some(_) => crate::source::trigger::postgres::describe(e),
+        None if refusal.is_some() => {
+            "TLS handshake failed: the server's certificate was refused".into()
+        }
         None if is_tls_error(e) => format!("TLS handshake failed: {}", tls_detail(e)),
         // tokio-postgres's own words are the kind ("authentication error"); the cause
         // says what.
