@@ -182,7 +182,7 @@ fn key_kind(key: &str, at: usize) -> Result<KeyKind, String> {
     }
     Err(format!(
         "the PostgreSQL connection string has an unknown key at byte {} (not shown: it may be \
-         part of a password; a value with a blank is quoted: password='a b'); the keys \
+         part of a password; a value with a blank is quoted: key='a b'); the keys \
          lockstep reads are {}, {}",
         at + 1,
         SSL_KEYS.join(", "),
@@ -430,7 +430,7 @@ fn split_key_values(s: &str, lead: usize) -> Result<(String, Vec<(String, String
             return Err(format!(
                 "the PostgreSQL connection string has a word with no `=` at byte {} (not \
                  shown: it may be part of a password; write key=value pairs separated by \
-                 spaces, a value with a blank in quotes: password='a b', or a postgresql:// \
+                 spaces, a value with a blank in quotes: key='a b', or a postgresql:// \
                  URL)",
                 lead + start + 1
             ));
@@ -750,6 +750,8 @@ mod tests {
         ] {
             let e = PgConn::parse(s).unwrap_err();
             assert!(e.contains(at), "{s}: {e}");
+            // Printed as it is: nothing in it looks like a secret to the redaction.
+            assert_eq!(crate::config::redact(&e), e);
             let quoted: Vec<&str> = e.split('`').skip(1).step_by(2).collect();
             assert!(
                 !quoted.iter().any(|q| q.contains(secret)) && !e.contains(&format!(" {secret} ")),
