@@ -517,6 +517,118 @@ async fn every_sslmode_behaves_as_libpq_says() {
     );
 }
 
+/// Certificates libpq takes and rustls does not: `check` names the reason (an X.509
+/// version 1 certificate, as `openssl x509 -req` makes one without `-extfile`); and a
+/// root of `sslrootcert` past its dates, which webpki alone would take, is refused with
+/// its date, as libpq refuses it.
+#[tokio::test]
+async fn certificates_rustls_refuses_are_named_and_an_expired_root_is_refused() {
+    let w = World::new();
+    let pki = Pki::new(&w.dir().join("pki"));
+    // Version 1: no extensions.
+    pki.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server-v1.crt",
+        "-days",
+        "2",
+    ]);
+    std::fs::copy(pki.path("server.key"), pki.path("server-v1.key")).unwrap();
+    // A CA whose dates are long past (2020 to 2021), and a server certificate it signed.
+    std::fs::create_dir_all(pki.path("db")).unwrap();
+    std::fs::write(pki.path("db/index.txt"), "").unwrap();
+    std::fs::write(pki.path("db/serial"), "01\n").unwrap();
+    std::fs::write(
+        pki.path("old.cnf"),
+        "[ca]\ndefault_ca=c\n[c]\ndatabase=db/index.txt\nnew_certs_dir=db\nserial=db/serial\n\
+         default_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n[v3]\n\
+         basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    pki.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "old-ca.key",
+        "-out",
+        "old-ca.csr",
+        "-subj",
+        "/CN=lockstep test old-ca",
+    ]);
+    pki.openssl(&[
+        "ca",
+        "-batch",
+        "-config",
+        "old.cnf",
+        "-selfsign",
+        "-keyfile",
+        "old-ca.key",
+        "-in",
+        "old-ca.csr",
+        "-out",
+        "old-ca.pem",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20210101000000Z",
+        "-extensions",
+        "v3",
+        "-notext",
+    ]);
+    pki.server("server-old", "old-ca", Some("DNS:localhost"));
+    let both = [
+        std::fs::read(pki.path("old-ca.pem")).unwrap(),
+        std::fs::read(pki.path("ca.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(pki.path("old-and-current.pem"), both).unwrap();
+
+    let pg = tls_server(&pki, "server-v1");
+    let port = pg.port;
+    let kv = |root: &str| {
+        format!(
+            "host=localhost port={port} user=postgres dbname=postgres sslmode=verify-full \
+             sslrootcert={}",
+            pki.path(root).display()
+        )
+    };
+    let rows = check_connections(&w, &[("v1", kv("ca.pem"))]);
+    refused(&rows, "v1", "X.509 version 1");
+    refused(&rows, "v1", "libpq");
+
+    configure(&pg, &pki, "server-old", true, "");
+    reload_until(
+        &pg,
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        "ssl_cert_file",
+        "server-old.crt",
+    )
+    .await;
+    let rows = check_connections(
+        &w,
+        &[
+            ("old_only", kv("old-ca.pem")),
+            ("old_and_current", kv("old-and-current.pem")),
+        ],
+    );
+    refused(&rows, "old_only", "expired on 2021-01-01");
+    refused(&rows, "old_and_current", "CN=lockstep test old-ca");
+    refused(&rows, "old_and_current", "expired on 2021-01-01");
+}
+
 /// A trigger source over verify-full, on a server that takes nothing but TLS: the
 /// triggers are installed and the rows captured over it, and every one arrives.
 #[tokio::test]

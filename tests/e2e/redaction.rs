@@ -115,3 +115,51 @@ async fn a_token_in_the_nats_url_authenticates_and_is_never_printed() {
     );
     assert!(!out.contains(TOKEN) && !err.contains(TOKEN), "{out}{err}");
 }
+
+/// However the password is spelled (a quote, a blank, `<`, no scheme), the agent's log
+/// and `check` show the URL the parser read, with `***` for the password: before, they
+/// showed the text as written through a pattern that missed these.
+#[tokio::test]
+async fn an_oddly_spelled_password_in_the_nats_url_is_never_printed() {
+    const PW: &str = "s3c'r t<pw";
+    let mut w = World::with_nats_args(&["--user", "lockstep", "--pass", PW]);
+    w.client_auth = Some(async_nats::ConnectOptions::with_user_and_password(
+        "lockstep".into(),
+        PW.into(),
+    ));
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let port = w.nats.port;
+    // No scheme: async-nats takes it as nats://.
+    with_server_url(&w, &cfg, &format!("lockstep:{PW}@127.0.0.1:{port}"));
+    let shown = format!("nats://lockstep:***@127.0.0.1:{port}");
+    append(&w.logs().join("a.log"), (0..10).map(line));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(
+        w.wait_count(10, Duration::from_secs(30)).await,
+        10,
+        "{}",
+        agent_log(&w)
+    );
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    assert_unique(&msgs, "id");
+    assert_eq!(ints(&msgs, "id"), (0..10).collect::<Vec<i64>>());
+    let log = agent_log(&w);
+    for part in ["s3c'r", "t<pw", "s3c"] {
+        assert!(!log.contains(part), "`{part}` is in the log:\n{log}");
+    }
+    assert!(log.contains(&shown), "the log names {shown}:\n{log}");
+
+    let (code, out, err) = lockstep(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&shown), "{out}");
+    assert!(!out.contains("s3c") && !err.contains("s3c"), "{out}{err}");
+
+    // Refused by the broker: the connect error shows it masked too.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace(PW, "wr0'ng p<w")).unwrap();
+    let (code, out, err) = lockstep(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&shown), "{out}");
+    assert!(!out.contains("wr0") && !err.contains("wr0"), "{out}{err}");
+}

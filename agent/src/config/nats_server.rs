@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::redact;
+use super::redact::{redact, MASK};
 
 /// A NATS server URL. Credentials written in it (`nats://user:pw@host`, `nats://token@host`)
 /// are taken out when the config is read and become [`NatsAuth`] (async-nats does not
@@ -33,23 +33,54 @@ impl NatsServer {
                 format!("`{written}` is not a NATS URL like nats://host:4222")
             }
         })?;
-        let creds = addr
-            .username()
-            .map(|user| (percent_decode(user), addr.password().map(percent_decode)));
-        let mut url = addr.into_inner();
+        let url = addr.into_inner();
+        // `user:@host` is a user with an empty password, as async-nats and nats.go read
+        // it (the URL parser forgets the empty password: the `:` tells it apart from a
+        // token).
+        let creds = match (url.username(), url.password()) {
+            ("", _) => None,
+            (user, Some(pw)) => Some((percent_decode(user), Some(percent_decode(pw)))),
+            (user, None) if has_empty_password(written) => {
+                Some((percent_decode(user), Some(String::new())))
+            }
+            (user, None) => Some((percent_decode(user), None)),
+        };
+        // What is shown is made from the parsed URL, the secret replaced, never from the
+        // text as written: however a password is spelled (quotes, blanks, no scheme),
+        // none of it is kept.
+        let mut shown = url.clone();
+        let mut bare = url;
         if creds.is_some() {
             // Always allowed for the schemes a ServerAddr takes (they have a host).
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
+            match &creds {
+                Some((_, Some(_))) => {
+                    let _ = shown.set_password(Some(MASK));
+                }
+                _ => {
+                    let _ = shown.set_username(MASK);
+                }
+            }
+            let _ = bare.set_username("");
+            let _ = bare.set_password(None);
         }
         Ok((
             NatsServer {
-                url: url.to_string(),
-                shown: redact(written).into_owned(),
+                url: bare.to_string(),
+                shown: shown.to_string(),
             },
             creds,
         ))
     }
+}
+
+/// Whether the user info of `written` ends in `:` (`nats://user:@host`): a user with an
+/// empty password.
+fn has_empty_password(written: &str) -> bool {
+    let rest = written.split_once("://").map_or(written, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(info, _)| info.ends_with(':'))
 }
 
 /// Credentials found in a NATS URL: (user, password), or (token, `None`).
@@ -121,6 +152,79 @@ mod tests {
         assert!(!e.contains("pa/ss") && e.contains("%2F"), "{e}");
         let e = NatsServer::parse("http://h:4222").unwrap_err();
         assert!(e.contains("http://h:4222"), "{e}");
+    }
+
+    #[test]
+    fn the_shown_url_is_made_from_the_parsed_one_whatever_the_password_holds() {
+        for (written, secret, shown, user, pw) in [
+            (
+                "alice:s3cret@h:4222",
+                "s3cret",
+                "nats://alice:***@h:4222",
+                "alice",
+                Some("s3cret"),
+            ),
+            (
+                "nats://u:pa'ss@h:4222",
+                "pa'ss",
+                "nats://u:***@h:4222",
+                "u",
+                Some("pa'ss"),
+            ),
+            (
+                "nats://u:p ss@h:4222",
+                "p ss",
+                "nats://u:***@h:4222",
+                "u",
+                Some("p ss"),
+            ),
+            (
+                "nats://u:p%20ss@h:4222",
+                "p%20ss",
+                "nats://u:***@h:4222",
+                "u",
+                Some("p ss"),
+            ),
+            ("nats://u:p<s@h", "p<s", "nats://u:***@h", "u", Some("p<s")),
+            (
+                "nats://u:p\"s`x@h",
+                "s`x",
+                "nats://u:***@h",
+                "u",
+                Some("p\"s`x"),
+            ),
+            ("tls://tok\\en@h", "en", "tls://***@h", "tok\\en", None),
+            ("tok'en@h:4222", "en", "nats://***@h:4222", "tok'en", None),
+        ] {
+            let (s, c) = NatsServer::parse(written).unwrap();
+            assert_eq!(s.shown, shown, "{written}");
+            assert!(
+                !s.shown.contains(secret) && !s.url.contains(secret),
+                "{written}: {s:?}"
+            );
+            assert_eq!(c, Some((user.into(), pw.map(String::from))), "{written}");
+        }
+    }
+
+    #[test]
+    fn an_empty_password_is_a_user_with_an_empty_password_not_a_token() {
+        let (s, c) = NatsServer::parse("nats://u:@h:4222").unwrap();
+        assert_eq!(c, Some(("u".into(), Some(String::new()))));
+        assert_eq!(
+            (s.url.as_str(), s.shown.as_str()),
+            ("nats://h:4222", "nats://u:***@h:4222")
+        );
+        let c = config(r#"["nats://u:@h1:4222"]"#, "").unwrap();
+        assert_eq!(
+            c.nats.auth,
+            NatsAuth::UserPassword {
+                user: "u".into(),
+                password: crate::config::Secret::for_tests("")
+            }
+        );
+        // A `:` in a path or query is not one in the user info.
+        let (_, c) = NatsServer::parse("nats://tok@h:4222/a:@b").unwrap();
+        assert_eq!(c, Some(("tok".into(), None)));
     }
 
     fn config(servers: &str, extra: &str) -> Result<Config, String> {

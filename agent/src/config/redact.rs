@@ -13,8 +13,14 @@
 //! - `key=value` whose key ends in `pwd`, `password` or `passwd` (any case; `PWD`,
 //!   `password`, `sslpassword`, `nats_password`), in each way it can be written: ODBC
 //!   (`PWD={a;b}}c}`, `PWD=abc;`), libpq (`password='a b\'c'`, `password=abc dbname=x`)
-//!   and URL queries (`?password=abc&…`). An unquoted value ends at `;`, `&`, `"`, a line
-//!   end, or a space followed by the next `key=`: when unsure, more is hidden, not less.
+//!   and URL queries (`?password=abc&…`), and TOML's double quotes (`password = "a\"b"`).
+//!   An unquoted value ends at `;`, `&`, `"`, a line end, or a space followed by the
+//!   next `key=`: when unsure, more is hidden, not less. A quoted value keeps its quotes
+//!   (`password='***'`, `PWD={***}`); one whose quote is never closed is hidden to the
+//!   end of its line, or of the JSON string it is in: a JSON log line or `/status`
+//!   stays valid JSON.
+//! - In a JSON text (a log line, `/status`), a password's characters may be escaped
+//!   (`\"`, `\\`): they are read as JSON means them.
 //!
 //! It is idempotent (`***` is left as it is) and borrows when there is nothing to hide.
 
@@ -26,12 +32,26 @@ pub const MASK: &str = "***";
 /// `text` with every password, token and password-bearing URL user info replaced by
 /// [`MASK`].
 pub fn redact(text: &str) -> Cow<'_, str> {
-    if !may_hold_secret(text) {
+    let Some(mut out) = redact_once(text) else {
         return Cow::Borrowed(text);
+    };
+    // Masking can join what was apart (`pwd: "password={"}`): again until nothing
+    // changes, so that redacting twice changes nothing. Each round shortens the text or
+    // turns more of it into `*`, so this ends (in one or two rounds in practice).
+    while let Some(again) = redact_once(&out) {
+        out = again;
+    }
+    Cow::Owned(out)
+}
+
+/// One round of [`redact`]: `None` when it changes nothing.
+fn redact_once(text: &str) -> Option<String> {
+    if !may_hold_secret(text) {
+        return None;
     }
     let spans = secret_spans(text);
     if spans.is_empty() {
-        return Cow::Borrowed(text);
+        return None;
     }
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
@@ -44,7 +64,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         at = to;
     }
     out.push_str(&text[at..]);
-    Cow::Owned(out)
+    Some(out)
 }
 
 /// A quick test that skips the scan for the text of almost every log line.
@@ -133,6 +153,7 @@ fn is_password_key(key: &str) -> bool {
 /// The value of each `password-key = value` in `text`.
 fn key_value_spans(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
+    let json = is_json(text);
     let mut spans = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -158,33 +179,19 @@ fn key_value_spans(text: &str) -> Vec<(usize, usize)> {
         while v < b.len() && b[v] == b' ' {
             v += 1;
         }
-        let end = match b.get(v) {
+        // A quoted value keeps its quotes (`password='***'`): what follows the mask is
+        // then read the same way the second time (idempotence).
+        let (v, end) = match (b.get(v), b.get(v + 1)) {
             // ODBC braces: `}}` is one `}`.
-            Some(b'{') => {
-                let mut j = v + 1;
-                loop {
-                    match b.get(j) {
-                        None => break b.len(),
-                        Some(b'}') if b.get(j + 1) == Some(&b'}') => j += 2,
-                        Some(b'}') => break j + 1,
-                        Some(_) => j += 1,
-                    }
-                }
-            }
+            (Some(b'{'), _) => (v + 1, quoted_end(b, v + 1, b'}', json)),
             // libpq quotes: `\'` and `\\` are escapes.
-            Some(b'\'') => {
-                let mut j = v + 1;
-                loop {
-                    match b.get(j) {
-                        None => break b.len(),
-                        Some(b'\\') => j += 2,
-                        Some(b'\'') => break j + 1,
-                        Some(_) => j += 1,
-                    }
-                }
-                .min(b.len())
-            }
-            _ => unquoted_end(b, v),
+            (Some(b'\''), _) => (v + 1, quoted_end(b, v + 1, b'\'', json)),
+            // TOML's (a parse error shows the line): `\"` is an escape. In a JSON text a
+            // bare `"` ends the string the value is in; a quote written `\"` is one in
+            // a JSON or Rust string, whose characters may be escaped.
+            (Some(b'"'), _) if !json => (v + 1, quoted_end(b, v + 1, b'"', false)),
+            (Some(b'\\'), Some(b'"')) => (v + 2, quoted_end(b, v + 2, b'"', true)),
+            _ => (v, unquoted_end(b, v, json)),
         };
         if end > v {
             spans.push((v, end));
@@ -198,6 +205,7 @@ fn key_value_spans(text: &str) -> Vec<(usize, usize)> {
 /// struct, in a log line, where the quotes may be escaped as `\"`).
 fn debug_field_spans(text: &str) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
+    let json = is_json(text);
     let mut spans = Vec::new();
     let mut search = 0;
     while let Some(p) = text[search..].find(": ") {
@@ -216,11 +224,17 @@ fn debug_field_spans(text: &str) -> Vec<(usize, usize)> {
         }
         let escaped = text[v..].starts_with("\\\"");
         let quote = if escaped { "\\\"" } else { "\"" };
+        // In a JSON text a bare `"` ends the string: a quote inside is written `\"`.
+        if json && !escaped {
+            continue;
+        }
         if !text[v..].starts_with(quote) {
             continue;
         }
         v += quote.len();
-        let end = text[v..].find(quote).map_or(b.len(), |e| v + e);
+        // Up to the closing quote (kept); unclosed, to the line's end or that of the
+        // JSON string the text is in.
+        let end = quoted_end(b, v, b'"', escaped);
         if end > v {
             spans.push((v, end));
         }
@@ -229,17 +243,75 @@ fn debug_field_spans(text: &str) -> Vec<(usize, usize)> {
     spans
 }
 
+/// Whether `text` is a JSON object (a log line, `/status`): in it, a password's
+/// characters may be written `\X`, and a bare `"` ends the string it is in.
+fn is_json(text: &str) -> bool {
+    text.trim_start()
+        .strip_prefix('{')
+        .is_some_and(|r| r.trim_start().starts_with('"'))
+}
+
+/// The character at `j` as the text means it, and how many bytes it takes: in a JSON
+/// text, `\"` is `"` and `\\` is `\` (and so on), and a bare `"` is the end of the
+/// string (`None`, as is the end of the text).
+fn char_at(b: &[u8], j: usize, json: bool) -> Option<(u8, usize)> {
+    let c = *b.get(j)?;
+    if !json {
+        return Some((c, 1));
+    }
+    match (c, b.get(j + 1)) {
+        (b'"', _) => None,
+        (b'\\', Some(b'n')) => Some((b'\n', 2)),
+        (b'\\', Some(b'r')) => Some((b'\r', 2)),
+        (b'\\', Some(b't')) => Some((b'\t', 2)),
+        (b'\\', Some(b'u')) => Some((0, 6.min(b.len() - j))),
+        (b'\\', Some(&e)) => Some((e, 2)),
+        _ => Some((c, 1)),
+    }
+}
+
+/// Where the text of a value quoted by `close` (`'`, `"`, or `}` for an ODBC `{`) that
+/// starts at `v` ends: at its closing quote. Unclosed, it ends at the line's end or at
+/// the end of the JSON string it is in: a line or a JSON document keeps its shape, and
+/// the rest of the line is hidden.
+fn quoted_end(b: &[u8], v: usize, close: u8, json: bool) -> usize {
+    let mut j = v;
+    loop {
+        let Some((c, len)) = char_at(b, j, json) else {
+            return j;
+        };
+        match c {
+            b'\n' | b'\r' => return j,
+            // ODBC: `}}` is one `}`.
+            b'}' if close == b'}' => match char_at(b, j + len, json) {
+                Some((b'}', l2)) => j += len + l2,
+                _ => return j,
+            },
+            c if c == close => return j,
+            // libpq and TOML: `\` escapes the next character (not a line end).
+            b'\\' if close != b'}' => {
+                j += len;
+                match char_at(b, j, json) {
+                    Some((b'\n' | b'\r', _)) | None => return j,
+                    Some((_, l2)) => j += l2,
+                }
+            }
+            _ => j += len,
+        }
+    }
+}
+
 /// Where an unquoted value that starts at `v` ends: at `;`, `&`, `"`, a line end, or a
 /// space followed by the next `key=` (libpq's separator).
-fn unquoted_end(b: &[u8], v: usize) -> usize {
+fn unquoted_end(b: &[u8], v: usize, json: bool) -> usize {
     let mut j = v;
-    while j < b.len() {
-        match b[j] {
+    while let Some((c, len)) = char_at(b, j, json) {
+        match c {
             b';' | b'&' | b'"' | b'\n' | b'\r' => return j,
-            // A JSON log line escapes a quote as `\"`.
-            b'\\' if b.get(j + 1) == Some(&b'"') => return j,
+            // Text that quotes a JSON line escapes a quote as `\"`.
+            b'\\' if !json && b.get(j + 1) == Some(&b'"') => return j,
             b' ' | b'\t' if next_is_key(b, j) => return j,
-            _ => j += 1,
+            _ => j += len,
         }
     }
     j
@@ -314,7 +386,7 @@ mod tests {
             r("DSN=x;UID=u;PWD=s3c;DATABASE=d"),
             "DSN=x;UID=u;PWD=***;DATABASE=d"
         );
-        assert_eq!(r("DSN=x;pwd={a;b}}c};UID=u"), "DSN=x;pwd=***;UID=u");
+        assert_eq!(r("DSN=x;pwd={a;b}}c};UID=u"), "DSN=x;pwd={***};UID=u");
         assert_eq!(r("Password = my pass;UID=u"), "Password = ***;UID=u");
         assert_eq!(
             r("host=h password=s3c dbname=d"),
@@ -322,7 +394,7 @@ mod tests {
         );
         assert_eq!(
             r(r"host=h password='a b\'c' dbname=d"),
-            "host=h password=*** dbname=d"
+            "host=h password='***' dbname=d"
         );
         assert_eq!(r("sslpassword=k3y"), "sslpassword=***");
         assert_eq!(r("NATS_PASSWORD=x y z"), "NATS_PASSWORD=***");
@@ -337,11 +409,68 @@ mod tests {
             r(r#"Url { username: "u", password: Some("s3c"), host: Some(Domain("h")) }"#),
             r#"Url { username: "u", password: Some("***"), host: Some(Domain("h")) }"#
         );
+        // In a JSON line, as the log writes it (a bare `"` would end the string).
         assert_eq!(
-            r(r#"{"server":"Url { password: Some("s3c"), port: 1 }"}"#),
-            r#"{"server":"Url { password: Some("***"), port: 1 }"}"#
+            r(r#"{"server":"Url { password: Some(\"s3c\"), port: 1 }"}"#),
+            r#"{"server":"Url { password: Some(\"***\"), port: 1 }"}"#
         );
         assert_eq!(r("password: None"), "password: None");
+    }
+
+    #[test]
+    fn an_unclosed_quote_hides_the_rest_of_the_line_not_of_the_text() {
+        // A JSON log line keeps its closing `"}` and its newline.
+        assert_eq!(
+            r("{\"message\":\"bad: host=h password='s3c ret\",\"target\":\"x\"}\nnext"),
+            "{\"message\":\"bad: host=h password='***\",\"target\":\"x\"}\nnext"
+        );
+        assert_eq!(
+            r("{\"message\":\"DSN=d;PWD={s3c;ret\"}\n"),
+            "{\"message\":\"DSN=d;PWD={***\"}\n"
+        );
+        // Escaped in JSON, a quote or a backslash in the password is still inside it.
+        assert_eq!(
+            r(r#"{"message":"password='a\\'b c' dbname=d"}"#),
+            r#"{"message":"password='***' dbname=d"}"#
+        );
+        assert_eq!(
+            r(r#"{"message":"PWD={a\"}}b};UID=u"}"#),
+            r#"{"message":"PWD={***};UID=u"}"#
+        );
+        // Plain text: to the line's end.
+        assert_eq!(
+            r("password='s3c ret\nthe next line"),
+            "password='***\nthe next line"
+        );
+        assert_eq!(r("PWD={s3c;ret\r\nUID=u"), "PWD={***\r\nUID=u");
+        // A Debug field with no closing quote.
+        assert_eq!(
+            r("{\"message\":\"Url { password: Some(\\\"s3c\"}\n"),
+            "{\"message\":\"Url { password: Some(\\\"***\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_double_quoted_password_is_hidden_as_toml_shows_it() {
+        // As a TOML parse error shows the line.
+        assert_eq!(
+            r("3 | password = \"s3cret\"\n  |            ^"),
+            "3 | password = \"***\"\n  |            ^"
+        );
+        assert_eq!(
+            r(r#"nats_password = "s3c\"ret x""#),
+            "nats_password = \"***\""
+        );
+        assert_eq!(r("password = \"s3c ret"), "password = \"***");
+        // The same, in a JSON log line, and quoted in a Rust string.
+        assert_eq!(
+            r(r#"{"message":"line 3: password = \"s3c\\\"ret\" x"}"#),
+            r#"{"message":"line 3: password = \"***\" x"}"#
+        );
+        assert_eq!(
+            r(r#"Err("password = \"s3cret\"")"#),
+            r#"Err("password = \"***\"")"#
+        );
     }
 
     #[test]
@@ -350,6 +479,9 @@ mod tests {
             "nats://a:***@h",
             "PWD=***;UID=u",
             "password=*** dbname=d",
+            "password='***' dbname=d",
+            "PWD={***};UID=u",
+            "password = \"***\"",
             "tls://***@h:4222",
         ] {
             assert_eq!(r(s), s);
@@ -367,16 +499,47 @@ mod tests {
         ) {
             let once = r(&junk);
             proptest::prop_assert_eq!(r(&once), once.clone());
+            // A JSON log line stays one, whatever its message.
+            let line = serde_json::json!({ "message": junk, "target": "t" }).to_string();
+            let out = r(&line);
+            proptest::prop_assert!(
+                serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{} -> {}", line, out
+            );
+            proptest::prop_assert_eq!(r(&out), out.clone());
             let odbc_pw = pw.replace('}', "}}");
             for s in [
                 format!("nats://{user}:{pw}@host:4222"),
                 format!("x {junk} nats://{user}:{pw}@host:4222 {junk}"),
                 format!("DSN=d;UID={user};PWD={{{odbc_pw}}};X=1"),
                 format!("host=h user={user} password='{}' dbname=d", pw.replace('\\', "\\\\").replace('\'', "\\'")),
+                format!("password = \"{}\"", pw.replace('\\', "\\\\").replace('"', "\\\"")),
+                format!("{junk}password='{pw}"),
+                format!("{junk}PWD={{{pw}"),
             ] {
                 let out = r(&s);
                 proptest::prop_assert!(!out.contains(&pw), "{} -> {}", s, out);
             }
+        }
+
+        /// Text made of the pieces that matter: a JSON line stays one, and redaction is
+        /// idempotent.
+        #[test]
+        fn json_lines_keep_their_shape(pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "password=", "PWD=", "password = ", "pwd: ", "password: Some(", "'", "\"",
+                "\\", "{", "}", " ", "a", "=", ";", "\n", "&", "nats://u:p@h", "é",
+            ]),
+            0..24,
+        )) {
+            let text: String = pieces.concat();
+            let once = r(&text);
+            proptest::prop_assert_eq!(r(&once), once.clone(), "{:?}", text);
+            let line = serde_json::json!({ "message": text, "target": "t" }).to_string();
+            let out = r(&line);
+            proptest::prop_assert!(
+                serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{} -> {}", line, out
+            );
+            proptest::prop_assert_eq!(r(&out), out.clone(), "{}", line);
         }
     }
 }

@@ -69,7 +69,33 @@ pub struct PgConn {
     root_cert: Option<RootCert>,
 }
 
-/// Keys of libpq that lockstep does not support, with what to do instead.
+/// The keys lockstep hands to tokio-postgres (it reads them all).
+const PG_KEYS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "sslnegotiation",
+];
+
+/// The TLS keys lockstep reads itself (tokio-postgres does not know them).
+const SSL_KEYS: &[&str] = &["sslmode", "sslrootcert"];
+
+/// Keys of libpq (and of JDBC, which operators copy from) that lockstep does not
+/// support, with what to do instead. Named in the error: they are keys, not a value.
 const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "sslcert",
@@ -83,22 +109,114 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "sslpassword",
         "client certificates are not supported: authenticate with a password",
     ),
+    (
+        "sslcertmode",
+        "client certificates are not supported: authenticate with a password",
+    ),
     ("sslcrl", "certificate revocation lists are not supported"),
     (
         "sslcrldir",
         "certificate revocation lists are not supported",
     ),
+    (
+        "ssl",
+        "this is JDBC's key: write sslmode=require (or verify-ca, verify-full)",
+    ),
+    (
+        "requiressl",
+        "this is an old libpq key: write sslmode=require",
+    ),
+    (
+        "sslsni",
+        "the server name is always sent (SNI) when host= is a name",
+    ),
+    (
+        "sslcompression",
+        "TLS compression is never used (rustls has none)",
+    ),
+    (
+        "ssl_min_protocol_version",
+        "TLS 1.2 and 1.3 are used, never older (rustls has none older)",
+    ),
+    (
+        "ssl_max_protocol_version",
+        "TLS 1.2 and 1.3 are used, whichever the server prefers",
+    ),
+    ("sslkeylogfile", "TLS key logging is not supported"),
+    (
+        "gssencmode",
+        "GSSAPI encryption is not supported: use sslmode",
+    ),
+    (
+        "passfile",
+        "give the password as password= (or from a secret file)",
+    ),
+    (
+        "service",
+        "connection services are not supported: write the keys out",
+    ),
 ];
+
+/// What a key of a connection string is to lockstep.
+enum KeyKind {
+    /// `sslmode`, `sslrootcert`: read by lockstep.
+    Ssl,
+    /// Handed to tokio-postgres.
+    Pg,
+}
+
+/// Sorts a key, or refuses it: an unsupported key by its name and why; an unknown one
+/// by its byte position only (counted from 1 in the string as written), since a
+/// password with an unquoted blank makes its second half look like a key.
+fn key_kind(key: &str, at: usize) -> Result<KeyKind, String> {
+    if SSL_KEYS.contains(&key) {
+        return Ok(KeyKind::Ssl);
+    }
+    if PG_KEYS.contains(&key) {
+        return Ok(KeyKind::Pg);
+    }
+    if let Some((_, why)) = UNSUPPORTED.iter().find(|(u, _)| *u == key) {
+        return Err(format!(
+            "`{key}` in the PostgreSQL connection string is not supported: {why}"
+        ));
+    }
+    Err(format!(
+        "the PostgreSQL connection string has an unknown key at byte {} (not shown: it may be \
+         part of a password; a value with a blank is quoted: key='a b'); the keys \
+         lockstep reads are {}, {}",
+        at + 1,
+        SSL_KEYS.join(", "),
+        PG_KEYS.join(", ")
+    ))
+}
+
+/// tokio-postgres's words about a string it refused, when they quote nothing of it
+/// (it names a value's key, or a byte position); else a word of ours.
+fn config_error(why: &str) -> String {
+    let shown = if why.starts_with("invalid value for option `")
+        || why.starts_with("unterminated")
+        || why == "unexpected EOF"
+    {
+        why.to_owned()
+    } else if let Some(rest) = why.strip_prefix("unexpected character at byte ") {
+        let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        format!("unexpected character at byte {n}")
+    } else {
+        "it does not parse".to_owned()
+    };
+    format!("not a PostgreSQL connection string: {shown} (the string is not shown: it may hold a password)")
+}
 
 impl PgConn {
     /// Parses a connection string (`key=value …` or a `postgresql://` URL). The error
     /// never quotes the string (it may hold a password).
     pub fn parse(s: &str) -> Result<PgConn, String> {
+        let lead = s.len() - s.trim_start().len();
         let s = s.trim();
         let (rest, params) = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            split_url(s)
+            split_url(s, lead)?
         } else {
-            split_key_values(s)?
+            split_key_values(s, lead)?
         };
         let mut mode = None;
         let mut root_cert = None;
@@ -127,11 +245,8 @@ impl PgConn {
                 "sslrootcert" if v == "system" => root_cert = Some(RootCert::System),
                 "sslrootcert" if v.is_empty() => root_cert = None,
                 "sslrootcert" => root_cert = Some(RootCert::File(PathBuf::from(v))),
-                k => {
-                    if let Some((_, why)) = UNSUPPORTED.iter().find(|(u, _)| *u == k) {
-                        return Err(format!("`{k}` in the PostgreSQL connection string: {why}"));
-                    }
-                }
+                // split_* take nothing else.
+                _ => {}
             }
         }
         let mode = match (mode, &root_cert) {
@@ -148,8 +263,8 @@ impl PgConn {
         let mut config = Config::from_str(&rest).map_err(|e| {
             use std::error::Error;
             match e.source() {
-                Some(why) => format!("not a PostgreSQL connection string: {why}"),
-                None => format!("not a PostgreSQL connection string: {e}"),
+                Some(why) => config_error(&why.to_string()),
+                None => config_error(""),
             }
         })?;
         // Only an address (hostaddr=): libpq does TLS without a host name, except for
@@ -200,15 +315,12 @@ impl PgConn {
 
     /// The certificate check and root certificates this connection uses: `require` with
     /// a root certificate (given, or `~/.postgresql/root.crt`) checks as `verify-ca`.
-    fn tls(&self) -> Result<(Check, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
+    fn tls(&self) -> Result<(Check, pg_tls::Roots), String> {
         self.tls_with(default_root_path())
     }
 
     /// [`Self::tls`] with libpq's default root certificate at `default`.
-    fn tls_with(
-        &self,
-        default: Option<PathBuf>,
-    ) -> Result<(Check, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
+    fn tls_with(&self, default: Option<PathBuf>) -> Result<(Check, pg_tls::Roots), String> {
         let check = match self.mode {
             SslMode::Disable | SslMode::Prefer => Check::Nothing,
             SslMode::Require => Check::Ca,
@@ -216,7 +328,7 @@ impl PgConn {
             SslMode::VerifyFull => Check::Full,
         };
         if check == Check::Nothing {
-            return Ok((check, Vec::new()));
+            return Ok((check, pg_tls::Roots::default()));
         }
         let root = match &self.root_cert {
             Some(r) => Some(r.clone()),
@@ -224,8 +336,11 @@ impl PgConn {
         };
         match root {
             Some(RootCert::File(p)) => Ok((check, pg_tls::read_roots(&p)?)),
-            Some(RootCert::System) => Ok((check, pg_tls::system_roots()?)),
-            None if self.mode == SslMode::Require => Ok((Check::Nothing, Vec::new())),
+            Some(RootCert::System) => Ok((
+                check,
+                pg_tls::Roots::dated(pg_tls::system_roots()?, rustls::pki_types::UnixTime::now()),
+            )),
+            None if self.mode == SslMode::Require => Ok((Check::Nothing, pg_tls::Roots::default())),
             None => Err(format!(
                 "sslmode={} needs the CA that signed the server's certificate: give \
                  sslrootcert=/path/to/ca.pem (or sslrootcert=system for the system's CAs); \
@@ -252,21 +367,27 @@ fn default_root_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql/root.crt"))
 }
 
-/// A URL without its `sslmode`, `sslrootcert` (and unsupported) query parameters, and
-/// those parameters, decoded.
-fn split_url(s: &str) -> (String, Vec<(String, String)>) {
+/// A URL without its `sslmode` and `sslrootcert` query parameters, and those
+/// parameters, decoded; an unsupported or unknown parameter is refused. `lead`: the
+/// blanks trimmed before `s`, for byte positions.
+fn split_url(s: &str, lead: usize) -> Result<(String, Vec<(String, String)>), String> {
     let Some((base, query)) = s.split_once('?') else {
-        return (s.to_owned(), Vec::new());
+        return Ok((s.to_owned(), Vec::new()));
     };
     let mut kept = Vec::new();
     let mut taken = Vec::new();
-    for part in query.split('&').filter(|p| !p.is_empty()) {
+    let mut at = lead + base.len() + 1;
+    for part in query.split('&') {
+        let part_at = at;
+        at += part.len() + 1;
+        if part.is_empty() {
+            continue;
+        }
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let key = percent_decode(k);
-        if key.starts_with("ssl") && key != "sslnegotiation" {
-            taken.push((key, percent_decode(v)));
-        } else {
-            kept.push(part);
+        match key_kind(&key, part_at)? {
+            KeyKind::Ssl => taken.push((key, percent_decode(v))),
+            KeyKind::Pg => kept.push(part),
         }
     }
     let rest = if kept.is_empty() {
@@ -274,14 +395,16 @@ fn split_url(s: &str) -> (String, Vec<(String, String)>) {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    (rest, taken)
+    Ok((rest, taken))
 }
 
-/// A `key=value` string without its `sslmode`, `sslrootcert` (and unsupported) pairs,
-/// and those pairs. libpq's grammar: pairs separated by blanks, spaces allowed around
-/// `=`, a value in single quotes with `\'` and `\\` escapes, or unquoted with `\`
-/// escapes.
-fn split_key_values(s: &str) -> Result<(String, Vec<(String, String)>), String> {
+/// A `key=value` string without its `sslmode` and `sslrootcert` pairs, and those pairs;
+/// an unsupported or unknown key is refused. libpq's grammar: pairs separated by
+/// blanks, spaces allowed around `=`, a value in single quotes with `\'` and `\\`
+/// escapes, or unquoted with `\` escapes. Errors give byte positions (counted from 1,
+/// `lead` being the blanks trimmed before `s`), never a word of the string: it may be
+/// part of a password.
+fn split_key_values(s: &str, lead: usize) -> Result<(String, Vec<(String, String)>), String> {
     let b = s.as_bytes();
     let mut rest = String::with_capacity(s.len());
     let mut taken = Vec::new();
@@ -305,8 +428,11 @@ fn split_key_values(s: &str) -> Result<(String, Vec<(String, String)>), String> 
         }
         if b.get(i) != Some(&b'=') {
             return Err(format!(
-                "`{key}` in the PostgreSQL connection string has no `=` (write key=value pairs \
-                 separated by spaces, or a postgresql:// URL)"
+                "the PostgreSQL connection string has a word with no `=` at byte {} (not \
+                 shown: it may be part of a password; write key=value pairs separated by \
+                 spaces, a value with a blank in quotes: key='a b', or a postgresql:// \
+                 URL)",
+                lead + start + 1
             ));
         }
         i += 1;
@@ -320,8 +446,9 @@ fn split_key_values(s: &str) -> Result<(String, Vec<(String, String)>), String> 
                 match b.get(i) {
                     None => {
                         return Err(format!(
-                            "the value of `{key}` in the PostgreSQL connection string opens a \
-                             quote that is never closed"
+                            "the value at byte {} of the PostgreSQL connection string opens \
+                             a quote that is never closed",
+                            lead + start + 1
                         ))
                     }
                     Some(b'\\') if i + 1 < b.len() => {
@@ -347,7 +474,7 @@ fn split_key_values(s: &str) -> Result<(String, Vec<(String, String)>), String> 
                 i += 1;
             }
         }
-        if key.starts_with("ssl") && key != "sslnegotiation" {
+        if let KeyKind::Ssl = key_kind(key, lead + start)? {
             rest.push_str(&s[kept_from..start]);
             kept_from = i;
             taken.push((key.to_owned(), String::from_utf8_lossy(&value).into_owned()));
@@ -458,7 +585,9 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
             default_root_path().map_or("~/.postgresql/root.crt".into(), |p| p.display().to_string())
         }
     };
+    let refusal = rustls_error(e).and_then(|r| pg_tls::Refusal::of(&r).map(str::to_owned));
     let hint = match rustls_error(e) {
+        _ if refusal.is_some() => refusal.clone().unwrap_or_default(),
         Some(rustls::Error::InvalidCertificate(c)) => match c {
             C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => format!(
                 "the server's certificate is not signed by a CA in {root}: give the CA that \
@@ -500,6 +629,9 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
     };
     let what = match e.as_db_error() {
         Some(_) => crate::source::trigger::postgres::describe(e),
+        None if refusal.is_some() => {
+            "TLS handshake failed: the server's certificate was refused".into()
+        }
         None if is_tls_error(e) => format!("TLS handshake failed: {}", tls_detail(e)),
         // tokio-postgres's own words are the kind ("authentication error"); the cause
         // says what.
@@ -598,7 +730,70 @@ mod tests {
         let e = PgConn::parse("host=h password='s3cret").unwrap_err();
         assert!(e.contains("never closed") && !e.contains("s3cret"), "{e}");
         let e = PgConn::parse("host=h bogus=1 password=s3cret").unwrap_err();
-        assert!(e.contains("bogus") && !e.contains("s3cret"), "{e}");
+        assert!(
+            e.contains("unknown key at byte 8") && !e.contains("s3cret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_password_with_a_blank_is_never_quoted_back_in_part() {
+        // The second half of an unquoted password with a blank looks like a word with no
+        // `=`, or like an unknown key: said by its position.
+        for (s, secret, at) in [
+            ("host=h password=my secret dbname=x", "secret", "byte 20"),
+            ("host=h password=ab cd=ef", "cd", "byte 20"),
+            ("  host=h password=ab cd=ef", "cd", "byte 22"),
+            ("host=h password=ab cd='ef", "cd", "byte 20"),
+            ("host=h password=ab x=1 y", "x", "byte 20"),
+            ("postgresql://u@h/d?password=ab&cd=ef", "cd", "byte 32"),
+        ] {
+            let e = PgConn::parse(s).unwrap_err();
+            assert!(e.contains(at), "{s}: {e}");
+            // Printed as it is: nothing in it looks like a secret to the redaction.
+            assert_eq!(crate::config::redact(&e), e);
+            let quoted: Vec<&str> = e.split('`').skip(1).step_by(2).collect();
+            assert!(
+                !quoted.iter().any(|q| q.contains(secret)) && !e.contains(&format!(" {secret} ")),
+                "{s}: {e}"
+            );
+        }
+        // tokio-postgres's words pass only when they quote nothing of the string.
+        let e = PgConn::parse("host=h port=x password=p").unwrap_err();
+        assert!(e.contains("invalid value for option `port`"), "{e}");
+        assert!(config_error("unknown option `s3c`").contains("does not parse"));
+        assert!(
+            !config_error("unexpected character at byte 4: expected `=` but got `s`")
+                .contains("`s`")
+        );
+    }
+
+    #[test]
+    fn ssl_keys_lockstep_does_not_implement_are_refused_by_name() {
+        for (s, key) in [
+            ("host=h ssl=true", "ssl"),
+            (
+                "host=h ssl_min_protocol_version=TLSv1.3",
+                "ssl_min_protocol_version",
+            ),
+            ("host=h sslsni=0", "sslsni"),
+            ("host=h sslcompression=1", "sslcompression"),
+            ("host=h sslcertmode=require", "sslcertmode"),
+            ("postgresql://h/d?sslcompression=1", "sslcompression"),
+            ("postgresql://h/d?ssl=true", "ssl"),
+        ] {
+            let e = PgConn::parse(s).unwrap_err();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains("not supported"),
+                "{s}: {e}"
+            );
+        }
+        // An ssl-looking key nobody knows: by position.
+        let e = PgConn::parse("host=h sslfoo=1").unwrap_err();
+        assert!(e.contains("unknown key at byte 8"), "{e}");
+        // What is implemented is taken.
+        let c = parse("host=h sslmode=require sslnegotiation=postgres sslrootcert=");
+        assert_eq!(c.mode(), SslMode::Require);
     }
 
     #[test]
