@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         user: Some(user), ..
     } = &cli.command
     {
-        return match lockstep::cli::as_user::check_as(user, &path) {
+        return match rt.block_on(lockstep::cli::as_user::check_as(user, &path)) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("lockstep: {e}");

@@ -395,7 +395,7 @@ impl StateMigrated<'_> {
     pub fn emit(&self) {
         tracing::info!(
             path = %self.path.display(),
-            "migrated: the {} {} was written by lockstep 0.1.0; {}",
+            "migrated: the {} {} was written by an older lockstep; {}",
             self.what,
             self.path.display(),
             self.detail

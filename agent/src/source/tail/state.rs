@@ -82,20 +82,15 @@ impl Checkpoint {
                     path.display()
                 )
             })?;
-            if d.version < VERSION && !d.files.is_empty() {
-                let detail = format!(
-                    "its {} file(s) resume at their offsets, recognised by device, inode and \
-                     first line (0.1.0 kept no head of their first bytes); heads are recorded \
-                     from the next read, and the checkpoint is written again as version {VERSION}",
-                    d.files.len()
-                );
+            // An older version is written again in this one's form.
+            dirty = d.version < VERSION;
+            if let Some(detail) = migration_note(&d) {
                 StateMigrated {
                     what: "tail checkpoint",
                     path: &path,
                     detail: &detail,
                 }
                 .emit();
-                dirty = true;
             }
             for f in d.files {
                 files.insert(
@@ -168,9 +163,56 @@ impl Checkpoint {
     }
 }
 
+/// What the migration of a checkpoint written by an older lockstep does, when it does
+/// something: only entries without a head are read differently.
+fn migration_note(d: &OnDisk) -> Option<String> {
+    let headless = d.files.iter().filter(|f| f.head.is_none()).count();
+    (d.version < VERSION && headless > 0).then(|| {
+        format!(
+            "{headless} of its {} file(s) have no head of their first bytes (version {}): they \
+             resume at their offsets, recognised by device, inode and first line; heads are \
+             recorded from the next read, and the checkpoint is written again as version \
+             {VERSION}",
+            d.files.len(),
+            d.version
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_migration_is_said_only_when_an_entry_lacks_a_head() {
+        let entry = |ino, head| FileCp {
+            dev: 1,
+            ino,
+            path: "/x/a.log".into(),
+            fp: Some(5),
+            head,
+            gen: 0,
+            offset: 100,
+            retired_ms: None,
+        };
+        let with_head = Some(Head { len: 10, hash: 7 });
+        let on_disk = |version, files| OnDisk { version, files };
+        assert_eq!(migration_note(&on_disk(1, vec![])), None);
+        assert_eq!(
+            migration_note(&on_disk(1, vec![entry(2, with_head), entry(3, with_head)])),
+            None,
+            "every entry has its head: nothing to say"
+        );
+        assert_eq!(
+            migration_note(&on_disk(VERSION, vec![entry(2, None)])),
+            None
+        );
+        let note = migration_note(&on_disk(1, vec![entry(2, with_head), entry(3, None)])).unwrap();
+        assert!(
+            note.starts_with("1 of its 2 file(s) have no head"),
+            "{note}"
+        );
+    }
 
     #[test]
     fn a_new_generation_takes_its_identity_only_when_the_checkpoint_reaches_it() {
