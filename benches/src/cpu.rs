@@ -176,7 +176,7 @@ mod tests {
             p(10, 1, 5, 300), // the postmaster, 300 ticks of ended backends
             p(11, 10, 40, 0),
             p(12, 10, 60, 0),
-            p(13, 12, 2, 0), // a grandchild
+            p(13, 12, 2, 0),  // a grandchild
             p(20, 1, 999, 0), // another server: not ours
         ];
         assert_eq!(tree_ticks(&procs, 10), Some(5 + 300 + 40 + 60 + 2));
