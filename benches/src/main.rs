@@ -27,6 +27,7 @@
 //! raw pipelined publish rate of the same envelopes measured right after on the same
 //! server.
 
+mod cpu;
 mod debounce;
 mod idle;
 mod poll;
@@ -471,26 +472,9 @@ fn envelope(line: &str, i: u64) -> Bytes {
     Bytes::from(out)
 }
 
+/// CPU seconds so far of process `pid` (all its threads).
 fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-/// CPU seconds used so far by the live processes named one of `names` (summed).
-fn cpu_secs_of(names: &[&str]) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| names.contains(&c.trim()))
-        })
-        .filter_map(cpu_secs)
-        .sum()
+    cpu::process_secs(pid)
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {

@@ -30,9 +30,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{
-    cpu_secs, cpu_secs_of, lockstep_bin, raw_publish, vm_hwm_kib, wait_stream, NatsServer,
-};
+use super::{cpu, cpu_secs, lockstep_bin, raw_publish, vm_hwm_kib, wait_stream, NatsServer};
 
 const ROWS: u64 = 10_000;
 
@@ -131,7 +129,6 @@ pub async fn trigger(db_name: &str, n: u64) -> Result<()> {
     };
     let tmp = tempfile::tempdir()?;
     let nats = NatsServer::start(tmp.path())?;
-    let url = format!("nats://127.0.0.1:{}", nats.port);
     let name = format!("lockstep_bench_{}", std::process::id());
     println!(
         "scenario trigger on {db_name}: {n} single-row updates, nats-server {} (JetStream, file storage), 2 cores",
@@ -178,7 +175,7 @@ pub async fn trigger(db_name: &str, n: u64) -> Result<()> {
             )
         }
     };
-    let result = run(db, &name, &create, &conn, interval, n, tmp.path(), &url).await;
+    let result = run(db, &name, &create, &conn, interval, n, tmp.path(), &nats).await;
     let _ = match db {
         Db::Postgres => admin(db, &format!("DROP SCHEMA IF EXISTS {name} CASCADE")),
         Db::MariaDb => admin(db, &format!("DROP DATABASE IF EXISTS {name}")),
@@ -196,8 +193,9 @@ async fn run(
     interval: &str,
     n: u64,
     dir: &Path,
-    url: &str,
+    nats: &NatsServer,
 ) -> Result<()> {
+    let url = &format!("nats://127.0.0.1:{}", nats.port);
     run_sql(db, name, create)?;
     let cfg = dir.join("lockstep.toml");
     std::fs::write(
@@ -222,7 +220,12 @@ async fn run(
         .map(|w| {
             let name = name.to_owned();
             std::thread::spawn(move || {
-                let mut sql = String::new();
+                // The backlog's commits need not wait for the WAL flush: the write rate
+                // is not the figure, and on a busy disk it took most of the run.
+                let mut sql = match db {
+                    Db::Postgres => "SET synchronous_commit = off;\n".to_owned(),
+                    Db::MariaDb => String::new(),
+                };
                 for i in (0..n).filter(|i| i % 4 == w) {
                     sql.push_str(&update(i));
                 }
@@ -235,18 +238,24 @@ async fn run(
     }
     let write_secs = t.elapsed().as_secs_f64();
     println!(
-        "  database: {n} single-row update transactions from 4 clients in {write_secs:.1} s ({:.0}/s)",
-        n as f64 / write_secs
+        "  database: {n} single-row update transactions from 4 clients in {write_secs:.1} s ({:.0}/s{})",
+        n as f64 / write_secs,
+        if db == Db::Postgres {
+            ", synchronous_commit off"
+        } else {
+            ""
+        }
     );
 
     let client = async_nats::connect(url).await?;
     let js = jetstream::new(client.clone());
     // Where the machine's CPU goes: the agent, the broker and the database share it.
-    let server = match db {
-        Db::Postgres => "postgres",
-        Db::MariaDb => "mariadbd",
-    };
-    let (nats0, db0) = (cpu_secs_of(&["nats-server"]), cpu_secs_of(&[server]));
+    // Each is a process tree measured before and after (see `cpu`): the database's
+    // backends that end meanwhile keep their time in the server's figure.
+    let nats_pid = nats.child.id();
+    let server = server_process(db, name);
+    let tree = |pid: Option<u32>| pid.and_then(cpu::tree_secs);
+    let (nats0, db0) = (tree(Some(nats_pid)), tree(server.as_ref().ok().copied()));
     let t = Instant::now();
     let mut agent = start(&bin, &cfg)?;
     let pid = agent.id();
@@ -254,8 +263,9 @@ async fn run(
     wait_stream(&js, n, &mut agent, &mut peak).await?;
     let drain_secs = t.elapsed().as_secs_f64();
     let drain_cpu = cpu_secs(pid).unwrap_or(0.0);
-    let drain_nats = cpu_secs_of(&["nats-server"]) - nats0;
-    let drain_db = cpu_secs_of(&[server]) - db0;
+    let sessions = agent_sessions_secs(db, name, pid);
+    let drain_nats = delta(nats0, tree(Some(nats_pid)));
+    let drain_db = delta(db0, tree(server.as_ref().ok().copied()));
     let drain_rate = n as f64 / drain_secs;
     let left = run_sql(db, name, "SELECT count(*) FROM lockstep_changes;")?;
 
@@ -271,11 +281,11 @@ async fn run(
     .await?;
     let payloads: Vec<Bytes> = (0..n).map(|i| filler(avg, i)).collect();
     let (nats0, me0) = (
-        cpu_secs_of(&["nats-server"]),
+        tree(Some(nats_pid)),
         cpu_secs(std::process::id()).unwrap_or(0.0),
     );
     let (raw_secs, raw_rate) = raw_publish(&js, "raw.trigger", &payloads).await?;
-    let raw_nats = cpu_secs_of(&["nats-server"]) - nats0;
+    let raw_nats = delta(nats0, tree(Some(nats_pid))).unwrap_or(0.0);
     let raw_me = cpu_secs(std::process::id()).unwrap_or(0.0) - me0;
     drop(payloads);
 
@@ -286,11 +296,27 @@ async fn run(
         drain_rate / raw_rate
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let server_name = match db {
+        Db::Postgres => "postgres",
+        Db::MariaDb => "mariadbd",
+    };
+    let fmt = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.2}"));
     println!(
-        "  CPU during the drain: lockstep {drain_cpu:.2} s + nats-server {drain_nats:.2} s + {server} {drain_db:.2} s = {:.2} of {:.2} core-seconds",
-        drain_cpu + drain_nats + drain_db,
+        "  CPU during the drain: lockstep {drain_cpu:.2} s + nats-server {} s + {server_name} {} s = {:.2} of {:.2} core-seconds",
+        fmt(drain_nats),
+        fmt(drain_db),
+        drain_cpu + drain_nats.unwrap_or(0.0) + drain_db.unwrap_or(0.0),
         cores * drain_secs
     );
+    match (&server, sessions) {
+        (Err(e), _) => println!("    ({server_name} not measured: {e})"),
+        (Ok(_), Some(s)) => println!(
+            "    ({server_name}: every server process, ended ones included, and other clients' work too; of it lockstep's own sessions {s:.2} s)"
+        ),
+        (Ok(_), None) => println!(
+            "    ({server_name}: every server process, ended ones included, and other clients' work too)"
+        ),
+    }
     println!(
         "  CPU during the raw publish: client {raw_me:.2} s + nats-server {raw_nats:.2} s = {:.2} of {:.2} core-seconds",
         raw_me + raw_nats,
@@ -492,4 +518,71 @@ fn filler(len: usize, i: u64) -> Bytes {
     }
     s.push_str("\"}");
     Bytes::from(s)
+}
+
+/// `after - before`, when both were measured.
+fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
+}
+
+/// The pid of the database server's root process (PostgreSQL's postmaster, MariaDB's
+/// mariadbd), asked of the server itself, and checked to run on this machine.
+fn server_process(db: Db, name: &str) -> Result<u32> {
+    let (sql, expect): (&str, &[&str]) = match db {
+        Db::Postgres => (
+            "SELECT split_part(pg_read_file('postmaster.pid'), E'\\n', 1);",
+            &["postgres", "postmaster"],
+        ),
+        Db::MariaDb => ("SELECT @@pid_file, @@datadir;", &["mariadbd", "mysqld"]),
+    };
+    let out = run_sql(db, name, sql).context("ask the database server for its pid")?;
+    let pid_text = match db {
+        Db::Postgres => out,
+        Db::MariaDb => {
+            let (file, datadir) = out
+                .split_once('\t')
+                .with_context(|| format!("unexpected answer to `{sql}`: {out}"))?;
+            let path = Path::new(datadir).join(file);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("read the server's pid file {}", path.display()))?
+        }
+    };
+    let pid: u32 = pid_text
+        .trim()
+        .parse()
+        .with_context(|| format!("the server's pid `{}` is not a number", pid_text.trim()))?;
+    match cpu::comm(pid) {
+        Some(c) if expect.contains(&c.as_str()) => Ok(pid),
+        Some(c) => bail!("process {pid} is `{c}`, not the database server (is the server on another machine or in a container?)"),
+        None => bail!("no process {pid} on this machine (is the server on another machine or in a container?)"),
+    }
+}
+
+/// CPU seconds of the PostgreSQL backends serving the agent `pid` (found by the local
+/// ports of its connections, in `pg_stat_activity`); they started with the agent, so
+/// this is their whole time. `None` where that cannot be told (MariaDB runs a session
+/// as a thread, which only performance_schema maps to the OS).
+fn agent_sessions_secs(db: Db, name: &str, pid: u32) -> Option<f64> {
+    if db != Db::Postgres {
+        return None;
+    }
+    let ports = cpu::connected_ports(pid, 5432);
+    if ports.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let pids = run_sql(
+        db,
+        name,
+        &format!(
+            "SELECT pid FROM pg_stat_activity WHERE client_port IN ({});",
+            list.join(", ")
+        ),
+    )
+    .ok()?;
+    let pids: Vec<u32> = pids.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu::process_secs(p)).sum()
 }
