@@ -679,7 +679,7 @@ mod tests {
         let schema = format!("lockstep_pg_walk_{}", std::process::id());
         let backlog = 20_000;
         rt.block_on(async {
-            let mut c = connect(CONN).await.unwrap();
+            let mut c = connect(&PgConn::parse(CONN).unwrap()).await.unwrap();
             c.batch_execute(&format!(
                 "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
                  SET search_path = {schema};
@@ -699,7 +699,7 @@ mod tests {
             .await
             .unwrap();
         });
-        let conn = format!("{CONN} options='-c search_path={schema}'");
+        let conn = PgConn::parse(&format!("{CONN} options='-c search_path={schema}'")).unwrap();
         let mut cap = PgCapture::open(rt.handle(), &conn, "walk", &["visits".into()]).unwrap();
         let limit = 2048;
         let mut rows = Vec::new();
@@ -712,7 +712,7 @@ mod tests {
         // The rows the read looked at, by sequential or index scan, once its backend has
         // reported them.
         let read = rt.block_on(async {
-            let c = connect(CONN).await.unwrap();
+            let c = connect(&PgConn::parse(CONN).unwrap()).await.unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
                 let n: i64 = c
