@@ -989,7 +989,7 @@ impl Drain {
                      If the capture table's seq starts again under the same identity while the \
                      stream remembers an old change of the same seq, the new change is dropped \
                      as a repeat, and an ack of the old row can delete the new one \
-                     (docs/operations.md, \"Resetting the capture table\")",
+                     (docs/operations.md: \"The capture table was emptied or made anew\")",
                     self.name
                 );
             }

@@ -49,16 +49,29 @@ fn ids_of(events: &[(String, String)], note: &str) -> Vec<String> {
         .collect()
 }
 
-/// Five changes read and sent; `seq` reset and five other changes written (the same
-/// `seq`s 1..5) while the connection is down; then the acks of the first five.
-fn stale_acks_delete_nothing_of_the_new_rows(connect: Connect, side: &mut dyn Side) {
+/// What a test drives: the drain, its sink's channel and its acks.
+struct Rig {
+    drain: Drain,
+    rx: mpsc::Receiver<Batch>,
+    watermark: Arc<AckWatermark>,
+    /// Held for the drain's life: its runtime, state directory, stop and done signals.
+    _keep: (
+        tokio::runtime::Runtime,
+        tempfile::TempDir,
+        watch::Sender<bool>,
+        watch::Sender<bool>,
+    ),
+}
+
+/// A drain of table `t` (`capture = "rows"`) connected by `connect`.
+fn rig(connect: Connect) -> Rig {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(64);
     let watermark = Arc::new(AckWatermark::default());
-    let (_stop, shutdown) = watch::channel(false);
-    let (_done, sink_done) = watch::channel(false);
+    let (stop, shutdown) = watch::channel(false);
+    let (done, sink_done) = watch::channel(false);
     let cx = SourceContext {
         index: 0,
         name: "vista".into(),
@@ -90,7 +103,23 @@ fn stale_acks_delete_nothing_of_the_new_rows(connect: Connect, side: &mut dyn Si
         snapshot_initial: false,
         schema_check: Duration::from_secs(600),
     };
-    let mut drain = Drain::new(cfg, cx, connect);
+    Rig {
+        drain: Drain::new(cfg, cx, connect),
+        rx,
+        watermark,
+        _keep: (rt, dir, stop, done),
+    }
+}
+
+/// Five changes read and sent; `seq` reset and five other changes written (the same
+/// `seq`s 1..5) while the connection is down; then the acks of the first five.
+fn stale_acks_delete_nothing_of_the_new_rows(connect: Connect, side: &mut dyn Side) {
+    let Rig {
+        mut drain,
+        mut rx,
+        watermark,
+        _keep,
+    } = rig(connect);
     let mut events = Vec::new();
 
     side.sql("INSERT INTO t VALUES (1, 'old'), (2, 'old'), (3, 'old'), (4, 'old'), (5, 'old')");
@@ -268,4 +297,89 @@ fn postgres_truncate_restart_identity_before_the_acks_deletes_no_new_row() {
     });
     stale_acks_delete_nothing_of_the_new_rows(connect, &mut side);
     side.sql(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// A `Write` into a shared buffer: what the drain logs.
+#[derive(Clone, Default)]
+struct Logged(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logged {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Capture rows whose `changed_at` is not a date-time: sent with ids without `@<ms>`,
+/// said once in the log, and deleted (by `seq`) once acknowledged.
+#[test]
+fn sqlite_odbc_a_capture_row_without_a_readable_time_is_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = format!(
+        "DRIVER={{SQLite3}};Database={}",
+        dir.path().join("db").display()
+    );
+    let mut side = Lite {
+        conn: odbc::connect(&conn).unwrap(),
+    };
+    side.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)");
+    odbc::apply(
+        &side.conn,
+        &install(Dialect::Sqlite, &[table()], Capture::Rows),
+    )
+    .unwrap();
+    side.sql("INSERT INTO t VALUES (1, 'timed')");
+    for id in [2, 3] {
+        side.sql(&format!(
+            "INSERT INTO lockstep_changes (tbl, op, pk, after, changed_at) VALUES \
+             ('t', 'c', '{{\"id\": {id}}}', '{{\"id\": {id}, \"note\": \"untimed\"}}', 'yesterday')"
+        ));
+    }
+    let connect: Connect = Box::new(move || {
+        odbc::OdbcCapture::open(&conn, None, "vista", &["t".into()])
+            .map(|c| Box::new(c) as Box<dyn CaptureDb>)
+    });
+    let logged = Logged::default();
+    let writer = logged.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let Rig {
+        mut drain,
+        mut rx,
+        watermark,
+        _keep,
+    } = rig(connect);
+    let mut events = Vec::new();
+    tracing::subscriber::with_default(subscriber, || {
+        drain.open();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while events.len() < 3 && Instant::now() < deadline {
+            assert!(drain.step().is_ok(), "{:?}", drain.last_error);
+            received(&mut rx, &mut events);
+        }
+    });
+    let mut ids = ids_of(&events, "untimed");
+    ids.sort();
+    assert_eq!(ids, ["a:vista:sqlite.2", "a:vista:sqlite.3"], "{events:?}");
+    let timed = ids_of(&events, "\"timed\"");
+    assert!(
+        timed.len() == 1 && timed[0].starts_with("a:vista:sqlite.1@"),
+        "{events:?}"
+    );
+    let log = String::from_utf8_lossy(&logged.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        log.matches("has no time the drain can read").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("WARN") && log.contains("seq 2"), "{log}");
+    watermark.advance(3);
+    drain.apply_acks();
+    drain.delete_acked().unwrap();
+    assert_eq!(side.capture_rows(), 0);
 }
