@@ -89,6 +89,26 @@ pub struct ChangeRow {
     pub origin: Option<String>,
 }
 
+/// A capture row as the drain holds it until it is deleted: its `seq` and when it was
+/// written (`ChangeRow::changed_ms`). `seq` alone does not name a row for good: it starts
+/// again when the capture table is reset (`TRUNCATE … RESTART IDENTITY`, made anew under
+/// the same identity), and an ack of an old row must not delete a new one with its `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowId {
+    pub seq: i64,
+    /// `None` where the database gives no time: then deleted by `seq` alone.
+    pub ms: Option<i64>,
+}
+
+impl ChangeRow {
+    pub fn id(&self) -> RowId {
+        RowId {
+            seq: self.seq,
+            ms: self.changed_ms,
+        }
+    }
+}
+
 /// A database error, already worded for the operator.
 #[derive(Debug)]
 pub struct DbError(pub String);
@@ -125,8 +145,10 @@ pub trait CaptureDb: Send {
     /// The catalog's estimate of the rows of `table` (`None` where there is no cheap
     /// one); never a `count(*)`, which on a big table outlasts the watchdog.
     fn estimate_rows(&mut self, table: &TableDef) -> Result<Option<u64>, DbError>;
-    /// Deletes the rows with these `seq`s.
-    fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError>;
+    /// Deletes these rows: each by its `seq` and, where it has one, its time (the
+    /// expression it was read with), so that a row written since under a reused `seq`
+    /// stays.
+    fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError>;
     /// Waits up to `timeout` for news of a change; true when woken by one.
     fn wait(&mut self, timeout: Duration) -> bool;
     /// The tables as the catalog has them now, and what their capture triggers record
@@ -232,7 +254,7 @@ struct TableOut {
 /// Capture rows whose event is `seq`: deleted once the watermark reaches it.
 struct Pending {
     seq: u64,
-    rows: Vec<i64>,
+    rows: Vec<RowId>,
     captured_ms: i64,
 }
 
@@ -240,7 +262,7 @@ struct Pending {
 /// capture table they are rows of (`Drain::table_gen`).
 struct Rows {
     table: usize,
-    rows: Vec<i64>,
+    rows: Vec<RowId>,
     gen: u64,
 }
 
@@ -270,7 +292,7 @@ struct Group {
     /// When the last capture row was written (ms), where the database says.
     last_ms: Option<i64>,
     changed_ms: Option<i64>,
-    rows: Vec<i64>,
+    rows: Vec<RowId>,
 }
 
 /// The connection is gone: it was lost while the source waited for the sink (`send`
@@ -293,7 +315,7 @@ pub struct Drain {
     cursor: i64,
     in_flight: HashSet<i64>,
     pending: VecDeque<Pending>,
-    to_delete: Vec<i64>,
+    to_delete: Vec<RowId>,
     seq: u64,
     batch: Vec<Outgoing>,
     deb: Debouncer<Rows>,
@@ -322,6 +344,8 @@ pub struct Drain {
     table_gen: u64,
     /// The tables whose trigger bodies cannot be read, already warned of.
     unreadable: HashSet<String>,
+    /// A capture row without a readable time was logged (once).
+    no_time_logged: bool,
 }
 
 enum Fail {
@@ -372,6 +396,7 @@ impl Drain {
             drift: HashMap::new(),
             table_gen: 0,
             unreadable: HashSet::new(),
+            no_time_logged: false,
         }
     }
 
@@ -641,8 +666,8 @@ impl Drain {
             return Err(not_connected(&self.name));
         };
         db.delete(&self.to_delete)?;
-        for s in self.to_delete.drain(..) {
-            self.in_flight.remove(&s);
+        for r in self.to_delete.drain(..) {
+            self.in_flight.remove(&r.seq);
         }
         Ok(())
     }
@@ -811,7 +836,7 @@ impl Drain {
     /// `capture = "rows"`: one event per row, with the images the trigger recorded.
     fn row_event(&mut self, r: &ChangeRow) {
         if r.origin.is_some() {
-            self.to_delete.push(r.seq);
+            self.to_delete.push(r.id());
             return;
         }
         let mut built = self.build_row(r);
@@ -838,7 +863,7 @@ impl Drain {
                     after,
                     position,
                     r.changed_ms,
-                    vec![r.seq],
+                    vec![r.id()],
                 )
             }
             Err(reason) => self.set_aside(r, &reason),
@@ -961,7 +986,7 @@ impl Drain {
                         g.last_seq = r.seq;
                         g.last_ms = r.changed_ms;
                         g.changed_ms = r.changed_ms.or(g.changed_ms);
-                        g.rows.push(r.seq);
+                        g.rows.push(r.id());
                     }
                     None => {
                         index.insert((t, lookup.clone(), canon.clone()), groups.len());
@@ -975,7 +1000,7 @@ impl Drain {
                             last_seq: r.seq,
                             last_ms: r.changed_ms,
                             changed_ms: r.changed_ms,
-                            rows: vec![r.seq],
+                            rows: vec![r.id()],
                         });
                     }
                 }
@@ -986,7 +1011,7 @@ impl Drain {
         // below may take newer ones).
         let grouped_defs: Vec<TableDef> = self.tables.iter().map(|o| o.def.clone()).collect();
         for r in rows.iter().filter(|r| r.origin.is_some()) {
-            self.to_delete.push(r.seq);
+            self.to_delete.push(r.id());
         }
         for (r, reason) in aside {
             self.set_aside(r, &reason);
@@ -1101,9 +1126,10 @@ impl Drain {
         for g in groups {
             let (op, after) = match current.remove(&(g.table, g.lookup, g.canon)) {
                 Some(Err((reason, json))) => {
+                    let seqs: Vec<i64> = g.rows.iter().map(|r| r.seq).collect();
                     let reason = format!(
-                        "capture rows seq {:?} of `{}`, key {}: the current row: {reason}",
-                        g.rows, self.tables[g.table].def.name, g.pk
+                        "capture rows seq {seqs:?} of `{}`, key {}: the current row: {reason}",
+                        self.tables[g.table].def.name, g.pk
                     );
                     let file = Path::new(super::ddl::CAPTURE_TABLE);
                     if self.set_aside_row(file, g.last_seq.max(0) as u64, &reason, &json) {
@@ -1147,10 +1173,27 @@ impl Drain {
     /// of an older one still in the stream's duplicate window, and JetStream would drop
     /// it as a repeat. The time the capture row was written is stored in the row, so a
     /// row read again gets the same id, and a new row with a reused `seq` another one.
-    fn position(&self, seq: i64, changed_ms: Option<i64>) -> String {
+    fn position(&mut self, seq: i64, changed_ms: Option<i64>) -> String {
         let mut p = format!("{}.{seq}", self.epoch);
-        if let Some(ms) = changed_ms {
-            let _ = write!(p, "@{ms}");
+        match changed_ms {
+            Some(ms) => {
+                let _ = write!(p, "@{ms}");
+            }
+            None if !self.no_time_logged => {
+                self.no_time_logged = true;
+                tracing::warn!(
+                    source = &*self.name,
+                    "source {}: capture row seq {seq} has no time the drain can read (changed_at \
+                     is NULL, not a date-time, or the dialect gives none): its message id is \
+                     `{p}`, without `@<ms>`, and so are those of other such rows (logged once). \
+                     If the capture table's seq starts again under the same identity while the \
+                     stream remembers an old change of the same seq, the new change is dropped \
+                     as a repeat, and an ack of the old row can delete the new one \
+                     (docs/operations.md: \"The capture table was emptied or made anew\")",
+                    self.name
+                );
+            }
+            None => {}
         }
         p
     }
@@ -1195,7 +1238,7 @@ impl Drain {
         after: Option<Record>,
         position: String,
         changed_ms: Option<i64>,
-        rows: Vec<i64>,
+        rows: Vec<RowId>,
     ) {
         let now = now_ms();
         let table = &self.tables[t];
@@ -1218,9 +1261,10 @@ impl Drain {
         if let Err(reason) = self.cx.map.apply(&mut ev) {
             let data = self.cx.encoder.payload(&ev);
             let data = String::from_utf8_lossy(&data).into_owned();
-            let first = rows.first().copied().unwrap_or(0);
+            let first = rows.first().map_or(0, |r| r.seq);
+            let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
             let reason = format!(
-                "capture rows seq {rows:?} of `{}`: {reason}",
+                "capture rows seq {seqs:?} of `{}`: {reason}",
                 table.def.name
             );
             let file = Path::new(super::ddl::CAPTURE_TABLE);
@@ -1300,7 +1344,7 @@ impl Drain {
         .to_string();
         let file = Path::new(super::ddl::CAPTURE_TABLE);
         if self.set_aside_row(file, r.seq.max(0) as u64, &reason, &data) {
-            self.to_delete.push(r.seq);
+            self.to_delete.push(r.id());
         }
     }
 
@@ -1618,6 +1662,9 @@ mod lost_connection_tests;
 
 #[cfg(test)]
 mod new_table_tests;
+
+#[cfg(test)]
+mod reset_tests;
 
 #[cfg(test)]
 mod tests {

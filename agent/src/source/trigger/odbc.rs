@@ -3,6 +3,7 @@
 //! drain's reads of the capture table, polled at the source's `interval`.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use lockstep_formats::Value;
@@ -11,7 +12,7 @@ use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 
 use super::conn_string::ConnString;
 use super::ddl::{json_object, own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{parse_image, CaptureDb, ChangeRow, DbError, LateBatch, Schema};
+use super::drain::{parse_image, CaptureDb, ChangeRow, DbError, LateBatch, RowId, Schema};
 use super::drift;
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
@@ -450,20 +451,6 @@ impl OdbcCapture {
                 "the capture table {CAPTURE_TABLE} does not exist: run `lockstep triggers install --source {source}`"
             )));
         }
-        let epoch = match dialect {
-            Dialect::MariaDb => query(
-                &c,
-                "SELECT UNIX_TIMESTAMP(create_time) FROM information_schema.tables \
-                 WHERE table_schema = DATABASE() AND table_name = 'lockstep_changes'",
-                "read when the capture table was made",
-            )?
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next().flatten())
-            .map(|t| format!("my{}", t.split('.').next().unwrap_or_default()))
-            .unwrap_or_else(|| "my".into()),
-            d => d.name().to_owned(),
-        };
         let mut defs = Vec::with_capacity(tables.len());
         let mut types = Vec::with_capacity(tables.len());
         for t in tables {
@@ -480,6 +467,22 @@ impl OdbcCapture {
             c.execute("SET time_zone = '+00:00'", (), None)
                 .map_err(odbc_err("set the session time zone to UTC"))?;
         }
+        // After the session is in UTC: `create_time` is a DATETIME in the session's time
+        // zone, so read before it would change with the server's zone (and its DST).
+        let epoch = match dialect {
+            Dialect::MariaDb => query(
+                &c,
+                "SELECT UNIX_TIMESTAMP(create_time) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = 'lockstep_changes'",
+                "read when the capture table was made",
+            )?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+            .map(|t| format!("my{}", t.split('.').next().unwrap_or_default()))
+            .unwrap_or_else(|| "my".into()),
+            d => d.name().to_owned(),
+        };
         if dialect == Dialect::MariaDb {
             // One snapshot per read whatever the server's default (see `LateBatch`).
             c.execute(
@@ -616,15 +619,49 @@ fn row_image(d: Dialect, table: &TableDef) -> String {
     }
 }
 
-/// The capture-row time as ms since the epoch, where the dialect can say.
+/// The capture-row time as ms since the epoch, where the dialect can say. The same
+/// expression names a row to delete (see [`OdbcCapture::delete`]): it must give the
+/// same number for the same row every time.
 fn changed_ms(d: Dialect) -> &'static str {
     match d {
         Dialect::Postgres => "(extract(epoch FROM changed_at) * 1000)::int8",
         Dialect::MariaDb => "CAST(UNIX_TIMESTAMP(changed_at) * 1000 AS SIGNED)",
-        Dialect::Sqlite => "CAST((julianday(changed_at) - 2440587.5) * 86400000 AS INTEGER)",
+        // Rounded: julianday's float puts `.123` a hair under 123 ms as often as over.
+        Dialect::Sqlite => "CAST(ROUND((julianday(changed_at) - 2440587.5) * 86400000) AS INTEGER)",
         Dialect::SqlServer => "DATEDIFF_BIG(millisecond, '1970-01-01', changed_at)",
         Dialect::Oracle | Dialect::Db2 => "NULL",
     }
+}
+
+/// `DELETE` of `rows` (at most [`IN_LIST`]): `seq IN (…)` for the index, and each row
+/// by its `seq` and time, as read, so that a row written since under a reused `seq` is
+/// not taken (`(seq = 7 AND <ms> = 1764…) OR …`); a row read without a time goes by
+/// its `seq`. The numbers are the drain's own integers, written as literals.
+fn delete_sql(d: Dialect, ct: &str, own: &str, rows: &[RowId], sql: &mut String) {
+    sql.clear();
+    let _ = write!(sql, "DELETE FROM {ct} WHERE seq IN (");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "{}", r.seq);
+    }
+    sql.push_str(") AND (");
+    let ms = changed_ms(d);
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        match r.ms {
+            Some(t) => {
+                let _ = write!(sql, "(seq = {} AND {ms} = {t})", r.seq);
+            }
+            None => {
+                let _ = write!(sql, "seq = {}", r.seq);
+            }
+        }
+    }
+    let _ = write!(sql, ") AND {own}");
 }
 
 /// `SELECT <body> ORDER BY <order>`, at most `n` rows, in the dialect's words.
@@ -876,21 +913,14 @@ impl CaptureDb for OdbcCapture {
         Ok(n)
     }
 
-    fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {
+    fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError> {
         let ct = self.dialect.ident(CAPTURE_TABLE);
+        let mut sql = String::new();
         let r = (|| {
-            for chunk in seqs.chunks(IN_LIST) {
-                let list: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
+            for chunk in rows.chunks(IN_LIST) {
+                delete_sql(self.dialect, &ct, &self.own, chunk, &mut sql);
                 self.conn
-                    .execute(
-                        &format!(
-                            "DELETE FROM {ct} WHERE seq IN ({}) AND {}",
-                            list.join(", "),
-                            self.own
-                        ),
-                        (),
-                        None,
-                    )
+                    .execute(&sql, (), None)
                     .map_err(odbc_err("delete drained rows from the capture table"))?;
             }
             Ok(())
@@ -957,6 +987,33 @@ impl CaptureDb for OdbcCapture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delete_names_each_row_by_seq_and_time() {
+        let mut sql = String::new();
+        let rows = [
+            RowId {
+                seq: 7,
+                ms: Some(1_764_000_000_123),
+            },
+            RowId { seq: 9, ms: None },
+        ];
+        delete_sql(
+            Dialect::Sqlite,
+            "\"lockstep_changes\"",
+            "tbl IN ('t')",
+            &rows,
+            &mut sql,
+        );
+        assert_eq!(
+            sql,
+            format!(
+                "DELETE FROM \"lockstep_changes\" WHERE seq IN (7, 9) AND \
+                 ((seq = 7 AND {} = 1764000000123) OR seq = 9) AND tbl IN ('t')",
+                changed_ms(Dialect::Sqlite)
+            )
+        );
+    }
 
     #[test]
     fn literals_are_quoted_per_dialect() {

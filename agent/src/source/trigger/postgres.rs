@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, Client, IsolationLevel};
 use crate::db::postgres::PgConn;
 
 use super::ddl::{own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{CaptureDb, ChangeRow, DbError, LateBatch, Schema};
+use super::drain::{CaptureDb, ChangeRow, DbError, LateBatch, RowId, Schema};
 use super::drift::Installed;
 
 #[derive(Debug, Error)]
@@ -240,6 +240,9 @@ pub async fn apply(client: &mut Client, stmts: &[Statement]) -> Result<(), PgErr
 const WALK_SEQ: &str =
     "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
 
+/// The capture row's time in ms, as read and as matched when the row is deleted.
+const CHANGED_MS: &str = "(extract(epoch FROM changed_at) * 1000)::int8";
+
 /// A drain connection: reads the capture table, woken by `NOTIFY lockstep_changes`.
 pub struct PgCapture {
     client: Client,
@@ -314,8 +317,8 @@ impl PgCapture {
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
-        let columns = "seq, tbl, op, pk::text, before::text, after::text, \
-                       (extract(epoch FROM changed_at) * 1000)::int8, origin";
+        let columns =
+            format!("seq, tbl, op, pk::text, before::text, after::text, {CHANGED_MS}, origin");
         let fresh = client
             .prepare(&format!(
                 "SELECT {columns} FROM {ct} WHERE seq > $1 AND {own} ORDER BY seq LIMIT $2"
@@ -328,8 +331,15 @@ impl PgCapture {
             ))
             .await
             .map_err(q("prepare reading the capture table"))?;
+        // Each row by its seq and time as read (see `CaptureDb::delete`); a row without
+        // a time (NULL in $2) by its seq.
         let delete = client
-            .prepare(&format!("DELETE FROM {ct} WHERE seq = ANY($1) AND {own}"))
+            .prepare(&format!(
+                "DELETE FROM {ct} c USING unnest($1::int8[], $2::int8[]) AS d(s, m) \
+                 WHERE c.seq = ANY($1) AND c.seq = d.s \
+                 AND (d.m IS NULL OR {} = d.m) AND {own}",
+                CHANGED_MS.replace("changed_at", "c.changed_at")
+            ))
             .await
             .map_err(q("prepare deleting from the capture table"))?;
         Ok(PgCapture {
@@ -532,9 +542,11 @@ impl CaptureDb for PgCapture {
         ))
     }
 
-    fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {
+    fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError> {
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let ms: Vec<Option<i64>> = rows.iter().map(|r| r.ms).collect();
         self.rt
-            .block_on(self.client.execute(&self.delete, &[&seqs]))
+            .block_on(self.client.execute(&self.delete, &[&seqs, &ms]))
             .map(|_| ())
             .map_err(db_err("delete drained rows from the capture table"))
     }

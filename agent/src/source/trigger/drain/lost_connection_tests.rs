@@ -62,7 +62,7 @@ impl CaptureDb for FakeDb {
     fn estimate_rows(&mut self, _: &TableDef) -> Result<Option<u64>, DbError> {
         Ok(None)
     }
-    fn delete(&mut self, _: &[i64]) -> Result<(), DbError> {
+    fn delete(&mut self, _: &[RowId]) -> Result<(), DbError> {
         self.deleted.store(true, Ordering::SeqCst);
         Err(DbError("server closed the connection unexpectedly".into()))
     }

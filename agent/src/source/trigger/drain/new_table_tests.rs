@@ -60,9 +60,9 @@ impl CaptureDb for FakeDb {
     fn estimate_rows(&mut self, _: &TableDef) -> Result<Option<u64>, DbError> {
         Ok(None)
     }
-    fn delete(&mut self, seqs: &[i64]) -> Result<(), DbError> {
+    fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError> {
         let mut d = self.deleted.lock().unwrap();
-        d.extend(seqs.iter().map(|s| (self.epoch, *s)));
+        d.extend(rows.iter().map(|r| (self.epoch, r.seq)));
         Ok(())
     }
     fn wait(&mut self, _: Duration) -> bool {
