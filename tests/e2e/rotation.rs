@@ -410,9 +410,18 @@ async fn logrotate_run(c: Logrotate) {
     }
     let lost: Vec<usize> = (0..n as usize).filter(|&i| seen[i] == 0).collect();
     let doubled = seen.iter().filter(|&&s| s > 1).count();
+    // Where the first duplicated line arrived from (file ids and offsets).
+    let dup_at: Vec<String> = match seen.iter().position(|&s| s > 1) {
+        Some(first) => msgs
+            .iter()
+            .filter(|m| m.field("n").as_i64() == Some(first as i64))
+            .map(|m| format!("{first}@{}", m.json["source"]["position"]))
+            .collect(),
+        None => Vec::new(),
+    };
     assert!(
         lost.is_empty() && doubled == 0 && out_of_order == 0,
-        "{c:?}: {got} of {n} arrived; {} lost (first {:?}), {doubled} duplicated, {out_of_order} out of key order\nagent log:\n{}",
+        "{c:?}: {got} of {n} arrived; {} lost (first {:?}), {doubled} duplicated {dup_at:?}, {out_of_order} out of key order\nagent log:\n{}",
         lost.len(),
         &lost[..lost.len().min(10)],
         agent_log(&w)

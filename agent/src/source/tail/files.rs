@@ -297,8 +297,23 @@ pub fn find_gz(
     if head.len == 0 {
         return Ok(None);
     }
+    // Newest first: the newest copy that starts with the head holds the most of it.
+    let mut found = gz_family(live)?;
+    found.reverse();
+    for (mtime, path) in found {
+        if let Some(g) = gunzip(&path, mtime, |first| head.starts(first), from, tmp_dir)? {
+            return Ok(Some(g));
+        }
+    }
+    Ok(None)
+}
+
+/// The `.gz` files next to `live` whose name starts as its own does up to the first `.`
+/// or `-` (any rotation of its family: `live` may be a rotated name already, as
+/// `app.log.1`, whose next rotation is `app.log.2.gz`), oldest first.
+pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)>> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let name = name.to_string_lossy().into_owned();
     let stem = name.split(['.', '-']).next().unwrap_or(&name);
@@ -308,8 +323,6 @@ pub fn find_gz(
         let Some(plain) = n.strip_suffix(".gz") else {
             continue;
         };
-        // Any rotation of the file's family: `live` may be a rotated name already
-        // (`app.log.1`, whose next rotation is `app.log.2.gz`).
         if !plain.starts_with(stem) {
             continue;
         }
@@ -320,53 +333,65 @@ pub fn find_gz(
         let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
         found.push((mtime, e.path()));
     }
-    // Newest first: the newest copy that starts with the head holds the most of it.
-    found.sort_by(|a, b| b.cmp(a));
-    for (mtime, path) in found {
-        let Ok(f) = File::open(&path) else { continue };
-        let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
-        let mut first = vec![0u8; HEAD_MAX];
-        let Ok(n) = read_full(&mut gz, &mut first) else {
-            continue;
-        };
-        first.truncate(n);
-        if !head.starts(&first) {
-            continue;
-        }
-        let out = unnamed_file(tmp_dir)?;
-        out.write_all_at(&first, 0)?;
-        let mut len = n as u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let k = match io::Read::read(&mut gz, &mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // A damaged or cut-off archive: what came before is still good.
-                    tracing::warn!("{}: cannot decompress past byte {len}: {e}", path.display());
-                    break;
-                }
-            };
-            let end = len + k as u64;
-            if end > from {
-                let skip = from.saturating_sub(len) as usize;
-                out.write_all_at(&buf[skip..k], len + skip as u64)?;
-            }
-            len = end;
-        }
-        if len <= from {
-            continue;
-        }
-        out.set_len(len)?;
-        return Ok(Some(Gunzipped {
-            gz: path,
-            file: out,
-            len,
-            mtime,
-        }));
+    found.sort();
+    Ok(found)
+}
+
+/// Decompresses `path` when its first bytes (up to [`HEAD_MAX`]) pass `want` and its
+/// content is longer than `from`: into an unnamed file made in `tmp_dir`, the first
+/// bytes and everything from `from` on, at their own offsets. `Ok(None)`: not wanted,
+/// not longer, or not a readable gzip file.
+pub fn gunzip(
+    path: &Path,
+    mtime: std::time::SystemTime,
+    want: impl Fn(&[u8]) -> bool,
+    from: u64,
+    tmp_dir: &Path,
+) -> io::Result<Option<Gunzipped>> {
+    let Ok(f) = File::open(path) else {
+        return Ok(None);
+    };
+    let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
+    let mut first = vec![0u8; HEAD_MAX];
+    let Ok(n) = read_full(&mut gz, &mut first) else {
+        return Ok(None);
+    };
+    first.truncate(n);
+    if !want(&first) {
+        return Ok(None);
     }
-    Ok(None)
+    let out = unnamed_file(tmp_dir)?;
+    out.write_all_at(&first, 0)?;
+    let mut len = n as u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let k = match io::Read::read(&mut gz, &mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // A damaged or cut-off archive: what came before is still good.
+                tracing::warn!("{}: cannot decompress past byte {len}: {e}", path.display());
+                break;
+            }
+        };
+        let end = len + k as u64;
+        if end > from {
+            let skip = from.saturating_sub(len) as usize;
+            out.write_all_at(&buf[skip..k], len + skip as u64)?;
+        }
+        len = end;
+    }
+    if len <= from {
+        return Ok(None);
+    }
+    out.set_len(len)?;
+    Ok(Some(Gunzipped {
+        gz: path.to_owned(),
+        file: out,
+        len,
+        mtime,
+    }))
 }
 
 /// Fills `buf` from `r` as far as it goes; returns how many bytes.

@@ -17,7 +17,10 @@
 //!    between the 256 KiB reads of a backlog: a file that shrank or whose first bytes
 //!    changed was truncated (copytruncate), even if it has grown back past the read
 //!    position. What was not read yet is then read from the copy (same ids), and the
-//!    file gets a new generation and is read again from 0.
+//!    file gets a new generation and is read again from 0. The copy is a new file held
+//!    unread as a *possible copy* when the globs match it (see [`Tail::judge_new_files`]),
+//!    else one found next to the file by its head, else a `.gz` rotation whose content
+//!    starts with the head (compressed before it was read; see `files::find_gz`).
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
 //!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
@@ -34,9 +37,14 @@
 //! old directory) and finished before newer files; files created *and* rotated away
 //! while it was stopped are found by name next to it (see `files::rotated_since`) and
 //! read whole, oldest first. A file truncated while the agent was stopped resumes its old
-//! generation, which the first read round finishes from the copy (when there is one)
-//! before reading the file again from 0. A file deleted while the agent was stopped is
-//! gone with whatever it held past the checkpoint: that is logged. A file deleted and
+//! generation, which the first read round finishes from the copy (when there is one,
+//! compressed or not) before reading the file again from 0. A file gone while the agent
+//! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
+//! across two rotations or more) is read from there, from its checkpointed offset under
+//! its own ids, before every other file; a possible copy (unread, checkpointed at 0) is
+//! judged again. A file deleted while the agent was stopped with no such `.gz` is gone
+//! with whatever it held past the checkpoint: that is logged. Lines written between
+//! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
 //! recreated with the same inode while the agent was stopped, with the same first line
 //! and the same first bytes as far as the checkpoint's head covers them (up to 4 KiB),
 //! and at least as long as the checkpointed offset, cannot be told from the old one and
@@ -215,6 +223,11 @@ struct Tail {
     /// Files found truncated at start (copytruncate while stopped), with their old head;
     /// or with none, files that were still empty when the agent stopped.
     truncated_while_stopped: Vec<(PathBuf, Option<Head>)>,
+    /// Truncations handled lately: the old generation's head, how far it was read (from
+    /// the file and its copy), and when. A new file that starts with such a head is that
+    /// generation's copy, seen late (its file event came after the truncation was found):
+    /// it is followed from that offset, not read again.
+    truncations: Vec<(Head, u64, Instant)>,
 }
 
 impl Tail {
@@ -270,6 +283,7 @@ impl Tail {
             last_scan: Instant::now(),
             discovered,
             truncated_while_stopped: Vec::new(),
+            truncations: Vec::new(),
         })
     }
 
@@ -422,7 +436,9 @@ impl Tail {
                     dev: c.dev,
                     ino: c.ino,
                 };
-                match files::find_in_dir(&c.path, key) {
+                // A compressed rotation is never opened as text: its rest is recovered.
+                let found = files::find_in_dir(&c.path, key).filter(|p| !files::is_compressed(p));
+                match found {
                     Some(p) => {
                         tracing::info!(
                             "source {}: {} was rotated to {} while stopped; finishing it",
@@ -460,6 +476,9 @@ impl Tail {
             recovered.sort_by_key(|(g, _)| g.mtime);
             for (g, c) in recovered {
                 self.track_recovered(g, &c);
+            }
+            if let Some(since) = self.out.cp.written {
+                self.track_compressed_while_stopped(since);
             }
             if let Some(since) = self.out.cp.written {
                 let rotated: Vec<(PathBuf, Option<Head>)> =
@@ -566,6 +585,105 @@ impl Tail {
             copy_wait: None,
             recovered: true,
         });
+    }
+
+    /// Compressed rotations written while the agent was stopped (modified since the
+    /// checkpoint was last written) that start with no head the checkpoint or the files
+    /// followed know: content written to a followed file after the stop and rotated and
+    /// compressed before the start (copies `copytruncate` made of a file that was still
+    /// empty at the stop, or a copy compressed by the very next rotation). Read whole,
+    /// oldest first, after the rests recovered from the checkpoint's files and before
+    /// every other file, under the `.gz` file's own ids.
+    fn track_compressed_while_stopped(&mut self, since: SystemTime) {
+        let mut heads: Vec<Head> = self.out.cp.files.values().filter_map(|c| c.head).collect();
+        heads.extend(self.files.iter().map(|t| t.head));
+        heads.retain(|h| h.len > 0);
+        let mut families: Vec<PathBuf> = Vec::new();
+        for c in self.out.cp.files.values() {
+            let (Some(dir), Some(name)) = (c.path.parent(), c.path.file_name()) else {
+                continue;
+            };
+            let name = name.to_string_lossy();
+            let stem = name.split(['.', '-']).next().unwrap_or(&name);
+            let fam = dir.join(stem);
+            if !files::is_compressed(&c.path) && !families.contains(&fam) {
+                families.push(fam);
+            }
+        }
+        let mut gzs: Vec<(SystemTime, PathBuf)> = Vec::new();
+        for fam in &families {
+            match files::gz_family(fam) {
+                Ok(found) => {
+                    for (m, p) in found {
+                        if m >= since && !gzs.iter().any(|(_, q)| *q == p) {
+                            gzs.push((m, p));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "source {}: cannot list the compressed rotations next to {}: {e}",
+                    self.out.cx.name,
+                    fam.display()
+                ),
+            }
+        }
+        gzs.sort();
+        let tmp = self.out.cx.state_dir.join("checkpoints");
+        for (mtime, path) in gzs {
+            let Ok(m) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let key = FileKey::of(&m);
+            if self.files.iter().any(|t| t.key == key) {
+                continue;
+            }
+            let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
+            let g = match files::gunzip(&path, mtime, unknown, 0, &tmp) {
+                Ok(Some(g)) => g,
+                Ok(None) => continue,
+                Err(e) => {
+                    let msg = format!(
+                        "cannot decompress {} into {}: {e}",
+                        path.display(),
+                        tmp.display()
+                    );
+                    tracing::error!("source {}: {msg}", self.out.cx.name);
+                    self.out.last_error = Some(msg);
+                    continue;
+                }
+            };
+            let fp = files::fingerprint(&g.file).ok().flatten();
+            let head = Head::default()
+                .recheck(&g.file, g.len)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let gen = self.out.cp.files.get(&key).map_or(0, |c| {
+                if c.retired_ms.is_some() {
+                    c.gen + 1
+                } else {
+                    c.gen
+                }
+            });
+            let c = FileCp {
+                dev: key.dev,
+                ino: key.ino,
+                path: path.clone(),
+                fp,
+                head: Some(head),
+                gen,
+                offset: 0,
+                retired_ms: None,
+            };
+            self.out.cp.files.insert(key, c.clone());
+            self.out.cp.dirty = true;
+            tracing::info!(
+                "source {}: {} was written, rotated and compressed while stopped; reading it whole",
+                self.out.cx.name,
+                path.display()
+            );
+            self.track_recovered(g, &c);
+        }
     }
 
     /// Opens a file and tracks it.
@@ -733,6 +851,8 @@ impl Tail {
                 // as the same file (same ids), before the file starts again from 0. A new
                 // file held as a possible copy of it (a glob that matches the copies) is
                 // taken first; then one found next to it, then a compressed one.
+                // The copy's file event may have come in since the loop's last look.
+                self.ingest();
                 let held = self.held_copy(i);
                 let t = &mut self.files[i];
                 let used = self.out.finish_from_copy(t, held)?;
@@ -740,6 +860,10 @@ impl Tail {
                     self.copy_consumed(&path, file, size);
                 }
                 let t = &mut self.files[i];
+                if t.head.len > 0 {
+                    self.truncations
+                        .push((t.head, t.read_pos(), Instant::now()));
+                }
                 if !t.buf.is_empty() {
                     // A record cut off by the truncation, with no copy that holds its end.
                     let reason = "incomplete last record of a file that was truncated";
@@ -868,6 +992,8 @@ impl Tail {
     /// a CSV file with the same header, a plain `cp`). Also ends the waits that are over.
     fn judge_new_files(&mut self) {
         let now = Instant::now();
+        self.truncations
+            .retain(|(_, _, at)| now.duration_since(*at) < COPY_WAIT);
         for i in 0..self.files.len() {
             let t = &self.files[i];
             let held = t.copy_wait.is_some();
@@ -875,6 +1001,34 @@ impl Tail {
                 continue;
             }
             let first = files::first_bytes(&t.file).ok();
+            if !held {
+                // The copy of a generation whose truncation was already handled: what it
+                // holds up to `read` was read (from the file, or from this copy found by
+                // name or compressed); only what lies past it is read, under its own ids.
+                let late = first.as_deref().and_then(|first| {
+                    self.truncations
+                        .iter()
+                        .find(|(h, _, _)| h.len > 0 && h.starts(first))
+                        .map(|&(_, read, _)| read)
+                });
+                if let Some(read) = late {
+                    let t = &mut self.files[i];
+                    t.fresh = false;
+                    t.offset = read.min(t.size);
+                    if t.decoder.needs_header() && t.offset > 0 {
+                        read_header(&t.file, &mut t.decoder, self.out.cfg.max_record_bytes);
+                    }
+                    tracing::info!(
+                        "source {}: {} is the copy of a file whose truncation was already handled; following it from byte {}",
+                        self.out.cx.name,
+                        t.path.display(),
+                        t.offset
+                    );
+                    let (key, gen, offset) = (t.key, t.gen, t.offset);
+                    self.out.cp.advance(key, gen, offset);
+                    continue;
+                }
+            }
             // The followed file it starts as, if any. Looked at again on every round while
             // it is held: a new file that only began like another (a CSV header) is
             // released as soon as its bytes differ.
