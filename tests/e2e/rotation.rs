@@ -811,3 +811,41 @@ async fn a_file_compressed_while_stopped_before_it_was_read_to_its_end_is_read_f
         );
     }
 }
+
+#[tokio::test]
+async fn a_copy_of_a_file_empty_at_the_stop_compressed_while_stopped_is_read_whole() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, std::iter::empty());
+    let mut agent = w.agent(&cfg);
+    wait_first_scan(&w).await;
+    // Empty at the stop: the checkpoint has no head to recognise the copies by.
+    assert_eq!(agent.stop(), Some(0));
+    // copytruncate twice while stopped, each copy compressed by the next rotation.
+    append(&live, lines(0..100));
+    fs::copy(&live, logs.join("app.log.1")).unwrap();
+    truncate(&live);
+    append(&live, lines(100..200));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.2.gz"));
+    fs::copy(&live, logs.join("app.log.1")).unwrap();
+    truncate(&live);
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    // Both written since the stop, the older first (as logrotate keeps the copies' times).
+    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    for (name, ms) in [("app.log.2.gz", 1), ("app.log.1.gz", 2)] {
+        let f = fs::File::options()
+            .write(true)
+            .open(logs.join(name))
+            .unwrap();
+        f.set_modified(since + Duration::from_millis(ms)).unwrap();
+    }
+    append(&live, lines(200..300));
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..300)).await;
+    assert!(agent_log(&w).contains("reading it whole"));
+}
