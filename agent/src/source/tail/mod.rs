@@ -41,8 +41,10 @@
 //! compressed or not) before reading the file again from 0. A file gone while the agent
 //! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
 //! across two rotations or more) is read from there, from its checkpointed offset under
-//! its own ids, before every other file; a possible copy (unread, checkpointed at 0) is
-//! judged again. A file deleted while the agent was stopped with no such `.gz` is gone
+//! its own ids, before every other file; then `.gz` rotations modified since the stop
+//! whose content starts with no known head (written after the stop: the copies of a file
+//! still empty at the stop, a copy the next rotation compressed) are read whole. A
+//! possible copy (unread, checkpointed at 0) is judged again. A file deleted while the agent was stopped with no such `.gz` is gone
 //! with whatever it held past the checkpoint: that is logged. Lines written between
 //! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
 //! recreated with the same inode while the agent was stopped, with the same first line
