@@ -410,9 +410,18 @@ async fn logrotate_run(c: Logrotate) {
     }
     let lost: Vec<usize> = (0..n as usize).filter(|&i| seen[i] == 0).collect();
     let doubled = seen.iter().filter(|&&s| s > 1).count();
+    // Where the first duplicated line arrived from (file ids and offsets).
+    let dup_at: Vec<String> = match seen.iter().position(|&s| s > 1) {
+        Some(first) => msgs
+            .iter()
+            .filter(|m| m.field("n").as_i64() == Some(first as i64))
+            .map(|m| format!("{first}@{}", m.json["source"]["position"]))
+            .collect(),
+        None => Vec::new(),
+    };
     assert!(
         lost.is_empty() && doubled == 0 && out_of_order == 0,
-        "{c:?}: {got} of {n} arrived; {} lost (first {:?}), {doubled} duplicated, {out_of_order} out of key order\nagent log:\n{}",
+        "{c:?}: {got} of {n} arrived; {} lost (first {:?}), {doubled} duplicated {dup_at:?}, {out_of_order} out of key order\nagent log:\n{}",
         lost.len(),
         &lost[..lost.len().min(10)],
         agent_log(&w)
@@ -487,6 +496,29 @@ fn logrotate_matrix() -> Vec<Logrotate> {
                 stop_across: true,
                 ..base
             },
+            // The copies match the glob: each is held, unread, until the file is found
+            // truncated, and only what was not read from the file is read from it.
+            Logrotate {
+                copytruncate: true,
+                glob_matches_rotated: true,
+                interval_ms: 250,
+                ..base
+            },
+            // Two rotations while stopped: the file followed at the stop is compressed
+            // before it was read to its end, and its rest is read from the `.gz`.
+            Logrotate {
+                compress: true,
+                stop_across: true,
+                interval_ms: 250,
+                ..base
+            },
+            Logrotate {
+                copytruncate: true,
+                compress: true,
+                glob_matches_rotated: true,
+                stop_across: true,
+                ..base
+            },
         ];
     }
     let mut all = Vec::new();
@@ -495,17 +527,7 @@ fn logrotate_matrix() -> Vec<Logrotate> {
             for compress in [false, true] {
                 for interval_ms in [0, 250, 500, 1000] {
                     for glob_matches_rotated in [false, true] {
-                        if copytruncate && glob_matches_rotated {
-                            // A known edge (docs/design.md, "Tail"): each copy is read
-                            // as a new file, so its lines arrive twice.
-                            continue;
-                        }
                         for stop_across in [false, true] {
-                            if compress && stop_across {
-                                // A known edge: a file compressed while the agent was
-                                // stopped, before it was read to its end, cannot be read.
-                                continue;
-                            }
                             all.push(Logrotate {
                                 copytruncate,
                                 dateext,
@@ -687,4 +709,143 @@ async fn a_checkpoint_from_before_heads_resumes_where_it_was_with_the_same_ids()
         checkpoint(&w)["files"][0]["head"]["len"].as_u64() > Some(0),
         "the head is recorded from then on"
     );
+}
+
+/// Truncates a file to 0 bytes, as `copytruncate` does.
+fn truncate(path: &std::path::Path) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+}
+
+/// `gzip` (the real tool, as logrotate's `compress` runs it): `from` becomes `to`.
+fn gzip(from: &std::path::Path, to: &std::path::Path) {
+    let o = std::process::Command::new("gzip")
+        .arg("-c")
+        .arg(from)
+        .output()
+        .expect("run gzip");
+    assert!(
+        o.status.success(),
+        "gzip: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fs::write(to, o.stdout).unwrap();
+    fs::remove_file(from).unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_the_glob_matches_is_read_only_past_the_file_and_a_plain_copy_is_read_whole() {
+    let w = World::new();
+    // `app.log*` matches the copies copytruncate makes.
+    let cfg = w.config_with(&w.tail_source("vista", "app.log*", "table = \"t\"\nkey = [\"id\"]"));
+    let live = w.logs().join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    // Lines the agent may or may not have read before the copy: the rest of them comes
+    // from the copy, under the file's ids.
+    append(&live, lines(100..150));
+    fs::copy(&live, w.logs().join("app.log.1")).unwrap();
+    truncate(&live);
+    append(&live, lines(150..200));
+    assert_eq!(w.wait_count(200, WAIT).await, 200, "{}", agent_log(&w));
+    // A plain copy that is not followed by a truncation is a new file: read whole once
+    // the wait for a truncation is over, never dropped.
+    fs::copy(&live, w.logs().join("app.log.bak")).unwrap();
+    let msgs = expect_ids(&w, &mut agent, [range(0..200), range(150..200)].concat()).await;
+    let files: std::collections::HashSet<String> = msgs[150..]
+        .iter()
+        .map(|m| {
+            let p = m.json["source"]["position"].as_str().unwrap();
+            p.split('@').next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "the live file's lines and the copy's, under their own ids"
+    );
+    let log = agent_log(&w);
+    assert!(log.contains("held as its possible copy"), "{log}");
+    assert!(log.contains("from its copy"), "{log}");
+}
+
+#[tokio::test]
+async fn a_file_compressed_while_stopped_before_it_was_read_to_its_end_is_read_from_its_gz() {
+    for copytruncate in [false, true] {
+        let w = World::new();
+        let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+        let logs = w.logs();
+        let live = logs.join("app.log");
+        append(&live, lines(0..100));
+        let mut agent = w.agent(&cfg);
+        assert_eq!(w.wait_count(100, WAIT).await, 100);
+        assert_eq!(agent.stop(), Some(0));
+        // Two rotations while stopped, as logrotate's `compress` + `delaycompress` makes
+        // them: the file followed at the stop ends up only in `app.log.2.gz`.
+        append(&live, lines(100..200));
+        let rotate = || {
+            if copytruncate {
+                fs::copy(&live, logs.join("app.log.1")).unwrap();
+                truncate(&live);
+            } else {
+                fs::rename(&live, logs.join("app.log.1")).unwrap();
+                append(&live, std::iter::empty());
+            }
+        };
+        rotate();
+        append(&live, lines(200..300));
+        gzip(&logs.join("app.log.1"), &logs.join("app.log.2.gz"));
+        rotate();
+        append(&live, lines(300..400));
+        let mut agent = w.agent(&cfg);
+        expect_ids(&w, &mut agent, range(0..400)).await;
+        let log = agent_log(&w);
+        assert!(
+            log.contains("app.log.2.gz"),
+            "copytruncate={copytruncate}: {log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_copy_of_a_file_empty_at_the_stop_compressed_while_stopped_is_read_whole() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, std::iter::empty());
+    let mut agent = w.agent(&cfg);
+    wait_first_scan(&w).await;
+    // Empty at the stop: the checkpoint has no head to recognise the copies by.
+    assert_eq!(agent.stop(), Some(0));
+    // copytruncate twice while stopped, each copy compressed by the next rotation.
+    append(&live, lines(0..100));
+    fs::copy(&live, logs.join("app.log.1")).unwrap();
+    truncate(&live);
+    append(&live, lines(100..200));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.2.gz"));
+    fs::copy(&live, logs.join("app.log.1")).unwrap();
+    truncate(&live);
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    // Both written since the stop, the older first (as logrotate keeps the copies' times).
+    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    for (name, ms) in [("app.log.2.gz", 1), ("app.log.1.gz", 2)] {
+        let f = fs::File::options()
+            .write(true)
+            .open(logs.join(name))
+            .unwrap();
+        f.set_modified(since + Duration::from_millis(ms)).unwrap();
+    }
+    append(&live, lines(200..300));
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..300)).await;
+    assert!(agent_log(&w).contains("reading it whole"));
 }

@@ -528,3 +528,60 @@ async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
         "{last}"
     );
 }
+
+/// A key column's type changes (`int` to `text`) between a key's capture rows being
+/// written and read: the row is found, but its key reads as another text (`"1"`, not
+/// `1`). Never a delete on that ground: the rows are read again and go out as updates.
+#[tokio::test]
+async fn postgres_keys_a_key_column_of_another_type_sends_no_false_deletes() {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(Kind::Pg, &w, "drift_retype");
+    db.create_tables();
+    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1h\""));
+    install(&cfg);
+    let mut agent = w.agent(&cfg);
+    let log = || agent_log(&w);
+    db.sql(
+        "INSERT INTO appointments (id, clinic, note) VALUES (1, 'a', 'n1');
+         INSERT INTO appointments (id, clinic, note) VALUES (2, 'b', 'n2');",
+    );
+    assert_eq!(
+        w.wait_count(2, Duration::from_secs(30)).await,
+        2,
+        "{}",
+        log()
+    );
+    // In one transaction: the update is captured with the integer key, and the table
+    // has a text key by the time it is read.
+    db.sql(
+        "BEGIN;
+         UPDATE appointments SET note = 'after' WHERE id IN (1, 2);
+         ALTER TABLE appointments ALTER COLUMN id TYPE text;
+         COMMIT;",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while capture_rows(&db) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the updates were not read: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        w.wait_count(4, Duration::from_secs(30)).await,
+        4,
+        "{}",
+        log()
+    );
+    drained(&db, &w).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log());
+    let msgs = w.messages().await;
+    assert_no_duplicate_ids(&msgs);
+    assert_eq!(msgs.len(), 4, "{msgs:?}");
+    for m in &msgs[2..] {
+        assert_eq!(m.json["op"], "u", "a false delete: {}", m.json);
+        assert_eq!(m.json["after"]["note"], "after", "{}", m.json);
+    }
+}

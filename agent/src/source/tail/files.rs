@@ -50,6 +50,22 @@ impl Head {
     }
 }
 
+impl Head {
+    /// Whether `buf` (a file's first bytes) starts with this head's bytes.
+    pub fn starts(self, buf: &[u8]) -> bool {
+        let n = self.len as usize;
+        buf.len() >= n && xxhash_rust::xxh3::xxh3_64(&buf[..n]) == self.hash
+    }
+}
+
+/// The first bytes of an open file, up to [`HEAD_MAX`].
+pub fn first_bytes(f: &File) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; HEAD_MAX];
+    let n = read_prefix(f, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// Reads the first bytes of `f` into `buf` (fewer at its end); returns how many.
 fn read_prefix(f: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -187,6 +203,17 @@ pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
     None
 }
 
+/// Whether the file name `n` looks like a rotation of `name` (`live` plus a suffix, or
+/// its stem and extension around one; see [`rotated_since`]).
+fn looks_rotated(name: &str, n: &str) -> bool {
+    let (stem, ext) = match name.split_once('.') {
+        Some((s, _)) => (s, &name[name.rfind('.').unwrap_or(0)..]),
+        None => (name, ""),
+    };
+    n.len() > name.len()
+        && (n.starts_with(name) || (!ext.is_empty() && n.starts_with(stem) && n.ends_with(ext)))
+}
+
 /// Files in the directory of `live` that look like its rotations (`live` plus a suffix,
 /// as `app.log.1` or `app.log-20261129`, or its stem and extension around one, as
 /// `app-20261129.log`), are not compressed and were modified at or after `since`: files
@@ -196,13 +223,6 @@ pub fn rotated_since(live: &Path, since: std::time::SystemTime) -> Vec<(PathBuf,
         return Vec::new();
     };
     let name = name.to_string_lossy().into_owned();
-    let (stem, ext) = match name.split_once('.') {
-        Some((s, _)) => (
-            s.to_owned(),
-            name[name.rfind('.').unwrap_or(0)..].to_owned(),
-        ),
-        None => (name.clone(), String::new()),
-    };
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -210,12 +230,7 @@ pub fn rotated_since(live: &Path, since: std::time::SystemTime) -> Vec<(PathBuf,
     for e in entries.flatten() {
         let path = e.path();
         let n = e.file_name().to_string_lossy().into_owned();
-        let like = (n.len() > name.len() && n.starts_with(&name))
-            || (!ext.is_empty()
-                && n.len() > name.len()
-                && n.starts_with(&stem)
-                && n.ends_with(&ext));
-        if !like || is_compressed(&path) {
+        if !looks_rotated(&name, &n) || is_compressed(&path) {
             continue;
         }
         let Ok(m) = fs::metadata(&path) else { continue };
@@ -253,6 +268,161 @@ pub fn find_copy(of: &Path, key: FileKey, head: Head, read: u64) -> Option<(Path
         }
     }
     best.map(|(_, p, f, n)| (p, f, n))
+}
+
+/// A rotation of a file recovered from its gzip-compressed copy: the decompressed bytes
+/// in an unnamed file, at their own offsets (the first [`HEAD_MAX`] bytes and everything
+/// from `from` on; the part between is a hole).
+#[derive(Debug)]
+pub struct Gunzipped {
+    pub gz: PathBuf,
+    pub file: File,
+    /// The decompressed length.
+    pub len: u64,
+    pub mtime: std::time::SystemTime,
+}
+
+/// Looks next to `live` for `.gz` rotations of its family (names that start as its own
+/// does up to the first `.` or `-`: `app.log.2.gz`, `app.log-20261129.gz`, …)
+/// whose decompressed content starts with `head` and is longer than `from`: the rest of a
+/// file compressed before it was read to its end (`compress` while the agent was stopped
+/// or behind). The newest such is decompressed into an unnamed file made in `tmp_dir`.
+/// `Ok(None)`: there is none.
+pub fn find_gz(
+    live: &Path,
+    head: Head,
+    from: u64,
+    tmp_dir: &Path,
+) -> io::Result<Option<Gunzipped>> {
+    if head.len == 0 {
+        return Ok(None);
+    }
+    // Newest first: the newest copy that starts with the head holds the most of it.
+    let mut found = gz_family(live)?;
+    found.reverse();
+    for (mtime, path) in found {
+        if let Some(g) = gunzip(&path, mtime, |first| head.starts(first), from, tmp_dir)? {
+            return Ok(Some(g));
+        }
+    }
+    Ok(None)
+}
+
+/// The `.gz` files next to `live` whose name starts as its own does up to the first `.`
+/// or `-` (any rotation of its family: `live` may be a rotated name already, as
+/// `app.log.1`, whose next rotation is `app.log.2.gz`), oldest first.
+pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)>> {
+    let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let name = name.to_string_lossy().into_owned();
+    let stem = name.split(['.', '-']).next().unwrap_or(&name);
+    let mut found = Vec::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(plain) = n.strip_suffix(".gz") else {
+            continue;
+        };
+        if !plain.starts_with(stem) {
+            continue;
+        }
+        let Ok(m) = e.metadata() else { continue };
+        if !m.is_file() {
+            continue;
+        }
+        let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        found.push((mtime, e.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Decompresses `path` when its first bytes (up to [`HEAD_MAX`]) pass `want` and its
+/// content is longer than `from`: into an unnamed file made in `tmp_dir`, the first
+/// bytes and everything from `from` on, at their own offsets. `Ok(None)`: not wanted,
+/// not longer, or not a readable gzip file.
+pub fn gunzip(
+    path: &Path,
+    mtime: std::time::SystemTime,
+    want: impl Fn(&[u8]) -> bool,
+    from: u64,
+    tmp_dir: &Path,
+) -> io::Result<Option<Gunzipped>> {
+    let Ok(f) = File::open(path) else {
+        return Ok(None);
+    };
+    let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
+    let mut first = vec![0u8; HEAD_MAX];
+    let Ok(n) = read_full(&mut gz, &mut first) else {
+        return Ok(None);
+    };
+    first.truncate(n);
+    if !want(&first) {
+        return Ok(None);
+    }
+    let out = unnamed_file(tmp_dir)?;
+    out.write_all_at(&first, 0)?;
+    let mut len = n as u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let k = match io::Read::read(&mut gz, &mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // A damaged or cut-off archive: what came before is still good.
+                tracing::warn!("{}: cannot decompress past byte {len}: {e}", path.display());
+                break;
+            }
+        };
+        let end = len + k as u64;
+        if end > from {
+            let skip = from.saturating_sub(len) as usize;
+            out.write_all_at(&buf[skip..k], len + skip as u64)?;
+        }
+        len = end;
+    }
+    if len <= from {
+        return Ok(None);
+    }
+    out.set_len(len)?;
+    Ok(Some(Gunzipped {
+        gz: path.to_owned(),
+        file: out,
+        len,
+        mtime,
+    }))
+}
+
+/// Fills `buf` from `r` as far as it goes; returns how many bytes.
+fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A file in `dir` with no name (made, then unlinked at once): nothing is left behind
+/// whatever happens to the agent.
+fn unnamed_file(dir: &Path) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let path = dir.join(format!(".gunzip-{}-{stamp}", std::process::id()));
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    fs::remove_file(&path)?;
+    Ok(f)
 }
 
 /// The directories to watch for a glob: its longest leading part without wildcards.
@@ -345,6 +515,55 @@ mod tests {
         assert!(g.matches(&d.join("app.log.1")));
         assert!(!g.matches(&d.join("app.log.2.gz")), "compressed: skipped");
         assert!(!g.matches(&d.join("sub/app.log")));
+    }
+
+    #[test]
+    fn the_rest_of_a_file_is_found_in_its_gz_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let text: String = (0..2000).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+        let live = d.join("app.log");
+        std::fs::write(&live, &text).unwrap();
+        let f = File::open(&live).unwrap();
+        let head = Head::default()
+            .recheck(&f, text.len() as u64)
+            .unwrap()
+            .unwrap();
+        let gz = |name: &str, data: &str| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data.as_bytes()).unwrap();
+            std::fs::write(d.join(name), e.finish().unwrap()).unwrap();
+        };
+        gz("app.log.2.gz", &text);
+        gz("app.log.3.gz", "something else\n");
+        gz("other.log.1.gz", &text);
+        let from = 10_000;
+        let g = find_gz(&d.join("app.log.1"), head, from, d)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.gz, d.join("app.log.2.gz"));
+        assert_eq!(g.len, text.len() as u64);
+        let mut got = vec![0u8; text.len()];
+        g.file.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got[..HEAD_MAX], &text.as_bytes()[..HEAD_MAX], "the head");
+        assert_eq!(
+            &got[from as usize..],
+            &text.as_bytes()[from as usize..],
+            "the rest"
+        );
+        // Read to its end already: nothing to recover.
+        let len = text.len() as u64;
+        assert!(find_gz(&live, head, len, d).unwrap().is_none());
+        // An unknown head: nothing either.
+        assert!(find_gz(&live, Head { len: 5, hash: 1 }, 0, d)
+            .unwrap()
+            .is_none());
+        // No temporary file is left behind.
+        assert!(std::fs::read_dir(d).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".gunzip")));
     }
 
     #[test]

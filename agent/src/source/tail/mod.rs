@@ -17,7 +17,10 @@
 //!    between the 256 KiB reads of a backlog: a file that shrank or whose first bytes
 //!    changed was truncated (copytruncate), even if it has grown back past the read
 //!    position. What was not read yet is then read from the copy (same ids), and the
-//!    file gets a new generation and is read again from 0.
+//!    file gets a new generation and is read again from 0. The copy is a new file held
+//!    unread as a *possible copy* when the globs match it (see [`Tail::judge_new_files`]),
+//!    else one found next to the file by its head, else a `.gz` rotation whose content
+//!    starts with the head (compressed before it was read; see `files::find_gz`).
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
 //!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
@@ -34,9 +37,16 @@
 //! old directory) and finished before newer files; files created *and* rotated away
 //! while it was stopped are found by name next to it (see `files::rotated_since`) and
 //! read whole, oldest first. A file truncated while the agent was stopped resumes its old
-//! generation, which the first read round finishes from the copy (when there is one)
-//! before reading the file again from 0. A file deleted while the agent was stopped is
-//! gone with whatever it held past the checkpoint: that is logged. A file deleted and
+//! generation, which the first read round finishes from the copy (when there is one,
+//! compressed or not) before reading the file again from 0. A file gone while the agent
+//! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
+//! across two rotations or more) is read from there, from its checkpointed offset under
+//! its own ids, before every other file; then `.gz` rotations modified since the stop
+//! whose content starts with no known head (written after the stop: the copies of a file
+//! still empty at the stop, a copy the next rotation compressed) are read whole. A
+//! possible copy (unread, checkpointed at 0) is judged again. A file deleted while the agent was stopped with no such `.gz` is gone
+//! with whatever it held past the checkpoint: that is logged. Lines written between
+//! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
 //! recreated with the same inode while the agent was stopped, with the same first line
 //! and the same first bytes as far as the checkpoint's head covers them (up to 4 KiB),
 //! and at least as long as the checkpointed offset, cannot be told from the old one and
@@ -82,6 +92,9 @@ const CHUNK: usize = 256 * 1024;
 const HELD_MARKS: usize = 4096;
 /// Least time between two checkpoint writes while events flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How long a new file that starts as a followed file does is held as that file's
+/// possible copy: logrotate's `copytruncate` truncates the file right after copying it.
+const COPY_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts a tail source on its own thread.
 pub fn spawn(cfg: TailConfig, cx: SourceContext) -> std::io::Result<SourceThread> {
@@ -119,6 +132,16 @@ struct Tracked {
     nlink: u64,
     /// Order of discovery: files found earlier (or resumed from the checkpoint) are older.
     discovered: u64,
+    /// Nothing read from it yet, from offset 0: once it has bytes, it is checked against
+    /// the other files' heads before the first read (see [`Tail::judge_new_files`]).
+    fresh: bool,
+    /// A possible copy (`copytruncate`) of a followed file, not read while it waits for
+    /// that file to be found truncated; read as a new file after this time.
+    copy_wait: Option<Instant>,
+    /// The rest of a vanished file, decompressed from its `.gz` rotation into an unnamed
+    /// file: read under the vanished file's ids, before every other file. Its `key` is
+    /// the vanished file's, which a new file may reuse: never matched to found files.
+    recovered: bool,
 }
 
 impl Tracked {
@@ -205,6 +228,11 @@ struct Tail {
     /// Files found truncated at start (copytruncate while stopped), with their old head;
     /// or with none, files that were still empty when the agent stopped.
     truncated_while_stopped: Vec<(PathBuf, Option<Head>)>,
+    /// Truncations handled lately: the old generation's head, how far it was read (from
+    /// the file and its copy), and when. A new file that starts with such a head is that
+    /// generation's copy, seen late (its file event came after the truncation was found):
+    /// it is followed from that offset, not read again.
+    truncations: Vec<(Head, u64, Instant)>,
 }
 
 impl Tail {
@@ -261,6 +289,7 @@ impl Tail {
             last_scan: Instant::now(),
             discovered,
             truncated_while_stopped: Vec::new(),
+            truncations: Vec::new(),
         })
     }
 
@@ -375,7 +404,11 @@ impl Tail {
             t.matched = false;
         }
         for f in found {
-            if let Some(t) = self.files.iter_mut().find(|t| t.key == f.key) {
+            if let Some(t) = self
+                .files
+                .iter_mut()
+                .find(|t| t.key == f.key && !t.recovered)
+            {
                 t.matched = true;
                 t.gone_since = None;
                 t.path = f.path;
@@ -404,12 +437,15 @@ impl Tail {
                 .cloned()
                 .collect();
             let mut rotated_live = Vec::new();
+            let mut recovered = Vec::new();
             for c in missing {
                 let key = FileKey {
                     dev: c.dev,
                     ino: c.ino,
                 };
-                match files::find_in_dir(&c.path, key) {
+                // A compressed rotation is never opened as text: its rest is recovered.
+                let found = files::find_in_dir(&c.path, key).filter(|p| !files::is_compressed(p));
+                match found {
                     Some(p) => {
                         tracing::info!(
                             "source {}: {} was rotated to {} while stopped; finishing it",
@@ -421,6 +457,15 @@ impl Tail {
                         rotated_live.push(c.path.clone());
                     }
                     None => {
+                        // Files rotated after it while stopped are found next to it.
+                        rotated_live.push(c.path.clone());
+                        // Rotated and compressed while stopped (`compress`): the rest is
+                        // read from the `.gz` whose content starts as the file did.
+                        let g = c.head.and_then(|h| self.out.gunzip(&c.path, h, c.offset));
+                        if let Some(g) = g {
+                            recovered.push((g, c));
+                            continue;
+                        }
                         tracing::warn!(
                             "source {}: {} (checkpointed at byte {}) is gone; whatever it held after that offset was not read",
                             self.out.cx.name,
@@ -433,6 +478,14 @@ impl Tail {
                         }
                     }
                 }
+            }
+            // Oldest first.
+            recovered.sort_by_key(|(g, _)| g.mtime);
+            for (g, c) in recovered {
+                self.track_recovered(g, &c);
+            }
+            if let Some(since) = self.out.cp.written {
+                self.track_compressed_while_stopped(since);
             }
             if let Some(since) = self.out.cp.written {
                 let rotated: Vec<(PathBuf, Option<Head>)> =
@@ -496,6 +549,150 @@ impl Tail {
         }
     }
 
+    /// Follows the rest of a vanished file, decompressed from its `.gz` rotation, under
+    /// the vanished file's ids from its checkpointed offset.
+    fn track_recovered(&mut self, g: files::Gunzipped, c: &FileCp) {
+        tracing::info!(
+            "source {}: {} (checkpointed at byte {}) was compressed before it was read to its end; reading the rest, up to byte {}, from {}",
+            self.out.cx.name,
+            c.path.display(),
+            c.offset,
+            g.len,
+            g.gz.display()
+        );
+        let key = FileKey {
+            dev: c.dev,
+            ino: c.ino,
+        };
+        let mut decoder = Decoder::new(self.out.cfg.format.clone());
+        if decoder.needs_header() && c.offset > 0 {
+            read_header(&g.file, &mut decoder, self.out.cfg.max_record_bytes);
+        }
+        let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        self.files.push(Tracked {
+            key,
+            path: g.gz,
+            file: g.file,
+            fp: c.fp,
+            head: c.head.unwrap_or_default(),
+            suspect: false,
+            blocked: None,
+            gen: c.gen,
+            offset: c.offset,
+            buf: Vec::new(),
+            decoder,
+            skipping: None,
+            size: g.len,
+            mtime: g.mtime,
+            matched: false,
+            gone_since: Some(Instant::now()),
+            nlink: 0,
+            discovered: order,
+            fresh: false,
+            copy_wait: None,
+            recovered: true,
+        });
+    }
+
+    /// Compressed rotations written while the agent was stopped (modified since the
+    /// checkpoint was last written) that start with no head the checkpoint or the files
+    /// followed know: content written to a followed file after the stop and rotated and
+    /// compressed before the start (copies `copytruncate` made of a file that was still
+    /// empty at the stop, or a copy compressed by the very next rotation). Read whole,
+    /// oldest first, after the rests recovered from the checkpoint's files and before
+    /// every other file, under the `.gz` file's own ids.
+    fn track_compressed_while_stopped(&mut self, since: SystemTime) {
+        let mut heads: Vec<Head> = self.out.cp.files.values().filter_map(|c| c.head).collect();
+        heads.extend(self.files.iter().map(|t| t.head));
+        heads.retain(|h| h.len > 0);
+        let mut families: Vec<PathBuf> = Vec::new();
+        for c in self.out.cp.files.values() {
+            let (Some(dir), Some(name)) = (c.path.parent(), c.path.file_name()) else {
+                continue;
+            };
+            let name = name.to_string_lossy();
+            let stem = name.split(['.', '-']).next().unwrap_or(&name);
+            let fam = dir.join(stem);
+            if !files::is_compressed(&c.path) && !families.contains(&fam) {
+                families.push(fam);
+            }
+        }
+        let mut gzs: Vec<(SystemTime, PathBuf)> = Vec::new();
+        for fam in &families {
+            match files::gz_family(fam) {
+                Ok(found) => {
+                    for (m, p) in found {
+                        if m >= since && !gzs.iter().any(|(_, q)| *q == p) {
+                            gzs.push((m, p));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "source {}: cannot list the compressed rotations next to {}: {e}",
+                    self.out.cx.name,
+                    fam.display()
+                ),
+            }
+        }
+        gzs.sort();
+        let tmp = self.out.cx.state_dir.join("checkpoints");
+        for (mtime, path) in gzs {
+            let Ok(m) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let key = FileKey::of(&m);
+            if self.files.iter().any(|t| t.key == key) {
+                continue;
+            }
+            let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
+            let g = match files::gunzip(&path, mtime, unknown, 0, &tmp) {
+                Ok(Some(g)) => g,
+                Ok(None) => continue,
+                Err(e) => {
+                    let msg = format!(
+                        "cannot decompress {} into {}: {e}",
+                        path.display(),
+                        tmp.display()
+                    );
+                    tracing::error!("source {}: {msg}", self.out.cx.name);
+                    self.out.last_error = Some(msg);
+                    continue;
+                }
+            };
+            let fp = files::fingerprint(&g.file).ok().flatten();
+            let head = Head::default()
+                .recheck(&g.file, g.len)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let gen = self.out.cp.files.get(&key).map_or(0, |c| {
+                if c.retired_ms.is_some() {
+                    c.gen + 1
+                } else {
+                    c.gen
+                }
+            });
+            let c = FileCp {
+                dev: key.dev,
+                ino: key.ino,
+                path: path.clone(),
+                fp,
+                head: Some(head),
+                gen,
+                offset: 0,
+                retired_ms: None,
+            };
+            self.out.cp.files.insert(key, c.clone());
+            self.out.cp.dirty = true;
+            tracing::info!(
+                "source {}: {} was written, rotated and compressed while stopped; reading it whole",
+                self.out.cx.name,
+                path.display()
+            );
+            self.track_recovered(g, &c);
+        }
+    }
+
     /// Opens a file and tracks it.
     fn track(&mut self, path: &Path, matched: bool) {
         match File::open(path) {
@@ -520,7 +717,7 @@ impl Tail {
             return;
         }
         let key = FileKey::of(&meta);
-        if let Some(t) = self.files.iter_mut().find(|t| t.key == key) {
+        if let Some(t) = self.files.iter_mut().find(|t| t.key == key && !t.recovered) {
             t.path = path.to_owned();
             return;
         }
@@ -627,12 +824,16 @@ impl Tail {
             gone_since: if matched { None } else { Some(Instant::now()) },
             nlink: meta.nlink(),
             discovered: order,
+            fresh: offset == 0,
+            copy_wait: None,
+            recovered: false,
         });
     }
 
     /// Reads every file that has new bytes, oldest first. Returns the bytes read.
     fn read_round(&mut self) -> Result<u64, Stopping> {
-        for t in &mut self.files {
+        for i in 0..self.files.len() {
+            let t = &mut self.files[i];
             let Ok(m) = t.file.metadata() else { continue };
             let mtime = m.modified().unwrap_or(t.mtime);
             let changed = m.len() != t.size || mtime != t.mtime || t.suspect;
@@ -651,10 +852,25 @@ impl Tail {
             } else {
                 Some(t.head)
             };
-            if t.size < t.read_pos() || head.is_none() {
+            let truncated = t.size < t.read_pos() || head.is_none();
+            if truncated {
                 // copytruncate: what was not read yet is in the copy. Read it from there,
-                // as the same file (same ids), before the file starts again from 0.
-                self.out.finish_from_copy(t)?;
+                // as the same file (same ids), before the file starts again from 0. A new
+                // file held as a possible copy of it (a glob that matches the copies) is
+                // taken first; then one found next to it, then a compressed one.
+                // The copy's file event may have come in since the loop's last look.
+                self.ingest();
+                let held = self.held_copy(i);
+                let t = &mut self.files[i];
+                let used = self.out.finish_from_copy(t, held)?;
+                if let Some((path, file, size)) = used {
+                    self.copy_consumed(&path, file, size);
+                }
+                let t = &mut self.files[i];
+                if t.head.len > 0 {
+                    self.truncations
+                        .push((t.head, t.read_pos(), Instant::now()));
+                }
                 if !t.buf.is_empty() {
                     // A record cut off by the truncation, with no copy that holds its end.
                     let reason = "incomplete last record of a file that was truncated";
@@ -682,10 +898,13 @@ impl Tail {
                     .flatten()
                     .unwrap_or_default();
                 t.decoder = Decoder::new(self.out.cfg.format.clone());
+                t.fresh = false;
                 // The checkpoint moves to the new generation only once every event of the
                 // old one is acknowledged: a stop before that finishes it at the next start.
                 self.out.mark_at(t.key, t.gen, 0);
-            } else if let Some(h) = head {
+            }
+            let t = &mut self.files[i];
+            if let (false, Some(h)) = (truncated, head) {
                 t.head = h;
             }
             if t.fp.is_none() {
@@ -693,16 +912,25 @@ impl Tail {
             }
             self.out.cp.set_identity(t.key, t.gen, t.fp, t.head);
         }
+        self.judge_new_files();
         let mut order: Vec<usize> = (0..self.files.len())
             .filter(|&i| {
                 let t = &self.files[i];
-                t.size > t.read_pos() || t.blocked.is_some()
+                t.copy_wait.is_none() && (t.size > t.read_pos() || t.blocked.is_some())
             })
             .collect();
-        // Files that left the globs first (they were rotated away), then by modification
+        // Rests recovered from compressed rotations first (in the order they were found),
+        // then files that left the globs (they were rotated away), then by modification
         // time, then by discovery (file timestamps are coarse: a rotated file and its
         // successor often share one).
-        let rank = |t: &Tracked| (t.gone_since.is_none(), t.mtime, t.discovered);
+        let rank = |t: &Tracked| {
+            let mtime = if t.recovered {
+                SystemTime::UNIX_EPOCH
+            } else {
+                t.mtime
+            };
+            (!t.recovered, t.gone_since.is_none(), mtime, t.discovered)
+        };
         order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
         let mut total = 0;
         for i in order {
@@ -731,6 +959,7 @@ impl Tail {
                 Some(since) => {
                     t.size == t.read_pos()
                         && t.blocked.is_none()
+                        && t.copy_wait.is_none()
                         && (t.nlink == 0 || since.elapsed() >= rotate_wait)
                 }
                 None => false,
@@ -760,6 +989,183 @@ impl Tail {
             );
             self.out.retiring.insert(t.key, (t.gen, t.offset));
         }
+    }
+
+    /// Checks each new file, once it has bytes and before anything is read from it,
+    /// against the files followed: one that starts as a followed file does may be the
+    /// copy `copytruncate` is making of it (with a glob that matches the copies). It is
+    /// held, unread, until that file is found truncated (then it is the copy: see
+    /// [`Tail::held_copy`]) or for [`COPY_WAIT`] (then it is a new file and read from 0:
+    /// a CSV file with the same header, a plain `cp`). Also ends the waits that are over.
+    fn judge_new_files(&mut self) {
+        let now = Instant::now();
+        self.truncations
+            .retain(|(_, _, at)| now.duration_since(*at) < COPY_WAIT);
+        for i in 0..self.files.len() {
+            let t = &self.files[i];
+            let held = t.copy_wait.is_some();
+            if !held && (!t.fresh || t.size == 0 || t.recovered) {
+                continue;
+            }
+            let first = files::first_bytes(&t.file).ok();
+            if !held {
+                // The copy of a generation whose truncation was already handled: what it
+                // holds up to `read` was read (from the file, or from this copy found by
+                // name or compressed); only what lies past it is read, under its own ids.
+                let late = first.as_deref().and_then(|first| {
+                    self.truncations
+                        .iter()
+                        .find(|(h, _, _)| h.len > 0 && h.starts(first))
+                        .map(|&(_, read, _)| read)
+                });
+                if let Some(read) = late {
+                    let t = &mut self.files[i];
+                    t.fresh = false;
+                    t.offset = read.min(t.size);
+                    if t.decoder.needs_header() && t.offset > 0 {
+                        read_header(&t.file, &mut t.decoder, self.out.cfg.max_record_bytes);
+                    }
+                    tracing::info!(
+                        "source {}: {} is the copy of a file whose truncation was already handled; following it from byte {}",
+                        self.out.cx.name,
+                        t.path.display(),
+                        t.offset
+                    );
+                    let (key, gen, offset) = (t.key, t.gen, t.offset);
+                    self.out.cp.advance(key, gen, offset);
+                    continue;
+                }
+            }
+            // The followed file it starts as, if any. Looked at again on every round while
+            // it is held: a new file that only began like another (a CSV header) is
+            // released as soon as its bytes differ.
+            let of = first.as_deref().and_then(|first| {
+                self.files
+                    .iter()
+                    .enumerate()
+                    .find(|&(j, o)| {
+                        j != i
+                            && !o.fresh
+                            && o.copy_wait.is_none()
+                            && !o.recovered
+                            && starts_as(first, o)
+                    })
+                    .map(|(_, o)| o.path.clone())
+            });
+            let name = &self.out.cx.name;
+            let t = &mut self.files[i];
+            t.fresh = false;
+            match (t.copy_wait, of) {
+                (Some(until), Some(_)) if now < until => {}
+                (Some(_), of) => {
+                    t.copy_wait = None;
+                    let why = if of.is_some() {
+                        format!("no followed file starting the same way was truncated within {COPY_WAIT:?}")
+                    } else {
+                        "its content differs from every followed file's".to_owned()
+                    };
+                    tracing::info!(
+                        "source {name}: {} is not a copy ({why}); reading it as a new file",
+                        t.path.display()
+                    );
+                }
+                (None, Some(of)) => {
+                    tracing::info!(
+                        "source {name}: {} starts as {} does; held as its possible copy until that file is found truncated, or for {COPY_WAIT:?}",
+                        t.path.display(),
+                        of.display()
+                    );
+                    t.copy_wait = Some(now + COPY_WAIT);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// After file `i` was found truncated: a new file not read yet (held as a possible
+    /// copy, or not yet checked) that starts with `i`'s head, the newest such: the copy
+    /// `copytruncate` made of it.
+    fn held_copy(&self, i: usize) -> Option<(PathBuf, File, u64)> {
+        let t = &self.files[i];
+        if t.head.len == 0 {
+            return None;
+        }
+        let c = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|&(j, c)| {
+                j != i
+                    && !c.recovered
+                    && (c.copy_wait.is_some() || (c.fresh && c.read_pos() == 0))
+                    && c.file
+                        .metadata()
+                        .is_ok_and(|m| matches!(t.head.recheck(&c.file, m.len()), Ok(Some(_))))
+            })
+            .max_by_key(|(_, c)| c.discovered)?
+            .1;
+        let size = c.file.metadata().ok()?.len();
+        Some((c.path.clone(), c.file.try_clone().ok()?, size))
+    }
+
+    /// A copy that what a truncated file had not read yet was read from: it holds nothing
+    /// else, so it is never read itself. Followed (or, when the globs match it, followed
+    /// from now on) from its end.
+    fn copy_consumed(&mut self, path: &Path, file: File, size: u64) {
+        let Ok(m) = file.metadata() else { return };
+        let key = FileKey::of(&m);
+        let fp = files::fingerprint(&file).ok().flatten();
+        let head = Head::default()
+            .recheck(&file, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if let Some(c) = self.files.iter_mut().find(|c| c.key == key && !c.recovered) {
+            if c.read_pos() < size {
+                c.offset = size;
+                c.buf.clear();
+                c.skipping = None;
+            }
+            c.fresh = false;
+            c.copy_wait = None;
+            c.fp = fp;
+            c.head = head;
+            if c.decoder.needs_header() && c.offset > 0 {
+                read_header(&c.file, &mut c.decoder, self.out.cfg.max_record_bytes);
+            }
+            let (gen, offset) = (c.gen, c.offset);
+            self.out.cp.set_identity(key, gen, fp, head);
+            self.out.cp.advance(key, gen, offset);
+            return;
+        }
+        if !self.globs.matches(path) {
+            return;
+        }
+        // Not seen yet (its file event is still on its way): recorded as read to its end,
+        // so that it is followed from there when it is.
+        let gen = self.out.cp.files.get(&key).map_or(0, |c| {
+            if c.retired_ms.is_some() {
+                c.gen + 1
+            } else {
+                c.gen
+            }
+        });
+        self.out.cp.files.insert(
+            key,
+            FileCp {
+                dev: key.dev,
+                ino: key.ino,
+                path: path.to_owned(),
+                fp,
+                head: Some(head),
+                gen,
+                offset: size,
+                retired_ms: None,
+            },
+        );
+        self.out.cp.dirty = true;
+        let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        self.track_file(path, file, true, order);
     }
 
     fn publish_status(&self) {
@@ -824,24 +1230,39 @@ impl Out {
         self.cp.set_identity(t.key, t.gen, t.fp, t.head);
     }
 
-    /// After a truncation of `t`: finds the copy logrotate's `copytruncate` made of it
-    /// (a file in the same directory that starts with `t`'s head and is longer than what
-    /// was read) and reads the rest of `t`'s generation from it, with `t`'s ids.
-    fn finish_from_copy(&mut self, t: &mut Tracked) -> Result<(), Stopping> {
+    /// After a truncation of `t`: reads the rest of `t`'s generation, with `t`'s ids,
+    /// from the copy logrotate's `copytruncate` made of it: `held` (a new file held as its
+    /// possible copy), else a file in the same directory that starts with `t`'s head and
+    /// is longer than what was read, else a `.gz` rotation whose content does (the copy
+    /// was compressed before it was read). Returns the uncompressed copy it used.
+    fn finish_from_copy(
+        &mut self,
+        t: &mut Tracked,
+        held: Option<(PathBuf, File, u64)>,
+    ) -> Result<Option<(PathBuf, File, u64)>, Stopping> {
         if t.head.len == 0 || t.blocked.is_some() {
-            return Ok(());
+            return Ok(None);
         }
-        let Some((path, copy, size)) = files::find_copy(&t.path, t.key, t.head, t.read_pos())
-        else {
-            return Ok(());
+        let plain = held.or_else(|| files::find_copy(&t.path, t.key, t.head, t.read_pos()));
+        let (path, copy, size, used) = match plain {
+            Some((path, copy, size)) => {
+                let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
+                (path, copy, size, used)
+            }
+            None => match self.gunzip(&t.path, t.head, t.read_pos()) {
+                Some(g) => (g.gz, g.file, g.len, None),
+                None => return Ok(None),
+            },
         };
-        tracing::info!(
-            "source {}: {} was truncated at byte {}; reading the rest, up to byte {size}, from its copy {}",
-            self.cx.name,
-            t.path.display(),
-            t.read_pos(),
-            path.display()
-        );
+        if size > t.read_pos() {
+            tracing::info!(
+                "source {}: {} was truncated at byte {}; reading the rest, up to byte {size}, from its copy {}",
+                self.cx.name,
+                t.path.display(),
+                t.read_pos(),
+                path.display()
+            );
+        }
         let own = std::mem::replace(&mut t.file, copy);
         let own_size = std::mem::replace(&mut t.size, size);
         let mut r = Ok(());
@@ -857,7 +1278,27 @@ impl Out {
         }
         t.file = own;
         t.size = own_size;
-        r
+        r.map(|()| used)
+    }
+
+    /// [`files::find_gz`], with errors logged: the rest of a file past `from`, from a
+    /// compressed rotation next to `path` that starts with `head`.
+    fn gunzip(&mut self, path: &Path, head: Head, from: u64) -> Option<files::Gunzipped> {
+        let tmp = self.cx.state_dir.join("checkpoints");
+        match files::find_gz(path, head, from, &tmp) {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!(
+                    "cannot recover the rest of {} (after byte {from}) from its compressed rotation \
+                     (decompressing into {}): {e}",
+                    path.display(),
+                    tmp.display()
+                );
+                tracing::error!("source {}: {msg}", self.cx.name);
+                self.last_error = Some(msg);
+                None
+            }
+        }
     }
 
     /// Reads one file from its position up to its end (or `READ_SLICE` bytes).
@@ -1375,6 +1816,19 @@ fn still_same(t: &Tracked) -> bool {
         return true;
     };
     m.len() >= t.read_pos() && !matches!(t.head.recheck(&t.file, m.len()), Ok(None))
+}
+
+/// Whether a new file whose first bytes are `first` starts as the followed file `o`
+/// does: with `o`'s head when `first` covers it, else (a copy still being written) with
+/// the bytes `o` holds now.
+fn starts_as(first: &[u8], o: &Tracked) -> bool {
+    if o.head.len > 0 && first.len() >= o.head.len as usize {
+        return o.head.starts(first);
+    }
+    match files::first_bytes(&o.file) {
+        Ok(have) => !first.is_empty() && have.len() >= first.len() && have[..first.len()] == *first,
+        Err(_) => false,
+    }
 }
 
 /// A field's value as text, for table and op fields.

@@ -1122,6 +1122,27 @@ impl Drain {
                 *taken.get_mut() = Err((why, json));
             }
         }
+        // Every row found was looked up by the key of one of these groups. One that
+        // matches none (a key column's type changed, so the same key reads as another
+        // text) would leave its group looking gone: never a delete on that ground. The
+        // rows are read again, and grouped then with the definition now known.
+        let looked_up: HashSet<(usize, &[String], &str)> = groups
+            .iter()
+            .map(|g| (g.table, g.lookup.as_slice(), g.canon.as_str()))
+            .collect();
+        if let Some((t, _, k)) = current
+            .keys()
+            .find(|(t, l, k)| !looked_up.contains(&(*t, l.as_slice(), k.as_str())))
+        {
+            let e = DbError(format!(
+                "source {}: a row of `{}` found by key ({k}) matches none of the keys looked \
+                 up (did a key column change its type?); its changes are read again",
+                self.name, self.tables[*t].def.name
+            ));
+            // The definitions read again, so that the next read groups by the new types.
+            self.check_schema()?;
+            return Err(e);
+        }
         groups.sort_by_key(|g| g.last_seq);
         for g in groups {
             let (op, after) = match current.remove(&(g.table, g.lookup, g.canon)) {
@@ -1517,13 +1538,29 @@ fn type_image(def: &TableDef, what: &str, mut r: Record) -> Result<Record, Strin
 }
 
 /// The key columns of `row` as one comparable text.
+///
+/// A number, a decimal, a text and a timestamp are taken by their text, whatever their
+/// JSON type: one key column has one type, but when its type changes (`int` to `text`)
+/// the capture rows written before carry `1` and the row found has `"1"`, which must
+/// be the same key (else its change would look like a delete).
 fn key_text(def: &TableDef, row: &Record) -> Result<String, String> {
     let mut buf = Vec::with_capacity(32);
     for k in &def.key {
         let v = row
             .get(k)
             .ok_or_else(|| format!("key column `{k}` is missing"))?;
-        encode_value(v, &mut buf);
+        let start = buf.len();
+        match v {
+            Value::Int(i) => buf.extend_from_slice(i.to_string().as_bytes()),
+            Value::Decimal(t) | Value::Text(t) | Value::Timestamp(t) => {
+                buf.extend_from_slice(t.as_bytes())
+            }
+            other => encode_value(other, &mut buf),
+        }
+        // The length after each value: no two keys of several columns run together.
+        let len = buf.len() - start;
+        buf.push(0);
+        buf.extend_from_slice(len.to_string().as_bytes());
         buf.push(0);
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -1733,6 +1770,20 @@ mod tests {
         assert!(b.all);
         assert_eq!(b.fresh_limit(3), 1);
         assert_eq!(LateBatch::none().fresh_limit(3), 3);
+    }
+
+    #[test]
+    fn key_text_takes_a_key_by_its_text_whatever_its_json_type() {
+        // Before and after `ALTER COLUMN id TYPE text`.
+        let a = parse_object(br#"{"id": 7}"#).unwrap();
+        let b = parse_object(br#"{"id": "7"}"#).unwrap();
+        assert_eq!(key_text(&def(), &a).unwrap(), key_text(&def(), &b).unwrap());
+        // Two columns never run together.
+        let mut two = def();
+        two.key = vec!["id".into(), "b".into()];
+        let c = parse_object(br#"{"id": "a\u0000", "b": "b"}"#).unwrap();
+        let d = parse_object(br#"{"id": "a", "b": "\u0000b"}"#).unwrap();
+        assert_ne!(key_text(&two, &c).unwrap(), key_text(&two, &d).unwrap());
     }
 
     #[test]
