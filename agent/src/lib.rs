@@ -17,3 +17,4 @@ pub mod service;
 pub mod sink;
 pub mod source;
 pub mod spool;
+pub mod stop_signal;

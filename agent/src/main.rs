@@ -5,11 +5,21 @@ use lockstep::cli::{
     check, quarantine, snapshot, status, triggers, Cli, Command, QuarantineCommand, SpoolCommand,
 };
 use lockstep::config::{self, Config};
-use lockstep::{logging, service};
+use lockstep::{logging, service, stop_signal};
 use tokio::sync::watch;
 
 fn main() -> ExitCode {
+    // First of all: a SIGTERM or SIGINT from here on stops `run` cleanly (exit 0), even
+    // one that arrives before the agent has started (see `stop_signal`).
+    let held = stop_signal::hold();
     let cli = Cli::parse();
+    let held = match cli.command {
+        Command::Run { .. } => Some(held),
+        _ => {
+            held.release();
+            None
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -21,6 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let caught = held.map(|h| {
+        let _in_runtime = rt.enter();
+        h.catch()
+    });
     let path = match &cli.command {
         Command::Run { config }
         | Command::Check { config, .. }
@@ -166,10 +180,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { .. } => {
+            let mut caught = match caught {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "cannot catch SIGTERM and SIGINT ({e}): they end the agent without a clean stop"
+                    );
+                    None
+                }
+                None => None,
+            };
             let r = rt.block_on(async {
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    match caught.as_mut() {
+                        Some(c) => c.recv().await,
+                        None => std::future::pending::<()>().await,
+                    }
                     service::notify("STOPPING=1\nSTATUS=stopping: flushing in-flight events and writing checkpoints");
                     tracing::info!("stopping: finishing in-flight work and writing checkpoints");
                     let _ = tx.send(true);
@@ -185,20 +212,5 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

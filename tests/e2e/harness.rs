@@ -529,22 +529,67 @@ impl Agent {
         Agent { child: Some(child) }
     }
 
+    /// Starts the agent with SIGTERM and SIGINT blocked, as they are in the agent's first
+    /// instants (before its handler is in place): one sent now is held by the kernel
+    /// until the agent takes it.
+    pub fn start_signals_held(config: &Path, log: &Path) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = Command::new(lockstep_bin());
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("LOCKSTEP_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        #[allow(unsafe_code)]
+        // SAFETY: runs in the forked child before exec and only calls sigemptyset,
+        // sigaddset and pthread_sigmask (async-signal-safe) on a set on its stack.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                let mut set = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+                    0 => Ok(()),
+                    e => Err(std::io::Error::from_raw_os_error(e)),
+                }
+            });
+        }
+        Agent {
+            child: Some(cmd.spawn().expect("start lockstep")),
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
+        self.terminate().and_then(|(s, _)| s.code())
+    }
+
+    /// SIGTERM, then wait (15 s at most) for the process to end: its exit status and
+    /// how long it took. `None` when the agent was already stopped or killed.
+    pub fn terminate(&mut self) -> Option<(std::process::ExitStatus, Duration)> {
         let mut c = self.child.take()?;
+        let sent = Instant::now();
         Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = sent + Duration::from_secs(15);
         loop {
             if let Some(s) = c.try_wait().unwrap() {
-                return s.code();
+                return Some((s, sent.elapsed()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "lockstep did not stop within 15 s of SIGTERM"
-            );
+            if Instant::now() >= deadline {
+                // Not left running after the test.
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("lockstep did not stop within 15 s of SIGTERM");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
