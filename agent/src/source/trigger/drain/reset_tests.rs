@@ -10,18 +10,12 @@
 //! every time.
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
+use super::test_rig::{self, Rig, Setup};
 use super::*;
-use crate::admin::metrics::Metrics;
-use crate::admin::StatusBoard;
-use crate::config::{TriggerConfig, TriggerDb};
-use crate::pipeline::{AckWatermark, Encoder};
-use crate::service::Liveness;
 use crate::source::trigger::ddl::{drop_capture_table, install, uninstall};
 use crate::source::trigger::{odbc, postgres};
 
@@ -49,67 +43,17 @@ fn ids_of(events: &[(String, String)], note: &str) -> Vec<String> {
         .collect()
 }
 
-/// What a test drives: the drain, its sink's channel and its acks.
-struct Rig {
-    drain: Drain,
-    rx: mpsc::Receiver<Batch>,
-    watermark: Arc<AckWatermark>,
-    /// Held for the drain's life: its runtime, state directory, stop and done signals.
-    _keep: (
-        tokio::runtime::Runtime,
-        tempfile::TempDir,
-        watch::Sender<bool>,
-        watch::Sender<bool>,
-    ),
-}
-
 /// A drain of table `t` (`capture = "rows"`) connected by `connect`.
 fn rig(connect: Connect) -> Rig {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let (tx, rx) = mpsc::channel(64);
-    let watermark = Arc::new(AckWatermark::default());
-    let (stop, shutdown) = watch::channel(false);
-    let (done, sink_done) = watch::channel(false);
-    let cx = SourceContext {
-        index: 0,
-        name: "vista".into(),
-        agent_id: "a".into(),
-        state_dir: dir.path().to_owned(),
-        encoder: Encoder::new("legacy", "a", "vista"),
-        tx,
-        watermark: watermark.clone(),
-        metrics: metrics.clone(),
-        counters: metrics.source("vista"),
-        status: Arc::new(StatusBoard::new("a")),
-        shutdown,
-        sink_done,
-        drain_for: Duration::from_secs(1),
-        quarantine_max_bytes: crate::config::DEFAULT_QUARANTINE_MAX_BYTES,
-        runtime: rt.handle().clone(),
-        map: Arc::default(),
-        debounce: None,
-        beat: Liveness::default().register("source vista"),
-        handed: Arc::new(AtomicU64::new(0)),
-    };
-    let cfg = TriggerConfig {
-        db: TriggerDb::Postgres(Box::new(
-            crate::db::postgres::PgConn::parse("host=nowhere").unwrap(),
-        )),
-        tables: vec!["t".into()],
-        capture: Capture::Rows,
-        interval: Duration::from_millis(20),
-        dialect: None,
-        snapshot_initial: false,
-        schema_check: Duration::from_secs(600),
-    };
-    Rig {
-        drain: Drain::new(cfg, cx, connect),
-        rx,
-        watermark,
-        _keep: (rt, dir, stop, done),
-    }
+    test_rig::rig(
+        Setup {
+            channel: 64,
+            capture: Capture::Rows,
+            interval: Duration::from_millis(20),
+            schema_check: Duration::from_secs(600),
+        },
+        connect,
+    )
 }
 
 /// Five changes read and sent; `seq` reset and five other changes written (the same
