@@ -6,55 +6,12 @@
 //! dead. A fake database (a trait-level fake: the e2e tests use the real ones) makes
 //! that path happen deterministically.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::test_rig::{change_row_1, rig, table_t, Rig, Setup};
+use super::test_rig::{change_row_1, rig, table_t, FakeDb, Rig, Setup};
 use super::*;
-
-struct FakeDb {
-    tables: Vec<TableDef>,
-    deleted: Arc<AtomicBool>,
-}
-
-impl CaptureDb for FakeDb {
-    fn tables(&self) -> &[TableDef] {
-        &self.tables
-    }
-    fn epoch(&self) -> &str {
-        "fake"
-    }
-    fn read(
-        &mut self,
-        cursor: i64,
-        _: &HashSet<i64>,
-        _: usize,
-        out: &mut Vec<ChangeRow>,
-    ) -> Result<bool, DbError> {
-        if cursor == 0 {
-            out.push(change_row_1(None));
-        }
-        Ok(false)
-    }
-    fn current(&mut self, _: &TableDef, _: &[&str]) -> Result<Vec<String>, DbError> {
-        Ok(Vec::new())
-    }
-    fn chunk(&mut self, _: &TableDef, _: Option<&str>, _: usize) -> Result<Vec<String>, DbError> {
-        Ok(Vec::new())
-    }
-    fn estimate_rows(&mut self, _: &TableDef) -> Result<Option<u64>, DbError> {
-        Ok(None)
-    }
-    fn delete(&mut self, _: &[RowId]) -> Result<(), DbError> {
-        self.deleted.store(true, Ordering::SeqCst);
-        Err(DbError("server closed the connection unexpectedly".into()))
-    }
-    fn wait(&mut self, _: Duration) -> bool {
-        false
-    }
-}
 
 #[test]
 fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
@@ -85,8 +42,16 @@ fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
     watermark.advance(1_000);
     let deleted = Arc::new(AtomicBool::new(false));
     let db = FakeDb {
+        epoch: "fake",
         tables: vec![table_t()],
-        deleted: deleted.clone(),
+        rows: vec![change_row_1(None)],
+        on_delete: Box::new({
+            let deleted = deleted.clone();
+            move |_| {
+                deleted.store(true, Ordering::SeqCst);
+                Err(DbError("server closed the connection unexpectedly".into()))
+            }
+        }),
     };
     drain.set_tables(db.tables());
     drain.db = Some(Box::new(db));

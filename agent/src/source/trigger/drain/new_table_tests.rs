@@ -3,56 +3,11 @@
 //! database (a trait-level fake: the e2e tests use the real ones) makes the moment
 //! deterministic.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::test_rig::{change_row_1, rig, table_t, Rig, Setup};
+use super::test_rig::{change_row_1, rig, table_t, FakeDb, Rig, Setup};
 use super::*;
-
-struct FakeDb {
-    epoch: &'static str,
-    tables: Vec<TableDef>,
-    deleted: Arc<Mutex<Vec<(&'static str, i64)>>>,
-}
-
-impl CaptureDb for FakeDb {
-    fn tables(&self) -> &[TableDef] {
-        &self.tables
-    }
-    fn epoch(&self) -> &str {
-        self.epoch
-    }
-    fn read(
-        &mut self,
-        cursor: i64,
-        _: &HashSet<i64>,
-        _: usize,
-        out: &mut Vec<ChangeRow>,
-    ) -> Result<bool, DbError> {
-        if cursor == 0 && self.epoch == "old" {
-            out.push(change_row_1(Some(1_000)));
-        }
-        Ok(false)
-    }
-    fn current(&mut self, _: &TableDef, _: &[&str]) -> Result<Vec<String>, DbError> {
-        Ok(Vec::new())
-    }
-    fn chunk(&mut self, _: &TableDef, _: Option<&str>, _: usize) -> Result<Vec<String>, DbError> {
-        Ok(Vec::new())
-    }
-    fn estimate_rows(&mut self, _: &TableDef) -> Result<Option<u64>, DbError> {
-        Ok(None)
-    }
-    fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError> {
-        let mut d = self.deleted.lock().unwrap();
-        d.extend(rows.iter().map(|r| (self.epoch, r.seq)));
-        Ok(())
-    }
-    fn wait(&mut self, _: Duration) -> bool {
-        false
-    }
-}
 
 #[test]
 fn rows_of_a_capture_table_made_anew_are_not_deleted_from_the_new_one() {
@@ -61,10 +16,20 @@ fn rows_of_a_capture_table_made_anew_are_not_deleted_from_the_new_one() {
     let (d, e) = (deleted.clone(), epochs.clone());
     let connect: Connect = Box::new(move || {
         let epoch = e.lock().unwrap().pop().ok_or(DbError("no more".into()))?;
+        let d = d.clone();
         Ok(Box::new(FakeDb {
             epoch,
             tables: vec![table_t()],
-            deleted: d.clone(),
+            rows: if epoch == "old" {
+                vec![change_row_1(Some(1_000))]
+            } else {
+                Vec::new()
+            },
+            on_delete: Box::new(move |rows| {
+                let mut d = d.lock().unwrap();
+                d.extend(rows.iter().map(|r| (epoch, r.seq)));
+                Ok(())
+            }),
         }) as Box<dyn CaptureDb>)
     });
     let Rig {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::test_rig::{self, Rig, Setup};
+use super::test_rig::{self, table_t, Rig, Setup};
 use super::*;
 use crate::source::trigger::ddl::{drop_capture_table, install, uninstall};
 use crate::source::trigger::{odbc, postgres};
@@ -131,17 +131,6 @@ fn stale_acks_delete_nothing_of_the_new_rows(connect: Connect, side: &mut dyn Si
     assert_eq!(side.capture_rows(), 0);
 }
 
-fn table() -> TableDef {
-    TableDef {
-        name: "t".into(),
-        key: vec!["id".into()],
-        columns: vec!["id".into(), "note".into()],
-        binary: Vec::new(),
-        timestamps: Vec::new(),
-        utc: Vec::new(),
-    }
-}
-
 struct Lite {
     conn: odbc_api::Connection<'static>,
 }
@@ -160,11 +149,11 @@ impl Side for Lite {
     fn reset(&mut self) {
         // `lockstep triggers uninstall`, then `install`: the capture table made anew.
         // No triggers left: the capture table is dropped with its unsent rows.
-        odbc::apply(&self.conn, &uninstall(Dialect::Sqlite, &[table()])).unwrap();
+        odbc::apply(&self.conn, &uninstall(Dialect::Sqlite, &[table_t()])).unwrap();
         odbc::apply(&self.conn, &drop_capture_table(Dialect::Sqlite)).unwrap();
         odbc::apply(
             &self.conn,
-            &install(Dialect::Sqlite, &[table()], Capture::Rows),
+            &install(Dialect::Sqlite, &[table_t()], Capture::Rows),
         )
         .unwrap();
     }
@@ -183,7 +172,7 @@ fn sqlite_odbc_reinstall_before_the_acks_deletes_no_new_row() {
     side.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)");
     odbc::apply(
         &side.conn,
-        &install(Dialect::Sqlite, &[table()], Capture::Rows),
+        &install(Dialect::Sqlite, &[table_t()], Capture::Rows),
     )
     .unwrap();
     let connect: Connect = Box::new(move || {
@@ -231,7 +220,7 @@ fn postgres_truncate_restart_identity_before_the_acks_deletes_no_new_row() {
     .unwrap();
     rt.block_on(postgres::apply(
         &mut client,
-        &install(Dialect::Postgres, &[table()], Capture::Rows),
+        &install(Dialect::Postgres, &[table_t()], Capture::Rows),
     ))
     .unwrap();
     let mut side = Pg { rt, client };
@@ -275,7 +264,7 @@ fn sqlite_odbc_times_are_read_to_the_ms_and_a_row_without_one_is_logged_once() {
     side.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)");
     odbc::apply(
         &side.conn,
-        &install(Dialect::Sqlite, &[table()], Capture::Rows),
+        &install(Dialect::Sqlite, &[table_t()], Capture::Rows),
     )
     .unwrap();
     for (id, note, at) in [
@@ -370,7 +359,7 @@ fn mariadb_odbc_truncate_before_the_acks_deletes_no_new_row() {
     side.sql("CREATE TABLE t (id INT PRIMARY KEY, note TEXT)");
     odbc::apply(
         &side.conn,
-        &install(Dialect::MariaDb, &[table()], Capture::Rows),
+        &install(Dialect::MariaDb, &[table_t()], Capture::Rows),
     )
     .unwrap();
     let connect: Connect = Box::new(move || {

@@ -2,6 +2,7 @@
 //! is the source's channel, read by the test, and whose acks are the watermark, advanced
 //! by the test. The database is what `connect` opens (a fake or a real one).
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,5 +112,54 @@ pub(super) fn change_row_1(changed_ms: Option<i64>) -> ChangeRow {
         after: Some(r#"{"id": 1, "note": "x"}"#.into()),
         changed_ms,
         origin: None,
+    }
+}
+
+/// What a fake database does when asked to delete capture rows.
+pub(super) type OnDelete = Box<dyn FnMut(&[RowId]) -> Result<(), DbError> + Send>;
+
+/// A fake database (a trait-level fake: the e2e tests use the real ones) holding table
+/// `t`: its first read returns `rows`, every later one nothing; deletes go to
+/// `on_delete`.
+pub(super) struct FakeDb {
+    pub(super) epoch: &'static str,
+    pub(super) tables: Vec<TableDef>,
+    pub(super) rows: Vec<ChangeRow>,
+    pub(super) on_delete: OnDelete,
+}
+
+impl CaptureDb for FakeDb {
+    fn tables(&self) -> &[TableDef] {
+        &self.tables
+    }
+    fn epoch(&self) -> &str {
+        self.epoch
+    }
+    fn read(
+        &mut self,
+        cursor: i64,
+        _: &HashSet<i64>,
+        _: usize,
+        out: &mut Vec<ChangeRow>,
+    ) -> Result<bool, DbError> {
+        if cursor == 0 {
+            out.extend(self.rows.iter().cloned());
+        }
+        Ok(false)
+    }
+    fn current(&mut self, _: &TableDef, _: &[&str]) -> Result<Vec<String>, DbError> {
+        Ok(Vec::new())
+    }
+    fn chunk(&mut self, _: &TableDef, _: Option<&str>, _: usize) -> Result<Vec<String>, DbError> {
+        Ok(Vec::new())
+    }
+    fn estimate_rows(&mut self, _: &TableDef) -> Result<Option<u64>, DbError> {
+        Ok(None)
+    }
+    fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError> {
+        (self.on_delete)(rows)
+    }
+    fn wait(&mut self, _: Duration) -> bool {
+        false
     }
 }
