@@ -1001,24 +1001,13 @@ mod tests {
             self.cert(&pem)
         }
 
-        /// A CA `name` whose dates are long past (2020 to 2021).
-        fn expired_ca(&self, name: &str) -> CertificateDer<'static> {
-            let d = self.0.path();
-            std::fs::create_dir_all(d.join("db")).unwrap();
-            std::fs::write(d.join("db/index.txt"), "").unwrap();
-            std::fs::write(d.join("db/serial"), "01\n").unwrap();
-            std::fs::write(
-                d.join("ca.cnf"),
-                "[ca]\ndefault_ca=c\n[c]\ndatabase=db/index.txt\nnew_certs_dir=db\n\
-                 serial=db/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n\
-                 [v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
-            )
-            .unwrap();
-            let (key, csr, pem, subj) = (
+        /// A new P-256 key `name.key` and a request `name.csr` to certify it for `cn`:
+        /// the names of both files.
+        fn key_and_csr(&self, name: &str, cn: &str) -> (String, String) {
+            let (key, csr, subj) = (
                 format!("{name}.key"),
                 format!("{name}.csr"),
-                format!("{name}.pem"),
-                format!("/CN={name}"),
+                format!("/CN={cn}"),
             );
             self.openssl(&[
                 "req",
@@ -1035,6 +1024,24 @@ mod tests {
                 "-subj",
                 &subj,
             ]);
+            (key, csr)
+        }
+
+        /// A CA `name` whose dates are long past (2020 to 2021).
+        fn expired_ca(&self, name: &str) -> CertificateDer<'static> {
+            let d = self.0.path();
+            std::fs::create_dir_all(d.join("db")).unwrap();
+            std::fs::write(d.join("db/index.txt"), "").unwrap();
+            std::fs::write(d.join("db/serial"), "01\n").unwrap();
+            std::fs::write(
+                d.join("ca.cnf"),
+                "[ca]\ndefault_ca=c\n[c]\ndatabase=db/index.txt\nnew_certs_dir=db\n\
+                 serial=db/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n\
+                 [v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+            )
+            .unwrap();
+            let (key, csr) = self.key_and_csr(name, name);
+            let pem = format!("{name}.pem");
             self.openssl(&[
                 "ca",
                 "-batch",
@@ -1068,27 +1075,8 @@ mod tests {
             ext: Option<&str>,
             more: &[&str],
         ) -> CertificateDer<'static> {
-            let (key, csr, crt, subj) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("/CN={cn}"),
-            );
-            self.openssl(&[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &subj,
-            ]);
+            let (_, csr) = self.key_and_csr(name, cn);
+            let crt = format!("{name}.crt");
             let (ca_pem, ca_key, ext_file) = (
                 format!("{ca}.pem"),
                 format!("{ca}.key"),
