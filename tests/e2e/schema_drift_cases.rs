@@ -19,6 +19,34 @@ fn install(cfg: &std::path::Path) {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// A world with the admin API; database `tag` of `kind` with its tables; and a config
+/// of source `vista` on `tables` (`capture`, `extra`), its triggers installed.
+fn drift_setup(
+    kind: Kind,
+    tag: &str,
+    tables: &[&str],
+    capture: &str,
+    extra: &str,
+) -> (World, Db, std::path::PathBuf) {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(kind, &w, tag);
+    db.create_tables();
+    let cfg = w.config_with(&db.source(tables, capture, extra));
+    install(&cfg);
+    (w, db, cfg)
+}
+
+/// Waits for `n` events in the stream; the agent's log if they do not come.
+async fn arrived(w: &World, n: u64) {
+    assert_eq!(
+        w.wait_count(n, Duration::from_secs(30)).await,
+        n,
+        "{}",
+        agent_log(w)
+    );
+}
+
 fn metric_line(w: &World, name: &str) -> Option<u64> {
     w.admin("/metrics")
         .1
@@ -43,12 +71,13 @@ fn status_drift(w: &World, table: &str) -> String {
 /// as a delete, and nothing may be quarantined. Then `install` makes the new key
 /// captured.
 async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(kind, &w, "drift_rekey");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1s\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        kind,
+        "drift_rekey",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1s\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql(
@@ -56,12 +85,7 @@ async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
          INSERT INTO appointments (id, clinic, note) VALUES (2, 'b', 'n2');
          INSERT INTO appointments (id, clinic, note) VALUES (3, 'c', 'n3');",
     );
-    assert_eq!(
-        w.wait_count(3, Duration::from_secs(30)).await,
-        3,
-        "{}",
-        log()
-    );
+    arrived(&w, 3).await;
     let (key, rekey) = match kind {
         Kind::Lite => (
             "appt_id",
@@ -86,12 +110,7 @@ async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
         capture_rows(&db) == 0
     })
     .await;
-    assert_eq!(
-        w.wait_count(5, Duration::from_secs(30)).await,
-        5,
-        "{}",
-        log()
-    );
+    arrived(&w, 5).await;
     // The drift is reported: the triggers record another key than the table's.
     wait_for("the key drift", Duration::from_secs(30), || {
         status_drift(&w, "appointments").contains("which is not the table's primary key")
@@ -100,12 +119,7 @@ async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
     // Installed again: the new key is captured.
     install(&cfg);
     db.sql("UPDATE appointments SET note = 'reinstalled' WHERE clinic = 'c';");
-    assert_eq!(
-        w.wait_count(6, Duration::from_secs(30)).await,
-        6,
-        "{}",
-        log()
-    );
+    arrived(&w, 6).await;
     drained(&db, &w).await;
     wait_for("no drift", Duration::from_secs(30), || {
         metric_line(&w, &drift_metric("appointments")) == Some(0)
@@ -163,28 +177,20 @@ async fn postgres_keys_a_widened_primary_key_sends_no_false_deletes() {
 /// Two tables; one loses its primary key, then is dropped. It is reported (drift), and
 /// the other table's changes keep flowing all along.
 async fn a_broken_table_does_not_stall_the_others(kind: Kind) {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(kind, &w, "drift_broken");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(
+    let (w, db, cfg) = drift_setup(
+        kind,
+        "drift_broken",
         &["appointments", "clinics"],
         "rows",
         "schema_check = \"1s\"",
-    ));
-    install(&cfg);
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql(
         "INSERT INTO appointments (id, clinic) VALUES (1, 'a');
          INSERT INTO clinics (region, code, name) VALUES ('N', 1, 'North');",
     );
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     db.sql(match kind {
         Kind::Pg => "ALTER TABLE clinics DROP CONSTRAINT clinics_pkey;",
         _ => "ALTER TABLE clinics DROP PRIMARY KEY;",
@@ -197,12 +203,7 @@ async fn a_broken_table_does_not_stall_the_others(kind: Kind) {
     .await;
     assert_eq!(metric_line(&w, &drift_metric("clinics")), Some(1));
     db.sql("INSERT INTO appointments (id, clinic) VALUES (2, 'b');");
-    assert_eq!(
-        w.wait_count(3, Duration::from_secs(30)).await,
-        3,
-        "{}",
-        log()
-    );
+    arrived(&w, 3).await;
     db.sql("DROP TABLE clinics;");
     wait_for(
         "the dropped table reported",
@@ -211,12 +212,7 @@ async fn a_broken_table_does_not_stall_the_others(kind: Kind) {
     )
     .await;
     db.sql("INSERT INTO appointments (id, clinic) VALUES (3, 'c');");
-    assert_eq!(
-        w.wait_count(4, Duration::from_secs(30)).await,
-        4,
-        "{}",
-        log()
-    );
+    arrived(&w, 4).await;
     drained(&db, &w).await;
     // The drift check's table errors are no lost connections.
     assert_eq!(
@@ -299,12 +295,7 @@ async fn mariadb_odbc_unreadable_trigger_bodies_are_a_warning_not_drift() {
     let cfg = w.config_with(&source.replace("USER=root", &format!("USER={user};PASSWORD=pw")));
     let mut agent = w.agent(&cfg);
     db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'a');");
-    assert_eq!(
-        w.wait_count(1, Duration::from_secs(30)).await,
-        1,
-        "{}",
-        agent_log(&w)
-    );
+    arrived(&w, 1).await;
     db.sql("INSERT INTO appointments (id, clinic) VALUES (2, 'b');");
     assert_eq!(w.wait_count(2, Duration::from_secs(30)).await, 2);
     wait_for("the warning", Duration::from_secs(30), || {
@@ -328,12 +319,13 @@ async fn mariadb_odbc_unreadable_trigger_bodies_are_a_warning_not_drift() {
 /// names), and so must a binary column added after one was added and dropped.
 #[tokio::test]
 async fn postgres_rows_a_renamed_or_replaced_column_is_typed_again() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Pg, &w, "drift_rename");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "rows", "schema_check = \"1h\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Pg,
+        "drift_rename",
+        &["appointments"],
+        "rows",
+        "schema_check = \"1h\"",
+    );
     let mut agent = w.agent(&cfg);
     db.sql("ALTER TABLE appointments ADD COLUMN badge bytea;");
     db.sql("INSERT INTO appointments (id, badge) VALUES (1, '\\x0102'::bytea);");
@@ -399,21 +391,17 @@ async fn mariadb_odbc_keys_an_invisible_column_is_not_a_change() {
 /// sent as a delete, never dropped) once the triggers are installed again.
 #[tokio::test]
 async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Maria, &w, "drift_ambiguous");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1s\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Maria,
+        "drift_ambiguous",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1s\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'a');");
-    assert_eq!(
-        w.wait_count(1, Duration::from_secs(30)).await,
-        1,
-        "{}",
-        log()
-    );
+    arrived(&w, 1).await;
     db.sql(
         "ALTER TABLE appointments ADD COLUMN x int NOT NULL DEFAULT 0, DROP PRIMARY KEY, ADD PRIMARY KEY (id, x);
          INSERT INTO appointments (id, x, clinic) VALUES (1, 1, 'dup');",
@@ -438,12 +426,7 @@ async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
         log()
     );
     db.sql("UPDATE appointments SET clinic = 'b' WHERE id = 1 AND x = 1;");
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", log());
     let msgs = w.messages().await;
@@ -468,21 +451,17 @@ async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
 /// set aside once `install` has run; changes after it are captured with the new key.
 #[tokio::test]
 async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Pg, &w, "drift_pgrename");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1s\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Pg,
+        "drift_pgrename",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1s\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'a');");
-    assert_eq!(
-        w.wait_count(1, Duration::from_secs(30)).await,
-        1,
-        "{}",
-        log()
-    );
+    arrived(&w, 1).await;
     db.sql(
         "ALTER TABLE appointments RENAME COLUMN id TO appt_id;
          UPDATE appointments SET clinic = 'b' WHERE appt_id = 1;",
@@ -507,12 +486,7 @@ async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
     .await;
     assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 1);
     db.sql("UPDATE appointments SET clinic = 'c' WHERE appt_id = 1;");
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", log());
     let msgs = w.messages().await;
@@ -534,24 +508,20 @@ async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
 /// `1`). Never a delete on that ground: the rows are read again and go out as updates.
 #[tokio::test]
 async fn postgres_keys_a_key_column_of_another_type_sends_no_false_deletes() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Pg, &w, "drift_retype");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1h\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Pg,
+        "drift_retype",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1h\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql(
         "INSERT INTO appointments (id, clinic, note) VALUES (1, 'a', 'n1');
          INSERT INTO appointments (id, clinic, note) VALUES (2, 'b', 'n2');",
     );
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     // In one transaction: the update is captured with the integer key, and the table
     // has a text key by the time it is read.
     db.sql(
@@ -569,12 +539,7 @@ async fn postgres_keys_a_key_column_of_another_type_sends_no_false_deletes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        w.wait_count(4, Duration::from_secs(30)).await,
-        4,
-        "{}",
-        log()
-    );
+    arrived(&w, 4).await;
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", log());
     let msgs = w.messages().await;
