@@ -47,6 +47,26 @@ async fn arrived(w: &World, n: u64) {
     );
 }
 
+/// The one capture row the drift holds is kept, nothing quarantined; `install` run
+/// again, it (`what`) is set aside: quarantined, its capture row gone.
+async fn kept_then_set_aside(w: &World, db: &Db, cfg: &std::path::Path, what: &str) {
+    assert_eq!(capture_rows(db), 1, "kept while the drift lasts");
+    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 0);
+    install(cfg);
+    wait_for(
+        &format!("{what} set aside"),
+        Duration::from_secs(60),
+        || capture_rows(db) == 0,
+    )
+    .await;
+    assert_eq!(
+        w.metric_sum("lockstep_quarantined_records_total"),
+        1,
+        "{}",
+        agent_log(w)
+    );
+}
+
 fn metric_line(w: &World, name: &str) -> Option<u64> {
     w.admin("/metrics")
         .1
@@ -327,22 +347,35 @@ async fn postgres_rows_a_renamed_or_replaced_column_is_typed_again() {
         "schema_check = \"1h\"",
     );
     let mut agent = w.agent(&cfg);
-    db.sql("ALTER TABLE appointments ADD COLUMN badge bytea;");
-    db.sql("INSERT INTO appointments (id, badge) VALUES (1, '\\x0102'::bytea);");
-    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
-    db.sql("ALTER TABLE appointments RENAME COLUMN badge TO tag;");
-    db.sql("INSERT INTO appointments (id, tag) VALUES (2, '\\x0304'::bytea);");
-    assert_eq!(w.wait_count(2, Duration::from_secs(30)).await, 2);
-    // Added, dropped, and another binary one added: as many columns as before.
-    db.sql("ALTER TABLE appointments ADD COLUMN c1 int;");
-    db.sql("INSERT INTO appointments (id, c1) VALUES (3, 1);");
-    assert_eq!(w.wait_count(3, Duration::from_secs(30)).await, 3);
-    db.sql("ALTER TABLE appointments DROP COLUMN c1;");
-    db.sql("INSERT INTO appointments (id) VALUES (4);");
-    assert_eq!(w.wait_count(4, Duration::from_secs(30)).await, 4);
-    db.sql("ALTER TABLE appointments ADD COLUMN c2 bytea;");
-    db.sql("INSERT INTO appointments (id, c2) VALUES (5, '\\x0506'::bytea);");
-    assert_eq!(w.wait_count(5, Duration::from_secs(30)).await, 5);
+    // Each change to the table, then a row written after it: row n is the nth event.
+    let steps = [
+        (
+            "ALTER TABLE appointments ADD COLUMN badge bytea;",
+            "INSERT INTO appointments (id, badge) VALUES (1, '\\x0102'::bytea);",
+        ),
+        (
+            "ALTER TABLE appointments RENAME COLUMN badge TO tag;",
+            "INSERT INTO appointments (id, tag) VALUES (2, '\\x0304'::bytea);",
+        ),
+        // Added, dropped, and another binary one added: as many columns as before.
+        (
+            "ALTER TABLE appointments ADD COLUMN c1 int;",
+            "INSERT INTO appointments (id, c1) VALUES (3, 1);",
+        ),
+        (
+            "ALTER TABLE appointments DROP COLUMN c1;",
+            "INSERT INTO appointments (id) VALUES (4);",
+        ),
+        (
+            "ALTER TABLE appointments ADD COLUMN c2 bytea;",
+            "INSERT INTO appointments (id, c2) VALUES (5, '\\x0506'::bytea);",
+        ),
+    ];
+    for (n, (change, insert)) in (1..).zip(steps) {
+        db.sql(change);
+        db.sql(insert);
+        assert_eq!(w.wait_count(n, Duration::from_secs(30)).await, n);
+    }
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
     let msgs = w.messages().await;
@@ -412,19 +445,7 @@ async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
             .is_some_and(|e| e.contains("several rows of `appointments` have the key (id)"))
     })
     .await;
-    assert_eq!(capture_rows(&db), 1, "kept while the drift lasts");
-    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 0);
-    install(&cfg);
-    wait_for("the old row set aside", Duration::from_secs(60), || {
-        capture_rows(&db) == 0
-    })
-    .await;
-    assert_eq!(
-        w.metric_sum("lockstep_quarantined_records_total"),
-        1,
-        "{}",
-        log()
-    );
+    kept_then_set_aside(&w, &db, &cfg, "the old row").await;
     db.sql("UPDATE appointments SET clinic = 'b' WHERE id = 1 AND x = 1;");
     arrived(&w, 2).await;
     drained(&db, &w).await;
@@ -477,14 +498,7 @@ async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
         "{}",
         w.status()
     );
-    assert_eq!(capture_rows(&db), 1, "kept while the drift lasts");
-    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 0);
-    install(&cfg);
-    wait_for("the null key set aside", Duration::from_secs(60), || {
-        capture_rows(&db) == 0
-    })
-    .await;
-    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 1);
+    kept_then_set_aside(&w, &db, &cfg, "the null key").await;
     db.sql("UPDATE appointments SET clinic = 'c' WHERE appt_id = 1;");
     arrived(&w, 2).await;
     drained(&db, &w).await;
