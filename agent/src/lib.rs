@@ -3,10 +3,11 @@
 //! The pipeline is the architecture: [`source`] reads changes, [`pipeline`] turns them
 //! into ordered, encoded messages and tracks their acknowledgements, [`sink`] publishes
 //! them to JetStream, [`admin`] reports on all of it. [`config`] is read once at start;
-//! [`db`] opens database connections;
+//! [`db`] opens database connections; [`calendar`] is the date arithmetic they share;
 //! [`cli`] and [`runner`] are the edges.
 
 pub mod admin;
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod db;

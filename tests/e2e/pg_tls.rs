@@ -90,7 +90,8 @@ impl Pki {
         ]);
     }
 
-    fn server(&self, name: &str, ca: &str, san: Option<&str>) {
+    /// A new P-256 key `name.key` and a request `name.csr` to certify it for `subj`.
+    fn key_and_csr(&self, name: &str, subj: &str) {
         self.openssl(&[
             "req",
             "-new",
@@ -104,8 +105,12 @@ impl Pki {
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            "/CN=localhost",
+            subj,
         ]);
+    }
+
+    fn server(&self, name: &str, ca: &str, san: Option<&str>) {
+        self.key_and_csr(name, "/CN=localhost");
         let mut ext = String::from(
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
         );
@@ -184,6 +189,12 @@ fn configure(pg: &PrivatePg, pki: &Pki, cert: &str, ssl: bool, extra: &str) {
     .unwrap();
 }
 
+/// pg_hba.conf: TCP connections over TLS only, all trusted.
+const TLS_ONLY_HBA: &str = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
+
+/// pg_hba.conf: TCP connections with or without TLS, all trusted.
+const ANY_HBA: &str = "local all all trust\nhost all all 127.0.0.1/32 trust\n";
+
 /// Reloads the server's configuration and waits until `ssl` is as wanted.
 async fn reload(pg: &PrivatePg, hba: &str, ssl: bool) {
     reload_until(pg, hba, "ssl", if ssl { "on" } else { "off" }).await
@@ -256,6 +267,14 @@ fn ok_over_tls(rows: &BTreeMap<String, (bool, String)>, name: &str) {
     );
 }
 
+fn ok_without_tls(rows: &BTreeMap<String, (bool, String)>, name: &str) {
+    let (ok, detail) = &rows[name];
+    assert!(
+        *ok && detail.starts_with("connected without TLS"),
+        "{name}: {detail}"
+    );
+}
+
 fn refused(rows: &BTreeMap<String, (bool, String)>, name: &str, because: &str) {
     let (ok, detail) = &rows[name];
     assert!(!*ok, "{name} must be refused: {detail}");
@@ -275,15 +294,18 @@ async fn every_sslmode_behaves_as_libpq_says() {
     let kv = |host: &str, extra: &str| {
         format!("host={host} port={port} user=postgres dbname=postgres {extra}")
     };
+    let verify = |host: &str, mode: &str, root: &Path| {
+        kv(
+            host,
+            &format!("sslmode={mode} sslrootcert={}", root.display()),
+        )
+    };
     let rows = check_connections(
         &w,
         &[
             (
                 "full_ok",
-                kv(
-                    "localhost",
-                    &format!("sslmode=verify-full sslrootcert={}", ca.display()),
-                ),
+                verify("localhost", "verify-full", &ca),
             ),
             (
                 "full_url",
@@ -294,40 +316,25 @@ async fn every_sslmode_behaves_as_libpq_says() {
             ),
             (
                 "full_wrong_ca",
-                kv(
-                    "localhost",
-                    &format!("sslmode=verify-full sslrootcert={}", other.display()),
-                ),
+                verify("localhost", "verify-full", &other),
             ),
             (
                 "full_wrong_host",
-                kv(
-                    "127.0.0.1",
-                    &format!("sslmode=verify-full sslrootcert={}", ca.display()),
-                ),
+                verify("127.0.0.1", "verify-full", &ca),
             ),
             (
                 "ca_wrong_host",
-                kv(
-                    "127.0.0.1",
-                    &format!("sslmode=verify-ca sslrootcert={}", ca.display()),
-                ),
+                verify("127.0.0.1", "verify-ca", &ca),
             ),
             (
                 "ca_wrong_ca",
-                kv(
-                    "127.0.0.1",
-                    &format!("sslmode=verify-ca sslrootcert={}", other.display()),
-                ),
+                verify("127.0.0.1", "verify-ca", &other),
             ),
             ("require_no_ca", kv("127.0.0.1", "sslmode=require")),
             // With a root certificate, require checks the CA (as verify-ca).
             (
                 "require_wrong_ca",
-                kv(
-                    "127.0.0.1",
-                    &format!("sslmode=require sslrootcert={}", other.display()),
-                ),
+                verify("127.0.0.1", "require", &other),
             ),
             ("prefer", kv("127.0.0.1", "")),
             // Only an address: TLS all the same, as in libpq.
@@ -396,13 +403,7 @@ async fn every_sslmode_behaves_as_libpq_says() {
         true,
         "ssl_min_protocol_version = 'TLSv1'\nssl_max_protocol_version = 'TLSv1.1'",
     );
-    reload_until(
-        &pg,
-        "local all all trust\nhost all all 127.0.0.1/32 trust\n",
-        "ssl_max_protocol_version",
-        "TLSv1.1",
-    )
-    .await;
+    reload_until(&pg, ANY_HBA, "ssl_max_protocol_version", "TLSv1.1").await;
     let (rows, err) = check_run(
         &w,
         &[
@@ -410,11 +411,7 @@ async fn every_sslmode_behaves_as_libpq_says() {
             ("require", kv("127.0.0.1", "sslmode=require")),
         ],
     );
-    let (ok, detail) = &rows["prefer"];
-    assert!(
-        *ok && detail.starts_with("connected without TLS"),
-        "prefer: {detail}"
-    );
+    ok_without_tls(&rows, "prefer");
     assert!(
         err.contains("the TLS handshake failed under sslmode=prefer"),
         "a warning says so: {err}"
@@ -423,12 +420,7 @@ async fn every_sslmode_behaves_as_libpq_says() {
 
     // The server stops offering TLS: prefer falls back to plaintext, require refuses.
     configure(&pg, &pki, "server", false, "");
-    reload(
-        &pg,
-        "local all all trust\nhost all all 127.0.0.1/32 trust\n",
-        false,
-    )
-    .await;
+    reload(&pg, ANY_HBA, false).await;
     let rows = check_connections(
         &w,
         &[
@@ -437,44 +429,19 @@ async fn every_sslmode_behaves_as_libpq_says() {
             ("disable", kv("127.0.0.1", "sslmode=disable")),
         ],
     );
-    let (ok, detail) = &rows["prefer"];
-    assert!(
-        *ok && detail.starts_with("connected without TLS"),
-        "prefer: {detail}"
-    );
+    ok_without_tls(&rows, "prefer");
     refused(&rows, "require", "does not offer TLS");
-    let (ok, detail) = &rows["disable"];
-    assert!(
-        *ok && detail.starts_with("connected without TLS"),
-        "disable: {detail}"
-    );
+    ok_without_tls(&rows, "disable");
 
     // A certificate with the host name in its common name only (no subject alternative
     // name), as the PostgreSQL manual makes one: verify-full takes it, as libpq does.
     configure(&pg, &pki, "server-cn", true, "");
-    reload(
-        &pg,
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-        true,
-    )
-    .await;
+    reload(&pg, TLS_ONLY_HBA, true).await;
     let rows = check_connections(
         &w,
         &[
-            (
-                "cn_ok",
-                kv(
-                    "localhost",
-                    &format!("sslmode=verify-full sslrootcert={}", ca.display()),
-                ),
-            ),
-            (
-                "cn_wrong_host",
-                kv(
-                    "127.0.0.1",
-                    &format!("sslmode=verify-full sslrootcert={}", ca.display()),
-                ),
-            ),
+            ("cn_ok", verify("localhost", "verify-full", &ca)),
+            ("cn_wrong_host", verify("127.0.0.1", "verify-full", &ca)),
         ],
     );
     ok_over_tls(&rows, "cn_ok");
@@ -482,31 +449,13 @@ async fn every_sslmode_behaves_as_libpq_says() {
 
     // The manual's self-signed certificate, given as its own root.
     configure(&pg, &pki, "server-self", true, "");
-    reload_until(
-        &pg,
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-        "ssl_cert_file",
-        "server-self.crt",
-    )
-    .await;
+    reload_until(&pg, TLS_ONLY_HBA, "ssl_cert_file", "server-self.crt").await;
     let self_root = pki.path("server-self.crt");
     let rows = check_connections(
         &w,
         &[
-            (
-                "self_ok",
-                kv(
-                    "localhost",
-                    &format!("sslmode=verify-full sslrootcert={}", self_root.display()),
-                ),
-            ),
-            (
-                "self_other_root",
-                kv(
-                    "localhost",
-                    &format!("sslmode=verify-ca sslrootcert={}", ca.display()),
-                ),
-            ),
+            ("self_ok", verify("localhost", "verify-full", &self_root)),
+            ("self_other_root", verify("localhost", "verify-ca", &ca)),
         ],
     );
     ok_over_tls(&rows, "self_ok");
@@ -553,21 +502,7 @@ async fn certificates_rustls_refuses_are_named_and_an_expired_root_is_refused() 
          basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
     )
     .unwrap();
-    pki.openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "old-ca.key",
-        "-out",
-        "old-ca.csr",
-        "-subj",
-        "/CN=lockstep test old-ca",
-    ]);
+    pki.key_and_csr("old-ca", "/CN=lockstep test old-ca");
     pki.openssl(&[
         "ca",
         "-batch",
@@ -610,13 +545,7 @@ async fn certificates_rustls_refuses_are_named_and_an_expired_root_is_refused() 
     refused(&rows, "v1", "libpq");
 
     configure(&pg, &pki, "server-old", true, "");
-    reload_until(
-        &pg,
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-        "ssl_cert_file",
-        "server-old.crt",
-    )
-    .await;
+    reload_until(&pg, TLS_ONLY_HBA, "ssl_cert_file", "server-old.crt").await;
     let rows = check_connections(
         &w,
         &[

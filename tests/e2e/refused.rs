@@ -46,6 +46,52 @@ fn assert_refused(entry: &serde_json::Value, id_suffix: &str, reason: &str, log:
     );
 }
 
+/// Lines `range` appended to `file`, line `big` of them made `len` bytes long.
+fn append_with_big(file: &Path, range: std::ops::Range<u64>, big: u64, len: usize) {
+    append(file, (range.start..big).map(line));
+    append(file, [big_line(big, len)]);
+    append(file, (big + 1..range.end).map(line));
+}
+
+/// Waits for `n` events in the stream; the agent's log if they do not come.
+async fn arrived(w: &World, n: u64) {
+    assert_eq!(
+        w.wait_count(n, Duration::from_secs(60)).await,
+        n,
+        "{}",
+        agent_log(w)
+    );
+}
+
+/// Waits for the first refusal in the quarantine of source `vista`.
+async fn refusal_quarantined(w: &World) {
+    wait_for(
+        "the refusal in the quarantine",
+        Duration::from_secs(30),
+        || !w.refused("vista").is_empty(),
+    )
+    .await;
+}
+
+/// Rows 0..100 of `appointments`, row 50 with a 1.1 MB note (over `max_payload`).
+const HUNDRED_ROWS_50_HUGE: &str =
+    "INSERT INTO appointments (id, clinic) SELECT g, 'c' || g FROM generate_series(0, 49) g;
+     INSERT INTO appointments (id, note) VALUES (50, repeat('x', 1100000));
+     INSERT INTO appointments (id, clinic) SELECT g, 'c' || g FROM generate_series(51, 99) g;";
+
+/// Checks that row 50, and it alone, was refused for `max_payload` and quarantined
+/// under the message id of its own position.
+fn assert_row_50_refused(w: &World) {
+    let refused = w.refused("vista");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["event"]["after"]["id"], 50);
+    let position = refused[0]["event"]["source"]["position"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_refused(&refused[0], &position, "max_payload", &agent_log(w));
+}
+
 /// The byte offset of the line after the first `n` lines of `file`.
 fn offset_of_line(file: &Path, n: usize) -> u64 {
     let text = std::fs::read(file).unwrap();
@@ -71,21 +117,9 @@ async fn a_line_over_max_payload_is_quarantined_and_the_rest_arrives() {
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]\nmax_record_bytes = \"1MiB\"");
     let file = w.logs().join("app.log");
     let mut agent = w.agent(&cfg);
-    append(&file, (0..100).map(line));
-    append(&file, [big_line(100, 1_048_400)]);
-    append(&file, (101..300).map(line));
-    assert_eq!(
-        w.wait_count(299, Duration::from_secs(60)).await,
-        299,
-        "{}",
-        agent_log(&w)
-    );
-    wait_for(
-        "the refusal in the quarantine",
-        Duration::from_secs(30),
-        || !w.refused("vista").is_empty(),
-    )
-    .await;
+    append_with_big(&file, 0..300, 100, 1_048_400);
+    arrived(&w, 299).await;
+    refusal_quarantined(&w).await;
 
     // The broker goes away: the next big line is spooled with the others, and refused
     // when the spool drains.
@@ -96,20 +130,13 @@ async fn a_line_over_max_payload_is_quarantined_and_the_rest_arrives() {
         || agent_log(&w).contains("disconnected from NATS"),
     )
     .await;
-    append(&file, (300..350).map(line));
-    append(&file, [big_line(350, 1_048_400)]);
-    append(&file, (351..400).map(line));
+    append_with_big(&file, 300..400, 350, 1_048_400);
     wait_for("100 events in the spool", Duration::from_secs(30), || {
         w.spool_waiting(&cfg) == 100
     })
     .await;
     w.nats.restart();
-    assert_eq!(
-        w.wait_count(398, Duration::from_secs(60)).await,
-        398,
-        "{}",
-        agent_log(&w)
-    );
+    arrived(&w, 398).await;
     wait_for("the spool to drain", Duration::from_secs(30), || {
         w.spool_waiting(&cfg) == 0
     })
@@ -147,21 +174,9 @@ async fn a_message_over_the_streams_max_msg_size_is_quarantined() {
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
     let file = w.logs().join("app.log");
     let mut agent = w.agent(&cfg);
-    append(&file, (0..50).map(line));
-    append(&file, [big_line(50, 100_000)]);
-    append(&file, (51..100).map(line));
-    assert_eq!(
-        w.wait_count(99, Duration::from_secs(60)).await,
-        99,
-        "{}",
-        agent_log(&w)
-    );
-    wait_for(
-        "the refusal in the quarantine",
-        Duration::from_secs(30),
-        || !w.refused("vista").is_empty(),
-    )
-    .await;
+    append_with_big(&file, 0..100, 50, 100_000);
+    arrived(&w, 99).await;
+    refusal_quarantined(&w).await;
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     assert_eq!(ids_in(&msgs), all_but(100, &[50]));
@@ -181,29 +196,13 @@ async fn postgres_rows_mode_a_huge_row_is_quarantined_and_the_rest_arrives() {
     let cfg = w.config_with(&db.source(&["appointments"], "rows", ""));
     install(&w, &cfg);
     let mut agent = w.agent(&cfg);
-    db.sql(
-        "INSERT INTO appointments (id, clinic) SELECT g, 'c' || g FROM generate_series(0, 49) g;
-         INSERT INTO appointments (id, note) VALUES (50, repeat('x', 1100000));
-         INSERT INTO appointments (id, clinic) SELECT g, 'c' || g FROM generate_series(51, 99) g;",
-    );
+    db.sql(HUNDRED_ROWS_50_HUGE);
     drained(&db, &w).await;
-    assert_eq!(
-        w.wait_count(99, Duration::from_secs(60)).await,
-        99,
-        "{}",
-        agent_log(&w)
-    );
+    arrived(&w, 99).await;
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     assert_eq!(ids_in(&msgs), all_but(100, &[50]));
-    let refused = w.refused("vista");
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["event"]["after"]["id"], 50);
-    let position = refused[0]["event"]["source"]["position"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_refused(&refused[0], &position, "max_payload", &agent_log(&w));
+    assert_row_50_refused(&w);
 }
 
 /// A poll source: one row of 1.1 MB among 100; the other 99 arrive, the scan's
@@ -214,11 +213,7 @@ async fn poll_a_huge_row_is_quarantined_and_the_rest_arrives() {
     w.with_admin();
     let db = Db::new(Kind::Pg, &w, "huge_poll");
     db.create_tables();
-    db.sql(
-        "INSERT INTO appointments (id, clinic) SELECT g, 'c' || g FROM generate_series(0, 49) g;
-         INSERT INTO appointments (id, note) VALUES (50, repeat('x', 1100000));
-         INSERT INTO appointments (id, clinic) SELECT g, 'c' || g FROM generate_series(51, 99) g;",
-    );
+    db.sql(HUNDRED_ROWS_50_HUGE);
     let cfg = w.config_with(&poll_source(
         &db,
         "vista",
@@ -226,19 +221,9 @@ async fn poll_a_huge_row_is_quarantined_and_the_rest_arrives() {
         "max_value_bytes = \"2MiB\"\n",
     ));
     let mut agent = w.agent(&cfg);
-    assert_eq!(
-        w.wait_count(99, Duration::from_secs(60)).await,
-        99,
-        "{}",
-        agent_log(&w)
-    );
+    arrived(&w, 99).await;
     db.sql("UPDATE appointments SET clinic = 'moved' WHERE id = 99;");
-    assert_eq!(
-        w.wait_count(100, Duration::from_secs(60)).await,
-        100,
-        "{}",
-        agent_log(&w)
-    );
+    arrived(&w, 100).await;
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     assert_no_duplicate_ids(&msgs);
@@ -249,14 +234,7 @@ async fn poll_a_huge_row_is_quarantined_and_the_rest_arrives() {
     );
     let firsts: BTreeSet<i64> = ints(&msgs[..99], "id").into_iter().collect();
     assert_eq!(firsts, all_but(100, &[50]));
-    let refused = w.refused("vista");
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["event"]["after"]["id"], 50);
-    let position = refused[0]["event"]["source"]["position"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_refused(&refused[0], &position, "max_payload", &agent_log(&w));
+    assert_row_50_refused(&w);
 }
 
 /// A stream deleted under the running agent (as while an operator re-creates it): the
@@ -279,12 +257,7 @@ async fn a_stream_re_created_under_the_agent_is_retried_not_refused() {
         || agent_log(&w).contains("spooled event(s) first"),
     )
     .await;
-    assert_eq!(
-        w.wait_count(300, Duration::from_secs(60)).await,
-        300,
-        "{}",
-        agent_log(&w)
-    );
+    arrived(&w, 300).await;
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     assert_eq!(ids_in(&msgs), (300..600).collect());

@@ -19,6 +19,54 @@ fn install(cfg: &std::path::Path) {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// A world with the admin API; database `tag` of `kind` with its tables; and a config
+/// of source `vista` on `tables` (`capture`, `extra`), its triggers installed.
+fn drift_setup(
+    kind: Kind,
+    tag: &str,
+    tables: &[&str],
+    capture: &str,
+    extra: &str,
+) -> (World, Db, std::path::PathBuf) {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(kind, &w, tag);
+    db.create_tables();
+    let cfg = w.config_with(&db.source(tables, capture, extra));
+    install(&cfg);
+    (w, db, cfg)
+}
+
+/// Waits for `n` events in the stream; the agent's log if they do not come.
+async fn arrived(w: &World, n: u64) {
+    assert_eq!(
+        w.wait_count(n, Duration::from_secs(30)).await,
+        n,
+        "{}",
+        agent_log(w)
+    );
+}
+
+/// The one capture row the drift holds is kept, nothing quarantined; `install` run
+/// again, it (`what`) is set aside: quarantined, its capture row gone.
+async fn kept_then_set_aside(w: &World, db: &Db, cfg: &std::path::Path, what: &str) {
+    assert_eq!(capture_rows(db), 1, "kept while the drift lasts");
+    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 0);
+    install(cfg);
+    wait_for(
+        &format!("{what} set aside"),
+        Duration::from_secs(60),
+        || capture_rows(db) == 0,
+    )
+    .await;
+    assert_eq!(
+        w.metric_sum("lockstep_quarantined_records_total"),
+        1,
+        "{}",
+        agent_log(w)
+    );
+}
+
 fn metric_line(w: &World, name: &str) -> Option<u64> {
     w.admin("/metrics")
         .1
@@ -43,12 +91,13 @@ fn status_drift(w: &World, table: &str) -> String {
 /// as a delete, and nothing may be quarantined. Then `install` makes the new key
 /// captured.
 async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(kind, &w, "drift_rekey");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1s\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        kind,
+        "drift_rekey",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1s\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql(
@@ -56,12 +105,7 @@ async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
          INSERT INTO appointments (id, clinic, note) VALUES (2, 'b', 'n2');
          INSERT INTO appointments (id, clinic, note) VALUES (3, 'c', 'n3');",
     );
-    assert_eq!(
-        w.wait_count(3, Duration::from_secs(30)).await,
-        3,
-        "{}",
-        log()
-    );
+    arrived(&w, 3).await;
     let (key, rekey) = match kind {
         Kind::Lite => (
             "appt_id",
@@ -86,12 +130,7 @@ async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
         capture_rows(&db) == 0
     })
     .await;
-    assert_eq!(
-        w.wait_count(5, Duration::from_secs(30)).await,
-        5,
-        "{}",
-        log()
-    );
+    arrived(&w, 5).await;
     // The drift is reported: the triggers record another key than the table's.
     wait_for("the key drift", Duration::from_secs(30), || {
         status_drift(&w, "appointments").contains("which is not the table's primary key")
@@ -100,12 +139,7 @@ async fn a_changed_primary_key_sends_no_false_deletes(kind: Kind) {
     // Installed again: the new key is captured.
     install(&cfg);
     db.sql("UPDATE appointments SET note = 'reinstalled' WHERE clinic = 'c';");
-    assert_eq!(
-        w.wait_count(6, Duration::from_secs(30)).await,
-        6,
-        "{}",
-        log()
-    );
+    arrived(&w, 6).await;
     drained(&db, &w).await;
     wait_for("no drift", Duration::from_secs(30), || {
         metric_line(&w, &drift_metric("appointments")) == Some(0)
@@ -163,28 +197,20 @@ async fn postgres_keys_a_widened_primary_key_sends_no_false_deletes() {
 /// Two tables; one loses its primary key, then is dropped. It is reported (drift), and
 /// the other table's changes keep flowing all along.
 async fn a_broken_table_does_not_stall_the_others(kind: Kind) {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(kind, &w, "drift_broken");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(
+    let (w, db, cfg) = drift_setup(
+        kind,
+        "drift_broken",
         &["appointments", "clinics"],
         "rows",
         "schema_check = \"1s\"",
-    ));
-    install(&cfg);
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql(
         "INSERT INTO appointments (id, clinic) VALUES (1, 'a');
          INSERT INTO clinics (region, code, name) VALUES ('N', 1, 'North');",
     );
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     db.sql(match kind {
         Kind::Pg => "ALTER TABLE clinics DROP CONSTRAINT clinics_pkey;",
         _ => "ALTER TABLE clinics DROP PRIMARY KEY;",
@@ -197,12 +223,7 @@ async fn a_broken_table_does_not_stall_the_others(kind: Kind) {
     .await;
     assert_eq!(metric_line(&w, &drift_metric("clinics")), Some(1));
     db.sql("INSERT INTO appointments (id, clinic) VALUES (2, 'b');");
-    assert_eq!(
-        w.wait_count(3, Duration::from_secs(30)).await,
-        3,
-        "{}",
-        log()
-    );
+    arrived(&w, 3).await;
     db.sql("DROP TABLE clinics;");
     wait_for(
         "the dropped table reported",
@@ -211,12 +232,7 @@ async fn a_broken_table_does_not_stall_the_others(kind: Kind) {
     )
     .await;
     db.sql("INSERT INTO appointments (id, clinic) VALUES (3, 'c');");
-    assert_eq!(
-        w.wait_count(4, Duration::from_secs(30)).await,
-        4,
-        "{}",
-        log()
-    );
+    arrived(&w, 4).await;
     drained(&db, &w).await;
     // The drift check's table errors are no lost connections.
     assert_eq!(
@@ -299,12 +315,7 @@ async fn mariadb_odbc_unreadable_trigger_bodies_are_a_warning_not_drift() {
     let cfg = w.config_with(&source.replace("USER=root", &format!("USER={user};PASSWORD=pw")));
     let mut agent = w.agent(&cfg);
     db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'a');");
-    assert_eq!(
-        w.wait_count(1, Duration::from_secs(30)).await,
-        1,
-        "{}",
-        agent_log(&w)
-    );
+    arrived(&w, 1).await;
     db.sql("INSERT INTO appointments (id, clinic) VALUES (2, 'b');");
     assert_eq!(w.wait_count(2, Duration::from_secs(30)).await, 2);
     wait_for("the warning", Duration::from_secs(30), || {
@@ -328,29 +339,43 @@ async fn mariadb_odbc_unreadable_trigger_bodies_are_a_warning_not_drift() {
 /// names), and so must a binary column added after one was added and dropped.
 #[tokio::test]
 async fn postgres_rows_a_renamed_or_replaced_column_is_typed_again() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Pg, &w, "drift_rename");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "rows", "schema_check = \"1h\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Pg,
+        "drift_rename",
+        &["appointments"],
+        "rows",
+        "schema_check = \"1h\"",
+    );
     let mut agent = w.agent(&cfg);
-    db.sql("ALTER TABLE appointments ADD COLUMN badge bytea;");
-    db.sql("INSERT INTO appointments (id, badge) VALUES (1, '\\x0102'::bytea);");
-    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
-    db.sql("ALTER TABLE appointments RENAME COLUMN badge TO tag;");
-    db.sql("INSERT INTO appointments (id, tag) VALUES (2, '\\x0304'::bytea);");
-    assert_eq!(w.wait_count(2, Duration::from_secs(30)).await, 2);
-    // Added, dropped, and another binary one added: as many columns as before.
-    db.sql("ALTER TABLE appointments ADD COLUMN c1 int;");
-    db.sql("INSERT INTO appointments (id, c1) VALUES (3, 1);");
-    assert_eq!(w.wait_count(3, Duration::from_secs(30)).await, 3);
-    db.sql("ALTER TABLE appointments DROP COLUMN c1;");
-    db.sql("INSERT INTO appointments (id) VALUES (4);");
-    assert_eq!(w.wait_count(4, Duration::from_secs(30)).await, 4);
-    db.sql("ALTER TABLE appointments ADD COLUMN c2 bytea;");
-    db.sql("INSERT INTO appointments (id, c2) VALUES (5, '\\x0506'::bytea);");
-    assert_eq!(w.wait_count(5, Duration::from_secs(30)).await, 5);
+    // Each change to the table, then a row written after it: row n is the nth event.
+    let steps = [
+        (
+            "ALTER TABLE appointments ADD COLUMN badge bytea;",
+            "INSERT INTO appointments (id, badge) VALUES (1, '\\x0102'::bytea);",
+        ),
+        (
+            "ALTER TABLE appointments RENAME COLUMN badge TO tag;",
+            "INSERT INTO appointments (id, tag) VALUES (2, '\\x0304'::bytea);",
+        ),
+        // Added, dropped, and another binary one added: as many columns as before.
+        (
+            "ALTER TABLE appointments ADD COLUMN c1 int;",
+            "INSERT INTO appointments (id, c1) VALUES (3, 1);",
+        ),
+        (
+            "ALTER TABLE appointments DROP COLUMN c1;",
+            "INSERT INTO appointments (id) VALUES (4);",
+        ),
+        (
+            "ALTER TABLE appointments ADD COLUMN c2 bytea;",
+            "INSERT INTO appointments (id, c2) VALUES (5, '\\x0506'::bytea);",
+        ),
+    ];
+    for (n, (change, insert)) in (1..).zip(steps) {
+        db.sql(change);
+        db.sql(insert);
+        assert_eq!(w.wait_count(n, Duration::from_secs(30)).await, n);
+    }
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
     let msgs = w.messages().await;
@@ -399,21 +424,17 @@ async fn mariadb_odbc_keys_an_invisible_column_is_not_a_change() {
 /// sent as a delete, never dropped) once the triggers are installed again.
 #[tokio::test]
 async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Maria, &w, "drift_ambiguous");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1s\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Maria,
+        "drift_ambiguous",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1s\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'a');");
-    assert_eq!(
-        w.wait_count(1, Duration::from_secs(30)).await,
-        1,
-        "{}",
-        log()
-    );
+    arrived(&w, 1).await;
     db.sql(
         "ALTER TABLE appointments ADD COLUMN x int NOT NULL DEFAULT 0, DROP PRIMARY KEY, ADD PRIMARY KEY (id, x);
          INSERT INTO appointments (id, x, clinic) VALUES (1, 1, 'dup');",
@@ -424,26 +445,9 @@ async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
             .is_some_and(|e| e.contains("several rows of `appointments` have the key (id)"))
     })
     .await;
-    assert_eq!(capture_rows(&db), 1, "kept while the drift lasts");
-    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 0);
-    install(&cfg);
-    wait_for("the old row set aside", Duration::from_secs(60), || {
-        capture_rows(&db) == 0
-    })
-    .await;
-    assert_eq!(
-        w.metric_sum("lockstep_quarantined_records_total"),
-        1,
-        "{}",
-        log()
-    );
+    kept_then_set_aside(&w, &db, &cfg, "the old row").await;
     db.sql("UPDATE appointments SET clinic = 'b' WHERE id = 1 AND x = 1;");
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", log());
     let msgs = w.messages().await;
@@ -468,21 +472,17 @@ async fn mariadb_odbc_keys_an_ambiguous_old_key_is_kept_then_set_aside() {
 /// set aside once `install` has run; changes after it are captured with the new key.
 #[tokio::test]
 async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Pg, &w, "drift_pgrename");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1s\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Pg,
+        "drift_pgrename",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1s\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql("INSERT INTO appointments (id, clinic) VALUES (1, 'a');");
-    assert_eq!(
-        w.wait_count(1, Duration::from_secs(30)).await,
-        1,
-        "{}",
-        log()
-    );
+    arrived(&w, 1).await;
     db.sql(
         "ALTER TABLE appointments RENAME COLUMN id TO appt_id;
          UPDATE appointments SET clinic = 'b' WHERE appt_id = 1;",
@@ -498,21 +498,9 @@ async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
         "{}",
         w.status()
     );
-    assert_eq!(capture_rows(&db), 1, "kept while the drift lasts");
-    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 0);
-    install(&cfg);
-    wait_for("the null key set aside", Duration::from_secs(60), || {
-        capture_rows(&db) == 0
-    })
-    .await;
-    assert_eq!(w.metric_sum("lockstep_quarantined_records_total"), 1);
+    kept_then_set_aside(&w, &db, &cfg, "the null key").await;
     db.sql("UPDATE appointments SET clinic = 'c' WHERE appt_id = 1;");
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", log());
     let msgs = w.messages().await;
@@ -534,24 +522,20 @@ async fn postgres_keys_a_renamed_key_column_keeps_null_keys_until_install() {
 /// `1`). Never a delete on that ground: the rows are read again and go out as updates.
 #[tokio::test]
 async fn postgres_keys_a_key_column_of_another_type_sends_no_false_deletes() {
-    let mut w = World::new();
-    w.with_admin();
-    let db = Db::new(Kind::Pg, &w, "drift_retype");
-    db.create_tables();
-    let cfg = w.config_with(&db.source(&["appointments"], "keys", "schema_check = \"1h\""));
-    install(&cfg);
+    let (w, db, cfg) = drift_setup(
+        Kind::Pg,
+        "drift_retype",
+        &["appointments"],
+        "keys",
+        "schema_check = \"1h\"",
+    );
     let mut agent = w.agent(&cfg);
     let log = || agent_log(&w);
     db.sql(
         "INSERT INTO appointments (id, clinic, note) VALUES (1, 'a', 'n1');
          INSERT INTO appointments (id, clinic, note) VALUES (2, 'b', 'n2');",
     );
-    assert_eq!(
-        w.wait_count(2, Duration::from_secs(30)).await,
-        2,
-        "{}",
-        log()
-    );
+    arrived(&w, 2).await;
     // In one transaction: the update is captured with the integer key, and the table
     // has a text key by the time it is read.
     db.sql(
@@ -569,12 +553,7 @@ async fn postgres_keys_a_key_column_of_another_type_sends_no_false_deletes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        w.wait_count(4, Duration::from_secs(30)).await,
-        4,
-        "{}",
-        log()
-    );
+    arrived(&w, 4).await;
     drained(&db, &w).await;
     assert_eq!(agent.stop(), Some(0), "{}", log());
     let msgs = w.messages().await;

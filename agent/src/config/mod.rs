@@ -6,6 +6,7 @@
 
 mod nats_server;
 pub mod owners;
+pub(crate) mod percent;
 mod raw;
 mod redact;
 mod secret;

@@ -38,6 +38,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
+use crate::calendar::{civil_from_days, days_from_civil};
+
 /// What is checked of the server's certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -702,28 +704,9 @@ fn asn1_time(tag: u8, b: &[u8]) -> Option<i64> {
     Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
 }
 
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `YYYY-MM-DD` of seconds since 1970.
 fn ymd(secs: i64) -> String {
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -1018,24 +1001,13 @@ mod tests {
             self.cert(&pem)
         }
 
-        /// A CA `name` whose dates are long past (2020 to 2021).
-        fn expired_ca(&self, name: &str) -> CertificateDer<'static> {
-            let d = self.0.path();
-            std::fs::create_dir_all(d.join("db")).unwrap();
-            std::fs::write(d.join("db/index.txt"), "").unwrap();
-            std::fs::write(d.join("db/serial"), "01\n").unwrap();
-            std::fs::write(
-                d.join("ca.cnf"),
-                "[ca]\ndefault_ca=c\n[c]\ndatabase=db/index.txt\nnew_certs_dir=db\n\
-                 serial=db/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n\
-                 [v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
-            )
-            .unwrap();
-            let (key, csr, pem, subj) = (
+        /// A new P-256 key `name.key` and a request `name.csr` to certify it for `cn`:
+        /// the names of both files.
+        fn key_and_csr(&self, name: &str, cn: &str) -> (String, String) {
+            let (key, csr, subj) = (
                 format!("{name}.key"),
                 format!("{name}.csr"),
-                format!("{name}.pem"),
-                format!("/CN={name}"),
+                format!("/CN={cn}"),
             );
             self.openssl(&[
                 "req",
@@ -1052,6 +1024,24 @@ mod tests {
                 "-subj",
                 &subj,
             ]);
+            (key, csr)
+        }
+
+        /// A CA `name` whose dates are long past (2020 to 2021).
+        fn expired_ca(&self, name: &str) -> CertificateDer<'static> {
+            let d = self.0.path();
+            std::fs::create_dir_all(d.join("db")).unwrap();
+            std::fs::write(d.join("db/index.txt"), "").unwrap();
+            std::fs::write(d.join("db/serial"), "01\n").unwrap();
+            std::fs::write(
+                d.join("ca.cnf"),
+                "[ca]\ndefault_ca=c\n[c]\ndatabase=db/index.txt\nnew_certs_dir=db\n\
+                 serial=db/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n\
+                 [v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+            )
+            .unwrap();
+            let (key, csr) = self.key_and_csr(name, name);
+            let pem = format!("{name}.pem");
             self.openssl(&[
                 "ca",
                 "-batch",
@@ -1085,27 +1075,8 @@ mod tests {
             ext: Option<&str>,
             more: &[&str],
         ) -> CertificateDer<'static> {
-            let (key, csr, crt, subj) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("/CN={cn}"),
-            );
-            self.openssl(&[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &subj,
-            ]);
+            let (_, csr) = self.key_and_csr(name, cn);
+            let crt = format!("{name}.crt");
             let (ca_pem, ca_key, ext_file) = (
                 format!("{ca}.pem"),
                 format!("{ca}.key"),

@@ -28,6 +28,8 @@ use std::str::FromStr;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, Config, Connection, Socket};
 
+use crate::config::percent::percent_decode;
+
 use super::pg_tls::{self, Check, MakeRustls, RustlsStream};
 
 /// The `sslmode`s lockstep reads.
@@ -482,31 +484,6 @@ fn split_key_values(s: &str, lead: usize) -> Result<(String, Vec<(String, String
     }
     rest.push_str(&s[kept_from..]);
     Ok((rest, taken))
-}
-
-/// `%XX` escapes undone; invalid ones kept as written.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An open connection: it runs as its caller polls it (on a task of its own).

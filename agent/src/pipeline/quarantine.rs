@@ -125,9 +125,7 @@ impl Quarantine {
     /// else in base64.
     pub fn put_refused(&mut self, r: &RefusedEvent) -> io::Result<()> {
         let b = &mut self.buf;
-        b.clear();
-        b.extend_from_slice(b"{\"ts_ms\":");
-        b.extend_from_slice(super::now_ms().to_string().as_bytes());
+        start_line(b);
         b.extend_from_slice(b",\"msg_id\":");
         encode_str(r.msg_id, b);
         b.extend_from_slice(b",\"subject\":");
@@ -139,13 +137,7 @@ impl Quarantine {
             b.extend_from_slice(b",\"event\":");
             b.extend_from_slice(r.payload);
         } else {
-            b.extend_from_slice(b",\"event_base64\":\"");
-            b.extend_from_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(r.payload)
-                    .as_bytes(),
-            );
-            b.push(b'"');
+            put_base64("event_base64", r.payload, b);
         }
         b.extend_from_slice(b"}\n");
         self.write_buf()
@@ -154,9 +146,7 @@ impl Quarantine {
     /// Appends a bad record (not yet fsynced; see [`Quarantine::sync`]).
     pub fn put(&mut self, r: &BadRecord) -> io::Result<()> {
         let b = &mut self.buf;
-        b.clear();
-        b.extend_from_slice(b"{\"ts_ms\":");
-        b.extend_from_slice(super::now_ms().to_string().as_bytes());
+        start_line(b);
         b.extend_from_slice(b",\"file\":");
         encode_str(&r.file.to_string_lossy(), b);
         b.extend_from_slice(
@@ -176,13 +166,7 @@ impl Quarantine {
                 encode_str(text, b);
             }
             Err(_) => {
-                b.extend_from_slice(b",\"record_base64\":\"");
-                b.extend_from_slice(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(r.data)
-                        .as_bytes(),
-                );
-                b.push(b'"');
+                put_base64("record_base64", r.data, b);
             }
         }
         b.extend_from_slice(b"}\n");
@@ -304,6 +288,26 @@ impl Quarantine {
         }
         Ok(())
     }
+}
+
+/// Starts a line of the file in `b`: `{"ts_ms":<now>`.
+fn start_line(b: &mut Vec<u8>) {
+    b.clear();
+    b.extend_from_slice(b"{\"ts_ms\":");
+    b.extend_from_slice(super::now_ms().to_string().as_bytes());
+}
+
+/// Appends the field `,"<name>":"<data in base64>"` to `b`.
+fn put_base64(name: &str, data: &[u8], b: &mut Vec<u8>) {
+    b.extend_from_slice(b",\"");
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(b"\":\"");
+    b.extend_from_slice(
+        base64::engine::general_purpose::STANDARD
+            .encode(data)
+            .as_bytes(),
+    );
+    b.push(b'"');
 }
 
 #[cfg(test)]

@@ -1704,6 +1704,9 @@ mod new_table_tests;
 mod reset_tests;
 
 #[cfg(test)]
+mod test_rig;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -7,6 +7,8 @@
 //! an offset is written in UTC, `+00:00`, which is what a UTC session writes already.
 //! MariaDB separates date and time with a space: written with a `T`.
 
+use crate::calendar::{civil_from_days, days_from_civil};
+
 /// `t` as ISO-8601 with a `T`, an offset turned to `+00:00`; unchanged when it is not a
 /// date-time lockstep can read exactly (`infinity`, years past 9999, BC dates).
 pub fn iso(t: &str) -> String {
@@ -76,37 +78,6 @@ fn to_utc(t: &str) -> Option<String> {
         rem / 60 % 60,
         rem % 60
     ))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
 }
 
 #[cfg(test)]

@@ -6,137 +6,53 @@
 //! dead. A fake database (a trait-level fake: the e2e tests use the real ones) makes
 //! that path happen deterministically.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-
+use super::test_rig::{change_row_1, rig, table_t, FakeDb, Rig, Setup};
 use super::*;
-use crate::admin::metrics::Metrics;
-use crate::admin::StatusBoard;
-use crate::config::{TriggerConfig, TriggerDb};
-use crate::pipeline::{AckWatermark, Encoder};
-use crate::service::Liveness;
-
-struct FakeDb {
-    tables: Vec<TableDef>,
-    deleted: Arc<AtomicBool>,
-}
-
-impl CaptureDb for FakeDb {
-    fn tables(&self) -> &[TableDef] {
-        &self.tables
-    }
-    fn epoch(&self) -> &str {
-        "fake"
-    }
-    fn read(
-        &mut self,
-        cursor: i64,
-        _: &HashSet<i64>,
-        _: usize,
-        out: &mut Vec<ChangeRow>,
-    ) -> Result<bool, DbError> {
-        if cursor == 0 {
-            out.push(ChangeRow {
-                seq: 1,
-                table: "t".into(),
-                op: "c".into(),
-                pk: r#"{"id": 1}"#.into(),
-                before: None,
-                after: Some(r#"{"id": 1, "note": "x"}"#.into()),
-                changed_ms: None,
-                origin: None,
-            });
-        }
-        Ok(false)
-    }
-    fn current(&mut self, _: &TableDef, _: &[&str]) -> Result<Vec<String>, DbError> {
-        Ok(Vec::new())
-    }
-    fn chunk(&mut self, _: &TableDef, _: Option<&str>, _: usize) -> Result<Vec<String>, DbError> {
-        Ok(Vec::new())
-    }
-    fn estimate_rows(&mut self, _: &TableDef) -> Result<Option<u64>, DbError> {
-        Ok(None)
-    }
-    fn delete(&mut self, _: &[RowId]) -> Result<(), DbError> {
-        self.deleted.store(true, Ordering::SeqCst);
-        Err(DbError("server closed the connection unexpectedly".into()))
-    }
-    fn wait(&mut self, _: Duration) -> bool {
-        false
-    }
-}
 
 #[test]
 fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let (tx, mut rx) = mpsc::channel(1);
-    // The sink is full: one batch waits in the channel.
-    tx.try_send(Batch {
-        source: 0,
-        msgs: Vec::new(),
-    })
-    .unwrap();
-    // Everything the source sends counts as acknowledged at once (spooled).
-    let watermark = Arc::new(AckWatermark::default());
-    watermark.advance(1_000);
-    let (_stop, shutdown) = watch::channel(false);
-    let (_done, sink_done) = watch::channel(false);
-    let cx = SourceContext {
-        index: 0,
-        name: "vista".into(),
-        agent_id: "a".into(),
-        state_dir: dir.path().to_owned(),
-        encoder: Encoder::new("legacy", "a", "vista"),
-        tx,
+    let Rig {
+        mut drain,
+        mut rx,
         watermark,
-        metrics: metrics.clone(),
-        counters: metrics.source("vista"),
-        status: Arc::new(StatusBoard::new("a")),
-        shutdown,
-        sink_done,
-        drain_for: Duration::from_secs(1),
-        runtime: rt.handle().clone(),
-        map: Arc::default(),
-        debounce: None,
-        beat: Liveness::default().register("source vista"),
-        handed: Arc::new(AtomicU64::new(0)),
-        quarantine_max_bytes: crate::config::DEFAULT_QUARANTINE_MAX_BYTES,
-    };
-    let cfg = TriggerConfig {
-        db: TriggerDb::Postgres(Box::new(
-            crate::db::postgres::PgConn::parse("host=nowhere").unwrap(),
-        )),
-        tables: vec!["t".into()],
-        capture: Capture::Rows,
-        interval: Duration::from_millis(50),
-        dialect: None,
-        snapshot_initial: false,
-        schema_check: Duration::from_secs(60),
-    };
-    let deleted = Arc::new(AtomicBool::new(false));
-    let db = FakeDb {
-        tables: vec![TableDef {
-            name: "t".into(),
-            key: vec!["id".into()],
-            columns: vec!["id".into(), "note".into()],
-            binary: Vec::new(),
-            timestamps: Vec::new(),
-            utc: Vec::new(),
-        }],
-        deleted: deleted.clone(),
-    };
-    let mut drain = Drain::new(
-        cfg,
-        cx,
+        _keep,
+    } = rig(
+        Setup {
+            channel: 1,
+            capture: Capture::Rows,
+            interval: Duration::from_millis(50),
+            schema_check: Duration::from_secs(60),
+        },
         Box::new(|| Err(DbError("no second connection".into()))),
     );
+    // The sink is full: one batch waits in the channel.
+    drain
+        .cx
+        .tx
+        .try_send(Batch {
+            source: 0,
+            msgs: Vec::new(),
+        })
+        .unwrap();
+    // Everything the source sends counts as acknowledged at once (spooled).
+    watermark.advance(1_000);
+    let deleted = Arc::new(AtomicBool::new(false));
+    let db = FakeDb {
+        epoch: "fake",
+        tables: vec![table_t()],
+        rows: vec![change_row_1(None)],
+        on_delete: Box::new({
+            let deleted = deleted.clone();
+            move |_| {
+                deleted.store(true, Ordering::SeqCst);
+                Err(DbError("server closed the connection unexpectedly".into()))
+            }
+        }),
+    };
     drain.set_tables(db.tables());
     drain.db = Some(Box::new(db));
     // The sink makes room only once the drain has lost its connection in `send`.

@@ -10,18 +10,12 @@
 //! every time.
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
+use super::test_rig::{self, table_t, Rig, Setup};
 use super::*;
-use crate::admin::metrics::Metrics;
-use crate::admin::StatusBoard;
-use crate::config::{TriggerConfig, TriggerDb};
-use crate::pipeline::{AckWatermark, Encoder};
-use crate::service::Liveness;
 use crate::source::trigger::ddl::{drop_capture_table, install, uninstall};
 use crate::source::trigger::{odbc, postgres};
 
@@ -49,67 +43,17 @@ fn ids_of(events: &[(String, String)], note: &str) -> Vec<String> {
         .collect()
 }
 
-/// What a test drives: the drain, its sink's channel and its acks.
-struct Rig {
-    drain: Drain,
-    rx: mpsc::Receiver<Batch>,
-    watermark: Arc<AckWatermark>,
-    /// Held for the drain's life: its runtime, state directory, stop and done signals.
-    _keep: (
-        tokio::runtime::Runtime,
-        tempfile::TempDir,
-        watch::Sender<bool>,
-        watch::Sender<bool>,
-    ),
-}
-
 /// A drain of table `t` (`capture = "rows"`) connected by `connect`.
 fn rig(connect: Connect) -> Rig {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let (tx, rx) = mpsc::channel(64);
-    let watermark = Arc::new(AckWatermark::default());
-    let (stop, shutdown) = watch::channel(false);
-    let (done, sink_done) = watch::channel(false);
-    let cx = SourceContext {
-        index: 0,
-        name: "vista".into(),
-        agent_id: "a".into(),
-        state_dir: dir.path().to_owned(),
-        encoder: Encoder::new("legacy", "a", "vista"),
-        tx,
-        watermark: watermark.clone(),
-        metrics: metrics.clone(),
-        counters: metrics.source("vista"),
-        status: Arc::new(StatusBoard::new("a")),
-        shutdown,
-        sink_done,
-        drain_for: Duration::from_secs(1),
-        quarantine_max_bytes: crate::config::DEFAULT_QUARANTINE_MAX_BYTES,
-        runtime: rt.handle().clone(),
-        map: Arc::default(),
-        debounce: None,
-        beat: Liveness::default().register("source vista"),
-        handed: Arc::new(AtomicU64::new(0)),
-    };
-    let cfg = TriggerConfig {
-        db: TriggerDb::Postgres(Box::new(
-            crate::db::postgres::PgConn::parse("host=nowhere").unwrap(),
-        )),
-        tables: vec!["t".into()],
-        capture: Capture::Rows,
-        interval: Duration::from_millis(20),
-        dialect: None,
-        snapshot_initial: false,
-        schema_check: Duration::from_secs(600),
-    };
-    Rig {
-        drain: Drain::new(cfg, cx, connect),
-        rx,
-        watermark,
-        _keep: (rt, dir, stop, done),
-    }
+    test_rig::rig(
+        Setup {
+            channel: 64,
+            capture: Capture::Rows,
+            interval: Duration::from_millis(20),
+            schema_check: Duration::from_secs(600),
+        },
+        connect,
+    )
 }
 
 /// Five changes read and sent; `seq` reset and five other changes written (the same
@@ -187,22 +131,13 @@ fn stale_acks_delete_nothing_of_the_new_rows(connect: Connect, side: &mut dyn Si
     assert_eq!(side.capture_rows(), 0);
 }
 
-fn table() -> TableDef {
-    TableDef {
-        name: "t".into(),
-        key: vec!["id".into()],
-        columns: vec!["id".into(), "note".into()],
-        binary: Vec::new(),
-        timestamps: Vec::new(),
-        utc: Vec::new(),
-    }
-}
-
-struct Lite {
+/// A database over its ODBC driver: SQLite or MariaDB.
+struct Odbc {
     conn: odbc_api::Connection<'static>,
+    dialect: Dialect,
 }
 
-impl Side for Lite {
+impl Side for Odbc {
     fn sql(&mut self, sql: &str) {
         self.conn.execute(sql, (), None).unwrap();
     }
@@ -214,38 +149,56 @@ impl Side for Lite {
             .unwrap()
     }
     fn reset(&mut self) {
-        // `lockstep triggers uninstall`, then `install`: the capture table made anew.
-        // No triggers left: the capture table is dropped with its unsent rows.
-        odbc::apply(&self.conn, &uninstall(Dialect::Sqlite, &[table()])).unwrap();
-        odbc::apply(&self.conn, &drop_capture_table(Dialect::Sqlite)).unwrap();
-        odbc::apply(
-            &self.conn,
-            &install(Dialect::Sqlite, &[table()], Capture::Rows),
-        )
-        .unwrap();
+        if self.dialect == Dialect::Sqlite {
+            // `lockstep triggers uninstall`, then `install`: the capture table made anew.
+            // No triggers left: the capture table is dropped with its unsent rows.
+            odbc::apply(&self.conn, &uninstall(Dialect::Sqlite, &[table_t()])).unwrap();
+            odbc::apply(&self.conn, &drop_capture_table(Dialect::Sqlite)).unwrap();
+            odbc::apply(
+                &self.conn,
+                &install(Dialect::Sqlite, &[table_t()], Capture::Rows),
+            )
+            .unwrap();
+        } else {
+            // AUTO_INCREMENT starts again; the table keeps its creation time (its identity).
+            self.sql("TRUNCATE TABLE lockstep_changes");
+        }
     }
+}
+
+/// The database of `conn` with table `t` made by `create` and its capture installed;
+/// and the drain's way to connect to it.
+fn odbc_side(conn: String, dialect: Dialect, create: &str) -> (Odbc, Connect) {
+    let mut side = Odbc {
+        conn: odbc::connect(&conn).unwrap(),
+        dialect,
+    };
+    side.sql(create);
+    odbc::apply(&side.conn, &install(dialect, &[table_t()], Capture::Rows)).unwrap();
+    let connect: Connect = Box::new(move || {
+        odbc::OdbcCapture::open(&conn, None, "vista", &["t".into()])
+            .map(|c| Box::new(c) as Box<dyn CaptureDb>)
+    });
+    (side, connect)
+}
+
+/// A SQLite database in `dir`, as [`odbc_side`] makes it.
+fn sqlite_side(dir: &tempfile::TempDir) -> (Odbc, Connect) {
+    let conn = format!(
+        "DRIVER={{SQLite3}};Database={}",
+        dir.path().join("db").display()
+    );
+    odbc_side(
+        conn,
+        Dialect::Sqlite,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)",
+    )
 }
 
 #[test]
 fn sqlite_odbc_reinstall_before_the_acks_deletes_no_new_row() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = format!(
-        "DRIVER={{SQLite3}};Database={}",
-        dir.path().join("db").display()
-    );
-    let mut side = Lite {
-        conn: odbc::connect(&conn).unwrap(),
-    };
-    side.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)");
-    odbc::apply(
-        &side.conn,
-        &install(Dialect::Sqlite, &[table()], Capture::Rows),
-    )
-    .unwrap();
-    let connect: Connect = Box::new(move || {
-        odbc::OdbcCapture::open(&conn, None, "vista", &["t".into()])
-            .map(|c| Box::new(c) as Box<dyn CaptureDb>)
-    });
+    let (mut side, connect) = sqlite_side(&dir);
     stale_acks_delete_nothing_of_the_new_rows(connect, &mut side);
 }
 
@@ -287,7 +240,7 @@ fn postgres_truncate_restart_identity_before_the_acks_deletes_no_new_row() {
     .unwrap();
     rt.block_on(postgres::apply(
         &mut client,
-        &install(Dialect::Postgres, &[table()], Capture::Rows),
+        &install(Dialect::Postgres, &[table_t()], Capture::Rows),
     ))
     .unwrap();
     let mut side = Pg { rt, client };
@@ -321,19 +274,7 @@ impl std::io::Write for Logged {
 #[test]
 fn sqlite_odbc_times_are_read_to_the_ms_and_a_row_without_one_is_logged_once() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = format!(
-        "DRIVER={{SQLite3}};Database={}",
-        dir.path().join("db").display()
-    );
-    let mut side = Lite {
-        conn: odbc::connect(&conn).unwrap(),
-    };
-    side.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT)");
-    odbc::apply(
-        &side.conn,
-        &install(Dialect::Sqlite, &[table()], Capture::Rows),
-    )
-    .unwrap();
+    let (mut side, connect) = sqlite_side(&dir);
     for (id, note, at) in [
         (1, "timed", "2026-11-29T10:00:00.000Z"),
         (2, "untimed", "yesterday"),
@@ -344,10 +285,6 @@ fn sqlite_odbc_times_are_read_to_the_ms_and_a_row_without_one_is_logged_once() {
              ('t', 'c', '{{\"id\": {id}}}', '{{\"id\": {id}, \"note\": \"{note}\"}}', '{at}')"
         ));
     }
-    let connect: Connect = Box::new(move || {
-        odbc::OdbcCapture::open(&conn, None, "vista", &["t".into()])
-            .map(|c| Box::new(c) as Box<dyn CaptureDb>)
-    });
     let logged = Logged::default();
     let writer = logged.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -387,27 +324,6 @@ fn sqlite_odbc_times_are_read_to_the_ms_and_a_row_without_one_is_logged_once() {
     assert_eq!(side.capture_rows(), 0);
 }
 
-struct Maria {
-    conn: odbc_api::Connection<'static>,
-}
-
-impl Side for Maria {
-    fn sql(&mut self, sql: &str) {
-        self.conn.execute(sql, (), None).unwrap();
-    }
-    fn capture_rows(&mut self) -> i64 {
-        odbc::query(&self.conn, "SELECT count(*) FROM lockstep_changes", "count").unwrap()[0][0]
-            .as_deref()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-    fn reset(&mut self) {
-        // AUTO_INCREMENT starts again; the table keeps its creation time (its identity).
-        self.sql("TRUNCATE TABLE lockstep_changes");
-    }
-}
-
 #[test]
 fn mariadb_odbc_truncate_before_the_acks_deletes_no_new_row() {
     let name = format!("lockstep_reset_{}", std::process::id());
@@ -419,20 +335,11 @@ fn mariadb_odbc_truncate_before_the_acks_deletes_no_new_row() {
     admin
         .execute(&format!("CREATE DATABASE {name}"), (), None)
         .unwrap();
-    let conn = format!("{server};DATABASE={name}");
-    let mut side = Maria {
-        conn: odbc::connect(&conn).unwrap(),
-    };
-    side.sql("CREATE TABLE t (id INT PRIMARY KEY, note TEXT)");
-    odbc::apply(
-        &side.conn,
-        &install(Dialect::MariaDb, &[table()], Capture::Rows),
-    )
-    .unwrap();
-    let connect: Connect = Box::new(move || {
-        odbc::OdbcCapture::open(&conn, None, "vista", &["t".into()])
-            .map(|c| Box::new(c) as Box<dyn CaptureDb>)
-    });
+    let (mut side, connect) = odbc_side(
+        format!("{server};DATABASE={name}"),
+        Dialect::MariaDb,
+        "CREATE TABLE t (id INT PRIMARY KEY, note TEXT)",
+    );
     stale_acks_delete_nothing_of_the_new_rows(connect, &mut side);
     admin
         .execute(&format!("DROP DATABASE {name}"), (), None)
