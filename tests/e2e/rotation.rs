@@ -849,3 +849,31 @@ async fn a_copy_of_a_file_empty_at_the_stop_compressed_while_stopped_is_read_who
     expect_ids(&w, &mut agent, range(0..300)).await;
     assert!(agent_log(&w).contains("reading it whole"));
 }
+
+#[tokio::test]
+async fn files_whose_names_only_start_like_the_followed_file_are_never_read() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // Rotated while stopped: the rotations of `app.log` are looked for next to it.
+    append(&live, lines(100..150));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(150..200));
+    // Other programs' logs in the same directory, written since the stop: their names
+    // start as `app.log`'s does, but they are no rotation of it.
+    append(&logs.join("apport.log"), lines(1000..1010));
+    append(&logs.join("apport.log.1"), lines(2000..2010));
+    gzip(&logs.join("apport.log.1"), &logs.join("apport.log.1.gz"));
+    append(&logs.join("app-eu.log.1"), lines(3000..3010));
+    gzip(&logs.join("app-eu.log.1"), &logs.join("app-eu.log.1.gz"));
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..200)).await;
+    let log = agent_log(&w);
+    assert!(!log.contains("apport.log"), "{log}");
+    assert!(!log.contains("app-eu.log"), "{log}");
+}

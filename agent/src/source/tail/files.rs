@@ -206,12 +206,40 @@ pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
 /// Whether the file name `n` looks like a rotation of `name` (`live` plus a suffix, or
 /// its stem and extension around one; see [`rotated_since`]).
 fn looks_rotated(name: &str, n: &str) -> bool {
-    let (stem, ext) = match name.split_once('.') {
-        Some((s, _)) => (s, &name[name.rfind('.').unwrap_or(0)..]),
-        None => (name, ""),
+    // What a rotation adds: a separator, then a number or a date (`.1`, `-20261129`,
+    // `_2026-11-29`): `app.log.bak`, `apport.log`, `orders-eu.csv` are other files.
+    let added = |s: &str| {
+        let b = s.as_bytes();
+        b.len() >= 2 && matches!(b[0], b'.' | b'-' | b'_') && b[1].is_ascii_digit()
     };
-    n.len() > name.len()
-        && (n.starts_with(name) || (!ext.is_empty() && n.starts_with(stem) && n.ends_with(ext)))
+    if n.len() <= name.len() {
+        return false;
+    }
+    if n.strip_prefix(name).is_some_and(added) {
+        return true;
+    }
+    // The date between the stem and the extension: `app-20261129.log`.
+    let Some(dot) = name.rfind('.').filter(|&i| i > 0) else {
+        return false;
+    };
+    let (stem, ext) = name.split_at(dot);
+    n.strip_prefix(stem)
+        .and_then(|r| r.strip_suffix(ext))
+        .is_some_and(added)
+}
+
+/// The name `name` was rotated from when it is a rotated name itself (`app.log.1`,
+/// `app.log-20261129`, `app.log-20261129-120000` → `app.log`), else `name`.
+fn rotation_base(name: &str) -> &str {
+    let mut base = name;
+    while let Some(i) = base.rfind(['.', '-', '_']) {
+        let tail = &base[i + 1..];
+        if i == 0 || tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        base = &base[..i];
+    }
+    base
 }
 
 /// Files in the directory of `live` that look like its rotations (`live` plus a suffix,
@@ -282,8 +310,8 @@ pub struct Gunzipped {
     pub mtime: std::time::SystemTime,
 }
 
-/// Looks next to `live` for `.gz` rotations of its family (names that start as its own
-/// does up to the first `.` or `-`: `app.log.2.gz`, `app.log-20261129.gz`, …)
+/// Looks next to `live` for its `.gz` rotations (see [`gz_family`]: `app.log.2.gz`,
+/// `app.log-20261129.gz`, …)
 /// whose decompressed content starts with `head` and is longer than `from`: the rest of a
 /// file compressed before it was read to its end (`compress` while the agent was stopped
 /// or behind). The newest such is decompressed into an unnamed file made in `tmp_dir`.
@@ -308,22 +336,24 @@ pub fn find_gz(
     Ok(None)
 }
 
-/// The `.gz` files next to `live` whose name starts as its own does up to the first `.`
-/// or `-` (any rotation of its family: `live` may be a rotated name already, as
-/// `app.log.1`, whose next rotation is `app.log.2.gz`), oldest first.
+/// The `.gz` files next to `live` whose name is a rotation of `live`'s own name, or of
+/// the name `live` was rotated from when it is a rotated name already (`app.log.1`,
+/// whose next rotation is `app.log.2.gz`), oldest first. Never a mere prefix:
+/// `apport.log.1.gz` is not a rotation of `app.log`, nor `orders-eu.csv.1.gz` of
+/// `orders.csv`.
 pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)>> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
         return Ok(Vec::new());
     };
     let name = name.to_string_lossy().into_owned();
-    let stem = name.split(['.', '-']).next().unwrap_or(&name);
+    let base = rotation_base(&name);
     let mut found = Vec::new();
     for e in fs::read_dir(dir)?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         let Some(plain) = n.strip_suffix(".gz") else {
             continue;
         };
-        if !plain.starts_with(stem) {
+        if !looks_rotated(base, plain) {
             continue;
         }
         let Ok(m) = e.metadata() else { continue };
@@ -501,6 +531,12 @@ mod tests {
             "app.log.2.gz",
             "other.log",
             "app.log",
+            // Other files whose names start as `app.log`'s does: no rotations of it.
+            "apport.log",
+            "apport.log.1",
+            "app-eu.log",
+            "app.log.bak",
+            "app.logger.1",
         ] {
             std::fs::write(d.join(n), "x\n").unwrap();
         }
@@ -537,6 +573,21 @@ mod tests {
         gz("app.log.2.gz", &text);
         gz("app.log.3.gz", "something else\n");
         gz("other.log.1.gz", &text);
+        gz("apport.log.1.gz", &text);
+        gz("app.log-eu.gz", &text);
+        let fam: Vec<PathBuf> = gz_family(&d.join("app.log.1"))
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let mut fam: Vec<String> = fam
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        fam.sort();
+        assert_eq!(fam, ["app.log.2.gz", "app.log.3.gz"]);
+        assert_eq!(rotation_base("app.log-20261129-120000"), "app.log");
+        assert_eq!(rotation_base("orders.csv"), "orders.csv");
         let from = 10_000;
         let g = find_gz(&d.join("app.log.1"), head, from, d)
             .unwrap()

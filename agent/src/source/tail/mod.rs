@@ -605,16 +605,11 @@ impl Tail {
         let mut heads: Vec<Head> = self.out.cp.files.values().filter_map(|c| c.head).collect();
         heads.extend(self.files.iter().map(|t| t.head));
         heads.retain(|h| h.len > 0);
+        // Only rotations of the checkpointed files' own names (see `files::gz_family`).
         let mut families: Vec<PathBuf> = Vec::new();
         for c in self.out.cp.files.values() {
-            let (Some(dir), Some(name)) = (c.path.parent(), c.path.file_name()) else {
-                continue;
-            };
-            let name = name.to_string_lossy();
-            let stem = name.split(['.', '-']).next().unwrap_or(&name);
-            let fam = dir.join(stem);
-            if !files::is_compressed(&c.path) && !families.contains(&fam) {
-                families.push(fam);
+            if !files::is_compressed(&c.path) && !families.contains(&c.path) {
+                families.push(c.path.clone());
             }
         }
         let mut gzs: Vec<(SystemTime, PathBuf)> = Vec::new();
