@@ -304,6 +304,8 @@ pub fn find_copy(of: &Path, key: FileKey, head: Head, read: u64) -> Option<(Path
 #[derive(Debug)]
 pub struct Gunzipped {
     pub gz: PathBuf,
+    /// The `.gz` file's own device and inode.
+    pub gz_key: FileKey,
     pub file: File,
     /// The decompressed length.
     pub len: u64,
@@ -321,15 +323,31 @@ pub fn find_gz(
     head: Head,
     from: u64,
     tmp_dir: &Path,
+    taken: &[(PathBuf, FileKey)],
+    since: Option<std::time::SystemTime>,
 ) -> io::Result<Option<Gunzipped>> {
     if head.len == 0 {
         return Ok(None);
     }
-    // Newest first: the newest copy that starts with the head holds the most of it.
-    let mut found = gz_family(live)?;
-    found.reverse();
-    for (mtime, path) in found {
-        if let Some(g) = gunzip(&path, mtime, |first| head.starts(first), from, tmp_dir)? {
+    let found: Vec<_> = gz_family(live)?
+        .into_iter()
+        .filter(|(_, p, k)| !taken.iter().any(|(tp, tk)| tp == p && tk == k))
+        .collect();
+    // At a start (`since`, when the checkpoint was written): the file followed at the
+    // stop was rotated after the stop, before every later generation of it (which may
+    // start with the same bytes: a CSV header), so the oldest written since the stop
+    // comes first, then the older ones, newest first. Else the newest copy that starts
+    // with the head holds the most of it.
+    let order: Vec<_> = match since {
+        Some(since) => {
+            let (after, before): (Vec<_>, Vec<_>) =
+                found.into_iter().partition(|(m, _, _)| *m >= since);
+            after.into_iter().chain(before.into_iter().rev()).collect()
+        }
+        None => found.into_iter().rev().collect(),
+    };
+    for (mtime, path, key) in order {
+        if let Some(g) = gunzip(&path, mtime, key, |first| head.starts(first), from, tmp_dir)? {
             return Ok(Some(g));
         }
     }
@@ -341,12 +359,13 @@ pub fn find_gz(
 /// whose next rotation is `app.log.2.gz`), oldest first. Never a mere prefix:
 /// `apport.log.1.gz` is not a rotation of `app.log`, nor `orders-eu.csv.1.gz` of
 /// `orders.csv`.
-pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)>> {
+pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf, FileKey)>> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
         return Ok(Vec::new());
     };
     let name = name.to_string_lossy().into_owned();
-    let base = rotation_base(&name);
+    // A `.gz` read whole before a stop is looked for again by its own name.
+    let base = rotation_base(name.strip_suffix(".gz").unwrap_or(&name));
     let mut found = Vec::new();
     for e in fs::read_dir(dir)?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
@@ -361,7 +380,7 @@ pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)
             continue;
         }
         let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-        found.push((mtime, e.path()));
+        found.push((mtime, e.path(), FileKey::of(&m)));
     }
     found.sort();
     Ok(found)
@@ -374,6 +393,7 @@ pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)
 pub fn gunzip(
     path: &Path,
     mtime: std::time::SystemTime,
+    gz_key: FileKey,
     want: impl Fn(&[u8]) -> bool,
     from: u64,
     tmp_dir: &Path,
@@ -418,6 +438,7 @@ pub fn gunzip(
     out.set_len(len)?;
     Ok(Some(Gunzipped {
         gz: path.to_owned(),
+        gz_key,
         file: out,
         len,
         mtime,
@@ -578,7 +599,7 @@ mod tests {
         let fam: Vec<PathBuf> = gz_family(&d.join("app.log.1"))
             .unwrap()
             .into_iter()
-            .map(|(_, p)| p)
+            .map(|(_, p, _)| p)
             .collect();
         let mut fam: Vec<String> = fam
             .iter()
@@ -589,7 +610,7 @@ mod tests {
         assert_eq!(rotation_base("app.log-20261129-120000"), "app.log");
         assert_eq!(rotation_base("orders.csv"), "orders.csv");
         let from = 10_000;
-        let g = find_gz(&d.join("app.log.1"), head, from, d)
+        let g = find_gz(&d.join("app.log.1"), head, from, d, &[], None)
             .unwrap()
             .unwrap();
         assert_eq!(g.gz, d.join("app.log.2.gz"));
@@ -604,9 +625,9 @@ mod tests {
         );
         // Read to its end already: nothing to recover.
         let len = text.len() as u64;
-        assert!(find_gz(&live, head, len, d).unwrap().is_none());
+        assert!(find_gz(&live, head, len, d, &[], None).unwrap().is_none());
         // An unknown head: nothing either.
-        assert!(find_gz(&live, Head { len: 5, hash: 1 }, 0, d)
+        assert!(find_gz(&live, Head { len: 5, hash: 1 }, 0, d, &[], None)
             .unwrap()
             .is_none());
         // No temporary file is left behind.

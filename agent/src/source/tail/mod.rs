@@ -208,6 +208,9 @@ struct Out {
     /// Files dropped from reading: retire their entry once acknowledged to this offset.
     retiring: HashMap<FileKey, (u32, u64)>,
     last_error: Option<String>,
+    /// The `.gz` files (path and inode) whose content is already being read: one
+    /// compressed rotation recovers at most one file, and is never also read whole.
+    gz_taken: Vec<(PathBuf, FileKey)>,
     /// `lockstep quarantine resend` requests (see `resend`).
     resend: resend::Resend,
 }
@@ -276,6 +279,7 @@ impl Tail {
                 last_cp: Instant::now(),
                 retiring: HashMap::new(),
                 last_error: None,
+                gz_taken: Vec::new(),
                 resend: resend::Resend::default(),
                 cfg,
                 cx,
@@ -461,7 +465,10 @@ impl Tail {
                         rotated_live.push(c.path.clone());
                         // Rotated and compressed while stopped (`compress`): the rest is
                         // read from the `.gz` whose content starts as the file did.
-                        let g = c.head.and_then(|h| self.out.gunzip(&c.path, h, c.offset));
+                        let since = self.out.cp.written;
+                        let g = c
+                            .head
+                            .and_then(|h| self.out.gunzip(&c.path, h, c.offset, since));
                         if let Some(g) = g {
                             recovered.push((g, c));
                             continue;
@@ -602,8 +609,24 @@ impl Tail {
     /// oldest first, after the rests recovered from the checkpoint's files and before
     /// every other file, under the `.gz` file's own ids.
     fn track_compressed_while_stopped(&mut self, since: SystemTime) {
-        let mut heads: Vec<Head> = self.out.cp.files.values().filter_map(|c| c.head).collect();
-        heads.extend(self.files.iter().map(|t| t.head));
+        // Known: the heads of the files followed, and of the checkpoint's files but those
+        // whose rest was just recovered from a `.gz`: every other `.gz` that starts as
+        // such a vanished file did is a later generation (the same CSV header), unread.
+        let recovered: Vec<FileKey> = self
+            .files
+            .iter()
+            .filter(|t| t.recovered)
+            .map(|t| t.key)
+            .collect();
+        let mut heads: Vec<Head> = self
+            .out
+            .cp
+            .files
+            .iter()
+            .filter(|(k, _)| !recovered.contains(k))
+            .filter_map(|(_, c)| c.head)
+            .collect();
+        heads.extend(self.files.iter().filter(|t| !t.recovered).map(|t| t.head));
         heads.retain(|h| h.len > 0);
         // Only rotations of the checkpointed files' own names (see `files::gz_family`).
         let mut families: Vec<PathBuf> = Vec::new();
@@ -612,13 +635,13 @@ impl Tail {
                 families.push(c.path.clone());
             }
         }
-        let mut gzs: Vec<(SystemTime, PathBuf)> = Vec::new();
+        let mut gzs: Vec<(SystemTime, PathBuf, FileKey)> = Vec::new();
         for fam in &families {
             match files::gz_family(fam) {
                 Ok(found) => {
-                    for (m, p) in found {
-                        if m >= since && !gzs.iter().any(|(_, q)| *q == p) {
-                            gzs.push((m, p));
+                    for (m, p, k) in found {
+                        if m >= since && !gzs.iter().any(|(_, q, _)| *q == p) {
+                            gzs.push((m, p, k));
                         }
                     }
                 }
@@ -631,16 +654,14 @@ impl Tail {
         }
         gzs.sort();
         let tmp = self.out.cx.state_dir.join("checkpoints");
-        for (mtime, path) in gzs {
-            let Ok(m) = std::fs::metadata(&path) else {
-                continue;
-            };
-            let key = FileKey::of(&m);
-            if self.files.iter().any(|t| t.key == key) {
+        for (mtime, path, gz_key) in gzs {
+            // Only the `.gz` files already being read are skipped (not those that merely
+            // share an inode number with a vanished file the checkpoint knows).
+            if self.out.gz_taken.contains(&(path.clone(), gz_key)) {
                 continue;
             }
             let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
-            let g = match files::gunzip(&path, mtime, unknown, 0, &tmp) {
+            let g = match files::gunzip(&path, mtime, gz_key, unknown, 0, &tmp) {
                 Ok(Some(g)) => g,
                 Ok(None) => continue,
                 Err(e) => {
@@ -653,6 +674,21 @@ impl Tail {
                     self.out.last_error = Some(msg);
                     continue;
                 }
+            };
+            self.out.gz_taken.push((path.clone(), gz_key));
+            // Its inode number may be a vanished file's still in the checkpoint (or
+            // followed for its rest): then it is kept apart under a number no file has.
+            let taken = |k: &FileKey| {
+                self.files.iter().any(|t| t.key == *k)
+                    || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
+            };
+            let key = if taken(&gz_key) {
+                FileKey {
+                    dev: gz_key.dev,
+                    ino: gz_key.ino ^ (1 << 62),
+                }
+            } else {
+                gz_key
             };
             let fp = files::fingerprint(&g.file).ok().flatten();
             let head = Head::default()
@@ -1244,7 +1280,7 @@ impl Out {
                 let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
                 (path, copy, size, used)
             }
-            None => match self.gunzip(&t.path, t.head, t.read_pos()) {
+            None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
                 Some(g) => (g.gz, g.file, g.len, None),
                 None => return Ok(None),
             },
@@ -1278,10 +1314,21 @@ impl Out {
 
     /// [`files::find_gz`], with errors logged: the rest of a file past `from`, from a
     /// compressed rotation next to `path` that starts with `head`.
-    fn gunzip(&mut self, path: &Path, head: Head, from: u64) -> Option<files::Gunzipped> {
+    fn gunzip(
+        &mut self,
+        path: &Path,
+        head: Head,
+        from: u64,
+        since: Option<SystemTime>,
+    ) -> Option<files::Gunzipped> {
         let tmp = self.cx.state_dir.join("checkpoints");
-        match files::find_gz(path, head, from, &tmp) {
-            Ok(g) => g,
+        match files::find_gz(path, head, from, &tmp, &self.gz_taken, since) {
+            Ok(g) => {
+                if let Some(g) = &g {
+                    self.gz_taken.push((g.gz.clone(), g.gz_key));
+                }
+                g
+            }
             Err(e) => {
                 let msg = format!(
                     "cannot recover the rest of {} (after byte {from}) from its compressed rotation \
