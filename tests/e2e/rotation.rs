@@ -947,3 +947,46 @@ async fn a_csv_file_holding_only_its_header_at_the_stop_and_compressed_twice_los
     ids.dedup();
     assert_eq!(ids.len(), 150);
 }
+
+#[tokio::test]
+async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    let ino = fs::metadata(&live).unwrap().ino();
+    // Two rotations while stopped (`compress`): the file followed at the stop ends up in
+    // `app.log.2.gz`; its inode number is free once it is compressed, and the next `.gz`
+    // made gets it.
+    append(&live, lines(100..150));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(150..200));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    fs::rename(logs.join("app.log.1.gz"), logs.join("app.log.2.gz")).unwrap();
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    append(&live, lines(200..250));
+    assert_eq!(
+        fs::metadata(logs.join("app.log.1.gz")).unwrap().ino(),
+        ino,
+        "setup: the filesystem gave the new .gz the freed inode number"
+    );
+    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    for (name, ms) in [("app.log.2.gz", 1), ("app.log.1.gz", 2)] {
+        let f = fs::File::options()
+            .write(true)
+            .open(logs.join(name))
+            .unwrap();
+        f.set_modified(since + Duration::from_millis(ms)).unwrap();
+    }
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..250)).await;
+}
