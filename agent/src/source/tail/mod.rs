@@ -41,9 +41,17 @@
 //! compressed or not) before reading the file again from 0. A file gone while the agent
 //! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
 //! across two rotations or more) is read from there, from its checkpointed offset under
-//! its own ids, before every other file; then `.gz` rotations modified since the stop
-//! whose content starts with no known head (written after the stop: the copies of a file
-//! still empty at the stop, a copy the next rotation compressed) are read whole. A
+//! its own ids, before every other file (at a start, the oldest `.gz` modified since the
+//! stop first: later generations may start with the same bytes, a CSV header); then
+//! `.gz` rotations modified since the stop, not already taken (one `.gz` recovers at
+//! most one file), whose content starts with no known head (written after the stop: the
+//! copies of a file still empty at the stop, a copy the next rotation compressed, a later
+//! generation of a vanished file whose rest was recovered) are read whole, under their
+//! own inode, or that number with bit 62 flipped when a file still known has it. Only
+//! names that are a rotation of the file's own name count (`files::gz_family`: never a
+//! mere prefix, `apport.log.1.gz` for `app.log`). Each `.gz` taken is decompressed whole
+//! into an unnamed file before it is read, with no size cap (see docs/design.md, known
+//! edges). A
 //! possible copy (unread, checkpointed at 0) is judged again. A file deleted while the agent was stopped with no such `.gz` is gone
 //! with whatever it held past the checkpoint: that is logged. Lines written between
 //! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
