@@ -990,3 +990,33 @@ async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
     let mut agent = w.agent(&cfg);
     expect_ids(&w, &mut agent, range(0..250)).await;
 }
+
+#[tokio::test]
+async fn a_small_file_that_grew_between_the_copy_and_the_truncate_is_not_read_twice() {
+    let w = World::new();
+    // `app.log*` matches the copy copytruncate makes.
+    let cfg = w.config_with(&w.tail_source("vista", "app.log*", "table = \"t\"\nkey = [\"id\"]"));
+    let live = w.logs().join("app.log");
+    // Under 4 KiB: the file's head is all of it, and grows with it.
+    append(&live, lines(0..10));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(10, WAIT).await, 10);
+    // logrotate's copy, then lines written before its truncate (read from the file).
+    fs::copy(&live, w.logs().join("app.log.1")).unwrap();
+    wait_for("the copy held", WAIT, || {
+        agent_log(&w).contains("held as its possible copy")
+    })
+    .await;
+    append(&live, lines(10..12));
+    assert_eq!(w.wait_count(12, WAIT).await, 12, "{}", agent_log(&w));
+    truncate(&live);
+    append(&live, lines(12..20));
+    assert_eq!(w.wait_count(20, WAIT).await, 20, "{}", agent_log(&w));
+    // Until the copy is judged one way or the other.
+    wait_for("the copy judged", WAIT, || {
+        let log = agent_log(&w);
+        log.contains("is not a copy") || log.contains("is the copy of a truncated file")
+    })
+    .await;
+    expect_ids(&w, &mut agent, range(0..20)).await;
+}

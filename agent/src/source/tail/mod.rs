@@ -18,7 +18,9 @@
 //!    changed was truncated (copytruncate), even if it has grown back past the read
 //!    position. What was not read yet is then read from the copy (same ids), and the
 //!    file gets a new generation and is read again from 0. The copy is a new file held
-//!    unread as a *possible copy* when the globs match it (see [`Tail::judge_new_files`]),
+//!    unread as a *possible copy* when the globs match it (see [`Tail::judge_new_files`];
+//!    a copy shorter than the file's head, made before the file grew, is matched against
+//!    the head's bytes, which the agent keeps),
 //!    else one found next to the file by its head, else a `.gz` rotation whose content
 //!    starts with the head (compressed before it was read; see `files::find_gz`).
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
@@ -119,6 +121,10 @@ struct Tracked {
     fp: Option<u64>,
     /// The file's first bytes, checked again whenever it changed (see [`Head`]).
     head: Head,
+    /// The bytes `head` covers (up to 4 KiB), kept while the file is followed: a copy
+    /// `copytruncate` made before the file grew is recognised as their beginning, even
+    /// once the file is truncated (see [`note_first`]).
+    first: Vec<u8>,
     /// Check the head at the next look even if size and time look unchanged (a change was
     /// seen in the middle of a read).
     suspect: bool,
@@ -606,6 +612,7 @@ impl Tail {
             fresh: false,
             copy_wait: None,
             recovered: true,
+            first: Vec::new(),
         });
     }
 
@@ -866,6 +873,7 @@ impl Tail {
             fresh: offset == 0,
             copy_wait: None,
             recovered: false,
+            first: Vec::new(),
         });
     }
 
@@ -946,6 +954,7 @@ impl Tail {
             if let (false, Some(h)) = (truncated, head) {
                 t.head = h;
             }
+            note_first(t);
             if t.fp.is_none() {
                 t.fp = files::fingerprint(&t.file).ok().flatten();
             }
@@ -1137,9 +1146,15 @@ impl Tail {
                 j != i
                     && !c.recovered
                     && (c.copy_wait.is_some() || (c.fresh && c.read_pos() == 0))
-                    && c.file
+                    && (c.file
                         .metadata()
                         .is_ok_and(|m| matches!(t.head.recheck(&c.file, m.len()), Ok(Some(_))))
+                        // A copy made before the file grew: the beginning of what it held.
+                        || (c.copy_wait.is_some()
+                            && t.first.len() == t.head.len as usize
+                            && files::first_bytes(&c.file).is_ok_and(|b| {
+                                !b.is_empty() && b.len() < t.first.len() && t.first.starts_with(&b)
+                            })))
             })
             .max_by_key(|(_, c)| c.discovered)?
             .1;
@@ -1160,6 +1175,11 @@ impl Tail {
             .flatten()
             .unwrap_or_default();
         if let Some(c) = self.files.iter_mut().find(|c| c.key == key && !c.recovered) {
+            tracing::info!(
+                "source {}: {} is the copy of a truncated file; following it from byte {size}",
+                self.out.cx.name,
+                path.display()
+            );
             if c.read_pos() < size {
                 c.offset = size;
                 c.buf.clear();
@@ -1266,6 +1286,7 @@ impl Out {
                 }
             }
         }
+        note_first(t);
         self.cp.set_identity(t.key, t.gen, t.fp, t.head);
     }
 
@@ -1871,9 +1892,28 @@ fn still_same(t: &Tracked) -> bool {
 /// Whether a new file whose first bytes are `first` starts as the followed file `o`
 /// does: with `o`'s head when `first` covers it, else (a copy still being written) with
 /// the bytes `o` holds now.
+/// Keeps `t.first` as the bytes `t.head` covers (read again only when the head changed;
+/// left as it was when the file no longer holds them: truncated meanwhile).
+fn note_first(t: &mut Tracked) {
+    let n = t.head.len as usize;
+    if t.first.len() == n && (n == 0 || t.head.starts(&t.first)) {
+        return;
+    }
+    if let Ok(mut b) = files::first_bytes(&t.file) {
+        if b.len() >= n && t.head.starts(&b) {
+            b.truncate(n);
+            t.first = b;
+        }
+    }
+}
+
 fn starts_as(first: &[u8], o: &Tracked) -> bool {
     if o.head.len > 0 && first.len() >= o.head.len as usize {
         return o.head.starts(first);
+    }
+    // Shorter than the head: a copy made before the file grew, perhaps already truncated.
+    if !first.is_empty() && o.first.len() == o.head.len as usize && o.first.starts_with(first) {
+        return true;
     }
     match files::first_bytes(&o.file) {
         Ok(have) => !first.is_empty() && have.len() >= first.len() && have[..first.len()] == *first,
