@@ -1020,3 +1020,100 @@ async fn a_small_file_that_grew_between_the_copy_and_the_truncate_is_not_read_tw
     .await;
     expect_ids(&w, &mut agent, range(0..20)).await;
 }
+
+/// Runs `cmd` with `args` (mount, umount), panicking with its output when it fails.
+fn run(cmd: &str, args: &[&str]) {
+    let o = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Copies the files of `from` into `to`.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gz_too_big_for_the_state_directory_is_not_decompressed_and_is_read_after_a_restart() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // Rotated and compressed while stopped, with 1.6 MB left unread.
+    append(&live, lines(100..20_100));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(20_100..20_150));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    // The state directory's checkpoints on a 1 MiB file system (needs root: a real
+    // tmpfs, a real full disk).
+    let cps = w.dir().join("state/checkpoints");
+    let saved = w.dir().join("saved-checkpoints");
+    fs::create_dir_all(&saved).unwrap();
+    copy_files(&cps, &saved);
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            cps.to_str().unwrap(),
+        ],
+    );
+    let mounted = Unmount(cps.clone());
+    copy_files(&saved, &cps);
+    let mut agent = w.agent(&cfg);
+    // The live file is read either way.
+    assert_eq!(w.wait_count(150, WAIT).await, 150, "{}", agent_log(&w));
+    assert_eq!(agent.stop(), Some(0));
+    let log = agent_log(&w);
+    // Room again: the rest is read at the next start, nothing lost.
+    copy_files(&cps, &saved);
+    drop(mounted);
+    copy_files(&saved, &cps);
+    let mut agent = w.agent(&cfg);
+    let msgs = {
+        assert_eq!(
+            w.wait_count(20_150, WAIT).await,
+            20_150,
+            "{}",
+            agent_log(&w)
+        );
+        assert_eq!(agent.stop(), Some(0));
+        w.messages().await
+    };
+    let mut ids = ints(&msgs, "id");
+    let mut seen = std::collections::HashSet::new();
+    for m in &msgs {
+        assert!(seen.insert(m.id.clone()), "duplicate Nats-Msg-Id {}", m.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, range(0..20_150), "{log}");
+    assert!(log.contains("stopped decompressing"), "{log}");
+    assert!(log.contains("is kept for the next start"), "{log}");
+}
+
+/// Unmounts a file system the test mounted, even when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        run("umount", &["-l", self.0.to_str().unwrap_or_default()]);
+    }
+}

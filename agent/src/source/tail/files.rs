@@ -325,6 +325,7 @@ pub fn find_gz(
     tmp_dir: &Path,
     taken: &[(PathBuf, FileKey)],
     since: Option<std::time::SystemTime>,
+    beat: &dyn Fn(),
 ) -> io::Result<Option<Gunzipped>> {
     if head.len == 0 {
         return Ok(None);
@@ -347,7 +348,8 @@ pub fn find_gz(
         None => found.into_iter().rev().collect(),
     };
     for (mtime, path, key) in order {
-        if let Some(g) = gunzip(&path, mtime, key, |first| head.starts(first), from, tmp_dir)? {
+        let want = |first: &[u8]| head.starts(first);
+        if let Some(g) = gunzip(&path, mtime, key, want, from, tmp_dir, beat)? {
             return Ok(Some(g));
         }
     }
@@ -397,6 +399,7 @@ pub fn gunzip(
     want: impl Fn(&[u8]) -> bool,
     from: u64,
     tmp_dir: &Path,
+    beat: &dyn Fn(),
 ) -> io::Result<Option<Gunzipped>> {
     let Ok(f) = File::open(path) else {
         return Ok(None);
@@ -414,7 +417,22 @@ pub fn gunzip(
     out.write_all_at(&first, 0)?;
     let mut len = n as u64;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut checked = u64::MAX;
     loop {
+        // Never fills the state directory's file system (a gzip bomb, or just too big):
+        // stops with an error while GUNZIP_RESERVE bytes are still free.
+        if checked > GUNZIP_CHECK_EVERY {
+            beat();
+            let free = free_bytes(tmp_dir)?;
+            if free < GUNZIP_RESERVE {
+                return Err(io::Error::other(format!(
+                    "stopped decompressing {} at byte {len}: {} has {free} bytes free, and                      {GUNZIP_RESERVE} are kept free",
+                    path.display(),
+                    tmp_dir.display()
+                )));
+            }
+            checked = 0;
+        }
         let k = match io::Read::read(&mut gz, &mut buf) {
             Ok(0) => break,
             Ok(k) => k,
@@ -426,6 +444,7 @@ pub fn gunzip(
             }
         };
         let end = len + k as u64;
+        checked = checked.saturating_add(k as u64);
         if end > from {
             let skip = from.saturating_sub(len) as usize;
             out.write_all_at(&buf[skip..k], len + skip as u64)?;
@@ -443,6 +462,31 @@ pub fn gunzip(
         len,
         mtime,
     }))
+}
+
+/// What decompressing a `.gz` leaves free on the state directory's file system at least.
+pub const GUNZIP_RESERVE: u64 = 64 << 20;
+/// How many decompressed bytes between two looks at the free space (and beats).
+const GUNZIP_CHECK_EVERY: u64 = 8 << 20;
+
+/// Bytes an unprivileged process may still write on the file system of `dir`.
+#[allow(unsafe_code)]
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other(format!("{}: a NUL byte in the path", dir.display())))?;
+    // SAFETY: `statvfs` is plain old data, for which all zeroes is a valid value; `c` is
+    // a NUL-terminated path that outlives the call, and `st` a statvfs it only writes.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{}: statvfs: {e}", dir.display()),
+        ));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Fills `buf` from `r` as far as it goes; returns how many bytes.
@@ -610,7 +654,7 @@ mod tests {
         assert_eq!(rotation_base("app.log-20261129-120000"), "app.log");
         assert_eq!(rotation_base("orders.csv"), "orders.csv");
         let from = 10_000;
-        let g = find_gz(&d.join("app.log.1"), head, from, d, &[], None)
+        let g = find_gz(&d.join("app.log.1"), head, from, d, &[], None, &|| {})
             .unwrap()
             .unwrap();
         assert_eq!(g.gz, d.join("app.log.2.gz"));
@@ -625,11 +669,15 @@ mod tests {
         );
         // Read to its end already: nothing to recover.
         let len = text.len() as u64;
-        assert!(find_gz(&live, head, len, d, &[], None).unwrap().is_none());
-        // An unknown head: nothing either.
-        assert!(find_gz(&live, Head { len: 5, hash: 1 }, 0, d, &[], None)
+        assert!(find_gz(&live, head, len, d, &[], None, &|| {})
             .unwrap()
             .is_none());
+        // An unknown head: nothing either.
+        assert!(
+            find_gz(&live, Head { len: 5, hash: 1 }, 0, d, &[], None, &|| {})
+                .unwrap()
+                .is_none()
+        );
         // No temporary file is left behind.
         assert!(std::fs::read_dir(d).unwrap().all(|e| !e
             .unwrap()

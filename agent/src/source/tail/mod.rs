@@ -52,8 +52,9 @@
 //! own inode, or that number with bit 62 flipped when a file still known has it. Only
 //! names that are a rotation of the file's own name count (`files::gz_family`: never a
 //! mere prefix, `apport.log.1.gz` for `app.log`). Each `.gz` taken is decompressed whole
-//! into an unnamed file before it is read, with no size cap (see docs/design.md, known
-//! edges). A
+//! into an unnamed file before it is read, stopping while 64 MiB are still free there
+//! (`files::GUNZIP_RESERVE`): a vanished file whose rest could not be decompressed stays
+//! in the checkpoint for the next start (see docs/design.md, known edges). A
 //! possible copy (unread, checkpointed at 0) is judged again. A file deleted while the agent was stopped with no such `.gz` is gone
 //! with whatever it held past the checkpoint: that is logged. Lines written between
 //! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
@@ -480,12 +481,26 @@ impl Tail {
                         // Rotated and compressed while stopped (`compress`): the rest is
                         // read from the `.gz` whose content starts as the file did.
                         let since = self.out.cp.written;
-                        let g = c
-                            .head
-                            .and_then(|h| self.out.gunzip(&c.path, h, c.offset, since));
-                        if let Some(g) = g {
-                            recovered.push((g, c));
-                            continue;
+                        let g = match c.head {
+                            Some(h) => self.out.gunzip(&c.path, h, c.offset, since),
+                            None => Ok(None),
+                        };
+                        match g {
+                            Ok(Some(g)) => {
+                                recovered.push((g, c));
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(()) => {
+                                // Kept in the checkpoint: the next start tries again.
+                                tracing::error!(
+                                    "source {}: {} (checkpointed at byte {}) is kept for the next start; free space in the state directory, then restart",
+                                    self.out.cx.name,
+                                    c.path.display(),
+                                    c.offset
+                                );
+                                continue;
+                            }
                         }
                         tracing::warn!(
                             "source {}: {} (checkpointed at byte {}) is gone; whatever it held after that offset was not read",
@@ -676,7 +691,8 @@ impl Tail {
                 continue;
             }
             let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
-            let g = match files::gunzip(&path, mtime, gz_key, unknown, 0, &tmp) {
+            let beat = self.out.cx.beat.clone();
+            let g = match files::gunzip(&path, mtime, gz_key, unknown, 0, &tmp, &|| beat.beat()) {
                 Ok(Some(g)) => g,
                 Ok(None) => continue,
                 Err(e) => {
@@ -1310,8 +1326,8 @@ impl Out {
                 (path, copy, size, used)
             }
             None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
-                Some(g) => (g.gz, g.file, g.len, None),
-                None => return Ok(None),
+                Ok(Some(g)) => (g.gz, g.file, g.len, None),
+                Ok(None) | Err(()) => return Ok(None),
             },
         };
         if size > t.read_pos() {
@@ -1349,14 +1365,17 @@ impl Out {
         head: Head,
         from: u64,
         since: Option<SystemTime>,
-    ) -> Option<files::Gunzipped> {
+    ) -> Result<Option<files::Gunzipped>, ()> {
         let tmp = self.cx.state_dir.join("checkpoints");
-        match files::find_gz(path, head, from, &tmp, &self.gz_taken, since) {
+        let beat = self.cx.beat.clone();
+        match files::find_gz(path, head, from, &tmp, &self.gz_taken, since, &|| {
+            beat.beat()
+        }) {
             Ok(g) => {
                 if let Some(g) = &g {
                     self.gz_taken.push((g.gz.clone(), g.gz_key));
                 }
-                g
+                Ok(g)
             }
             Err(e) => {
                 let msg = format!(
@@ -1367,7 +1386,7 @@ impl Out {
                 );
                 tracing::error!("source {}: {msg}", self.cx.name);
                 self.last_error = Some(msg);
-                None
+                Err(())
             }
         }
     }
