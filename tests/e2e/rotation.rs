@@ -849,3 +849,271 @@ async fn a_copy_of_a_file_empty_at_the_stop_compressed_while_stopped_is_read_who
     expect_ids(&w, &mut agent, range(0..300)).await;
     assert!(agent_log(&w).contains("reading it whole"));
 }
+
+#[tokio::test]
+async fn files_whose_names_only_start_like_the_followed_file_are_never_read() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // Rotated while stopped: the rotations of `app.log` are looked for next to it.
+    append(&live, lines(100..150));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(150..200));
+    // Other programs' logs in the same directory, written since the stop: their names
+    // start as `app.log`'s does, but they are no rotation of it.
+    append(&logs.join("apport.log"), lines(1000..1010));
+    append(&logs.join("apport.log.1"), lines(2000..2010));
+    gzip(&logs.join("apport.log.1"), &logs.join("apport.log.1.gz"));
+    append(&logs.join("app-eu.log.1"), lines(3000..3010));
+    gzip(&logs.join("app-eu.log.1"), &logs.join("app-eu.log.1.gz"));
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..200)).await;
+    let log = agent_log(&w);
+    assert!(!log.contains("apport.log"), "{log}");
+    assert!(!log.contains("app-eu.log"), "{log}");
+}
+
+#[tokio::test]
+async fn a_csv_file_holding_only_its_header_at_the_stop_and_compressed_twice_loses_no_rows() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "orders.csv",
+        "table = \"orders\"\nkey = [\"id\"]\nformat = \"csv\"",
+    ));
+    let logs = w.logs();
+    let live = logs.join("orders.csv");
+    let rows = |r: std::ops::Range<u64>| r.map(|i| format!("{i},status-{}", i % 3));
+    append(&live, ["id,status".to_owned()]);
+    let mut agent = w.agent(&cfg);
+    // The checkpoint knows the file by its header alone: the same first bytes as every
+    // later generation of it.
+    wait_for("the header in the checkpoint", WAIT, || {
+        fs::read_to_string(w.dir().join("state/checkpoints/vista.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|c| c["files"][0]["head"]["len"].as_u64() == Some(10))
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    // Two rotations while stopped, as logrotate's `compress` (no `delaycompress`) makes
+    // them: the file followed at the stop ends up in `orders.csv.2.gz`, the next one in
+    // `orders.csv.1.gz`; both start with the same header.
+    // Its inode stays in use (another link outside the logs), so that no later file gets
+    // its number: a file with the same inode and first bytes is resumed as the same one.
+    fs::hard_link(&live, w.dir().join("orders-inode")).unwrap();
+    append(&live, rows(0..50));
+    fs::rename(&live, logs.join("orders.csv.1")).unwrap();
+    append(&live, ["id,status".to_owned()]);
+    gzip(&logs.join("orders.csv.1"), &logs.join("orders.csv.1.gz"));
+    append(&live, rows(50..100));
+    fs::rename(logs.join("orders.csv.1.gz"), logs.join("orders.csv.2.gz")).unwrap();
+    fs::rename(&live, logs.join("orders.csv.1")).unwrap();
+    append(&live, ["id,status".to_owned()]);
+    gzip(&logs.join("orders.csv.1"), &logs.join("orders.csv.1.gz"));
+    // gzip keeps the times of what it compresses: the older generation is the older file.
+    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    for (name, ms) in [("orders.csv.2.gz", 1), ("orders.csv.1.gz", 2)] {
+        let f = fs::File::options()
+            .write(true)
+            .open(logs.join(name))
+            .unwrap();
+        f.set_modified(since + Duration::from_millis(ms)).unwrap();
+    }
+    append(&live, rows(100..150));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(150, WAIT).await, 150, "{}", agent_log(&w));
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let mut ids: Vec<String> = msgs
+        .iter()
+        .map(|m| m.json["after"]["id"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for m in &msgs {
+        assert!(seen.insert(m.id.clone()), "duplicate Nats-Msg-Id {}", m.id);
+    }
+    // Each generation in its own order, the generation followed at the stop first.
+    let want: Vec<String> = (0..150).map(|i| i.to_string()).collect();
+    assert_eq!(ids, want, "{}", agent_log(&w));
+    ids.dedup();
+    assert_eq!(ids.len(), 150);
+}
+
+#[tokio::test]
+async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    let ino = fs::metadata(&live).unwrap().ino();
+    // Two rotations while stopped (`compress`): the file followed at the stop ends up in
+    // `app.log.2.gz`; its inode number is free once it is compressed, and the next `.gz`
+    // made gets it.
+    append(&live, lines(100..150));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(150..200));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    fs::rename(logs.join("app.log.1.gz"), logs.join("app.log.2.gz")).unwrap();
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    append(&live, lines(200..250));
+    assert_eq!(
+        fs::metadata(logs.join("app.log.1.gz")).unwrap().ino(),
+        ino,
+        "setup: the filesystem gave the new .gz the freed inode number"
+    );
+    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    for (name, ms) in [("app.log.2.gz", 1), ("app.log.1.gz", 2)] {
+        let f = fs::File::options()
+            .write(true)
+            .open(logs.join(name))
+            .unwrap();
+        f.set_modified(since + Duration::from_millis(ms)).unwrap();
+    }
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..250)).await;
+}
+
+#[tokio::test]
+async fn a_small_file_that_grew_between_the_copy_and_the_truncate_is_not_read_twice() {
+    let w = World::new();
+    // `app.log*` matches the copy copytruncate makes.
+    let cfg = w.config_with(&w.tail_source("vista", "app.log*", "table = \"t\"\nkey = [\"id\"]"));
+    let live = w.logs().join("app.log");
+    // Under 4 KiB: the file's head is all of it, and grows with it.
+    append(&live, lines(0..10));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(10, WAIT).await, 10);
+    // logrotate's copy, then lines written before its truncate (read from the file).
+    fs::copy(&live, w.logs().join("app.log.1")).unwrap();
+    wait_for("the copy held", WAIT, || {
+        agent_log(&w).contains("held as its possible copy")
+    })
+    .await;
+    append(&live, lines(10..12));
+    assert_eq!(w.wait_count(12, WAIT).await, 12, "{}", agent_log(&w));
+    truncate(&live);
+    append(&live, lines(12..20));
+    assert_eq!(w.wait_count(20, WAIT).await, 20, "{}", agent_log(&w));
+    // Until the copy is judged one way or the other.
+    wait_for("the copy judged", WAIT, || {
+        let log = agent_log(&w);
+        log.contains("is not a copy") || log.contains("is the copy of a truncated file")
+    })
+    .await;
+    expect_ids(&w, &mut agent, range(0..20)).await;
+}
+
+/// Runs `cmd` with `args` (mount, umount), panicking with its output when it fails.
+fn run(cmd: &str, args: &[&str]) {
+    let o = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Copies the files of `from` into `to`.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gz_too_big_for_the_state_directory_is_not_decompressed_and_is_read_after_a_restart() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // Rotated and compressed while stopped, with 1.6 MB left unread.
+    append(&live, lines(100..20_100));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(20_100..20_150));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    // The state directory's checkpoints on a 1 MiB file system (needs root: a real
+    // tmpfs, a real full disk).
+    let cps = w.dir().join("state/checkpoints");
+    let saved = w.dir().join("saved-checkpoints");
+    fs::create_dir_all(&saved).unwrap();
+    copy_files(&cps, &saved);
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            cps.to_str().unwrap(),
+        ],
+    );
+    let mounted = Unmount(cps.clone());
+    copy_files(&saved, &cps);
+    let mut agent = w.agent(&cfg);
+    // The live file is read either way.
+    assert_eq!(w.wait_count(150, WAIT).await, 150, "{}", agent_log(&w));
+    assert_eq!(agent.stop(), Some(0));
+    let log = agent_log(&w);
+    // Room again: the rest is read at the next start, nothing lost.
+    copy_files(&cps, &saved);
+    drop(mounted);
+    copy_files(&saved, &cps);
+    let mut agent = w.agent(&cfg);
+    let msgs = {
+        assert_eq!(
+            w.wait_count(20_150, WAIT).await,
+            20_150,
+            "{}",
+            agent_log(&w)
+        );
+        assert_eq!(agent.stop(), Some(0));
+        w.messages().await
+    };
+    let mut ids = ints(&msgs, "id");
+    let mut seen = std::collections::HashSet::new();
+    for m in &msgs {
+        assert!(seen.insert(m.id.clone()), "duplicate Nats-Msg-Id {}", m.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, range(0..20_150), "{log}");
+    assert!(log.contains("stopped decompressing"), "{log}");
+    assert!(log.contains("is kept for the next start"), "{log}");
+}
+
+/// Unmounts a file system the test mounted, even when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        run("umount", &["-l", self.0.to_str().unwrap_or_default()]);
+    }
+}

@@ -206,12 +206,40 @@ pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
 /// Whether the file name `n` looks like a rotation of `name` (`live` plus a suffix, or
 /// its stem and extension around one; see [`rotated_since`]).
 fn looks_rotated(name: &str, n: &str) -> bool {
-    let (stem, ext) = match name.split_once('.') {
-        Some((s, _)) => (s, &name[name.rfind('.').unwrap_or(0)..]),
-        None => (name, ""),
+    // What a rotation adds: a separator, then a number or a date (`.1`, `-20261129`,
+    // `_2026-11-29`): `app.log.bak`, `apport.log`, `orders-eu.csv` are other files.
+    let added = |s: &str| {
+        let b = s.as_bytes();
+        b.len() >= 2 && matches!(b[0], b'.' | b'-' | b'_') && b[1].is_ascii_digit()
     };
-    n.len() > name.len()
-        && (n.starts_with(name) || (!ext.is_empty() && n.starts_with(stem) && n.ends_with(ext)))
+    if n.len() <= name.len() {
+        return false;
+    }
+    if n.strip_prefix(name).is_some_and(added) {
+        return true;
+    }
+    // The date between the stem and the extension: `app-20261129.log`.
+    let Some(dot) = name.rfind('.').filter(|&i| i > 0) else {
+        return false;
+    };
+    let (stem, ext) = name.split_at(dot);
+    n.strip_prefix(stem)
+        .and_then(|r| r.strip_suffix(ext))
+        .is_some_and(added)
+}
+
+/// The name `name` was rotated from when it is a rotated name itself (`app.log.1`,
+/// `app.log-20261129`, `app.log-20261129-120000` → `app.log`), else `name`.
+fn rotation_base(name: &str) -> &str {
+    let mut base = name;
+    while let Some(i) = base.rfind(['.', '-', '_']) {
+        let tail = &base[i + 1..];
+        if i == 0 || tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        base = &base[..i];
+    }
+    base
 }
 
 /// Files in the directory of `live` that look like its rotations (`live` plus a suffix,
@@ -276,14 +304,16 @@ pub fn find_copy(of: &Path, key: FileKey, head: Head, read: u64) -> Option<(Path
 #[derive(Debug)]
 pub struct Gunzipped {
     pub gz: PathBuf,
+    /// The `.gz` file's own device and inode.
+    pub gz_key: FileKey,
     pub file: File,
     /// The decompressed length.
     pub len: u64,
     pub mtime: std::time::SystemTime,
 }
 
-/// Looks next to `live` for `.gz` rotations of its family (names that start as its own
-/// does up to the first `.` or `-`: `app.log.2.gz`, `app.log-20261129.gz`, …)
+/// Looks next to `live` for its `.gz` rotations (see [`gz_family`]: `app.log.2.gz`,
+/// `app.log-20261129.gz`, …)
 /// whose decompressed content starts with `head` and is longer than `from`: the rest of a
 /// file compressed before it was read to its end (`compress` while the agent was stopped
 /// or behind). The newest such is decompressed into an unnamed file made in `tmp_dir`.
@@ -293,37 +323,58 @@ pub fn find_gz(
     head: Head,
     from: u64,
     tmp_dir: &Path,
+    taken: &[(PathBuf, FileKey)],
+    since: Option<std::time::SystemTime>,
+    beat: &dyn Fn(),
 ) -> io::Result<Option<Gunzipped>> {
     if head.len == 0 {
         return Ok(None);
     }
-    // Newest first: the newest copy that starts with the head holds the most of it.
-    let mut found = gz_family(live)?;
-    found.reverse();
-    for (mtime, path) in found {
-        if let Some(g) = gunzip(&path, mtime, |first| head.starts(first), from, tmp_dir)? {
+    let found: Vec<_> = gz_family(live)?
+        .into_iter()
+        .filter(|(_, p, k)| !taken.iter().any(|(tp, tk)| tp == p && tk == k))
+        .collect();
+    // At a start (`since`, when the checkpoint was written): the file followed at the
+    // stop was rotated after the stop, before every later generation of it (which may
+    // start with the same bytes: a CSV header), so the oldest written since the stop
+    // comes first, then the older ones, newest first. Else the newest copy that starts
+    // with the head holds the most of it.
+    let order: Vec<_> = match since {
+        Some(since) => {
+            let (after, before): (Vec<_>, Vec<_>) =
+                found.into_iter().partition(|(m, _, _)| *m >= since);
+            after.into_iter().chain(before.into_iter().rev()).collect()
+        }
+        None => found.into_iter().rev().collect(),
+    };
+    for (mtime, path, key) in order {
+        let want = |first: &[u8]| head.starts(first);
+        if let Some(g) = gunzip(&path, mtime, key, want, from, tmp_dir, beat)? {
             return Ok(Some(g));
         }
     }
     Ok(None)
 }
 
-/// The `.gz` files next to `live` whose name starts as its own does up to the first `.`
-/// or `-` (any rotation of its family: `live` may be a rotated name already, as
-/// `app.log.1`, whose next rotation is `app.log.2.gz`), oldest first.
-pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)>> {
+/// The `.gz` files next to `live` whose name is a rotation of `live`'s own name, or of
+/// the name `live` was rotated from when it is a rotated name already (`app.log.1`,
+/// whose next rotation is `app.log.2.gz`), oldest first. Never a mere prefix:
+/// `apport.log.1.gz` is not a rotation of `app.log`, nor `orders-eu.csv.1.gz` of
+/// `orders.csv`.
+pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf, FileKey)>> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
         return Ok(Vec::new());
     };
     let name = name.to_string_lossy().into_owned();
-    let stem = name.split(['.', '-']).next().unwrap_or(&name);
+    // A `.gz` read whole before a stop is looked for again by its own name.
+    let base = rotation_base(name.strip_suffix(".gz").unwrap_or(&name));
     let mut found = Vec::new();
     for e in fs::read_dir(dir)?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         let Some(plain) = n.strip_suffix(".gz") else {
             continue;
         };
-        if !plain.starts_with(stem) {
+        if !looks_rotated(base, plain) {
             continue;
         }
         let Ok(m) = e.metadata() else { continue };
@@ -331,7 +382,7 @@ pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)
             continue;
         }
         let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-        found.push((mtime, e.path()));
+        found.push((mtime, e.path(), FileKey::of(&m)));
     }
     found.sort();
     Ok(found)
@@ -344,9 +395,11 @@ pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf)
 pub fn gunzip(
     path: &Path,
     mtime: std::time::SystemTime,
+    gz_key: FileKey,
     want: impl Fn(&[u8]) -> bool,
     from: u64,
     tmp_dir: &Path,
+    beat: &dyn Fn(),
 ) -> io::Result<Option<Gunzipped>> {
     let Ok(f) = File::open(path) else {
         return Ok(None);
@@ -364,7 +417,22 @@ pub fn gunzip(
     out.write_all_at(&first, 0)?;
     let mut len = n as u64;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut checked = u64::MAX;
     loop {
+        // Never fills the state directory's file system (a gzip bomb, or just too big):
+        // stops with an error while GUNZIP_RESERVE bytes are still free.
+        if checked > GUNZIP_CHECK_EVERY {
+            beat();
+            let free = free_bytes(tmp_dir)?;
+            if free < GUNZIP_RESERVE {
+                return Err(io::Error::other(format!(
+                    "stopped decompressing {} at byte {len}: {} has {free} bytes free, and                      {GUNZIP_RESERVE} are kept free",
+                    path.display(),
+                    tmp_dir.display()
+                )));
+            }
+            checked = 0;
+        }
         let k = match io::Read::read(&mut gz, &mut buf) {
             Ok(0) => break,
             Ok(k) => k,
@@ -376,6 +444,7 @@ pub fn gunzip(
             }
         };
         let end = len + k as u64;
+        checked = checked.saturating_add(k as u64);
         if end > from {
             let skip = from.saturating_sub(len) as usize;
             out.write_all_at(&buf[skip..k], len + skip as u64)?;
@@ -388,10 +457,36 @@ pub fn gunzip(
     out.set_len(len)?;
     Ok(Some(Gunzipped {
         gz: path.to_owned(),
+        gz_key,
         file: out,
         len,
         mtime,
     }))
+}
+
+/// What decompressing a `.gz` leaves free on the state directory's file system at least.
+pub const GUNZIP_RESERVE: u64 = 64 << 20;
+/// How many decompressed bytes between two looks at the free space (and beats).
+const GUNZIP_CHECK_EVERY: u64 = 8 << 20;
+
+/// Bytes an unprivileged process may still write on the file system of `dir`.
+#[allow(unsafe_code)]
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other(format!("{}: a NUL byte in the path", dir.display())))?;
+    // SAFETY: `statvfs` is plain old data, for which all zeroes is a valid value; `c` is
+    // a NUL-terminated path that outlives the call, and `st` a statvfs it only writes.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{}: statvfs: {e}", dir.display()),
+        ));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Fills `buf` from `r` as far as it goes; returns how many bytes.
@@ -501,6 +596,12 @@ mod tests {
             "app.log.2.gz",
             "other.log",
             "app.log",
+            // Other files whose names start as `app.log`'s does: no rotations of it.
+            "apport.log",
+            "apport.log.1",
+            "app-eu.log",
+            "app.log.bak",
+            "app.logger.1",
         ] {
             std::fs::write(d.join(n), "x\n").unwrap();
         }
@@ -537,8 +638,23 @@ mod tests {
         gz("app.log.2.gz", &text);
         gz("app.log.3.gz", "something else\n");
         gz("other.log.1.gz", &text);
+        gz("apport.log.1.gz", &text);
+        gz("app.log-eu.gz", &text);
+        let fam: Vec<PathBuf> = gz_family(&d.join("app.log.1"))
+            .unwrap()
+            .into_iter()
+            .map(|(_, p, _)| p)
+            .collect();
+        let mut fam: Vec<String> = fam
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        fam.sort();
+        assert_eq!(fam, ["app.log.2.gz", "app.log.3.gz"]);
+        assert_eq!(rotation_base("app.log-20261129-120000"), "app.log");
+        assert_eq!(rotation_base("orders.csv"), "orders.csv");
         let from = 10_000;
-        let g = find_gz(&d.join("app.log.1"), head, from, d)
+        let g = find_gz(&d.join("app.log.1"), head, from, d, &[], None, &|| {})
             .unwrap()
             .unwrap();
         assert_eq!(g.gz, d.join("app.log.2.gz"));
@@ -553,11 +669,15 @@ mod tests {
         );
         // Read to its end already: nothing to recover.
         let len = text.len() as u64;
-        assert!(find_gz(&live, head, len, d).unwrap().is_none());
-        // An unknown head: nothing either.
-        assert!(find_gz(&live, Head { len: 5, hash: 1 }, 0, d)
+        assert!(find_gz(&live, head, len, d, &[], None, &|| {})
             .unwrap()
             .is_none());
+        // An unknown head: nothing either.
+        assert!(
+            find_gz(&live, Head { len: 5, hash: 1 }, 0, d, &[], None, &|| {})
+                .unwrap()
+                .is_none()
+        );
         // No temporary file is left behind.
         assert!(std::fs::read_dir(d).unwrap().all(|e| !e
             .unwrap()

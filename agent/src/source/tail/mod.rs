@@ -18,7 +18,9 @@
 //!    changed was truncated (copytruncate), even if it has grown back past the read
 //!    position. What was not read yet is then read from the copy (same ids), and the
 //!    file gets a new generation and is read again from 0. The copy is a new file held
-//!    unread as a *possible copy* when the globs match it (see [`Tail::judge_new_files`]),
+//!    unread as a *possible copy* when the globs match it (see [`Tail::judge_new_files`];
+//!    a copy shorter than the file's head, made before the file grew, is matched against
+//!    the head's bytes, which the agent keeps),
 //!    else one found next to the file by its head, else a `.gz` rotation whose content
 //!    starts with the head (compressed before it was read; see `files::find_gz`).
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
@@ -41,9 +43,18 @@
 //! compressed or not) before reading the file again from 0. A file gone while the agent
 //! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
 //! across two rotations or more) is read from there, from its checkpointed offset under
-//! its own ids, before every other file; then `.gz` rotations modified since the stop
-//! whose content starts with no known head (written after the stop: the copies of a file
-//! still empty at the stop, a copy the next rotation compressed) are read whole. A
+//! its own ids, before every other file (at a start, the oldest `.gz` modified since the
+//! stop first: later generations may start with the same bytes, a CSV header); then
+//! `.gz` rotations modified since the stop, not already taken (one `.gz` recovers at
+//! most one file), whose content starts with no known head (written after the stop: the
+//! copies of a file still empty at the stop, a copy the next rotation compressed, a later
+//! generation of a vanished file whose rest was recovered) are read whole, under their
+//! own inode, or that number with bit 62 flipped when a file still known has it. Only
+//! names that are a rotation of the file's own name count (`files::gz_family`: never a
+//! mere prefix, `apport.log.1.gz` for `app.log`). Each `.gz` taken is decompressed whole
+//! into an unnamed file before it is read, stopping while 64 MiB are still free there
+//! (`files::GUNZIP_RESERVE`): a vanished file whose rest could not be decompressed stays
+//! in the checkpoint for the next start (see docs/design.md, known edges). A
 //! possible copy (unread, checkpointed at 0) is judged again. A file deleted while the agent was stopped with no such `.gz` is gone
 //! with whatever it held past the checkpoint: that is logged. Lines written between
 //! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
@@ -111,6 +122,10 @@ struct Tracked {
     fp: Option<u64>,
     /// The file's first bytes, checked again whenever it changed (see [`Head`]).
     head: Head,
+    /// The bytes `head` covers (up to 4 KiB), kept while the file is followed: a copy
+    /// `copytruncate` made before the file grew is recognised as their beginning, even
+    /// once the file is truncated (see [`note_first`]).
+    first: Vec<u8>,
     /// Check the head at the next look even if size and time look unchanged (a change was
     /// seen in the middle of a read).
     suspect: bool,
@@ -208,6 +223,9 @@ struct Out {
     /// Files dropped from reading: retire their entry once acknowledged to this offset.
     retiring: HashMap<FileKey, (u32, u64)>,
     last_error: Option<String>,
+    /// The `.gz` files (path and inode) whose content is already being read: one
+    /// compressed rotation recovers at most one file, and is never also read whole.
+    gz_taken: Vec<(PathBuf, FileKey)>,
     /// `lockstep quarantine resend` requests (see `resend`).
     resend: resend::Resend,
 }
@@ -276,6 +294,7 @@ impl Tail {
                 last_cp: Instant::now(),
                 retiring: HashMap::new(),
                 last_error: None,
+                gz_taken: Vec::new(),
                 resend: resend::Resend::default(),
                 cfg,
                 cx,
@@ -461,10 +480,27 @@ impl Tail {
                         rotated_live.push(c.path.clone());
                         // Rotated and compressed while stopped (`compress`): the rest is
                         // read from the `.gz` whose content starts as the file did.
-                        let g = c.head.and_then(|h| self.out.gunzip(&c.path, h, c.offset));
-                        if let Some(g) = g {
-                            recovered.push((g, c));
-                            continue;
+                        let since = self.out.cp.written;
+                        let g = match c.head {
+                            Some(h) => self.out.gunzip(&c.path, h, c.offset, since),
+                            None => Ok(None),
+                        };
+                        match g {
+                            Ok(Some(g)) => {
+                                recovered.push((g, c));
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(()) => {
+                                // Kept in the checkpoint: the next start tries again.
+                                tracing::error!(
+                                    "source {}: {} (checkpointed at byte {}) is kept for the next start; free space in the state directory, then restart",
+                                    self.out.cx.name,
+                                    c.path.display(),
+                                    c.offset
+                                );
+                                continue;
+                            }
                         }
                         tracing::warn!(
                             "source {}: {} (checkpointed at byte {}) is gone; whatever it held after that offset was not read",
@@ -591,6 +627,7 @@ impl Tail {
             fresh: false,
             copy_wait: None,
             recovered: true,
+            first: Vec::new(),
         });
     }
 
@@ -602,28 +639,39 @@ impl Tail {
     /// oldest first, after the rests recovered from the checkpoint's files and before
     /// every other file, under the `.gz` file's own ids.
     fn track_compressed_while_stopped(&mut self, since: SystemTime) {
-        let mut heads: Vec<Head> = self.out.cp.files.values().filter_map(|c| c.head).collect();
-        heads.extend(self.files.iter().map(|t| t.head));
+        // Known: the heads of the files followed, and of the checkpoint's files but those
+        // whose rest was just recovered from a `.gz`: every other `.gz` that starts as
+        // such a vanished file did is a later generation (the same CSV header), unread.
+        let recovered: Vec<FileKey> = self
+            .files
+            .iter()
+            .filter(|t| t.recovered)
+            .map(|t| t.key)
+            .collect();
+        let mut heads: Vec<Head> = self
+            .out
+            .cp
+            .files
+            .iter()
+            .filter(|(k, _)| !recovered.contains(k))
+            .filter_map(|(_, c)| c.head)
+            .collect();
+        heads.extend(self.files.iter().filter(|t| !t.recovered).map(|t| t.head));
         heads.retain(|h| h.len > 0);
+        // Only rotations of the checkpointed files' own names (see `files::gz_family`).
         let mut families: Vec<PathBuf> = Vec::new();
         for c in self.out.cp.files.values() {
-            let (Some(dir), Some(name)) = (c.path.parent(), c.path.file_name()) else {
-                continue;
-            };
-            let name = name.to_string_lossy();
-            let stem = name.split(['.', '-']).next().unwrap_or(&name);
-            let fam = dir.join(stem);
-            if !files::is_compressed(&c.path) && !families.contains(&fam) {
-                families.push(fam);
+            if !files::is_compressed(&c.path) && !families.contains(&c.path) {
+                families.push(c.path.clone());
             }
         }
-        let mut gzs: Vec<(SystemTime, PathBuf)> = Vec::new();
+        let mut gzs: Vec<(SystemTime, PathBuf, FileKey)> = Vec::new();
         for fam in &families {
             match files::gz_family(fam) {
                 Ok(found) => {
-                    for (m, p) in found {
-                        if m >= since && !gzs.iter().any(|(_, q)| *q == p) {
-                            gzs.push((m, p));
+                    for (m, p, k) in found {
+                        if m >= since && !gzs.iter().any(|(_, q, _)| *q == p) {
+                            gzs.push((m, p, k));
                         }
                     }
                 }
@@ -636,16 +684,15 @@ impl Tail {
         }
         gzs.sort();
         let tmp = self.out.cx.state_dir.join("checkpoints");
-        for (mtime, path) in gzs {
-            let Ok(m) = std::fs::metadata(&path) else {
-                continue;
-            };
-            let key = FileKey::of(&m);
-            if self.files.iter().any(|t| t.key == key) {
+        for (mtime, path, gz_key) in gzs {
+            // Only the `.gz` files already being read are skipped (not those that merely
+            // share an inode number with a vanished file the checkpoint knows).
+            if self.out.gz_taken.contains(&(path.clone(), gz_key)) {
                 continue;
             }
             let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
-            let g = match files::gunzip(&path, mtime, unknown, 0, &tmp) {
+            let beat = self.out.cx.beat.clone();
+            let g = match files::gunzip(&path, mtime, gz_key, unknown, 0, &tmp, &|| beat.beat()) {
                 Ok(Some(g)) => g,
                 Ok(None) => continue,
                 Err(e) => {
@@ -658,6 +705,21 @@ impl Tail {
                     self.out.last_error = Some(msg);
                     continue;
                 }
+            };
+            self.out.gz_taken.push((path.clone(), gz_key));
+            // Its inode number may be a vanished file's still in the checkpoint (or
+            // followed for its rest): then it is kept apart under a number no file has.
+            let taken = |k: &FileKey| {
+                self.files.iter().any(|t| t.key == *k)
+                    || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
+            };
+            let key = if taken(&gz_key) {
+                FileKey {
+                    dev: gz_key.dev,
+                    ino: gz_key.ino ^ (1 << 62),
+                }
+            } else {
+                gz_key
             };
             let fp = files::fingerprint(&g.file).ok().flatten();
             let head = Head::default()
@@ -827,6 +889,7 @@ impl Tail {
             fresh: offset == 0,
             copy_wait: None,
             recovered: false,
+            first: Vec::new(),
         });
     }
 
@@ -907,6 +970,7 @@ impl Tail {
             if let (false, Some(h)) = (truncated, head) {
                 t.head = h;
             }
+            note_first(t);
             if t.fp.is_none() {
                 t.fp = files::fingerprint(&t.file).ok().flatten();
             }
@@ -1098,9 +1162,15 @@ impl Tail {
                 j != i
                     && !c.recovered
                     && (c.copy_wait.is_some() || (c.fresh && c.read_pos() == 0))
-                    && c.file
+                    && (c.file
                         .metadata()
                         .is_ok_and(|m| matches!(t.head.recheck(&c.file, m.len()), Ok(Some(_))))
+                        // A copy made before the file grew: the beginning of what it held.
+                        || (c.copy_wait.is_some()
+                            && t.first.len() == t.head.len as usize
+                            && files::first_bytes(&c.file).is_ok_and(|b| {
+                                !b.is_empty() && b.len() < t.first.len() && t.first.starts_with(&b)
+                            })))
             })
             .max_by_key(|(_, c)| c.discovered)?
             .1;
@@ -1121,6 +1191,11 @@ impl Tail {
             .flatten()
             .unwrap_or_default();
         if let Some(c) = self.files.iter_mut().find(|c| c.key == key && !c.recovered) {
+            tracing::info!(
+                "source {}: {} is the copy of a truncated file; following it from byte {size}",
+                self.out.cx.name,
+                path.display()
+            );
             if c.read_pos() < size {
                 c.offset = size;
                 c.buf.clear();
@@ -1227,6 +1302,7 @@ impl Out {
                 }
             }
         }
+        note_first(t);
         self.cp.set_identity(t.key, t.gen, t.fp, t.head);
     }
 
@@ -1249,9 +1325,9 @@ impl Out {
                 let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
                 (path, copy, size, used)
             }
-            None => match self.gunzip(&t.path, t.head, t.read_pos()) {
-                Some(g) => (g.gz, g.file, g.len, None),
-                None => return Ok(None),
+            None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
+                Ok(Some(g)) => (g.gz, g.file, g.len, None),
+                Ok(None) | Err(()) => return Ok(None),
             },
         };
         if size > t.read_pos() {
@@ -1283,10 +1359,24 @@ impl Out {
 
     /// [`files::find_gz`], with errors logged: the rest of a file past `from`, from a
     /// compressed rotation next to `path` that starts with `head`.
-    fn gunzip(&mut self, path: &Path, head: Head, from: u64) -> Option<files::Gunzipped> {
+    fn gunzip(
+        &mut self,
+        path: &Path,
+        head: Head,
+        from: u64,
+        since: Option<SystemTime>,
+    ) -> Result<Option<files::Gunzipped>, ()> {
         let tmp = self.cx.state_dir.join("checkpoints");
-        match files::find_gz(path, head, from, &tmp) {
-            Ok(g) => g,
+        let beat = self.cx.beat.clone();
+        match files::find_gz(path, head, from, &tmp, &self.gz_taken, since, &|| {
+            beat.beat()
+        }) {
+            Ok(g) => {
+                if let Some(g) = &g {
+                    self.gz_taken.push((g.gz.clone(), g.gz_key));
+                }
+                Ok(g)
+            }
             Err(e) => {
                 let msg = format!(
                     "cannot recover the rest of {} (after byte {from}) from its compressed rotation \
@@ -1296,7 +1386,7 @@ impl Out {
                 );
                 tracing::error!("source {}: {msg}", self.cx.name);
                 self.last_error = Some(msg);
-                None
+                Err(())
             }
         }
     }
@@ -1821,9 +1911,28 @@ fn still_same(t: &Tracked) -> bool {
 /// Whether a new file whose first bytes are `first` starts as the followed file `o`
 /// does: with `o`'s head when `first` covers it, else (a copy still being written) with
 /// the bytes `o` holds now.
+/// Keeps `t.first` as the bytes `t.head` covers (read again only when the head changed;
+/// left as it was when the file no longer holds them: truncated meanwhile).
+fn note_first(t: &mut Tracked) {
+    let n = t.head.len as usize;
+    if t.first.len() == n && (n == 0 || t.head.starts(&t.first)) {
+        return;
+    }
+    if let Ok(mut b) = files::first_bytes(&t.file) {
+        if b.len() >= n && t.head.starts(&b) {
+            b.truncate(n);
+            t.first = b;
+        }
+    }
+}
+
 fn starts_as(first: &[u8], o: &Tracked) -> bool {
     if o.head.len > 0 && first.len() >= o.head.len as usize {
         return o.head.starts(first);
+    }
+    // Shorter than the head: a copy made before the file grew, perhaps already truncated.
+    if !first.is_empty() && o.first.len() == o.head.len as usize && o.first.starts_with(first) {
+        return true;
     }
     match files::first_bytes(&o.file) {
         Ok(have) => !first.is_empty() && have.len() >= first.len() && have[..first.len()] == *first,
