@@ -153,12 +153,21 @@ fn check_as_a_user_is_cut_off_from_root_and_a_sigint_removes_its_copies() {
     let copies = std::path::PathBuf::from(format!("/run/lockstep-check-{ppid}"));
     // The check, as nobody, connected to the silent broker.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut held = Vec::new();
     let child = loop {
         assert!(
             Instant::now() < deadline,
             "the check never reached the broker"
         );
-        let connected = silent.accept().is_ok();
+        // Held open (never answered): a dropped connection would end the check's
+        // connect at once, before the SIGINT below.
+        let connected = match silent.accept() {
+            Ok((conn, _)) => {
+                held.push(conn);
+                true
+            }
+            Err(_) => false,
+        };
         let kids = std::fs::read_to_string(format!("/proc/{ppid}/task/{ppid}/children"))
             .unwrap_or_default();
         if let (true, Some(c)) = (connected, kids.split_whitespace().next()) {
