@@ -1,6 +1,7 @@
 //! Rotation, truncation, delete and recreate, files appearing later.
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -833,17 +834,7 @@ async fn a_copy_of_a_file_empty_at_the_stop_compressed_while_stopped_is_read_who
     truncate(&live);
     gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
     // Both written since the stop, the older first (as logrotate keeps the copies' times).
-    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    for (name, ms) in [("app.log.2.gz", 1), ("app.log.1.gz", 2)] {
-        let f = fs::File::options()
-            .write(true)
-            .open(logs.join(name))
-            .unwrap();
-        f.set_modified(since + Duration::from_millis(ms)).unwrap();
-    }
+    changed_since_the_stop(&w, &logs, ["app.log.2.gz", "app.log.1.gz"]);
     append(&live, lines(200..300));
     let mut agent = w.agent(&cfg);
     expect_ids(&w, &mut agent, range(0..300)).await;
@@ -917,17 +908,7 @@ async fn a_csv_file_holding_only_its_header_at_the_stop_and_compressed_twice_los
     append(&live, ["id,status".to_owned()]);
     gzip(&logs.join("orders.csv.1"), &logs.join("orders.csv.1.gz"));
     // gzip keeps the times of what it compresses: the older generation is the older file.
-    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    for (name, ms) in [("orders.csv.2.gz", 1), ("orders.csv.1.gz", 2)] {
-        let f = fs::File::options()
-            .write(true)
-            .open(logs.join(name))
-            .unwrap();
-        f.set_modified(since + Duration::from_millis(ms)).unwrap();
-    }
+    changed_since_the_stop(&w, &logs, ["orders.csv.2.gz", "orders.csv.1.gz"]);
     append(&live, rows(100..150));
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(150, WAIT).await, 150, "{}", agent_log(&w));
@@ -976,17 +957,7 @@ async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
         ino,
         "setup: the filesystem gave the new .gz the freed inode number"
     );
-    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    for (name, ms) in [("app.log.2.gz", 1), ("app.log.1.gz", 2)] {
-        let f = fs::File::options()
-            .write(true)
-            .open(logs.join(name))
-            .unwrap();
-        f.set_modified(since + Duration::from_millis(ms)).unwrap();
-    }
+    changed_since_the_stop(&w, &logs, ["app.log.2.gz", "app.log.1.gz"]);
     let mut agent = w.agent(&cfg);
     expect_ids(&w, &mut agent, range(0..250)).await;
 }
@@ -1115,5 +1086,21 @@ struct Unmount(std::path::PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {
         run("umount", &["-l", self.0.to_str().unwrap_or_default()]);
+    }
+}
+
+/// Gives `names` modification times just after the agent's last checkpoint, in this
+/// order (oldest first): rotations compressed while it was stopped.
+fn changed_since_the_stop(w: &World, logs: &Path, names: [&str; 2]) {
+    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    for (ms, name) in (1..).zip(names) {
+        let f = fs::File::options()
+            .write(true)
+            .open(logs.join(name))
+            .unwrap();
+        f.set_modified(since + Duration::from_millis(ms)).unwrap();
     }
 }

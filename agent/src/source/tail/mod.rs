@@ -727,23 +727,8 @@ impl Tail {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            let gen = self.out.cp.files.get(&key).map_or(0, |c| {
-                if c.retired_ms.is_some() {
-                    c.gen + 1
-                } else {
-                    c.gen
-                }
-            });
-            let c = FileCp {
-                dev: key.dev,
-                ino: key.ino,
-                path: path.clone(),
-                fp,
-                head: Some(head),
-                gen,
-                offset: 0,
-                retired_ms: None,
-            };
+            let gen = self.out.cp.gen_for(&key);
+            let c = FileCp::followed(key, path.clone(), fp, head, gen, 0);
             self.out.cp.files.insert(key, c.clone());
             self.out.cp.dirty = true;
             tracing::info!(
@@ -846,16 +831,7 @@ impl Tail {
         });
         self.out.cp.files.insert(
             key,
-            FileCp {
-                dev: key.dev,
-                ino: key.ino,
-                path: path.to_owned(),
-                fp,
-                head: Some(head),
-                gen,
-                offset,
-                retired_ms: None,
-            },
+            FileCp::followed(key, path.to_owned(), fp, head, gen, offset),
         );
         self.out.cp.dirty = true;
         self.out.retiring.remove(&key);
@@ -1218,25 +1194,10 @@ impl Tail {
         }
         // Not seen yet (its file event is still on its way): recorded as read to its end,
         // so that it is followed from there when it is.
-        let gen = self.out.cp.files.get(&key).map_or(0, |c| {
-            if c.retired_ms.is_some() {
-                c.gen + 1
-            } else {
-                c.gen
-            }
-        });
+        let gen = self.out.cp.gen_for(&key);
         self.out.cp.files.insert(
             key,
-            FileCp {
-                dev: key.dev,
-                ino: key.ino,
-                path: path.to_owned(),
-                fp,
-                head: Some(head),
-                gen,
-                offset: size,
-                retired_ms: None,
-            },
+            FileCp::followed(key, path.to_owned(), fp, head, gen, size),
         );
         self.out.cp.dirty = true;
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);

@@ -40,6 +40,29 @@ pub struct FileCp {
     pub retired_ms: Option<i64>,
 }
 
+impl FileCp {
+    /// The entry of a file followed from now on at `path`, acknowledged up to `offset`.
+    pub fn followed(
+        key: FileKey,
+        path: PathBuf,
+        fp: Option<u64>,
+        head: Head,
+        gen: u32,
+        offset: u64,
+    ) -> FileCp {
+        FileCp {
+            dev: key.dev,
+            ino: key.ino,
+            path,
+            fp,
+            head: Some(head),
+            gen,
+            offset,
+            retired_ms: None,
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct OnDisk {
     version: u32,
@@ -128,6 +151,18 @@ impl Checkpoint {
                 self.dirty = true;
             }
         }
+    }
+
+    /// The generation for a file now at `key`: the next one when its entry was retired
+    /// (the inode number was freed and is used again), else the entry's (0 when none).
+    pub fn gen_for(&self, key: &FileKey) -> u32 {
+        self.files.get(key).map_or(0, |c| {
+            if c.retired_ms.is_some() {
+                c.gen + 1
+            } else {
+                c.gen
+            }
+        })
     }
 
     /// Records a file's fingerprint and head for generation `gen`: in its entry when the
