@@ -73,6 +73,13 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
         });
     }
 
+    // Tail sources may follow many files; how many they may hold open comes from this.
+    match crate::source::tail::raise_limit() {
+        Ok((soft, hard)) => {
+            tracing::debug!("open files: limit {soft} (hard limit {hard})")
+        }
+        Err(e) => tracing::warn!("cannot read the limit on open files: {e}"),
+    }
     let metrics = Arc::new(Metrics::default());
     let spool = Spool::open(
         &state_dir.join("spool"),

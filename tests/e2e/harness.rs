@@ -565,6 +565,46 @@ impl Agent {
         }
     }
 
+    /// Starts the agent with at most `nofile` open files (soft and hard limit, as
+    /// `ulimit -n` sets them).
+    pub fn start_nofile(config: &Path, log: &Path, nofile: u64) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = Command::new(lockstep_bin());
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("LOCKSTEP_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        #[allow(unsafe_code)]
+        // SAFETY: runs in the forked child before exec and only calls setrlimit
+        // (async-signal-safe) with a value on its stack.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let r = libc::rlimit {
+                    rlim_cur: nofile as libc::rlim_t,
+                    rlim_max: nofile as libc::rlim_t,
+                };
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &r) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        Agent {
+            child: Some(cmd.spawn().expect("start lockstep")),
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGTERM, then wait for a clean exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         self.terminate().and_then(|(s, _)| s.code())

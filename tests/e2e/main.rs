@@ -7,6 +7,7 @@ mod capture;
 mod cli;
 mod conn_strings;
 mod debounce;
+mod descriptors;
 mod faults;
 mod harness;
 mod key_types;

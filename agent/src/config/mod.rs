@@ -227,6 +227,9 @@ pub struct TailConfig {
     pub stat_interval: Duration,
     /// How long a file that left the glob (rotated away, deleted) is still read.
     pub rotate_wait: Duration,
+    /// How long a file still matched by the globs, read to its end and unchanged, stays
+    /// open; it is reopened by path when it changes.
+    pub close_idle: Duration,
     /// The most tables `table_field` may name; records of further tables are quarantined.
     pub max_tables: usize,
 }

@@ -100,6 +100,7 @@ struct RawSource {
     max_record_bytes: Option<Spanned<ConfigSize>>,
     stat_interval: Option<ConfigDuration>,
     rotate_wait: Option<ConfigDuration>,
+    close_idle: Option<Spanned<ConfigDuration>>,
     max_tables: Option<Spanned<i64>>,
     csv: Option<Spanned<RawCsv>>,
     // Keys of the trigger and poll kinds and of later features: known, so that they are
@@ -484,7 +485,7 @@ fn spool(cx: &Ctx, raw: Option<RawSpool>) -> Result<SpoolConfig, ConfigError> {
 }
 
 /// The keys only tail sources have.
-fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 9] {
+fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 10] {
     [
         ("paths", s.paths.as_ref().map(|v| v.span())),
         ("format", s.format.as_ref().map(|v| v.span())),
@@ -498,6 +499,7 @@ fn tail_keys(s: &RawSource) -> [(&'static str, Option<Range<usize>>); 9] {
         ),
         ("csv", s.csv.as_ref().map(|v| v.span())),
         ("max_tables", s.max_tables.as_ref().map(|v| v.span())),
+        ("close_idle", s.close_idle.as_ref().map(|v| v.span())),
     ]
 }
 
@@ -1194,6 +1196,16 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
         }
         Some(m) => *m.get_ref() as usize,
     };
+    let close_idle = match s.close_idle {
+        None => Duration::from_secs(300),
+        Some(d) if d.get_ref().0 >= Duration::from_secs(1) => d.into_inner().0,
+        Some(d) => {
+            return Err(cx.err(
+                d.span(),
+                format!("source `{name}`: `close_idle` must be at least 1s"),
+            ))
+        }
+    };
     Ok(SourceConfig {
         name,
         map: Mapping::default(),
@@ -1209,6 +1221,7 @@ fn tail_source(cx: &Ctx, s: RawSource, name: String) -> Result<SourceConfig, Con
             max_record_bytes,
             stat_interval: s.stat_interval.map_or(Duration::from_secs(1), |d| d.0),
             rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+            close_idle,
             max_tables,
         }),
     })

@@ -64,12 +64,13 @@
 //! is resumed at the old offset. A checkpoint written before heads existed is matched by
 //! the first line alone, once.
 
+mod fds;
 mod files;
 mod resend;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
+use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +94,7 @@ use crate::pipeline::debounce::{Debouncer, Released};
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{now_ms, Batch, Outgoing};
 
+pub use self::fds::raise_limit;
 pub use self::files::{scan, watch_root};
 
 /// Most bytes read from one file before the loop looks around again (checkpoints,
@@ -118,7 +120,15 @@ pub fn spawn(cfg: TailConfig, cx: SourceContext) -> std::io::Result<SourceThread
 struct Tracked {
     key: FileKey,
     path: PathBuf,
-    file: File,
+    /// `None` while closed: read to its end, still matched by the globs and unchanged for
+    /// `close_idle` (or closed early to make room; see `fds`). Looked at by path, and
+    /// reopened when it changes (see [`Tail::reopen`]).
+    file: Option<fds::Held>,
+    /// When the file was created (statx birth time, where the file system keeps one): a
+    /// closed file whose inode number a new file took is told from it on reopening.
+    born: Option<SystemTime>,
+    /// When its size or time last changed (or it was opened): how long it has been idle.
+    changed_at: Instant,
     fp: Option<u64>,
     /// The file's first bytes, checked again whenever it changed (see [`Head`]).
     head: Head,
@@ -251,6 +261,12 @@ struct Tail {
     /// generation's copy, seen late (its file event came after the truncation was found):
     /// it is followed from that offset, not read again.
     truncations: Vec<(Head, u64, Instant)>,
+    /// Files matched by the last scan that no file descriptor could be had for, and
+    /// closed files that changed but could not be opened again in the last round (see
+    /// `fds`); the sum is logged when it changes.
+    waiting_open: usize,
+    waiting_reopen: usize,
+    waiting_logged: usize,
 }
 
 impl Tail {
@@ -261,7 +277,13 @@ impl Tail {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let discovered = Arc::new(AtomicU64::new(0));
         let (watcher, events) =
-            match watch(&cfg.paths, globs.clone(), seen.clone(), discovered.clone()) {
+            match watch(
+                cx.name.clone(),
+                &cfg.paths,
+                globs.clone(),
+                seen.clone(),
+                discovered.clone(),
+            ) {
                 Ok((w, rx)) => (Some(w), Some(rx)),
                 Err(e) => {
                     tracing::warn!(
@@ -309,6 +331,9 @@ impl Tail {
             discovered,
             truncated_while_stopped: Vec::new(),
             truncations: Vec::new(),
+            waiting_open: 0,
+            waiting_reopen: 0,
+            waiting_logged: 0,
         })
     }
 
@@ -331,6 +356,8 @@ impl Tail {
                 // `pipeline::debounce`, "After a restart").
                 self.out.deb.set_merging(true);
             }
+            self.close_idle();
+            self.log_waiting();
             self.out.tick();
             if self.out.flush().is_err() || self.out.resend_turn().is_err() {
                 break;
@@ -422,6 +449,7 @@ impl Tail {
         for t in &mut self.files {
             t.matched = false;
         }
+        self.waiting_open = 0;
         for f in found {
             if let Some(t) = self
                 .files
@@ -433,7 +461,13 @@ impl Tail {
                 t.path = f.path;
                 continue;
             }
-            self.track(&f.path, true);
+            if !self.track(&f.path, true) {
+                self.waiting_open += 1;
+            }
+        }
+        if self.waiting_open > 0 {
+            // Looked for again as soon as files are read to their end and can be closed.
+            self.rescan = true;
         }
         if self.first_scan {
             // Files from the checkpoint that the globs no longer match: rotated to another
@@ -608,7 +642,9 @@ impl Tail {
         self.files.push(Tracked {
             key,
             path: g.gz,
-            file: g.file,
+            file: Some(fds::Budget::global().adopt(g.file)),
+            born: None,
+            changed_at: Instant::now(),
             fp: c.fp,
             head: c.head.unwrap_or_default(),
             suspect: false,
@@ -740,32 +776,193 @@ impl Tail {
         }
     }
 
-    /// Opens a file and tracks it.
-    fn track(&mut self, path: &Path, matched: bool) {
-        match File::open(path) {
+    /// Opens a file and tracks it. `false`: no file descriptor could be had for it (see
+    /// `fds`); it waits for a later look.
+    fn track(&mut self, path: &Path, matched: bool) -> bool {
+        match self.open(path, !matched) {
             Ok(file) => {
                 let order = self.discovered.fetch_add(1, Ordering::Relaxed);
                 self.track_file(path, file, matched, order);
+                true
             }
-            Err(e) => tracing::warn!(
-                "source {}: cannot open {}: {e}; trying again at the next scan",
+            Err(fds::OpenError::NoSlot) => false,
+            Err(fds::OpenError::Io(e)) => {
+                tracing::warn!(
+                    "source {}: cannot open {}: {e}; trying again at the next scan",
+                    self.out.cx.name,
+                    path.display()
+                );
+                true
+            }
+        }
+    }
+
+    /// Opens `path` within the tail sources' budget of open files (`urgent`: a file that
+    /// left the globs, which may go past it; see `fds`), first closing files of this
+    /// source that are read to their end when the budget is spent.
+    fn open(&mut self, path: &Path, urgent: bool) -> Result<fds::Held, fds::OpenError> {
+        loop {
+            match fds::Budget::global().open(path, urgent) {
+                Err(fds::OpenError::NoSlot) if self.close_one() => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// Closes the file of this source that is read to its end, still matched by the globs
+    /// and changed least recently (a file that never had a byte only after a second: it
+    /// may be a copy `copytruncate` is about to fill). `false`: none can be closed.
+    fn close_one(&mut self) -> bool {
+        let now = Instant::now();
+        let pick = self
+            .files
+            .iter_mut()
+            .filter(|t| closable(t) && (!t.fresh || now.duration_since(t.changed_at) >= Duration::from_secs(1)))
+            .min_by_key(|t| t.changed_at);
+        match pick {
+            Some(t) => {
+                tracing::debug!(
+                    "source {}: closing {} (read to its end) to open another file",
+                    self.out.cx.name,
+                    t.path.display()
+                );
+                t.file = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the files read to their end, still matched by the globs and unchanged for
+    /// `close_idle` (for a second while a file waits for a descriptor: see `fds`). They
+    /// are looked at by path from then on (see [`Tail::reopen`]).
+    fn close_idle(&mut self) {
+        let mut idle = self.out.cfg.close_idle;
+        if fds::Budget::global().starved_lately() {
+            idle = idle.min(Duration::from_secs(1));
+        }
+        let now = Instant::now();
+        for t in &mut self.files {
+            if closable(t) && now.duration_since(t.changed_at) >= idle {
+                tracing::debug!(
+                    "source {}: closing {} (read to its end, unchanged for {idle:?})",
+                    self.out.cx.name,
+                    t.path.display()
+                );
+                t.file = None;
+            }
+        }
+    }
+
+    /// Looks at closed file `i` by its path: reopens it when it changed, when it left the
+    /// globs, or when its name now holds another file (then it is looked for by its inode
+    /// in its directory: a rotation the watcher did not report). Returns whether it is
+    /// open now. A closed file found nowhere once the globs were scanned again was
+    /// deleted: it is dropped as read to its end.
+    fn reopen(&mut self, i: usize) -> bool {
+        let t = &self.files[i];
+        let here = fs::metadata(&t.path)
+            .ok()
+            .filter(|m| FileKey::of(m) == t.key);
+        let path = match here {
+            Some(m)
+                if t.gone_since.is_none()
+                    && m.len() == t.size
+                    && m.modified().ok() == Some(t.mtime) =>
+            {
+                return false;
+            }
+            Some(_) => t.path.clone(),
+            None => match files::find_in_dir(&t.path, t.key) {
+                Some(p) => p,
+                None if t.gone_since.is_none() => {
+                    // The next scan tells whether the globs match it under another name.
+                    self.rescan = true;
+                    return false;
+                }
+                None => {
+                    let t = &mut self.files[i];
+                    if t.nlink != 0 {
+                        t.nlink = 0;
+                        tracing::info!(
+                            "source {}: {} was deleted (or moved to another directory) while closed, read to byte {}; whatever was written to it after it was closed was not read",
+                            self.out.cx.name,
+                            t.path.display(),
+                            t.read_pos()
+                        );
+                    }
+                    return false;
+                }
+            },
+        };
+        let urgent = t.gone_since.is_some() || !self.globs.matches(&path);
+        let file = match self.open(&path, urgent) {
+            Ok(f) => f,
+            Err(fds::OpenError::NoSlot) => {
+                self.waiting_reopen += 1;
+                return false;
+            }
+            Err(fds::OpenError::Io(e)) => {
+                tracing::warn!(
+                    "source {}: cannot open {} again: {e}; trying again at the next look",
+                    self.out.cx.name,
+                    path.display()
+                );
+                return false;
+            }
+        };
+        let Ok(m) = file.metadata() else { return false };
+        if FileKey::of(&m) != self.files[i].key {
+            // Renamed again between the look and the open: the next round looks again.
+            return false;
+        }
+        self.files[i].path = path;
+        self.reopened(i, file, &m);
+        true
+    }
+
+    /// Closed file `i` is open again as `file`. Its identity was checked by device and
+    /// inode; when its birth time differs too, the file it was was deleted while closed
+    /// and a new one took its inode number: that one is read from byte 0 as a new
+    /// generation. Its head is checked at the next look (a truncation while closed).
+    fn reopened(&mut self, i: usize, file: fds::Held, m: &fs::Metadata) {
+        let born = m.created().ok();
+        let t = &mut self.files[i];
+        t.file = Some(file);
+        t.suspect = true;
+        t.changed_at = Instant::now();
+        if matches!((t.born, born), (Some(a), Some(b)) if a != b) {
+            tracing::info!(
+                "source {}: {} was deleted while closed, read to byte {}, and a new file took its inode number; reading the new one from byte 0",
                 self.out.cx.name,
-                path.display()
-            ),
+                t.path.display(),
+                t.read_pos()
+            );
+            t.born = born;
+            t.size = m.len();
+            self.out.new_generation(t, "deleted");
         }
     }
 
     /// Tracks an open file from now on (empty or not: it may be written and renamed away
     /// before the next look) and decides where reading starts. A file already tracked
     /// only takes the new name.
-    fn track_file(&mut self, path: &Path, file: File, matched: bool, order: u64) {
+    fn track_file(&mut self, path: &Path, file: fds::Held, matched: bool, order: u64) {
         let Ok(meta) = file.metadata() else { return };
         if !meta.is_file() {
             return;
         }
         let key = FileKey::of(&meta);
-        if let Some(t) = self.files.iter_mut().find(|t| t.key == key && !t.recovered) {
-            t.path = path.to_owned();
+        if let Some(i) = self
+            .files
+            .iter()
+            .position(|t| t.key == key && !t.recovered)
+        {
+            self.files[i].path = path.to_owned();
+            if self.files[i].file.is_none() {
+                // A closed file renamed (a rotation the watcher saw): open from now on.
+                self.reopened(i, file, &meta);
+            }
             return;
         }
         // None while the first line is incomplete (an empty file, as `create` makes).
@@ -846,7 +1043,9 @@ impl Tail {
         self.files.push(Tracked {
             key,
             path: path.to_owned(),
-            file,
+            born: meta.created().ok(),
+            changed_at: Instant::now(),
+            file: Some(file),
             fp,
             head,
             suspect: old_head.is_some(),
@@ -871,11 +1070,19 @@ impl Tail {
 
     /// Reads every file that has new bytes, oldest first. Returns the bytes read.
     fn read_round(&mut self) -> Result<u64, Stopping> {
+        self.waiting_reopen = 0;
         for i in 0..self.files.len() {
+            if self.files[i].file.is_none() && !self.reopen(i) {
+                continue;
+            }
             let t = &mut self.files[i];
-            let Ok(m) = t.file.metadata() else { continue };
+            let Some(f) = t.file.as_deref() else { continue };
+            let Ok(m) = f.metadata() else { continue };
             let mtime = m.modified().unwrap_or(t.mtime);
             let changed = m.len() != t.size || mtime != t.mtime || t.suspect;
+            if changed {
+                t.changed_at = Instant::now();
+            }
             t.size = m.len();
             t.mtime = mtime;
             t.nlink = m.nlink();
@@ -883,7 +1090,7 @@ impl Tail {
             // Cheap: at most one 4 KiB read of a file that changed. It finds a truncation
             // even when the file grew back past the read position before this look.
             let head = if changed {
-                match t.head.recheck(&t.file, t.size) {
+                match t.head.recheck(f, t.size) {
                     Ok(h) => h,
                     // Unreadable now: judge by the size alone this time.
                     Err(_) => Some(t.head),
@@ -910,15 +1117,6 @@ impl Tail {
                     self.truncations
                         .push((t.head, t.read_pos(), Instant::now()));
                 }
-                if !t.buf.is_empty() {
-                    // A record cut off by the truncation, with no copy that holds its end.
-                    let reason = "incomplete last record of a file that was truncated";
-                    let (off, len) = (t.offset, t.buf.len() as u64);
-                    let data = std::mem::take(&mut t.buf);
-                    t.offset += len;
-                    self.out
-                        .set_aside(t, off, data, len, reason.to_owned(), off + len);
-                }
                 FileTruncated {
                     source: &self.out.cx.name,
                     file: &t.path,
@@ -926,21 +1124,7 @@ impl Tail {
                     now: t.size,
                 }
                 .emit(&self.out.cx.counters);
-                t.gen += 1;
-                t.offset = 0;
-                t.buf.clear();
-                t.skipping = None;
-                t.fp = None;
-                t.head = Head::default()
-                    .recheck(&t.file, t.size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                t.decoder = Decoder::new(self.out.cfg.format.clone());
-                t.fresh = false;
-                // The checkpoint moves to the new generation only once every event of the
-                // old one is acknowledged: a stop before that finishes it at the next start.
-                self.out.mark_at(t.key, t.gen, 0);
+                self.out.new_generation(t, "truncated");
             }
             let t = &mut self.files[i];
             if let (false, Some(h)) = (truncated, head) {
@@ -948,7 +1132,7 @@ impl Tail {
             }
             note_first(t);
             if t.fp.is_none() {
-                t.fp = files::fingerprint(&t.file).ok().flatten();
+                t.fp = t.file.as_deref().and_then(|f| files::fingerprint(f).ok().flatten());
             }
             self.out.cp.set_identity(t.key, t.gen, t.fp, t.head);
         }
@@ -1047,7 +1231,8 @@ impl Tail {
             if !held && (!t.fresh || t.size == 0 || t.recovered) {
                 continue;
             }
-            let first = files::first_bytes(&t.file).ok();
+            let Some(f) = t.file.as_deref() else { continue };
+            let first = files::first_bytes(f).ok();
             if !held {
                 // The copy of a generation whose truncation was already handled: what it
                 // holds up to `read` was read (from the file, or from this copy found by
@@ -1062,8 +1247,8 @@ impl Tail {
                     let t = &mut self.files[i];
                     t.fresh = false;
                     t.offset = read.min(t.size);
-                    if t.decoder.needs_header() && t.offset > 0 {
-                        read_header(&t.file, &mut t.decoder, self.out.cfg.max_record_bytes);
+                    if let (true, Some(f)) = (t.decoder.needs_header() && t.offset > 0, &t.file) {
+                        read_header(f, &mut t.decoder, self.out.cfg.max_record_bytes);
                     }
                     tracing::info!(
                         "source {}: {} is the copy of a file whose truncation was already handled; following it from byte {}",
@@ -1138,20 +1323,24 @@ impl Tail {
                 j != i
                     && !c.recovered
                     && (c.copy_wait.is_some() || (c.fresh && c.read_pos() == 0))
-                    && (c.file
-                        .metadata()
-                        .is_ok_and(|m| matches!(t.head.recheck(&c.file, m.len()), Ok(Some(_))))
-                        // A copy made before the file grew: the beginning of what it held.
-                        || (c.copy_wait.is_some()
-                            && t.first.len() == t.head.len as usize
-                            && files::first_bytes(&c.file).is_ok_and(|b| {
-                                !b.is_empty() && b.len() < t.first.len() && t.first.starts_with(&b)
-                            })))
+                    && c.file.as_deref().is_some_and(|f| {
+                        f.metadata()
+                            .is_ok_and(|m| matches!(t.head.recheck(f, m.len()), Ok(Some(_))))
+                            // A copy made before the file grew: the beginning of what it held.
+                            || (c.copy_wait.is_some()
+                                && t.first.len() == t.head.len as usize
+                                && files::first_bytes(f).is_ok_and(|b| {
+                                    !b.is_empty()
+                                        && b.len() < t.first.len()
+                                        && t.first.starts_with(&b)
+                                }))
+                    })
             })
             .max_by_key(|(_, c)| c.discovered)?
             .1;
-        let size = c.file.metadata().ok()?.len();
-        Some((c.path.clone(), c.file.try_clone().ok()?, size))
+        let f = c.file.as_deref()?;
+        let size = f.metadata().ok()?.len();
+        Some((c.path.clone(), f.try_clone().ok()?, size))
     }
 
     /// A copy that what a truncated file had not read yet was read from: it holds nothing
@@ -1181,8 +1370,12 @@ impl Tail {
             c.copy_wait = None;
             c.fp = fp;
             c.head = head;
-            if c.decoder.needs_header() && c.offset > 0 {
-                read_header(&c.file, &mut c.decoder, self.out.cfg.max_record_bytes);
+            if c.file.is_none() {
+                c.file = Some(fds::Budget::global().adopt(file));
+                c.changed_at = Instant::now();
+            }
+            if let (true, Some(f)) = (c.decoder.needs_header() && c.offset > 0, &c.file) {
+                read_header(f, &mut c.decoder, self.out.cfg.max_record_bytes);
             }
             let (gen, offset) = (c.gen, c.offset);
             self.out.cp.set_identity(key, gen, fp, head);
@@ -1201,7 +1394,31 @@ impl Tail {
         );
         self.out.cp.dirty = true;
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
-        self.track_file(path, file, true, order);
+        self.track_file(path, fds::Budget::global().adopt(file), true, order);
+    }
+
+    /// Says when files start or stop waiting for a file descriptor (see `fds`).
+    fn log_waiting(&mut self) {
+        let waiting = self.waiting_open + self.waiting_reopen;
+        if waiting == self.waiting_logged {
+            return;
+        }
+        let b = fds::Budget::global();
+        if waiting > 0 && self.waiting_logged == 0 {
+            let (soft, _) = fds::limits().unwrap_or((0, 0));
+            tracing::warn!(
+                "source {}: {waiting} file(s) wait for a file descriptor: the tail sources hold {} open, their share ({}) of the limit of {soft} open files (RLIMIT_NOFILE); files read to their end are closed to make room, so the others are read in turn, more slowly. Raise LimitNOFILE (or `ulimit -n`) to follow this many files at once",
+                self.out.cx.name,
+                b.open_now(),
+                b.limit(),
+            );
+        } else if waiting == 0 {
+            tracing::info!(
+                "source {}: no file waits for a file descriptor any more",
+                self.out.cx.name
+            );
+        }
+        self.waiting_logged = waiting;
     }
 
     fn publish_status(&self) {
@@ -1222,6 +1439,7 @@ impl Tail {
                 serde_json::json!({
                     "path": t.path, "size": t.size, "read": t.read_pos(), "acknowledged": acked,
                     "generation": t.gen, "following": t.gone_since.is_none(),
+                    "open": t.file.is_some(),
                 })
             })
             .collect();
@@ -1240,6 +1458,8 @@ impl Tail {
             &self.out.cx.name,
             serde_json::json!({
                 "kind": "tail", "files": files, "lag_bytes": lag_bytes, "lag_seconds": lag_seconds,
+                "files_open": self.files.iter().filter(|t| t.file.is_some()).count(),
+                "files_waiting": self.waiting_open + self.waiting_reopen,
                 "events_sent": self.out.seq, "events_acknowledged": w,
                 "held_keys": self.out.deb.held(),
                 "quarantined": c.quarantined.load(Ordering::Relaxed),
@@ -1253,18 +1473,49 @@ impl Out {
     /// Takes a file's fingerprint and head as they are now (after a read: the checkpoint
     /// must know the content it points into, in case the file is truncated next).
     fn refresh_identity(&mut self, t: &mut Tracked) {
+        // A closed file's identity was taken when it was last read.
+        let Some(f) = t.file.as_deref() else { return };
         if t.fp.is_none() {
-            t.fp = files::fingerprint(&t.file).ok().flatten();
+            t.fp = files::fingerprint(f).ok().flatten();
         }
         if (t.head.len as usize) < files::HEAD_MAX {
-            if let Ok(m) = t.file.metadata() {
-                if let Ok(Some(h)) = t.head.recheck(&t.file, m.len()) {
+            if let Ok(m) = f.metadata() {
+                if let Ok(Some(h)) = t.head.recheck(f, m.len()) {
                     t.head = h;
                 }
             }
         }
         note_first(t);
         self.cp.set_identity(t.key, t.gen, t.fp, t.head);
+    }
+
+    /// Starts `t` again from byte 0 under a new generation (new ids): it was truncated, or
+    /// a new file took its inode number while it was closed. A record cut off at the end
+    /// of the old generation is set aside.
+    fn new_generation(&mut self, t: &mut Tracked, why: &str) {
+        if !t.buf.is_empty() {
+            // A record cut off by the truncation, with no copy that holds its end.
+            let reason = format!("incomplete last record of a file that was {why}");
+            let (off, len) = (t.offset, t.buf.len() as u64);
+            let data = std::mem::take(&mut t.buf);
+            t.offset += len;
+            self.set_aside(t, off, data, len, reason, off + len);
+        }
+        t.gen += 1;
+        t.offset = 0;
+        t.buf.clear();
+        t.skipping = None;
+        t.fp = None;
+        t.head = t
+            .file
+            .as_deref()
+            .and_then(|f| Head::default().recheck(f, t.size).ok().flatten())
+            .unwrap_or_default();
+        t.decoder = Decoder::new(self.cfg.format.clone());
+        t.fresh = false;
+        // The checkpoint moves to the new generation only once every event of the old
+        // one is acknowledged: a stop before that finishes it at the next start.
+        self.mark_at(t.key, t.gen, 0);
     }
 
     /// After a truncation of `t`: reads the rest of `t`'s generation, with `t`'s ids,
@@ -1300,7 +1551,7 @@ impl Out {
                 path.display()
             );
         }
-        let own = std::mem::replace(&mut t.file, copy);
+        let own = std::mem::replace(&mut t.file, Some(fds::Budget::global().adopt(copy)));
         let own_size = std::mem::replace(&mut t.size, size);
         let mut r = Ok(());
         while t.read_pos() < size && t.blocked.is_none() {
@@ -1372,7 +1623,11 @@ impl Out {
             let have = t.buf.len();
             let at = t.read_pos();
             t.buf.resize(have + CHUNK, 0);
-            let n = match t.file.read_at(&mut t.buf[have..], at) {
+            let got = match t.file.as_deref() {
+                Some(f) => f.read_at(&mut t.buf[have..], at),
+                None => Ok(0),
+            };
+            let n = match got {
                 Ok(n) => n,
                 Err(e) => {
                     t.buf.truncate(have);
@@ -1776,7 +2031,10 @@ impl Out {
     fn quarantine_long(&mut self, t: &mut Tracked, offset: u64, len: u64, reason: String) {
         let keep = (len as usize).min(self.cfg.max_record_bytes);
         let mut head = vec![0u8; keep];
-        let n = t.file.read_at(&mut head, offset).unwrap_or(0);
+        let n = t
+            .file
+            .as_deref()
+            .map_or(0, |f| f.read_at(&mut head, offset).unwrap_or(0));
         head.truncate(n);
         self.set_aside(t, offset, head, len, reason, offset + len);
     }
@@ -1860,13 +2118,31 @@ impl Out {
     }
 }
 
+/// Whether file `t` may be closed: open, read to its end (a partial last record is kept
+/// in memory), still matched by the globs, and nothing else waits on it (a record for
+/// the quarantine, a judgement as a possible copy). A file that left the globs is never
+/// closed: it is read to its end and dropped after `rotate_wait`.
+fn closable(t: &Tracked) -> bool {
+    t.file.is_some()
+        && t.matched
+        && t.gone_since.is_none()
+        && !t.recovered
+        && !t.suspect
+        && t.copy_wait.is_none()
+        && t.blocked.is_none()
+        && t.size == t.read_pos()
+}
+
 /// Whether a file still holds what was read of it: not shorter than the read position,
 /// and the same first bytes. One `fstat` and one read of at most 4 KiB.
 fn still_same(t: &Tracked) -> bool {
-    let Ok(m) = t.file.metadata() else {
+    let Some(f) = t.file.as_deref() else {
         return true;
     };
-    m.len() >= t.read_pos() && !matches!(t.head.recheck(&t.file, m.len()), Ok(None))
+    let Ok(m) = f.metadata() else {
+        return true;
+    };
+    m.len() >= t.read_pos() && !matches!(t.head.recheck(f, m.len()), Ok(None))
 }
 
 /// Whether a new file whose first bytes are `first` starts as the followed file `o`
@@ -1879,7 +2155,7 @@ fn note_first(t: &mut Tracked) {
     if t.first.len() == n && (n == 0 || t.head.starts(&t.first)) {
         return;
     }
-    if let Ok(mut b) = files::first_bytes(&t.file) {
+    if let Some(Ok(mut b)) = t.file.as_deref().map(files::first_bytes) {
         if b.len() >= n && t.head.starts(&b) {
             b.truncate(n);
             t.first = b;
@@ -1895,9 +2171,11 @@ fn starts_as(first: &[u8], o: &Tracked) -> bool {
     if !first.is_empty() && o.first.len() == o.head.len as usize && o.first.starts_with(first) {
         return true;
     }
-    match files::first_bytes(&o.file) {
-        Ok(have) => !first.is_empty() && have.len() >= first.len() && have[..first.len()] == *first,
-        Err(_) => false,
+    match o.file.as_deref().map(files::first_bytes) {
+        Some(Ok(have)) => {
+            !first.is_empty() && have.len() >= first.len() && have[..first.len()] == *first
+        }
+        _ => false,
     }
 }
 
@@ -1924,7 +2202,7 @@ struct Seen {
     /// Files opened the moment they appeared in the globs or were renamed into or out of
     /// them: held from then on, a file written and rotated away before the source's next
     /// look is still read.
-    opened: Vec<(PathBuf, File, u64)>,
+    opened: Vec<(PathBuf, fds::Held, u64)>,
     /// A file may have appeared or gone (or events were lost): scan the globs.
     structural: bool,
 }
@@ -1936,6 +2214,7 @@ const SEEN_MAX: usize = 4096;
 /// every file created in (or renamed into) the globs and every file renamed out of them,
 /// so that none is missed however fast logrotate turns; data changes only wake the loop.
 fn watch(
+    source: String,
     patterns: &[String],
     globs: Arc<Globs>,
     seen: Arc<Mutex<Seen>>,
@@ -1965,21 +2244,33 @@ fn watch(
             if let Ok(ev) = &res {
                 let open = match ev.kind {
                     EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                        ev.paths.first().filter(|p| globs.matches(p))
+                        ev.paths.first().filter(|p| globs.matches(p)).map(|p| (p, false))
                     }
-                    // A rename out of the globs (`app.log` to `app.log.1`): follow it.
+                    // A rename out of the globs (`app.log` to `app.log.1`): follow it (it
+                    // may be compressed or deleted soon, so past the budget if need be).
                     EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => match &ev.paths[..] {
-                        [from, to] if globs.matches(from) && !files::is_compressed(to) => Some(to),
+                        [from, to] if globs.matches(from) && !files::is_compressed(to) => {
+                            Some((to, !globs.matches(to)))
+                        }
                         _ => None,
                     },
                     _ => None,
                 };
-                if let Some(p) = open {
+                if let Some((p, urgent)) = open {
                     if s.opened.len() < SEEN_MAX {
-                        if let Ok(f) = File::open(p) {
-                            // Numbered now, in event order: the order files were created.
-                            let order = discovered.fetch_add(1, Ordering::Relaxed);
-                            s.opened.push((p.clone(), f, order));
+                        match fds::Budget::global().open(p, urgent) {
+                            Ok(f) => {
+                                // Numbered now, in event order: the order files were created.
+                                let order = discovered.fetch_add(1, Ordering::Relaxed);
+                                s.opened.push((p.clone(), f, order));
+                            }
+                            // No descriptor free: the scan finds it (and says how many wait).
+                            Err(fds::OpenError::NoSlot) => {}
+                            // Gone already (deleted, renamed again): the scan looks again.
+                            Err(fds::OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(fds::OpenError::Io(e)) => {
+                                tracing::warn!("source {source}: cannot open {}: {e}", p.display());
+                            }
                         }
                     }
                 }

@@ -1,0 +1,210 @@
+//! File descriptors: a tail source that follows more files than it may hold open, and
+//! files closed while idle (`close_idle`) that change, move or are replaced later.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// A change line of file `f`, its `n`th.
+fn rec(f: u64, n: u64) -> String {
+    format!(r#"{{"f":{f},"n":{n},"text":"file {f} line {n}"}}"#)
+}
+
+/// Checks that every file's lines arrived once each, in order: `want` maps a file to the
+/// number of lines written to it.
+fn check_files(w: &World, msgs: &[Msg], want: &BTreeMap<u64, u64>) {
+    let mut got: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for m in msgs {
+        let f = m.field("f").as_u64().expect("f");
+        let n = m.field("n").as_u64().expect("n");
+        got.entry(f).or_default().push(n);
+    }
+    let total: u64 = want.values().sum();
+    assert_eq!(
+        msgs.len() as u64,
+        total,
+        "events; files with a wrong count: {:?}\nagent log (tail):\n{}",
+        want.iter()
+            .filter(|(f, n)| got.get(f).map_or(0, |v| v.len() as u64) != **n)
+            .take(10)
+            .collect::<Vec<_>>(),
+        log_tail(w)
+    );
+    for (f, n) in want {
+        let ns = got.get(f).cloned().unwrap_or_default();
+        assert_eq!(ns, (0..*n).collect::<Vec<_>>(), "file {f}: once each, in order");
+    }
+    let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), msgs.len(), "no duplicate message ids");
+}
+
+fn log_tail(w: &World) -> String {
+    let log = agent_log(w);
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn write_lines(path: &Path, f: u64, from: u64, to: u64) {
+    append(path, (from..to).map(|n| rec(f, n)));
+}
+
+/// 2,000 files under `ulimit -n 256`: the tail source may hold 192 of them open. Each file
+/// is read to its end, closed to make room for the next, and opened again by path when
+/// it grows; 100 of them are rotated by a rename out of the globs and written to after
+/// the rename (the writer still has them open), and new files take their names. Before
+/// `close_idle`, files past the limit were never opened (a warning each scan) and the
+/// agent ran out of descriptors for its own spool and sockets.
+#[tokio::test]
+async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 2000;
+    let mut want = BTreeMap::new();
+    for f in 0..FILES {
+        write_lines(&logs.join(format!("d-{f:04}.log")), f, 0, 5);
+        want.insert(f, 5);
+    }
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "d-*.log",
+        "table = \"t\"\nkey = [\"f\", \"n\"]",
+    ));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 256);
+    let first = w.wait_count(FILES * 5, Duration::from_secs(240)).await;
+    assert_eq!(first, FILES * 5, "{}", log_tail(&w));
+    let pid = agent.pid().expect("running");
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(open_fds < 256, "{open_fds} descriptors open");
+    let s = w.status();
+    let st = &s["sources"]["vista"];
+    let open = st["files_open"].as_u64().expect("files_open");
+    assert!(
+        open <= 192 + 32,
+        "{open} files open of a budget of 192 (+ 32 for rotations)"
+    );
+    assert_eq!(st["files"].as_array().map(Vec::len), Some(FILES as usize));
+    // Every file grows; a hundred are rotated away and written to after the rename, and
+    // a new file takes each rotated name.
+    for f in 0..FILES {
+        let p = logs.join(format!("d-{f:04}.log"));
+        write_lines(&p, f, 5, 8);
+        *want.get_mut(&f).unwrap() = 8;
+        if f % 20 == 7 {
+            let rotated = logs.join(format!("d-{f:04}.log.1"));
+            std::fs::rename(&p, &rotated).unwrap();
+            write_lines(&rotated, f, 8, 10);
+            *want.get_mut(&f).unwrap() = 10;
+            write_lines(&p, 10_000 + f, 0, 4);
+            want.insert(10_000 + f, 4);
+        }
+    }
+    let total: u64 = want.values().sum();
+    let got = w.wait_count(total, Duration::from_secs(240)).await;
+    assert_eq!(got, total, "{}", log_tail(&w));
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &want);
+    let log = agent_log(&w);
+    assert!(
+        log.contains("wait for a file descriptor"),
+        "the wait is logged"
+    );
+    assert!(
+        !log.contains("Too many open files"),
+        "no open failed for lack of descriptors:\n{}",
+        log.lines()
+            .filter(|l| l.contains("Too many open files"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Waits until the status shows every followed file closed.
+async fn wait_all_closed(w: &World, files: usize) {
+    wait_for("the idle files to be closed", Duration::from_secs(60), || {
+        let s = w.status();
+        let f = &s["sources"]["vista"]["files"];
+        f.as_array().is_some_and(|a| {
+            a.len() == files && a.iter().all(|x| x["open"] == serde_json::json!(false))
+        })
+    })
+    .await;
+}
+
+/// Files closed after `close_idle` are opened again by path when they change: one grows,
+/// one is renamed out of the globs and written to after the rename, one is truncated and
+/// written again, one is deleted and a new file takes its name (and, on ext4, its inode
+/// number: told apart by its birth time), one is renamed within the globs. Every line
+/// arrives once, in order, under new ids where the content is new.
+#[tokio::test]
+async fn idle_files_are_closed_and_reopened_by_path_when_they_change() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    let names = ["a", "b", "c", "d", "e"];
+    let mut want = BTreeMap::new();
+    for (f, n) in names.iter().enumerate() {
+        write_lines(&logs.join(format!("{n}.log")), f as u64, 0, 3);
+        want.insert(f as u64, 3);
+    }
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "*.log",
+        "table = \"t\"\nkey = [\"f\", \"n\"]\nclose_idle = \"1s\"",
+    ));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(15, Duration::from_secs(60)).await, 15);
+    wait_all_closed(&w, 5).await;
+    // a grows.
+    write_lines(&logs.join("a.log"), 0, 3, 6);
+    want.insert(0, 6);
+    // b is rotated out of the globs, then written to by a writer that still has it.
+    let b = logs.join("b.log");
+    let mut writer = std::fs::OpenOptions::new().append(true).open(&b).unwrap();
+    std::fs::rename(&b, logs.join("b.log.1")).unwrap();
+    {
+        use std::io::Write;
+        let text: String = (3..7).map(|n| rec(1, n) + "\n").collect();
+        writer.write_all(text.as_bytes()).unwrap();
+    }
+    want.insert(1, 7);
+    // c is truncated and written again (a new generation: its lines are new).
+    let c = logs.join("c.log");
+    std::fs::write(&c, "").unwrap();
+    write_lines(&c, 12, 0, 2);
+    want.insert(12, 2);
+    // d is deleted and a new file takes its name (often its inode number too).
+    let d = logs.join("d.log");
+    let old_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&d).unwrap());
+    std::fs::remove_file(&d).unwrap();
+    write_lines(&d, 13, 0, 4);
+    want.insert(13, 4);
+    let new_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&d).unwrap());
+    eprintln!("d.log: inode {old_ino} then {new_ino}");
+    // e is renamed within the globs and grows.
+    let e = logs.join("e.log");
+    std::fs::rename(&e, logs.join("e2.log")).unwrap();
+    write_lines(&logs.join("e2.log"), 4, 3, 5);
+    want.insert(4, 5);
+    let total: u64 = want.values().sum();
+    assert_eq!(
+        w.wait_count(total, Duration::from_secs(60)).await,
+        total,
+        "{}",
+        log_tail(&w)
+    );
+    // Closed again once idle (b.log.1 is dropped once read and `rotate_wait` is over),
+    // and a later change is still seen.
+    wait_all_closed(&w, 4).await;
+    write_lines(&logs.join("a.log"), 0, 6, 8);
+    want.insert(0, 8);
+    let total = total + 2;
+    assert_eq!(w.wait_count(total, Duration::from_secs(60)).await, total);
+    assert_eq!(agent.stop(), Some(0));
+    check_files(&w, &w.messages().await, &want);
+}
