@@ -34,7 +34,11 @@ fn check_files(w: &World, msgs: &[Msg], want: &BTreeMap<u64, u64>) {
     );
     for (f, n) in want {
         let ns = got.get(f).cloned().unwrap_or_default();
-        assert_eq!(ns, (0..*n).collect::<Vec<_>>(), "file {f}: once each, in order");
+        assert_eq!(
+            ns,
+            (0..*n).collect::<Vec<_>>(),
+            "file {f}: once each, in order"
+        );
     }
     let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
     ids.sort_unstable();
@@ -54,10 +58,11 @@ fn write_lines(path: &Path, f: u64, from: u64, to: u64) {
 
 /// 2,000 files under `ulimit -n 256`: the tail source may hold 192 of them open. Each file
 /// is read to its end, closed to make room for the next, and opened again by path when
-/// it grows; 100 of them are rotated by a rename out of the globs and written to after
-/// the rename (the writer still has them open), and new files take their names. Before
-/// `close_idle`, files past the limit were never opened (a warning each scan) and the
-/// agent ran out of descriptors for its own spool and sockets.
+/// it grows: at the first start, at a restart on a checkpoint of 2,000 files that all
+/// grew while the agent was stopped, and while it runs, when 100 of them are rotated by
+/// a rename out of the globs and written to after the rename (the writer still has
+/// them open) and new files take their names. Before `close_idle` the agent ran out of
+/// descriptors: 10,070 events arrived for the first 10,000 lines.
 #[tokio::test]
 async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
     let mut w = World::new();
@@ -69,16 +74,15 @@ async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
         write_lines(&logs.join(format!("d-{f:04}.log")), f, 0, 5);
         want.insert(f, 5);
     }
-    let cfg = w.config_with(&w.tail_source(
-        "vista",
-        "d-*.log",
-        "table = \"t\"\nkey = [\"f\", \"n\"]",
-    ));
+    let cfg =
+        w.config_with(&w.tail_source("vista", "d-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
     let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 256);
     let first = w.wait_count(FILES * 5, Duration::from_secs(240)).await;
     assert_eq!(first, FILES * 5, "{}", log_tail(&w));
     let pid = agent.pid().expect("running");
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     assert!(open_fds < 256, "{open_fds} descriptors open");
     let s = w.status();
     let st = &s["sources"]["vista"];
@@ -88,17 +92,27 @@ async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
         "{open} files open of a budget of 192 (+ 32 for rotations)"
     );
     assert_eq!(st["files"].as_array().map(Vec::len), Some(FILES as usize));
-    // Every file grows; a hundred are rotated away and written to after the rename, and
-    // a new file takes each rotated name.
+    // Stopped, every file grows, and the agent starts again on a checkpoint of 2,000
+    // files, still under 256 descriptors.
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    for f in 0..FILES {
+        write_lines(&logs.join(format!("d-{f:04}.log")), f, 5, 8);
+        *want.get_mut(&f).unwrap() = 8;
+    }
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 256);
+    let second = w.wait_count(FILES * 8, Duration::from_secs(240)).await;
+    assert_eq!(second, FILES * 8, "{}", log_tail(&w));
+    // While it runs: every file grows; a hundred are rotated away and written to after
+    // the rename, and a new file takes each rotated name.
     for f in 0..FILES {
         let p = logs.join(format!("d-{f:04}.log"));
-        write_lines(&p, f, 5, 8);
-        *want.get_mut(&f).unwrap() = 8;
+        write_lines(&p, f, 8, 9);
+        *want.get_mut(&f).unwrap() = 9;
         if f % 20 == 7 {
             let rotated = logs.join(format!("d-{f:04}.log.1"));
             std::fs::rename(&p, &rotated).unwrap();
-            write_lines(&rotated, f, 8, 10);
-            *want.get_mut(&f).unwrap() = 10;
+            write_lines(&rotated, f, 9, 11);
+            *want.get_mut(&f).unwrap() = 11;
             write_lines(&p, 10_000 + f, 0, 4);
             want.insert(10_000 + f, 4);
         }
@@ -126,13 +140,17 @@ async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
 
 /// Waits until the status shows every followed file closed.
 async fn wait_all_closed(w: &World, files: usize) {
-    wait_for("the idle files to be closed", Duration::from_secs(60), || {
-        let s = w.status();
-        let f = &s["sources"]["vista"]["files"];
-        f.as_array().is_some_and(|a| {
-            a.len() == files && a.iter().all(|x| x["open"] == serde_json::json!(false))
-        })
-    })
+    wait_for(
+        "the idle files to be closed",
+        Duration::from_secs(60),
+        || {
+            let s = w.status();
+            let f = &s["sources"]["vista"]["files"];
+            f.as_array().is_some_and(|a| {
+                a.len() == files && a.iter().all(|x| x["open"] == serde_json::json!(false))
+            })
+        },
+    )
     .await;
 }
 
@@ -207,4 +225,43 @@ async fn idle_files_are_closed_and_reopened_by_path_when_they_change() {
     assert_eq!(w.wait_count(total, Duration::from_secs(60)).await, total);
     assert_eq!(agent.stop(), Some(0));
     check_files(&w, &w.messages().await, &want);
+}
+
+/// A closed file deleted and written again under its name, starting with the very same
+/// bytes (a job that rewrites its file whole), takes the old file's inode number (ext4
+/// reuses it at once): the device, inode and first bytes all match. Its birth time does
+/// not, so it is read from byte 0 under a new generation, not from the old offset.
+#[tokio::test]
+async fn a_closed_file_replaced_in_its_inode_with_the_same_first_bytes_is_read_whole() {
+    let mut w = World::new();
+    w.with_admin();
+    let p = w.logs().join("d.log");
+    write_lines(&p, 3, 0, 3);
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "*.log",
+        "table = \"t\"\nkey = [\"f\", \"n\"]\nclose_idle = \"1s\"",
+    ));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(3, Duration::from_secs(60)).await, 3);
+    wait_all_closed(&w, 1).await;
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let old = ino(&p);
+    std::fs::remove_file(&p).unwrap();
+    write_lines(&p, 3, 0, 5);
+    eprintln!("d.log: inode {old} then {}", ino(&p));
+    assert_eq!(
+        w.wait_count(8, Duration::from_secs(60)).await,
+        8,
+        "{}",
+        log_tail(&w)
+    );
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let ns: Vec<u64> = msgs.iter().map(|m| m.field("n").as_u64().unwrap()).collect();
+    assert_eq!(ns, [0, 1, 2, 0, 1, 2, 3, 4], "the old file, then the new one whole");
+    let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "new ids for the new file");
 }

@@ -1342,6 +1342,28 @@ mod tests {
         assert!(e.message.contains("not a key of poll sources"), "{e}");
     }
 
+    #[test]
+    fn close_idle() {
+        let tail = |c: &Config| match &c.sources[0].kind {
+            SourceKind::Tail(t) => t.close_idle,
+            _ => panic!("a tail source"),
+        };
+        assert_eq!(tail(&parse_str(MINIMAL).unwrap()), Duration::from_secs(300));
+        let text = MINIMAL.replace("table = \"t\"", "table = \"t\"\nclose_idle = \"30s\"");
+        assert_eq!(tail(&parse_str(&text).unwrap()), Duration::from_secs(30));
+        let e = parse_str(&text.replace("\"30s\"", "\"500ms\"")).unwrap_err();
+        assert!(
+            e.message.contains("`close_idle` must be at least 1s"),
+            "{e}"
+        );
+        let e = parse_str(&POLL.replace(
+            "table = \"PERMIT\"",
+            "table = \"PERMIT\"\nclose_idle = \"1m\"",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("not a key of poll sources"), "{e}");
+    }
+
     const POLL: &str = "[agent]\nid = \"a1\"\n\n[[source]]\nname = \"permits\"\nkind = \"poll\"\nodbc = \"DSN=P\"\ntable = \"PERMIT\"\n";
 
     #[test]

@@ -9,7 +9,11 @@
 //!    events, and every `stat_interval` (NFS, lost events). A file is held from the
 //!    moment it is first seen, even empty: logrotate's `create` makes an empty file that
 //!    may be written and rotated away before the next look, and a file renamed away or
-//!    deleted can still be read to its end. Compressed names are skipped.
+//!    deleted can still be read to its end. Compressed names are skipped. A file still
+//!    matched, read to its end and unchanged for `close_idle` is closed, and opened
+//!    again by path (same device, inode and birth time) when it changes; open files
+//!    are counted in one budget shared by the tail sources (see `fds`; files that
+//!    cannot be opened for want of a descriptor wait for the next look).
 //! 2. **Read** every file that grew, those that left the globs first, then oldest
 //!    modification time first; a file not read to its end holds back the files after it,
 //!    so a rotated file is finished before the file that replaced it. Each file's
@@ -276,24 +280,23 @@ impl Tail {
         let globs = Arc::new(Globs::new(&cfg.paths));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let discovered = Arc::new(AtomicU64::new(0));
-        let (watcher, events) =
-            match watch(
-                cx.name.clone(),
-                &cfg.paths,
-                globs.clone(),
-                seen.clone(),
-                discovered.clone(),
-            ) {
-                Ok((w, rx)) => (Some(w), Some(rx)),
-                Err(e) => {
-                    tracing::warn!(
-                        "source {}: cannot watch for file events ({e}); checking every {:?}",
-                        cx.name,
-                        cfg.stat_interval
-                    );
-                    (None, None)
-                }
-            };
+        let (watcher, events) = match watch(
+            cx.name.clone(),
+            &cfg.paths,
+            globs.clone(),
+            seen.clone(),
+            discovered.clone(),
+        ) {
+            Ok((w, rx)) => (Some(w), Some(rx)),
+            Err(e) => {
+                tracing::warn!(
+                    "source {}: cannot watch for file events ({e}); checking every {:?}",
+                    cx.name,
+                    cfg.stat_interval
+                );
+                (None, None)
+            }
+        };
         let mut deb = cx.debouncer();
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
@@ -450,6 +453,8 @@ impl Tail {
             t.matched = false;
         }
         self.waiting_open = 0;
+        // Every file the globs match now, opened or not (waiting for a descriptor).
+        let matched: std::collections::HashSet<FileKey> = found.iter().map(|f| f.key).collect();
         for f in found {
             if let Some(t) = self
                 .files
@@ -471,7 +476,8 @@ impl Tail {
         }
         if self.first_scan {
             // Files from the checkpoint that the globs no longer match: rotated to another
-            // name while the agent was stopped. Finish them first.
+            // name while the agent was stopped. Finish them first. (A file the globs
+            // match that waits for a descriptor is not missing.)
             let missing: Vec<FileCp> = self
                 .out
                 .cp
@@ -479,6 +485,10 @@ impl Tail {
                 .values()
                 .filter(|c| {
                     c.retired_ms.is_none()
+                        && !matched.contains(&FileKey {
+                            dev: c.dev,
+                            ino: c.ino,
+                        })
                         && !self.files.iter().any(|t| {
                             t.key
                                 == FileKey {
@@ -817,7 +827,10 @@ impl Tail {
         let pick = self
             .files
             .iter_mut()
-            .filter(|t| closable(t) && (!t.fresh || now.duration_since(t.changed_at) >= Duration::from_secs(1)))
+            .filter(|t| {
+                closable(t)
+                    && (!t.fresh || now.duration_since(t.changed_at) >= Duration::from_secs(1))
+            })
             .min_by_key(|t| t.changed_at);
         match pick {
             Some(t) => {
@@ -953,11 +966,7 @@ impl Tail {
             return;
         }
         let key = FileKey::of(&meta);
-        if let Some(i) = self
-            .files
-            .iter()
-            .position(|t| t.key == key && !t.recovered)
-        {
+        if let Some(i) = self.files.iter().position(|t| t.key == key && !t.recovered) {
             self.files[i].path = path.to_owned();
             if self.files[i].file.is_none() {
                 // A closed file renamed (a rotation the watcher saw): open from now on.
@@ -1132,7 +1141,10 @@ impl Tail {
             }
             note_first(t);
             if t.fp.is_none() {
-                t.fp = t.file.as_deref().and_then(|f| files::fingerprint(f).ok().flatten());
+                t.fp = t
+                    .file
+                    .as_deref()
+                    .and_then(|f| files::fingerprint(f).ok().flatten());
             }
             self.out.cp.set_identity(t.key, t.gen, t.fp, t.head);
         }
@@ -2244,7 +2256,10 @@ fn watch(
             if let Ok(ev) = &res {
                 let open = match ev.kind {
                     EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                        ev.paths.first().filter(|p| globs.matches(p)).map(|p| (p, false))
+                        ev.paths
+                            .first()
+                            .filter(|p| globs.matches(p))
+                            .map(|p| (p, false))
                     }
                     // A rename out of the globs (`app.log` to `app.log.1`): follow it (it
                     // may be compressed or deleted soon, so past the budget if need be).
@@ -2267,7 +2282,8 @@ fn watch(
                             // No descriptor free: the scan finds it (and says how many wait).
                             Err(fds::OpenError::NoSlot) => {}
                             // Gone already (deleted, renamed again): the scan looks again.
-                            Err(fds::OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(fds::OpenError::Io(e))
+                                if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(fds::OpenError::Io(e)) => {
                                 tracing::warn!("source {source}: cannot open {}: {e}", p.display());
                             }
