@@ -258,8 +258,15 @@ async fn a_closed_file_replaced_in_its_inode_with_the_same_first_bytes_is_read_w
     );
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
-    let ns: Vec<u64> = msgs.iter().map(|m| m.field("n").as_u64().unwrap()).collect();
-    assert_eq!(ns, [0, 1, 2, 0, 1, 2, 3, 4], "the old file, then the new one whole");
+    let ns: Vec<u64> = msgs
+        .iter()
+        .map(|m| m.field("n").as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        [0, 1, 2, 0, 1, 2, 3, 4],
+        "the old file, then the new one whole"
+    );
     let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();

@@ -1563,7 +1563,7 @@ impl Out {
                 path.display()
             );
         }
-        let own = std::mem::replace(&mut t.file, Some(fds::Budget::global().adopt(copy)));
+        let own = t.file.replace(fds::Budget::global().adopt(copy));
         let own_size = std::mem::replace(&mut t.size, size);
         let mut r = Ok(());
         while t.read_pos() < size && t.blocked.is_none() {
