@@ -774,7 +774,7 @@ impl Tail {
                 .flatten()
                 .unwrap_or_default();
             let gen = self.out.cp.gen_for(&key);
-            let c = FileCp::followed(key, path.clone(), fp, head, gen, 0);
+            let c = FileCp::followed(key, path.clone(), fp, head, gen, 0, None);
             self.out.cp.files.insert(key, c.clone());
             self.out.cp.dirty = true;
             tracing::info!(
@@ -988,8 +988,25 @@ impl Tail {
         };
         let mut fp = fp;
         let mut old_head = None;
+        let born = state::born_ns(meta.created().ok());
+        let same_birth = |c: &FileCp| born.is_some() && c.born_ns == born;
         let (gen, offset) = match self.out.cp.files.get(&key) {
-            Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
+            // Dropped (deleted, or left the globs and read to its end), and its inode
+            // number now holds another file. The same file seen again (its birth time
+            // says so: a rotation whose file event came after it was dropped) resumes
+            // where it was, below.
+            Some(c) if c.retired_ms.is_some() && !same_birth(c) => (c.gen + 1, 0),
+            // Another file than the checkpointed one, which was deleted while the agent
+            // was stopped (or while closed) and whose inode number it took.
+            Some(c) if born.is_some() && c.born_ns.is_some() && c.born_ns != born => {
+                tracing::info!(
+                    "source {name}: {} is a new file in the inode number of {} (deleted, read to byte {}); reading it from byte 0",
+                    path.display(),
+                    c.path.display(),
+                    c.offset
+                );
+                (c.gen + 1, 0)
+            }
             Some(c) if same(c) => {
                 if self.first_scan && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
                     // Empty when the agent stopped: copies made since (copytruncate)
@@ -1037,7 +1054,7 @@ impl Tail {
         });
         self.out.cp.files.insert(
             key,
-            FileCp::followed(key, path.to_owned(), fp, head, gen, offset),
+            FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born),
         );
         self.out.cp.dirty = true;
         self.out.retiring.remove(&key);
@@ -1146,7 +1163,8 @@ impl Tail {
                     .as_deref()
                     .and_then(|f| files::fingerprint(f).ok().flatten());
             }
-            self.out.cp.set_identity(t.key, t.gen, t.fp, t.head);
+            let born = state::born_ns(t.born);
+            self.out.cp.set_identity(t.key, t.gen, t.fp, t.head, born);
         }
         self.judge_new_files();
         let mut order: Vec<usize> = (0..self.files.len())
@@ -1390,7 +1408,8 @@ impl Tail {
                 read_header(f, &mut c.decoder, self.out.cfg.max_record_bytes);
             }
             let (gen, offset) = (c.gen, c.offset);
-            self.out.cp.set_identity(key, gen, fp, head);
+            let born = state::born_ns(m.created().ok());
+            self.out.cp.set_identity(key, gen, fp, head, born);
             self.out.cp.advance(key, gen, offset);
             return;
         }
@@ -1402,7 +1421,15 @@ impl Tail {
         let gen = self.out.cp.gen_for(&key);
         self.out.cp.files.insert(
             key,
-            FileCp::followed(key, path.to_owned(), fp, head, gen, size),
+            FileCp::followed(
+                key,
+                path.to_owned(),
+                fp,
+                head,
+                gen,
+                size,
+                state::born_ns(m.created().ok()),
+            ),
         );
         self.out.cp.dirty = true;
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
@@ -1498,7 +1525,8 @@ impl Out {
             }
         }
         note_first(t);
-        self.cp.set_identity(t.key, t.gen, t.fp, t.head);
+        self.cp
+            .set_identity(t.key, t.gen, t.fp, t.head, state::born_ns(t.born));
     }
 
     /// Starts `t` again from byte 0 under a new generation (new ids): it was truncated, or

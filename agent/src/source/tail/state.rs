@@ -38,6 +38,11 @@ pub struct FileCp {
     /// When the file was found gone and fully acknowledged (ms since epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_ms: Option<i64>,
+    /// The file's birth time (ns since the epoch), where its file system keeps one: a new
+    /// file that took the inode number of one deleted while the agent was stopped is told
+    /// from it even when its first bytes are the same. Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_ns: Option<u64>,
 }
 
 impl FileCp {
@@ -49,6 +54,7 @@ impl FileCp {
         head: Head,
         gen: u32,
         offset: u64,
+        born_ns: Option<u64>,
     ) -> FileCp {
         FileCp {
             dev: key.dev,
@@ -59,8 +65,17 @@ impl FileCp {
             gen,
             offset,
             retired_ms: None,
+            born_ns,
         }
     }
+}
+
+/// A birth time as stored in the checkpoint: nanoseconds since the epoch.
+pub fn born_ns(born: Option<std::time::SystemTime>) -> Option<u64> {
+    born?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos() as u64)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -85,7 +100,7 @@ pub struct Checkpoint {
     pub written: Option<std::time::SystemTime>,
     /// Fingerprint and head of a file's newer generation (after a truncation), taken
     /// over by its entry when the checkpoint reaches that generation.
-    next: HashMap<FileKey, (u32, Option<u64>, Head)>,
+    next: HashMap<FileKey, (u32, Option<u64>, Head, Option<u64>)>,
     pub dirty: bool,
 }
 
@@ -141,9 +156,9 @@ impl Checkpoint {
         if let Some(e) = self.files.get_mut(&key) {
             if (gen, offset) > (e.gen, e.offset) {
                 if gen != e.gen {
-                    (e.fp, e.head) = match self.next.remove(&key) {
-                        Some((g, fp, head)) if g == gen => (fp, Some(head)),
-                        _ => (None, None),
+                    (e.fp, e.head, e.born_ns) = match self.next.remove(&key) {
+                        Some((g, fp, head, born)) if g == gen => (fp, Some(head), born),
+                        _ => (None, None, None),
                     };
                 }
                 e.gen = gen;
@@ -165,21 +180,30 @@ impl Checkpoint {
         })
     }
 
-    /// Records a file's fingerprint and head for generation `gen`: in its entry when the
-    /// checkpoint is at that generation, else (a newer one, not yet reached) for later.
-    pub fn set_identity(&mut self, key: FileKey, gen: u32, fp: Option<u64>, head: Head) {
+    /// Records a file's fingerprint, head and birth time for generation `gen`: in its
+    /// entry when the checkpoint is at that generation, else (a newer one, not yet
+    /// reached) for later.
+    pub fn set_identity(
+        &mut self,
+        key: FileKey,
+        gen: u32,
+        fp: Option<u64>,
+        head: Head,
+        born_ns: Option<u64>,
+    ) {
         let Some(e) = self.files.get_mut(&key) else {
             return;
         };
         if e.gen == gen {
-            if e.fp != fp || e.head != Some(head) {
+            if e.fp != fp || e.head != Some(head) || e.born_ns != born_ns {
                 e.fp = fp;
                 e.head = Some(head);
+                e.born_ns = born_ns;
                 self.dirty = true;
             }
             self.next.remove(&key);
         } else if gen > e.gen {
-            self.next.insert(key, (gen, fp, head));
+            self.next.insert(key, (gen, fp, head, born_ns));
         }
     }
 
@@ -229,6 +253,7 @@ mod tests {
             gen: 0,
             offset: 100,
             retired_ms: None,
+            born_ns: None,
         };
         let with_head = Some(Head { len: 10, hash: 7 });
         let on_disk = |version, files| OnDisk { version, files };
@@ -266,11 +291,12 @@ mod tests {
                 gen: 0,
                 offset: 100,
                 retired_ms: None,
+                born_ns: None,
             },
         );
         // Truncated: generation 1 is read while generation 0's events still wait for acks.
         let new = Head { len: 3, hash: 9 };
-        cp.set_identity(key, 1, Some(6), new);
+        cp.set_identity(key, 1, Some(6), new, None);
         assert_eq!(
             cp.files[&key].head,
             Some(old),
@@ -284,7 +310,7 @@ mod tests {
         assert_eq!((e.gen, e.offset, e.fp, e.head), (1, 0, Some(6), Some(new)));
         // Within one generation the identity is written at once.
         let grown = Head { len: 40, hash: 11 };
-        cp.set_identity(key, 1, Some(6), grown);
+        cp.set_identity(key, 1, Some(6), grown, None);
         assert_eq!(cp.files[&key].head, Some(grown));
     }
 }
