@@ -34,7 +34,11 @@ fn check_files(w: &World, msgs: &[Msg], want: &BTreeMap<u64, u64>) {
     );
     for (f, n) in want {
         let ns = got.get(f).cloned().unwrap_or_default();
-        assert_eq!(ns, (0..*n).collect::<Vec<_>>(), "file {f}: once each, in order");
+        assert_eq!(
+            ns,
+            (0..*n).collect::<Vec<_>>(),
+            "file {f}: once each, in order"
+        );
     }
     let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
     ids.sort_unstable();
@@ -69,16 +73,15 @@ async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
         write_lines(&logs.join(format!("d-{f:04}.log")), f, 0, 5);
         want.insert(f, 5);
     }
-    let cfg = w.config_with(&w.tail_source(
-        "vista",
-        "d-*.log",
-        "table = \"t\"\nkey = [\"f\", \"n\"]",
-    ));
+    let cfg =
+        w.config_with(&w.tail_source("vista", "d-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
     let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 256);
     let first = w.wait_count(FILES * 5, Duration::from_secs(240)).await;
     assert_eq!(first, FILES * 5, "{}", log_tail(&w));
     let pid = agent.pid().expect("running");
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     assert!(open_fds < 256, "{open_fds} descriptors open");
     let s = w.status();
     let st = &s["sources"]["vista"];
@@ -126,13 +129,17 @@ async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
 
 /// Waits until the status shows every followed file closed.
 async fn wait_all_closed(w: &World, files: usize) {
-    wait_for("the idle files to be closed", Duration::from_secs(60), || {
-        let s = w.status();
-        let f = &s["sources"]["vista"]["files"];
-        f.as_array().is_some_and(|a| {
-            a.len() == files && a.iter().all(|x| x["open"] == serde_json::json!(false))
-        })
-    })
+    wait_for(
+        "the idle files to be closed",
+        Duration::from_secs(60),
+        || {
+            let s = w.status();
+            let f = &s["sources"]["vista"]["files"];
+            f.as_array().is_some_and(|a| {
+                a.len() == files && a.iter().all(|x| x["open"] == serde_json::json!(false))
+            })
+        },
+    )
     .await;
 }
 
@@ -207,4 +214,104 @@ async fn idle_files_are_closed_and_reopened_by_path_when_they_change() {
     assert_eq!(w.wait_count(total, Duration::from_secs(60)).await, total);
     assert_eq!(agent.stop(), Some(0));
     check_files(&w, &w.messages().await, &want);
+}
+
+/// The tail sources keep a share of `RLIMIT_NOFILE` for the rest of the agent, but the
+/// rest may take it all: many ODBC connections, a driver's own files, or, here, clients
+/// that connect to the admin endpoint and hold their connections. A scan of the globs
+/// then cannot list the directory. The files in it were taken for rotated away, dropped
+/// after `rotate_wait` and found again once descriptors were free, as new generations:
+/// every line was read again and sent under new message ids. A directory that cannot be
+/// listed keeps its files as they were.
+#[tokio::test]
+async fn a_scan_without_descriptors_keeps_the_files_it_could_not_list() {
+    use std::io::Write;
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 10;
+    const NOFILE: u64 = 128;
+    let mut want = BTreeMap::new();
+    for f in 0..FILES {
+        write_lines(&logs.join(format!("x-{f}.log")), f, 0, 5);
+        want.insert(f, 5);
+    }
+    // `rotate_wait = "0s"`: a file taken for rotated away is dropped at once.
+    let cfg = w.config_with(&format!(
+        "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/x-*.log\"]\n\
+         stat_interval = \"200ms\"\nrotate_wait = \"0s\"\ntable = \"t\"\nkey = [\"f\", \"n\"]\n",
+        logs.display()
+    ));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), NOFILE);
+    assert_eq!(
+        w.wait_count(FILES * 5, Duration::from_secs(60)).await,
+        FILES * 5
+    );
+    let pid = agent.pid().expect("running");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    // Connections to the admin endpoint take every descriptor the agent has left; those
+    // still in the listen backlog take any descriptor freed meanwhile. Each sends a byte
+    // now and then, so that the endpoint keeps waiting for its request.
+    let port = w.admin_port.expect("admin port");
+    let log_len = agent_log(&w).len();
+    let since = |w: &World| agent_log(w)[log_len..].to_owned();
+    let mut held: Vec<std::net::TcpStream> = (0..NOFILE)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let keep_alive = |held: &mut Vec<std::net::TcpStream>| {
+        for c in held.iter_mut() {
+            // A connection the agent closed is of no more use: ignored.
+            let _ = c.write_all(b"G");
+        }
+    };
+    // A scan cannot list the directory (the old code took the files for rotated away and,
+    // with `rotate_wait = "0s"`, dropped them at once).
+    let mut full = false;
+    wait_for(
+        "a scan without a descriptor left",
+        Duration::from_secs(60),
+        || {
+            keep_alive(&mut held);
+            full |= fds() >= NOFILE;
+            let log = since(&w);
+            full && (log.contains("cannot list") || log.contains("rotated away or deleted"))
+        },
+    )
+    .await;
+    drop(held);
+    // Descriptors are free again: a scan lists the directory (the old code found the
+    // files again as new ones).
+    wait_for(
+        "a scan that lists the directory",
+        Duration::from_secs(60),
+        || {
+            let log = since(&w);
+            log.contains("can be listed again") || log.contains("following")
+        },
+    )
+    .await;
+    // Descriptors are free again: every file grows and is read on from where it was.
+    for f in 0..FILES {
+        write_lines(&logs.join(format!("x-{f}.log")), f, 5, 8);
+        want.insert(f, 8);
+    }
+    let total: u64 = want.values().sum();
+    assert_eq!(
+        w.wait_count(total, Duration::from_secs(60)).await,
+        total,
+        "{}",
+        log_tail(&w)
+    );
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &want);
+    let log = agent_log(&w);
+    assert!(
+        !log.contains("rotated away or deleted") && !log.contains("done with"),
+        "no file was taken for gone:\n{}",
+        log.lines()
+            .filter(|l| l.contains("rotated away or deleted") || l.contains("done with"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -267,6 +267,9 @@ struct Tail {
     waiting_open: usize,
     waiting_reopen: usize,
     waiting_logged: usize,
+    /// Whether the last scan could not list a directory of the globs (logged once, and
+    /// again once it can).
+    unlisted: bool,
 }
 
 impl Tail {
@@ -276,24 +279,23 @@ impl Tail {
         let globs = Arc::new(Globs::new(&cfg.paths));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let discovered = Arc::new(AtomicU64::new(0));
-        let (watcher, events) =
-            match watch(
-                cx.name.clone(),
-                &cfg.paths,
-                globs.clone(),
-                seen.clone(),
-                discovered.clone(),
-            ) {
-                Ok((w, rx)) => (Some(w), Some(rx)),
-                Err(e) => {
-                    tracing::warn!(
-                        "source {}: cannot watch for file events ({e}); checking every {:?}",
-                        cx.name,
-                        cfg.stat_interval
-                    );
-                    (None, None)
-                }
-            };
+        let (watcher, events) = match watch(
+            cx.name.clone(),
+            &cfg.paths,
+            globs.clone(),
+            seen.clone(),
+            discovered.clone(),
+        ) {
+            Ok((w, rx)) => (Some(w), Some(rx)),
+            Err(e) => {
+                tracing::warn!(
+                    "source {}: cannot watch for file events ({e}); checking every {:?}",
+                    cx.name,
+                    cfg.stat_interval
+                );
+                (None, None)
+            }
+        };
         let mut deb = cx.debouncer();
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
@@ -334,6 +336,7 @@ impl Tail {
             waiting_open: 0,
             waiting_reopen: 0,
             waiting_logged: 0,
+            unlisted: false,
         })
     }
 
@@ -438,16 +441,22 @@ impl Tail {
     }
 
     /// Finds files: new ones are opened and tracked, tracked ones that left the globs
-    /// are marked gone.
+    /// are marked gone. A directory that cannot be listed (no file descriptor left for
+    /// it, permissions, I/O) tells nothing: the files in it stay as they were, and the
+    /// checkpoint's files in it are looked for once it can be listed.
     fn scan(&mut self) {
         self.rescan = false;
         self.last_scan = Instant::now();
-        let mut found = files::scan(&self.out.cfg.paths);
+        let mut scan = files::scan(&self.out.cfg.paths);
+        self.log_unlisted(&scan);
+        let mut found = std::mem::take(&mut scan.found);
         // Files resumed from the checkpoint are older than files seen for the first time.
         let cp = &self.out.cp.files;
         found.sort_by_key(|f| cp.get(&f.key).is_none_or(|c| c.retired_ms.is_some()));
         for t in &mut self.files {
-            t.matched = false;
+            if !scan.unknown(&t.path) {
+                t.matched = false;
+            }
         }
         self.waiting_open = 0;
         for f in found {
@@ -469,9 +478,11 @@ impl Tail {
             // Looked for again as soon as files are read to their end and can be closed.
             self.rescan = true;
         }
-        if self.first_scan {
+        let unknown = |c: &FileCp| c.retired_ms.is_none() && scan.unknown(&c.path);
+        if self.first_scan && !self.out.cp.files.values().any(unknown) {
             // Files from the checkpoint that the globs no longer match: rotated to another
-            // name while the agent was stopped. Finish them first.
+            // name while the agent was stopped. Finish them first. (Not while the
+            // directory of one of them cannot be listed: the next scan looks again.)
             let missing: Vec<FileCp> = self
                 .out
                 .cp
@@ -497,7 +508,19 @@ impl Tail {
                     ino: c.ino,
                 };
                 // A compressed rotation is never opened as text: its rest is recovered.
-                let found = files::find_in_dir(&c.path, key).filter(|p| !files::is_compressed(p));
+                let found = match files::find_in_dir(&c.path, key) {
+                    Ok(found) => found.filter(|p| !files::is_compressed(p)),
+                    Err(e) => {
+                        // Kept in the checkpoint: the next start looks again.
+                        tracing::error!(
+                            "source {}: {} (checkpointed at byte {}) is not in the globs, and its directory cannot be listed to find where it went ({e}); it is kept for the next start: fix the cause (raise LimitNOFILE when out of file descriptors), then restart",
+                            self.out.cx.name,
+                            c.path.display(),
+                            c.offset
+                        );
+                        continue;
+                    }
+                };
                 match found {
                     Some(p) => {
                         tracing::info!(
@@ -817,7 +840,10 @@ impl Tail {
         let pick = self
             .files
             .iter_mut()
-            .filter(|t| closable(t) && (!t.fresh || now.duration_since(t.changed_at) >= Duration::from_secs(1)))
+            .filter(|t| {
+                closable(t)
+                    && (!t.fresh || now.duration_since(t.changed_at) >= Duration::from_secs(1))
+            })
             .min_by_key(|t| t.changed_at);
         match pick {
             Some(t) => {
@@ -874,13 +900,22 @@ impl Tail {
             }
             Some(_) => t.path.clone(),
             None => match files::find_in_dir(&t.path, t.key) {
-                Some(p) => p,
-                None if t.gone_since.is_none() => {
+                Ok(Some(p)) => p,
+                Err(e) => {
+                    // Where it went is unknown: the next round looks again.
+                    tracing::debug!(
+                        "source {}: cannot look for closed file {} in its directory: {e}",
+                        self.out.cx.name,
+                        t.path.display()
+                    );
+                    return false;
+                }
+                Ok(None) if t.gone_since.is_none() => {
                     // The next scan tells whether the globs match it under another name.
                     self.rescan = true;
                     return false;
                 }
-                None => {
+                Ok(None) => {
                     let t = &mut self.files[i];
                     if t.nlink != 0 {
                         t.nlink = 0;
@@ -953,11 +988,7 @@ impl Tail {
             return;
         }
         let key = FileKey::of(&meta);
-        if let Some(i) = self
-            .files
-            .iter()
-            .position(|t| t.key == key && !t.recovered)
-        {
+        if let Some(i) = self.files.iter().position(|t| t.key == key && !t.recovered) {
             self.files[i].path = path.to_owned();
             if self.files[i].file.is_none() {
                 // A closed file renamed (a rotation the watcher saw): open from now on.
@@ -1132,7 +1163,10 @@ impl Tail {
             }
             note_first(t);
             if t.fp.is_none() {
-                t.fp = t.file.as_deref().and_then(|f| files::fingerprint(f).ok().flatten());
+                t.fp = t
+                    .file
+                    .as_deref()
+                    .and_then(|f| files::fingerprint(f).ok().flatten());
             }
             self.out.cp.set_identity(t.key, t.gen, t.fp, t.head);
         }
@@ -1397,6 +1431,26 @@ impl Tail {
         self.track_file(path, fds::Budget::global().adopt(file), true, order);
     }
 
+    /// Says when a scan first cannot list a directory of the globs, and when it can again.
+    fn log_unlisted(&mut self, scan: &files::Scan) {
+        let name = &self.out.cx.name;
+        for (dir, e) in &scan.unlisted {
+            if self.unlisted {
+                tracing::debug!("source {name}: still cannot list {}: {e}", dir.display());
+            } else {
+                tracing::warn!(
+                    "source {name}: cannot list {}: {e}; the files followed in it are kept as they are and it is listed again at the next scan. If the agent is out of file descriptors, raise LimitNOFILE (or `ulimit -n`)",
+                    dir.display()
+                );
+            }
+        }
+        let unlisted = !scan.unlisted.is_empty();
+        if self.unlisted && !unlisted {
+            tracing::info!("source {name}: the directories of the globs can be listed again");
+        }
+        self.unlisted = unlisted;
+    }
+
     /// Says when files start or stop waiting for a file descriptor (see `fds`).
     fn log_waiting(&mut self) {
         let waiting = self.waiting_open + self.waiting_reopen;
@@ -1551,7 +1605,7 @@ impl Out {
                 path.display()
             );
         }
-        let own = std::mem::replace(&mut t.file, Some(fds::Budget::global().adopt(copy)));
+        let own = t.file.replace(fds::Budget::global().adopt(copy));
         let own_size = std::mem::replace(&mut t.size, size);
         let mut r = Ok(());
         while t.read_pos() < size && t.blocked.is_none() {
@@ -2244,7 +2298,10 @@ fn watch(
             if let Ok(ev) = &res {
                 let open = match ev.kind {
                     EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                        ev.paths.first().filter(|p| globs.matches(p)).map(|p| (p, false))
+                        ev.paths
+                            .first()
+                            .filter(|p| globs.matches(p))
+                            .map(|p| (p, false))
                     }
                     // A rename out of the globs (`app.log` to `app.log.1`): follow it (it
                     // may be compressed or deleted soon, so past the budget if need be).
@@ -2267,7 +2324,8 @@ fn watch(
                             // No descriptor free: the scan finds it (and says how many wait).
                             Err(fds::OpenError::NoSlot) => {}
                             // Gone already (deleted, renamed again): the scan looks again.
-                            Err(fds::OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(fds::OpenError::Io(e))
+                                if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(fds::OpenError::Io(e)) => {
                                 tracing::warn!("source {source}: cannot open {}: {e}", p.display());
                             }
