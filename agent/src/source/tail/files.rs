@@ -577,6 +577,19 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn a_directory_that_cannot_be_listed_leaves_its_files_unknown() {
+        let scan = Scan {
+            found: Vec::new(),
+            unlisted: vec![(PathBuf::from("/var/log/app"), io::ErrorKind::Other.into())],
+        };
+        assert!(scan.unknown(Path::new("/var/log/app/a.log")));
+        assert!(scan.unknown(Path::new("/var/log/app/sub/a.log")));
+        assert!(!scan.unknown(Path::new("/var/log/app2/a.log")));
+        assert!(!scan.unknown(Path::new("/var/log/a.log")));
+        assert!(!Scan::default().unknown(Path::new("/var/log/app/a.log")));
+    }
+
+    #[test]
     fn fingerprint_waits_for_the_first_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
