@@ -505,6 +505,20 @@ pub fn ints(msgs: &[Msg], field: &str) -> Vec<i64> {
         .collect()
 }
 
+/// A failed test keeps its world (config, logs, state) for inspection: the path is
+/// printed. Set `LOCKSTEP_E2E_KEEP=1` to keep every world.
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("LOCKSTEP_E2E_KEEP").is_some() {
+            let Ok(spare) = tempfile::tempdir() else {
+                return;
+            };
+            let kept = std::mem::replace(&mut self.tmp, spare).keep();
+            eprintln!("the test's files are kept in {}", kept.display());
+        }
+    }
+}
+
 /// The `lockstep run` process.
 pub struct Agent {
     child: Option<Child>,

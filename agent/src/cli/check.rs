@@ -400,7 +400,8 @@ fn quarantines(cfg: &Config) -> Vec<Row> {
 fn tail_path(source: &str, pattern: &str) -> Row {
     let what = format!("source {source}");
     let (dir, _) = tail::watch_root(pattern);
-    let found = tail::scan(&[pattern.to_owned()]);
+    let scan = tail::scan(&[pattern.to_owned()]);
+    let found = scan.found;
     let unreadable: Vec<String> = found
         .iter()
         .filter(|f| std::fs::File::open(&f.path).is_err())
@@ -411,6 +412,8 @@ fn tail_path(source: &str, pattern: &str) -> Row {
             Some(false),
             format!("directory {} does not exist", dir.display()),
         )
+    } else if let Some((d, e)) = scan.unlisted.first() {
+        (Some(false), format!("cannot list {}: {e}", d.display()))
     } else if !unreadable.is_empty() {
         (
             Some(false),

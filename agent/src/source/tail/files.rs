@@ -166,18 +166,46 @@ pub struct Found {
     pub key: FileKey,
 }
 
-/// Lists the regular files matching `patterns`, in path order, without duplicates.
-pub fn scan(patterns: &[String]) -> Vec<Found> {
-    let mut out: Vec<Found> = Vec::new();
+/// What a look at the globs found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The regular files matching the globs, in path order, without duplicates.
+    pub found: Vec<Found>,
+    /// The directories that could not be listed, and why: out of file descriptors
+    /// (`EMFILE`, `ENFILE`: listing a directory takes one), permissions, I/O errors. What
+    /// they hold is unknown, not gone.
+    pub unlisted: Vec<(PathBuf, io::Error)>,
+}
+
+impl Scan {
+    /// Whether `path` lies in a directory that could not be listed: whether it is still
+    /// there is unknown.
+    pub fn unknown(&self, path: &Path) -> bool {
+        self.unlisted.iter().any(|(d, _)| path.starts_with(d))
+    }
+}
+
+/// Lists the regular files matching `patterns`, and the directories that could not be
+/// listed.
+pub fn scan(patterns: &[String]) -> Scan {
+    let mut out = Scan::default();
     for p in patterns {
         let Ok(paths) = glob::glob(p) else { continue };
-        for path in paths.flatten() {
+        for r in paths {
+            let path = match r {
+                Ok(path) => path,
+                Err(e) => {
+                    let dir = e.path().to_owned();
+                    out.unlisted.push((dir, e.into()));
+                    continue;
+                }
+            };
             if is_compressed(&path) {
                 continue;
             }
             if let Ok(m) = fs::metadata(&path) {
-                if m.is_file() && !out.iter().any(|f| f.path == path) {
-                    out.push(Found {
+                if m.is_file() && !out.found.iter().any(|f| f.path == path) {
+                    out.found.push(Found {
                         key: FileKey::of(&m),
                         path,
                     });
@@ -185,22 +213,26 @@ pub fn scan(patterns: &[String]) -> Vec<Found> {
             }
         }
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.found.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 
 /// Looks for a file with `key` in the directory of `was` (a file rotated to a name the
-/// globs do not match while the agent was stopped).
-pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
-    let dir = was.parent()?;
-    for e in fs::read_dir(dir).ok()?.flatten() {
+/// globs do not match while the agent was stopped). An error: the directory could not
+/// be listed (out of file descriptors, …), so whether the file is there is unknown.
+pub fn find_in_dir(was: &Path, key: FileKey) -> io::Result<Option<PathBuf>> {
+    let Some(dir) = was.parent() else {
+        return Ok(None);
+    };
+    for e in fs::read_dir(dir)? {
+        let e = e?;
         if let Ok(m) = e.metadata() {
             if m.is_file() && FileKey::of(&m) == key {
-                return Some(e.path());
+                return Ok(Some(e.path()));
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// Whether the file name `n` looks like a rotation of `name` (`live` plus a suffix, or
@@ -543,6 +575,19 @@ pub fn watch_root(pattern: &str) -> (PathBuf, bool) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_leaves_its_files_unknown() {
+        let scan = Scan {
+            found: Vec::new(),
+            unlisted: vec![(PathBuf::from("/var/log/app"), io::ErrorKind::Other.into())],
+        };
+        assert!(scan.unknown(Path::new("/var/log/app/a.log")));
+        assert!(scan.unknown(Path::new("/var/log/app/sub/a.log")));
+        assert!(!scan.unknown(Path::new("/var/log/app2/a.log")));
+        assert!(!scan.unknown(Path::new("/var/log/a.log")));
+        assert!(!Scan::default().unknown(Path::new("/var/log/app/a.log")));
+    }
 
     #[test]
     fn fingerprint_waits_for_the_first_line() {

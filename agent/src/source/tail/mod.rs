@@ -271,6 +271,9 @@ struct Tail {
     waiting_open: usize,
     waiting_reopen: usize,
     waiting_logged: usize,
+    /// Whether the last scan could not list a directory of the globs (logged once, and
+    /// again once it can).
+    unlisted: bool,
 }
 
 impl Tail {
@@ -337,6 +340,7 @@ impl Tail {
             waiting_open: 0,
             waiting_reopen: 0,
             waiting_logged: 0,
+            unlisted: false,
         })
     }
 
@@ -441,16 +445,22 @@ impl Tail {
     }
 
     /// Finds files: new ones are opened and tracked, tracked ones that left the globs
-    /// are marked gone.
+    /// are marked gone. A directory that cannot be listed (no file descriptor left for
+    /// it, permissions, I/O) tells nothing: the files in it stay as they were, and the
+    /// checkpoint's files in it are looked for once it can be listed.
     fn scan(&mut self) {
         self.rescan = false;
         self.last_scan = Instant::now();
-        let mut found = files::scan(&self.out.cfg.paths);
+        let mut scan = files::scan(&self.out.cfg.paths);
+        self.log_unlisted(&scan);
+        let mut found = std::mem::take(&mut scan.found);
         // Files resumed from the checkpoint are older than files seen for the first time.
         let cp = &self.out.cp.files;
         found.sort_by_key(|f| cp.get(&f.key).is_none_or(|c| c.retired_ms.is_some()));
         for t in &mut self.files {
-            t.matched = false;
+            if !scan.unknown(&t.path) {
+                t.matched = false;
+            }
         }
         self.waiting_open = 0;
         // Every file the globs match now, opened or not (waiting for a descriptor).
@@ -474,10 +484,12 @@ impl Tail {
             // Looked for again as soon as files are read to their end and can be closed.
             self.rescan = true;
         }
-        if self.first_scan {
+        let unknown = |c: &FileCp| c.retired_ms.is_none() && scan.unknown(&c.path);
+        if self.first_scan && !self.out.cp.files.values().any(unknown) {
             // Files from the checkpoint that the globs no longer match: rotated to another
             // name while the agent was stopped. Finish them first. (A file the globs
-            // match that waits for a descriptor is not missing.)
+            // match that waits for a descriptor is not missing; nor is one whose
+            // directory cannot be listed: the next scan looks again.)
             let missing: Vec<FileCp> = self
                 .out
                 .cp
@@ -507,7 +519,19 @@ impl Tail {
                     ino: c.ino,
                 };
                 // A compressed rotation is never opened as text: its rest is recovered.
-                let found = files::find_in_dir(&c.path, key).filter(|p| !files::is_compressed(p));
+                let found = match files::find_in_dir(&c.path, key) {
+                    Ok(found) => found.filter(|p| !files::is_compressed(p)),
+                    Err(e) => {
+                        // Kept in the checkpoint: the next start looks again.
+                        tracing::error!(
+                            "source {}: {} (checkpointed at byte {}) is not in the globs, and its directory cannot be listed to find where it went ({e}); it is kept for the next start: fix the cause (raise LimitNOFILE when out of file descriptors), then restart",
+                            self.out.cx.name,
+                            c.path.display(),
+                            c.offset
+                        );
+                        continue;
+                    }
+                };
                 match found {
                     Some(p) => {
                         tracing::info!(
@@ -887,13 +911,22 @@ impl Tail {
             }
             Some(_) => t.path.clone(),
             None => match files::find_in_dir(&t.path, t.key) {
-                Some(p) => p,
-                None if t.gone_since.is_none() => {
+                Ok(Some(p)) => p,
+                Err(e) => {
+                    // Where it went is unknown: the next round looks again.
+                    tracing::debug!(
+                        "source {}: cannot look for closed file {} in its directory: {e}",
+                        self.out.cx.name,
+                        t.path.display()
+                    );
+                    return false;
+                }
+                Ok(None) if t.gone_since.is_none() => {
                     // The next scan tells whether the globs match it under another name.
                     self.rescan = true;
                     return false;
                 }
-                None => {
+                Ok(None) => {
                     let t = &mut self.files[i];
                     if t.nlink != 0 {
                         t.nlink = 0;
@@ -1215,6 +1248,10 @@ impl Tail {
                         && t.blocked.is_none()
                         && t.copy_wait.is_none()
                         && (t.nlink == 0 || since.elapsed() >= rotate_wait)
+                        // A closed file that left the globs is read to its end once it is
+                        // found and opened again (it may have grown after the rename); it
+                        // is dropped unopened only when it was found nowhere (deleted).
+                        && (t.file.is_some() || t.nlink == 0)
                 }
                 None => false,
             };
@@ -1434,6 +1471,26 @@ impl Tail {
         self.out.cp.dirty = true;
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
         self.track_file(path, fds::Budget::global().adopt(file), true, order);
+    }
+
+    /// Says when a scan first cannot list a directory of the globs, and when it can again.
+    fn log_unlisted(&mut self, scan: &files::Scan) {
+        let name = &self.out.cx.name;
+        for (dir, e) in &scan.unlisted {
+            if self.unlisted {
+                tracing::debug!("source {name}: still cannot list {}: {e}", dir.display());
+            } else {
+                tracing::warn!(
+                    "source {name}: cannot list {}: {e}; the files followed in it are kept as they are and it is listed again at the next scan. If the agent is out of file descriptors, raise LimitNOFILE (or `ulimit -n`)",
+                    dir.display()
+                );
+            }
+        }
+        let unlisted = !scan.unlisted.is_empty();
+        if self.unlisted && !unlisted {
+            tracing::info!("source {name}: the directories of the globs can be listed again");
+        }
+        self.unlisted = unlisted;
     }
 
     /// Says when files start or stop waiting for a file descriptor (see `fds`).
