@@ -272,3 +272,171 @@ async fn a_closed_file_replaced_in_its_inode_with_the_same_first_bytes_is_read_w
     ids.dedup();
     assert_eq!(ids.len(), 8, "new ids for the new file");
 }
+
+/// `start_at = "end"` at the very first start, with more files than descriptors: every
+/// file present then starts after its last complete line, also the ones that had to wait
+/// for a descriptor at the first scan (each ends in a partial line, so the files opened
+/// first cannot be closed before they are read). Only what is written after the start
+/// arrives: the completed last line of each file, once.
+#[tokio::test]
+async fn start_at_end_holds_for_files_that_waited_for_a_descriptor_at_the_first_start() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 100;
+    for f in 0..FILES {
+        let p = logs.join(format!("s-{f:03}.log"));
+        write_lines(&p, f, 0, 3);
+        // The start of line 3, not finished yet.
+        let partial = rec(f, 3);
+        let (a, _) = partial.split_at(10);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, a.as_bytes()))
+            .unwrap();
+    }
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "s-*.log",
+        "table = \"t\"\nkey = [\"f\", \"n\"]\nstart_at = \"end\"",
+    ));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    wait_for("every file to be followed", Duration::from_secs(60), || {
+        w.status()["sources"]["vista"]["files"]
+            .as_array()
+            .is_some_and(|a| a.len() == FILES as usize)
+    })
+    .await;
+    for f in 0..FILES {
+        let p = logs.join(format!("s-{f:03}.log"));
+        let line = rec(f, 3);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, line[10..].as_bytes()))
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, b"\n"))
+            .unwrap();
+    }
+    // Everything that could arrive: the lines from before the start too.
+    let got = w.wait_count(FILES * 4, Duration::from_secs(20)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    let msgs = w.messages().await;
+    let before: Vec<(u64, u64)> = msgs
+        .iter()
+        .map(|m| {
+            (
+                m.field("f").as_u64().expect("f"),
+                m.field("n").as_u64().expect("n"),
+            )
+        })
+        .filter(|(_, n)| *n < 3)
+        .collect();
+    assert!(
+        before.is_empty(),
+        "{} line(s) from before the start were sent ({got} events), of {} file(s), e.g. {:?}",
+        before.len(),
+        before
+            .iter()
+            .map(|(f, _)| f)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        &before[..before.len().min(5)]
+    );
+    // Each file's line 3 once: the line finished after the start.
+    let want: BTreeMap<u64, u64> = (0..FILES).map(|f| (f, 1)).collect();
+    let mut got: BTreeMap<u64, u64> = BTreeMap::new();
+    for m in &msgs {
+        assert_eq!(m.field("n").as_u64(), Some(3), "only line 3");
+        *got.entry(m.field("f").as_u64().expect("f")).or_default() += 1;
+    }
+    assert_eq!(got, want, "line 3 of every file, once");
+}
+
+/// Two tail sources share the budget of open files (`ulimit -n 64`: 48 for the tail
+/// sources). One follows 60 files that are all written to without pause, so none is ever
+/// idle; the other follows one quiet file. The quiet source's file must still be read
+/// while the busy one is busy: a source may not keep every descriptor for itself.
+#[tokio::test]
+async fn a_busy_tail_source_does_not_starve_another_of_descriptors() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const BUSY: u64 = 60;
+    for f in 0..BUSY {
+        write_lines(&logs.join(format!("busy-{f:02}.log")), f, 0, 1);
+    }
+    let cfg = w.config_with(&format!(
+        "{}{}",
+        w.tail_source("busy", "busy-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"),
+        w.tail_source(
+            "quiet",
+            "quiet-*.log",
+            "table = \"q\"\nkey = [\"f\", \"n\"]"
+        )
+    ));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    assert_eq!(w.wait_count(BUSY, Duration::from_secs(60)).await, BUSY);
+    // Every busy file is written to every 50 ms from now on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, logs) = (stop.clone(), logs.clone());
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                for f in 0..BUSY {
+                    write_lines(&logs.join(format!("busy-{f:02}.log")), f, n, n + 1);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    // Let the busy source take what it can, then the quiet file appears.
+    wait_for(
+        "the busy files to be written",
+        Duration::from_secs(30),
+        || {
+            w.status()["sources"]["busy"]["events_sent"]
+                .as_u64()
+                .is_some_and(|n| n >= BUSY * 5)
+        },
+    )
+    .await;
+    write_lines(&logs.join("quiet-0.log"), 1000, 0, 5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet = 0;
+    while std::time::Instant::now() < deadline {
+        quiet = w.status()["sources"]["quiet"]["events_sent"]
+            .as_u64()
+            .unwrap_or(0);
+        if quiet >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    let st = w.status();
+    assert_eq!(
+        quiet,
+        5,
+        "the quiet source read {quiet} of 5 lines in 60 s while the busy one was busy (busy files open: {}, quiet waiting: {})\n{}",
+        st["sources"]["busy"]["files_open"],
+        st["sources"]["quiet"]["files_waiting"],
+        log_tail(&w)
+    );
+    let mut want: BTreeMap<u64, u64> = (0..BUSY).map(|f| (f, written)).collect();
+    want.insert(1000, 5);
+    let total: u64 = want.values().sum();
+    assert_eq!(w.wait_count(total, Duration::from_secs(120)).await, total);
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &want);
+}
