@@ -440,3 +440,69 @@ async fn a_busy_tail_source_does_not_starve_another_of_descriptors() {
     assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
     check_files(&w, &w.messages().await, &want);
 }
+
+/// A file truncated twice by the real logrotate's `copytruncate` while the agent was
+/// stopped, that waits for a descriptor at the next start (40 files that all grew while
+/// stopped, `ulimit -n 64`: 32 open at once, none closable before it is read): the rest
+/// of the checkpointed generation is read from the older copy, and the generation in
+/// the newer copy, never seen, is read whole, as for a file opened at the first scan.
+#[tokio::test]
+async fn a_file_copytruncated_twice_while_stopped_that_waits_for_a_descriptor_loses_nothing() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 40;
+    let path = |f: u64| logs.join(format!("c-{f:02}.log"));
+    for f in 0..FILES {
+        write_lines(&path(f), f, 0, 3);
+    }
+    let cfg =
+        w.config_with(&w.tail_source("vista", "c-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    assert_eq!(
+        w.wait_count(FILES * 3, Duration::from_secs(60)).await,
+        FILES * 3
+    );
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    let mut want: BTreeMap<u64, u64> = (0..FILES).map(|f| (f, 5)).collect();
+    for f in 0..FILES {
+        write_lines(&path(f), f, 3, 5);
+    }
+    // The last file by name (opened last): copytruncate, 2 lines, copytruncate, 2 lines.
+    let last = path(FILES - 1);
+    let conf = w.dir().join("logrotate.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{} {{\n    rotate 10\n    copytruncate\n    missingok\n    nomail\n}}\n",
+            last.display()
+        ),
+    )
+    .unwrap();
+    let state = w.dir().join("logrotate.state");
+    let rotate = || {
+        let out = std::process::Command::new("/usr/sbin/logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .expect("run logrotate");
+        assert!(out.status.success(), "logrotate: {out:?}");
+    };
+    rotate();
+    write_lines(&last, FILES - 1, 5, 7);
+    rotate();
+    write_lines(&last, FILES - 1, 7, 9);
+    want.insert(FILES - 1, 9);
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    let total: u64 = FILES * 3 + want.values().map(|n| n - 3).sum::<u64>();
+    let got = w.wait_count(total, Duration::from_secs(60)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    assert!(
+        agent_log(&w).contains("wait for a file descriptor"),
+        "files waited for a descriptor at the start"
+    );
+    assert_eq!(got, total, "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &want);
+}
