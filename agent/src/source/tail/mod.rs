@@ -253,6 +253,13 @@ struct Tail {
     seen: Arc<Mutex<Seen>>,
     _watcher: Option<notify::RecommendedWatcher>,
     first_scan: bool,
+    /// Files the first scan found that waited for a file descriptor (see `fds`): when
+    /// one is tracked later, it is judged as the first scan would have judged it
+    /// (`start_at`, a truncation while stopped).
+    waited_at_start: std::collections::HashSet<FileKey>,
+    /// No checkpoint existed when the source started (`cp.existed` is true once the
+    /// first one is written).
+    first_start: bool,
     rescan: bool,
     last_scan: Instant,
     /// Order of discovery, shared with the watcher, which numbers the files it opens.
@@ -301,6 +308,7 @@ impl Tail {
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
         deb.set_merging(!cp.existed);
+        let first_start = !cp.existed;
         Ok(Tail {
             files: Vec::new(),
             out: Out {
@@ -329,6 +337,8 @@ impl Tail {
             seen,
             _watcher: watcher,
             first_scan: true,
+            first_start,
+            waited_at_start: std::collections::HashSet::new(),
             rescan: true,
             last_scan: Instant::now(),
             discovered,
@@ -468,6 +478,20 @@ impl Tail {
             }
             if !self.track(&f.path, true) {
                 self.waiting_open += 1;
+                if self.first_scan {
+                    self.waited_at_start.insert(f.key);
+                }
+            }
+        }
+        if !self.first_scan {
+            // One that vanished before it had a descriptor: its inode number may be a
+            // new file's later.
+            self.waited_at_start.retain(|k| matched.contains(k));
+            // Copies made while stopped of files that waited for a descriptor at the
+            // start and were found truncated once opened (see `track_file`).
+            let truncated = std::mem::take(&mut self.truncated_while_stopped);
+            if let (false, Some(since)) = (truncated.is_empty(), self.out.cp.written) {
+                self.track_rotated_while_stopped(&truncated, since);
             }
         }
         if self.waiting_open > 0 {
@@ -966,6 +990,8 @@ impl Tail {
             return;
         }
         let key = FileKey::of(&meta);
+        // Judged as at the first scan: found then, but it waited for a descriptor.
+        let at_start = self.first_scan || self.waited_at_start.remove(&key);
         if let Some(i) = self.files.iter().position(|t| t.key == key && !t.recovered) {
             self.files[i].path = path.to_owned();
             if self.files[i].file.is_none() {
@@ -991,7 +1017,7 @@ impl Tail {
         let (gen, offset) = match self.out.cp.files.get(&key) {
             Some(c) if c.retired_ms.is_some() => (c.gen + 1, 0),
             Some(c) if same(c) => {
-                if self.first_scan && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
+                if at_start && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
                     // Empty when the agent stopped: copies made since (copytruncate)
                     // hold what was written to it meanwhile.
                     self.truncated_while_stopped.push((path.to_owned(), None));
@@ -1005,7 +1031,7 @@ impl Tail {
             Some(c) if c.head.is_some_and(|h| h.len > 0) => {
                 fp = c.fp;
                 old_head = c.head;
-                if self.first_scan {
+                if at_start {
                     self.truncated_while_stopped.push((path.to_owned(), c.head));
                 }
                 (c.gen, c.offset)
@@ -1020,10 +1046,7 @@ impl Tail {
                 .emit(&self.out.cx.counters);
                 (c.gen + 1, 0)
             }
-            None if self.first_scan
-                && !self.out.cp.existed
-                && self.out.cfg.start_at == StartAt::End =>
-            {
+            None if at_start && self.first_start && self.out.cfg.start_at == StartAt::End => {
                 (0, files::end_of_last_line(&file, size).unwrap_or(0))
             }
             None => (0, 0),
