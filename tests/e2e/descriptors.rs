@@ -506,3 +506,83 @@ async fn a_file_copytruncated_twice_while_stopped_that_waits_for_a_descriptor_lo
     assert_eq!(got, total, "{}", log_tail(&w));
     check_files(&w, &w.messages().await, &want);
 }
+
+/// One rotation scheme of the real logrotate for [`closed_file_rotations`].
+fn logrotate_conf(live: &Path, opts: &[&str]) -> String {
+    format!(
+        "{} {{\n    rotate 100\n    missingok\n    ifempty\n    nomail\n    {}\n}}\n",
+        live.display(),
+        opts.join("\n    ")
+    )
+}
+
+/// A file closed while idle (`close_idle = "1s"`) is written to and at once rotated by
+/// the real logrotate, before the agent's next look, six times, with a glob that matches
+/// the rotations (`app.log*`): every line arrives once, in order.
+async fn closed_file_rotations(opts: &[&str]) {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    write_lines(&live, 0, 0, 3);
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "app.log*",
+        "table = \"t\"\nkey = [\"f\", \"n\"]\nclose_idle = \"1s\"",
+    ));
+    let conf = w.dir().join("logrotate.conf");
+    std::fs::write(&conf, logrotate_conf(&live, opts)).unwrap();
+    let state = w.dir().join("logrotate.state");
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(3, Duration::from_secs(60)).await, 3);
+    let mut n = 3;
+    for _ in 0..6 {
+        wait_for("the files to be closed", Duration::from_secs(60), || {
+            let s = w.status();
+            s["sources"]["vista"]["files"].as_array().is_some_and(|a| {
+                !a.is_empty() && a.iter().all(|x| x["open"] == serde_json::json!(false))
+            })
+        })
+        .await;
+        write_lines(&live, 0, n, n + 3);
+        n += 3;
+        let out = std::process::Command::new("/usr/sbin/logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .expect("run logrotate");
+        assert!(out.status.success(), "logrotate: {out:?}");
+        if opts.contains(&"dateext") {
+            // dateext names rotations by the second: one rotation a second.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    let got = w.wait_count(n, Duration::from_secs(30)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    assert_eq!(got, n, "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &BTreeMap::from([(0, n)]));
+}
+
+#[tokio::test]
+async fn closed_file_copytruncated_with_a_glob_matching_the_copies() {
+    closed_file_rotations(&["copytruncate"]).await;
+}
+
+#[tokio::test]
+async fn closed_file_rotated_and_compressed_at_once() {
+    closed_file_rotations(&["create", "compress"]).await;
+}
+
+#[tokio::test]
+async fn closed_file_rotated_with_dateext_and_delaycompress() {
+    closed_file_rotations(&[
+        "create",
+        "dateext",
+        "dateformat -%Y%m%d-%H%M%S",
+        "compress",
+        "delaycompress",
+    ])
+    .await;
+}
