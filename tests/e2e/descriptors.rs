@@ -586,3 +586,73 @@ async fn closed_file_rotated_with_dateext_and_delaycompress() {
     ])
     .await;
 }
+
+/// 200 files under `ulimit -n 64`, all closed once idle; then 100 of them are each
+/// written to, renamed out of the globs (`x-N.log` to `x-N.log.1`, in the same
+/// directory) and written to again, all at once. The watcher's urgent opens and the
+/// reopening of the closed files by their inode must not take the descriptors the rest
+/// of the agent needs (a directory listing, a checkpoint), and a file whose directory
+/// cannot be listed is not taken for deleted: every line arrives once, in order.
+#[tokio::test]
+async fn closed_files_renamed_out_of_the_globs_at_once_under_ulimit_64_lose_nothing() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 200;
+    let path = |f: u64| logs.join(format!("x-{f:03}.log"));
+    let mut want = BTreeMap::new();
+    for f in 0..FILES {
+        write_lines(&path(f), f, 0, 3);
+        want.insert(f, 3);
+    }
+    let cfg =
+        w.config_with(&w.tail_source("vista", "x-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    assert_eq!(
+        w.wait_count(FILES * 3, Duration::from_secs(120)).await,
+        FILES * 3,
+        "{}",
+        log_tail(&w)
+    );
+    wait_all_closed(&w, FILES as usize).await;
+    for f in 0..FILES / 2 {
+        write_lines(&path(f), f, 3, 4);
+        let rotated = logs.join(format!("x-{f:03}.log.1"));
+        std::fs::rename(path(f), &rotated).unwrap();
+        write_lines(&rotated, f, 4, 5);
+        want.insert(f, 5);
+    }
+    let total: u64 = want.values().sum();
+    // Every rotated file read and dropped: only the 100 others are followed.
+    wait_for(
+        "the rotated files to be done with",
+        Duration::from_secs(60),
+        || {
+            w.status()["sources"]["vista"]["files"]
+                .as_array()
+                .is_some_and(|a| a.len() == (FILES / 2) as usize)
+        },
+    )
+    .await;
+    let got = w.wait_count(total, Duration::from_secs(10)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    let log = agent_log(&w);
+    assert_eq!(
+        got,
+        total,
+        "{} file(s) taken for deleted; {} 'Too many open files' in the log",
+        log.matches("was deleted (or moved to another directory) while closed")
+            .count(),
+        log.matches("Too many open files").count()
+    );
+    check_files(&w, &w.messages().await, &want);
+    assert!(
+        !log.contains("Too many open files"),
+        "no open failed for lack of descriptors:\n{}",
+        log.lines()
+            .filter(|l| l.contains("Too many open files"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
