@@ -191,16 +191,18 @@ pub fn scan(patterns: &[String]) -> Vec<Found> {
 
 /// Looks for a file with `key` in the directory of `was` (a file rotated to a name the
 /// globs do not match while the agent was stopped).
-pub fn find_in_dir(was: &Path, key: FileKey) -> Option<PathBuf> {
-    let dir = was.parent()?;
-    for e in fs::read_dir(dir).ok()?.flatten() {
+pub fn find_in_dir(was: &Path, key: FileKey) -> io::Result<Option<PathBuf>> {
+    let Some(dir) = was.parent() else {
+        return Ok(None);
+    };
+    for e in fs::read_dir(dir)?.flatten() {
         if let Ok(m) = e.metadata() {
             if m.is_file() && FileKey::of(&m) == key {
-                return Some(e.path());
+                return Ok(Some(e.path()));
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// Whether the file name `n` looks like a rotation of `name` (`live` plus a suffix, or

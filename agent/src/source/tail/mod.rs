@@ -531,7 +531,10 @@ impl Tail {
                     ino: c.ino,
                 };
                 // A compressed rotation is never opened as text: its rest is recovered.
-                let found = files::find_in_dir(&c.path, key).filter(|p| !files::is_compressed(p));
+                let found = files::find_in_dir(&c.path, key)
+                    .ok()
+                    .flatten()
+                    .filter(|p| !files::is_compressed(p));
                 match found {
                     Some(p) => {
                         tracing::info!(
@@ -911,13 +914,25 @@ impl Tail {
             }
             Some(_) => t.path.clone(),
             None => match files::find_in_dir(&t.path, t.key) {
-                Some(p) => p,
-                None if t.gone_since.is_none() => {
+                Ok(Some(p)) => p,
+                // The directory cannot be listed now (no descriptor free, …): where the
+                // file went is not known, so it is not taken for deleted; looked for
+                // again at the next round.
+                Err(e) => {
+                    tracing::debug!(
+                        "source {}: cannot look for {} in its directory: {e}",
+                        self.out.cx.name,
+                        t.path.display()
+                    );
+                    self.waiting_reopen += 1;
+                    return false;
+                }
+                Ok(None) if t.gone_since.is_none() => {
                     // The next scan tells whether the globs match it under another name.
                     self.rescan = true;
                     return false;
                 }
-                None => {
+                Ok(None) => {
                     let t = &mut self.files[i];
                     if t.nlink != 0 {
                         t.nlink = 0;
@@ -1219,6 +1234,9 @@ impl Tail {
                     t.size == t.read_pos()
                         && t.blocked.is_none()
                         && t.copy_wait.is_none()
+                        // A closed file is read to its end only once opened again (its
+                        // size is the one it had when it was closed), unless deleted.
+                        && (t.file.is_some() || t.nlink == 0)
                         && (t.nlink == 0 || since.elapsed() >= rotate_wait)
                 }
                 None => false,
