@@ -84,6 +84,17 @@ async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
         .unwrap()
         .count();
     assert!(open_fds < 256, "{open_fds} descriptors open");
+    // The status is published at the end of the loop that sent the last events.
+    wait_for(
+        "the status to show every file",
+        Duration::from_secs(30),
+        || {
+            w.status()["sources"]["vista"]["files"]
+                .as_array()
+                .is_some_and(|a| a.len() == FILES as usize)
+        },
+    )
+    .await;
     let s = w.status();
     let st = &s["sources"]["vista"];
     let open = st["files_open"].as_u64().expect("files_open");
