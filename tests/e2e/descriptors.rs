@@ -321,16 +321,12 @@ async fn start_at_end_holds_for_files_that_waited_for_a_descriptor_at_the_first_
     .await;
     for f in 0..FILES {
         let p = logs.join(format!("s-{f:03}.log"));
-        let line = rec(f, 3);
+        // The rest of line 3, and its end.
+        let rest = format!("{}\n", &rec(f, 3)[10..]);
         std::fs::OpenOptions::new()
             .append(true)
             .open(&p)
-            .and_then(|mut h| std::io::Write::write_all(&mut h, line[10..].as_bytes()))
-            .unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .and_then(|mut h| std::io::Write::write_all(&mut h, b"\n"))
+            .and_then(|mut h| std::io::Write::write_all(&mut h, rest.as_bytes()))
             .unwrap();
     }
     // Everything that could arrive: the lines from before the start too.
