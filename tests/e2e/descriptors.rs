@@ -484,3 +484,383 @@ async fn a_scan_without_descriptors_keeps_the_files_it_could_not_list() {
             .join("\n")
     );
 }
+
+/// `start_at = "end"` at the very first start, with more files than descriptors: every
+/// file present then starts after its last complete line, also the ones that had to wait
+/// for a descriptor at the first scan (each ends in a partial line, so the files opened
+/// first cannot be closed before they are read). Only what is written after the start
+/// arrives: the completed last line of each file, once.
+#[tokio::test]
+async fn start_at_end_holds_for_files_that_waited_for_a_descriptor_at_the_first_start() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 100;
+    for f in 0..FILES {
+        let p = logs.join(format!("s-{f:03}.log"));
+        write_lines(&p, f, 0, 3);
+        // The start of line 3, not finished yet.
+        let partial = rec(f, 3);
+        let (a, _) = partial.split_at(10);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, a.as_bytes()))
+            .unwrap();
+    }
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "s-*.log",
+        "table = \"t\"\nkey = [\"f\", \"n\"]\nstart_at = \"end\"",
+    ));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    wait_for("every file to be followed", Duration::from_secs(60), || {
+        w.status()["sources"]["vista"]["files"]
+            .as_array()
+            .is_some_and(|a| a.len() == FILES as usize)
+    })
+    .await;
+    for f in 0..FILES {
+        let p = logs.join(format!("s-{f:03}.log"));
+        // The rest of line 3, and its end.
+        let rest = format!("{}\n", &rec(f, 3)[10..]);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, rest.as_bytes()))
+            .unwrap();
+    }
+    // Everything that could arrive: the lines from before the start too.
+    let got = w.wait_count(FILES * 4, Duration::from_secs(20)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    let msgs = w.messages().await;
+    let before: Vec<(u64, u64)> = msgs
+        .iter()
+        .map(|m| {
+            (
+                m.field("f").as_u64().expect("f"),
+                m.field("n").as_u64().expect("n"),
+            )
+        })
+        .filter(|(_, n)| *n < 3)
+        .collect();
+    assert!(
+        before.is_empty(),
+        "{} line(s) from before the start were sent ({got} events), of {} file(s), e.g. {:?}",
+        before.len(),
+        before
+            .iter()
+            .map(|(f, _)| f)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        &before[..before.len().min(5)]
+    );
+    // Each file's line 3 once: the line finished after the start.
+    let want: BTreeMap<u64, u64> = (0..FILES).map(|f| (f, 1)).collect();
+    let mut got: BTreeMap<u64, u64> = BTreeMap::new();
+    for m in &msgs {
+        assert_eq!(m.field("n").as_u64(), Some(3), "only line 3");
+        *got.entry(m.field("f").as_u64().expect("f")).or_default() += 1;
+    }
+    assert_eq!(got, want, "line 3 of every file, once");
+}
+
+/// Two tail sources share the budget of open files (`ulimit -n 64`: 48 for the tail
+/// sources). One follows 60 files that are all written to without pause, so none is ever
+/// idle; the other follows one quiet file. The quiet source's file must still be read
+/// while the busy one is busy: a source may not keep every descriptor for itself.
+#[tokio::test]
+async fn a_busy_tail_source_does_not_starve_another_of_descriptors() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const BUSY: u64 = 60;
+    for f in 0..BUSY {
+        write_lines(&logs.join(format!("busy-{f:02}.log")), f, 0, 1);
+    }
+    let cfg = w.config_with(&format!(
+        "{}{}",
+        w.tail_source("busy", "busy-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"),
+        w.tail_source(
+            "quiet",
+            "quiet-*.log",
+            "table = \"q\"\nkey = [\"f\", \"n\"]"
+        )
+    ));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    assert_eq!(w.wait_count(BUSY, Duration::from_secs(60)).await, BUSY);
+    // Every busy file is written to every 50 ms from now on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, logs) = (stop.clone(), logs.clone());
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                for f in 0..BUSY {
+                    write_lines(&logs.join(format!("busy-{f:02}.log")), f, n, n + 1);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    // Let the busy source take what it can, then the quiet file appears.
+    wait_for(
+        "the busy files to be written",
+        Duration::from_secs(30),
+        || {
+            w.status()["sources"]["busy"]["events_sent"]
+                .as_u64()
+                .is_some_and(|n| n >= BUSY * 5)
+        },
+    )
+    .await;
+    write_lines(&logs.join("quiet-0.log"), 1000, 0, 5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet = 0;
+    while std::time::Instant::now() < deadline {
+        quiet = w.status()["sources"]["quiet"]["events_sent"]
+            .as_u64()
+            .unwrap_or(0);
+        if quiet >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    let st = w.status();
+    assert_eq!(
+        quiet,
+        5,
+        "the quiet source read {quiet} of 5 lines in 60 s while the busy one was busy (busy files open: {}, quiet waiting: {})\n{}",
+        st["sources"]["busy"]["files_open"],
+        st["sources"]["quiet"]["files_waiting"],
+        log_tail(&w)
+    );
+    let mut want: BTreeMap<u64, u64> = (0..BUSY).map(|f| (f, written)).collect();
+    want.insert(1000, 5);
+    let total: u64 = want.values().sum();
+    assert_eq!(w.wait_count(total, Duration::from_secs(120)).await, total);
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &want);
+}
+
+/// A file truncated twice by the real logrotate's `copytruncate` while the agent was
+/// stopped, that waits for a descriptor at the next start (40 files that all grew while
+/// stopped, `ulimit -n 64`: 32 open at once, none closable before it is read): the rest
+/// of the checkpointed generation is read from the older copy, and the generation in
+/// the newer copy, never seen, is read whole, as for a file opened at the first scan.
+#[tokio::test]
+async fn a_file_copytruncated_twice_while_stopped_that_waits_for_a_descriptor_loses_nothing() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 40;
+    let path = |f: u64| logs.join(format!("c-{f:02}.log"));
+    for f in 0..FILES {
+        write_lines(&path(f), f, 0, 3);
+    }
+    let cfg =
+        w.config_with(&w.tail_source("vista", "c-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    assert_eq!(
+        w.wait_count(FILES * 3, Duration::from_secs(60)).await,
+        FILES * 3
+    );
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    let mut want: BTreeMap<u64, u64> = (0..FILES).map(|f| (f, 5)).collect();
+    for f in 0..FILES {
+        write_lines(&path(f), f, 3, 5);
+    }
+    // The last file by name (opened last): copytruncate, 2 lines, copytruncate, 2 lines.
+    let last = path(FILES - 1);
+    let conf = w.dir().join("logrotate.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{} {{\n    rotate 10\n    copytruncate\n    missingok\n    nomail\n}}\n",
+            last.display()
+        ),
+    )
+    .unwrap();
+    let state = w.dir().join("logrotate.state");
+    let rotate = || {
+        let out = std::process::Command::new("/usr/sbin/logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .expect("run logrotate");
+        assert!(out.status.success(), "logrotate: {out:?}");
+    };
+    rotate();
+    write_lines(&last, FILES - 1, 5, 7);
+    rotate();
+    write_lines(&last, FILES - 1, 7, 9);
+    want.insert(FILES - 1, 9);
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    let total: u64 = FILES * 3 + want.values().map(|n| n - 3).sum::<u64>();
+    let got = w.wait_count(total, Duration::from_secs(60)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    assert!(
+        agent_log(&w).contains("wait for a file descriptor"),
+        "files waited for a descriptor at the start"
+    );
+    assert_eq!(got, total, "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &want);
+}
+
+/// One rotation scheme of the real logrotate for [`closed_file_rotations`].
+fn logrotate_conf(live: &Path, opts: &[&str]) -> String {
+    format!(
+        "{} {{\n    rotate 100\n    missingok\n    ifempty\n    nomail\n    {}\n}}\n",
+        live.display(),
+        opts.join("\n    ")
+    )
+}
+
+/// A file closed while idle (`close_idle = "1s"`) is written to and at once rotated by
+/// the real logrotate, before the agent's next look, six times, with a glob that matches
+/// the rotations (`app.log*`): every line arrives once, in order.
+async fn closed_file_rotations(opts: &[&str]) {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    write_lines(&live, 0, 0, 3);
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "app.log*",
+        "table = \"t\"\nkey = [\"f\", \"n\"]\nclose_idle = \"1s\"",
+    ));
+    let conf = w.dir().join("logrotate.conf");
+    std::fs::write(&conf, logrotate_conf(&live, opts)).unwrap();
+    let state = w.dir().join("logrotate.state");
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(3, Duration::from_secs(60)).await, 3);
+    let mut n = 3;
+    for _ in 0..6 {
+        wait_for("the files to be closed", Duration::from_secs(60), || {
+            let s = w.status();
+            s["sources"]["vista"]["files"].as_array().is_some_and(|a| {
+                !a.is_empty() && a.iter().all(|x| x["open"] == serde_json::json!(false))
+            })
+        })
+        .await;
+        write_lines(&live, 0, n, n + 3);
+        n += 3;
+        let out = std::process::Command::new("/usr/sbin/logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .expect("run logrotate");
+        assert!(out.status.success(), "logrotate: {out:?}");
+        if opts.contains(&"dateext") {
+            // dateext names rotations by the second: one rotation a second.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    let got = w.wait_count(n, Duration::from_secs(30)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    assert_eq!(got, n, "{}", log_tail(&w));
+    check_files(&w, &w.messages().await, &BTreeMap::from([(0, n)]));
+}
+
+#[tokio::test]
+async fn closed_file_copytruncated_with_a_glob_matching_the_copies() {
+    closed_file_rotations(&["copytruncate"]).await;
+}
+
+#[tokio::test]
+async fn closed_file_rotated_and_compressed_at_once() {
+    closed_file_rotations(&["create", "compress"]).await;
+}
+
+#[tokio::test]
+async fn closed_file_rotated_with_dateext_and_delaycompress() {
+    closed_file_rotations(&[
+        "create",
+        "dateext",
+        "dateformat -%Y%m%d-%H%M%S",
+        "compress",
+        "delaycompress",
+    ])
+    .await;
+}
+
+/// 200 files under `ulimit -n 64`, all closed once idle; then 100 of them are each
+/// written to, renamed out of the globs (`x-N.log` to `x-N.log.1`, in the same
+/// directory) and written to again, all at once. The watcher's urgent opens and the
+/// reopening of the closed files by their inode must not take the descriptors the rest
+/// of the agent needs (a directory listing, a checkpoint), and a file whose directory
+/// cannot be listed is not taken for deleted: every line arrives once, in order.
+#[tokio::test]
+async fn closed_files_renamed_out_of_the_globs_at_once_under_ulimit_64_lose_nothing() {
+    let mut w = World::new();
+    w.with_admin();
+    let logs = w.logs();
+    const FILES: u64 = 200;
+    let path = |f: u64| logs.join(format!("x-{f:03}.log"));
+    let mut want = BTreeMap::new();
+    for f in 0..FILES {
+        write_lines(&path(f), f, 0, 3);
+        want.insert(f, 3);
+    }
+    let cfg =
+        w.config_with(&w.tail_source("vista", "x-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    assert_eq!(
+        w.wait_count(FILES * 3, Duration::from_secs(120)).await,
+        FILES * 3,
+        "{}",
+        log_tail(&w)
+    );
+    wait_all_closed(&w, FILES as usize).await;
+    for f in 0..FILES / 2 {
+        write_lines(&path(f), f, 3, 4);
+        let rotated = logs.join(format!("x-{f:03}.log.1"));
+        std::fs::rename(path(f), &rotated).unwrap();
+        write_lines(&rotated, f, 4, 5);
+        want.insert(f, 5);
+    }
+    let total: u64 = want.values().sum();
+    // Every rotated file read and dropped: only the 100 others are followed.
+    wait_for(
+        "the rotated files to be done with",
+        Duration::from_secs(60),
+        || {
+            w.status()["sources"]["vista"]["files"]
+                .as_array()
+                .is_some_and(|a| a.len() == (FILES / 2) as usize)
+        },
+    )
+    .await;
+    let got = w.wait_count(total, Duration::from_secs(10)).await;
+    assert_eq!(agent.stop(), Some(0), "{}", log_tail(&w));
+    let log = agent_log(&w);
+    assert_eq!(
+        got,
+        total,
+        "{} file(s) taken for deleted; {} 'Too many open files' in the log",
+        log.matches("was deleted (or moved to another directory) while closed")
+            .count(),
+        log.matches("Too many open files").count()
+    );
+    check_files(&w, &w.messages().await, &want);
+    assert!(
+        !log.contains("Too many open files"),
+        "no open failed for lack of descriptors:\n{}",
+        log.lines()
+            .filter(|l| l.contains("Too many open files"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

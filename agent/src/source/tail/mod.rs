@@ -253,6 +253,13 @@ struct Tail {
     seen: Arc<Mutex<Seen>>,
     _watcher: Option<notify::RecommendedWatcher>,
     first_scan: bool,
+    /// Files the first scan found that waited for a file descriptor (see `fds`): when
+    /// one is tracked later, it is judged as the first scan would have judged it
+    /// (`start_at`, a truncation while stopped).
+    waited_at_start: std::collections::HashSet<FileKey>,
+    /// No checkpoint existed when the source started (`cp.existed` is true once the
+    /// first one is written).
+    first_start: bool,
     rescan: bool,
     last_scan: Instant,
     /// Order of discovery, shared with the watcher, which numbers the files it opens.
@@ -304,6 +311,7 @@ impl Tail {
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
         deb.set_merging(!cp.existed);
+        let first_start = !cp.existed;
         Ok(Tail {
             files: Vec::new(),
             out: Out {
@@ -332,6 +340,8 @@ impl Tail {
             seen,
             _watcher: watcher,
             first_scan: true,
+            first_start,
+            waited_at_start: std::collections::HashSet::new(),
             rescan: true,
             last_scan: Instant::now(),
             discovered,
@@ -478,6 +488,20 @@ impl Tail {
             }
             if !self.track(&f.path, true) {
                 self.waiting_open += 1;
+                if self.first_scan {
+                    self.waited_at_start.insert(f.key);
+                }
+            }
+        }
+        if !self.first_scan {
+            // One that vanished before it had a descriptor: its inode number may be a
+            // new file's later.
+            self.waited_at_start.retain(|k| matched.contains(k));
+            // Copies made while stopped of files that waited for a descriptor at the
+            // start and were found truncated once opened (see `track_file`).
+            let truncated = std::mem::take(&mut self.truncated_while_stopped);
+            if let (false, Some(since)) = (truncated.is_empty(), self.out.cp.written) {
+                self.track_rotated_while_stopped(&truncated, since);
             }
         }
         if self.waiting_open > 0 {
@@ -912,13 +936,16 @@ impl Tail {
             Some(_) => t.path.clone(),
             None => match files::find_in_dir(&t.path, t.key) {
                 Ok(Some(p)) => p,
+                // The directory cannot be listed now (no descriptor free, …): where the
+                // file went is not known, so it is not taken for deleted; looked for
+                // again at the next round.
                 Err(e) => {
-                    // Where it went is unknown: the next round looks again.
                     tracing::debug!(
-                        "source {}: cannot look for closed file {} in its directory: {e}",
+                        "source {}: cannot look for {} in its directory: {e}",
                         self.out.cx.name,
                         t.path.display()
                     );
+                    self.waiting_reopen += 1;
                     return false;
                 }
                 Ok(None) if t.gone_since.is_none() => {
@@ -999,6 +1026,8 @@ impl Tail {
             return;
         }
         let key = FileKey::of(&meta);
+        // Judged as at the first scan: found then, but it waited for a descriptor.
+        let at_start = self.first_scan || self.waited_at_start.remove(&key);
         if let Some(i) = self.files.iter().position(|t| t.key == key && !t.recovered) {
             self.files[i].path = path.to_owned();
             if self.files[i].file.is_none() {
@@ -1041,7 +1070,7 @@ impl Tail {
                 (c.gen + 1, 0)
             }
             Some(c) if same(c) => {
-                if self.first_scan && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
+                if at_start && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
                     // Empty when the agent stopped: copies made since (copytruncate)
                     // hold what was written to it meanwhile.
                     self.truncated_while_stopped.push((path.to_owned(), None));
@@ -1055,7 +1084,7 @@ impl Tail {
             Some(c) if c.head.is_some_and(|h| h.len > 0) => {
                 fp = c.fp;
                 old_head = c.head;
-                if self.first_scan {
+                if at_start {
                     self.truncated_while_stopped.push((path.to_owned(), c.head));
                 }
                 (c.gen, c.offset)
@@ -1070,10 +1099,7 @@ impl Tail {
                 .emit(&self.out.cx.counters);
                 (c.gen + 1, 0)
             }
-            None if self.first_scan
-                && !self.out.cp.existed
-                && self.out.cfg.start_at == StartAt::End =>
-            {
+            None if at_start && self.first_start && self.out.cfg.start_at == StartAt::End => {
                 (0, files::end_of_last_line(&file, size).unwrap_or(0))
             }
             None => (0, 0),
@@ -1247,11 +1273,10 @@ impl Tail {
                     t.size == t.read_pos()
                         && t.blocked.is_none()
                         && t.copy_wait.is_none()
-                        && (t.nlink == 0 || since.elapsed() >= rotate_wait)
-                        // A closed file that left the globs is read to its end once it is
-                        // found and opened again (it may have grown after the rename); it
-                        // is dropped unopened only when it was found nowhere (deleted).
+                        // A closed file is read to its end only once opened again (its
+                        // size is the one it had when it was closed), unless deleted.
                         && (t.file.is_some() || t.nlink == 0)
+                        && (t.nlink == 0 || since.elapsed() >= rotate_wait)
                 }
                 None => false,
             };
