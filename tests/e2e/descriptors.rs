@@ -46,6 +46,21 @@ fn check_files(w: &World, msgs: &[Msg], want: &BTreeMap<u64, u64>) {
     assert_eq!(ids.len(), msgs.len(), "no duplicate message ids");
 }
 
+/// Asserts that no open failed for want of a descriptor (the agent's own, not a tail
+/// file's: those wait for a slot instead).
+fn assert_no_emfile(log: &str) {
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Too many open files"))
+        .take(5)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "no open failed for lack of descriptors:\n{}",
+        failed.join("\n")
+    );
+}
+
 fn log_tail(w: &World) -> String {
     let log = agent_log(w);
     let lines: Vec<&str> = log.lines().collect();
@@ -54,6 +69,23 @@ fn log_tail(w: &World) -> String {
 
 fn write_lines(path: &Path, f: u64, from: u64, to: u64) {
     append(path, (from..to).map(|n| rec(f, n)));
+}
+
+/// A world with the admin endpoint and `files` change files of `lines` lines each,
+/// named by `name` in its logs directory; and the lines written to each file.
+fn files_world(
+    files: u64,
+    lines: u64,
+    name: impl Fn(u64) -> String,
+) -> (World, BTreeMap<u64, u64>) {
+    let mut w = World::new();
+    w.with_admin();
+    let mut want = BTreeMap::new();
+    for f in 0..files {
+        write_lines(&w.logs().join(name(f)), f, 0, lines);
+        want.insert(f, lines);
+    }
+    (w, want)
 }
 
 /// 2,000 files under `ulimit -n 256`: the tail source may hold 192 of them open. Each file
@@ -65,15 +97,9 @@ fn write_lines(path: &Path, f: u64, from: u64, to: u64) {
 /// descriptors: 10,070 events arrived for the first 10,000 lines.
 #[tokio::test]
 async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
-    let mut w = World::new();
-    w.with_admin();
-    let logs = w.logs();
     const FILES: u64 = 2000;
-    let mut want = BTreeMap::new();
-    for f in 0..FILES {
-        write_lines(&logs.join(format!("d-{f:04}.log")), f, 0, 5);
-        want.insert(f, 5);
-    }
+    let (w, mut want) = files_world(FILES, 5, |f| format!("d-{f:04}.log"));
+    let logs = w.logs();
     let cfg =
         w.config_with(&w.tail_source("vista", "d-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
     let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 256);
@@ -134,15 +160,7 @@ async fn two_thousand_files_under_ulimit_256_arrive_once_and_in_order() {
         log.contains("wait for a file descriptor"),
         "the wait is logged"
     );
-    assert!(
-        !log.contains("Too many open files"),
-        "no open failed for lack of descriptors:\n{}",
-        log.lines()
-            .filter(|l| l.contains("Too many open files"))
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_emfile(&log);
 }
 
 /// Deletes `p` and writes `lines` to a new file that takes its inode number (the file
@@ -177,6 +195,42 @@ fn replace_in_same_inode(p: &Path, lines: impl Fn(&Path)) -> bool {
     reused
 }
 
+/// After a file of 3 lines was replaced by one of 5 that starts with the same 3: all 8
+/// arrive, the new file's under new ids.
+async fn check_replaced_read_whole(w: &World, agent: &mut Agent) {
+    assert_eq!(
+        w.wait_count(8, Duration::from_secs(60)).await,
+        8,
+        "{}",
+        log_tail(w)
+    );
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let ns: Vec<u64> = msgs
+        .iter()
+        .map(|m| m.field("n").as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        [0, 1, 2, 0, 1, 2, 3, 4],
+        "the old file, then the new one whole"
+    );
+    let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "new ids for the new file");
+}
+
+/// Starts the agent on `*.log` with `close_idle = "1s"`.
+fn close_idle_agent(w: &World) -> Agent {
+    let cfg = w.config_with(&w.tail_source(
+        "vista",
+        "*.log",
+        "table = \"t\"\nkey = [\"f\", \"n\"]\nclose_idle = \"1s\"",
+    ));
+    w.agent(&cfg)
+}
+
 /// Waits until the status shows every followed file closed.
 async fn wait_all_closed(w: &World, files: usize) {
     wait_for(
@@ -200,21 +254,10 @@ async fn wait_all_closed(w: &World, files: usize) {
 /// arrives once, in order, under new ids where the content is new.
 #[tokio::test]
 async fn idle_files_are_closed_and_reopened_by_path_when_they_change() {
-    let mut w = World::new();
-    w.with_admin();
-    let logs = w.logs();
     let names = ["a", "b", "c", "d", "e"];
-    let mut want = BTreeMap::new();
-    for (f, n) in names.iter().enumerate() {
-        write_lines(&logs.join(format!("{n}.log")), f as u64, 0, 3);
-        want.insert(f as u64, 3);
-    }
-    let cfg = w.config_with(&w.tail_source(
-        "vista",
-        "*.log",
-        "table = \"t\"\nkey = [\"f\", \"n\"]\nclose_idle = \"1s\"",
-    ));
-    let mut agent = w.agent(&cfg);
+    let (w, mut want) = files_world(5, 3, |f| format!("{}.log", names[f as usize]));
+    let logs = w.logs();
+    let mut agent = close_idle_agent(&w);
     assert_eq!(w.wait_count(15, Duration::from_secs(60)).await, 15);
     wait_all_closed(&w, 5).await;
     // a grows.
@@ -276,37 +319,12 @@ async fn a_closed_file_replaced_in_its_inode_with_the_same_first_bytes_is_read_w
     w.with_admin();
     let p = w.logs().join("d.log");
     write_lines(&p, 3, 0, 3);
-    let cfg = w.config_with(&w.tail_source(
-        "vista",
-        "*.log",
-        "table = \"t\"\nkey = [\"f\", \"n\"]\nclose_idle = \"1s\"",
-    ));
-    let mut agent = w.agent(&cfg);
+    let mut agent = close_idle_agent(&w);
     assert_eq!(w.wait_count(3, Duration::from_secs(60)).await, 3);
     wait_all_closed(&w, 1).await;
     let reused = replace_in_same_inode(&p, |c| write_lines(c, 3, 0, 5));
     eprintln!("d.log: inode number reused: {reused}");
-    assert_eq!(
-        w.wait_count(8, Duration::from_secs(60)).await,
-        8,
-        "{}",
-        log_tail(&w)
-    );
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    let ns: Vec<u64> = msgs
-        .iter()
-        .map(|m| m.field("n").as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        ns,
-        [0, 1, 2, 0, 1, 2, 3, 4],
-        "the old file, then the new one whole"
-    );
-    let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 8, "new ids for the new file");
+    check_replaced_read_whole(&w, &mut agent).await;
 }
 
 /// The same while the agent is stopped: the checkpoint keeps each file's birth time, so
@@ -324,27 +342,7 @@ async fn a_file_replaced_in_its_inode_while_stopped_is_read_whole() {
     let reused = replace_in_same_inode(&p, |c| write_lines(c, 3, 0, 5));
     eprintln!("d.log: inode number reused: {reused}");
     let mut agent = w.agent(&cfg);
-    assert_eq!(
-        w.wait_count(8, Duration::from_secs(60)).await,
-        8,
-        "{}",
-        log_tail(&w)
-    );
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    let ns: Vec<u64> = msgs
-        .iter()
-        .map(|m| m.field("n").as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        ns,
-        [0, 1, 2, 0, 1, 2, 3, 4],
-        "the old file, then the new one whole"
-    );
-    let mut ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 8, "new ids for the new file");
+    check_replaced_read_whole(&w, &mut agent).await;
 }
 
 /// A file renamed out of the globs is read to its end and dropped after `rotate_wait`;
@@ -395,16 +393,10 @@ async fn a_dropped_file_that_comes_back_into_the_globs_goes_on_where_it_was() {
 #[tokio::test]
 async fn a_scan_without_descriptors_keeps_the_files_it_could_not_list() {
     use std::io::Write;
-    let mut w = World::new();
-    w.with_admin();
-    let logs = w.logs();
     const FILES: u64 = 10;
     const NOFILE: u64 = 128;
-    let mut want = BTreeMap::new();
-    for f in 0..FILES {
-        write_lines(&logs.join(format!("x-{f}.log")), f, 0, 5);
-        want.insert(f, 5);
-    }
+    let (w, mut want) = files_world(FILES, 5, |f| format!("x-{f}.log"));
+    let logs = w.logs();
     // `rotate_wait = "0s"`: a file taken for rotated away is dropped at once.
     let cfg = w.config_with(&format!(
         "[[source]]\nname = \"vista\"\nkind = \"tail\"\npaths = [\"{}/x-*.log\"]\n\
@@ -803,16 +795,10 @@ async fn closed_file_rotated_with_dateext_and_delaycompress() {
 /// cannot be listed is not taken for deleted: every line arrives once, in order.
 #[tokio::test]
 async fn closed_files_renamed_out_of_the_globs_at_once_under_ulimit_64_lose_nothing() {
-    let mut w = World::new();
-    w.with_admin();
-    let logs = w.logs();
     const FILES: u64 = 200;
+    let (w, mut want) = files_world(FILES, 3, |f| format!("x-{f:03}.log"));
+    let logs = w.logs();
     let path = |f: u64| logs.join(format!("x-{f:03}.log"));
-    let mut want = BTreeMap::new();
-    for f in 0..FILES {
-        write_lines(&path(f), f, 0, 3);
-        want.insert(f, 3);
-    }
     let cfg =
         w.config_with(&w.tail_source("vista", "x-*.log", "table = \"t\"\nkey = [\"f\", \"n\"]"));
     let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
@@ -854,13 +840,5 @@ async fn closed_files_renamed_out_of_the_globs_at_once_under_ulimit_64_lose_noth
         log.matches("Too many open files").count()
     );
     check_files(&w, &w.messages().await, &want);
-    assert!(
-        !log.contains("Too many open files"),
-        "no open failed for lack of descriptors:\n{}",
-        log.lines()
-            .filter(|l| l.contains("Too many open files"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_emfile(&log);
 }

@@ -526,27 +526,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, log: &Path, env: &[(&str, &Path)]) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(lockstep_bin())
-            .args(["run", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .env("LOCKSTEP_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lockstep");
-        Agent { child: Some(child) }
+        let mut cmd = Self::command(config, log);
+        cmd.envs(env.iter().copied());
+        Agent {
+            child: Some(cmd.spawn().expect("start lockstep")),
+        }
     }
 
-    /// Starts the agent with SIGTERM and SIGINT blocked, as they are in the agent's first
-    /// instants (before its handler is in place): one sent now is held by the kernel
-    /// until the agent takes it.
-    pub fn start_signals_held(config: &Path, log: &Path) -> Agent {
+    /// `lockstep run --config <config>`, logging at debug level to `log` (appended).
+    fn command(config: &Path, log: &Path) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -558,6 +546,14 @@ impl Agent {
             .env("LOCKSTEP_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log);
+        cmd
+    }
+
+    /// Starts the agent with SIGTERM and SIGINT blocked, as they are in the agent's first
+    /// instants (before its handler is in place): one sent now is held by the kernel
+    /// until the agent takes it.
+    pub fn start_signals_held(config: &Path, log: &Path) -> Agent {
+        let mut cmd = Self::command(config, log);
         #[allow(unsafe_code)]
         // SAFETY: runs in the forked child before exec and only calls sigemptyset,
         // sigaddset and pthread_sigmask (async-signal-safe) on a set on its stack.
@@ -582,17 +578,7 @@ impl Agent {
     /// Starts the agent with at most `nofile` open files (soft and hard limit, as
     /// `ulimit -n` sets them).
     pub fn start_nofile(config: &Path, log: &Path, nofile: u64) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut cmd = Command::new(lockstep_bin());
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .env("LOCKSTEP_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log);
+        let mut cmd = Self::command(config, log);
         #[allow(unsafe_code)]
         // SAFETY: runs in the forked child before exec and only calls setrlimit
         // (async-signal-safe) with a value on its stack.
