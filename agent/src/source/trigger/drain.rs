@@ -251,6 +251,16 @@ struct TableOut {
     checked_columns: Vec<String>,
 }
 
+impl TableOut {
+    /// Whether an image with these `n` columns has those of the definition, or those
+    /// last checked (in any order).
+    fn knows<'a, I: Iterator<Item = &'a str>>(&self, columns: impl Fn() -> I, n: usize) -> bool {
+        let same =
+            |known: &[String]| n == known.len() && columns().all(|c| known.iter().any(|k| k == c));
+        same(&self.def.columns) || same(&self.checked_columns)
+    }
+}
+
 /// Capture rows whose event is `seq`: deleted once the watermark reaches it.
 struct Pending {
     seq: u64,
@@ -840,8 +850,14 @@ impl Drain {
             return;
         }
         let mut built = self.build_row(r);
+        // The columns are copied out only when they are not the known ones (each row's
+        // image is looked at).
         let shape = built.as_ref().ok().and_then(|(t, _, _, before, after)| {
             let image = after.as_ref().or(before.as_ref())?;
+            let out = &self.tables[*t];
+            if out.knows(|| image.iter().map(|(c, _)| c), image.len()) {
+                return None;
+            }
             Some((
                 *t,
                 image.iter().map(|(c, _)| c.to_owned()).collect::<Vec<_>>(),
@@ -897,9 +913,7 @@ impl Drain {
     /// it look at every row.
     fn table_changed(&mut self, t: usize, columns: &[String]) -> bool {
         let out = &mut self.tables[t];
-        let same =
-            |a: &[String], b: &[String]| a.len() == b.len() && a.iter().all(|c| b.contains(c));
-        if same(columns, &out.def.columns) || same(columns, &out.checked_columns) {
+        if out.knows(|| columns.iter().map(String::as_str), columns.len()) {
             return false;
         }
         out.checked_columns = columns.to_vec();
@@ -1195,10 +1209,15 @@ impl Drain {
     /// it as a repeat. The time the capture row was written is stored in the row, so a
     /// row read again gets the same id, and a new row with a reused `seq` another one.
     fn position(&mut self, seq: i64, changed_ms: Option<i64>) -> String {
-        let mut p = format!("{}.{seq}", self.epoch);
+        // Without `format!`: once per event.
+        let mut p = String::with_capacity(self.epoch.len() + 42);
+        p.push_str(&self.epoch);
+        p.push('.');
+        push_int(&mut p, seq);
         match changed_ms {
             Some(ms) => {
-                let _ = write!(p, "@{ms}");
+                p.push('@');
+                push_int(&mut p, ms);
             }
             None if !self.no_time_logged => {
                 self.no_time_logged = true;
@@ -1529,12 +1548,35 @@ fn type_image(def: &TableDef, what: &str, mut r: Record) -> Result<Record, Strin
         }
     }
     for col in &def.timestamps {
-        if let Some(Value::Text(t)) = r.get(col) {
-            let iso = super::timestamps::iso(t);
-            r.push(col.clone(), Value::Timestamp(iso));
+        // In place: once per date-time column of every image.
+        if let Some(v) = r.get_mut(col) {
+            if let Value::Text(t) = v {
+                *v = Value::Timestamp(super::timestamps::iso_owned(std::mem::take(t)));
+            }
         }
     }
     Ok(r)
+}
+
+/// Appends `n` in decimal, as `{n}` writes it.
+fn push_int(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The key columns of `row` as one comparable text.
@@ -1718,6 +1760,24 @@ mod tests {
             binary: vec!["b".into()],
             timestamps: vec!["at".into()],
             utc: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn integers_are_written_as_format_writes_them() {
+        for n in [0, 1, -1, 9, 10, -10, 1_764_412_345_678, i64::MAX, i64::MIN] {
+            let mut s = String::from("x");
+            push_int(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_integer_is_written_as_format_writes_it(n in proptest::num::i64::ANY) {
+            let mut s = String::new();
+            push_int(&mut s, n);
+            proptest::prop_assert_eq!(s, n.to_string());
         }
     }
 
