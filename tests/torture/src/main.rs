@@ -7,9 +7,10 @@
 //! lockstep-torture --minutes N [--seed S] [--only tail|trigger|poll]
 //!                                                 scenarios S, S+1, … until the time is up
 //! lockstep-torture --seeds A,B,C                  these scenarios (CI)
+//! lockstep-torture --seeds A,B,C --describe       print their plans, run nothing
 //! ```
 //! `--dir D` puts the scenario directories under D (default: the temp directory); a
-//! failed scenario's directory is kept. Exit 1 when a scenario failed.
+//! failed scenario's directory is kept (`--keep`: every one). Exit 1 when a scenario failed.
 
 mod check;
 mod pg;
@@ -30,11 +31,15 @@ struct Args {
     minutes: Option<f64>,
     only: Option<Family>,
     dir: PathBuf,
+    /// Print the plans of the seeds and run nothing.
+    describe: bool,
+    /// Keep every scenario's directory, not only the failed ones'.
+    keep: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only tail|trigger|poll] [--dir D]"
+        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only tail|trigger|poll] [--dir D] [--describe] [--keep]"
     );
     std::process::exit(2)
 }
@@ -46,6 +51,8 @@ fn parse() -> Args {
         minutes: None,
         only: None,
         dir: std::env::temp_dir(),
+        describe: false,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -61,6 +68,8 @@ fn parse() -> Args {
             "--minutes" => a.minutes = Some(val().parse().unwrap_or_else(|_| usage())),
             "--only" => a.only = Some(Family::parse(&val()).unwrap_or_else(|| usage())),
             "--dir" => a.dir = PathBuf::from(val()),
+            "--describe" => a.describe = true,
+            "--keep" => a.keep = true,
             _ => usage(),
         }
     }
@@ -75,6 +84,25 @@ fn main() {
     let deadline = args
         .minutes
         .map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0));
+    if args.describe {
+        let seeds: Vec<u64> = if args.seeds.is_empty() {
+            args.seed.into_iter().collect()
+        } else {
+            args.seeds.clone()
+        };
+        for seed in seeds {
+            let p = Plan::draw(seed, &args.dir);
+            println!(
+                "{seed:>8} {:<8} {:<10} steps {:>2} faults {:<40} {}",
+                p.family.name(),
+                p.broker.label(),
+                p.steps,
+                p.fault_summary(),
+                p.source.describe()
+            );
+        }
+        return;
+    }
     let mut queue: Box<dyn Iterator<Item = u64>> = if !args.seeds.is_empty() {
         Box::new(args.seeds.clone().into_iter())
     } else if deadline.is_some() {
@@ -145,6 +173,9 @@ fn main() {
         );
         if failures.is_empty() {
             plan.source.cleanup();
+            if args.keep {
+                println!("     kept: {}", dir.keep().display());
+            }
         } else {
             let kept = dir.keep();
             println!("     source: {}", plan.source.describe());

@@ -94,6 +94,9 @@ pub struct Fault {
     pub len: usize,
     /// How long after the step's writes it begins (a random moment of the capture).
     pub delay_ms: u64,
+    /// It lasts at least this long (ms), however fast the steps go: an outage long
+    /// enough for acks to time out and the spool to fill.
+    pub hold_ms: u64,
 }
 
 /// What a source family does in a scenario.
@@ -192,7 +195,7 @@ impl Plan {
 }
 
 fn draw_faults(r: &mut Rng, steps: usize) -> Vec<Fault> {
-    let n = r.range(0, 4);
+    let n = r.range(0, 6);
     let mut out: Vec<Fault> = Vec::new();
     for _ in 0..n {
         let kind = *r.pick(&FaultKind::ALL);
@@ -200,6 +203,7 @@ fn draw_faults(r: &mut Rng, steps: usize) -> Vec<Fault> {
         let len = r.range(0, 3) as usize;
         let len = if kind.resource() == 0 { len } else { len.max(1) };
         let delay_ms = r.range(0, 300);
+        let hold_ms = if r.chance(40) { r.range(1000, 6000) } else { 0 };
         let end = (at + len).min(steps);
         let overlaps = out.iter().any(|f| {
             f.kind.resource() == kind.resource() && at <= f.at + f.len && f.at <= end
@@ -210,6 +214,7 @@ fn draw_faults(r: &mut Rng, steps: usize) -> Vec<Fault> {
                 at,
                 len: end - at,
                 delay_ms,
+                hold_ms,
             });
         }
     }
@@ -290,24 +295,37 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     let mut reader = Reader::new(&broker.url(), STREAM)?;
     let mut failures = Vec::new();
     let mut restarted = false;
+    // Faults begun and not healed yet: index → when it began.
+    let mut active: Vec<(usize, Instant)> = Vec::new();
 
     for i in 0..plan.steps {
-        // Faults that end now.
-        for f in plan.faults.iter().filter(|f| f.len > 0 && f.at + f.len == i) {
-            heal(f.kind, &mut agent, &mut broker, &proxy)?;
+        // Faults that end now: their steps are over and they lasted their hold time.
+        let mut k = 0;
+        while k < active.len() {
+            let (fi, began) = active[k];
+            let f = plan.faults[fi];
+            if f.at + f.len <= i && began.elapsed() >= Duration::from_millis(f.hold_ms) {
+                heal(f.kind, &mut agent, &mut broker, &proxy)?;
+                active.swap_remove(k);
+            } else {
+                k += 1;
+            }
         }
         let quiet = agent.is_up()
             && broker.is_up()
             && proxy.mode() == ProxyMode::Pass
-            && !plan.faults.iter().any(|f| f.at < i && i < f.at + f.len);
+            && active.is_empty();
         plan.source.step(i, quiet, &mut reader)?;
         if let Some(s) = agent.exited() {
             failures.push(format!("lockstep exited on its own at step {i}: {s}"));
             agent.start()?;
         }
         std::thread::sleep(Duration::from_millis(plan.pace_ms[i]));
-        let begin: Vec<Fault> = plan.faults.iter().filter(|f| f.at == i).copied().collect();
-        for f in begin {
+        let begin: Vec<usize> = (0..plan.faults.len())
+            .filter(|&fi| plan.faults[fi].at == i)
+            .collect();
+        for fi in begin {
+            let f = plan.faults[fi];
             std::thread::sleep(Duration::from_millis(f.delay_ms));
             match f.kind {
                 FaultKind::Kill9 => {
@@ -324,12 +342,21 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                 FaultKind::ProxyDrop => proxy.set(ProxyMode::Drop),
                 FaultKind::ProxyStall => proxy.set(ProxyMode::Stall),
             }
-            if f.len == 0 {
+            if f.len == 0 && f.hold_ms == 0 {
                 heal(f.kind, &mut agent, &mut broker, &proxy)?;
+            } else {
+                active.push((fi, Instant::now()));
             }
         }
     }
-    // Everything healed.
+    // Everything healed, each after its hold time.
+    for (fi, began) in active {
+        let hold = Duration::from_millis(plan.faults[fi].hold_ms);
+        if let Some(left) = hold.checked_sub(began.elapsed()) {
+            std::thread::sleep(left);
+        }
+        heal(plan.faults[fi].kind, &mut agent, &mut broker, &proxy)?;
+    }
     broker.restart_if_down()?;
     proxy.set(ProxyMode::Pass);
     agent.start()?;
