@@ -69,6 +69,24 @@ fn is_2_1x(p: &Path) -> bool {
         .is_some_and(|minor| minor >= 10)
 }
 
+/// Makes a child die with the driver (SIGKILL when the driver's spawning thread, the
+/// main one, ends), so an interrupted run leaves no agent or broker behind.
+fn die_with_driver(cmd: &mut Command) {
+    #[allow(unsafe_code)]
+    // SAFETY: runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> Res<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a port: {e}"))?;
@@ -145,7 +163,9 @@ impl Broker {
 
     fn spawn(&self) -> Res<Child> {
         std::fs::create_dir_all(&self.store).map_err(|e| format!("nats store: {e}"))?;
-        let mut child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        die_with_driver(&mut cmd);
+        let mut child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .arg("-sd")
             .arg(&self.store)
@@ -264,7 +284,9 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
-        let child = Command::new(lockstep_bin()?)
+        let mut cmd = Command::new(lockstep_bin()?);
+        die_with_driver(&mut cmd);
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("LOCKSTEP_LOG", "debug")

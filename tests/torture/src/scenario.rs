@@ -398,6 +398,17 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     failures.extend(check::compare(&model, &truth));
     failures.extend(check::duplicate_ids(msgs));
     failures.extend(plan.source.checks(msgs));
+    // A panic anywhere in the agent (a thread that died and was restarted) is a bug
+    // even when nothing was lost.
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+    if !panics.is_empty() {
+        failures.push(format!(
+            "{} panic(s) in agent.log, first: {}",
+            panics.len(),
+            &panics[0][..panics[0].len().min(300)]
+        ));
+    }
     if restarted {
         // Counters restart with the process: the quarantine files hold the bad records.
         let bad = plan.source.bad_records();
