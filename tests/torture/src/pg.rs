@@ -1,7 +1,8 @@
 //! The PostgreSQL families: a trigger source read natively (keys or rows mode, with or
 //! without debounce) and a poll source read over ODBC (psqlODBC; full scans or a cursor),
 //! on a table in a schema of their own in the database `test`, written through psql in
-//! transactions of inserts, updates, deletes and key changes, with hot keys, NULLs,
+//! transactions of inserts, updates, deletes and key changes by 1 to 3 concurrent
+//! writers (some committing late), with hot keys, NULLs,
 //! unicode, 30-digit decimals and timestamps.
 //!
 //! Truth: the table's final rows, read with psql. Every write sets `v` to a number that
@@ -38,8 +39,14 @@ pub struct Pg {
     per_step: (u64, u64),
     rng: Rng,
     v: i64,
-    next_id: i64,
-    live: BTreeSet<i64>,
+    /// Concurrent writers (psql sessions), each with keys of its own (`id % writers`),
+    /// so a key's changes commit in the order they were written while transactions of
+    /// different writers commit out of their capture rows' `seq` order.
+    writers: u64,
+    /// Per writer, the last new key's ordinal.
+    next_id: Vec<i64>,
+    /// Per writer, its keys that exist.
+    live: Vec<BTreeSet<i64>>,
     /// Per key (`t/<id>`), the (op, v) the triggers record.
     history: BTreeMap<String, Vec<(String, i64)>>,
     changes: u64,
@@ -102,6 +109,14 @@ fn lit(s: &str) -> String {
 
 impl Pg {
     pub fn draw(r: &mut Rng, seed: u64, mode: Mode, _steps: usize) -> Pg {
+        let mut pg = Pg::draw_one(r, seed, mode);
+        pg.writers = *r.pick(&[1, 1, 2, 3]);
+        pg.next_id = vec![0; pg.writers as usize];
+        pg.live = vec![BTreeSet::new(); pg.writers as usize];
+        pg
+    }
+
+    fn draw_one(r: &mut Rng, seed: u64, mode: Mode) -> Pg {
         Pg {
             mode,
             schema: format!("torture_{seed}_{}", std::process::id()),
@@ -110,10 +125,11 @@ impl Pg {
             cursor: r.chance(50),
             hot: r.chance(40).then(|| r.range(1, 6)),
             per_step: if r.chance(20) { (100, 400) } else { (3, 40) },
+            writers: 0,
             rng: r.fork(),
             v: 0,
-            next_id: 0,
-            live: BTreeSet::new(),
+            next_id: Vec::new(),
+            live: Vec::new(),
             history: BTreeMap::new(),
             changes: 0,
             created: false,
@@ -127,15 +143,20 @@ impl Pg {
         )
     }
 
-    fn new_id(&mut self) -> Option<i64> {
+    /// A key of writer `w` that does not exist: a free hot one, or a new one.
+    fn new_id(&mut self, w: usize) -> Option<i64> {
+        let n = self.writers as i64;
         match self.hot {
             Some(h) => {
-                let free: Vec<i64> = (1..=h as i64).filter(|k| !self.live.contains(k)).collect();
+                let free: Vec<i64> = (0..h as i64)
+                    .map(|j| 1 + w as i64 + j * n)
+                    .filter(|k| !self.live[w].contains(k))
+                    .collect();
                 (!free.is_empty()).then(|| *self.rng.pick(&free))
             }
             None => {
-                self.next_id += 1;
-                Some(self.next_id)
+                self.next_id[w] += 1;
+                Some(self.next_id[w] * n + w as i64)
             }
         }
     }
@@ -167,19 +188,18 @@ impl Pg {
         self.changes += 1;
     }
 
-    /// One statement changing exactly one row.
-    fn statement(&mut self) -> String {
+    /// One statement of writer `w` changing exactly one row.
+    fn statement(&mut self, w: usize) -> String {
         let roll = self.rng.below(100);
-        let any = self.live.iter().copied().collect::<Vec<_>>();
-        if any.is_empty() || roll < 35 {
-            if let Some(id) = self.new_id() {
+        if self.live[w].is_empty() || roll < 35 {
+            if let Some(id) = self.new_id(w) {
                 let (v, vals) = self.values();
-                self.live.insert(id);
+                self.live[w].insert(id);
                 self.record(id, "c", v);
                 return format!("INSERT INTO t (id, v, name, amount, note, at) VALUES ({id}, {v}, {vals});");
             }
         }
-        let any = self.live.iter().copied().collect::<Vec<_>>();
+        let any = self.live[w].iter().copied().collect::<Vec<_>>();
         let id = *self.rng.pick(&any);
         let last_v = self.history[&format!("t/{id}")].last().map_or(0, |h| h.1);
         if roll < 75 {
@@ -190,23 +210,23 @@ impl Pg {
             );
         }
         if roll < 88 {
-            self.live.remove(&id);
+            self.live[w].remove(&id);
             self.record(id, "d", last_v);
             return format!("DELETE FROM t WHERE id = {id};");
         }
         // A key change: the triggers record a delete of the old key and an insert of the new.
-        match self.new_id() {
+        match self.new_id(w) {
             Some(new) => {
                 self.v += 1;
                 let v = self.v;
-                self.live.remove(&id);
-                self.live.insert(new);
+                self.live[w].remove(&id);
+                self.live[w].insert(new);
                 self.record(id, "d", last_v);
                 self.record(new, "c", v);
                 format!("UPDATE t SET id = {new}, v = {v} WHERE id = {id};")
             }
             None => {
-                self.live.remove(&id);
+                self.live[w].remove(&id);
                 self.record(id, "d", last_v);
                 format!("DELETE FROM t WHERE id = {id};")
             }
@@ -218,15 +238,17 @@ impl Source for Pg {
     fn describe(&self) -> String {
         match self.mode {
             Mode::Trigger => format!(
-                "trigger postgres capture={} debounce={} hot={:?} per_step={:?}",
+                "trigger postgres capture={} debounce={} writers={} hot={:?} per_step={:?}",
                 if self.rows { "rows" } else { "keys" },
                 self.debounce,
+                self.writers,
                 self.hot,
                 self.per_step
             ),
             Mode::Poll => format!(
-                "poll postgres/odbc {} hot={:?} per_step={:?}",
+                "poll postgres/odbc {} writers={} hot={:?} per_step={:?}",
                 if self.cursor { "cursor" } else { "full" },
+                self.writers,
                 self.hot,
                 self.per_step
             ),
@@ -280,19 +302,37 @@ impl Source for Pg {
 
     fn step(&mut self, _i: usize, _quiet: bool, _reader: &mut Reader) -> Res<()> {
         let count = self.rng.range(self.per_step.0, self.per_step.1);
-        let mut sql = String::new();
+        let w_n = self.writers as usize;
+        let mut scripts = vec![String::new(); w_n];
         let mut left = count;
         while left > 0 {
+            let w = self.rng.below(w_n as u64) as usize;
             let tx = self.rng.range(1, 8).min(left);
-            sql.push_str("BEGIN;\n");
+            scripts[w].push_str("BEGIN;\n");
             for _ in 0..tx {
-                sql.push_str(&self.statement());
-                sql.push('\n');
+                scripts[w].push_str(&self.statement(w));
+                scripts[w].push('\n');
             }
-            sql.push_str("COMMIT;\n");
+            // Now and then a transaction that commits late, after others' later rows.
+            if w_n > 1 && self.rng.chance(15) {
+                scripts[w].push_str(&format!("SELECT pg_sleep(0.0{});\n", self.rng.range(1, 9)));
+            }
+            scripts[w].push_str("COMMIT;\n");
             left -= tx;
         }
-        psql(Some(&self.schema), &sql).map(|_| ())
+        let schema = self.schema.clone();
+        let runs: Vec<std::thread::JoinHandle<Res<String>>> = scripts
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(|sql| {
+                let schema = schema.clone();
+                std::thread::spawn(move || psql(Some(&schema), &sql))
+            })
+            .collect();
+        for r in runs {
+            r.join().map_err(|_| "a writer thread panicked".to_owned())??;
+        }
+        Ok(())
     }
 
     fn truth(&self) -> Res<State> {

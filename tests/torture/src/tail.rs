@@ -1,6 +1,8 @@
 //! The tail family: change files in JSON lines or CSV, written record by record, rotated
-//! by the real /usr/sbin/logrotate (create or copytruncate, dateext, compress +
-//! delaycompress), truncated, and joined by files that appear late.
+//! by the real /usr/sbin/logrotate (create or copytruncate, dateext, compress with or
+//! without delaycompress, up to three rotations within a step), truncated (with the
+//! agent up, or down once the stream has every record), and joined by files that
+//! appear late.
 //!
 //! Truth: the final state the records imply (per key, the last record; a `d` removes
 //! the key). Every record carries `n`, rising over the whole scenario, so each record
@@ -38,6 +40,7 @@ pub struct Tail {
     rotation: Rotation,
     dateext: bool,
     compress: bool,
+    delaycompress: bool,
     glob_rotated: bool,
     truncate: bool,
     /// Steps at which a late file appears.
@@ -88,6 +91,7 @@ impl Tail {
             rotation,
             dateext: r.chance(30),
             compress: r.chance(40),
+            delaycompress: r.chance(60),
             glob_rotated: r.chance(50),
             truncate: r.chance(35),
             late_at,
@@ -122,7 +126,10 @@ impl Tail {
             o.extend(["dateext", "dateformat -%Y%m%d-%H%M%S"]);
         }
         if self.compress {
-            o.extend(["compress", "delaycompress"]);
+            o.push("compress");
+            if self.delaycompress {
+                o.push("delaycompress");
+            }
         }
         format!(
             "{} {{\n    {}\n}}\n",
@@ -337,7 +344,11 @@ impl Source for Tail {
             if self.csv { "csv" } else { "jsonl" },
             self.rotation,
             if self.dateext { " dateext" } else { "" },
-            if self.compress { " compress+delaycompress" } else { "" },
+            match (self.compress, self.delaycompress) {
+                (false, _) => "",
+                (true, true) => " compress+delaycompress",
+                (true, false) => " compress",
+            },
             if self.glob_rotated { "*.log*" } else { "*.log" },
             self.truncate,
             self.late_at.len(),
@@ -374,28 +385,41 @@ impl Source for Tail {
         for j in late {
             self.new_file(&format!("late-{j}.log"))?;
         }
-        if self.rotation != Rotation::None && self.rng.chance(35) {
-            self.rotate()?;
+        if self.truncate && self.rng.chance(25) {
+            if quiet {
+                self.truncate_live(reader)?;
+            } else if reader.poll().is_ok() && self.all_arrived(&reader.msgs) {
+                // The agent (or its link) is down, but every record is in the stream.
+                self.truncate_live(reader)?;
+            }
         }
-        if self.truncate && quiet && self.rng.chance(25) {
-            self.truncate_live(reader)?;
-        }
+        // 0 to 3 rotations, with some of the step's records written before each.
+        let rotations = if self.rotation != Rotation::None && self.rng.chance(35) {
+            self.rng.range(1, 3)
+        } else {
+            0
+        };
         let count = self.rng.range(self.per_step.0, self.per_step.1);
-        let mut per_file: BTreeMap<usize, String> = BTreeMap::new();
-        for _ in 0..count {
-            // Most records go to the rotated file.
-            let fi = if self.files.len() > 1 && self.rng.chance(35) {
-                1 + self.rng.below(self.files.len() as u64 - 1) as usize
-            } else {
-                0
-            };
-            let text = self.record(fi);
-            per_file.entry(fi).or_default().push_str(&text);
-        }
         let header = self.csv.then_some("id,op,n,name,amount,note\n");
-        for (fi, text) in per_file {
-            let split = self.rng.below(text.len() as u64 + 1) as usize;
-            append(&self.files[fi].path, header, &text, split)?;
+        for chunk in 0..=rotations {
+            if chunk > 0 {
+                self.rotate()?;
+            }
+            let mut per_file: BTreeMap<usize, String> = BTreeMap::new();
+            for _ in 0..count / (rotations + 1) {
+                // Most records go to the rotated file.
+                let fi = if self.files.len() > 1 && self.rng.chance(35) {
+                    1 + self.rng.below(self.files.len() as u64 - 1) as usize
+                } else {
+                    0
+                };
+                let text = self.record(fi);
+                per_file.entry(fi).or_default().push_str(&text);
+            }
+            for (fi, text) in per_file {
+                let split = self.rng.below(text.len() as u64 + 1) as usize;
+                append(&self.files[fi].path, header, &text, split)?;
+            }
         }
         Ok(())
     }
