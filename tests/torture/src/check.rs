@@ -38,7 +38,10 @@ pub fn canon_text(s: &str) -> String {
             }
         }
         if let Some((head, frac)) = u.split_once('.') {
-            let (digits, rest) = frac.split_at(frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len()));
+            let (digits, rest) = frac.split_at(
+                frac.find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(frac.len()),
+            );
             let digits = digits.trim_end_matches('0');
             u = if digits.is_empty() {
                 format!("{head}{rest}")
@@ -277,7 +280,11 @@ pub fn exactly_once(msgs: &[Msg], field: &str, written: &HashSet<i64>) -> Vec<St
 }
 
 /// Per key, the exact (op, order field) history the source made, against the stream's.
-pub fn history(msgs: &[Msg], field: &str, want: &BTreeMap<String, Vec<(String, i64)>>) -> Vec<String> {
+pub fn history(
+    msgs: &[Msg],
+    field: &str,
+    want: &BTreeMap<String, Vec<(String, i64)>>,
+) -> Vec<String> {
     let mut got: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
     for m in msgs {
         let v = as_int(&image(m)[field]).unwrap_or(-1);
@@ -330,9 +337,18 @@ mod tests {
     fn canonical_forms() {
         assert_eq!(canon_text("12.50000"), "12.5");
         assert_eq!(canon_text("12.0"), "12");
-        assert_eq!(canon_text("2026-11-21T10:05:03+00:00"), "2026-11-21T10:05:03Z");
-        assert_eq!(canon_text("2026-11-21T10:05:03.000000Z"), "2026-11-21T10:05:03Z");
-        assert_eq!(canon_text("2026-11-21T10:05:03.250+00:00"), "2026-11-21T10:05:03.25Z");
+        assert_eq!(
+            canon_text("2026-11-21T10:05:03+00:00"),
+            "2026-11-21T10:05:03Z"
+        );
+        assert_eq!(
+            canon_text("2026-11-21T10:05:03.000000Z"),
+            "2026-11-21T10:05:03Z"
+        );
+        assert_eq!(
+            canon_text("2026-11-21T10:05:03.250+00:00"),
+            "2026-11-21T10:05:03.25Z"
+        );
         assert_eq!(canon(&serde_json::json!(null)), "∅");
         assert_eq!(canon(&serde_json::json!(12.5)), "12.5");
         assert_eq!(canon(&serde_json::json!(0.0000000001)), "0.0000000001");

@@ -140,7 +140,10 @@ fn main() {
         {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("cannot make a scenario directory in {}: {e}", args.dir.display());
+                eprintln!(
+                    "cannot make a scenario directory in {}: {e}",
+                    args.dir.display()
+                );
                 std::process::exit(1);
             }
         };
@@ -153,7 +156,11 @@ fn main() {
         let secs = t0.elapsed().as_secs_f64();
         let (changes, events, failures) = match outcome {
             Ok(o) => (o.changes, o.events, o.failures),
-            Err(e) => (plan.source.changes(), 0, vec![format!("scenario error: {e}")]),
+            Err(e) => (
+                plan.source.changes(),
+                0,
+                vec![format!("scenario error: {e}")],
+            ),
         };
         total_events += events;
         let result = if failures.is_empty() {

@@ -74,12 +74,23 @@ const AMOUNTS: [&str; 6] = [
 /// psql on the database `test`, search path `schema`, in UTC; stdin `sql`.
 fn psql(schema: Option<&str>, sql: &str) -> Res<String> {
     let mut c = Command::new("psql");
-    c.args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-X", "-q", "-A", "-t"])
-        .args(["-v", "ON_ERROR_STOP=1"])
-        .env("PGTZ", "UTC")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "test",
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+    ])
+    .args(["-v", "ON_ERROR_STOP=1"])
+    .env("PGTZ", "UTC")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if let Some(s) = schema {
         c.env("PGOPTIONS", format!("-c search_path={s}"));
     }
@@ -90,9 +101,7 @@ fn psql(schema: Option<&str>, sql: &str) -> Res<String> {
         .ok_or("psql stdin")?
         .write_all(sql.as_bytes())
         .map_err(|e| format!("psql stdin: {e}"))?;
-    let o = child
-        .wait_with_output()
-        .map_err(|e| format!("psql: {e}"))?;
+    let o = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
     if !o.status.success() {
         return Err(format!(
             "psql: {}: {}",
@@ -164,9 +173,22 @@ impl Pg {
     fn values(&mut self) -> (i64, String) {
         self.v += 1;
         let r = &mut self.rng;
-        let name = if r.chance(15) { "NULL".to_owned() } else { lit(*r.pick(&NAMES)) };
-        let amount = if r.chance(15) { "NULL".to_owned() } else { r.pick(&AMOUNTS).to_string() };
-        let note = if r.chance(30) { "NULL".to_owned() } else { lit(&format!("note {} ✓", self.v)) };
+        let name = r.pick(&NAMES).to_string();
+        let name = if r.chance(15) {
+            "NULL".to_owned()
+        } else {
+            lit(&name)
+        };
+        let amount = if r.chance(15) {
+            "NULL".to_owned()
+        } else {
+            r.pick(&AMOUNTS).to_string()
+        };
+        let note = if r.chance(30) {
+            "NULL".to_owned()
+        } else {
+            lit(&format!("note {} ✓", self.v))
+        };
         let at = if r.chance(20) {
             "NULL".to_owned()
         } else {
@@ -196,7 +218,9 @@ impl Pg {
                 let (v, vals) = self.values();
                 self.live[w].insert(id);
                 self.record(id, "c", v);
-                return format!("INSERT INTO t (id, v, name, amount, note, at) VALUES ({id}, {v}, {vals});");
+                return format!(
+                    "INSERT INTO t (id, v, name, amount, note, at) VALUES ({id}, {v}, {vals});"
+                );
             }
         }
         let any = self.live[w].iter().copied().collect::<Vec<_>>();
@@ -330,7 +354,8 @@ impl Source for Pg {
             })
             .collect();
         for r in runs {
-            r.join().map_err(|_| "a writer thread panicked".to_owned())??;
+            r.join()
+                .map_err(|_| "a writer thread panicked".to_owned())??;
         }
         Ok(())
     }
@@ -375,7 +400,10 @@ impl Source for Pg {
 
     fn cleanup(&mut self) {
         if self.created {
-            let _ = psql(None, &format!("DROP SCHEMA IF EXISTS {} CASCADE;", self.schema));
+            let _ = psql(
+                None,
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE;", self.schema),
+            );
         }
     }
 }

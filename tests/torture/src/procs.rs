@@ -394,11 +394,7 @@ impl Proxy {
     }
 
     pub fn set(&self, mode: ProxyMode) {
-        let mut g = self
-            .state
-            .mode
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut g = self.state.mode.lock().unwrap_or_else(|e| e.into_inner());
         g.0 = mode;
         if mode == ProxyMode::Drop {
             for s in g.1.drain(..) {
@@ -409,11 +405,7 @@ impl Proxy {
     }
 
     pub fn mode(&self) -> ProxyMode {
-        self.state
-            .mode
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
+        self.state.mode.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 }
 

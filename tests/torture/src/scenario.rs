@@ -201,13 +201,17 @@ fn draw_faults(r: &mut Rng, steps: usize) -> Vec<Fault> {
         let kind = *r.pick(&FaultKind::ALL);
         let at = r.below(steps as u64 - 1) as usize;
         let len = r.range(0, 3) as usize;
-        let len = if kind.resource() == 0 { len } else { len.max(1) };
+        let len = if kind.resource() == 0 {
+            len
+        } else {
+            len.max(1)
+        };
         let delay_ms = r.range(0, 300);
         let hold_ms = if r.chance(40) { r.range(1000, 6000) } else { 0 };
         let end = (at + len).min(steps);
-        let overlaps = out.iter().any(|f| {
-            f.kind.resource() == kind.resource() && at <= f.at + f.len && f.at <= end
-        });
+        let overlaps = out
+            .iter()
+            .any(|f| f.kind.resource() == kind.resource() && at <= f.at + f.len && f.at <= end);
         if !overlaps {
             out.push(Fault {
                 kind,
@@ -311,10 +315,8 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                 k += 1;
             }
         }
-        let quiet = agent.is_up()
-            && broker.is_up()
-            && proxy.mode() == ProxyMode::Pass
-            && active.is_empty();
+        let quiet =
+            agent.is_up() && broker.is_up() && proxy.mode() == ProxyMode::Pass && active.is_empty();
         plan.source.step(i, quiet, &mut reader)?;
         if let Some(s) = agent.exited() {
             failures.push(format!("lockstep exited on its own at step {i}: {s}"));

@@ -79,10 +79,7 @@ async fn read_from(url: &str, stream: &str, from: u64) -> Res<Vec<Msg>> {
         })
         .await
         .map_err(|e| format!("create consumer: {e}"))?;
-    let mut msgs = c
-        .messages()
-        .await
-        .map_err(|e| format!("consume: {e}"))?;
+    let mut msgs = c.messages().await.map_err(|e| format!("consume: {e}"))?;
     let mut out = Vec::new();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())

@@ -8,7 +8,7 @@
 //! the key). Every record carries `n`, rising over the whole scenario, so each record
 //! must arrive exactly once and a key's records in order.
 
-use std::collections::{HashSet, BTreeMap};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,13 +145,12 @@ impl Tail {
             .arg(self.dir.join("logrotate.state"))
             .arg(self.dir.join("logrotate.conf"))
             .output()
-            .map_err(|e| format!("run /usr/sbin/logrotate (scripts/ensure-deps installs it): {e}"))?;
+            .map_err(|e| {
+                format!("run /usr/sbin/logrotate (scripts/ensure-deps installs it): {e}")
+            })?;
         // dateext to the second refuses a second rotation within one second.
         if !o.status.success() && !self.dateext {
-            return Err(format!(
-                "logrotate: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ));
+            return Err(format!("logrotate: {}", String::from_utf8_lossy(&o.stderr)));
         }
         self.rotations += u64::from(o.status.success());
         Ok(())
@@ -279,7 +278,11 @@ impl Tail {
                 format!("{{\"id\":{id},\"op\":\"d\",\"n\":{n}}}\n")
             };
         }
-        let op = if self.truth.contains_key(&skey) { "u" } else { "c" };
+        let op = if self.truth.contains_key(&skey) {
+            "u"
+        } else {
+            "c"
+        };
         let name = *self.rng.pick(&NAMES);
         let amount = *self.rng.pick(&AMOUNTS);
         let note = (!self.rng.chance(30)).then(|| format!("note {n} ✓"));
