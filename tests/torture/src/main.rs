@@ -8,6 +8,7 @@
 //!                                                 scenarios S, S+1, … until the time is up
 //! lockstep-torture --seeds A,B,C                  these scenarios (CI)
 //! lockstep-torture --seeds A,B,C --describe       print their plans, run nothing
+//! lockstep-torture --dump nats://127.0.0.1:PORT   print a kept scenario's stream
 //! ```
 //! `--dir D` puts the scenario directories under D (default: the temp directory); a
 //! failed scenario's directory is kept (`--keep`: every one). Exit 1 when a scenario failed.
@@ -80,6 +81,27 @@ fn parse() -> Args {
 }
 
 fn main() {
+    // `--dump URL`: prints every message of the stream TORTURE at URL (a kept
+    // scenario's broker started again on its `nats-store`), one JSON line each.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 3 && argv[1] == "--dump" {
+        let r = stream::Reader::new(&argv[2], scenario::STREAM).and_then(|mut r| {
+            r.poll()?;
+            Ok(r)
+        });
+        match r {
+            Ok(r) => {
+                for m in &r.msgs {
+                    println!("{} {} {}", m.seq, m.id, m.json);
+                }
+                return;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let args = parse();
     let deadline = args
         .minutes

@@ -107,6 +107,12 @@ pub trait Source {
     fn config(&self) -> String;
     /// Before the agent's first start (tables, triggers).
     fn setup(&mut self, config: &Path) -> Res<()>;
+    /// True once the agent, first started, has taken its first look at the source (a
+    /// file written, rotated and compressed before the agent ever saw it cannot be
+    /// followed: the workload starts after this).
+    fn ready(&self, _state_dir: &Path) -> bool {
+        true
+    }
     /// Writes step `i` of the workload. `quiet`: no fault is active and the agent is up
     /// (tail truncation waits for it, and for the stream to have every record).
     fn step(&mut self, i: usize, quiet: bool, reader: &mut Reader) -> Res<()>;
@@ -247,7 +253,7 @@ fn metrics(port: u16) -> String {
         .map_or(String::new(), |(_, b)| b.to_owned())
 }
 
-const STREAM: &str = "TORTURE";
+pub const STREAM: &str = "TORTURE";
 
 fn agent_config(dir: &Path, proxy_port: u16, admin_port: u16, source: &str) -> String {
     format!(
@@ -296,6 +302,13 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     plan.source.setup(&cfg_path)?;
     let mut agent = Agent::new(&cfg_path, &dir.join("agent.log"));
     agent.start()?;
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    while !plan.source.ready(&dir.join("state")) {
+        if Instant::now() > ready_by {
+            return Err("the agent did not take its first look at the source within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut reader = Reader::new(&broker.url(), STREAM)?;
     let mut failures = Vec::new();
     let mut restarted = false;
@@ -333,6 +346,7 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                 FaultKind::Kill9 => {
                     agent.kill9();
                     restarted = true;
+                    keep_checkpoints(dir, &format!("kill9-step{i}"));
                 }
                 FaultKind::Term => {
                     if let Err(e) = agent.terminate() {
@@ -426,6 +440,24 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         changes: plan.source.changes(),
         failures,
     })
+}
+
+/// Copies `state/checkpoints` as the kill left it to `checkpoints-<tag>` (for the
+/// report of a failure).
+fn keep_checkpoints(dir: &Path, tag: &str) {
+    let from = dir.join("state/checkpoints");
+    let to = dir.join(format!("checkpoints-{tag}"));
+    let Ok(entries) = std::fs::read_dir(&from) else {
+        return;
+    };
+    if std::fs::create_dir_all(&to).is_err() {
+        return;
+    }
+    for e in entries.flatten() {
+        if e.path().is_file() {
+            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        }
+    }
 }
 
 fn heal(kind: FaultKind, agent: &mut Agent, broker: &mut Broker, proxy: &Proxy) -> Res<()> {

@@ -377,6 +377,11 @@ impl Source for Tail {
         self.new_file("changes.log")
     }
 
+    fn ready(&self, state_dir: &Path) -> bool {
+        // Written right after its first scan of the globs.
+        state_dir.join("checkpoints/files.json").exists()
+    }
+
     fn step(&mut self, i: usize, quiet: bool, reader: &mut Reader) -> Res<()> {
         let late: Vec<usize> = self
             .late_at
