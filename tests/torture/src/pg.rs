@@ -378,12 +378,20 @@ impl Source for Pg {
         true
     }
 
-    fn checks(&self, msgs: &[Msg]) -> Vec<String> {
+    fn checks(&self, msgs: &[Msg], restarted: bool) -> Vec<String> {
         let order = match self.mode {
             Mode::Trigger if !self.rows => Order::NonDecreasing,
             _ => Order::Strict,
         };
-        let mut out = check::key_order(msgs, "v", order);
+        // With debounce, a change that left merged before a crash is sent again unmerged
+        // under another id after the restart (docs/design.md, "Debounce", "Restarts"):
+        // an older value of the key lands after the merged newer one. Only the final
+        // state is checked then.
+        let mut out = if self.debounce && restarted {
+            Vec::new()
+        } else {
+            check::key_order(msgs, "v", order)
+        };
         if self.mode == Mode::Trigger && self.rows && !self.debounce {
             out.extend(check::history(msgs, "v", &self.history));
         }

@@ -120,8 +120,9 @@ pub trait Source {
     fn truth(&self) -> Res<State>;
     /// True once the stream holds everything (beyond the model equalling the truth).
     fn complete(&self, msgs: &[Msg]) -> bool;
-    /// The checks of this family on the final stream.
-    fn checks(&self, msgs: &[Msg]) -> Vec<String>;
+    /// The checks of this family on the final stream; `restarted`: the agent was
+    /// killed or stopped during the scenario.
+    fn checks(&self, msgs: &[Msg], restarted: bool) -> Vec<String>;
     /// Records written that must be quarantined, not sent.
     fn bad_records(&self) -> u64;
     /// Records (changes) the workload wrote.
@@ -413,7 +414,7 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     let model = check::replay(msgs);
     failures.extend(check::compare(&model, &truth));
     failures.extend(check::duplicate_ids(msgs));
-    failures.extend(plan.source.checks(msgs));
+    failures.extend(plan.source.checks(msgs, restarted));
     // A panic anywhere in the agent (a thread that died and was restarted) is a bug
     // even when nothing was lost.
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();

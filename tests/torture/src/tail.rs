@@ -440,7 +440,7 @@ impl Source for Tail {
         self.all_arrived(msgs)
     }
 
-    fn checks(&self, msgs: &[Msg]) -> Vec<String> {
+    fn checks(&self, msgs: &[Msg], _restarted: bool) -> Vec<String> {
         let mut out = check::exactly_once(msgs, "n", &self.written);
         out.extend(check::key_order(msgs, "n", Order::Strict));
         out
