@@ -89,3 +89,15 @@ fn seed_3020_copytruncate_before_the_first_read_loses_the_records() {
     let (ok, out) = repeat(3020, 6);
     assert!(ok, "{out}");
 }
+
+/// Open bug, not analysed yet (torture seed 4052, seen once): tail, jsonl, `create` +
+/// `compress` without `delaycompress`, truncation, kill -9, two SIGTERMs, the broker
+/// killed, the link stalled. 29 records (n 447…) never arrive, and records 402–404
+/// are stored after 612–615 of the same keys. Probably kin of seed 2027 (a file
+/// compressed right after its rotation).
+#[test]
+#[ignore = "open bug: records lost and reordered with create + compress, truncation and restarts"]
+fn seed_4052_create_compress_truncate_restarts_lose_records() {
+    let (ok, out) = repeat(4052, 6);
+    assert!(ok, "{out}");
+}
