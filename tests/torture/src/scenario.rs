@@ -1,0 +1,523 @@
+//! A scenario: a source setup × a workload × a fault schedule, all drawn from one seed.
+//!
+//! The workload is written in steps; between steps the faults of the schedule begin and
+//! end (the agent killed with -9 or stopped with SIGTERM and started again, the broker
+//! killed with -9 and restarted, the proxy dropping or stalling the agent's connection).
+//! After the last step every fault is healed, the driver waits (with a deadline) until
+//! the stream replays to the source's truth, stops the agent with SIGTERM, reads the
+//! whole stream once more and runs every check on it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::check::{self, State};
+use crate::procs::{free_port, Agent, Broker, BrokerKind, Proxy, ProxyMode, Res};
+use crate::rng::Rng;
+use crate::stream::{Msg, Reader};
+use crate::{pg, tail};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Tail,
+    Trigger,
+    Poll,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Tail => "tail",
+            Family::Trigger => "trigger",
+            Family::Poll => "poll",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Family> {
+        match s {
+            "tail" => Some(Family::Tail),
+            "trigger" => Some(Family::Trigger),
+            "poll" => Some(Family::Poll),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// kill -9 of lockstep, started again `len` steps later.
+    Kill9,
+    /// SIGTERM (must exit 0 within 15 s), started again `len` steps later.
+    Term,
+    /// kill -9 of nats-server, restarted `len` steps later.
+    BrokerKill,
+    /// The proxy cuts the agent's connections and refuses new ones for `len` steps.
+    ProxyDrop,
+    /// The proxy holds every byte for `len` steps.
+    ProxyStall,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill9 => "kill9",
+            FaultKind::Term => "sigterm",
+            FaultKind::BrokerKill => "broker-kill9",
+            FaultKind::ProxyDrop => "proxy-drop",
+            FaultKind::ProxyStall => "proxy-stall",
+        }
+    }
+
+    /// The process or link the fault acts on: faults on one never overlap.
+    fn resource(self) -> u8 {
+        match self {
+            FaultKind::Kill9 | FaultKind::Term => 0,
+            FaultKind::BrokerKill => 1,
+            FaultKind::ProxyDrop | FaultKind::ProxyStall => 2,
+        }
+    }
+
+    pub const ALL: [FaultKind; 5] = [
+        FaultKind::Kill9,
+        FaultKind::Term,
+        FaultKind::BrokerKill,
+        FaultKind::ProxyDrop,
+        FaultKind::ProxyStall,
+    ];
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// The step after whose writes it begins.
+    pub at: usize,
+    /// How many steps it lasts (0: healed at once, e.g. killed and started again).
+    pub len: usize,
+    /// How long after the step's writes it begins (a random moment of the capture).
+    pub delay_ms: u64,
+    /// It lasts at least this long (ms), however fast the steps go: an outage long
+    /// enough for acks to time out and the spool to fill.
+    pub hold_ms: u64,
+}
+
+/// What a source family does in a scenario.
+pub trait Source {
+    /// A one-line description of the setup and the workload.
+    fn describe(&self) -> String;
+    /// The `[[source]]` TOML.
+    fn config(&self) -> String;
+    /// Before the agent's first start (tables, triggers).
+    fn setup(&mut self, config: &Path) -> Res<()>;
+    /// True once the agent, first started, has taken its first look at the source (a
+    /// file written, rotated and compressed before the agent ever saw it cannot be
+    /// followed: the workload starts after this).
+    fn ready(&self, _state_dir: &Path) -> bool {
+        true
+    }
+    /// Writes step `i` of the workload. `quiet`: no fault is active and the agent is up
+    /// (tail truncation waits for it, and for the stream to have every record).
+    fn step(&mut self, i: usize, quiet: bool, reader: &mut Reader) -> Res<()>;
+    /// The final state the stream must replay to.
+    fn truth(&self) -> Res<State>;
+    /// True once the stream holds everything (beyond the model equalling the truth).
+    fn complete(&self, msgs: &[Msg]) -> bool;
+    /// The checks of this family on the final stream; `restarted`: the agent was
+    /// killed or stopped during the scenario.
+    fn checks(&self, msgs: &[Msg], restarted: bool) -> Vec<String>;
+    /// Records written that must be quarantined, not sent.
+    fn bad_records(&self) -> u64;
+    /// Records (changes) the workload wrote.
+    fn changes(&self) -> u64;
+    /// Drops what it made outside the scenario directory (a schema).
+    fn cleanup(&mut self);
+}
+
+/// Everything drawn from a seed.
+pub struct Plan {
+    pub seed: u64,
+    pub family: Family,
+    pub broker: BrokerKind,
+    pub steps: usize,
+    pub faults: Vec<Fault>,
+    /// Pause after each step's writes, in ms.
+    pub pace_ms: Vec<u64>,
+    pub source: Box<dyn Source>,
+}
+
+/// The family a seed's scenario belongs to (the first draw), so `--only` can skip seeds
+/// without building their scenario.
+pub fn family_of(seed: u64) -> Family {
+    let mut r = Rng::new(seed);
+    *r.pick(&[Family::Tail, Family::Trigger, Family::Poll])
+}
+
+impl Plan {
+    pub fn draw(seed: u64, dir: &Path) -> Plan {
+        let mut r = Rng::new(seed);
+        let family = *r.pick(&[Family::Tail, Family::Trigger, Family::Poll]);
+        let mut wr = r.fork();
+        let mut fr = r.fork();
+        let broker = if r.chance(50) && BrokerKind::Current.binary().is_some() {
+            BrokerKind::Current
+        } else {
+            BrokerKind::Debian
+        };
+        let steps = fr.range(6, 16) as usize;
+        let source: Box<dyn Source> = match family {
+            Family::Tail => Box::new(tail::Tail::draw(&mut wr, dir, steps)),
+            Family::Trigger => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps)),
+            Family::Poll => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps)),
+        };
+        let faults = draw_faults(&mut fr, steps);
+        let pace_ms = (0..steps).map(|_| fr.range(20, 400)).collect();
+        Plan {
+            seed,
+            family,
+            broker,
+            steps,
+            faults,
+            pace_ms,
+            source,
+        }
+    }
+
+    pub fn fault_summary(&self) -> String {
+        if self.faults.is_empty() {
+            return "none".into();
+        }
+        let mut kinds: Vec<FaultKind> = self.faults.iter().map(|f| f.kind).collect();
+        kinds.sort();
+        let mut out: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < kinds.len() {
+            let n = kinds[i..].iter().take_while(|k| **k == kinds[i]).count();
+            out.push(if n > 1 {
+                format!("{}x{n}", kinds[i].name())
+            } else {
+                kinds[i].name().to_owned()
+            });
+            i += n;
+        }
+        out.join(",")
+    }
+}
+
+fn draw_faults(r: &mut Rng, steps: usize) -> Vec<Fault> {
+    let n = r.range(0, 6);
+    let mut out: Vec<Fault> = Vec::new();
+    for _ in 0..n {
+        let kind = *r.pick(&FaultKind::ALL);
+        let at = r.below(steps as u64 - 1) as usize;
+        let len = r.range(0, 3) as usize;
+        let len = if kind.resource() == 0 {
+            len
+        } else {
+            len.max(1)
+        };
+        let delay_ms = r.range(0, 300);
+        let hold_ms = if r.chance(40) { r.range(1000, 6000) } else { 0 };
+        let end = (at + len).min(steps);
+        let overlaps = out
+            .iter()
+            .any(|f| f.kind.resource() == kind.resource() && at <= f.at + f.len && f.at <= end);
+        if !overlaps {
+            out.push(Fault {
+                kind,
+                at,
+                len: end - at,
+                delay_ms,
+                hold_ms,
+            });
+        }
+    }
+    out.sort_by_key(|f| (f.at, f.delay_ms));
+    out
+}
+
+/// The outcome of one scenario.
+pub struct Outcome {
+    pub events: usize,
+    pub changes: u64,
+    pub failures: Vec<String>,
+}
+
+/// The agent's admin endpoint: `/metrics` as text ("" when it cannot be read).
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    resp.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned())
+}
+
+pub const STREAM: &str = "TORTURE";
+
+fn agent_config(dir: &Path, proxy_port: u16, admin_port: u16, source: &str) -> String {
+    format!(
+        r#"[agent]
+id = "torture"
+state_dir = "{state}"
+
+[nats]
+servers = ["nats://127.0.0.1:{proxy_port}"]
+stream = "{STREAM}"
+subject_prefix = "torture"
+create_stream = true
+ack_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+{source}
+"#,
+        state = dir.join("state").display(),
+    )
+}
+
+/// Runs the scenario in `dir`.
+pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
+    let mut broker = Broker::start(plan.broker, dir)?;
+    let proxy = Proxy::start(broker.port)?;
+    let admin_port = free_port()?;
+    let cfg_path: PathBuf = dir.join("lockstep.toml");
+    let text = agent_config(dir, proxy.port, admin_port, &plan.source.config());
+    std::fs::write(&cfg_path, text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+    std::fs::write(
+        dir.join("plan.txt"),
+        format!(
+            "seed {}\nfamily {}\nbroker {}\nsteps {}\nsource {}\nfaults {:#?}\npace_ms {:?}\n",
+            plan.seed,
+            plan.family.name(),
+            plan.broker.label(),
+            plan.steps,
+            plan.source.describe(),
+            plan.faults,
+            plan.pace_ms
+        ),
+    )
+    .map_err(|e| format!("plan.txt: {e}"))?;
+    plan.source.setup(&cfg_path)?;
+    let mut agent = Agent::new(&cfg_path, &dir.join("agent.log"));
+    agent.start()?;
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    while !plan.source.ready(&dir.join("state")) {
+        if Instant::now() > ready_by {
+            return Err("the agent did not take its first look at the source within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut reader = Reader::new(&broker.url(), STREAM)?;
+    let mut failures = Vec::new();
+    let mut restarted = false;
+    // Faults begun and not healed yet: index → when it began.
+    let mut active: Vec<(usize, Instant)> = Vec::new();
+
+    for i in 0..plan.steps {
+        // Faults that end now: their steps are over and they lasted their hold time.
+        let mut k = 0;
+        while k < active.len() {
+            let (fi, began) = active[k];
+            let f = plan.faults[fi];
+            if f.at + f.len <= i && began.elapsed() >= Duration::from_millis(f.hold_ms) {
+                heal(f.kind, &mut agent, &mut broker, &proxy)?;
+                active.swap_remove(k);
+            } else {
+                k += 1;
+            }
+        }
+        let quiet =
+            agent.is_up() && broker.is_up() && proxy.mode() == ProxyMode::Pass && active.is_empty();
+        plan.source.step(i, quiet, &mut reader)?;
+        if let Some(s) = agent.exited() {
+            failures.push(format!("lockstep exited on its own at step {i}: {s}"));
+            agent.start()?;
+        }
+        std::thread::sleep(Duration::from_millis(plan.pace_ms[i]));
+        let begin: Vec<usize> = (0..plan.faults.len())
+            .filter(|&fi| plan.faults[fi].at == i)
+            .collect();
+        for fi in begin {
+            let f = plan.faults[fi];
+            std::thread::sleep(Duration::from_millis(f.delay_ms));
+            match f.kind {
+                FaultKind::Kill9 => {
+                    agent.kill9();
+                    restarted = true;
+                    keep_checkpoints(dir, &format!("kill9-step{i}"));
+                }
+                FaultKind::Term => {
+                    if let Err(e) = agent.terminate() {
+                        failures.push(format!("step {i}: {e}"));
+                    }
+                    restarted = true;
+                }
+                FaultKind::BrokerKill => broker.kill9(),
+                FaultKind::ProxyDrop => proxy.set(ProxyMode::Drop),
+                FaultKind::ProxyStall => proxy.set(ProxyMode::Stall),
+            }
+            if f.len == 0 && f.hold_ms == 0 {
+                heal(f.kind, &mut agent, &mut broker, &proxy)?;
+            } else {
+                active.push((fi, Instant::now()));
+            }
+        }
+    }
+    // Everything healed, each after its hold time.
+    for (fi, began) in active {
+        let hold = Duration::from_millis(plan.faults[fi].hold_ms);
+        if let Some(left) = hold.checked_sub(began.elapsed()) {
+            std::thread::sleep(left);
+        }
+        heal(plan.faults[fi].kind, &mut agent, &mut broker, &proxy)?;
+    }
+    broker.restart_if_down()?;
+    proxy.set(ProxyMode::Pass);
+    agent.start()?;
+
+    // Wait until the stream replays to the truth.
+    let truth = plan.source.truth()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        reader.poll()?;
+        let model = check::replay(&reader.msgs);
+        if check::compare(&model, &truth).is_empty() && plan.source.complete(&reader.msgs) {
+            break;
+        }
+        if Instant::now() > deadline {
+            failures.push("the stream did not reach the source's state within 120 s".into());
+            break;
+        }
+        if let Some(s) = agent.exited() {
+            failures.push(format!("lockstep exited on its own while catching up: {s}"));
+            agent.start()?;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Metrics agree with what arrived, where one process saw everything.
+    if !restarted {
+        failures.extend(check_metrics(
+            admin_port,
+            plan.source.bad_records(),
+            reader.msgs.len() as u64,
+        ));
+    }
+    if let Err(e) = agent.terminate() {
+        failures.push(format!("final stop: {e}"));
+    }
+    reader.poll()?;
+    let msgs = &reader.msgs;
+    let model = check::replay(msgs);
+    failures.extend(check::compare(&model, &truth));
+    failures.extend(check::duplicate_ids(msgs));
+    failures.extend(plan.source.checks(msgs, restarted));
+    // A panic anywhere in the agent (a thread that died and was restarted) is a bug
+    // even when nothing was lost.
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+    if !panics.is_empty() {
+        failures.push(format!(
+            "{} panic(s) in agent.log, first: {}",
+            panics.len(),
+            &panics[0][..panics[0].len().min(300)]
+        ));
+    }
+    if restarted {
+        // Counters restart with the process: the quarantine files hold the bad records.
+        let bad = plan.source.bad_records();
+        let q = quarantined_lines(dir);
+        if q < bad {
+            failures.push(format!(
+                "{bad} bad record(s) written, {q} in the quarantine files"
+            ));
+        }
+    }
+    Ok(Outcome {
+        events: msgs.len(),
+        changes: plan.source.changes(),
+        failures,
+    })
+}
+
+/// Copies `state/checkpoints` as the kill left it to `checkpoints-<tag>` (for the
+/// report of a failure).
+fn keep_checkpoints(dir: &Path, tag: &str) {
+    let from = dir.join("state/checkpoints");
+    let to = dir.join(format!("checkpoints-{tag}"));
+    let Ok(entries) = std::fs::read_dir(&from) else {
+        return;
+    };
+    if std::fs::create_dir_all(&to).is_err() {
+        return;
+    }
+    for e in entries.flatten() {
+        if e.path().is_file() {
+            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        }
+    }
+}
+
+fn heal(kind: FaultKind, agent: &mut Agent, broker: &mut Broker, proxy: &Proxy) -> Res<()> {
+    match kind {
+        FaultKind::Kill9 | FaultKind::Term => agent.start(),
+        FaultKind::BrokerKill => broker.restart(),
+        FaultKind::ProxyDrop | FaultKind::ProxyStall => {
+            proxy.set(ProxyMode::Pass);
+            Ok(())
+        }
+    }
+}
+
+/// captured = published + refused + dropped (the events of one process), quarantined =
+/// the bad records written, published = the messages stored; polled with a deadline
+/// (acks may still be on their way).
+fn check_metrics(port: u16, bad: u64, stored: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = metrics(port);
+        let captured = check::metric_sum(&m, "lockstep_events_captured_total");
+        let published = check::metric_sum(&m, "lockstep_events_published_total");
+        let refused = check::metric_sum(&m, "lockstep_events_refused_total");
+        let dropped = check::metric_sum(&m, "lockstep_spool_dropped_events_total");
+        let quarantined = check::metric_sum(&m, "lockstep_quarantined_records_total");
+        let mut bad_now = Vec::new();
+        if captured != published + refused + dropped {
+            bad_now.push(format!(
+                "metrics: captured {captured} != published {published} + refused {refused} + dropped {dropped}"
+            ));
+        }
+        if quarantined != bad {
+            bad_now.push(format!(
+                "metrics: quarantined {quarantined}, bad records written {bad}"
+            ));
+        }
+        if published != stored {
+            bad_now.push(format!(
+                "metrics: published {published}, messages in the stream {stored}"
+            ));
+        }
+        if bad_now.is_empty() || Instant::now() > deadline {
+            return bad_now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Lines in `state/quarantine/*` (records set aside, one per line).
+fn quarantined_lines(dir: &Path) -> u64 {
+    let Ok(d) = std::fs::read_dir(dir.join("state/quarantine")) else {
+        return 0;
+    };
+    d.filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            !n.contains("refused") && !n.starts_with('.')
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|t| t.lines().count() as u64)
+        .sum()
+}

@@ -1,0 +1,458 @@
+//! The tail family: change files in JSON lines or CSV, written record by record, rotated
+//! by the real /usr/sbin/logrotate (create or copytruncate, dateext, compress with or
+//! without delaycompress, up to three rotations within a step), truncated (with the
+//! agent up, or down once the stream has every record), and joined by files that
+//! appear late.
+//!
+//! Truth: the final state the records imply (per key, the last record; a `d` removes
+//! the key). Every record carries `n`, rising over the whole scenario, so each record
+//! must arrive exactly once and a key's records in order.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::check::{self, canon_text, Order, Row, State};
+use crate::procs::Res;
+use crate::rng::Rng;
+use crate::scenario::Source;
+use crate::stream::{Msg, Reader};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rotation {
+    None,
+    Create,
+    CopyTruncate,
+}
+
+struct File {
+    path: PathBuf,
+    /// Its keys are `base + k`: files never share a key (their order is not defined).
+    base: u64,
+    live: Vec<u64>,
+    next_key: u64,
+}
+
+pub struct Tail {
+    csv: bool,
+    rotation: Rotation,
+    dateext: bool,
+    compress: bool,
+    delaycompress: bool,
+    glob_rotated: bool,
+    truncate: bool,
+    /// Steps at which a late file appears.
+    late_at: Vec<usize>,
+    /// Keys drawn from this many per file (hot keys), or ever new ones.
+    hot: Option<u64>,
+    garbage: bool,
+    per_step: (u64, u64),
+    dir: PathBuf,
+    logs: PathBuf,
+    files: Vec<File>,
+    rng: Rng,
+    n: i64,
+    truth: State,
+    written: HashSet<i64>,
+    bad: u64,
+    rotations: u64,
+    truncations: u64,
+}
+
+const NAMES: [&str; 8] = [
+    "Zürich — 東京 ✓",
+    "O'Brien",
+    "plain",
+    "emoji 🚑",
+    "back\\slash",
+    "comma, \"quoted\"",
+    "two\nlines",
+    "tab\there",
+];
+const AMOUNTS: [&str; 6] = [
+    "12345678901234567890.1234567890",
+    "0.0000000001",
+    "-99999999999999999999.9999999999",
+    "12.50",
+    "7",
+    "3.14159265358979323846264338327",
+];
+
+impl Tail {
+    pub fn draw(r: &mut Rng, dir: &Path, steps: usize) -> Tail {
+        let csv = r.chance(40);
+        let rotation = *r.pick(&[Rotation::None, Rotation::Create, Rotation::CopyTruncate]);
+        let late = r.range(0, 2) as usize;
+        let late_at = (0..late).map(|_| r.below(steps as u64) as usize).collect();
+        Tail {
+            csv,
+            rotation,
+            dateext: r.chance(30),
+            compress: r.chance(40),
+            delaycompress: r.chance(60),
+            glob_rotated: r.chance(50),
+            truncate: r.chance(35),
+            late_at,
+            hot: r.chance(40).then(|| r.range(1, 8)),
+            garbage: !csv && r.chance(40),
+            per_step: if r.chance(20) { (200, 800) } else { (5, 80) },
+            dir: dir.to_owned(),
+            logs: dir.join("logs"),
+            files: Vec::new(),
+            rng: r.fork(),
+            n: 0,
+            truth: State::new(),
+            written: HashSet::new(),
+            bad: 0,
+            rotations: 0,
+            truncations: 0,
+        }
+    }
+
+    fn live(&self) -> PathBuf {
+        self.logs.join("changes.log")
+    }
+
+    fn logrotate_conf(&self) -> String {
+        let mut o = vec!["rotate 100000", "missingok", "ifempty", "nomail"];
+        o.push(if self.rotation == Rotation::CopyTruncate {
+            "copytruncate"
+        } else {
+            "create"
+        });
+        if self.dateext {
+            o.extend(["dateext", "dateformat -%Y%m%d-%H%M%S"]);
+        }
+        if self.compress {
+            o.push("compress");
+            if self.delaycompress {
+                o.push("delaycompress");
+            }
+        }
+        format!(
+            "{} {{\n    {}\n}}\n",
+            self.live().display(),
+            o.join("\n    ")
+        )
+    }
+
+    fn rotate(&mut self) -> Res<()> {
+        let o = Command::new("/usr/sbin/logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(self.dir.join("logrotate.state"))
+            .arg(self.dir.join("logrotate.conf"))
+            .output()
+            .map_err(|e| {
+                format!("run /usr/sbin/logrotate (scripts/ensure-deps installs it): {e}")
+            })?;
+        // dateext to the second refuses a second rotation within one second.
+        if !o.status.success() && !self.dateext {
+            return Err(format!("logrotate: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        self.rotations += u64::from(o.status.success());
+        Ok(())
+    }
+
+    /// Truncates the live file once the stream holds every record written so far (what
+    /// was not read before a truncation is gone by the writer's own doing).
+    fn truncate_live(&mut self, reader: &mut Reader) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.all_arrived(&reader.msgs) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "before a truncation: the stream did not get every record written within 60 s ({} written, {} messages)",
+                    self.written.len(),
+                    reader.msgs.len()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            reader.poll()?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.live())
+            .map_err(|e| format!("truncate: {e}"))?;
+        f.set_len(0).map_err(|e| format!("truncate: {e}"))?;
+        self.truncations += 1;
+        Ok(())
+    }
+
+    fn all_arrived(&self, msgs: &[Msg]) -> bool {
+        let mut seen = HashSet::new();
+        for m in msgs {
+            let img = if m.json["op"] == "d" {
+                &m.json["before"]
+            } else {
+                &m.json["after"]
+            };
+            if let Some(n) = check::as_int(&img["n"]) {
+                seen.insert(n);
+            }
+        }
+        self.written.iter().all(|n| seen.contains(n))
+    }
+
+    fn new_file(&mut self, name: &str) -> Res<()> {
+        let path = self.logs.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = self.files.len() as u64 * 1_000_000;
+        self.files.push(File {
+            path,
+            base,
+            live: Vec::new(),
+            next_key: 0,
+        });
+        Ok(())
+    }
+
+    /// A key for file `fi` not live in it: a hot one still free, or a new one.
+    fn new_key(&mut self, fi: usize) -> Option<u64> {
+        let f = &mut self.files[fi];
+        match self.hot {
+            Some(h) => {
+                let free: Vec<u64> = (0..h).filter(|k| !f.live.contains(k)).collect();
+                (!free.is_empty()).then(|| *self.rng.pick(&free))
+            }
+            None => {
+                f.next_key += 1;
+                Some(f.next_key)
+            }
+        }
+    }
+
+    /// One change for file `fi` (an insert, update, delete or key change): its line(s).
+    fn record(&mut self, fi: usize) -> String {
+        if self.garbage && self.rng.chance(3) {
+            self.bad += 1;
+            return format!("{{\"id\":{},\"op\":\"c\",\"n\":\n", self.rng.below(100));
+        }
+        let roll = self.rng.below(100);
+        // (key, delete?) in the order they are written.
+        let mut acts: Vec<(u64, bool)> = Vec::new();
+        if self.files[fi].live.is_empty() || roll < 40 {
+            match self.new_key(fi) {
+                Some(k) => {
+                    self.files[fi].live.push(k);
+                    acts.push((k, false));
+                }
+                None => acts.push((*self.rng.pick(&self.files[fi].live), false)),
+            }
+        } else if roll < 75 {
+            acts.push((*self.rng.pick(&self.files[fi].live), false));
+        } else {
+            let i = self.rng.below(self.files[fi].live.len() as u64) as usize;
+            let old = self.files[fi].live.swap_remove(i);
+            acts.push((old, true));
+            // A key change: the old key deleted, a new one inserted.
+            if roll >= 88 {
+                if let Some(k) = self.new_key(fi) {
+                    self.files[fi].live.push(k);
+                    acts.push((k, false));
+                }
+            }
+        }
+        let base = self.files[fi].base;
+        acts.into_iter()
+            .map(|(k, del)| self.emit(base + k, del))
+            .collect()
+    }
+
+    /// The line of a change of key `id`; updates the truth.
+    fn emit(&mut self, id: u64, del: bool) -> String {
+        self.n += 1;
+        let n = self.n;
+        self.written.insert(n);
+        let skey = format!("t/{id}");
+        if del {
+            self.truth.remove(&skey);
+            return if self.csv {
+                format!("{id},d,{n},,,\n")
+            } else {
+                format!("{{\"id\":{id},\"op\":\"d\",\"n\":{n}}}\n")
+            };
+        }
+        let op = if self.truth.contains_key(&skey) {
+            "u"
+        } else {
+            "c"
+        };
+        let name = *self.rng.pick(&NAMES);
+        let amount = *self.rng.pick(&AMOUNTS);
+        let note = (!self.rng.chance(30)).then(|| format!("note {n} ✓"));
+        let mut row = Row::new();
+        row.insert("id".into(), id.to_string());
+        row.insert("n".into(), n.to_string());
+        row.insert("name".into(), name.to_owned());
+        row.insert("amount".into(), canon_text(amount));
+        row.insert("note".into(), note.clone().unwrap_or_else(|| "∅".into()));
+        self.truth.insert(skey, row);
+        if self.csv {
+            format!(
+                "{id},{op},{n},{},{amount},{}\n",
+                csv_field(name),
+                note.as_deref().map(csv_field).unwrap_or_default()
+            )
+        } else {
+            format!(
+                "{{\"id\":{id},\"op\":\"{op}\",\"n\":{n},\"name\":{},\"amount\":{amount},\"note\":{}}}\n",
+                serde_json::Value::from(name),
+                note.map_or(serde_json::Value::Null, serde_json::Value::from)
+            )
+        }
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn append(path: &Path, header: Option<&str>, text: &str, split: usize) -> Res<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let empty = f.metadata().map(|m| m.len() == 0).unwrap_or(true);
+    if let (Some(h), true) = (header, empty) {
+        f.write_all(h.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    // Two writes, cut at a random byte: the agent may see a partial line.
+    let mut cut = split.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    for part in [&text[..cut], &text[cut..]] {
+        f.write_all(part.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+impl Source for Tail {
+    fn describe(&self) -> String {
+        format!(
+            "tail {} rotation={:?}{}{} glob={} truncate={} late_files={} hot={:?} garbage={} per_step={:?}",
+            if self.csv { "csv" } else { "jsonl" },
+            self.rotation,
+            if self.dateext { " dateext" } else { "" },
+            match (self.compress, self.delaycompress) {
+                (false, _) => "",
+                (true, true) => " compress+delaycompress",
+                (true, false) => " compress",
+            },
+            if self.glob_rotated { "*.log*" } else { "*.log" },
+            self.truncate,
+            self.late_at.len(),
+            self.hot,
+            self.garbage,
+            self.per_step
+        )
+    }
+
+    fn config(&self) -> String {
+        let glob = if self.glob_rotated { "*.log*" } else { "*.log" };
+        format!(
+            "[[source]]\nname = \"files\"\nkind = \"tail\"\npaths = [\"{}/{glob}\"]\nformat = \"{}\"\ntable = \"t\"\nkey = [\"id\"]\nop_field = \"op\"\nstat_interval = \"200ms\"\nrotate_wait = \"1s\"\n",
+            self.logs.display(),
+            if self.csv { "csv" } else { "jsonl" }
+        )
+    }
+
+    fn setup(&mut self, _config: &Path) -> Res<()> {
+        std::fs::create_dir_all(&self.logs).map_err(|e| format!("logs: {e}"))?;
+        std::fs::write(self.dir.join("logrotate.conf"), self.logrotate_conf())
+            .map_err(|e| format!("logrotate.conf: {e}"))?;
+        self.new_file("changes.log")
+    }
+
+    fn ready(&self, state_dir: &Path) -> bool {
+        // Written right after its first scan of the globs.
+        state_dir.join("checkpoints/files.json").exists()
+    }
+
+    fn step(&mut self, i: usize, quiet: bool, reader: &mut Reader) -> Res<()> {
+        let late: Vec<usize> = self
+            .late_at
+            .iter()
+            .enumerate()
+            .filter(|(_, at)| **at == i)
+            .map(|(j, _)| j)
+            .collect();
+        for j in late {
+            self.new_file(&format!("late-{j}.log"))?;
+        }
+        if self.truncate && self.rng.chance(25) {
+            if quiet {
+                self.truncate_live(reader)?;
+            } else if reader.poll().is_ok() && self.all_arrived(&reader.msgs) {
+                // The agent (or its link) is down, but every record is in the stream.
+                self.truncate_live(reader)?;
+            }
+        }
+        // 0 to 3 rotations, with some of the step's records written before each.
+        let rotations = if self.rotation != Rotation::None && self.rng.chance(35) {
+            self.rng.range(1, 3)
+        } else {
+            0
+        };
+        let count = self.rng.range(self.per_step.0, self.per_step.1);
+        let header = self.csv.then_some("id,op,n,name,amount,note\n");
+        for chunk in 0..=rotations {
+            if chunk > 0 {
+                self.rotate()?;
+            }
+            let mut per_file: BTreeMap<usize, String> = BTreeMap::new();
+            for _ in 0..count / (rotations + 1) {
+                // Most records go to the rotated file.
+                let fi = if self.files.len() > 1 && self.rng.chance(35) {
+                    1 + self.rng.below(self.files.len() as u64 - 1) as usize
+                } else {
+                    0
+                };
+                let text = self.record(fi);
+                per_file.entry(fi).or_default().push_str(&text);
+            }
+            for (fi, text) in per_file {
+                let split = self.rng.below(text.len() as u64 + 1) as usize;
+                append(&self.files[fi].path, header, &text, split)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn truth(&self) -> Res<State> {
+        Ok(self.truth.clone())
+    }
+
+    fn complete(&self, msgs: &[Msg]) -> bool {
+        self.all_arrived(msgs)
+    }
+
+    fn checks(&self, msgs: &[Msg], _restarted: bool) -> Vec<String> {
+        let mut out = check::exactly_once(msgs, "n", &self.written);
+        out.extend(check::key_order(msgs, "n", Order::Strict));
+        out
+    }
+
+    fn bad_records(&self) -> u64 {
+        self.bad
+    }
+
+    fn changes(&self) -> u64 {
+        self.written.len() as u64
+    }
+
+    fn cleanup(&mut self) {}
+}
