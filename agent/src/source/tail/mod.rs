@@ -143,6 +143,10 @@ struct Tracked {
     /// Check the head at the next look even if size and time look unchanged (a change was
     /// seen in the middle of a read).
     suspect: bool,
+    /// Another file took this one's inode number (its birth time differs): the next look
+    /// handles it as a truncation, so the old file's rest is looked for in its copies
+    /// and `.gz` rotations before the new one is read from 0.
+    replaced: bool,
     /// A bad record that could not be written to the quarantine: reading this file stops
     /// at it, and it is tried again (see [`Out::retry_blocked`]).
     blocked: Option<Blocked>,
@@ -706,6 +710,7 @@ impl Tail {
             fp: c.fp,
             head: c.head.unwrap_or_default(),
             suspect: false,
+            replaced: false,
             blocked: None,
             gen: c.gen,
             offset: c.offset,
@@ -996,8 +1001,10 @@ impl Tail {
 
     /// Closed file `i` is open again as `file`. Its identity was checked by device and
     /// inode; when its birth time differs too, the file it was was deleted while closed
-    /// and a new one took its inode number: that one is read from byte 0 as a new
-    /// generation. Its head is checked at the next look (a truncation while closed).
+    /// and a new one took its inode number: the next look handles that as a truncation
+    /// (the old file's rest from a copy or `.gz` rotation, then the new one from byte 0
+    /// as a new generation). Its head is checked at the next look (a truncation while
+    /// closed).
     fn reopened(&mut self, i: usize, file: fds::Held, m: &fs::Metadata) {
         let born = m.created().ok();
         let t = &mut self.files[i];
@@ -1006,14 +1013,13 @@ impl Tail {
         t.changed_at = Instant::now();
         if matches!((t.born, born), (Some(a), Some(b)) if a != b) {
             tracing::info!(
-                "source {}: {} was deleted while closed, read to byte {}, and a new file took its inode number; reading the new one from byte 0",
+                "source {}: {} was deleted while closed, read to byte {}, and a new file took its inode number; the rest of the old one is looked for in its rotations, then the new one is read from byte 0",
                 self.out.cx.name,
                 t.path.display(),
                 t.read_pos()
             );
             t.born = born;
-            t.size = m.len();
-            self.out.new_generation(t, "deleted");
+            t.replaced = true;
         }
     }
 
@@ -1052,24 +1058,19 @@ impl Tail {
         let mut old_head = None;
         let born = state::born_ns(meta.created().ok());
         let same_birth = |c: &FileCp| born.is_some() && c.born_ns == born;
+        let replaced = |c: &FileCp| born.is_some() && c.born_ns.is_some() && c.born_ns != born;
+        let has_head = |c: &FileCp| c.head.is_some_and(|h| h.len > 0);
+        let mut force_truncated = false;
         let (gen, offset) = match self.out.cp.files.get(&key) {
             // Dropped (deleted, or left the globs and read to its end), and its inode
             // number now holds another file. The same file seen again (its birth time
             // says so: a rotation whose file event came after it was dropped) resumes
             // where it was, below.
             Some(c) if c.retired_ms.is_some() && !same_birth(c) => (c.gen + 1, 0),
-            // Another file than the checkpointed one, which was deleted while the agent
-            // was stopped (or while closed) and whose inode number it took.
-            Some(c) if born.is_some() && c.born_ns.is_some() && c.born_ns != born => {
-                tracing::info!(
-                    "source {name}: {} is a new file in the inode number of {} (deleted, read to byte {}); reading it from byte 0",
-                    path.display(),
-                    c.path.display(),
-                    c.offset
-                );
-                (c.gen + 1, 0)
-            }
-            Some(c) if same(c) => {
+            // Another file than the checkpointed one (which was deleted while the agent
+            // was stopped, and whose inode number it took) is never taken for it, even
+            // when it starts with the same bytes: it is handled as a truncation, below.
+            Some(c) if same(c) && !(replaced(c) && has_head(c)) => {
                 if at_start && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
                     // Empty when the agent stopped: copies made since (copytruncate)
                     // hold what was written to it meanwhile.
@@ -1081,7 +1082,18 @@ impl Tail {
             // generation where it was, with its fingerprint and head. The first read
             // round finds the truncation, reads the rest from the copy when there is one,
             // and starts the file again from 0.
-            Some(c) if c.head.is_some_and(|h| h.len > 0) => {
+            // The same for a new file in the inode number of a deleted one: the deleted
+            // file's rest is looked for in its copies and `.gz` rotations first.
+            Some(c) if has_head(c) => {
+                if replaced(c) {
+                    tracing::info!(
+                        "source {name}: {} is a new file in the inode number of {} (deleted, checkpointed at byte {}); the rest of that file is looked for in its rotations, then the new one is read from byte 0",
+                        path.display(),
+                        c.path.display(),
+                        c.offset
+                    );
+                    force_truncated = true;
+                }
                 fp = c.fp;
                 old_head = c.head;
                 if at_start {
@@ -1134,6 +1146,7 @@ impl Tail {
             fp,
             head,
             suspect: old_head.is_some(),
+            replaced: force_truncated,
             blocked: None,
             gen,
             offset,
@@ -1183,7 +1196,8 @@ impl Tail {
             } else {
                 Some(t.head)
             };
-            let truncated = t.size < t.read_pos() || head.is_none();
+            let truncated = t.size < t.read_pos() || head.is_none() || t.replaced;
+            t.replaced = false;
             if truncated {
                 // copytruncate: what was not read yet is in the copy. Read it from there,
                 // as the same file (same ids), before the file starts again from 0. A new
