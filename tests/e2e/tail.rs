@@ -266,3 +266,41 @@ async fn a_bad_line_waits_while_the_quarantine_cannot_be_written_and_goes_there_
         std::fs::metadata(&file).unwrap().len()
     );
 }
+
+/// An event sent again that the stream already holds (here: the checkpoint lost, so
+/// the whole file is read again) is counted as repeated, not as published: published
+/// counts what the stream stored, and captured = published + repeated.
+#[tokio::test]
+async fn events_sent_again_are_counted_as_repeated_not_published() {
+    let mut w = World::new();
+    w.with_admin();
+    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
+    let file = w.logs().join("changes.log");
+    append(&file, (0..300).map(line));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(300, Duration::from_secs(60)).await, 300);
+    wait_for("300 published", Duration::from_secs(30), || {
+        w.metric_sum("lockstep_events_published_total") == 300
+    })
+    .await;
+    assert_eq!(w.metric_sum("lockstep_events_repeated_total"), 0);
+    assert_eq!(agent.stop(), Some(0));
+    std::fs::remove_file(w.dir().join("state/checkpoints/vista.json")).unwrap();
+    append(&file, (300..400).map(line));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(400, Duration::from_secs(60)).await, 400);
+    wait_for("400 events settled", Duration::from_secs(30), || {
+        w.metric_sum("lockstep_events_published_total")
+            + w.metric_sum("lockstep_events_repeated_total")
+            == 400
+    })
+    .await;
+    assert_eq!(w.metric_sum("lockstep_events_published_total"), 100);
+    assert_eq!(w.metric_sum("lockstep_events_repeated_total"), 300);
+    assert_eq!(w.metric_sum("lockstep_events_captured_total"), 400);
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_eq!(msgs.len(), 400);
+    assert_unique(&msgs, "id");
+    assert_eq!(ints(&msgs, "id"), (0..400).collect::<Vec<i64>>());
+}

@@ -11,10 +11,26 @@ pub struct TableCounters {
     pub source: Arc<str>,
     pub table: Arc<str>,
     pub captured: AtomicU64,
+    /// Events JetStream stored (acknowledged, not as a duplicate).
     pub published: AtomicU64,
+    /// Events sent again that the stream already held: acknowledged as a duplicate, the
+    /// copy dropped (a re-send after a lost acknowledgement, or after a restart).
+    pub repeated: AtomicU64,
     pub failed: AtomicU64,
     /// Events the broker refused for good (too large), set aside in the quarantine.
     pub refused: AtomicU64,
+}
+
+impl TableCounters {
+    /// Counts an acknowledged event: stored, or a `duplicate` the stream dropped.
+    pub fn acknowledged(&self, duplicate: bool) {
+        let c = if duplicate {
+            &self.repeated
+        } else {
+            &self.published
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Counters of one source.
@@ -220,7 +236,7 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         type TableField = fn(&TableCounters) -> &AtomicU64;
-        let per_table: [(&str, &str, TableField); 4] = [
+        let per_table: [(&str, &str, TableField); 5] = [
             (
                 "lockstep_events_captured_total",
                 "Events captured from sources.",
@@ -228,8 +244,13 @@ impl Metrics {
             ),
             (
                 "lockstep_events_published_total",
-                "Events acknowledged by JetStream.",
+                "Events stored by JetStream (acknowledged, not as a duplicate).",
                 |c| &c.published,
+            ),
+            (
+                "lockstep_events_repeated_total",
+                "Events sent again that the stream already held (acknowledged as a duplicate, the copy dropped).",
+                |c| &c.repeated,
             ),
             (
                 "lockstep_events_failed_total",

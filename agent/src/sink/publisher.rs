@@ -305,7 +305,7 @@ impl Publisher {
         let deadline = Instant::now() + drain_for;
         while let Some(front) = self.in_flight.front_mut() {
             match tokio::time::timeout_at(deadline, &mut front.ack).await {
-                Ok(Ok(_)) => self.acked(),
+                Ok(Ok(ack)) => self.acked(ack.duplicate),
                 Ok(Err(_)) | Err(_) => break,
             }
         }
@@ -548,16 +548,18 @@ impl Publisher {
         Ok(())
     }
 
-    fn acked(&mut self) {
-        self.settle_front(true);
+    /// The front message was acknowledged: stored, or (`duplicate`) already held by the
+    /// stream, which dropped this copy.
+    fn acked(&mut self, duplicate: bool) {
+        self.settle_front(Some(duplicate));
     }
 
     /// The front message's ack or error came: acknowledged, refused for good (then
     /// quarantined and done), or failed. Returns the error of a failure to retry.
     fn front_done(&mut self, r: Result<PublishAck, PublishError>) -> Option<String> {
         let e = match r {
-            Ok(_) => {
-                self.acked();
+            Ok(ack) => {
+                self.acked(ack.duplicate);
                 return None;
             }
             Err(e) => e,
@@ -585,22 +587,23 @@ impl Publisher {
                     quarantined_to: &path,
                 }
                 .emit(&front.counters);
-                self.settle_front(false);
+                self.settle_front(None);
                 None
             }
             Err(qe) => Some(format!("{reason}; it would go to the quarantine, but {qe}")),
         }
     }
 
-    /// Takes the front message out of flight as done: `published` (acknowledged), or
-    /// refused and quarantined. Its source's watermark rises, or the spool acknowledges it.
-    fn settle_front(&mut self, published: bool) {
+    /// Takes the front message out of flight as done: acknowledged (`Some(duplicate)`),
+    /// or refused and quarantined (`None`). Its source's watermark rises, or the spool
+    /// acknowledges it.
+    fn settle_front(&mut self, acked: Option<bool>) {
         let Some(done) = self.in_flight.pop_front() else {
             return;
         };
         self.keys.remove(done.msg.key_hash);
-        if published {
-            done.msg.counters.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(duplicate) = acked {
+            done.msg.counters.acknowledged(duplicate);
             self.metrics
                 .capture_to_ack
                 .observe_ms(crate::pipeline::now_ms() - done.msg.captured_ms);
@@ -696,14 +699,14 @@ impl Publisher {
         let results = futures::future::join_all(acks).await;
         let mut later_acked = 0u64;
         for (r, (origin, msg)) in results.into_iter().zip(msgs) {
-            match (origin, r.is_ok()) {
-                (Origin::Live(s), true) => {
+            match (origin, r) {
+                (Origin::Live(s), Ok(ack)) => {
                     later_acked += 1;
-                    msg.counters.published.fetch_add(1, Ordering::Relaxed);
+                    msg.counters.acknowledged(ack.duplicate);
                     upto.push((s, msg.seq));
                 }
-                (Origin::Live(s), false) => again.push((s, msg)),
-                (Origin::Spooled(_), ok) => later_acked += u64::from(ok),
+                (Origin::Live(s), Err(_)) => again.push((s, msg)),
+                (Origin::Spooled(_), r) => later_acked += u64::from(r.is_ok()),
             }
         }
         if later_acked > 0 {
