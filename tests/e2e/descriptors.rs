@@ -842,3 +842,66 @@ async fn closed_files_renamed_out_of_the_globs_at_once_under_ulimit_64_lose_noth
     check_files(&w, &w.messages().await, &want);
     assert_no_emfile(&log);
 }
+
+/// The admin endpoint out of descriptors (idle connections hold them all): it says so,
+/// pauses between tries instead of spinning on the error, and answers again once they
+/// are gone, while the source goes on delivering.
+#[tokio::test]
+async fn an_admin_endpoint_out_of_descriptors_pauses_and_recovers() {
+    let mut w = World::new();
+    w.with_admin();
+    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
+    let file = w.logs().join("changes.log");
+    append(&file, (0..100).map(line));
+    let mut agent = Agent::start_nofile(&cfg, &w.dir().join("agent.log"), 64);
+    assert_eq!(w.wait_count(100, Duration::from_secs(60)).await, 100);
+    let pid = agent.pid().expect("running");
+    let port = w.admin_port.expect("admin");
+    // Idle connections: the agent holds each until its 5-second read timeout.
+    let held: Vec<std::net::TcpStream> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(held.len() > 64, "only {} connections made", held.len());
+    wait_for(
+        "the agent to report that it cannot accept",
+        Duration::from_secs(30),
+        || agent_log(&w).contains("admin endpoint: cannot accept a connection"),
+    )
+    .await;
+    // While out of descriptors: CPU time spent against the wall time that passed.
+    let cpu = || cpu_ticks(pid);
+    let (t0, c0) = (std::time::Instant::now(), cpu());
+    std::thread::sleep(Duration::from_secs(2));
+    let (wall, used) = (t0.elapsed(), cpu() - c0);
+    let ticks = wall.as_secs_f64() * 100.0;
+    assert!(
+        (used as f64) < ticks / 2.0,
+        "the accept loop spins: {used} CPU ticks in {ticks:.0} ticks of wall time"
+    );
+    drop(held);
+    append(&file, (100..200).map(line));
+    assert_eq!(w.wait_count(200, Duration::from_secs(60)).await, 200);
+    wait_for(
+        "the endpoint to answer again",
+        Duration::from_secs(30),
+        || w.admin("/healthz").0 == 200,
+    )
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_unique(&msgs, "id");
+    assert_eq!(ints(&msgs, "id"), (0..200).collect::<Vec<i64>>());
+}
+
+/// User plus system CPU time of process `pid`, in clock ticks (`/proc/<pid>/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (in parentheses): utime and stime are the 12th and
+    // 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}

@@ -222,12 +222,28 @@ pub async fn serve(
     status: Arc<StatusBoard>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut warned = None;
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let Ok((mut stream, _)) = conn else { continue };
+        let mut stream = match conn {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors (EMFILE) or similar: the connection waits in
+                // the backlog. Pause instead of spinning on the same error.
+                if warned.is_none_or(|at: std::time::Instant| at.elapsed().as_secs() >= 60) {
+                    tracing::warn!("admin endpoint: cannot accept a connection: {e}; retrying");
+                    warned = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+        };
         let metrics = metrics.clone();
         let status = status.clone();
         tokio::spawn(async move {
