@@ -107,6 +107,18 @@ impl Nats {
         }
     }
 
+    /// Stops the server's process (SIGSTOP) or lets it go on (SIGCONT): its connections
+    /// stay open and nothing is answered meanwhile (a stalled link).
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = &self.child {
+            let sig = if paused { "-STOP" } else { "-CONT" };
+            Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         let port = self.port;

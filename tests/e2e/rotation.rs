@@ -1104,3 +1104,130 @@ fn changed_since_the_stop(w: &World, logs: &Path, names: [&str; 2]) {
         f.set_modified(since + Duration::from_millis(ms)).unwrap();
     }
 }
+
+/// A file read to its end, renamed out of the glob and compressed (gzip deletes it)
+/// while its events still await their acknowledgements (the broker stalled), then a new
+/// file in its inode number: the new file is read as a new generation and nothing of
+/// the old one is read again from its `.gz` (read again, its records would follow newer
+/// ones of their keys, and a debouncer would merge them into those). Before, the old
+/// file's unacknowledged part was read a second time.
+#[tokio::test]
+async fn a_new_file_in_the_inode_of_one_read_but_not_yet_acknowledged_reads_nothing_twice() {
+    inode_reused_before_the_acks(false).await;
+}
+
+/// The same, killed -9 before any of it is acknowledged: the checkpoint still holds the
+/// old file, so the next start reads its rest from the `.gz`, then the new file whole;
+/// everything arrives once.
+#[tokio::test]
+async fn a_new_file_in_the_inode_of_one_not_yet_acknowledged_then_kill_9_loses_nothing() {
+    inode_reused_before_the_acks(true).await;
+}
+
+async fn inode_reused_before_the_acks(kill: bool) {
+    use std::os::unix::fs::MetadataExt;
+    let mut w = World::new();
+    w.with_admin();
+    let cfg = w.config("table = \"appointments\"\nkey = [\"id\"]");
+    // Acknowledgements may take as long as the broker is stalled, not sent again.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("ack_timeout = \"2s\"", "ack_timeout = \"120s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let live = w.logs().join("changes.log");
+    append(&live, (0..50).map(line));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(50, Duration::from_secs(60)).await, 50);
+    w.nats.pause(true);
+    // ext4 gives a freed inode number to a new file at once only within the second of
+    // the deletion: rotate until that happens (a few rounds at most).
+    let mut written = 50;
+    let mut reused = false;
+    for round in 1..=12 {
+        append(&live, (written..written + 20).map(line));
+        written += 20;
+        wait_for(
+            "the agent to read every line",
+            Duration::from_secs(30),
+            || w.metric_sum("lockstep_events_captured_total") == written,
+        )
+        .await;
+        let old_ino = std::fs::metadata(&live).unwrap().ino();
+        let rotated = w.logs().join(format!("changes.log.{round}"));
+        std::fs::rename(&live, &rotated).unwrap();
+        assert!(std::process::Command::new("gzip")
+            .arg(&rotated)
+            .status()
+            .unwrap()
+            .success());
+        wait_for(
+            "the agent to drop the rotated file",
+            Duration::from_secs(30),
+            || agent_log(&w).matches("done with").count() == round,
+        )
+        .await;
+        // A new live file, in the freed inode number when the file system gives it.
+        let spare = |k: usize| w.logs().join(format!("new.spare{k}"));
+        let mut made = 0;
+        while made < 2000 && !reused {
+            std::fs::write(spare(made), "").unwrap();
+            reused = std::fs::metadata(spare(made)).unwrap().ino() == old_ino;
+            made += 1;
+        }
+        if reused {
+            std::fs::rename(spare(made - 1), &live).unwrap();
+        }
+        for k in 0..made {
+            let _ = std::fs::remove_file(spare(k));
+        }
+        append(&live, (written..written + 20).map(line));
+        written += 20;
+        if reused {
+            break;
+        }
+    }
+    eprintln!("changes.log: inode number reused: {reused}");
+    if kill {
+        wait_for(
+            "the agent to read every line",
+            Duration::from_secs(30),
+            || w.metric_sum("lockstep_events_captured_total") == written,
+        )
+        .await;
+        agent.kill9();
+        w.nats.pause(false);
+        let mut agent = w.agent(&cfg);
+        assert_eq!(
+            w.wait_count(written, Duration::from_secs(60)).await,
+            written
+        );
+        assert_eq!(agent.stop(), Some(0));
+        let msgs = w.messages().await;
+        assert_unique(&msgs, "id");
+        assert_eq!(ints(&msgs, "id"), (0..written as i64).collect::<Vec<i64>>());
+        return;
+    }
+    w.nats.pause(false);
+    assert_eq!(
+        w.wait_count(written, Duration::from_secs(60)).await,
+        written
+    );
+    wait_for("every event acknowledged", Duration::from_secs(30), || {
+        w.metric_sum("lockstep_events_published_total") == written
+    })
+    .await;
+    // Each line read once: nothing read again, nothing sent twice.
+    assert_eq!(w.metric_sum("lockstep_events_captured_total"), written);
+    assert_eq!(w.metric_sum("lockstep_events_repeated_total"), 0);
+    if reused {
+        assert!(
+            agent_log(&w).contains("which was read to its end"),
+            "{}",
+            agent_log(&w)
+        );
+    }
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    assert_unique(&msgs, "id");
+    assert_eq!(ints(&msgs, "id"), (0..written as i64).collect::<Vec<i64>>());
+}

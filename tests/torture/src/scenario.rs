@@ -163,7 +163,7 @@ impl Plan {
         };
         let steps = fr.range(6, 16) as usize;
         let source: Box<dyn Source> = match family {
-            Family::Tail => Box::new(tail::Tail::draw(&mut wr, dir, steps)),
+            Family::Tail => Box::new(tail::Tail::draw(&mut wr, seed, dir, steps)),
             Family::Trigger => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps)),
             Family::Poll => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps)),
         };

@@ -1045,7 +1045,7 @@ impl Tail {
         // None while the first line is incomplete (an empty file, as `create` makes).
         let fp = files::fingerprint(&file).ok().flatten();
         let size = meta.len();
-        let name = &self.out.cx.name;
+        let name = self.out.cx.name.clone();
         let same = |c: &FileCp| {
             let first_line = (c.fp.is_some() && c.fp == fp) || (c.fp.is_none() && c.offset == 0);
             // A checkpoint from before heads were recorded: the first line alone, once.
@@ -1061,7 +1061,38 @@ impl Tail {
         let replaced = |c: &FileCp| born.is_some() && c.born_ns.is_some() && c.born_ns != born;
         let has_head = |c: &FileCp| c.head.is_some_and(|h| h.len > 0);
         let mut force_truncated = false;
+        // This process read the file in this inode number to its end and dropped it;
+        // its events are not all acknowledged yet: (generation, end read).
+        let read_here = self.out.retiring.get(&key).copied().filter(|&(g, _)| {
+            !at_start
+                && self
+                    .out
+                    .cp
+                    .files
+                    .get(&key)
+                    .is_some_and(|c| c.gen == g && c.retired_ms.is_none())
+        });
+        // The checkpoint entry stays as it is (the old generation, acknowledged so far)
+        // until the acknowledgements move it on.
+        let mut keep_cp = false;
         let (gen, offset) = match self.out.cp.files.get(&key) {
+            // A new file in the inode number of one read here to its end: a new
+            // generation from byte 0, as after a truncation. Nothing of the old file is
+            // read again (its events are on their way: read again, they would come after
+            // newer ones of their keys, and a debouncer would merge them into those).
+            // The checkpoint moves to the new generation once the old one's events are
+            // acknowledged; a stop before that finds the old file's rest in its
+            // rotations at the next start (below).
+            Some(c) if read_here.is_some() && replaced(c) => {
+                keep_cp = true;
+                (c.gen + 1, 0)
+            }
+            // The same file seen again (renamed back, or its rename event came after it
+            // was dropped): go on from where this process read it to.
+            Some(c) if same_birth(c) && read_here.is_some() => {
+                keep_cp = true;
+                (c.gen, read_here.map_or(c.offset, |(_, end)| end))
+            }
             // Dropped (deleted, or left the globs and read to its end), and its inode
             // number now holds another file. The same file seen again (its birth time
             // says so: a rotation whose file event came after it was dropped) resumes
@@ -1103,7 +1134,7 @@ impl Tail {
             }
             Some(c) => {
                 FileTruncated {
-                    source: name,
+                    source: &name,
                     file: path,
                     was: c.offset,
                     now: size,
@@ -1123,11 +1154,25 @@ impl Tail {
                 .flatten()
                 .unwrap_or_default()
         });
-        self.out.cp.files.insert(
-            key,
-            FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born),
-        );
-        self.out.cp.dirty = true;
+        match self.out.cp.files.get(&key) {
+            Some(c) if keep_cp && c.gen != gen => {
+                tracing::info!(
+                    "source {name}: {} is a new file in the inode number of {}, which was read to its end (byte {}); reading the new one from byte 0",
+                    path.display(),
+                    c.path.display(),
+                    read_here.map_or(0, |(_, end)| end)
+                );
+                self.out.mark_at(key, gen, 0);
+            }
+            _ if keep_cp => {}
+            _ => {
+                self.out.cp.files.insert(
+                    key,
+                    FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born),
+                );
+                self.out.cp.dirty = true;
+            }
+        }
         self.out.retiring.remove(&key);
         let mut decoder = Decoder::new(self.out.cfg.format.clone());
         if decoder.needs_header() && offset > 0 {
