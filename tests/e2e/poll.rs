@@ -465,3 +465,78 @@ async fn poll_query_scans_what_the_query_returns() {
         }
     }
 }
+
+/// `max_value_bytes` is the longest value read: a value of exactly that many bytes
+/// arrives, and values one byte longer or more are quarantined (with the reason) and
+/// counted, while the rest of the scan arrives. (A value exactly one byte over used to
+/// fill the fetch buffer without being cut, so it was sent.)
+async fn values_at_max_value_bytes(kind: Kind) {
+    let mut w = World::new();
+    w.with_admin();
+    let db = Db::new(kind, &w, "poll_maxval");
+    db.create_tables();
+    let x = |n: usize| format!("'{}'", "x".repeat(n));
+    // Alone in its scan (with no longer value that the driver cuts), the value one
+    // byte over the limit.
+    db.sql(&format!(
+        "INSERT INTO appointments (id, clinic, note) VALUES (1, 'a', {}), (2, 'b', {}), (4, 'd', NULL);",
+        x(1024),
+        x(1025),
+    ));
+    let cfg = w.config_with(&poll_source(
+        &db,
+        "pa",
+        "appointments",
+        "max_value_bytes = \"1KiB\"\n",
+    ));
+    let mut agent = w.agent(&cfg);
+    wait_for("a row quarantined", Duration::from_secs(60), || {
+        w.metric_sum("lockstep_quarantined_records_total") >= 1
+    })
+    .await;
+    db.sql(&format!(
+        "INSERT INTO appointments (id, clinic, note) VALUES (3, 'c', {});",
+        x(1026)
+    ));
+    wait_for("two rows quarantined", Duration::from_secs(60), || {
+        w.metric_sum("lockstep_quarantined_records_total") >= 2
+    })
+    .await;
+    assert_eq!(w.wait_count(2, Duration::from_secs(60)).await, 2);
+    // One more scan: nothing else arrives, nothing more is quarantined.
+    wait_scans(&w, "pa", 2).await;
+    let quarantined = w.metric_sum("lockstep_quarantined_records_total");
+    assert_eq!(agent.stop(), Some(0), "{}", agent_log(&w));
+    let msgs = w.messages().await;
+    let mut got: Vec<(i64, usize)> = msgs
+        .iter()
+        .map(|m| {
+            let note = m.json["after"]["note"].as_str().map_or(0, str::len);
+            (m.json["key"]["id"].as_i64().unwrap(), note)
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        (got, quarantined),
+        (vec![(1, 1024), (4, 0)], 2),
+        "the rows at and under the limit arrive, the two over it are quarantined"
+    );
+    let q = std::fs::read_to_string(w.dir().join("state/quarantine/pa.jsonl")).unwrap();
+    assert_eq!(q.lines().count(), 2, "{q}");
+    assert!(q.contains("longer than `max_value_bytes`"), "{q}");
+}
+
+#[tokio::test]
+async fn poll_sqlite_values_at_max_value_bytes() {
+    values_at_max_value_bytes(Kind::Lite).await;
+}
+
+#[tokio::test]
+async fn poll_mariadb_values_at_max_value_bytes() {
+    values_at_max_value_bytes(Kind::Maria).await;
+}
+
+#[tokio::test]
+async fn poll_postgres_values_at_max_value_bytes() {
+    values_at_max_value_bytes(Kind::Pg).await;
+}

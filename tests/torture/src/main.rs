@@ -4,20 +4,25 @@
 //!
 //! ```text
 //! lockstep-torture --seed S                       replay one scenario exactly
-//! lockstep-torture --minutes N [--seed S] [--only tail|trigger|poll]
+//! lockstep-torture --minutes N [--seed S] [--only F[,F…]]
 //!                                                 scenarios S, S+1, … until the time is up
+//!                                                 (F: tail, trigger, poll, multi, pg, mariadb,
+//!                                                 sqlite, or a family: trigger-mariadb, …)
 //! lockstep-torture --seeds A,B,C                  these scenarios (CI)
 //! lockstep-torture --seeds A,B,C --describe       print their plans, run nothing
 //! lockstep-torture --dump nats://127.0.0.1:PORT   print a kept scenario's stream
 //! ```
 //! `--dir D` puts the scenario directories under D (default: the temp directory); a
-//! failed scenario's directory is kept (`--keep`: every one). Exit 1 when a scenario failed.
+//! failed scenario's directory is kept (`--keep`: every one). `--big-tx ROWS` caps the
+//! big transaction of the database families (100,000 rows by default; CI uses less).
+//! Exit 1 when a scenario failed.
 
 mod check;
 mod pg;
 mod procs;
 mod rng;
 mod scenario;
+mod sql;
 mod stream;
 mod tail;
 
@@ -30,7 +35,8 @@ struct Args {
     seed: Option<u64>,
     seeds: Vec<u64>,
     minutes: Option<f64>,
-    only: Option<Family>,
+    /// `--only`: family names or parts of them (`trigger`, `trigger-mariadb,poll-sqlite`).
+    only: Option<String>,
     dir: PathBuf,
     /// Print the plans of the seeds and run nothing.
     describe: bool,
@@ -40,7 +46,8 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only tail|trigger|poll] [--dir D] [--describe] [--keep]"
+        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only F[,F…]] [--big-tx ROWS] [--dir D] [--describe] [--keep]\n\
+         F: tail, trigger, poll, multi, pg, mariadb, sqlite, or a family (trigger-mariadb, poll-sqlite, multi-pg, …)"
     );
     std::process::exit(2)
 }
@@ -67,7 +74,17 @@ fn parse() -> Args {
                     .collect()
             }
             "--minutes" => a.minutes = Some(val().parse().unwrap_or_else(|_| usage())),
-            "--only" => a.only = Some(Family::parse(&val()).unwrap_or_else(|| usage())),
+            "--only" => {
+                let f = val();
+                if !Family::valid_filter(&f) {
+                    usage();
+                }
+                a.only = Some(f);
+            }
+            "--big-tx" => sql::BIG_TX_CAP.store(
+                val().parse().unwrap_or_else(|_| usage()),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
             "--dir" => a.dir = PathBuf::from(val()),
             "--describe" => a.describe = true,
             "--keep" => a.keep = true,
@@ -115,7 +132,7 @@ fn main() {
         for seed in seeds {
             let p = Plan::draw(seed, &args.dir);
             println!(
-                "{seed:>8} {:<8} {:<10} steps {:>2} faults {:<40} {}",
+                "{seed:>8} {:<15} {:<10} steps {:>2} faults {:<40} {}",
                 p.family.name(),
                 p.broker.label(),
                 p.steps,
@@ -138,7 +155,7 @@ fn main() {
         Box::new(args.seed.into_iter())
     };
     println!(
-        "{:<4} {:<9} {:>8} {:<10} {:>7} {:>7} {:<40} result",
+        "{:<4} {:<15} {:>8} {:<10} {:>7} {:>7} {:<40} result",
         "#", "scenario", "seed", "broker", "changes", "events", "faults"
     );
     let mut failed: Vec<(u64, String)> = Vec::new();
@@ -150,8 +167,8 @@ fn main() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if let Some(f) = args.only {
-            if scenario::family_of(seed) != f && args.seeds.is_empty() {
+        if let Some(f) = &args.only {
+            if !scenario::family_of(seed).matches(f) && args.seeds.is_empty() {
                 continue;
             }
         }
@@ -191,7 +208,7 @@ fn main() {
             format!("FAIL ({secs:.0}s)")
         };
         println!(
-            "{:<4} {:<9} {:>8} {:<10} {:>7} {:>7} {:<40} {result}",
+            "{:<4} {:<15} {:>8} {:<10} {:>7} {:>7} {:<40} {result}",
             runs,
             plan.family.name(),
             seed,

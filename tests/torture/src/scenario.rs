@@ -13,32 +13,51 @@ use std::time::{Duration, Instant};
 use crate::check::{self, State};
 use crate::procs::{free_port, Agent, Broker, BrokerKind, Proxy, ProxyMode, Res};
 use crate::rng::Rng;
+use crate::sql::{self, Db};
 use crate::stream::{Msg, Reader};
 use crate::{pg, tail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Tail,
-    Trigger,
-    Poll,
+    Trigger(Db),
+    Poll(Db),
+    /// Several sources on one database, each on a table of its own (sql.rs).
+    Multi(Db),
 }
 
 impl Family {
     pub fn name(self) -> &'static str {
         match self {
             Family::Tail => "tail",
-            Family::Trigger => "trigger",
-            Family::Poll => "poll",
+            Family::Trigger(Db::Pg) => "trigger-pg",
+            Family::Trigger(Db::Maria) => "trigger-mariadb",
+            Family::Trigger(Db::Lite) => "trigger-sqlite",
+            Family::Poll(Db::Pg) => "poll-pg",
+            Family::Poll(Db::Maria) => "poll-mariadb",
+            Family::Poll(Db::Lite) => "poll-sqlite",
+            Family::Multi(Db::Pg) => "multi-pg",
+            Family::Multi(Db::Maria) => "multi-mariadb",
+            Family::Multi(Db::Lite) => "multi-sqlite",
         }
     }
 
-    pub fn parse(s: &str) -> Option<Family> {
-        match s {
-            "tail" => Some(Family::Tail),
-            "trigger" => Some(Family::Trigger),
-            "poll" => Some(Family::Poll),
-            _ => None,
-        }
+    /// `--only`: comma-separated names (`trigger-mariadb`) or parts of names (`trigger`:
+    /// every trigger database; `sqlite`: every SQLite family).
+    pub fn matches(self, filter: &str) -> bool {
+        let name = self.name();
+        filter
+            .split(',')
+            .any(|w| w == name || name.split('-').any(|part| part == w))
+    }
+
+    /// Whether `filter` names at least one family.
+    pub fn valid_filter(filter: &str) -> bool {
+        let all = [Db::Pg, Db::Maria, Db::Lite]
+            .into_iter()
+            .flat_map(|d| [Family::Trigger(d), Family::Poll(d), Family::Multi(d)])
+            .chain([Family::Tail]);
+        filter.split(',').all(|w| all.clone().any(|f| f.matches(w)))
     }
 }
 
@@ -129,6 +148,10 @@ pub trait Source {
     fn changes(&self) -> u64;
     /// Drops what it made outside the scenario directory (a schema).
     fn cleanup(&mut self);
+    /// How long the stream may take to catch up after the last step.
+    fn catch_up_secs(&self) -> u64 {
+        120
+    }
 }
 
 /// Everything drawn from a seed.
@@ -143,20 +166,40 @@ pub struct Plan {
     pub source: Box<dyn Source>,
 }
 
-/// The family a seed's scenario belongs to (the first draw), so `--only` can skip seeds
-/// without building their scenario.
+/// The family a seed's scenario belongs to, so `--only` can skip seeds without building
+/// their scenario.
 pub fn family_of(seed: u64) -> Family {
+    first_draws(seed).1
+}
+
+/// The first draws of a seed: the generator, the family, the workload's and the
+/// faults' generators, whether it drew the current broker. The database is the last
+/// of these draws, so the seeds of the first slice kept their workloads and faults.
+fn first_draws(seed: u64) -> (Rng, Family, Rng, Rng, bool) {
     let mut r = Rng::new(seed);
-    *r.pick(&[Family::Tail, Family::Trigger, Family::Poll])
+    let kind = r.below(3);
+    let wr = r.fork();
+    let fr = r.fork();
+    let current = r.chance(50);
+    let roll = r.below(100);
+    let db = match roll % 20 {
+        0..=7 => Db::Pg,
+        8..=13 => Db::Maria,
+        _ => Db::Lite,
+    };
+    let family = match (kind, roll) {
+        (0, _) => Family::Tail,
+        (_, 80..) => Family::Multi(db),
+        (1, _) => Family::Trigger(db),
+        _ => Family::Poll(db),
+    };
+    (r, family, wr, fr, current)
 }
 
 impl Plan {
     pub fn draw(seed: u64, dir: &Path) -> Plan {
-        let mut r = Rng::new(seed);
-        let family = *r.pick(&[Family::Tail, Family::Trigger, Family::Poll]);
-        let mut wr = r.fork();
-        let mut fr = r.fork();
-        let broker = if r.chance(50) && BrokerKind::Current.binary().is_some() {
+        let (_, family, mut wr, mut fr, current) = first_draws(seed);
+        let broker = if current && BrokerKind::Current.binary().is_some() {
             BrokerKind::Current
         } else {
             BrokerKind::Debian
@@ -164,8 +207,37 @@ impl Plan {
         let steps = fr.range(6, 16) as usize;
         let source: Box<dyn Source> = match family {
             Family::Tail => Box::new(tail::Tail::draw(&mut wr, seed, dir, steps)),
-            Family::Trigger => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps)),
-            Family::Poll => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps)),
+            Family::Trigger(Db::Pg) => {
+                Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps))
+            }
+            Family::Poll(Db::Pg) => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps)),
+            Family::Trigger(db) => Box::new(sql::Sql::draw(
+                &mut wr,
+                seed,
+                dir,
+                db,
+                sql::Kind::Trigger,
+                false,
+                steps,
+            )),
+            Family::Poll(db) => Box::new(sql::Sql::draw(
+                &mut wr,
+                seed,
+                dir,
+                db,
+                sql::Kind::Poll,
+                false,
+                steps,
+            )),
+            Family::Multi(db) => Box::new(sql::Sql::draw(
+                &mut wr,
+                seed,
+                dir,
+                db,
+                sql::Kind::Trigger,
+                true,
+                steps,
+            )),
         };
         let faults = draw_faults(&mut fr, steps);
         let pace_ms = (0..steps).map(|_| fr.range(20, 400)).collect();
@@ -380,7 +452,8 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
 
     // Wait until the stream replays to the truth.
     let truth = plan.source.truth()?;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let catch_up = plan.source.catch_up_secs();
+    let deadline = Instant::now() + Duration::from_secs(catch_up);
     loop {
         reader.poll()?;
         let model = check::replay(&reader.msgs);
@@ -388,7 +461,9 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             break;
         }
         if Instant::now() > deadline {
-            failures.push("the stream did not reach the source's state within 120 s".into());
+            failures.push(format!(
+                "the stream did not reach the source's state within {catch_up} s"
+            ));
             break;
         }
         if let Some(s) = agent.exited() {

@@ -1,22 +1,38 @@
 //! The CI instance of the torture suite: a fixed list of seeds, run by the normal test
-//! command, that covers every source family of this slice (tail jsonl and csv with
-//! logrotate's create and copytruncate, dateext, compress, truncation and late files;
-//! trigger on PostgreSQL in keys and rows mode, with and without debounce; poll over
-//! ODBC, full and cursor) and every fault kind (kill -9 and SIGTERM of lockstep, the
-//! broker killed -9 and restarted, the proxy dropping and stalling the agent's
-//! connection), against both nats-servers. Each seed replays alone with
-//! `scripts/torture --seed S`; `--seeds <SEEDS> --describe` prints their plans.
+//! command, that covers every source family (tail jsonl and csv with logrotate's create
+//! and copytruncate, dateext, compress, truncation and late files; trigger on
+//! PostgreSQL natively and on MariaDB and SQLite over ODBC, in keys and rows mode, with
+//! and without debounce; poll over ODBC on all three, full and cursor; two sources on one
+//! database, trigger + trigger and trigger + poll, on all three), the workload additions
+//! (binary values, a big transaction, capped here at 2,000 rows, and its update; rows just
+//! under and just over the broker's `max_payload` and a poll source's `max_value_bytes`)
+//! and every fault kind (kill -9 and SIGTERM of lockstep, the broker killed -9 and
+//! restarted, the proxy dropping and stalling the agent's connection), against both
+//! nats-servers. Each seed replays alone with `scripts/torture --seed S --big-tx 2000`;
+//! `--seeds <SEEDS> --describe` prints their plans.
 //!
 //! It runs the real `lockstep` built next to it (`cargo build -p lockstep`, as
 //! scripts/test does) or `LOCKSTEP_BIN`.
 
 use std::process::Command;
 
-/// Chosen with `--describe` to cover the families and faults above (10027 and 10009:
-/// tail with `debounce`, a second tail source on the directory); about 2 minutes on 2
-/// cores. They leave out the two combinations of the open bugs below (kill -9 with
+/// Chosen with `--describe` to cover the families and faults above; about 1.5 minutes
+/// on 2 cores. They leave out the two combinations of the open bugs below (kill -9 with
 /// copytruncate; `create` + `compress` without `delaycompress`), which fail at random.
-const SEEDS: &str = "37,171,228,251,323,77,227,76,26,24,10027,10009";
+/// Tail: 37, 251, 227, 76; PostgreSQL: 323 (trigger keys, debounce), 11 (trigger rows),
+/// 27 (poll full), 594 (poll cursor); MariaDB: 1080 (trigger rows, limits), 405 (trigger
+/// keys, debounce, limits), 489 (poll cursor, limits); SQLite: 70 (trigger keys, big
+/// transaction and its update, limits), 254 (trigger rows, debounce, big, limits), 1145
+/// (poll cursor, big and update, limits); two sources: 534 (MariaDB trigger + trigger),
+/// 613 (SQLite trigger + poll, poll limits), 1331 (PostgreSQL trigger + trigger,
+/// limits), 1412 (MariaDB trigger + poll full, trigger limits); tail from seed 10,000
+/// on: 10027 (debounce, a second tail source on the directory), 10009 (debounce, the
+/// broker killed).
+const SEEDS: &str =
+    "37,251,227,76,323,11,27,594,1080,405,489,70,254,1145,534,613,1331,1412,10027,10009";
+
+/// The rows of the big transaction in CI (100,000 in long runs).
+const BIG_TX: &str = "2000";
 
 fn torture(args: &[&str]) -> (bool, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_lockstep-torture"))
@@ -34,7 +50,7 @@ fn torture(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn fixed_seeds_lose_double_and_reorder_nothing() {
-    let (ok, out) = torture(&["--seeds", SEEDS]);
+    let (ok, out) = torture(&["--seeds", SEEDS, "--big-tx", BIG_TX]);
     assert!(ok, "torture seeds failed:\n{out}");
 }
 

@@ -459,27 +459,22 @@ impl PollDb {
             for i in 0..ncols {
                 let c = batch.column(i);
                 cols.push(match l.kinds[i] {
-                    Kind::Bytes => {
-                        let b = c.as_binary().expect("bound as binary");
-                        Col::Bin(b, b.has_truncated_values().is_some())
-                    }
-                    _ => {
-                        let t = c.as_text().expect("bound as text");
-                        Col::Text(t, t.has_truncated_values().is_some())
-                    }
+                    Kind::Bytes => Col::Bin(c.as_binary().expect("bound as binary")),
+                    _ => Col::Text(c.as_text().expect("bound as text")),
                 });
             }
             for r in 0..batch.num_rows() {
                 let mut truncated: Option<u16> = None;
                 for (i, c) in cols.iter().enumerate() {
-                    let (v, maybe_cut) = match c {
-                        Col::Text(t, cut) => (t.get(r), *cut),
-                        Col::Bin(b, cut) => (b.get(r), *cut),
+                    let v = match c {
+                        Col::Text(t) => t.get(r),
+                        Col::Bin(b) => b.get(r),
                     };
-                    if maybe_cut
-                        && truncated.is_none()
-                        && v.is_some_and(|v| v.len() >= l.lengths[i])
-                    {
+                    // A value that fills its buffer (one byte more than allowed) is too
+                    // long, whether the driver had to cut it or it fitted exactly: the
+                    // driver's truncation flag alone misses a value of exactly
+                    // `max_value_bytes + 1` bytes.
+                    if truncated.is_none() && v.is_some_and(|v| v.len() >= l.lengths[i]) {
                         truncated = Some(i as u16);
                     }
                     views[i] = v;
@@ -518,8 +513,8 @@ impl PollDb {
 }
 
 enum Col<'a> {
-    Text(odbc_api::buffers::TextColumnSlice<'a, u8>, bool),
-    Bin(odbc_api::buffers::BinColumnSlice<'a>, bool),
+    Text(odbc_api::buffers::TextColumnSlice<'a, u8>),
+    Bin(odbc_api::buffers::BinColumnSlice<'a>),
 }
 
 /// Why a scan did not finish.
