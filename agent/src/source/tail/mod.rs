@@ -198,6 +198,18 @@ struct Blocked {
     backoff: Duration,
 }
 
+/// Where the rest of a truncated file's generation is (see [`Out::find_rest`]).
+struct Rest {
+    path: PathBuf,
+    /// The copy, or the `.gz` rotation decompressed into an unnamed file.
+    file: File,
+    size: u64,
+    /// The copy's modification time: when the generation was last written.
+    mtime: SystemTime,
+    /// The uncompressed copy, when it is one (it is then followed from its end).
+    used: Option<(PathBuf, File, u64)>,
+}
+
 /// First and longest pause between two tries of a quarantine write.
 const QUARANTINE_RETRY: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(10));
@@ -730,6 +742,54 @@ impl Tail {
         });
     }
 
+    /// The rest of truncated file `i`'s generation, in `rest`, read as a recovered rest
+    /// (under `i`'s ids, from its read position; see [`Tail::track_recovered`]) among the
+    /// other rests, by the time it was last written.
+    fn track_rest(&mut self, i: usize, rest: Rest) {
+        let t = &self.files[i];
+        tracing::info!(
+            "source {}: {} was truncated, or replaced by a new file in its inode number, at byte {}; reading the rest, up to byte {}, from {} among the other rotations recovered at the start",
+            self.out.cx.name,
+            t.path.display(),
+            t.read_pos(),
+            rest.size,
+            rest.path.display()
+        );
+        let mut decoder = Decoder::new(self.out.cfg.format.clone());
+        if decoder.needs_header() && t.read_pos() > 0 {
+            read_header(&rest.file, &mut decoder, self.out.cfg.max_record_bytes);
+        }
+        let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        let r = Tracked {
+            key: t.key,
+            path: rest.path,
+            file: Some(fds::Budget::global().adopt(rest.file)),
+            born: None,
+            changed_at: Instant::now(),
+            fp: t.fp,
+            head: t.head,
+            suspect: false,
+            replaced: false,
+            blocked: None,
+            gen: t.gen,
+            offset: t.read_pos(),
+            buf: Vec::new(),
+            decoder,
+            skipping: None,
+            size: rest.size,
+            mtime: rest.mtime,
+            matched: false,
+            gone_since: Some(Instant::now()),
+            nlink: 0,
+            discovered: order,
+            fresh: false,
+            copy_wait: None,
+            recovered: true,
+            first: Vec::new(),
+        };
+        self.files.push(r);
+    }
+
     /// Compressed rotations written while the agent was stopped (modified since the
     /// checkpoint was last written) that start with no head the checkpoint or the files
     /// followed know: content written to a followed file after the stop and rotated and
@@ -1061,60 +1121,82 @@ impl Tail {
         let replaced = |c: &FileCp| born.is_some() && c.born_ns.is_some() && c.born_ns != born;
         let has_head = |c: &FileCp| c.head.is_some_and(|h| h.len > 0);
         let mut force_truncated = false;
-        let (gen, offset) = match self.out.cp.files.get(&key) {
-            // Dropped (deleted, or left the globs and read to its end), and its inode
-            // number now holds another file. The same file seen again (its birth time
-            // says so: a rotation whose file event came after it was dropped) resumes
-            // where it was, below.
-            Some(c) if c.retired_ms.is_some() && !same_birth(c) => (c.gen + 1, 0),
-            // Another file than the checkpointed one (which was deleted while the agent
-            // was stopped, and whose inode number it took) is never taken for it, even
-            // when it starts with the same bytes: it is handled as a truncation, below.
-            Some(c) if same(c) && !(replaced(c) && has_head(c)) => {
-                if at_start && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
-                    // Empty when the agent stopped: copies made since (copytruncate)
-                    // hold what was written to it meanwhile.
-                    self.truncated_while_stopped.push((path.to_owned(), None));
-                }
-                (c.gen, c.offset)
+        // Dropped in this run (read to its end: `retiring`), its entry waiting for the
+        // acks of its last events: the entry is still that file's, acknowledged short of
+        // where it was read to. The same file seen again (its birth time says so: opened
+        // again under its rotated name before it was deleted) goes on where it was read
+        // to; a new file in its inode number (the old one was deleted) is a new
+        // generation from 0. The entry stays as it is, so a stop before those acks
+        // finishes the old file at the next start.
+        let dropped = self.out.retiring.get(&key).copied().and_then(|(g, end)| {
+            let c = self.out.cp.files.get(&key)?;
+            if c.retired_ms.is_some() {
+                None
+            } else if same_birth(c) {
+                Some((g, end))
+            } else if replaced(c) {
+                Some((g + 1, 0))
+            } else {
+                None
             }
-            // Truncated (copytruncate) while the agent was stopped: resume the old
-            // generation where it was, with its fingerprint and head. The first read
-            // round finds the truncation, reads the rest from the copy when there is one,
-            // and starts the file again from 0.
-            // The same for a new file in the inode number of a deleted one: the deleted
-            // file's rest is looked for in its copies and `.gz` rotations first.
-            Some(c) if has_head(c) => {
-                if replaced(c) {
-                    tracing::info!(
+        });
+        let (gen, offset) = match (dropped, self.out.cp.files.get(&key)) {
+            (Some(at), _) => at,
+            (None, c) => match c {
+                // Dropped (deleted, or left the globs and read to its end), and its inode
+                // number now holds another file. The same file seen again (its birth time
+                // says so: a rotation whose file event came after it was dropped) resumes
+                // where it was, below.
+                Some(c) if c.retired_ms.is_some() && !same_birth(c) => (c.gen + 1, 0),
+                // Another file than the checkpointed one (which was deleted while the agent
+                // was stopped, and whose inode number it took) is never taken for it, even
+                // when it starts with the same bytes: it is handled as a truncation, below.
+                Some(c) if same(c) && !(replaced(c) && has_head(c)) => {
+                    if at_start && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
+                        // Empty when the agent stopped: copies made since (copytruncate)
+                        // hold what was written to it meanwhile.
+                        self.truncated_while_stopped.push((path.to_owned(), None));
+                    }
+                    (c.gen, c.offset)
+                }
+                // Truncated (copytruncate) while the agent was stopped: resume the old
+                // generation where it was, with its fingerprint and head. The first read
+                // round finds the truncation, reads the rest from the copy when there is one,
+                // and starts the file again from 0.
+                // The same for a new file in the inode number of a deleted one: the deleted
+                // file's rest is looked for in its copies and `.gz` rotations first.
+                Some(c) if has_head(c) => {
+                    if replaced(c) {
+                        tracing::info!(
                         "source {name}: {} is a new file in the inode number of {} (deleted, checkpointed at byte {}); the rest of that file is looked for in its rotations, then the new one is read from byte 0",
                         path.display(),
                         c.path.display(),
                         c.offset
                     );
-                    force_truncated = true;
+                        force_truncated = true;
+                    }
+                    fp = c.fp;
+                    old_head = c.head;
+                    if at_start {
+                        self.truncated_while_stopped.push((path.to_owned(), c.head));
+                    }
+                    (c.gen, c.offset)
                 }
-                fp = c.fp;
-                old_head = c.head;
-                if at_start {
-                    self.truncated_while_stopped.push((path.to_owned(), c.head));
+                Some(c) => {
+                    FileTruncated {
+                        source: name,
+                        file: path,
+                        was: c.offset,
+                        now: size,
+                    }
+                    .emit(&self.out.cx.counters);
+                    (c.gen + 1, 0)
                 }
-                (c.gen, c.offset)
-            }
-            Some(c) => {
-                FileTruncated {
-                    source: name,
-                    file: path,
-                    was: c.offset,
-                    now: size,
+                None if at_start && self.first_start && self.out.cfg.start_at == StartAt::End => {
+                    (0, files::end_of_last_line(&file, size).unwrap_or(0))
                 }
-                .emit(&self.out.cx.counters);
-                (c.gen + 1, 0)
-            }
-            None if at_start && self.first_start && self.out.cfg.start_at == StartAt::End => {
-                (0, files::end_of_last_line(&file, size).unwrap_or(0))
-            }
-            None => (0, 0),
+                None => (0, 0),
+            },
         };
         let head = old_head.unwrap_or_else(|| {
             Head::default()
@@ -1123,18 +1205,30 @@ impl Tail {
                 .flatten()
                 .unwrap_or_default()
         });
-        self.out.cp.files.insert(
-            key,
-            FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born),
-        );
-        self.out.cp.dirty = true;
+        match dropped {
+            Some((g, _)) => {
+                self.out.cp.set_identity(key, g, fp, head, born);
+                if offset == 0 {
+                    // Reached once every event of the dropped file is acknowledged.
+                    self.out.mark_at(key, g, 0);
+                }
+            }
+            None => {
+                self.out.cp.files.insert(
+                    key,
+                    FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born),
+                );
+                self.out.cp.dirty = true;
+            }
+        }
         self.out.retiring.remove(&key);
         let mut decoder = Decoder::new(self.out.cfg.format.clone());
         if decoder.needs_header() && offset > 0 {
             read_header(&file, &mut decoder, self.out.cfg.max_record_bytes);
         }
         tracing::info!(
-            "source {name}: following {} from byte {offset}",
+            "source {}: following {} from byte {offset}",
+            self.out.cx.name,
             path.display()
         );
         self.files.push(Tracked {
@@ -1176,7 +1270,13 @@ impl Tail {
             let t = &mut self.files[i];
             let Some(f) = t.file.as_deref() else { continue };
             let Ok(m) = f.metadata() else { continue };
-            let mtime = m.modified().unwrap_or(t.mtime);
+            // A recovered rest keeps the time its rotation was last written (its unnamed
+            // file's own time is when it was decompressed): rests are read in that order.
+            let mtime = if t.recovered {
+                t.mtime
+            } else {
+                m.modified().unwrap_or(t.mtime)
+            };
             let changed = m.len() != t.size || mtime != t.mtime || t.suspect;
             if changed {
                 t.changed_at = Instant::now();
@@ -1206,15 +1306,41 @@ impl Tail {
                 // The copy's file event may have come in since the loop's last look.
                 self.ingest();
                 let held = self.held_copy(i);
-                let t = &mut self.files[i];
-                let used = self.out.finish_from_copy(t, held)?;
+                // Rests of vanished files recovered at a start wait to be read: this
+                // generation's rest is read among them, in the order they were written
+                // (a file deleted while stopped whose inode number the live file took
+                // may be newer than another vanished file, or older), not before them.
+                let rests_wait = self
+                    .files
+                    .iter()
+                    .any(|o| o.recovered && o.size > o.read_pos());
+                let t = &self.files[i];
+                let whole = t.buf.is_empty() && t.skipping.is_none() && t.blocked.is_none();
+                let (used, read) = if rests_wait && whole {
+                    let t = &self.files[i];
+                    match self.out.find_rest(t, held) {
+                        Some(rest) if rest.size <= t.read_pos() => (rest.used, None),
+                        Some(rest) => {
+                            let read = rest.size.max(t.read_pos());
+                            let used = rest.used.as_ref().and_then(|(p, f, n)| {
+                                f.try_clone().ok().map(|f| (p.clone(), f, *n))
+                            });
+                            self.track_rest(i, rest);
+                            (used, Some(read))
+                        }
+                        None => (None, None),
+                    }
+                } else {
+                    let t = &mut self.files[i];
+                    (self.out.finish_from_copy(t, held)?, None)
+                };
                 if let Some((path, file, size)) = used {
                     self.copy_consumed(&path, file, size);
                 }
                 let t = &mut self.files[i];
                 if t.head.len > 0 {
-                    self.truncations
-                        .push((t.head, t.read_pos(), Instant::now()));
+                    let upto = read.unwrap_or(t.read_pos());
+                    self.truncations.push((t.head, upto, Instant::now()));
                 }
                 FileTruncated {
                     source: &self.out.cx.name,
@@ -1223,7 +1349,9 @@ impl Tail {
                     now: t.size,
                 }
                 .emit(&self.out.cx.counters);
-                self.out.new_generation(t, "truncated");
+                // With the rest still to read, the checkpoint must not move to the new
+                // generation before it: the rest's own positions move it there.
+                self.out.new_generation(t, "truncated", read.is_none());
             }
             let t = &mut self.files[i];
             if let (false, Some(h)) = (truncated, head) {
@@ -1246,18 +1374,11 @@ impl Tail {
                 t.copy_wait.is_none() && (t.size > t.read_pos() || t.blocked.is_some())
             })
             .collect();
-        // Rests recovered from compressed rotations first (in the order they were found),
-        // then files that left the globs (they were rotated away), then by modification
-        // time, then by discovery (file timestamps are coarse: a rotated file and its
-        // successor often share one).
-        let rank = |t: &Tracked| {
-            let mtime = if t.recovered {
-                SystemTime::UNIX_EPOCH
-            } else {
-                t.mtime
-            };
-            (!t.recovered, t.gone_since.is_none(), mtime, t.discovered)
-        };
+        // Rests recovered from rotations first (by the time they were last written, then
+        // in the order they were found), then files that left the globs (they were
+        // rotated away), then by modification time, then by discovery (file timestamps
+        // are coarse: a rotated file and its successor often share one).
+        let rank = |t: &Tracked| (!t.recovered, t.gone_since.is_none(), t.mtime, t.discovered);
         order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
         let mut total = 0;
         for i in order {
@@ -1317,7 +1438,11 @@ impl Tail {
                 self.out.cx.name,
                 t.path.display()
             );
-            self.out.retiring.insert(t.key, (t.gen, t.offset));
+            // The rest of a file still followed (truncated, or replaced by a new file in
+            // its inode number) leaves that file's entry alone.
+            if !(t.recovered && self.files.iter().any(|o| o.key == t.key && !o.recovered)) {
+                self.out.retiring.insert(t.key, (t.gen, t.offset));
+            }
         }
     }
 
@@ -1628,7 +1753,7 @@ impl Out {
     /// Starts `t` again from byte 0 under a new generation (new ids): it was truncated, or
     /// a new file took its inode number while it was closed. A record cut off at the end
     /// of the old generation is set aside.
-    fn new_generation(&mut self, t: &mut Tracked, why: &str) {
+    fn new_generation(&mut self, t: &mut Tracked, why: &str, mark: bool) {
         if !t.buf.is_empty() {
             // A record cut off by the truncation, with no copy that holds its end.
             let reason = format!("incomplete last record of a file that was {why}");
@@ -1651,33 +1776,29 @@ impl Out {
         t.fresh = false;
         // The checkpoint moves to the new generation only once every event of the old
         // one is acknowledged: a stop before that finishes it at the next start.
-        self.mark_at(t.key, t.gen, 0);
+        if mark {
+            self.mark_at(t.key, t.gen, 0);
+        }
     }
 
     /// After a truncation of `t`: reads the rest of `t`'s generation, with `t`'s ids,
-    /// from the copy logrotate's `copytruncate` made of it: `held` (a new file held as its
-    /// possible copy), else a file in the same directory that starts with `t`'s head and
-    /// is longer than what was read, else a `.gz` rotation whose content does (the copy
-    /// was compressed before it was read). Returns the uncompressed copy it used.
+    /// from the copy logrotate's `copytruncate` made of it (see [`Out::find_rest`]).
+    /// Returns the uncompressed copy it used.
     fn finish_from_copy(
         &mut self,
         t: &mut Tracked,
         held: Option<(PathBuf, File, u64)>,
     ) -> Result<Option<(PathBuf, File, u64)>, Stopping> {
-        if t.head.len == 0 || t.blocked.is_some() {
+        let Some(rest) = self.find_rest(t, held) else {
             return Ok(None);
-        }
-        let plain = held.or_else(|| files::find_copy(&t.path, t.key, t.head, t.read_pos()));
-        let (path, copy, size, used) = match plain {
-            Some((path, copy, size)) => {
-                let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
-                (path, copy, size, used)
-            }
-            None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
-                Ok(Some(g)) => (g.gz, g.file, g.len, None),
-                Ok(None) | Err(()) => return Ok(None),
-            },
         };
+        let Rest {
+            path,
+            file: copy,
+            size,
+            used,
+            ..
+        } = rest;
         if size > t.read_pos() {
             tracing::info!(
                 "source {}: {} was truncated at byte {}; reading the rest, up to byte {size}, from its copy {}",
@@ -1703,6 +1824,43 @@ impl Out {
         t.file = own;
         t.size = own_size;
         r.map(|()| used)
+    }
+
+    /// After a truncation of `t`: the copy that holds the rest of `t`'s generation:
+    /// `held` (a new file held as its possible copy), else a file in the same directory
+    /// that starts with `t`'s head and is longer than what was read, else a `.gz`
+    /// rotation whose content does (the copy was compressed before it was read).
+    fn find_rest(&mut self, t: &Tracked, held: Option<(PathBuf, File, u64)>) -> Option<Rest> {
+        if t.head.len == 0 || t.blocked.is_some() {
+            return None;
+        }
+        let plain = held.or_else(|| files::find_copy(&t.path, t.key, t.head, t.read_pos()));
+        Some(match plain {
+            Some((path, copy, size)) => {
+                let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
+                let mtime = copy
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                Rest {
+                    path,
+                    file: copy,
+                    size,
+                    mtime,
+                    used,
+                }
+            }
+            None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
+                Ok(Some(g)) => Rest {
+                    path: g.gz,
+                    file: g.file,
+                    size: g.len,
+                    mtime: g.mtime,
+                    used: None,
+                },
+                Ok(None) | Err(()) => return None,
+            },
+        })
     }
 
     /// [`files::find_gz`], with errors logged: the rest of a file past `from`, from a
