@@ -929,6 +929,43 @@ async fn a_csv_file_holding_only_its_header_at_the_stop_and_compressed_twice_los
     assert_eq!(ids.len(), 150);
 }
 
+/// Torture seed 4052: at a start, the rest of a file truncated while stopped (its copy)
+/// was read before the rests of older files recovered from their `.gz` rotations, so
+/// older records of a key were stored after newer ones. The rests are read in the order
+/// they were written.
+#[tokio::test]
+async fn rests_found_at_a_start_are_read_in_the_order_they_were_written() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    let old = logs.join("app-20261129.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    // Rotated to a name the glob still matches; a new live file.
+    fs::rename(&live, &old).unwrap();
+    append(&live, lines(100..150));
+    assert_eq!(w.wait_count(150, WAIT).await, 150);
+    assert_eq!(agent.stop(), Some(0));
+    // While stopped: the writer still adds to the rotated file, which is then compressed
+    // (its rest is only in the `.gz`); then the live file is written and copytruncated
+    // (its rest is only in the copy), and written again.
+    append(&old, lines(150..160));
+    append(&live, lines(160..200));
+    gzip(&old, &logs.join("app-20261129.log.gz"));
+    fs::copy(&live, logs.join("app.log.1")).unwrap();
+    truncate(&live);
+    append(&live, lines(200..250));
+    // As logrotate and gzip keep them: the compressed rotation is the older.
+    changed_since_the_stop(&w, &logs, ["app-20261129.log.gz", "app.log.1"]);
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..250)).await;
+    let log = agent_log(&w);
+    assert!(log.contains("app-20261129.log.gz"), "{log}");
+    assert!(log.contains("among the other rotations"), "{log}");
+}
+
 #[tokio::test]
 async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
     use std::os::unix::fs::MetadataExt;

@@ -559,8 +559,17 @@ impl Tail {
                     ino: c.ino,
                 };
                 // A compressed rotation is never opened as text: its rest is recovered.
+                // Not a file that took its inode number since (deleted while stopped,
+                // the number reused: its birth time differs): then it vanished.
+                let same_birth = |p: &PathBuf| {
+                    let born = fs::metadata(p).ok().and_then(|m| m.created().ok());
+                    match (c.born_ns, state::born_ns(born)) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    }
+                };
                 let found = match files::find_in_dir(&c.path, key) {
-                    Ok(found) => found.filter(|p| !files::is_compressed(p)),
+                    Ok(found) => found.filter(|p| !files::is_compressed(p) && same_birth(p)),
                     Err(e) => {
                         // Kept in the checkpoint: the next start looks again.
                         tracing::error!(
