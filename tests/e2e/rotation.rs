@@ -966,6 +966,45 @@ async fn rests_found_at_a_start_are_read_in_the_order_they_were_written() {
     assert!(log.contains("among the other rotations"), "{log}");
 }
 
+/// Torture seed 3020: lines written to a file the agent follows at byte 0 with no head yet
+/// (empty at its first look, or just truncated), copied by `copytruncate` and truncated
+/// before the agent read them, were lost: the file never looks truncated, and its copy
+/// cannot be found by first bytes never read. A file created next to it under a rotated
+/// name since the agent last saw it empty holds them.
+#[tokio::test]
+async fn a_copy_made_before_the_first_byte_of_a_file_was_read_is_read() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, std::iter::empty());
+    let mut agent = w.agent(&cfg);
+    wait_first_scan(&w).await;
+    // Empty at the agent's first look. What a copytruncate between two looks leaves: the
+    // lines only in the copy (written straight there: the agent cannot read them from
+    // the file first), the file truncated, then written again.
+    append(&logs.join("app.log.1"), lines(0..100));
+    truncate(&live);
+    append(&live, lines(100..150));
+    assert_eq!(w.wait_count(150, WAIT).await, 150, "{}", agent_log(&w));
+    // Just truncated (the copy is read as the rest of what was read), so empty again:
+    // the next copy is compressed at once.
+    fs::copy(&live, logs.join("app.log.2")).unwrap();
+    truncate(&live);
+    wait_for("the truncation to be seen", WAIT, || {
+        agent_log(&w).contains("reading it again from the start")
+    })
+    .await;
+    append(&logs.join("app.log.3"), lines(150..200));
+    gzip(&logs.join("app.log.3"), &logs.join("app.log.3.gz"));
+    truncate(&live);
+    append(&live, lines(200..250));
+    expect_ids(&w, &mut agent, range(0..250)).await;
+    let log = agent_log(&w);
+    assert!(log.contains("app.log.1 was made of"), "{log}");
+    assert!(log.contains("app.log.3.gz was made of"), "{log}");
+}
+
 #[tokio::test]
 async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
     use std::os::unix::fs::MetadataExt;

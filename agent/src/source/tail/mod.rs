@@ -175,6 +175,11 @@ struct Tracked {
     /// file: read under the vanished file's ids, before every other file. Its `key` is
     /// the vanished file's, which a new file may reuse: never matched to found files.
     recovered: bool,
+    /// Nothing of this generation read yet and no head: the file's status-change time
+    /// (ctime) at the last look. When it changes before a first byte is read, what was
+    /// written meanwhile may already be in a copy (`copytruncate`) made since: see
+    /// [`Tail::copied_before_read`].
+    bare_since: Option<SystemTime>,
 }
 
 impl Tracked {
@@ -748,6 +753,7 @@ impl Tail {
             copy_wait: None,
             recovered: true,
             first: Vec::new(),
+            bare_since: None,
         });
     }
 
@@ -795,6 +801,7 @@ impl Tail {
             copy_wait: None,
             recovered: true,
             first: Vec::new(),
+            bare_since: None,
         };
         self.files.push(r);
     }
@@ -874,37 +881,184 @@ impl Tail {
                     continue;
                 }
             };
-            self.out.gz_taken.push((path.clone(), gz_key));
-            // Its inode number may be a vanished file's still in the checkpoint (or
-            // followed for its rest): then it is kept apart under a number no file has.
-            let taken = |k: &FileKey| {
-                self.files.iter().any(|t| t.key == *k)
-                    || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
-            };
-            let key = if taken(&gz_key) {
-                FileKey {
-                    dev: gz_key.dev,
-                    ino: gz_key.ino ^ (1 << 62),
-                }
-            } else {
-                gz_key
-            };
-            let fp = files::fingerprint(&g.file).ok().flatten();
-            let head = Head::default()
-                .recheck(&g.file, g.len)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let gen = self.out.cp.gen_for(&key);
-            let c = FileCp::followed(key, path.clone(), fp, head, gen, 0, None);
-            self.out.cp.files.insert(key, c.clone());
-            self.out.cp.dirty = true;
             tracing::info!(
                 "source {}: {} was written, rotated and compressed while stopped; reading it whole",
                 self.out.cx.name,
                 path.display()
             );
-            self.track_recovered(g, &c);
+            self.track_gz_whole(g, path, gz_key);
+        }
+    }
+
+    /// Follows the content of a `.gz` file, decompressed into `g`, read whole under the
+    /// `.gz` file's own ids (its inode number, or that number with bit 62 flipped when a
+    /// file still known has it).
+    fn track_gz_whole(&mut self, g: files::Gunzipped, path: PathBuf, gz_key: FileKey) {
+        self.out.gz_taken.push((path.clone(), gz_key));
+        // Its inode number may be a vanished file's still in the checkpoint (or
+        // followed for its rest): then it is kept apart under a number no file has.
+        let taken = |k: &FileKey| {
+            self.files.iter().any(|t| t.key == *k)
+                || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
+        };
+        let key = if taken(&gz_key) {
+            FileKey {
+                dev: gz_key.dev,
+                ino: gz_key.ino ^ (1 << 62),
+            }
+        } else {
+            gz_key
+        };
+        let fp = files::fingerprint(&g.file).ok().flatten();
+        let head = Head::default()
+            .recheck(&g.file, g.len)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let gen = self.out.cp.gen_for(&key);
+        let c = FileCp::followed(key, path, fp, head, gen, 0, None);
+        self.out.cp.files.insert(key, c.clone());
+        self.out.cp.dirty = true;
+        self.track_recovered(g, &c);
+    }
+
+    /// Followed file `i` had nothing of its generation read and no head at the last look
+    /// (`since`: its ctime then), and it changed: a `copytruncate` may have copied what
+    /// was written meanwhile and truncated the file before the agent read a byte of it
+    /// (the file never looks truncated: its read position is 0, and there is no head to
+    /// find the copy by). Files next to it whose name is a rotation of its name (or the
+    /// `.gz` of one), created after `since` (birth time: where the file system keeps
+    /// none, nothing is found), unknown to the source (not followed, not in the
+    /// checkpoint, not a `.gz` already taken), that start with no head a known file has
+    /// and are not a plain snapshot of what the file holds now, are such copies: read
+    /// whole, oldest first, under their own ids, before the file's new bytes.
+    fn copied_before_read(&mut self, i: usize, since: SystemTime) {
+        let t = &self.files[i];
+        let (Some(dir), Some(name)) = (t.path.parent(), t.path.file_name()) else {
+            return;
+        };
+        let name = name.to_string_lossy().into_owned();
+        let live_path = t.path.clone();
+        let now_first = t
+            .file
+            .as_deref()
+            .and_then(|f| files::first_bytes(f).ok())
+            .unwrap_or_default();
+        let now_size = t.size;
+        // A plain copy of the file as it is (`cp`, no truncation): its bytes are read
+        // from the file itself.
+        let snapshot = move |first: &[u8], len: u64| {
+            len <= now_size && !first.is_empty() && now_first.starts_with(first)
+        };
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(
+                    "source {}: cannot list {} for copies of {}: {e}",
+                    self.out.cx.name,
+                    dir.display(),
+                    live_path.display()
+                );
+                return;
+            }
+        };
+        let mut found = Vec::new();
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let gz = n.strip_suffix(".gz");
+            let path = e.path();
+            if !files::looks_rotated(&name, gz.unwrap_or(&n))
+                || (gz.is_none() && files::is_compressed(&path))
+            {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            let Ok(born) = m.created() else { continue };
+            if !m.is_file() || m.len() == 0 || born <= since {
+                continue;
+            }
+            let key = FileKey::of(&m);
+            let known = self.files.iter().any(|o| o.key == key)
+                || self
+                    .out
+                    .cp
+                    .files
+                    .get(&key)
+                    .is_some_and(|c| c.retired_ms.is_none())
+                || self
+                    .out
+                    .gz_taken
+                    .iter()
+                    .any(|(p, k)| *p == path && *k == key);
+            if !known {
+                let mtime = m.modified().unwrap_or(born);
+                found.push((born, path, key, gz.is_some(), mtime));
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        found.sort();
+        // The heads of the files the source knows: a file that starts with one is not
+        // new content (a copy of a generation already read, a CSV header aside: a head
+        // covers the first 4 KiB, or the whole of a file shorter than that).
+        let mut heads: Vec<Head> = self.files.iter().map(|o| o.head).collect();
+        heads.extend(self.truncations.iter().map(|(h, _, _)| *h));
+        heads.extend(
+            self.out
+                .cp
+                .files
+                .values()
+                .filter(|c| c.retired_ms.is_none())
+                .filter_map(|c| c.head),
+        );
+        heads.retain(|h| h.len > 0);
+        let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
+        let tmp = self.out.cx.state_dir.join("checkpoints");
+        for (_, path, key, gz, mtime) in found {
+            if gz {
+                let beat = self.out.cx.beat.clone();
+                let g = match files::gunzip(&path, mtime, key, unknown, 0, &tmp, &|| beat.beat()) {
+                    Ok(Some(g)) => g,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let msg = format!(
+                            "cannot decompress {} into {}: {e}",
+                            path.display(),
+                            tmp.display()
+                        );
+                        tracing::error!("source {}: {msg}", self.out.cx.name);
+                        self.out.last_error = Some(msg);
+                        continue;
+                    }
+                };
+                let first = files::first_bytes(&g.file).unwrap_or_default();
+                if snapshot(&first, g.len) {
+                    continue;
+                }
+                tracing::info!(
+                    "source {}: {} was made of {} (copytruncate, then compressed) before a byte of it was read; reading it whole",
+                    self.out.cx.name,
+                    path.display(),
+                    live_path.display()
+                );
+                self.track_gz_whole(g, path, key);
+            } else {
+                let Ok(f) = File::open(&path) else { continue };
+                let first = files::first_bytes(&f).unwrap_or_default();
+                let len = f.metadata().map_or(0, |m| m.len());
+                if !unknown(&first) || snapshot(&first, len) {
+                    continue;
+                }
+                tracing::info!(
+                    "source {}: {} was made of {} (copytruncate) before a byte of it was read; reading it whole",
+                    self.out.cx.name,
+                    path.display(),
+                    live_path.display()
+                );
+                let matched = self.globs.matches(&path);
+                self.track(&path, matched);
+            }
         }
     }
 
@@ -1266,6 +1420,7 @@ impl Tail {
             copy_wait: None,
             recovered: false,
             first: Vec::new(),
+            bare_since: (offset == 0 && head.len == 0).then(|| ctime(&meta)),
         });
     }
 
@@ -1305,8 +1460,19 @@ impl Tail {
             } else {
                 Some(t.head)
             };
+            // Nothing of this generation read and no head, and the file changed since the
+            // last look (written, truncated): what was written may already be in a copy.
+            let bare_was = t.bare_since.take();
+            let now_ctime = ctime(&m);
             let truncated = t.size < t.read_pos() || head.is_none() || t.replaced;
             t.replaced = false;
+            if let Some(since) = bare_was.filter(|&c| c != now_ctime) {
+                let bare = t.read_pos() == 0 && t.head.len == 0 && !truncated;
+                if bare && t.blocked.is_none() && t.copy_wait.is_none() && !t.recovered {
+                    self.ingest();
+                    self.copied_before_read(i, since);
+                }
+            }
             if truncated {
                 // copytruncate: what was not read yet is in the copy. Read it from there,
                 // as the same file (same ids), before the file starts again from 0. A new
@@ -1375,6 +1541,9 @@ impl Tail {
             }
             let born = state::born_ns(t.born);
             self.out.cp.set_identity(t.key, t.gen, t.fp, t.head, born);
+            if t.read_pos() == 0 && t.head.len == 0 && !t.recovered {
+                t.bare_since = Some(now_ctime);
+            }
         }
         self.judge_new_files();
         let mut order: Vec<usize> = (0..self.files.len())
@@ -2434,6 +2603,15 @@ fn closable(t: &Tracked) -> bool {
         && t.copy_wait.is_none()
         && t.blocked.is_none()
         && t.size == t.read_pos()
+}
+
+/// A file's status-change time (ctime): changed by every write and truncation.
+fn ctime(m: &fs::Metadata) -> SystemTime {
+    let (secs, nsec) = (m.ctime(), m.ctime_nsec());
+    if secs < 0 {
+        return SystemTime::UNIX_EPOCH;
+    }
+    SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nsec.clamp(0, 999_999_999) as u32)
 }
 
 /// Whether a file still holds what was read of it: not shorter than the read position,
