@@ -1005,6 +1005,42 @@ async fn a_copy_made_before_the_first_byte_of_a_file_was_read_is_read() {
     assert!(log.contains("app.log.3.gz was made of"), "{log}");
 }
 
+/// Torture seed 153: killed -9 less than a checkpoint interval after it began reading a
+/// generation, the agent's checkpoint still said "offset 0, no head" for it although
+/// its events were acknowledged; a copytruncate while it was down made a copy that was
+/// read as a new file, under its own ids: every record already in the stream was stored
+/// again. The copy is that generation, read under the live file's ids (JetStream drops
+/// what it already holds), then the live file goes on as a new generation.
+#[tokio::test]
+async fn a_copy_of_a_generation_the_checkpoint_had_not_caught_up_with_is_not_sent_twice() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // The checkpoint as a kill -9 right after the first read leaves it: nothing of the
+    // file acknowledged, no head, no first line.
+    let cp_path = w.dir().join("state/checkpoints/vista.json");
+    let mut cp = checkpoint(&w);
+    for f in cp["files"].as_array_mut().unwrap() {
+        f["offset"] = 0.into();
+        f["fp"] = serde_json::Value::Null;
+        f["head"] = serde_json::json!({"len": 0, "hash": 0});
+    }
+    fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
+    // copytruncate while stopped, then more lines.
+    fs::copy(&live, logs.join("app.log.1")).unwrap();
+    truncate(&live);
+    append(&live, lines(100..150));
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..150)).await;
+    let log = agent_log(&w);
+    assert!(log.contains("is the copy of generation 0"), "{log}");
+}
+
 #[tokio::test]
 async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
     use std::os::unix::fs::MetadataExt;

@@ -522,7 +522,7 @@ impl Tail {
             // start and were found truncated once opened (see `track_file`).
             let truncated = std::mem::take(&mut self.truncated_while_stopped);
             if let (false, Some(since)) = (truncated.is_empty(), self.out.cp.written) {
-                self.track_rotated_while_stopped(&truncated, since);
+                self.track_rotated_while_stopped(&truncated, since, true);
             }
         }
         if self.waiting_open > 0 {
@@ -648,12 +648,12 @@ impl Tail {
             if let Some(since) = self.out.cp.written {
                 let rotated: Vec<(PathBuf, Option<Head>)> =
                     rotated_live.into_iter().map(|p| (p, None)).collect();
-                self.track_rotated_while_stopped(&rotated, since);
+                self.track_rotated_while_stopped(&rotated, since, false);
                 // copytruncate while stopped: the copy of the checkpointed generation is
                 // finished by the first read round; copies made after it hold
                 // generations never seen.
                 let truncated = std::mem::take(&mut self.truncated_while_stopped);
-                self.track_rotated_while_stopped(&truncated, since);
+                self.track_rotated_while_stopped(&truncated, since, true);
             }
             if !self.out.cp.existed {
                 // Record the starting offsets now, so that start_at applies only once.
@@ -680,8 +680,22 @@ impl Tail {
     /// and read whole, oldest first, before the live files.
     /// With a head: the live file was truncated, and the copy that starts with that head
     /// is left to [`Out::finish_from_copy`].
-    fn track_rotated_while_stopped(&mut self, live: &[(PathBuf, Option<Head>)], since: SystemTime) {
+    ///
+    /// `truncated` (copytruncate while stopped): the oldest such file of a live file
+    /// that had nothing of its generation read, or acknowledged, at the stop (no head,
+    /// offset 0: empty then, or killed before the checkpoint caught up) is that
+    /// generation's copy: it is read under the live file's ids, from 0, so that events
+    /// already sent are sent again with their ids (JetStream drops them), and the live
+    /// file goes on with a new generation. Unless the live file starts with all of it (a
+    /// plain copy of the file as it is, not truncated).
+    fn track_rotated_while_stopped(
+        &mut self,
+        live: &[(PathBuf, Option<Head>)],
+        since: SystemTime,
+        truncated: bool,
+    ) {
         for (l, head) in live {
+            let mut generation = truncated && head.is_none();
             for (p, key) in files::rotated_since(l, since) {
                 let known =
                     self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
@@ -697,6 +711,9 @@ impl Tail {
                 if copy_of_checkpointed {
                     continue;
                 }
+                if std::mem::take(&mut generation) && self.copy_of_bare_generation(l, &p) {
+                    continue;
+                }
                 tracing::info!(
                     "source {}: {} was written and rotated away while stopped; reading it whole",
                     self.out.cx.name,
@@ -705,6 +722,87 @@ impl Tail {
                 self.track(&p, false);
             }
         }
+    }
+
+    /// See [`Tail::track_rotated_while_stopped`]: `copy`, made while stopped, read as the
+    /// generation of live file `live` that had nothing read or acknowledged at the stop.
+    /// `false`: it is not (no such live file, or a plain copy of it as it is).
+    fn copy_of_bare_generation(&mut self, live: &Path, copy: &Path) -> bool {
+        let Some(i) = self.files.iter().position(|t| {
+            t.path == live
+                && !t.recovered
+                && t.gone_since.is_none()
+                && t.read_pos() == 0
+                && t.blocked.is_none()
+        }) else {
+            return false;
+        };
+        let Ok(f) = File::open(copy) else {
+            return false;
+        };
+        let Ok(m) = f.metadata() else { return false };
+        let first = files::first_bytes(&f).unwrap_or_default();
+        let t = &self.files[i];
+        let now = t
+            .file
+            .as_deref()
+            .and_then(|lf| files::first_bytes(lf).ok())
+            .unwrap_or_default();
+        let lsize = t
+            .file
+            .as_deref()
+            .and_then(|lf| lf.metadata().ok())
+            .map_or(0, |lm| lm.len());
+        if first.is_empty() || (m.len() <= lsize && now.starts_with(&first)) {
+            return false;
+        }
+        tracing::info!(
+            "source {}: {} is the copy of generation {} of {}, which had nothing read or acknowledged at the stop; reading it under that file's ids, then the file as a new generation",
+            self.out.cx.name,
+            copy.display(),
+            t.gen,
+            live.display()
+        );
+        let head = Head::default()
+            .recheck(&f, m.len())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        let r = Tracked {
+            key: t.key,
+            path: copy.to_owned(),
+            file: Some(fds::Budget::global().adopt(f)),
+            born: None,
+            changed_at: Instant::now(),
+            fp: None,
+            head,
+            suspect: false,
+            replaced: false,
+            blocked: None,
+            gen: t.gen,
+            offset: 0,
+            buf: Vec::new(),
+            decoder: Decoder::new(self.out.cfg.format.clone()),
+            skipping: None,
+            size: m.len(),
+            mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            matched: false,
+            gone_since: Some(Instant::now()),
+            nlink: 0,
+            discovered: order,
+            fresh: false,
+            copy_wait: None,
+            recovered: true,
+            first: Vec::new(),
+            bare_since: None,
+        };
+        self.files.push(r);
+        let t = &mut self.files[i];
+        // Read after its copy (the copy ranks first): the checkpoint moves on with it.
+        self.out
+            .new_generation(t, "copied and truncated while stopped", false);
+        true
     }
 
     /// Follows the rest of a vanished file, decompressed from its `.gz` rotation, under
