@@ -1041,6 +1041,46 @@ async fn a_copy_of_a_generation_the_checkpoint_had_not_caught_up_with_is_not_sen
     assert!(log.contains("is the copy of generation 0"), "{log}");
 }
 
+/// Also seed 153: the copy of a generation read before the stop, made within the same
+/// tick of the file system clock as the last checkpoint write, looked "modified since
+/// the stop" and was read whole again. The checkpoint keeps the previous generation's
+/// head and length, which tell that copy apart.
+#[tokio::test]
+async fn the_copy_of_a_generation_read_before_the_stop_is_not_read_again() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    fs::copy(&live, logs.join("app.log.1")).unwrap();
+    truncate(&live);
+    wait_for("the checkpoint of the next generation", WAIT, || {
+        checkpoint(&w)["files"][0]["gen"] == 1
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    // The copy's time is the checkpoint's (the same tick).
+    let since = fs::metadata(w.dir().join("state/checkpoints/vista.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let f = fs::File::options()
+        .write(true)
+        .open(logs.join("app.log.1"))
+        .unwrap();
+    f.set_modified(since).unwrap();
+    // copytruncate while stopped: the copy holds the lines of the generation the
+    // checkpoint is at (offset 0, no head), read under the live file's ids.
+    append(&live, lines(100..150));
+    fs::copy(&live, logs.join("app.log.2")).unwrap();
+    truncate(&live);
+    append(&live, lines(150..200));
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..200)).await;
+}
+
 #[tokio::test]
 async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
     use std::os::unix::fs::MetadataExt;

@@ -694,12 +694,24 @@ impl Tail {
         since: SystemTime,
         truncated: bool,
     ) {
+        // Copies of generations already read (their head and length), which a
+        // checkpoint written within the same clock tick as the copy does not tell apart
+        // by time.
+        let read: Vec<(Head, u64)> = self.out.cp.files.values().filter_map(|c| c.prev).collect();
         for (l, head) in live {
             let mut generation = truncated && head.is_none();
             for (p, key) in files::rotated_since(l, since) {
                 let known =
                     self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
                 if known || self.globs.matches(&p) {
+                    continue;
+                }
+                let already_read = File::open(&p).is_ok_and(|f| {
+                    let size = f.metadata().map_or(0, |m| m.len());
+                    read.iter()
+                        .any(|&(h, len)| len == size && matches!(h.recheck(&f, size), Ok(Some(_))))
+                });
+                if already_read {
                     continue;
                 }
                 let copy_of_checkpointed = head.is_some_and(|h| {
@@ -1475,10 +1487,16 @@ impl Tail {
                 }
             }
             None => {
-                self.out.cp.files.insert(
-                    key,
-                    FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born),
-                );
+                let mut c = FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born);
+                // The same generation goes on: what is known of the one before stays.
+                c.prev = self
+                    .out
+                    .cp
+                    .files
+                    .get(&key)
+                    .filter(|o| o.gen == gen && o.retired_ms.is_none())
+                    .and_then(|o| o.prev);
+                self.out.cp.files.insert(key, c);
                 self.out.cp.dirty = true;
             }
         }

@@ -43,6 +43,12 @@ pub struct FileCp {
     /// from it even when its first bytes are the same. Absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub born_ns: Option<u64>,
+    /// The previous generation's head and how far it was acknowledged when the entry
+    /// moved on (after a truncation): its copy (`copytruncate`), already read, is told
+    /// from copies of later generations made while the agent was stopped, even when the
+    /// checkpoint was written within the same tick of the file system clock as the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<(Head, u64)>,
 }
 
 impl FileCp {
@@ -66,6 +72,7 @@ impl FileCp {
             offset,
             retired_ms: None,
             born_ns,
+            prev: None,
         }
     }
 }
@@ -156,6 +163,7 @@ impl Checkpoint {
         if let Some(e) = self.files.get_mut(&key) {
             if (gen, offset) > (e.gen, e.offset) {
                 if gen != e.gen {
+                    e.prev = e.head.filter(|h| h.len > 0).map(|h| (h, e.offset));
                     (e.fp, e.head, e.born_ns) = match self.next.remove(&key) {
                         Some((g, fp, head, born)) if g == gen => (fp, Some(head), born),
                         _ => (None, None, None),
@@ -254,6 +262,7 @@ mod tests {
             offset: 100,
             retired_ms: None,
             born_ns: None,
+            prev: None,
         };
         let with_head = Some(Head { len: 10, hash: 7 });
         let on_disk = |version, files| OnDisk { version, files };
@@ -292,6 +301,7 @@ mod tests {
                 offset: 100,
                 retired_ms: None,
                 born_ns: None,
+                prev: None,
             },
         );
         // Truncated: generation 1 is read while generation 0's events still wait for acks.
