@@ -1081,6 +1081,32 @@ async fn the_copy_of_a_generation_read_before_the_stop_is_not_read_again() {
     expect_ids(&w, &mut agent, range(0..200)).await;
 }
 
+/// The search for copies of a file with no head yet never takes a rotation already read:
+/// with `create` + `compress`, the previous file is compressed after the new empty one
+/// was created, and its `.gz` is born after that file's last change.
+#[tokio::test]
+async fn the_gz_of_the_previous_file_is_not_taken_for_a_copy_of_the_new_empty_one() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, std::iter::empty());
+    wait_for("the rotated file to be retired", WAIT, || {
+        checkpoint(&w)["files"]
+            .as_array()
+            .is_some_and(|fs| fs.iter().any(|f| f["retired_ms"].is_number()))
+    })
+    .await;
+    // Compressed well after the new file was created (born in a later clock tick).
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    append(&live, lines(100..150));
+    expect_ids(&w, &mut agent, range(0..150)).await;
+}
+
 #[tokio::test]
 async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
     use std::os::unix::fs::MetadataExt;

@@ -1084,7 +1084,11 @@ impl Tail {
             }
             let Ok(m) = e.metadata() else { continue };
             let Ok(born) = m.created() else { continue };
-            if !m.is_file() || m.len() == 0 || born <= since {
+            // Made after the last look, and holding bytes written since: a `.gz` keeps
+            // the time of the file it compressed (the rotation before this file, with
+            // `create` + `compress`, is compressed after this file was created).
+            let mtime = m.modified().unwrap_or(born);
+            if !m.is_file() || m.len() == 0 || born <= since || mtime < since {
                 continue;
             }
             let key = FileKey::of(&m);
@@ -1101,7 +1105,6 @@ impl Tail {
                     .iter()
                     .any(|(p, k)| *p == path && *k == key);
             if !known {
-                let mtime = m.modified().unwrap_or(born);
                 found.push((born, path, key, gz.is_some(), mtime));
             }
         }
@@ -1124,6 +1127,24 @@ impl Tail {
         );
         heads.retain(|h| h.len > 0);
         let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
+        // Files read to their end and retired, and generations before the current one:
+        // the same bytes (their whole length, or a full head's 4 KiB; a shorter head, a
+        // CSV header, may begin any later file).
+        let done: Vec<(Head, u64)> = self
+            .out
+            .cp
+            .files
+            .values()
+            .flat_map(|c| {
+                let retired = c.retired_ms.and(c.head).map(|h| (h, c.offset));
+                [retired, c.prev].into_iter().flatten()
+            })
+            .filter(|(h, _)| h.len > 0)
+            .collect();
+        let read_before = |first: &[u8], len: u64| {
+            done.iter()
+                .any(|&(h, n)| (n == len || h.len as usize == files::HEAD_MAX) && h.starts(first))
+        };
         let tmp = self.out.cx.state_dir.join("checkpoints");
         for (_, path, key, gz, mtime) in found {
             if gz {
@@ -1143,7 +1164,7 @@ impl Tail {
                     }
                 };
                 let first = files::first_bytes(&g.file).unwrap_or_default();
-                if snapshot(&first, g.len) {
+                if snapshot(&first, g.len) || read_before(&first, g.len) {
                     continue;
                 }
                 tracing::info!(
@@ -1157,7 +1178,7 @@ impl Tail {
                 let Ok(f) = File::open(&path) else { continue };
                 let first = files::first_bytes(&f).unwrap_or_default();
                 let len = f.metadata().map_or(0, |m| m.len());
-                if !unknown(&first) || snapshot(&first, len) {
+                if !unknown(&first) || snapshot(&first, len) || read_before(&first, len) {
                     continue;
                 }
                 tracing::info!(
