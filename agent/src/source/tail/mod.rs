@@ -26,7 +26,10 @@
 //!    a copy shorter than the file's head, made before the file grew, is matched against
 //!    the head's bytes, which the agent keeps),
 //!    else one found next to the file by its head, else a `.gz` rotation whose content
-//!    starts with the head (compressed before it was read; see `files::find_gz`).
+//!    starts with the head (compressed before it was read; see `files::find_gz`). A
+//!    file followed at byte 0 with no head yet that changes before a byte of it was read
+//!    is looked at for copies made since it was last seen (see
+//!    [`Tail::copied_before_read`]): a copytruncate between two looks.
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
 //!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
@@ -42,7 +45,9 @@
 //! rotated while the agent was stopped is found by its inode (via the globs, or in its
 //! old directory) and finished before newer files; files created *and* rotated away
 //! while it was stopped are found by name next to it (see `files::rotated_since`) and
-//! read whole, oldest first. A file truncated while the agent was stopped resumes its old
+//! read whole, oldest first; the oldest copy of a live file checkpointed at offset 0
+//! with no head is that generation, read under its ids (see
+//! [`Tail::track_rotated_while_stopped`]). A file truncated while the agent was stopped resumes its old
 //! generation, which the first read round finishes from the copy (when there is one,
 //! compressed or not) before reading the file again from 0. A file gone while the agent
 //! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
