@@ -185,6 +185,9 @@ struct Tracked {
     /// written meanwhile may already be in a copy (`copytruncate`) made since: see
     /// [`Tail::copied_before_read`].
     bare_since: Option<SystemTime>,
+    /// Generations to skip at the next truncation: read from copies made while stopped
+    /// (see [`Tail::copy_of_bare_generation`]).
+    gen_skip: u32,
 }
 
 impl Tracked {
@@ -704,7 +707,7 @@ impl Tail {
         // by time.
         let read: Vec<(Head, u64)> = self.out.cp.files.values().filter_map(|c| c.prev).collect();
         for (l, head) in live {
-            let mut generation = truncated && head.is_none();
+            let mut generation = truncated;
             for (p, key) in files::rotated_since(l, since) {
                 let known =
                     self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
@@ -728,7 +731,9 @@ impl Tail {
                 if copy_of_checkpointed {
                     continue;
                 }
-                if std::mem::take(&mut generation) && self.copy_of_bare_generation(l, &p) {
+                if std::mem::take(&mut generation)
+                    && self.copy_of_bare_generation(l, &p, head.is_some())
+                {
                     continue;
                 }
                 tracing::info!(
@@ -744,12 +749,12 @@ impl Tail {
     /// See [`Tail::track_rotated_while_stopped`]: `copy`, made while stopped, read as the
     /// generation of live file `live` that had nothing read or acknowledged at the stop.
     /// `false`: it is not (no such live file, or a plain copy of it as it is).
-    fn copy_of_bare_generation(&mut self, live: &Path, copy: &Path) -> bool {
+    fn copy_of_bare_generation(&mut self, live: &Path, copy: &Path, after: bool) -> bool {
         let Some(i) = self.files.iter().position(|t| {
             t.path == live
                 && !t.recovered
                 && t.gone_since.is_none()
-                && t.read_pos() == 0
+                && (after || t.read_pos() == 0)
                 && t.blocked.is_none()
         }) else {
             return false;
@@ -773,11 +778,13 @@ impl Tail {
         if first.is_empty() || (m.len() <= lsize && now.starts_with(&first)) {
             return false;
         }
+        // With a head, the checkpointed generation is finished first (from its copy) by
+        // the first read round: this copy is the one after it.
+        let gen = t.gen + u32::from(after);
         tracing::info!(
-            "source {}: {} is the copy of generation {} of {}, which had nothing read or acknowledged at the stop; reading it under that file's ids, then the file as a new generation",
+            "source {}: {} is the copy of generation {gen} of {}, which the checkpoint had not reached at the stop; reading it under that file's ids, then the file as a new generation",
             self.out.cx.name,
             copy.display(),
-            t.gen,
             live.display()
         );
         let head = Head::default()
@@ -797,7 +804,7 @@ impl Tail {
             suspect: false,
             replaced: false,
             blocked: None,
-            gen: t.gen,
+            gen,
             offset: 0,
             buf: Vec::new(),
             decoder: Decoder::new(self.out.cfg.format.clone()),
@@ -813,12 +820,18 @@ impl Tail {
             recovered: true,
             first: Vec::new(),
             bare_since: None,
+            gen_skip: 0,
         };
         self.files.push(r);
         let t = &mut self.files[i];
-        // Read after its copy (the copy ranks first): the checkpoint moves on with it.
-        self.out
-            .new_generation(t, "copied and truncated while stopped", false);
+        if after {
+            // Its truncation, found by the first read round, goes past this generation.
+            t.gen_skip = 1;
+        } else {
+            // Read after its copy (the copy ranks first): the checkpoint moves on with it.
+            self.out
+                .new_generation(t, "copied and truncated while stopped", false);
+        }
         true
     }
 
@@ -869,6 +882,7 @@ impl Tail {
             recovered: true,
             first: Vec::new(),
             bare_since: None,
+            gen_skip: 0,
         });
     }
 
@@ -917,6 +931,7 @@ impl Tail {
             recovered: true,
             first: Vec::new(),
             bare_since: None,
+            gen_skip: 0,
         };
         self.files.push(r);
     }
@@ -1563,6 +1578,7 @@ impl Tail {
             recovered: false,
             first: Vec::new(),
             bare_since: (offset == 0 && head.len == 0).then(|| ctime(&meta)),
+            gen_skip: 0,
         });
     }
 
@@ -1666,9 +1682,17 @@ impl Tail {
                     now: t.size,
                 }
                 .emit(&self.out.cx.counters);
-                // With the rest still to read, the checkpoint must not move to the new
-                // generation before it: the rest's own positions move it there.
-                self.out.new_generation(t, "truncated", read.is_none());
+                // With the rest (or a later generation's copy) still to read, the
+                // checkpoint must not move to the new generation before it: their own
+                // positions move it there.
+                let key = t.key;
+                let pending = self
+                    .files
+                    .iter()
+                    .any(|o| o.recovered && o.key == key && o.size > o.read_pos());
+                let t = &mut self.files[i];
+                self.out
+                    .new_generation(t, "truncated", read.is_none() && !pending);
             }
             let t = &mut self.files[i];
             if let (false, Some(h)) = (truncated, head) {
@@ -2082,7 +2106,7 @@ impl Out {
             t.offset += len;
             self.set_aside(t, off, data, len, reason, off + len);
         }
-        t.gen += 1;
+        t.gen += 1 + std::mem::take(&mut t.gen_skip);
         t.offset = 0;
         t.buf.clear();
         t.skipping = None;
