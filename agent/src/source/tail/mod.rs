@@ -611,6 +611,18 @@ impl Tail {
                         // Rotated and compressed while stopped (`compress`): the rest is
                         // read from the `.gz` whose content starts as the file did.
                         let since = self.out.cp.written;
+                        // A newer generation of its inode number being read at the stop
+                        // (a new file in it, while this one's last events were not all
+                        // acknowledged), gone as well: its content, compressed since, is
+                        // found by its head and read among the rests, under its ids.
+                        if let Some(n) = c.next {
+                            if let Ok(Some(g)) = self.out.gunzip(&c.path, n.head, 0, since) {
+                                let mut c2 = c.clone();
+                                (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
+                                (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
+                                recovered.push((g, c2));
+                            }
+                        }
                         let g = match c.head {
                             Some(h) => self.out.gunzip(&c.path, h, c.offset, since),
                             None => Ok(None),
