@@ -237,7 +237,7 @@ pub fn find_in_dir(was: &Path, key: FileKey) -> io::Result<Option<PathBuf>> {
 
 /// Whether the file name `n` looks like a rotation of `name` (`live` plus a suffix, or
 /// its stem and extension around one; see [`rotated_since`]).
-fn looks_rotated(name: &str, n: &str) -> bool {
+pub fn looks_rotated(name: &str, n: &str) -> bool {
     // What a rotation adds: a separator, then a number or a date (`.1`, `-20261129`,
     // `_2026-11-29`): `app.log.bak`, `apport.log`, `orders-eu.csv` are other files.
     let added = |s: &str| {

@@ -26,7 +26,10 @@
 //!    a copy shorter than the file's head, made before the file grew, is matched against
 //!    the head's bytes, which the agent keeps),
 //!    else one found next to the file by its head, else a `.gz` rotation whose content
-//!    starts with the head (compressed before it was read; see `files::find_gz`).
+//!    starts with the head (compressed before it was read; see `files::find_gz`). A
+//!    file followed at byte 0 with no head yet that changes before a byte of it was read
+//!    is looked at for copies made since it was last seen (see
+//!    [`Tail::copied_before_read`]): a copytruncate between two looks.
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
 //!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
@@ -42,7 +45,9 @@
 //! rotated while the agent was stopped is found by its inode (via the globs, or in its
 //! old directory) and finished before newer files; files created *and* rotated away
 //! while it was stopped are found by name next to it (see `files::rotated_since`) and
-//! read whole, oldest first. A file truncated while the agent was stopped resumes its old
+//! read whole, oldest first; the oldest copy of a live file checkpointed at offset 0
+//! with no head is that generation, read under its ids (see
+//! [`Tail::track_rotated_while_stopped`]). A file truncated while the agent was stopped resumes its old
 //! generation, which the first read round finishes from the copy (when there is one,
 //! compressed or not) before reading the file again from 0. A file gone while the agent
 //! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
@@ -175,6 +180,14 @@ struct Tracked {
     /// file: read under the vanished file's ids, before every other file. Its `key` is
     /// the vanished file's, which a new file may reuse: never matched to found files.
     recovered: bool,
+    /// Nothing of this generation read yet and no head: the file's status-change time
+    /// (ctime) at the last look. When it changes before a first byte is read, what was
+    /// written meanwhile may already be in a copy (`copytruncate`) made since: see
+    /// [`Tail::copied_before_read`].
+    bare_since: Option<SystemTime>,
+    /// Generations to skip at the next truncation: read from copies made while stopped
+    /// (see [`Tail::copy_of_bare_generation`]).
+    gen_skip: u32,
 }
 
 impl Tracked {
@@ -196,6 +209,18 @@ struct Blocked {
     gen: u32,
     retry_at: Instant,
     backoff: Duration,
+}
+
+/// Where the rest of a truncated file's generation is (see [`Out::find_rest`]).
+struct Rest {
+    path: PathBuf,
+    /// The copy, or the `.gz` rotation decompressed into an unnamed file.
+    file: File,
+    size: u64,
+    /// The copy's modification time: when the generation was last written.
+    mtime: SystemTime,
+    /// The uncompressed copy, when it is one (it is then followed from its end).
+    used: Option<(PathBuf, File, u64)>,
 }
 
 /// First and longest pause between two tries of a quarantine write.
@@ -505,7 +530,7 @@ impl Tail {
             // start and were found truncated once opened (see `track_file`).
             let truncated = std::mem::take(&mut self.truncated_while_stopped);
             if let (false, Some(since)) = (truncated.is_empty(), self.out.cp.written) {
-                self.track_rotated_while_stopped(&truncated, since);
+                self.track_rotated_while_stopped(&truncated, since, true);
             }
         }
         if self.waiting_open > 0 {
@@ -547,8 +572,17 @@ impl Tail {
                     ino: c.ino,
                 };
                 // A compressed rotation is never opened as text: its rest is recovered.
+                // Not a file that took its inode number since (deleted while stopped,
+                // the number reused: its birth time differs): then it vanished.
+                let same_birth = |p: &PathBuf| {
+                    let born = fs::metadata(p).ok().and_then(|m| m.created().ok());
+                    match (c.born_ns, state::born_ns(born)) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    }
+                };
                 let found = match files::find_in_dir(&c.path, key) {
-                    Ok(found) => found.filter(|p| !files::is_compressed(p)),
+                    Ok(found) => found.filter(|p| !files::is_compressed(p) && same_birth(p)),
                     Err(e) => {
                         // Kept in the checkpoint: the next start looks again.
                         tracing::error!(
@@ -577,6 +611,18 @@ impl Tail {
                         // Rotated and compressed while stopped (`compress`): the rest is
                         // read from the `.gz` whose content starts as the file did.
                         let since = self.out.cp.written;
+                        // A newer generation of its inode number being read at the stop
+                        // (a new file in it, while this one's last events were not all
+                        // acknowledged), gone as well: its content, compressed since, is
+                        // found by its head and read among the rests, under its ids.
+                        if let Some(n) = c.next {
+                            if let Ok(Some(g)) = self.out.gunzip(&c.path, n.head, 0, since) {
+                                let mut c2 = c.clone();
+                                (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
+                                (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
+                                recovered.push((g, c2));
+                            }
+                        }
                         let g = match c.head {
                             Some(h) => self.out.gunzip(&c.path, h, c.offset, since),
                             None => Ok(None),
@@ -622,12 +668,12 @@ impl Tail {
             if let Some(since) = self.out.cp.written {
                 let rotated: Vec<(PathBuf, Option<Head>)> =
                     rotated_live.into_iter().map(|p| (p, None)).collect();
-                self.track_rotated_while_stopped(&rotated, since);
+                self.track_rotated_while_stopped(&rotated, since, false);
                 // copytruncate while stopped: the copy of the checkpointed generation is
                 // finished by the first read round; copies made after it hold
                 // generations never seen.
                 let truncated = std::mem::take(&mut self.truncated_while_stopped);
-                self.track_rotated_while_stopped(&truncated, since);
+                self.track_rotated_while_stopped(&truncated, since, true);
             }
             if !self.out.cp.existed {
                 // Record the starting offsets now, so that start_at applies only once.
@@ -654,12 +700,38 @@ impl Tail {
     /// and read whole, oldest first, before the live files.
     /// With a head: the live file was truncated, and the copy that starts with that head
     /// is left to [`Out::finish_from_copy`].
-    fn track_rotated_while_stopped(&mut self, live: &[(PathBuf, Option<Head>)], since: SystemTime) {
+    ///
+    /// `truncated` (copytruncate while stopped): the oldest such file of a live file
+    /// that had nothing of its generation read, or acknowledged, at the stop (no head,
+    /// offset 0: empty then, or killed before the checkpoint caught up) is that
+    /// generation's copy: it is read under the live file's ids, from 0, so that events
+    /// already sent are sent again with their ids (JetStream drops them), and the live
+    /// file goes on with a new generation. Unless the live file starts with all of it (a
+    /// plain copy of the file as it is, not truncated).
+    fn track_rotated_while_stopped(
+        &mut self,
+        live: &[(PathBuf, Option<Head>)],
+        since: SystemTime,
+        truncated: bool,
+    ) {
+        // Copies of generations already read (their head and length), which a
+        // checkpoint written within the same clock tick as the copy does not tell apart
+        // by time.
+        let read: Vec<(Head, u64)> = self.out.cp.files.values().filter_map(|c| c.prev).collect();
         for (l, head) in live {
+            let mut generation = truncated;
             for (p, key) in files::rotated_since(l, since) {
                 let known =
                     self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
                 if known || self.globs.matches(&p) {
+                    continue;
+                }
+                let already_read = File::open(&p).is_ok_and(|f| {
+                    let size = f.metadata().map_or(0, |m| m.len());
+                    read.iter()
+                        .any(|&(h, len)| len == size && matches!(h.recheck(&f, size), Ok(Some(_))))
+                });
+                if already_read {
                     continue;
                 }
                 let copy_of_checkpointed = head.is_some_and(|h| {
@@ -671,6 +743,11 @@ impl Tail {
                 if copy_of_checkpointed {
                     continue;
                 }
+                if std::mem::take(&mut generation)
+                    && self.copy_of_bare_generation(l, &p, head.is_some())
+                {
+                    continue;
+                }
                 tracing::info!(
                     "source {}: {} was written and rotated away while stopped; reading it whole",
                     self.out.cx.name,
@@ -679,6 +756,95 @@ impl Tail {
                 self.track(&p, false);
             }
         }
+    }
+
+    /// See [`Tail::track_rotated_while_stopped`]: `copy`, made while stopped, read as the
+    /// generation of live file `live` that had nothing read or acknowledged at the stop.
+    /// `false`: it is not (no such live file, or a plain copy of it as it is).
+    fn copy_of_bare_generation(&mut self, live: &Path, copy: &Path, after: bool) -> bool {
+        let Some(i) = self.files.iter().position(|t| {
+            t.path == live
+                && !t.recovered
+                && t.gone_since.is_none()
+                && (after || t.read_pos() == 0)
+                && t.blocked.is_none()
+        }) else {
+            return false;
+        };
+        let Ok(f) = File::open(copy) else {
+            return false;
+        };
+        let Ok(m) = f.metadata() else { return false };
+        let first = files::first_bytes(&f).unwrap_or_default();
+        let t = &self.files[i];
+        let now = t
+            .file
+            .as_deref()
+            .and_then(|lf| files::first_bytes(lf).ok())
+            .unwrap_or_default();
+        let lsize = t
+            .file
+            .as_deref()
+            .and_then(|lf| lf.metadata().ok())
+            .map_or(0, |lm| lm.len());
+        if first.is_empty() || (m.len() <= lsize && now.starts_with(&first)) {
+            return false;
+        }
+        // With a head, the checkpointed generation is finished first (from its copy) by
+        // the first read round: this copy is the one after it.
+        let gen = t.gen + u32::from(after);
+        tracing::info!(
+            "source {}: {} is the copy of generation {gen} of {}, which the checkpoint had not reached at the stop; reading it under that file's ids, then the file as a new generation",
+            self.out.cx.name,
+            copy.display(),
+            live.display()
+        );
+        let head = Head::default()
+            .recheck(&f, m.len())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        let r = Tracked {
+            key: t.key,
+            path: copy.to_owned(),
+            file: Some(fds::Budget::global().adopt(f)),
+            born: None,
+            changed_at: Instant::now(),
+            fp: None,
+            head,
+            suspect: false,
+            replaced: false,
+            blocked: None,
+            gen,
+            offset: 0,
+            buf: Vec::new(),
+            decoder: Decoder::new(self.out.cfg.format.clone()),
+            skipping: None,
+            size: m.len(),
+            mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            matched: false,
+            gone_since: Some(Instant::now()),
+            nlink: 0,
+            discovered: order,
+            fresh: false,
+            copy_wait: None,
+            recovered: true,
+            first: Vec::new(),
+            bare_since: None,
+            gen_skip: 0,
+        };
+        self.files.push(r);
+        let t = &mut self.files[i];
+        if after {
+            // Its truncation, found by the first read round, goes past this generation.
+            t.gen_skip = 1;
+        } else {
+            // Read after its copy (the copy ranks first): the checkpoint moves on with it.
+            self.out
+                .new_generation(t, "copied and truncated while stopped", false);
+        }
+        true
     }
 
     /// Follows the rest of a vanished file, decompressed from its `.gz` rotation, under
@@ -727,7 +893,59 @@ impl Tail {
             copy_wait: None,
             recovered: true,
             first: Vec::new(),
+            bare_since: None,
+            gen_skip: 0,
         });
+    }
+
+    /// The rest of truncated file `i`'s generation, in `rest`, read as a recovered rest
+    /// (under `i`'s ids, from its read position; see [`Tail::track_recovered`]) among the
+    /// other rests, by the time it was last written.
+    fn track_rest(&mut self, i: usize, rest: Rest) {
+        let t = &self.files[i];
+        tracing::info!(
+            "source {}: {} was truncated, or replaced by a new file in its inode number, at byte {}; reading the rest, up to byte {}, from {} among the other rotations recovered at the start",
+            self.out.cx.name,
+            t.path.display(),
+            t.read_pos(),
+            rest.size,
+            rest.path.display()
+        );
+        let mut decoder = Decoder::new(self.out.cfg.format.clone());
+        if decoder.needs_header() && t.read_pos() > 0 {
+            read_header(&rest.file, &mut decoder, self.out.cfg.max_record_bytes);
+        }
+        let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        let r = Tracked {
+            key: t.key,
+            path: rest.path,
+            file: Some(fds::Budget::global().adopt(rest.file)),
+            born: None,
+            changed_at: Instant::now(),
+            fp: t.fp,
+            head: t.head,
+            suspect: false,
+            replaced: false,
+            blocked: None,
+            gen: t.gen,
+            offset: t.read_pos(),
+            buf: Vec::new(),
+            decoder,
+            skipping: None,
+            size: rest.size,
+            mtime: rest.mtime,
+            matched: false,
+            gone_since: Some(Instant::now()),
+            nlink: 0,
+            discovered: order,
+            fresh: false,
+            copy_wait: None,
+            recovered: true,
+            first: Vec::new(),
+            bare_since: None,
+            gen_skip: 0,
+        };
+        self.files.push(r);
     }
 
     /// Compressed rotations written while the agent was stopped (modified since the
@@ -805,37 +1023,205 @@ impl Tail {
                     continue;
                 }
             };
-            self.out.gz_taken.push((path.clone(), gz_key));
-            // Its inode number may be a vanished file's still in the checkpoint (or
-            // followed for its rest): then it is kept apart under a number no file has.
-            let taken = |k: &FileKey| {
-                self.files.iter().any(|t| t.key == *k)
-                    || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
-            };
-            let key = if taken(&gz_key) {
-                FileKey {
-                    dev: gz_key.dev,
-                    ino: gz_key.ino ^ (1 << 62),
-                }
-            } else {
-                gz_key
-            };
-            let fp = files::fingerprint(&g.file).ok().flatten();
-            let head = Head::default()
-                .recheck(&g.file, g.len)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let gen = self.out.cp.gen_for(&key);
-            let c = FileCp::followed(key, path.clone(), fp, head, gen, 0, None);
-            self.out.cp.files.insert(key, c.clone());
-            self.out.cp.dirty = true;
             tracing::info!(
                 "source {}: {} was written, rotated and compressed while stopped; reading it whole",
                 self.out.cx.name,
                 path.display()
             );
-            self.track_recovered(g, &c);
+            self.track_gz_whole(g, path, gz_key);
+        }
+    }
+
+    /// Follows the content of a `.gz` file, decompressed into `g`, read whole under the
+    /// `.gz` file's own ids (its inode number, or that number with bit 62 flipped when a
+    /// file still known has it).
+    fn track_gz_whole(&mut self, g: files::Gunzipped, path: PathBuf, gz_key: FileKey) {
+        self.out.gz_taken.push((path.clone(), gz_key));
+        // Its inode number may be a vanished file's still in the checkpoint (or
+        // followed for its rest): then it is kept apart under a number no file has.
+        let taken = |k: &FileKey| {
+            self.files.iter().any(|t| t.key == *k)
+                || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
+        };
+        let key = if taken(&gz_key) {
+            FileKey {
+                dev: gz_key.dev,
+                ino: gz_key.ino ^ (1 << 62),
+            }
+        } else {
+            gz_key
+        };
+        let fp = files::fingerprint(&g.file).ok().flatten();
+        let head = Head::default()
+            .recheck(&g.file, g.len)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let gen = self.out.cp.gen_for(&key);
+        let c = FileCp::followed(key, path, fp, head, gen, 0, None);
+        self.out.cp.files.insert(key, c.clone());
+        self.out.cp.dirty = true;
+        self.track_recovered(g, &c);
+    }
+
+    /// Followed file `i` had nothing of its generation read and no head at the last look
+    /// (`since`: its ctime then), and it changed: a `copytruncate` may have copied what
+    /// was written meanwhile and truncated the file before the agent read a byte of it
+    /// (the file never looks truncated: its read position is 0, and there is no head to
+    /// find the copy by). Files next to it whose name is a rotation of its name (or the
+    /// `.gz` of one), created after `since` (birth time: where the file system keeps
+    /// none, nothing is found), unknown to the source (not followed, not in the
+    /// checkpoint, not a `.gz` already taken), that start with no head a known file has
+    /// and are not a plain snapshot of what the file holds now, are such copies: read
+    /// whole, oldest first, under their own ids, before the file's new bytes.
+    fn copied_before_read(&mut self, i: usize, since: SystemTime) {
+        let t = &self.files[i];
+        let (Some(dir), Some(name)) = (t.path.parent(), t.path.file_name()) else {
+            return;
+        };
+        let name = name.to_string_lossy().into_owned();
+        let live_path = t.path.clone();
+        let now_first = t
+            .file
+            .as_deref()
+            .and_then(|f| files::first_bytes(f).ok())
+            .unwrap_or_default();
+        let now_size = t.size;
+        // A plain copy of the file as it is (`cp`, no truncation): its bytes are read
+        // from the file itself.
+        let snapshot = move |first: &[u8], len: u64| {
+            len <= now_size && !first.is_empty() && now_first.starts_with(first)
+        };
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(
+                    "source {}: cannot list {} for copies of {}: {e}",
+                    self.out.cx.name,
+                    dir.display(),
+                    live_path.display()
+                );
+                return;
+            }
+        };
+        let mut found = Vec::new();
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let gz = n.strip_suffix(".gz");
+            let path = e.path();
+            if !files::looks_rotated(&name, gz.unwrap_or(&n))
+                || (gz.is_none() && files::is_compressed(&path))
+            {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            let Ok(born) = m.created() else { continue };
+            // Made after the last look, and holding bytes written since: a `.gz` keeps
+            // the time of the file it compressed (the rotation before this file, with
+            // `create` + `compress`, is compressed after this file was created).
+            let mtime = m.modified().unwrap_or(born);
+            if !m.is_file() || m.len() == 0 || born <= since || mtime < since {
+                continue;
+            }
+            let key = FileKey::of(&m);
+            let known = self.files.iter().any(|o| o.key == key)
+                || self
+                    .out
+                    .cp
+                    .files
+                    .get(&key)
+                    .is_some_and(|c| c.retired_ms.is_none())
+                || self
+                    .out
+                    .gz_taken
+                    .iter()
+                    .any(|(p, k)| *p == path && *k == key);
+            if !known {
+                found.push((born, path, key, gz.is_some(), mtime));
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        found.sort();
+        // The heads of the files the source knows: a file that starts with one is not
+        // new content (a copy of a generation already read, a CSV header aside: a head
+        // covers the first 4 KiB, or the whole of a file shorter than that).
+        let mut heads: Vec<Head> = self.files.iter().map(|o| o.head).collect();
+        heads.extend(self.truncations.iter().map(|(h, _, _)| *h));
+        heads.extend(
+            self.out
+                .cp
+                .files
+                .values()
+                .filter(|c| c.retired_ms.is_none())
+                .filter_map(|c| c.head),
+        );
+        heads.retain(|h| h.len > 0);
+        let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
+        // Files read to their end and retired, and generations before the current one:
+        // the same bytes (their whole length, or a full head's 4 KiB; a shorter head, a
+        // CSV header, may begin any later file).
+        let done: Vec<(Head, u64)> = self
+            .out
+            .cp
+            .files
+            .values()
+            .flat_map(|c| {
+                let retired = c.retired_ms.and(c.head).map(|h| (h, c.offset));
+                [retired, c.prev].into_iter().flatten()
+            })
+            .filter(|(h, _)| h.len > 0)
+            .collect();
+        let read_before = |first: &[u8], len: u64| {
+            done.iter()
+                .any(|&(h, n)| (n == len || h.len as usize == files::HEAD_MAX) && h.starts(first))
+        };
+        let tmp = self.out.cx.state_dir.join("checkpoints");
+        for (_, path, key, gz, mtime) in found {
+            if gz {
+                let beat = self.out.cx.beat.clone();
+                let g = match files::gunzip(&path, mtime, key, unknown, 0, &tmp, &|| beat.beat()) {
+                    Ok(Some(g)) => g,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let msg = format!(
+                            "cannot decompress {} into {}: {e}",
+                            path.display(),
+                            tmp.display()
+                        );
+                        tracing::error!("source {}: {msg}", self.out.cx.name);
+                        self.out.last_error = Some(msg);
+                        continue;
+                    }
+                };
+                let first = files::first_bytes(&g.file).unwrap_or_default();
+                if snapshot(&first, g.len) || read_before(&first, g.len) {
+                    continue;
+                }
+                tracing::info!(
+                    "source {}: {} was made of {} (copytruncate, then compressed) before a byte of it was read; reading it whole",
+                    self.out.cx.name,
+                    path.display(),
+                    live_path.display()
+                );
+                self.track_gz_whole(g, path, key);
+            } else {
+                let Ok(f) = File::open(&path) else { continue };
+                let first = files::first_bytes(&f).unwrap_or_default();
+                let len = f.metadata().map_or(0, |m| m.len());
+                if !unknown(&first) || snapshot(&first, len) || read_before(&first, len) {
+                    continue;
+                }
+                tracing::info!(
+                    "source {}: {} was made of {} (copytruncate) before a byte of it was read; reading it whole",
+                    self.out.cx.name,
+                    path.display(),
+                    live_path.display()
+                );
+                let matched = self.globs.matches(&path);
+                self.track(&path, matched);
+            }
         }
     }
 
@@ -1045,7 +1431,7 @@ impl Tail {
         // None while the first line is incomplete (an empty file, as `create` makes).
         let fp = files::fingerprint(&file).ok().flatten();
         let size = meta.len();
-        let name = self.out.cx.name.clone();
+        let name = &self.out.cx.name;
         let same = |c: &FileCp| {
             let first_line = (c.fp.is_some() && c.fp == fp) || (c.fp.is_none() && c.offset == 0);
             // A checkpoint from before heads were recorded: the first line alone, once.
@@ -1061,91 +1447,82 @@ impl Tail {
         let replaced = |c: &FileCp| born.is_some() && c.born_ns.is_some() && c.born_ns != born;
         let has_head = |c: &FileCp| c.head.is_some_and(|h| h.len > 0);
         let mut force_truncated = false;
-        // This process read the file in this inode number to its end and dropped it;
-        // its events are not all acknowledged yet: (generation, end read).
-        let read_here = self.out.retiring.get(&key).copied().filter(|&(g, _)| {
-            !at_start
-                && self
-                    .out
-                    .cp
-                    .files
-                    .get(&key)
-                    .is_some_and(|c| c.gen == g && c.retired_ms.is_none())
+        // Dropped in this run (read to its end: `retiring`), its entry waiting for the
+        // acks of its last events: the entry is still that file's, acknowledged short of
+        // where it was read to. The same file seen again (its birth time says so: opened
+        // again under its rotated name before it was deleted) goes on where it was read
+        // to; a new file in its inode number (the old one was deleted) is a new
+        // generation from 0. The entry stays as it is, so a stop before those acks
+        // finishes the old file at the next start.
+        let dropped = self.out.retiring.get(&key).copied().and_then(|(g, end)| {
+            let c = self.out.cp.files.get(&key)?;
+            if c.retired_ms.is_some() {
+                None
+            } else if same_birth(c) {
+                Some((g, end))
+            } else if replaced(c) {
+                Some((g + 1, 0))
+            } else {
+                None
+            }
         });
-        // The checkpoint entry stays as it is (the old generation, acknowledged so far)
-        // until the acknowledgements move it on.
-        let mut keep_cp = false;
-        let (gen, offset) = match self.out.cp.files.get(&key) {
-            // A new file in the inode number of one read here to its end: a new
-            // generation from byte 0, as after a truncation. Nothing of the old file is
-            // read again (its events are on their way: read again, they would come after
-            // newer ones of their keys, and a debouncer would merge them into those).
-            // The checkpoint moves to the new generation once the old one's events are
-            // acknowledged; a stop before that finds the old file's rest in its
-            // rotations at the next start (below).
-            Some(c) if read_here.is_some() && replaced(c) => {
-                keep_cp = true;
-                (c.gen + 1, 0)
-            }
-            // The same file seen again (renamed back, or its rename event came after it
-            // was dropped): go on from where this process read it to.
-            Some(c) if same_birth(c) && read_here.is_some() => {
-                keep_cp = true;
-                (c.gen, read_here.map_or(c.offset, |(_, end)| end))
-            }
-            // Dropped (deleted, or left the globs and read to its end), and its inode
-            // number now holds another file. The same file seen again (its birth time
-            // says so: a rotation whose file event came after it was dropped) resumes
-            // where it was, below.
-            Some(c) if c.retired_ms.is_some() && !same_birth(c) => (c.gen + 1, 0),
-            // Another file than the checkpointed one (which was deleted while the agent
-            // was stopped, and whose inode number it took) is never taken for it, even
-            // when it starts with the same bytes: it is handled as a truncation, below.
-            Some(c) if same(c) && !(replaced(c) && has_head(c)) => {
-                if at_start && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
-                    // Empty when the agent stopped: copies made since (copytruncate)
-                    // hold what was written to it meanwhile.
-                    self.truncated_while_stopped.push((path.to_owned(), None));
+        let (gen, offset) = match (dropped, self.out.cp.files.get(&key)) {
+            (Some(at), _) => at,
+            (None, c) => match c {
+                // Dropped (deleted, or left the globs and read to its end), and its inode
+                // number now holds another file. The same file seen again (its birth time
+                // says so: a rotation whose file event came after it was dropped) resumes
+                // where it was, below.
+                Some(c) if c.retired_ms.is_some() && !same_birth(c) => (c.gen + 1, 0),
+                // Another file than the checkpointed one (which was deleted while the agent
+                // was stopped, and whose inode number it took) is never taken for it, even
+                // when it starts with the same bytes: it is handled as a truncation, below.
+                Some(c) if same(c) && !(replaced(c) && has_head(c)) => {
+                    if at_start && c.offset == 0 && c.head.is_none_or(|h| h.len == 0) {
+                        // Empty when the agent stopped: copies made since (copytruncate)
+                        // hold what was written to it meanwhile.
+                        self.truncated_while_stopped.push((path.to_owned(), None));
+                    }
+                    (c.gen, c.offset)
                 }
-                (c.gen, c.offset)
-            }
-            // Truncated (copytruncate) while the agent was stopped: resume the old
-            // generation where it was, with its fingerprint and head. The first read
-            // round finds the truncation, reads the rest from the copy when there is one,
-            // and starts the file again from 0.
-            // The same for a new file in the inode number of a deleted one: the deleted
-            // file's rest is looked for in its copies and `.gz` rotations first.
-            Some(c) if has_head(c) => {
-                if replaced(c) {
-                    tracing::info!(
+                // Truncated (copytruncate) while the agent was stopped: resume the old
+                // generation where it was, with its fingerprint and head. The first read
+                // round finds the truncation, reads the rest from the copy when there is one,
+                // and starts the file again from 0.
+                // The same for a new file in the inode number of a deleted one: the deleted
+                // file's rest is looked for in its copies and `.gz` rotations first.
+                Some(c) if has_head(c) => {
+                    if replaced(c) {
+                        tracing::info!(
                         "source {name}: {} is a new file in the inode number of {} (deleted, checkpointed at byte {}); the rest of that file is looked for in its rotations, then the new one is read from byte 0",
                         path.display(),
                         c.path.display(),
                         c.offset
                     );
-                    force_truncated = true;
+                        force_truncated = true;
+                    }
+                    fp = c.fp;
+                    old_head = c.head;
+                    if at_start {
+                        self.truncated_while_stopped.push((path.to_owned(), c.head));
+                    }
+                    (c.gen, c.offset)
                 }
-                fp = c.fp;
-                old_head = c.head;
-                if at_start {
-                    self.truncated_while_stopped.push((path.to_owned(), c.head));
+                Some(c) => {
+                    FileTruncated {
+                        source: name,
+                        file: path,
+                        was: c.offset,
+                        now: size,
+                    }
+                    .emit(&self.out.cx.counters);
+                    (c.gen + 1, 0)
                 }
-                (c.gen, c.offset)
-            }
-            Some(c) => {
-                FileTruncated {
-                    source: &name,
-                    file: path,
-                    was: c.offset,
-                    now: size,
+                None if at_start && self.first_start && self.out.cfg.start_at == StartAt::End => {
+                    (0, files::end_of_last_line(&file, size).unwrap_or(0))
                 }
-                .emit(&self.out.cx.counters);
-                (c.gen + 1, 0)
-            }
-            None if at_start && self.first_start && self.out.cfg.start_at == StartAt::End => {
-                (0, files::end_of_last_line(&file, size).unwrap_or(0))
-            }
-            None => (0, 0),
+                None => (0, 0),
+            },
         };
         let head = old_head.unwrap_or_else(|| {
             Head::default()
@@ -1154,22 +1531,25 @@ impl Tail {
                 .flatten()
                 .unwrap_or_default()
         });
-        match self.out.cp.files.get(&key) {
-            Some(c) if keep_cp && c.gen != gen => {
-                tracing::info!(
-                    "source {name}: {} is a new file in the inode number of {}, which was read to its end (byte {}); reading the new one from byte 0",
-                    path.display(),
-                    c.path.display(),
-                    read_here.map_or(0, |(_, end)| end)
-                );
-                self.out.mark_at(key, gen, 0);
+        match dropped {
+            Some((g, _)) => {
+                self.out.cp.set_identity(key, g, fp, head, born);
+                if offset == 0 {
+                    // Reached once every event of the dropped file is acknowledged.
+                    self.out.mark_at(key, g, 0);
+                }
             }
-            _ if keep_cp => {}
-            _ => {
-                self.out.cp.files.insert(
-                    key,
-                    FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born),
-                );
+            None => {
+                let mut c = FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born);
+                // The same generation goes on: what is known of the one before stays.
+                c.prev = self
+                    .out
+                    .cp
+                    .files
+                    .get(&key)
+                    .filter(|o| o.gen == gen && o.retired_ms.is_none())
+                    .and_then(|o| o.prev);
+                self.out.cp.files.insert(key, c);
                 self.out.cp.dirty = true;
             }
         }
@@ -1179,7 +1559,8 @@ impl Tail {
             read_header(&file, &mut decoder, self.out.cfg.max_record_bytes);
         }
         tracing::info!(
-            "source {name}: following {} from byte {offset}",
+            "source {}: following {} from byte {offset}",
+            self.out.cx.name,
             path.display()
         );
         self.files.push(Tracked {
@@ -1208,6 +1589,8 @@ impl Tail {
             copy_wait: None,
             recovered: false,
             first: Vec::new(),
+            bare_since: (offset == 0 && head.len == 0).then(|| ctime(&meta)),
+            gen_skip: 0,
         });
     }
 
@@ -1221,7 +1604,13 @@ impl Tail {
             let t = &mut self.files[i];
             let Some(f) = t.file.as_deref() else { continue };
             let Ok(m) = f.metadata() else { continue };
-            let mtime = m.modified().unwrap_or(t.mtime);
+            // A recovered rest keeps the time its rotation was last written (its unnamed
+            // file's own time is when it was decompressed): rests are read in that order.
+            let mtime = if t.recovered {
+                t.mtime
+            } else {
+                m.modified().unwrap_or(t.mtime)
+            };
             let changed = m.len() != t.size || mtime != t.mtime || t.suspect;
             if changed {
                 t.changed_at = Instant::now();
@@ -1241,8 +1630,19 @@ impl Tail {
             } else {
                 Some(t.head)
             };
+            // Nothing of this generation read and no head, and the file changed since the
+            // last look (written, truncated): what was written may already be in a copy.
+            let bare_was = t.bare_since.take();
+            let now_ctime = ctime(&m);
             let truncated = t.size < t.read_pos() || head.is_none() || t.replaced;
             t.replaced = false;
+            if let Some(since) = bare_was.filter(|&c| c != now_ctime) {
+                let bare = t.read_pos() == 0 && t.head.len == 0 && !truncated;
+                if bare && t.blocked.is_none() && t.copy_wait.is_none() && !t.recovered {
+                    self.ingest();
+                    self.copied_before_read(i, since);
+                }
+            }
             if truncated {
                 // copytruncate: what was not read yet is in the copy. Read it from there,
                 // as the same file (same ids), before the file starts again from 0. A new
@@ -1251,15 +1651,41 @@ impl Tail {
                 // The copy's file event may have come in since the loop's last look.
                 self.ingest();
                 let held = self.held_copy(i);
-                let t = &mut self.files[i];
-                let used = self.out.finish_from_copy(t, held)?;
+                // Rests of vanished files recovered at a start wait to be read: this
+                // generation's rest is read among them, in the order they were written
+                // (a file deleted while stopped whose inode number the live file took
+                // may be newer than another vanished file, or older), not before them.
+                let rests_wait = self
+                    .files
+                    .iter()
+                    .any(|o| o.recovered && o.size > o.read_pos());
+                let t = &self.files[i];
+                let whole = t.buf.is_empty() && t.skipping.is_none() && t.blocked.is_none();
+                let (used, read) = if rests_wait && whole {
+                    let t = &self.files[i];
+                    match self.out.find_rest(t, held) {
+                        Some(rest) if rest.size <= t.read_pos() => (rest.used, None),
+                        Some(rest) => {
+                            let read = rest.size.max(t.read_pos());
+                            let used = rest.used.as_ref().and_then(|(p, f, n)| {
+                                f.try_clone().ok().map(|f| (p.clone(), f, *n))
+                            });
+                            self.track_rest(i, rest);
+                            (used, Some(read))
+                        }
+                        None => (None, None),
+                    }
+                } else {
+                    let t = &mut self.files[i];
+                    (self.out.finish_from_copy(t, held)?, None)
+                };
                 if let Some((path, file, size)) = used {
                     self.copy_consumed(&path, file, size);
                 }
                 let t = &mut self.files[i];
                 if t.head.len > 0 {
-                    self.truncations
-                        .push((t.head, t.read_pos(), Instant::now()));
+                    let upto = read.unwrap_or(t.read_pos());
+                    self.truncations.push((t.head, upto, Instant::now()));
                 }
                 FileTruncated {
                     source: &self.out.cx.name,
@@ -1268,7 +1694,17 @@ impl Tail {
                     now: t.size,
                 }
                 .emit(&self.out.cx.counters);
-                self.out.new_generation(t, "truncated");
+                // With the rest (or a later generation's copy) still to read, the
+                // checkpoint must not move to the new generation before it: their own
+                // positions move it there.
+                let key = t.key;
+                let pending = self
+                    .files
+                    .iter()
+                    .any(|o| o.recovered && o.key == key && o.size > o.read_pos());
+                let t = &mut self.files[i];
+                self.out
+                    .new_generation(t, "truncated", read.is_none() && !pending);
             }
             let t = &mut self.files[i];
             if let (false, Some(h)) = (truncated, head) {
@@ -1283,6 +1719,9 @@ impl Tail {
             }
             let born = state::born_ns(t.born);
             self.out.cp.set_identity(t.key, t.gen, t.fp, t.head, born);
+            if t.read_pos() == 0 && t.head.len == 0 && !t.recovered {
+                t.bare_since = Some(now_ctime);
+            }
         }
         self.judge_new_files();
         let mut order: Vec<usize> = (0..self.files.len())
@@ -1291,18 +1730,11 @@ impl Tail {
                 t.copy_wait.is_none() && (t.size > t.read_pos() || t.blocked.is_some())
             })
             .collect();
-        // Rests recovered from compressed rotations first (in the order they were found),
-        // then files that left the globs (they were rotated away), then by modification
-        // time, then by discovery (file timestamps are coarse: a rotated file and its
-        // successor often share one).
-        let rank = |t: &Tracked| {
-            let mtime = if t.recovered {
-                SystemTime::UNIX_EPOCH
-            } else {
-                t.mtime
-            };
-            (!t.recovered, t.gone_since.is_none(), mtime, t.discovered)
-        };
+        // Rests recovered from rotations first (by the time they were last written, then
+        // in the order they were found), then files that left the globs (they were
+        // rotated away), then by modification time, then by discovery (file timestamps
+        // are coarse: a rotated file and its successor often share one).
+        let rank = |t: &Tracked| (!t.recovered, t.gone_since.is_none(), t.mtime, t.discovered);
         order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
         let mut total = 0;
         for i in order {
@@ -1362,7 +1794,11 @@ impl Tail {
                 self.out.cx.name,
                 t.path.display()
             );
-            self.out.retiring.insert(t.key, (t.gen, t.offset));
+            // The rest of a file still followed (truncated, or replaced by a new file in
+            // its inode number) leaves that file's entry alone.
+            if !(t.recovered && self.files.iter().any(|o| o.key == t.key && !o.recovered)) {
+                self.out.retiring.insert(t.key, (t.gen, t.offset));
+            }
         }
     }
 
@@ -1673,7 +2109,7 @@ impl Out {
     /// Starts `t` again from byte 0 under a new generation (new ids): it was truncated, or
     /// a new file took its inode number while it was closed. A record cut off at the end
     /// of the old generation is set aside.
-    fn new_generation(&mut self, t: &mut Tracked, why: &str) {
+    fn new_generation(&mut self, t: &mut Tracked, why: &str, mark: bool) {
         if !t.buf.is_empty() {
             // A record cut off by the truncation, with no copy that holds its end.
             let reason = format!("incomplete last record of a file that was {why}");
@@ -1682,7 +2118,7 @@ impl Out {
             t.offset += len;
             self.set_aside(t, off, data, len, reason, off + len);
         }
-        t.gen += 1;
+        t.gen += 1 + std::mem::take(&mut t.gen_skip);
         t.offset = 0;
         t.buf.clear();
         t.skipping = None;
@@ -1696,33 +2132,29 @@ impl Out {
         t.fresh = false;
         // The checkpoint moves to the new generation only once every event of the old
         // one is acknowledged: a stop before that finishes it at the next start.
-        self.mark_at(t.key, t.gen, 0);
+        if mark {
+            self.mark_at(t.key, t.gen, 0);
+        }
     }
 
     /// After a truncation of `t`: reads the rest of `t`'s generation, with `t`'s ids,
-    /// from the copy logrotate's `copytruncate` made of it: `held` (a new file held as its
-    /// possible copy), else a file in the same directory that starts with `t`'s head and
-    /// is longer than what was read, else a `.gz` rotation whose content does (the copy
-    /// was compressed before it was read). Returns the uncompressed copy it used.
+    /// from the copy logrotate's `copytruncate` made of it (see [`Out::find_rest`]).
+    /// Returns the uncompressed copy it used.
     fn finish_from_copy(
         &mut self,
         t: &mut Tracked,
         held: Option<(PathBuf, File, u64)>,
     ) -> Result<Option<(PathBuf, File, u64)>, Stopping> {
-        if t.head.len == 0 || t.blocked.is_some() {
+        let Some(rest) = self.find_rest(t, held) else {
             return Ok(None);
-        }
-        let plain = held.or_else(|| files::find_copy(&t.path, t.key, t.head, t.read_pos()));
-        let (path, copy, size, used) = match plain {
-            Some((path, copy, size)) => {
-                let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
-                (path, copy, size, used)
-            }
-            None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
-                Ok(Some(g)) => (g.gz, g.file, g.len, None),
-                Ok(None) | Err(()) => return Ok(None),
-            },
         };
+        let Rest {
+            path,
+            file: copy,
+            size,
+            used,
+            ..
+        } = rest;
         if size > t.read_pos() {
             tracing::info!(
                 "source {}: {} was truncated at byte {}; reading the rest, up to byte {size}, from its copy {}",
@@ -1748,6 +2180,43 @@ impl Out {
         t.file = own;
         t.size = own_size;
         r.map(|()| used)
+    }
+
+    /// After a truncation of `t`: the copy that holds the rest of `t`'s generation:
+    /// `held` (a new file held as its possible copy), else a file in the same directory
+    /// that starts with `t`'s head and is longer than what was read, else a `.gz`
+    /// rotation whose content does (the copy was compressed before it was read).
+    fn find_rest(&mut self, t: &Tracked, held: Option<(PathBuf, File, u64)>) -> Option<Rest> {
+        if t.head.len == 0 || t.blocked.is_some() {
+            return None;
+        }
+        let plain = held.or_else(|| files::find_copy(&t.path, t.key, t.head, t.read_pos()));
+        Some(match plain {
+            Some((path, copy, size)) => {
+                let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
+                let mtime = copy
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                Rest {
+                    path,
+                    file: copy,
+                    size,
+                    mtime,
+                    used,
+                }
+            }
+            None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
+                Ok(Some(g)) => Rest {
+                    path: g.gz,
+                    file: g.file,
+                    size: g.len,
+                    mtime: g.mtime,
+                    used: None,
+                },
+                Ok(None) | Err(()) => return None,
+            },
+        })
     }
 
     /// [`files::find_gz`], with errors logged: the rest of a file past `from`, from a
@@ -2312,6 +2781,15 @@ fn closable(t: &Tracked) -> bool {
         && t.copy_wait.is_none()
         && t.blocked.is_none()
         && t.size == t.read_pos()
+}
+
+/// A file's status-change time (ctime): changed by every write and truncation.
+fn ctime(m: &fs::Metadata) -> SystemTime {
+    let (secs, nsec) = (m.ctime(), m.ctime_nsec());
+    if secs < 0 {
+        return SystemTime::UNIX_EPOCH;
+    }
+    SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nsec.clamp(0, 999_999_999) as u32)
 }
 
 /// Whether a file still holds what was read of it: not shorter than the read position,

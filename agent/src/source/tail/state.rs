@@ -43,6 +43,28 @@ pub struct FileCp {
     /// from it even when its first bytes are the same. Absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub born_ns: Option<u64>,
+    /// The previous generation's head and how far it was acknowledged when the entry
+    /// moved on (after a truncation): its copy (`copytruncate`), already read, is told
+    /// from copies of later generations made while the agent was stopped, even when the
+    /// checkpoint was written within the same tick of the file system clock as the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<(Head, u64)>,
+    /// A newer generation already being read (a truncation, or a new file in the inode
+    /// number of a file dropped whose last events were not acknowledged yet), which the
+    /// entry reaches once those are: a stop before that finds its content (rotated and
+    /// compressed meanwhile) by this head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextGen>,
+}
+
+/// See [`FileCp::next`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NextGen {
+    pub gen: u32,
+    pub fp: Option<u64>,
+    pub head: Head,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_ns: Option<u64>,
 }
 
 impl FileCp {
@@ -66,6 +88,8 @@ impl FileCp {
             offset,
             retired_ms: None,
             born_ns,
+            prev: None,
+            next: None,
         }
     }
 }
@@ -156,6 +180,7 @@ impl Checkpoint {
         if let Some(e) = self.files.get_mut(&key) {
             if (gen, offset) > (e.gen, e.offset) {
                 if gen != e.gen {
+                    e.prev = e.head.filter(|h| h.len > 0).map(|h| (h, e.offset));
                     (e.fp, e.head, e.born_ns) = match self.next.remove(&key) {
                         Some((g, fp, head, born)) if g == gen => (fp, Some(head), born),
                         _ => (None, None, None),
@@ -210,6 +235,16 @@ impl Checkpoint {
     pub fn write(&mut self, now_ms: i64) -> std::io::Result<()> {
         self.files
             .retain(|_, f| f.retired_ms.is_none_or(|t| now_ms - t < RETIRED_KEEP_MS));
+        for (k, e) in self.files.iter_mut() {
+            e.next = self.next.get(k).filter(|n| n.0 > e.gen && n.2.len > 0).map(
+                |&(gen, fp, head, born_ns)| NextGen {
+                    gen,
+                    fp,
+                    head,
+                    born_ns,
+                },
+            );
+        }
         let d = OnDisk {
             version: VERSION,
             files: self.files.values().cloned().collect(),
@@ -254,6 +289,8 @@ mod tests {
             offset: 100,
             retired_ms: None,
             born_ns: None,
+            prev: None,
+            next: None,
         };
         let with_head = Some(Head { len: 10, hash: 7 });
         let on_disk = |version, files| OnDisk { version, files };
@@ -292,6 +329,8 @@ mod tests {
                 offset: 100,
                 retired_ms: None,
                 born_ns: None,
+                prev: None,
+                next: None,
             },
         );
         // Truncated: generation 1 is read while generation 0's events still wait for acks.
