@@ -735,6 +735,14 @@ fn gzip(from: &std::path::Path, to: &std::path::Path) {
         String::from_utf8_lossy(&o.stderr)
     );
     fs::write(to, o.stdout).unwrap();
+    // As logrotate leaves it: the `.gz` keeps the rotated file's modification time.
+    let mtime = fs::metadata(from).unwrap().modified().unwrap();
+    fs::File::options()
+        .write(true)
+        .open(to)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     fs::remove_file(from).unwrap();
 }
 

@@ -767,6 +767,10 @@ impl Tail {
                 && !t.recovered
                 && t.gone_since.is_none()
                 && (after || t.read_pos() == 0)
+                // A new file in the inode number of the checkpointed one (`create`, not
+                // `copytruncate`): the files rotated since are renamed files of their
+                // own, not copies of a generation of it.
+                && !(after && t.replaced)
                 && t.blocked.is_none()
         }) else {
             return false;
