@@ -14,7 +14,11 @@
 //! failed scenario's directory is kept (`--keep`: every one). Exit 1 when a scenario failed.
 
 mod check;
+mod cluster;
+mod disk;
+mod infra;
 mod pg;
+mod privpg;
 mod procs;
 mod rng;
 mod scenario;
@@ -115,12 +119,13 @@ fn main() {
         for seed in seeds {
             let p = Plan::draw(seed, &args.dir);
             println!(
-                "{seed:>8} {:<8} {:<10} steps {:>2} faults {:<40} {}",
+                "{seed:>8} {:<8} {:<10} steps {:>2} faults {:<40} {} {}",
                 p.family.name(),
                 p.broker.label(),
                 p.steps,
                 p.fault_summary(),
-                p.source.describe()
+                p.source.describe(),
+                p.infra.describe()
             );
         }
         return;
@@ -176,12 +181,13 @@ fn main() {
         let t0 = Instant::now();
         let outcome = scenario::run(&mut plan, dir.path());
         let secs = t0.elapsed().as_secs_f64();
-        let (changes, events, failures) = match outcome {
-            Ok(o) => (o.changes, o.events, o.failures),
+        let (changes, events, failures, notes) = match outcome {
+            Ok(o) => (o.changes, o.events, o.failures, o.notes),
             Err(e) => (
                 plan.source.changes(),
                 0,
                 vec![format!("scenario error: {e}")],
+                Vec::new(),
             ),
         };
         total_events += events;
@@ -200,6 +206,12 @@ fn main() {
             events,
             plan.fault_summary()
         );
+        if !plan.infra.describe().is_empty() {
+            println!("     infra: {}", plan.infra.describe());
+        }
+        for n in &notes {
+            println!("     note: {n}");
+        }
         if failures.is_empty() {
             plan.source.cleanup();
             if args.keep {

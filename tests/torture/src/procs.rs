@@ -102,19 +102,34 @@ pub struct Broker {
     store: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// More arguments (a cluster node's name, cluster listen address and routes).
+    extra: Vec<String>,
 }
 
 impl Broker {
     pub fn start(kind: BrokerKind, dir: &Path) -> Res<Broker> {
+        Broker::start_node(kind, dir, "nats", free_port()?, Vec::new())
+    }
+
+    /// A broker with its store `<name>-store` and log `<name>.log` in `dir`, on `port`,
+    /// with more command-line arguments.
+    pub fn start_node(
+        kind: BrokerKind,
+        dir: &Path,
+        name: &str,
+        port: u16,
+        extra: Vec<String>,
+    ) -> Res<Broker> {
         let bin = kind
             .binary()
             .ok_or_else(|| format!("no {} binary (scripts/ensure-deps)", kind.label()))?;
         let mut b = Broker {
             bin,
-            port: free_port()?,
-            store: dir.join("nats-store"),
-            log: dir.join("nats.log"),
+            port,
+            store: dir.join(format!("{name}-store")),
+            log: dir.join(format!("{name}.log")),
             child: None,
+            extra,
         };
         b.restart()?;
         Ok(b)
@@ -169,6 +184,7 @@ impl Broker {
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

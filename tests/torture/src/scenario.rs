@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::check::{self, State};
-use crate::procs::{free_port, Agent, Broker, BrokerKind, Proxy, ProxyMode, Res};
+use crate::cluster::{Brokers, Proxies};
+use crate::infra::{self, Infra, Live};
+use crate::procs::{free_port, Agent, BrokerKind, ProxyMode, Res};
 use crate::rng::Rng;
 use crate::stream::{Msg, Reader};
 use crate::{pg, tail};
@@ -54,6 +56,14 @@ pub enum FaultKind {
     ProxyDrop,
     /// The proxy holds every byte for `len` steps.
     ProxyStall,
+    /// A small spool filled: the broker down long while a burst is written (infra.rs).
+    SpoolFull,
+    /// The private PostgreSQL crashed and started again (infra.rs).
+    DbRestart,
+    /// kill -9 of the R3 stream's leader in a cluster, restarted later (infra.rs).
+    LeaderKill,
+    /// The broker down and `state_dir`'s tmpfs filled, emptied later (infra.rs).
+    DiskFull,
 }
 
 impl FaultKind {
@@ -64,15 +74,23 @@ impl FaultKind {
             FaultKind::BrokerKill => "broker-kill9",
             FaultKind::ProxyDrop => "proxy-drop",
             FaultKind::ProxyStall => "proxy-stall",
+            FaultKind::SpoolFull => "spool-full",
+            FaultKind::DbRestart => "db-restart",
+            FaultKind::LeaderKill => "leader-kill9",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 
     /// The process or link the fault acts on: faults on one never overlap.
-    fn resource(self) -> u8 {
+    pub fn resource(self) -> u8 {
         match self {
             FaultKind::Kill9 | FaultKind::Term => 0,
-            FaultKind::BrokerKill => 1,
+            FaultKind::BrokerKill
+            | FaultKind::SpoolFull
+            | FaultKind::LeaderKill
+            | FaultKind::DiskFull => 1,
             FaultKind::ProxyDrop | FaultKind::ProxyStall => 2,
+            FaultKind::DbRestart => 3,
         }
     }
 
@@ -129,6 +147,11 @@ pub trait Source {
     fn changes(&self) -> u64;
     /// Drops what it made outside the scenario directory (a schema).
     fn cleanup(&mut self);
+    /// True when each change is one event and the workload never waits for every
+    /// record to arrive: events dropped by a full spool can be counted as missing.
+    fn losses_countable(&self) -> bool {
+        false
+    }
 }
 
 /// Everything drawn from a seed.
@@ -141,6 +164,8 @@ pub struct Plan {
     /// Pause after each step's writes, in ms.
     pub pace_ms: Vec<u64>,
     pub source: Box<dyn Source>,
+    /// Spool size, private PostgreSQL, nats cluster, tmpfs (infra.rs).
+    pub infra: Infra,
 }
 
 /// The family a seed's scenario belongs to (the first draw), so `--only` can skip seeds
@@ -161,14 +186,23 @@ impl Plan {
         } else {
             BrokerKind::Debian
         };
+        let mut xr = r.fork();
+        let mut infra = Infra::draw(&mut xr, family);
         let steps = fr.range(6, 16) as usize;
+        let pg_port = infra.pg_port.unwrap_or(5432);
         let source: Box<dyn Source> = match family {
             Family::Tail => Box::new(tail::Tail::draw(&mut wr, dir, steps)),
-            Family::Trigger => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps)),
-            Family::Poll => Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps)),
+            Family::Trigger => Box::new(
+                pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps).on_port(pg_port),
+            ),
+            Family::Poll => {
+                Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps).on_port(pg_port))
+            }
         };
-        let faults = draw_faults(&mut fr, steps);
+        infra.settle(&*source);
+        let mut faults = draw_faults(&mut fr, steps);
         let pace_ms = (0..steps).map(|_| fr.range(20, 400)).collect();
+        infra.draw_faults(&mut xr, steps, &mut faults);
         Plan {
             seed,
             family,
@@ -177,6 +211,7 @@ impl Plan {
             faults,
             pace_ms,
             source,
+            infra,
         }
     }
 
@@ -238,10 +273,12 @@ pub struct Outcome {
     pub events: usize,
     pub changes: u64,
     pub failures: Vec<String>,
+    /// What the faults saw (the spool's size when healed, the leader killed…).
+    pub notes: Vec<String>,
 }
 
 /// The agent's admin endpoint: `/metrics` as text ("" when it cannot be read).
-fn metrics(port: u16) -> String {
+pub fn metrics(port: u16) -> String {
     use std::io::{Read, Write};
     let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
@@ -256,14 +293,14 @@ fn metrics(port: u16) -> String {
 
 pub const STREAM: &str = "TORTURE";
 
-fn agent_config(dir: &Path, proxy_port: u16, admin_port: u16, source: &str) -> String {
+fn agent_config(dir: &Path, servers: &str, admin_port: u16, source: &str) -> String {
     format!(
         r#"[agent]
 id = "torture"
 state_dir = "{state}"
 
 [nats]
-servers = ["nats://127.0.0.1:{proxy_port}"]
+servers = {servers}
 stream = "{STREAM}"
 subject_prefix = "torture"
 create_stream = true
@@ -280,21 +317,25 @@ listen = "127.0.0.1:{admin_port}"
 
 /// Runs the scenario in `dir`.
 pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
-    let mut broker = Broker::start(plan.broker, dir)?;
-    let proxy = Proxy::start(broker.port)?;
+    // Declared before the agent: dropped (stopped, unmounted) after it.
+    let mut live = Live::start(&plan.infra, dir)?;
+    let mut broker = Brokers::start(plan.broker, dir, plan.infra.cluster)?;
+    let proxy = Proxies::start(&broker)?;
     let admin_port = free_port()?;
     let cfg_path: PathBuf = dir.join("lockstep.toml");
-    let text = agent_config(dir, proxy.port, admin_port, &plan.source.config());
+    let source_cfg = format!("{}\n{}", plan.infra.config(), plan.source.config());
+    let text = agent_config(dir, &proxy.servers_toml(), admin_port, &source_cfg);
     std::fs::write(&cfg_path, text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     std::fs::write(
         dir.join("plan.txt"),
         format!(
-            "seed {}\nfamily {}\nbroker {}\nsteps {}\nsource {}\nfaults {:#?}\npace_ms {:?}\n",
+            "seed {}\nfamily {}\nbroker {}\nsteps {}\nsource {}\ninfra {}\nfaults {:#?}\npace_ms {:?}\n",
             plan.seed,
             plan.family.name(),
             plan.broker.label(),
             plan.steps,
             plan.source.describe(),
+            plan.infra.describe(),
             plan.faults,
             plan.pace_ms
         ),
@@ -323,7 +364,7 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             let (fi, began) = active[k];
             let f = plan.faults[fi];
             if f.at + f.len <= i && began.elapsed() >= Duration::from_millis(f.hold_ms) {
-                heal(f.kind, &mut agent, &mut broker, &proxy)?;
+                heal(f.kind, &mut agent, &mut broker, &proxy, &mut live, admin_port)?;
                 active.swap_remove(k);
             } else {
                 k += 1;
@@ -358,9 +399,21 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                 FaultKind::BrokerKill => broker.kill9(),
                 FaultKind::ProxyDrop => proxy.set(ProxyMode::Drop),
                 FaultKind::ProxyStall => proxy.set(ProxyMode::Stall),
+                FaultKind::SpoolFull
+                | FaultKind::DbRestart
+                | FaultKind::LeaderKill
+                | FaultKind::DiskFull => live.begin(
+                    &f,
+                    i,
+                    plan.infra.burst,
+                    &mut broker,
+                    &mut *plan.source,
+                    &mut reader,
+                )?,
             }
-            if f.len == 0 && f.hold_ms == 0 {
-                heal(f.kind, &mut agent, &mut broker, &proxy)?;
+            // A database restart is over before the next step writes.
+            if (f.len == 0 && f.hold_ms == 0) || f.kind == FaultKind::DbRestart {
+                heal(f.kind, &mut agent, &mut broker, &proxy, &mut live, admin_port)?;
             } else {
                 active.push((fi, Instant::now()));
             }
@@ -372,8 +425,16 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         if let Some(left) = hold.checked_sub(began.elapsed()) {
             std::thread::sleep(left);
         }
-        heal(plan.faults[fi].kind, &mut agent, &mut broker, &proxy)?;
+        heal(
+            plan.faults[fi].kind,
+            &mut agent,
+            &mut broker,
+            &proxy,
+            &mut live,
+            admin_port,
+        )?;
     }
+    live.heal_all()?;
     broker.restart_if_down()?;
     proxy.set(ProxyMode::Pass);
     agent.start()?;
@@ -381,11 +442,28 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     // Wait until the stream replays to the truth.
     let truth = plan.source.truth()?;
     let deadline = Instant::now() + Duration::from_secs(120);
+    // With drop_oldest the stream never replays to the truth: until every change is
+    // in it or logged as dropped, the spool is empty and nothing more arrives.
+    let drops = plan.infra.drop_oldest();
+    let mut settled = 0;
     loop {
-        reader.poll()?;
-        let model = check::replay(&reader.msgs);
-        if check::compare(&model, &truth).is_empty() && plan.source.complete(&reader.msgs) {
-            break;
+        let new = reader.poll()?;
+        if drops {
+            let n = reader.msgs.len() as u64 + infra::dropped_in_log(dir);
+            let spooled = check::metric_sum(&metrics(admin_port), "lockstep_spool_events");
+            settled = if n >= plan.source.changes() && spooled == 0 && new == 0 {
+                settled + 1
+            } else {
+                0
+            };
+            if settled >= 4 {
+                break;
+            }
+        } else {
+            let model = check::replay(&reader.msgs);
+            if check::compare(&model, &truth).is_empty() && plan.source.complete(&reader.msgs) {
+                break;
+            }
         }
         if Instant::now() > deadline {
             failures.push("the stream did not reach the source's state within 120 s".into());
@@ -412,9 +490,24 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     reader.poll()?;
     let msgs = &reader.msgs;
     let model = check::replay(msgs);
-    failures.extend(check::compare(&model, &truth));
     failures.extend(check::duplicate_ids(msgs));
-    failures.extend(plan.source.checks(msgs, restarted));
+    if drops {
+        failures.extend(infra::drop_checks(
+            dir,
+            msgs.len() as u64,
+            plan.source.changes(),
+            restarted,
+        ));
+        failures.extend(
+            plan.source
+                .checks(msgs, restarted)
+                .into_iter()
+                .filter(|f| !infra::explained_by_drops(f)),
+        );
+    } else {
+        failures.extend(check::compare(&model, &truth));
+        failures.extend(plan.source.checks(msgs, restarted));
+    }
     // A panic anywhere in the agent (a thread that died and was restarted) is a bug
     // even when nothing was lost.
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
@@ -440,6 +533,7 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         events: msgs.len(),
         changes: plan.source.changes(),
         failures,
+        notes: std::mem::take(&mut live.notes),
     })
 }
 
@@ -461,7 +555,14 @@ fn keep_checkpoints(dir: &Path, tag: &str) {
     }
 }
 
-fn heal(kind: FaultKind, agent: &mut Agent, broker: &mut Broker, proxy: &Proxy) -> Res<()> {
+fn heal(
+    kind: FaultKind,
+    agent: &mut Agent,
+    broker: &mut Brokers,
+    proxy: &Proxies,
+    live: &mut Live,
+    admin_port: u16,
+) -> Res<()> {
     match kind {
         FaultKind::Kill9 | FaultKind::Term => agent.start(),
         FaultKind::BrokerKill => broker.restart(),
@@ -469,6 +570,10 @@ fn heal(kind: FaultKind, agent: &mut Agent, broker: &mut Broker, proxy: &Proxy) 
             proxy.set(ProxyMode::Pass);
             Ok(())
         }
+        FaultKind::SpoolFull
+        | FaultKind::DbRestart
+        | FaultKind::LeaderKill
+        | FaultKind::DiskFull => live.heal(kind, broker, &metrics(admin_port)),
     }
 }
 

@@ -49,7 +49,12 @@ impl Reader {
 }
 
 async fn read_from(url: &str, stream: &str, from: u64) -> Res<Vec<Msg>> {
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(url))
+    // Several servers (a cluster): comma-separated.
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.parse().map_err(|e| format!("{u}: {e}")))
+        .collect::<Res<_>>()?;
+    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(addrs))
         .await
         .map_err(|_| format!("connect to {url}: timed out"))?
         .map_err(|e| format!("connect to {url}: {e}"))?;
