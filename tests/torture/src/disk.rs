@@ -32,7 +32,13 @@ impl Tmpfs {
         }
         std::fs::create_dir_all(at).map_err(|e| format!("{}: {e}", at.display()))?;
         let o = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "tmpfs",
+            ])
             .arg(at)
             .output()
             .map_err(|e| format!("mount: {e}"))?;
@@ -45,7 +51,8 @@ impl Tmpfs {
         }
         let keep = at.with_file_name(format!(
             "{}-tmpfs",
-            at.file_name().map_or("state".into(), |n| n.to_string_lossy())
+            at.file_name()
+                .map_or("state".into(), |n| n.to_string_lossy())
         ));
         Ok(Some(Tmpfs {
             at: at.to_owned(),

@@ -25,7 +25,7 @@ use crate::disk::Tmpfs;
 use crate::privpg::PrivPg;
 use crate::procs::{free_port, Res};
 use crate::rng::Rng;
-use crate::scenario::{Fault, FaultKind, Family, Source};
+use crate::scenario::{Family, Fault, FaultKind, Source};
 use crate::stream::Reader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,9 +159,9 @@ impl Infra {
                 };
                 let delay_ms = r.range(0, 300);
                 let end = (at + len as usize).min(steps);
-                let overlaps = faults
-                    .iter()
-                    .any(|f| f.kind.resource() == kind.resource() && at <= f.at + f.len && f.at <= end);
+                let overlaps = faults.iter().any(|f| {
+                    f.kind.resource() == kind.resource() && at <= f.at + f.len && f.at <= end
+                });
                 if !overlaps {
                     faults.push(Fault {
                         kind,
@@ -185,6 +185,9 @@ pub struct Live {
     pub tmpfs: Option<Tmpfs>,
     /// What the new faults saw (printed with the scenario's line).
     pub notes: Vec<String>,
+    /// `faults.log`: when each fault began and was healed.
+    log: std::path::PathBuf,
+    t0: std::time::Instant,
 }
 
 impl Live {
@@ -194,6 +197,8 @@ impl Live {
             pg: None,
             tmpfs: None,
             notes: Vec::new(),
+            log: dir.join("faults.log"),
+            t0: std::time::Instant::now(),
         };
         if let Some(port) = infra.pg_port {
             live.pg = Some(PrivPg::start(dir, port)?);
@@ -208,6 +213,18 @@ impl Live {
             }
         }
         Ok(live)
+    }
+
+    /// A line in `faults.log`, with the seconds since the scenario began.
+    pub fn log(&self, what: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+        {
+            let _ = writeln!(f, "{:8.3} {what}", self.t0.elapsed().as_secs_f64());
+        }
     }
 
     /// Begins a fault of this module's kinds.

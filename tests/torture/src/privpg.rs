@@ -64,7 +64,15 @@ impl PrivPg {
         pg.run(
             "initdb",
             &[
-                "-D", &data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
             ],
         )?;
         pg.up()?;

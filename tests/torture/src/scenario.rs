@@ -192,9 +192,9 @@ impl Plan {
         let pg_port = infra.pg_port.unwrap_or(5432);
         let source: Box<dyn Source> = match family {
             Family::Tail => Box::new(tail::Tail::draw(&mut wr, dir, steps)),
-            Family::Trigger => Box::new(
-                pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps).on_port(pg_port),
-            ),
+            Family::Trigger => {
+                Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Trigger, steps).on_port(pg_port))
+            }
             Family::Poll => {
                 Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps).on_port(pg_port))
             }
@@ -364,7 +364,14 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             let (fi, began) = active[k];
             let f = plan.faults[fi];
             if f.at + f.len <= i && began.elapsed() >= Duration::from_millis(f.hold_ms) {
-                heal(f.kind, &mut agent, &mut broker, &proxy, &mut live, admin_port)?;
+                heal(
+                    f.kind,
+                    &mut agent,
+                    &mut broker,
+                    &proxy,
+                    &mut live,
+                    admin_port,
+                )?;
                 active.swap_remove(k);
             } else {
                 k += 1;
@@ -372,6 +379,7 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         }
         let quiet =
             agent.is_up() && broker.is_up() && proxy.mode() == ProxyMode::Pass && active.is_empty();
+        live.log(&format!("step {i}"));
         plan.source.step(i, quiet, &mut reader)?;
         if let Some(s) = agent.exited() {
             failures.push(format!("lockstep exited on its own at step {i}: {s}"));
@@ -384,6 +392,27 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         for fi in begin {
             let f = plan.faults[fi];
             std::thread::sleep(Duration::from_millis(f.delay_ms));
+            // A fault of the same resource still in its hold time ends first (a leader
+            // cannot be killed in a cluster that is down).
+            while let Some(k) = active
+                .iter()
+                .position(|(a, _)| plan.faults[*a].kind.resource() == f.kind.resource())
+            {
+                let (a, began) = active.swap_remove(k);
+                let hold = Duration::from_millis(plan.faults[a].hold_ms);
+                if let Some(left) = hold.checked_sub(began.elapsed()) {
+                    std::thread::sleep(left);
+                }
+                heal(
+                    plan.faults[a].kind,
+                    &mut agent,
+                    &mut broker,
+                    &proxy,
+                    &mut live,
+                    admin_port,
+                )?;
+            }
+            live.log(&format!("step {i}: begin {}", f.kind.name()));
             match f.kind {
                 FaultKind::Kill9 => {
                     agent.kill9();
@@ -413,7 +442,14 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             }
             // A database restart is over before the next step writes.
             if (f.len == 0 && f.hold_ms == 0) || f.kind == FaultKind::DbRestart {
-                heal(f.kind, &mut agent, &mut broker, &proxy, &mut live, admin_port)?;
+                heal(
+                    f.kind,
+                    &mut agent,
+                    &mut broker,
+                    &proxy,
+                    &mut live,
+                    admin_port,
+                )?;
             } else {
                 active.push((fi, Instant::now()));
             }
@@ -563,6 +599,7 @@ fn heal(
     live: &mut Live,
     admin_port: u16,
 ) -> Res<()> {
+    live.log(&format!("heal {}", kind.name()));
     match kind {
         FaultKind::Kill9 | FaultKind::Term => agent.start(),
         FaultKind::BrokerKill => broker.restart(),
