@@ -392,12 +392,14 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         for fi in begin {
             let f = plan.faults[fi];
             std::thread::sleep(Duration::from_millis(f.delay_ms));
-            // A fault of the same resource still in its hold time ends first (a leader
-            // cannot be killed in a cluster that is down).
-            while let Some(k) = active
-                .iter()
-                .position(|(a, _)| plan.faults[*a].kind.resource() == f.kind.resource())
-            {
+            // A fault of infra.rs on a resource whose fault is still in its hold time
+            // ends that one first (a leader cannot be killed in a cluster that is down).
+            // The others keep acting on what is already down (a SIGTERM right after a
+            // start would come before the agent's handler).
+            while let Some(k) = active.iter().position(|(a, _)| {
+                infra::KINDS.contains(&f.kind)
+                    && plan.faults[*a].kind.resource() == f.kind.resource()
+            }) {
                 let (a, began) = active.swap_remove(k);
                 let hold = Duration::from_millis(plan.faults[a].hold_ms);
                 if let Some(left) = hold.checked_sub(began.elapsed()) {
