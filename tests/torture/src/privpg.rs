@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::disk::is_root as as_root;
 use crate::procs::Res;
 
 pub struct PrivPg {
@@ -14,13 +15,6 @@ pub struct PrivPg {
     dir: PathBuf,
     pub port: u16,
     up: bool,
-}
-
-fn as_root() -> bool {
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid(2) has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    uid == 0
 }
 
 impl PrivPg {

@@ -4,7 +4,11 @@
 //! trigger on PostgreSQL in keys and rows mode, with and without debounce; poll over
 //! ODBC, full and cursor) and every fault kind (kill -9 and SIGTERM of lockstep, the
 //! broker killed -9 and restarted, the proxy dropping and stalling the agent's
-//! connection), against both nats-servers. Each seed replays alone with
+//! connection), against both nats-servers; and the fault kinds that need more than
+//! the defaults: a full spool (`block`, and `drop_oldest` with the drops matched
+//! against what is missing), a private PostgreSQL crashed and started again, the R3
+//! stream's leader killed in a cluster of three nats-servers (2.9 and 2.1x), and a full
+//! tmpfs under `state_dir` (root only). Each seed replays alone with
 //! `scripts/torture --seed S`; `--seeds <SEEDS> --describe` prints their plans.
 //!
 //! It runs the real `lockstep` built next to it (`cargo build -p lockstep`, as
