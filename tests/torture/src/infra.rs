@@ -58,6 +58,15 @@ pub const KINDS: [FaultKind; 4] = [
 
 impl Infra {
     pub fn draw(r: &mut Rng, family: Family) -> Infra {
+        if DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Infra {
+                spool: None,
+                burst: 0,
+                pg_port: None,
+                cluster: false,
+                tmpfs_mib: None,
+            };
+        }
         let spool = r.chance(30).then(|| {
             let kib = *r.pick(&[64, 96, 128, 256]);
             let when = if r.chance(50) {
@@ -311,6 +320,18 @@ impl Live {
         Ok(())
     }
 }
+
+/// Waits (up to 10 s) until the agent's admin endpoint answers.
+pub fn wait_admin(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::scenario::metrics(port).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Set by `--no-infra`: plans as drawn before this module existed (the seeds of the
+/// first slice's regression tests replay their scenarios exactly).
+pub static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `n` extra steps written at once (an index past the last step: no late file appears).
 fn write_burst(source: &mut dyn Source, reader: &mut Reader, n: usize) -> Res<()> {

@@ -11,7 +11,9 @@
 //! lockstep-torture --dump nats://127.0.0.1:PORT   print a kept scenario's stream
 //! ```
 //! `--dir D` puts the scenario directories under D (default: the temp directory); a
-//! failed scenario's directory is kept (`--keep`: every one). Exit 1 when a scenario failed.
+//! failed scenario's directory is kept (`--keep`: every one). `--no-infra`: no small
+//! spool, private PostgreSQL, nats cluster or tmpfs, nor their faults (the plans seeds
+//! had before those existed). Exit 1 when a scenario failed.
 
 mod check;
 mod cluster;
@@ -44,7 +46,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only tail|trigger|poll] [--dir D] [--describe] [--keep]"
+        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only tail|trigger|poll] [--dir D] [--describe] [--keep] [--no-infra]"
     );
     std::process::exit(2)
 }
@@ -75,6 +77,7 @@ fn parse() -> Args {
             "--dir" => a.dir = PathBuf::from(val()),
             "--describe" => a.describe = true,
             "--keep" => a.keep = true,
+            "--no-infra" => infra::DISABLED.store(true, std::sync::atomic::Ordering::Relaxed),
             _ => usage(),
         }
     }

@@ -422,6 +422,11 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                     keep_checkpoints(dir, &format!("kill9-step{i}"));
                 }
                 FaultKind::Term => {
+                    // Not in the first moments after a start (before the agent's
+                    // handler is installed, SIGTERM ends it with the signal).
+                    if agent.is_up() {
+                        infra::wait_admin(admin_port);
+                    }
                     if let Err(e) = agent.terminate() {
                         failures.push(format!("step {i}: {e}"));
                     }

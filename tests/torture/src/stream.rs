@@ -39,9 +39,20 @@ impl Reader {
     }
 
     /// Reads every message stored since the last read; returns how many were new.
+    /// JetStream errors once connected (a cluster electing a leader: "no responders")
+    /// are retried for up to 15 s; a server that cannot be reached is an error at once.
     pub fn poll(&mut self) -> Res<usize> {
         let from = self.msgs.last().map_or(1, |m| m.seq + 1);
-        let new = self.rt.block_on(read_from(&self.url, &self.stream, from))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let new = loop {
+            match self.rt.block_on(read_from(&self.url, &self.stream, from)) {
+                Ok(new) => break new,
+                Err(e) if e.starts_with("connect to") || std::time::Instant::now() > deadline => {
+                    return Err(e)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        };
         let n = new.len();
         self.msgs.extend(new);
         Ok(n)
