@@ -16,10 +16,21 @@
 
 use std::process::Command;
 
-/// Chosen with `--describe` to cover the families and faults above; about 2 minutes
-/// on 2 cores. They leave out the two combinations of the open bugs below (kill -9 with
-/// copytruncate; `create` + `compress` without `delaycompress`), which fail at random.
+/// Chosen with `--describe --no-infra` to cover the families and the first slice's
+/// faults; about 2 minutes on 2 cores. They leave out the two combinations of the open
+/// bugs below (kill -9 with copytruncate; `create` + `compress` without
+/// `delaycompress`), which fail at random. Run with `--no-infra`: the plans they had
+/// before the small spool, private PostgreSQL, cluster and tmpfs existed.
 const SEEDS: &str = "37,171,228,251,323,77,227,76,26,24";
+
+/// The fault kinds that need more than the defaults, each at least once (about 2
+/// minutes): 1 — trigger rows on a private PostgreSQL, a 96 KiB spool that blocks and
+/// fills, the database crashed and started, the leader of the R3 stream killed in a
+/// cluster of three nats-server 2.1x; 569 — tail, a 256 KiB spool with `drop_oldest`
+/// (about 15,000 events dropped, matched against what is missing) and a 9 MiB tmpfs
+/// under `state_dir` filled; 22 — poll over ODBC on a private PostgreSQL crashed and
+/// started, kill -9, the leader killed in a cluster of nats-server 2.9.
+const INFRA_SEEDS: &str = "1,569,22";
 
 fn torture(args: &[&str]) -> (bool, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_lockstep-torture"))
@@ -37,15 +48,41 @@ fn torture(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn fixed_seeds_lose_double_and_reorder_nothing() {
-    let (ok, out) = torture(&["--seeds", SEEDS]);
+    let (ok, out) = torture(&["--seeds", SEEDS, "--no-infra"]);
     assert!(ok, "torture seeds failed:\n{out}");
+}
+
+#[test]
+fn full_spool_database_restart_leader_kill_and_full_disk_lose_nothing() {
+    let (ok, out) = torture(&["--seeds", INFRA_SEEDS]);
+    assert!(ok, "torture seeds failed:\n{out}");
+    for kind in ["spool-full", "db-restart", "leader-kill9", "disk-full"] {
+        assert!(
+            out.contains(&format!("\"{kind}\"")),
+            "no {kind} fault ran:\n{out}"
+        );
+    }
+    // The drop_oldest scenario dropped events (and its check matched them).
+    let dropped = out
+        .lines()
+        .filter_map(|l| {
+            l.split(" events, ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(dropped > 0, "no spool dropped anything:\n{out}");
 }
 
 /// Runs `seed` `times` times (the bugs below depend on timing: the same plan does not
 /// always hit them).
 fn repeat(seed: u64, times: usize) -> (bool, String) {
     let seeds = vec![seed.to_string(); times].join(",");
-    torture(&["--seeds", &seeds])
+    torture(&["--seeds", &seeds, "--no-infra"])
 }
 
 /// Open bug (torture seed 153, about 1 run in 4): tail, jsonl, `copytruncate`, the
@@ -103,5 +140,22 @@ fn seed_3020_copytruncate_before_the_first_read_loses_the_records() {
 #[ignore = "open bug: records lost and reordered with create + compress, truncation and restarts"]
 fn seed_4052_create_compress_truncate_restarts_lose_records() {
     let (ok, out) = repeat(4052, 6);
+    assert!(ok, "{out}");
+}
+
+/// Open bug (torture seed 145, 3 runs in 3): tail, jsonl, `create` + `compress` without
+/// `delaycompress`, `state_dir` on an 11 MiB tmpfs filled at step 0 during a broker
+/// outage, kill -9. The live file is rotated and compressed while the disk is full; the
+/// agent sees a new file in the old one's inode number (checkpointed at byte 5451) and
+/// looks for the rest in `changes.log.1.gz`, decompressing it into
+/// `state/checkpoints`: "cannot recover the rest of changes.log (after byte 5451) from
+/// its compressed rotation …: No space left on device". That failure is not retried
+/// once the disk has room again: the rest is taken for gone ("file truncated … reading
+/// it again from the start") and 374 records (n 246…) never arrive, without a loss
+/// being reported. The same seed with `--no-infra` (no tmpfs) passes.
+#[test]
+#[ignore = "open bug: a full disk while decompressing a rotation's rest gives that rest up instead of retrying"]
+fn seed_145_full_disk_while_decompressing_a_rotation_loses_its_rest() {
+    let (ok, out) = torture(&["--seeds", "145"]);
     assert!(ok, "{out}");
 }
