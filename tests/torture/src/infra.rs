@@ -237,7 +237,6 @@ impl Live {
     }
 
     /// Begins a fault of this module's kinds.
-    #[allow(clippy::too_many_arguments)]
     pub fn begin(
         &mut self,
         f: &Fault,
