@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 
-use crate::procs::{free_port, Broker, BrokerKind, Proxy, ProxyMode, Res};
+use crate::procs::{Broker, BrokerKind, Proxy, ProxyMode, Res};
 
 /// The nats-server(s) of a scenario.
 pub struct Brokers {
@@ -23,8 +23,9 @@ impl Brokers {
                 nodes: vec![Broker::start(kind, dir)?],
             });
         }
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Res<_>>()?;
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect::<Res<_>>()?;
+        let mut all = free_ports(6)?;
+        let routes = all.split_off(3);
+        let ports = all;
         let mut nodes = Vec::new();
         for i in 0..3 {
             let others: Vec<String> = (0..3)
@@ -155,6 +156,23 @@ impl Brokers {
         self.nodes[i].kill9();
         Ok(leader)
     }
+}
+
+/// `n` different free ports (bound together, then released: one at a time, the same
+/// port can come back twice).
+fn free_ports(n: usize) -> Res<Vec<u16>> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a port: {e}"))
+        })
+        .collect::<Res<_>>()?;
+    ls.iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| format!("port: {e}"))
+        })
+        .collect()
 }
 
 async fn connect(urls: &str) -> Res<async_nats::Client> {
