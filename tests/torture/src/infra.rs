@@ -197,6 +197,8 @@ pub struct Live {
     /// `faults.log`: when each fault began and was healed.
     log: std::path::PathBuf,
     t0: std::time::Instant,
+    /// The agent's admin port (its metrics tell when the spool is full).
+    pub admin_port: u16,
 }
 
 impl Live {
@@ -208,6 +210,7 @@ impl Live {
             notes: Vec::new(),
             log: dir.join("faults.log"),
             t0: std::time::Instant::now(),
+            admin_port: 0,
         };
         if let Some(port) = infra.pg_port {
             live.pg = Some(PrivPg::start(dir, port)?);
@@ -241,15 +244,27 @@ impl Live {
         &mut self,
         f: &Fault,
         step: usize,
-        burst: usize,
+        infra: &Infra,
         broker: &mut Brokers,
         source: &mut dyn Source,
         reader: &mut Reader,
     ) -> Res<()> {
+        let burst = infra.burst;
         match f.kind {
             FaultKind::SpoolFull => {
                 broker.kill9();
                 write_burst(source, reader, burst)?;
+                // Then more steps until the spool is (nearly) full or drops, up to 80
+                // (how many depends on how fast the agent spools: not on the seed).
+                let mut extra = 0;
+                while extra < 80 && !self.spool_full(infra) {
+                    write_burst(source, reader, 1)?;
+                    extra += 1;
+                }
+                self.notes.push(format!(
+                    "spool-full at step {step}: {} extra step(s) written",
+                    burst + extra
+                ));
             }
             FaultKind::DiskFull => {
                 broker.kill9();
@@ -277,6 +292,19 @@ impl Live {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The spool is at 90% of `max_bytes` or has dropped events (or the agent's metrics
+    /// cannot be read: it is down).
+    fn spool_full(&self, infra: &Infra) -> bool {
+        let Some((kib, _)) = infra.spool else {
+            return true;
+        };
+        let m = crate::scenario::metrics(self.admin_port);
+        let bytes = crate::check::metric_sum(&m, "lockstep_spool_bytes");
+        m.is_empty()
+            || bytes * 10 >= kib * 1024 * 9
+            || crate::check::metric_sum(&m, "lockstep_spool_dropped_events_total") > 0
     }
 
     /// Heals a fault of this module's kinds; `metrics`: the agent's `/metrics` now.

@@ -322,6 +322,7 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     let mut broker = Brokers::start(plan.broker, dir, plan.infra.cluster)?;
     let proxy = Proxies::start(&broker)?;
     let admin_port = free_port()?;
+    live.admin_port = admin_port;
     let cfg_path: PathBuf = dir.join("lockstep.toml");
     let source_cfg = format!("{}\n{}", plan.infra.config(), plan.source.config());
     let text = agent_config(dir, &proxy.servers_toml(), admin_port, &source_cfg);
@@ -441,7 +442,7 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                 | FaultKind::DiskFull => live.begin(
                     &f,
                     i,
-                    plan.infra.burst,
+                    &plan.infra,
                     &mut broker,
                     &mut *plan.source,
                     &mut reader,
