@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 
-use crate::procs::{Broker, BrokerKind, Proxy, ProxyMode, Res};
+use crate::procs::{bind_low, Broker, BrokerKind, Proxy, ProxyMode, Res};
 
 /// The nats-server(s) of a scenario.
 pub struct Brokers {
@@ -161,11 +161,7 @@ impl Brokers {
 /// `n` different free ports (bound together, then released: one at a time, the same
 /// port can come back twice).
 fn free_ports(n: usize) -> Res<Vec<u16>> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a port: {e}"))
-        })
-        .collect::<Res<_>>()?;
+    let ls: Vec<std::net::TcpListener> = (0..n).map(|_| bind_low()).collect::<Res<_>>()?;
     ls.iter()
         .map(|l| {
             l.local_addr()
