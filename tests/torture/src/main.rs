@@ -15,10 +15,15 @@
 //! `--dir D` puts the scenario directories under D (default: the temp directory); a
 //! failed scenario's directory is kept (`--keep`: every one). `--big-tx ROWS` caps the
 //! big transaction of the database families (100,000 rows by default; CI uses less).
-//! Exit 1 when a scenario failed.
+//! `--no-infra`: no small spool, private PostgreSQL, nats cluster or tmpfs, nor their
+//! faults (the plans seeds had before those existed). Exit 1 when a scenario failed.
 
 mod check;
+mod cluster;
+mod disk;
+mod infra;
 mod pg;
+mod privpg;
 mod procs;
 mod rng;
 mod scenario;
@@ -46,7 +51,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only F[,F…]] [--big-tx ROWS] [--dir D] [--describe] [--keep]\n\
+        "usage: lockstep-torture (--seed S | --seeds A,B,… | --minutes N [--seed S]) [--only F[,F…]] [--big-tx ROWS] [--dir D] [--describe] [--keep] [--no-infra]\n\
          F: tail, trigger, poll, multi, pg, mariadb, sqlite, or a family (trigger-mariadb, poll-sqlite, multi-pg, …)"
     );
     std::process::exit(2)
@@ -88,6 +93,7 @@ fn parse() -> Args {
             "--dir" => a.dir = PathBuf::from(val()),
             "--describe" => a.describe = true,
             "--keep" => a.keep = true,
+            "--no-infra" => infra::DISABLED.store(true, std::sync::atomic::Ordering::Relaxed),
             _ => usage(),
         }
     }
@@ -132,12 +138,13 @@ fn main() {
         for seed in seeds {
             let p = Plan::draw(seed, &args.dir);
             println!(
-                "{seed:>8} {:<15} {:<10} steps {:>2} faults {:<40} {}",
+                "{seed:>8} {:<15} {:<10} steps {:>2} faults {:<40} {} {}",
                 p.family.name(),
                 p.broker.label(),
                 p.steps,
                 p.fault_summary(),
-                p.source.describe()
+                p.source.describe(),
+                p.infra.describe()
             );
         }
         return;
@@ -193,12 +200,13 @@ fn main() {
         let t0 = Instant::now();
         let outcome = scenario::run(&mut plan, dir.path());
         let secs = t0.elapsed().as_secs_f64();
-        let (changes, events, failures) = match outcome {
-            Ok(o) => (o.changes, o.events, o.failures),
+        let (changes, events, failures, notes) = match outcome {
+            Ok(o) => (o.changes, o.events, o.failures, o.notes),
             Err(e) => (
                 plan.source.changes(),
                 0,
                 vec![format!("scenario error: {e}")],
+                Vec::new(),
             ),
         };
         total_events += events;
@@ -217,6 +225,12 @@ fn main() {
             events,
             plan.fault_summary()
         );
+        if !plan.infra.describe().is_empty() {
+            println!("     infra: {}", plan.infra.describe());
+        }
+        for n in &notes {
+            println!("     note: {n}");
+        }
         if failures.is_empty() {
             plan.source.cleanup();
             if args.keep {

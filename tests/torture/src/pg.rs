@@ -51,6 +51,8 @@ pub struct Pg {
     history: BTreeMap<String, Vec<(String, i64)>>,
     changes: u64,
     created: bool,
+    /// The server's port: the shared one (5432) or a private cluster's.
+    port: u16,
 }
 
 const NAMES: [&str; 7] = [
@@ -71,12 +73,14 @@ const AMOUNTS: [&str; 6] = [
     "31415926535897932384.6264338327",
 ];
 
-/// psql on the database `test`, search path `schema`, in UTC; stdin `sql`.
-fn psql(schema: Option<&str>, sql: &str) -> Res<String> {
+/// psql on the database `test` on `port`, search path `schema`, in UTC; stdin `sql`.
+fn psql(port: u16, schema: Option<&str>, sql: &str) -> Res<String> {
     let mut c = Command::new("psql");
     c.args([
         "-h",
         "127.0.0.1",
+        "-p",
+        &port.to_string(),
         "-U",
         "postgres",
         "-d",
@@ -142,13 +146,20 @@ impl Pg {
             history: BTreeMap::new(),
             changes: 0,
             created: false,
+            port: 5432,
         }
+    }
+
+    /// On the server at `port` (a private cluster) instead of the shared one.
+    pub fn on_port(mut self, port: u16) -> Pg {
+        self.port = port;
+        self
     }
 
     fn odbc(&self) -> String {
         format!(
-            "DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT=5432;DATABASE=test;UID=postgres;ConnSettings=SET search_path TO {}",
-            self.schema
+            "DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT={};DATABASE=test;UID=postgres;ConnSettings=SET search_path TO {}",
+            self.port, self.schema
         )
     }
 
@@ -282,7 +293,8 @@ impl Source for Pg {
     fn config(&self) -> String {
         match self.mode {
             Mode::Trigger => format!(
-                "[[source]]\nname = \"trig\"\nkind = \"trigger\"\npostgres = \"host=127.0.0.1 user=postgres dbname=test options='-c search_path={}'\"\ntables = [\"t\"]\ncapture = \"{}\"\ninterval = \"200ms\"\n{}",
+                "[[source]]\nname = \"trig\"\nkind = \"trigger\"\npostgres = \"host=127.0.0.1 port={} user=postgres dbname=test options='-c search_path={}'\"\ntables = [\"t\"]\ncapture = \"{}\"\ninterval = \"200ms\"\n{}",
+                self.port,
                 self.schema,
                 if self.rows { "rows" } else { "keys" },
                 if self.debounce {
@@ -305,6 +317,7 @@ impl Source for Pg {
 
     fn setup(&mut self, config: &Path) -> Res<()> {
         psql(
+            self.port,
             None,
             &format!(
                 "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};\n\
@@ -345,12 +358,13 @@ impl Source for Pg {
             left -= tx;
         }
         let schema = self.schema.clone();
+        let port = self.port;
         let runs: Vec<std::thread::JoinHandle<Res<String>>> = scripts
             .into_iter()
             .filter(|s| !s.is_empty())
             .map(|sql| {
                 let schema = schema.clone();
-                std::thread::spawn(move || psql(Some(&schema), &sql))
+                std::thread::spawn(move || psql(port, Some(&schema), &sql))
             })
             .collect();
         for r in runs {
@@ -362,6 +376,7 @@ impl Source for Pg {
 
     fn truth(&self) -> Res<State> {
         let out = psql(
+            self.port,
             Some(&self.schema),
             "SELECT coalesce(json_agg(json_build_object('id', id, 'v', v, 'name', name, 'amount', amount::text, 'note', note, 'at', at)), '[]') FROM t;",
         )?;
@@ -406,9 +421,15 @@ impl Source for Pg {
         self.changes
     }
 
+    fn losses_countable(&self) -> bool {
+        // The triggers' rows mode without debounce: one event per row change.
+        self.mode == Mode::Trigger && self.rows && !self.debounce
+    }
+
     fn cleanup(&mut self) {
-        if self.created {
+        if self.created && self.port == 5432 {
             let _ = psql(
+                self.port,
                 None,
                 &format!("DROP SCHEMA IF EXISTS {} CASCADE;", self.schema),
             );

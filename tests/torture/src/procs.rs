@@ -89,10 +89,31 @@ fn die_with_driver(cmd: &mut Command) {
 
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> Res<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a port: {e}"))?;
+    let l = bind_low()?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| format!("port: {e}"))
+}
+
+/// A listener on 127.0.0.1 on a port below the kernel's ephemeral range (32768–60999
+/// by default): a broker killed and restarted on its port must find it free, and the
+/// ephemeral ports are what every outgoing connection on the machine (agents, proxies,
+/// other test runs) takes meanwhile (seed 1 once lost its node's port that way).
+pub fn bind_low() -> Res<TcpListener> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let salt = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (salt.wrapping_add(n.wrapping_mul(7919)) % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l);
+        }
+    }
+    TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a port: {e}"))
 }
 
 /// A nats-server with JetStream on a fixed port with its own store.
@@ -102,19 +123,34 @@ pub struct Broker {
     store: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// More arguments (a cluster node's name, cluster listen address and routes).
+    extra: Vec<String>,
 }
 
 impl Broker {
     pub fn start(kind: BrokerKind, dir: &Path) -> Res<Broker> {
+        Broker::start_node(kind, dir, "nats", free_port()?, Vec::new())
+    }
+
+    /// A broker with its store `<name>-store` and log `<name>.log` in `dir`, on `port`,
+    /// with more command-line arguments.
+    pub fn start_node(
+        kind: BrokerKind,
+        dir: &Path,
+        name: &str,
+        port: u16,
+        extra: Vec<String>,
+    ) -> Res<Broker> {
         let bin = kind
             .binary()
             .ok_or_else(|| format!("no {} binary (scripts/ensure-deps)", kind.label()))?;
         let mut b = Broker {
             bin,
-            port: free_port()?,
-            store: dir.join("nats-store"),
-            log: dir.join("nats.log"),
+            port,
+            store: dir.join(format!("{name}-store")),
+            log: dir.join(format!("{name}.log")),
             child: None,
+            extra,
         };
         b.restart()?;
         Ok(b)
@@ -169,6 +205,7 @@ impl Broker {
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -39,9 +39,20 @@ impl Reader {
     }
 
     /// Reads every message stored since the last read; returns how many were new.
+    /// JetStream errors once connected (a cluster electing a leader: "no responders")
+    /// are retried for up to 15 s; a server that cannot be reached is an error at once.
     pub fn poll(&mut self) -> Res<usize> {
         let from = self.msgs.last().map_or(1, |m| m.seq + 1);
-        let new = self.rt.block_on(read_from(&self.url, &self.stream, from))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let new = loop {
+            match self.rt.block_on(read_from(&self.url, &self.stream, from)) {
+                Ok(new) => break new,
+                Err(e) if e.starts_with("connect to") || std::time::Instant::now() > deadline => {
+                    return Err(e)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        };
         let n = new.len();
         self.msgs.extend(new);
         Ok(n)
@@ -49,7 +60,12 @@ impl Reader {
 }
 
 async fn read_from(url: &str, stream: &str, from: u64) -> Res<Vec<Msg>> {
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(url))
+    // Several servers (a cluster): comma-separated.
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.parse().map_err(|e| format!("{u}: {e}")))
+        .collect::<Res<_>>()?;
+    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(addrs))
         .await
         .map_err(|_| format!("connect to {url}: timed out"))?
         .map_err(|e| format!("connect to {url}: {e}"))?;

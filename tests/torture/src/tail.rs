@@ -524,4 +524,9 @@ impl Source for Tail {
     }
 
     fn cleanup(&mut self) {}
+
+    fn losses_countable(&self) -> bool {
+        // A truncation waits for every record to arrive.
+        !self.truncate
+    }
 }

@@ -8,15 +8,20 @@
 //! under and just over the broker's `max_payload` and a poll source's `max_value_bytes`)
 //! and every fault kind (kill -9 and SIGTERM of lockstep, the broker killed -9 and
 //! restarted, the proxy dropping and stalling the agent's connection), against both
-//! nats-servers. Each seed replays alone with `scripts/torture --seed S --big-tx 2000`;
-//! `--seeds <SEEDS> --describe` prints their plans.
+//! nats-servers; and the fault kinds that need more than the defaults: a full spool
+//! (`block`, and `drop_oldest` with the drops matched against what is missing), a private
+//! PostgreSQL crashed and started again, the R3 stream's leader killed in a cluster of
+//! three nats-servers (2.9 and 2.1x), and a full tmpfs under `state_dir` (root only).
+//! Each seed replays alone with `scripts/torture --seed S --big-tx 2000 --no-infra`
+//! (the infrastructure seeds without `--no-infra`); `--seeds <SEEDS> --describe` prints
+//! their plans.
 //!
 //! It runs the real `lockstep` built next to it (`cargo build -p lockstep`, as
 //! scripts/test does) or `LOCKSTEP_BIN`.
 
 use std::process::Command;
 
-/// Chosen with `--describe` to cover the families and faults above; about 1.5 minutes
+/// Chosen with `--describe --no-infra` to cover the families and faults above; about 1.5 minutes
 /// on 2 cores. The combinations of the bugs below (kill -9 with copytruncate; `create` +
 /// `compress` without `delaycompress`) are covered by their own seeds.
 /// Tail: 37, 251, 227, 76; PostgreSQL: 323 (trigger keys, debounce), 11 (trigger rows),
@@ -31,8 +36,20 @@ use std::process::Command;
 const SEEDS: &str =
     "37,251,227,76,323,11,27,594,1080,405,489,70,254,1145,534,613,1331,1412,10027,10009";
 
+/// Run with `--no-infra`: the plans they had before the small spool, private
+/// PostgreSQL, cluster and tmpfs existed.
+///
 /// The rows of the big transaction in CI (100,000 in long runs).
 const BIG_TX: &str = "2000";
+
+/// The fault kinds that need more than the defaults, each at least once (about 2
+/// minutes): 634 — trigger keys on a private PostgreSQL, a 96 KiB spool that blocks and
+/// fills, the database crashed and started, the leader of the R3 stream killed in a
+/// cluster of three nats-server 2.1x; 569 — tail, a 256 KiB spool with `drop_oldest`
+/// (thousands of events dropped, matched against what is missing) and a 9 MiB tmpfs
+/// under `state_dir` filled; 1238 — poll over ODBC on a private PostgreSQL crashed and
+/// started, the leader killed in a cluster of nats-server 2.9.
+const INFRA_SEEDS: &str = "634,569,1238";
 
 fn torture(args: &[&str]) -> (bool, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_lockstep-torture"))
@@ -50,15 +67,41 @@ fn torture(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn fixed_seeds_lose_double_and_reorder_nothing() {
-    let (ok, out) = torture(&["--seeds", SEEDS, "--big-tx", BIG_TX]);
+    let (ok, out) = torture(&["--seeds", SEEDS, "--big-tx", BIG_TX, "--no-infra"]);
     assert!(ok, "torture seeds failed:\n{out}");
+}
+
+#[test]
+fn full_spool_database_restart_leader_kill_and_full_disk_lose_nothing() {
+    let (ok, out) = torture(&["--seeds", INFRA_SEEDS]);
+    assert!(ok, "torture seeds failed:\n{out}");
+    for kind in ["spool-full", "db-restart", "leader-kill9", "disk-full"] {
+        assert!(
+            out.contains(&format!("\"{kind}\"")),
+            "no {kind} fault ran:\n{out}"
+        );
+    }
+    // The drop_oldest scenario dropped events (and its check matched them).
+    let dropped = out
+        .lines()
+        .filter_map(|l| {
+            l.split(" events, ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(dropped > 0, "no spool dropped anything:\n{out}");
 }
 
 /// Runs `seed` `times` times (the bugs below depended on timing: the same plan does not
 /// always hit them; each was run 10 times and more after its fix).
 fn repeat(seed: u64, times: usize) -> (bool, String) {
     let seeds = vec![seed.to_string(); times].join(",");
-    torture(&["--seeds", &seeds])
+    torture(&["--seeds", &seeds, "--no-infra"])
 }
 
 /// Fixed (torture seed 153, about 1 run in 4 before): tail, jsonl, `copytruncate`, the
@@ -139,5 +182,52 @@ fn seed_4066_a_stalled_link_counts_re_sent_copies_as_repeated() {
 #[test]
 fn seed_10107_a_file_in_the_inode_of_one_awaiting_acks_is_not_read_twice() {
     let (ok, out) = repeat(10107, 2);
+    assert!(ok, "{out}");
+}
+
+/// Open bug (torture seed 145, 3 runs in 3): tail, jsonl, `create` + `compress` without
+/// `delaycompress`, `state_dir` on an 11 MiB tmpfs filled at step 0 during a broker
+/// outage, kill -9. The live file is rotated and compressed while the disk is full; the
+/// agent sees a new file in the old one's inode number (checkpointed at byte 5451) and
+/// looks for the rest in `changes.log.1.gz`, decompressing it into
+/// `state/checkpoints`: "cannot recover the rest of changes.log (after byte 5451) from
+/// its compressed rotation …: No space left on device". That failure is not retried
+/// once the disk has room again: the rest is taken for gone ("file truncated … reading
+/// it again from the start") and 374 records (n 246…) never arrive, without a loss
+/// being reported. The same seed with `--no-infra` (no tmpfs) passes.
+#[test]
+#[ignore = "open bug: a full disk while decompressing a rotation's rest gives that rest up instead of retrying"]
+fn seed_145_full_disk_while_decompressing_a_rotation_loses_its_rest() {
+    let (ok, out) = torture(&["--seeds", "145"]);
+    assert!(ok, "{out}");
+}
+
+/// Open bug, not analysed further (torture seed 5000, 3 runs in 3; passes with
+/// `--no-infra`): tail, csv, `copytruncate`, bursts of 200–800 records a step, a 96 KiB
+/// spool that blocks during a long broker outage (the source waits, while logrotate
+/// copytruncates the live file again and again), then a full tmpfs, kill -9 and
+/// SIGTERM. At the restart the agent reads `changes.log.14` … `.6` whole ("written and
+/// rotated away while stopped"); every record arrives exactly once, but 431 events are
+/// stored after newer events of their keys (n 3752 at seq 5678 after n 10326 at seq
+/// 3774), so 175 keys end on an old value and 356 deleted keys come back.
+#[test]
+#[ignore = "open bug: copytruncates piled up while the spool blocked are read after newer events of their keys"]
+fn seed_5000_copytruncates_while_the_spool_blocks_are_stored_out_of_order() {
+    let (ok, out) = torture(&["--seeds", "5000"]);
+    assert!(ok, "{out}");
+}
+
+/// Open bugs (torture seeds 10214 and 10242, each failed 3 runs in 3): tail,
+/// `copytruncate`, `debounce`, kill -9 (10242: also SIGTERM, the broker killed, the link
+/// dropped). After the restart keys are missing or end on old values, and the stream
+/// does not reach the files' state. In 10242 the checkpoint said generation 3 at byte
+/// 28,620 and two copytruncates ran while the agent was down: the copy of generation 3
+/// (101,132 bytes, `changes.log.2`) was not found and the live file was read again from
+/// 0, so its rest was lost; in 10214 the copies `.1` … `.9` made before the kill were
+/// read whole again as written while stopped. Not analysed further.
+#[test]
+#[ignore = "open bug: copytruncate + debounce + kill -9 loses records and leaves keys on old values"]
+fn seeds_10214_10242_copytruncate_debounce_kill9() {
+    let (ok, out) = torture(&["--seeds", "10214,10242", "--no-infra"]);
     assert!(ok, "{out}");
 }
