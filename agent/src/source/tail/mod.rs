@@ -657,8 +657,9 @@ impl Tail {
                     }
                 }
             }
-            // Oldest first.
-            recovered.sort_by_key(|(g, _)| g.mtime);
+            // Oldest first; of one file, its older generation first when the times tie
+            // (file timestamps are coarse).
+            recovered.sort_by_key(|(g, c)| (g.mtime, c.gen));
             for (g, c) in recovered {
                 self.track_recovered(g, &c);
             }

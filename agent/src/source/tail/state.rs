@@ -220,13 +220,20 @@ impl Checkpoint {
             return;
         };
         if e.gen == gen {
+            // A reader of this generation that knows no birth time (a copy or rest read
+            // under the file's ids) leaves the file's own.
+            let born_ns = born_ns.or(e.born_ns);
             if e.fp != fp || e.head != Some(head) || e.born_ns != born_ns {
                 e.fp = fp;
                 e.head = Some(head);
                 e.born_ns = born_ns;
                 self.dirty = true;
             }
-            self.next.remove(&key);
+            // What is known of a newer generation (being read by another reader of the
+            // same file) stays for when the checkpoint reaches it.
+            if self.next.get(&key).is_some_and(|n| n.0 <= gen) {
+                self.next.remove(&key);
+            }
         } else if gen > e.gen {
             self.next.insert(key, (gen, fp, head, born_ns));
         }
@@ -351,5 +358,50 @@ mod tests {
         let grown = Head { len: 40, hash: 11 };
         cp.set_identity(key, 1, Some(6), grown, None);
         assert_eq!(cp.files[&key].head, Some(grown));
+    }
+
+    /// Two readers of one file at once: a copy read under the file's ids at the
+    /// checkpoint's generation, and the file itself at the next. The copy's rounds keep
+    /// neither the newer generation's identity from being kept nor the file's birth
+    /// time (a copy knows none of its own) from staying.
+    #[test]
+    fn a_reader_of_the_current_generation_keeps_what_is_known_of_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        let old = Head { len: 10, hash: 7 };
+        cp.files.insert(
+            key,
+            FileCp {
+                dev: 1,
+                ino: 2,
+                path: "/x/a.log".into(),
+                fp: Some(5),
+                head: Some(old),
+                gen: 0,
+                offset: 100,
+                retired_ms: None,
+                born_ns: Some(42),
+                prev: None,
+                next: None,
+            },
+        );
+        let new = Head { len: 3, hash: 9 };
+        // The live file, at generation 1.
+        cp.set_identity(key, 1, Some(6), new, Some(42));
+        // The copy of generation 0, read under the same key, with no birth time.
+        cp.set_identity(key, 0, Some(5), old, None);
+        assert_eq!(
+            cp.files[&key].born_ns,
+            Some(42),
+            "the file's birth time stays"
+        );
+        cp.advance(key, 1, 0);
+        let e = &cp.files[&key];
+        assert_eq!(
+            (e.gen, e.fp, e.head, e.born_ns),
+            (1, Some(6), Some(new), Some(42)),
+            "generation 1's identity was kept for it"
+        );
     }
 }
