@@ -244,33 +244,14 @@ impl Plan {
             Family::Poll(Db::Pg) => {
                 Box::new(pg::Pg::draw(&mut wr, seed, pg::Mode::Poll, steps).on_port(pg_port))
             }
-            Family::Trigger(db) => Box::new(sql::Sql::draw(
-                &mut wr,
-                seed,
-                dir,
-                db,
-                sql::Kind::Trigger,
-                false,
-                steps,
-            )),
-            Family::Poll(db) => Box::new(sql::Sql::draw(
-                &mut wr,
-                seed,
-                dir,
-                db,
-                sql::Kind::Poll,
-                false,
-                steps,
-            )),
-            Family::Multi(db) => Box::new(sql::Sql::draw(
-                &mut wr,
-                seed,
-                dir,
-                db,
-                sql::Kind::Trigger,
-                true,
-                steps,
-            )),
+            Family::Trigger(db) | Family::Poll(db) | Family::Multi(db) => {
+                let (kind, multi) = match family {
+                    Family::Poll(_) => (sql::Kind::Poll, false),
+                    Family::Multi(_) => (sql::Kind::Trigger, true),
+                    _ => (sql::Kind::Trigger, false),
+                };
+                Box::new(sql::Sql::draw(&mut wr, seed, dir, db, kind, multi, steps))
+            }
         };
         infra.settle(&*source);
         let mut faults = draw_faults(&mut fr, steps);

@@ -318,28 +318,30 @@ mod tests {
         );
     }
 
+    /// The entry of `/x/a.log` (device 1, inode 2) at generation 0, byte 100.
+    fn at_gen_0(head: Head, born_ns: Option<u64>) -> FileCp {
+        FileCp {
+            dev: 1,
+            ino: 2,
+            path: "/x/a.log".into(),
+            fp: Some(5),
+            head: Some(head),
+            gen: 0,
+            offset: 100,
+            retired_ms: None,
+            born_ns,
+            prev: None,
+            next: None,
+        }
+    }
+
     #[test]
     fn a_new_generation_takes_its_identity_only_when_the_checkpoint_reaches_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
         let key = FileKey { dev: 1, ino: 2 };
         let old = Head { len: 10, hash: 7 };
-        cp.files.insert(
-            key,
-            FileCp {
-                dev: 1,
-                ino: 2,
-                path: "/x/a.log".into(),
-                fp: Some(5),
-                head: Some(old),
-                gen: 0,
-                offset: 100,
-                retired_ms: None,
-                born_ns: None,
-                prev: None,
-                next: None,
-            },
-        );
+        cp.files.insert(key, at_gen_0(old, None));
         // Truncated: generation 1 is read while generation 0's events still wait for acks.
         let new = Head { len: 3, hash: 9 };
         cp.set_identity(key, 1, Some(6), new, None);
@@ -370,22 +372,7 @@ mod tests {
         let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
         let key = FileKey { dev: 1, ino: 2 };
         let old = Head { len: 10, hash: 7 };
-        cp.files.insert(
-            key,
-            FileCp {
-                dev: 1,
-                ino: 2,
-                path: "/x/a.log".into(),
-                fp: Some(5),
-                head: Some(old),
-                gen: 0,
-                offset: 100,
-                retired_ms: None,
-                born_ns: Some(42),
-                prev: None,
-                next: None,
-            },
-        );
+        cp.files.insert(key, at_gen_0(old, Some(42)));
         let new = Head { len: 3, hash: 9 };
         // The live file, at generation 1.
         cp.set_identity(key, 1, Some(6), new, Some(42));
