@@ -458,6 +458,8 @@ impl PollDb {
             let mut views: Vec<Option<&[u8]>> = vec![None; ncols];
             for i in 0..ncols {
                 let c = batch.column(i);
+                // Each column was bound above by its kind (binary or text), so the
+                // buffer's own type is known here: no data from the database decides it.
                 cols.push(match l.kinds[i] {
                     Kind::Bytes => Col::Bin(c.as_binary().expect("bound as binary")),
                     _ => Col::Text(c.as_text().expect("bound as text")),

@@ -1005,7 +1005,6 @@ impl Tail {
             }
         }
         gzs.sort();
-        let tmp = self.out.cx.state_dir.join("checkpoints");
         for (mtime, path, gz_key) in gzs {
             // Only the `.gz` files already being read are skipped (not those that merely
             // share an inode number with a vanished file the checkpoint knows).
@@ -1013,20 +1012,8 @@ impl Tail {
                 continue;
             }
             let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
-            let beat = self.out.cx.beat.clone();
-            let g = match files::gunzip(&path, mtime, gz_key, unknown, 0, &tmp, &|| beat.beat()) {
-                Ok(Some(g)) => g,
-                Ok(None) => continue,
-                Err(e) => {
-                    let msg = format!(
-                        "cannot decompress {} into {}: {e}",
-                        path.display(),
-                        tmp.display()
-                    );
-                    tracing::error!("source {}: {msg}", self.out.cx.name);
-                    self.out.last_error = Some(msg);
-                    continue;
-                }
+            let Some(g) = self.out.gunzip_whole(&path, mtime, gz_key, unknown) else {
+                continue;
             };
             tracing::info!(
                 "source {}: {} was written, rotated and compressed while stopped; reading it whole",
@@ -1182,23 +1169,10 @@ impl Tail {
             done.iter()
                 .any(|&(h, n)| (n == len || h.len as usize == files::HEAD_MAX) && h.starts(first))
         };
-        let tmp = self.out.cx.state_dir.join("checkpoints");
         for (_, path, key, gz, mtime) in found {
             if gz {
-                let beat = self.out.cx.beat.clone();
-                let g = match files::gunzip(&path, mtime, key, unknown, 0, &tmp, &|| beat.beat()) {
-                    Ok(Some(g)) => g,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        let msg = format!(
-                            "cannot decompress {} into {}: {e}",
-                            path.display(),
-                            tmp.display()
-                        );
-                        tracing::error!("source {}: {msg}", self.out.cx.name);
-                        self.out.last_error = Some(msg);
-                        continue;
-                    }
+                let Some(g) = self.out.gunzip_whole(&path, mtime, key, unknown) else {
+                    continue;
                 };
                 let first = files::first_bytes(&g.file).unwrap_or_default();
                 if snapshot(&first, g.len) || read_before(&first, g.len) {
@@ -2091,6 +2065,33 @@ impl Tail {
 }
 
 impl Out {
+    /// The whole content of `.gz` file `path` (inode `key`, modified at `mtime`) when
+    /// its first bytes are `want`ed, decompressed into the state directory; a failure
+    /// (a full disk) is logged and shown in the status, and gives `None`.
+    fn gunzip_whole(
+        &mut self,
+        path: &Path,
+        mtime: SystemTime,
+        key: FileKey,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> Option<files::Gunzipped> {
+        let tmp = self.cx.state_dir.join("checkpoints");
+        let beat = self.cx.beat.clone();
+        match files::gunzip(path, mtime, key, want, 0, &tmp, &|| beat.beat()) {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!(
+                    "cannot decompress {} into {}: {e}",
+                    path.display(),
+                    tmp.display()
+                );
+                tracing::error!("source {}: {msg}", self.cx.name);
+                self.last_error = Some(msg);
+                None
+            }
+        }
+    }
+
     /// Takes a file's fingerprint and head as they are now (after a read: the checkpoint
     /// must know the content it points into, in case the file is truncated next).
     fn refresh_identity(&mut self, t: &mut Tracked) {
