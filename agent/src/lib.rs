@@ -4,12 +4,14 @@
 //! into ordered, encoded messages and tracks their acknowledgements, [`sink`] publishes
 //! them to JetStream, [`admin`] reports on all of it. [`config`] is read once at start;
 //! [`db`] opens database connections; [`calendar`] is the date arithmetic they share;
-//! [`cli`] and [`runner`] are the edges.
+//! [`cli`] and [`runner`] are the edges; [`crash`] holds the crash points the torture
+//! suite aims kills at.
 
 pub mod admin;
 pub mod calendar;
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod db;
 pub mod logging;
 pub mod pipeline;

@@ -180,6 +180,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { .. } => {
+            if let Err(e) = lockstep::crash::arm_from_env() {
+                eprintln!("lockstep: {e}");
+                return ExitCode::from(2);
+            }
             let mut caught = match caught {
                 Some(Ok(c)) => Some(c),
                 Some(Err(e)) => {

@@ -26,6 +26,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
     }
+    crate::crash::point("checkpoint");
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
 }

@@ -338,6 +338,7 @@ impl Publisher {
     }
 
     fn take(&mut self, b: Batch) -> Result<(), Fatal> {
+        crate::crash::point("capture");
         if self.live() {
             self.pending
                 .extend(b.msgs.into_iter().map(|m| (Origin::Live(b.source), m)));
@@ -612,6 +613,7 @@ impl Publisher {
         match done.origin {
             Origin::Live(source) => self.watermarks[source].advance(done.msg.seq),
             Origin::Spooled(seq) => {
+                crate::crash::point("spool-drain");
                 self.spool.ack(seq);
                 if self.fsync == FsyncPolicy::Off {
                     while let Some(&(s, source, seq)) = self.promises.front() {

@@ -412,6 +412,10 @@ impl Spool {
         }
         let seg = self.segments.back_mut().expect("a segment was started");
         let w = self.writer.as_mut().expect("a segment was started");
+        if crate::crash::due("spool-append") {
+            let _ = self.disk.append(w, &self.buf[..self.buf.len() / 2]);
+            crate::crash::die();
+        }
         if let Err(e) = self.disk.append(w, &self.buf) {
             // Cut the partial frame so the segment stays appendable; if even that
             // fails, close it: the next start cuts it.

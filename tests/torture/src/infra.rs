@@ -179,6 +179,7 @@ impl Infra {
                         len: end - at,
                         delay_ms,
                         hold_ms,
+                        aim: None,
                     });
                     break;
                 }

@@ -195,7 +195,7 @@ fn main() {
         };
         let mut plan = Plan::draw(seed, dir.path());
         for f in &plan.faults {
-            *fault_counts.entry(f.kind.name().to_owned()).or_default() += 1;
+            *fault_counts.entry(f.label()).or_default() += 1;
         }
         let t0 = Instant::now();
         let outcome = scenario::run(&mut plan, dir.path());

@@ -296,7 +296,26 @@ pub struct Agent {
     log: PathBuf,
     child: Option<Child>,
     pub starts: u32,
+    /// Kills aimed at a phase not done yet, in order: (fault, `LOCKSTEP_CRASH_AT`). Each
+    /// start arms the first.
+    pub aims: std::collections::VecDeque<(usize, String)>,
+    /// The fault the running process is armed for.
+    armed: Option<usize>,
+    /// Crash point lines seen in the log so far.
+    crashes: usize,
 }
+
+/// How the agent's process ended on its own.
+#[derive(Debug)]
+pub enum Exit {
+    /// At the crash point it was armed with: this aimed kill (fault index) is done.
+    Crashed(usize),
+    /// Anything else: a bug.
+    Unexpected(std::process::ExitStatus),
+}
+
+/// What the agent writes to standard error (its log) at a crash point.
+const CRASH_LINE: &str = "lockstep: crash point ";
 
 impl Agent {
     pub fn new(config: &Path, log: &Path) -> Agent {
@@ -305,6 +324,9 @@ impl Agent {
             log: log.to_owned(),
             child: None,
             starts: 0,
+            aims: std::collections::VecDeque::new(),
+            armed: None,
+            crashes: 0,
         }
     }
 
@@ -323,6 +345,11 @@ impl Agent {
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let mut cmd = Command::new(lockstep_bin()?);
         die_with_driver(&mut cmd);
+        self.armed = None;
+        if let Some((fault, aim)) = self.aims.front() {
+            cmd.env("LOCKSTEP_CRASH_AT", aim);
+            self.armed = Some(*fault);
+        }
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
@@ -336,16 +363,58 @@ impl Agent {
         Ok(())
     }
 
-    /// Whether the process ended on its own (it must not): its exit status.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    /// Whether the process ended on its own: at the crash point it was armed with (its
+    /// log says so), or not (a bug).
+    pub fn exited(&mut self) -> Option<Exit> {
         let c = self.child.as_mut()?;
         match c.try_wait() {
             Ok(Some(s)) => {
                 self.child = None;
-                Some(s)
+                let armed = self.armed;
+                if self.crashed_now() {
+                    armed.map(Exit::Crashed)
+                } else {
+                    Some(Exit::Unexpected(s))
+                }
             }
             _ => None,
         }
+    }
+
+    /// After the process ended: whether it was armed and its log has a new crash point
+    /// line (then that aimed kill is done).
+    fn crashed_now(&mut self) -> bool {
+        let Some(fault) = self.armed.take() else {
+            return false;
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let crashes = log.matches(CRASH_LINE).count();
+        if crashes <= self.crashes {
+            return false;
+        }
+        self.crashes = crashes;
+        self.aims.retain(|(f, _)| *f != fault);
+        true
+    }
+
+    /// An aimed kill's moment has come: waits up to `wait` for the process to reach its
+    /// crash point (`Some(true)`); if it does not, kills it -9 (`Some(false)`). `None`:
+    /// the crash came before (the agent was started again at once: nothing to do).
+    pub fn aimed_kill(&mut self, fault: usize, wait: Duration) -> Result<Option<bool>, Exit> {
+        if !self.aims.iter().any(|(f, _)| *f == fault) {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + wait;
+        while self.armed == Some(fault) && Instant::now() < deadline {
+            match self.exited() {
+                Some(Exit::Crashed(_)) => return Ok(Some(true)),
+                Some(e) => return Err(e),
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        self.aims.retain(|(f, _)| *f != fault);
+        self.kill9();
+        Ok(Some(false))
     }
 
     pub fn kill9(&mut self) {
@@ -371,6 +440,8 @@ impl Agent {
         loop {
             match c.try_wait() {
                 Ok(Some(s)) if s.success() => return Ok(()),
+                // It reached its crash point just before the signal came.
+                Ok(Some(_)) if self.crashed_now() => return Ok(()),
                 Ok(Some(s)) => return Err(format!("lockstep exited with {s} after SIGTERM")),
                 Ok(None) if Instant::now() > deadline => {
                     let _ = c.kill();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::check::{self, State};
 use crate::cluster::{Brokers, Proxies};
 use crate::infra::{self, Infra, Live};
-use crate::procs::{free_port, Agent, BrokerKind, ProxyMode, Res};
+use crate::procs::{free_port, Agent, BrokerKind, Exit, ProxyMode, Res};
 use crate::rng::Rng;
 use crate::sql::{self, Db};
 use crate::stream::{Msg, Reader};
@@ -134,6 +134,104 @@ pub struct Fault {
     /// It lasts at least this long (ms), however fast the steps go: an outage long
     /// enough for acks to time out and the spool to fill.
     pub hold_ms: u64,
+    /// A kill -9 aimed at a phase: the agent started before it kills itself at this
+    /// crash point (see `lockstep::crash`).
+    pub aim: Option<Aim>,
+}
+
+impl Fault {
+    /// The fault's name in the summaries: its kind, and the point an aimed kill aims at.
+    pub fn label(&self) -> String {
+        match self.aim {
+            Some(a) => format!("{}@{}", self.kind.name(), a.point),
+            None => self.kind.name().to_owned(),
+        }
+    }
+}
+
+/// `LOCKSTEP_CRASH_AT=<point>:<n>`: the agent kills itself the `n`-th time it passes
+/// `point`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aim {
+    pub point: &'static str,
+    pub n: u64,
+}
+
+impl Aim {
+    pub fn env(&self) -> String {
+        format!("{}:{}", self.point, self.n)
+    }
+}
+
+/// The first seed whose kills -9 may be aimed at a phase (capture, spool append and
+/// drain, checkpoint, trigger delete, poll snapshot and scan swap): the seeds below keep
+/// the plans they always had.
+pub const AIMED_KILLS: u64 = 20_000;
+
+/// From seed [`AIMED_KILLS`] on: each kill -9 is aimed at a phase with a chance of 3 in
+/// 4, and a scenario without one gets one where the agent has no other fault, drawn from
+/// a generator of its own (the other draws stay as they were).
+fn aim_kills(seed: u64, family: Family, faults: &mut Vec<Fault>, steps: usize) {
+    if seed < AIMED_KILLS {
+        return;
+    }
+    let mut r = Rng::new(seed ^ 0x5bd1_e995_c0ff_ee11);
+    // Where each point is passed, and how many passages to let by (a capture is a batch,
+    // a snapshot entry a row, a spool frame a batch written while the broker is away).
+    let points: &[(&str, u64)] = match family {
+        Family::Tail => &[
+            ("capture", 10),
+            ("checkpoint", 8),
+            ("spool-append", 8),
+            ("spool-drain", 60),
+        ],
+        Family::Trigger(_) | Family::Multi(_) => &[
+            ("capture", 10),
+            ("trigger-delete", 6),
+            ("checkpoint", 4),
+            ("spool-append", 8),
+            ("spool-drain", 60),
+        ],
+        Family::Poll(_) => &[
+            ("capture", 6),
+            ("snapshot", 300),
+            ("scan-swap", 3),
+            ("checkpoint", 4),
+            ("spool-append", 4),
+            ("spool-drain", 60),
+        ],
+    };
+    let draw = |r: &mut Rng| {
+        let (point, most) = *r.pick(points);
+        Aim {
+            point,
+            n: r.range(1, most),
+        }
+    };
+    let mut any = false;
+    for f in faults.iter_mut().filter(|f| f.kind == FaultKind::Kill9) {
+        if r.chance(75) {
+            f.aim = Some(draw(&mut r));
+            any = true;
+        }
+    }
+    if !any {
+        let at = r.below(steps as u64 - 1) as usize;
+        let free = !faults
+            .iter()
+            .any(|f| f.kind.resource() == 0 && at <= f.at + f.len && f.at <= at + 1);
+        if free {
+            faults.push(Fault {
+                kind: FaultKind::Kill9,
+                at,
+                len: r.range(0, 1) as usize,
+                delay_ms: r.range(0, 300),
+                hold_ms: 0,
+                aim: Some(draw(&mut r)),
+            });
+            faults.sort_by_key(|f| (f.at, f.delay_ms));
+        }
+    }
 }
 
 /// What a source family does in a scenario.
@@ -257,6 +355,7 @@ impl Plan {
         let mut faults = draw_faults(&mut fr, steps);
         let pace_ms = (0..steps).map(|_| fr.range(20, 400)).collect();
         infra.draw_faults(&mut xr, steps, &mut faults);
+        aim_kills(seed, family, &mut faults, steps);
         Plan {
             seed,
             family,
@@ -273,16 +372,19 @@ impl Plan {
         if self.faults.is_empty() {
             return "none".into();
         }
-        let mut kinds: Vec<FaultKind> = self.faults.iter().map(|f| f.kind).collect();
+        // In the kinds' order, aimed kills after the plain ones.
+        let mut kinds: Vec<(FaultKind, String)> =
+            self.faults.iter().map(|f| (f.kind, f.label())).collect();
         kinds.sort();
         let mut out: Vec<String> = Vec::new();
         let mut i = 0;
         while i < kinds.len() {
             let n = kinds[i..].iter().take_while(|k| **k == kinds[i]).count();
+            let name = &kinds[i].1;
             out.push(if n > 1 {
-                format!("{}x{n}", kinds[i].name())
+                format!("{name}x{n}")
             } else {
-                kinds[i].name().to_owned()
+                name.clone()
             });
             i += n;
         }
@@ -315,6 +417,7 @@ fn draw_faults(r: &mut Rng, steps: usize) -> Vec<Fault> {
                 len: end - at,
                 delay_ms,
                 hold_ms,
+                aim: None,
             });
         }
     }
@@ -398,6 +501,9 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     .map_err(|e| format!("plan.txt: {e}"))?;
     plan.source.setup(&cfg_path)?;
     let mut agent = Agent::new(&cfg_path, &dir.join("agent.log"));
+    agent.aims = (plan.faults.iter().enumerate())
+        .filter_map(|(fi, f)| Some((fi, f.aim?.env())))
+        .collect();
     agent.start()?;
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !plan.source.ready(&dir.join("state")) {
@@ -436,9 +542,21 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             agent.is_up() && broker.is_up() && proxy.mode() == ProxyMode::Pass && active.is_empty();
         live.log(&format!("step {i}"));
         plan.source.step(i, quiet, &mut reader)?;
-        if let Some(s) = agent.exited() {
-            failures.push(format!("lockstep exited on its own at step {i}: {s}"));
-            agent.start()?;
+        match agent.exited() {
+            Some(Exit::Crashed(fi)) => {
+                // An aimed kill came before its step: started again at once.
+                let aim = plan.faults[fi].aim.map(|a| a.env()).unwrap_or_default();
+                live.log(&format!("step {i}: crashed at {aim}"));
+                live.notes.push(format!("crash point {aim} reached at step {i}"));
+                restarted = true;
+                keep_checkpoints(dir, &format!("crash-step{i}"));
+                agent.start()?;
+            }
+            Some(Exit::Unexpected(s)) => {
+                failures.push(format!("lockstep exited on its own at step {i}: {s}"));
+                agent.start()?;
+            }
+            None => {}
         }
         std::thread::sleep(Duration::from_millis(plan.pace_ms[i]));
         let begin: Vec<usize> = (0..plan.faults.len())
@@ -471,6 +589,26 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             }
             live.log(&format!("step {i}: begin {}", f.kind.name()));
             match f.kind {
+                FaultKind::Kill9 if f.aim.is_some() => {
+                    let aim = f.aim.map(|a| a.env()).unwrap_or_default();
+                    match agent.aimed_kill(fi, Duration::from_secs(8)) {
+                        Ok(Some(reached)) => {
+                            let how = if reached {
+                                "reached"
+                            } else {
+                                "not reached within 8 s: killed -9"
+                            };
+                            live.notes.push(format!("crash point {aim} {how} at step {i}"));
+                            restarted = true;
+                            keep_checkpoints(dir, &format!("kill9-step{i}"));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            failures.push(format!("lockstep exited on its own at step {i}: {e:?}"));
+                            restarted = true;
+                        }
+                    }
+                }
                 FaultKind::Kill9 => {
                     agent.kill9();
                     restarted = true;
@@ -535,6 +673,9 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
     live.heal_all()?;
     broker.restart_if_down()?;
     proxy.set(ProxyMode::Pass);
+    // An aimed kill whose step was never reached (none is left: each is done at its
+    // step) must not arm the final run.
+    agent.aims.clear();
     agent.start()?;
 
     // Wait until the stream replays to the truth.
@@ -570,8 +711,8 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             ));
             break;
         }
-        if let Some(s) = agent.exited() {
-            failures.push(format!("lockstep exited on its own while catching up: {s}"));
+        if let Some(e) = agent.exited() {
+            failures.push(format!("lockstep exited on its own while catching up: {e:?}"));
             agent.start()?;
         }
         std::thread::sleep(Duration::from_millis(250));

@@ -526,7 +526,7 @@ impl Source for Tail {
     fn cleanup(&mut self) {}
 
     fn losses_countable(&self) -> bool {
-        // A truncation waits for every record to arrive.
-        !self.truncate
+        // A truncation waits for every record to arrive; debounce merges records.
+        !self.truncate && !self.debounce
     }
 }

@@ -893,6 +893,7 @@ impl Poller {
         let r = fs::rename(&next, &snap).and_then(|()| fs::File::open(&self.dir)?.sync_all());
         match r {
             Ok(()) => {
+                crate::crash::point("scan-swap");
                 self.meta = SnapshotReader::open(&snap).ok().flatten().map(|r| r.meta);
                 self.clean_pending();
             }

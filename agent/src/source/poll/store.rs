@@ -394,6 +394,7 @@ impl SnapshotWriter {
         head[..16].copy_from_slice(&key_hash.to_le_bytes());
         head[16..24].copy_from_slice(&row_hash.to_le_bytes());
         head[24..28].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        crate::crash::point("snapshot");
         self.hash.update(&head);
         self.hash.update(key);
         self.w.write_all(&head)?;

@@ -675,6 +675,7 @@ impl Drain {
         let Some(db) = self.db.as_mut() else {
             return Err(not_connected(&self.name));
         };
+        crate::crash::point("trigger-delete");
         db.delete(&self.to_delete)?;
         for r in self.to_delete.drain(..) {
             self.in_flight.remove(&r.seq);
