@@ -54,6 +54,10 @@ pub struct Tail {
     debounce: bool,
     /// A second source, `extra`, follows `extra*.log` in the same directory.
     extra: bool,
+    /// Processes appending to each file at once (1: one writer). Each key's records
+    /// are written by one of them, whole records with one `write` each (O_APPEND), as
+    /// concurrent loggers do.
+    writers: u64,
     dir: PathBuf,
     logs: PathBuf,
     files: Vec<File>,
@@ -65,6 +69,9 @@ pub struct Tail {
     rotations: u64,
     truncations: u64,
 }
+
+/// The first seed whose plan may have concurrent writers to one file.
+pub const WRITERS: u64 = 20_000;
 
 /// The first seed whose plan may use the knobs added after the first slice (`debounce`,
 /// a second source on the directory).
@@ -98,6 +105,13 @@ impl Tail {
         let later_knobs = seed >= LATER_KNOBS;
         let debounce = later_knobs && later.chance(25);
         let extra = later_knobs && later.chance(25);
+        // From seed WRITERS on, from a stream of its own too.
+        let mut w = Rng::new(seed ^ 0x2545_f491_4f6c_dd1d);
+        let writers = if seed >= WRITERS && w.chance(35) {
+            w.range(2, 3)
+        } else {
+            1
+        };
         let csv = r.chance(40);
         let rotation = *r.pick(&[Rotation::None, Rotation::Create, Rotation::CopyTruncate]);
         let late = r.range(0, 2) as usize;
@@ -116,6 +130,7 @@ impl Tail {
             per_step: if r.chance(20) { (200, 800) } else { (5, 80) },
             debounce,
             extra,
+            writers,
             dir: dir.to_owned(),
             logs: dir.join("logs"),
             files: Vec::new(),
@@ -255,11 +270,13 @@ impl Tail {
         }
     }
 
-    /// One change for file `fi` (an insert, update, delete or key change): its line(s).
-    fn record(&mut self, fi: usize) -> String {
+    /// One change for file `fi` (an insert, update, delete or key change): its
+    /// record(s), each with its key (a malformed one with a random number).
+    fn record(&mut self, fi: usize) -> Vec<(u64, String)> {
         if self.garbage && self.rng.chance(3) {
             self.bad += 1;
-            return format!("{{\"id\":{},\"op\":\"c\",\"n\":\n", self.rng.below(100));
+            let k = self.rng.below(100);
+            return vec![(k, format!("{{\"id\":{k},\"op\":\"c\",\"n\":\n"))];
         }
         let roll = self.rng.below(100);
         // (key, delete?) in the order they are written.
@@ -288,7 +305,7 @@ impl Tail {
         }
         let base = self.files[fi].base;
         acts.into_iter()
-            .map(|(k, del)| self.emit(base + k, del))
+            .map(|(k, del)| (base + k, self.emit(base + k, del)))
             .collect()
     }
 
@@ -368,10 +385,42 @@ fn append(path: &Path, header: Option<&str>, text: &str, split: usize) -> Res<()
     Ok(())
 }
 
+/// `writers` threads append `recs` to `path` at once, each with its own O_APPEND
+/// descriptor: the records of a key all by one thread (key modulo `writers`), in
+/// order, each record with one `write`. The header, if the file is empty, first.
+fn append_concurrently(
+    path: &Path,
+    header: Option<&str>,
+    recs: &[(u64, String)],
+    writers: u64,
+) -> Res<()> {
+    append(path, header, "", 0)?;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                s.spawn(move || -> Res<()> {
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    for (_, r) in recs.iter().filter(|(k, _)| k % writers == w) {
+                        f.write_all(r.as_bytes())
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| "a writer thread panicked".to_owned())?)
+    })
+}
+
 impl Source for Tail {
     fn describe(&self) -> String {
         format!(
-            "tail {} rotation={:?}{}{} glob={} truncate={} late_files={} hot={:?} garbage={} per_step={:?}{}{}",
+            "tail {} rotation={:?}{}{} glob={} truncate={} late_files={} hot={:?} garbage={} per_step={:?}{}{}{}",
             if self.csv { "csv" } else { "jsonl" },
             self.rotation,
             if self.dateext { " dateext" } else { "" },
@@ -387,6 +436,11 @@ impl Source for Tail {
             self.garbage,
             self.per_step,
             if self.debounce { " debounce" } else { "" },
+            if self.writers > 1 {
+                format!(" writers={}", self.writers)
+            } else {
+                String::new()
+            },
             if self.extra {
                 " +source extra*.log"
             } else {
@@ -470,7 +524,7 @@ impl Source for Tail {
             if chunk > 0 {
                 self.rotate()?;
             }
-            let mut per_file: BTreeMap<usize, String> = BTreeMap::new();
+            let mut per_file: BTreeMap<usize, Vec<(u64, String)>> = BTreeMap::new();
             for _ in 0..count / (rotations + 1) {
                 // Most records go to the rotated file.
                 let fi = if self.files.len() > 1 && self.rng.chance(35) {
@@ -478,12 +532,19 @@ impl Source for Tail {
                 } else {
                     0
                 };
-                let text = self.record(fi);
-                per_file.entry(fi).or_default().push_str(&text);
+                let recs = self.record(fi);
+                per_file.entry(fi).or_default().extend(recs);
             }
-            for (fi, text) in per_file {
-                let split = self.rng.below(text.len() as u64 + 1) as usize;
-                append(&self.files[fi].path, header, &text, split)?;
+            for (fi, recs) in per_file {
+                let len: usize = recs.iter().map(|(_, r)| r.len()).sum();
+                let split = self.rng.below(len as u64 + 1) as usize;
+                let path = &self.files[fi].path;
+                if self.writers > 1 {
+                    append_concurrently(path, header, &recs, self.writers)?;
+                } else {
+                    let text: String = recs.into_iter().map(|(_, r)| r).collect();
+                    append(path, header, &text, split)?;
+                }
             }
         }
         Ok(())
