@@ -113,7 +113,13 @@ mod tests {
     fn parses_points_and_counts_and_names_what_is_wrong() {
         assert_eq!(parse("checkpoint:3"), Ok(("checkpoint", 3)));
         assert_eq!(parse("scan-swap:1"), Ok(("scan-swap", 1)));
-        for bad in ["checkpoint", "checkpoint:0", "checkpoint:x", "chekpoint:2", ""] {
+        for bad in [
+            "checkpoint",
+            "checkpoint:0",
+            "checkpoint:x",
+            "chekpoint:2",
+            "",
+        ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(VAR) && e.contains("spool-append"), "{e}");
         }

@@ -505,16 +505,31 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         .filter_map(|(fi, f)| Some((fi, f.aim?.env())))
         .collect();
     agent.start()?;
+    let mut failures = Vec::new();
+    let mut restarted = false;
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !plan.source.ready(&dir.join("state")) {
         if Instant::now() > ready_by {
             return Err("the agent did not take its first look at the source within 60 s".into());
         }
+        // An aimed kill may come before the first look (its first checkpoint).
+        match agent.exited() {
+            Some(Exit::Crashed(fi)) => {
+                let aim = plan.faults[fi].aim.map(|a| a.env()).unwrap_or_default();
+                live.notes
+                    .push(format!("crash point {aim} reached before step 0"));
+                restarted = true;
+                agent.start()?;
+            }
+            Some(Exit::Unexpected(s)) => {
+                failures.push(format!("lockstep exited on its own before step 0: {s}"));
+                agent.start()?;
+            }
+            None => {}
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut reader = Reader::new(&broker.url(), STREAM)?;
-    let mut failures = Vec::new();
-    let mut restarted = false;
     // Faults begun and not healed yet: index → when it began.
     let mut active: Vec<(usize, Instant)> = Vec::new();
 
@@ -547,7 +562,8 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                 // An aimed kill came before its step: started again at once.
                 let aim = plan.faults[fi].aim.map(|a| a.env()).unwrap_or_default();
                 live.log(&format!("step {i}: crashed at {aim}"));
-                live.notes.push(format!("crash point {aim} reached at step {i}"));
+                live.notes
+                    .push(format!("crash point {aim} reached at step {i}"));
                 restarted = true;
                 keep_checkpoints(dir, &format!("crash-step{i}"));
                 agent.start()?;
@@ -598,7 +614,8 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
                             } else {
                                 "not reached within 8 s: killed -9"
                             };
-                            live.notes.push(format!("crash point {aim} {how} at step {i}"));
+                            live.notes
+                                .push(format!("crash point {aim} {how} at step {i}"));
                             restarted = true;
                             keep_checkpoints(dir, &format!("kill9-step{i}"));
                         }
@@ -712,7 +729,9 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             break;
         }
         if let Some(e) = agent.exited() {
-            failures.push(format!("lockstep exited on its own while catching up: {e:?}"));
+            failures.push(format!(
+                "lockstep exited on its own while catching up: {e:?}"
+            ));
             agent.start()?;
         }
         std::thread::sleep(Duration::from_millis(250));

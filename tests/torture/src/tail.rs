@@ -411,9 +411,10 @@ fn append_concurrently(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().map_err(|_| "a writer thread panicked".to_owned())?)
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| "a writer thread panicked".to_owned())?
+        })
     })
 }
 

@@ -195,6 +195,18 @@ fn seed_10107_a_file_in_the_inode_of_one_awaiting_acks_is_not_read_twice() {
 /// once the disk has room again: the rest is taken for gone ("file truncated … reading
 /// it again from the start") and 374 records (n 246…) never arrive, without a loss
 /// being reported. The same seed with `--no-infra` (no tmpfs) passes.
+/// Seed 20042 (tail csv, copytruncate, two concurrent writers, a kill aimed at a torn
+/// spool frame, a cluster's leader killed, a full tmpfs): events of a file became
+/// durable before the checkpoint knew its first bytes; the next start read the copy
+/// again under its own ids (doubles) and the refilled live file under the old ids
+/// (dropped as duplicates: lost records). e2e:
+/// `rotation::a_crash_at_the_first_batch_leaves_a_checkpoint_that_knows_what_was_read`.
+#[test]
+fn seed_20042_events_durable_before_the_checkpoint_knew_their_file() {
+    let (ok, out) = torture(&["--seeds", "20042,20042"]);
+    assert!(ok, "{out}");
+}
+
 #[test]
 #[ignore = "open bug: a full disk while decompressing a rotation's rest gives that rest up instead of retrying"]
 fn seed_145_full_disk_while_decompressing_a_rotation_loses_its_rest() {

@@ -1051,8 +1051,7 @@ impl Tail {
             .unwrap_or_default();
         let gen = self.out.cp.gen_for(&key);
         let c = FileCp::followed(key, path, fp, head, gen, 0, None);
-        self.out.cp.files.insert(key, c.clone());
-        self.out.cp.dirty = true;
+        self.out.cp.insert(key, c.clone());
         self.track_recovered(g, &c);
     }
 
@@ -1528,8 +1527,7 @@ impl Tail {
                     .get(&key)
                     .filter(|o| o.gen == gen && o.retired_ms.is_none())
                     .and_then(|o| o.prev);
-                self.out.cp.files.insert(key, c);
-                self.out.cp.dirty = true;
+                self.out.cp.insert(key, c);
             }
         }
         self.out.retiring.remove(&key);
@@ -1955,7 +1953,7 @@ impl Tail {
         // Not seen yet (its file event is still on its way): recorded as read to its end,
         // so that it is followed from there when it is.
         let gen = self.out.cp.gen_for(&key);
-        self.out.cp.files.insert(
+        self.out.cp.insert(
             key,
             FileCp::followed(
                 key,
@@ -1967,7 +1965,6 @@ impl Tail {
                 state::born_ns(m.created().ok()),
             ),
         );
-        self.out.cp.dirty = true;
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
         self.track_file(path, fds::Budget::global().adopt(file), true, order);
     }
@@ -2699,6 +2696,11 @@ impl Out {
     fn flush(&mut self) -> Result<(), Stopping> {
         if self.batch.is_empty() {
             return Ok(());
+        }
+        // The checkpoint knows the content of every event before the event can become
+        // durable (see `Checkpoint::identity_dirty`).
+        if self.cp.identity_dirty {
+            self.checkpoint(true);
         }
         let batch = Batch {
             source: self.cx.index,

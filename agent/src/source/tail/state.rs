@@ -126,6 +126,13 @@ pub struct Checkpoint {
     /// over by its entry when the checkpoint reaches that generation.
     next: HashMap<FileKey, (u32, Option<u64>, Head, Option<u64>)>,
     pub dirty: bool,
+    /// A file's entry was added, or what identifies a generation (fingerprint, head,
+    /// birth time) changed, since the last write. The source writes the checkpoint
+    /// before it hands on events read past that: a crash must never leave events
+    /// durable (spooled, stored) whose content the checkpoint cannot recognise, or the
+    /// next start reads that content again under other ids (its copy after a
+    /// `copytruncate`), or new content under the old ids (dropped as duplicates).
+    pub identity_dirty: bool,
 }
 
 impl Checkpoint {
@@ -172,6 +179,7 @@ impl Checkpoint {
             written,
             next: HashMap::new(),
             dirty,
+            identity_dirty: false,
         })
     }
 
@@ -228,6 +236,7 @@ impl Checkpoint {
                 e.head = Some(head);
                 e.born_ns = born_ns;
                 self.dirty = true;
+                self.identity_dirty = true;
             }
             // What is known of a newer generation (being read by another reader of the
             // same file) stays for when the checkpoint reaches it.
@@ -235,8 +244,19 @@ impl Checkpoint {
                 self.next.remove(&key);
             }
         } else if gen > e.gen {
-            self.next.insert(key, (gen, fp, head, born_ns));
+            let next = (gen, fp, head, born_ns);
+            if self.next.insert(key, next) != Some(next) {
+                self.dirty = true;
+                self.identity_dirty = true;
+            }
         }
+    }
+
+    /// Adds (or replaces) a file's entry.
+    pub fn insert(&mut self, key: FileKey, entry: FileCp) {
+        self.files.insert(key, entry);
+        self.dirty = true;
+        self.identity_dirty = true;
     }
 
     pub fn write(&mut self, now_ms: i64) -> std::io::Result<()> {
@@ -259,6 +279,7 @@ impl Checkpoint {
         let data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
         checkpoint::write_atomic(&self.path, &data)?;
         self.dirty = false;
+        self.identity_dirty = false;
         self.existed = true;
         Ok(())
     }
