@@ -183,14 +183,14 @@ fn aim_kills(seed: u64, family: Family, faults: &mut Vec<Fault>, steps: usize) {
             ("capture", 10),
             ("checkpoint", 8),
             ("spool-append", 8),
-            ("spool-drain", 60),
+            ("spool-drain", 20),
         ],
         Family::Trigger(_) | Family::Multi(_) => &[
             ("capture", 10),
             ("trigger-delete", 6),
             ("checkpoint", 4),
             ("spool-append", 8),
-            ("spool-drain", 60),
+            ("spool-drain", 20),
         ],
         Family::Poll(_) => &[
             ("capture", 6),
@@ -198,7 +198,7 @@ fn aim_kills(seed: u64, family: Family, faults: &mut Vec<Fault>, steps: usize) {
             ("scan-swap", 3),
             ("checkpoint", 4),
             ("spool-append", 4),
-            ("spool-drain", 60),
+            ("spool-drain", 20),
         ],
     };
     let draw = |r: &mut Rng| {
@@ -231,6 +231,27 @@ fn aim_kills(seed: u64, family: Family, faults: &mut Vec<Fault>, steps: usize) {
             });
             faults.sort_by_key(|f| (f.at, f.delay_ms));
         }
+    }
+    // The spool drains only after an outage: a kill aimed at the drain moves to the
+    // step after the first broker or link outage ends, where its step is free.
+    let outage_end = (faults.iter())
+        .filter(|f| matches!(f.kind.resource(), 1 | 2))
+        .map(|f| f.at + f.len + 1)
+        .min();
+    if let Some(end) = outage_end.filter(|&e| e < steps) {
+        for i in 0..faults.len() {
+            let f = faults[i];
+            if f.aim.is_none_or(|a| a.point != "spool-drain") || f.at >= end {
+                continue;
+            }
+            let free = !faults.iter().enumerate().any(|(j, g)| {
+                j != i && g.kind.resource() == 0 && end <= g.at + g.len && g.at <= end + f.len
+            });
+            if free {
+                faults[i].at = end;
+            }
+        }
+        faults.sort_by_key(|f| (f.at, f.delay_ms));
     }
 }
 
