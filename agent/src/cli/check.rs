@@ -337,7 +337,7 @@ async fn poll_table(source: &str, p: &PollConfig) -> Row {
                 ),
             )
         }
-        Ok(Ok(Err(e))) => (false, e.0),
+        Ok(Ok(Err(e))) => (false, e.message),
         Ok(Err(e)) => (false, e.to_string()),
         Err(_) => (false, "no connection within 10s".into()),
     };

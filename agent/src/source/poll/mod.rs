@@ -75,6 +75,7 @@ use self::store::{
 };
 use crate::admin::metrics::TableCounters;
 use crate::config::PollConfig;
+use crate::db::ErrorKind;
 use crate::pipeline::checkpoint;
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{now_ms, Batch, Outgoing};
@@ -345,18 +346,18 @@ impl Poller {
                     self.cx.counters.db_up.store(1, Ordering::Relaxed);
                     self.db = Some(db);
                 }
-                Err(e) if e.0.starts_with(scan::NOT_CONFIGURED) => {
+                Err(e) if e.kind == ErrorKind::NotConfigured => {
                     tracing::error!(
                         source = &*self.name,
                         "source {}: {}; the source stops until the agent is restarted",
                         self.name,
-                        e.0
+                        e.message
                     );
-                    self.last_error = Some(e.0);
+                    self.last_error = Some(e.message);
                     self.stopped = true;
                     return;
                 }
-                Err(e) => return self.failed(e.0, true),
+                Err(e) => return self.failed(e.message, true),
             }
         }
         match self.scan_and_merge(started_ms) {
@@ -498,7 +499,7 @@ impl Poller {
             Err(ScanError::Db(e)) => {
                 drop(spill);
                 self.clean_scan();
-                return Err((e.0, true));
+                return Err((e.message, true));
             }
             Err(ScanError::Spill(e)) => {
                 drop(spill);

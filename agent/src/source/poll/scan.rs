@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{put_value, values, Spill};
 use crate::config::{Dialect, Lookback, PollConfig};
+use crate::db::DbError;
 use crate::source::trigger::conn_string::ConnString;
-use crate::source::trigger::drain::DbError;
 use crate::source::trigger::odbc::{self, odbc_err, KeyType};
 
 /// Bytes of fetch buffer, about: the rows per fetch are chosen to fit.
@@ -133,11 +133,12 @@ fn find(names: &[String], want: &str) -> Option<usize> {
 
 impl PollDb {
     /// Connects, works out the plan and checks it against the table.
-    /// A [`DbError`] whose message starts with [`NOT_CONFIGURED`] is a config problem:
-    /// connecting again does not help.
+    /// A [`DbError`] of kind `NotConfigured` is a config problem (a table without a
+    /// primary key and no `key`; a `query` naming a table or column the database does
+    /// not have): connecting again does not help.
     pub fn open(cfg: &PollConfig, source: &str) -> Result<PollDb, DbError> {
         let mut with = ConnString::parse(cfg.odbc.expose())
-            .map_err(|e| DbError(format!("source `{source}`: {e}")))?;
+            .map_err(|e| DbError::query(format!("source `{source}`: {e}")))?;
         let conn = odbc::connect_to(&with)?;
         let dialect = odbc::dialect(&conn, cfg.dialect)?;
         let before = with.clone();
@@ -162,7 +163,7 @@ impl PollDb {
             key_names = if cfg.key.is_empty() {
                 let pk = odbc::primary_key(&conn, &cfg.table)?;
                 if pk.is_empty() {
-                    return Err(DbError(format!(
+                    return Err(DbError::not_configured(format!(
                         "{NOT_CONFIGURED}table `{}` has no primary key, so lockstep cannot tell its rows apart: \
                          set `key = [\"COL\", …]` on source `{source}` to the columns that identify a row",
                         cfg.table
@@ -181,7 +182,7 @@ impl PollDb {
         } else {
             for c in &cfg.columns {
                 let i = find(&columns, c).ok_or_else(|| {
-                    DbError(format!(
+                    DbError::query(format!(
                         "source `{source}`: column `{c}` of `columns` is not a column of `{}` (it has {})",
                         cfg.table,
                         columns.join(", ")
@@ -196,7 +197,7 @@ impl PollDb {
                 Some(i) => i,
                 None => {
                     let i = find(&columns, k).ok_or_else(|| {
-                        DbError(format!(
+                        DbError::query(format!(
                             "source `{source}`: key column `{k}` is not a column of `{}` (it has {})",
                             cfg.table,
                             columns.join(", ")
@@ -215,7 +216,7 @@ impl PollDb {
                 Some(i) => i,
                 None => {
                     let i = find(&columns, c).ok_or_else(|| {
-                        DbError(format!(
+                        DbError::query(format!(
                             "source `{source}`: cursor column `{c}` is not a column of `{}`",
                             cfg.table
                         ))
@@ -272,7 +273,7 @@ impl PollDb {
         }
         if let (Some(c), Lookback::Time(_)) = (cursor, cfg.lookback) {
             if !matches!(kinds[c], Kind::Timestamp | Kind::TimestampUtc | Kind::Text) {
-                return Err(DbError(format!(
+                return Err(DbError::query(format!(
                     "source `{source}`: cursor column `{}` is a number: give `lookback` as a whole number of values, not a duration",
                     columns[c]
                 )));
@@ -280,7 +281,7 @@ impl PollDb {
         }
         if let (Some(c), Lookback::Count(_)) = (cursor, cfg.lookback) {
             if !matches!(kinds[c], Kind::Int | Kind::Decimal) {
-                return Err(DbError(format!(
+                return Err(DbError::query(format!(
                     "source `{source}`: cursor column `{}` is not a number: give `lookback` as a duration like \"1m\"",
                     columns[c]
                 )));
@@ -380,7 +381,7 @@ impl PollDb {
             let mut params = since_params();
             if !last.is_empty() {
                 let key = decode_key(l, &last, true).map_err(|e| {
-                    ScanError::Db(DbError(format!("{what}: the last key read: {e}")))
+                    ScanError::Db(DbError::query(format!("{what}: the last key read: {e}")))
                 })?;
                 all.push(format!(
                     "({})",
@@ -427,7 +428,7 @@ impl PollDb {
             .execute(&self.sql, params, None)
             .map_err(|e| ScanError::Db(odbc_err(&what)(e)))?;
         let Some(cursor) = cursor else {
-            return Err(ScanError::Db(DbError(format!(
+            return Err(ScanError::Db(DbError::query(format!(
                 "{what}: the statement returned no result set"
             ))));
         };
@@ -583,7 +584,7 @@ fn result_columns(conn: &Connection<'_>, sql: &str) -> Result<Vec<String>, DbErr
     let mut cursor = conn
         .execute(sql, (), None)
         .map_err(odbc_err(what))?
-        .ok_or_else(|| DbError(format!("{what}: it returned no result set")))?;
+        .ok_or_else(|| DbError::query(format!("{what}: it returned no result set")))?;
     let names = cursor
         .column_names()
         .map_err(odbc_err(what))?
@@ -603,7 +604,7 @@ fn describe(
     let mut cursor = conn
         .execute(sql, (), None)
         .map_err(odbc_err(&what))?
-        .ok_or_else(|| DbError(format!("{what}: no result set")))?;
+        .ok_or_else(|| DbError::query(format!("{what}: no result set")))?;
     let n = cursor.num_result_cols().map_err(odbc_err(&what))? as u16;
     let mut kinds = Vec::with_capacity(n as usize);
     let mut lengths = Vec::with_capacity(n as usize);

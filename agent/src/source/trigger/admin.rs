@@ -20,8 +20,8 @@ impl AdminDb {
                 .map(AdminDb::Postgres)
                 .map_err(|e| e.to_string()),
             TriggerDb::Odbc(conn) => {
-                let c = odbc::connect(conn.expose()).map_err(|e| e.0)?;
-                let d = odbc::dialect(&c, t.dialect).map_err(|e| e.0)?;
+                let c = odbc::connect(conn.expose()).map_err(|e| e.message)?;
+                let d = odbc::dialect(&c, t.dialect).map_err(|e| e.message)?;
                 Ok(AdminDb::Odbc(c, d))
             }
         }
@@ -63,7 +63,7 @@ impl AdminDb {
             AdminDb::Postgres(c) => postgres::table_def(c, table)
                 .await
                 .map_err(|e| e.to_string()),
-            AdminDb::Odbc(c, _) => odbc::table_def(c, table).map_err(|e| e.0),
+            AdminDb::Odbc(c, _) => odbc::table_def(c, table).map_err(|e| e.message),
         }
     }
 
@@ -83,7 +83,7 @@ impl AdminDb {
                     return Ok(None);
                 };
                 let what = format!("read the capture triggers of `{table}`");
-                let rows = odbc::query(c, &sql, &what).map_err(|e| e.0)?;
+                let rows = odbc::query(c, &sql, &what).map_err(|e| e.message)?;
                 Ok(Some(drift::from_trigger_rows(*d, &rows)))
             }
         }
@@ -98,7 +98,7 @@ impl AdminDb {
                 .map(|r| r.get::<_, i64>(0).max(0) as u64)
                 .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
             AdminDb::Odbc(c, _) => {
-                let rows = odbc::query(c, sql, what).map_err(|e| e.0)?;
+                let rows = odbc::query(c, sql, what).map_err(|e| e.message)?;
                 let n = rows.first().and_then(|r| r.first().cloned().flatten());
                 n.and_then(|n| n.trim().parse().ok())
                     .ok_or_else(|| format!("ODBC: {what}: `{sql}` returned no number"))
@@ -125,7 +125,7 @@ impl AdminDb {
                 })
                 .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
             AdminDb::Odbc(c, _) => Ok(odbc::query(c, &sql, what)
-                .map_err(|e| e.0)?
+                .map_err(|e| e.message)?
                 .into_iter()
                 .filter_map(|r| {
                     let mut r = r.into_iter();
@@ -142,7 +142,7 @@ impl AdminDb {
         match self {
             AdminDb::Postgres(c) => postgres::apply(c, stmts).await.map_err(|e| e.to_string()),
             AdminDb::Odbc(c, Dialect::Sqlite) => sqlite_apply(c, stmts),
-            AdminDb::Odbc(c, _) => odbc::apply(c, stmts).map_err(|e| e.0),
+            AdminDb::Odbc(c, _) => odbc::apply(c, stmts).map_err(|e| e.message),
         }
     }
 }

@@ -109,9 +109,7 @@ impl ChangeRow {
     }
 }
 
-/// A database error, already worded for the operator.
-#[derive(Debug)]
-pub struct DbError(pub String);
+use crate::db::DbError;
 
 /// One connection to the captured database, in its dialect.
 pub trait CaptureDb: Send {
@@ -309,7 +307,7 @@ struct Group {
 /// deletes acknowledged rows meanwhile). The step ends with this error and the run loop
 /// connects again.
 fn not_connected(source: &str) -> DbError {
-    DbError(format!(
+    DbError::query(format!(
         "source {source}: the database connection was lost while waiting for the sink; connecting again"
     ))
 }
@@ -498,12 +496,12 @@ impl Drain {
                 source = &*self.name,
                 "source {}: {}; retrying in {:.1} s (attempt {})",
                 self.name,
-                e.0,
+                e.message,
                 wait.as_secs_f64(),
                 self.attempt
             );
         }
-        self.last_error = Some(e.0);
+        self.last_error = Some(e.message);
         self.publish_status(true);
     }
 
@@ -667,7 +665,7 @@ impl Drain {
         }
         // Quarantined rows must be on disk before their capture rows go.
         if let Err(e) = self.quarantine.sync() {
-            return Err(DbError(format!(
+            return Err(DbError::query(format!(
                 "cannot sync the quarantine {}: {e}",
                 self.quarantine.path().display()
             )));
@@ -804,14 +802,14 @@ impl Drain {
             for (json, reason) in bad {
                 let reason = format!("snapshot {id} of `{table}`: {reason}");
                 if !self.set_aside_row(Path::new(&table), 0, &reason, json) {
-                    return Err(Fail::Db(DbError(format!(
+                    return Err(Fail::Db(DbError::query(format!(
                         "snapshot {id} of `{table}`: a row that cannot be read could not be quarantined"
                     ))));
                 }
             }
             // On disk before the snapshot's checkpoint can pass the row.
             self.quarantine.sync().map_err(|e| {
-                DbError(format!(
+                DbError::query(format!(
                     "cannot sync the quarantine {}: {e}",
                     self.quarantine.path().display()
                 ))
@@ -925,7 +923,7 @@ impl Drain {
                     "source {}: cannot read the definition of `{}` again: {}",
                     self.name,
                     self.tables[t].def.name,
-                    e.0
+                    e.message
                 );
                 // Tried again (and the connection with it) at the next step.
                 self.schema_at = None;
@@ -977,7 +975,7 @@ impl Drain {
                         // The triggers record another key than the table has: not the
                         // row's fault. Kept (not quarantined, not deleted) until it can
                         // be read.
-                        return Err(DbError(format!(
+                        return Err(DbError::query(format!(
                             "source {}: capture row seq {} of `{}`: {reason}; the table's key \
                              differs from what its capture triggers record (see its drift): \
                              its rows are kept in the capture table and read again",
@@ -1073,7 +1071,7 @@ impl Drain {
             // batch would look gone.
             let now = &self.tables[t].def;
             if key_shape(&grouped, &lookup) != key_shape(now, &lookup) {
-                return Err(DbError(format!(
+                return Err(DbError::query(format!(
                     "source {}: the key columns of `{}` changed while its changes were read; \
                      they are read again",
                     self.name, now.name
@@ -1095,7 +1093,7 @@ impl Drain {
                         // database gave it, and set aside with its capture rows.
                         let raw = parse_object(json.as_bytes()).ok();
                         let Some(k) = raw.and_then(|r| key_text(&def, &r).ok()) else {
-                            return Err(DbError(format!(
+                            return Err(DbError::query(format!(
                                 "reading the current rows of `{}`: {reason}",
                                 def.name
                             )));
@@ -1126,7 +1124,7 @@ impl Drain {
                 }
                 if self.drift.contains_key(&def.name) {
                     // Kept until the triggers are installed again.
-                    return Err(DbError(format!(
+                    return Err(DbError::query(format!(
                         "source {}: {why}; its rows are kept in the capture table: run \
                          `lockstep triggers install --source {}`",
                         self.name, self.name
@@ -1149,7 +1147,7 @@ impl Drain {
             .keys()
             .find(|(t, l, k)| !looked_up.contains(&(*t, l.as_slice(), k.as_str())))
         {
-            let e = DbError(format!(
+            let e = DbError::query(format!(
                 "source {}: a row of `{}` found by key ({k}) matches none of the keys looked \
                  up (did a key column change its type?); its changes are read again",
                 self.name, self.tables[*t].def.name
@@ -1481,7 +1479,7 @@ impl Drain {
                 tracing::warn!(
                     "source {}: could not delete the acknowledged capture rows ({}); they are read again at the next start and their repeats dropped by the stream",
                     self.name,
-                    e.0
+                    e.message
                 );
             }
         }

@@ -12,8 +12,9 @@ use odbc_api::{Connection, ConnectionOptions, Cursor, ResultSetMetadata};
 
 use super::conn_string::ConnString;
 use super::ddl::{json_object, own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{parse_image, CaptureDb, ChangeRow, DbError, LateBatch, RowId, Schema};
+use super::drain::{parse_image, CaptureDb, ChangeRow, LateBatch, RowId, Schema};
 use super::drift;
+use crate::db::DbError;
 
 /// Keys per statement when reading current rows, seqs per `DELETE`.
 const IN_LIST: usize = 200;
@@ -22,14 +23,14 @@ const IN_LIST: usize = 200;
 const MAX_PARAMS: usize = 900;
 
 pub fn odbc_err(what: &str) -> impl FnOnce(odbc_api::Error) -> DbError + '_ {
-    move |e| DbError(format!("ODBC: {what}: {e}"))
+    move |e| DbError::odbc(what, &e)
 }
 
 /// Opens a connection (autocommit on). The string is parsed and written back in the
 /// form every driver reads (see [`ConnString`]): no empty attributes, braces where a
 /// value needs them.
 pub fn connect(conn: &str) -> Result<Connection<'static>, DbError> {
-    let parsed = ConnString::parse(conn).map_err(DbError)?;
+    let parsed = ConnString::parse(conn).map_err(DbError::query)?;
     connect_to(&parsed)
 }
 
@@ -51,7 +52,7 @@ pub fn connect_to(conn: &ConnString) -> Result<Connection<'static>, DbError> {
                     empty.join("`, `")
                 )
             };
-            DbError(format!(
+            DbError::query(format!(
                 "cannot connect through ODBC: {e} (check the DSN or connection string, \
                  and that its driver is in odbcinst.ini{hint})"
             ))
@@ -67,7 +68,7 @@ pub fn dialect(conn: &Connection<'_>, configured: Option<Dialect>) -> Result<Dia
         .database_management_system_name()
         .map_err(odbc_err("ask the driver for the DBMS name"))?;
     Dialect::from_dbms_name(&name).ok_or_else(|| {
-        DbError(format!(
+        DbError::query(format!(
             "the ODBC driver names the database `{name}`, which is not a dialect lockstep knows: \
              set `dialect` on the source (postgres, mariadb, sqlite, sqlserver, oracle or db2)"
         ))
@@ -114,7 +115,7 @@ fn text(v: &[u8]) -> String {
 
 /// The columns, primary key and column types of `table` (`name` or `schema.name`).
 pub fn table_def(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError> {
-    table_def_or_problem(conn, table)?.map_err(DbError)
+    table_def_or_problem(conn, table)?.map_err(DbError::query)
 }
 
 /// [`table_def`], but what is wrong with the table itself (it does not exist, it has no
@@ -149,7 +150,7 @@ fn split_table(table: &str) -> (&str, &str) {
 
 /// The columns and column types of `table`, from the ODBC catalog; no key.
 pub fn table_columns(conn: &Connection<'_>, table: &str) -> Result<TableDef, DbError> {
-    columns_of(conn, table)?.ok_or_else(|| DbError(no_table(table)))
+    columns_of(conn, table)?.ok_or_else(|| DbError::query(no_table(table)))
 }
 
 /// [`table_columns`]; `None` when the catalog lists no columns (no such table).
@@ -397,7 +398,7 @@ fn check_trigger_version(
         );
         Ok(())
     } else {
-        Err(DbError(format!(
+        Err(DbError::query(format!(
             "{what}: they record the TIMESTAMP column(s) {} in the writer's time zone, and \
              the agent reads them in UTC",
             def.utc.join(", ")
@@ -447,7 +448,7 @@ impl OdbcCapture {
         if c.execute(&format!("SELECT seq FROM {ct} WHERE 1 = 0"), (), None)
             .is_err()
         {
-            return Err(DbError(format!(
+            return Err(DbError::query(format!(
                 "the capture table {CAPTURE_TABLE} does not exist: run `lockstep triggers install --source {source}`"
             )));
         }
@@ -582,7 +583,7 @@ impl OdbcCapture {
             let mut next = || c.next().flatten();
             let seq = next()
                 .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| DbError("the capture table returned a row without a seq".into()))?;
+                .ok_or_else(|| DbError::query("the capture table returned a row without a seq"))?;
             out.push(ChangeRow {
                 seq,
                 table: next().unwrap_or_default(),
@@ -806,7 +807,7 @@ impl CaptureDb for OdbcCapture {
             // must still have: a key looked up by another column, or by none, finds no
             // row, and that would be sent as a delete.
             if let Some(k) = table.key.iter().find(|k| !fresh.columns.contains(k)) {
-                return Err(DbError(format!(
+                return Err(DbError::query(format!(
                     "{what}: its capture rows name the key column `{k}`, which the table no \
                      longer has (its key changed while they were read); they are kept and read \
                      again"
@@ -829,12 +830,12 @@ impl CaptureDb for OdbcCapture {
                 for pk in chunk {
                     // Binary key values become bytes, bound as bytes.
                     let key = parse_image(&bound_def(table), "a key", pk)
-                        .map_err(|e| DbError(format!("{what}: {e}")))?;
+                        .map_err(|e| DbError::query(format!("{what}: {e}")))?;
                     let mut parts = Vec::with_capacity(table.key.len());
                     for (k, ty) in table.key.iter().zip(&types) {
                         // Never `= NULL`: it finds nothing, and nothing is a delete.
                         let v = key.get(k).filter(|v| **v != Value::Null).ok_or_else(|| {
-                            DbError(format!(
+                            DbError::query(format!(
                                 "{what}: the key {pk} of a capture row has no value for `{k}`; \
                                  its rows are kept and read again"
                             ))
@@ -877,7 +878,7 @@ impl CaptureDb for OdbcCapture {
         if let Some(after) = after {
             // The last row read, with its key typed as its columns (bytes as bytes).
             let row = parse_image(&bound_def(table), "the last row read", after)
-                .map_err(|e| DbError(format!("{what}: {e}")))?;
+                .map_err(|e| DbError::query(format!("{what}: {e}")))?;
             body.push_str(" WHERE ");
             let types = self.types_of(table)?;
             body.push_str(&after_key_params(d, &table.key, &types, &row, &mut params));

@@ -13,8 +13,9 @@ use tokio_postgres::{AsyncMessage, Client, IsolationLevel};
 use crate::db::postgres::PgConn;
 
 use super::ddl::{own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
-use super::drain::{CaptureDb, ChangeRow, DbError, LateBatch, RowId, Schema};
+use super::drain::{CaptureDb, ChangeRow, LateBatch, RowId, Schema};
 use super::drift::Installed;
+use crate::db::DbError;
 
 #[derive(Debug, Error)]
 pub enum PgError {
@@ -268,7 +269,7 @@ impl PgCapture {
         tables: &[String],
     ) -> Result<Self, DbError> {
         rt.block_on(Self::open_async(rt, conn, source, tables))
-            .map_err(|e| DbError(e.to_string()))
+            .map_err(|e| DbError::query(e.to_string()))
     }
 
     async fn open_async(
@@ -389,7 +390,7 @@ impl PgCapture {
 }
 
 fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> DbError + '_ {
-    move |e| DbError(format!("PostgreSQL: {what}: {}", describe(&e)))
+    move |e| DbError::postgres(&e, format!("PostgreSQL: {what}: {}", describe(&e)))
 }
 
 impl CaptureDb for PgCapture {
@@ -572,7 +573,7 @@ impl CaptureDb for PgCapture {
             }
             Ok::<_, PgError>((found, broken))
         });
-        let (found, broken) = found.map_err(|e| DbError(e.to_string()))?;
+        let (found, broken) = found.map_err(|e| DbError::query(e.to_string()))?;
         for (def, _) in &found {
             if let Some(t) = self.tables.iter_mut().find(|t| t.name == def.name) {
                 *t = def.clone();

@@ -27,7 +27,7 @@ fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
             interval: Duration::from_millis(50),
             schema_check: Duration::from_secs(60),
         },
-        Box::new(|| Err(DbError("no second connection".into()))),
+        Box::new(|| Err(DbError::query("no second connection"))),
     );
     // The sink is full: one batch waits in the channel.
     drain
@@ -49,7 +49,7 @@ fn a_connection_lost_while_waiting_for_the_sink_does_not_panic_the_drain() {
             let deleted = deleted.clone();
             move |_| {
                 deleted.store(true, Ordering::SeqCst);
-                Err(DbError("server closed the connection unexpectedly".into()))
+                Err(DbError::query("server closed the connection unexpectedly"))
             }
         }),
     };

@@ -15,7 +15,7 @@ fn rows_of_a_capture_table_made_anew_are_not_deleted_from_the_new_one() {
     let epochs = Arc::new(Mutex::new(vec!["new", "old"]));
     let (d, e) = (deleted.clone(), epochs.clone());
     let connect: Connect = Box::new(move || {
-        let epoch = e.lock().unwrap().pop().ok_or(DbError("no more".into()))?;
+        let epoch = e.lock().unwrap().pop().ok_or(DbError::query("no more"))?;
         let d = d.clone();
         Ok(Box::new(FakeDb {
             epoch,
