@@ -365,7 +365,7 @@ pub static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// `n` extra steps written at once (an index past the last step: no late file appears).
 fn write_burst(source: &mut dyn Source, reader: &mut Reader, n: usize) -> Res<()> {
     for _ in 0..n {
-        source.step(usize::MAX, false, reader)?;
+        source.step(usize::MAX, false, reader, &mut || {})?;
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())

@@ -337,7 +337,13 @@ impl Source for Pg {
         Ok(())
     }
 
-    fn step(&mut self, _i: usize, _quiet: bool, _reader: &mut Reader) -> Res<()> {
+    fn step(
+        &mut self,
+        _i: usize,
+        _quiet: bool,
+        _reader: &mut Reader,
+        _tend: &mut dyn FnMut(),
+    ) -> Res<()> {
         let count = self.rng.range(self.per_step.0, self.per_step.1);
         let w_n = self.writers as usize;
         let mut scripts = vec![String::new(); w_n];

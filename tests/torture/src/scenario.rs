@@ -270,8 +270,16 @@ pub trait Source {
         true
     }
     /// Writes step `i` of the workload. `quiet`: no fault is active and the agent is up
-    /// (tail truncation waits for it, and for the stream to have every record).
-    fn step(&mut self, i: usize, quiet: bool, reader: &mut Reader) -> Res<()>;
+    /// (tail truncation waits for it, and for the stream to have every record). A step
+    /// that waits calls `tend` now and then: it starts again an agent that reached its
+    /// crash point meanwhile.
+    fn step(
+        &mut self,
+        i: usize,
+        quiet: bool,
+        reader: &mut Reader,
+        tend: &mut dyn FnMut(),
+    ) -> Res<()>;
     /// The final state the stream must replay to.
     fn truth(&self) -> Res<State>;
     /// True once the stream holds everything (beyond the model equalling the truth).
@@ -577,7 +585,28 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
         let quiet =
             agent.is_up() && broker.is_up() && proxy.mode() == ProxyMode::Pass && active.is_empty();
         live.log(&format!("step {i}"));
-        plan.source.step(i, quiet, &mut reader)?;
+        let mut crashed_within: Option<String> = None;
+        {
+            let (agent, faults, failures) = (&mut agent, &plan.faults, &mut failures);
+            let mut tend = || match agent.exited() {
+                Some(Exit::Crashed(fi)) => {
+                    crashed_within = Some(faults[fi].aim.map(|a| a.env()).unwrap_or_default());
+                    let _ = agent.start();
+                }
+                Some(Exit::Unexpected(s)) => {
+                    failures.push(format!("lockstep exited on its own during step {i}: {s}"));
+                    let _ = agent.start();
+                }
+                None => {}
+            };
+            plan.source.step(i, quiet, &mut reader, &mut tend)?;
+        }
+        if let Some(aim) = crashed_within {
+            live.log(&format!("step {i}: crashed at {aim} (during the step)"));
+            live.notes
+                .push(format!("crash point {aim} reached during step {i}"));
+            restarted = true;
+        }
         match agent.exited() {
             Some(Exit::Crashed(fi)) => {
                 // An aimed kill came before its step: started again at once.

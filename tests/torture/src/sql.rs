@@ -771,7 +771,13 @@ impl Source for Sql {
         Ok(())
     }
 
-    fn step(&mut self, i: usize, _quiet: bool, _reader: &mut Reader) -> Res<()> {
+    fn step(
+        &mut self,
+        i: usize,
+        _quiet: bool,
+        _reader: &mut Reader,
+        _tend: &mut dyn FnMut(),
+    ) -> Res<()> {
         // The big transaction and the size-limit rows, each alone, before the step's
         // other writes.
         let mut alone = String::new();

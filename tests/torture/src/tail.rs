@@ -191,7 +191,7 @@ impl Tail {
 
     /// Truncates the live file once the stream holds every record written so far (what
     /// was not read before a truncation is gone by the writer's own doing).
-    fn truncate_live(&mut self, reader: &mut Reader) -> Res<()> {
+    fn truncate_live(&mut self, reader: &mut Reader, tend: &mut dyn FnMut()) -> Res<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.caught_up(&reader.msgs) {
             if Instant::now() > deadline {
@@ -202,6 +202,8 @@ impl Tail {
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
+            // An aimed kill may strike while this waits: the agent is started again.
+            tend();
             reader.poll()?;
         }
         let f = std::fs::OpenOptions::new()
@@ -494,7 +496,13 @@ impl Source for Tail {
         cp("files") && (!self.extra || cp("extra"))
     }
 
-    fn step(&mut self, i: usize, quiet: bool, reader: &mut Reader) -> Res<()> {
+    fn step(
+        &mut self,
+        i: usize,
+        quiet: bool,
+        reader: &mut Reader,
+        tend: &mut dyn FnMut(),
+    ) -> Res<()> {
         let late: Vec<usize> = self
             .late_at
             .iter()
@@ -507,10 +515,10 @@ impl Source for Tail {
         }
         if self.truncate && self.rng.chance(25) {
             if quiet {
-                self.truncate_live(reader)?;
+                self.truncate_live(reader, tend)?;
             } else if reader.poll().is_ok() && self.caught_up(&reader.msgs) {
                 // The agent (or its link) is down, but every record is in the stream.
-                self.truncate_live(reader)?;
+                self.truncate_live(reader, tend)?;
             }
         }
         // 0 to 3 rotations, with some of the step's records written before each.
