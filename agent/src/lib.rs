@@ -3,13 +3,16 @@
 //! The pipeline is the architecture: [`source`] reads changes, [`pipeline`] turns them
 //! into ordered, encoded messages and tracks their acknowledgements, [`sink`] publishes
 //! them to JetStream, [`admin`] reports on all of it. [`config`] is read once at start;
-//! [`db`] opens database connections; [`calendar`] is the date arithmetic they share;
+//! [`db`] opens database connections; [`calendar`] is the date arithmetic they share,
+//! [`clock`] the wall clock and [`backoff`] the retry delays;
 //! [`cli`] and [`runner`] are the edges; [`crash`] holds the crash points the torture
 //! suite aims kills at.
 
 pub mod admin;
+pub mod backoff;
 pub mod calendar;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crash;
 pub mod db;

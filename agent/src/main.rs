@@ -162,7 +162,7 @@ fn main() -> ExitCode {
                     lockstep::spool::inspect::print_summary(
                         &dir,
                         &s,
-                        lockstep::pipeline::now_ms(),
+                        lockstep::clock::now_ms(),
                         &mut out,
                     )
                 }),

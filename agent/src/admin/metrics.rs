@@ -164,7 +164,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         *f = error.map(|e| {
-            let since = f.as_ref().map_or_else(crate::pipeline::now_ms, |p| p.0);
+            let since = f.as_ref().map_or_else(crate::clock::now_ms, |p| p.0);
             (since, e.to_owned())
         });
     }
@@ -176,7 +176,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         f.as_ref()
-            .map(|(since, e)| ((crate::pipeline::now_ms() - since).max(0) / 1000, e.clone()))
+            .map(|(since, e)| ((crate::clock::now_ms() - since).max(0) / 1000, e.clone()))
     }
 
     pub fn table(&self, source: &str, table: &str) -> Arc<TableCounters> {
@@ -452,7 +452,7 @@ impl Metrics {
         }
         let oldest = self.spool_oldest_ms.load(Ordering::Relaxed);
         let oldest_age = if oldest > 0 {
-            (crate::pipeline::now_ms() - oldest).max(0) as u64 / 1000
+            (crate::clock::now_ms() - oldest).max(0) as u64 / 1000
         } else {
             0
         };

@@ -205,7 +205,7 @@ impl StatusBoard {
             "spool": {
                 "events": metrics.spool_events.load(Ordering::Relaxed),
                 "bytes": metrics.spool_bytes.load(Ordering::Relaxed),
-                "oldest_age_seconds": (oldest > 0).then(|| (crate::pipeline::now_ms() - oldest).max(0) / 1000),
+                "oldest_age_seconds": (oldest > 0).then(|| (crate::clock::now_ms() - oldest).max(0) / 1000),
             },
             "stalled": self.stalled(),
             "failing": failing,

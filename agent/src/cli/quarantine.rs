@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{agent_running, give_to_state_dir_owner, Failed};
+use crate::clock::now_ms;
 use crate::config::{Config, SourceKind};
-use crate::pipeline::now_ms;
 use crate::pipeline::resend::{self, format_time};
 
 fn usage(message: String) -> Failed {

@@ -219,7 +219,7 @@ fn position(s: &Value) -> Vec<String> {
             let scan = &s["last_scan"];
             if scan.is_object() {
                 let ago =
-                    (crate::pipeline::now_ms() - scan["finished_ms"].as_i64().unwrap_or(0)) / 1000;
+                    (crate::clock::now_ms() - scan["finished_ms"].as_i64().unwrap_or(0)) / 1000;
                 p.push_str(&format!(
                     "; last scan {} ago: {} row(s) in {:.1} s, {} created, {} updated, {} deleted",
                     duration(ago),

@@ -202,13 +202,6 @@ pub fn order_key(buf: &mut Vec<u8>, source: &str, table: &str, key: &Record) -> 
     h.clamp(KEY_NONE + 1, KEY_UNKNOWN - 1)
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,7 +294,7 @@ impl Quarantine {
 fn start_line(b: &mut Vec<u8>) {
     b.clear();
     b.extend_from_slice(b"{\"ts_ms\":");
-    b.extend_from_slice(super::now_ms().to_string().as_bytes());
+    b.extend_from_slice(crate::clock::now_ms().to_string().as_bytes());
 }
 
 /// Appends the field `,"<name>":"<data in base64>"` to `b`.

@@ -115,7 +115,7 @@ pub fn request(
 ) -> io::Result<(PathBuf, Request)> {
     std::fs::create_dir_all(dir(state_dir))?;
     let r = Request {
-        id: super::now_ms().max(1) as u64,
+        id: crate::clock::now_ms().max(1) as u64,
         since_ms,
     };
     let path = request_path(state_dir, source);

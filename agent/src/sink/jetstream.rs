@@ -10,8 +10,8 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event};
 use thiserror::Error;
 
-use super::backoff;
 use crate::admin::metrics::Metrics;
+use crate::backoff;
 use crate::config::{NatsAuth, NatsConfig};
 
 #[derive(Debug, Error)]

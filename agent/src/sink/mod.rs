@@ -17,7 +17,6 @@
 //!
 //! [`AckWatermark`]: crate::pipeline::AckWatermark
 
-pub mod backoff;
 pub mod jetstream;
 pub mod keys;
 pub mod publisher;

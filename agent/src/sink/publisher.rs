@@ -85,12 +85,12 @@ use lockstep_formats::frame::{RawBytes, SpoolEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::backoff;
 use super::jetstream::{ensure_stream, SinkError};
 use super::keys::KeysInFlight;
 use super::refusal::{check_record_limits, classify, Failure, Refusals};
 use crate::admin::events::{EventRefused, PublishFailed, SpoolWriteFailed};
 use crate::admin::metrics::{Metrics, TableCounters};
+use crate::backoff;
 use crate::config::{FsyncPolicy, NatsConfig, SpoolConfig, WhenFull};
 use crate::pipeline::quarantine::RefusedEvent;
 use crate::pipeline::{AckWatermark, Batch, Outgoing};
@@ -607,7 +607,7 @@ impl Publisher {
             done.msg.counters.acknowledged(duplicate);
             self.metrics
                 .capture_to_ack
-                .observe_ms(crate::pipeline::now_ms() - done.msg.captured_ms);
+                .observe_ms(crate::clock::now_ms() - done.msg.captured_ms);
         }
         self.failures = 0;
         match done.origin {

@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use crate::admin::events::SourceRestarted;
 use crate::admin::metrics::SourceCounters;
 use crate::admin::StatusBoard;
+use crate::backoff;
 use crate::service::Beat;
-use crate::sink::backoff;
 use crate::source::SourceThread;
 
 /// The longest wait before a source is started again.

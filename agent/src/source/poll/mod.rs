@@ -74,11 +74,12 @@ use self::store::{
     SnapshotWriter, Spill,
 };
 use crate::admin::metrics::TableCounters;
+use crate::clock::now_ms;
 use crate::config::PollConfig;
 use crate::db::ErrorKind;
 use crate::pipeline::checkpoint;
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
-use crate::pipeline::{now_ms, Batch, Outgoing};
+use crate::pipeline::{Batch, Outgoing};
 use crate::source::{SourceContext, SourceThread, Stopping, BATCH_SIZE};
 
 /// Starts a poll source on its own thread.
@@ -171,7 +172,7 @@ struct Poller {
 /// How long before the `attempt`-th retry of changes the quarantine refused: about 1 s,
 /// doubling to 30 s.
 fn held_backoff(attempt: usize) -> Duration {
-    crate::sink::backoff::delay(attempt + 3, Duration::from_secs(30))
+    crate::backoff::delay(attempt + 3, Duration::from_secs(30))
 }
 
 fn io_msg(what: &str, path: &Path, e: &io::Error) -> String {

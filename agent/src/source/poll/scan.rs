@@ -722,5 +722,5 @@ pub fn decode_key(plan: &Layout, enc: &[u8], is_row: bool) -> Result<Record, Str
 
 /// How long to wait before scanning again after a failed scan.
 pub fn retry_after(attempt: usize) -> Duration {
-    crate::sink::backoff::delay(attempt, Duration::from_secs(60))
+    crate::backoff::delay(attempt, Duration::from_secs(60))
 }

@@ -98,10 +98,11 @@ use self::state::{Checkpoint, FileCp};
 use super::{SourceContext, SourceThread, Stopping, BATCH_SIZE};
 use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
 use crate::admin::metrics::TableCounters;
+use crate::clock::now_ms;
 use crate::config::{StartAt, TableFrom, TailConfig};
 use crate::pipeline::debounce::{Debouncer, Released};
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
-use crate::pipeline::{now_ms, Batch, Outgoing};
+use crate::pipeline::{Batch, Outgoing};
 
 pub use self::fds::raise_limit;
 pub use self::files::{scan, watch_root};

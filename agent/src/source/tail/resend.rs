@@ -10,7 +10,7 @@ use lockstep_formats::record::Decoder;
 
 use super::Out;
 use crate::admin::events::QuarantineResent;
-use crate::pipeline::now_ms;
+use crate::clock::now_ms;
 use crate::pipeline::resend::{self, Entry, Marks, Outcome, Request};
 use crate::source::{Stopping, BATCH_SIZE};
 

@@ -61,11 +61,12 @@ use super::drift::{self, Installed};
 use super::snapshot::{key_only, Snapshots, CHUNK_ROWS};
 use crate::admin::events::TriggerDrift;
 use crate::admin::metrics::TableCounters;
+use crate::backoff;
+use crate::clock::now_ms;
 use crate::config::TriggerConfig;
 use crate::pipeline::debounce::{Absorb, Debouncer, Released};
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
-use crate::pipeline::{now_ms, Batch, Outgoing};
-use crate::sink::backoff;
+use crate::pipeline::{Batch, Outgoing};
 use crate::source::{SourceContext, Stopping, BATCH_SIZE};
 
 /// Rows read in one snapshot, at most.

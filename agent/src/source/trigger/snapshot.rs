@@ -46,7 +46,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::ddl::Dialect;
-use crate::pipeline::{checkpoint, now_ms};
+use crate::clock::now_ms;
+use crate::pipeline::checkpoint;
 
 /// Rows per chunk.
 pub const CHUNK_ROWS: usize = 1024;
