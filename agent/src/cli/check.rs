@@ -7,7 +7,7 @@ use crate::config::{owners, redact, Config, PollConfig, SourceKind, TriggerConfi
 use crate::sink::jetstream;
 use crate::source::poll::scan::PollDb;
 use crate::source::tail;
-use crate::source::trigger::admin::AdminDb;
+use crate::source::trigger::setup::SetupDb;
 use crate::source::trigger::{ddl, drift};
 
 /// One row of the table.
@@ -164,7 +164,7 @@ async fn capture_tables(cfg: &Config) -> Vec<Row> {
         let names: Vec<&str> = group.iter().map(|g| g.source).collect();
         let what = format!("database of {}", names.join(", "));
         let target = ddl::CAPTURE_TABLE.to_owned();
-        let opened = tokio::time::timeout(Duration::from_secs(10), AdminDb::open(t)).await;
+        let opened = tokio::time::timeout(Duration::from_secs(10), SetupDb::open(t)).await;
         let waiting = match opened {
             Ok(Ok(db)) => db.waiting_per_table().await,
             // Reported on the source's own row already.
@@ -220,7 +220,7 @@ async fn trigger_tables(source: &str, t: &TriggerConfig) -> Vec<Row> {
         TriggerDb::Postgres(_) => "postgres",
         TriggerDb::Odbc(_) => "odbc",
     };
-    let db = match tokio::time::timeout(Duration::from_secs(10), AdminDb::open(t)).await {
+    let db = match tokio::time::timeout(Duration::from_secs(10), SetupDb::open(t)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             return vec![Row {

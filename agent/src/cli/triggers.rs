@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::config::Config;
-use crate::source::trigger::admin::AdminDb;
+use crate::source::trigger::setup::SetupDb;
 use crate::source::trigger::{ddl, drift};
 
 use super::TriggersCommand;
@@ -17,7 +17,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let (s, t) = super::trigger_source(cfg, source, "triggers")?;
     let fail = |e: String| format!("source `{}`: {e}", s.name);
-    let mut db = AdminDb::open(t).await.map_err(fail)?;
+    let mut db = SetupDb::open(t).await.map_err(fail)?;
     let d = db.dialect();
     match command {
         TriggersCommand::Uninstall => {
@@ -86,7 +86,7 @@ pub async fn run(
 /// since they were installed), as SQL comments, with the fix. A table with no trigger
 /// at all is not named (before the first install none has one).
 async fn drift_notes(
-    db: &AdminDb,
+    db: &SetupDb,
     source: &str,
     capture: ddl::Capture,
     defs: &[ddl::TableDef],
@@ -117,7 +117,7 @@ async fn drift_notes(
 /// any source is left on the database and it holds no row still to be sent; otherwise
 /// keeps it and says why. Returns the report.
 async fn uninstall_capture_table(
-    db: &mut AdminDb,
+    db: &mut SetupDb,
     d: ddl::Dialect,
     tables: &[String],
     removed: &str,

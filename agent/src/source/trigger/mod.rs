@@ -4,15 +4,16 @@
 //! [`ddl`] makes the capture table and triggers in each dialect; [`drain`] reads,
 //! publishes and deletes, over a [`postgres`] connection (woken by `NOTIFY`) or an
 //! [`odbc`] one (polled); [`snapshot`] reads the tables themselves, as op `r`;
-//! [`drift`] finds tables changed (`ALTER TABLE`) since their triggers were installed.
+//! [`drift`] finds tables changed (`ALTER TABLE`) since their triggers were installed;
+//! [`setup`] is the connection of the commands that install, check and remove them.
 
-pub mod admin;
 pub mod conn_string;
 pub mod ddl;
 pub mod drain;
 pub mod drift;
 pub mod odbc;
 pub mod postgres;
+pub mod setup;
 pub mod snapshot;
 pub mod timestamps;
 

@@ -374,7 +374,7 @@ fn check_trigger_version(
     else {
         return Ok(());
     };
-    if let Some(name) = super::admin::first_value(&body).filter(|n| *n != def.name) {
+    if let Some(name) = super::setup::first_value(&body).filter(|n| *n != def.name) {
         tracing::error!(
             "source {source}: the capture triggers on `{}` record its changes as `{name}`, \
              which this source does not read: they wait in {CAPTURE_TABLE} unsent. Run \

@@ -6,39 +6,39 @@ use super::drift::{self, Installed};
 use super::{odbc, postgres};
 use crate::config::{TriggerConfig, TriggerDb};
 
-pub enum AdminDb {
+pub enum SetupDb {
     Postgres(tokio_postgres::Client),
     Odbc(odbc_api::Connection<'static>, Dialect),
 }
 
-impl AdminDb {
+impl SetupDb {
     /// Connects; the error is worded for the operator.
-    pub async fn open(t: &TriggerConfig) -> Result<AdminDb, String> {
+    pub async fn open(t: &TriggerConfig) -> Result<SetupDb, String> {
         match &t.db {
             TriggerDb::Postgres(conn) => postgres::connect(conn)
                 .await
-                .map(AdminDb::Postgres)
+                .map(SetupDb::Postgres)
                 .map_err(|e| e.to_string()),
             TriggerDb::Odbc(conn) => {
                 let c = odbc::connect(conn.expose()).map_err(|e| e.message)?;
                 let d = odbc::dialect(&c, t.dialect).map_err(|e| e.message)?;
-                Ok(AdminDb::Odbc(c, d))
+                Ok(SetupDb::Odbc(c, d))
             }
         }
     }
 
     pub fn dialect(&self) -> Dialect {
         match self {
-            AdminDb::Postgres(_) => Dialect::Postgres,
-            AdminDb::Odbc(_, d) => *d,
+            SetupDb::Postgres(_) => Dialect::Postgres,
+            SetupDb::Odbc(_, d) => *d,
         }
     }
 
     /// `postgres` or `odbc (<dialect>)`, for reports.
     pub fn describe(&self) -> String {
         match self {
-            AdminDb::Postgres(_) => "postgres".into(),
-            AdminDb::Odbc(_, d) => format!("odbc ({})", d.name()),
+            SetupDb::Postgres(_) => "postgres".into(),
+            SetupDb::Odbc(_, d) => format!("odbc ({})", d.name()),
         }
     }
 
@@ -46,7 +46,7 @@ impl AdminDb {
     /// `pg_stat_ssl` (`TLSv1.3` or `None` for plaintext); `Ok(None)` for ODBC too.
     pub async fn tls_version(&self) -> Result<Option<String>, String> {
         match self {
-            AdminDb::Postgres(c) => c
+            SetupDb::Postgres(c) => c
                 .query_opt(
                     "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
                     &[],
@@ -54,16 +54,16 @@ impl AdminDb {
                 .await
                 .map(|r| r.map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()))
                 .map_err(|e| format!("PostgreSQL: read pg_stat_ssl: {}", postgres::describe(&e))),
-            AdminDb::Odbc(..) => Ok(None),
+            SetupDb::Odbc(..) => Ok(None),
         }
     }
 
     pub async fn table_def(&self, table: &str) -> Result<TableDef, String> {
         match self {
-            AdminDb::Postgres(c) => postgres::table_def(c, table)
+            SetupDb::Postgres(c) => postgres::table_def(c, table)
                 .await
                 .map_err(|e| e.to_string()),
-            AdminDb::Odbc(c, _) => odbc::table_def(c, table).map_err(|e| e.message),
+            SetupDb::Odbc(c, _) => odbc::table_def(c, table).map_err(|e| e.message),
         }
     }
 
@@ -74,11 +74,11 @@ impl AdminDb {
             return Ok(None);
         }
         match self {
-            AdminDb::Postgres(c) => postgres::installed(c, table)
+            SetupDb::Postgres(c) => postgres::installed(c, table)
                 .await
                 .map(Some)
                 .map_err(|e| e.to_string()),
-            AdminDb::Odbc(c, d) => {
+            SetupDb::Odbc(c, d) => {
                 let Some(sql) = drift::triggers_sql(*d, table) else {
                     return Ok(None);
                 };
@@ -92,12 +92,12 @@ impl AdminDb {
     /// The number a `SELECT count(*) …` returns.
     pub async fn count(&self, sql: &str, what: &str) -> Result<u64, String> {
         match self {
-            AdminDb::Postgres(c) => c
+            SetupDb::Postgres(c) => c
                 .query_one(sql, &[])
                 .await
                 .map(|r| r.get::<_, i64>(0).max(0) as u64)
                 .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
-            AdminDb::Odbc(c, _) => {
+            SetupDb::Odbc(c, _) => {
                 let rows = odbc::query(c, sql, what).map_err(|e| e.message)?;
                 let n = rows.first().and_then(|r| r.first().cloned().flatten());
                 n.and_then(|n| n.trim().parse().ok())
@@ -115,7 +115,7 @@ impl AdminDb {
             tbl = self.dialect().ident("tbl"),
         );
         match self {
-            AdminDb::Postgres(c) => c
+            SetupDb::Postgres(c) => c
                 .query(&sql, &[])
                 .await
                 .map(|rows| {
@@ -124,7 +124,7 @@ impl AdminDb {
                         .collect()
                 })
                 .map_err(|e| format!("PostgreSQL: {what}: {}", postgres::describe(&e))),
-            AdminDb::Odbc(c, _) => Ok(odbc::query(c, &sql, what)
+            SetupDb::Odbc(c, _) => Ok(odbc::query(c, &sql, what)
                 .map_err(|e| e.message)?
                 .into_iter()
                 .filter_map(|r| {
@@ -140,9 +140,9 @@ impl AdminDb {
     /// Runs `stmts`: in one transaction where the database has transactional DDL.
     pub async fn apply(&mut self, stmts: &[Statement]) -> Result<(), String> {
         match self {
-            AdminDb::Postgres(c) => postgres::apply(c, stmts).await.map_err(|e| e.to_string()),
-            AdminDb::Odbc(c, Dialect::Sqlite) => sqlite_apply(c, stmts),
-            AdminDb::Odbc(c, _) => odbc::apply(c, stmts).map_err(|e| e.message),
+            SetupDb::Postgres(c) => postgres::apply(c, stmts).await.map_err(|e| e.to_string()),
+            SetupDb::Odbc(c, Dialect::Sqlite) => sqlite_apply(c, stmts),
+            SetupDb::Odbc(c, _) => odbc::apply(c, stmts).map_err(|e| e.message),
         }
     }
 }
