@@ -197,6 +197,52 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 /// Names that become part of subjects and message ids.
+/// serde's "unknown field `tabel`, expected one of `name`, …" with "; did you mean
+/// `table`?" when one of the keys it lists is a near miss (an edit or two away).
+fn did_you_mean(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let near = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|(d, k)| {
+            *d <= if k.len().max(unknown.len()) >= 5 {
+                2
+            } else {
+                1
+            }
+        })
+        .min();
+    match near {
+        Some((_, k)) => format!("{message}; did you mean `{k}`?"),
+        None => message.to_owned(),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -214,7 +260,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: bool) -> Result<Config, Co
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
         path: path.to_owned(),
         at: e.span().map(|s| line_col(text, s.start)),
-        message: e.message().trim().to_owned(),
+        message: did_you_mean(e.message().trim()),
     })?;
 
     let agent_span = raw.agent.span();

@@ -397,6 +397,11 @@ fn debounce_and_map() {
             13,
             "unknown field `renames`",
         ),
+        (
+            "\n[source.map]\nrenames = { A = \"b\" }\n",
+            13,
+            "did you mean `rename`?",
+        ),
     ];
     for (extra, line, msg) in bad {
         let e = parse_str(&format!("{MINIMAL}key = [\"ID\"]\n{extra}")).unwrap_err();
@@ -474,4 +479,20 @@ mod shipped {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/lockstep.toml");
         Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+#[test]
+fn a_near_miss_of_a_key_is_named() {
+    assert_eq!(
+        did_you_mean("unknown field `tabel`, expected one of `name`, `kind`, `table`, `tables`"),
+        "unknown field `tabel`, expected one of `name`, `kind`, `table`, `tables`; did you mean `table`?"
+    );
+    // Nothing near: as serde says it.
+    let far = "unknown field `colour`, expected one of `name`, `kind`";
+    assert_eq!(did_you_mean(far), far);
+    let other = "invalid type: string \"x\", expected a sequence";
+    assert_eq!(did_you_mean(other), other);
+    assert_eq!(edit_distance("tabel", "table"), 2);
+    assert_eq!(edit_distance("", "ab"), 2);
+    assert_eq!(edit_distance("Zürich", "Zurich"), 1);
 }
