@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::admin::metrics::{Metrics, SourceCounters};
 use crate::admin::StatusBoard;
@@ -400,5 +401,55 @@ impl StateMigrated<'_> {
             self.path.display(),
             self.detail
         );
+    }
+}
+
+/// A database source's attempt failed: its connection lost or refused
+/// (`connection_lost`), or a scan or read that failed otherwise. It is tried again after
+/// `wait`. Logged at the first failure of an outage and then every tenth, not each retry.
+pub struct SourceRetrying<'a> {
+    pub source: &'a str,
+    pub error: &'a str,
+    pub attempt: usize,
+    pub wait: Duration,
+    pub connection_lost: bool,
+}
+
+impl SourceRetrying<'_> {
+    pub fn emit(&self, c: &SourceCounters) {
+        if self.connection_lost {
+            c.db_up.store(0, Ordering::Relaxed);
+            c.db_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.attempt == 1 || self.attempt.is_multiple_of(10) {
+            tracing::warn!(
+                source = self.source,
+                "source {}: {}; retrying in {:.1} s (attempt {})",
+                self.source,
+                self.error,
+                self.wait.as_secs_f64(),
+                self.attempt
+            );
+        }
+    }
+}
+
+/// A database source has its connection: again after failures (`again`, logged), or
+/// for the first time (the source says what it does with it).
+pub struct DbConnected<'a> {
+    pub source: &'a str,
+    pub again: bool,
+}
+
+impl DbConnected<'_> {
+    pub fn emit(&self, c: &SourceCounters) {
+        c.db_up.store(1, Ordering::Relaxed);
+        if self.again {
+            tracing::info!(
+                source = self.source,
+                "source {}: connected to the database again",
+                self.source
+            );
+        }
     }
 }

@@ -73,6 +73,7 @@ use self::store::{
     ChangeOp, ChangesReader, ChangesWriter, MergeCounts, MergeMode, SnapshotMeta, SnapshotReader,
     SnapshotWriter, Spill,
 };
+use crate::admin::events::{DbConnected, SourceRetrying};
 use crate::admin::metrics::TableCounters;
 use crate::clock::now_ms;
 use crate::config::PollConfig;
@@ -326,9 +327,12 @@ impl Poller {
         if self.db.is_none() {
             match PollDb::open(&self.cfg, &self.name) {
                 Ok(db) => {
-                    if self.attempt > 0 {
-                        tracing::info!("source {}: connected to the database again", self.name);
-                    } else {
+                    DbConnected {
+                        source: &self.name,
+                        again: self.attempt > 0,
+                    }
+                    .emit(&self.cx.counters);
+                    if self.attempt == 0 {
                         tracing::info!(
                             "source {}: polling `{}` every {:.1} s ({} column(s), key {})",
                             self.name,
@@ -344,7 +348,6 @@ impl Poller {
                                 .join(", ")
                         );
                     }
-                    self.cx.counters.db_up.store(1, Ordering::Relaxed);
                     self.db = Some(db);
                 }
                 Err(e) if e.kind == ErrorKind::NotConfigured => {
@@ -416,21 +419,18 @@ impl Poller {
         self.attempt += 1;
         if db {
             self.db = None;
-            self.cx.counters.db_up.store(0, Ordering::Relaxed);
-            self.cx.counters.db_errors.fetch_add(1, Ordering::Relaxed);
         }
         let wait =
             scan::retry_after(self.attempt).min(self.cfg.interval.max(Duration::from_secs(1)));
         self.next_scan = Instant::now() + wait;
-        if self.attempt == 1 || self.attempt.is_multiple_of(10) {
-            tracing::warn!(
-                source = &*self.name,
-                "source {}: {e}; retrying in {:.1} s (attempt {})",
-                self.name,
-                wait.as_secs_f64(),
-                self.attempt
-            );
+        SourceRetrying {
+            source: &self.name,
+            error: &e,
+            attempt: self.attempt,
+            wait,
+            connection_lost: db,
         }
+        .emit(&self.cx.counters);
         self.last_error = Some(e);
     }
 

@@ -59,7 +59,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::ddl::{Capture, Dialect, TableDef};
 use super::drift::{self, Installed};
 use super::snapshot::{key_only, Snapshots, CHUNK_ROWS};
-use crate::admin::events::TriggerDrift;
+use crate::admin::events::{DbConnected, SourceRetrying, TriggerDrift};
 use crate::admin::metrics::TableCounters;
 use crate::backoff;
 use crate::clock::now_ms;
@@ -463,9 +463,12 @@ impl Drain {
                 }
                 self.epoch = db.epoch().to_owned();
                 self.set_tables(db.tables());
-                if self.attempt > 0 {
-                    tracing::info!("source {}: connected to the database again", self.name);
-                } else {
+                DbConnected {
+                    source: &self.name,
+                    again: self.attempt > 0,
+                }
+                .emit(&self.cx.counters);
+                if self.attempt == 0 {
                     tracing::info!(
                         "source {}: draining the capture table of {} table(s)",
                         self.name,
@@ -477,7 +480,6 @@ impl Drain {
                 self.db = Some(db);
                 self.woken = true;
                 self.schema_at = None;
-                self.cx.counters.db_up.store(1, Ordering::Relaxed);
             }
             Err(e) => self.lost(e),
         }
@@ -489,19 +491,14 @@ impl Drain {
         self.attempt += 1;
         let wait = backoff::delay(self.attempt, MAX_BACKOFF);
         self.retry_at = Instant::now() + wait;
-        self.cx.counters.db_up.store(0, Ordering::Relaxed);
-        self.cx.counters.db_errors.fetch_add(1, Ordering::Relaxed);
-        // Log the first failure of an outage and then every tenth, not each retry.
-        if self.attempt == 1 || self.attempt.is_multiple_of(10) {
-            tracing::warn!(
-                source = &*self.name,
-                "source {}: {}; retrying in {:.1} s (attempt {})",
-                self.name,
-                e.message,
-                wait.as_secs_f64(),
-                self.attempt
-            );
+        SourceRetrying {
+            source: &self.name,
+            error: &e.message,
+            attempt: self.attempt,
+            wait,
+            connection_lost: true,
         }
+        .emit(&self.cx.counters);
         self.last_error = Some(e.message);
         self.publish_status(true);
     }
