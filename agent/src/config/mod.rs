@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use lockstep_formats::{Format, Op};
 
-pub use crate::source::trigger::ddl::{Capture, Dialect};
+pub use crate::db::Dialect;
 
 pub use self::nats_server::{NatsServer, UrlCredentials};
 pub use self::redact::{redact, MASK};
@@ -296,4 +296,13 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         raw::parse(path, text, true)
     }
+}
+
+/// What a trigger source's triggers record (`capture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Only the key; the agent reads the current row when it drains.
+    Keys,
+    /// Before and after images as JSON.
+    Rows,
 }

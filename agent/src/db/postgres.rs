@@ -605,7 +605,7 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
         },
     };
     let what = match e.as_db_error() {
-        Some(_) => crate::source::trigger::postgres::describe(e),
+        Some(_) => describe(e),
         None if refusal.is_some() => {
             "TLS handshake failed: the server's certificate was refused".into()
         }
@@ -621,6 +621,25 @@ fn explain(conn: &PgConn, e: &tokio_postgres::Error) -> String {
         format!("cannot connect to PostgreSQL (sslmode={mode}): {what}")
     } else {
         format!("cannot connect to PostgreSQL (sslmode={mode}): {what}; {hint}")
+    }
+}
+
+/// The server's own message when there is one (tokio-postgres prints only "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str("; ");
+                s.push_str(d);
+            }
+            if let Some(h) = db.hint() {
+                s.push_str("; hint: ");
+                s.push_str(h);
+            }
+            s
+        }
+        None => e.to_string(),
     }
 }
 

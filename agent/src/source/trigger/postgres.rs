@@ -41,24 +41,7 @@ pub enum PgError {
     },
 }
 
-/// The server's own message when there is one (tokio-postgres prints only "db error").
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{} ({})", db.message(), db.code().code());
-            if let Some(d) = db.detail() {
-                s.push_str("; ");
-                s.push_str(d);
-            }
-            if let Some(h) = db.hint() {
-                s.push_str("; hint: ");
-                s.push_str(h);
-            }
-            s
-        }
-        None => e.to_string(),
-    }
-}
+pub use crate::db::postgres::describe;
 
 /// Connects; the connection runs on a task of its own until the client is dropped.
 pub async fn connect(conn: &PgConn) -> Result<Client, PgError> {
