@@ -1410,3 +1410,145 @@ async fn inode_reused_before_the_acks(kill: bool) {
     assert_unique(&msgs, "id");
     assert_eq!(ints(&msgs, "id"), (0..written as i64).collect::<Vec<i64>>());
 }
+
+/// The state directory's `checkpoints` (where `.gz` rotations are decompressed) on a
+/// 2 MiB tmpfs of its own (needs root: a real file system, a real full disk), with the
+/// files it held. Unmounted when dropped.
+fn small_state_disk(w: &World) -> Unmount {
+    let cps = w.dir().join("state/checkpoints");
+    let saved = w.dir().join("saved-checkpoints");
+    fs::create_dir_all(&cps).unwrap();
+    fs::create_dir_all(&saved).unwrap();
+    copy_files(&cps, &saved);
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m",
+            "tmpfs",
+            cps.to_str().unwrap(),
+        ],
+    );
+    let mounted = Unmount(cps.clone());
+    copy_files(&saved, &cps);
+    mounted
+}
+
+/// Fills the file system of `dir` to its last byte (ENOSPC); deleting the returned file
+/// makes room again.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = fs::File::create(&p).unwrap();
+    let chunk = vec![b'x'; 4096];
+    while f.write_all(&chunk).and_then(|()| f.flush()).is_ok() {}
+    p
+}
+
+/// Waits until the agent says a file waits for older content, and checks that nothing
+/// newer than `read` was sent meanwhile.
+async fn waits_with(w: &World, what: &str, read: u64) {
+    wait_for(what, WAIT, || agent_log(w).contains(what)).await;
+    assert_eq!(w.count().await, read, "{}", agent_log(w));
+}
+
+/// Torture seed 145: at a start, a new file in the inode number of the checkpointed one
+/// (`create` + `compress`), whose rest is only in `app.log.1.gz`, while the state
+/// directory is full: the decompression failed, the rest was given up as "truncated"
+/// and the new file read from 0, silently. Now the new file waits, the decompression is
+/// tried again, and once there is room the rest is read, then the new file.
+#[tokio::test]
+async fn a_full_disk_while_the_rest_of_a_replaced_file_is_decompressed_is_waited_out() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    let disk = small_state_disk(&w);
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // While stopped: written, rotated (`create`) and compressed, and a new file.
+    append(&live, lines(100..150));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    append(&live, lines(150..200));
+    // In the old file's inode number (ext4 gives a freed number again only by chance:
+    // the checkpoint is made to say so; its birth time is the old file's).
+    let cp_path = disk.0.join("vista.json");
+    let mut cp = checkpoint(&w);
+    cp["files"][0]["ino"] = fs::metadata(&live).unwrap().ino().into();
+    fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
+    let filler = fill(&disk.0);
+    let mut agent = w.agent(&cfg);
+    waits_with(&w, "and the files after it wait", 100).await;
+    fs::remove_file(filler).unwrap();
+    expect_ids(&w, &mut agent, range(0..200)).await;
+    let log = agent_log(&w);
+    assert!(log.contains("app.log.1.gz"), "{log}");
+    assert!(log.contains("reading goes on"), "{log}");
+}
+
+/// At a start, the rest of a file rotated and compressed while stopped, and a rotation
+/// written and compressed while stopped, while the state directory is full: both wait
+/// (and every other file with them) until they can be decompressed, then are read
+/// first, in the order they were written. Before, the rest was left for the next start
+/// and the other `.gz` never read.
+#[tokio::test]
+async fn rotations_found_at_a_start_on_a_full_disk_are_read_first_once_there_is_room() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    let disk = small_state_disk(&w);
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    // Its inode stays in use (another link outside the logs): no later file takes it.
+    fs::hard_link(&live, w.dir().join("app-inode")).unwrap();
+    // Two rotations while stopped (`create` + `compress`).
+    append(&live, lines(100..150));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(150..200));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    fs::rename(logs.join("app.log.1.gz"), logs.join("app.log.2.gz")).unwrap();
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(200..250));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    changed_since_the_stop(&w, &logs, ["app.log.2.gz", "app.log.1.gz"]);
+    let filler = fill(&disk.0);
+    let mut agent = w.agent(&cfg);
+    waits_with(&w, "waits to be decompressed", 100).await;
+    fs::remove_file(filler).unwrap();
+    expect_ids(&w, &mut agent, range(0..250)).await;
+}
+
+/// A copy made (and compressed) before the first byte of a file was read, found while
+/// the state directory is full: the file waits until the copy can be decompressed, and
+/// the copy is read before it. Before, the copy was skipped and its lines lost.
+#[tokio::test]
+async fn a_copy_made_before_the_first_byte_was_read_waits_for_room_to_be_decompressed() {
+    let w = World::new();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    let disk = small_state_disk(&w);
+    append(&live, std::iter::empty());
+    let mut agent = w.agent(&cfg);
+    wait_first_scan(&w).await;
+    let filler = fill(&disk.0);
+    // Empty at the agent's first look; a copytruncate (compressed at once) between two
+    // looks: the lines only in the `.gz`, then the file written again.
+    append(&logs.join("app.log.1"), lines(0..100));
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    truncate(&live);
+    append(&live, lines(100..150));
+    waits_with(&w, "and the files after it wait", 0).await;
+    fs::remove_file(filler).unwrap();
+    expect_ids(&w, &mut agent, range(0..150)).await;
+    assert!(agent_log(&w).contains("app.log.1.gz was made of"));
+}

@@ -455,13 +455,18 @@ pub fn gunzip(
         // stops with an error while GUNZIP_RESERVE bytes are still free.
         if checked > GUNZIP_CHECK_EVERY {
             beat();
-            let free = free_bytes(tmp_dir)?;
-            if free < GUNZIP_RESERVE {
-                return Err(io::Error::other(format!(
-                    "stopped decompressing {} at byte {len}: {} has {free} bytes free, and                      {GUNZIP_RESERVE} are kept free",
-                    path.display(),
-                    tmp_dir.display()
-                )));
+            let (free, total) = space(tmp_dir)?;
+            let reserve = gunzip_reserve(total);
+            if free < reserve {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "stopped decompressing {} at byte {len}: {} has {free} bytes free, and \
+                         {reserve} are kept free",
+                        path.display(),
+                        tmp_dir.display()
+                    ),
+                ));
             }
             checked = 0;
         }
@@ -496,14 +501,23 @@ pub fn gunzip(
     }))
 }
 
-/// What decompressing a `.gz` leaves free on the state directory's file system at least.
+/// What decompressing a `.gz` leaves free on the state directory's file system at least
+/// (an eighth of a smaller file system: see [`gunzip_reserve`]).
 pub const GUNZIP_RESERVE: u64 = 64 << 20;
+
+/// The free space decompressing leaves on a file system of `total` bytes: 64 MiB, or an
+/// eighth of a file system smaller than 512 MiB (a state directory on a small tmpfs could
+/// never keep 64 MiB free, and its rests would never be decompressed).
+pub fn gunzip_reserve(total: u64) -> u64 {
+    GUNZIP_RESERVE.min(total / 8)
+}
 /// How many decompressed bytes between two looks at the free space (and beats).
 const GUNZIP_CHECK_EVERY: u64 = 8 << 20;
 
-/// Bytes an unprivileged process may still write on the file system of `dir`.
+/// Bytes an unprivileged process may still write on the file system of `dir`, and its
+/// size.
 #[allow(unsafe_code)]
-fn free_bytes(dir: &Path) -> io::Result<u64> {
+fn space(dir: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| io::Error::other(format!("{}: a NUL byte in the path", dir.display())))?;
@@ -518,7 +532,11 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
             format!("{}: statvfs: {e}", dir.display()),
         ));
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let block = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(block),
+        (st.f_blocks as u64).saturating_mul(block),
+    ))
 }
 
 /// Fills `buf` from `r` as far as it goes; returns how many bytes.

@@ -106,6 +106,12 @@ pub fn born_ns(born: Option<std::time::SystemTime>) -> Option<u64> {
 struct OnDisk {
     version: u32,
     files: Vec<FileCp>,
+    /// When the agent stopped before the start that wrote this checkpoint, while
+    /// compressed rotations found then still wait to be decompressed (a full state
+    /// directory): the next start looks for rotations made since this time (ms since
+    /// the epoch), not since this file was written. Ignored by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since_ms: Option<u64>,
 }
 
 /// The version written. 1: lockstep 0.1.0, whose entries have no `head`.
@@ -120,8 +126,12 @@ pub struct Checkpoint {
     pub files: BTreeMap<FileKey, FileCp>,
     /// Whether a checkpoint existed when the source started.
     pub existed: bool,
-    /// When the checkpoint found at start was last written (about when the agent stopped).
+    /// When the checkpoint found at start was last written (about when the agent stopped;
+    /// or its `since_ms`, see [`OnDisk`]).
     pub written: Option<std::time::SystemTime>,
+    /// Write `written` as the time rotations are looked for from at the next start:
+    /// some found at this start wait to be decompressed.
+    pub keep_since: bool,
     /// Fingerprint and head of a file's newer generation (after a truncation), taken
     /// over by its entry when the checkpoint reaches that generation.
     next: HashMap<FileKey, (u32, Option<u64>, Head, Option<u64>)>,
@@ -136,6 +146,7 @@ impl Checkpoint {
         let mut files = BTreeMap::new();
         let existed = data.is_some();
         let mut dirty = false;
+        let mut since = None;
         if let Some(data) = data {
             let d: OnDisk = serde_json::from_slice(&data).map_err(|e| {
                 format!(
@@ -146,6 +157,9 @@ impl Checkpoint {
             })?;
             // An older version is written again in this one's form.
             dirty = d.version < VERSION;
+            since = d
+                .since_ms
+                .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
             if let Some(detail) = migration_note(&d) {
                 StateMigrated {
                     what: "tail checkpoint",
@@ -164,12 +178,13 @@ impl Checkpoint {
                 );
             }
         }
-        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let written = since.or_else(|| std::fs::metadata(&path).and_then(|m| m.modified()).ok());
         Ok(Self {
             path,
             files,
             existed,
             written,
+            keep_since: false,
             next: HashMap::new(),
             dirty,
         })
@@ -252,9 +267,15 @@ impl Checkpoint {
                 },
             );
         }
+        let since_ms = self
+            .written
+            .filter(|_| self.keep_since)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
         let d = OnDisk {
             version: VERSION,
             files: self.files.values().cloned().collect(),
+            since_ms,
         };
         let data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
         checkpoint::write_atomic(&self.path, &data)?;
@@ -300,7 +321,11 @@ mod tests {
             next: None,
         };
         let with_head = Some(Head { len: 10, hash: 7 });
-        let on_disk = |version, files| OnDisk { version, files };
+        let on_disk = |version, files| OnDisk {
+            version,
+            files,
+            since_ms: None,
+        };
         assert_eq!(migration_note(&on_disk(1, vec![])), None);
         assert_eq!(
             migration_note(&on_disk(1, vec![entry(2, with_head), entry(3, with_head)])),
