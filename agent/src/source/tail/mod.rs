@@ -553,6 +553,7 @@ impl Tail {
         self.last_scan = Instant::now();
         let mut scan = files::scan(&self.out.cfg.paths);
         self.log_unlisted(&scan);
+        files::prune_taken(&mut self.out.gz_taken);
         let mut found = std::mem::take(&mut scan.found);
         // Files resumed from the checkpoint are older than files seen for the first time.
         let cp = &self.out.cp.files;
@@ -764,8 +765,29 @@ impl Tail {
         for (l, head) in live {
             let mut generation = truncated;
             for (p, key) in files::rotated_since(l, since) {
-                let known =
-                    self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
+                // A retired entry is another file's when this one took its inode number
+                // since (`delaycompress`: a new file in a dropped file's number, rotated
+                // while stopped): its birth time differs, or else it is not the entry's
+                // bytes.
+                let same = |c: &FileCp| {
+                    let born = fs::metadata(&p).ok().and_then(|m| m.created().ok());
+                    match (c.born_ns, state::born_ns(born)) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => File::open(&p).is_ok_and(|f| {
+                            let size = f.metadata().map_or(0, |m| m.len());
+                            size == c.offset
+                                && c.head
+                                    .is_some_and(|h| matches!(h.recheck(&f, size), Ok(Some(_))))
+                        }),
+                    }
+                };
+                let known = self
+                    .out
+                    .cp
+                    .files
+                    .get(&key)
+                    .is_some_and(|c| c.retired_ms.is_none() || same(c))
+                    || self.files.iter().any(|t| t.key == key);
                 if known || self.globs.matches(&p) {
                     continue;
                 }
@@ -1063,7 +1085,15 @@ impl Tail {
                 Err(e) => {
                     let heads = heads.clone();
                     let key = gz_key;
-                    self.gz_wait(GzWait::Whole { path, mtime, key, heads }, &e);
+                    self.gz_wait(
+                        GzWait::Whole {
+                            path,
+                            mtime,
+                            key,
+                            heads,
+                        },
+                        &e,
+                    );
                 }
             }
         }
@@ -2338,7 +2368,11 @@ impl Out {
         const GZ: &str = "cannot decompress";
         match r {
             Ok(g) => {
-                if self.last_error.as_deref().is_some_and(|e| e.starts_with(GZ)) {
+                if self
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(GZ))
+                {
                     self.last_error = None;
                 }
                 Ok(g)
