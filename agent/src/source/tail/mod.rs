@@ -61,9 +61,13 @@
 //! own inode, or that number with bit 62 flipped when a file still known has it. Only
 //! names that are a rotation of the file's own name count (`files::gz_family`: never a
 //! mere prefix, `apport.log.1.gz` for `app.log`). Each `.gz` taken is decompressed whole
-//! into an unnamed file before it is read, stopping while 64 MiB are still free there
-//! (`files::GUNZIP_RESERVE`): a vanished file whose rest could not be decompressed stays
-//! in the checkpoint for the next start (see docs/design.md, known edges). A
+//! into an unnamed file before it is read, stopping while 64 MiB (an eighth of a small
+//! file system) are still free there (`files::gunzip_reserve`). A `.gz` that cannot be
+//! decompressed (a full state directory) is never given up: it is tried again with
+//! backoff, and what is newer waits for it (at a start, every file: see
+//! [`Tail::retry_gz`]; at run time, the file whose rest or copy it is, and the files
+//! after it: see `Tracked::rest_wait`), so nothing is lost or read out of order because
+//! a disk was full for a while (see docs/design.md, known edges). A
 //! possible copy (unread, checkpointed at 0) is judged again. A file deleted while the agent was stopped with no such `.gz` is gone
 //! with whatever it held past the checkpoint: that is logged. Lines written between
 //! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
