@@ -7,6 +7,14 @@
 //! up to which every record's event is acknowledged. An entry whose file is gone is kept
 //! as `retired` for a day, so a new file that reuses the inode starts a new generation.
 //!
+//! A full disk does not keep it from being written (a restart after a kill would not
+//! know the files followed since, and would read their rotations under other ids: seed
+//! 145): it is written padded with spaces to a size with room to grow, and a spare
+//! (`<source>.json.spare`, blocks already allocated) is kept next to it; when the
+//! ordinary write fails with ENOSPC, the checkpoint is written into the spare in place
+//! and exchanged with it in one rename (`RENAME_EXCHANGE`), the old one becoming the
+//! spare.
+//!
 //! Versions: 2 since file heads were added; 1, written by lockstep 0.1.0, is read as it
 //! is (its entries have no head: each file is recognised by its first line once, and
 //! the head recorded from then on), logged as migrated, and written again as 2.
@@ -277,12 +285,110 @@ impl Checkpoint {
             files: self.files.values().cloned().collect(),
             since_ms,
         };
-        let data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
-        checkpoint::write_atomic(&self.path, &data)?;
+        let mut data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
+        data.push(b'\n');
+        let len = data.len();
+        // Padded with spaces (JSON ignores them) to a size with room to grow: written on a
+        // full disk, the checkpoint goes into the blocks of the one before it.
+        data.resize(slot(len), b' ');
+        let r = checkpoint::write_atomic(&self.path, &data);
+        match r {
+            Ok(()) => keep_spare(&self.path, data.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                write_into_spare(&self.path, &data[..len]).map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        }
         self.dirty = false;
         self.existed = true;
         Ok(())
     }
+}
+
+/// The checkpoint's spare: a file of blocks already allocated, which a full disk does not
+/// keep from being written (see [`write_into_spare`]).
+fn spare_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".spare");
+    path.with_file_name(name)
+}
+
+/// The length a checkpoint of `len` bytes is written with: half as long again and 4 KiB
+/// more, in 16 KiB steps (see [`write_into_spare`]).
+fn slot(len: usize) -> usize {
+    (len + len / 2 + 4096).div_ceil(16 << 10) * (16 << 10)
+}
+
+/// After a write of `len` bytes: keeps a spare at least that long (64 KiB at least when
+/// made), made while there is room. Best effort: without one, a full disk fails the
+/// write as before.
+fn keep_spare(path: &Path, len: usize) {
+    let spare = spare_path(path);
+    let want = (2 * len).max(64 << 10) as u64;
+    if std::fs::metadata(&spare).is_ok_and(|m| m.len() >= len as u64) {
+        return;
+    }
+    let r = (|| {
+        let f = std::fs::File::create(&spare)?;
+        std::io::Write::write_all(&mut &f, &vec![b' '; want as usize])?;
+        f.sync_all()
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&spare);
+    }
+}
+
+/// The checkpoint written on a full disk (torture seed 145: a `state_dir` filled while
+/// files were rotated and compressed, then kill -9; files created since the last write
+/// were unknown to the checkpoint, and their `.gz` read whole under other ids, their
+/// events sent twice): into the spare, in place (its blocks are allocated: no new one is
+/// needed), padded with spaces to its length (JSON ignores them), fsynced, and exchanged
+/// with the checkpoint in one rename (`RENAME_EXCHANGE`): the old checkpoint is the spare
+/// from then on, a crash leaves one or the other whole.
+fn write_into_spare(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let spare = spare_path(path);
+    // What the failed write left (blocks of its own).
+    let mut tmp = path.file_name().unwrap_or_default().to_os_string();
+    tmp.push(".tmp");
+    let _ = std::fs::remove_file(path.with_file_name(tmp));
+    let mut f = std::fs::OpenOptions::new().write(true).open(&spare)?;
+    let len = f.metadata()?.len();
+    if (data.len() as u64) > len {
+        return Err(std::io::ErrorKind::StorageFull.into());
+    }
+    let mut padded = data.to_vec();
+    padded.resize(len as usize, b' ');
+    f.write_all(&padded)?;
+    f.sync_all()?;
+    exchange(&spare, path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Swaps two files' names atomically (`renameat2` with `RENAME_EXCHANGE`).
+#[allow(unsafe_code)]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("a NUL byte in the path"))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call, which only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What the migration of a checkpoint written by an older lockstep does, when it does
@@ -341,6 +447,37 @@ mod tests {
             note.starts_with("1 of its 2 file(s) have no head"),
             "{note}"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_written_into_its_spare_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        cp.files
+            .insert(key, at_gen_0(Head { len: 10, hash: 7 }, None));
+        cp.write(0).unwrap();
+        let spare = spare_path(&cp.path);
+        let spare_len = std::fs::metadata(&spare).unwrap().len();
+        assert!(spare_len >= std::fs::metadata(&cp.path).unwrap().len());
+        // As on a full disk: the next checkpoint goes into the spare's blocks.
+        cp.files.get_mut(&key).unwrap().offset = 250;
+        let data = serde_json::to_vec(&OnDisk {
+            version: VERSION,
+            files: cp.files.values().cloned().collect(),
+            since_ms: None,
+        })
+        .unwrap();
+        let old_len = std::fs::metadata(&cp.path).unwrap().len();
+        write_into_spare(&cp.path, &data).unwrap();
+        assert_eq!(std::fs::metadata(&cp.path).unwrap().len(), spare_len);
+        assert_eq!(
+            std::fs::metadata(&spare).unwrap().len(),
+            old_len,
+            "exchanged"
+        );
+        let back = Checkpoint::load(dir.path(), "s").unwrap();
+        assert_eq!(back.files[&key].offset, 250);
     }
 
     /// The entry of `/x/a.log` (device 1, inode 2) at generation 0, byte 100.
