@@ -328,13 +328,18 @@ fn keep_spare(path: &Path, len: usize) {
     if std::fs::metadata(&spare).is_ok_and(|m| m.len() >= len as u64) {
         return;
     }
+    // Made aside and renamed over the old spare: a failure leaves the old one as it was.
+    let mut name = spare.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let new = spare.with_file_name(name);
     let r = (|| {
-        let f = std::fs::File::create(&spare)?;
+        let f = std::fs::File::create(&new)?;
         std::io::Write::write_all(&mut &f, &vec![b' '; want as usize])?;
-        f.sync_all()
+        f.sync_all()?;
+        std::fs::rename(&new, &spare)
     })();
     if r.is_err() {
-        let _ = std::fs::remove_file(&spare);
+        let _ = std::fs::remove_file(&new);
     }
 }
 
