@@ -681,10 +681,13 @@ impl Tail {
                         // (a new file in it, while this one's last events were not all
                         // acknowledged), gone as well: its content, compressed since, is
                         // found by its head and read among the rests, under its ids.
-                        if let Some(n) = c.next {
+                        // (Each of them, when it was taken again and again.)
+                        let newer: Vec<state::NextGen> = c.newer().copied().collect();
+                        for n in newer {
                             let mut c2 = c.clone();
                             (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
                             (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
+                            c2.later.clear();
                             match self.out.gunzip(&c.path, n.head, 0, since) {
                                 Ok(Some(g)) => recovered.push((g, c2)),
                                 Ok(None) => {}
@@ -2050,7 +2053,9 @@ impl Tail {
             );
             // The rest of a file still followed (truncated, or replaced by a new file in
             // its inode number) leaves that file's entry alone.
-            if !(t.recovered && self.files.iter().any(|o| o.key == t.key && !o.recovered)) {
+            // So does the rest of an older generation while a newer one's is still read.
+            let later = |o: &Tracked| o.key == t.key && (!o.recovered || o.gen > t.gen);
+            if !(t.recovered && self.files.iter().any(later)) {
                 self.out.retiring.insert(t.key, (t.gen, t.offset));
             }
         }

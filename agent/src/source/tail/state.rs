@@ -63,6 +63,19 @@ pub struct FileCp {
     /// compressed meanwhile) by this head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<NextGen>,
+    /// The generations being read after `next`, oldest first, when there are several
+    /// (the inode number taken again and again while acknowledgements were due, as
+    /// under `create` + `compress` with a stalled broker: torture seed 145 lost the one
+    /// between when only the newest was kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<NextGen>,
+}
+
+impl FileCp {
+    /// The newer generations being read (see [`FileCp::next`]), oldest first.
+    pub fn newer(&self) -> impl Iterator<Item = &NextGen> {
+        self.next.iter().chain(self.later.iter())
+    }
 }
 
 /// See [`FileCp::next`].
@@ -98,6 +111,7 @@ impl FileCp {
             born_ns,
             prev: None,
             next: None,
+            later: Vec::new(),
         }
     }
 }
@@ -140,9 +154,10 @@ pub struct Checkpoint {
     /// Write `written` as the time rotations are looked for from at the next start:
     /// some found at this start wait to be decompressed.
     pub keep_since: bool,
-    /// Fingerprint and head of a file's newer generation (after a truncation), taken
+    /// Generation, fingerprint, head and birth time of a file's newer generations
+    /// (after a truncation, or a new file in its inode number), oldest first, each taken
     /// over by its entry when the checkpoint reaches that generation.
-    next: HashMap<FileKey, (u32, Option<u64>, Head, Option<u64>)>,
+    next: HashMap<FileKey, Vec<(u32, Option<u64>, Head, Option<u64>)>>,
     pub dirty: bool,
 }
 
@@ -204,9 +219,16 @@ impl Checkpoint {
             if (gen, offset) > (e.gen, e.offset) {
                 if gen != e.gen {
                     e.prev = e.head.filter(|h| h.len > 0).map(|h| (h, e.offset));
-                    (e.fp, e.head, e.born_ns) = match self.next.remove(&key) {
-                        Some((g, fp, head, born)) if g == gen => (fp, Some(head), born),
-                        _ => (None, None, None),
+                    let newer = self.next.get_mut(&key);
+                    let at = newer
+                        .as_ref()
+                        .and_then(|n| n.iter().find(|x| x.0 == gen).copied());
+                    if let Some(n) = newer {
+                        n.retain(|x| x.0 > gen);
+                    }
+                    (e.fp, e.head, e.born_ns) = match at {
+                        Some((_, fp, head, born)) => (fp, Some(head), born),
+                        None => (None, None, None),
                     };
                 }
                 e.gen = gen;
@@ -254,11 +276,18 @@ impl Checkpoint {
             }
             // What is known of a newer generation (being read by another reader of the
             // same file) stays for when the checkpoint reaches it.
-            if self.next.get(&key).is_some_and(|n| n.0 <= gen) {
-                self.next.remove(&key);
+            if let Some(n) = self.next.get_mut(&key) {
+                n.retain(|x| x.0 > gen);
             }
         } else if gen > e.gen {
-            self.next.insert(key, (gen, fp, head, born_ns));
+            let n = self.next.entry(key).or_default();
+            match n.iter_mut().find(|x| x.0 == gen) {
+                Some(x) => *x = (gen, fp, head, born_ns),
+                None => {
+                    n.push((gen, fp, head, born_ns));
+                    n.sort_by_key(|x| x.0);
+                }
+            }
         }
     }
 
@@ -266,14 +295,20 @@ impl Checkpoint {
         self.files
             .retain(|_, f| f.retired_ms.is_none_or(|t| now_ms - t < RETIRED_KEEP_MS));
         for (k, e) in self.files.iter_mut() {
-            e.next = self.next.get(k).filter(|n| n.0 > e.gen && n.2.len > 0).map(
-                |&(gen, fp, head, born_ns)| NextGen {
+            let mut newer = self
+                .next
+                .get(k)
+                .into_iter()
+                .flatten()
+                .filter(|n| n.0 > e.gen && n.2.len > 0)
+                .map(|&(gen, fp, head, born_ns)| NextGen {
                     gen,
                     fp,
                     head,
                     born_ns,
-                },
-            );
+                });
+            e.next = newer.next();
+            e.later = newer.collect();
         }
         let since_ms = self
             .written
@@ -430,6 +465,7 @@ mod tests {
             born_ns: None,
             prev: None,
             next: None,
+            later: Vec::new(),
         };
         let with_head = Some(Head { len: 10, hash: 7 });
         let on_disk = |version, files| OnDisk {
@@ -499,6 +535,7 @@ mod tests {
             born_ns,
             prev: None,
             next: None,
+            later: Vec::new(),
         }
     }
 
@@ -527,6 +564,30 @@ mod tests {
         let grown = Head { len: 40, hash: 11 };
         cp.set_identity(key, 1, Some(6), grown, None);
         assert_eq!(cp.files[&key].head, Some(grown));
+    }
+
+    /// The inode number taken again and again while acknowledgements are due: every
+    /// newer generation's identity is kept (written as `next` and `later`), and each is
+    /// taken over when the checkpoint reaches it.
+    #[test]
+    fn every_newer_generation_is_kept_until_the_checkpoint_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        cp.files
+            .insert(key, at_gen_0(Head { len: 10, hash: 7 }, None));
+        let g1 = Head { len: 3, hash: 9 };
+        let g2 = Head { len: 4, hash: 11 };
+        cp.set_identity(key, 1, Some(6), g1, None);
+        cp.set_identity(key, 2, Some(8), g2, None);
+        cp.write(0).unwrap();
+        let back = Checkpoint::load(dir.path(), "s").unwrap();
+        let heads: Vec<(u32, Head)> = back.files[&key].newer().map(|n| (n.gen, n.head)).collect();
+        assert_eq!(heads, [(1, g1), (2, g2)]);
+        cp.advance(key, 1, 0);
+        assert_eq!(cp.files[&key].head, Some(g1));
+        cp.advance(key, 2, 0);
+        assert_eq!(cp.files[&key].head, Some(g2));
     }
 
     /// Two readers of one file at once: a copy read under the file's ids at the
