@@ -157,7 +157,7 @@ pub struct Checkpoint {
     /// Generation, fingerprint, head and birth time of a file's newer generations
     /// (after a truncation, or a new file in its inode number), oldest first, each taken
     /// over by its entry when the checkpoint reaches that generation.
-    next: HashMap<FileKey, Vec<(u32, Option<u64>, Head, Option<u64>)>>,
+    next: HashMap<FileKey, Vec<NextGen>>,
     pub dirty: bool,
 }
 
@@ -222,12 +222,12 @@ impl Checkpoint {
                     let newer = self.next.get_mut(&key);
                     let at = newer
                         .as_ref()
-                        .and_then(|n| n.iter().find(|x| x.0 == gen).copied());
+                        .and_then(|n| n.iter().find(|x| x.gen == gen).copied());
                     if let Some(n) = newer {
-                        n.retain(|x| x.0 > gen);
+                        n.retain(|x| x.gen > gen);
                     }
                     (e.fp, e.head, e.born_ns) = match at {
-                        Some((_, fp, head, born)) => (fp, Some(head), born),
+                        Some(n) => (n.fp, Some(n.head), n.born_ns),
                         None => (None, None, None),
                     };
                 }
@@ -277,15 +277,21 @@ impl Checkpoint {
             // What is known of a newer generation (being read by another reader of the
             // same file) stays for when the checkpoint reaches it.
             if let Some(n) = self.next.get_mut(&key) {
-                n.retain(|x| x.0 > gen);
+                n.retain(|x| x.gen > gen);
             }
         } else if gen > e.gen {
             let n = self.next.entry(key).or_default();
-            match n.iter_mut().find(|x| x.0 == gen) {
-                Some(x) => *x = (gen, fp, head, born_ns),
+            let id = NextGen {
+                gen,
+                fp,
+                head,
+                born_ns,
+            };
+            match n.iter_mut().find(|x| x.gen == gen) {
+                Some(x) => *x = id,
                 None => {
-                    n.push((gen, fp, head, born_ns));
-                    n.sort_by_key(|x| x.0);
+                    n.push(id);
+                    n.sort_by_key(|x| x.gen);
                 }
             }
         }
@@ -300,13 +306,8 @@ impl Checkpoint {
                 .get(k)
                 .into_iter()
                 .flatten()
-                .filter(|n| n.0 > e.gen && n.2.len > 0)
-                .map(|&(gen, fp, head, born_ns)| NextGen {
-                    gen,
-                    fp,
-                    head,
-                    born_ns,
-                });
+                .filter(|n| n.gen > e.gen && n.head.len > 0)
+                .copied();
             e.next = newer.next();
             e.later = newer.collect();
         }
