@@ -1134,7 +1134,7 @@ impl Tail {
         );
         self.gz_waiting.push(w);
         self.gz_retry = Some(Retry::first());
-        // The next start looks for it from the same time (see `Checkpoint::since`).
+        // The next start looks for it from the same time (see `Checkpoint::keep_since`).
         self.out.cp.keep_since = true;
     }
 
