@@ -522,6 +522,28 @@ mod tests {
         assert_eq!(back.files[&key].offset, 250);
     }
 
+    /// While rotations found at a start wait to be decompressed, the checkpoint keeps the
+    /// time of the stop, so that a restart meanwhile looks for rotations from it again.
+    #[test]
+    fn the_time_of_the_stop_is_kept_while_rotations_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        cp.write(0).unwrap();
+        let stop = Checkpoint::load(dir.path(), "s").unwrap().written.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        cp.keep_since = true;
+        cp.write(0).unwrap();
+        let kept = Checkpoint::load(dir.path(), "s").unwrap().written.unwrap();
+        let ms =
+            |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        assert_eq!(ms(kept), ms(stop));
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        cp.write(0).unwrap();
+        let moved = Checkpoint::load(dir.path(), "s").unwrap().written.unwrap();
+        assert!(moved > kept, "not kept once nothing waits");
+    }
+
     /// The entry of `/x/a.log` (device 1, inode 2) at generation 0, byte 100.
     fn at_gen_0(head: Head, born_ns: Option<u64>) -> FileCp {
         FileCp {
