@@ -214,16 +214,6 @@ fn seed_10107_a_file_in_the_inode_of_one_awaiting_acks_is_not_read_twice() {
     assert!(ok, "{out}");
 }
 
-/// Open bug (torture seed 145, 3 runs in 3): tail, jsonl, `create` + `compress` without
-/// `delaycompress`, `state_dir` on an 11 MiB tmpfs filled at step 0 during a broker
-/// outage, kill -9. The live file is rotated and compressed while the disk is full; the
-/// agent sees a new file in the old one's inode number (checkpointed at byte 5451) and
-/// looks for the rest in `changes.log.1.gz`, decompressing it into
-/// `state/checkpoints`: "cannot recover the rest of changes.log (after byte 5451) from
-/// its compressed rotation …: No space left on device". That failure is not retried
-/// once the disk has room again: the rest is taken for gone ("file truncated … reading
-/// it again from the start") and 374 records (n 246…) never arrive, without a loss
-/// being reported. The same seed with `--no-infra` (no tmpfs) passes.
 /// Seed 20042 (tail csv, copytruncate, two concurrent writers, a kill aimed at a torn
 /// spool frame, a cluster's leader killed, a full tmpfs): events of a file became
 /// durable before the checkpoint knew its first bytes; the next start read the copy
@@ -236,10 +226,21 @@ fn seed_20042_events_durable_before_the_checkpoint_knew_their_file() {
     assert!(ok, "{out}");
 }
 
+/// Fixed (torture seed 145, 3 runs in 3 before): tail, jsonl, `create` + `compress`
+/// without `delaycompress`, `state_dir` on an 11 MiB tmpfs filled at step 0, kill -9.
+/// The rests of files rotated and compressed meanwhile could not be decompressed into
+/// `state/checkpoints` (ENOSPC, and a 64 MiB reserve an 11 MiB file system can never
+/// keep free), and were given up: a new file in the checkpointed one's inode number was
+/// read again from 0 without its rest, and the `.gz` rotations written while stopped
+/// were skipped (374 records lost, no loss reported). Now such a `.gz` is waited for
+/// and tried again, newer files waiting with it, and the reserve is an eighth of a small
+/// file system. Then the checkpoint itself, unwritable on the full disk, did not know
+/// the files followed since: their `.gz` were read whole under other ids (75 records
+/// doubled); it is now written into a spare whose blocks are allocated.
 #[test]
-#[ignore = "open bug: a full disk while decompressing a rotation's rest gives that rest up instead of retrying"]
-fn seed_145_full_disk_while_decompressing_a_rotation_loses_its_rest() {
-    let (ok, out) = torture(&["--seeds", "145"]);
+fn seed_145_full_disk_while_decompressing_a_rotation_loses_nothing() {
+    // With its tmpfs (infrastructure): without it the disk is never full.
+    let (ok, out) = torture(&["--seeds", "145,145,145"]);
     assert!(ok, "{out}");
 }
 

@@ -277,7 +277,10 @@ fn rotation_base(name: &str) -> &str {
 /// Files in the directory of `live` that look like its rotations (`live` plus a suffix,
 /// as `app.log.1` or `app.log-20261129`, or its stem and extension around one, as
 /// `app-20261129.log`), are not compressed and were modified at or after `since`: files
-/// created and rotated away while the agent was stopped. Oldest first.
+/// created and rotated away while the agent was stopped. Oldest first: by modification
+/// time, then (file timestamps are coarse) by birth time where the file system keeps
+/// one, then by rotation (`app.log.2` before `app.log.1`, `app.log-20261129` before
+/// `app.log-20261130`).
 pub fn rotated_since(live: &Path, since: std::time::SystemTime) -> Vec<(PathBuf, FileKey)> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
         return Vec::new();
@@ -296,11 +299,29 @@ pub fn rotated_since(live: &Path, since: std::time::SystemTime) -> Vec<(PathBuf,
         let Ok(m) = fs::metadata(&path) else { continue };
         let mtime = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
         if m.is_file() && mtime >= since {
-            out.push((mtime, path, FileKey::of(&m)));
+            let older = (
+                mtime,
+                m.created().ok(),
+                rotation_age(&name, &n),
+                path.clone(),
+            );
+            out.push((older, path, FileKey::of(&m)));
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out.into_iter().map(|(_, p, k)| (p, k)).collect()
+}
+
+/// Sorts the rotations of `name` oldest first when their times tie: a number alone
+/// (`app.log.3`, logrotate's numbered rotations) is older the higher it is; a date is
+/// older the lower it is (and sorts by name).
+fn rotation_age(name: &str, n: &str) -> std::cmp::Reverse<u64> {
+    let num = n
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix('.'))
+        .filter(|r| (1..=6).contains(&r.len()))
+        .and_then(|r| r.parse::<u64>().ok());
+    std::cmp::Reverse(num.unwrap_or(0))
 }
 
 /// The copy `copytruncate` made of a file before truncating it: in the same directory,
@@ -388,6 +409,15 @@ pub fn find_gz(
     Ok(None)
 }
 
+/// Forgets the `.gz` files taken (path and inode) whose path no longer holds that inode:
+/// deleted (logrotate's `rotate` count), or renamed (`app.log.1.gz` to `app.log.2.gz`),
+/// after which they are never matched again (a `.gz` is taken by path and inode). Kept,
+/// the list would grow with every compressed rotation taken, for as long as the agent
+/// runs.
+pub fn prune_taken(taken: &mut Vec<(PathBuf, FileKey)>) {
+    taken.retain(|(p, k)| fs::metadata(p).is_ok_and(|m| FileKey::of(&m) == *k));
+}
+
 /// The `.gz` files next to `live` whose name is a rotation of `live`'s own name, or of
 /// the name `live` was rotated from when it is a rotated name already (`app.log.1`,
 /// whose next rotation is `app.log.2.gz`), oldest first. Never a mere prefix:
@@ -455,13 +485,18 @@ pub fn gunzip(
         // stops with an error while GUNZIP_RESERVE bytes are still free.
         if checked > GUNZIP_CHECK_EVERY {
             beat();
-            let free = free_bytes(tmp_dir)?;
-            if free < GUNZIP_RESERVE {
-                return Err(io::Error::other(format!(
-                    "stopped decompressing {} at byte {len}: {} has {free} bytes free, and                      {GUNZIP_RESERVE} are kept free",
-                    path.display(),
-                    tmp_dir.display()
-                )));
+            let (free, total) = space(tmp_dir)?;
+            let reserve = gunzip_reserve(total);
+            if free < reserve {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "stopped decompressing {} at byte {len}: {} has {free} bytes free, and \
+                         {reserve} are kept free",
+                        path.display(),
+                        tmp_dir.display()
+                    ),
+                ));
             }
             checked = 0;
         }
@@ -496,14 +531,23 @@ pub fn gunzip(
     }))
 }
 
-/// What decompressing a `.gz` leaves free on the state directory's file system at least.
+/// What decompressing a `.gz` leaves free on the state directory's file system at least
+/// (an eighth of a smaller file system: see [`gunzip_reserve`]).
 pub const GUNZIP_RESERVE: u64 = 64 << 20;
+
+/// The free space decompressing leaves on a file system of `total` bytes: 64 MiB, or an
+/// eighth of a file system smaller than 512 MiB (a state directory on a small tmpfs could
+/// never keep 64 MiB free, and its rests would never be decompressed).
+pub fn gunzip_reserve(total: u64) -> u64 {
+    GUNZIP_RESERVE.min(total / 8)
+}
 /// How many decompressed bytes between two looks at the free space (and beats).
 const GUNZIP_CHECK_EVERY: u64 = 8 << 20;
 
-/// Bytes an unprivileged process may still write on the file system of `dir`.
+/// Bytes an unprivileged process may still write on the file system of `dir`, and its
+/// size.
 #[allow(unsafe_code)]
-fn free_bytes(dir: &Path) -> io::Result<u64> {
+fn space(dir: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| io::Error::other(format!("{}: a NUL byte in the path", dir.display())))?;
@@ -518,7 +562,11 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
             format!("{}: statvfs: {e}", dir.display()),
         ));
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let block = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(block),
+        (st.f_blocks as u64).saturating_mul(block),
+    ))
 }
 
 /// Fills `buf` from `r` as far as it goes; returns how many bytes.
@@ -657,6 +705,28 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, ["app-20261129.log", "app.log-20261129", "app.log.1"]);
+        // Times that tie: the older rotation first (made first, and numbered higher).
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let tied = dir.path().join("tied");
+        std::fs::create_dir(&tied).unwrap();
+        for n in ["app.log.10", "app.log.2", "app.log.1"] {
+            std::fs::write(tied.join(n), "x\n").unwrap();
+            let f = File::options().write(true).open(tied.join(n)).unwrap();
+            f.set_modified(t).unwrap();
+        }
+        let got: Vec<String> = rotated_since(&tied.join("app.log"), t)
+            .into_iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(got, ["app.log.10", "app.log.2", "app.log.1"]);
+        // Where the file system keeps no birth time, the numbers alone.
+        let age = |n| rotation_age("app.log", n);
+        assert!(age("app.log.10") < age("app.log.2") && age("app.log.2") < age("app.log.1"));
+        assert_eq!(
+            age("app.log-20261129"),
+            age("app.log-20261130"),
+            "dates: by name"
+        );
         let g = Globs::new(&[format!("{}/app.log*", d.display())]);
         assert!(g.matches(&d.join("app.log.1")));
         assert!(!g.matches(&d.join("app.log.2.gz")), "compressed: skipped");
@@ -729,6 +799,23 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .starts_with(".gunzip")));
+    }
+
+    #[test]
+    fn taken_gz_files_are_forgotten_once_deleted_or_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut taken = Vec::new();
+        for n in ["a.log.1.gz", "a.log.2.gz", "a.log.3.gz"] {
+            std::fs::write(d.join(n), "x").unwrap();
+            let key = FileKey::of(&fs::metadata(d.join(n)).unwrap());
+            taken.push((d.join(n), key));
+        }
+        std::fs::remove_file(d.join("a.log.3.gz")).unwrap();
+        std::fs::rename(d.join("a.log.2.gz"), d.join("a.log.3.gz")).unwrap();
+        prune_taken(&mut taken);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, d.join("a.log.1.gz"));
     }
 
     #[test]

@@ -61,9 +61,13 @@
 //! own inode, or that number with bit 62 flipped when a file still known has it. Only
 //! names that are a rotation of the file's own name count (`files::gz_family`: never a
 //! mere prefix, `apport.log.1.gz` for `app.log`). Each `.gz` taken is decompressed whole
-//! into an unnamed file before it is read, stopping while 64 MiB are still free there
-//! (`files::GUNZIP_RESERVE`): a vanished file whose rest could not be decompressed stays
-//! in the checkpoint for the next start (see docs/design.md, known edges). A
+//! into an unnamed file before it is read, stopping while 64 MiB (an eighth of a small
+//! file system) are still free there (`files::gunzip_reserve`). A `.gz` that cannot be
+//! decompressed (a full state directory) is never given up: it is tried again with
+//! backoff, and what is newer waits for it (at a start, every file: see
+//! [`Tail::retry_gz`]; at run time, the file whose rest or copy it is, and the files
+//! after it: see `Tracked::rest_wait`), so nothing is lost or read out of order because
+//! a disk was full for a while (see docs/design.md, known edges). A
 //! possible copy (unread, checkpointed at 0) is judged again. A file deleted while the agent was stopped with no such `.gz` is gone
 //! with whatever it held past the checkpoint: that is logged. Lines written between
 //! logrotate's copy and its truncate are in neither file (logrotate's own window). A file deleted and
@@ -189,6 +193,11 @@ struct Tracked {
     /// Generations to skip at the next truncation: read from copies made while stopped
     /// (see [`Tail::copy_of_bare_generation`]).
     gen_skip: u32,
+    /// Content older than this file's new bytes (the rest of its generation, or copies
+    /// made before its first byte was read) is in a `.gz` that could not be decompressed
+    /// (a full state directory) or a file no descriptor was free for: this file, and
+    /// every file after it, waits; the look is tried again at this time.
+    rest_wait: Option<Retry>,
 }
 
 impl Tracked {
@@ -227,6 +236,56 @@ struct Rest {
 /// First and longest pause between two tries of a quarantine write.
 const QUARANTINE_RETRY: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(10));
+
+/// First and longest pause between two tries of a `.gz` decompression (or an open) that
+/// content older than what is read next waits for.
+const GZ_RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(10));
+
+/// When something that failed for want of room (or of a file descriptor) is tried again.
+#[derive(Clone, Copy)]
+struct Retry {
+    at: Instant,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn first() -> Self {
+        Retry {
+            at: Instant::now() + GZ_RETRY.0,
+            backoff: GZ_RETRY.0,
+        }
+    }
+
+    fn due(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// The next try, after a longer pause.
+    fn again(self) -> Self {
+        let backoff = (self.backoff * 2).min(GZ_RETRY.1);
+        Retry {
+            at: Instant::now() + backoff,
+            backoff,
+        }
+    }
+}
+
+/// A compressed rotation found at a start that could not be decompressed yet (a full
+/// state directory): tried again, with backoff, before any other file is read (they are
+/// newer).
+enum GzWait {
+    /// The rest of a vanished file (or of its next generation) from its checkpoint entry;
+    /// `gone`: when no `.gz` holds it after all, the file is logged as gone and retired.
+    Rest { c: FileCp, gone: bool },
+    /// A `.gz` written while stopped, read whole unless its content starts with one of
+    /// `heads` (see [`Tail::track_compressed_while_stopped`]).
+    Whole {
+        path: PathBuf,
+        mtime: SystemTime,
+        key: FileKey,
+        heads: Vec<Head>,
+    },
+}
 
 /// A position that becomes safe to checkpoint once the debouncer has released every
 /// change up to `ord` and the sink acknowledged `seq`, the last event sent by then.
@@ -311,6 +370,10 @@ struct Tail {
     /// Whether the last scan could not list a directory of the globs (logged once, and
     /// again once it can).
     unlisted: bool,
+    /// Compressed rotations found at the start that wait for room to be decompressed
+    /// (see [`Tail::retry_gz`]): no file is read until they are.
+    gz_waiting: Vec<GzWait>,
+    gz_retry: Option<Retry>,
 }
 
 impl Tail {
@@ -381,6 +444,8 @@ impl Tail {
             waiting_reopen: 0,
             waiting_logged: 0,
             unlisted: false,
+            gz_waiting: Vec::new(),
+            gz_retry: None,
         })
     }
 
@@ -493,6 +558,7 @@ impl Tail {
         self.last_scan = Instant::now();
         let mut scan = files::scan(&self.out.cfg.paths);
         self.log_unlisted(&scan);
+        files::prune_taken(&mut self.out.gz_taken);
         let mut found = std::mem::take(&mut scan.found);
         // Files resumed from the checkpoint are older than files seen for the first time.
         let cp = &self.out.cp.files;
@@ -616,12 +682,17 @@ impl Tail {
                         // (a new file in it, while this one's last events were not all
                         // acknowledged), gone as well: its content, compressed since, is
                         // found by its head and read among the rests, under its ids.
-                        if let Some(n) = c.next {
-                            if let Ok(Some(g)) = self.out.gunzip(&c.path, n.head, 0, since) {
-                                let mut c2 = c.clone();
-                                (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
-                                (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
-                                recovered.push((g, c2));
+                        // (Each of them, when it was taken again and again.)
+                        let newer: Vec<state::NextGen> = c.newer().copied().collect();
+                        for n in newer {
+                            let mut c2 = c.clone();
+                            (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
+                            (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
+                            c2.later.clear();
+                            match self.out.gunzip(&c.path, n.head, 0, since) {
+                                Ok(Some(g)) => recovered.push((g, c2)),
+                                Ok(None) => {}
+                                Err(e) => self.gz_wait(GzWait::Rest { c: c2, gone: false }, &e),
                             }
                         }
                         let g = match c.head {
@@ -629,31 +700,10 @@ impl Tail {
                             None => Ok(None),
                         };
                         match g {
-                            Ok(Some(g)) => {
-                                recovered.push((g, c));
-                                continue;
-                            }
-                            Ok(None) => {}
-                            Err(()) => {
-                                // Kept in the checkpoint: the next start tries again.
-                                tracing::error!(
-                                    "source {}: {} (checkpointed at byte {}) is kept for the next start; free space in the state directory, then restart",
-                                    self.out.cx.name,
-                                    c.path.display(),
-                                    c.offset
-                                );
-                                continue;
-                            }
-                        }
-                        tracing::warn!(
-                            "source {}: {} (checkpointed at byte {}) is gone; whatever it held after that offset was not read",
-                            self.out.cx.name,
-                            c.path.display(),
-                            c.offset
-                        );
-                        if let Some(e) = self.out.cp.files.get_mut(&key) {
-                            e.retired_ms = Some(now_ms());
-                            self.out.cp.dirty = true;
+                            Ok(Some(g)) => recovered.push((g, c)),
+                            Ok(None) => self.vanished(&c),
+                            // Kept in the checkpoint: tried again (and at the next start).
+                            Err(e) => self.gz_wait(GzWait::Rest { c, gone: true }, &e),
                         }
                     }
                 }
@@ -723,8 +773,29 @@ impl Tail {
         for (l, head) in live {
             let mut generation = truncated;
             for (p, key) in files::rotated_since(l, since) {
-                let known =
-                    self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
+                // A retired entry is another file's when this one took its inode number
+                // since (`delaycompress`: a new file in a dropped file's number, rotated
+                // while stopped): its birth time differs, or else it is not the entry's
+                // bytes.
+                let same = |c: &FileCp| {
+                    let born = fs::metadata(&p).ok().and_then(|m| m.created().ok());
+                    match (c.born_ns, state::born_ns(born)) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => File::open(&p).is_ok_and(|f| {
+                            let size = f.metadata().map_or(0, |m| m.len());
+                            size == c.offset
+                                && c.head
+                                    .is_some_and(|h| matches!(h.recheck(&f, size), Ok(Some(_))))
+                        }),
+                    }
+                };
+                let known = self
+                    .out
+                    .cp
+                    .files
+                    .get(&key)
+                    .is_some_and(|c| c.retired_ms.is_none() || same(c))
+                    || self.files.iter().any(|t| t.key == key);
                 if known || self.globs.matches(&p) {
                     continue;
                 }
@@ -839,6 +910,7 @@ impl Tail {
             first: Vec::new(),
             bare_since: None,
             gen_skip: 0,
+            rest_wait: None,
         };
         self.files.push(r);
         let t = &mut self.files[i];
@@ -901,6 +973,7 @@ impl Tail {
             first: Vec::new(),
             bare_since: None,
             gen_skip: 0,
+            rest_wait: None,
         });
     }
 
@@ -950,6 +1023,7 @@ impl Tail {
             first: Vec::new(),
             bare_since: None,
             gen_skip: 0,
+            rest_wait: None,
         };
         self.files.push(r);
     }
@@ -1013,16 +1087,151 @@ impl Tail {
                 continue;
             }
             let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
-            let Some(g) = self.out.gunzip_whole(&path, mtime, gz_key, unknown) else {
-                continue;
-            };
-            tracing::info!(
-                "source {}: {} was written, rotated and compressed while stopped; reading it whole",
-                self.out.cx.name,
-                path.display()
-            );
-            self.track_gz_whole(g, path, gz_key);
+            match self.out.gunzip_whole(&path, mtime, gz_key, unknown) {
+                Ok(Some(g)) => self.track_compressed(g, path, gz_key),
+                Ok(None) => {}
+                Err(e) => {
+                    let heads = heads.clone();
+                    let key = gz_key;
+                    self.gz_wait(
+                        GzWait::Whole {
+                            path,
+                            mtime,
+                            key,
+                            heads,
+                        },
+                        &e,
+                    );
+                }
+            }
         }
+    }
+
+    fn track_compressed(&mut self, g: files::Gunzipped, path: PathBuf, gz_key: FileKey) {
+        tracing::info!(
+            "source {}: {} was written, rotated and compressed while stopped; reading it whole",
+            self.out.cx.name,
+            path.display()
+        );
+        self.track_gz_whole(g, path, gz_key);
+    }
+
+    /// A compressed rotation found at the start that could not be decompressed (`why`):
+    /// it waits, and no file is read until it is (see [`Tail::retry_gz`]).
+    fn gz_wait(&mut self, w: GzWait, why: &str) {
+        let what = match &w {
+            GzWait::Rest { c, .. } => format!(
+                "the rest of {} (checkpointed at byte {}, generation {})",
+                c.path.display(),
+                c.offset,
+                c.gen
+            ),
+            GzWait::Whole { path, .. } => format!("{} (written while stopped)", path.display()),
+        };
+        tracing::error!(
+            "source {}: {why}; {what} waits to be decompressed: no other file of this source is read until it is (they are newer), and it is tried again until it can be (and at the next start). Free space in {}",
+            self.out.cx.name,
+            self.out.cx.state_dir.join("checkpoints").display()
+        );
+        self.gz_waiting.push(w);
+        self.gz_retry = Some(Retry::first());
+        // The next start looks for it from the same time (see `Checkpoint::keep_since`).
+        self.out.cp.keep_since = true;
+    }
+
+    /// A file of the checkpoint gone while stopped, with no `.gz` holding its rest.
+    fn vanished(&mut self, c: &FileCp) {
+        tracing::warn!(
+            "source {}: {} (checkpointed at byte {}) is gone; whatever it held after that offset was not read",
+            self.out.cx.name,
+            c.path.display(),
+            c.offset
+        );
+        let key = FileKey {
+            dev: c.dev,
+            ino: c.ino,
+        };
+        if let Some(e) = self.out.cp.files.get_mut(&key) {
+            e.retired_ms = Some(now_ms());
+            self.out.cp.dirty = true;
+        }
+    }
+
+    /// Tries the decompressions that wait (see [`Tail::gz_wait`]) when they are due.
+    /// `true` when none waits any more: files may be read.
+    fn retry_gz(&mut self) -> bool {
+        if self.gz_waiting.is_empty() {
+            return true;
+        }
+        if !self.gz_retry.is_none_or(|r| r.due()) {
+            return false;
+        }
+        let since = self.out.cp.written;
+        let mut recovered = Vec::new();
+        let mut failed = None;
+        for w in std::mem::take(&mut self.gz_waiting) {
+            if failed.is_some() {
+                self.gz_waiting.push(w);
+                continue;
+            }
+            match w {
+                GzWait::Rest { c, gone } => {
+                    let head = c.head.unwrap_or_default();
+                    match self.out.gunzip(&c.path, head, c.offset, since) {
+                        Ok(Some(g)) => recovered.push((g, c)),
+                        Ok(None) if gone => self.vanished(&c),
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            self.gz_waiting.push(GzWait::Rest { c, gone });
+                        }
+                    }
+                }
+                GzWait::Whole {
+                    path,
+                    mtime,
+                    key,
+                    heads,
+                } => {
+                    let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
+                    match self.out.gunzip_whole(&path, mtime, key, unknown) {
+                        Ok(Some(g)) => self.track_compressed(g, path, key),
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            let w = GzWait::Whole {
+                                path,
+                                mtime,
+                                key,
+                                heads,
+                            };
+                            self.gz_waiting.push(w);
+                        }
+                    }
+                }
+            }
+        }
+        recovered.sort_by_key(|(g, c)| (g.mtime, c.gen));
+        for (g, c) in recovered {
+            self.track_recovered(g, &c);
+        }
+        if let Some(e) = failed {
+            tracing::debug!(
+                "source {}: {} compressed rotation(s) still wait to be decompressed: {e}",
+                self.out.cx.name,
+                self.gz_waiting.len()
+            );
+            self.gz_retry = self.gz_retry.map(Retry::again);
+            return false;
+        }
+        tracing::info!(
+            "source {}: the compressed rotations that waited for room are decompressed; reading goes on",
+            self.out.cx.name
+        );
+        self.gz_retry = None;
+        self.out.cp.keep_since = false;
+        self.out.cp.dirty = true;
+        true
     }
 
     /// Follows the content of a `.gz` file, decompressed into `g`, read whole under the
@@ -1066,10 +1275,13 @@ impl Tail {
     /// checkpoint, not a `.gz` already taken), that start with no head a known file has
     /// and are not a plain snapshot of what the file holds now, are such copies: read
     /// whole, oldest first, under their own ids, before the file's new bytes.
-    fn copied_before_read(&mut self, i: usize, since: SystemTime) {
+    /// An error: such a copy could not be taken (a `.gz` that could not be decompressed,
+    /// no file descriptor free); the copies after it are not looked at, and the file's
+    /// new bytes must wait for the next look.
+    fn copied_before_read(&mut self, i: usize, since: SystemTime) -> Result<(), String> {
         let t = &self.files[i];
         let (Some(dir), Some(name)) = (t.path.parent(), t.path.file_name()) else {
-            return;
+            return Ok(());
         };
         let name = name.to_string_lossy().into_owned();
         let live_path = t.path.clone();
@@ -1093,7 +1305,7 @@ impl Tail {
                     dir.display(),
                     live_path.display()
                 );
-                return;
+                return Ok(());
             }
         };
         let mut found = Vec::new();
@@ -1133,7 +1345,7 @@ impl Tail {
             }
         }
         if found.is_empty() {
-            return;
+            return Ok(());
         }
         found.sort();
         // The heads of the files the source knows: a file that starts with one is not
@@ -1171,7 +1383,7 @@ impl Tail {
         };
         for (_, path, key, gz, mtime) in found {
             if gz {
-                let Some(g) = self.out.gunzip_whole(&path, mtime, key, unknown) else {
+                let Some(g) = self.out.gunzip_whole(&path, mtime, key, unknown)? else {
                     continue;
                 };
                 let first = files::first_bytes(&g.file).unwrap_or_default();
@@ -1199,9 +1411,16 @@ impl Tail {
                     live_path.display()
                 );
                 let matched = self.globs.matches(&path);
-                self.track(&path, matched);
+                if !self.track(&path, matched) {
+                    return Err(format!(
+                        "no file descriptor is free to read {}, a copy of {}",
+                        path.display(),
+                        live_path.display()
+                    ));
+                }
             }
         }
+        Ok(())
     }
 
     /// Opens a file and tracks it. `false`: no file descriptor could be had for it (see
@@ -1503,6 +1722,13 @@ impl Tail {
                 None => (0, 0),
             },
         };
+        // A new file in the checkpointed one's inode number at a start: the generations
+        // read after the checkpointed one before the stop are recovered first.
+        let checkpointed = self.out.cp.files.get(&key).cloned();
+        let skip = match (at_start && force_truncated, checkpointed) {
+            (true, Some(c)) => self.recover_newer(&c, &file, size, born),
+            _ => 0,
+        };
         let head = old_head.unwrap_or_else(|| {
             Head::default()
                 .recheck(&file, size)
@@ -1568,15 +1794,60 @@ impl Tail {
             recovered: false,
             first: Vec::new(),
             bare_since: (offset == 0 && head.len == 0).then(|| ctime(&meta)),
-            gen_skip: 0,
+            gen_skip: skip,
+            rest_wait: None,
         });
+    }
+
+    /// At a start, a new file in the inode number of checkpoint entry `c` (its birth time
+    /// differs; `create`, not `copytruncate`, whose copies are found otherwise): the
+    /// newer generations of that number the agent was reading at the stop, while the
+    /// entry waited for acknowledgements (`FileCp::newer`), were rotated and compressed
+    /// since. Each is recovered from its `.gz`, by its head, under its ids (as for a
+    /// vanished file), up to the one the file itself is (its head and birth time). The
+    /// generations the file's own next generation goes past: before, they were lost
+    /// (torture seed 145, `create` + `compress` while the broker stalled).
+    fn recover_newer(&mut self, c: &FileCp, file: &File, size: u64, born: Option<u64>) -> u32 {
+        let since = self.out.cp.written;
+        let newer: Vec<state::NextGen> = c.newer().copied().collect();
+        let mut skip = 0;
+        for n in newer {
+            let same_birth = n.born_ns.is_none() || born.is_none() || n.born_ns == born;
+            if same_birth && matches!(n.head.recheck(file, size), Ok(Some(_))) {
+                // The file is this generation: it goes on as it.
+                return n.gen.saturating_sub(c.gen + 1);
+            }
+            let mut c2 = c.clone();
+            (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
+            (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
+            c2.later.clear();
+            match self.out.gunzip(&c.path, n.head, 0, since) {
+                Ok(Some(g)) => self.track_recovered(g, &c2),
+                Ok(None) => tracing::warn!(
+                    "source {}: generation {} of {} (being read at the stop) is gone; whatever of it was not acknowledged was not read",
+                    self.out.cx.name,
+                    n.gen,
+                    c.path.display()
+                ),
+                Err(e) => self.gz_wait(GzWait::Rest { c: c2, gone: false }, &e),
+            }
+            skip = n.gen.saturating_sub(c.gen);
+        }
+        skip
     }
 
     /// Reads every file that has new bytes, oldest first. Returns the bytes read.
     fn read_round(&mut self) -> Result<u64, Stopping> {
         self.waiting_reopen = 0;
+        if !self.retry_gz() {
+            // Rotations older than every file wait to be decompressed.
+            return Ok(0);
+        }
         for i in 0..self.files.len() {
             if self.files[i].file.is_none() && !self.reopen(i) {
+                continue;
+            }
+            if self.files[i].rest_wait.is_some_and(|r| !r.due()) {
                 continue;
             }
             let t = &mut self.files[i];
@@ -1618,7 +1889,12 @@ impl Tail {
                 let bare = t.read_pos() == 0 && t.head.len == 0 && !truncated;
                 if bare && t.blocked.is_none() && t.copy_wait.is_none() && !t.recovered {
                     self.ingest();
-                    self.copied_before_read(i, since);
+                    if let Err(e) = self.copied_before_read(i, since) {
+                        // Looked for again from the same time; the file's new bytes wait.
+                        self.files[i].bare_since = Some(since);
+                        self.wait_for_rest(i, &e);
+                        continue;
+                    }
                 }
             }
             if truncated {
@@ -1639,9 +1915,19 @@ impl Tail {
                     .any(|o| o.recovered && o.size > o.read_pos());
                 let t = &self.files[i];
                 let whole = t.buf.is_empty() && t.skipping.is_none() && t.blocked.is_none();
+                let rest = match self.out.find_rest(t, held) {
+                    Ok(rest) => rest,
+                    Err(e) => {
+                        // Its new bytes wait for the rest (see `Tracked::rest_wait`); the
+                        // truncation is handled again at the next try.
+                        self.files[i].replaced = true;
+                        self.wait_for_rest(i, &e);
+                        continue;
+                    }
+                };
                 let (used, read) = if rests_wait && whole {
                     let t = &self.files[i];
-                    match self.out.find_rest(t, held) {
+                    match rest {
                         Some(rest) if rest.size <= t.read_pos() => (rest.used, None),
                         Some(rest) => {
                             let read = rest.size.max(t.read_pos());
@@ -1655,7 +1941,7 @@ impl Tail {
                     }
                 } else {
                     let t = &mut self.files[i];
-                    (self.out.finish_from_copy(t, held)?, None)
+                    (self.out.finish_from_copy(t, rest)?, None)
                 };
                 if let Some((path, file, size)) = used {
                     self.copy_consumed(&path, file, size);
@@ -1685,6 +1971,13 @@ impl Tail {
                     .new_generation(t, "truncated", read.is_none() && !pending);
             }
             let t = &mut self.files[i];
+            if t.rest_wait.take().is_some() {
+                tracing::info!(
+                    "source {}: what {} waited for is found; reading goes on",
+                    self.out.cx.name,
+                    t.path.display()
+                );
+            }
             if let (false, Some(h)) = (truncated, head) {
                 t.head = h;
             }
@@ -1705,7 +1998,8 @@ impl Tail {
         let mut order: Vec<usize> = (0..self.files.len())
             .filter(|&i| {
                 let t = &self.files[i];
-                t.copy_wait.is_none() && (t.size > t.read_pos() || t.blocked.is_some())
+                t.copy_wait.is_none()
+                    && (t.size > t.read_pos() || t.blocked.is_some() || t.rest_wait.is_some())
             })
             .collect();
         // Rests recovered from rotations first (by the time they were last written, then
@@ -1716,6 +2010,10 @@ impl Tail {
         order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
         let mut total = 0;
         for i in order {
+            if self.files[i].rest_wait.is_some() {
+                // It and the files after it wait for older content (see `rest_wait`).
+                break;
+            }
             total += self.out.read_file(&mut self.files[i])?;
             self.out.refresh_identity(&mut self.files[i]);
             let t = &self.files[i];
@@ -1730,6 +2028,29 @@ impl Tail {
         Ok(total)
     }
 
+    /// File `i`'s new bytes wait for older content that could not be had (`why`): a `.gz`
+    /// that could not be decompressed, a copy no descriptor was free for. Tried again
+    /// with backoff; logged at the first try.
+    fn wait_for_rest(&mut self, i: usize, why: &str) {
+        let name = &self.out.cx.name;
+        let t = &mut self.files[i];
+        match t.rest_wait {
+            Some(r) => {
+                tracing::debug!("source {name}: {} still waits: {why}", t.path.display());
+                t.rest_wait = Some(r.again());
+            }
+            None => {
+                tracing::error!(
+                    "source {name}: {why}; {} (read to byte {}) and the files after it wait for it: tried again until it can be had. Free space in {} (or raise LimitNOFILE when out of file descriptors)",
+                    t.path.display(),
+                    t.read_pos(),
+                    self.out.cx.state_dir.join("checkpoints").display()
+                );
+                t.rest_wait = Some(Retry::first());
+            }
+        }
+    }
+
     /// Stops following files that left the globs and are read to their end: at once when
     /// deleted, after `rotate_wait` when renamed away (a writer may still add to them).
     fn drop_finished(&mut self) {
@@ -1742,6 +2063,7 @@ impl Tail {
                     t.size == t.read_pos()
                         && t.blocked.is_none()
                         && t.copy_wait.is_none()
+                        && t.rest_wait.is_none()
                         // A closed file is read to its end only once opened again (its
                         // size is the one it had when it was closed), unless deleted.
                         && (t.file.is_some() || t.nlink == 0)
@@ -1774,7 +2096,9 @@ impl Tail {
             );
             // The rest of a file still followed (truncated, or replaced by a new file in
             // its inode number) leaves that file's entry alone.
-            if !(t.recovered && self.files.iter().any(|o| o.key == t.key && !o.recovered)) {
+            // So does the rest of an older generation while a newer one's is still read.
+            let later = |o: &Tracked| o.key == t.key && (!o.recovered || o.gen > t.gen);
+            if !(t.recovered && self.files.iter().any(later)) {
                 self.out.retiring.insert(t.key, (t.gen, t.offset));
             }
         }
@@ -2064,28 +2388,50 @@ impl Tail {
 
 impl Out {
     /// The whole content of `.gz` file `path` (inode `key`, modified at `mtime`) when
-    /// its first bytes are `want`ed, decompressed into the state directory; a failure
-    /// (a full disk) is logged and shown in the status, and gives `None`.
+    /// its first bytes are `want`ed, decompressed into the state directory. A failure (a
+    /// full disk) is shown in the status; the caller logs it, and tries again later.
     fn gunzip_whole(
         &mut self,
         path: &Path,
         mtime: SystemTime,
         key: FileKey,
         want: impl Fn(&[u8]) -> bool,
-    ) -> Option<files::Gunzipped> {
+    ) -> Result<Option<files::Gunzipped>, String> {
         let tmp = self.cx.state_dir.join("checkpoints");
         let beat = self.cx.beat.clone();
-        match files::gunzip(path, mtime, key, want, 0, &tmp, &|| beat.beat()) {
-            Ok(g) => g,
+        let r = files::gunzip(path, mtime, key, want, 0, &tmp, &|| beat.beat());
+        self.gz_result(r, || {
+            format!(
+                "cannot decompress {} into {}",
+                path.display(),
+                tmp.display()
+            )
+        })
+    }
+
+    /// A decompression's result, its error (with `what` was done) kept for the status;
+    /// the status's error is cleared once one succeeds.
+    fn gz_result(
+        &mut self,
+        r: std::io::Result<Option<files::Gunzipped>>,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<files::Gunzipped>, String> {
+        const GZ: &str = "cannot decompress";
+        match r {
+            Ok(g) => {
+                if self
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(GZ))
+                {
+                    self.last_error = None;
+                }
+                Ok(g)
+            }
             Err(e) => {
-                let msg = format!(
-                    "cannot decompress {} into {}: {e}",
-                    path.display(),
-                    tmp.display()
-                );
-                tracing::error!("source {}: {msg}", self.cx.name);
-                self.last_error = Some(msg);
-                None
+                let msg = format!("{GZ}: {}: {e}", what());
+                self.last_error = Some(msg.clone());
+                Err(msg)
             }
         }
     }
@@ -2142,14 +2488,14 @@ impl Out {
     }
 
     /// After a truncation of `t`: reads the rest of `t`'s generation, with `t`'s ids,
-    /// from the copy logrotate's `copytruncate` made of it (see [`Out::find_rest`]).
+    /// from the copy logrotate's `copytruncate` made of it (found by [`Out::find_rest`]).
     /// Returns the uncompressed copy it used.
     fn finish_from_copy(
         &mut self,
         t: &mut Tracked,
-        held: Option<(PathBuf, File, u64)>,
+        rest: Option<Rest>,
     ) -> Result<Option<(PathBuf, File, u64)>, Stopping> {
-        let Some(rest) = self.find_rest(t, held) else {
+        let Some(rest) = rest else {
             return Ok(None);
         };
         let Rest {
@@ -2189,13 +2535,18 @@ impl Out {
     /// After a truncation of `t`: the copy that holds the rest of `t`'s generation:
     /// `held` (a new file held as its possible copy), else a file in the same directory
     /// that starts with `t`'s head and is longer than what was read, else a `.gz`
-    /// rotation whose content does (the copy was compressed before it was read).
-    fn find_rest(&mut self, t: &Tracked, held: Option<(PathBuf, File, u64)>) -> Option<Rest> {
+    /// rotation whose content does (the copy was compressed before it was read). An
+    /// error: that `.gz` could not be decompressed (a full state directory).
+    fn find_rest(
+        &mut self,
+        t: &Tracked,
+        held: Option<(PathBuf, File, u64)>,
+    ) -> Result<Option<Rest>, String> {
         if t.head.len == 0 || t.blocked.is_some() {
-            return None;
+            return Ok(None);
         }
         let plain = held.or_else(|| files::find_copy(&t.path, t.key, t.head, t.read_pos()));
-        Some(match plain {
+        Ok(Some(match plain {
             Some((path, copy, size)) => {
                 let used = copy.try_clone().ok().map(|f| (path.clone(), f, size));
                 let mtime = copy
@@ -2210,51 +2561,45 @@ impl Out {
                     used,
                 }
             }
-            None => match self.gunzip(&t.path, t.head, t.read_pos(), None) {
-                Ok(Some(g)) => Rest {
+            None => match self.gunzip(&t.path, t.head, t.read_pos(), None)? {
+                Some(g) => Rest {
                     path: g.gz,
                     file: g.file,
                     size: g.len,
                     mtime: g.mtime,
                     used: None,
                 },
-                Ok(None) | Err(()) => return None,
+                None => return Ok(None),
             },
-        })
+        }))
     }
 
-    /// [`files::find_gz`], with errors logged: the rest of a file past `from`, from a
-    /// compressed rotation next to `path` that starts with `head`.
+    /// [`files::find_gz`]: the rest of a file past `from`, from a compressed rotation
+    /// next to `path` that starts with `head`. A failure (a full disk) is shown in the
+    /// status; the caller logs it, and tries again later.
     fn gunzip(
         &mut self,
         path: &Path,
         head: Head,
         from: u64,
         since: Option<SystemTime>,
-    ) -> Result<Option<files::Gunzipped>, ()> {
+    ) -> Result<Option<files::Gunzipped>, String> {
         let tmp = self.cx.state_dir.join("checkpoints");
         let beat = self.cx.beat.clone();
-        match files::find_gz(path, head, from, &tmp, &self.gz_taken, since, &|| {
+        let r = files::find_gz(path, head, from, &tmp, &self.gz_taken, since, &|| {
             beat.beat()
-        }) {
-            Ok(g) => {
-                if let Some(g) = &g {
-                    self.gz_taken.push((g.gz.clone(), g.gz_key));
-                }
-                Ok(g)
-            }
-            Err(e) => {
-                let msg = format!(
-                    "cannot recover the rest of {} (after byte {from}) from its compressed rotation \
-                     (decompressing into {}): {e}",
-                    path.display(),
-                    tmp.display()
-                );
-                tracing::error!("source {}: {msg}", self.cx.name);
-                self.last_error = Some(msg);
-                Err(())
-            }
+        });
+        let g = self.gz_result(r, || {
+            format!(
+                "the rest of {} (after byte {from}) from its compressed rotation, into {}",
+                path.display(),
+                tmp.display()
+            )
+        })?;
+        if let Some(g) = &g {
+            self.gz_taken.push((g.gz.clone(), g.gz_key));
         }
+        Ok(g)
     }
 
     /// Reads one file from its position up to its end (or `READ_SLICE` bytes).
@@ -2789,6 +3134,7 @@ fn closable(t: &Tracked) -> bool {
         && !t.suspect
         && t.copy_wait.is_none()
         && t.blocked.is_none()
+        && t.rest_wait.is_none()
         && t.size == t.read_pos()
 }
 

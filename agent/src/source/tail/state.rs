@@ -7,6 +7,14 @@
 //! up to which every record's event is acknowledged. An entry whose file is gone is kept
 //! as `retired` for a day, so a new file that reuses the inode starts a new generation.
 //!
+//! A full disk does not keep it from being written (a restart after a kill would not
+//! know the files followed since, and would read their rotations under other ids: seed
+//! 145): it is written padded with spaces to a size with room to grow, and a spare
+//! (`<source>.json.spare`, blocks already allocated) is kept next to it; when the
+//! ordinary write fails with ENOSPC, the checkpoint is written into the spare in place
+//! and exchanged with it in one rename (`RENAME_EXCHANGE`), the old one becoming the
+//! spare.
+//!
 //! Versions: 2 since file heads were added; 1, written by lockstep 0.1.0, is read as it
 //! is (its entries have no head: each file is recognised by its first line once, and
 //! the head recorded from then on), logged as migrated, and written again as 2.
@@ -55,6 +63,19 @@ pub struct FileCp {
     /// compressed meanwhile) by this head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<NextGen>,
+    /// The generations being read after `next`, oldest first, when there are several
+    /// (the inode number taken again and again while acknowledgements were due, as
+    /// under `create` + `compress` with a stalled broker: torture seed 145 lost the one
+    /// between when only the newest was kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<NextGen>,
+}
+
+impl FileCp {
+    /// The newer generations being read (see [`FileCp::next`]), oldest first.
+    pub fn newer(&self) -> impl Iterator<Item = &NextGen> {
+        self.next.iter().chain(self.later.iter())
+    }
 }
 
 /// See [`FileCp::next`].
@@ -90,6 +111,7 @@ impl FileCp {
             born_ns,
             prev: None,
             next: None,
+            later: Vec::new(),
         }
     }
 }
@@ -106,6 +128,12 @@ pub fn born_ns(born: Option<std::time::SystemTime>) -> Option<u64> {
 struct OnDisk {
     version: u32,
     files: Vec<FileCp>,
+    /// When the agent stopped before the start that wrote this checkpoint, while
+    /// compressed rotations found then still wait to be decompressed (a full state
+    /// directory): the next start looks for rotations made since this time (ms since
+    /// the epoch), not since this file was written. Ignored by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since_ms: Option<u64>,
 }
 
 /// The version written. 1: lockstep 0.1.0, whose entries have no `head`.
@@ -120,11 +148,16 @@ pub struct Checkpoint {
     pub files: BTreeMap<FileKey, FileCp>,
     /// Whether a checkpoint existed when the source started.
     pub existed: bool,
-    /// When the checkpoint found at start was last written (about when the agent stopped).
+    /// When the checkpoint found at start was last written (about when the agent stopped;
+    /// or its `since_ms`, see [`OnDisk`]).
     pub written: Option<std::time::SystemTime>,
-    /// Fingerprint and head of a file's newer generation (after a truncation), taken
+    /// Write `written` as the time rotations are looked for from at the next start:
+    /// some found at this start wait to be decompressed.
+    pub keep_since: bool,
+    /// Generation, fingerprint, head and birth time of a file's newer generations
+    /// (after a truncation, or a new file in its inode number), oldest first, each taken
     /// over by its entry when the checkpoint reaches that generation.
-    next: HashMap<FileKey, (u32, Option<u64>, Head, Option<u64>)>,
+    next: HashMap<FileKey, Vec<NextGen>>,
     pub dirty: bool,
     /// A file's entry was added, or what identifies a generation (fingerprint, head,
     /// birth time) changed, since the last write. The source writes the checkpoint
@@ -143,6 +176,7 @@ impl Checkpoint {
         let mut files = BTreeMap::new();
         let existed = data.is_some();
         let mut dirty = false;
+        let mut since = None;
         if let Some(data) = data {
             let d: OnDisk = serde_json::from_slice(&data).map_err(|e| {
                 format!(
@@ -153,6 +187,9 @@ impl Checkpoint {
             })?;
             // An older version is written again in this one's form.
             dirty = d.version < VERSION;
+            since = d
+                .since_ms
+                .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
             if let Some(detail) = migration_note(&d) {
                 StateMigrated {
                     what: "tail checkpoint",
@@ -171,12 +208,13 @@ impl Checkpoint {
                 );
             }
         }
-        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let written = since.or_else(|| std::fs::metadata(&path).and_then(|m| m.modified()).ok());
         Ok(Self {
             path,
             files,
             existed,
             written,
+            keep_since: false,
             next: HashMap::new(),
             dirty,
             identity_dirty: false,
@@ -189,9 +227,16 @@ impl Checkpoint {
             if (gen, offset) > (e.gen, e.offset) {
                 if gen != e.gen {
                     e.prev = e.head.filter(|h| h.len > 0).map(|h| (h, e.offset));
-                    (e.fp, e.head, e.born_ns) = match self.next.remove(&key) {
-                        Some((g, fp, head, born)) if g == gen => (fp, Some(head), born),
-                        _ => (None, None, None),
+                    let newer = self.next.get_mut(&key);
+                    let at = newer
+                        .as_ref()
+                        .and_then(|n| n.iter().find(|x| x.gen == gen).copied());
+                    if let Some(n) = newer {
+                        n.retain(|x| x.gen > gen);
+                    }
+                    (e.fp, e.head, e.born_ns) = match at {
+                        Some(n) => (n.fp, Some(n.head), n.born_ns),
+                        None => (None, None, None),
                     };
                 }
                 e.gen = gen;
@@ -240,12 +285,30 @@ impl Checkpoint {
             }
             // What is known of a newer generation (being read by another reader of the
             // same file) stays for when the checkpoint reaches it.
-            if self.next.get(&key).is_some_and(|n| n.0 <= gen) {
-                self.next.remove(&key);
+            if let Some(n) = self.next.get_mut(&key) {
+                n.retain(|x| x.gen > gen);
             }
         } else if gen > e.gen {
-            let next = (gen, fp, head, born_ns);
-            if self.next.insert(key, next) != Some(next) {
+            let n = self.next.entry(key).or_default();
+            let id = NextGen {
+                gen,
+                fp,
+                head,
+                born_ns,
+            };
+            let changed = match n.iter_mut().find(|x| x.gen == gen) {
+                Some(x) if *x == id => false,
+                Some(x) => {
+                    *x = id;
+                    true
+                }
+                None => {
+                    n.push(id);
+                    n.sort_by_key(|x| x.gen);
+                    true
+                }
+            };
+            if changed {
                 self.dirty = true;
                 self.identity_dirty = true;
             }
@@ -263,26 +326,136 @@ impl Checkpoint {
         self.files
             .retain(|_, f| f.retired_ms.is_none_or(|t| now_ms - t < RETIRED_KEEP_MS));
         for (k, e) in self.files.iter_mut() {
-            e.next = self.next.get(k).filter(|n| n.0 > e.gen && n.2.len > 0).map(
-                |&(gen, fp, head, born_ns)| NextGen {
-                    gen,
-                    fp,
-                    head,
-                    born_ns,
-                },
-            );
+            let mut newer = self
+                .next
+                .get(k)
+                .into_iter()
+                .flatten()
+                .filter(|n| n.gen > e.gen && n.head.len > 0)
+                .copied();
+            e.next = newer.next();
+            e.later = newer.collect();
         }
+        let since_ms = self
+            .written
+            .filter(|_| self.keep_since)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
         let d = OnDisk {
             version: VERSION,
             files: self.files.values().cloned().collect(),
+            since_ms,
         };
-        let data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
-        checkpoint::write_atomic(&self.path, &data)?;
+        let mut data = serde_json::to_vec_pretty(&d).map_err(std::io::Error::other)?;
+        data.push(b'\n');
+        let len = data.len();
+        // Padded with spaces (JSON ignores them) to a size with room to grow: written on a
+        // full disk, the checkpoint goes into the blocks of the one before it.
+        data.resize(slot(len), b' ');
+        let r = checkpoint::write_atomic(&self.path, &data);
+        match r {
+            Ok(()) => keep_spare(&self.path, data.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                write_into_spare(&self.path, &data[..len]).map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        }
         self.dirty = false;
         self.identity_dirty = false;
         self.existed = true;
         Ok(())
     }
+}
+
+/// The checkpoint's spare: a file of blocks already allocated, which a full disk does not
+/// keep from being written (see [`write_into_spare`]).
+fn spare_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".spare");
+    path.with_file_name(name)
+}
+
+/// The length a checkpoint of `len` bytes is written with: half as long again and 4 KiB
+/// more, in 16 KiB steps (see [`write_into_spare`]).
+fn slot(len: usize) -> usize {
+    (len + len / 2 + 4096).div_ceil(16 << 10) * (16 << 10)
+}
+
+/// After a write of `len` bytes: keeps a spare at least that long (64 KiB at least when
+/// made), made while there is room. Best effort: without one, a full disk fails the
+/// write as before.
+fn keep_spare(path: &Path, len: usize) {
+    let spare = spare_path(path);
+    let want = (2 * len).max(64 << 10) as u64;
+    if std::fs::metadata(&spare).is_ok_and(|m| m.len() >= len as u64) {
+        return;
+    }
+    // Made aside and renamed over the old spare: a failure leaves the old one as it was.
+    let mut name = spare.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let new = spare.with_file_name(name);
+    let r = (|| {
+        let f = std::fs::File::create(&new)?;
+        std::io::Write::write_all(&mut &f, &vec![b' '; want as usize])?;
+        f.sync_all()?;
+        std::fs::rename(&new, &spare)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&new);
+    }
+}
+
+/// The checkpoint written on a full disk (torture seed 145: a `state_dir` filled while
+/// files were rotated and compressed, then kill -9; files created since the last write
+/// were unknown to the checkpoint, and their `.gz` read whole under other ids, their
+/// events sent twice): into the spare, in place (its blocks are allocated: no new one is
+/// needed), padded with spaces to its length (JSON ignores them), fsynced, and exchanged
+/// with the checkpoint in one rename (`RENAME_EXCHANGE`): the old checkpoint is the spare
+/// from then on, a crash leaves one or the other whole.
+fn write_into_spare(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let spare = spare_path(path);
+    // What the failed write left (blocks of its own).
+    let mut tmp = path.file_name().unwrap_or_default().to_os_string();
+    tmp.push(".tmp");
+    let _ = std::fs::remove_file(path.with_file_name(tmp));
+    let mut f = std::fs::OpenOptions::new().write(true).open(&spare)?;
+    let len = f.metadata()?.len();
+    if (data.len() as u64) > len {
+        return Err(std::io::ErrorKind::StorageFull.into());
+    }
+    let mut padded = data.to_vec();
+    padded.resize(len as usize, b' ');
+    f.write_all(&padded)?;
+    f.sync_all()?;
+    exchange(&spare, path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Swaps two files' names atomically (`renameat2` with `RENAME_EXCHANGE`).
+#[allow(unsafe_code)]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("a NUL byte in the path"))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call, which only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What the migration of a checkpoint written by an older lockstep does, when it does
@@ -319,9 +492,14 @@ mod tests {
             born_ns: None,
             prev: None,
             next: None,
+            later: Vec::new(),
         };
         let with_head = Some(Head { len: 10, hash: 7 });
-        let on_disk = |version, files| OnDisk { version, files };
+        let on_disk = |version, files| OnDisk {
+            version,
+            files,
+            since_ms: None,
+        };
         assert_eq!(migration_note(&on_disk(1, vec![])), None);
         assert_eq!(
             migration_note(&on_disk(1, vec![entry(2, with_head), entry(3, with_head)])),
@@ -339,6 +517,59 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_checkpoint_written_into_its_spare_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        cp.files
+            .insert(key, at_gen_0(Head { len: 10, hash: 7 }, None));
+        cp.write(0).unwrap();
+        let spare = spare_path(&cp.path);
+        let spare_len = std::fs::metadata(&spare).unwrap().len();
+        assert!(spare_len >= std::fs::metadata(&cp.path).unwrap().len());
+        // As on a full disk: the next checkpoint goes into the spare's blocks.
+        cp.files.get_mut(&key).unwrap().offset = 250;
+        let data = serde_json::to_vec(&OnDisk {
+            version: VERSION,
+            files: cp.files.values().cloned().collect(),
+            since_ms: None,
+        })
+        .unwrap();
+        let old_len = std::fs::metadata(&cp.path).unwrap().len();
+        write_into_spare(&cp.path, &data).unwrap();
+        assert_eq!(std::fs::metadata(&cp.path).unwrap().len(), spare_len);
+        assert_eq!(
+            std::fs::metadata(&spare).unwrap().len(),
+            old_len,
+            "exchanged"
+        );
+        let back = Checkpoint::load(dir.path(), "s").unwrap();
+        assert_eq!(back.files[&key].offset, 250);
+    }
+
+    /// While rotations found at a start wait to be decompressed, the checkpoint keeps the
+    /// time of the stop, so that a restart meanwhile looks for rotations from it again.
+    #[test]
+    fn the_time_of_the_stop_is_kept_while_rotations_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        cp.write(0).unwrap();
+        let stop = Checkpoint::load(dir.path(), "s").unwrap().written.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        cp.keep_since = true;
+        cp.write(0).unwrap();
+        let kept = Checkpoint::load(dir.path(), "s").unwrap().written.unwrap();
+        let ms =
+            |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        assert_eq!(ms(kept), ms(stop));
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        cp.write(0).unwrap();
+        let moved = Checkpoint::load(dir.path(), "s").unwrap().written.unwrap();
+        assert!(moved > kept, "not kept once nothing waits");
+    }
+
     /// The entry of `/x/a.log` (device 1, inode 2) at generation 0, byte 100.
     fn at_gen_0(head: Head, born_ns: Option<u64>) -> FileCp {
         FileCp {
@@ -353,6 +584,7 @@ mod tests {
             born_ns,
             prev: None,
             next: None,
+            later: Vec::new(),
         }
     }
 
@@ -381,6 +613,30 @@ mod tests {
         let grown = Head { len: 40, hash: 11 };
         cp.set_identity(key, 1, Some(6), grown, None);
         assert_eq!(cp.files[&key].head, Some(grown));
+    }
+
+    /// The inode number taken again and again while acknowledgements are due: every
+    /// newer generation's identity is kept (written as `next` and `later`), and each is
+    /// taken over when the checkpoint reaches it.
+    #[test]
+    fn every_newer_generation_is_kept_until_the_checkpoint_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        cp.files
+            .insert(key, at_gen_0(Head { len: 10, hash: 7 }, None));
+        let g1 = Head { len: 3, hash: 9 };
+        let g2 = Head { len: 4, hash: 11 };
+        cp.set_identity(key, 1, Some(6), g1, None);
+        cp.set_identity(key, 2, Some(8), g2, None);
+        cp.write(0).unwrap();
+        let back = Checkpoint::load(dir.path(), "s").unwrap();
+        let heads: Vec<(u32, Head)> = back.files[&key].newer().map(|n| (n.gen, n.head)).collect();
+        assert_eq!(heads, [(1, g1), (2, g2)]);
+        cp.advance(key, 1, 0);
+        assert_eq!(cp.files[&key].head, Some(g1));
+        cp.advance(key, 2, 0);
+        assert_eq!(cp.files[&key].head, Some(g2));
     }
 
     /// Two readers of one file at once: a copy read under the file's ids at the
