@@ -1118,34 +1118,43 @@ async fn the_gz_of_the_previous_file_is_not_taken_for_a_copy_of_the_new_empty_on
 #[tokio::test]
 async fn a_gz_that_reuses_the_inode_number_of_a_vanished_file_is_read() {
     use std::os::unix::fs::MetadataExt;
-    let w = World::new();
-    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
-    let logs = w.logs();
-    let live = logs.join("app.log");
-    append(&live, lines(0..100));
-    let mut agent = w.agent(&cfg);
-    assert_eq!(w.wait_count(100, WAIT).await, 100);
-    assert_eq!(agent.stop(), Some(0));
-    let ino = fs::metadata(&live).unwrap().ino();
-    // Two rotations while stopped (`compress`): the file followed at the stop ends up in
-    // `app.log.2.gz`; its inode number is free once it is compressed, and the next `.gz`
-    // made gets it.
-    append(&live, lines(100..150));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    append(&live, lines(150..200));
-    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
-    fs::rename(logs.join("app.log.1.gz"), logs.join("app.log.2.gz")).unwrap();
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
-    append(&live, lines(200..250));
-    assert_eq!(
-        fs::metadata(logs.join("app.log.1.gz")).unwrap().ino(),
-        ino,
-        "setup: the filesystem gave the new .gz the freed inode number"
-    );
-    changed_since_the_stop(&w, &logs, ["app.log.2.gz", "app.log.1.gz"]);
-    let mut agent = w.agent(&cfg);
-    expect_ids(&w, &mut agent, range(0..250)).await;
+    // The setup needs the file system to give the new `.gz` the inode number just
+    // freed; another process may take it first (other tests run meanwhile): then the
+    // setup is made again in a new directory.
+    for attempt in 1.. {
+        let w = World::new();
+        let cfg =
+            w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+        let logs = w.logs();
+        let live = logs.join("app.log");
+        append(&live, lines(0..100));
+        let mut agent = w.agent(&cfg);
+        assert_eq!(w.wait_count(100, WAIT).await, 100);
+        assert_eq!(agent.stop(), Some(0));
+        let ino = fs::metadata(&live).unwrap().ino();
+        // Two rotations while stopped (`compress`): the file followed at the stop ends up
+        // in `app.log.2.gz`; its inode number is free once it is compressed, and the next
+        // `.gz` made gets it.
+        append(&live, lines(100..150));
+        fs::rename(&live, logs.join("app.log.1")).unwrap();
+        append(&live, lines(150..200));
+        gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+        fs::rename(logs.join("app.log.1.gz"), logs.join("app.log.2.gz")).unwrap();
+        fs::rename(&live, logs.join("app.log.1")).unwrap();
+        gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+        append(&live, lines(200..250));
+        if fs::metadata(logs.join("app.log.1.gz")).unwrap().ino() != ino {
+            assert!(
+                attempt < 20,
+                "setup: the file system never gave the new .gz the freed inode number"
+            );
+            continue;
+        }
+        changed_since_the_stop(&w, &logs, ["app.log.2.gz", "app.log.1.gz"]);
+        let mut agent = w.agent(&cfg);
+        expect_ids(&w, &mut agent, range(0..250)).await;
+        return;
+    }
 }
 
 #[tokio::test]
