@@ -721,9 +721,15 @@ impl Tail {
         let read: Vec<(Head, u64)> = self.out.cp.files.values().filter_map(|c| c.prev).collect();
         for (l, head) in live {
             let mut generation = truncated;
+            if truncated && head.is_some() && self.track_later_generations(l, since) {
+                // The live file is the newest generation read at the stop: no copy was
+                // made of it since.
+                generation = false;
+            }
             for (p, key) in files::rotated_since(l, since) {
-                let known =
-                    self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
+                // A copy already followed as a generation of the live file.
+                let known = self.out.cp.files.contains_key(&key)
+                    || self.files.iter().any(|t| t.key == key || t.path == p);
                 if known || self.globs.matches(&p) {
                     continue;
                 }
@@ -796,22 +802,41 @@ impl Tail {
             return false;
         }
         // With a head, the checkpointed generation is finished first (from its copy) by
-        // the first read round: this copy is the one after it.
-        let gen = t.gen + u32::from(after);
+        // the first read round: this copy is the one after it, or after the later
+        // generations read at the stop whose copies were found (see
+        // [`Tail::track_later_generations`]).
+        let gen = t.gen + u32::from(after) + t.gen_skip;
         tracing::info!(
             "source {}: {} is the copy of generation {gen} of {}, which the checkpoint had not reached at the stop; reading it under that file's ids, then the file as a new generation",
             self.out.cx.name,
             copy.display(),
             live.display()
         );
+        let key = t.key;
+        self.track_copy(key, copy, f, &m, gen);
+        let t = &mut self.files[i];
+        if after {
+            // Its truncation, found by the first read round, goes past this generation.
+            t.gen_skip += 1;
+        } else {
+            // Read after its copy (the copy ranks first): the checkpoint moves on with it.
+            self.out
+                .new_generation(t, "copied and truncated while stopped", false);
+        }
+        true
+    }
+
+    /// Follows `copy` (open as `f`, with metadata `m`) whole as generation `gen` of file
+    /// `key`: read under that file's ids, among the rests recovered at the start.
+    fn track_copy(&mut self, key: FileKey, copy: &Path, f: File, m: &fs::Metadata, gen: u32) {
         let head = Head::default()
             .recheck(&f, m.len())
             .ok()
             .flatten()
             .unwrap_or_default();
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
-        let r = Tracked {
-            key: t.key,
+        self.files.push(Tracked {
+            key,
             path: copy.to_owned(),
             file: Some(fds::Budget::global().adopt(f)),
             born: None,
@@ -838,18 +863,114 @@ impl Tail {
             first: Vec::new(),
             bare_since: None,
             gen_skip: 0,
+        });
+    }
+
+    /// Live file `live`, checkpointed at a generation with a head and truncated since:
+    /// the generations after that one which were already being read at the stop (the
+    /// file was copytruncated again before their acknowledgements came; see
+    /// `FileCp::between` and `FileCp::next`) are in copies made before or after the
+    /// stop. Each is found by its head (a plain copy next to the file, else a `.gz`
+    /// rotation) and read whole under the file's ids, in generation order after the
+    /// rest of the checkpointed one, so that what was sent of it before the stop is sent
+    /// again with the same ids. The live file itself may be the newest of them (not
+    /// truncated since): it goes on as that generation, from 0; else as the one after.
+    /// `true`: the live file is that newest generation.
+    fn track_later_generations(&mut self, live: &Path, since: SystemTime) -> bool {
+        let Some(i) = self.files.iter().position(|t| {
+            t.path == live
+                && !t.recovered
+                && t.gone_since.is_none()
+                && !t.replaced
+                && t.blocked.is_none()
+        }) else {
+            return false;
         };
-        self.files.push(r);
-        let t = &mut self.files[i];
-        if after {
-            // Its truncation, found by the first read round, goes past this generation.
-            t.gen_skip = 1;
-        } else {
-            // Read after its copy (the copy ranks first): the checkpoint moves on with it.
-            self.out
-                .new_generation(t, "copied and truncated while stopped", false);
+        let (key, gen) = (self.files[i].key, self.files[i].gen);
+        let Some(c) = self.out.cp.files.get(&key).filter(|c| c.gen == gen) else {
+            return false;
+        };
+        let later = c.later();
+        let Some(newest) = later.last().map(|n| n.gen) else {
+            return false;
+        };
+        let (head, offset, prev) = (c.head.unwrap_or_default(), c.offset, c.prev);
+        // The copy of the checkpointed generation (its rest, read by the first read
+        // round) and older copies are not later generations: a short head (a CSV header)
+        // may start them too.
+        let rest = files::find_copy(live, key, head, offset);
+        let not_before = rest
+            .as_ref()
+            .and_then(|(_, f, _)| f.metadata().and_then(|m| m.modified()).ok());
+        let mut candidates: Vec<(PathBuf, FileKey)> =
+            files::rotated_since(live, SystemTime::UNIX_EPOCH)
+                .into_iter()
+                .filter(|(p, k)| {
+                    rest.as_ref().is_none_or(|(r, _, _)| r != p)
+                        && !self.files.iter().any(|t| t.key == *k || t.path == *p)
+                        && !self.globs.matches(p)
+                        && fs::metadata(p).is_ok_and(|m| {
+                            let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                            not_before.is_none_or(|t| mtime >= t)
+                                && !prev.is_some_and(|(h, n)| {
+                                    n == m.len()
+                                        && File::open(p)
+                                            .is_ok_and(|f| matches!(h.recheck(&f, n), Ok(Some(_))))
+                                })
+                        })
+                })
+                .collect();
+        let live_first = self.files[i]
+            .file
+            .as_deref()
+            .and_then(|f| files::first_bytes(f).ok())
+            .unwrap_or_default();
+        let mut live_is_newest = false;
+        for n in later {
+            let found = candidates.iter().position(|(p, _)| {
+                File::open(p).is_ok_and(|f| {
+                    let size = f.metadata().map_or(0, |m| m.len());
+                    matches!(n.head.recheck(&f, size), Ok(Some(_)))
+                })
+            });
+            if let Some(k) = found {
+                let (p, _) = candidates.remove(k);
+                let (Ok(f), Ok(m)) = (File::open(&p), fs::metadata(&p)) else {
+                    continue;
+                };
+                tracing::info!(
+                    "source {}: {} is the copy of generation {} of {}, read before the stop but not all acknowledged; reading it under that file's ids",
+                    self.out.cx.name,
+                    p.display(),
+                    n.gen,
+                    live.display()
+                );
+                self.track_copy(key, &p, f, &m, n.gen);
+                continue;
+            }
+            if n.gen == newest && n.head.starts(&live_first) {
+                live_is_newest = true;
+                continue;
+            }
+            match self.out.gunzip(live, n.head, 0, Some(since)) {
+                Ok(Some(g)) => {
+                    let mut c2 = self.out.cp.files[&key].clone();
+                    (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
+                    (c2.head, c2.next, c2.between) = (Some(n.head), None, Vec::new());
+                    self.track_recovered(g, &c2);
+                }
+                Ok(None) | Err(()) => tracing::warn!(
+                    "source {}: generation {} of {} (read before the stop, not all acknowledged) was not found in its copies; whatever of it was not acknowledged is lost",
+                    self.out.cx.name,
+                    n.gen,
+                    live.display()
+                ),
+            }
         }
-        true
+        // The first read round finds the checkpointed generation truncated and moves the
+        // file past these generations.
+        self.files[i].gen_skip = newest - gen - u32::from(live_is_newest);
+        live_is_newest
     }
 
     /// Follows the rest of a vanished file, decompressed from its `.gz` rotation, under
@@ -1520,14 +1641,18 @@ impl Tail {
             }
             None => {
                 let mut c = FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born);
-                // The same generation goes on: what is known of the one before stays.
-                c.prev = self
+                // The same generation goes on: what is known of the one before stays, and
+                // of those after it read before the stop (see
+                // [`Tail::track_later_generations`]).
+                if let Some(o) = self
                     .out
                     .cp
                     .files
                     .get(&key)
                     .filter(|o| o.gen == gen && o.retired_ms.is_none())
-                    .and_then(|o| o.prev);
+                {
+                    (c.prev, c.next, c.between) = (o.prev, o.next, o.between.clone());
+                }
                 self.out.cp.files.insert(key, c);
                 self.out.cp.dirty = true;
             }
@@ -1715,6 +1840,24 @@ impl Tail {
         // are coarse: a rotated file and its successor often share one).
         let rank = |t: &Tracked| (!t.recovered, t.gone_since.is_none(), t.mtime, t.discovered);
         order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
+        // The rests and copies of one file's generations, in generation order whatever
+        // their times say (a copy made within the clock tick of the one before it).
+        let rests: Vec<usize> = (0..order.len())
+            .filter(|&k| self.files[order[k]].recovered)
+            .collect();
+        for &k in &rests {
+            let key = self.files[order[k]].key;
+            let slots: Vec<usize> = rests
+                .iter()
+                .copied()
+                .filter(|&j| self.files[order[j]].key == key)
+                .collect();
+            let mut of_key: Vec<usize> = slots.iter().map(|&j| order[j]).collect();
+            of_key.sort_by_key(|&i| (self.files[i].gen, self.files[i].discovered));
+            for (j, i) in slots.into_iter().zip(of_key) {
+                order[j] = i;
+            }
+        }
         let mut total = 0;
         for i in order {
             total += self.out.read_file(&mut self.files[i])?;

@@ -55,6 +55,12 @@ pub struct FileCp {
     /// compressed meanwhile) by this head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<NextGen>,
+    /// The generations between `gen` and `next` already read (the file was truncated
+    /// again, or more than once, before the acknowledgements of `gen` came), oldest
+    /// first: a stop before the checkpoint reaches them finds their copies by these
+    /// heads and reads them under the file's ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub between: Vec<NextGen>,
 }
 
 /// See [`FileCp::next`].
@@ -90,7 +96,23 @@ impl FileCp {
             born_ns,
             prev: None,
             next: None,
+            between: Vec::new(),
         }
+    }
+
+    /// The generations after `gen` already being read at the stop with their heads
+    /// (`between`, then `next`), oldest first.
+    pub fn later(&self) -> Vec<NextGen> {
+        let mut later: Vec<NextGen> = self
+            .between
+            .iter()
+            .copied()
+            .chain(self.next)
+            .filter(|n| n.gen > self.gen && n.head.len > 0)
+            .collect();
+        later.sort_by_key(|n| n.gen);
+        later.dedup_by_key(|n| n.gen);
+        later
     }
 }
 
@@ -108,6 +130,9 @@ struct OnDisk {
     files: Vec<FileCp>,
 }
 
+/// A generation's fingerprint, head and birth time (see [`Checkpoint::next`]).
+type Ident = (Option<u64>, Head, Option<u64>);
+
 /// The version written. 1: lockstep 0.1.0, whose entries have no `head`.
 const VERSION: u32 = 2;
 
@@ -122,9 +147,11 @@ pub struct Checkpoint {
     pub existed: bool,
     /// When the checkpoint found at start was last written (about when the agent stopped).
     pub written: Option<std::time::SystemTime>,
-    /// Fingerprint and head of a file's newer generation (after a truncation), taken
-    /// over by its entry when the checkpoint reaches that generation.
-    next: HashMap<FileKey, (u32, Option<u64>, Head, Option<u64>)>,
+    /// Fingerprint, head and birth time of a file's newer generations (after
+    /// truncations), each taken over by its entry when the checkpoint reaches that
+    /// generation. Every generation is kept, not only the newest: a file truncated twice
+    /// before the acks of the older generation came reaches the middle one too.
+    next: HashMap<FileKey, BTreeMap<u32, Ident>>,
     pub dirty: bool,
 }
 
@@ -181,9 +208,17 @@ impl Checkpoint {
             if (gen, offset) > (e.gen, e.offset) {
                 if gen != e.gen {
                     e.prev = e.head.filter(|h| h.len > 0).map(|h| (h, e.offset));
-                    (e.fp, e.head, e.born_ns) = match self.next.remove(&key) {
-                        Some((g, fp, head, born)) if g == gen => (fp, Some(head), born),
-                        _ => (None, None, None),
+                    let known = self.next.get_mut(&key).and_then(|n| {
+                        let this = n.remove(&gen);
+                        n.retain(|&g, _| g > gen);
+                        this
+                    });
+                    if self.next.get(&key).is_some_and(|n| n.is_empty()) {
+                        self.next.remove(&key);
+                    }
+                    (e.fp, e.head, e.born_ns) = match known {
+                        Some((fp, head, born)) => (fp, Some(head), born),
+                        None => (None, None, None),
                     };
                 }
                 e.gen = gen;
@@ -229,13 +264,19 @@ impl Checkpoint {
                 e.born_ns = born_ns;
                 self.dirty = true;
             }
-            // What is known of a newer generation (being read by another reader of the
-            // same file) stays for when the checkpoint reaches it.
-            if self.next.get(&key).is_some_and(|n| n.0 <= gen) {
-                self.next.remove(&key);
+            // What is known of newer generations (being read by another reader of the
+            // same file) stays for when the checkpoint reaches them.
+            if let Some(n) = self.next.get_mut(&key) {
+                n.retain(|&g, _| g > gen);
+                if n.is_empty() {
+                    self.next.remove(&key);
+                }
             }
         } else if gen > e.gen {
-            self.next.insert(key, (gen, fp, head, born_ns));
+            self.next
+                .entry(key)
+                .or_default()
+                .insert(gen, (fp, head, born_ns));
         }
     }
 
@@ -243,14 +284,21 @@ impl Checkpoint {
         self.files
             .retain(|_, f| f.retired_ms.is_none_or(|t| now_ms - t < RETIRED_KEEP_MS));
         for (k, e) in self.files.iter_mut() {
-            e.next = self.next.get(k).filter(|n| n.0 > e.gen && n.2.len > 0).map(
-                |&(gen, fp, head, born_ns)| NextGen {
+            let mut later: Vec<NextGen> = self
+                .next
+                .get(k)
+                .into_iter()
+                .flatten()
+                .filter(|(&gen, n)| gen > e.gen && n.1.len > 0)
+                .map(|(&gen, &(fp, head, born_ns))| NextGen {
                     gen,
                     fp,
                     head,
                     born_ns,
-                },
-            );
+                })
+                .collect();
+            e.next = later.pop();
+            e.between = later;
         }
         let d = OnDisk {
             version: VERSION,
@@ -298,6 +346,7 @@ mod tests {
             born_ns: None,
             prev: None,
             next: None,
+            between: Vec::new(),
         };
         let with_head = Some(Head { len: 10, hash: 7 });
         let on_disk = |version, files| OnDisk { version, files };
@@ -332,6 +381,7 @@ mod tests {
             born_ns,
             prev: None,
             next: None,
+            between: Vec::new(),
         }
     }
 
@@ -390,5 +440,51 @@ mod tests {
             (1, Some(6), Some(new), Some(42)),
             "generation 1's identity was kept for it"
         );
+    }
+
+    /// Seeds 10214 and 10242: the file was truncated twice before the acks of the
+    /// checkpoint's generation came. The middle generation keeps its identity when the
+    /// checkpoint reaches it (its copy is found by its head after a stop), and every
+    /// generation already read is written with its head.
+    #[test]
+    fn every_newer_generation_keeps_its_identity_until_the_checkpoint_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        cp.files
+            .insert(key, at_gen_0(Head { len: 10, hash: 7 }, None));
+        let (h1, h2, h3) = (
+            Head { len: 4, hash: 1 },
+            Head { len: 5, hash: 2 },
+            Head { len: 6, hash: 3 },
+        );
+        cp.set_identity(key, 1, Some(11), h1, None);
+        cp.set_identity(key, 2, Some(12), h2, None);
+        cp.set_identity(key, 3, Some(13), h3, None);
+        cp.write(0).unwrap();
+        let on_disk: OnDisk = serde_json::from_slice(&std::fs::read(&cp.path).unwrap()).unwrap();
+        let e = &on_disk.files[0];
+        assert_eq!(e.next.map(|n| (n.gen, n.head)), Some((3, h3)));
+        assert_eq!(
+            e.between
+                .iter()
+                .map(|n| (n.gen, n.head))
+                .collect::<Vec<_>>(),
+            vec![(1, h1), (2, h2)]
+        );
+        assert_eq!(
+            e.later().iter().map(|n| n.gen).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        cp.advance(key, 1, 30);
+        let e = &cp.files[&key];
+        assert_eq!((e.gen, e.fp, e.head), (1, Some(11), Some(h1)));
+        cp.advance(key, 2, 0);
+        assert_eq!(cp.files[&key].head, Some(h2));
+        cp.write(0).unwrap();
+        let on_disk: OnDisk = serde_json::from_slice(&std::fs::read(&cp.path).unwrap()).unwrap();
+        let e = &on_disk.files[0];
+        assert_eq!(e.next.map(|n| n.gen), Some(3));
+        assert!(e.between.is_empty());
     }
 }
