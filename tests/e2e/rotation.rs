@@ -1428,6 +1428,80 @@ async fn copies_made_before_a_kill_9_of_generations_not_yet_acknowledged_are_rea
     copytruncates_before_the_acks(0).await;
 }
 
+/// Seed 5000 (copytruncate, a full spool that blocks during a long broker outage): the
+/// file was copytruncated several times while the source waited on the spool. Once it
+/// read again, it found one truncation, read the rest of its generation from that
+/// generation's copy and then the live file: the copies made after it, generations it
+/// never saw, were never read (a kill -9 later read them whole at the start, after newer
+/// events of their keys).
+#[tokio::test]
+async fn copies_made_while_the_source_waited_on_a_full_spool_are_read_in_order() {
+    let mut w = World::new();
+    w.with_admin();
+    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\n".into();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let live = w.logs().join("changes.log");
+    let rotate = copytruncate_with_logrotate(&w, &live);
+    append(&live, lines(0..10));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(10, WAIT).await, 10);
+    w.nats.kill();
+    let mut written = 10;
+    // More than the spool (about 1,500 of these) and the channel to the publisher
+    // (16 batches of 512) hold.
+    append(&live, noisy(written..written + 20_000));
+    written += 20_000;
+    // The spool fills and the source waits on it, short of the file's end.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = w.metric("lockstep_spool_appended_events_total");
+        if now > 0 && now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(w.metric_sum("lockstep_events_captured_total") < written);
+    for _ in 0..3 {
+        rotate();
+        append(&live, noisy(written..written + 30));
+        written += 30;
+    }
+    w.nats.restart();
+    expect_ids(&w, &mut agent, range(0..written as i64)).await;
+}
+
+/// `rotate()` copytruncates `live` with the real logrotate (the copies `live.1`, `live.2`, …).
+fn copytruncate_with_logrotate(w: &World, live: &Path) -> impl Fn() {
+    let conf = w.dir().join("logrotate.conf");
+    fs::write(
+        &conf,
+        format!(
+            "{} {{\n    rotate 100\n    missingok\n    ifempty\n    nomail\n    copytruncate\n}}\n",
+            live.display()
+        ),
+    )
+    .unwrap();
+    let state = w.dir().join("logrotate.state");
+    move || {
+        run(
+            "/usr/sbin/logrotate",
+            &["-f", "-s", state.to_str().unwrap(), conf.to_str().unwrap()],
+        )
+    }
+}
+
+/// Lines that the spool's compression does not shrink much.
+fn noisy(r: std::ops::Range<u64>) -> impl Iterator<Item = String> {
+    r.map(|i| {
+        let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        format!(
+            r#"{{"id":{i},"op":"c","note":"{x:016x}{:016x}"}}"#,
+            x.rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        )
+    })
+}
+
 /// Lines 0..10 acknowledged; then, the broker stalled, lines in four generations of
 /// `changes.log` (three copytruncates by the real logrotate), the big one being
 /// generation `big`. The acks time out, the events go to a 64 KiB spool that fills
@@ -1444,24 +1518,8 @@ async fn copytruncates_before_the_acks(big: u64) {
         .unwrap()
         .replace("ack_timeout = \"2s\"", "ack_timeout = \"10s\"");
     fs::write(&cfg, text).unwrap();
-    let logs = w.logs();
-    let live = logs.join("changes.log");
-    let conf = w.dir().join("logrotate.conf");
-    fs::write(
-        &conf,
-        format!(
-            "{} {{\n    rotate 100\n    missingok\n    ifempty\n    nomail\n    copytruncate\n}}\n",
-            live.display()
-        ),
-    )
-    .unwrap();
-    let state = w.dir().join("logrotate.state");
-    let rotate = || {
-        run(
-            "/usr/sbin/logrotate",
-            &["-f", "-s", state.to_str().unwrap(), conf.to_str().unwrap()],
-        )
-    };
+    let live = w.logs().join("changes.log");
+    let rotate = copytruncate_with_logrotate(&w, &live);
     append(&live, lines(0..10));
     let acked = fs::metadata(&live).unwrap().len();
     let mut agent = w.agent(&cfg);
@@ -1471,16 +1529,6 @@ async fn copytruncates_before_the_acks(big: u64) {
     })
     .await;
     w.nats.pause(true);
-    // Lines that the spool's compression does not shrink much.
-    let noisy = |r: std::ops::Range<u64>| {
-        r.map(|i| {
-            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            format!(
-                r#"{{"id":{i},"op":"c","note":"{x:016x}{:016x}"}}"#,
-                x.rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9)
-            )
-        })
-    };
     let mut written = 10;
     for gen in 0..4 {
         let n = if gen == big { 6000 } else { 30 };

@@ -1325,6 +1325,87 @@ impl Tail {
         }
     }
 
+    /// File `i` was found truncated and the rest of its generation is in `copy` (or, when
+    /// nothing was left to read, in the newest copy that starts with its head and holds
+    /// what was read): copies made after that one (next to it, their name a rotation of
+    /// its name, not compressed, unknown to the source) hold generations the agent never
+    /// saw: the file was copytruncated again and again before this look (while the
+    /// source waited on a full spool, say). They are read whole, oldest first, under the
+    /// file's ids as the generations after its current one, before the file is read
+    /// again from 0 as the generation after them.
+    fn copies_after_truncation(&mut self, i: usize, copy: Option<PathBuf>) {
+        let t = &self.files[i];
+        if t.head.len == 0 || t.recovered {
+            return;
+        }
+        let copy = copy.or_else(|| {
+            files::find_copy(&t.path, t.key, t.head, t.read_pos().saturating_sub(1))
+                .map(|(p, _, _)| p)
+        });
+        let Some(copy) = copy else { return };
+        let Ok(anchor) = fs::metadata(&copy) else {
+            return;
+        };
+        let since = anchor.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        // Copies of generations already read: the heads of the truncations handled
+        // lately, and what the checkpoint knows was read before.
+        let mut heads: Vec<Head> = self.truncations.iter().map(|(h, _, _)| *h).collect();
+        heads.push(t.head);
+        heads.retain(|h| h.len > 0);
+        let done: Vec<(Head, u64)> = self
+            .out
+            .cp
+            .files
+            .values()
+            .filter_map(|c| c.prev)
+            .filter(|(h, _)| h.len > 0)
+            .collect();
+        let (key, live) = (t.key, t.path.clone());
+        let mut found: Vec<(SystemTime, Option<SystemTime>, PathBuf, File, fs::Metadata)> =
+            Vec::new();
+        for (p, k) in files::rotated_since(&live, since) {
+            if p == copy
+                || self.globs.matches(&p)
+                || self.files.iter().any(|o| o.key == k || o.path == p)
+                || self
+                    .out
+                    .cp
+                    .files
+                    .get(&k)
+                    .is_some_and(|c| c.retired_ms.is_none())
+            {
+                continue;
+            }
+            let (Ok(f), Ok(m)) = (File::open(&p), fs::metadata(&p)) else {
+                continue;
+            };
+            let first = files::first_bytes(&f).unwrap_or_default();
+            if first.is_empty()
+                || heads.iter().any(|h| h.starts(&first))
+                || done.iter().any(|&(h, n)| {
+                    (n == m.len() || h.len as usize == files::HEAD_MAX) && h.starts(&first)
+                })
+            {
+                continue;
+            }
+            let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            found.push((mtime, m.created().ok(), p, f, m));
+        }
+        found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (_, _, p, f, m) in found {
+            let t = &mut self.files[i];
+            let gen = t.gen + 1 + t.gen_skip;
+            t.gen_skip += 1;
+            tracing::info!(
+                "source {}: {} was copytruncated again before it was read: {} holds generation {gen}, never read; reading it whole under that file's ids before the file",
+                self.out.cx.name,
+                live.display(),
+                p.display()
+            );
+            self.track_copy(key, &p, f, &m, gen);
+        }
+    }
+
     /// Opens a file and tracks it. `false`: no file descriptor could be had for it (see
     /// `fds`); it waits for a later look.
     fn track(&mut self, path: &Path, matched: bool) -> bool {
@@ -1783,9 +1864,11 @@ impl Tail {
                     let t = &mut self.files[i];
                     (self.out.finish_from_copy(t, held)?, None)
                 };
+                let after = used.as_ref().map(|(p, _, _)| p.clone());
                 if let Some((path, file, size)) = used {
                     self.copy_consumed(&path, file, size);
                 }
+                self.copies_after_truncation(i, after);
                 let t = &mut self.files[i];
                 if t.head.len > 0 {
                     let upto = read.unwrap_or(t.read_pos());
