@@ -340,6 +340,8 @@ impl Tail {
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
         deb.set_merging(!cp.existed);
+        // After a restart: what is read again may have left before, merged or not.
+        deb.set_resending();
         let first_start = !cp.existed;
         Ok(Tail {
             files: Vec::new(),
