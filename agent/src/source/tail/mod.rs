@@ -1393,7 +1393,7 @@ impl Tail {
             let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             found.push((mtime, m.created().ok(), p, f, m));
         }
-        found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        found.sort_by_key(|a| (a.0, a.1));
         for (_, _, p, f, m) in found {
             let t = &mut self.files[i];
             let gen = t.gen + 1 + t.gen_skip;
