@@ -29,7 +29,11 @@
 //!    starts with the head (compressed before it was read; see `files::find_gz`). A
 //!    file followed at byte 0 with no head yet that changes before a byte of it was read
 //!    is looked at for copies made since it was last seen (see
-//!    [`Tail::copied_before_read`]): a copytruncate between two looks.
+//!    [`Tail::copied_before_read`]): a copytruncate between two looks. Copies made
+//!    after the one that held the truncated generation's rest (copytruncates between two
+//!    looks of a file with a head: the source waited on a full spool) hold generations
+//!    never seen: read whole under the file's ids before it (see
+//!    [`Tail::copies_after_truncation`]).
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
 //!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
@@ -47,12 +51,16 @@
 //! while it was stopped are found by name next to it (see `files::rotated_since`) and
 //! read whole, oldest first; the oldest copy of a live file checkpointed at offset 0
 //! with no head is that generation, read under its ids (see
-//! [`Tail::track_rotated_while_stopped`]). A file truncated while the agent was stopped resumes its old
+//! [`Tail::track_rotated_while_stopped`]); the copies of the generations after the
+//! checkpointed one that were already being read at the stop (the checkpoint keeps
+//! their heads: `between`, `next`) are found by those heads, whenever they were made,
+//! and read under the file's ids in generation order (see
+//! [`Tail::track_later_generations`]). A file truncated while the agent was stopped resumes its old
 //! generation, which the first read round finishes from the copy (when there is one,
 //! compressed or not) before reading the file again from 0. A file gone while the agent
 //! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
 //! across two rotations or more) is read from there, from its checkpointed offset under
-//! its own ids, before every other file (at a start, the oldest `.gz` modified since the
+//! its own ids, before the files in the globs (at a start, the oldest `.gz` modified since the
 //! stop first: later generations may start with the same bytes, a CSV header); then
 //! `.gz` rotations modified since the stop, not already taken (one `.gz` recovers at
 //! most one file), whose content starts with no known head (written after the stop: the
@@ -177,7 +185,7 @@ struct Tracked {
     /// that file to be found truncated; read as a new file after this time.
     copy_wait: Option<Instant>,
     /// The rest of a vanished file, decompressed from its `.gz` rotation into an unnamed
-    /// file: read under the vanished file's ids, before every other file. Its `key` is
+    /// file: read under the vanished file's ids, before the files in the globs. Its `key` is
     /// the vanished file's, which a new file may reuse: never matched to found files.
     recovered: bool,
     /// Nothing of this generation read yet and no head: the file's status-change time
@@ -1354,12 +1362,17 @@ impl Tail {
         let mut heads: Vec<Head> = self.truncations.iter().map(|(h, _, _)| *h).collect();
         heads.push(t.head);
         heads.retain(|h| h.len > 0);
+        // Files read to their end and retired, and generations before the current one
+        // (as in [`Tail::copied_before_read`]).
         let done: Vec<(Head, u64)> = self
             .out
             .cp
             .files
             .values()
-            .filter_map(|c| c.prev)
+            .flat_map(|c| {
+                let retired = c.retired_ms.and(c.head).map(|h| (h, c.offset));
+                [retired, c.prev].into_iter().flatten()
+            })
             .filter(|(h, _)| h.len > 0)
             .collect();
         let (key, live) = (t.key, t.path.clone());
@@ -1919,11 +1932,14 @@ impl Tail {
                 t.copy_wait.is_none() && (t.size > t.read_pos() || t.blocked.is_some())
             })
             .collect();
-        // Rests recovered from rotations first (by the time they were last written, then
-        // in the order they were found), then files that left the globs (they were
-        // rotated away), then by modification time, then by discovery (file timestamps
-        // are coarse: a rotated file and its successor often share one).
-        let rank = |t: &Tracked| (!t.recovered, t.gone_since.is_none(), t.mtime, t.discovered);
+        // Rests and copies recovered from rotations and files that left the globs (they
+        // were rotated away) first, by the time they were last written (a rest by its
+        // rotation's; when times tie, a rest first), then the files in the globs by
+        // modification time; then by discovery (file timestamps are coarse: a rotated
+        // file and its successor often share one). A rotated file being finished is
+        // older than the copies of later generations of the live file (seed 5000: they
+        // were read first, and older events of keys came after newer ones).
+        let rank = |t: &Tracked| (t.gone_since.is_none(), t.mtime, !t.recovered, t.discovered);
         order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
         // The rests and copies of one file's generations, in generation order whatever
         // their times say (a copy made within the clock tick of the one before it).
