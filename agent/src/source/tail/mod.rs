@@ -193,8 +193,9 @@ struct Tracked {
     /// written meanwhile may already be in a copy (`copytruncate`) made since: see
     /// [`Tail::copied_before_read`].
     bare_since: Option<SystemTime>,
-    /// Generations to skip at the next truncation: read from copies made while stopped
-    /// (see [`Tail::copy_of_bare_generation`]).
+    /// Generations to skip at the next truncation: read from copies (see
+    /// [`Tail::copy_of_bare_generation`], [`Tail::track_later_generations`],
+    /// [`Tail::copies_after_truncation`]).
     gen_skip: u32,
 }
 
