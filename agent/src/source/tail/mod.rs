@@ -1346,7 +1346,9 @@ impl Tail {
     /// again from 0 as the generation after them.
     fn copies_after_truncation(&mut self, i: usize, copy: Option<PathBuf>) {
         let t = &self.files[i];
-        if t.head.len == 0 || t.recovered {
+        // Generations already skipped for copies found at a start (the copies made since
+        // the stop, and those of the generations read before it) are all accounted for.
+        if t.head.len == 0 || t.recovered || t.gen_skip > 0 {
             return;
         }
         let copy = copy.or_else(|| {
