@@ -1782,3 +1782,148 @@ async fn a_crash_at_the_first_batch_leaves_a_checkpoint_that_knows_what_was_read
     let mut agent = w.agent(&cfg);
     expect_ids(&w, &mut agent, range(0..150)).await;
 }
+
+/// Seed 10242 (copytruncate, kill -9): the file was copytruncated twice before the acks
+/// of its older generation came; when they came, the checkpoint reached the middle
+/// generation without its head (only the newest generation's was kept), and after a
+/// kill -9 the rest of that generation, in its copy, was not found: lost.
+#[tokio::test]
+async fn a_generation_the_checkpoint_reached_after_two_copytruncates_is_finished_after_a_kill_9() {
+    copytruncates_before_the_acks(1).await;
+}
+
+/// Seed 10214 (copytruncate, kill -9): the copies of the generations read after the
+/// checkpoint's, made before the stop (so not "modified since the stop"), were never
+/// read at the next start: their events not yet stored were lost.
+#[tokio::test]
+async fn copies_made_before_a_kill_9_of_generations_not_yet_acknowledged_are_read() {
+    copytruncates_before_the_acks(0).await;
+}
+
+/// Seed 5000 (copytruncate, a full spool that blocks during a long broker outage): the
+/// file was copytruncated several times while the source waited on the spool. Once it
+/// read again, it found one truncation, read the rest of its generation from that
+/// generation's copy and then the live file: the copies made after it, generations it
+/// never saw, were never read (a kill -9 later read them whole at the start, after newer
+/// events of their keys).
+#[tokio::test]
+async fn copies_made_while_the_source_waited_on_a_full_spool_are_read_in_order() {
+    let mut w = World::new();
+    w.with_admin();
+    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\n".into();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let live = w.logs().join("changes.log");
+    let rotate = copytruncate_with_logrotate(&w, &live);
+    append(&live, lines(0..10));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(10, WAIT).await, 10);
+    w.nats.kill();
+    let mut written = 10;
+    // More than the spool (about 1,500 of these) and the channel to the publisher
+    // (16 batches of 512) hold.
+    append(&live, noisy(written..written + 20_000));
+    written += 20_000;
+    // The spool fills and the source waits on it, short of the file's end.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = w.metric("lockstep_spool_appended_events_total");
+        if now > 0 && now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(w.metric_sum("lockstep_events_captured_total") < written);
+    for _ in 0..3 {
+        rotate();
+        append(&live, noisy(written..written + 30));
+        written += 30;
+    }
+    w.nats.restart();
+    expect_ids(&w, &mut agent, range(0..written as i64)).await;
+}
+
+/// `rotate()` copytruncates `live` with the real logrotate (the copies `live.1`, `live.2`, …).
+fn copytruncate_with_logrotate(w: &World, live: &Path) -> impl Fn() {
+    let conf = w.dir().join("logrotate.conf");
+    fs::write(
+        &conf,
+        format!(
+            "{} {{\n    rotate 100\n    missingok\n    ifempty\n    nomail\n    copytruncate\n}}\n",
+            live.display()
+        ),
+    )
+    .unwrap();
+    let state = w.dir().join("logrotate.state");
+    move || {
+        run(
+            "/usr/sbin/logrotate",
+            &["-f", "-s", state.to_str().unwrap(), conf.to_str().unwrap()],
+        )
+    }
+}
+
+/// Lines that the spool's compression does not shrink much.
+fn noisy(r: std::ops::Range<u64>) -> impl Iterator<Item = String> {
+    r.map(|i| {
+        let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        format!(
+            r#"{{"id":{i},"op":"c","note":"{x:016x}{:016x}"}}"#,
+            x.rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        )
+    })
+}
+
+/// Lines 0..10 acknowledged; then, the broker stalled, lines in four generations of
+/// `changes.log` (three copytruncates by the real logrotate), the big one being
+/// generation `big`. The acks time out, the events go to a 64 KiB spool that fills
+/// inside generation `big`: the checkpoint stops there, behind the generations read
+/// after it. kill -9, the stalled broker killed too (what it had buffered is never
+/// stored), both started again: every line arrives once, in order.
+async fn copytruncates_before_the_acks(big: u64) {
+    let mut w = World::new();
+    w.with_admin();
+    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\n".into();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    // The acks time out only once every generation has been read.
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("ack_timeout = \"2s\"", "ack_timeout = \"10s\"");
+    fs::write(&cfg, text).unwrap();
+    let live = w.logs().join("changes.log");
+    let rotate = copytruncate_with_logrotate(&w, &live);
+    append(&live, lines(0..10));
+    let acked = fs::metadata(&live).unwrap().len();
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(10, WAIT).await, 10);
+    wait_for("the checkpoint of the first lines", WAIT, || {
+        checkpoint(&w)["files"][0]["offset"].as_u64() == Some(acked)
+    })
+    .await;
+    w.nats.pause(true);
+    let mut written = 10;
+    for gen in 0..4 {
+        let n = if gen == big { 6000 } else { 30 };
+        append(&live, noisy(written..written + n));
+        written += n;
+        wait_for("the agent to read every line", WAIT, || {
+            w.metric_sum("lockstep_events_captured_total") == written
+        })
+        .await;
+        if gen < 3 {
+            rotate();
+        }
+    }
+    // The spool fills inside generation `big`, and the checkpoint stops there.
+    wait_for("the checkpoint inside the big generation", WAIT, || {
+        let cp = checkpoint(&w);
+        let f = &cp["files"][0];
+        f["gen"] == big && f["offset"].as_u64().unwrap_or(0) > if big == 0 { acked } else { 0 }
+    })
+    .await;
+    agent.kill9();
+    w.nats.kill();
+    w.nats.restart();
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..written as i64)).await;
+}

@@ -40,11 +40,21 @@
 //! ([`Debouncer::set_merging`]) and turns it on once it has caught up with what was
 //! waiting when it started (the tail source: every file read to its end; the trigger
 //! source: a read of the capture table that is not full). Until then each change leaves
-//! as its own event with its own position. Everything that could have left before the
-//! crash was already written when the agent restarted, so it falls in that stretch; what
-//! is merged afterwards was never sent. The cost is that the backlog found at a start is
-//! not merged, and that a change sent merged before a crash is sent again unmerged (a
-//! different id): the consumer sees it twice, never loses it, and ends in the same state.
+//! as its own event. Everything that could have left before the crash was already
+//! written when the agent restarted, so it falls in that stretch; what is merged
+//! afterwards was never sent. The cost is that the backlog found at a start is not
+//! merged, and that a change sent before a crash is sent again: the consumer sees it
+//! twice, never loses it, and ends in the same state.
+//!
+//! In that stretch after a restart of a tail source ([`Debouncer::set_resending`]) each
+//! change leaves with `+1` after its position, an id no merge and no change sent on its
+//! own has (a merge stands for two changes or more). With its plain position, a change
+//! sent on its own before the crash would be dropped by JetStream as a duplicate, while
+//! the earlier changes of its key that had left merged (under the merge's id) are
+//! stored again after it: the key would end on an older value (seeds 10214, 10242). With
+//! `+1`, every change read again is stored again, in order. A second crash within the
+//! stretch sends the same `+1` ids again, dropped as duplicates: they were all sent
+//! before anything merged after the stretch.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -178,6 +188,9 @@ impl<T> Group<T> {
 pub struct Debouncer<T> {
     cfg: Option<DebounceConfig>,
     merging: bool,
+    /// The changes pushed while merging is off are read again after a crash: each leaves
+    /// with `+1` (see the module doc, "After a restart").
+    resending: bool,
     /// Key hash → ordinal of the held key's first change.
     keys: HashMap<u128, u64>,
     /// Held keys by the ordinal of their first change: the first is the oldest.
@@ -196,6 +209,7 @@ impl<T: Absorb> Debouncer<T> {
         Self {
             cfg,
             merging: false,
+            resending: false,
             keys: HashMap::new(),
             held: BTreeMap::new(),
             timers: BinaryHeap::new(),
@@ -212,6 +226,16 @@ impl<T: Absorb> Debouncer<T> {
     /// Turns merging on (once the source has caught up after its start) or off.
     pub fn set_merging(&mut self, on: bool) {
         self.merging = on && self.cfg.is_some();
+        if self.merging {
+            self.resending = false;
+        }
+    }
+
+    /// Until merging is turned on, the changes pushed are a backlog read again after a
+    /// restart, part of which may have left before: each leaves on its own with `+1`
+    /// after its position (see the module doc, "After a restart").
+    pub fn set_resending(&mut self) {
+        self.resending = self.cfg.is_some() && !self.merging;
     }
 
     pub fn is_merging(&self) -> bool {
@@ -262,6 +286,10 @@ impl<T: Absorb> Debouncer<T> {
             // A key held before merging was turned off leaves first: order within a key.
             if let Some(o) = self.keys.remove(&key) {
                 self.release(o, out);
+            }
+            let mut ev = ev;
+            if self.resending {
+                ev.source.position.push_str("+1");
             }
             out.push(single(ev, extra));
             return;
@@ -317,10 +345,10 @@ impl<T: Absorb> Debouncer<T> {
         captured_ms: i64,
         out: &mut Vec<Released<T>>,
     ) {
-        let merging = self.merging;
-        self.merging = false;
+        let (merging, resending) = (self.merging, self.resending);
+        (self.merging, self.resending) = (false, false);
         self.push(ev, extra, captured_ms, Instant::now(), out);
-        self.merging = merging;
+        (self.merging, self.resending) = (merging, resending);
     }
 
     /// Releases the held keys whose time has come.

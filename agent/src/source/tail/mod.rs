@@ -29,7 +29,11 @@
 //!    starts with the head (compressed before it was read; see `files::find_gz`). A
 //!    file followed at byte 0 with no head yet that changes before a byte of it was read
 //!    is looked at for copies made since it was last seen (see
-//!    [`Tail::copied_before_read`]): a copytruncate between two looks.
+//!    [`Tail::copied_before_read`]): a copytruncate between two looks. Copies made
+//!    after the one that held the truncated generation's rest (copytruncates between two
+//!    looks of a file with a head: the source waited on a full spool) hold generations
+//!    never seen: read whole under the file's ids before it (see
+//!    [`Tail::copies_after_truncation`]).
 //! 3. **Frame and map** new bytes into records; a partial last record waits for more
 //!    bytes. Each record becomes one event whose position is
 //!    `<dev>.<inode>.<fingerprint>.<generation>@<offset>` (the fingerprint is the hash of
@@ -47,12 +51,16 @@
 //! while it was stopped are found by name next to it (see `files::rotated_since`) and
 //! read whole, oldest first; the oldest copy of a live file checkpointed at offset 0
 //! with no head is that generation, read under its ids (see
-//! [`Tail::track_rotated_while_stopped`]). A file truncated while the agent was stopped resumes its old
+//! [`Tail::track_rotated_while_stopped`]); the copies of the generations after the
+//! checkpointed one that were already being read at the stop (the checkpoint keeps
+//! their heads: `between`, `next`) are found by those heads, whenever they were made,
+//! and read under the file's ids in generation order (see
+//! [`Tail::track_later_generations`]). A file truncated while the agent was stopped resumes its old
 //! generation, which the first read round finishes from the copy (when there is one,
 //! compressed or not) before reading the file again from 0. A file gone while the agent
 //! was stopped whose rest is in a `.gz` next to it (rotated and compressed: `compress`
 //! across two rotations or more) is read from there, from its checkpointed offset under
-//! its own ids, before every other file (at a start, the oldest `.gz` modified since the
+//! its own ids, before the files in the globs (at a start, the oldest `.gz` modified since the
 //! stop first: later generations may start with the same bytes, a CSV header); then
 //! `.gz` rotations modified since the stop, not already taken (one `.gz` recovers at
 //! most one file), whose content starts with no known head (written after the stop: the
@@ -182,7 +190,7 @@ struct Tracked {
     /// that file to be found truncated; read as a new file after this time.
     copy_wait: Option<Instant>,
     /// The rest of a vanished file, decompressed from its `.gz` rotation into an unnamed
-    /// file: read under the vanished file's ids, before every other file. Its `key` is
+    /// file: read under the vanished file's ids, before the files in the globs. Its `key` is
     /// the vanished file's, which a new file may reuse: never matched to found files.
     recovered: bool,
     /// Nothing of this generation read yet and no head: the file's status-change time
@@ -190,8 +198,9 @@ struct Tracked {
     /// written meanwhile may already be in a copy (`copytruncate`) made since: see
     /// [`Tail::copied_before_read`].
     bare_since: Option<SystemTime>,
-    /// Generations to skip at the next truncation: read from copies made while stopped
-    /// (see [`Tail::copy_of_bare_generation`]).
+    /// Generations to skip at the next truncation: read from copies (see
+    /// [`Tail::copy_of_bare_generation`], [`Tail::track_later_generations`],
+    /// [`Tail::copies_after_truncation`]).
     gen_skip: u32,
     /// Content older than this file's new bytes (the rest of its generation, or copies
     /// made before its first byte was read) is in a `.gz` that could not be decompressed
@@ -404,6 +413,8 @@ impl Tail {
         // A first start: nothing of these files was ever sent, so merging is safe from
         // the first record (see `pipeline::debounce`, "After a restart").
         deb.set_merging(!cp.existed);
+        // After a restart: what is read again may have left before, merged or not.
+        deb.set_resending();
         let first_start = !cp.existed;
         Ok(Tail {
             files: Vec::new(),
@@ -683,12 +694,12 @@ impl Tail {
                         // acknowledged), gone as well: its content, compressed since, is
                         // found by its head and read among the rests, under its ids.
                         // (Each of them, when it was taken again and again.)
-                        let newer: Vec<state::NextGen> = c.newer().copied().collect();
+                        let newer: Vec<state::NextGen> = c.later();
                         for n in newer {
                             let mut c2 = c.clone();
                             (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
                             (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
-                            c2.later.clear();
+                            c2.between.clear();
                             match self.out.gunzip(&c.path, n.head, 0, since) {
                                 Ok(Some(g)) => recovered.push((g, c2)),
                                 Ok(None) => {}
@@ -772,6 +783,11 @@ impl Tail {
         let read: Vec<(Head, u64)> = self.out.cp.files.values().filter_map(|c| c.prev).collect();
         for (l, head) in live {
             let mut generation = truncated;
+            if truncated && head.is_some() && self.track_later_generations(l, since) {
+                // The live file is the newest generation read at the stop: no copy was
+                // made of it since.
+                generation = false;
+            }
             for (p, key) in files::rotated_since(l, since) {
                 // A retired entry is another file's when this one took its inode number
                 // since (`delaycompress`: a new file in a dropped file's number, rotated
@@ -789,13 +805,14 @@ impl Tail {
                         }),
                     }
                 };
+                // A copy already followed as a generation of the live file is known too.
                 let known = self
                     .out
                     .cp
                     .files
                     .get(&key)
                     .is_some_and(|c| c.retired_ms.is_none() || same(c))
-                    || self.files.iter().any(|t| t.key == key);
+                    || self.files.iter().any(|t| t.key == key || t.path == p);
                 if known || self.globs.matches(&p) {
                     continue;
                 }
@@ -868,22 +885,41 @@ impl Tail {
             return false;
         }
         // With a head, the checkpointed generation is finished first (from its copy) by
-        // the first read round: this copy is the one after it.
-        let gen = t.gen + u32::from(after);
+        // the first read round: this copy is the one after it, or after the later
+        // generations read at the stop whose copies were found (see
+        // [`Tail::track_later_generations`]).
+        let gen = t.gen + u32::from(after) + t.gen_skip;
         tracing::info!(
             "source {}: {} is the copy of generation {gen} of {}, which the checkpoint had not reached at the stop; reading it under that file's ids, then the file as a new generation",
             self.out.cx.name,
             copy.display(),
             live.display()
         );
+        let key = t.key;
+        self.track_copy(key, copy, f, &m, gen);
+        let t = &mut self.files[i];
+        if after {
+            // Its truncation, found by the first read round, goes past this generation.
+            t.gen_skip += 1;
+        } else {
+            // Read after its copy (the copy ranks first): the checkpoint moves on with it.
+            self.out
+                .new_generation(t, "copied and truncated while stopped", false);
+        }
+        true
+    }
+
+    /// Follows `copy` (open as `f`, with metadata `m`) whole as generation `gen` of file
+    /// `key`: read under that file's ids, among the rests recovered at the start.
+    fn track_copy(&mut self, key: FileKey, copy: &Path, f: File, m: &fs::Metadata, gen: u32) {
         let head = Head::default()
             .recheck(&f, m.len())
             .ok()
             .flatten()
             .unwrap_or_default();
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
-        let r = Tracked {
-            key: t.key,
+        self.files.push(Tracked {
+            key,
             path: copy.to_owned(),
             file: Some(fds::Budget::global().adopt(f)),
             born: None,
@@ -911,18 +947,114 @@ impl Tail {
             bare_since: None,
             gen_skip: 0,
             rest_wait: None,
+        });
+    }
+
+    /// Live file `live`, checkpointed at a generation with a head and truncated since:
+    /// the generations after that one which were already being read at the stop (the
+    /// file was copytruncated again before their acknowledgements came; see
+    /// `FileCp::between` and `FileCp::next`) are in copies made before or after the
+    /// stop. Each is found by its head (a plain copy next to the file, else a `.gz`
+    /// rotation) and read whole under the file's ids, in generation order after the
+    /// rest of the checkpointed one, so that what was sent of it before the stop is sent
+    /// again with the same ids. The live file itself may be the newest of them (not
+    /// truncated since): it goes on as that generation, from 0; else as the one after.
+    /// `true`: the live file is that newest generation.
+    fn track_later_generations(&mut self, live: &Path, since: SystemTime) -> bool {
+        let Some(i) = self.files.iter().position(|t| {
+            t.path == live
+                && !t.recovered
+                && t.gone_since.is_none()
+                && !t.replaced
+                && t.blocked.is_none()
+        }) else {
+            return false;
         };
-        self.files.push(r);
-        let t = &mut self.files[i];
-        if after {
-            // Its truncation, found by the first read round, goes past this generation.
-            t.gen_skip = 1;
-        } else {
-            // Read after its copy (the copy ranks first): the checkpoint moves on with it.
-            self.out
-                .new_generation(t, "copied and truncated while stopped", false);
+        let (key, gen) = (self.files[i].key, self.files[i].gen);
+        let Some(c) = self.out.cp.files.get(&key).filter(|c| c.gen == gen) else {
+            return false;
+        };
+        let later = c.later();
+        let Some(newest) = later.last().map(|n| n.gen) else {
+            return false;
+        };
+        let (head, offset, prev) = (c.head.unwrap_or_default(), c.offset, c.prev);
+        // The copy of the checkpointed generation (its rest, read by the first read
+        // round) and older copies are not later generations: a short head (a CSV header)
+        // may start them too.
+        let rest = files::find_copy(live, key, head, offset);
+        let not_before = rest
+            .as_ref()
+            .and_then(|(_, f, _)| f.metadata().and_then(|m| m.modified()).ok());
+        let mut candidates: Vec<(PathBuf, FileKey)> =
+            files::rotated_since(live, SystemTime::UNIX_EPOCH)
+                .into_iter()
+                .filter(|(p, k)| {
+                    rest.as_ref().is_none_or(|(r, _, _)| r != p)
+                        && !self.files.iter().any(|t| t.key == *k || t.path == *p)
+                        && !self.globs.matches(p)
+                        && fs::metadata(p).is_ok_and(|m| {
+                            let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                            not_before.is_none_or(|t| mtime >= t)
+                                && !prev.is_some_and(|(h, n)| {
+                                    n == m.len()
+                                        && File::open(p)
+                                            .is_ok_and(|f| matches!(h.recheck(&f, n), Ok(Some(_))))
+                                })
+                        })
+                })
+                .collect();
+        let live_first = self.files[i]
+            .file
+            .as_deref()
+            .and_then(|f| files::first_bytes(f).ok())
+            .unwrap_or_default();
+        let mut live_is_newest = false;
+        for n in later {
+            let found = candidates.iter().position(|(p, _)| {
+                File::open(p).is_ok_and(|f| {
+                    let size = f.metadata().map_or(0, |m| m.len());
+                    matches!(n.head.recheck(&f, size), Ok(Some(_)))
+                })
+            });
+            if let Some(k) = found {
+                let (p, _) = candidates.remove(k);
+                let (Ok(f), Ok(m)) = (File::open(&p), fs::metadata(&p)) else {
+                    continue;
+                };
+                tracing::info!(
+                    "source {}: {} is the copy of generation {} of {}, read before the stop but not all acknowledged; reading it under that file's ids",
+                    self.out.cx.name,
+                    p.display(),
+                    n.gen,
+                    live.display()
+                );
+                self.track_copy(key, &p, f, &m, n.gen);
+                continue;
+            }
+            if n.gen == newest && n.head.starts(&live_first) {
+                live_is_newest = true;
+                continue;
+            }
+            let mut c2 = self.out.cp.files[&key].clone();
+            (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
+            (c2.head, c2.next, c2.between) = (Some(n.head), None, Vec::new());
+            match self.out.gunzip(live, n.head, 0, Some(since)) {
+                Ok(Some(g)) => self.track_recovered(g, &c2),
+                // Not decompressed yet (a full state directory): waited for, retried.
+                Err(e) => self.gz_wait(GzWait::Rest { c: c2, gone: false }, &e),
+                Ok(None) => tracing::warn!(
+                    "source {}: generation {} of {} (read before the stop, not all acknowledged) was not found in its copies; whatever of it was not acknowledged is lost",
+                    self.out.cx.name,
+                    n.gen,
+                    live.display()
+                ),
+            }
         }
-        true
+        // The first read round finds the checkpointed generation truncated and moves the
+        // file past these generations.
+        self.files[i].gen_skip = newest - gen - u32::from(live_is_newest);
+        live_is_newest
     }
 
     /// Follows the rest of a vanished file, decompressed from its `.gz` rotation, under
@@ -1423,6 +1555,94 @@ impl Tail {
         Ok(())
     }
 
+    /// File `i` was found truncated and the rest of its generation is in `copy` (or, when
+    /// nothing was left to read, in the newest copy that starts with its head and holds
+    /// what was read): copies made after that one (next to it, their name a rotation of
+    /// its name, not compressed, unknown to the source) hold generations the agent never
+    /// saw: the file was copytruncated again and again before this look (while the
+    /// source waited on a full spool, say). They are read whole, oldest first, under the
+    /// file's ids as the generations after its current one, before the file is read
+    /// again from 0 as the generation after them.
+    fn copies_after_truncation(&mut self, i: usize, copy: Option<PathBuf>) {
+        let t = &self.files[i];
+        // Generations already skipped for copies found at a start (the copies made since
+        // the stop, and those of the generations read before it) are all accounted for.
+        if t.head.len == 0 || t.recovered || t.gen_skip > 0 {
+            return;
+        }
+        let copy = copy.or_else(|| {
+            files::find_copy(&t.path, t.key, t.head, t.read_pos().saturating_sub(1))
+                .map(|(p, _, _)| p)
+        });
+        let Some(copy) = copy else { return };
+        let Ok(anchor) = fs::metadata(&copy) else {
+            return;
+        };
+        let since = anchor.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        // Copies of generations already read: the heads of the truncations handled
+        // lately, and what the checkpoint knows was read before.
+        let mut heads: Vec<Head> = self.truncations.iter().map(|(h, _, _)| *h).collect();
+        heads.push(t.head);
+        heads.retain(|h| h.len > 0);
+        // Files read to their end and retired, and generations before the current one
+        // (as in [`Tail::copied_before_read`]).
+        let done: Vec<(Head, u64)> = self
+            .out
+            .cp
+            .files
+            .values()
+            .flat_map(|c| {
+                let retired = c.retired_ms.and(c.head).map(|h| (h, c.offset));
+                [retired, c.prev].into_iter().flatten()
+            })
+            .filter(|(h, _)| h.len > 0)
+            .collect();
+        let (key, live) = (t.key, t.path.clone());
+        let mut found: Vec<(SystemTime, Option<SystemTime>, PathBuf, File, fs::Metadata)> =
+            Vec::new();
+        for (p, k) in files::rotated_since(&live, since) {
+            if p == copy
+                || self.globs.matches(&p)
+                || self.files.iter().any(|o| o.key == k || o.path == p)
+                || self
+                    .out
+                    .cp
+                    .files
+                    .get(&k)
+                    .is_some_and(|c| c.retired_ms.is_none())
+            {
+                continue;
+            }
+            let (Ok(f), Ok(m)) = (File::open(&p), fs::metadata(&p)) else {
+                continue;
+            };
+            let first = files::first_bytes(&f).unwrap_or_default();
+            if first.is_empty()
+                || heads.iter().any(|h| h.starts(&first))
+                || done.iter().any(|&(h, n)| {
+                    (n == m.len() || h.len as usize == files::HEAD_MAX) && h.starts(&first)
+                })
+            {
+                continue;
+            }
+            let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            found.push((mtime, m.created().ok(), p, f, m));
+        }
+        found.sort_by_key(|a| (a.0, a.1));
+        for (_, _, p, f, m) in found {
+            let t = &mut self.files[i];
+            let gen = t.gen + 1 + t.gen_skip;
+            t.gen_skip += 1;
+            tracing::info!(
+                "source {}: {} was copytruncated again before it was read: {} holds generation {gen}, never read; reading it whole under that file's ids before the file",
+                self.out.cx.name,
+                live.display(),
+                p.display()
+            );
+            self.track_copy(key, &p, f, &m, gen);
+        }
+    }
+
     /// Opens a file and tracks it. `false`: no file descriptor could be had for it (see
     /// `fds`); it waits for a later look.
     fn track(&mut self, path: &Path, matched: bool) -> bool {
@@ -1746,14 +1966,18 @@ impl Tail {
             }
             None => {
                 let mut c = FileCp::followed(key, path.to_owned(), fp, head, gen, offset, born);
-                // The same generation goes on: what is known of the one before stays.
-                c.prev = self
+                // The same generation goes on: what is known of the one before stays, and
+                // of those after it read before the stop (see
+                // [`Tail::track_later_generations`]).
+                if let Some(o) = self
                     .out
                     .cp
                     .files
                     .get(&key)
                     .filter(|o| o.gen == gen && o.retired_ms.is_none())
-                    .and_then(|o| o.prev);
+                {
+                    (c.prev, c.next, c.between) = (o.prev, o.next, o.between.clone());
+                }
                 self.out.cp.insert(key, c);
             }
         }
@@ -1802,14 +2026,14 @@ impl Tail {
     /// At a start, a new file in the inode number of checkpoint entry `c` (its birth time
     /// differs; `create`, not `copytruncate`, whose copies are found otherwise): the
     /// newer generations of that number the agent was reading at the stop, while the
-    /// entry waited for acknowledgements (`FileCp::newer`), were rotated and compressed
+    /// entry waited for acknowledgements (`FileCp::later`), were rotated and compressed
     /// since. Each is recovered from its `.gz`, by its head, under its ids (as for a
     /// vanished file), up to the one the file itself is (its head and birth time). The
     /// generations the file's own next generation goes past: before, they were lost
     /// (torture seed 145, `create` + `compress` while the broker stalled).
     fn recover_newer(&mut self, c: &FileCp, file: &File, size: u64, born: Option<u64>) -> u32 {
         let since = self.out.cp.written;
-        let newer: Vec<state::NextGen> = c.newer().copied().collect();
+        let newer: Vec<state::NextGen> = c.later();
         let mut skip = 0;
         for n in newer {
             let same_birth = n.born_ns.is_none() || born.is_none() || n.born_ns == born;
@@ -1820,7 +2044,7 @@ impl Tail {
             let mut c2 = c.clone();
             (c2.gen, c2.offset, c2.fp) = (n.gen, 0, n.fp);
             (c2.head, c2.born_ns, c2.next) = (Some(n.head), n.born_ns, None);
-            c2.later.clear();
+            c2.between.clear();
             match self.out.gunzip(&c.path, n.head, 0, since) {
                 Ok(Some(g)) => self.track_recovered(g, &c2),
                 Ok(None) => tracing::warn!(
@@ -1943,9 +2167,11 @@ impl Tail {
                     let t = &mut self.files[i];
                     (self.out.finish_from_copy(t, rest)?, None)
                 };
+                let after = used.as_ref().map(|(p, _, _)| p.clone());
                 if let Some((path, file, size)) = used {
                     self.copy_consumed(&path, file, size);
                 }
+                self.copies_after_truncation(i, after);
                 let t = &mut self.files[i];
                 if t.head.len > 0 {
                     let upto = read.unwrap_or(t.read_pos());
@@ -2002,12 +2228,33 @@ impl Tail {
                     && (t.size > t.read_pos() || t.blocked.is_some() || t.rest_wait.is_some())
             })
             .collect();
-        // Rests recovered from rotations first (by the time they were last written, then
-        // in the order they were found), then files that left the globs (they were
-        // rotated away), then by modification time, then by discovery (file timestamps
-        // are coarse: a rotated file and its successor often share one).
-        let rank = |t: &Tracked| (!t.recovered, t.gone_since.is_none(), t.mtime, t.discovered);
+        // Rests and copies recovered from rotations and files that left the globs (they
+        // were rotated away) first, by the time they were last written (a rest by its
+        // rotation's; when times tie, a rest first), then the files in the globs by
+        // modification time; then by discovery (file timestamps are coarse: a rotated
+        // file and its successor often share one). A rotated file being finished is
+        // older than the copies of later generations of the live file (seed 5000: they
+        // were read first, and older events of keys came after newer ones).
+        let rank = |t: &Tracked| (t.gone_since.is_none(), t.mtime, !t.recovered, t.discovered);
         order.sort_by(|&a, &b| rank(&self.files[a]).cmp(&rank(&self.files[b])));
+        // The rests and copies of one file's generations, in generation order whatever
+        // their times say (a copy made within the clock tick of the one before it).
+        let rests: Vec<usize> = (0..order.len())
+            .filter(|&k| self.files[order[k]].recovered)
+            .collect();
+        for &k in &rests {
+            let key = self.files[order[k]].key;
+            let slots: Vec<usize> = rests
+                .iter()
+                .copied()
+                .filter(|&j| self.files[order[j]].key == key)
+                .collect();
+            let mut of_key: Vec<usize> = slots.iter().map(|&j| order[j]).collect();
+            of_key.sort_by_key(|&i| (self.files[i].gen, self.files[i].discovered));
+            for (j, i) in slots.into_iter().zip(of_key) {
+                order[j] = i;
+            }
+        }
         let mut total = 0;
         for i in order {
             if self.files[i].rest_wait.is_some() {

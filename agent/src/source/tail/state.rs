@@ -63,19 +63,12 @@ pub struct FileCp {
     /// compressed meanwhile) by this head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<NextGen>,
-    /// The generations being read after `next`, oldest first, when there are several
-    /// (the inode number taken again and again while acknowledgements were due, as
-    /// under `create` + `compress` with a stalled broker: torture seed 145 lost the one
-    /// between when only the newest was kept).
+    /// The generations between `gen` and `next` already read (the file was truncated
+    /// again, or more than once, before the acknowledgements of `gen` came), oldest
+    /// first: a stop before the checkpoint reaches them finds their copies by these
+    /// heads and reads them under the file's ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub later: Vec<NextGen>,
-}
-
-impl FileCp {
-    /// The newer generations being read (see [`FileCp::next`]), oldest first.
-    pub fn newer(&self) -> impl Iterator<Item = &NextGen> {
-        self.next.iter().chain(self.later.iter())
-    }
+    pub between: Vec<NextGen>,
 }
 
 /// See [`FileCp::next`].
@@ -111,8 +104,23 @@ impl FileCp {
             born_ns,
             prev: None,
             next: None,
-            later: Vec::new(),
+            between: Vec::new(),
         }
+    }
+
+    /// The generations after `gen` already being read at the stop with their heads
+    /// (`between`, then `next`), oldest first.
+    pub fn later(&self) -> Vec<NextGen> {
+        let mut later: Vec<NextGen> = self
+            .between
+            .iter()
+            .copied()
+            .chain(self.next)
+            .filter(|n| n.gen > self.gen && n.head.len > 0)
+            .collect();
+        later.sort_by_key(|n| n.gen);
+        later.dedup_by_key(|n| n.gen);
+        later
     }
 }
 
@@ -136,6 +144,9 @@ struct OnDisk {
     since_ms: Option<u64>,
 }
 
+/// A generation's fingerprint, head and birth time (see [`Checkpoint::next`]).
+type Ident = (Option<u64>, Head, Option<u64>);
+
 /// The version written. 1: lockstep 0.1.0, whose entries have no `head`.
 const VERSION: u32 = 2;
 
@@ -151,13 +162,14 @@ pub struct Checkpoint {
     /// When the checkpoint found at start was last written (about when the agent stopped;
     /// or its `since_ms`, see [`OnDisk`]).
     pub written: Option<std::time::SystemTime>,
+    /// Fingerprint, head and birth time of a file's newer generations (after
+    /// truncations), each taken over by its entry when the checkpoint reaches that
+    /// generation. Every generation is kept, not only the newest: a file truncated twice
+    /// before the acks of the older generation came reaches the middle one too.
+    next: HashMap<FileKey, BTreeMap<u32, Ident>>,
     /// Write `written` as the time rotations are looked for from at the next start:
     /// some found at this start wait to be decompressed.
     pub keep_since: bool,
-    /// Generation, fingerprint, head and birth time of a file's newer generations
-    /// (after a truncation, or a new file in its inode number), oldest first, each taken
-    /// over by its entry when the checkpoint reaches that generation.
-    next: HashMap<FileKey, Vec<NextGen>>,
     pub dirty: bool,
     /// A file's entry was added, or what identifies a generation (fingerprint, head,
     /// birth time) changed, since the last write. The source writes the checkpoint
@@ -227,15 +239,16 @@ impl Checkpoint {
             if (gen, offset) > (e.gen, e.offset) {
                 if gen != e.gen {
                     e.prev = e.head.filter(|h| h.len > 0).map(|h| (h, e.offset));
-                    let newer = self.next.get_mut(&key);
-                    let at = newer
-                        .as_ref()
-                        .and_then(|n| n.iter().find(|x| x.gen == gen).copied());
-                    if let Some(n) = newer {
-                        n.retain(|x| x.gen > gen);
+                    let known = self.next.get_mut(&key).and_then(|n| {
+                        let this = n.remove(&gen);
+                        n.retain(|&g, _| g > gen);
+                        this
+                    });
+                    if self.next.get(&key).is_some_and(|n| n.is_empty()) {
+                        self.next.remove(&key);
                     }
-                    (e.fp, e.head, e.born_ns) = match at {
-                        Some(n) => (n.fp, Some(n.head), n.born_ns),
+                    (e.fp, e.head, e.born_ns) = match known {
+                        Some((fp, head, born)) => (fp, Some(head), born),
                         None => (None, None, None),
                     };
                 }
@@ -283,32 +296,17 @@ impl Checkpoint {
                 self.dirty = true;
                 self.identity_dirty = true;
             }
-            // What is known of a newer generation (being read by another reader of the
-            // same file) stays for when the checkpoint reaches it.
+            // What is known of newer generations (being read by another reader of the
+            // same file) stays for when the checkpoint reaches them.
             if let Some(n) = self.next.get_mut(&key) {
-                n.retain(|x| x.gen > gen);
+                n.retain(|&g, _| g > gen);
+                if n.is_empty() {
+                    self.next.remove(&key);
+                }
             }
         } else if gen > e.gen {
-            let n = self.next.entry(key).or_default();
-            let id = NextGen {
-                gen,
-                fp,
-                head,
-                born_ns,
-            };
-            let changed = match n.iter_mut().find(|x| x.gen == gen) {
-                Some(x) if *x == id => false,
-                Some(x) => {
-                    *x = id;
-                    true
-                }
-                None => {
-                    n.push(id);
-                    n.sort_by_key(|x| x.gen);
-                    true
-                }
-            };
-            if changed {
+            let id = (fp, head, born_ns);
+            if self.next.entry(key).or_default().insert(gen, id) != Some(id) {
                 self.dirty = true;
                 self.identity_dirty = true;
             }
@@ -326,15 +324,21 @@ impl Checkpoint {
         self.files
             .retain(|_, f| f.retired_ms.is_none_or(|t| now_ms - t < RETIRED_KEEP_MS));
         for (k, e) in self.files.iter_mut() {
-            let mut newer = self
+            let mut later: Vec<NextGen> = self
                 .next
                 .get(k)
                 .into_iter()
                 .flatten()
-                .filter(|n| n.gen > e.gen && n.head.len > 0)
-                .copied();
-            e.next = newer.next();
-            e.later = newer.collect();
+                .filter(|(&gen, n)| gen > e.gen && n.1.len > 0)
+                .map(|(&gen, &(fp, head, born_ns))| NextGen {
+                    gen,
+                    fp,
+                    head,
+                    born_ns,
+                })
+                .collect();
+            e.next = later.pop();
+            e.between = later;
         }
         let since_ms = self
             .written
@@ -492,7 +496,7 @@ mod tests {
             born_ns: None,
             prev: None,
             next: None,
-            later: Vec::new(),
+            between: Vec::new(),
         };
         let with_head = Some(Head { len: 10, hash: 7 });
         let on_disk = |version, files| OnDisk {
@@ -584,7 +588,7 @@ mod tests {
             born_ns,
             prev: None,
             next: None,
-            later: Vec::new(),
+            between: Vec::new(),
         }
     }
 
@@ -631,7 +635,11 @@ mod tests {
         cp.set_identity(key, 2, Some(8), g2, None);
         cp.write(0).unwrap();
         let back = Checkpoint::load(dir.path(), "s").unwrap();
-        let heads: Vec<(u32, Head)> = back.files[&key].newer().map(|n| (n.gen, n.head)).collect();
+        let heads: Vec<(u32, Head)> = back.files[&key]
+            .later()
+            .iter()
+            .map(|n| (n.gen, n.head))
+            .collect();
         assert_eq!(heads, [(1, g1), (2, g2)]);
         cp.advance(key, 1, 0);
         assert_eq!(cp.files[&key].head, Some(g1));
@@ -667,5 +675,51 @@ mod tests {
             (1, Some(6), Some(new), Some(42)),
             "generation 1's identity was kept for it"
         );
+    }
+
+    /// Seeds 10214 and 10242: the file was truncated twice before the acks of the
+    /// checkpoint's generation came. The middle generation keeps its identity when the
+    /// checkpoint reaches it (its copy is found by its head after a stop), and every
+    /// generation already read is written with its head.
+    #[test]
+    fn every_newer_generation_keeps_its_identity_until_the_checkpoint_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = Checkpoint::load(dir.path(), "s").unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        cp.files
+            .insert(key, at_gen_0(Head { len: 10, hash: 7 }, None));
+        let (h1, h2, h3) = (
+            Head { len: 4, hash: 1 },
+            Head { len: 5, hash: 2 },
+            Head { len: 6, hash: 3 },
+        );
+        cp.set_identity(key, 1, Some(11), h1, None);
+        cp.set_identity(key, 2, Some(12), h2, None);
+        cp.set_identity(key, 3, Some(13), h3, None);
+        cp.write(0).unwrap();
+        let on_disk: OnDisk = serde_json::from_slice(&std::fs::read(&cp.path).unwrap()).unwrap();
+        let e = &on_disk.files[0];
+        assert_eq!(e.next.map(|n| (n.gen, n.head)), Some((3, h3)));
+        assert_eq!(
+            e.between
+                .iter()
+                .map(|n| (n.gen, n.head))
+                .collect::<Vec<_>>(),
+            vec![(1, h1), (2, h2)]
+        );
+        assert_eq!(
+            e.later().iter().map(|n| n.gen).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        cp.advance(key, 1, 30);
+        let e = &cp.files[&key];
+        assert_eq!((e.gen, e.fp, e.head), (1, Some(11), Some(h1)));
+        cp.advance(key, 2, 0);
+        assert_eq!(cp.files[&key].head, Some(h2));
+        cp.write(0).unwrap();
+        let on_disk: OnDisk = serde_json::from_slice(&std::fs::read(&cp.path).unwrap()).unwrap();
+        let e = &on_disk.files[0];
+        assert_eq!(e.next.map(|n| n.gen), Some(3));
+        assert!(e.between.is_empty());
     }
 }
