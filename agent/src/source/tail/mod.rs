@@ -2975,6 +2975,9 @@ impl Out {
                 // The event's own position: safe once it is acknowledged.
                 self.mark(t, end);
                 if self.batch.len() >= BATCH_SIZE {
+                    // Review fix: the checkpoint must know this file's first bytes as
+                    // far as they are read before its events are handed on.
+                    self.refresh_identity(t);
                     self.flush()?;
                 }
             }
