@@ -3297,6 +3297,19 @@ impl Out {
         // durable (see `Checkpoint::identity_dirty`).
         if self.cp.identity_dirty {
             self.checkpoint(true);
+            // Review fix: not handed on while the checkpoint cannot be written (a full
+            // disk): a crash would leave these events durable and their content unknown.
+            let mut backoff = Duration::from_millis(100);
+            while self.cp.identity_dirty {
+                if *self.cx.shutdown.borrow() {
+                    return Err(Stopping);
+                }
+                self.cx.beat.beat();
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                self.apply_acks();
+                self.checkpoint(true);
+            }
         }
         let batch = Batch {
             source: self.cx.index,
