@@ -301,8 +301,9 @@ pub struct Agent {
     pub aims: std::collections::VecDeque<(usize, String)>,
     /// The fault the running process is armed for.
     armed: Option<usize>,
-    /// Crash point lines seen in the log so far.
-    crashes: usize,
+    /// The log's length when the running process was started: only its own lines
+    /// count for its crash point.
+    log_from: u64,
 }
 
 /// How the agent's process ended on its own.
@@ -326,7 +327,7 @@ impl Agent {
             starts: 0,
             aims: std::collections::VecDeque::new(),
             armed: None,
-            crashes: 0,
+            log_from: 0,
         }
     }
 
@@ -343,6 +344,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        self.log_from = log.metadata().map_or(0, |m| m.len());
         let mut cmd = Command::new(lockstep_bin()?);
         die_with_driver(&mut cmd);
         self.armed = None;
@@ -371,7 +373,7 @@ impl Agent {
             Ok(Some(s)) => {
                 self.child = None;
                 let armed = self.armed;
-                if self.crashed_now() {
+                if self.crashed_now(s) {
                     armed.map(Exit::Crashed)
                 } else {
                     Some(Exit::Unexpected(s))
@@ -383,16 +385,28 @@ impl Agent {
 
     /// After the process ended: whether it was armed and its log has a new crash point
     /// line (then that aimed kill is done).
-    fn crashed_now(&mut self) -> bool {
+    fn crashed_now(&mut self, status: std::process::ExitStatus) -> bool {
+        use std::os::unix::process::ExitStatusExt;
         let Some(fault) = self.armed.take() else {
             return false;
         };
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let crashes = log.matches(CRASH_LINE).count();
-        if crashes <= self.crashes {
+        if status.signal() != Some(libc::SIGKILL) {
             return false;
         }
-        self.crashes = crashes;
+        let Some(aim) = self
+            .aims
+            .iter()
+            .find(|(f, _)| *f == fault)
+            .map(|(_, a)| a.clone())
+        else {
+            return false;
+        };
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let own = &log[(self.log_from as usize).min(log.len())..];
+        let line = format!("{CRASH_LINE}{aim} reached");
+        if !String::from_utf8_lossy(own).contains(&line) {
+            return false;
+        }
         self.aims.retain(|(f, _)| *f != fault);
         true
     }
@@ -419,6 +433,11 @@ impl Agent {
 
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // Ended already at its crash point: that aim is done (not armed again).
+            if let Ok(Some(s)) = c.try_wait() {
+                self.crashed_now(s);
+                return;
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -441,7 +460,7 @@ impl Agent {
             match c.try_wait() {
                 Ok(Some(s)) if s.success() => return Ok(()),
                 // It reached its crash point just before the signal came.
-                Ok(Some(_)) if self.crashed_now() => return Ok(()),
+                Ok(Some(s)) if self.crashed_now(s) => return Ok(()),
                 Ok(Some(s)) => return Err(format!("lockstep exited with {s} after SIGTERM")),
                 Ok(None) if Instant::now() > deadline => {
                     let _ = c.kill();
@@ -571,4 +590,46 @@ fn pump(mut from: TcpStream, mut to: TcpStream, st: &Arc<ProxyState>) {
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Review: a process that reached its crash point but was reaped by a plain kill -9
+    /// leaves its crash line counted by no one; the next process, armed for the same
+    /// aim, that exits for a real bug is then taken for the aimed crash.
+    #[test]
+    fn review_a_real_exit_after_a_reaped_aimed_crash_is_not_taken_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("fake-lockstep");
+        let marker = dir.path().join("crashed-once");
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\nif [ ! -e {m} ]; then touch {m}; echo 'lockstep: crash point capture:1 reached, killing itself' >&2; kill -9 $$; fi\necho 'thread main panicked: a real bug' >&2\nexit 101\n",
+                m = marker.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: single-threaded test set-up.
+        unsafe {
+            std::env::set_var("LOCKSTEP_BIN", &bin);
+        }
+        let mut a = Agent::new(&dir.path().join("cfg.toml"), &dir.path().join("agent.log"));
+        a.aims = [(0usize, "capture:1".to_owned())].into();
+        a.start().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // A plain kill -9 fault's step comes: the process had already crashed.
+        a.kill9();
+        a.start().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        match a.exited() {
+            Some(Exit::Unexpected(_)) => {}
+            other => panic!("a real exit (101) reported as {other:?}"),
+        }
+    }
 }
