@@ -1926,14 +1926,15 @@ async fn copytruncates_before_the_acks(big: u64) {
     w.nats.restart();
     let mut agent = w.agent(&cfg);
     expect_ids(&w, &mut agent, range(0..written as i64)).await;
+}
 
-/// Review: a file whose head was only its CSV header when it was looked at, read in the
+/// Found in review: a file whose head was only its CSV header when it was looked at, read in the
 /// same round after it grew: its first batches are handed on (and spooled) before its
 /// head is refreshed, so a crash then leaves a checkpoint whose head is the header alone.
 /// After a copytruncate while stopped and a refill with the same header, the next start
 /// takes the refilled file for the old content.
 #[tokio::test]
-async fn review_mid_read_batches_of_a_file_whose_head_was_its_header() {
+async fn mid_read_batches_of_a_file_whose_head_was_its_header_are_recognised_after_a_crash() {
     let mut w = World::new();
     w.with_admin();
     w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\nwhen_full = \"block\"\nfsync = \"off\"".into();
@@ -1999,10 +2000,10 @@ async fn review_mid_read_batches_of_a_file_whose_head_was_its_header() {
     );
 }
 
-/// Review: the identity write before a batch fails (here `vista.json.tmp` is a
+/// Found in review: the identity write before a batch fails (here `vista.json.tmp` is a
 /// directory; a full disk does the same): the batch is handed on all the same.
 #[tokio::test]
-async fn review_a_failed_identity_write_still_hands_the_batch_on() {
+async fn no_batch_is_handed_on_while_the_checkpoint_before_it_cannot_be_written() {
     let w = World::new();
     let cfg = w.config_with(&w.tail_source("vista", "app.log*", "table = \"t\"\nkey = [\"id\"]"));
     let logs = w.logs();

@@ -593,15 +593,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, st: &Arc<ProxyState>) {
 }
 
 #[cfg(test)]
-mod review_tests {
+mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    /// Review: a process that reached its crash point but was reaped by a plain kill -9
+    /// A process that reached its crash point but was reaped by a plain kill -9
     /// leaves its crash line counted by no one; the next process, armed for the same
     /// aim, that exits for a real bug is then taken for the aimed crash.
     #[test]
-    fn review_a_real_exit_after_a_reaped_aimed_crash_is_not_taken_for_it() {
+    fn a_real_exit_after_a_reaped_aimed_crash_is_not_taken_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("fake-lockstep");
         let marker = dir.path().join("crashed-once");
