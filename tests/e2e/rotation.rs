@@ -1750,7 +1750,8 @@ async fn the_generations_of_an_inode_number_read_before_a_stop_are_recovered_fro
 #[tokio::test]
 async fn a_crash_at_the_first_batch_leaves_a_checkpoint_that_knows_what_was_read() {
     let w = World::new();
-    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    // `app.log*` matches the copy, as seed 20042's glob did.
+    let cfg = w.config_with(&w.tail_source("vista", "app.log*", "table = \"t\"\nkey = [\"id\"]"));
     let logs = w.logs();
     let live = logs.join("app.log");
     fs::write(&live, "").unwrap();

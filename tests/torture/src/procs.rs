@@ -348,6 +348,8 @@ impl Agent {
         let mut cmd = Command::new(lockstep_bin()?);
         die_with_driver(&mut cmd);
         self.armed = None;
+        // Never armed by a value left in the driver's own environment.
+        cmd.env_remove("LOCKSTEP_CRASH_AT");
         if let Some((fault, aim)) = self.aims.front() {
             cmd.env("LOCKSTEP_CRASH_AT", aim);
             self.armed = Some(*fault);

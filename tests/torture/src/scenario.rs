@@ -657,12 +657,12 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             match f.kind {
                 FaultKind::Kill9 if f.aim.is_some() => {
                     let aim = f.aim.map(|a| a.env()).unwrap_or_default();
-                    match agent.aimed_kill(fi, Duration::from_secs(8)) {
+                    match agent.aimed_kill(fi, Duration::from_secs(3)) {
                         Ok(Some(reached)) => {
                             let how = if reached {
                                 "reached"
                             } else {
-                                "not reached within 8 s: killed -9"
+                                "not reached within 3 s: killed -9"
                             };
                             live.notes
                                 .push(format!("crash point {aim} {how} at step {i}"));
