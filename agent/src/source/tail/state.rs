@@ -437,7 +437,9 @@ fn write_into_spare(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Swaps two files' names atomically (`renameat2` with `RENAME_EXCHANGE`).
+/// Swaps two files' names atomically (`renameat2` with `RENAME_EXCHANGE`, Linux 3.15),
+/// by the system call itself: glibc wraps it only from 2.28, and the packages are built
+/// against 2.17.
 #[allow(unsafe_code)]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -448,7 +450,8 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let (a, b) = (c(a)?, c(b)?);
     // SAFETY: both are NUL-terminated paths that outlive the call, which only reads them.
     let r = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             a.as_ptr(),
             libc::AT_FDCWD,
