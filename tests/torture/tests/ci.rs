@@ -287,3 +287,23 @@ fn seeds_10214_10242_copytruncate_debounce_kill9() {
         assert!(ok, "{out}");
     }
 }
+
+/// Open bug (found by the 60-minute run at the end of the session that added aimed
+/// kills; see docs/testing.md): tail jsonl, `copytruncate` + `compress` +
+/// `delaycompress`, two late files, a 64 KiB spool that blocks through a long broker
+/// outage, kill -9 and SIGTERM: 16 records lost, keys ending on older values.
+#[test]
+#[ignore = "open bug: copytruncate with a blocked spool loses records (seed 21031)"]
+fn seed_21031_copytruncate_with_a_blocked_spool() {
+    let (ok, out) = torture(&["--seeds", "21031"]);
+    assert!(ok, "{out}");
+}
+
+/// Open bug (same run): tail csv, `copytruncate`, three concurrent writers to one file,
+/// a kill aimed at the 10th batch's hand-over, the broker killed -9: 205 records lost.
+#[test]
+#[ignore = "open bug: copytruncate with concurrent writers and a kill at a batch loses records (seed 21033)"]
+fn seed_21033_copytruncate_concurrent_writers_kill_at_capture() {
+    let (ok, out) = torture(&["--seeds", "21033"]);
+    assert!(ok, "{out}");
+}
