@@ -287,3 +287,19 @@ fn seeds_10214_10242_copytruncate_debounce_kill9() {
         assert!(ok, "{out}");
     }
 }
+
+/// Fixed (torture seeds 21031 and 21033, each failing on every run before): tail,
+/// `copytruncate` with a glob that matches the copies (`*.log*`; 21031 also `compress` +
+/// `delaycompress`, a spool that blocks, SIGTERM; 21033 three writers, kill -9 at the 10th
+/// batch). The file was copytruncated again before the acks of the checkpoint's generation
+/// came; each copy held nothing the agent had not read from the live file, so it was
+/// followed from its end, under its own inode. At the start those copies were known files
+/// and not taken as the copies of the generations the checkpoint listed (`between`,
+/// `next`): whole generations lost (21031: 16 records of generation 19, in
+/// `changes.log.1`; 21033: 205 records of generations 1 and 2, in `.2` and `.1`). Now a
+/// copy followed from its end is still looked at as its generation's copy.
+#[test]
+fn seeds_21031_21033_copies_in_the_globs_of_unacknowledged_generations() {
+    let (ok, out) = torture(&["--seeds", "21031,21033"]);
+    assert!(ok, "{out}");
+}

@@ -53,8 +53,9 @@
 //! with no head is that generation, read under its ids (see
 //! [`Tail::track_rotated_while_stopped`]); the copies of the generations after the
 //! checkpointed one that were already being read at the stop (the checkpoint keeps
-//! their heads: `between`, `next`) are found by those heads, whenever they were made,
-//! and read under the file's ids in generation order (see
+//! their heads: `between`, `next`) are found by those heads, whenever they were made
+//! (a copy the globs match that was followed from its end, everything in it read from
+//! the live file, counts too), and read under the file's ids in generation order (see
 //! [`Tail::track_later_generations`]). A file truncated while the agent was stopped resumes its old
 //! generation, which the first read round finishes from the copy (when there is one,
 //! compressed or not) before reading the file again from 0. A file gone while the agent
