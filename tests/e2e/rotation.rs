@@ -1790,7 +1790,7 @@ async fn a_crash_at_the_first_batch_leaves_a_checkpoint_that_knows_what_was_read
 /// kill -9 the rest of that generation, in its copy, was not found: lost.
 #[tokio::test]
 async fn a_generation_the_checkpoint_reached_after_two_copytruncates_is_finished_after_a_kill_9() {
-    copytruncates_before_the_acks(1).await;
+    copytruncates_before_the_acks(1, "*.log").await;
 }
 
 /// Seed 10214 (copytruncate, kill -9): the copies of the generations read after the
@@ -1798,7 +1798,17 @@ async fn a_generation_the_checkpoint_reached_after_two_copytruncates_is_finished
 /// read at the next start: their events not yet stored were lost.
 #[tokio::test]
 async fn copies_made_before_a_kill_9_of_generations_not_yet_acknowledged_are_read() {
-    copytruncates_before_the_acks(0).await;
+    copytruncates_before_the_acks(0, "*.log").await;
+}
+
+/// Seeds 21031 and 21033 (copytruncate, a glob that matches the copies, kill -9 or
+/// SIGTERM while the acks were due): the copies of the generations read after the
+/// checkpoint's were followed from their end (everything in them was read from the live
+/// file, under its ids), so at the start they were known files and not taken as those
+/// generations' copies: whatever of them was not acknowledged was lost.
+#[tokio::test]
+async fn copies_in_the_globs_of_generations_not_yet_acknowledged_are_read_after_a_kill_9() {
+    copytruncates_before_the_acks(0, "changes.log*").await;
 }
 
 /// Seed 5000 (copytruncate, a full spool that blocks during a long broker outage): the
@@ -1881,11 +1891,11 @@ fn noisy(r: std::ops::Range<u64>) -> impl Iterator<Item = String> {
 /// inside generation `big`: the checkpoint stops there, behind the generations read
 /// after it. kill -9, the stalled broker killed too (what it had buffered is never
 /// stored), both started again: every line arrives once, in order.
-async fn copytruncates_before_the_acks(big: u64) {
+async fn copytruncates_before_the_acks(big: u64, glob: &str) {
     let mut w = World::new();
     w.with_admin();
     w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\n".into();
-    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let cfg = w.config_with(&w.tail_source("vista", glob, "table = \"t\"\nkey = [\"id\"]"));
     // The acks time out only once every generation has been read.
     let text = fs::read_to_string(&cfg)
         .unwrap()
@@ -1896,9 +1906,20 @@ async fn copytruncates_before_the_acks(big: u64) {
     append(&live, lines(0..10));
     let acked = fs::metadata(&live).unwrap().len();
     let mut agent = w.agent(&cfg);
+    // The live file's entry (with a glob that matches them, the copies have their own).
+    let entry = |w: &World| {
+        let cp = checkpoint(w);
+        cp["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["path"].as_str() == live.to_str())
+            .cloned()
+            .unwrap_or_default()
+    };
     assert_eq!(w.wait_count(10, WAIT).await, 10);
     wait_for("the checkpoint of the first lines", WAIT, || {
-        checkpoint(&w)["files"][0]["offset"].as_u64() == Some(acked)
+        entry(&w)["offset"].as_u64() == Some(acked)
     })
     .await;
     w.nats.pause(true);
@@ -1917,8 +1938,7 @@ async fn copytruncates_before_the_acks(big: u64) {
     }
     // The spool fills inside generation `big`, and the checkpoint stops there.
     wait_for("the checkpoint inside the big generation", WAIT, || {
-        let cp = checkpoint(&w);
-        let f = &cp["files"][0];
+        let f = entry(&w);
         f["gen"] == big && f["offset"].as_u64().unwrap_or(0) > if big == 0 { acked } else { 0 }
     })
     .await;

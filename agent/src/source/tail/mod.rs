@@ -53,8 +53,9 @@
 //! with no head is that generation, read under its ids (see
 //! [`Tail::track_rotated_while_stopped`]); the copies of the generations after the
 //! checkpointed one that were already being read at the stop (the checkpoint keeps
-//! their heads: `between`, `next`) are found by those heads, whenever they were made,
-//! and read under the file's ids in generation order (see
+//! their heads: `between`, `next`) are found by those heads, whenever they were made
+//! (a copy the globs match that was followed from its end, everything in it read from
+//! the live file, counts too), and read under the file's ids in generation order (see
 //! [`Tail::track_later_generations`]). A file truncated while the agent was stopped resumes its old
 //! generation, which the first read round finishes from the copy (when there is one,
 //! compressed or not) before reading the file again from 0. A file gone while the agent
@@ -986,13 +987,34 @@ impl Tail {
         let not_before = rest
             .as_ref()
             .and_then(|(_, f, _)| f.metadata().and_then(|m| m.modified()).ok());
+        // A copy the globs match, followed from its end since it was made (see
+        // `Out::copy_consumed`: everything in it was read from the live file, under that
+        // file's ids) and resumed there: known, yet still the copy of its generation.
+        let consumed = |p: &Path, k: &FileKey| {
+            let mut known = self.files.iter().filter(|t| t.key == *k || t.path == p);
+            let size = fs::metadata(p).map_or(u64::MAX, |m| m.len());
+            known.clone().next().is_some()
+                && known.all(|t| {
+                    t.key == *k
+                        && !t.recovered
+                        && t.gone_since.is_none()
+                        && t.read_pos() == size
+                        && self
+                            .out
+                            .cp
+                            .files
+                            .get(k)
+                            .is_some_and(|c| c.retired_ms.is_none() && c.offset == size)
+                })
+        };
         let mut candidates: Vec<(PathBuf, FileKey)> =
             files::rotated_since(live, SystemTime::UNIX_EPOCH)
                 .into_iter()
                 .filter(|(p, k)| {
                     rest.as_ref().is_none_or(|(r, _, _)| r != p)
-                        && !self.files.iter().any(|t| t.key == *k || t.path == *p)
-                        && !self.globs.matches(p)
+                        && (consumed(p, k)
+                            || (!self.files.iter().any(|t| t.key == *k || t.path == *p)
+                                && !self.globs.matches(p)))
                         && fs::metadata(p).is_ok_and(|m| {
                             let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                             not_before.is_none_or(|t| mtime >= t)
