@@ -303,3 +303,18 @@ fn seeds_21031_21033_copies_in_the_globs_of_unacknowledged_generations() {
     let (ok, out) = torture(&["--seeds", "21031,21033"]);
     assert!(ok, "{out}");
 }
+
+/// Open bug (found at the end of the 60-minute run of the session that added aimed kills;
+/// every replay fails): tail csv, `create` + `compress` + `delaycompress`, a 96 KiB spool
+/// with `drop_oldest`, the state tmpfs full at step 0, a kill at the spool's drain. At the
+/// restart the `.gz` rotations wait for room to be decompressed; once there is room each
+/// is read twice, "written, rotated and compressed while stopped; reading it whole" and
+/// "(checkpointed at byte 0) was compressed before it was read to its end; reading the
+/// rest": 126–151 records doubled under other ids, events of keys out of order, and more
+/// events missing than the spool logged as dropped.
+#[test]
+#[ignore = "open bug: .gz rotations waiting for room at a start are read twice (seed 21159)"]
+fn seed_21159_gz_rotations_waiting_for_room_are_read_once() {
+    let (ok, out) = torture(&["--seeds", "21159"]);
+    assert!(ok, "{out}");
+}
