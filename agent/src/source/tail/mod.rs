@@ -3319,8 +3319,10 @@ impl Out {
         // durable (see `Checkpoint::identity_dirty`).
         if self.cp.identity_dirty {
             self.checkpoint(true);
-            // Review fix: not handed on while the checkpoint cannot be written (a full
-            // disk): a crash would leave these events durable and their content unknown.
+            // Not handed on while the checkpoint cannot be written (a full disk): a crash
+            // would leave these events durable and their content unknown. The source
+            // thread waits, backing off from 100 ms to 5 s (nothing else for it to do
+            // meanwhile), beating its watchdog and leaving at once on shutdown.
             let mut backoff = Duration::from_millis(100);
             while self.cp.identity_dirty {
                 if *self.cx.shutdown.borrow() {
