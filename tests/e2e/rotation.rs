@@ -16,12 +16,14 @@ fn lines(r: std::ops::Range<u64>) -> impl Iterator<Item = String> {
 /// that the stream holds exactly `want`, without duplicate ids.
 async fn expect_ids(w: &World, agent: &mut Agent, want: Vec<i64>) -> Vec<Msg> {
     let n = want.len() as u64;
-    assert_eq!(
-        w.wait_count(n, WAIT).await,
-        n,
-        "agent log:\n{}",
-        agent_log(w)
-    );
+    let got = w.wait_count(n, WAIT).await;
+    if got != n {
+        let ids = ints(&w.messages().await, "id");
+        panic!(
+            "{got} of {n} messages arrived; ids in arrival order: {ids:?}\nagent log:\n{}",
+            agent_log(w)
+        );
+    }
     assert_eq!(agent.stop(), Some(0));
     let msgs = w.messages().await;
     let mut ids = std::collections::HashSet::new();
@@ -1517,6 +1519,49 @@ async fn rotations_found_at_a_start_on_a_full_disk_are_read_first_once_there_is_
     waits_with(&w, "waits to be decompressed", 100).await;
     fs::remove_file(filler).unwrap();
     expect_ids(&w, &mut agent, range(0..250)).await;
+}
+
+/// Torture seed 21159: rotations compressed while stopped wait for room at the start,
+/// and logrotate runs again meanwhile, renaming every `.gz` up one number. Each waiting
+/// `.gz` is found again by its inode and modification time under its new name. Before,
+/// the retry opened the saved names: `app.log.2.gz` then held the newer rotation (read
+/// under the older one's ids, its records doubled and out of order) and the older one,
+/// now `app.log.3.gz`, was never read (lost).
+#[tokio::test]
+async fn rotations_waiting_for_room_are_found_again_after_logrotate_renamed_them() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    let disk = small_state_disk(&w);
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    fs::hard_link(&live, w.dir().join("app-inode")).unwrap();
+    // Two rotations while stopped (`create` + `compress`: gzip removes the plain copy).
+    let rotate = |from: std::ops::Range<u64>| {
+        append(&live, lines(from));
+        fs::rename(&live, logs.join("app.log.1")).unwrap();
+        gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    };
+    rotate(100..150);
+    fs::rename(logs.join("app.log.1.gz"), logs.join("app.log.2.gz")).unwrap();
+    rotate(150..200);
+    append(&live, lines(200..250));
+    changed_since_the_stop(&w, &logs, ["app.log.2.gz", "app.log.1.gz"]);
+    let filler = fill(&disk.0);
+    let mut agent = w.agent(&cfg);
+    waits_with(&w, "waits to be decompressed", 100).await;
+    // logrotate again while they wait (`delaycompress`: the newest rotation stays plain).
+    fs::rename(logs.join("app.log.2.gz"), logs.join("app.log.3.gz")).unwrap();
+    fs::rename(logs.join("app.log.1.gz"), logs.join("app.log.2.gz")).unwrap();
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(250..300));
+    fs::remove_file(filler).unwrap();
+    expect_ids(&w, &mut agent, range(0..300)).await;
+    let log = agent_log(&w);
+    assert!(log.contains("reading goes on"), "{log}");
 }
 
 /// A copy made (and compressed) before the first byte of a file was read, found while

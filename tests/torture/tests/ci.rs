@@ -304,19 +304,13 @@ fn seeds_21031_21033_copies_in_the_globs_of_unacknowledged_generations() {
     assert!(ok, "{out}");
 }
 
-/// Open bug (found at the end of the 60-minute run of the session that added aimed kills;
-/// every replay fails): tail csv, `create` + `compress` + `delaycompress`, a 96 KiB spool
-/// with `drop_oldest`, the state tmpfs full at step 0, a kill at the spool's drain. At the
-/// restart the `.gz` rotations written while stopped cannot be decompressed and wait
-/// (`GzWait::Whole`), saved by *name*; logrotate renames every `.gz` up 9 times before
-/// there is room, and the retry opens whatever has that name then: 7 newer rotations,
-/// already followed through open descriptors, are read again under the saved inodes
-/// (151 records doubled, out of order by the saved times), and the 7 rotations queued
-/// (406 records) are never read. Fix: find the waiting `.gz` again by its inode and
-/// mtime among the file's rotations (`files::gz_family`) in `retry_gz`, and make
-/// `files::gunzip` refuse a file whose inode is not the one asked for.
+/// Found at the end of the 60-minute run of the session that added aimed kills (every
+/// replay failed): tail csv, `create` + `compress` + `delaycompress`, a 96 KiB spool with
+/// `drop_oldest`, the state tmpfs full at step 0, a kill at the spool's drain. The `.gz`
+/// rotations written while stopped waited for room, saved by name; logrotate renamed
+/// them before there was room, and the retry opened whatever had the name then (151
+/// records doubled, 406 lost). They are found again by inode and time now.
 #[test]
-#[ignore = "open bug: .gz rotations waiting for room at a start are looked up again by a name rotation moved (seed 21159)"]
 fn seed_21159_gz_rotations_waiting_for_room_are_found_again_by_identity() {
     let (ok, out) = torture(&["--seeds", "21159"]);
     assert!(ok, "{out}");

@@ -450,10 +450,30 @@ pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf,
     Ok(found)
 }
 
-/// Decompresses `path` when its first bytes (up to [`HEAD_MAX`]) pass `want` and its
-/// content is longer than `from`: into an unnamed file made in `tmp_dir`, the first
-/// bytes and everything from `from` on, at their own offsets. `Ok(None)`: not wanted,
-/// not longer, or not a readable gzip file.
+/// Where the `.gz` file `key`, modified at `mtime` and last seen at `path`, is now: still
+/// at `path`, or renamed among the rotations of the same file (logrotate renames every
+/// `.gz` up one number at each rotation; a rename keeps the inode and the modification
+/// time). `Ok(None)`: gone (deleted by logrotate's `rotate` count).
+pub fn find_gz_again(
+    path: &Path,
+    key: FileKey,
+    mtime: std::time::SystemTime,
+) -> io::Result<Option<PathBuf>> {
+    let same = |m: &fs::Metadata| FileKey::of(m) == key && m.modified().ok() == Some(mtime);
+    if fs::metadata(path).is_ok_and(|m| same(&m)) {
+        return Ok(Some(path.to_owned()));
+    }
+    Ok(gz_family(path)?
+        .into_iter()
+        .find(|(m, _, k)| *k == key && *m == mtime)
+        .map(|(_, p, _)| p))
+}
+
+/// Decompresses `path` when it is still the file `gz_key` (not renamed away since it
+/// was listed), its first bytes (up to [`HEAD_MAX`]) pass `want` and its content is
+/// longer than `from`: into an unnamed file made in `tmp_dir`, the first bytes and
+/// everything from `from` on, at their own offsets. `Ok(None)`: another file, not
+/// wanted, not longer, or not a readable gzip file.
 pub fn gunzip(
     path: &Path,
     mtime: std::time::SystemTime,
@@ -466,6 +486,9 @@ pub fn gunzip(
     let Ok(f) = File::open(path) else {
         return Ok(None);
     };
+    if !f.metadata().is_ok_and(|m| FileKey::of(&m) == gz_key) {
+        return Ok(None);
+    }
     let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
     let mut first = vec![0u8; HEAD_MAX];
     let Ok(n) = read_full(&mut gz, &mut first) else {

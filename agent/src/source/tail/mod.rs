@@ -297,6 +297,16 @@ enum GzWait {
     },
 }
 
+/// What became of a `.gz` file to be read whole ([`Out::gunzip_whole`]).
+enum Whole {
+    /// Decompressed (at its current name: `g.gz`).
+    Read(files::Gunzipped),
+    /// Its content starts with a file already known: not read whole.
+    Known,
+    /// Deleted before it could be read.
+    Gone,
+}
+
 /// A position that becomes safe to checkpoint once the debouncer has released every
 /// change up to `ord` and the sink acknowledged `seq`, the last event sent by then.
 struct PendingPos {
@@ -1242,8 +1252,9 @@ impl Tail {
             }
             let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
             match self.out.gunzip_whole(&path, mtime, gz_key, unknown) {
-                Ok(Some(g)) => self.track_compressed(g, path, gz_key),
-                Ok(None) => {}
+                Ok(Whole::Read(g)) => self.track_compressed(g, gz_key),
+                Ok(Whole::Known) => {}
+                Ok(Whole::Gone) => self.gz_gone(&path),
                 Err(e) => {
                     let heads = heads.clone();
                     let key = gz_key;
@@ -1261,13 +1272,24 @@ impl Tail {
         }
     }
 
-    fn track_compressed(&mut self, g: files::Gunzipped, path: PathBuf, gz_key: FileKey) {
+    fn track_compressed(&mut self, g: files::Gunzipped, gz_key: FileKey) {
         tracing::info!(
             "source {}: {} was written, rotated and compressed while stopped; reading it whole",
             self.out.cx.name,
+            g.gz.display()
+        );
+        let path = g.gz.clone();
+        self.track_gz_whole(g, path, gz_key);
+    }
+
+    /// A `.gz` written while stopped, deleted (logrotate's `rotate` count) before it
+    /// could be read.
+    fn gz_gone(&self, path: &Path) {
+        tracing::warn!(
+            "source {}: {} (a compressed rotation found at the start) was deleted before it could be read; its records were not read",
+            self.out.cx.name,
             path.display()
         );
-        self.track_gz_whole(g, path, gz_key);
     }
 
     /// A compressed rotation found at the start that could not be decompressed (`why`):
@@ -1349,8 +1371,9 @@ impl Tail {
                 } => {
                     let unknown = |first: &[u8]| !heads.iter().any(|h| h.starts(first));
                     match self.out.gunzip_whole(&path, mtime, key, unknown) {
-                        Ok(Some(g)) => self.track_compressed(g, path, key),
-                        Ok(None) => {}
+                        Ok(Whole::Read(g)) => self.track_compressed(g, key),
+                        Ok(Whole::Known) => {}
+                        Ok(Whole::Gone) => self.gz_gone(&path),
                         Err(e) => {
                             failed = Some(e);
                             let w = GzWait::Whole {
@@ -1537,9 +1560,15 @@ impl Tail {
         };
         for (_, path, key, gz, mtime) in found {
             if gz {
-                let Some(g) = self.out.gunzip_whole(&path, mtime, key, unknown)? else {
-                    continue;
+                let g = match self.out.gunzip_whole(&path, mtime, key, unknown)? {
+                    Whole::Read(g) => g,
+                    Whole::Known => continue,
+                    Whole::Gone => {
+                        self.gz_gone(&path);
+                        continue;
+                    }
                 };
+                let path = g.gz.clone();
                 let first = files::first_bytes(&g.file).unwrap_or_default();
                 if snapshot(&first, g.len) || read_before(&first, g.len) {
                     continue;
@@ -2656,26 +2685,48 @@ impl Tail {
 }
 
 impl Out {
-    /// The whole content of `.gz` file `path` (inode `key`, modified at `mtime`) when
-    /// its first bytes are `want`ed, decompressed into the state directory. A failure (a
-    /// full disk) is shown in the status; the caller logs it, and tries again later.
+    /// The whole content of `.gz` file `key` (modified at `mtime`, last seen at `path`)
+    /// when its first bytes are `want`ed, decompressed into the state directory. The file
+    /// is found by its inode and time wherever logrotate renamed it since (it may have
+    /// waited for room while logrotate ran: seed 21159). A failure (a full disk) is shown
+    /// in the status; the caller logs it, and tries again later.
     fn gunzip_whole(
         &mut self,
         path: &Path,
         mtime: SystemTime,
         key: FileKey,
         want: impl Fn(&[u8]) -> bool,
-    ) -> Result<Option<files::Gunzipped>, String> {
+    ) -> Result<Whole, String> {
         let tmp = self.cx.state_dir.join("checkpoints");
         let beat = self.cx.beat.clone();
-        let r = files::gunzip(path, mtime, key, want, 0, &tmp, &|| beat.beat());
-        self.gz_result(r, || {
-            format!(
-                "cannot decompress {} into {}",
-                path.display(),
-                tmp.display()
-            )
-        })
+        // A rename between the look-up and the open is looked up again.
+        for _ in 0..3 {
+            let now = match files::find_gz_again(path, key, mtime) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(Whole::Gone),
+                Err(e) => {
+                    return self
+                        .gz_result(Err(e), || {
+                            format!("cannot list the rotations next to {}", path.display())
+                        })
+                        .map(|_| Whole::Known)
+                }
+            };
+            let r = files::gunzip(&now, mtime, key, &want, 0, &tmp, &|| beat.beat());
+            let renamed = matches!(r, Ok(None))
+                && !std::fs::metadata(&now).is_ok_and(|m| FileKey::of(&m) == key);
+            if renamed {
+                continue;
+            }
+            let g = self.gz_result(r, || {
+                format!("cannot decompress {} into {}", now.display(), tmp.display())
+            })?;
+            return Ok(g.map_or(Whole::Known, Whole::Read));
+        }
+        Err(format!(
+            "{} keeps being renamed while it is opened",
+            path.display()
+        ))
     }
 
     /// A decompression's result, its error (with `what` was done) kept for the status;
