@@ -125,6 +125,17 @@ pub async fn run(cfg: Config, mut external: watch::Receiver<bool>) -> Result<(),
     let liveness = Arc::new(Liveness::default());
     let publisher_beat = liveness.register("the publisher");
     let (sink_done_tx, sink_done) = watch::channel(false);
+    // A source waiting (for acks, for its next poll) is woken when the agent stops, and
+    // again when the sink has taken its last acks.
+    for w in &watermarks {
+        let (w, mut shutdown, mut sink_done) = (w.clone(), shutdown.clone(), sink_done.clone());
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+            w.wake().notify();
+            let _ = sink_done.wait_for(|d| *d).await;
+            w.wake().notify();
+        });
+    }
 
     let mut supervisors = Vec::new();
     for (index, s) in cfg.sources.iter().enumerate() {

@@ -165,6 +165,11 @@ pub fn spawn_watchdog(
     let limit = interval.unwrap_or(DEFAULT_STALL_LIMIT);
     // systemd's advice: ping at half the interval.
     let ping_every = interval.map(|i| i / 2);
+    // Once ready, it looks once a second (often enough for the shortest watchdog).
+    let calm = ping_every.map_or(Duration::from_secs(1), |p| {
+        (p / 2).min(Duration::from_secs(1))
+    });
+    let rt = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("lockstep-watchdog".into())
         .spawn(move || {
@@ -222,8 +227,12 @@ pub fn spawn_watchdog(
                         last_ping = Some(Instant::now());
                     }
                 }
-                // A short nap between checks keeps a stop and the ping timing prompt.
-                std::thread::sleep(Duration::from_millis(100));
+                // Until ready, short naps keep READY prompt; the stop ends a nap at once.
+                let nap = if ready { calm } else { Duration::from_millis(100) };
+                let mut stop = shutdown.clone();
+                let _ = rt.block_on(async {
+                    tokio::time::timeout(nap, stop.wait_for(|s| *s)).await
+                });
             }
         })
 }

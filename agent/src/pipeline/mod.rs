@@ -52,17 +52,92 @@ pub struct Batch {
 
 /// The highest sequence number of a source whose message, and every message before it,
 /// the broker has acknowledged. Written by the sink, read by the source.
-#[derive(Debug, Default)]
-pub struct AckWatermark(AtomicU64);
+///
+/// It also carries the source's [`Wake`]: a source that waits for acks says up to where
+/// ([`AckWatermark::wake_at`]) and waits on the wake-up, which the sink gives when the
+/// watermark gets there — no polling loop. The agent's stop and a tail source's file
+/// watcher wake the same source through it.
+#[derive(Debug)]
+pub struct AckWatermark {
+    seq: AtomicU64,
+    /// The sequence number a waiting source wants woken at; `u64::MAX`: none.
+    want: AtomicU64,
+    wake: Wake,
+}
+
+impl Default for AckWatermark {
+    fn default() -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            want: AtomicU64::new(u64::MAX),
+            wake: Wake::new(),
+        }
+    }
+}
 
 impl AckWatermark {
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.seq.load(Ordering::Acquire)
     }
 
-    /// Raises the watermark to `seq` (never lowers it).
+    /// Raises the watermark to `seq` (never lowers it); wakes the source when it waits
+    /// for `seq` or less.
     pub fn advance(&self, seq: u64) {
-        self.0.fetch_max(seq, Ordering::AcqRel);
+        // SeqCst here and in `wake_at` (a store, then a load on each side): either the
+        // source sees the new value, or this sees what the source wants.
+        let before = self.seq.fetch_max(seq, Ordering::SeqCst);
+        if seq > before && seq >= self.want.load(Ordering::SeqCst) {
+            self.want.store(u64::MAX, Ordering::SeqCst);
+            self.wake.notify();
+        }
+    }
+
+    /// Asks for a wake-up once the watermark reaches `seq` (one wish at a time: the last
+    /// replaces the one before). `true` when it is there already: do not wait.
+    pub fn wake_at(&self, seq: u64) -> bool {
+        self.want.store(seq, Ordering::SeqCst);
+        if self.seq.load(Ordering::SeqCst) >= seq {
+            self.want.store(u64::MAX, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// The source's wake-up.
+    pub fn wake(&self) -> &Wake {
+        &self.wake
+    }
+}
+
+/// A source thread's one wake-up: it waits on it (with a timeout for its periodic
+/// work) and is woken by whatever it waits for — acks ([`AckWatermark`]), the agent's
+/// stop, a file event. Wake-ups given while it is busy are kept as one, so none is
+/// missed and several cost one turn.
+#[derive(Debug, Clone)]
+pub struct Wake {
+    tx: crossbeam_channel::Sender<()>,
+    rx: crossbeam_channel::Receiver<()>,
+}
+
+impl Wake {
+    fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        Self { tx, rx }
+    }
+
+    /// Wakes the source (or its next wait, when it is not waiting).
+    pub fn notify(&self) {
+        let _ = self.tx.try_send(());
+    }
+
+    /// Something that wakes the source, for another thread (a file watcher).
+    pub fn notifier(&self) -> crossbeam_channel::Sender<()> {
+        self.tx.clone()
+    }
+
+    /// Waits until woken, or for `timeout`. `true`: woken.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        self.rx.recv_timeout(timeout).is_ok()
     }
 }
 
@@ -222,5 +297,36 @@ mod tests {
         w.advance(5);
         w.advance(3);
         assert_eq!(w.get(), 5);
+    }
+
+    #[test]
+    fn a_source_is_woken_when_the_acks_it_waits_for_arrive() {
+        use std::time::Duration;
+        let w = Arc::new(AckWatermark::default());
+        assert!(!w.wake_at(10));
+        // Acks short of it do not wake it.
+        w.advance(9);
+        assert!(!w.wake().wait(Duration::ZERO));
+        let sink = {
+            let w = w.clone();
+            std::thread::spawn(move || w.advance(10))
+        };
+        // An hour's timeout: only the ack can end the wait.
+        assert!(w.wake().wait(Duration::from_secs(3600)));
+        sink.join().unwrap();
+        // Reached already: no wait, and no wake-up left behind.
+        assert!(w.wake_at(10));
+        w.advance(11);
+        assert!(!w.wake().wait(Duration::ZERO));
+    }
+
+    #[test]
+    fn wake_ups_given_while_busy_are_kept_as_one() {
+        use std::time::Duration;
+        let w = AckWatermark::default();
+        w.wake().notify();
+        w.wake().notify();
+        assert!(w.wake().wait(Duration::ZERO));
+        assert!(!w.wake().wait(Duration::ZERO));
     }
 }

@@ -97,8 +97,11 @@ use crate::pipeline::{AckWatermark, Batch, Outgoing};
 use crate::service::Beat;
 use crate::spool::{Spool, SpoolError};
 
-/// How often the spool is fsynced (with `fsync = "batch"`) and its ledger kept.
+/// How often the spool is fsynced (with `fsync = "batch"`) and its ledger kept while
+/// events pass.
 const TICK: Duration = Duration::from_millis(50);
+/// How often the loop comes round when nothing passes and nothing waits (it beats).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 type Probe = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
@@ -223,8 +226,7 @@ impl Publisher {
         beat: Arc<Beat>,
     ) -> Result<(), Fatal> {
         let mut open = true;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticked = tokio::time::Instant::now();
         loop {
             // Comes round at least every TICK; the watchdog is fed from here.
             beat.beat();
@@ -253,6 +255,7 @@ impl Publisher {
             }
             let intake = open && self.can_take();
             let retry_at = self.retry_at.unwrap_or_else(Instant::now);
+            let next_tick = ticked + if self.quiet() { IDLE_TICK } else { TICK };
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {}
@@ -294,7 +297,10 @@ impl Publisher {
                     Some(b) => self.take(b)?,
                     None => open = false,
                 },
-                _ = tick.tick() => self.housekeeping()?,
+                _ = tokio::time::sleep_until(next_tick) => {
+                    ticked = tokio::time::Instant::now();
+                    self.housekeeping()?;
+                }
             }
             if !open && self.pending.is_empty() && self.in_flight.is_empty() && self.held.is_empty()
             {
@@ -319,6 +325,17 @@ impl Publisher {
             tracing::error!("{e}");
         }
         Ok(())
+    }
+
+    /// Nothing passes and nothing waits: no message in flight, pending or held, no promise
+    /// awaiting an fsync, and nothing for the spool's housekeeping.
+    fn quiet(&self) -> bool {
+        self.healthy
+            && self.in_flight.is_empty()
+            && self.pending.is_empty()
+            && self.held.is_empty()
+            && self.promises.is_empty()
+            && self.spool.at_rest()
     }
 
     /// Live when the broker answers, nothing is held, and the spool has been read out.

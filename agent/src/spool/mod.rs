@@ -801,6 +801,12 @@ impl Spool {
         Ok(())
     }
 
+    /// Nothing for [`Spool::maintain`] or [`Spool::sync`] to do: no event waits to be
+    /// acknowledged, nothing waits for an fsync, and the ledger is up to date.
+    pub fn at_rest(&self) -> bool {
+        self.is_empty() && !self.unsynced() && self.acked == self.ledger_acked
+    }
+
     /// No event waits to be acknowledged.
     pub fn is_empty(&self) -> bool {
         self.segments.iter().all(|s| s.last_seq() <= self.acked)

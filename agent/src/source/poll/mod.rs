@@ -93,6 +93,10 @@ pub fn spawn(cfg: PollConfig, cx: SourceContext) -> std::io::Result<SourceThread
         })
 }
 
+/// The longest the loop waits without a wake-up (the agent's stop, acks): it beats
+/// between waits.
+const NAP: Duration = Duration::from_secs(1);
+
 /// The commit point of a scan: its changes are on disk and are being sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
@@ -230,8 +234,13 @@ impl Poller {
                 self.scan_once();
                 Ok(())
             } else {
-                // Short naps, so that a shutdown is seen at once.
-                std::thread::sleep(Duration::from_millis(20));
+                // Until the next scan (a stopped source has none); woken by the agent's
+                // stop.
+                let left = match self.stopped {
+                    true => NAP,
+                    false => self.next_scan.saturating_duration_since(Instant::now()),
+                };
+                self.cx.watermark.wake().wait(left.min(NAP));
                 Ok(())
             };
             if r.is_err() {
@@ -618,11 +627,12 @@ impl Poller {
             return self.retry_held();
         }
         if s.read_all {
-            if self.cx.watermark.get() >= s.last_seq {
+            let w = &self.cx.watermark;
+            if w.get() >= s.last_seq || w.wake_at(s.last_seq) {
                 self.swap();
             } else {
-                // The watermark is an atomic without a wake-up: poll it.
-                std::thread::sleep(Duration::from_millis(5));
+                // Woken by the last ack (or the agent's stop).
+                w.wake().wait(NAP);
             }
             return Ok(());
         }
@@ -701,9 +711,9 @@ impl Poller {
         let Some(s) = self.sending.as_mut() else {
             return Ok(());
         };
-        if Instant::now() < s.held_retry_at {
-            // Short naps: the run loop beats and sees a shutdown between them.
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(left) = s.held_retry_at.checked_duration_since(Instant::now()) {
+            // The run loop beats and sees a shutdown between waits.
+            self.cx.watermark.wake().wait(left.min(NAP));
             return Ok(());
         }
         let held = std::mem::take(&mut s.held);
@@ -927,11 +937,19 @@ impl Poller {
                 self.swap();
                 break;
             }
-            if Instant::now() >= deadline || *self.cx.sink_done.borrow() {
+            // Nothing more is sent now: a scan not read to its end, or with changes
+            // held, is sent again at the next start.
+            if !s.read_all || !s.held.is_empty() || *self.cx.sink_done.borrow() {
                 break;
             }
-            // The watermark is an atomic without a wake-up; poll it until the deadline.
-            std::thread::sleep(Duration::from_millis(10));
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            // Woken by the last ack, or by the sink when it is done.
+            let w = &self.cx.watermark;
+            if !w.wake_at(s.last_seq) {
+                w.wake().wait(left);
+            }
         }
         self.clean_scan();
         self.publish_status(true);

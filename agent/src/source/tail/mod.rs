@@ -100,7 +100,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use lockstep_formats::record::Decoder;
 use lockstep_formats::{ChangeEvent, Op, Record, SourceInfo, Value};
 use notify::event::{ModifyKind, RenameMode};
@@ -128,6 +127,9 @@ const CHUNK: usize = 256 * 1024;
 const HELD_MARKS: usize = 4096;
 /// Least time between two checkpoint writes while events flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// The longest the loop waits without a wake-up (a file event, acks, the stop): for its
+/// periodic work (debounce deadlines, retries, closing idle files).
+const TICK: Duration = Duration::from_millis(250);
 /// How long a new file that starts as a followed file does is held as that file's
 /// possible copy: logrotate's `copytruncate` truncates the file right after copying it.
 const COPY_WAIT: Duration = Duration::from_secs(5);
@@ -357,8 +359,6 @@ struct Tail {
     files: Vec<Tracked>,
     out: Out,
     globs: Arc<Globs>,
-    /// Wakes the loop when the watcher saw something; what it saw is in `seen`.
-    events: Option<Receiver<()>>,
     seen: Arc<Mutex<Seen>>,
     _watcher: Option<notify::RecommendedWatcher>,
     first_scan: bool,
@@ -403,21 +403,22 @@ impl Tail {
         let globs = Arc::new(Globs::new(&cfg.paths));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let discovered = Arc::new(AtomicU64::new(0));
-        let (watcher, events) = match watch(
+        let watcher = match watch(
             cx.name.clone(),
             &cfg.paths,
             globs.clone(),
             seen.clone(),
             discovered.clone(),
+            cx.watermark.wake().notifier(),
         ) {
-            Ok((w, rx)) => (Some(w), Some(rx)),
+            Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(
                     "source {}: cannot watch for file events ({e}); checking every {:?}",
                     cx.name,
                     cfg.stat_interval
                 );
-                (None, None)
+                None
             }
         };
         let mut deb = cx.debouncer();
@@ -451,7 +452,6 @@ impl Tail {
                 cx,
             },
             globs,
-            events,
             seen,
             _watcher: watcher,
             first_scan: true,
@@ -506,29 +506,25 @@ impl Tail {
         self.finish();
     }
 
-    /// Waits for a file event, the next stat, or (while acks are pending) a short tick.
+    /// Waits for a file event, the acks of what was handed to the sink, the agent's stop,
+    /// or the next periodic look (a stat, a debounce deadline, a retry).
     fn wait(&mut self) {
-        let tick = if self.out.pending.is_empty() && !self.out.resend.active() {
-            Duration::from_millis(250)
-        } else {
-            Duration::from_millis(20)
-        };
         let due = self
             .out
             .deb
             .next_due()
-            .map_or(tick, |t| t.saturating_duration_since(Instant::now()));
-        let timeout = tick.min(due).min(self.out.cfg.stat_interval);
-        let Some(rx) = &self.events else {
-            // No filesystem events to wait on (the watch could not be set up): the periodic
-            // check is all there is, so pause until it is due.
-            std::thread::sleep(timeout);
-            return;
-        };
-        match rx.recv_timeout(timeout) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => self.events = None,
+            .map_or(TICK, |t| t.saturating_duration_since(Instant::now()));
+        let mut timeout = TICK.min(due).min(self.out.cfg.stat_interval);
+        if self.out.resend.active() {
+            // A quarantine resend goes on at its own pace, acks or not.
+            timeout = timeout.min(Duration::from_millis(20));
         }
+        let w = &self.out.cx.watermark;
+        if self.out.seq > w.get() && w.wake_at(self.out.seq) {
+            // Acknowledged meanwhile: take them now.
+            return;
+        }
+        w.wake().wait(timeout);
     }
 
     /// Takes what the watcher saw: files it opened as they appeared in the globs or were
@@ -548,15 +544,22 @@ impl Tail {
     /// Shutdown: wait for the sink's last acks, then write the final checkpoint.
     fn finish(mut self) {
         let deadline = Instant::now() + self.out.cx.drain_for + Duration::from_secs(1);
-        while Instant::now() < deadline
-            && !self.out.pending.is_empty()
-            && !*self.out.cx.sink_done.borrow()
-        {
-            self.out.apply_acks();
-            // The watermark is an atomic without a wake-up; poll it until the deadline.
-            std::thread::sleep(Duration::from_millis(10));
-        }
         self.out.apply_acks();
+        while !self.out.pending.is_empty() && !*self.out.cx.sink_done.borrow() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            // Woken by the last ack, or by the sink when it is done. Once all that was
+            // handed on is acknowledged, what stays pending waits for nothing more.
+            let w = &self.out.cx.watermark;
+            if w.get() >= self.out.seq {
+                break;
+            }
+            if !w.wake_at(self.out.seq) {
+                w.wake().wait(left);
+            }
+            self.out.apply_acks();
+        }
         self.out.resend_acks();
         for t in &mut self.files {
             self.out.refresh_identity(t);
@@ -3571,8 +3574,8 @@ fn watch(
     globs: Arc<Globs>,
     seen: Arc<Mutex<Seen>>,
     discovered: Arc<AtomicU64>,
-) -> notify::Result<(notify::RecommendedWatcher, Receiver<()>)> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    wake: crossbeam_channel::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let structural = match &res {
             Ok(ev) => {
@@ -3633,7 +3636,7 @@ fn watch(
             }
         }
         // One pending wake-up is enough: the loop takes everything in `seen`.
-        let _ = tx.try_send(());
+        let _ = wake.try_send(());
     })?;
     for p in patterns {
         let (root, recursive) = files::watch_root(p);
@@ -3649,5 +3652,5 @@ fn watch(
             );
         }
     }
-    Ok((w, rx))
+    Ok(w)
 }

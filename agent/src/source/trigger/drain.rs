@@ -148,8 +148,11 @@ pub trait CaptureDb: Send {
     /// expression it was read with), so that a row written since under a reused `seq`
     /// stays.
     fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError>;
-    /// Waits up to `timeout` for news of a change; true when woken by one.
-    fn wait(&mut self, timeout: Duration) -> bool;
+    /// Whether news of a change came since the last call (PostgreSQL's `NOTIFY`, or the
+    /// connection closing: the next read says why). The source's wake-up is given with
+    /// the news; a database without notifications always says false (the source reads
+    /// every `interval`).
+    fn notified(&mut self) -> bool;
     /// The tables as the catalog has them now, and what their capture triggers record
     /// (see [`super::drift`]); the connection's own definitions are brought up to date.
     /// `None` where the dialect is not checked.
@@ -421,9 +424,13 @@ impl Drain {
                 break;
             }
             if self.db.is_none() {
-                if Instant::now() < self.retry_at {
-                    // Backing off; short naps so that a shutdown is seen at once.
-                    std::thread::sleep(Duration::from_millis(20));
+                if let Some(left) = self.retry_at.checked_duration_since(Instant::now()) {
+                    // Backing off; woken by the agent's stop (and by acks, which the
+                    // next turn takes).
+                    self.cx
+                        .watermark
+                        .wake()
+                        .wait(left.min(Duration::from_secs(1)));
                     self.publish_status(false);
                     continue;
                 }
@@ -556,22 +563,40 @@ impl Drain {
             let Some(db) = self.db.as_mut() else {
                 return Err(not_connected(&self.name).into());
             };
-            self.woken |= db.wait(Duration::ZERO);
+            self.woken |= db.notified();
             return Ok(());
         }
-        let timeout = if !self.pending.is_empty() || !self.to_delete.is_empty() {
-            Duration::from_millis(5)
-        } else {
-            let since = self.last_read.map_or(Duration::ZERO, |t| t.elapsed());
-            self.cfg.interval.saturating_sub(since)
-        };
+        let since = self.last_read.map_or(Duration::ZERO, |t| t.elapsed());
+        let mut timeout = self.cfg.interval.saturating_sub(since);
+        if !self.to_delete.is_empty() {
+            timeout = timeout.min(Duration::from_millis(5));
+        }
         let timeout = self.deb.next_due().map_or(timeout, |t| {
             timeout.min(t.saturating_duration_since(Instant::now()))
         });
         let Some(db) = self.db.as_mut() else {
             return Err(not_connected(&self.name).into());
         };
-        self.woken |= db.wait(timeout);
+        self.woken |= db.notified();
+        if self.woken {
+            return Ok(());
+        }
+        // Acks wake it: the first one awaited when the reads wait for room, else the last.
+        let w = &self.cx.watermark;
+        let room = self.in_flight.len() < MAX_IN_FLIGHT;
+        let awaited = if room {
+            self.pending.back()
+        } else {
+            self.pending.front()
+        };
+        if awaited.is_some_and(|p| w.wake_at(p.seq)) {
+            return Ok(());
+        }
+        w.wake().wait(timeout);
+        let Some(db) = self.db.as_mut() else {
+            return Err(not_connected(&self.name).into());
+        };
+        self.woken |= db.notified();
         Ok(())
     }
 
@@ -1465,13 +1490,21 @@ impl Drain {
     /// Shutdown: wait for the sink's last acks and delete what they cover.
     fn finish(mut self) {
         let deadline = Instant::now() + self.cx.drain_for + Duration::from_secs(1);
-        while Instant::now() < deadline && !self.pending.is_empty() && !*self.cx.sink_done.borrow()
-        {
-            self.apply_acks();
-            // The watermark is an atomic without a wake-up; poll it until the deadline.
-            std::thread::sleep(Duration::from_millis(10));
-        }
         self.apply_acks();
+        while !*self.cx.sink_done.borrow() {
+            let Some(last) = self.pending.back().map(|p| p.seq) else {
+                break;
+            };
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            // Woken by the last ack, or by the sink when it is done.
+            let w = &self.cx.watermark;
+            if !w.wake_at(last) {
+                w.wake().wait(left);
+            }
+            self.apply_acks();
+        }
         if self.db.is_some() {
             if let Err(e) = self.delete_acked() {
                 tracing::warn!(

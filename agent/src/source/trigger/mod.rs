@@ -28,8 +28,9 @@ pub fn spawn(cfg: TriggerConfig, cx: SourceContext) -> std::io::Result<SourceThr
         TriggerDb::Postgres(conn) => {
             let conn = conn.clone();
             let rt = cx.runtime.clone();
+            let wake = cx.watermark.wake().notifier();
             Box::new(move || {
-                postgres::PgCapture::open(&rt, &conn, &name, &tables)
+                postgres::PgCapture::open(&rt, &conn, &name, &tables, wake.clone())
                     .map(|c| Box::new(c) as Box<dyn drain::CaptureDb>)
             })
         }

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use lockstep_formats::Value;
 use odbc_api::parameter::{InputParameter, VarBinaryBox, VarCharBox};
@@ -929,9 +928,8 @@ impl CaptureDb for OdbcCapture {
         self.finish(r)
     }
 
-    fn wait(&mut self, timeout: Duration) -> bool {
-        // ODBC has no notifications: this is the idle poll interval.
-        std::thread::sleep(timeout);
+    fn notified(&mut self) -> bool {
+        // ODBC has no notifications: the source reads every `interval`.
         false
     }
 

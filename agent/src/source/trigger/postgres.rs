@@ -2,12 +2,11 @@
 //! catalog, and applying capture DDL in one transaction.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use thiserror::Error;
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, IsolationLevel};
 
 use crate::db::postgres::PgConn;
@@ -45,22 +44,31 @@ pub use crate::db::postgres::describe;
 
 /// Connects; the connection runs on a task of its own until the client is dropped.
 pub async fn connect(conn: &PgConn) -> Result<Client, PgError> {
-    connect_woken(conn).await.map(|(client, _)| client)
+    connect_woken(conn, None).await.map(|(client, _)| client)
 }
 
 /// Connects (through [`crate::db::postgres::connect`], with TLS as `sslmode` says), and
-/// wakes the returned `Notify` on each notification (after `LISTEN`) and when the
-/// connection closes.
-async fn connect_woken(conn: &PgConn) -> Result<(Client, Arc<Notify>), PgError> {
+/// on each notification (after `LISTEN`) and when the connection closes sets the
+/// returned flag and wakes `wake`.
+async fn connect_woken(
+    conn: &PgConn,
+    wake: Option<crossbeam_channel::Sender<()>>,
+) -> Result<(Client, Arc<AtomicBool>), PgError> {
     let (client, mut connection) = crate::db::postgres::connect(conn)
         .await
         .map_err(PgError::Connect)?;
-    let wake = Arc::new(Notify::new());
-    let w = wake.clone();
+    let news = Arc::new(AtomicBool::new(false));
+    let n = news.clone();
+    let tell = move || {
+        n.store(true, Ordering::Release);
+        if let Some(w) = &wake {
+            let _ = w.try_send(());
+        }
+    };
     tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => w.notify_one(),
+                Some(Ok(AsyncMessage::Notification(_))) => tell(),
                 Some(Ok(AsyncMessage::Notice(n))) => {
                     tracing::debug!("PostgreSQL notice: {}", n.message())
                 }
@@ -72,9 +80,9 @@ async fn connect_woken(conn: &PgConn) -> Result<(Client, Arc<Notify>), PgError> 
                 None => break,
             }
         }
-        w.notify_one();
+        tell();
     });
-    Ok((client, wake))
+    Ok((client, news))
 }
 
 /// The columns and primary key of `table` (a name or `schema.name`, as in SQL).
@@ -231,7 +239,8 @@ const CHANGED_MS: &str = "(extract(epoch FROM changed_at) * 1000)::int8";
 pub struct PgCapture {
     client: Client,
     rt: Handle,
-    wake: Arc<Notify>,
+    /// Set when a notification came (or the connection closed).
+    news: Arc<AtomicBool>,
     tables: Vec<TableDef>,
     epoch: String,
     probe: tokio_postgres::Statement,
@@ -244,14 +253,16 @@ pub struct PgCapture {
 }
 
 impl PgCapture {
-    /// Connects, checks the capture table, reads the tables' definitions and listens.
+    /// Connects, checks the capture table, reads the tables' definitions and listens;
+    /// each notification wakes `wake`.
     pub fn open(
         rt: &Handle,
         conn: &PgConn,
         source: &str,
         tables: &[String],
+        wake: crossbeam_channel::Sender<()>,
     ) -> Result<Self, DbError> {
-        rt.block_on(Self::open_async(rt, conn, source, tables))
+        rt.block_on(Self::open_async(rt, conn, source, tables, wake))
             .map_err(|e| DbError::query(e.to_string()))
     }
 
@@ -260,8 +271,9 @@ impl PgCapture {
         conn: &PgConn,
         source: &str,
         tables: &[String],
+        wake: crossbeam_channel::Sender<()>,
     ) -> Result<Self, PgError> {
-        let (client, wake) = connect_woken(conn).await?;
+        let (client, news) = connect_woken(conn, Some(wake)).await?;
         let q = |what: &'static str| {
             move |source| PgError::Query {
                 what: what.into(),
@@ -329,7 +341,7 @@ impl PgCapture {
         Ok(PgCapture {
             client,
             rt: rt.clone(),
-            wake,
+            news,
             tables: defs,
             epoch: format!("pg{oid}"),
             probe,
@@ -569,14 +581,8 @@ impl CaptureDb for PgCapture {
         }))
     }
 
-    fn wait(&mut self, timeout: Duration) -> bool {
-        if self.client.is_closed() {
-            return true;
-        }
-        let wake = self.wake.clone();
-        self.rt
-            .block_on(async { tokio::time::timeout(timeout, wake.notified()).await })
-            .is_ok()
+    fn notified(&mut self) -> bool {
+        self.news.swap(false, Ordering::AcqRel) || self.client.is_closed()
     }
 }
 
@@ -588,6 +594,7 @@ fn first_line(sql: &str) -> &str {
 mod tests {
     use super::super::ddl::{install, uninstall, Capture, Dialect};
     use super::*;
+    use std::time::Duration;
 
     const CONN: &str = "host=127.0.0.1 user=postgres dbname=test";
 
@@ -696,7 +703,14 @@ mod tests {
             .unwrap();
         });
         let conn = PgConn::parse(&format!("{CONN} options='-c search_path={schema}'")).unwrap();
-        let mut cap = PgCapture::open(rt.handle(), &conn, "walk", &["visits".into()]).unwrap();
+        let mut cap = PgCapture::open(
+            rt.handle(),
+            &conn,
+            "walk",
+            &["visits".into()],
+            crossbeam_channel::bounded(1).0,
+        )
+        .unwrap();
         let limit = 2048;
         let mut rows = Vec::new();
         let full = cap.read(0, &HashSet::new(), limit, &mut rows).unwrap();

@@ -246,8 +246,14 @@ fn postgres_truncate_restart_identity_before_the_acks_deletes_no_new_row() {
     let mut side = Pg { rt, client };
     let handle = side.rt.handle().clone();
     let connect: Connect = Box::new(move || {
-        postgres::PgCapture::open(&handle, &pg, "vista", &["t".into()])
-            .map(|c| Box::new(c) as Box<dyn CaptureDb>)
+        postgres::PgCapture::open(
+            &handle,
+            &pg,
+            "vista",
+            &["t".into()],
+            crossbeam_channel::bounded(1).0,
+        )
+        .map(|c| Box::new(c) as Box<dyn CaptureDb>)
     });
     stale_acks_delete_nothing_of_the_new_rows(connect, &mut side);
     side.sql(&format!("DROP SCHEMA {schema} CASCADE"));

@@ -159,7 +159,7 @@ impl CaptureDb for FakeDb {
     fn delete(&mut self, rows: &[RowId]) -> Result<(), DbError> {
         (self.on_delete)(rows)
     }
-    fn wait(&mut self, _: Duration) -> bool {
+    fn notified(&mut self) -> bool {
         false
     }
 }
