@@ -3,8 +3,8 @@
 //! A deliberately small HTTP/1.1 responder on a listener the caller binds (so tests can
 //! hand it one on port 0): it answers GET requests and closes each connection.
 
-pub mod events;
 pub mod metrics;
+pub mod telemetry;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;

@@ -11,7 +11,7 @@
 //! tables side by side.
 
 use super::{SourceConfig, SourceKind, TriggerDb};
-use crate::source::trigger::ddl::trigger_name;
+use crate::db::trigger_name;
 
 /// The database a trigger source connects to, in a form that compares equal for the same
 /// target: never printed (it may hold secrets other than the credentials it drops).
@@ -145,7 +145,7 @@ pub fn conflict(before: &[Owner<'_>], new: &Owner<'_>) -> Option<String> {
             ));
         }
     }
-    // Outside PostgreSQL a table's triggers are named after it (`ddl::trigger_name`);
+    // Outside PostgreSQL a table's triggers are named after it (`db::trigger_name`);
     // two tables whose names differ only in other characters than letters and digits
     // would share them.
     if new.target.starts_with("odbc|") {

@@ -1,6 +1,10 @@
 //! SQL dialects: quoting by database, and the definition of a table as its catalog
 //! describes it.
 
+use std::fmt::Write as _;
+
+use xxhash_rust::xxh3::xxh3_64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Postgres,
@@ -96,4 +100,25 @@ pub struct TableDef {
     /// record them in UTC, and the agent reads them in a UTC session, so that a key
     /// written in any session's time zone is found again.
     pub utc: Vec<String>,
+}
+
+/// A trigger's name: `lockstep_<table>_<suffix>`, safe in every dialect and at most 60
+/// characters (longer names end in a hash of the whole).
+pub fn trigger_name(table: &str, suffix: &str) -> String {
+    let mut n = String::from("lockstep_");
+    n.extend(
+        table
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+    );
+    if !suffix.is_empty() {
+        n.push('_');
+        n.push_str(suffix);
+    }
+    if n.len() > 60 {
+        let h = xxh3_64(n.as_bytes());
+        n.truncate(51);
+        let _ = write!(n, "_{:08x}", h as u32);
+    }
+    n
 }

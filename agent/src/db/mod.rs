@@ -1,7 +1,8 @@
 //! Database connections, the ground floor every part that talks to a database uses.
 //!
 //! [`error`]: [`DbError`] and its [`ErrorKind`], which decides what happens next.
-//! [`dialect`]: each database's quoting, and a table's definition from its catalog.
+//! [`dialect`]: each database's quoting, a table's definition from its catalog, and
+//! the names of lockstep's triggers.
 //!
 //! [`postgres`]: PostgreSQL connection strings as libpq reads them (`sslmode`,
 //! `sslrootcert`) and the one function that opens every PostgreSQL connection, with TLS
@@ -12,5 +13,5 @@ pub mod error;
 pub mod pg_tls;
 pub mod postgres;
 
-pub use dialect::{Dialect, TableDef};
+pub use dialect::{trigger_name, Dialect, TableDef};
 pub use error::{DbError, ErrorKind};

@@ -33,8 +33,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use lockstep_formats::json::encode_str;
 
-use crate::admin::events::QuarantineTrimmed;
 use crate::admin::metrics::SourceCounters;
+use crate::admin::telemetry::QuarantineTrimmed;
 
 #[derive(Debug)]
 pub struct Quarantine {

@@ -23,7 +23,7 @@ pub mod trigger;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -111,6 +111,20 @@ impl SourceContext {
             && !FIRED.swap(true, Ordering::AcqRel)
         {
             panic!("LOCKSTEP_TEST_PANIC: source {source} after handing event {last} to the sink");
+        }
+    }
+
+    /// At the stop: waits until the sink has acknowledged every event up to `seq`, has
+    /// taken its last acks (`sink_done`), or the drain time is over (`drain_for` and a
+    /// second). Woken by the acks and by the sink's end; it does not poll.
+    pub fn await_acks(&self, seq: u64) {
+        let deadline = Instant::now() + self.drain_for + Duration::from_secs(1);
+        let w = &self.watermark;
+        while !*self.sink_done.borrow() && !w.wake_at(seq) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            w.wake().wait(left);
         }
     }
 

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::admin::events::SourceRestarted;
 use crate::admin::metrics::SourceCounters;
+use crate::admin::telemetry::SourceRestarted;
 use crate::admin::StatusBoard;
 use crate::backoff;
 use crate::service::Beat;

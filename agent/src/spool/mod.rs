@@ -75,10 +75,10 @@ use lockstep_formats::frame::{
 };
 use thiserror::Error;
 
-use crate::admin::events::{
+use crate::admin::metrics::Metrics;
+use crate::admin::telemetry::{
     SpoolDropped, SpoolFrameCorrupt, SpoolTornTail, SpoolUnreadable, StateMigrated,
 };
-use crate::admin::metrics::Metrics;
 use crate::config::WhenFull;
 use disk::Disk;
 use segment::{

@@ -70,11 +70,11 @@ use serde::{Deserialize, Serialize};
 
 use self::scan::{cursor_less, decode_key, decode_row, Layout, PollDb, ScanError};
 use self::store::{
-    ChangeOp, ChangesReader, ChangesWriter, MergeCounts, MergeMode, SnapshotMeta, SnapshotReader,
-    SnapshotWriter, Spill,
+    ChangeOp, ChangesReader, ChangesWriter, LastScanMeta, LastScanReader, LastScanWriter,
+    MergeCounts, MergeMode, Spill,
 };
-use crate::admin::events::{DbConnected, SourceRetrying};
 use crate::admin::metrics::TableCounters;
+use crate::admin::telemetry::{DbConnected, SourceRetrying};
 use crate::clock::now_ms;
 use crate::config::PollConfig;
 use crate::db::ErrorKind;
@@ -164,7 +164,7 @@ struct Poller {
     seq: u64,
     sending: Option<Sending>,
     /// Meta of the current snapshot (`None`: no snapshot yet).
-    meta: Option<SnapshotMeta>,
+    meta: Option<LastScanMeta>,
     next_scan: Instant,
     attempt: usize,
     last_error: Option<String>,
@@ -256,7 +256,7 @@ impl Poller {
         fs::create_dir_all(&self.dir)
             .map_err(|e| io_msg("create the poll directory", &self.dir, &e))?;
         let snap = self.path("snapshot");
-        match SnapshotReader::open(&snap).and_then(|r| match r {
+        match LastScanReader::open(&snap).and_then(|r| match r {
             Some(mut r) => r.verify().map(|()| Some(r.meta)),
             None => Ok(None),
         }) {
@@ -289,7 +289,7 @@ impl Poller {
             self.clean_pending();
             return Ok(());
         }
-        let next_ok = SnapshotReader::open(&self.path("snapshot.next"))
+        let next_ok = LastScanReader::open(&self.path("snapshot.next"))
             .ok()
             .flatten()
             .is_some_and(|r| r.meta.gen == p.gen);
@@ -546,7 +546,7 @@ impl Poller {
             Some(_) if full => MergeMode::Full,
             Some(_) => MergeMode::Partial,
         };
-        let meta = SnapshotMeta {
+        let meta = LastScanMeta {
             gen,
             full_ms: if full {
                 started_ms
@@ -561,10 +561,10 @@ impl Poller {
         let next_path = self.path("snapshot.next");
         let changes_path = self.path("changes");
         let r = (|| -> io::Result<(MergeCounts, u64)> {
-            let next = SnapshotWriter::create(&next_path, &meta)?;
+            let next = LastScanWriter::create(&next_path, &meta)?;
             let mut changes = ChangesWriter::create(&changes_path)?;
             let mut old = match old_meta {
-                Some(_) => SnapshotReader::open(&self.path("snapshot"))?,
+                Some(_) => LastScanReader::open(&self.path("snapshot"))?,
                 None => None,
             };
             let counts = store::merge(&scanned, old.as_mut(), mode, next, &mut changes, &stop)?;
@@ -906,7 +906,7 @@ impl Poller {
         match r {
             Ok(()) => {
                 crate::crash::point("scan-swap");
-                self.meta = SnapshotReader::open(&snap).ok().flatten().map(|r| r.meta);
+                self.meta = LastScanReader::open(&snap).ok().flatten().map(|r| r.meta);
                 self.clean_pending();
             }
             Err(e) => {
@@ -928,7 +928,7 @@ impl Poller {
 
     /// Shutdown: waits for the sink's last acks and swaps if the scan is all acknowledged.
     fn finish(mut self) {
-        let deadline = Instant::now() + self.cx.drain_for + Duration::from_secs(1);
+        let mut waited = false;
         while let Some(s) = &self.sending {
             // Changes held for the quarantine are in no event and no quarantine yet:
             // swapping past them would lose them (the next start sends the scan again).
@@ -939,17 +939,11 @@ impl Poller {
             }
             // Nothing more is sent now: a scan not read to its end, or with changes
             // held, is sent again at the next start.
-            if !s.read_all || !s.held.is_empty() || *self.cx.sink_done.borrow() {
+            if waited || !s.read_all || !s.held.is_empty() {
                 break;
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            // Woken by the last ack, or by the sink when it is done.
-            let w = &self.cx.watermark;
-            if !w.wake_at(s.last_seq) {
-                w.wake().wait(left);
-            }
+            self.cx.await_acks(s.last_seq);
+            waited = true;
         }
         self.clean_scan();
         self.publish_status(true);

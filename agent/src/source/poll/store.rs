@@ -13,7 +13,9 @@
 //! each run at most [`RUN_ENTRIES`] entries sorted by key hash in memory before it is
 //! written. Neither is fsynced: a crash before the merge ends throws the scan away.
 //!
-//! **The snapshot** is `[magic][u32 n][n bytes of JSON: SnapshotMeta]`, then the entries
+//! **The last scan** (called the snapshot in its file names, `snapshot` and
+//! `snapshot.next`, and in the log; in the code it is the last scan, so as not to be
+//! taken for a trigger source's initial snapshot) is `[magic][u32 n][n bytes of JSON: LastScanMeta]`, then the entries
 //! `[key hash u128][row hash u64][u32 key length][key]` in key-hash order, then a trailer
 //! `[u64 entries][u64 xxh3 of the entry bytes][magic]`. It is written to `snapshot.next`,
 //! fsynced, and renamed over `snapshot` (the swap). It is read front to back through a
@@ -146,7 +148,7 @@ pub fn row_hash(row: &[u8]) -> u64 {
 
 /// What the snapshot file says about the scan that made it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotMeta {
+pub struct LastScanMeta {
     /// The scan's generation: its start time in ms, above every earlier generation. It
     /// is part of every event's position, so each scan's events have ids of their own.
     pub gen: u64,
@@ -367,21 +369,21 @@ impl Runs {
 }
 
 /// Writes a snapshot file.
-pub struct SnapshotWriter {
+pub struct LastScanWriter {
     path: PathBuf,
     w: BufWriter<File>,
     hash: Xxh3,
     count: u64,
 }
 
-impl SnapshotWriter {
-    pub fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
+impl LastScanWriter {
+    pub fn create(path: &Path, meta: &LastScanMeta) -> io::Result<LastScanWriter> {
         let mut w = BufWriter::with_capacity(IO_BUF, File::create(path)?);
         let json = serde_json::to_vec(meta).map_err(io::Error::other)?;
         w.write_all(MAGIC)?;
         w.write_all(&(json.len() as u32).to_le_bytes())?;
         w.write_all(&json)?;
-        Ok(SnapshotWriter {
+        Ok(LastScanWriter {
             path: path.to_owned(),
             w,
             hash: Xxh3::new(),
@@ -416,10 +418,10 @@ impl SnapshotWriter {
 }
 
 /// Reads a snapshot file front to back through a moving memory map.
-pub struct SnapshotReader {
+pub struct LastScanReader {
     path: PathBuf,
     file: File,
-    pub meta: SnapshotMeta,
+    pub meta: LastScanMeta,
     /// Where the entries end (the trailer starts).
     end: u64,
     pos: u64,
@@ -430,9 +432,9 @@ pub struct SnapshotReader {
     pub key: Vec<u8>,
 }
 
-impl SnapshotReader {
+impl LastScanReader {
     /// Opens a snapshot and checks its header and trailer; `Ok(None)` when there is none.
-    pub fn open(path: &Path) -> io::Result<Option<SnapshotReader>> {
+    pub fn open(path: &Path) -> io::Result<Option<LastScanReader>> {
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -449,7 +451,7 @@ impl SnapshotReader {
         }
         let mut json = vec![0u8; n as usize];
         file.read_exact(&mut json)?;
-        let meta: SnapshotMeta = serde_json::from_slice(&json)
+        let meta: LastScanMeta = serde_json::from_slice(&json)
             .map_err(|e| corrupt(path, format!("the header is not valid: {e}")))?;
         let mut tail = [0u8; 24];
         file.read_exact_at(&mut tail, len - 24)?;
@@ -459,7 +461,7 @@ impl SnapshotReader {
                 "the trailer is missing (the file is cut short)",
             ));
         }
-        Ok(Some(SnapshotReader {
+        Ok(Some(LastScanReader {
             path: path.to_owned(),
             file,
             meta,
@@ -667,9 +669,9 @@ impl MergeCounts {
 /// keeps its first row.
 pub fn merge(
     scanned: &Scanned,
-    mut old: Option<&mut SnapshotReader>,
+    mut old: Option<&mut LastScanReader>,
     mode: MergeMode,
-    next: SnapshotWriter,
+    next: LastScanWriter,
     changes: &mut ChangesWriter,
     stop: &dyn Fn() -> bool,
 ) -> io::Result<MergeCounts> {

@@ -108,8 +108,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use self::files::{FileKey, Globs, Head};
 use self::state::{Checkpoint, FileCp};
 use super::{SourceContext, SourceThread, Stopping, BATCH_SIZE};
-use crate::admin::events::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
 use crate::admin::metrics::TableCounters;
+use crate::admin::telemetry::{CheckpointFailed, FileRotated, FileTruncated, RecordQuarantined};
 use crate::clock::now_ms;
 use crate::config::{StartAt, TableFrom, TailConfig};
 use crate::pipeline::debounce::{Debouncer, Released};
@@ -213,6 +213,50 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// Content recovered at a start (a rest decompressed from its `.gz`, a copy, the rest
+    /// of a truncated generation) in `file` of `(size, mtime)`, read to its end and never
+    /// matched to the files in the globs; from offset 0 of generation 0 with no identity
+    /// until the caller says otherwise.
+    fn recovered(
+        key: FileKey,
+        path: PathBuf,
+        file: File,
+        (size, mtime): (u64, SystemTime),
+        discovered: u64,
+        decoder: Decoder,
+    ) -> Self {
+        Tracked {
+            key,
+            path,
+            file: Some(fds::Budget::global().adopt(file)),
+            born: None,
+            changed_at: Instant::now(),
+            fp: None,
+            head: Head::default(),
+            suspect: false,
+            replaced: false,
+            blocked: None,
+            gen: 0,
+            offset: 0,
+            buf: Vec::new(),
+            decoder,
+            skipping: None,
+            size,
+            mtime,
+            matched: false,
+            gone_since: Some(Instant::now()),
+            nlink: 0,
+            discovered,
+            fresh: false,
+            copy_wait: None,
+            recovered: true,
+            first: Vec::new(),
+            bare_since: None,
+            gen_skip: 0,
+            rest_wait: None,
+        }
+    }
+
     fn read_pos(&self) -> u64 {
         self.offset + self.buf.len() as u64
     }
@@ -543,23 +587,11 @@ impl Tail {
 
     /// Shutdown: wait for the sink's last acks, then write the final checkpoint.
     fn finish(mut self) {
-        let deadline = Instant::now() + self.out.cx.drain_for + Duration::from_secs(1);
         self.out.apply_acks();
-        while !self.out.pending.is_empty() && !*self.out.cx.sink_done.borrow() {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            // Woken by the last ack, or by the sink when it is done. Once all that was
-            // handed on is acknowledged, what stays pending waits for nothing more.
-            let w = &self.out.cx.watermark;
-            if w.get() >= self.out.seq {
-                break;
-            }
-            if !w.wake_at(self.out.seq) {
-                w.wake().wait(left);
-            }
-            self.out.apply_acks();
+        if !self.out.pending.is_empty() {
+            self.out.cx.await_acks(self.out.seq);
         }
+        self.out.apply_acks();
         self.out.resend_acks();
         for t in &mut self.files {
             self.out.refresh_identity(t);
@@ -932,36 +964,10 @@ impl Tail {
             .flatten()
             .unwrap_or_default();
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
-        self.files.push(Tracked {
-            key,
-            path: copy.to_owned(),
-            file: Some(fds::Budget::global().adopt(f)),
-            born: None,
-            changed_at: Instant::now(),
-            fp: None,
-            head,
-            suspect: false,
-            replaced: false,
-            blocked: None,
-            gen,
-            offset: 0,
-            buf: Vec::new(),
-            decoder: Decoder::new(self.out.cfg.format.clone()),
-            skipping: None,
-            size: m.len(),
-            mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            matched: false,
-            gone_since: Some(Instant::now()),
-            nlink: 0,
-            discovered: order,
-            fresh: false,
-            copy_wait: None,
-            recovered: true,
-            first: Vec::new(),
-            bare_since: None,
-            gen_skip: 0,
-            rest_wait: None,
-        });
+        let decoder = Decoder::new(self.out.cfg.format.clone());
+        let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let t = Tracked::recovered(key, copy.to_owned(), f, (m.len(), mtime), order, decoder);
+        self.files.push(Tracked { head, gen, ..t });
     }
 
     /// Live file `live`, checkpointed at a generation with a head and truncated since:
@@ -1112,35 +1118,13 @@ impl Tail {
             read_header(&g.file, &mut decoder, self.out.cfg.max_record_bytes);
         }
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        let t = Tracked::recovered(key, g.gz, g.file, (g.len, g.mtime), order, decoder);
         self.files.push(Tracked {
-            key,
-            path: g.gz,
-            file: Some(fds::Budget::global().adopt(g.file)),
-            born: None,
-            changed_at: Instant::now(),
             fp: c.fp,
             head: c.head.unwrap_or_default(),
-            suspect: false,
-            replaced: false,
-            blocked: None,
             gen: c.gen,
             offset: c.offset,
-            buf: Vec::new(),
-            decoder,
-            skipping: None,
-            size: g.len,
-            mtime: g.mtime,
-            matched: false,
-            gone_since: Some(Instant::now()),
-            nlink: 0,
-            discovered: order,
-            fresh: false,
-            copy_wait: None,
-            recovered: true,
-            first: Vec::new(),
-            bare_since: None,
-            gen_skip: 0,
-            rest_wait: None,
+            ..t
         });
     }
 
@@ -1162,37 +1146,21 @@ impl Tail {
             read_header(&rest.file, &mut decoder, self.out.cfg.max_record_bytes);
         }
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
-        let r = Tracked {
-            key: t.key,
-            path: rest.path,
-            file: Some(fds::Budget::global().adopt(rest.file)),
-            born: None,
-            changed_at: Instant::now(),
+        let r = Tracked::recovered(
+            t.key,
+            rest.path,
+            rest.file,
+            (rest.size, rest.mtime),
+            order,
+            decoder,
+        );
+        self.files.push(Tracked {
             fp: t.fp,
             head: t.head,
-            suspect: false,
-            replaced: false,
-            blocked: None,
             gen: t.gen,
             offset: t.read_pos(),
-            buf: Vec::new(),
-            decoder,
-            skipping: None,
-            size: rest.size,
-            mtime: rest.mtime,
-            matched: false,
-            gone_since: Some(Instant::now()),
-            nlink: 0,
-            discovered: order,
-            fresh: false,
-            copy_wait: None,
-            recovered: true,
-            first: Vec::new(),
-            bare_since: None,
-            gen_skip: 0,
-            rest_wait: None,
-        };
-        self.files.push(r);
+            ..r
+        });
     }
 
     /// Compressed rotations written while the agent was stopped (modified since the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lockstep_formats::record::Decoder;
 
 use super::Out;
-use crate::admin::events::QuarantineResent;
+use crate::admin::telemetry::QuarantineResent;
 use crate::clock::now_ms;
 use crate::pipeline::resend::{self, Entry, Marks, Outcome, Request};
 use crate::source::{Stopping, BATCH_SIZE};

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::files::{FileKey, Head};
-use crate::admin::events::StateMigrated;
+use crate::admin::telemetry::StateMigrated;
 use crate::pipeline::checkpoint;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -24,10 +24,8 @@
 
 use std::fmt::Write as _;
 
-use xxhash_rust::xxh3::xxh3_64;
-
 pub use crate::config::Capture;
-pub use crate::db::dialect::{lit, Dialect, TableDef};
+pub use crate::db::dialect::{lit, trigger_name, Dialect, TableDef};
 
 /// The capture table's name in every dialect.
 pub const CAPTURE_TABLE: &str = "lockstep_changes";
@@ -69,27 +67,6 @@ fn compound(sql: String) -> Statement {
         sql,
         compound: true,
     }
-}
-
-/// A trigger's name: `lockstep_<table>_<suffix>`, safe in every dialect and at most 60
-/// characters (longer names end in a hash of the whole).
-pub fn trigger_name(table: &str, suffix: &str) -> String {
-    let mut n = String::from("lockstep_");
-    n.extend(
-        table
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
-    );
-    if !suffix.is_empty() {
-        n.push('_');
-        n.push_str(suffix);
-    }
-    if n.len() > 60 {
-        let h = xxh3_64(n.as_bytes());
-        n.truncate(51);
-        let _ = write!(n, "_{:08x}", h as u32);
-    }
-    n
 }
 
 /// Statements that create the capture table (and, on PostgreSQL, its trigger function

@@ -59,8 +59,8 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::ddl::{Capture, Dialect, TableDef};
 use super::drift::{self, Installed};
 use super::snapshot::{key_only, Snapshots, CHUNK_ROWS};
-use crate::admin::events::{DbConnected, SourceRetrying, TriggerDrift};
 use crate::admin::metrics::TableCounters;
+use crate::admin::telemetry::{DbConnected, SourceRetrying, TriggerDrift};
 use crate::backoff;
 use crate::clock::now_ms;
 use crate::config::TriggerConfig;
@@ -672,6 +672,7 @@ impl Drain {
                 table: &table,
                 problem: problem.as_deref(),
                 was: self.drift.get(&table).map(String::as_str),
+                fix: &drift::fix(&self.name),
             }
             .emit(&self.cx.metrics, &self.cx.status);
             match problem {
@@ -1489,22 +1490,11 @@ impl Drain {
 
     /// Shutdown: wait for the sink's last acks and delete what they cover.
     fn finish(mut self) {
-        let deadline = Instant::now() + self.cx.drain_for + Duration::from_secs(1);
         self.apply_acks();
-        while !*self.cx.sink_done.borrow() {
-            let Some(last) = self.pending.back().map(|p| p.seq) else {
-                break;
-            };
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            // Woken by the last ack, or by the sink when it is done.
-            let w = &self.cx.watermark;
-            if !w.wake_at(last) {
-                w.wake().wait(left);
-            }
-            self.apply_acks();
+        if let Some(last) = self.pending.back() {
+            self.cx.await_acks(last.seq);
         }
+        self.apply_acks();
         if self.db.is_some() {
             if let Err(e) = self.delete_acked() {
                 tracing::warn!(

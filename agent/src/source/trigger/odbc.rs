@@ -357,7 +357,7 @@ fn check_trigger_version(
     def: &TableDef,
     source: &str,
 ) -> Result<(), DbError> {
-    let name = super::ddl::trigger_name(&def.name, "upd");
+    let name = crate::db::trigger_name(&def.name, "upd");
     let params: [Box<dyn InputParameter>; 1] = [Box::new(VarCharBox::from_string(name))];
     let rows = query_with(
         conn,

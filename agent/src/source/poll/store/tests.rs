@@ -40,15 +40,15 @@ fn run(
     let scanned = scan(dir, table, None);
     let snap = dir.join("snapshot");
     let next_path = dir.join("snapshot.next");
-    let mut old = SnapshotReader::open(&snap).unwrap();
+    let mut old = LastScanReader::open(&snap).unwrap();
     if let Some(o) = old.as_mut() {
         o.verify().unwrap();
     }
-    let meta = SnapshotMeta {
+    let meta = LastScanMeta {
         gen,
         ..Default::default()
     };
-    let next = SnapshotWriter::create(&next_path, &meta).unwrap();
+    let next = LastScanWriter::create(&next_path, &meta).unwrap();
     let changes_path = dir.join("changes");
     let mut changes = ChangesWriter::create(&changes_path).unwrap();
     let counts = merge(&scanned, old.as_mut(), mode, next, &mut changes, &|| false).unwrap();
@@ -133,7 +133,7 @@ fn a_repeated_key_keeps_its_first_row_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let t: BTreeMap<u32, Option<String>> = (1..=3).map(|k| (k, Some("a".into()))).collect();
     let scanned = scan(dir.path(), &t, Some(2));
-    let next = SnapshotWriter::create(&dir.path().join("s"), &SnapshotMeta::default()).unwrap();
+    let next = LastScanWriter::create(&dir.path().join("s"), &LastScanMeta::default()).unwrap();
     let mut changes = ChangesWriter::create(&dir.path().join("c")).unwrap();
     let c = merge(
         &scanned,
@@ -158,12 +158,12 @@ fn damaged_snapshots_are_refused() {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x40;
     fs::write(&p, &flipped).unwrap();
-    let mut r = SnapshotReader::open(&p).unwrap().unwrap();
+    let mut r = LastScanReader::open(&p).unwrap().unwrap();
     assert!(r.verify().is_err());
     fs::write(&p, &good[..good.len() - 3]).unwrap();
-    assert!(SnapshotReader::open(&p).is_err());
+    assert!(LastScanReader::open(&p).is_err());
     fs::write(&p, b"nonsense").unwrap();
-    assert!(SnapshotReader::open(&p).is_err());
+    assert!(LastScanReader::open(&p).is_err());
 }
 
 proptest! {

@@ -1,4 +1,6 @@
-//! Named internal events: each logs and bumps its metric in one place.
+//! Telemetry: named internal events (a record quarantined, a file rotated, a connection
+//! lost and back, …), each logging and bumping its metric in one place. Not to be
+//! confused with the change events the sources capture.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -341,7 +343,7 @@ impl SpoolWriteFailed<'_> {
 }
 
 /// The result of comparing a captured table with its capture triggers (schema drift, see
-/// [`crate::source::trigger::drift`]): logged when it changes, and shown on
+/// the trigger source's `drift`): logged when it changes, and shown on
 /// `lockstep_trigger_drift`, `/healthz` and `/status` while the table has drifted.
 pub struct TriggerDrift<'a> {
     pub source: &'a str,
@@ -350,11 +352,13 @@ pub struct TriggerDrift<'a> {
     pub problem: Option<&'a str>,
     /// What was wrong at the previous check.
     pub was: Option<&'a str>,
+    /// What the operator does about it (a command).
+    pub fix: &'a str,
 }
 
 impl TriggerDrift<'_> {
     pub fn emit(&self, m: &Metrics, status: &StatusBoard) {
-        let fix = crate::source::trigger::drift::fix(self.source);
+        let fix = self.fix;
         m.set_trigger_drift(self.source, self.table, self.problem.is_some());
         status.set_drift(
             self.source,
