@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod crash;
 pub mod db;
+pub mod disk;
 pub mod logging;
 pub mod pipeline;
 pub mod runner;

@@ -18,12 +18,12 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::metrics::Metrics;
 use crate::admin::{self, StatusBoard};
 use crate::config::{Config, SourceKind};
+use crate::disk::RealDisk;
 use crate::pipeline::{AckWatermark, Encoder};
 use crate::service::{self, Liveness};
 use crate::sink::jetstream::{self, SinkError};
 use crate::sink::publisher::Publisher;
 use crate::source::{poll, supervisor, tail, trigger, SourceContext};
-use crate::spool::disk::RealDisk;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 
 /// How long the publisher waits for in-flight acks at shutdown.

@@ -42,6 +42,7 @@ use lockstep_formats::Format;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{civil_from_days, days_from_civil};
+use crate::disk::{Disk, RealDisk};
 
 /// The queued request of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,22 +92,6 @@ fn outcome_path(state_dir: &Path, source: &str) -> PathBuf {
     dir(state_dir).join(format!("{source}.resend-done"))
 }
 
-/// Writes `data` to `path` whole or not at all (write, fsync, rename, fsync the directory).
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        File::open(d)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Queues a request (replacing one not yet taken); returns its path and the request.
 pub fn request(
     state_dir: &Path,
@@ -120,7 +105,7 @@ pub fn request(
     };
     let path = request_path(state_dir, source);
     let text = serde_json::to_vec(&r).map_err(io::Error::other)?;
-    write_atomic(&path, &text)?;
+    RealDisk.replace(&path, &text)?;
     Ok((path, r))
 }
 
@@ -140,7 +125,7 @@ pub fn load_request(state_dir: &Path, source: &str) -> Result<Option<Request>, S
 /// replaced it meanwhile).
 pub fn finish(state_dir: &Path, source: &str, o: &Outcome) -> io::Result<()> {
     let text = serde_json::to_vec(o).map_err(io::Error::other)?;
-    write_atomic(&outcome_path(state_dir, source), &text)?;
+    RealDisk.replace(&outcome_path(state_dir, source), &text)?;
     if let Ok(Some(r)) = load_request(state_dir, source) {
         if r.id == o.id {
             std::fs::remove_file(request_path(state_dir, source))?;

@@ -57,7 +57,6 @@
 //!   the directory): remembered; every later append and sync fails with it, and the
 //!   publisher stops the agent. A retried fsync that "succeeds" proves nothing.
 
-pub mod disk;
 pub mod inspect;
 pub mod segment;
 
@@ -80,7 +79,7 @@ use crate::admin::telemetry::{
     SpoolDropped, SpoolFrameCorrupt, SpoolTornTail, SpoolUnreadable, StateMigrated,
 };
 use crate::config::WhenFull;
-use disk::Disk;
+use crate::disk::Disk;
 use segment::{
     encode_ledger, ledger_path, list_segments, read_ledger, scan_segment, segment_path, FrameMeta,
 };

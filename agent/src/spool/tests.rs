@@ -3,9 +3,9 @@ use std::sync::atomic::Ordering;
 use lockstep_formats::frame::RawBytes;
 use proptest::prelude::*;
 
-use super::disk::faulty::FaultyDisk;
-use super::disk::RealDisk;
 use super::*;
+use crate::disk::faulty::FaultyDisk;
+use crate::disk::RealDisk;
 
 struct Dirs {
     _tmp: tempfile::TempDir,

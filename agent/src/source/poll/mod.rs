@@ -78,6 +78,7 @@ use crate::admin::telemetry::{DbConnected, SourceRetrying};
 use crate::clock::now_ms;
 use crate::config::PollConfig;
 use crate::db::ErrorKind;
+use crate::disk::{Disk, RealDisk};
 use crate::pipeline::checkpoint;
 use crate::pipeline::quarantine::{BadRecord, Quarantine};
 use crate::pipeline::{Batch, Outgoing};
@@ -594,7 +595,7 @@ impl Poller {
         };
         let pending_path = self.path("pending.json");
         let json = serde_json::to_vec(&pending).expect("serializable");
-        if let Err(e) = checkpoint::write_atomic(&pending_path, &json) {
+        if let Err(e) = RealDisk.replace(&pending_path, &json) {
             self.clean_pending();
             return Err(io_err("write", &pending_path, e));
         }

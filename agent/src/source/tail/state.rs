@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{FileKey, Head};
 use crate::admin::telemetry::StateMigrated;
+use crate::disk::{Disk, RealDisk};
 use crate::pipeline::checkpoint;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,6 +179,8 @@ pub struct Checkpoint {
     /// next start reads that content again under other ids (its copy after a
     /// `copytruncate`), or new content under the old ids (dropped as duplicates).
     pub identity_dirty: bool,
+    /// What it is written through (the real disk; a failing one in tests).
+    disk: std::sync::Arc<dyn Disk>,
 }
 
 impl Checkpoint {
@@ -230,7 +233,15 @@ impl Checkpoint {
             next: HashMap::new(),
             dirty,
             identity_dirty: false,
+            disk: std::sync::Arc::new(RealDisk),
         })
+    }
+
+    /// Writes through `disk` from now on (tests: a disk that fills up or fails).
+    #[cfg(test)]
+    pub fn with_disk(mut self, disk: std::sync::Arc<dyn Disk>) -> Self {
+        self.disk = disk;
+        self
     }
 
     /// Moves `key` to (`gen`, `offset`) if that is further than it is.
@@ -356,7 +367,7 @@ impl Checkpoint {
         // Padded with spaces (JSON ignores them) to a size with room to grow: written on a
         // full disk, the checkpoint goes into the blocks of the one before it.
         data.resize(slot(len), b' ');
-        let r = checkpoint::write_atomic(&self.path, &data);
+        let r = self.disk.replace(&self.path, &data);
         match r {
             Ok(()) => keep_spare(&self.path, data.len()),
             Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
@@ -553,6 +564,53 @@ mod tests {
         );
         let back = Checkpoint::load(dir.path(), "s").unwrap();
         assert_eq!(back.files[&key].offset, 250);
+    }
+
+    /// The checkpoint written through a disk that fails: an fsync error (EIO) leaves the
+    /// one before it in place and the checkpoint dirty (written again later); a full disk
+    /// (ENOSPC) puts it into the spare the last good write left, whole.
+    #[test]
+    fn a_failing_disk_keeps_the_last_checkpoint_and_a_full_one_uses_the_spare() {
+        use crate::disk::faulty::FaultyDisk;
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let key = FileKey { dev: 1, ino: 2 };
+        let at = |offset| {
+            FileCp::followed(
+                key,
+                "/x/a.log".into(),
+                None,
+                Head::default(),
+                0,
+                offset,
+                None,
+            )
+        };
+        let disk = std::sync::Arc::new(FaultyDisk::new(u64::MAX));
+        let mut cp = Checkpoint::load(dir.path(), "s")
+            .unwrap()
+            .with_disk(disk.clone());
+        cp.insert(key, at(100));
+        cp.write(0).unwrap();
+        let offset = || Checkpoint::load(dir.path(), "s").unwrap().files[&key].offset;
+        assert_eq!(offset(), 100);
+
+        disk.fail_sync.store(true, Ordering::SeqCst);
+        cp.advance(key, 0, 200);
+        cp.dirty = true;
+        let e = cp.write(0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(5), "{e}");
+        assert!(
+            cp.dirty,
+            "a failed write leaves the checkpoint to be written again"
+        );
+        assert_eq!(offset(), 100);
+
+        disk.fail_sync.store(false, Ordering::SeqCst);
+        disk.space.store(0, Ordering::SeqCst);
+        cp.write(0).unwrap();
+        assert!(!cp.dirty);
+        assert_eq!(offset(), 200, "written into the spare on a full disk");
     }
 
     /// While rotations found at a start wait to be decompressed, the checkpoint keeps the

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ddl::Dialect;
 use crate::clock::now_ms;
+use crate::disk::{Disk, RealDisk};
 use crate::pipeline::checkpoint;
 
 /// Rows per chunk.
@@ -129,7 +130,7 @@ pub fn request(state_dir: &Path, source: &str, tables: &[String]) -> io::Result<
     }
     req.requested_ms = now_ms();
     let data = serde_json::to_vec(&req).expect("a request serializes");
-    checkpoint::write_atomic(&path, &data)?;
+    RealDisk.replace(&path, &data)?;
     Ok(path)
 }
 
@@ -593,7 +594,7 @@ impl Snapshots {
         self.dirty = false;
         let path = progress_path(&self.state_dir, &self.source);
         let data = serde_json::to_vec(p).expect("progress serializes");
-        if let Err(e) = checkpoint::write_atomic(&path, &data) {
+        if let Err(e) = RealDisk.replace(&path, &data) {
             // The snapshot goes on; after a crash it resumes from an older checkpoint.
             tracing::error!(
                 "source {}: cannot write the snapshot checkpoint {}: {e}",

@@ -1,16 +1,14 @@
-//! The filesystem operations the spool writes through, behind a trait so tests can make
-//! the disk fill up or fail (see [`faulty`]). Reads go straight to `std::fs`: a read
-//! error is retried once, then what cannot be read is skipped and recorded (see
-//! `Spool::read`); it cannot damage anything else.
+//! The filesystem operations the spool and the checkpoints write through, behind a trait
+//! so tests can make the disk fill up or fail (see [`faulty`]). Reads go straight to
+//! `std::fs`: a spool read error is retried once, then what cannot be read is skipped and
+//! recorded (see `Spool::read`); it cannot damage anything else.
 
 use std::fmt::Debug;
-use std::fs::File;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::pipeline::checkpoint;
-
-/// Every write the spool makes.
+/// Every write the spool and the checkpoints make.
 pub trait Disk: Send + Sync + Debug {
     /// Appends all of `buf` at the end of `f`. On error, part of `buf` may be written.
     fn append(&self, f: &mut File, buf: &[u8]) -> io::Result<()>;
@@ -49,7 +47,21 @@ impl Disk for RealDisk {
     }
 
     fn replace(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        checkpoint::write_atomic(path, data)
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let tmp = tmp_path(path);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        crate::crash::point("checkpoint");
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
     }
 
     fn create(&self, path: &Path, data: &[u8]) -> io::Result<()> {
@@ -62,6 +74,14 @@ impl Disk for RealDisk {
             r => r,
         }
     }
+}
+
+/// Where [`Disk::replace`] writes before its rename: `<name>.tmp` beside `path` (a
+/// leftover of a crash is overwritten by the next write, and never read).
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 /// A disk that runs out of space or fails, for tests.
