@@ -3,7 +3,6 @@
 //! inside; lockstep hands each real driver (MariaDB, psqlODBC, SQLite) a string it takes,
 //! also after adding its own options.
 
-use crate::capture::*;
 use crate::harness::*;
 
 /// A MariaDB user with a password that needs braces, dropped at the end.

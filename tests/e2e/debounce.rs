@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use lockstep_formats::frame::scan;
 
-use crate::capture::{capture_rows, drained, install, workload_replays, Db, Kind};
 use crate::harness::*;
+use crate::harness::{capture_rows, drained, install, workload_replays, Db, Kind};
 
 /// A change line of appointment `id`.
 fn move_line(id: u64, op: &str, time: &str) -> String {

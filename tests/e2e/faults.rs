@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::capture::{Db, Kind};
 use crate::harness::*;
+use crate::harness::{Db, Kind};
 
 /// Issue 16 item 14: a spool segment deleted while the broker is down used to stop the
 /// drain for good (the publisher logged "retrying" on every turn and sent nothing more).

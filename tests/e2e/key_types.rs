@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use crate::capture::*;
 use crate::harness::*;
 
 /// Rows of each table before the agent starts: more than one snapshot chunk (1,024

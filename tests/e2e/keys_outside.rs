@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::capture::{install, value_text, Db, Kind};
 use crate::harness::*;
+use crate::harness::{install, value_text, Db, Kind};
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -127,7 +127,7 @@ fn dump(db: &Db) -> BTreeMap<String, String> {
     db.sql("SELECT id, coalesce(clinic, '∅'), coalesce(fee::text, '∅'), coalesce(note, '∅') FROM appointments;")
         .lines()
         .map(|l| {
-            let cols: Vec<String> = l.split('|').map(crate::capture::norm).collect();
+            let cols: Vec<String> = l.split('|').map(crate::harness::norm).collect();
             (cols[0].clone(), cols.join("|"))
         })
         .collect()

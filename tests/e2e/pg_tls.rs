@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::capture::{install, PrivatePg};
 use crate::harness::*;
+use crate::harness::{install, PrivatePg};
 
 /// The throwaway CAs and certificates, in `dir`.
 struct Pki {

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::capture::*;
 use crate::harness::*;
 
 /// A poll source on `table` of `db`.

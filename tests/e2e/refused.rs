@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::capture::*;
 use crate::harness::*;
 use crate::poll::poll_source;
 

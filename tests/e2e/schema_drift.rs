@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::capture::{assert_no_duplicate_ids, drained, Db, Kind};
 use crate::harness::*;
+use crate::harness::{assert_no_duplicate_ids, drained, Db, Kind};
 
 const DRIFT: &str = "lockstep_trigger_drift{source=\"vista\",table=\"appointments\"}";
 

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::capture::{assert_no_duplicate_ids, capture_rows, drained, Db, Kind};
 use crate::harness::*;
+use crate::harness::{assert_no_duplicate_ids, capture_rows, drained, Db, Kind};
 
 fn install(cfg: &std::path::Path) {
     let (code, out, err) = lockstep(&[

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::capture::{Db, Kind};
 use crate::harness::*;
+use crate::harness::{Db, Kind};
 
 /// What systemd would have heard on `NOTIFY_SOCKET`, with when.
 struct FakeSystemd {

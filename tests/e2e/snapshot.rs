@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::capture::*;
 use crate::harness::*;
 
 /// The snapshot checkpoint of source `vista`, if written yet.

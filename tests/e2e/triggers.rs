@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::capture::{assert_no_duplicate_ids, capture_table_exists, drained, replay, Db, Kind};
 use crate::harness::*;
+use crate::harness::{assert_no_duplicate_ids, capture_table_exists, drained, replay, Db, Kind};
 
 fn psql(sql: &str) -> String {
     psql_on("test", sql)
@@ -405,7 +405,7 @@ async fn install_gives_up_on_a_long_lock(kind: Kind) {
     long.send(&format!(
         "{begin} INSERT INTO appointments (id, clinic) VALUES (1, 'A');"
     ));
-    crate::capture::wait_for_open_insert(&db).await;
+    crate::harness::wait_for_open_insert(&db).await;
     let (code, out, err) = lockstep(&[
         "triggers",
         "install",
@@ -446,7 +446,7 @@ async fn postgres_a_respelled_table_is_not_silently_left_behind() {
     let db = Db::new(Kind::Pg, &w, "respelled");
     db.sql("CREATE TABLE orders (id int PRIMARY KEY, v text);");
     let cfg = w.config_with(&db.source(&["orders"], "rows", ""));
-    crate::capture::install(&w, &cfg);
+    crate::harness::install(&w, &cfg);
     let qualified = format!("{}.orders", db.name);
     let cfg = w.config_with(&db.source(&[qualified.as_str()], "rows", ""));
     let mut agent = w.agent(&cfg);
