@@ -14,7 +14,7 @@ use crate::db::postgres::PgConn;
 use super::ddl::{own_rows, Dialect, Statement, TableDef, CAPTURE_TABLE};
 use super::drain::{CaptureDb, ChangeRow, LateBatch, RowId, Schema};
 use super::drift::Installed;
-use crate::db::DbError;
+use crate::db::{DbError, ErrorKind};
 
 #[derive(Debug, Error)]
 pub enum PgError {
@@ -38,6 +38,28 @@ pub enum PgError {
         what: String,
         source: tokio_postgres::Error,
     },
+}
+
+impl PgError {
+    /// What kind of failure it is (see [`ErrorKind`]): a connection that could not be
+    /// made is unreachable (refused, timed out, TLS or authentication: retried with
+    /// backoff), a missing table, key or capture table is not configured, and a query's
+    /// error is classified by its SQLSTATE.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PgError::Connect(_) => ErrorKind::Unreachable,
+            PgError::NoTable(_) | PgError::NoKey(_) | PgError::NoCaptureTable(_) => {
+                ErrorKind::NotConfigured
+            }
+            PgError::Query { source, .. } => crate::db::error::postgres_kind(source),
+        }
+    }
+}
+
+impl From<PgError> for DbError {
+    fn from(e: PgError) -> DbError {
+        DbError::new(e.kind(), e.to_string())
+    }
 }
 
 pub use crate::db::postgres::describe;
@@ -263,7 +285,7 @@ impl PgCapture {
         wake: crossbeam_channel::Sender<()>,
     ) -> Result<Self, DbError> {
         rt.block_on(Self::open_async(rt, conn, source, tables, wake))
-            .map_err(|e| DbError::query(e.to_string()))
+            .map_err(DbError::from)
     }
 
     async fn open_async(
@@ -568,7 +590,7 @@ impl CaptureDb for PgCapture {
             }
             Ok::<_, PgError>((found, broken))
         });
-        let (found, broken) = found.map_err(|e| DbError::query(e.to_string()))?;
+        let (found, broken) = found.map_err(DbError::from)?;
         for (def, _) in &found {
             if let Some(t) = self.tables.iter_mut().find(|t| t.name == def.name) {
                 *t = def.clone();
@@ -597,6 +619,38 @@ mod tests {
     use std::time::Duration;
 
     const CONN: &str = "host=127.0.0.1 user=postgres dbname=test";
+
+    /// A connection that cannot be made is unreachable (retried); what the operator must
+    /// set up is not configured; a query's error goes by its SQLSTATE.
+    #[test]
+    fn open_errors_say_their_kind() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let refused = PgConn::parse("host=127.0.0.1 port=1 user=postgres dbname=test").unwrap();
+        let wake = crossbeam_channel::bounded(1).0;
+        let e = PgCapture::open(rt.handle(), &refused, "s", &["t".into()], wake)
+            .err()
+            .expect("port 1 refuses");
+        assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+        for e in [
+            PgError::NoTable("t".into()),
+            PgError::NoKey("t".into()),
+            PgError::NoCaptureTable("s".into()),
+        ] {
+            assert_eq!(DbError::from(e).kind, ErrorKind::NotConfigured);
+        }
+        let missing = rt.block_on(async {
+            let c = connect(&PgConn::parse(CONN).unwrap()).await.unwrap();
+            c.simple_query("SELECT * FROM lockstep_no_such_table")
+                .await
+                .err()
+                .expect("no such table")
+        });
+        let e = PgError::Query {
+            what: "read".into(),
+            source: missing,
+        };
+        assert_eq!(e.kind(), ErrorKind::NotConfigured, "{e}");
+    }
 
     #[tokio::test]
     async fn reads_definitions_and_installs_in_a_transaction() {
