@@ -642,8 +642,7 @@ mod tests {
             let c = connect(&PgConn::parse(CONN).unwrap()).await.unwrap();
             c.simple_query("SELECT * FROM lockstep_no_such_table")
                 .await
-                .err()
-                .expect("no such table")
+                .expect_err("no such table")
         });
         let e = PgError::Query {
             what: "read".into(),
