@@ -142,6 +142,17 @@ pub fn notify(state: &str) {
     }
 }
 
+/// The longest a loop may wait between two beats: a quarter of the stall limit (systemd's
+/// watchdog interval, else [`DEFAULT_STALL_LIMIT`]), and at most a second. Loops that
+/// wait for a wake-up (acks, the stop) wait no longer than this, so that an idle agent
+/// is never taken for a stuck one, whatever `WatchdogSec` is.
+pub fn beat_within() -> Duration {
+    static WITHIN: OnceLock<Duration> = OnceLock::new();
+    *WITHIN.get_or_init(|| {
+        (watchdog_interval().unwrap_or(DEFAULT_STALL_LIMIT) / 4).min(Duration::from_secs(1))
+    })
+}
+
 /// systemd's watchdog interval (`WATCHDOG_USEC`), when it is meant for this process.
 pub fn watchdog_interval() -> Option<Duration> {
     if let Ok(pid) = std::env::var("WATCHDOG_PID") {

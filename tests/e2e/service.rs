@@ -394,3 +394,42 @@ async fn under_systemd_log_lines_are_json_behind_journald_priorities() {
     // The default filter is `info`: no debug lines.
     assert!(!levels.contains("DEBUG"), "{text}");
 }
+
+/// An idle agent under a watchdog shorter than a second and a bit (here 900 ms): every
+/// loop that waits for a wake-up still beats within a quarter of it
+/// (`service::beat_within`), so none is reported stuck and the pings go on. Before, the
+/// idle publisher came round once a second and was reported stuck again and again
+/// (found by review: 5 reports in 12 s).
+#[tokio::test]
+async fn an_idle_agent_is_not_reported_stuck_with_a_900_ms_watchdog() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    append(&w.logs().join("app.log"), [line(1)]);
+    let sock = w.dir().join("notify.sock");
+    let systemd = FakeSystemd::listen(&sock);
+    let mut agent = Agent::start(
+        &cfg,
+        &w.dir().join("agent.log"),
+        &[
+            ("NOTIFY_SOCKET", &sock),
+            ("WATCHDOG_USEC", Path::new("900000")),
+        ],
+    );
+    wait_for("READY=1", Duration::from_secs(30), || {
+        !systemd.times("READY=1").is_empty()
+    })
+    .await;
+    assert_eq!(w.wait_count(1, Duration::from_secs(30)).await, 1);
+    // Idle for 12 s.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(agent.stop(), Some(0));
+    let log = agent_log(&w);
+    let stuck = log.matches("has not moved for").count();
+    let stuck_status = systemd
+        .messages()
+        .iter()
+        .filter(|(_, m)| m.starts_with("STATUS=stuck"))
+        .count();
+    assert_eq!((stuck, stuck_status), (0, 0), "{log}");
+    assert!(systemd.times("WATCHDOG=1").len() > 1, "{log}");
+}

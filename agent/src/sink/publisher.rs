@@ -100,8 +100,8 @@ use crate::spool::{Spool, SpoolError};
 /// How often the spool is fsynced (with `fsync = "batch"`) and its ledger kept while
 /// events pass.
 const TICK: Duration = Duration::from_millis(50);
-/// How often the loop comes round when nothing passes and nothing waits (it beats).
-const IDLE_TICK: Duration = Duration::from_secs(1);
+/// When nothing passes and nothing waits, the loop comes round every
+/// [`service::beat_within`] (a second, or less under a short systemd watchdog) to beat.
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 type Probe = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
@@ -255,7 +255,12 @@ impl Publisher {
             }
             let intake = open && self.can_take();
             let retry_at = self.retry_at.unwrap_or_else(Instant::now);
-            let next_tick = ticked + if self.quiet() { IDLE_TICK } else { TICK };
+            let next_tick = ticked
+                + if self.quiet() {
+                    crate::service::beat_within()
+                } else {
+                    TICK
+                };
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {}

@@ -114,6 +114,25 @@ impl SourceContext {
         }
     }
 
+    /// Waits up to `d`, beating at least every [`crate::service::beat_within`]; ends
+    /// early when woken (acks, the agent's stop: the caller looks again).
+    pub fn nap(&self, d: Duration) {
+        let until = Instant::now() + d;
+        loop {
+            self.beat.beat();
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            if self
+                .watermark
+                .wake()
+                .wait(left.min(crate::service::beat_within()))
+            {
+                return;
+            }
+        }
+    }
+
     /// At the stop: waits until the sink has acknowledged every event up to `seq`, has
     /// taken its last acks (`sink_done`), or the drain time is over (`drain_for` and a
     /// second). Woken by the acks and by the sink's end; it does not poll.

@@ -94,10 +94,6 @@ pub fn spawn(cfg: PollConfig, cx: SourceContext) -> std::io::Result<SourceThread
         })
 }
 
-/// The longest the loop waits without a wake-up (the agent's stop, acks): it beats
-/// between waits.
-const NAP: Duration = Duration::from_secs(1);
-
 /// The commit point of a scan: its changes are on disk and are being sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
@@ -238,10 +234,13 @@ impl Poller {
                 // Until the next scan (a stopped source has none); woken by the agent's
                 // stop.
                 let left = match self.stopped {
-                    true => NAP,
+                    true => crate::service::beat_within(),
                     false => self.next_scan.saturating_duration_since(Instant::now()),
                 };
-                self.cx.watermark.wake().wait(left.min(NAP));
+                self.cx
+                    .watermark
+                    .wake()
+                    .wait(left.min(crate::service::beat_within()));
                 Ok(())
             };
             if r.is_err() {
@@ -633,7 +632,7 @@ impl Poller {
                 self.swap();
             } else {
                 // Woken by the last ack (or the agent's stop).
-                w.wake().wait(NAP);
+                w.wake().wait(crate::service::beat_within());
             }
             return Ok(());
         }
@@ -714,7 +713,10 @@ impl Poller {
         };
         if let Some(left) = s.held_retry_at.checked_duration_since(Instant::now()) {
             // The run loop beats and sees a shutdown between waits.
-            self.cx.watermark.wake().wait(left.min(NAP));
+            self.cx
+                .watermark
+                .wake()
+                .wait(left.min(crate::service::beat_within()));
             return Ok(());
         }
         let held = std::mem::take(&mut s.held);

@@ -450,23 +450,30 @@ pub fn gz_family(live: &Path) -> io::Result<Vec<(std::time::SystemTime, PathBuf,
     Ok(found)
 }
 
-/// Where the `.gz` file `key`, modified at `mtime` and last seen at `path`, is now: still
-/// at `path`, or renamed among the rotations of the same file (logrotate renames every
-/// `.gz` up one number at each rotation; a rename keeps the inode and the modification
-/// time). `Ok(None)`: gone (deleted by logrotate's `rotate` count).
+/// Where the `.gz` file `key`, last seen at `path` with modification time `mtime`, is
+/// now: still at `path`, or renamed among the rotations of the same file (logrotate
+/// renames every `.gz` up one number at each rotation; a rename keeps the inode). It is
+/// found by its inode alone: gzip gives the `.gz` the rotated file's time when it
+/// finishes, so one listed while being written has another time later (the time only
+/// chooses between two names of one inode). `Ok(None)`: gone (deleted by logrotate's
+/// `rotate` count).
 pub fn find_gz_again(
     path: &Path,
     key: FileKey,
     mtime: std::time::SystemTime,
 ) -> io::Result<Option<PathBuf>> {
-    let same = |m: &fs::Metadata| FileKey::of(m) == key && m.modified().ok() == Some(mtime);
-    if fs::metadata(path).is_ok_and(|m| same(&m)) {
+    if fs::metadata(path).is_ok_and(|m| FileKey::of(&m) == key) {
         return Ok(Some(path.to_owned()));
     }
-    Ok(gz_family(path)?
+    let same: Vec<_> = gz_family(path)?
         .into_iter()
-        .find(|(m, _, k)| *k == key && *m == mtime)
-        .map(|(_, p, _)| p))
+        .filter(|(_, _, k)| *k == key)
+        .collect();
+    Ok(same
+        .iter()
+        .find(|(m, _, _)| *m == mtime)
+        .or(same.first())
+        .map(|(_, p, _)| p.clone()))
 }
 
 /// Decompresses `path` when it is still the file `gz_key` (not renamed away since it

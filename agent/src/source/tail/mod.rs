@@ -574,7 +574,10 @@ impl Tail {
             .deb
             .next_due()
             .map_or(TICK, |t| t.saturating_duration_since(Instant::now()));
-        let mut timeout = TICK.min(due).min(self.out.cfg.stat_interval);
+        let mut timeout = TICK
+            .min(due)
+            .min(self.out.cfg.stat_interval)
+            .min(crate::service::beat_within());
         if self.out.resend.active() {
             // A quarantine resend goes on at its own pace, acks or not.
             timeout = timeout.min(Duration::from_millis(20));

@@ -192,14 +192,13 @@ impl Out {
             // Not handed on while the checkpoint cannot be written (a full disk): a crash
             // would leave these events durable and their content unknown. The source
             // thread waits, backing off from 100 ms to 5 s (nothing else for it to do
-            // meanwhile), beating its watchdog and leaving at once on shutdown.
+            // meanwhile), beating its watchdog; the agent's stop wakes it at once.
             let mut backoff = Duration::from_millis(100);
             while self.cp.identity_dirty {
                 if *self.cx.shutdown.borrow() {
                     return Err(Stopping);
                 }
-                self.cx.beat.beat();
-                std::thread::sleep(backoff);
+                self.cx.nap(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 self.apply_acks();
                 self.checkpoint(true);
