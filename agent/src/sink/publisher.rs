@@ -98,10 +98,10 @@ use crate::service::Beat;
 use crate::spool::{Spool, SpoolError};
 
 /// How often the spool is fsynced (with `fsync = "batch"`) and its ledger kept while
-/// events pass.
+/// events pass. When nothing passes and nothing waits, the loop comes round every
+/// [`crate::service::beat_within`] instead (a second, or less under a short systemd
+/// watchdog), to beat.
 const TICK: Duration = Duration::from_millis(50);
-/// When nothing passes and nothing waits, the loop comes round every
-/// [`service::beat_within`] (a second, or less under a short systemd watchdog) to beat.
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 type Probe = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
