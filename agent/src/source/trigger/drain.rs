@@ -426,7 +426,7 @@ impl Drain {
                     self.cx
                         .watermark
                         .wake()
-                        .wait(left.min(Duration::from_secs(1)));
+                        .wait(left.min(crate::service::beat_within()));
                     self.publish_status(false);
                     continue;
                 }
@@ -567,19 +567,24 @@ impl Drain {
         if !self.to_delete.is_empty() {
             timeout = timeout.min(Duration::from_millis(5));
         }
-        let timeout = self.deb.next_due().map_or(timeout, |t| {
-            timeout.min(t.saturating_duration_since(Instant::now()))
-        });
+        let timeout = self
+            .deb
+            .next_due()
+            .map_or(timeout, |t| {
+                timeout.min(t.saturating_duration_since(Instant::now()))
+            })
+            .min(crate::service::beat_within());
         let Some(db) = self.db.as_mut() else {
             return Err(not_connected(&self.name).into());
         };
         self.woken |= db.notified();
-        if self.woken {
+        let room = self.in_flight.len() < MAX_IN_FLIGHT;
+        if self.woken && room {
             return Ok(());
         }
-        // Acks wake it: the first one awaited when the reads wait for room, else the last.
+        // Acks wake it: the first one awaited when the reads wait for room (news of a
+        // change waits with them: there is no room to read it), else the last.
         let w = &self.cx.watermark;
-        let room = self.in_flight.len() < MAX_IN_FLIGHT;
         let awaited = if room {
             self.pending.back()
         } else {
@@ -791,6 +796,9 @@ mod reset_tests;
 
 #[cfg(test)]
 mod test_rig;
+
+#[cfg(test)]
+mod wake_tests;
 
 #[cfg(test)]
 mod tests;
