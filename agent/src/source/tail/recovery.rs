@@ -63,42 +63,14 @@ impl Tail {
                         }),
                     }
                 };
-                // An entry not retired is this file's, unless this file was born after
-                // it and is no copy of a followed file (those are a truncated file's
-                // rests, for the pass over truncated files): a new file in the number
-                // of the entry's (the next file after a `create` rotation and
-                // `compress`, rotated too with `delaycompress`: torture seed 22135),
-                // whose rest is looked for in the `.gz` rotations and followed under
-                // the entry's ids (`recovered`: never this file).
-                let new_in_number = |c: &FileCp| {
-                    let born = fs::metadata(&p).ok().and_then(|m| m.created().ok());
-                    let born_after = matches!(
-                        (c.born_ns, state::born_ns(born)),
-                        (Some(a), Some(b)) if a != b
-                    );
-                    born_after
-                        && !File::open(&p).is_ok_and(|f| {
-                            let size = f.metadata().map_or(0, |m| m.len());
-                            self.out
-                                .cp
-                                .files
-                                .values()
-                                .filter(|e| e.retired_ms.is_none())
-                                .filter_map(|e| e.head.filter(|h| h.len > 0))
-                                .any(|h| matches!(h.recheck(&f, size), Ok(Some(_))))
-                        })
-                };
                 // A copy already followed as a generation of the live file is known too.
-                let known = self.out.cp.files.get(&key).is_some_and(|c| {
-                    if c.retired_ms.is_none() {
-                        !new_in_number(c)
-                    } else {
-                        same(c)
-                    }
-                }) || self
+                let known = self
+                    .out
+                    .cp
                     .files
-                    .iter()
-                    .any(|t| (t.key == key && !t.recovered) || t.path == p);
+                    .get(&key)
+                    .is_some_and(|c| c.retired_ms.is_none() || same(c))
+                    || self.files.iter().any(|t| t.key == key || t.path == p);
                 if known || self.globs.matches(&p) {
                     continue;
                 }
