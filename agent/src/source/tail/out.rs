@@ -130,6 +130,7 @@ impl Out {
         }
         let low = self.deb.low();
         while self.held.front().is_some_and(|p| p.ord < low) {
+            // The loop condition just saw the front: it cannot be empty.
             let mut p = self.held.pop_front().expect("front exists");
             p.seq = self.seq;
             self.pending.push_back(p);
@@ -226,6 +227,7 @@ impl Out {
             if p.seq > w {
                 break;
             }
+            // Checked just above: the front is there.
             let p = self.pending.pop_front().expect("front exists");
             self.cp.advance(p.key, p.gen, p.end);
         }
