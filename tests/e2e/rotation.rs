@@ -2174,338 +2174,237 @@ async fn a_waiting_rotation_whose_time_changed_meanwhile_is_still_read() {
     expect_ids(&w, &mut agent, range(0..250)).await;
 }
 
-/// Torture seed 22135 (`create` + `compress` + `delaycompress`, SIGTERM): while stopped,
-/// the followed file is rotated and compressed (its rest is in `app.log.1.gz`), and the
-/// next file, created in the number the first one freed, is rotated too and stays plain
-/// as `app.log.1`. At the start the checkpoint's entry of that number was taken for the
-/// new file (it was not retired): the rest was read from the `.gz`, but `app.log.1`,
-/// written and rotated while stopped, was never read (7 records lost). Open: see
-/// docs/testing.md for a first fix attempt and why it was reverted.
-#[tokio::test]
-#[ignore = "open bug: a file rotated while stopped in the inode number of the checkpointed file is not read (seed 22135)"]
-async fn a_file_in_the_checkpointed_files_inode_number_rotated_while_stopped_is_read() {
-    use std::os::unix::fs::MetadataExt;
-    let w = World::new();
-    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
-    let logs = w.logs();
-    let live = logs.join("app.log");
-    append(&live, lines(0..100));
-    let mut agent = w.agent(&cfg);
-    assert_eq!(w.wait_count(100, WAIT).await, 100);
-    assert_eq!(agent.stop(), Some(0));
-    let cp_path = w.dir().join("state/checkpoints/vista.json");
-    let stopped_at = fs::metadata(&cp_path).unwrap().modified().unwrap();
-    // While stopped: more lines, rotated and compressed; a new file, rotated and left
-    // plain (`delaycompress`); a newer live file.
-    append(&live, lines(100..150));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
-    append(&live, lines(150..200));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    append(&live, lines(200..250));
-    // The new file in the first one's inode number (ext4 gives a freed number again only
-    // by chance: the checkpoint is made to say so, with the first file's birth time).
-    let mut cp = checkpoint(&w);
+/// Edits the stopped agent's checkpoint (source `vista`) as `edit` says, keeping its
+/// modification time: the start judges the files it finds by it. The file system must keep
+/// birth times (the start tells a new file in a freed inode number by them).
+fn rewrite_checkpoint(w: &World, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = w.dir().join("state/checkpoints/vista.json");
+    let written = fs::metadata(&path).unwrap().modified().unwrap();
+    let mut cp = checkpoint(w);
     assert!(
         cp["files"][0]["born_ns"].is_u64(),
         "this file system keeps no birth time: {cp}"
     );
-    cp["files"][0]["ino"] = fs::metadata(logs.join("app.log.1")).unwrap().ino().into();
-    fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
+    edit(&mut cp);
+    eprintln!("checkpoint edited: {cp}");
+    fs::write(&path, serde_json::to_vec(&cp).unwrap()).unwrap();
     fs::File::options()
         .write(true)
-        .open(&cp_path)
+        .open(&path)
         .unwrap()
-        .set_modified(stopped_at)
+        .set_modified(written)
         .unwrap();
-    let mut agent = w.agent(&cfg);
-    expect_ids(&w, &mut agent, range(0..250)).await;
 }
 
-/// Seed 22135 (open), as the review of a first fix attempt (081f28c, reverted) found it: as `a_file_in_the_checkpointed_files_inode_number_rotated_while_stopped_is_read`,
-/// with CSV, the live file holding only its header at the stop (the entry's head is the
-/// header). The new file in the entry's number starts with that head (every file of the
-/// source does): it is taken for a copy of a followed file, "known", never read.
-#[tokio::test]
-#[ignore = "open bug: a file rotated while stopped in the inode number of the checkpointed file is not read (seed 22135)"]
-async fn review_csv_a_new_file_in_the_number_of_a_header_only_entry_rotated_while_stopped() {
-    use std::os::unix::fs::MetadataExt;
-    let w = World::new();
+/// The setup of torture seed 22135 (`create` + `compress` + `delaycompress`, stopped
+/// twice): written `lines` 100..150, `live` is rotated and compressed while stopped (its
+/// rest only in `app.log.1.gz`), the next file (150..200) is rotated too and stays plain
+/// as `app.log.1`, and a new live file gets `last`; each new file starts with `header`. The plain rotation is made to hold the inode number
+/// of the checkpointed file (ext4 gives a freed number again at once, but only by chance
+/// here): the checkpoint's entry is edited to that number, and by `edit`.
+fn rotated_into_the_checkpointed_number(
+    w: &World,
+    live: &Path,
+    lines: impl Fn(std::ops::Range<u64>) -> Vec<String>,
+    header: &[String],
+    last: std::ops::Range<u64>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let logs = live.parent().unwrap();
+    // A new file's birth time differs from the stopped one's.
+    std::thread::sleep(Duration::from_millis(20));
+    append(live, lines(100..150));
+    fs::rename(live, logs.join("app.log.1")).unwrap();
+    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
+    append(live, header.iter().cloned().chain(lines(150..200)));
+    fs::rename(live, logs.join("app.log.1")).unwrap();
+    append(live, header.iter().cloned().chain(lines(last)));
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(logs.join("app.log.1")).unwrap().ino()
+    };
+    rewrite_checkpoint(w, |cp| {
+        cp["files"][0]["ino"] = ino.into();
+        edit(cp);
+    });
+}
+
+/// The header of the CSV files of [`csv_source`].
+fn header() -> Vec<String> {
+    vec!["id,note".to_owned()]
+}
+
+/// A CSV source `vista` on `app.log`, and its rows (without the header).
+fn csv_source(
+    w: &World,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    impl Fn(std::ops::Range<u64>) -> Vec<String>,
+) {
     let cfg = w.config_with(&w.tail_source(
         "vista",
         "app.log",
         "table = \"t\"\nkey = [\"id\"]\nformat = \"csv\"",
     ));
-    let logs = w.logs();
-    let live = logs.join("app.log");
-    let rows = |r: std::ops::Range<u64>| r.map(|i| format!("{i},note-{i}"));
-    append(&live, ["id,note".to_owned()]);
+    let live = w.logs().join("app.log");
+    let rows = |r: std::ops::Range<u64>| r.map(|i| format!("{i},note-{i}")).collect();
+    (cfg, live, rows)
+}
+
+/// `expect_ids` for a CSV source (its fields arrive as strings).
+async fn expect_csv_ids(w: &World, agent: &mut Agent, want: Vec<i64>) {
+    let n = want.len() as u64;
+    let got = w.wait_count(n, WAIT).await;
+    let ids = |msgs: &[Msg]| -> Vec<i64> {
+        msgs.iter()
+            .map(|m| {
+                m.json["after"]["id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("id in {}", m.json))
+            })
+            .collect()
+    };
+    if got != n {
+        let arrived = ids(&w.messages().await);
+        panic!(
+            "{got} of {n} messages arrived; ids in arrival order: {arrived:?}\nagent log:\n{}",
+            agent_log(w)
+        );
+    }
+    assert_eq!(agent.stop(), Some(0));
+    let msgs = w.messages().await;
+    let mut seen = std::collections::HashSet::new();
+    for m in &msgs {
+        assert!(seen.insert(m.id.clone()), "duplicate Nats-Msg-Id {}", m.id);
+    }
+    assert_eq!(ids(&msgs), want, "agent log:\n{}", agent_log(w));
+}
+
+/// Torture seed 22135: at the start the checkpoint's entry of the number was taken for
+/// the plain rotation in it (the entry was not retired): the rest was read from the
+/// `.gz`, but `app.log.1`, written and rotated while stopped, was never read (7 records
+/// lost in the seed, 50 here). Now a rotated file whose birth time differs from the
+/// entry's is read whole under ids of its own.
+#[tokio::test]
+async fn a_file_in_the_checkpointed_files_inode_number_rotated_while_stopped_is_read() {
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let live = w.logs().join("app.log");
+    append(&live, lines(0..100));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    let jsonl = |r: std::ops::Range<u64>| lines(r).collect::<Vec<_>>();
+    rotated_into_the_checkpointed_number(&w, &live, jsonl, &[], 200..250, |_| {});
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..250)).await;
+    // Stopped again with nothing changed: nothing is read twice.
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..250)).await;
+}
+
+/// The same in CSV, with the live file holding only its header at the stop: the entry's
+/// head is the header, which every file of the source starts with. (A first fix told
+/// the new file from a copy by its head alone, and took it for one: never read.)
+#[tokio::test]
+async fn a_csv_file_in_the_number_of_a_header_only_entry_rotated_while_stopped_is_read() {
+    let w = World::new();
+    let (cfg, live, rows) = csv_source(&w);
+    append(&live, header());
     let mut agent = w.agent(&cfg);
     wait_for("the checkpoint to hold app.log", WAIT, || {
         checkpoint(&w)["files"][0]["head"]["len"].as_u64() == Some(8)
     })
     .await;
     assert_eq!(agent.stop(), Some(0));
-    let cp_path = w.dir().join("state/checkpoints/vista.json");
-    eprintln!("checkpoint at the stop: {}", checkpoint(&w));
-    let stopped_at = fs::metadata(&cp_path).unwrap().modified().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    append(&live, rows(100..150));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(150..200));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(200..250));
-    let mut cp = checkpoint(&w);
-    assert!(cp["files"][0]["born_ns"].is_u64(), "no birth time: {cp}");
-    cp["files"][0]["ino"] = fs::metadata(logs.join("app.log.1")).unwrap().ino().into();
-    fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&cp_path)
-        .unwrap()
-        .set_modified(stopped_at)
-        .unwrap();
+    rotated_into_the_checkpointed_number(&w, &live, &rows, &header(), 200..250, |_| {});
     let mut agent = w.agent(&cfg);
-    let got = w.wait_count(150, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    let ids: Vec<String> = msgs
-        .iter()
-        .map(|m| m.json["after"]["id"].to_string())
-        .collect();
-    eprintln!("{got} of 150 arrived; ids: {ids:?}");
-    assert_eq!(msgs.len(), 150, "agent log:\n{}", agent_log(&w));
+    expect_csv_ids(&w, &mut agent, range(100..250)).await;
 }
 
-/// Seed 22135 (open), as the review of a first fix attempt (081f28c, reverted) found it: the entry of the number is retired at the start (its own rest is
-/// nowhere) but a newer generation of that number it knew (`next`, being read at the
-/// stop) is recovered from its `.gz` under its ids (generation 1). The new file in the
-/// number, rotated while stopped, is no longer "known" by that recovered reader
-/// (`!t.recovered`): it is read whole, and `track_file` takes it as generation
-/// `gen + 1` of the retired entry, the very generation the recovered rest is read as.
-/// In CSV the fingerprint (the header line) is the same: the same event ids at the same
-/// offsets, and JetStream drops the new file's records as duplicates.
+/// The same in CSV, the live file holding only its header at the start (just created
+/// by the last rotation): its entry, made by the first scan before the files rotated
+/// while stopped are judged, has the header for head, which the plain rotation starts
+/// with too.
 #[tokio::test]
-#[ignore = "open bug: a file rotated while stopped in the inode number of the checkpointed file is not read (seed 22135)"]
-async fn review_csv_a_new_file_read_whole_takes_the_generation_of_a_recovered_newer_one() {
-    use std::os::unix::fs::MetadataExt;
+async fn a_csv_file_in_the_checkpointed_number_is_read_when_the_live_file_is_only_a_header() {
     let w = World::new();
-    let cfg = w.config_with(&w.tail_source(
-        "vista",
-        "app.log",
-        "table = \"t\"\nkey = [\"id\"]\nformat = \"csv\"",
-    ));
-    let logs = w.logs();
-    let live = logs.join("app.log");
-    let rows = |r: std::ops::Range<u64>| r.map(|i| format!("{i:04},note"));
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(0..100));
+    let (cfg, live, rows) = csv_source(&w);
+    append(&live, header().into_iter().chain(rows(0..100)));
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(100, WAIT).await, 100);
     assert_eq!(agent.stop(), Some(0));
-    let cp_path = w.dir().join("state/checkpoints/vista.json");
-    eprintln!("checkpoint at the stop: {}", checkpoint(&w));
-    let stopped_at = fs::metadata(&cp_path).unwrap().modified().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    append(&live, rows(100..150));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(150..200));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(200..250));
-    // The checkpoint: entry of the new file's number at generation 0, whose own rest is
-    // nowhere (a head no file has); generation 1 (the first file's content, now in the
-    // `.gz`) being read at the stop.
-    let mut cp = checkpoint(&w);
-    assert!(cp["files"][0]["born_ns"].is_u64(), "no birth time: {cp}");
-    let e = &mut cp["files"][0];
-    e["next"] = serde_json::json!({
-        "gen": 1, "fp": e["fp"].clone(), "head": e["head"].clone(), "born_ns": e["born_ns"].clone()
-    });
-    e["head"] = serde_json::json!({"len": 10, "hash": 1});
-    e["ino"] = fs::metadata(logs.join("app.log.1")).unwrap().ino().into();
-    fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
-    eprintln!("checkpoint edited: {cp}");
-    fs::File::options()
-        .write(true)
-        .open(&cp_path)
-        .unwrap()
-        .set_modified(stopped_at)
-        .unwrap();
-    let mut agent = w.agent(&cfg);
-    // 0..150 again under generation 1 (the edit says it was not acknowledged), 150..250.
-    let got = w.wait_count(250, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    let ids: std::collections::BTreeSet<u64> = msgs
-        .iter()
-        .filter_map(|m| m.json["after"]["id"].as_str().and_then(|s| s.parse().ok()))
-        .collect();
-    let missing: Vec<u64> = (0..250).filter(|i| !ids.contains(i)).collect();
-    eprintln!("{got} arrived; missing: {missing:?}");
-    assert!(
-        missing.is_empty(),
-        "missing {missing:?}\nagent log:\n{}",
-        agent_log(&w)
-    );
-}
-
-/// Seed 22135 (open), as the review of a first fix attempt (081f28c, reverted) found it: `a_file_in_the_checkpointed_files_inode_number_rotated_while_stopped_is_read`
-/// in CSV, the live file holding only its header at the start (just created by the last
-/// rotation). Its entry, made by the first scan before the files rotated while stopped
-/// are judged, has the header for head: the new file in the checkpointed number starts
-/// with it, is taken for a copy of a followed file, and is never read.
-#[tokio::test]
-#[ignore = "open bug: a file rotated while stopped in the inode number of the checkpointed file is not read (seed 22135)"]
-async fn review_csv_a_file_in_the_checkpointed_number_is_lost_when_the_live_file_is_only_a_header()
-{
-    use std::os::unix::fs::MetadataExt;
-    let w = World::new();
-    let cfg = w.config_with(&w.tail_source(
-        "vista",
-        "app.log",
-        "table = \"t\"\nkey = [\"id\"]\nformat = \"csv\"",
-    ));
-    let logs = w.logs();
-    let live = logs.join("app.log");
-    let rows = |r: std::ops::Range<u64>| r.map(|i| format!("{i},note-{i}"));
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(0..100));
-    let mut agent = w.agent(&cfg);
-    assert_eq!(w.wait_count(100, WAIT).await, 100);
-    assert_eq!(agent.stop(), Some(0));
-    let cp_path = w.dir().join("state/checkpoints/vista.json");
-    let stopped_at = fs::metadata(&cp_path).unwrap().modified().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    append(&live, rows(100..150));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(150..200));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
     // The live file: only its header so far.
-    append(&live, ["id,note".to_owned()]);
-    let mut cp = checkpoint(&w);
-    assert!(cp["files"][0]["born_ns"].is_u64(), "no birth time: {cp}");
-    cp["files"][0]["ino"] = fs::metadata(logs.join("app.log.1")).unwrap().ino().into();
-    fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&cp_path)
-        .unwrap()
-        .set_modified(stopped_at)
-        .unwrap();
+    rotated_into_the_checkpointed_number(&w, &live, &rows, &header(), 200..200, |_| {});
     let mut agent = w.agent(&cfg);
-    let got = w.wait_count(200, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    let ids: std::collections::BTreeSet<u64> = msgs
-        .iter()
-        .filter_map(|m| m.json["after"]["id"].as_str().and_then(|s| s.parse().ok()))
-        .collect();
-    let missing: Vec<u64> = (0..200).filter(|i| !ids.contains(i)).collect();
-    eprintln!("{got} arrived; missing: {missing:?}");
-    assert!(
-        missing.is_empty(),
-        "missing {missing:?}\nagent log:\n{}",
-        agent_log(&w)
-    );
+    expect_csv_ids(&w, &mut agent, range(0..200)).await;
 }
 
-/// Seed 22135 (open), as the review of a first fix attempt (081f28c, reverted) found it: the entry of the number is not retired (its rest is in a `.gz`) and
-/// knew a newer generation (`next`) whose head is the CSV header; the start's look for
-/// missing files recovers that generation from the oldest `.gz` written since the stop.
-/// The new file in the number, now read whole, goes through `track_file`, whose
-/// `recover_newer` looks for that generation a second time: the `.gz` found first is
-/// taken, so it takes an old rotation from before the stop that starts with the header
-/// too, and reads it whole again (ids 900..950 here: never to be read at this start).
+/// The entry of the number is retired at the start (its own rest is nowhere: a head no
+/// file has) but a newer generation of that number it knew (`next`, being read at the
+/// stop: the first file's content, now in the `.gz`) is recovered under its ids as
+/// generation 1. The plain rotation in the number must not be read as that generation
+/// (same ids at the same offsets: JetStream would drop its records as duplicates).
 #[tokio::test]
-#[ignore = "open bug: a file rotated while stopped in the inode number of the checkpointed file is not read (seed 22135)"]
-async fn review_csv_a_new_file_in_the_number_recovers_the_newer_generation_twice() {
-    use std::os::unix::fs::MetadataExt;
+async fn a_csv_file_in_the_number_is_not_read_as_a_recovered_generation_of_it() {
     let w = World::new();
-    let cfg = w.config_with(&w.tail_source(
-        "vista",
-        "app.log",
-        "table = \"t\"\nkey = [\"id\"]\nformat = \"csv\"",
-    ));
+    let (cfg, live, rows) = csv_source(&w);
+    append(&live, header().into_iter().chain(rows(0..100)));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    rotated_into_the_checkpointed_number(&w, &live, &rows, &header(), 200..250, |cp| {
+        let e = &mut cp["files"][0];
+        e["next"] = serde_json::json!({
+            "gen": 1, "fp": e["fp"].clone(), "head": e["head"].clone(), "born_ns": e["born_ns"].clone()
+        });
+        e["head"] = serde_json::json!({"len": 10, "hash": 1});
+    });
+    let mut agent = w.agent(&cfg);
+    // Generation 1 (0..150) again, as the edit says it was not acknowledged (under its
+    // own ids: the edit made it another generation than the one sent before the stop),
+    // then the plain rotation and the live file, each once.
+    expect_csv_ids(&w, &mut agent, [range(0..100), range(0..250)].concat()).await;
+}
+
+/// The entry of the number is not retired (its rest is in the `.gz`) and knew a newer
+/// generation (`next`) whose head is the CSV header: the start's look for missing files
+/// recovers that generation from the oldest `.gz` written since the stop that starts
+/// with it. The plain rotation in the number must not look for that generation a second
+/// time: it would take an old rotation from before the stop that starts with the header
+/// too, and read it again (ids 900..950 here).
+#[tokio::test]
+async fn a_csv_file_in_the_number_does_not_recover_the_newer_generation_twice() {
+    let w = World::new();
+    let (cfg, live, rows) = csv_source(&w);
     let logs = w.logs();
-    let live = logs.join("app.log");
-    let rows = |r: std::ops::Range<u64>| r.map(|i| format!("{i},note-{i}"));
     // An old rotation, from before the stop.
     let old = logs.join("old.tmp");
-    append(&old, ["id,note".to_owned()]);
-    append(&old, rows(900..950));
+    append(&old, header().into_iter().chain(rows(900..950)));
     gzip(&old, &logs.join("app.log.3.gz"));
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(0..100));
+    append(&live, header().into_iter().chain(rows(0..100)));
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(100, WAIT).await, 100);
     assert_eq!(agent.stop(), Some(0));
-    let cp_path = w.dir().join("state/checkpoints/vista.json");
-    let stopped_at = fs::metadata(&cp_path).unwrap().modified().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
     // The newer generation's content, compressed since the stop.
-    let g1 = logs.join("g1.tmp");
-    append(&g1, ["id,note".to_owned()]);
-    append(&g1, rows(300..310));
-    gzip(&g1, &logs.join("app.log.2.gz"));
     std::thread::sleep(Duration::from_millis(20));
-    append(&live, rows(100..150));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(150..200));
-    fs::rename(&live, logs.join("app.log.1")).unwrap();
-    append(&live, ["id,note".to_owned()]);
-    append(&live, rows(200..250));
-    let mut cp = checkpoint(&w);
-    assert!(cp["files"][0]["born_ns"].is_u64(), "no birth time: {cp}");
-    let e = &mut cp["files"][0];
-    let born = e["born_ns"].as_u64().unwrap();
-    e["next"] = serde_json::json!({
-        "gen": 1, "fp": 4634317085047437035u64,
-        "head": {"len": 8, "hash": 4634317085047437035u64}, "born_ns": born + 1
+    let g1 = logs.join("g1.tmp");
+    append(&g1, header().into_iter().chain(rows(300..310)));
+    gzip(&g1, &logs.join("app.log.2.gz"));
+    rotated_into_the_checkpointed_number(&w, &live, &rows, &header(), 200..250, |cp| {
+        let e = &mut cp["files"][0];
+        let born = e["born_ns"].as_u64().unwrap();
+        // The header's head and fingerprint (xxh3 of `id,note\n`, what every file
+        // here starts with).
+        let header = 4634317085047437035u64;
+        e["next"] = serde_json::json!({
+            "gen": 1, "fp": header, "head": {"len": 8, "hash": header}, "born_ns": born + 1
+        });
     });
-    e["ino"] = fs::metadata(logs.join("app.log.1")).unwrap().ino().into();
-    fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
-    eprintln!("checkpoint edited: {cp}");
-    fs::File::options()
-        .write(true)
-        .open(&cp_path)
-        .unwrap()
-        .set_modified(stopped_at)
-        .unwrap();
     let mut agent = w.agent(&cfg);
-    let got = w.wait_count(261, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(agent.stop(), Some(0));
-    let msgs = w.messages().await;
-    let ids: Vec<u64> = msgs
-        .iter()
-        .filter_map(|m| m.json["after"]["id"].as_str().and_then(|s| s.parse().ok()))
-        .collect();
-    let old: Vec<u64> = ids.iter().copied().filter(|&i| i >= 900).collect();
-    let set: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
-    let missing: Vec<u64> = (0..250)
-        .chain(300..310)
-        .filter(|i| !set.contains(i))
-        .collect();
-    eprintln!(
-        "{got} arrived ({}); old rotation read: {old:?}; missing: {missing:?}",
-        msgs.len()
-    );
-    assert!(
-        old.is_empty() && missing.is_empty(),
-        "old {old:?} missing {missing:?}\nagent log:\n{}",
-        agent_log(&w)
-    );
+    // The entry's rest (generation 0) before its newer generation, whatever their times.
+    let want = [range(0..150), range(300..310), range(150..250)].concat();
+    expect_csv_ids(&w, &mut agent, want).await;
 }

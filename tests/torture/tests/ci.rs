@@ -321,9 +321,9 @@ fn seed_21159_gz_rotations_waiting_for_room_are_found_again_by_identity() {
 /// stopped, the followed file was rotated and compressed and the next file, created in
 /// the inode number the first one freed, was rotated too and left plain: at the start
 /// the checkpoint's entry of that number was taken for it, and its 7 records were never
-/// read. Open bug (see docs/testing.md).
+/// read. Now a rotated file whose birth time differs from the entry's is read whole
+/// under ids of its own (e2e: `rotation::a_file_in_the_checkpointed_files_inode_number_…`).
 #[test]
-#[ignore = "open bug: a file rotated while stopped in the inode number of the checkpointed file is not read (seed 22135)"]
 fn seed_22135_a_file_rotated_while_stopped_in_the_checkpointed_files_inode_number() {
     let (ok, out) = torture(&["--seeds", "22135"]);
     assert!(ok, "{out}");

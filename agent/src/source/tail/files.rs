@@ -90,11 +90,38 @@ pub struct FileKey {
     pub ino: u64,
 }
 
+/// Set in the inode number of ids given to a file read apart from the checkpoint entry
+/// that has its real number (see [`FileKey::apart`]). No file system gives such numbers.
+const APART: u64 = 1 << 62;
+
 impl FileKey {
     pub fn of(m: &fs::Metadata) -> Self {
         Self {
             dev: m.dev(),
             ino: m.ino(),
+        }
+    }
+
+    /// Ids of their own for a file whose inode number another file still holds in the
+    /// checkpoint (a `.gz` or a rotated file in the number of a vanished one): read
+    /// under them, it is never taken for that file's generation.
+    pub fn apart(self) -> Self {
+        Self {
+            dev: self.dev,
+            ino: self.ino ^ APART,
+        }
+    }
+
+    /// Whether these are ids given by [`FileKey::apart`].
+    pub fn is_apart(self) -> bool {
+        self.ino & APART != 0
+    }
+
+    /// The device and inode number on disk of a file followed under these ids.
+    pub fn on_disk(self) -> Self {
+        Self {
+            dev: self.dev,
+            ino: self.ino & !APART,
         }
     }
 }

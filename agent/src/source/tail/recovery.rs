@@ -63,14 +63,27 @@ impl Tail {
                         }),
                     }
                 };
-                // A copy already followed as a generation of the live file is known too.
-                let known = self
-                    .out
-                    .cp
+                // The entry still followed is this file's unless its birth time differs
+                // (seed 22135: a new file in the number the followed file freed when it
+                // was rotated and compressed while stopped; the entry's rest is read
+                // from the `.gz`, this file apart, below).
+                let other = |c: &FileCp| {
+                    let born = fs::metadata(&p).ok().and_then(|m| m.created().ok());
+                    matches!((c.born_ns, state::born_ns(born)), (Some(a), Some(b)) if a != b)
+                };
+                let entry = self.out.cp.files.get(&key);
+                // A copy already followed as a generation of the live file is known too,
+                // and a file followed in this number (not a rest recovered under its ids).
+                let known = entry.is_some_and(|c| {
+                    if c.retired_ms.is_none() {
+                        !other(c)
+                    } else {
+                        same(c)
+                    }
+                }) || self
                     .files
-                    .get(&key)
-                    .is_some_and(|c| c.retired_ms.is_none() || same(c))
-                    || self.files.iter().any(|t| t.key == key || t.path == p);
+                    .iter()
+                    .any(|t| t.path == p || (t.key == key && !t.recovered));
                 if known || self.globs.matches(&p) {
                     continue;
                 }
@@ -101,9 +114,110 @@ impl Tail {
                     self.out.cx.name,
                     p.display()
                 );
-                self.track(&p, false);
+                // Its number is another file's in the checkpoint, or a rest's being
+                // recovered: read under ids of its own, never as a generation of that
+                // file (which would take that file's newer generations for its own, or
+                // the ids of one being recovered).
+                let taken =
+                    self.out.cp.files.contains_key(&key) || self.files.iter().any(|t| t.key == key);
+                if !(taken && self.track_apart(&p, key)) {
+                    self.track(&p, false);
+                }
             }
         }
+    }
+
+    /// Follows `path`, file `key` on disk, whole under ids of its own ([`FileKey::apart`]),
+    /// kept in the checkpoint so that a stop before its end resumes it (see
+    /// [`Tail::resume_apart`]). `false`: those ids are taken too (the number was reused
+    /// again), or the file is not there any more.
+    fn track_apart(&mut self, path: &Path, key: FileKey) -> bool {
+        let own = key.apart();
+        if self.out.cp.files.contains_key(&own) || self.files.iter().any(|t| t.key == own) {
+            return false;
+        }
+        let Ok(f) = File::open(path) else {
+            return false;
+        };
+        let Ok(m) = f.metadata() else { return false };
+        if FileKey::of(&m) != key {
+            return false;
+        }
+        let fp = files::fingerprint(&f).ok().flatten();
+        let head = Head::default()
+            .recheck(&f, m.len())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let born = state::born_ns(m.created().ok());
+        let c = FileCp::followed(own, path.to_owned(), fp, head, 0, 0, born);
+        self.out.cp.insert(own, c.clone());
+        self.follow_apart(f, &m, &c);
+        true
+    }
+
+    /// At a start, checkpoint entry `c`, of a file followed apart (see
+    /// [`Tail::track_apart`]) and not read to its end at the stop: it is found again by
+    /// its inode number and birth time (else its first bytes) in its directory and read
+    /// on from its offset. `false`: it is not there as a plain file (compressed since: its
+    /// rest is looked for in the `.gz` rotations, as any vanished file's).
+    pub(super) fn resume_apart(&mut self, c: &FileCp) -> bool {
+        let key = FileKey {
+            dev: c.dev,
+            ino: c.ino,
+        };
+        let Ok(Some(path)) = files::find_in_dir(&c.path, key.on_disk()) else {
+            return false;
+        };
+        if files::is_compressed(&path) {
+            return false;
+        }
+        let Ok(f) = File::open(&path) else {
+            return false;
+        };
+        let Ok(m) = f.metadata() else { return false };
+        let born = state::born_ns(m.created().ok());
+        let same = match (c.born_ns, born) {
+            (Some(a), Some(b)) => a == b,
+            _ => {
+                m.len() >= c.offset
+                    && c.head
+                        .is_some_and(|h| matches!(h.recheck(&f, m.len()), Ok(Some(_))))
+            }
+        };
+        if !same || FileKey::of(&m) != key.on_disk() {
+            return false;
+        }
+        tracing::info!(
+            "source {}: {} (read apart, under ids of its own, checkpointed at byte {}) is read on",
+            self.out.cx.name,
+            path.display(),
+            c.offset
+        );
+        let c = FileCp { path, ..c.clone() };
+        self.follow_apart(f, &m, &c);
+        true
+    }
+
+    fn follow_apart(&mut self, f: File, m: &fs::Metadata, c: &FileCp) {
+        let mut decoder = Decoder::new(self.out.cfg.format.clone());
+        if decoder.needs_header() && c.offset > 0 {
+            read_header(&f, &mut decoder, self.out.cfg.max_record_bytes);
+        }
+        let order = self.discovered.fetch_add(1, Ordering::Relaxed);
+        let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let key = FileKey {
+            dev: c.dev,
+            ino: c.ino,
+        };
+        let t = Tracked::recovered(key, c.path.clone(), f, (m.len(), mtime), order, decoder);
+        self.files.push(Tracked {
+            fp: c.fp,
+            head: c.head.unwrap_or_default(),
+            gen: c.gen,
+            offset: c.offset,
+            ..t
+        });
     }
 
     /// See [`Tail::track_rotated_while_stopped`]: `copy`, made while stopped, read as the
@@ -613,10 +727,7 @@ impl Tail {
                 || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
         };
         let key = if taken(&gz_key) {
-            FileKey {
-                dev: gz_key.dev,
-                ino: gz_key.ino ^ (1 << 62),
-            }
+            gz_key.apart()
         } else {
             gz_key
         };

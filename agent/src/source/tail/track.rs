@@ -105,6 +105,9 @@ impl Tail {
                     dev: c.dev,
                     ino: c.ino,
                 };
+                if key.is_apart() && self.resume_apart(&c) {
+                    continue;
+                }
                 // A compressed rotation is never opened as text: its rest is recovered.
                 // Not a file that took its inode number since (deleted while stopped,
                 // the number reused: its birth time differs): then it vanished.
