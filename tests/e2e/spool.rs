@@ -292,7 +292,7 @@ async fn drop_oldest_counts_exactly_what_is_missing_downstream() {
     assert_eq!(msgs.len() as u64, want, "dropped {dropped} of {total}");
     // The oldest went: what arrived is exactly the newest `want`, in order.
     assert_exactly(&msgs, dropped as i64..total as i64);
-    assert!(agent_log(&w).contains("dropped its oldest segment"));
+    assert!(agent_log(&w).contains("dropping its oldest segment"));
 }
 
 /// An outage longer than the stream's duplicate window: what was acknowledged before it

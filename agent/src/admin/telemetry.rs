@@ -296,20 +296,34 @@ impl SpoolUnreadable<'_> {
     }
 }
 
-/// A spool segment dropped unsent to make room (`when_full = "drop_oldest"`).
+/// A spool segment dropped unsent to make room (`when_full = "drop_oldest"`): announced
+/// before the drop is recorded, then counted, or said undone when it could not be.
 pub struct SpoolDropped<'a> {
     pub path: &'a Path,
     pub events: u64,
 }
 
 impl SpoolDropped<'_> {
-    pub fn emit(&self, m: &Metrics) {
-        m.spool_dropped.fetch_add(self.events, Ordering::Relaxed);
+    pub fn announce(&self) {
         tracing::error!(
             path = %self.path.display(),
             dropped = self.events,
-            "spool full: dropped its oldest segment {} with {} unsent event(s) (spool.when_full = \"drop_oldest\"); \
+            "spool full: dropping its oldest segment {} with {} unsent event(s) (spool.when_full = \"drop_oldest\"); \
              raise spool.max_bytes or use \"block\" to keep them",
+            self.path.display(),
+            self.events
+        );
+    }
+
+    pub fn count(&self, m: &Metrics) {
+        m.spool_dropped.fetch_add(self.events, Ordering::Relaxed);
+    }
+
+    pub fn undone(&self, e: &dyn std::fmt::Display) {
+        tracing::error!(
+            path = %self.path.display(),
+            kept = self.events,
+            "spool: the oldest segment {} was not dropped after all ({e}): its {} unsent event(s) are kept",
             self.path.display(),
             self.events
         );

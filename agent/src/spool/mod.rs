@@ -474,7 +474,11 @@ impl Spool {
     }
 
     /// Drops the oldest segment to make room: its unacknowledged events are lost,
-    /// counted and logged.
+    /// counted and logged. The log comes first, before the ledger records the drop: a
+    /// kill between the two never hides a drop (at worst the restart keeps and sends a
+    /// segment the log said was being dropped). A ledger that cannot be written undoes
+    /// the drop: before, the acknowledged position had moved on anyway, and the next
+    /// drop of the same segment counted none of its events (lost unlogged).
     fn drop_oldest(&mut self) -> Result<(), SpoolError> {
         let seg = self.segments.front().expect("more than one segment");
         let last = seg.last_seq();
@@ -487,15 +491,22 @@ impl Spool {
             })
             .sum();
         let path = seg.path.clone();
-        self.acked = self.acked.max(last);
-        self.read_seq = self.read_seq.max(self.acked + 1);
-        self.write_ledger()?;
-        self.remove_front();
-        SpoolDropped {
+        let dropped = SpoolDropped {
             path: &path,
             events: lost,
+        };
+        dropped.announce();
+        let (acked, read_seq) = (self.acked, self.read_seq);
+        self.acked = self.acked.max(last);
+        self.read_seq = self.read_seq.max(self.acked + 1);
+        if let Err(e) = self.write_ledger() {
+            // Not dropped: its events stay, unacknowledged.
+            (self.acked, self.read_seq) = (acked, read_seq);
+            dropped.undone(&e);
+            return Err(e);
         }
-        .emit(&self.metrics);
+        self.remove_front();
+        dropped.count(&self.metrics);
         Ok(())
     }
 

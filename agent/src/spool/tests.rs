@@ -184,6 +184,52 @@ fn drop_oldest_counts_exactly_what_it_drops() {
     );
 }
 
+/// A drop whose ledger cannot be written is undone: its events stay, unacknowledged,
+/// and are counted when a later drop succeeds (before, the spool's acknowledged
+/// position moved on anyway, and the later drop of the same segment counted none of
+/// its events).
+#[test]
+fn a_drop_the_ledger_cannot_record_keeps_its_events() {
+    let d = dirs();
+    let disk = Arc::new(FaultyDisk::new(u64::MAX));
+    let (mut s, m) = open_with(&d, 128 << 10, WhenFull::DropOldest, disk.clone());
+    let mut next = 0;
+    while m.spool_dropped.load(Ordering::Relaxed) == 0 {
+        append(&mut s, next..next + 100).unwrap();
+        next += 100;
+    }
+    // The disk is full when the next drop writes the ledger: the append before it
+    // shows how long a frame is.
+    let frame = loop {
+        let before = s.stats().bytes;
+        append(&mut s, next..next + 100).unwrap();
+        next += 100;
+        let after = s.stats().bytes;
+        if after > before && after + (after - before) > 128 << 10 {
+            break after - before;
+        }
+    };
+    assert!(frame > 0);
+    disk.space.store(0, Ordering::SeqCst);
+    let e = append(&mut s, next..next + 100).unwrap_err();
+    assert!(e.to_string().contains("ledger"), "{e}");
+    let dropped_before = m.spool_dropped.load(Ordering::Relaxed);
+    disk.space.store(u64::MAX, Ordering::SeqCst);
+    for _ in 0..50 {
+        append(&mut s, next..next + 100).unwrap();
+        next += 100;
+    }
+    let dropped = m.spool_dropped.load(Ordering::Relaxed);
+    assert!(dropped > dropped_before);
+    let kept = read_all(&mut s);
+    assert_eq!(dropped + kept.len() as u64, next);
+    let first = kept[0].1;
+    assert_eq!(
+        kept.iter().map(|k| k.1).collect::<Vec<_>>(),
+        (first..next).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn block_reports_full_and_keeps_everything() {
     let d = dirs();

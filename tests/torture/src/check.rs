@@ -239,6 +239,28 @@ pub fn at_most_once(msgs: &[Msg], field: &str, written: &HashSet<i64>) -> Vec<St
     counted(msgs, field, written, false)
 }
 
+/// Sorted numbers as runs (`3..=9, 12`), the first `max` of them.
+fn runs(sorted: &[i64], max: usize) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() && out.len() < max {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            sorted[i].to_string()
+        } else {
+            format!("{}..={} ({})", sorted[i], sorted[j], j - i + 1)
+        });
+        i = j + 1;
+    }
+    if i < sorted.len() {
+        out.push("…".to_owned());
+    }
+    out.join(", ")
+}
+
 fn counted(msgs: &[Msg], field: &str, written: &HashSet<i64>, all: bool) -> Vec<String> {
     let mut count: HashMap<i64, u32> = HashMap::new();
     for m in msgs {
@@ -267,9 +289,10 @@ fn counted(msgs: &[Msg], field: &str, written: &HashSet<i64>, all: bool) -> Vec<
     let mut out = Vec::new();
     if all && !lost.is_empty() {
         out.push(format!(
-            "{} record(s) lost, {field} first {:?}",
+            "{} record(s) lost, {field} first {:?}; as runs: {}",
             lost.len(),
-            &lost[..lost.len().min(10)]
+            &lost[..lost.len().min(10)],
+            runs(&lost, 40)
         ));
     }
     if !doubled.is_empty() {

@@ -372,16 +372,21 @@ fn write_burst(source: &mut dyn Source, reader: &mut Reader, n: usize) -> Res<()
 }
 
 /// The events the agent logged as dropped from its spool (`drop_oldest`), over every
-/// start.
+/// start: those it announced dropping, less those it then said were not dropped after
+/// all (the ledger could not be written).
 pub fn dropped_in_log(dir: &Path) -> u64 {
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-    log.lines()
-        .filter(|l| l.contains("dropped its oldest segment"))
-        .filter_map(|l| {
-            let rest = l.split_once(" with ")?.1;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
+    let sum = |what: &str, before: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| {
+                let rest = l.split_once(before)?.1;
+                rest.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    sum("dropping its oldest segment", " with ")
+        .saturating_sub(sum("was not dropped after all", "): its "))
 }
 
 /// With `drop_oldest`: the events missing against the changes written are the ones

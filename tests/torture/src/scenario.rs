@@ -816,12 +816,15 @@ pub fn run(plan: &mut Plan, dir: &Path) -> Res<Outcome> {
             plan.source.changes(),
             published,
         ));
-        failures.extend(
-            plan.source
-                .checks(msgs, restarted)
-                .into_iter()
-                .filter(|f| !infra::explained_by_drops(f)),
-        );
+        let (explained, other): (Vec<String>, Vec<String>) = plan
+            .source
+            .checks(msgs, restarted)
+            .into_iter()
+            .partition(|f| infra::explained_by_drops(f));
+        failures.extend(other);
+        // Kept for a failure's inspection: which records are missing, to set against
+        // the spool's drops in the agent's log.
+        let _ = std::fs::write(dir.join("explained-by-drops.txt"), explained.join("\n"));
     } else {
         failures.extend(check::compare(&model, &truth));
         failures.extend(plan.source.checks(msgs, restarted));
