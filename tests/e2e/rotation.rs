@@ -1864,12 +1864,33 @@ async fn copies_in_the_globs_of_generations_not_yet_acknowledged_are_read_after_
 /// events of their keys).
 #[tokio::test]
 async fn copies_made_while_the_source_waited_on_a_full_spool_are_read_in_order() {
+    copies_made_while_the_source_waited("").await;
+}
+
+/// Torture seed 24048 (`copytruncate` + `compress` + `delaycompress`, a full spool):
+/// as above, the copies compressed. The rest of the generation being read was found in
+/// a `.gz`, and the copies made after it were not looked for at all (only plain ones
+/// were, after a plain rest): about a thousand records lost.
+#[tokio::test]
+async fn copies_compressed_while_the_source_waited_on_a_full_spool_are_read_in_order() {
+    copies_made_while_the_source_waited("    compress\n").await;
+}
+
+/// The same, with `delaycompress`: the newest copy stays plain, the older are `.gz`.
+#[tokio::test]
+async fn copies_partly_compressed_while_the_source_waited_on_a_full_spool_are_read_in_order() {
+    copies_made_while_the_source_waited("    compress\n    delaycompress\n").await;
+}
+
+/// Three copytruncates by the real logrotate (with `options`) while the source waits on
+/// a full spool, the broker away; then every line arrives, once, in order.
+async fn copies_made_while_the_source_waited(options: &str) {
     let mut w = World::new();
     w.with_admin();
     w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\n".into();
     let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
     let live = w.logs().join("changes.log");
-    let rotate = copytruncate_with_logrotate(&w, &live);
+    let rotate = copytruncate_with_logrotate(&w, &live, options);
     append(&live, lines(0..10));
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(10, WAIT).await, 10);
@@ -1899,13 +1920,14 @@ async fn copies_made_while_the_source_waited_on_a_full_spool_are_read_in_order()
     expect_ids(&w, &mut agent, range(0..written as i64)).await;
 }
 
-/// `rotate()` copytruncates `live` with the real logrotate (the copies `live.1`, `live.2`, …).
-fn copytruncate_with_logrotate(w: &World, live: &Path) -> impl Fn() {
+/// `rotate()` copytruncates `live` with the real logrotate (the copies `live.1`, `live.2`, …),
+/// with more `options` (lines of the file's block).
+fn copytruncate_with_logrotate(w: &World, live: &Path, options: &str) -> impl Fn() {
     let conf = w.dir().join("logrotate.conf");
     fs::write(
         &conf,
         format!(
-            "{} {{\n    rotate 100\n    missingok\n    ifempty\n    nomail\n    copytruncate\n}}\n",
+            "{} {{\n    rotate 100\n    missingok\n    ifempty\n    nomail\n    copytruncate\n{options}}}\n",
             live.display()
         ),
     )
@@ -1947,7 +1969,7 @@ async fn copytruncates_before_the_acks(big: u64, glob: &str) {
         .replace("ack_timeout = \"2s\"", "ack_timeout = \"10s\"");
     fs::write(&cfg, text).unwrap();
     let live = w.logs().join("changes.log");
-    let rotate = copytruncate_with_logrotate(&w, &live);
+    let rotate = copytruncate_with_logrotate(&w, &live, "");
     append(&live, lines(0..10));
     let acked = fs::metadata(&live).unwrap().len();
     let mut agent = w.agent(&cfg);
@@ -2211,6 +2233,10 @@ fn rotated_into_the_checkpointed_number(
     edit: impl FnOnce(&mut serde_json::Value),
 ) {
     let logs = live.parent().unwrap();
+    // The checkpoint no longer knows the first file's number after the edit: kept
+    // busy, so that the new live file cannot take it (ext4 gives a freed number again
+    // at once) and be taken for a new file with its ids.
+    fs::hard_link(live, w.dir().join("first-file")).unwrap();
     // A new file's birth time differs from the stopped one's.
     std::thread::sleep(Duration::from_millis(20));
     append(live, lines(100..150));
@@ -2407,4 +2433,167 @@ async fn a_csv_file_in_the_number_does_not_recover_the_newer_generation_twice() 
     // The entry's rest (generation 0) before its newer generation, whatever their times.
     let want = [range(0..150), range(300..310), range(150..250)].concat();
     expect_csv_ids(&w, &mut agent, want).await;
+}
+
+// Found by the review of the seed 22135 fix (a plain rotation in the checkpointed number
+// is read apart, `FileKey::apart`). Each test below checks the exact stream.
+
+/// The checkpoint's entry of a number lags behind (a kill -9): the
+/// old file in it (generation 0, deleted since, acknowledged to byte 10) and the newer
+/// generation read from the new file in that number and sent before the stop (`next`:
+/// generation 1, ids 0..50). While stopped, that new file gets 50..60 and is rotated and
+/// left plain (`delaycompress`); a new live file gets 60..80. At the start the old file
+/// is gone (its entry retired); the plain rotation is the entry's generation 1 (its birth
+/// time and head are `next`'s): read again under its own ids, what was sent is dropped
+/// by JetStream, 50..60 is new. Read apart (ids of its own, from byte 0) it sends 0..50
+/// a second time under other message ids (the first fix of seed 22135 did).
+#[tokio::test]
+async fn a_newer_generation_of_the_number_rotated_while_stopped_is_not_sent_twice() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let cfg = w.config_with(&w.tail_source("vista", "app.log", "table = \"t\"\nkey = [\"id\"]"));
+    let logs = w.logs();
+    let live = logs.join("app.log");
+    append(&live, lines(0..50));
+    let m = fs::metadata(&live).unwrap();
+    let born = state_born_ns(&m);
+    let old_born = born - 1_000_000_000;
+    // A file deleted before held this number: its entry, retired (this file is
+    // generation 1 of the number).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let old = serde_json::json!({
+        "dev": m.dev(), "ino": m.ino(), "path": live, "fp": 1u64,
+        "head": {"len": 10, "hash": 1u64}, "gen": 0, "offset": 10,
+        "retired_ms": now_ms, "born_ns": old_born
+    });
+    fs::create_dir_all(w.dir().join("state/checkpoints")).unwrap();
+    fs::write(
+        w.dir().join("state/checkpoints/vista.json"),
+        serde_json::to_vec(&serde_json::json!({"version": 2, "files": [old]})).unwrap(),
+    )
+    .unwrap();
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(50, WAIT).await, 50);
+    assert_eq!(agent.stop(), Some(0));
+    let sent = w.messages().await;
+    assert!(
+        sent[0].json["source"]["position"]
+            .as_str()
+            .unwrap()
+            .ends_with(".1@0"),
+        "{}",
+        sent[0].json
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    append(&live, lines(50..60));
+    fs::rename(&live, logs.join("app.log.1")).unwrap();
+    append(&live, lines(60..80));
+    // The checkpoint as a kill -9 leaves it before the entry reached generation 1.
+    rewrite_checkpoint(&w, |cp| {
+        let e = &mut cp["files"][0];
+        assert_eq!(e["gen"], 1, "{e}");
+        e["next"] = serde_json::json!({
+            "gen": 1, "fp": e["fp"].clone(), "head": e["head"].clone(), "born_ns": e["born_ns"].clone()
+        });
+        e["gen"] = 0.into();
+        e["fp"] = 1u64.into();
+        e["head"] = serde_json::json!({"len": 10, "hash": 1u64});
+        e["born_ns"] = old_born.into();
+        e["offset"] = 10.into();
+        e.as_object_mut().unwrap().remove("prev");
+    });
+    let mut agent = w.agent(&cfg);
+    // Whatever arrives past 0..80 is a record sent twice.
+    let got = w.wait_count(81, Duration::from_secs(15)).await;
+    eprintln!("{got} messages");
+    expect_ids(&w, &mut agent, range(0..80)).await;
+}
+
+/// A birth time as the checkpoint keeps it (ns since the epoch).
+fn state_born_ns(m: &fs::Metadata) -> u64 {
+    m.created()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Adds to checkpoint `cp` the retired entry of a file read apart in the number of its
+/// first entry before (a day keeps it): the ids of its own are taken.
+fn read_apart_before(cp: &mut serde_json::Value, logs: &Path) {
+    let e = cp["files"][0].clone();
+    let ino = e["ino"].as_u64().unwrap();
+    let born = e["born_ns"].as_u64().unwrap();
+    let earlier = serde_json::json!({
+        "dev": e["dev"].clone(), "ino": ino | (1 << 62),
+        "path": logs.join("app.log.1"), "fp": 1u64,
+        "head": {"len": 10, "hash": 1u64}, "gen": 0, "offset": 10,
+        "retired_ms": born / 1_000_000, "born_ns": born - 1_000_000_000
+    });
+    cp["files"].as_array_mut().unwrap().push(earlier);
+}
+
+/// `a_csv_file_in_the_number_does_not_recover_the_newer_generation_twice` where the
+/// number was read apart before, within the day its retired entry is kept (ext4 gives a
+/// freed number again at once, so the same number can come round again): the ids of
+/// its own are taken, `track_apart` returns `false`, and the plain rotation falls back
+/// to `track`, under the number's ids, as the entry's replacement (the reverted first
+/// fix's way): `recover_newer` takes the old rotation (900..950) again.
+#[tokio::test]
+async fn a_csv_file_in_a_number_read_apart_before_does_not_recover_the_newer_generation_twice() {
+    let w = World::new();
+    let (cfg, live, rows) = csv_source(&w);
+    let logs = w.logs();
+    let old = logs.join("old.tmp");
+    append(&old, header().into_iter().chain(rows(900..950)));
+    gzip(&old, &logs.join("app.log.3.gz"));
+    append(&live, header().into_iter().chain(rows(0..100)));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    std::thread::sleep(Duration::from_millis(20));
+    let g1 = logs.join("g1.tmp");
+    append(&g1, header().into_iter().chain(rows(300..310)));
+    gzip(&g1, &logs.join("app.log.2.gz"));
+    let l = logs.clone();
+    rotated_into_the_checkpointed_number(&w, &live, &rows, &header(), 200..250, |cp| {
+        let e = &mut cp["files"][0];
+        let born = e["born_ns"].as_u64().unwrap();
+        let header = 4634317085047437035u64;
+        e["next"] = serde_json::json!({
+            "gen": 1, "fp": header, "head": {"len": 8, "hash": header}, "born_ns": born + 1
+        });
+        read_apart_before(cp, &l);
+    });
+    let mut agent = w.agent(&cfg);
+    let want = [range(0..150), range(300..310), range(150..250)].concat();
+    expect_csv_ids(&w, &mut agent, want).await;
+}
+
+/// `a_csv_file_in_the_number_is_not_read_as_a_recovered_generation_of_it` where the
+/// number was read apart before (as above): the plain rotation, tracked under the
+/// number's ids, takes the generation of the recovered newer one; records whose ids
+/// collide are dropped by JetStream as duplicates.
+#[tokio::test]
+async fn a_csv_file_in_a_number_read_apart_before_is_not_read_as_a_recovered_generation() {
+    let w = World::new();
+    let (cfg, live, rows) = csv_source(&w);
+    append(&live, header().into_iter().chain(rows(0..100)));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(100, WAIT).await, 100);
+    assert_eq!(agent.stop(), Some(0));
+    let l = w.logs();
+    rotated_into_the_checkpointed_number(&w, &live, &rows, &header(), 200..250, |cp| {
+        let e = &mut cp["files"][0];
+        e["next"] = serde_json::json!({
+            "gen": 1, "fp": e["fp"].clone(), "head": e["head"].clone(), "born_ns": e["born_ns"].clone()
+        });
+        e["head"] = serde_json::json!({"len": 10, "hash": 1});
+        read_apart_before(cp, &l);
+    });
+    let mut agent = w.agent(&cfg);
+    expect_csv_ids(&w, &mut agent, [range(0..100), range(0..250)].concat()).await;
 }

@@ -181,15 +181,21 @@ impl Tail {
         Ok(())
     }
 
-    /// File `i` was found truncated and the rest of its generation is in `copy` (or, when
-    /// nothing was left to read, in the newest copy that starts with its head and holds
-    /// what was read): copies made after that one (next to it, their name a rotation of
-    /// its name, not compressed, unknown to the source) hold generations the agent never
-    /// saw: the file was copytruncated again and again before this look (while the
+    /// File `i` was found truncated and the rest of its generation is in `copy` (a plain
+    /// copy or a `.gz` rotation, with its modification time; or, when nothing was left
+    /// to read, the newest plain copy that starts with its head and holds what was read):
+    /// copies made after that one (next to it, their name a rotation of its name,
+    /// unknown to the source; plain, or compressed since) hold generations the agent
+    /// never saw: the file was copytruncated again and again before this look (while the
     /// source waited on a full spool, say). They are read whole, oldest first, under the
     /// file's ids as the generations after its current one, before the file is read
-    /// again from 0 as the generation after them.
-    pub(super) fn copies_after_truncation(&mut self, i: usize, copy: Option<PathBuf>) {
+    /// again from 0 as the generation after them. (Torture seed 24048: the rest was in a
+    /// `.gz`, and the copy after it, compressed too, was never read.)
+    pub(super) fn copies_after_truncation(
+        &mut self,
+        i: usize,
+        copy: Option<(PathBuf, SystemTime)>,
+    ) {
         let t = &self.files[i];
         // Generations already skipped for copies found at a start (the copies made since
         // the stop, and those of the generations read before it) are all accounted for.
@@ -197,14 +203,12 @@ impl Tail {
             return;
         }
         let copy = copy.or_else(|| {
-            files::find_copy(&t.path, t.key, t.head, t.read_pos().saturating_sub(1))
-                .map(|(p, _, _)| p)
+            let (p, f, _) =
+                files::find_copy(&t.path, t.key, t.head, t.read_pos().saturating_sub(1))?;
+            let mtime = f.metadata().and_then(|m| m.modified()).ok()?;
+            Some((p, mtime))
         });
-        let Some(copy) = copy else { return };
-        let Ok(anchor) = fs::metadata(&copy) else {
-            return;
-        };
-        let since = anchor.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let Some((copy, since)) = copy else { return };
         // Copies of generations already read: the heads of the truncations handled
         // lately, and what the checkpoint knows was read before.
         let mut heads: Vec<Head> = self.truncations.iter().map(|(h, _, _)| *h).collect();
@@ -223,9 +227,18 @@ impl Tail {
             })
             .filter(|(h, _)| h.len > 0)
             .collect();
-        let (key, live) = (t.key, t.path.clone());
-        let mut found: Vec<(SystemTime, Option<SystemTime>, PathBuf, File, fs::Metadata)> =
-            Vec::new();
+        let known = |first: &[u8], len: u64| {
+            first.is_empty()
+                || heads.iter().any(|h| h.starts(first))
+                || done.iter().any(|&(h, n)| {
+                    (n == len || h.len as usize == files::HEAD_MAX) && h.starts(first)
+                })
+        };
+        let (key, live) = (self.files[i].key, self.files[i].path.clone());
+        let mut found: Vec<(SystemTime, Option<SystemTime>, PathBuf, Later)> = Vec::new();
+        // The first bytes of the plain copies found: one compressed between the two
+        // listings is found twice, and read once.
+        let mut plain: Vec<Vec<u8>> = Vec::new();
         for (p, k) in files::rotated_since(&live, since) {
             if p == copy
                 || self.globs.matches(&p)
@@ -243,29 +256,73 @@ impl Tail {
                 continue;
             };
             let first = files::first_bytes(&f).unwrap_or_default();
-            if first.is_empty()
-                || heads.iter().any(|h| h.starts(&first))
-                || done.iter().any(|&(h, n)| {
-                    (n == m.len() || h.len as usize == files::HEAD_MAX) && h.starts(&first)
-                })
-            {
+            if known(&first, m.len()) {
                 continue;
             }
             let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            found.push((mtime, m.created().ok(), p, f, m));
+            plain.push(first);
+            found.push((mtime, m.created().ok(), p, Later::Plain(f, m)));
         }
-        found.sort_by_key(|a| (a.0, a.1));
-        for (_, _, p, f, m) in found {
-            let t = &mut self.files[i];
-            let gen = t.gen + 1 + t.gen_skip;
-            t.gen_skip += 1;
-            tracing::info!(
-                "source {}: {} was copytruncated again before it was read: {} holds generation {gen}, never read; reading it whole under that file's ids before the file",
+        // Compressed since (`compress`, the next rotation), their time kept by gzip.
+        match files::gz_family(&live) {
+            Ok(gzs) => {
+                for (mtime, p, k) in gzs {
+                    let taken = self.out.gz_taken.iter().any(|(q, j)| *q == p || *j == k);
+                    if mtime < since || p == copy || taken {
+                        continue;
+                    }
+                    found.push((mtime, None, p, Later::Gz(k)));
+                }
+            }
+            Err(e) => tracing::warn!(
+                "source {}: cannot list the compressed rotations next to {}: {e}",
                 self.out.cx.name,
-                live.display(),
-                p.display()
-            );
-            self.track_copy(key, &p, f, &m, gen);
+                live.display()
+            ),
+        }
+        found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (mtime, _, p, later) in found {
+            let gen = {
+                let t = &self.files[i];
+                t.gen + 1 + t.gen_skip
+            };
+            let name = &self.out.cx.name.clone();
+            let said = |p: &Path| {
+                tracing::info!(
+                    "source {name}: {} was copytruncated again before it was read: {} holds generation {gen}, never read; reading it whole under that file's ids before the file",
+                    live.display(),
+                    p.display()
+                );
+            };
+            match later {
+                Later::Plain(f, m) => {
+                    said(&p);
+                    self.track_copy(key, &p, f, (m.len(), mtime), gen);
+                }
+                Later::Gz(gz_key) => {
+                    let unread =
+                        |first: &[u8]| !known(first, 0) && !plain.iter().any(|q| q == first);
+                    match self.out.gunzip_whole(&p, mtime, gz_key, unread) {
+                        Ok(Whole::Read(g)) => {
+                            said(&g.gz);
+                            self.out.gz_taken.push((g.gz.clone(), g.gz_key));
+                            self.track_copy(key, &g.gz, g.file, (g.len, g.mtime), gen);
+                        }
+                        Ok(Whole::Known | Whole::Gone) => continue,
+                        Err(e) => {
+                            // Not lost quietly: said, and the file goes on.
+                            tracing::error!(
+                                "source {}: {} may hold a generation of {} never read, and cannot be decompressed ({e}); whatever it holds is not read",
+                                self.out.cx.name,
+                                p.display(),
+                                live.display()
+                            );
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.files[i].gen_skip += 1;
         }
     }
 
@@ -598,4 +655,12 @@ impl Out {
             },
         }))
     }
+}
+
+/// A copy made after the one that held a truncated file's rest (see
+/// [`Tail::copies_after_truncation`]).
+enum Later {
+    Plain(File, fs::Metadata),
+    /// A `.gz` rotation, by its own device and inode.
+    Gz(FileKey),
 }

@@ -90,9 +90,11 @@ pub struct FileKey {
     pub ino: u64,
 }
 
-/// Set in the inode number of ids given to a file read apart from the checkpoint entry
-/// that has its real number (see [`FileKey::apart`]). No file system gives such numbers.
-const APART: u64 = 1 << 62;
+/// Bits set in the inode number of ids given to a file read apart from the checkpoint
+/// entry that has its real number (see [`FileKey::apart`]): bit 62, else 61, else 60 when
+/// those are taken. No file system gives numbers that large.
+const APART: [u64; 3] = [1 << 62, 1 << 61, 1 << 60];
+const APART_ANY: u64 = APART[0] | APART[1] | APART[2];
 
 impl FileKey {
     pub fn of(m: &fs::Metadata) -> Self {
@@ -104,24 +106,28 @@ impl FileKey {
 
     /// Ids of their own for a file whose inode number another file still holds in the
     /// checkpoint (a `.gz` or a rotated file in the number of a vanished one): read
-    /// under them, it is never taken for that file's generation.
-    pub fn apart(self) -> Self {
+    /// under them, it is never taken for that file's generation. `level` 0 to 2: the
+    /// next when the ones before are taken too.
+    pub fn apart(self, level: usize) -> Self {
         Self {
             dev: self.dev,
-            ino: self.ino ^ APART,
+            ino: self.on_disk().ino | APART[level.min(APART.len() - 1)],
         }
     }
 
+    /// The levels [`FileKey::apart`] takes.
+    pub const APART_LEVELS: usize = APART.len();
+
     /// Whether these are ids given by [`FileKey::apart`].
     pub fn is_apart(self) -> bool {
-        self.ino & APART != 0
+        self.ino & APART_ANY != 0
     }
 
     /// The device and inode number on disk of a file followed under these ids.
     pub fn on_disk(self) -> Self {
         Self {
             dev: self.dev,
-            ino: self.ino & !APART,
+            ino: self.ino & !APART_ANY,
         }
     }
 }

@@ -107,6 +107,9 @@ impl Tail {
                         continue;
                     }
                 };
+                // Where the rest was found: copies made after it hold generations never
+                // seen (see `copies_after_truncation`).
+                let anchor = rest.as_ref().map(|r| (r.path.clone(), r.mtime));
                 let (used, read) = if rests_wait && whole {
                     let t = &self.files[i];
                     match rest {
@@ -125,11 +128,10 @@ impl Tail {
                     let t = &mut self.files[i];
                     (self.out.finish_from_copy(t, rest)?, None)
                 };
-                let after = used.as_ref().map(|(p, _, _)| p.clone());
                 if let Some((path, file, size)) = used {
                     self.copy_consumed(&path, file, size);
                 }
-                self.copies_after_truncation(i, after);
+                self.copies_after_truncation(i, anchor);
                 let t = &mut self.files[i];
                 if t.head.len > 0 {
                     let upto = read.unwrap_or(t.read_pos());

@@ -87,6 +87,9 @@ impl Tail {
                 if known || self.globs.matches(&p) {
                     continue;
                 }
+                if self.track_later_generation(&p, key) {
+                    continue;
+                }
                 let already_read = File::open(&p).is_ok_and(|f| {
                     let size = f.metadata().map_or(0, |m| m.len());
                     read.iter()
@@ -127,15 +130,69 @@ impl Tail {
         }
     }
 
+    /// `path`, rotated away while stopped in the inode number `key` of a checkpoint
+    /// entry, when it is a generation of that number newer than the entry's that was
+    /// being read at the stop (its birth time is the one the entry keeps for it, in
+    /// `next` or `between`; a kill -9 left the entry behind): read whole under the
+    /// number's ids as that generation, from byte 0, so that what was sent of it is sent
+    /// again with the same ids. A retired entry is followed again (its generation moves
+    /// on with the acknowledgements, so a stop before the end resumes it). `false`: it is
+    /// no such generation.
+    fn track_later_generation(&mut self, path: &Path, key: FileKey) -> bool {
+        let Some(c) = self.out.cp.files.get(&key) else {
+            return false;
+        };
+        let Ok(f) = File::open(path) else {
+            return false;
+        };
+        let Ok(m) = f.metadata() else { return false };
+        let Some(born) = state::born_ns(m.created().ok()) else {
+            return false;
+        };
+        let Some(n) = c.later().into_iter().find(|n| n.born_ns == Some(born)) else {
+            return false;
+        };
+        if self.files.iter().any(|t| t.key == key && t.gen == n.gen) {
+            // Already read (recovered from a `.gz` by its head).
+            return true;
+        }
+        tracing::info!(
+            "source {}: {} is generation {} of {} (read before the stop, not all acknowledged), rotated away while stopped; reading it whole under that file's ids",
+            self.out.cx.name,
+            path.display(),
+            n.gen,
+            c.path.display()
+        );
+        if let Some(e) = self.out.cp.files.get_mut(&key) {
+            if e.retired_ms.take().is_some() {
+                self.out.cp.dirty = true;
+            }
+        }
+        self.track_copy(key, path, f, (m.len(), mtime_of(&m)), n.gen);
+        true
+    }
+
     /// Follows `path`, file `key` on disk, whole under ids of its own ([`FileKey::apart`]),
     /// kept in the checkpoint so that a stop before its end resumes it (see
-    /// [`Tail::resume_apart`]). `false`: those ids are taken too (the number was reused
-    /// again), or the file is not there any more.
+    /// [`Tail::resume_apart`]). The ids of a file read apart before in this number
+    /// (its entry retired) go on with their next generation. `false`: every level of
+    /// those ids is in use, or the file is not there any more.
     fn track_apart(&mut self, path: &Path, key: FileKey) -> bool {
-        let own = key.apart();
-        if self.out.cp.files.contains_key(&own) || self.files.iter().any(|t| t.key == own) {
+        let free = |own: &FileKey| {
+            !self.files.iter().any(|t| t.key == *own)
+                && self
+                    .out
+                    .cp
+                    .files
+                    .get(own)
+                    .is_none_or(|c| c.retired_ms.is_some())
+        };
+        let Some(own) = (0..FileKey::APART_LEVELS)
+            .map(|l| key.apart(l))
+            .find(|k| free(k))
+        else {
             return false;
-        }
+        };
         let Ok(f) = File::open(path) else {
             return false;
         };
@@ -150,7 +207,8 @@ impl Tail {
             .flatten()
             .unwrap_or_default();
         let born = state::born_ns(m.created().ok());
-        let c = FileCp::followed(own, path.to_owned(), fp, head, 0, 0, born);
+        let gen = self.out.cp.gen_for(&own);
+        let c = FileCp::followed(own, path.to_owned(), fp, head, gen, 0, born);
         self.out.cp.insert(own, c.clone());
         self.follow_apart(f, &m, &c);
         true
@@ -268,7 +326,7 @@ impl Tail {
             live.display()
         );
         let key = t.key;
-        self.track_copy(key, copy, f, &m, gen);
+        self.track_copy(key, copy, f, (m.len(), mtime_of(&m)), gen);
         let t = &mut self.files[i];
         if after {
             // Its truncation, found by the first read round, goes past this generation.
@@ -281,25 +339,25 @@ impl Tail {
         true
     }
 
-    /// Follows `copy` (open as `f`, with metadata `m`) whole as generation `gen` of file
-    /// `key`: read under that file's ids, among the rests recovered at the start.
+    /// Follows `copy` (open as `f`, `len` bytes long, last written at `mtime`) whole as
+    /// generation `gen` of file `key`: read under that file's ids, among the rests
+    /// recovered at the start.
     pub(super) fn track_copy(
         &mut self,
         key: FileKey,
         copy: &Path,
         f: File,
-        m: &fs::Metadata,
+        (len, mtime): (u64, SystemTime),
         gen: u32,
     ) {
         let head = Head::default()
-            .recheck(&f, m.len())
+            .recheck(&f, len)
             .ok()
             .flatten()
             .unwrap_or_default();
         let order = self.discovered.fetch_add(1, Ordering::Relaxed);
         let decoder = Decoder::new(self.out.cfg.format.clone());
-        let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        let t = Tracked::recovered(key, copy.to_owned(), f, (m.len(), mtime), order, decoder);
+        let t = Tracked::recovered(key, copy.to_owned(), f, (len, mtime), order, decoder);
         self.files.push(Tracked { head, gen, ..t });
     }
 
@@ -403,7 +461,7 @@ impl Tail {
                     n.gen,
                     live.display()
                 );
-                self.track_copy(key, &p, f, &m, n.gen);
+                self.track_copy(key, &p, f, (m.len(), mtime_of(&m)), n.gen);
                 continue;
             }
             if n.gen == newest && n.head.starts(&live_first) {
@@ -727,7 +785,7 @@ impl Tail {
                 || self.out.cp.files.get(k).is_some_and(|c| c.path != path)
         };
         let key = if taken(&gz_key) {
-            gz_key.apart()
+            gz_key.apart(0)
         } else {
             gz_key
         };
@@ -843,4 +901,9 @@ impl Out {
         }
         Ok(g)
     }
+}
+
+/// A file's modification time (the epoch when the file system keeps none).
+fn mtime_of(m: &fs::Metadata) -> SystemTime {
+    m.modified().unwrap_or(SystemTime::UNIX_EPOCH)
 }

@@ -188,8 +188,15 @@ impl Tail {
                 self.track_compressed_while_stopped(since);
             }
             if let Some(since) = self.out.cp.written {
-                let rotated: Vec<(PathBuf, Option<Head>)> =
-                    rotated_live.into_iter().map(|p| (p, None)).collect();
+                // A live file truncated while stopped (its entry's old path may be its
+                // own: a rename the checkpoint did not catch) is left to the second
+                // pass, which tells its copies from files rotated away.
+                let truncated = &self.truncated_while_stopped;
+                let rotated: Vec<(PathBuf, Option<Head>)> = rotated_live
+                    .into_iter()
+                    .filter(|p| !truncated.iter().any(|(q, _)| q == p))
+                    .map(|p| (p, None))
+                    .collect();
                 self.track_rotated_while_stopped(&rotated, since, false);
                 // copytruncate while stopped: the copy of the checkpointed generation is
                 // finished by the first read round; copies made after it hold
