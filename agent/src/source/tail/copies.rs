@@ -280,7 +280,7 @@ impl Tail {
                 live.display()
             ),
         }
-        found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        found.sort_by_key(|a| (a.0, a.1));
         for (mtime, _, p, later) in found {
             let gen = {
                 let t = &self.files[i];
