@@ -1233,23 +1233,7 @@ async fn a_gz_too_big_for_the_state_directory_waits_for_room_and_is_read_first()
     gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
     // The state directory's checkpoints on a 1 MiB file system (needs root: a real
     // tmpfs, a real full disk).
-    let cps = w.dir().join("state/checkpoints");
-    let saved = w.dir().join("saved-checkpoints");
-    fs::create_dir_all(&saved).unwrap();
-    copy_files(&cps, &saved);
-    run(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "tmpfs",
-            cps.to_str().unwrap(),
-        ],
-    );
-    let mounted = Unmount(cps.clone());
-    copy_files(&saved, &cps);
+    let mounted = state_disk_of(&w, "1m");
     let mut agent = w.agent(&cfg);
     waits_with(&w, "waits to be decompressed", 100).await;
     // Room: the checkpoints' own directory again (it holds the checkpoint of the stop).
@@ -1409,25 +1393,7 @@ async fn inode_reused_before_the_acks(kill: bool) {
 /// 2 MiB tmpfs of its own (needs root: a real file system, a real full disk), with the
 /// files it held. Unmounted when dropped.
 fn small_state_disk(w: &World) -> Unmount {
-    let cps = w.dir().join("state/checkpoints");
-    let saved = w.dir().join("saved-checkpoints");
-    fs::create_dir_all(&cps).unwrap();
-    fs::create_dir_all(&saved).unwrap();
-    copy_files(&cps, &saved);
-    run(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=2m",
-            "tmpfs",
-            cps.to_str().unwrap(),
-        ],
-    );
-    let mounted = Unmount(cps.clone());
-    copy_files(&saved, &cps);
-    mounted
+    state_disk_of(w, "2m")
 }
 
 /// Fills the file system of `dir` to its last byte (ENOSPC); deleting the returned file
@@ -1901,15 +1867,7 @@ async fn copies_made_while_the_source_waited(options: &str) {
     append(&live, noisy(written..written + 20_000));
     written += 20_000;
     // The spool fills and the source waits on it, short of the file's end.
-    let mut last = u64::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = w.metric("lockstep_spool_appended_events_total");
-        if now > 0 && now == last {
-            break;
-        }
-        last = now;
-    }
+    spool_full(&w).await;
     assert!(w.metric_sum("lockstep_events_captured_total") < written);
     for _ in 0..3 {
         rotate();
@@ -2326,9 +2284,11 @@ async fn a_file_in_the_checkpointed_files_inode_number_rotated_while_stopped_is_
     rotated_into_the_checkpointed_number(&w, &live, jsonl, &[], 200..250, |_| {});
     let mut agent = w.agent(&cfg);
     expect_ids(&w, &mut agent, range(0..250)).await;
-    // Stopped again with nothing changed: nothing is read twice.
+    // Started again, one more line: nothing is read twice (the rotated files, older,
+    // would come before it).
     let mut agent = w.agent(&cfg);
-    expect_ids(&w, &mut agent, range(0..250)).await;
+    append(&live, lines(250..251));
+    expect_ids(&w, &mut agent, range(0..251)).await;
 }
 
 /// The same in CSV, with the live file holding only its header at the stop: the entry's
@@ -2596,4 +2556,170 @@ async fn a_csv_file_in_a_number_read_apart_before_is_not_read_as_a_recovered_gen
     });
     let mut agent = w.agent(&cfg);
     expect_csv_ids(&w, &mut agent, [range(0..100), range(0..250)].concat()).await;
+}
+
+/// Mounts a `size` tmpfs on the state directory's `checkpoints` (where `.gz` rotations
+/// are decompressed), keeping the files it held (needs root). Unmounted when dropped.
+fn state_disk_of(w: &World, size: &str) -> Unmount {
+    let cps = w.dir().join("state/checkpoints");
+    let saved = w.dir().join("saved-checkpoints");
+    fs::create_dir_all(&cps).unwrap();
+    fs::create_dir_all(&saved).unwrap();
+    copy_files(&cps, &saved);
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            cps.to_str().unwrap(),
+        ],
+    );
+    let mounted = Unmount(cps.clone());
+    copy_files(&saved, &cps);
+    mounted
+}
+
+/// Bytes an unprivileged process may still write on the file system of `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let o = std::process::Command::new("stat")
+        .args(["-f", "-c", "%a %S", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&o.stdout);
+    let mut it = s.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    it.next().unwrap() * it.next().unwrap()
+}
+
+/// Waits until the spool stops growing: the source waits on it (the broker away).
+async fn spool_full(w: &World) {
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = w.metric("lockstep_spool_appended_events_total");
+        if now > 0 && now == last {
+            break;
+        }
+        last = now;
+    }
+}
+
+/// Found by the review of the seed 24048 fix (`copies_after_truncation`): as in
+/// `copies_compressed_while_the_source_waited_on_a_full_spool_are_read_in_order`, three
+/// copytruncates (`compress`) while the source waits on a full spool; the state
+/// directory has room for the rest of the generation being read (decompressed from its
+/// `.gz`), but while it is read the disk fills up to less than the reserve the
+/// decompression keeps free. The `.gz` of the
+/// generations made after it cannot be decompressed: they must wait for room (as every
+/// other `.gz` that cannot be decompressed does, see
+/// `a_gz_too_big_for_the_state_directory_waits_for_room_and_is_read_first`), not be
+/// skipped. Room is made once the agent said so; every line must arrive once, in order.
+#[tokio::test]
+async fn copies_compressed_while_the_source_waited_are_not_lost_on_a_nearly_full_state_directory() {
+    let mut w = World::new();
+    w.with_admin();
+    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\n".into();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let live = w.logs().join("changes.log");
+    let rotate = copytruncate_with_logrotate(&w, &live, "    compress\n");
+    // 64 MiB: the decompression keeps 8 MiB free.
+    let mounted = state_disk_of(&w, "64m");
+    let cps = w.dir().join("state/checkpoints");
+    append(&live, lines(0..10));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(10, WAIT).await, 10);
+    w.nats.kill();
+    let mut written = 10;
+    // The rest left unread when the source waits: about 3 MB.
+    append(&live, noisy(written..written + 60_000));
+    written += 60_000;
+    spool_full(&w).await;
+    assert!(w.metric_sum("lockstep_events_captured_total") < written);
+    for _ in 0..3 {
+        rotate();
+        append(&live, noisy(written..written + 30));
+        written += 30;
+    }
+    w.nats.restart();
+    // The rest (3 MB) is decompressed and being read: then less than the reserve the
+    // decompression keeps free (8 MiB) is left, as when the disk fills with anything
+    // else meanwhile.
+    wait_for("the rest to be decompressed", WAIT, || {
+        agent_log(&w).contains("reading the rest, up to byte")
+    })
+    .await;
+    let free = free_bytes(&cps);
+    let keep = 2 << 20;
+    assert!(free > keep, "{free}");
+    let filler = cps.join("filler");
+    fs::write(&filler, vec![b'x'; (free - keep) as usize]).unwrap();
+    // Once the agent says it cannot decompress something, room is made.
+    wait_for("a decompression to fail", WAIT, || {
+        agent_log(&w).contains("cannot decompress")
+    })
+    .await;
+    fs::remove_file(&filler).unwrap();
+    expect_ids(&w, &mut agent, range(0..written as i64)).await;
+    drop(mounted);
+}
+
+/// Found by the review of the seed 24048 fix: the generations copytruncated (`compress`) while the
+/// source waited on a full spool are read from their `.gz` as generations of the live
+/// file; the spool fills again in the middle of the first of them (a long one), and the
+/// agent is killed -9 there, the broker killed too. At the next start, that generation
+/// must be found again in its `.gz` (renamed by no later rotation: logrotate ran before)
+/// and resent with the same ids from where the checkpoint is, then the ones after it:
+/// every line once, in order.
+#[tokio::test]
+async fn a_kill_9_inside_a_generation_read_from_a_later_gz_loses_and_repeats_nothing() {
+    later_gz_generation_then_kill_9("    compress\n").await;
+}
+
+/// The same with `delaycompress`: the newest copy stays plain.
+#[tokio::test]
+async fn a_kill_9_inside_a_generation_read_from_a_later_gz_with_delaycompress_loses_nothing() {
+    later_gz_generation_then_kill_9("    compress\n    delaycompress\n").await;
+}
+
+async fn later_gz_generation_then_kill_9(options: &str) {
+    let mut w = World::new();
+    w.with_admin();
+    w.agent_extra = "[spool]\nmax_bytes = \"64KiB\"\n".into();
+    let cfg = w.config("table = \"t\"\nkey = [\"id\"]");
+    let live = w.logs().join("changes.log");
+    let rotate = copytruncate_with_logrotate(&w, &live, options);
+    append(&live, lines(0..10));
+    let mut agent = w.agent(&cfg);
+    assert_eq!(w.wait_count(10, WAIT).await, 10);
+    w.nats.kill();
+    let mut written = 10;
+    append(&live, noisy(written..written + 20_000));
+    written += 20_000;
+    spool_full(&w).await;
+    assert!(w.metric_sum("lockstep_events_captured_total") < written);
+    // Generation 1: long; then two short ones, the last one live.
+    let gen1 = written;
+    for n in [30_000, 30, 30] {
+        rotate();
+        append(&live, noisy(written..written + n));
+        written += n;
+    }
+    w.nats.restart();
+    wait_for("the agent to read into generation 1", WAIT, || {
+        w.metric_sum("lockstep_events_captured_total") > gen1 + 2_000
+    })
+    .await;
+    w.nats.kill();
+    spool_full(&w).await;
+    let captured = w.metric_sum("lockstep_events_captured_total");
+    assert!(
+        captured < gen1 + 30_000,
+        "generation 1 read to its end before the spool filled: {captured}"
+    );
+    agent.kill9();
+    w.nats.restart();
+    let mut agent = w.agent(&cfg);
+    expect_ids(&w, &mut agent, range(0..written as i64)).await;
 }

@@ -11,7 +11,7 @@ use lockstep_formats::record::Decoder;
 use super::files::{FileKey, Head};
 use super::state::FileCp;
 use super::{
-    fds, files, note_first, read_header, starts_as, state, Out, Rest, Tail, Tracked, Whole,
+    fds, files, note_first, read_header, starts_as, state, GzWait, Out, Rest, Tail, Tracked, Whole,
     COPY_WAIT,
 };
 use crate::source::Stopping;
@@ -294,30 +294,63 @@ impl Tail {
                     p.display()
                 );
             };
+            // What the checkpoint keeps of each such generation (its head): a stop
+            // before it is read finds it again at the next start (see
+            // `Tail::track_later_generations`).
             match later {
                 Later::Plain(f, m) => {
                     said(&p);
+                    let first = files::first_bytes(&f).unwrap_or_default();
+                    let (fp, head) = (files::fingerprint_of(&first), Head::of(&first));
+                    self.out.cp.set_identity(key, gen, fp, head, None);
                     self.track_copy(key, &p, f, (m.len(), mtime), gen);
                 }
                 Later::Gz(gz_key) => {
-                    let unread =
-                        |first: &[u8]| !known(first, 0) && !plain.iter().any(|q| q == first);
-                    match self.out.gunzip_whole(&p, mtime, gz_key, unread) {
-                        Ok(Whole::Read(g)) => {
-                            said(&g.gz);
-                            self.out.gz_taken.push((g.gz.clone(), g.gz_key));
-                            self.track_copy(key, &g.gz, g.file, (g.len, g.mtime), gen);
-                        }
-                        Ok(Whole::Known | Whole::Gone) => continue,
+                    // Its first bytes, in memory (no room needed), tell whether it is
+                    // a generation never read.
+                    let first = match files::gz_first_bytes(&p, gz_key) {
+                        Ok(Some(first)) => first,
+                        Ok(None) => continue,
                         Err(e) => {
-                            // Not lost quietly: said, and the file goes on.
-                            tracing::error!(
-                                "source {}: {} may hold a generation of {} never read, and cannot be decompressed ({e}); whatever it holds is not read",
-                                self.out.cx.name,
+                            tracing::warn!(
+                                "source {name}: cannot read {}, which may hold a generation of {} never read: {e}",
                                 p.display(),
                                 live.display()
                             );
                             continue;
+                        }
+                    };
+                    if known(&first, 0) || plain.contains(&first) {
+                        continue;
+                    }
+                    let (fp, head) = (files::fingerprint_of(&first), Head::of(&first));
+                    self.out.cp.set_identity(key, gen, fp, head, None);
+                    said(&p);
+                    match self.out.gunzip_whole(&p, mtime, gz_key, |f| head.starts(f)) {
+                        Ok(Whole::Read(g)) => {
+                            self.out.gz_taken.push((g.gz.clone(), g.gz_key));
+                            self.track_copy(key, &g.gz, g.file, (g.len, g.mtime), gen);
+                        }
+                        Ok(Whole::Known | Whole::Gone) => {
+                            self.gz_gone(&p);
+                            continue;
+                        }
+                        Err(e) => {
+                            // Waits for room: nothing of this file is read before it.
+                            let mut c = match self.out.cp.files.get(&key) {
+                                Some(c) => c.clone(),
+                                None => FileCp::followed(key, live.clone(), fp, head, gen, 0, None),
+                            };
+                            (c.gen, c.offset, c.fp, c.head) = (gen, 0, fp, Some(head));
+                            (c.born_ns, c.next, c.prev) = (None, None, None);
+                            c.between.clear();
+                            let w = GzWait::Later {
+                                c,
+                                gz: p,
+                                gz_key,
+                                mtime,
+                            };
+                            self.gz_wait(w, &e);
                         }
                     }
                 }

@@ -53,6 +53,16 @@ impl Head {
 }
 
 impl Head {
+    /// The head of content that starts with `first` (its first bytes, up to
+    /// [`HEAD_MAX`] of them).
+    pub fn of(first: &[u8]) -> Head {
+        let n = first.len().min(HEAD_MAX);
+        Head {
+            len: n as u32,
+            hash: xxhash_rust::xxh3::xxh3_64(&first[..n]),
+        }
+    }
+
     /// Whether `buf` (a file's first bytes) starts with this head's bytes.
     pub fn starts(self, buf: &[u8]) -> bool {
         let n = self.len as usize;
@@ -136,11 +146,36 @@ impl FileKey {
 pub fn fingerprint(f: &File) -> io::Result<Option<u64>> {
     let mut buf = [0u8; FINGERPRINT_MAX];
     let n = read_prefix(f, &mut buf)?;
-    Ok(match buf[..n].iter().position(|&b| b == b'\n') {
-        Some(i) => Some(xxhash_rust::xxh3::xxh3_64(&buf[..=i])),
-        None if n == FINGERPRINT_MAX => Some(xxhash_rust::xxh3::xxh3_64(&buf)),
+    Ok(fingerprint_of(&buf[..n]))
+}
+
+/// The fingerprint of content that starts with `first` (see [`fingerprint`]).
+pub fn fingerprint_of(first: &[u8]) -> Option<u64> {
+    let first = &first[..first.len().min(FINGERPRINT_MAX)];
+    match first.iter().position(|&b| b == b'\n') {
+        Some(i) => Some(xxhash_rust::xxh3::xxh3_64(&first[..=i])),
+        None if first.len() == FINGERPRINT_MAX => Some(xxhash_rust::xxh3::xxh3_64(first)),
         None => None,
-    })
+    }
+}
+
+/// The first decompressed bytes (up to [`HEAD_MAX`]) of `.gz` file `gz_key` at `path`,
+/// read into memory: they need no room on disk. `Ok(None)`: the path no longer holds
+/// that file, or it cannot be read as gzip.
+pub fn gz_first_bytes(path: &Path, gz_key: FileKey) -> io::Result<Option<Vec<u8>>> {
+    let Ok(f) = File::open(path) else {
+        return Ok(None);
+    };
+    if !f.metadata().is_ok_and(|m| FileKey::of(&m) == gz_key) {
+        return Ok(None);
+    }
+    let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
+    let mut first = vec![0u8; HEAD_MAX];
+    let Ok(n) = read_full(&mut gz, &mut first) else {
+        return Ok(None);
+    };
+    first.truncate(n);
+    Ok(Some(first))
 }
 
 /// The offset just past the last newline of a file: where `start_at = "end"` begins, so

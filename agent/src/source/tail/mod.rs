@@ -357,6 +357,15 @@ enum GzWait {
         key: FileKey,
         heads: Vec<Head>,
     },
+    /// A `.gz` copy holding generation `c.gen` of file `c`, never seen (copytruncated
+    /// again while the source waited: see [`Tail::copies_after_truncation`]), read whole
+    /// under that file's ids when its content starts with `c.head`.
+    Later {
+        c: FileCp,
+        gz: PathBuf,
+        gz_key: FileKey,
+        mtime: SystemTime,
+    },
 }
 
 /// What became of a `.gz` file to be read whole ([`Out::gunzip_whole`]).

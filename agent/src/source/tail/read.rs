@@ -181,6 +181,11 @@ impl Tail {
             }
         }
         self.judge_new_files();
+        if !self.gz_waiting.is_empty() {
+            // A copy found by this round waits to be decompressed: it is older than
+            // what the files hold now (see `Tail::copies_after_truncation`).
+            return Ok(0);
+        }
         let mut order: Vec<usize> = (0..self.files.len())
             .filter(|&i| {
                 let t = &self.files[i];

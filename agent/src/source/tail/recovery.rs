@@ -644,11 +644,11 @@ impl Tail {
         self.track_gz_whole(g, path, gz_key);
     }
 
-    /// A `.gz` written while stopped, deleted (logrotate's `rotate` count) before it
-    /// could be read.
+    /// A `.gz` to be read whole (written while stopped, or a copy made while the source
+    /// waited), deleted (logrotate's `rotate` count) before it could be read.
     pub(super) fn gz_gone(&self, path: &Path) {
         tracing::warn!(
-            "source {}: {} (a compressed rotation found at the start) was deleted before it could be read; its records were not read",
+            "source {}: {} (a compressed rotation to be read whole) was deleted before it could be read; its records were not read",
             self.out.cx.name,
             path.display()
         );
@@ -665,6 +665,12 @@ impl Tail {
                 c.gen
             ),
             GzWait::Whole { path, .. } => format!("{} (written while stopped)", path.display()),
+            GzWait::Later { c, gz, .. } => format!(
+                "{} (generation {} of {}, copied while the source waited)",
+                gz.display(),
+                c.gen,
+                c.path.display()
+            ),
         };
         tracing::error!(
             "source {}: {why}; {what} waits to be decompressed: no other file of this source is read until it is (they are newer), and it is tried again until it can be (and at the next start). Free space in {}",
@@ -706,6 +712,7 @@ impl Tail {
         }
         let since = self.out.cp.written;
         let mut recovered = Vec::new();
+        let mut later = Vec::new();
         let mut failed = None;
         for w in std::mem::take(&mut self.gz_waiting) {
             if failed.is_some() {
@@ -722,6 +729,34 @@ impl Tail {
                         Err(e) => {
                             failed = Some(e);
                             self.gz_waiting.push(GzWait::Rest { c, gone });
+                        }
+                    }
+                }
+                GzWait::Later {
+                    c,
+                    gz,
+                    gz_key,
+                    mtime,
+                } => {
+                    let head = c.head.unwrap_or_default();
+                    match self
+                        .out
+                        .gunzip_whole(&gz, mtime, gz_key, |f| head.starts(f))
+                    {
+                        Ok(Whole::Read(g)) => {
+                            self.out.gz_taken.push((g.gz.clone(), g.gz_key));
+                            later.push((g, c));
+                        }
+                        Ok(Whole::Known) | Ok(Whole::Gone) => self.gz_gone(&gz),
+                        Err(e) => {
+                            failed = Some(e);
+                            let w = GzWait::Later {
+                                c,
+                                gz,
+                                gz_key,
+                                mtime,
+                            };
+                            self.gz_waiting.push(w);
                         }
                     }
                 }
@@ -753,6 +788,13 @@ impl Tail {
         recovered.sort_by_key(|(g, c)| (g.mtime, c.gen));
         for (g, c) in recovered {
             self.track_recovered(g, &c);
+        }
+        for (g, c) in later {
+            let key = FileKey {
+                dev: c.dev,
+                ino: c.ino,
+            };
+            self.track_copy(key, &g.gz, g.file, (g.len, g.mtime), c.gen);
         }
         if let Some(e) = failed {
             tracing::debug!(
