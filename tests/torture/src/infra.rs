@@ -90,8 +90,12 @@ impl Infra {
         }
     }
 
-    /// `drop_oldest` only where the losses can be counted (else `block`).
+    /// `drop_oldest` only where the losses can be counted (else `block`); a tmpfs big
+    /// enough for the workload's state.
     pub fn settle(&mut self, source: &dyn Source) {
+        if let Some(m) = self.tmpfs_mib.as_mut() {
+            *m = (*m).max(source.state_mib());
+        }
         if let Some((_, w)) = self.spool.as_mut() {
             if !source.losses_countable() {
                 *w = WhenFull::Block;

@@ -302,6 +302,13 @@ pub trait Source {
     fn losses_countable(&self) -> bool {
         false
     }
+    /// MiB the agent's state directory needs for this workload besides the spool (a
+    /// poll scan of a big transaction keeps the table's last scan, the next one and
+    /// the changes between): a small tmpfs drawn for it is made at least this big, or
+    /// the disk could never hold the scan and the stream never catch up.
+    fn state_mib(&self) -> u64 {
+        0
+    }
 }
 
 /// Everything drawn from a seed.

@@ -950,6 +950,11 @@ impl Source for Sql {
         self.changes
     }
 
+    fn state_mib(&self) -> u64 {
+        // About 200 bytes a row in each of the three scan files, and room to spare.
+        self.big.map_or(0, |b| 16 + ((b.rows * 600) >> 20))
+    }
+
     fn catch_up_secs(&self) -> u64 {
         // 100,000 rows (and as many again when updated) take a while on 2 cores.
         120 + self.big.map_or(0, |b| {
