@@ -2196,7 +2196,7 @@ fn rotated_into_the_checkpointed_number(
     // at once) and be taken for a new file with its ids.
     fs::hard_link(live, w.dir().join("first-file")).unwrap();
     // A new file's birth time differs from the stopped one's.
-    std::thread::sleep(Duration::from_millis(20));
+    after_birth_of(live);
     append(live, lines(100..150));
     fs::rename(live, logs.join("app.log.1")).unwrap();
     gzip(&logs.join("app.log.1"), &logs.join("app.log.1.gz"));
@@ -2375,7 +2375,7 @@ async fn a_csv_file_in_the_number_does_not_recover_the_newer_generation_twice() 
     assert_eq!(w.wait_count(100, WAIT).await, 100);
     assert_eq!(agent.stop(), Some(0));
     // The newer generation's content, compressed since the stop.
-    std::thread::sleep(Duration::from_millis(20));
+    after_birth_of(&w.logs().join("app.log"));
     let g1 = logs.join("g1.tmp");
     append(&g1, header().into_iter().chain(rows(300..310)));
     gzip(&g1, &logs.join("app.log.2.gz"));
@@ -2447,7 +2447,7 @@ async fn a_newer_generation_of_the_number_rotated_while_stopped_is_not_sent_twic
         "{}",
         sent[0].json
     );
-    std::thread::sleep(Duration::from_millis(20));
+    after_birth_of(&w.logs().join("app.log"));
     append(&live, lines(50..60));
     fs::rename(&live, logs.join("app.log.1")).unwrap();
     append(&live, lines(60..80));
@@ -2514,7 +2514,7 @@ async fn a_csv_file_in_a_number_read_apart_before_does_not_recover_the_newer_gen
     let mut agent = w.agent(&cfg);
     assert_eq!(w.wait_count(100, WAIT).await, 100);
     assert_eq!(agent.stop(), Some(0));
-    std::thread::sleep(Duration::from_millis(20));
+    after_birth_of(&w.logs().join("app.log"));
     let g1 = logs.join("g1.tmp");
     append(&g1, header().into_iter().chain(rows(300..310)));
     gzip(&g1, &logs.join("app.log.2.gz"));
@@ -2593,10 +2593,24 @@ fn free_bytes(dir: &Path) -> u64 {
     it.next().unwrap() * it.next().unwrap()
 }
 
+/// Returns once the clock is past the birth time of `path`: a file made from now on has
+/// another birth time (the start tells a new file in a freed inode number by it).
+fn after_birth_of(path: &Path) {
+    let born = fs::metadata(path).unwrap().created().unwrap();
+    while std::time::SystemTime::now() <= born {
+        std::thread::yield_now();
+    }
+}
+
 /// Waits until the spool stops growing: the source waits on it (the broker away).
 async fn spool_full(w: &World) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut last = u64::MAX;
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool did not fill within 120 s"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = w.metric("lockstep_spool_appended_events_total");
         if now > 0 && now == last {

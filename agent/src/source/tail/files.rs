@@ -163,19 +163,24 @@ pub fn fingerprint_of(first: &[u8]) -> Option<u64> {
 /// read into memory: they need no room on disk. `Ok(None)`: the path no longer holds
 /// that file, or it cannot be read as gzip.
 pub fn gz_first_bytes(path: &Path, gz_key: FileKey) -> io::Result<Option<Vec<u8>>> {
-    let Ok(f) = File::open(path) else {
-        return Ok(None);
-    };
+    Ok(open_gz(path, gz_key).map(|(_, first)| first))
+}
+
+type GzReader = flate2::read::MultiGzDecoder<io::BufReader<File>>;
+
+/// `.gz` file `gz_key` at `path`, open and decompressing, with its first decompressed
+/// bytes (up to [`HEAD_MAX`]) already read. `None`: the path no longer holds that file,
+/// or it cannot be read as gzip.
+fn open_gz(path: &Path, gz_key: FileKey) -> Option<(GzReader, Vec<u8>)> {
+    let f = File::open(path).ok()?;
     if !f.metadata().is_ok_and(|m| FileKey::of(&m) == gz_key) {
-        return Ok(None);
+        return None;
     }
     let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
     let mut first = vec![0u8; HEAD_MAX];
-    let Ok(n) = read_full(&mut gz, &mut first) else {
-        return Ok(None);
-    };
+    let n = read_full(&mut gz, &mut first).ok()?;
     first.truncate(n);
-    Ok(Some(first))
+    Some((gz, first))
 }
 
 /// The offset just past the last newline of a file: where `start_at = "end"` begins, so
@@ -560,18 +565,10 @@ pub fn gunzip(
     tmp_dir: &Path,
     beat: &dyn Fn(),
 ) -> io::Result<Option<Gunzipped>> {
-    let Ok(f) = File::open(path) else {
+    let Some((mut gz, first)) = open_gz(path, gz_key) else {
         return Ok(None);
     };
-    if !f.metadata().is_ok_and(|m| FileKey::of(&m) == gz_key) {
-        return Ok(None);
-    }
-    let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
-    let mut first = vec![0u8; HEAD_MAX];
-    let Ok(n) = read_full(&mut gz, &mut first) else {
-        return Ok(None);
-    };
-    first.truncate(n);
+    let n = first.len();
     if !want(&first) {
         return Ok(None);
     }
